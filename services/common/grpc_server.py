@@ -1,0 +1,203 @@
+"""gRPC server bootstrap: tracing, authentication and error mapping, health and reflection.
+
+Every service builds its server with :func:`build_server`. The interceptor chain:
+1. OpenTelemetry's server interceptor continues the caller's trace from the metadata;
+2. :class:`GuardInterceptor` authenticates (API key, or the internal token plus a workspace
+   header), puts the workspace in context, turns undecodable requests into
+   ``INVALID_ARGUMENT`` and maps domain errors to status codes with details
+   (``google.rpc.BadRequest`` field violations for invalid arguments).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from services.common import errors
+from services.common.auth import WORKSPACE_HEADER, ApiKeyVerifier, Principal
+from services.common.context import workspace_id_var
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+_CODES: dict[type[errors.NudgeError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+# Methods that authenticate themselves (admin token) or need only the internal token.
+AuthPolicy = dict[str, str]  # full method name -> "none" | "internal"
+
+
+class _Malformed:
+    """Stands for a request body that is not the message the method takes."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, type_name: str
+) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data) if deserializer else data
+        except DecodeError:
+            return _Malformed(type_name)
+
+    return deserialize
+
+
+async def abort_with_error(context: grpc.aio.ServicerContext, error: errors.NudgeError) -> None:
+    code = next((c for t, c in _CODES.items() if isinstance(error, t)), grpc.StatusCode.UNKNOWN)
+    status = status_pb2.Status(code=code.value[0], message=str(error))
+    if isinstance(error, errors.InvalidArgument):
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        status.details.add().Pack(bad_request)
+    await context.abort(
+        code,
+        str(error),
+        trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+    )
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(
+        self, verifier: ApiKeyVerifier, internal_token: str, policy: AuthPolicy | None = None
+    ) -> None:
+        self._verifier = verifier
+        self._internal_token = internal_token
+        self._policy = policy or {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        method: str = details.method
+        if handler is None or method.startswith(("/grpc.health.", "/grpc.reflection.")):
+            return handler
+        policy = self._policy.get(method, "api_key")
+        type_name = method.rsplit("/", 1)[-1] + "Request"
+
+        async def guard(request: Any, context: grpc.aio.ServicerContext) -> Principal | None:
+            if isinstance(request, _Malformed):
+                raise errors.InvalidArgument(
+                    errors.FieldViolation("body", f"not a valid {request.type_name} message")
+                )
+            if policy == "none":
+                return None
+            return await self._authenticate(dict(context.invocation_metadata()), policy)
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    principal = await guard(request, context)
+                    token = workspace_id_var.set(principal.workspace_id if principal else "")
+                    try:
+                        return await inner(request, context)
+                    finally:
+                        workspace_id_var.reset(token)
+                except errors.NudgeError as err:
+                    await abort_with_error(context, err)
+
+            return grpc.unary_unary_rpc_method_handler(
+                unary_unary,
+                request_deserializer=_tolerant(handler.request_deserializer, type_name),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            async def unary_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    principal = await guard(request, context)
+                    token = workspace_id_var.set(principal.workspace_id if principal else "")
+                    try:
+                        async for item in inner_stream(request, context):
+                            yield item
+                    finally:
+                        workspace_id_var.reset(token)
+                except errors.NudgeError as err:
+                    await abort_with_error(context, err)
+
+            return grpc.unary_stream_rpc_method_handler(
+                unary_stream,
+                request_deserializer=_tolerant(handler.request_deserializer, type_name),
+                response_serializer=handler.response_serializer,
+            )
+        return handler
+
+    async def _authenticate(self, metadata: dict[str, Any], policy: str) -> Principal:
+        authorization = str(metadata.get("authorization", ""))
+        scheme, _, credential = authorization.partition(" ")
+        if scheme == "Internal":
+            if not hmac.compare_digest(credential.encode(), self._internal_token.encode()):
+                raise errors.Unauthenticated("bad internal token")
+            return Principal(
+                workspace_id=str(metadata.get(WORKSPACE_HEADER, "")), key_id="internal"
+            )
+        if policy == "internal":
+            raise errors.Unauthenticated("this method is for Nudge's own services")
+        if scheme != "Bearer" or not credential:
+            raise errors.Unauthenticated("missing 'authorization: Bearer <API key>' metadata")
+        return await self._verifier.verify(credential)
+
+
+def build_server(
+    *,
+    servicers: Iterable[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+    verifier: ApiKeyVerifier,
+    internal_token: str,
+    policy: AuthPolicy | None = None,
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A server with every servicer registered, health set to SERVING and reflection on.
+
+    ``servicers`` are ``(add_XServicer_to_server, servicer, full service name)``.
+    """
+    server = grpc.aio.server(
+        interceptors=[
+            aio_server_interceptor(),  # type: ignore[no-untyped-call]
+            GuardInterceptor(verifier, internal_token, policy),
+        ],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    for add, servicer, name in servicers:
+        add(servicer, server)
+        names.append(name)
+    reflection.enable_server_reflection(names, server)
+    return server, health_servicer
+
+
+async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
+    for name in ["", *names]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,240 @@
+"""The contacts schema in PostgreSQL. Every query names its workspace."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from nudge.contacts.v1 import contacts_pb2
+
+from services.common.errors import NotFound
+from services.contacts.domain.model import NewContact, normalize_email
+
+SCHEMA = "contacts"
+
+CONTACT_COLUMNS = (
+    "id, workspace_id, email, external_id, first_name, last_name, locale, time_zone,"
+    " birthday_year, birthday_month, birthday_day, signed_up_at, attributes, vip, tags, score,"
+    " created_at, updated_at"
+)
+
+
+def _uuid(value: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError as err:
+        raise NotFound(f"{what} {value!r} not found") from err
+
+
+def contact_to_proto(row: asyncpg.Record) -> contacts_pb2.Contact:
+    c = contacts_pb2.Contact(
+        id=str(row["id"]),
+        workspace_id=str(row["workspace_id"]),
+        email=row["email"],
+        external_id=row["external_id"] or "",
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        locale=row["locale"],
+        time_zone=row["time_zone"],
+        attributes=json.loads(row["attributes"]),
+        vip=row["vip"],
+        tags=list(row["tags"]),
+        score=row["score"],
+    )
+    if row["birthday_month"]:
+        c.birthday.year = row["birthday_year"] or 0
+        c.birthday.month = row["birthday_month"]
+        c.birthday.day = row["birthday_day"]
+    if row["signed_up_at"]:
+        c.signed_up_at.FromDatetime(row["signed_up_at"])
+    c.created_at.FromDatetime(row["created_at"])
+    c.updated_at.FromDatetime(row["updated_at"])
+    return c
+
+
+async def insert_workspace(
+    conn: asyncpg.Connection, name: str, slug: str, consent_required: bool
+) -> uuid.UUID | None:
+    """The new workspace's id, or None when the slug is taken."""
+    workspace_id = uuid.uuid4()
+    inserted = await conn.fetchval(
+        "INSERT INTO workspaces (id, name, slug, consent_required_for_campaigns)"
+        " VALUES ($1, $2, $3, $4) ON CONFLICT (slug) DO NOTHING RETURNING id",
+        workspace_id,
+        name,
+        slug,
+        consent_required,
+    )
+    return inserted  # type: ignore[no-any-return]
+
+
+async def insert_api_key(
+    conn: asyncpg.Connection, workspace_id: uuid.UUID, key_id: str, key_hash: str
+) -> None:
+    await conn.execute(
+        "INSERT INTO api_keys (key_id, workspace_id, key_hash) VALUES ($1, $2, $3)",
+        key_id,
+        workspace_id,
+        key_hash,
+    )
+
+
+async def find_api_key(conn: asyncpg.Connection, key_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT k.key_hash, k.workspace_id, w.name FROM api_keys k"
+        " JOIN workspaces w ON w.id = k.workspace_id"
+        " WHERE k.key_id = $1 AND k.revoked_at IS NULL",
+        key_id,
+    )
+
+
+async def find_workspace_by_slug(conn: asyncpg.Connection, slug: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT id, name FROM workspaces WHERE slug = $1", slug)
+
+
+async def insert_contact(
+    conn: asyncpg.Connection, workspace_id: str, c: NewContact, now: datetime
+) -> asyncpg.Record | None:
+    """The new row, or None when the e-mail or external id is already in the workspace."""
+    birthday = c.birthday or (None, None, None)
+    return await conn.fetchrow(
+        f"INSERT INTO contacts ({CONTACT_COLUMNS})"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, 0,"
+        " $16, $16) ON CONFLICT DO NOTHING"
+        f" RETURNING {CONTACT_COLUMNS}",
+        uuid.uuid4(),
+        uuid.UUID(workspace_id),
+        c.email.strip(),
+        c.external_id or None,
+        c.first_name,
+        c.last_name,
+        c.locale,
+        c.time_zone,
+        birthday[0] or None,
+        birthday[1],
+        birthday[2],
+        c.signed_up_at,
+        json.dumps(c.attributes),
+        c.vip,
+        sorted(set(c.tags)),
+        now,
+    )
+
+
+async def find_contact(
+    conn: asyncpg.Connection, workspace_id: str, ref: contacts_pb2.ContactRef
+) -> asyncpg.Record:
+    which = ref.WhichOneof("ref")
+    where: str
+    arg: Any
+    if which == "contact_id":
+        where, arg = "id = $2", _uuid(ref.contact_id, "contact")
+    elif which == "external_id":
+        where, arg = "external_id = $2", ref.external_id
+    elif which == "email":
+        where, arg = "lower(email) = $2", normalize_email(ref.email)
+    else:
+        raise NotFound("contact not found")
+    row = await conn.fetchrow(
+        f"SELECT {CONTACT_COLUMNS} FROM contacts WHERE workspace_id = $1 AND {where}",
+        uuid.UUID(workspace_id),
+        arg,
+    )
+    if row is None:
+        raise NotFound("contact not found")
+    return row
+
+
+async def record_consent(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    contact_id: uuid.UUID,
+    purpose: int,
+    status: int,
+    source: int,
+    wording: str,
+    actor: str,
+    now: datetime,
+) -> uuid.UUID:
+    event_id = uuid.uuid4()
+    ws = uuid.UUID(workspace_id)
+    await conn.execute(
+        "INSERT INTO consent_events (id, workspace_id, contact_id, purpose, status, source,"
+        " wording, actor, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        event_id,
+        ws,
+        contact_id,
+        purpose,
+        status,
+        source,
+        wording,
+        actor,
+        now,
+    )
+    await conn.execute(
+        "INSERT INTO consents (workspace_id, contact_id, purpose, status, updated_at)"
+        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (workspace_id, contact_id, purpose)"
+        " DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
+        ws,
+        contact_id,
+        purpose,
+        status,
+        now,
+    )
+    return event_id
+
+
+async def eligibility_facts(
+    conn: asyncpg.Connection, workspace_id: str, contact_id: str, purpose: int
+) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "SELECT c.email, c.first_name, c.last_name, c.locale, w.name AS workspace_name,"
+        " w.consent_required_for_campaigns,"
+        " (SELECT status FROM consents s WHERE s.workspace_id = c.workspace_id"
+        "   AND s.contact_id = c.id AND s.purpose = $3) AS consent,"
+        " EXISTS (SELECT 1 FROM suppressions p WHERE p.workspace_id = c.workspace_id"
+        "   AND p.email = lower(c.email)) AS suppressed"
+        " FROM contacts c JOIN workspaces w ON w.id = c.workspace_id"
+        " WHERE c.workspace_id = $1 AND c.id = $2",
+        uuid.UUID(workspace_id),
+        _uuid(contact_id, "contact"),
+        purpose,
+    )
+    if row is None:
+        raise NotFound("contact not found")
+    return row
+
+
+async def claim_ingestion(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    idempotency_key: str,
+    event_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    now: datetime,
+) -> asyncpg.Record:
+    """Record the event under its idempotency key; returns the row that holds the key
+    (``inserted`` is false when the key was seen before)."""
+    row = await conn.fetchrow(
+        "INSERT INTO ingested_events (workspace_id, idempotency_key, event_id, contact_id,"
+        " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
+        " RETURNING event_id, contact_id, true AS inserted",
+        uuid.UUID(workspace_id),
+        idempotency_key,
+        event_id,
+        contact_id,
+        now,
+    )
+    if row is not None:
+        return row
+    existing = await conn.fetchrow(
+        "SELECT event_id, contact_id, false AS inserted FROM ingested_events"
+        " WHERE workspace_id = $1 AND idempotency_key = $2",
+        uuid.UUID(workspace_id),
+        idempotency_key,
+    )
+    assert existing is not None
+    return existing

@@ -1,0 +1,86 @@
+"""The composition root of the contacts service: pool, outbox relay, gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from nudge.contacts.v1 import contacts_pb2_grpc
+from nudge.shop.v1 import shop_pb2_grpc
+
+from services.common.db import create_pool, migrate
+from services.common.grpc_server import build_server, mark_serving
+from services.common.kafka import KafkaPublisher, supports_idempotence
+from services.common.outbox import OutboxRelay
+from services.contacts.adapters.postgres import SCHEMA
+from services.contacts.config import Settings
+from services.contacts.entrypoints.grpc import (
+    AUTH_POLICY,
+    ConsentServicer,
+    ContactServicer,
+    ShopEventServicer,
+    WorkspaceServicer,
+)
+from services.contacts.handlers import LocalApiKeyVerifier
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+SERVICE_NAMES = [
+    "nudge.contacts.v1.ContactService",
+    "nudge.contacts.v1.ConsentService",
+    "nudge.contacts.v1.WorkspaceService",
+    "nudge.shop.v1.ShopEventService",
+]
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    await migrate(settings.database_url, SCHEMA, MIGRATIONS)
+    pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    publisher = KafkaPublisher(
+        settings.kafka_bootstrap_servers,
+        "nudge-contacts",
+        idempotent=supports_idempotence(settings.kafka_kind),
+    )
+    await publisher.start()
+    relay = asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay")
+    server, health = build_server(
+        servicers=[
+            (
+                contacts_pb2_grpc.add_ContactServiceServicer_to_server,
+                ContactServicer(pool),
+                SERVICE_NAMES[0],
+            ),
+            (
+                contacts_pb2_grpc.add_ConsentServiceServicer_to_server,
+                ConsentServicer(pool),
+                SERVICE_NAMES[1],
+            ),
+            (
+                contacts_pb2_grpc.add_WorkspaceServiceServicer_to_server,
+                WorkspaceServicer(pool, settings.admin_token),
+                SERVICE_NAMES[2],
+            ),
+            (
+                shop_pb2_grpc.add_ShopEventServiceServicer_to_server,
+                ShopEventServicer(pool),
+                SERVICE_NAMES[3],
+            ),
+        ],
+        verifier=LocalApiKeyVerifier(pool),
+        internal_token=settings.internal_token,
+        policy=AUTH_POLICY,
+    )
+    server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
+    await server.start()
+    await mark_serving(health, SERVICE_NAMES)
+    log.info("contacts serving gRPC on :%d", settings.grpc_port)
+    await stop.wait()
+    await server.stop(grace=5)
+    relay.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await relay
+    await publisher.stop()
+    await pool.close()

@@ -1,0 +1,14 @@
+"""Settings of the contacts service (env prefix ``CONTACTS_``)."""
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import BaseServiceSettings
+
+
+class Settings(BaseServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="CONTACTS_", extra="ignore", frozen=True)
+
+    grpc_port: int = 50051
+    # Operators create workspaces with this token (or with the CLI, which needs the database).
+    admin_token: str = Field("", validation_alias="NUDGE_ADMIN_TOKEN", repr=False)

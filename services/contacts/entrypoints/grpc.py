@@ -1,0 +1,125 @@
+"""gRPC servicers of the contacts service: decode, call a handler, encode. No rules here."""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC
+
+import asyncpg
+import grpc
+from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
+
+from services.common.auth import current_workspace
+from services.common.errors import Unauthenticated
+from services.contacts import handlers
+from services.contacts.domain.model import NewContact
+
+
+def new_contact_from_proto(request: contacts_pb2.CreateContactRequest) -> NewContact:
+    c = request.contact
+    return NewContact(
+        email=c.email,
+        external_id=c.external_id,
+        first_name=c.first_name,
+        last_name=c.last_name,
+        locale=c.locale,
+        time_zone=c.time_zone,
+        birthday=(c.birthday.year, c.birthday.month, c.birthday.day)
+        if c.HasField("birthday")
+        else None,
+        signed_up_at=c.signed_up_at.ToDatetime(tzinfo=UTC) if c.HasField("signed_up_at") else None,
+        attributes=dict(c.attributes),
+        vip=c.vip,
+        tags=list(c.tags),
+        consents=list(request.consents),
+        consent_source=request.consent_source or 3,
+        consent_wording=request.consent_wording,
+    )
+
+
+class ContactServicer(contacts_pb2_grpc.ContactServiceServicer):
+    """Create and read contacts of the caller's workspace."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def CreateContact(
+        self, request: contacts_pb2.CreateContactRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.CreateContactResponse:
+        contact = await handlers.create_contact(
+            self.pool, current_workspace(), new_contact_from_proto(request)
+        )
+        return contacts_pb2.CreateContactResponse(contact=contact)
+
+    async def GetContact(
+        self, request: contacts_pb2.GetContactRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.GetContactResponse:
+        contact = await handlers.get_contact(self.pool, current_workspace(), request.contact)
+        return contacts_pb2.GetContactResponse(contact=contact)
+
+
+class ConsentServicer(contacts_pb2_grpc.ConsentServiceServicer):
+    """Consent history and the one question every sender asks: may I mail this contact?"""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def RecordConsent(
+        self, request: contacts_pb2.RecordConsentRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.RecordConsentResponse:
+        event_id = await handlers.record_consent(self.pool, current_workspace(), request)
+        return contacts_pb2.RecordConsentResponse(consent_event_id=event_id)
+
+    async def CheckEligibility(
+        self, request: contacts_pb2.CheckEligibilityRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.CheckEligibilityResponse:
+        return await handlers.check_eligibility(
+            self.pool, current_workspace(), request.contact_id, request.purpose
+        )
+
+
+class WorkspaceServicer(contacts_pb2_grpc.WorkspaceServiceServicer):
+    """Workspaces (operators, with the admin token) and API key checks (Nudge's services)."""
+
+    def __init__(self, pool: asyncpg.Pool, admin_token: str) -> None:
+        self.pool = pool
+        self.admin_token = admin_token
+
+    async def CreateWorkspace(
+        self, request: contacts_pb2.CreateWorkspaceRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.CreateWorkspaceResponse:
+        metadata = dict(context.invocation_metadata() or ())
+        offered = str(metadata.get("authorization", "")).removeprefix("Admin ")
+        if not self.admin_token or not hmac.compare_digest(offered, self.admin_token):
+            raise Unauthenticated("creating a workspace needs 'authorization: Admin <token>'")
+        workspace_id, api_key = await handlers.create_workspace(
+            self.pool, request.name, request.slug, request.consent_required_for_campaigns
+        )
+        return contacts_pb2.CreateWorkspaceResponse(workspace_id=workspace_id, api_key=api_key)
+
+    async def AuthenticateApiKey(
+        self, request: contacts_pb2.AuthenticateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.AuthenticateApiKeyResponse:
+        principal, name = await handlers.authenticate(self.pool, request.api_key)
+        return contacts_pb2.AuthenticateApiKeyResponse(
+            workspace_id=principal.workspace_id, key_id=principal.key_id, workspace_name=name
+        )
+
+
+class ShopEventServicer(shop_pb2_grpc.ShopEventServiceServicer):
+    """Ingestion of what customers did in the shop, once per idempotency key."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def TrackEvent(
+        self, request: shop_pb2.TrackEventRequest, context: grpc.aio.ServicerContext
+    ) -> shop_pb2.TrackEventResponse:
+        return await handlers.track_event(self.pool, current_workspace(), request)
+
+
+AUTH_POLICY = {
+    "/nudge.contacts.v1.WorkspaceService/CreateWorkspace": "none",  # checks the admin token
+    "/nudge.contacts.v1.WorkspaceService/AuthenticateApiKey": "internal",
+}
