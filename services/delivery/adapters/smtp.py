@@ -1,0 +1,64 @@
+"""The SMTP hand-off, as one traced span per message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.message import EmailMessage
+from urllib.parse import urlsplit
+
+import aiosmtplib
+from opentelemetry import trace
+
+tracer = trace.get_tracer(__name__)
+
+
+@dataclass(frozen=True)
+class SmtpTarget:
+    host: str
+    port: int
+    use_tls: bool
+    username: str | None
+    password: str | None
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpTarget:
+        """``smtp://[user:pass@]host:port`` (STARTTLS when offered) or ``smtps://`` (TLS)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+            raise ValueError(f"SMTP_URL must look like smtp://host:port, got {url!r}")
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (465 if parts.scheme == "smtps" else 25),
+            use_tls=parts.scheme == "smtps",
+            username=parts.username,
+            password=parts.password,
+        )
+
+
+class SmtpSender:
+    def __init__(self, target: SmtpTarget, timeout_s: float) -> None:
+        self._target = target
+        self._timeout = timeout_s
+
+    async def send(self, message: EmailMessage) -> str:
+        """Hand the message over; returns the server's reply. Raises aiosmtplib errors."""
+        with tracer.start_as_current_span(
+            "smtp send",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "server.address": self._target.host,
+                "server.port": self._target.port,
+                "nudge.message_id": str(message["X-Nudge-Message-Id"]),
+            },
+        ):
+            _, reply = await aiosmtplib.send(
+                message,
+                hostname=self._target.host,
+                port=self._target.port,
+                use_tls=self._target.use_tls,
+                start_tls=None,
+                username=self._target.username,
+                password=self._target.password,
+                timeout=self._timeout,
+            )
+            return reply

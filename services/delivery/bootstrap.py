@@ -1,0 +1,95 @@
+"""The composition root of the delivery service: the delivery.requests.v1 consumer, the
+outbox relay for delivery.events.v1, and the gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from aiokafka import ConsumerRecord
+from nudge.delivery.v1 import delivery_pb2_grpc
+from nudge.events.v1.envelope_pb2 import Envelope
+
+from services.common.auth import RemoteApiKeyVerifier
+from services.common.db import create_pool, migrate
+from services.common.grpc_client import channel
+from services.common.grpc_server import build_server, mark_serving
+from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
+from services.common.outbox import OutboxRelay
+from services.common.topics import DELIVERY_REQUESTS
+from services.delivery import handlers
+from services.delivery.adapters.contacts import EligibilityClient
+from services.delivery.adapters.postgres import SCHEMA
+from services.delivery.adapters.smtp import SmtpSender, SmtpTarget
+from services.delivery.config import Settings
+from services.delivery.entrypoints.grpc import DeliveryServicer
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "nudge.delivery.v1.DeliveryService"
+CONSUMER_GROUP = "delivery"
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    await migrate(settings.database_url, SCHEMA, MIGRATIONS)
+    pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    redis = aioredis.from_url(settings.redis_url)
+    contacts = channel(settings.contacts_addr)
+    deps = handlers.Deps(
+        pool=pool,
+        eligibility=EligibilityClient(contacts, settings.internal_token),
+        smtp=SmtpSender(SmtpTarget.from_url(settings.smtp_url), settings.smtp_timeout_s),
+        from_address=settings.from_address,
+    )
+    publisher = KafkaPublisher(
+        settings.kafka_bootstrap_servers,
+        "nudge-delivery",
+        idempotent=supports_idempotence(settings.kafka_kind),
+    )
+    await publisher.start()
+
+    async def on_request(envelope: Envelope, record: ConsumerRecord) -> None:
+        await handlers.deliver(deps, envelope)
+
+    consumer = KafkaConsumerLoop(
+        settings.kafka_bootstrap_servers, CONSUMER_GROUP, [DELIVERY_REQUESTS], on_request
+    )
+    await consumer.start()
+    tasks = [
+        asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay"),
+        asyncio.create_task(consumer.run(), name="delivery-consumer"),
+    ]
+    server, health = build_server(
+        servicers=[
+            (
+                delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
+                DeliveryServicer(pool),
+                SERVICE_NAME,
+            )
+        ],
+        verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
+        internal_token=settings.internal_token,
+    )
+    server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
+    await server.start()
+    await mark_serving(health, [SERVICE_NAME])
+    log.info("delivery serving gRPC on :%d, consuming %s", settings.grpc_port, DELIVERY_REQUESTS)
+    done, _ = await asyncio.wait(
+        [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
+    )
+    for task in done:
+        if task in tasks and task.exception():
+            log.error("delivery task %s died", task.get_name(), exc_info=task.exception())
+    await server.stop(grace=5)
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await consumer.stop()
+    await publisher.stop()
+    await contacts.close()
+    await redis.aclose()
+    await pool.close()

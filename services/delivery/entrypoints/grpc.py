@@ -1,0 +1,28 @@
+"""gRPC servicer of the delivery service."""
+
+from __future__ import annotations
+
+import asyncpg
+import grpc
+from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
+
+from services.common.auth import current_workspace
+from services.delivery import handlers
+
+
+class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
+    """Transactional sends and the status of any message of the caller's workspace."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def SendTransactional(
+        self, request: delivery_pb2.SendTransactionalRequest, context: grpc.aio.ServicerContext
+    ) -> delivery_pb2.SendTransactionalResponse:
+        message_id = await handlers.send_transactional(self.pool, current_workspace(), request)
+        return delivery_pb2.SendTransactionalResponse(message_id=message_id)
+
+    async def GetMessageStatus(
+        self, request: delivery_pb2.GetMessageStatusRequest, context: grpc.aio.ServicerContext
+    ) -> delivery_pb2.GetMessageStatusResponse:
+        return await handlers.message_status(self.pool, current_workspace(), request.message_id)

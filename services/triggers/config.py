@@ -1,0 +1,13 @@
+"""Settings of the triggers service (env prefix ``TRIGGERS_``)."""
+
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import BaseServiceSettings
+
+
+class Settings(BaseServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIGGERS_", extra="ignore", frozen=True)
+
+    grpc_port: int = 50054
+    # Faust consumer group and app id; one per deployment.
+    app_id: str = "nudge-triggers"

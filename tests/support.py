@@ -1,0 +1,47 @@
+"""Helpers every test may use: waiting for a condition with a deadline, free ports, ids."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def eventually(
+    probe: Callable[[], T | Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
+) -> T:
+    """Poll ``probe`` until it returns something truthy (or stops raising AssertionError);
+    returns that value. Fails with the last error when ``timeout`` runs out."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            value = probe()
+            if inspect.isawaitable(value):
+                value = await value
+            if value:
+                return value  # type: ignore[return-value]
+            last = None
+        except AssertionError as err:
+            last = err
+        if time.monotonic() >= deadline:
+            if last is not None:
+                raise last
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
