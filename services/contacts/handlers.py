@@ -191,8 +191,8 @@ async def track_event(
     pool: asyncpg.Pool, workspace_id: str, request: shop_pb2.TrackEventRequest
 ) -> shop_pb2.TrackEventResponse:
     """Accept a shop event once per idempotency key and queue it on shop.events.v1."""
-    model.validate_idempotency_key(request.idempotency_key)
     v = Validator()
+    model.check_idempotency_key(v, request.idempotency_key)
     v.check(request.HasField("contact"), "contact", "is required")
     v.check(
         request.event.WhichOneof("kind") is not None,

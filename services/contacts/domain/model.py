@@ -116,13 +116,11 @@ def validate_workspace(name: str, slug: str) -> None:
     v.raise_if_any()
 
 
-def validate_idempotency_key(key: str) -> None:
-    v = Validator()
+def check_idempotency_key(v: Validator, key: str) -> None:
     v.check(bool(key), "idempotency_key", "is required: the platform's own id for the event")
     v.check(
         len(key) <= MAX_IDEMPOTENCY_KEY, "idempotency_key", f"longer than {MAX_IDEMPOTENCY_KEY}"
     )
-    v.raise_if_any()
 
 
 def is_eligible(

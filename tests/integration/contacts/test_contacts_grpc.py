@@ -1,0 +1,237 @@
+"""The contacts service over real gRPC, PostgreSQL and Kafka, as a platform uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import grpc
+import pytest
+from aiokafka import AIOKafkaConsumer
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from nudge.events.v1.envelope_pb2 import Envelope
+from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
+
+from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
+from tests.integration.conftest import RunningService, Workspace
+from tests.support import unique
+
+AUTOMATIONS = contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
+
+
+def violations(err: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.BadRequest details"
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    return [v.field for v in bad_request.field_violations]
+
+
+@pytest.fixture
+async def channel(contacts_service: RunningService) -> grpc.aio.Channel:
+    async with grpc.aio.insecure_channel(contacts_service.address) as ch:
+        yield ch
+
+
+async def create(
+    channel: grpc.aio.Channel, ws: Workspace, email: str, **fields: object
+) -> contacts_pb2.Contact:
+    answer = await contacts_pb2_grpc.ContactServiceStub(channel).CreateContact(
+        contacts_pb2.CreateContactRequest(
+            contact=contacts_pb2.Contact(email=email, **fields),  # type: ignore[arg-type]
+            consents=[AUTOMATIONS],
+        ),
+        metadata=ws.metadata,
+    )
+    return answer.contact
+
+
+async def test_created_contact_reads_back_and_is_announced_on_kafka(
+    channel: grpc.aio.Channel, workspace: Workspace, infra: dict[str, str]
+) -> None:
+    contact = await create(
+        channel, workspace, "Ada@Example.com", first_name="Ada", tags=["b", "a"], vip=True
+    )
+    again = await contacts_pb2_grpc.ContactServiceStub(channel).GetContact(
+        contacts_pb2.GetContactRequest(contact=contacts_pb2.ContactRef(email="ada@example.com")),
+        metadata=workspace.metadata,
+    )
+    assert again.contact == contact
+    assert (contact.first_name, list(contact.tags), contact.vip) == ("Ada", ["a", "b"], True)
+
+    types = await read_types_for(infra, CONTACTS_EVENTS, contact.id, want=2)
+    assert sorted(types) == ["nudge.contacts.v1.ConsentChanged", "nudge.contacts.v1.ContactCreated"]
+
+
+async def read_types_for(
+    infra: dict[str, str], topic: str, contact_id: str, want: int
+) -> list[str]:
+    """Envelope types on ``topic`` keyed by ``contact_id`` (waits for ``want`` of them)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"],
+        group_id=unique("test-reader"),
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    found: list[str] = []
+    try:
+        async with asyncio.timeout(30):
+            while len(found) < want:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found += [
+                        Envelope.FromString(r.value).type
+                        for r in records
+                        if r.key == contact_id.encode()
+                    ]
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_every_bad_field_is_named_in_the_error(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await create(channel, workspace, "nope", locale="!!", time_zone="Nowhere/Else")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == ["contact.email", "contact.locale", "contact.time_zone"]
+
+
+async def test_a_duplicate_email_is_already_exists_and_writes_nothing(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    await create(channel, workspace, "twice@example.com")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await create(channel, workspace, "TWICE@example.com")
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_another_workspace_sees_not_found(
+    channel: grpc.aio.Channel, workspace: Workspace, contacts_service: RunningService
+) -> None:
+    other = await _new_workspace(contacts_service)
+    contact = await create(channel, workspace, "mine@example.com")
+    stub = contacts_pb2_grpc.ContactServiceStub(channel)
+    for ref in (
+        contacts_pb2.ContactRef(contact_id=contact.id),
+        contacts_pb2.ContactRef(email="mine@example.com"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GetContact(
+                contacts_pb2.GetContactRequest(contact=ref), metadata=other.metadata
+            )
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await contacts_pb2_grpc.ConsentServiceStub(channel).CheckEligibility(
+            contacts_pb2.CheckEligibilityRequest(contact_id=contact.id, purpose=AUTOMATIONS),
+            metadata=other.metadata,
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def _new_workspace(contacts_service: RunningService) -> Workspace:
+    async with grpc.aio.insecure_channel(contacts_service.address) as ch:
+        answer = await contacts_pb2_grpc.WorkspaceServiceStub(ch).CreateWorkspace(
+            contacts_pb2.CreateWorkspaceRequest(name="Other shop", slug=unique("other")),
+            metadata=(("authorization", "Admin test-admin-token"),),
+        )
+    return Workspace(id=answer.workspace_id, api_key=answer.api_key)
+
+
+@pytest.mark.parametrize(
+    ("metadata", "detail"),
+    [
+        ((), "missing"),
+        ((("authorization", "Bearer nk_0123456789abcdef_" + "A" * 43),), "unknown API key"),
+        ((("authorization", "Bearer not-a-key"),), "malformed"),
+        ((("authorization", "Internal wrong-token"),), "bad internal token"),
+    ],
+)
+async def test_calls_without_a_valid_key_are_unauthenticated(
+    channel: grpc.aio.Channel, metadata: tuple[tuple[str, str], ...], detail: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await contacts_pb2_grpc.ContactServiceStub(channel).GetContact(
+            contacts_pb2.GetContactRequest(contact=contacts_pb2.ContactRef(email="a@example.com")),
+            metadata=metadata,
+        )
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert detail in (err.value.details() or "")
+
+
+async def test_creating_a_workspace_needs_the_admin_token(channel: grpc.aio.Channel) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await contacts_pb2_grpc.WorkspaceServiceStub(channel).CreateWorkspace(
+            contacts_pb2.CreateWorkspaceRequest(name="x", slug=unique("x")),
+            metadata=(("authorization", "Admin guess"),),
+        )
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_body_that_is_not_the_message_is_invalid_argument(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    raw = channel.unary_unary("/nudge.contacts.v1.ContactService/CreateContact")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw(b"\xff\xff\xff\xff garbage", metadata=workspace.metadata)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == ["body"]
+
+
+async def test_an_oversized_request_is_refused(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await create(channel, workspace, "big@example.com", attributes={"blob": "x" * 2_000_000})
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_replayed_shop_event_is_accepted_once(
+    channel: grpc.aio.Channel, workspace: Workspace, infra: dict[str, str]
+) -> None:
+    contact = await create(channel, workspace, "shopper@example.com")
+    stub = shop_pb2_grpc.ShopEventServiceStub(channel)
+    request = shop_pb2.TrackEventRequest(
+        idempotency_key=unique("signup"),
+        contact=contacts_pb2.ContactRef(contact_id=contact.id),
+        event=shop_pb2.ShopEvent(signed_up=shop_pb2.SignedUp()),
+    )
+    first, second = await asyncio.gather(
+        stub.TrackEvent(request, metadata=workspace.metadata),
+        stub.TrackEvent(request, metadata=workspace.metadata),
+    )
+    assert first.event_id == second.event_id
+    assert sorted([first.duplicate, second.duplicate]) == [False, True]
+    assert first.contact_id == contact.id
+    types = await read_types_for(infra, SHOP_EVENTS, contact.id, want=1)
+    assert types == ["nudge.shop.v1.ShopEvent"]
+
+
+async def test_an_event_for_an_unknown_contact_is_not_found(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await shop_pb2_grpc.ShopEventServiceStub(channel).TrackEvent(
+            shop_pb2.TrackEventRequest(
+                idempotency_key="k1",
+                contact=contacts_pb2.ContactRef(contact_id=str(uuid.uuid4())),
+                event=shop_pb2.ShopEvent(signed_up=shop_pb2.SignedUp()),
+            ),
+            metadata=workspace.metadata,
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_an_event_without_key_or_kind_names_both_fields(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await shop_pb2_grpc.ShopEventServiceStub(channel).TrackEvent(
+            shop_pb2.TrackEventRequest(contact=contacts_pb2.ContactRef(email="a@example.com")),
+            metadata=workspace.metadata,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == ["idempotency_key", "event.kind"]

@@ -1,0 +1,205 @@
+"""The delivery service on real Kafka, PostgreSQL and SMTP: mail once, only when allowed."""
+
+from __future__ import annotations
+
+import mailbox
+import os
+from collections.abc import AsyncIterator
+from email.message import Message
+
+import grpc
+import pytest
+from aiokafka import AIOKafkaProducer
+from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
+
+from services.common.events import deterministic_id, new_envelope
+from services.common.topics import DELIVERY_REQUESTS
+from tests.integration.conftest import RunningService, Workspace, run_in_process
+from tests.support import eventually, free_port, unique
+
+SENT = delivery_pb2.MESSAGE_STATUS_SENT
+SKIPPED = delivery_pb2.MESSAGE_STATUS_SKIPPED
+
+
+def mails_for(message_id: str) -> list[Message]:
+    box = mailbox.Maildir(os.environ["NUDGE_MAILDIR"], create=True)
+    return [m for m in box if m["X-Nudge-Message-Id"] == message_id]
+
+
+@pytest.fixture(scope="module")
+async def delivery_service(contacts_service: RunningService) -> AsyncIterator[RunningService]:
+    from services.delivery.bootstrap import serve
+    from services.delivery.config import Settings
+
+    port = free_port()
+    async with run_in_process(serve, Settings(grpc_port=port), port) as running:
+        yield running
+
+
+@pytest.fixture
+async def producer(infra: dict[str, str]) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"])
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def new_contact(
+    contacts: RunningService, ws: Workspace, consents: list[int]
+) -> contacts_pb2.Contact:
+    async with grpc.aio.insecure_channel(contacts.address) as ch:
+        answer = await contacts_pb2_grpc.ContactServiceStub(ch).CreateContact(
+            contacts_pb2.CreateContactRequest(
+                contact=contacts_pb2.Contact(email=f"{unique('c')}@example.com", first_name="Ada"),
+                consents=consents,  # type: ignore[arg-type]
+            ),
+            metadata=ws.metadata,
+        )
+    return answer.contact
+
+
+async def status_of(
+    delivery: RunningService, ws: Workspace, message_id: str
+) -> delivery_pb2.GetMessageStatusResponse:
+    async with grpc.aio.insecure_channel(delivery.address) as ch:
+        answer: delivery_pb2.GetMessageStatusResponse = await delivery_pb2_grpc.DeliveryServiceStub(
+            ch
+        ).GetMessageStatus(
+            delivery_pb2.GetMessageStatusRequest(message_id=message_id), metadata=ws.metadata
+        )
+    return answer
+
+
+def automation_request(ws: Workspace, contact_id: str) -> tuple[str, bytes]:
+    message_id = deterministic_id(ws.id, unique("run"))
+    request = delivery_pb2.DeliveryRequested(
+        message_id=message_id,
+        contact_id=contact_id,
+        kind=delivery_pb2.MESSAGE_KIND_AUTOMATION,
+        purpose=contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS,
+        content=delivery_pb2.MessageContent(
+            subject="Hello {{ contact.first_name }} from {{ workspace.name }}", body_text="Hi"
+        ),
+    )
+    return message_id, new_envelope(ws.id, request, event_id=message_id).SerializeToString()
+
+
+async def test_a_request_replayed_three_times_is_mailed_once(
+    delivery_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    contact = await new_contact(
+        contacts_service, workspace, [contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS]
+    )
+    message_id, value = automation_request(workspace, contact.id)
+    for _ in range(3):
+        await producer.send_and_wait(DELIVERY_REQUESTS, value, key=contact.id.encode())
+
+    mails = await eventually(lambda: mails_for(message_id), timeout=30)
+    assert mails[0]["Subject"] == "Hello Ada from Test shop"
+    assert mails[0]["To"] == f"Ada <{contact.email}>"
+    assert "no-reply@" in mails[0]["From"] and "Test shop" in mails[0]["From"]
+    assert (await status_of(delivery_service, workspace, message_id)).status == SENT
+
+    # A later request behind the replays on the same partition proves they were all consumed.
+    marker_id, marker = automation_request(workspace, contact.id)
+    await producer.send_and_wait(DELIVERY_REQUESTS, marker, key=contact.id.encode())
+    await eventually(lambda: mails_for(marker_id), timeout=30)
+    assert len(mails_for(message_id)) == 1
+
+
+async def test_a_contact_without_consent_is_not_mailed(
+    delivery_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    contact = await new_contact(contacts_service, workspace, [])
+    message_id, value = automation_request(workspace, contact.id)
+    await producer.send_and_wait(DELIVERY_REQUESTS, value, key=contact.id.encode())
+
+    async def skipped() -> delivery_pb2.GetMessageStatusResponse | None:
+        try:
+            answer = await status_of(delivery_service, workspace, message_id)
+        except grpc.aio.AioRpcError:
+            return None
+        return answer if answer.status == SKIPPED else None
+
+    answer = await eventually(skipped, timeout=30)
+    assert answer.detail == "no_consent:automations"
+    assert mails_for(message_id) == []
+
+
+async def test_transactional_mail_needs_no_consent_and_is_sent_once_per_key(
+    delivery_service: RunningService, contacts_service: RunningService, workspace: Workspace
+) -> None:
+    contact = await new_contact(contacts_service, workspace, [])
+    request = delivery_pb2.SendTransactionalRequest(
+        idempotency_key=unique("order"),
+        contact_id=contact.id,
+        content=delivery_pb2.MessageContent(
+            subject="Your order", body_text="Order 42 is on its way"
+        ),
+    )
+    async with grpc.aio.insecure_channel(delivery_service.address) as ch:
+        stub = delivery_pb2_grpc.DeliveryServiceStub(ch)
+        first = await stub.SendTransactional(request, metadata=workspace.metadata)
+        second = await stub.SendTransactional(request, metadata=workspace.metadata)
+    assert first.message_id == second.message_id
+    mails = await eventually(lambda: mails_for(first.message_id), timeout=30)
+    assert mails[0]["Subject"] == "Your order"
+    answer = await eventually(
+        lambda: _sent(delivery_service, workspace, first.message_id), timeout=30
+    )
+    assert answer
+    assert len(mails_for(first.message_id)) == 1
+
+
+async def _sent(delivery: RunningService, ws: Workspace, message_id: str) -> bool:
+    return (await status_of(delivery, ws, message_id)).status == SENT
+
+
+async def test_another_workspace_cannot_read_a_message_status(
+    delivery_service: RunningService, contacts_service: RunningService, workspace: Workspace
+) -> None:
+    contact = await new_contact(contacts_service, workspace, [])
+    async with grpc.aio.insecure_channel(delivery_service.address) as ch:
+        sent = await delivery_pb2_grpc.DeliveryServiceStub(ch).SendTransactional(
+            delivery_pb2.SendTransactionalRequest(
+                idempotency_key="k",
+                contact_id=contact.id,
+                content=delivery_pb2.MessageContent(subject="s", body_text="b"),
+            ),
+            metadata=workspace.metadata,
+        )
+    await eventually(lambda: mails_for(sent.message_id), timeout=30)
+    async with grpc.aio.insecure_channel(contacts_service.address) as ch:
+        other = await contacts_pb2_grpc.WorkspaceServiceStub(ch).CreateWorkspace(
+            contacts_pb2.CreateWorkspaceRequest(name="Other", slug=unique("other")),
+            metadata=(("authorization", "Admin test-admin-token"),),
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await status_of(
+            delivery_service, Workspace(other.workspace_id, other.api_key), sent.message_id
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_transactional_send_with_a_broken_template_is_invalid(
+    delivery_service: RunningService, contacts_service: RunningService, workspace: Workspace
+) -> None:
+    contact = await new_contact(contacts_service, workspace, [])
+    async with grpc.aio.insecure_channel(delivery_service.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await delivery_pb2_grpc.DeliveryServiceStub(ch).SendTransactional(
+                delivery_pb2.SendTransactionalRequest(
+                    idempotency_key="k",
+                    contact_id=contact.id,
+                    content=delivery_pb2.MessageContent(subject="{% if %}", body_text="b"),
+                ),
+                metadata=workspace.metadata,
+            )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
