@@ -235,3 +235,26 @@ async def test_an_event_without_key_or_kind_names_both_fields(
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(err.value) == ["idempotency_key", "event.kind"]
+
+
+async def test_health_and_reflection_list_every_service(channel: grpc.aio.Channel) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    health = health_pb2_grpc.HealthStub(channel)
+    answer = await health.Check(
+        health_pb2.HealthCheckRequest(service="nudge.contacts.v1.ContactService")
+    )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    responses = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert {
+        "nudge.contacts.v1.ContactService",
+        "nudge.contacts.v1.ConsentService",
+        "nudge.contacts.v1.WorkspaceService",
+        "nudge.shop.v1.ShopEventService",
+        "grpc.health.v1.Health",
+    } <= names
