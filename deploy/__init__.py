@@ -1,0 +1,1 @@
+"""Ways to run Nudge: ``deploy/local`` starts everything on one machine without Docker."""

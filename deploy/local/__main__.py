@@ -1,0 +1,91 @@
+"""The command line of the local stack.
+
+python -m deploy.local run            # make run: infrastructure + every service
+python -m deploy.local up             # make infra: infrastructure only, in the foreground
+python -m deploy.local kafka          # make kafka: Kafka alone
+python -m deploy.local mail [--last N]  # make mail: what the SMTP sink received
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import sys
+
+from deploy.local import paths
+from deploy.local.smtp_sink import MaildirReader, mail_reader, text_body
+from deploy.local.stack import PARTS, LocalStack, run_sync
+from deploy.local.supervisor import (
+    Interrupted,
+    ignore_signals,
+    run,
+    stop_on_signals,
+    wait_forever,
+)
+from deploy.local.topics import ensure_topics
+
+
+def infra(parts: tuple[str, ...]) -> int:
+    """Start the infrastructure (or only ``parts``) with the fixed ports and kept data,
+    print the variables to export, and run until Ctrl-C."""
+    stop_on_signals()
+    stack = LocalStack(ports="fixed", persistent=True, parts=parts)
+    try:
+        env = stack.start()
+        if "KAFKA_BOOTSTRAP_SERVERS" in env:
+            run_sync(ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"]))
+        print("# The infrastructure runs; in another shell:")
+        for name, value in env.items():
+            print(f"export {name}={shlex.quote(value)}")
+        print(f"# logs in {paths.logs_dir()}; Ctrl-C stops it", flush=True)
+        wait_forever()
+    except Interrupted:
+        pass
+    except Exception as err:
+        print(f"nudge: {err}", file=sys.stderr)
+        return 1
+    finally:
+        ignore_signals()
+        stack.stop()
+    return 0
+
+
+def mail(last: int) -> int:
+    reader = mail_reader(os.environ) or MaildirReader(paths.data_dir("mail"))
+    messages = reader.messages()
+    if not messages:
+        print("no mail yet")
+        return 0
+    shown = messages[-last:] if last > 0 else messages
+    for message in shown:
+        print("=" * 78)
+        for header in ("Date", "From", "To", "Subject"):
+            print(f"{header + ':':<9}{message.get(header, '')}")
+        print()
+        print(text_body(message).strip())
+    print("=" * 78)
+    print(f"{len(shown)} of {len(messages)} message(s)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="infrastructure and every service (make run)")
+    commands.add_parser("up", help="the infrastructure only, in the foreground (make infra)")
+    commands.add_parser("kafka", help="Kafka only (make kafka)")
+    reading = commands.add_parser("mail", help="print the mail the SMTP sink received")
+    reading.add_argument("--last", type=int, default=10, help="how many (0: all)")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run()
+    if args.command == "up":
+        return infra(PARTS)
+    if args.command == "kafka":
+        return infra(("kafka",))
+    return mail(args.last)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""The whole local infrastructure in one object: PostgreSQL, Redis, Kafka, an SMTP sink.
+
+    stack = LocalStack(ports="free", fast=True, persistent=False)   # tests
+    env = stack.start()        # {"DATABASE_URL": ..., "KAFKA_BOOTSTRAP_SERVERS": ..., ...}
+    ...
+    stack.stop()
+
+A part whose variable is already set (``DATABASE_URL``, ``REDIS_URL``,
+``KAFKA_BOOTSTRAP_SERVERS``, ``SMTP_URL``) is not started: the value is passed through, so
+the same code runs against docker compose, CI services or a developer's own PostgreSQL.
+The parts start concurrently (Kafka's JVM is the slowest); :meth:`LocalStack.start` is a
+plain blocking call, usable from scripts, pytest fixtures and the supervisor alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+from deploy.local import paths
+from deploy.local.kafka import start_kafka
+from deploy.local.postgres import start_postgres
+from deploy.local.procs import (
+    ProcessRegistry,
+    exit_on_sigterm,
+    pick_free_ports,
+    pid_alive,
+    reap_stale,
+    start_ticks,
+)
+from deploy.local.redis import start_redis
+from deploy.local.smtp_sink import start_smtp_sink
+
+T = TypeVar("T")
+
+PARTS = ("postgres", "redis", "kafka", "smtp")
+# The variable that, when set, means "this part runs elsewhere".
+PART_VARIABLE = {
+    "postgres": "DATABASE_URL",
+    "redis": "REDIS_URL",
+    "kafka": "KAFKA_BOOTSTRAP_SERVERS",
+    "smtp": "SMTP_URL",
+}
+FIXED_PORTS: dict[str, int] = {
+    "postgres": 54329,
+    "redis": 63799,
+    "kafka": 19092,
+    "kafka_controller": 19093,
+    "smtp": 2525,
+}
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion from synchronous code, even when the calling thread
+    has an event loop set or running (pytest-asyncio): in a thread of its own."""
+    with ThreadPoolExecutor(1, thread_name_prefix="nudge-stack") as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def parts_to_start(environ: Mapping[str, str], parts: tuple[str, ...] = PARTS) -> list[str]:
+    return [part for part in parts if not environ.get(PART_VARIABLE[part])]
+
+
+class LocalStack:
+    """Starts the infrastructure parts that are not configured already.
+
+    ``state_dir``: logs, pid records and (``persistent``) data; default ``.nudge``.
+    ``ports``: "fixed" (``make run``: PostgreSQL 54329, Redis 63799, Kafka 19092/19093,
+    SMTP 2525), "free" (tests), or a mapping overriding some of the fixed ones.
+    ``fast``: trade durability for speed (PostgreSQL without fsync); for tests.
+    ``persistent``: keep data under ``state_dir/data`` across runs; otherwise it lives in a
+    temporary directory removed by :meth:`stop`. Kafka's jars are always cached in
+    ``cache_dir`` (default ``.nudge/cache``), so tests do not download them every session.
+    ``environ``: where to look for already-configured parts (default ``os.environ``).
+    """
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path | None = None,
+        ports: Literal["fixed", "free"] | Mapping[str, int] = "fixed",
+        fast: bool = False,
+        persistent: bool = True,
+        cache_dir: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        parts: tuple[str, ...] = PARTS,
+    ) -> None:
+        self.state_dir = (state_dir or paths.state_dir()).resolve()
+        self.cache_dir = cache_dir or paths.cache_dir()
+        self.fast = fast
+        self.persistent = persistent
+        self.environ = dict(os.environ if environ is None else environ)
+        self.parts = parts
+        if ports == "free":
+            self.ports = pick_free_ports(FIXED_PORTS)
+        elif ports == "fixed":
+            self.ports = dict(FIXED_PORTS)
+        else:
+            self.ports = {**FIXED_PORTS, **ports}
+        self.logs_dir = paths.logs_dir(self.state_dir)
+        self.registry = ProcessRegistry(record=self.state_dir / "run" / "stack.json")
+        self.env: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+        self._data_root: Path | None = None
+        self._temporary_data = False
+        self._owner = False  # this object wrote state_dir/run/owner.json
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> dict[str, str]:
+        """Start what is missing; returns the variables the services need. Blocking."""
+        exit_on_sigterm()
+        try:
+            return run_sync(self.astart())
+        except BaseException:
+            self.stop()
+            raise
+
+    async def astart(self) -> dict[str, str]:
+        self._claim_state_dir()
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        if self.persistent:
+            self._data_root = self.state_dir / "data"
+        else:
+            # Short, so that PostgreSQL's unix socket path fits its 107 bytes.
+            self._data_root = Path(tempfile.mkdtemp(prefix="nudge-data-"))
+            self._temporary_data = True
+        env = {
+            variable: self.environ[variable]
+            for variable in (*PART_VARIABLE.values(), "NUDGE_KAFKA_KIND", "MAILPIT_URL")
+            if self.environ.get(variable)
+        }
+        if "KAFKA_BOOTSTRAP_SERVERS" in env:
+            env.setdefault("NUDGE_KAFKA_KIND", "external")
+        starters: dict[str, Callable[[], Awaitable[dict[str, str]]]] = {
+            "postgres": self._start_postgres,
+            "redis": self._start_redis,
+            "kafka": self._start_kafka,
+            "smtp": self._start_smtp,
+        }
+        todo = parts_to_start(self.environ, self.parts)
+        began = time.monotonic()
+        results = await asyncio.gather(
+            *(self._timed(part, starters[part]) for part in todo), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            self.registry.stop_all()
+            raise errors[0]
+        for result in results:
+            assert isinstance(result, dict)
+            env.update(result)
+        self.env = env
+        if todo:
+            took = time.monotonic() - began
+            print(f"nudge: infrastructure ready in {took:.1f}s", file=sys.stderr)
+        return dict(env)
+
+    def stop(self) -> None:
+        """Stop every child, in reverse order of start; idempotent."""
+        self.registry.stop_all()
+        if self._temporary_data and self._data_root is not None:
+            shutil.rmtree(self._data_root, ignore_errors=True)
+            self._temporary_data = False
+        if self._owner:
+            with contextlib.suppress(OSError):
+                (self.state_dir / "run" / "owner.json").unlink()
+            self._owner = False
+
+    def pids(self) -> list[int]:
+        return [child.pid for child in self.registry.children]
+
+    def __enter__(self) -> dict[str, str]:
+        return self.start()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # -- parts ----------------------------------------------------------------------------
+
+    def _claim_state_dir(self) -> None:
+        """Children recorded by an owner that died without stopping them (SIGKILL) are
+        stopped now; a live owner's (another `make run`) are left alone."""
+        run = self.state_dir / "run"
+        run.mkdir(parents=True, exist_ok=True)
+        owner_file = run / "owner.json"
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            owner = json.loads(owner_file.read_text())
+            pid = int(owner["pid"])
+            if pid_alive(pid) and start_ticks(pid) == owner["start"]:
+                raise RuntimeError(
+                    f"another Nudge stack (pid {pid}) uses {self.state_dir}: stop it first, "
+                    "or give this one its own state_dir / NUDGE_HOME"
+                )
+        reap_stale(run / "stack.json")
+        owner_file.write_text(json.dumps({"pid": os.getpid(), "start": start_ticks(os.getpid())}))
+        self._owner = True
+
+    async def _timed(
+        self, part: str, starter: Callable[[], Awaitable[dict[str, str]]]
+    ) -> dict[str, str]:
+        began = time.monotonic()
+        result = await starter()
+        self.timings[part] = time.monotonic() - began
+        detail = f" ({result['NUDGE_KAFKA_KIND']})" if "NUDGE_KAFKA_KIND" in result else ""
+        print(f"nudge: {part}{detail} ready in {self.timings[part]:.1f}s", file=sys.stderr)
+        return result
+
+    def _data(self, part: str) -> Path:
+        assert self._data_root is not None
+        return self._data_root / part
+
+    async def _start_postgres(self) -> dict[str, str]:
+        return await start_postgres(
+            self.registry,
+            data_dir=self._data("postgres"),
+            port=self.ports["postgres"],
+            log_dir=self.logs_dir,
+            fast=self.fast,
+        )
+
+    async def _start_redis(self) -> dict[str, str]:
+        return await start_redis(
+            self.registry,
+            data_dir=self._data("redis"),
+            port=self.ports["redis"],
+            log_dir=self.logs_dir,
+            appendonly=self.persistent,
+        )
+
+    async def _start_kafka(self) -> dict[str, str]:
+        return await start_kafka(
+            self.registry,
+            environ=self.environ,
+            cache_dir=self.cache_dir,
+            data_dir=self._data("kafka"),
+            port=self.ports["kafka"],
+            controller_port=self.ports["kafka_controller"],
+            log_dir=self.logs_dir,
+        )
+
+    async def _start_smtp(self) -> dict[str, str]:
+        return await start_smtp_sink(
+            self.registry,
+            maildir=self._data("mail"),
+            port=self.ports["smtp"],
+            log_dir=self.logs_dir,
+        )

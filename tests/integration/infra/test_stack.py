@@ -1,0 +1,255 @@
+"""The local stack starts real PostgreSQL, Redis, Kafka (Apache or Tansu) and the SMTP sink,
+and stops every process it started.
+
+These tests start stacks of their own (not the session's ``infra``), on free ports,
+ignoring any ``DATABASE_URL``... in the environment, so they test ``deploy/local`` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import smtplib
+from collections.abc import Awaitable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+from typing import cast
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from deploy.local.kafka import resolve_kafka_jars, start_tansu
+from deploy.local.procs import ProcessRegistry, pick_free_ports
+from deploy.local.smtp_sink import ENVELOPE_TO, MaildirReader
+from deploy.local.stack import PART_VARIABLE, LocalStack
+from deploy.local.topics import ensure_topics
+from tests.support import unique
+
+OUTSIDE_VARIABLES = {*PART_VARIABLE.values(), "NUDGE_KAFKA_KIND", "MAILPIT_URL"}
+
+
+def own_environ() -> dict[str, str]:
+    """The environment without the session's infrastructure, so every part starts here
+    (``NUDGE_KAFKA`` stays: ``NUDGE_KAFKA=tansu pytest`` tests the stack on Tansu)."""
+    return {k: v for k, v in os.environ.items() if k not in OUTSIDE_VARIABLES}
+
+
+def new_stack(state_dir: Path, **options: object) -> LocalStack:
+    return LocalStack(
+        state_dir=state_dir,
+        ports="free",
+        fast=True,
+        persistent=False,
+        environ=own_environ(),
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def assert_all_gone(pids: list[int]) -> None:
+    """Neither the processes nor anything left in their process groups."""
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        with pytest.raises(ProcessLookupError):
+            os.killpg(pid, 0)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    running = new_stack(tmp_path_factory.mktemp("stack"))
+    running.start()
+    yield running
+    running.stop()
+
+
+async def kafka_round_trip(bootstrap: str) -> None:
+    """Create a topic, produce a record with a header, consume it back."""
+    topic = unique("infra-test")
+    await ensure_topics(bootstrap, {topic: 2})
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            topic, b"hello", key=b"contact-1", headers=[("traceparent", b"00-abc-01")]
+        )
+    finally:
+        await producer.stop()
+    # No consumer group: Tansu holds a JoinGroup for half the session timeout (DESIGN.md).
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",  # Tansu's "latest" is unreliable (DESIGN.md)
+    )
+    await consumer.start()
+    try:
+        record = await asyncio.wait_for(consumer.getone(), timeout=60)
+    finally:
+        await consumer.stop()
+    assert (record.key, record.value) == (b"contact-1", b"hello")
+    assert list(record.headers) == [("traceparent", b"00-abc-01")]
+
+
+async def test_postgres_is_16_and_has_the_nudge_database(stack: LocalStack) -> None:
+    conn = await asyncpg.connect(stack.env["DATABASE_URL"])
+    try:
+        assert (await conn.fetchval("SELECT version()")).startswith("PostgreSQL 16.")
+        assert await conn.fetchval("SELECT current_database()") == "nudge"
+        assert await conn.fetchval("SHOW max_connections") == "200"
+    finally:
+        await conn.close()
+
+
+async def test_redis_answers_ping(stack: LocalStack) -> None:
+    client = aioredis.Redis.from_url(stack.env["REDIS_URL"])
+    try:
+        assert await cast(Awaitable[bool], client.ping())
+    finally:
+        await client.aclose()
+
+
+async def test_kafka_carries_a_record_with_its_header(stack: LocalStack) -> None:
+    assert stack.env["NUDGE_KAFKA_KIND"].startswith(("apache-kafka 4.1.1", "tansu"))
+    await kafka_round_trip(stack.env["KAFKA_BOOTSTRAP_SERVERS"])
+
+
+async def test_nudge_topics_are_created_idempotently(stack: LocalStack) -> None:
+    await ensure_topics(stack.env["KAFKA_BOOTSTRAP_SERVERS"])
+    await ensure_topics(stack.env["KAFKA_BOOTSTRAP_SERVERS"])
+
+
+def test_smtp_sink_keeps_every_mail_for_the_reader(stack: LocalStack) -> None:
+    message = EmailMessage()
+    message["From"] = "shop@example.com"
+    message["To"] = "ada@example.com"
+    message["Subject"] = subject = unique("Welcome")
+    message.set_content("Hello Ada")
+    host, port = stack.env["SMTP_URL"].removeprefix("smtp://").split(":")
+    with smtplib.SMTP(host, int(port), timeout=10) as smtp:
+        smtp.send_message(message, to_addrs=["ada@example.com", "bcc@example.com"])
+
+    reader = MaildirReader(stack.env["NUDGE_MAILDIR"])
+    stored = next(m for m in reader.messages() if m["Subject"] == subject)
+    assert stored[ENVELOPE_TO] == "ada@example.com, bcc@example.com"
+    assert stored.get_content().strip() == "Hello Ada"
+
+
+async def test_tansu_carries_a_record_with_its_header(tmp_path: Path) -> None:
+    registry = ProcessRegistry()
+    try:
+        env = await start_tansu(
+            registry, port=pick_free_ports(["tansu"])["tansu"], log_dir=tmp_path
+        )
+        assert env["NUDGE_KAFKA_KIND"].startswith("tansu 0.")
+        await kafka_round_trip(env["KAFKA_BOOTSTRAP_SERVERS"])
+        pids = [child.pid for child in registry.children]
+    finally:
+        registry.stop_all()
+    assert_all_gone(pids)
+
+
+def test_stop_leaves_no_process_behind(tmp_path: Path) -> None:
+    stack = new_stack(tmp_path)
+    try:
+        stack.start()
+        pids = stack.pids()
+        assert len(pids) == 4
+    finally:
+        stack.stop()
+    assert_all_gone(pids)
+    assert stack.pids() == []
+
+
+async def test_persistent_data_survives_a_restart(tmp_path: Path) -> None:
+    def start() -> LocalStack:
+        stack = LocalStack(
+            state_dir=tmp_path,
+            ports="free",
+            persistent=True,
+            environ=own_environ(),
+            parts=("postgres", "kafka"),
+        )
+        stack.start()
+        return stack
+
+    first = await asyncio.to_thread(start)
+    topic = unique("kept")
+    try:
+        conn = await asyncpg.connect(first.env["DATABASE_URL"])
+        await conn.execute("CREATE TABLE kept (id int)")
+        await conn.close()
+        await ensure_topics(first.env["KAFKA_BOOTSTRAP_SERVERS"], {topic: 1})
+        kind = first.env["NUDGE_KAFKA_KIND"]
+    finally:
+        await asyncio.to_thread(first.stop)
+
+    second = await asyncio.to_thread(start)
+    try:
+        conn = await asyncpg.connect(second.env["DATABASE_URL"])
+        assert await conn.fetchval("SELECT to_regclass('kept') IS NOT NULL")
+        await conn.close()
+        if kind.startswith("apache-kafka"):  # Tansu keeps topics in memory only
+            admin = AIOKafkaAdminClient(bootstrap_servers=second.env["KAFKA_BOOTSTRAP_SERVERS"])
+            await admin.start()
+            try:
+                assert topic in await admin.list_topics()
+            finally:
+                await admin.close()
+    finally:
+        await asyncio.to_thread(second.stop)
+
+
+def test_cached_kafka_jars_need_neither_maven_nor_network(
+    stack: LocalStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not stack.env["NUDGE_KAFKA_KIND"].startswith("apache-kafka"):
+        pytest.skip("Kafka here is not Apache Kafka")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no mvn to run
+    libs = resolve_kafka_jars(stack.cache_dir, tmp_path / "maven.log")
+    assert (libs / "kafka_2.13-4.1.1.jar").exists()
+    assert not (tmp_path / "maven.log").exists()
+
+
+async def test_the_infra_fixture_exports_its_variables(infra: dict[str, str]) -> None:
+    for name in ("DATABASE_URL", "REDIS_URL", "KAFKA_BOOTSTRAP_SERVERS", "SMTP_URL"):
+        assert os.environ[name] == infra[name]
+    conn = await asyncpg.connect(infra["DATABASE_URL"])
+    try:
+        assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+    await ensure_topics(infra["KAFKA_BOOTSTRAP_SERVERS"])  # already there: returns at once
+
+
+def test_a_failing_apache_kafka_falls_back_to_tansu_with_the_error_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    if not shutil.which("java"):
+        pytest.skip("no Java: Apache Kafka is never tried here")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mvn").write_text(
+        "#!/bin/sh\necho 'Could not resolve dependencies (offline)'\nexit 1\n"
+    )
+    (fake / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    environ = {k: v for k, v in own_environ().items() if k != "NUDGE_KAFKA"}
+    stack = LocalStack(
+        state_dir=tmp_path / "state",
+        cache_dir=tmp_path / "cache",  # empty: Maven must run, and fails
+        ports="free",
+        persistent=False,
+        environ=environ,
+        parts=("kafka",),
+    )
+    try:
+        env = stack.start()
+    finally:
+        stack.stop()
+    assert env["NUDGE_KAFKA_KIND"].startswith("tansu")
+    assert "Could not resolve dependencies (offline)" in capfd.readouterr().err
+    assert not (tmp_path / "cache" / "kafka-4.1.1" / "complete").exists()

@@ -1,0 +1,206 @@
+"""The pure parts of ``deploy/local``: port picking, which Kafka to run, the services'
+environment, the restart backoff, the mail store; no process is started here."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from aiosmtpd.smtp import Envelope
+
+from deploy.local.kafka import choose_kafka, java_major, new_cluster_id, server_properties
+from deploy.local.postgres import socket_dir_for
+from deploy.local.procs import pick_free_ports, port_is_free
+from deploy.local.smtp_sink import ENVELOPE_TO, RECEIVED_AT, MaildirHandler, MaildirReader
+from deploy.local.stack import LocalStack, parts_to_start
+from deploy.local.supervisor import (
+    DEFAULT_PORTS,
+    SECRETS,
+    load_secrets,
+    restart_delay,
+    service_env,
+    service_ports,
+)
+from deploy.local.topics import DEFAULT_TOPICS, nudge_topics
+
+
+def never() -> object:
+    raise AssertionError("this probe must not run")
+
+
+# -- ports -------------------------------------------------------------------------------
+
+
+def test_free_ports_are_distinct_and_bindable() -> None:
+    ports = pick_free_ports(["a", "b", "c", "d", "e"])
+    assert sorted(ports) == ["a", "b", "c", "d", "e"]
+    assert len(set(ports.values())) == 5
+    assert all(port_is_free(port) for port in ports.values())
+
+
+def test_a_bound_port_is_not_free() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert not port_is_free(sock.getsockname()[1])
+
+
+# -- which Kafka -------------------------------------------------------------------------
+
+
+def test_an_external_broker_wins_over_everything() -> None:
+    environ = {"KAFKA_BOOTSTRAP_SERVERS": "kafka:9092", "NUDGE_KAFKA": "tansu"}
+    assert choose_kafka(environ, java=never, maven=never) == "external"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("forced", ["apache", "tansu", "TANSU"])
+def test_nudge_kafka_forces_a_choice_without_probing(forced: str) -> None:
+    choice = choose_kafka({"NUDGE_KAFKA": forced}, java=never, maven=never)  # type: ignore[arg-type]
+    assert choice == forced.lower()
+
+
+def test_an_unknown_forced_kafka_is_refused() -> None:
+    with pytest.raises(ValueError, match="NUDGE_KAFKA"):
+        choose_kafka({"NUDGE_KAFKA": "redpanda"})
+
+
+@pytest.mark.parametrize(
+    ("java", "maven", "expected"),
+    [(17, True, "apache"), (21, True, "apache"), (11, True, "tansu"), (17, False, "tansu")],
+)
+def test_apache_kafka_needs_java_17_and_maven(java: int, maven: bool, expected: str) -> None:
+    assert choose_kafka({}, java=lambda: java, maven=lambda: maven) == expected
+
+
+def test_no_java_means_tansu() -> None:
+    assert choose_kafka({}, java=lambda: None, maven=lambda: True) == "tansu"
+
+
+@pytest.mark.parametrize(
+    ("text", "major"),
+    [
+        ('openjdk version "17.0.15" 2025-04-15', 17),
+        ('openjdk version "21" 2023-09-19', 21),
+        ('java version "1.8.0_392"', 8),
+        ("no java here", None),
+    ],
+)
+def test_java_major_version_is_read_from_java_version(text: str, major: int | None) -> None:
+    assert java_major(text) == major
+
+
+def test_cluster_ids_look_like_kafkas() -> None:
+    ids = {new_cluster_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(len(i) == 22 and not i.startswith("-") and "=" not in i for i in ids)
+
+
+def test_broker_listens_only_on_loopback_with_a_single_node_quorum(tmp_path: Path) -> None:
+    text = server_properties(tmp_path, 19092, 19093)
+    assert "listeners=PLAINTEXT://127.0.0.1:19092,CONTROLLER://127.0.0.1:19093" in text
+    assert "controller.quorum.voters=1@127.0.0.1:19093" in text
+    assert "offsets.topic.replication.factor=1" in text
+
+
+# -- the stack ---------------------------------------------------------------------------
+
+
+def test_a_part_whose_variable_is_set_is_not_started() -> None:
+    environ = {"DATABASE_URL": "postgresql://db/x", "SMTP_URL": "smtp://mail:25"}
+    assert parts_to_start(environ) == ["redis", "kafka"]
+
+
+def test_a_fully_configured_environment_starts_nothing_and_passes_through(
+    tmp_path: Path,
+) -> None:
+    environ = {
+        "DATABASE_URL": "postgresql://db/x",
+        "REDIS_URL": "redis://cache:6379/0",
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+        "SMTP_URL": "smtp://mail:1025",
+        "MAILPIT_URL": "http://mail:8025",
+    }
+    stack = LocalStack(state_dir=tmp_path, ports="free", persistent=False, environ=environ)
+    try:
+        env = stack.start()
+        assert stack.pids() == []
+    finally:
+        stack.stop()
+    assert env == {**environ, "NUDGE_KAFKA_KIND": "external"}
+
+
+def test_the_postgres_socket_moves_to_tmp_when_the_path_is_too_long(tmp_path: Path) -> None:
+    assert socket_dir_for(Path("/srv/n/data/postgres"), 5432) == Path("/srv/n/data/pgsock")
+    deep = Path("/" + "x" * 120) / "postgres"
+    assert socket_dir_for(deep, 5432) == Path("/tmp/nudge-pgsock-5432")
+
+
+def test_the_topics_are_those_of_the_services() -> None:
+    assert nudge_topics() == DEFAULT_TOPICS
+
+
+# -- the services' environment -----------------------------------------------------------
+
+
+def test_service_env_points_every_client_at_its_server() -> None:
+    ports = {**DEFAULT_PORTS, "CONTACTS_GRPC_PORT": 6001, "GATEWAY_HTTP_PORT": 6002}
+    env = service_env({"DATABASE_URL": "postgresql://db/x"}, ports, base={})
+    assert env["DATABASE_URL"] == "postgresql://db/x"
+    assert env["CONTACTS_GRPC_PORT"] == "6001"
+    assert env["NUDGE_CONTACTS_ADDR"] == "127.0.0.1:6001"
+    assert env["NUDGE_GATEWAY_URL"] == "http://127.0.0.1:6002"
+    assert env["NUDGE_TRACKING_URL"] == "http://127.0.0.1:8081"
+    assert env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_a_secret_set_in_the_environment_wins_over_the_kept_one() -> None:
+    kept = {name: f"kept-{name}" for name in SECRETS}
+    env = service_env({}, base={"NUDGE_LINK_SECRET": "mine"}, secrets_=kept)
+    assert env["NUDGE_LINK_SECRET"] == "mine"
+    assert env["NUDGE_INTERNAL_TOKEN"] == "kept-NUDGE_INTERNAL_TOKEN"
+
+
+def test_secrets_are_made_once_and_kept(tmp_path: Path) -> None:
+    first = load_secrets(tmp_path)
+    assert set(first) == set(SECRETS) and all(len(v) >= 32 for v in first.values())
+    assert load_secrets(tmp_path) == first
+
+
+def test_service_ports_can_be_overridden_one_by_one() -> None:
+    ports = service_ports({"GATEWAY_HTTP_PORT": "9000"})
+    assert ports["GATEWAY_HTTP_PORT"] == 9000
+    assert ports["CONTACTS_GRPC_PORT"] == 50051
+
+
+def test_restarts_back_off_and_stay_under_five_a_minute() -> None:
+    assert restart_delay([], now=100.0) == 0.5
+    assert restart_delay([99.0], now=100.0) == 1.0
+    assert restart_delay([10.0], now=100.0) == 0.5  # older than a minute: forgotten
+    assert restart_delay([95.0, 96.0, 97.0, 98.0], now=100.0) == 8.0
+    # Five in the last minute: wait until the oldest of them is a minute old.
+    assert restart_delay([60.0, 70.0, 80.0, 90.0, 99.0], now=100.0) == 20.0
+
+
+# -- the mail store ----------------------------------------------------------------------
+
+
+async def test_the_sink_stores_a_message_the_reader_returns(tmp_path: Path) -> None:
+    envelope = Envelope()
+    envelope.mail_from = "shop@example.com"
+    envelope.rcpt_tos = ["ada@example.com"]
+    envelope.original_content = (
+        b"From: shop@example.com\r\nTo: ada@example.com\r\nSubject: Hi\r\n\r\nHello Ada\r\n"
+    )
+    handler = MaildirHandler(tmp_path / "mail")
+    answer = await handler.handle_DATA(None, None, envelope)  # type: ignore[arg-type]
+    assert answer.startswith("250")
+    [message] = MaildirReader(tmp_path / "mail").messages()
+    assert message["Subject"] == "Hi"
+    assert message[ENVELOPE_TO] == "ada@example.com"
+    assert message[RECEIVED_AT]
+    assert message.get_content().strip() == "Hello Ada"
+
+
+def test_an_empty_maildir_reads_as_no_mail(tmp_path: Path) -> None:
+    assert MaildirReader(tmp_path / "nothing").messages() == []
