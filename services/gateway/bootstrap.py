@@ -1,0 +1,111 @@
+"""The composition root of the gateway: the FastAPI app with its routers, error handlers,
+body limit and tracing; the clients it opens once at start-up (gRPC channels, the health
+checks' pool, Redis and Kafka clients); and the uvicorn server ``python -m services.gateway``
+runs. Unit tests pass fake backends and checks instead of the real clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.exceptions import HTTPException
+
+from services.common.http_server import serve_http
+from services.gateway import problems
+from services.gateway.adapters.grpc import Backends, open_backends
+from services.gateway.adapters.health import DependencyChecks
+from services.gateway.body_limit import BodyLimitMiddleware
+from services.gateway.config import Settings
+from services.gateway.deps import HealthChecks
+from services.gateway.entrypoints import campaigns, contacts, events, health, messages, segments
+
+DESCRIPTION = """The HTTP API of Nudge for managers and frontends.
+
+Every `/v1` route needs a workspace API key: `Authorization: Bearer nk_...`. A key sees only
+its own workspace; another workspace's ids are *not found*. Errors are RFC 9457 problem
+details (`application/problem+json`) with a field list for invalid requests."""
+
+TAGS = [
+    {"name": "contacts", "description": "Contacts and their consent history."},
+    {"name": "events", "description": "What customers did in the shop."},
+    {"name": "segments", "description": "Built-in and custom segments."},
+    {"name": "campaigns", "description": "Targeted messages to segments."},
+    {"name": "messages", "description": "Delivery status of single messages."},
+    {"name": "health", "description": "Dependency checks."},
+]
+
+
+def create_app(
+    settings: Settings,
+    *,
+    backends: Backends | None = None,
+    checks: HealthChecks | None = None,
+) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            app.state.backends = backends
+            if backends is None:
+                app.state.backends = open_backends(settings)
+                stack.push_async_callback(app.state.backends.close)
+            app.state.checks = checks
+            if checks is None:
+                dependency_checks = DependencyChecks(settings, app.state.backends.health)
+                stack.push_async_callback(dependency_checks.close)
+                await dependency_checks.start()
+                app.state.checks = dependency_checks
+            yield
+
+    app = FastAPI(
+        title="Nudge gateway",
+        version="1",
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    for module in (contacts, events, segments, campaigns, messages, health):
+        app.include_router(module.router)
+    app.add_exception_handler(problems.Problem, problems.handle_problem)
+    app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
+    app.add_exception_handler(HTTPException, problems.handle_http_exception)
+    app.add_exception_handler(grpc.aio.AioRpcError, problems.handle_rpc_error)
+    app.add_exception_handler(Exception, problems.handle_unexpected)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Outermost: the request's span is the root of the trace, gRPC calls continue it.
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, with error answers under ``application/problem+json``."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+            tags=app.openapi_tags,
+        )
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for answer in operation.get("responses", {}).values():
+                    content = answer.get("content", {})
+                    if "ProblemDetails" in str(content.get("application/json")):
+                        content[problems.MEDIA_TYPE] = content.pop("application/json")
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve HTTP on ``settings.http_port`` until ``stop`` is set."""
+    await serve_http(create_app(settings), settings.http_host, settings.http_port, stop)

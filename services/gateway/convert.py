@@ -1,0 +1,301 @@
+"""JSON <-> protobuf, in one place: the routers never touch a protobuf field themselves.
+
+Enums travel as lower-case names without their prefix (``CONSENT_PURPOSE_MARKETING`` <->
+``"marketing"``), timestamps as RFC 3339, birthdays as ``YYYY-MM-DD`` or ``--MM-DD``.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, cast
+
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
+from nudge.campaigns.v1 import campaigns_pb2
+from nudge.contacts.v1 import contacts_pb2
+from nudge.delivery.v1 import delivery_pb2
+from nudge.segmentation.v1 import segmentation_pb2
+from nudge.shop.v1 import shop_pb2
+
+from services.gateway import schemas
+
+# --- shared -------------------------------------------------------------------------------
+
+
+def _enum_value(enum: Any, prefix: str, name: str) -> Any:
+    """The number of ``name`` in ``enum`` (typed Any: each enum has its own ValueType)."""
+    return enum.Value(f"{prefix}{name.upper()}")
+
+
+def _enum_name(enum: Any, prefix: str, value: int) -> str:
+    try:
+        return cast(str, enum.Name(value)).removeprefix(prefix).lower()
+    except ValueError:  # a value newer than our copy of the contract
+        return "unspecified"
+
+
+def _time(ts: Timestamp, present: bool) -> datetime | None:
+    return ts.ToDatetime(tzinfo=UTC) if present else None
+
+
+def _strip(prefix: str, field: str) -> str:
+    return field.removeprefix(prefix)
+
+
+# --- contacts -----------------------------------------------------------------------------
+
+
+def create_contact_request(body: schemas.ContactIn) -> contacts_pb2.CreateContactRequest:
+    contact = contacts_pb2.Contact(
+        email=body.email,
+        external_id=body.external_id or "",
+        first_name=body.first_name,
+        last_name=body.last_name,
+        locale=body.locale,
+        time_zone=body.time_zone,
+        attributes=body.attributes,
+        vip=body.vip,
+        tags=body.tags,
+    )
+    if body.birthday is not None:
+        year, month, day = parse_birthday(body.birthday)
+        contact.birthday.CopyFrom(contacts_pb2.Date(year=year, month=month, day=day))
+    if body.signed_up_at is not None:
+        contact.signed_up_at.FromDatetime(body.signed_up_at)
+    return contacts_pb2.CreateContactRequest(
+        contact=contact,
+        consents=[
+            _enum_value(contacts_pb2.ConsentPurpose, "CONSENT_PURPOSE_", p) for p in body.consents
+        ],
+        consent_source=contacts_pb2.CONSENT_SOURCE_API,
+        consent_wording=body.consent_wording,
+    )
+
+
+def parse_birthday(text: str) -> tuple[int, int, int]:
+    """``"1990-02-28"`` -> (1990, 2, 28); ``"--02-28"`` -> (0, 2, 28). Whether it is a real
+    date is the contacts service's call."""
+    year, month, day = text.rsplit("-", 2)
+    return (0 if year == "-" else int(year)), int(month), int(day)
+
+
+def format_birthday(date: contacts_pb2.Date) -> str:
+    year = f"{date.year:04d}" if date.year else "-"
+    return f"{year}-{date.month:02d}-{date.day:02d}"
+
+
+def contact_field(field: str) -> str:
+    """The contacts service names fields of CreateContactRequest (``contact.email``)."""
+    return _strip("contact.", field)
+
+
+def contact_json(c: contacts_pb2.Contact) -> schemas.ContactOut:
+    return schemas.ContactOut(
+        id=c.id,
+        workspace_id=c.workspace_id,
+        email=c.email,
+        external_id=c.external_id or None,
+        first_name=c.first_name,
+        last_name=c.last_name,
+        locale=c.locale,
+        time_zone=c.time_zone,
+        birthday=format_birthday(c.birthday) if c.HasField("birthday") else None,
+        signed_up_at=_time(c.signed_up_at, c.HasField("signed_up_at")),
+        attributes=dict(c.attributes),
+        vip=c.vip,
+        tags=list(c.tags),
+        score=c.score,
+        created_at=_time(c.created_at, c.HasField("created_at")),
+        updated_at=_time(c.updated_at, c.HasField("updated_at")),
+    )
+
+
+def get_contact_request(contact_id: str) -> contacts_pb2.GetContactRequest:
+    return contacts_pb2.GetContactRequest(contact=contacts_pb2.ContactRef(contact_id=contact_id))
+
+
+def record_consent_request(
+    contact_id: str, body: schemas.ConsentIn
+) -> contacts_pb2.RecordConsentRequest:
+    return contacts_pb2.RecordConsentRequest(
+        contact=contacts_pb2.ContactRef(contact_id=contact_id),
+        purpose=_enum_value(contacts_pb2.ConsentPurpose, "CONSENT_PURPOSE_", body.purpose),
+        status=_enum_value(contacts_pb2.ConsentStatus, "CONSENT_STATUS_", body.status),
+        source=_enum_value(contacts_pb2.ConsentSource, "CONSENT_SOURCE_", body.source),
+        wording=body.wording,
+        actor="api",
+    )
+
+
+# --- shop events --------------------------------------------------------------------------
+
+
+def track_event_request(body: schemas.EventIn) -> shop_pb2.TrackEventRequest:
+    ref = body.contact
+    if ref.id:
+        contact = contacts_pb2.ContactRef(contact_id=ref.id)
+    elif ref.external_id:
+        contact = contacts_pb2.ContactRef(external_id=ref.external_id)
+    else:
+        contact = contacts_pb2.ContactRef(email=ref.email or "")
+    event = shop_pb2.ShopEvent()
+    if body.occurred_at is not None:
+        event.occurred_at.FromDatetime(body.occurred_at)
+    getattr(event, body.type).CopyFrom(_event_kind(body))
+    return shop_pb2.TrackEventRequest(
+        idempotency_key=body.idempotency_key, contact=contact, event=event
+    )
+
+
+def _event_kind(body: schemas.EventIn) -> Message:
+    """The ShopEvent oneof member named by ``body.type``; field names follow shop.proto."""
+    match body:
+        case schemas.SignedUpEvent():
+            return shop_pb2.SignedUp()
+        case schemas.CartUpdatedEvent():
+            cart = body.data or schemas.CartUpdatedData()
+            return shop_pb2.CartUpdated(
+                cart_id=cart.cart_id,
+                items=_line_items(cart.items),
+                total=_money(cart.total),
+                cart_url=cart.cart_url,
+            )
+        case schemas.OrderPlacedEvent():
+            order = body.data or schemas.OrderPlacedData()
+            return shop_pb2.OrderPlaced(
+                order_id=order.order_id,
+                cart_id=order.cart_id,
+                items=_line_items(order.items),
+                total=_money(order.total),
+            )
+        case schemas.OrderCancelledEvent():
+            return shop_pb2.OrderCancelled(
+                order_id=(body.data or schemas.OrderChangedData()).order_id
+            )
+        case schemas.OrderRefundedEvent():
+            return shop_pb2.OrderRefunded(
+                order_id=(body.data or schemas.OrderChangedData()).order_id
+            )
+        case schemas.PageViewedEvent():
+            page = body.data or schemas.PageViewedData()
+            return shop_pb2.PageViewed(
+                url=page.url, product_id=page.product_id, category=page.category
+            )
+        case schemas.SearchedEvent():
+            return shop_pb2.Searched(query=(body.data or schemas.SearchedData()).query)
+        case schemas.LoginFailedEvent():
+            return shop_pb2.LoginFailed()
+
+
+def _money(money: schemas.Money | None) -> shop_pb2.Money | None:
+    if money is None:
+        return None
+    return shop_pb2.Money(amount_minor=money.amount_minor, currency=money.currency)
+
+
+def _line_items(items: list[schemas.LineItem]) -> list[shop_pb2.LineItem]:
+    return [
+        shop_pb2.LineItem(
+            product_id=item.product_id,
+            name=item.name,
+            category=item.category,
+            quantity=item.quantity,
+            unit_price=_money(item.unit_price),
+        )
+        for item in items
+    ]
+
+
+def event_field(field: str) -> str:
+    """The contacts service names fields of TrackEventRequest: ``event.kind`` is the JSON
+    ``type``, ``event.occurred_at`` is top-level, anything else inside ``event`` is ``data``."""
+    if field == "event.kind":
+        return "type"
+    if field == "event.occurred_at":
+        return "occurred_at"
+    if field.startswith("event."):
+        _, _, rest = field.partition(".")
+        kind, _, inner = rest.partition(".")
+        return f"data.{inner}" if kind in schemas.EVENT_TYPES and inner else f"data.{rest}"
+    if field.startswith("contact."):
+        return "contact"
+    return field
+
+
+def event_accepted_json(answer: shop_pb2.TrackEventResponse) -> schemas.EventAccepted:
+    return schemas.EventAccepted(
+        event_id=answer.event_id, duplicate=answer.duplicate, contact_id=answer.contact_id
+    )
+
+
+# --- segments -----------------------------------------------------------------------------
+
+
+def segment_json(s: segmentation_pb2.Segment) -> schemas.SegmentOut:
+    return schemas.SegmentOut(
+        id=s.id,
+        name=s.name,
+        kind=_enum_name(segmentation_pb2.SegmentKind, "SEGMENT_KIND_", s.kind),
+        description=s.description,
+    )
+
+
+def count_segment_request(
+    segment_id: str, as_of: datetime | None
+) -> segmentation_pb2.CountSegmentRequest:
+    request = segmentation_pb2.CountSegmentRequest(segment_id=segment_id)
+    if as_of is not None:
+        request.as_of.FromDatetime(as_of)
+    return request
+
+
+def segment_count_json(
+    segment_id: str, answer: segmentation_pb2.CountSegmentResponse
+) -> schemas.SegmentCount:
+    return schemas.SegmentCount(
+        segment_id=segment_id,
+        count=answer.count,
+        as_of=_time(answer.as_of, answer.HasField("as_of")),
+    )
+
+
+# --- campaigns ----------------------------------------------------------------------------
+
+
+def create_campaign_request(body: schemas.CampaignIn) -> campaigns_pb2.CreateCampaignRequest:
+    return campaigns_pb2.CreateCampaignRequest(
+        name=body.name,
+        segment_ids=body.segment_ids,
+        subject=body.subject,
+        body_text=body.body_text,
+    )
+
+
+def campaign_json(c: campaigns_pb2.Campaign) -> schemas.CampaignOut:
+    return schemas.CampaignOut(
+        id=c.id,
+        workspace_id=c.workspace_id,
+        name=c.name,
+        segment_ids=list(c.segment_ids),
+        subject=c.subject,
+        body_text=c.body_text,
+        status=_enum_name(campaigns_pb2.CampaignStatus, "CAMPAIGN_STATUS_", c.status),
+        created_at=_time(c.created_at, c.HasField("created_at")),
+        scheduled_at=_time(c.scheduled_at, c.HasField("scheduled_at")),
+    )
+
+
+def campaign_field(field: str) -> str:
+    return _strip("campaign.", field)
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+def message_status_json(answer: delivery_pb2.GetMessageStatusResponse) -> schemas.MessageStatusOut:
+    return schemas.MessageStatusOut(
+        message_id=answer.message_id,
+        status=_enum_name(delivery_pb2.MessageStatus, "MESSAGE_STATUS_", answer.status),
+        detail=answer.detail,
+        updated_at=_time(answer.updated_at, answer.HasField("updated_at")),
+    )

@@ -1,0 +1,93 @@
+"""What routes depend on, as ``Annotated`` aliases: the caller and the backends.
+
+The gateway does not judge API keys: it requires one and forwards it as gRPC metadata
+(``authorization: Bearer <key>``), and each service verifies it (contacts in its own table,
+the others through contacts with a Redis cache).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol, TypeVar, cast
+
+import grpc
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from google.protobuf.message import Message
+
+from services.gateway import problems
+from services.gateway.adapters.grpc import Backends
+from services.gateway.config import Settings
+
+R = TypeVar("R")
+
+bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    description="A workspace API key: `Authorization: Bearer nk_...`.",
+)
+# Printable ASCII only: anything else cannot travel as gRPC metadata.
+_CREDENTIAL = re.compile(r"^[\x21-\x7e]{1,512}$")
+
+
+class HealthChecks(Protocol):
+    async def run(self) -> dict[str, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The caller's API key, forwarded on every call, and how long a call may take."""
+
+    metadata: tuple[tuple[str, str], ...]
+    timeout_s: float
+
+    async def call(
+        self,
+        method: Callable[..., Awaitable[R]],
+        request: Message,
+        *,
+        service: str,
+        fields: problems.FieldMap | None = None,
+    ) -> R:
+        """``method(request)`` on behalf of the caller; a failure becomes a :class:`Problem`
+        whose field errors are renamed by ``fields`` into the caller's JSON paths."""
+        try:
+            return await method(request, metadata=self.metadata, timeout=self.timeout_s)
+        except grpc.aio.AioRpcError as err:
+            raise problems.from_rpc_error(err, service, fields) from err
+
+
+def get_settings(request: Request) -> Settings:
+    return cast(Settings, request.app.state.settings)
+
+
+def get_backends(request: Request) -> Backends:
+    return cast(Backends, request.app.state.backends)
+
+
+def get_checks(request: Request) -> HealthChecks:
+    return cast(HealthChecks, request.app.state.checks)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+BackendsDep = Annotated[Backends, Depends(get_backends)]
+ChecksDep = Annotated[HealthChecks, Depends(get_checks)]
+
+
+def get_caller(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    settings: SettingsDep,
+) -> Caller:
+    if credentials is None:
+        raise problems.unauthenticated("send 'Authorization: Bearer <API key>'")
+    if not _CREDENTIAL.match(credentials.credentials):
+        raise problems.unauthenticated("malformed API key")
+    return Caller(
+        metadata=(("authorization", f"Bearer {credentials.credentials}"),),
+        timeout_s=settings.rpc_timeout_s,
+    )
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -1,0 +1,31 @@
+"""``/healthz``: is every dependency answering? For load balancers and operators; no auth."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+
+from services.gateway.deps import ChecksDep
+from services.gateway.schemas import HealthOut
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/healthz",
+    response_model=HealthOut,
+    summary="Check every dependency",
+    responses={503: {"model": HealthOut, "description": "Some dependency is down"}},
+)
+async def healthz(checks: ChecksDep) -> JSONResponse:
+    """PostgreSQL, Redis, Kafka (which broker software, how many brokers), SMTP, each gRPC
+    service (`grpc.health.v1`) and tracking, checked concurrently with short deadlines.
+    200 when all answer, 503 (`degraded`) naming those that do not."""
+    report = await checks.run()
+    ok = all(check["ok"] for check in report.values())
+    body = HealthOut.model_validate({"status": "ok" if ok else "degraded", "checks": report})
+    return JSONResponse(
+        body.model_dump(mode="json", exclude_none=True),
+        status_code=200 if ok else 503,
+        headers={"Cache-Control": "no-store"},
+    )

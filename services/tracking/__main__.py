@@ -1,0 +1,22 @@
+"""The tracking service: open pixel, click redirects, one-click unsubscribe, preference page.
+
+    python -m services.tracking        # serve HTTP on TRACKING_HTTP_PORT (8081)
+
+Links are signed by delivery with ``NUDGE_LINK_SECRET`` (see services/tracking/links.py);
+hits are published on tracking.events.v1.
+"""
+
+from __future__ import annotations
+
+from services.common.runtime import run_service
+from services.tracking.bootstrap import serve
+from services.tracking.config import Settings
+
+
+def main() -> None:
+    settings = Settings()
+    run_service("tracking", settings, lambda stop: serve(settings, stop))
+
+
+if __name__ == "__main__":
+    main()

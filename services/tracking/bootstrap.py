@@ -1,0 +1,67 @@
+"""The composition root of the tracking service: the FastAPI app, its Kafka publisher, and
+the uvicorn server that ``python -m services.tracking`` runs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from http import HTTPStatus
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from starlette.exceptions import HTTPException
+
+from services.common.http_server import serve_http
+from services.tracking.adapters.kafka import KafkaTrackingPublisher
+from services.tracking.config import Settings
+from services.tracking.entrypoints import http
+from services.tracking.handlers import EventPublisher
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, publisher: EventPublisher | None = None) -> FastAPI:
+    """The app; with ``publisher`` given (a fake in unit tests) it starts no Kafka client."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if publisher is not None:
+            app.state.publisher = publisher
+            yield
+            return
+        kafka = KafkaTrackingPublisher(settings.kafka_bootstrap_servers, settings.kafka_kind)
+        await kafka.start()
+        app.state.publisher = kafka
+        try:
+            yield
+        finally:
+            await kafka.stop()
+
+    # Public and unauthenticated: no interactive docs to advertise.
+    app = FastAPI(
+        title="Nudge tracking",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.settings = settings
+    app.include_router(http.router)
+    app.add_exception_handler(HTTPException, _http_problem)
+    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+    return app
+
+
+async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    status = HTTPStatus(exc.status_code)
+    detail = "no such link" if status == HTTPStatus.NOT_FOUND else status.description
+    return http.problem(status.value, status.phrase, detail)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Serve HTTP on ``settings.http_port`` until ``stop`` is set."""
+    await serve_http(create_app(settings), settings.http_host, settings.http_port, stop)

@@ -1,0 +1,21 @@
+"""Settings of the tracking service (env prefix ``TRACKING_``)."""
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.config import BaseServiceSettings
+
+
+class Settings(BaseServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="TRACKING_", extra="ignore", frozen=True)
+
+    http_host: str = "0.0.0.0"
+    http_port: int = 8081
+    # Shared with delivery, which signs the links this service verifies.
+    link_secret: str = Field(
+        "dev-link-secret", validation_alias=AliasChoices("NUDGE_LINK_SECRET"), repr=False
+    )
+    # How long a hit may wait for Kafka before the visitor gets an answer anyway (opens,
+    # clicks) or an error (unsubscribes, which must not be lost).
+    publish_timeout_s: float = 5.0
+    health_timeout_s: float = 2.0

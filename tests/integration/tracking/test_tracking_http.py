@@ -1,0 +1,129 @@
+"""The tracking service over real HTTP and Kafka: each accepted hit is on tracking.events.v1."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaConsumer
+from nudge.events.v1.envelope_pb2 import Envelope
+
+from services.common.topics import TRACKING_EVENTS
+from services.tracking import links
+from tests.integration.tracking.conftest import LINK_SECRET, HttpService
+from tests.support import eventually, unique
+
+
+@pytest.fixture
+async def http(tracking_service: HttpService) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=tracking_service.base_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def consumer(infra: dict[str, str]) -> AsyncIterator[AIOKafkaConsumer]:
+    reader = AIOKafkaConsumer(
+        TRACKING_EVENTS,
+        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"],
+        group_id=unique("tracking-test"),
+        auto_offset_reset="earliest",
+    )
+    await reader.start()
+    yield reader
+    await reader.stop()
+
+
+async def published(
+    consumer: AIOKafkaConsumer, message_id: str, payload: str
+) -> tuple[bytes, Envelope, dict[str, bytes]]:
+    """The record of ``message_id`` with ``payload`` on tracking.events.v1 (waits for it)."""
+    found: list[tuple[bytes, Envelope, dict[str, bytes]]] = []
+
+    async def arrived() -> bool:
+        batches = await consumer.getmany(timeout_ms=500)
+        for records in batches.values():
+            for record in records:
+                envelope = Envelope.FromString(record.value)
+                kind = envelope.WhichOneof("payload")
+                if kind == payload and getattr(envelope, kind).message_id == message_id:
+                    found.append((record.key, envelope, dict(record.headers)))
+        return bool(found)
+
+    await eventually(arrived, timeout=30)
+    return found[0]
+
+
+def ids() -> tuple[str, str, str]:
+    return str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
+
+
+async def test_the_open_pixel_publishes_message_opened(
+    http: httpx.AsyncClient, consumer: AIOKafkaConsumer
+) -> None:
+    workspace_id, message_id, contact_id = ids()
+    trace_id = uuid.uuid4().hex
+    answer = await http.get(
+        links.sign_open(LINK_SECRET, workspace_id, message_id, contact_id),
+        headers={
+            "User-Agent": "Mozilla/5.0 (via ggpht.com GoogleImageProxy)",
+            "traceparent": f"00-{trace_id}-{'1' * 16}-01",
+        },
+    )
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/gif"
+    key, envelope, headers = await published(consumer, message_id, "message_opened")
+    assert key == contact_id.encode()
+    assert envelope.workspace_id == workspace_id
+    assert envelope.type == "nudge.tracking.v1.MessageOpened"
+    assert envelope.message_opened.contact_id == contact_id
+    assert envelope.message_opened.machine_open
+    # The request's trace continues into Kafka, for whoever consumes the event.
+    assert headers["traceparent"].decode().split("-")[1] == trace_id
+
+
+async def test_a_click_redirects_and_publishes_link_clicked(
+    http: httpx.AsyncClient, consumer: AIOKafkaConsumer
+) -> None:
+    workspace_id, message_id, contact_id = ids()
+    url = "https://shop.example/spring-sale?utm_source=nudge"
+    answer = await http.get(
+        links.sign_click(LINK_SECRET, workspace_id, message_id, contact_id, url),
+        headers={"User-Agent": "Firefox/128.0"},
+    )
+    assert answer.status_code == 302
+    assert answer.headers["location"] == url
+    _, envelope, _ = await published(consumer, message_id, "link_clicked")
+    assert (envelope.link_clicked.url, envelope.link_clicked.user_agent) == (url, "Firefox/128.0")
+
+
+async def test_one_click_unsubscribe_publishes_unsubscribe_requested(
+    http: httpx.AsyncClient, consumer: AIOKafkaConsumer
+) -> None:
+    workspace_id, message_id, contact_id = ids()
+    path = links.sign_unsubscribe(LINK_SECRET, workspace_id, message_id, contact_id)
+    page = await http.get(path)
+    assert page.status_code == 200 and "<form" in page.text
+    answer = await http.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    key, envelope, _ = await published(consumer, message_id, "unsubscribe_requested")
+    assert key == contact_id.encode()
+    assert envelope.unsubscribe_requested.one_click
+
+
+async def test_a_forged_link_is_a_404_problem(http: httpx.AsyncClient) -> None:
+    workspace_id, message_id, contact_id = ids()
+    forged = links.sign_click(
+        "not-the-secret", workspace_id, message_id, contact_id, "https://x.example/"
+    )
+    answer = await http.get(forged)
+    assert answer.status_code == 404
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+async def test_healthz_reports_kafka(http: httpx.AsyncClient, infra: dict[str, str]) -> None:
+    answer = await http.get("/healthz")
+    assert answer.status_code == 200, answer.text
+    kafka = answer.json()["checks"]["kafka"]
+    assert kafka["ok"] and kafka["brokers"] >= 1

@@ -1,0 +1,166 @@
+"""The tracking endpoints with a fake publisher: answers, headers, and what gets published."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from nudge.events.v1.envelope_pb2 import Envelope
+
+from services.common.topics import TRACKING_EVENTS
+from services.tracking import links
+from services.tracking.bootstrap import create_app
+from services.tracking.config import Settings
+from services.tracking.entrypoints.http import PIXEL
+
+SECRET = "unit-secret"
+WS, MSG, CONTACT = (str(uuid.uuid4()) for _ in range(3))
+PROBLEM = "application/problem+json"
+
+
+@dataclass
+class FakePublisher:
+    published: list[tuple[str, str, Envelope]] = field(default_factory=list)
+    failure: BaseException | None = None
+    broker_count: int = 1
+
+    async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
+        if self.failure:
+            raise self.failure
+        self.published.append((topic, key, envelope))
+
+    async def brokers(self) -> int:
+        if self.failure:
+            raise self.failure
+        return self.broker_count
+
+
+@dataclass
+class Tracking:
+    http: httpx.AsyncClient
+    publisher: FakePublisher
+
+
+@pytest.fixture
+async def tracking() -> AsyncIterator[Tracking]:
+    publisher = FakePublisher()
+    app = create_app(Settings(link_secret=SECRET, publish_timeout_s=1), publisher)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+    ):
+        yield Tracking(http, publisher)
+
+
+async def test_the_pixel_is_an_uncached_gif_and_publishes_the_open(tracking: Tracking) -> None:
+    path = links.sign_open(SECRET, WS, MSG, CONTACT)
+    answer = await tracking.http.get(path, headers={"User-Agent": "Thunderbird/128.0"})
+    assert answer.status_code == 200
+    assert answer.headers["content-type"] == "image/gif"
+    assert "no-store" in answer.headers["cache-control"]
+    assert answer.content == PIXEL
+    [(topic, key, envelope)] = tracking.publisher.published
+    assert (topic, key, envelope.workspace_id) == (TRACKING_EVENTS, CONTACT, WS)
+    assert envelope.WhichOneof("payload") == "message_opened"
+    opened = envelope.message_opened
+    assert (opened.message_id, opened.contact_id, opened.machine_open) == (MSG, CONTACT, False)
+
+
+async def test_a_proxy_open_is_flagged(tracking: Tracking) -> None:
+    path = links.sign_open(SECRET, WS, MSG, CONTACT)
+    await tracking.http.get(path, headers={"User-Agent": "Mozilla/5.0"})
+    assert tracking.publisher.published[0][2].message_opened.machine_open
+
+
+async def test_forged_and_misused_tokens_are_404_problems(tracking: Tracking) -> None:
+    click = links.sign_click(SECRET, WS, MSG, CONTACT, "https://shop.example/")
+    other_secret = links.sign_open("another-secret", WS, MSG, CONTACT)
+    open_token = links.sign_open(SECRET, WS, MSG, CONTACT).removeprefix("/o/")
+    for path in (
+        other_secret,
+        "/o/AAAA.gif",
+        click[:-2] + "xx",
+        f"/c/{open_token.removesuffix('.gif')}",  # an open token on the click route
+        f"/u/{open_token.removesuffix('.gif')}",
+    ):
+        answer = await tracking.http.get(path)
+        assert answer.status_code == 404, path
+        assert answer.headers["content-type"] == PROBLEM
+        assert answer.json()["detail"] == "no such link"
+    assert tracking.publisher.published == []
+
+
+async def test_a_click_redirects_and_publishes(tracking: Tracking) -> None:
+    url = "https://shop.example/sale?utm_campaign=spring"
+    answer = await tracking.http.get(
+        links.sign_click(SECRET, WS, MSG, CONTACT, url), headers={"User-Agent": "Firefox"}
+    )
+    assert answer.status_code == 302
+    assert answer.headers["location"] == url
+    assert "no-store" in answer.headers["cache-control"]
+    clicked = tracking.publisher.published[0][2].link_clicked
+    assert (clicked.url, clicked.message_id, clicked.user_agent) == (url, MSG, "Firefox")
+
+
+async def test_a_lost_click_still_redirects_and_a_lost_open_still_shows(tracking: Tracking) -> None:
+    tracking.publisher.failure = ConnectionError("broker down")
+    click = await tracking.http.get(
+        links.sign_click(SECRET, WS, MSG, CONTACT, "https://shop.example/")
+    )
+    assert click.status_code == 302
+    pixel = await tracking.http.get(links.sign_open(SECRET, WS, MSG, CONTACT))
+    assert (pixel.status_code, pixel.content) == (200, PIXEL)
+
+
+async def test_the_preference_page_asks_and_does_not_unsubscribe(tracking: Tracking) -> None:
+    answer = await tracking.http.get(links.sign_unsubscribe(SECRET, WS, MSG, CONTACT))
+    assert answer.status_code == 200
+    assert answer.headers["content-type"].startswith("text/html")
+    assert '<form method="post">' in answer.text
+    assert "frame-ancestors 'none'" in answer.headers["content-security-policy"]
+    assert tracking.publisher.published == []
+
+
+async def test_one_click_unsubscribe_publishes_with_one_click(tracking: Tracking) -> None:
+    path = links.sign_unsubscribe(SECRET, WS, MSG, CONTACT)
+    answer = await tracking.http.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 200
+    [(_, key, envelope)] = tracking.publisher.published
+    assert key == CONTACT
+    requested = envelope.unsubscribe_requested
+    assert (requested.message_id, requested.contact_id, requested.one_click) == (MSG, CONTACT, True)
+
+
+async def test_the_pages_button_unsubscribes_without_one_click(tracking: Tracking) -> None:
+    path = links.sign_unsubscribe(SECRET, WS, MSG, CONTACT)
+    answer = await tracking.http.post(path, data={"confirm": "unsubscribe"})
+    assert answer.status_code == 200
+    assert not tracking.publisher.published[0][2].unsubscribe_requested.one_click
+
+
+async def test_an_unsubscribe_that_cannot_be_published_is_a_503(tracking: Tracking) -> None:
+    tracking.publisher.failure = ConnectionError("broker down")
+    path = links.sign_unsubscribe(SECRET, WS, MSG, CONTACT)
+    answer = await tracking.http.post(path, data={"List-Unsubscribe": "One-Click"})
+    assert answer.status_code == 503
+
+
+async def test_an_oversized_unsubscribe_body_is_refused(tracking: Tracking) -> None:
+    path = links.sign_unsubscribe(SECRET, WS, MSG, CONTACT)
+    answer = await tracking.http.post(path, content=b"x" * 10_000)
+    assert answer.status_code == 413
+    assert tracking.publisher.published == []
+
+
+async def test_healthz_follows_kafka(tracking: Tracking) -> None:
+    ok = await tracking.http.get("/healthz")
+    assert (ok.status_code, ok.json()["checks"]["kafka"]["ok"]) == (200, True)
+    tracking.publisher.failure = ConnectionError("broker down")
+    down = await tracking.http.get("/healthz")
+    assert down.status_code == 503
+    assert down.json()["status"] == "degraded"
+    assert "broker down" in down.json()["checks"]["kafka"]["detail"]
