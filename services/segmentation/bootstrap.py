@@ -1,0 +1,81 @@
+"""The composition root of the segmentation service: the read-model consumer and the gRPC
+server. Nothing is published yet, so there is no outbox relay (see the package docstring)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from aiokafka import ConsumerRecord
+from nudge.events.v1.envelope_pb2 import Envelope
+from nudge.segmentation.v1 import segmentation_pb2_grpc
+
+from services.common.auth import RemoteApiKeyVerifier
+from services.common.db import create_pool, migrate
+from services.common.grpc_client import channel
+from services.common.grpc_server import build_server, mark_serving
+from services.common.kafka import KafkaConsumerLoop
+from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
+from services.segmentation.adapters.postgres import SCHEMA
+from services.segmentation.config import Settings
+from services.segmentation.entrypoints import kafka
+from services.segmentation.entrypoints.grpc import SegmentServicer
+from services.segmentation.handlers import CONSUMER
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "nudge.segmentation.v1.SegmentService"
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    await migrate(settings.database_url, SCHEMA, MIGRATIONS)
+    pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    redis = aioredis.from_url(settings.redis_url)
+    contacts = channel(settings.contacts_addr)
+
+    async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
+        await kafka.on_event(pool, envelope, record)
+
+    consumer = KafkaConsumerLoop(
+        settings.kafka_bootstrap_servers, CONSUMER, [CONTACTS_EVENTS, SHOP_EVENTS], on_event
+    )
+    await consumer.start()
+    tasks = [asyncio.create_task(consumer.run(), name="read-model-consumer")]
+    server, health = build_server(
+        servicers=[
+            (
+                segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
+                SegmentServicer(pool),
+                SERVICE_NAME,
+            )
+        ],
+        verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
+        internal_token=settings.internal_token,
+    )
+    server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
+    await server.start()
+    await mark_serving(health, [SERVICE_NAME])
+    log.info(
+        "segmentation serving gRPC on :%d, consuming %s and %s",
+        settings.grpc_port,
+        CONTACTS_EVENTS,
+        SHOP_EVENTS,
+    )
+    done, _ = await asyncio.wait(
+        [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
+    )
+    for task in done:
+        if task in tasks and task.exception():
+            log.error("segmentation task %s died", task.get_name(), exc_info=task.exception())
+    await server.stop(grace=5)
+    for task in tasks:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    await consumer.stop()
+    await contacts.close()
+    await redis.aclose()
+    await pool.close()

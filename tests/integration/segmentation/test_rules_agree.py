@@ -1,0 +1,127 @@
+"""Each built-in rule is written twice, in SQL (what CountSegment runs) and in Python (what
+the unit tests and a later evaluator use). Over edge-case contacts, at several evaluation
+times and in a session time zone other than UTC, both must pick the same contacts."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+
+from services.common.db import create_pool, migrate
+from services.segmentation.adapters import postgres as db
+from services.segmentation.bootstrap import MIGRATIONS
+from services.segmentation.domain.readmodel import OrderPlaced, OrderVoided, ProfileSnapshot
+from services.segmentation.domain.segments import (
+    BUILT_IN,
+    Order,
+    OrderStatus,
+    days_before,
+    facts_at,
+    months_before,
+)
+
+US = timedelta(microseconds=1)
+HOUR = timedelta(hours=1)
+EVALUATION_TIMES = [
+    datetime(2026, 5, 31, 12, 0, tzinfo=UTC),  # three months back is 28 February
+    datetime(2024, 5, 31, 23, 59, 59, 999999, tzinfo=UTC),  # ... 29 February, leap year
+    datetime(2024, 2, 29, 6, 0, tzinfo=UTC),
+    datetime(2026, 3, 10, 12, 0, tzinfo=UTC),  # 30 days back crosses a DST change in New York
+    datetime(2025, 11, 2, 6, 30, tzinfo=UTC),  # on the day New York leaves DST
+]
+
+
+@dataclass
+class Contact:
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    vip: bool = False
+    signed_up_at: datetime | None = None
+    orders: list[tuple[str, Order]] = field(default_factory=list)
+
+
+def interesting_times(now: datetime) -> list[datetime]:
+    """Every boundary of the rules, a microsecond either side, and some plain times."""
+    edges = [months_before(now, 3), *(days_before(now, d) for d in (30, 60, 90, 365))]
+    around = [edge + e for edge in edges for e in (-US, timedelta(), US)]
+    return [*around, now, now + US, now - HOUR, now - timedelta(days=800)]
+
+
+def edge_case_contacts(now: datetime) -> Iterator[Contact]:
+    times = interesting_times(now)
+    serial = itertools.count()
+
+    def order(
+        at: datetime | None, status: OrderStatus = OrderStatus.COMPLETED
+    ) -> tuple[str, Order]:
+        return f"o-{next(serial)}", Order(at, status)
+
+    for i, signed_up_at in enumerate([*times, None]):
+        yield Contact(vip=i % 2 == 0, signed_up_at=signed_up_at)
+    for n, last in itertools.product(range(1, 6), times):
+        # n orders ending at a boundary, the earlier ones a day apart before it
+        orders = [order(last - k * timedelta(days=1)) for k in range(n)]
+        if n % 2:
+            orders.append(order(now - 2 * HOUR, OrderStatus.CANCELLED))
+        else:
+            orders.append(order(now - 3 * HOUR, OrderStatus.REFUNDED))
+        yield Contact(signed_up_at=last - HOUR, orders=orders)
+        # n orders starting at a boundary, the later ones an hour apart after it
+        yield Contact(orders=[order(last + k * HOUR) for k in range(n)], vip=n == 3)
+    # a cancellation that arrived before its order was placed
+    yield Contact(orders=[order(None, OrderStatus.CANCELLED), order(now - HOUR)])
+
+
+async def store(conn: asyncpg.Connection, workspace_id: str, contacts: list[Contact]) -> None:
+    now = datetime.now(UTC)
+    for c in contacts:
+        snapshot = ProfileSnapshot(
+            contact_id=c.id, email=f"{c.id}@example.com", vip=c.vip, signed_up_at=c.signed_up_at
+        )
+        await db.upsert_profile(conn, workspace_id, snapshot, now)
+        for order_id, o in c.orders:
+            if o.placed_at is not None:
+                placed = OrderPlaced(c.id, order_id, o.placed_at, 100, "EUR")
+                await db.record_order(conn, workspace_id, placed, now)
+            if o.status != OrderStatus.COMPLETED:
+                await db.void_order(conn, workspace_id, OrderVoided(c.id, order_id, o.status), now)
+
+
+@pytest.fixture(scope="module")
+async def pool(infra: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
+    await migrate(os.environ["DATABASE_URL"], db.SCHEMA, MIGRATIONS)
+    pool = await create_pool(os.environ["DATABASE_URL"], db.SCHEMA)
+    yield pool
+    await pool.close()
+
+
+@pytest.mark.parametrize("now", EVALUATION_TIMES, ids=lambda t: t.isoformat())
+@pytest.mark.parametrize("session_zone", ["UTC", "America/New_York"])
+async def test_sql_and_python_rules_pick_the_same_contacts(
+    pool: asyncpg.Pool, now: datetime, session_zone: str
+) -> None:
+    workspace_id = str(uuid.uuid4())
+    contacts = list(edge_case_contacts(now))
+    facts = {
+        c.id: facts_at(now, vip=c.vip, signed_up_at=c.signed_up_at, orders=[o for _, o in c.orders])
+        for c in contacts
+    }
+    async with pool.acquire() as conn:
+        await store(conn, workspace_id, contacts)
+        await conn.execute(f"SET TIME ZONE '{session_zone}'")
+        try:
+            for segment in BUILT_IN:
+                expected = {cid for cid, f in facts.items() if segment.contains(f, now)}
+                # The cases are worth something only if they fall on both sides of each rule.
+                assert 0 < len(expected) < len(contacts), segment.id
+                found = set(await db.member_ids(conn, workspace_id, segment.id, now))
+                assert found == expected, (segment.id, found ^ expected)
+                assert await db.count_members(conn, workspace_id, segment.id, now) == len(expected)
+        finally:
+            await conn.execute("RESET TIME ZONE")

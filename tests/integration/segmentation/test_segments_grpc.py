@@ -1,0 +1,376 @@
+"""The segmentation service on real Kafka, PostgreSQL and Redis: contacts and shop events go
+in through the contacts service, counts come out of SegmentService."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterable
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from aiokafka import AIOKafkaProducer
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc, events_pb2
+from nudge.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
+from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
+
+from services.common.auth import internal_metadata
+from services.common.events import new_envelope
+from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
+from services.segmentation.config import Settings
+from tests.integration.conftest import RunningService, Workspace
+from tests.support import eventually, unique
+
+DAY = timedelta(days=1)
+# Fixed to the second, so that every time below is exact in a Timestamp.
+NOW = datetime.now(UTC).replace(microsecond=0)
+Metadata = tuple[tuple[str, str], ...]
+
+
+@pytest.fixture
+async def producer(infra: dict[str, str]) -> AsyncIterator[AIOKafkaProducer]:
+    p = AIOKafkaProducer(bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"])
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def violations(err: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None, "INVALID_ARGUMENT must carry google.rpc.BadRequest details"
+    bad_request = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad_request)
+    return [v.field for v in bad_request.field_violations]
+
+
+async def new_workspace(contacts: RunningService, name: str) -> Workspace:
+    async with grpc.aio.insecure_channel(contacts.address) as ch:
+        answer = await contacts_pb2_grpc.WorkspaceServiceStub(ch).CreateWorkspace(
+            contacts_pb2.CreateWorkspaceRequest(name=name, slug=unique("seg")),
+            metadata=(("authorization", "Admin test-admin-token"),),
+        )
+    return Workspace(id=answer.workspace_id, api_key=answer.api_key)
+
+
+class Shop:
+    """A platform reporting one workspace's contacts and orders through the contacts API."""
+
+    def __init__(self, contacts: RunningService, ws: Workspace) -> None:
+        self.address = contacts.address
+        self.ws = ws
+
+    async def contact(
+        self, *, vip: bool = False, signed_up_at: datetime | None = None
+    ) -> contacts_pb2.Contact:
+        contact = contacts_pb2.Contact(email=f"{unique('c')}@example.com", vip=vip)
+        if signed_up_at is not None:
+            contact.signed_up_at.FromDatetime(signed_up_at)
+        async with grpc.aio.insecure_channel(self.address) as ch:
+            answer = await contacts_pb2_grpc.ContactServiceStub(ch).CreateContact(
+                contacts_pb2.CreateContactRequest(contact=contact), metadata=self.ws.metadata
+            )
+        return answer.contact
+
+    async def track(
+        self, contact: contacts_pb2.Contact, at: datetime, **kind: object
+    ) -> shop_pb2.TrackEventResponse:
+        event = shop_pb2.ShopEvent(**kind)  # type: ignore[arg-type]
+        event.occurred_at.FromDatetime(at)
+        async with grpc.aio.insecure_channel(self.address) as ch:
+            answer: shop_pb2.TrackEventResponse = await shop_pb2_grpc.ShopEventServiceStub(
+                ch
+            ).TrackEvent(
+                shop_pb2.TrackEventRequest(
+                    idempotency_key=unique("ev"),
+                    contact=contacts_pb2.ContactRef(contact_id=contact.id),
+                    event=event,
+                ),
+                metadata=self.ws.metadata,
+            )
+        return answer
+
+    async def order(self, contact: contacts_pb2.Contact, at: datetime) -> str:
+        order_id = unique("order")
+        await self.track(contact, at, order_placed=shop_pb2.OrderPlaced(order_id=order_id))
+        return order_id
+
+    async def orders(self, contact: contacts_pb2.Contact, times: Iterable[datetime]) -> None:
+        for at in times:
+            await self.order(contact, at)
+
+
+async def count(
+    segmentation: RunningService,
+    metadata: Metadata,
+    segment_id: str,
+    as_of: datetime | None = NOW,
+) -> int:
+    request = segmentation_pb2.CountSegmentRequest(segment_id=segment_id)
+    if as_of is not None:
+        request.as_of.FromDatetime(as_of)
+    async with grpc.aio.insecure_channel(segmentation.address) as ch:
+        answer = await segmentation_pb2_grpc.SegmentServiceStub(ch).CountSegment(
+            request, metadata=metadata
+        )
+    return int(answer.count)
+
+
+async def counts(
+    segmentation: RunningService, metadata: Metadata, segment_ids: Iterable[str], **kw: datetime
+) -> dict[str, int]:
+    return {s: await count(segmentation, metadata, s, **kw) for s in segment_ids}
+
+
+async def reaches(
+    segmentation: RunningService,
+    metadata: Metadata,
+    expected: dict[str, int],
+    as_of: datetime = NOW,
+) -> None:
+    """Wait until every count is as expected (the read model follows Kafka)."""
+
+    async def probe() -> bool:
+        got = await counts(segmentation, metadata, expected, as_of=as_of)
+        assert got == expected
+        return True
+
+    await eventually(probe, timeout=60, interval=0.2)
+
+
+async def test_lists_the_built_in_segments_with_their_descriptions(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        answer = await segmentation_pb2_grpc.SegmentServiceStub(ch).ListSegments(
+            segmentation_pb2.ListSegmentsRequest(), metadata=workspace.metadata
+        )
+    assert [s.id for s in answer.segments] == [
+        "activation",
+        "reactivation",
+        "vip",
+        "new_customer",
+        "promising",
+        "loyal",
+        "passive",
+        "lost",
+        "passive_loyal",
+        "lost_loyal",
+        "first_time_buyer",
+        "repeat_buyer",
+    ]
+    assert all(s.description and s.name for s in answer.segments)
+    assert {s.kind for s in answer.segments} == {segmentation_pb2.SEGMENT_KIND_BUILT_IN}
+
+
+async def test_counts_follow_orders_placed_at_controlled_times(
+    segmentation_service: RunningService, contacts_service: RunningService, workspace: Workspace
+) -> None:
+    shop = Shop(contacts_service, workspace)
+    await shop.contact(signed_up_at=NOW - 10 * DAY)  # activation
+    await shop.contact(vip=True, signed_up_at=NOW - 200 * DAY)  # vip only
+    newcomer = await shop.contact()
+    await shop.order(newcomer, NOW - 10 * DAY)  # new_customer
+    promising = await shop.contact()
+    await shop.orders(promising, [NOW - 50 * DAY, NOW - 20 * DAY])
+    fading = await shop.contact()  # four orders, the last 100 days ago; a refund since
+    await shop.orders(fading, [NOW - (100 + i) * DAY for i in range(4)])
+    refunded = await shop.order(fading, NOW - 3 * DAY)
+    await shop.track(
+        fading, NOW - 2 * DAY, order_refunded=shop_pb2.OrderRefunded(order_id=refunded)
+    )
+    passive = await shop.contact()  # one order 40 days ago; a later one was cancelled
+    await shop.order(passive, NOW - 40 * DAY)
+    cancelled = await shop.order(passive, NOW - 5 * DAY)
+    await shop.track(
+        passive, NOW - 4 * DAY, order_cancelled=shop_pb2.OrderCancelled(order_id=cancelled)
+    )
+    lost = await shop.contact()
+    await shop.order(lost, NOW - 400 * DAY)
+
+    await reaches(
+        segmentation_service,
+        workspace.metadata,
+        {
+            "activation": 1,
+            "reactivation": 2,  # fading, lost
+            "vip": 1,
+            "new_customer": 1,
+            "promising": 1,
+            "loyal": 0,
+            "passive": 1,
+            "lost": 1,
+            "passive_loyal": 1,
+            "lost_loyal": 0,
+            "first_time_buyer": 3,  # newcomer, passive, lost
+            "repeat_buyer": 2,  # promising, fading
+        },
+    )
+    # Eleven days earlier the newcomer had not ordered and nobody had signed up recently,
+    # and the passive contact's order was 29 days old: a new customer then.
+    earlier = await counts(
+        segmentation_service,
+        workspace.metadata,
+        ["activation", "first_time_buyer", "new_customer", "passive"],
+        as_of=NOW - 11 * DAY,
+    )
+    assert earlier == {"activation": 0, "first_time_buyer": 2, "new_customer": 1, "passive": 0}
+
+
+async def test_the_same_event_delivered_twice_is_applied_once(
+    segmentation_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    shop = Shop(contacts_service, workspace)
+    contact = await shop.contact()
+    event_id = str(uuid.uuid4())
+
+    def order_envelope(order_id: str) -> bytes:
+        event = shop_pb2.ShopEvent(
+            contact_id=contact.id, order_placed=shop_pb2.OrderPlaced(order_id=order_id)
+        )
+        event.occurred_at.FromDatetime(NOW - 10 * DAY)
+        return new_envelope(workspace.id, event, event_id=event_id).SerializeToString()
+
+    first = order_envelope("dup-1")
+    for _ in range(2):
+        await producer.send_and_wait(SHOP_EVENTS, first, key=contact.id.encode())
+    await reaches(
+        segmentation_service, workspace.metadata, {"first_time_buyer": 1, "repeat_buyer": 0}
+    )
+
+    # Another delivery of that event id, whatever it carries, is not applied again: after it,
+    # on the same partition, the only order is cancelled and the contact has bought nothing.
+    await producer.send_and_wait(SHOP_EVENTS, order_envelope("dup-2"), key=contact.id.encode())
+    await shop.track(contact, NOW - DAY, order_cancelled=shop_pb2.OrderCancelled(order_id="dup-1"))
+    await reaches(
+        segmentation_service, workspace.metadata, {"first_time_buyer": 0, "repeat_buyer": 0}
+    )
+
+
+async def test_events_for_a_contact_not_seen_yet_are_kept(
+    segmentation_service: RunningService, workspace: Workspace, producer: AIOKafkaProducer
+) -> None:
+    contact_id = str(uuid.uuid4())
+    event = shop_pb2.ShopEvent(
+        contact_id=contact_id, order_placed=shop_pb2.OrderPlaced(order_id="early")
+    )
+    event.occurred_at.FromDatetime(NOW - 3 * DAY)
+    await producer.send_and_wait(
+        SHOP_EVENTS,
+        new_envelope(workspace.id, event).SerializeToString(),
+        key=contact_id.encode(),
+    )
+    await reaches(
+        segmentation_service, workspace.metadata, {"first_time_buyer": 1, "new_customer": 1}
+    )
+
+    # The contact's own record arrives later (another topic) and fills the profile in.
+    contact = contacts_pb2.Contact(
+        id=contact_id, workspace_id=workspace.id, email="late@example.com", vip=True
+    )
+    contact.updated_at.FromDatetime(NOW)
+    created = new_envelope(workspace.id, events_pb2.ContactCreated(contact=contact))
+    await producer.send_and_wait(
+        CONTACTS_EVENTS, created.SerializeToString(), key=contact_id.encode()
+    )
+    await reaches(
+        segmentation_service,
+        workspace.metadata,
+        {"vip": 1, "first_time_buyer": 1, "new_customer": 1},
+    )
+
+
+async def test_another_workspaces_contacts_are_never_counted(
+    segmentation_service: RunningService, contacts_service: RunningService, workspace: Workspace
+) -> None:
+    other = await new_workspace(contacts_service, "Other shop")
+    mine, theirs = Shop(contacts_service, workspace), Shop(contacts_service, other)
+    await mine.contact(vip=True)
+    await mine.order(await mine.contact(vip=True), NOW - DAY)
+    await theirs.orders(await theirs.contact(vip=True), [NOW - 2 * DAY, NOW - DAY])
+
+    await reaches(
+        segmentation_service,
+        workspace.metadata,
+        {"vip": 2, "first_time_buyer": 1, "repeat_buyer": 0},
+    )
+    await reaches(
+        segmentation_service, other.metadata, {"vip": 1, "first_time_buyer": 0, "repeat_buyer": 1}
+    )
+    # Nudge's own services ask on a workspace's behalf with the internal token.
+    internal = internal_metadata(Settings().internal_token, other.id)
+    assert await count(segmentation_service, internal, "repeat_buyer") == 1
+
+
+async def test_count_defaults_to_now(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        answer = await segmentation_pb2_grpc.SegmentServiceStub(ch).CountSegment(
+            segmentation_pb2.CountSegmentRequest(segment_id="vip"), metadata=workspace.metadata
+        )
+    assert answer.count == 0
+    assert abs(answer.as_of.ToDatetime(tzinfo=UTC) - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+async def test_invalid_requests_name_their_fields(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        stub = segmentation_pb2_grpc.SegmentServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CountSegment(
+                segmentation_pb2.CountSegmentRequest(segment_id=""), metadata=workspace.metadata
+            )
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(err.value) == ["segment_id"]
+
+        bad_time = segmentation_pb2.CountSegmentRequest(segment_id="vip")
+        bad_time.as_of.seconds = 10**12  # year 33658
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.CountSegment(bad_time, metadata=workspace.metadata)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(err.value) == ["as_of"]
+
+        raw = ch.unary_unary("/nudge.segmentation.v1.SegmentService/CountSegment")
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await raw(b"\xff\xff\xff garbage", metadata=workspace.metadata)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(err.value) == ["body"]
+
+
+async def test_an_unknown_segment_is_not_found(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await count(segmentation_service, workspace.metadata, "big_spenders")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Bearer nk_0123456789abcdef_" + "A" * 43),),
+        (("authorization", "Bearer not-a-key"),),
+        (("authorization", "Internal wrong-token"),),
+    ],
+)
+async def test_calls_without_a_valid_key_are_unauthenticated(
+    segmentation_service: RunningService, metadata: Metadata
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        stub = segmentation_pb2_grpc.SegmentServiceStub(ch)
+        for call in (
+            stub.ListSegments(segmentation_pb2.ListSegmentsRequest(), metadata=metadata),
+            stub.CountSegment(
+                segmentation_pb2.CountSegmentRequest(segment_id="vip"), metadata=metadata
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await call
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
