@@ -19,7 +19,10 @@ def _env(name: str) -> AliasChoices:
 class BaseServiceSettings(BaseSettings):
     """What every Nudge service reads."""
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+    # No populate_by_name: it would make every aliased field readable under a second,
+    # undocumented name (CONTACTS_DATABASE_URL...). So in code, pass shared settings under
+    # their variable names: Settings(**{"NUDGE_CONTACTS_ADDR": ...}); a field name is ignored.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     database_url: str = Field(
         "postgresql://nudge@127.0.0.1:54329/nudge", validation_alias=_env("DATABASE_URL")

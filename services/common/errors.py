@@ -7,6 +7,9 @@ Handlers raise these instead of touching transport details; the gRPC error inter
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,14 @@ class Validator:
     def check(self, ok: bool, field: str, description: str) -> None:
         if not ok:
             self.violations.append(FieldViolation(field, description))
+
+    def timestamp(self, value: Timestamp, field: str) -> datetime | None:
+        """The UTC datetime of a protobuf Timestamp, or a violation when it is out of range."""
+        try:
+            return value.ToDatetime(tzinfo=UTC)
+        except (ValueError, OverflowError):
+            self.violations.append(FieldViolation(field, "not a valid timestamp"))
+            return None
 
     def raise_if_any(self) -> None:
         if self.violations:

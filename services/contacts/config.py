@@ -1,6 +1,6 @@
 """Settings of the contacts service (env prefix ``CONTACTS_``)."""
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
@@ -11,4 +11,4 @@ class Settings(BaseServiceSettings):
 
     grpc_port: int = 50051
     # Operators create workspaces with this token (or with the CLI, which needs the database).
-    admin_token: str = Field("", validation_alias="NUDGE_ADMIN_TOKEN", repr=False)
+    admin_token: str = Field("", validation_alias=AliasChoices("NUDGE_ADMIN_TOKEN"), repr=False)

@@ -201,12 +201,14 @@ async def track_event(
     )
     now = clock.now()
     occurred_at = (
-        request.event.occurred_at.ToDatetime(tzinfo=now.tzinfo)
+        v.timestamp(request.event.occurred_at, "event.occurred_at")
         if request.event.HasField("occurred_at")
         else now
     )
-    v.check(occurred_at <= now + model.MAX_FUTURE_SKEW, "event.occurred_at", "in the future")
+    if occurred_at is not None:
+        v.check(occurred_at <= now + model.MAX_FUTURE_SKEW, "event.occurred_at", "in the future")
     v.raise_if_any()
+    assert occurred_at is not None
     async with pool.acquire() as conn, conn.transaction():
         try:
             contact = await db.find_contact(conn, workspace_id, request.contact)

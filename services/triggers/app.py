@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> Any:
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",
+        datadir=settings.data_dir,
         key_serializer="raw",
         value_serializer="raw",
         web_enabled=False,

@@ -11,3 +11,6 @@ class Settings(BaseServiceSettings):
     grpc_port: int = 50054
     # Faust consumer group and app id; one per deployment.
     app_id: str = "nudge-triggers"
+    # Faust keeps a little local state (its table stores); nothing in it is needed for
+    # correctness, so a temporary directory is fine.
+    data_dir: str = "/tmp/nudge-triggers"

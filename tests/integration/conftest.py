@@ -74,7 +74,8 @@ async def contacts_service(infra: dict[str, str]) -> AsyncIterator[RunningServic
 
     port = free_port()
     os.environ["NUDGE_CONTACTS_ADDR"] = f"127.0.0.1:{port}"
-    settings = Settings(grpc_port=port, admin_token="test-admin-token")
+    os.environ["NUDGE_ADMIN_TOKEN"] = "test-admin-token"
+    settings = Settings(grpc_port=port)
     async with run_in_process(serve, settings, port) as running:
         yield running
 

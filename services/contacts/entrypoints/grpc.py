@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-from datetime import UTC
 
 import asyncpg
 import grpc
@@ -11,13 +10,18 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 
 from services.common.auth import current_workspace
-from services.common.errors import Unauthenticated
+from services.common.errors import Unauthenticated, Validator
 from services.contacts import handlers
 from services.contacts.domain.model import NewContact
 
 
 def new_contact_from_proto(request: contacts_pb2.CreateContactRequest) -> NewContact:
     c = request.contact
+    signed_up_at = None
+    if c.HasField("signed_up_at"):
+        v = Validator()
+        signed_up_at = v.timestamp(c.signed_up_at, "contact.signed_up_at")
+        v.raise_if_any()
     return NewContact(
         email=c.email,
         external_id=c.external_id,
@@ -28,7 +32,7 @@ def new_contact_from_proto(request: contacts_pb2.CreateContactRequest) -> NewCon
         birthday=(c.birthday.year, c.birthday.month, c.birthday.day)
         if c.HasField("birthday")
         else None,
-        signed_up_at=c.signed_up_at.ToDatetime(tzinfo=UTC) if c.HasField("signed_up_at") else None,
+        signed_up_at=signed_up_at,
         attributes=dict(c.attributes),
         vip=c.vip,
         tags=list(c.tags),

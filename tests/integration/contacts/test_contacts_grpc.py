@@ -258,3 +258,28 @@ async def test_health_and_reflection_list_every_service(channel: grpc.aio.Channe
         "nudge.shop.v1.ShopEventService",
         "grpc.health.v1.Health",
     } <= names
+
+
+async def test_out_of_range_timestamps_are_invalid_arguments(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await create(channel, workspace, "late@example.com", signed_up_at=Timestamp(seconds=10**12))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == ["contact.signed_up_at"]
+    contact = await create(channel, workspace, "late@example.com")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await shop_pb2_grpc.ShopEventServiceStub(channel).TrackEvent(
+            shop_pb2.TrackEventRequest(
+                idempotency_key="k",
+                contact=contacts_pb2.ContactRef(contact_id=contact.id),
+                event=shop_pb2.ShopEvent(
+                    signed_up=shop_pb2.SignedUp(), occurred_at=Timestamp(seconds=-(10**12))
+                ),
+            ),
+            metadata=workspace.metadata,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == ["event.occurred_at"]

@@ -1,0 +1,66 @@
+"""The whole system as ``make run`` starts it: every service a child process, on free ports,
+over the session's infrastructure. Tests act as a platform (gRPC) or a manager (HTTP)."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deploy.local.supervisor import SERVICES, ServiceGroup, free_service_ports, service_env
+
+
+@dataclass
+class System:
+    env: dict[str, str]
+    group: ServiceGroup
+    traces_dir: Path
+    log_dir: Path
+
+    @property
+    def gateway(self) -> str:
+        return self.env["NUDGE_GATEWAY_URL"]
+
+    @property
+    def contacts(self) -> str:
+        return self.env["NUDGE_CONTACTS_ADDR"]
+
+    @property
+    def admin(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Admin {self.env['NUDGE_ADMIN_TOKEN']}"),)
+
+    def mails(self) -> list[Message]:
+        return list(mailbox.Maildir(self.env["NUDGE_MAILDIR"], create=True))
+
+    def spans(self) -> list[dict[str, Any]]:
+        return [
+            json.loads(line)
+            for path in self.traces_dir.glob("*.jsonl")
+            for line in path.read_text().splitlines()
+            if line.strip()
+        ]
+
+
+@pytest.fixture(scope="package")
+def system(infra: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    traces_dir = tmp_path_factory.mktemp("traces")
+    log_dir = tmp_path_factory.mktemp("service-logs")
+    env = service_env(
+        infra,
+        free_service_ports(),
+        base={**os.environ, "NUDGE_TRACES_DIR": str(traces_dir), "NUDGE_LOG_FORMAT": "text"},
+    )
+    group = ServiceGroup(output=None, log_dir=log_dir, autorestart=False)
+    group.start(SERVICES, env)
+    try:
+        group.wait_healthy(f"{env['NUDGE_GATEWAY_URL']}/healthz", timeout=120)
+        yield System(env=env, group=group, traces_dir=traces_dir, log_dir=log_dir)
+    finally:
+        group.stop()
