@@ -8,6 +8,8 @@ names the operators already know from docker-compose and the README.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -19,10 +21,18 @@ def _env(name: str) -> AliasChoices:
 class BaseServiceSettings(BaseSettings):
     """What every Nudge service reads."""
 
-    # No populate_by_name: it would make every aliased field readable under a second,
-    # undocumented name (CONTACTS_DATABASE_URL...). So in code, pass shared settings under
-    # their variable names: Settings(**{"NUDGE_CONTACTS_ADDR": ...}); a field name is ignored.
+    # No populate_by_name: it would make every aliased field readable from the environment
+    # under a second, undocumented name (CONTACTS_DATABASE_URL...). __init__ below lets code
+    # pass fields by name instead.
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
+
+    def __init__(self, **values: Any) -> None:
+        aliases = {
+            name: field.validation_alias.choices[0]
+            for name, field in type(self).model_fields.items()
+            if isinstance(field.validation_alias, AliasChoices)
+        }
+        super().__init__(**{str(aliases.get(k, k)): v for k, v in values.items()})
 
     database_url: str = Field(
         "postgresql://nudge@127.0.0.1:54329/nudge", validation_alias=_env("DATABASE_URL")
