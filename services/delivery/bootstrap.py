@@ -43,6 +43,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         eligibility=EligibilityClient(contacts, settings.internal_token),
         smtp=SmtpSender(SmtpTarget.from_url(settings.smtp_url), settings.smtp_timeout_s),
         from_address=settings.from_address,
+        tracking_url=settings.tracking_url,
+        link_secret=settings.link_secret,
     )
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,

@@ -9,6 +9,7 @@ crash between the claim and the outcome leaves the row CLAIMED: that message is 
 
 from __future__ import annotations
 
+import email.policy
 import logging
 import uuid
 from dataclasses import dataclass
@@ -30,10 +31,14 @@ from services.delivery.adapters.contacts import EligibilityClient
 from services.delivery.adapters.smtp import SmtpSender
 from services.delivery.domain.ledger import Status, smtp_failure_is_permanent
 from services.delivery.domain.rendering import Rendered, RenderError, render
+from services.tracking import links
 
 log = logging.getLogger(__name__)
 
 TRANSACTIONAL_PURPOSE = 4
+# CRLF line ends, and headers folded only past RFC 5322's hard limit: the default policy folds
+# at 78 and RFC 2047-encodes an unbreakable URL (List-Unsubscribe), which clients cannot use.
+MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
 
 
 @dataclass
@@ -42,6 +47,8 @@ class Deps:
     eligibility: EligibilityClient
     smtp: SmtpSender
     from_address: str
+    tracking_url: str
+    link_secret: str
 
 
 async def deliver(deps: Deps, envelope: Envelope) -> None:
@@ -103,8 +110,16 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
         (f"{facts.first_name} {facts.last_name}".strip(), facts.email),
         rendered,
     )
+    if request.kind != delivery_pb2.MESSAGE_KIND_TRANSACTIONAL:
+        # RFC 8058 one-click unsubscribe: mailbox providers show an "Unsubscribe" button and
+        # POST to the link; large senders without it are filtered as spam.
+        path = links.sign_unsubscribe(
+            deps.link_secret, workspace_id, request.message_id, request.contact_id
+        )
+        message["List-Unsubscribe"] = f"<{deps.tracking_url.rstrip('/')}{path}>"
+        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     try:
-        reply = await deps.smtp.send(message)
+        reply = await deps.smtp.send(message, deps.from_address, facts.email)
     except aiosmtplib.SMTPResponseException as err:
         if smtp_failure_is_permanent(err.code):
             await _record(deps, envelope, Status.BOUNCED, f"{err.code} {err.message}")
@@ -125,7 +140,7 @@ def build_email(
     to: tuple[str, str],
     rendered: Rendered,
 ) -> EmailMessage:
-    message = EmailMessage()
+    message = EmailMessage(policy=MAIL_POLICY)
     message["From"] = formataddr((workspace_name, from_address))
     message["To"] = formataddr(to)
     message["Subject"] = rendered.subject

@@ -40,8 +40,11 @@ class SmtpSender:
         self._target = target
         self._timeout = timeout_s
 
-    async def send(self, message: EmailMessage) -> str:
-        """Hand the message over; returns the server's reply. Raises aiosmtplib errors."""
+    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
+        """Hand the message over; returns the server's reply. Raises aiosmtplib errors.
+
+        The message goes as the bytes its own policy makes: aiosmtplib would flatten it again
+        with a 78-column policy that RFC 2047-encodes long URLs in headers."""
         with tracer.start_as_current_span(
             "smtp send",
             kind=trace.SpanKind.CLIENT,
@@ -52,7 +55,9 @@ class SmtpSender:
             },
         ):
             _, reply = await aiosmtplib.send(
-                message,
+                message.as_bytes(),
+                sender=sender,
+                recipients=[recipient],
                 hostname=self._target.host,
                 port=self._target.port,
                 use_tls=self._target.use_tls,

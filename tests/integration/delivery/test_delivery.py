@@ -15,6 +15,7 @@ from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
 from services.common.events import deterministic_id, new_envelope
 from services.common.topics import DELIVERY_REQUESTS
+from services.tracking import links
 from tests.integration.conftest import RunningService, Workspace, run_in_process
 from tests.support import eventually, free_port, unique
 
@@ -102,6 +103,11 @@ async def test_a_request_replayed_three_times_is_mailed_once(
     assert mails[0]["Subject"] == "Hello Ada from Test shop"
     assert mails[0]["To"] == f"Ada <{contact.email}>"
     assert "no-reply@" in mails[0]["From"] and "Test shop" in mails[0]["From"]
+    # One-click unsubscribe (RFC 8058), signed for this message and contact.
+    assert mails[0]["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    token = "".join(str(mails[0]["List-Unsubscribe"]).split()).strip("<>").rsplit("/u/", 1)[1]
+    claims = links.verify(os.environ.get("NUDGE_LINK_SECRET", "dev-link-secret"), token)
+    assert (claims.message_id, claims.contact_id) == (message_id, contact.id)
     assert (await status_of(delivery_service, workspace, message_id)).status == SENT
 
     # A later request behind the replays on the same partition proves they were all consumed.
@@ -151,6 +157,7 @@ async def test_transactional_mail_needs_no_consent_and_is_sent_once_per_key(
     assert first.message_id == second.message_id
     mails = await eventually(lambda: mails_for(first.message_id), timeout=30)
     assert mails[0]["Subject"] == "Your order"
+    assert mails[0]["List-Unsubscribe"] is None  # transactional mail is not unsubscribable
     answer = await eventually(
         lambda: _sent(delivery_service, workspace, first.message_id), timeout=30
     )
