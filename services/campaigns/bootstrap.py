@@ -20,7 +20,7 @@ from services.campaigns.entrypoints.grpc import CampaignServicer
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.grpc_client import channel
-from services.common.grpc_server import build_server, mark_serving
+from services.common.grpc_server import start_server
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -33,7 +33,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     redis = aioredis.from_url(settings.redis_url)
     contacts = channel(settings.contacts_addr)
     segmentation = channel(settings.segmentation_addr)
-    server, health = build_server(
+    server = await start_server(
+        port=settings.grpc_port,
         servicers=[
             (
                 campaigns_pb2_grpc.add_CampaignServiceServicer_to_server,
@@ -44,9 +45,6 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
     )
-    server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
-    await server.start()
-    await mark_serving(health, [SERVICE_NAME])
     log.info("campaigns serving gRPC on :%d", settings.grpc_port)
     await stop.wait()
     await server.stop(grace=5)

@@ -201,3 +201,21 @@ def build_server(
 async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterable[str]) -> None:
     for name in ["", *names]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def start_server(
+    *,
+    port: int,
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+    verifier: ApiKeyVerifier,
+    internal_token: str,
+    policy: AuthPolicy | None = None,
+) -> grpc.aio.Server:
+    """:func:`build_server`, listening on ``port`` and reporting SERVING for every service."""
+    server, health_servicer = build_server(
+        servicers=servicers, verifier=verifier, internal_token=internal_token, policy=policy
+    )
+    server.add_insecure_port(f"0.0.0.0:{port}")
+    await server.start()
+    await mark_serving(health_servicer, [name for _, _, name in servicers])
+    return server

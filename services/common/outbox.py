@@ -62,12 +62,18 @@ class OutboxRelay:
         listener: asyncpg.Connection = await self._pool.acquire()
         try:
             await listener.add_listener(_channel(self._schema), self._on_notify)
+            failures = 0
             while True:
                 try:
                     while await self.drain_once() == BATCH:
                         pass
-                except (TimeoutError, OSError, asyncpg.PostgresError):
+                    failures = 0
+                except Exception:
+                    # Broker or database away: the rows stay in the outbox (the transaction
+                    # rolled back) and go out once both answer again.
+                    failures += 1
                     log.exception("outbox relay of %s failed; retrying", self._schema)
+                    await asyncio.sleep(min(0.1 * 2**failures, 10.0))
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._poll_s)
                 self._wake.clear()

@@ -7,6 +7,7 @@ SIGTERM or SIGINT sets ``stop``; ``main`` should return once it has shut down cl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -25,6 +26,27 @@ def configure(name: str, settings: BaseServiceSettings) -> None:
     setup_tracing(name, settings.otlp_endpoint, settings.traces_dir)
     if settings.clock_offset_s:
         clock.set_clock(clock.SystemClock(timedelta(seconds=settings.clock_offset_s)))
+
+
+async def until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Wait for ``stop``, or for a background task (consumer, relay) to end on its own: a
+    service whose consumer died must exit so the supervisor restarts it, not look healthy."""
+    waiting = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    for task in done:
+        if task is not waiting:
+            log.error(
+                "background task %s ended; stopping", task.get_name(), exc_info=task.exception()
+            )
+
+
+async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
 
 
 def run_service(

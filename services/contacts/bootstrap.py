@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -11,9 +10,10 @@ from nudge.contacts.v1 import contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2_grpc
 
 from services.common.db import create_pool, migrate
-from services.common.grpc_server import build_server, mark_serving
+from services.common.grpc_server import start_server
 from services.common.kafka import KafkaPublisher, supports_idempotence
 from services.common.outbox import OutboxRelay
+from services.common.runtime import cancel_all, until_stopped
 from services.contacts.adapters.postgres import SCHEMA
 from services.contacts.config import Settings
 from services.contacts.entrypoints.grpc import (
@@ -45,8 +45,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         idempotent=supports_idempotence(settings.kafka_kind),
     )
     await publisher.start()
-    relay = asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay")
-    server, health = build_server(
+    tasks = [asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay")]
+    server = await start_server(
+        port=settings.grpc_port,
         servicers=[
             (
                 contacts_pb2_grpc.add_ContactServiceServicer_to_server,
@@ -73,14 +74,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         internal_token=settings.internal_token,
         policy=AUTH_POLICY,
     )
-    server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
-    await server.start()
-    await mark_serving(health, SERVICE_NAMES)
     log.info("contacts serving gRPC on :%d", settings.grpc_port)
-    await stop.wait()
+    await until_stopped(stop, tasks)
     await server.stop(grace=5)
-    relay.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await relay
+    await cancel_all(tasks)
     await publisher.stop()
     await pool.close()

@@ -4,7 +4,6 @@ outbox relay for delivery.events.v1, and the gRPC server."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.grpc_client import channel
-from services.common.grpc_server import build_server, mark_serving
+from services.common.grpc_server import start_server
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.outbox import OutboxRelay
+from services.common.runtime import cancel_all, until_stopped
 from services.common.topics import DELIVERY_REQUESTS
 from services.delivery import handlers
 from services.delivery.adapters.contacts import EligibilityClient
@@ -64,7 +64,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay"),
         asyncio.create_task(consumer.run(), name="delivery-consumer"),
     ]
-    server, health = build_server(
+    server = await start_server(
+        port=settings.grpc_port,
         servicers=[
             (
                 delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
@@ -75,21 +76,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
     )
-    server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
-    await server.start()
-    await mark_serving(health, [SERVICE_NAME])
     log.info("delivery serving gRPC on :%d, consuming %s", settings.grpc_port, DELIVERY_REQUESTS)
-    done, _ = await asyncio.wait(
-        [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
-    )
-    for task in done:
-        if task in tasks and task.exception():
-            log.error("delivery task %s died", task.get_name(), exc_info=task.exception())
+    await until_stopped(stop, tasks)
     await server.stop(grace=5)
-    for task in tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_all(tasks)
     await consumer.stop()
     await publisher.stop()
     await contacts.close()

@@ -4,7 +4,6 @@ server. Nothing is published yet, so there is no outbox relay (see the package d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from pathlib import Path
 
@@ -16,8 +15,9 @@ from nudge.segmentation.v1 import segmentation_pb2_grpc
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.grpc_client import channel
-from services.common.grpc_server import build_server, mark_serving
+from services.common.grpc_server import start_server
 from services.common.kafka import KafkaConsumerLoop
+from services.common.runtime import cancel_all, until_stopped
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
 from services.segmentation.adapters.postgres import SCHEMA
 from services.segmentation.config import Settings
@@ -44,7 +44,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     )
     await consumer.start()
     tasks = [asyncio.create_task(consumer.run(), name="read-model-consumer")]
-    server, health = build_server(
+    server = await start_server(
+        port=settings.grpc_port,
         servicers=[
             (
                 segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
@@ -55,26 +56,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
     )
-    server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
-    await server.start()
-    await mark_serving(health, [SERVICE_NAME])
     log.info(
         "segmentation serving gRPC on :%d, consuming %s and %s",
         settings.grpc_port,
         CONTACTS_EVENTS,
         SHOP_EVENTS,
     )
-    done, _ = await asyncio.wait(
-        [asyncio.create_task(stop.wait()), *tasks], return_when=asyncio.FIRST_COMPLETED
-    )
-    for task in done:
-        if task in tasks and task.exception():
-            log.error("segmentation task %s died", task.get_name(), exc_info=task.exception())
+    await until_stopped(stop, tasks)
     await server.stop(grace=5)
-    for task in tasks:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_all(tasks)
     await consumer.stop()
     await contacts.close()
     await redis.aclose()

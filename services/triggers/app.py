@@ -32,7 +32,7 @@ from services.common.auth import RemoteApiKeyVerifier
 from services.common.context import event_id_var, workspace_id_var
 from services.common.db import create_pool, migrate
 from services.common.grpc_client import channel
-from services.common.grpc_server import build_server, mark_serving
+from services.common.grpc_server import start_server
 from services.common.kafka import KafkaPublisher, supports_idempotence
 from services.common.logs import setup_logging
 from services.common.outbox import OutboxRelay
@@ -89,7 +89,8 @@ def create_app(settings: Settings) -> Any:
             relay = asyncio.create_task(OutboxRelay(pool, handlers.SCHEMA, publisher).run())
             redis = aioredis.from_url(settings.redis_url)
             contacts = channel(settings.contacts_addr)
-            server, health = build_server(
+            server = await start_server(
+                port=settings.grpc_port,
                 servicers=[
                     (
                         triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
@@ -100,9 +101,6 @@ def create_app(settings: Settings) -> Any:
                 verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
                 internal_token=settings.internal_token,
             )
-            server.add_insecure_port(f"0.0.0.0:{settings.grpc_port}")
-            await server.start()
-            await mark_serving(health, [SERVICE_NAME])
             state.update(
                 pool=pool,
                 publisher=publisher,
