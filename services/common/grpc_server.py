@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sys
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -81,6 +83,15 @@ async def abort_with_error(context: grpc.aio.ServicerContext, error: errors.Nudg
     )
 
 
+async def abort_unexpected(context: grpc.aio.ServicerContext, method: str) -> None:
+    """A bug or an outage, not the caller's fault: log it whole, tell the caller nothing
+    internal. (gRPC's own answer would be UNKNOWN with the exception's text.)"""
+    if isinstance(sys.exc_info()[1], grpc.aio.AbortError):
+        raise
+    log.exception("unexpected error in %s", method)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
         self, verifier: ApiKeyVerifier, internal_token: str, policy: AuthPolicy | None = None
@@ -123,6 +134,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         workspace_id_var.reset(token)
                 except errors.NudgeError as err:
                     await abort_with_error(context, err)
+                except Exception:
+                    await abort_unexpected(context, method)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary_unary,
@@ -143,6 +156,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         workspace_id_var.reset(token)
                 except errors.NudgeError as err:
                     await abort_with_error(context, err)
+                except Exception:
+                    await abort_unexpected(context, method)
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
@@ -157,14 +172,23 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if scheme == "Internal":
             if not hmac.compare_digest(credential.encode(), self._internal_token.encode()):
                 raise errors.Unauthenticated("bad internal token")
-            return Principal(
-                workspace_id=str(metadata.get(WORKSPACE_HEADER, "")), key_id="internal"
-            )
+            workspace_id = str(metadata.get(WORKSPACE_HEADER, ""))
+            if workspace_id and not _is_uuid(workspace_id):
+                raise errors.Unauthenticated(f"{WORKSPACE_HEADER} is not a workspace id")
+            return Principal(workspace_id=workspace_id, key_id="internal")
         if policy == "internal":
             raise errors.Unauthenticated("this method is for Nudge's own services")
         if scheme != "Bearer" or not credential:
             raise errors.Unauthenticated("missing 'authorization: Bearer <API key>' metadata")
         return await self._verifier.verify(credential)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def build_server(

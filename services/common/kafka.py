@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from google.protobuf.message import DecodeError
 from nudge.events.v1.envelope_pb2 import Envelope
 from opentelemetry import context, trace
@@ -162,7 +163,12 @@ class KafkaConsumerLoop:
                 for record in records:
                     await self._handle_with_retry(record)
             if batches:
-                await self._consumer.commit()
+                try:
+                    await self._consumer.commit()
+                except (CommitFailedError, IllegalStateError) as err:
+                    # A rebalance took the partitions away mid-batch: their new owner gets
+                    # the records again, and the handlers are idempotent.
+                    log.warning("offsets not committed (%s); records will be redelivered", err)
 
     async def _handle_with_retry(self, record: ConsumerRecord) -> None:
         delay = 0.1

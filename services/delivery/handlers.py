@@ -36,6 +36,8 @@ from services.tracking import links
 log = logging.getLogger(__name__)
 
 TRANSACTIONAL_PURPOSE = 4
+PURPOSES = frozenset(range(1, 5))  # nudge.contacts.v1.ConsentPurpose, UNSPECIFIED excluded
+KINDS = frozenset(range(1, 4))  # nudge.delivery.v1.MessageKind, UNSPECIFIED excluded
 # CRLF line ends, and headers folded only past RFC 5322's hard limit: the default policy folds
 # at 78 and RFC 2047-encodes an unbreakable URL (List-Unsubscribe), which clients cannot use.
 MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
@@ -63,6 +65,10 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
         log.error("dropping a delivery request with malformed ids: %s", request.message_id)
         return
 
+    if request.purpose not in PURPOSES or request.kind not in KINDS:
+        # No retry can fix it; a request that is never finished would block its partition.
+        await _finish_unsent(deps, envelope, Status.FAILED, "invalid request: purpose or kind")
+        return
     facts = await deps.eligibility.check(workspace_id, request.contact_id, request.purpose)
     if facts is None or not facts.eligible:
         reason = "contact_not_found" if facts is None else facts.reason

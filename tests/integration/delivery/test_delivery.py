@@ -210,3 +210,32 @@ async def test_a_transactional_send_with_a_broken_template_is_invalid(
                 metadata=workspace.metadata,
             )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_request_no_retry_can_fix_is_failed_and_does_not_block_the_partition(
+    delivery_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    contact = await new_contact(
+        contacts_service, workspace, [contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS]
+    )
+    broken_id = deterministic_id(workspace.id, unique("broken"))
+    broken = delivery_pb2.DeliveryRequested(
+        message_id=broken_id,
+        contact_id=contact.id,
+        kind=delivery_pb2.MESSAGE_KIND_AUTOMATION,  # and no purpose
+        content=delivery_pb2.MessageContent(subject="s", body_text="b"),
+    )
+    await producer.send_and_wait(
+        DELIVERY_REQUESTS,
+        new_envelope(workspace.id, broken, event_id=broken_id).SerializeToString(),
+        key=contact.id.encode(),
+    )
+    after_id, after = automation_request(workspace, contact.id)
+    await producer.send_and_wait(DELIVERY_REQUESTS, after, key=contact.id.encode())
+    await eventually(lambda: mails_for(after_id), timeout=30)
+    answer = await status_of(delivery_service, workspace, broken_id)
+    assert answer.status == delivery_pb2.MESSAGE_STATUS_FAILED
+    assert mails_for(broken_id) == []
