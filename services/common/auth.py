@@ -11,8 +11,10 @@ Service-to-service calls carry ``authorization: Internal <token>`` and name the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 from dataclasses import dataclass
@@ -21,9 +23,12 @@ from typing import Protocol
 import grpc
 import redis.asyncio as aioredis
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from redis.exceptions import RedisError
 
 from services.common.context import workspace_id_var
-from services.common.errors import Unauthenticated
+from services.common.errors import Unauthenticated, Unavailable
+
+log = logging.getLogger(__name__)
 
 KEY_PATTERN = re.compile(r"^nk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 WORKSPACE_HEADER = "x-nudge-workspace-id"
@@ -91,7 +96,12 @@ class RemoteApiKeyVerifier:
     async def verify(self, api_key: str) -> Principal:
         key_id = parse_key_id(api_key)
         cache_key = f"nudge:apikey:{hash_api_key(api_key)}"
-        cached = await self._redis.get(cache_key)
+        try:
+            cached = await self._redis.get(cache_key)
+        except RedisError:
+            # The cache is an optimisation: without Redis, ask contacts every time.
+            log.warning("API-key cache unavailable; asking contacts directly", exc_info=True)
+            cached = None
         if cached is not None:
             return Principal(workspace_id=cached.decode(), key_id=key_id)
         try:
@@ -103,6 +113,9 @@ class RemoteApiKeyVerifier:
         except grpc.aio.AioRpcError as err:
             if err.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.NOT_FOUND):
                 raise Unauthenticated("unknown API key") from err
+            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise Unavailable("cannot check the API key now; retry shortly") from err
             raise
-        await self._redis.set(cache_key, answer.workspace_id, ex=self.TTL_S)
+        with contextlib.suppress(RedisError):
+            await self._redis.set(cache_key, answer.workspace_id, ex=self.TTL_S)
         return Principal(workspace_id=answer.workspace_id, key_id=answer.key_id)

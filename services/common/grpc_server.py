@@ -13,7 +13,6 @@ from __future__ import annotations
 import hmac
 import logging
 import sys
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -27,6 +26,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from services.common import errors
 from services.common.auth import WORKSPACE_HEADER, ApiKeyVerifier, Principal
 from services.common.context import workspace_id_var
+from services.common.ids import is_uuid
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ _CODES: dict[type[errors.NudgeError], grpc.StatusCode] = {
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
 }
 
 # Methods that authenticate themselves (admin token) or need only the internal token.
@@ -173,7 +174,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             if not hmac.compare_digest(credential.encode(), self._internal_token.encode()):
                 raise errors.Unauthenticated("bad internal token")
             workspace_id = str(metadata.get(WORKSPACE_HEADER, ""))
-            if workspace_id and not _is_uuid(workspace_id):
+            if workspace_id and not is_uuid(workspace_id):
                 raise errors.Unauthenticated(f"{WORKSPACE_HEADER} is not a workspace id")
             return Principal(workspace_id=workspace_id, key_id="internal")
         if policy == "internal":
@@ -181,14 +182,6 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if scheme != "Bearer" or not credential:
             raise errors.Unauthenticated("missing 'authorization: Bearer <API key>' metadata")
         return await self._verifier.verify(credential)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True
 
 
 def build_server(

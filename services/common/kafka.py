@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from google.protobuf.message import DecodeError
@@ -19,12 +20,17 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from opentelemetry import context, trace
 
 from services.common.context import event_id_var, workspace_id_var
+from services.common.errors import PermanentError
 from services.common.tracing import KafkaHeaders, extract_headers, inject_headers
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 Handler = Callable[[Envelope, ConsumerRecord], Awaitable[None]]
+
+# Failures that the same record will always cause: invalid data for PostgreSQL (SQLSTATE class
+# 22), values past its limits (class 54, e.g. an index row too large), or a handler's verdict.
+PERMANENT = (asyncpg.DataError, asyncpg.ProgramLimitExceededError, PermanentError)
 
 
 def supports_idempotence(kafka_kind: str) -> bool:
@@ -148,6 +154,7 @@ class KafkaConsumerLoop:
             heartbeat_interval_ms=1_000,
         )
         self._stopping = asyncio.Event()
+        self.skipped = 0
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -178,6 +185,17 @@ class KafkaConsumerLoop:
                 return
             except asyncio.CancelledError:
                 raise
+            except PERMANENT as err:
+                # Retrying cannot help and would block every later record of the partition.
+                self.skipped += 1
+                log.error(
+                    "skipping %s[%d]@%d, which no retry can handle: %r",
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    err,
+                )
+                return
             except Exception:
                 log.exception(
                     "handler failed on %s[%d]@%d, retrying in %.1fs",

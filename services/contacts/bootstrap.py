@@ -11,9 +11,10 @@ from nudge.shop.v1 import shop_pb2_grpc
 
 from services.common.db import create_pool, migrate
 from services.common.grpc_server import start_server
-from services.common.kafka import KafkaPublisher, supports_idempotence
+from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.outbox import OutboxRelay
 from services.common.runtime import cancel_all, until_stopped
+from services.common.topics import TRACKING_EVENTS
 from services.contacts.adapters.postgres import SCHEMA
 from services.contacts.config import Settings
 from services.contacts.entrypoints.grpc import (
@@ -23,7 +24,8 @@ from services.contacts.entrypoints.grpc import (
     ShopEventServicer,
     WorkspaceServicer,
 )
-from services.contacts.handlers import LocalApiKeyVerifier
+from services.contacts.entrypoints.kafka import TrackingConsumer
+from services.contacts.handlers import CONSUMER, LocalApiKeyVerifier
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -45,7 +47,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         idempotent=supports_idempotence(settings.kafka_kind),
     )
     await publisher.start()
-    tasks = [asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay")]
+    consumer = KafkaConsumerLoop(
+        settings.kafka_bootstrap_servers, CONSUMER, [TRACKING_EVENTS], TrackingConsumer(pool)
+    )
+    await consumer.start()
+    tasks = [
+        asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay"),
+        asyncio.create_task(consumer.run(), name="tracking-consumer"),
+    ]
     server = await start_server(
         port=settings.grpc_port,
         servicers=[
@@ -78,5 +87,6 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await until_stopped(stop, tasks)
     await server.stop(grace=5)
     await cancel_all(tasks)
+    await consumer.stop()
     await publisher.stop()
     await pool.close()

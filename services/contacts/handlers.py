@@ -7,6 +7,7 @@ import uuid
 import asyncpg
 from nudge.contacts.v1 import contacts_pb2, events_pb2
 from nudge.shop.v1 import shop_pb2
+from nudge.tracking.v1 import events_pb2 as tracking_pb2
 
 from services.common import clock
 from services.common.auth import (
@@ -21,10 +22,13 @@ from services.common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
+    PermanentError,
     Unauthenticated,
     Validator,
 )
 from services.common.events import new_envelope
+from services.common.idempotency import claim_event
+from services.common.ids import is_uuid
 from services.common.outbox import add_to_outbox
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
 from services.contacts.adapters import postgres as db
@@ -192,6 +196,7 @@ async def track_event(
 ) -> shop_pb2.TrackEventResponse:
     """Accept a shop event once per idempotency key and queue it on shop.events.v1."""
     v = Validator()
+    v.strings(request, "", model.MAX_EVENT_STRING)
     model.check_idempotency_key(v, request.idempotency_key)
     v.check(request.HasField("contact"), "contact", "is required")
     v.check(
@@ -236,3 +241,52 @@ async def track_event(
         duplicate=not claim["inserted"],
         contact_id=str(claim["contact_id"]),
     )
+
+
+CONSUMER = "contacts"
+
+UNSUBSCRIBED_PURPOSES = (
+    model.Purpose.MARKETING,
+    model.Purpose.TARGETED_MESSAGES,
+    model.Purpose.AUTOMATIONS,
+)
+
+
+async def unsubscribe(
+    pool: asyncpg.Pool,
+    workspace_id: str,
+    event_id: str,
+    request: tracking_pb2.UnsubscribeRequested,
+) -> int:
+    """A recipient unsubscribed from a mail: withdraw every consent but transactional mail's.
+
+    The link does not say which kind of mail it came from, and a person who presses
+    "unsubscribe" expects no more promotional or automated mail from this sender; order
+    details and password resets still arrive. Idempotent on the tracking event's id; returns
+    how many consents changed.
+    """
+    if not (is_uuid(request.contact_id) and is_uuid(workspace_id)):
+        raise PermanentError(f"unsubscribe with malformed ids: {request.contact_id!r}")
+    how = "one-click unsubscribe" if request.one_click else "unsubscribe page"
+    changed = 0
+    async with pool.acquire() as conn, conn.transaction():
+        if not await claim_event(conn, CONSUMER, event_id):
+            return 0
+        current = await db.consent_statuses(conn, workspace_id, uuid.UUID(request.contact_id))
+        if current is None:
+            return 0  # erased since the mail was sent: nothing left to withdraw
+        for purpose in UNSUBSCRIBED_PURPOSES:
+            if current.get(purpose) == model.ConsentStatus.WITHDRAWN:
+                continue
+            await _record_consent(
+                conn,
+                workspace_id,
+                uuid.UUID(request.contact_id),
+                purpose,
+                model.ConsentStatus.WITHDRAWN,
+                model.ConsentSource.UNSUBSCRIBE_LINK,
+                f"{how} in message {request.message_id}",
+                "contact",
+            )
+            changed += 1
+    return changed

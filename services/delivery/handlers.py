@@ -24,6 +24,7 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from services.common import clock
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, Validator
 from services.common.events import deterministic_id, new_envelope
+from services.common.ids import is_uuid
 from services.common.outbox import add_to_outbox
 from services.common.topics import DELIVERY_EVENTS, DELIVERY_REQUESTS
 from services.delivery.adapters import postgres as db
@@ -59,9 +60,7 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
         return
     request = envelope.delivery_requested
     workspace_id = envelope.workspace_id
-    if not (
-        _is_uuid(request.message_id) and _is_uuid(request.contact_id) and _is_uuid(workspace_id)
-    ):
+    if not (is_uuid(request.message_id) and is_uuid(request.contact_id) and is_uuid(workspace_id)):
         log.error("dropping a delivery request with malformed ids: %s", request.message_id)
         return
 
@@ -231,7 +230,7 @@ async def send_transactional(
     """Queue a transactional message (order details, password reset) once per idempotency key."""
     v = Validator()
     v.check(0 < len(request.idempotency_key) <= 200, "idempotency_key", "1-200 characters")
-    v.check(_is_uuid(request.contact_id), "contact_id", "not a contact id")
+    v.check(is_uuid(request.contact_id), "contact_id", "not a contact id")
     v.check(0 < len(request.content.subject) <= 200, "content.subject", "1-200 characters")
     v.check(
         0 < len(request.content.body_text) <= 100_000, "content.body_text", "1-100000 characters"
@@ -264,7 +263,7 @@ async def send_transactional(
 async def message_status(
     pool: asyncpg.Pool, workspace_id: str, message_id: str
 ) -> delivery_pb2.GetMessageStatusResponse:
-    if not _is_uuid(message_id):
+    if not is_uuid(message_id):
         raise NotFound("message not found")
     async with pool.acquire() as conn:
         row = await db.find(conn, workspace_id, uuid.UUID(message_id))
@@ -277,11 +276,3 @@ async def message_status(
     )
     answer.updated_at.FromDatetime(row["updated_at"])
     return answer
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except ValueError:
-        return False
-    return True

@@ -15,9 +15,13 @@ import asyncpg
 import grpc
 import httpx
 import pytest
+from aiokafka import AIOKafkaProducer
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from nudge.delivery.v1 import delivery_pb2
 from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 
+from services.common.events import deterministic_id, new_envelope
+from services.common.topics import DELIVERY_REQUESTS
 from tests.e2e.conftest import System
 from tests.support import eventually, unique
 
@@ -203,3 +207,63 @@ async def test_a_crashed_service_comes_back_healthy(system: System, service: str
             return (await http.get("/healthz")).status_code == 200
 
         await eventually(healthy, timeout=60)
+
+
+async def test_one_click_unsubscribe_from_a_mail_stops_automated_mail(system: System) -> None:
+    workspace_id, api_key = await new_workspace(system)
+    email = f"{unique('leaving')}@example.com"
+    contact_id = await platform_signup(system, api_key, email, unique("signup"))
+    [welcome] = await eventually(
+        lambda: [m for m in system.mails() if m["To"] == f"Bo <{email}>"], timeout=30
+    )
+    # What a mailbox provider does when the reader presses "Unsubscribe" (RFC 8058).
+    link = "".join(str(welcome["List-Unsubscribe"]).split()).strip("<>")
+    async with httpx.AsyncClient(timeout=10) as http:
+        answer = await http.post(link, content=b"List-Unsubscribe=One-Click")
+    assert answer.status_code == 200, answer.text
+
+    async def withdrawn() -> bool:
+        conn = await asyncpg.connect(system.env["DATABASE_URL"])
+        try:
+            status = await conn.fetchval(
+                "SELECT status FROM contacts.consents WHERE contact_id = $1::uuid AND purpose = 3",
+                contact_id,
+            )
+        finally:
+            await conn.close()
+        return bool(status == 2)
+
+    await eventually(withdrawn, timeout=30)
+    # The next automated message for them is refused by delivery, just before SMTP.
+    message_id = deterministic_id(workspace_id, unique("later"))
+    later = delivery_pb2.DeliveryRequested(
+        message_id=message_id,
+        contact_id=contact_id,
+        kind=delivery_pb2.MESSAGE_KIND_AUTOMATION,
+        purpose=contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS,
+        content=delivery_pb2.MessageContent(subject="We miss you", body_text="Come back"),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=system.env["KAFKA_BOOTSTRAP_SERVERS"])
+    await producer.start()
+    try:
+        await producer.send_and_wait(
+            DELIVERY_REQUESTS,
+            new_envelope(workspace_id, later, event_id=message_id).SerializeToString(),
+            key=contact_id.encode(),
+        )
+    finally:
+        await producer.stop()
+
+    async def ledger_detail() -> str | None:
+        conn = await asyncpg.connect(system.env["DATABASE_URL"])
+        try:
+            detail: str | None = await conn.fetchval(
+                "SELECT detail FROM delivery.messages WHERE message_id = $1::uuid AND status = 3",
+                message_id,
+            )
+        finally:
+            await conn.close()
+        return detail
+
+    assert await eventually(ledger_detail, timeout=30) == "consent_withdrawn:automations"
+    assert not [m for m in system.mails() if m["Subject"] == "We miss you"]

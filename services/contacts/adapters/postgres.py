@@ -238,3 +238,19 @@ async def claim_ingestion(
     )
     assert existing is not None
     return existing
+
+
+async def consent_statuses(
+    conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID
+) -> dict[int, int] | None:
+    """Purpose -> current status, or None when the contact does not exist."""
+    rows = await conn.fetch(
+        "SELECT c.id, s.purpose, s.status FROM contacts c"
+        " LEFT JOIN consents s ON s.workspace_id = c.workspace_id AND s.contact_id = c.id"
+        " WHERE c.workspace_id = $1 AND c.id = $2 FOR UPDATE OF c",
+        uuid.UUID(workspace_id),
+        contact_id,
+    )
+    if not rows:
+        return None
+    return {r["purpose"]: r["status"] for r in rows if r["purpose"] is not None}

@@ -43,6 +43,8 @@ MAX_TEXT = 200
 MAX_ATTRIBUTE_VALUE = 1024
 MAX_IDEMPOTENCY_KEY = 200
 MAX_FUTURE_SKEW = timedelta(minutes=5)
+# Any string in a shop event (ids, URLs, queries); the consumers index some of them.
+MAX_EVENT_STRING = 2000
 
 
 @dataclass

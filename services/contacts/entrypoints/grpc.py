@@ -17,11 +17,13 @@ from services.contacts.domain.model import NewContact
 
 def new_contact_from_proto(request: contacts_pb2.CreateContactRequest) -> NewContact:
     c = request.contact
-    signed_up_at = None
-    if c.HasField("signed_up_at"):
-        v = Validator()
-        signed_up_at = v.timestamp(c.signed_up_at, "contact.signed_up_at")
-        v.raise_if_any()
+    v = Validator()
+    # Lengths are the domain's to check; NUL characters PostgreSQL would refuse are caught here.
+    v.strings(request, "", max_length=100_000)
+    signed_up_at = (
+        v.timestamp(c.signed_up_at, "contact.signed_up_at") if c.HasField("signed_up_at") else None
+    )
+    v.raise_if_any()
     return NewContact(
         email=c.email,
         external_id=c.external_id,

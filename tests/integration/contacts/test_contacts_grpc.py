@@ -283,3 +283,25 @@ async def test_out_of_range_timestamps_are_invalid_arguments(
         )
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violations(err.value) == ["event.occurred_at"]
+
+
+async def test_a_string_with_a_nul_character_is_refused_at_the_door(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    contact = await create(channel, workspace, "nul@example.com")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await shop_pb2_grpc.ShopEventServiceStub(channel).TrackEvent(
+            shop_pb2.TrackEventRequest(
+                idempotency_key="k",
+                contact=contacts_pb2.ContactRef(contact_id=contact.id),
+                event=shop_pb2.ShopEvent(
+                    order_placed=shop_pb2.OrderPlaced(order_id="o\x001", cart_id="c" * 3000)
+                ),
+            ),
+            metadata=workspace.metadata,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == ["event.order_placed.order_id", "event.order_placed.cart_id"]
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await create(channel, workspace, "other@example.com", first_name="A\x00da")
+    assert violations(err.value) == ["contact.first_name"]

@@ -1,0 +1,22 @@
+"""The contacts service's Kafka consumer: what recipients did with their mail."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiokafka import ConsumerRecord
+from nudge.events.v1.envelope_pb2 import Envelope
+
+from services.contacts import handlers
+
+
+class TrackingConsumer:
+    """Turns tracking.events.v1 into consent changes (unsubscribes); ignores opens and clicks."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def __call__(self, envelope: Envelope, record: ConsumerRecord) -> None:
+        if envelope.WhichOneof("payload") == "unsubscribe_requested":
+            await handlers.unsubscribe(
+                self.pool, envelope.workspace_id, envelope.event_id, envelope.unsubscribe_requested
+            )
