@@ -1,7 +1,8 @@
 """The composition root of the gateway: the FastAPI app with its routers, error handlers,
 body limit and tracing; the clients it opens once at start-up (gRPC channels, the health
-checks' pool, Redis and Kafka clients); and the uvicorn server ``python -m services.gateway``
-runs. Unit tests pass fake backends and checks instead of the real clients.
+checks' pool, Redis and HTTP clients; see adapters/health.py for Kafka and SMTP); and the
+uvicorn server ``python -m services.gateway`` runs. Unit tests pass fake backends and checks
+instead of the real clients (the health report cache still wraps them).
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ from starlette.exceptions import HTTPException
 from services.common.http_server import serve_http
 from services.gateway import problems
 from services.gateway.adapters.grpc import Backends, open_backends
-from services.gateway.adapters.health import DependencyChecks
+from services.gateway.adapters.health import CachedChecks, DependencyChecks, HealthChecks
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.config import Settings
-from services.gateway.deps import HealthChecks
 from services.gateway.entrypoints import campaigns, contacts, events, health, messages, segments
 
 DESCRIPTION = """The HTTP API of Nudge for managers and frontends.
@@ -56,12 +56,13 @@ def create_app(
             if backends is None:
                 app.state.backends = open_backends(settings)
                 stack.push_async_callback(app.state.backends.close)
-            app.state.checks = checks
-            if checks is None:
+            run_checks = checks
+            if run_checks is None:
                 dependency_checks = DependencyChecks(settings, app.state.backends.health)
                 stack.push_async_callback(dependency_checks.close)
                 await dependency_checks.start()
-                app.state.checks = dependency_checks
+                run_checks = dependency_checks
+            app.state.checks = CachedChecks(run_checks, settings.health_cache_s)
             yield
 
     app = FastAPI(

@@ -17,6 +17,9 @@ class Settings(BaseServiceSettings):
     rpc_timeout_s: float = 10.0
     # Deadline of each dependency check of /healthz (they run concurrently).
     health_timeout_s: float = 2.0
+    # How long a /healthz report is reused: it needs no credentials and opens an SMTP session
+    # among its ten checks, so a flood of requests must not reach the dependencies. 0: never.
+    health_cache_s: float = 1.0
     smtp_url: str = Field("smtp://127.0.0.1:2525", validation_alias=AliasChoices("SMTP_URL"))
     # Where /healthz asks tracking, from inside the network; not the public base of the links
     # in the mail (NUDGE_TRACKING_URL, delivery's), which the reader's browser opens.

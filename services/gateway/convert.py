@@ -2,6 +2,8 @@
 
 Enums travel as lower-case names without their prefix (``CONSENT_PURPOSE_MARKETING`` <->
 ``"marketing"``), timestamps as RFC 3339, birthdays as ``YYYY-MM-DD`` or ``--MM-DD``.
+Incoming date-times are already in UTC (``schemas.Rfc3339`` converts them, refusing instants
+that UTC, and so a protobuf Timestamp, cannot hold).
 """
 
 from __future__ import annotations
@@ -285,8 +287,10 @@ def campaign_json(c: campaigns_pb2.Campaign) -> schemas.CampaignOut:
     )
 
 
-def campaign_field(field: str) -> str:
-    return _strip("campaign.", field)
+def list_campaigns_field(field: str) -> str:
+    """ListCampaigns' fields (``page_size``, ``page_token``) are the route's query
+    parameters, named as the gateway's own validation names them."""
+    return f"query.{field}"
 
 
 # --- messages -----------------------------------------------------------------------------

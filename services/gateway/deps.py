@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol, TypeVar, cast
+from typing import Annotated, TypeVar, cast
 
 import grpc
 from fastapi import Depends, Request
@@ -19,6 +19,7 @@ from google.protobuf.message import Message
 
 from services.gateway import problems
 from services.gateway.adapters.grpc import Backends
+from services.gateway.adapters.health import HealthChecks
 from services.gateway.config import Settings
 
 R = TypeVar("R")
@@ -30,10 +31,6 @@ bearer = HTTPBearer(
 )
 # Printable ASCII only: anything else cannot travel as gRPC metadata.
 _CREDENTIAL = re.compile(r"^[\x21-\x7e]{1,512}$")
-
-
-class HealthChecks(Protocol):
-    async def run(self) -> dict[str, dict[str, Any]]: ...
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,12 @@ errors come back through the gateway as 422s.
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -22,6 +24,8 @@ from pydantic import (
     model_validator,
 )
 
+from services.campaigns.domain import model as campaign_rules
+
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
@@ -31,14 +35,32 @@ class ResponseModel(BaseModel):
     pass
 
 
+# Pydantic would also read "1700000000" as seconds since the epoch: RFC 3339 starts with a date.
+_RFC3339_START = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]")
+
+
 def _rfc3339_string(value: Any) -> Any:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not _RFC3339_START.match(value):
         raise ValueError("must be an RFC 3339 date-time string, e.g. 2026-05-01T12:00:00Z")
     return value
 
 
-# JSON has no date-time type: accept RFC 3339 strings with an offset, nothing else.
-Rfc3339 = Annotated[AwareDatetime, Strict(False), BeforeValidator(_rfc3339_string)]
+def _in_utc(value: datetime) -> datetime:
+    """The same instant in UTC; refused when UTC has no such date (``9999-12-31T23:59:59-01:00``
+    is in the year 10000), as protobuf timestamps cannot hold it either."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(
+            "out of range: must fall between 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z"
+        ) from None
+
+
+# JSON has no date-time type: accept RFC 3339 strings with an offset, nothing else. Query
+# parameters use the same type. The value is in UTC once validated.
+Rfc3339 = Annotated[
+    AwareDatetime, Strict(False), BeforeValidator(_rfc3339_string), AfterValidator(_in_utc)
+]
 
 
 def _text(max_length: int, min_length: int = 0) -> Any:
@@ -293,12 +315,15 @@ CampaignStatus = Literal["draft", "scheduled", "sending", "sent", "cancelled", "
 
 
 class CampaignIn(StrictModel):
-    """A targeted message: a segment, a subject and a short text."""
+    """A targeted message: a segment, a subject and a short text. The limits are the
+    campaigns service's own (services/campaigns/domain/model.py)."""
 
-    name: Annotated[str, _text(200, 1)]
-    segment_ids: list[Id] = Field(max_length=50, description="Who receives it (a union).")
-    subject: Annotated[str, _text(500)]
-    body_text: Annotated[str, _text(50_000)]
+    name: Annotated[str, _text(campaign_rules.MAX_NAME, 1)]
+    segment_ids: list[Id] = Field(
+        max_length=campaign_rules.MAX_SEGMENTS, description="Who receives it (a union)."
+    )
+    subject: Annotated[str, _text(campaign_rules.MAX_SUBJECT)]
+    body_text: Annotated[str, _text(campaign_rules.MAX_BODY_TEXT)]
 
 
 class CampaignOut(ResponseModel):

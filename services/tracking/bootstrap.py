@@ -32,7 +32,11 @@ def create_app(settings: Settings, publisher: EventPublisher | None = None) -> F
             app.state.publisher = publisher
             yield
             return
-        kafka = KafkaTrackingPublisher(settings.kafka_bootstrap_servers, settings.kafka_kind)
+        kafka = KafkaTrackingPublisher(
+            settings.kafka_bootstrap_servers,
+            settings.kafka_kind,
+            health_timeout_s=settings.health_timeout_s,
+        )
         await kafka.start()
         app.state.publisher = kafka
         try:
@@ -58,7 +62,12 @@ def create_app(settings: Settings, publisher: EventPublisher | None = None) -> F
 async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     status = HTTPStatus(exc.status_code)
-    detail = "no such link" if status == HTTPStatus.NOT_FOUND else status.description
+    if status == HTTPStatus.NOT_FOUND:
+        detail = "no such link"  # the same whatever is wrong with the token
+    elif isinstance(exc.detail, str) and exc.detail != status.phrase:
+        detail = exc.detail  # a route's own reason
+    else:
+        detail = status.description
     return http.problem(status.value, status.phrase, detail)
 
 

@@ -1,5 +1,13 @@
 """The dependency checks of ``GET /healthz``: every part the system needs, concurrently,
-each with a short deadline, over clients opened once at start-up.
+each with a short deadline.
+
+The PostgreSQL pool, the Redis and HTTP clients and the gRPC channels are opened once at
+start-up; the Kafka metadata client on the first check, and again after one fails. SMTP is
+the exception: each check opens a short session (EHLO, NOOP, QUIT), since servers drop idle
+sessions and a kept one would report a stale answer. :class:`CachedChecks` keeps a report
+for ``health_cache_s`` (a second by default), so a flood of ``/healthz`` (which needs no
+credentials) cannot hammer the dependencies: one round of checks at a time, and at most one
+per period.
 
 Each check answers ``{"ok", "latency_ms", "detail"?}`` plus what it learnt (Kafka: which
 broker software and how many brokers). A failed check says why in ``detail``, without
@@ -12,19 +20,51 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 import aiosmtplib
 import asyncpg
 import httpx
 import redis.asyncio as aioredis
-from aiokafka.client import AIOKafkaClient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.common.kafka_probe import BrokerProbe, describe
 from services.gateway.config import Settings
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
+Report = dict[str, dict[str, Any]]
+
+
+class HealthChecks(Protocol):
+    async def run(self) -> Report: ...
+
+
+class CachedChecks:
+    """``checks``, run at most once per ``ttl_s`` (0: every time). Callers that arrive while
+    a round is running wait for it and share its report. ``clock`` is for tests."""
+
+    def __init__(
+        self,
+        checks: HealthChecks,
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._checks = checks
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._report: Report | None = None
+        self._taken_at = 0.0
+
+    async def run(self) -> Report:
+        if self._ttl_s <= 0:
+            return await self._checks.run()
+        async with self._lock:
+            if self._report is None or self._clock() - self._taken_at >= self._ttl_s:
+                self._report = await self._checks.run()
+                self._taken_at = self._clock()
+            return self._report
 
 
 class DependencyChecks:
@@ -39,7 +79,9 @@ class DependencyChecks:
             socket_timeout=self._timeout,
         )
         self._http = httpx.AsyncClient(timeout=self._timeout)
-        self._kafka: AIOKafkaClient | None = None
+        self._kafka = BrokerProbe(
+            settings.kafka_bootstrap_servers, "nudge-gateway-health", self._timeout
+        )
 
     async def start(self) -> None:
         # min_size=0: the gateway starts (and reports) even while PostgreSQL is down.
@@ -52,13 +94,13 @@ class DependencyChecks:
         )
 
     async def close(self) -> None:
-        await self._close_kafka()
+        await self._kafka.close()
         await self._http.aclose()
         await self._redis.aclose()
         if self._pool is not None:
             await self._pool.close()
 
-    async def run(self) -> dict[str, dict[str, Any]]:
+    async def run(self) -> Report:
         checks: dict[str, Check] = {
             "postgres": self._postgres,
             "redis": self._redis_ping,
@@ -92,28 +134,7 @@ class DependencyChecks:
         return {}
 
     async def _kafka_metadata(self) -> dict[str, Any]:
-        try:
-            if self._kafka is None:
-                self._kafka = AIOKafkaClient(
-                    bootstrap_servers=self._settings.kafka_bootstrap_servers,
-                    client_id="nudge-gateway-health",
-                    request_timeout_ms=int(self._timeout * 1000),
-                )
-                await self._kafka.bootstrap()
-            cluster = await self._kafka.fetch_all_metadata()
-        except BaseException:
-            await self._close_kafka()  # start afresh next time, not on dead connections
-            raise
-        brokers = len(cluster.brokers())
-        if brokers == 0:
-            raise ConnectionError("no broker in the cluster metadata")
-        return {"brokers": brokers}
-
-    async def _close_kafka(self) -> None:
-        client, self._kafka = self._kafka, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await client.close()
+        return {"brokers": await self._kafka.broker_count()}
 
     async def _smtp(self) -> dict[str, Any]:
         url = urlsplit(self._settings.smtp_url)
@@ -150,15 +171,3 @@ class DependencyChecks:
         if answer.status_code != 200:
             raise ConnectionError(f"/healthz answered {answer.status_code}")
         return {}
-
-
-def describe(err: BaseException) -> str:
-    """A short reason for a failed check, without secrets."""
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    code = getattr(err, "code", None)
-    if callable(code):  # a gRPC error: its status says enough
-        with contextlib.suppress(Exception):
-            return f"{code().name}: {err.details()}"[:200]  # type: ignore[attr-defined]
-    text = str(err) or type(err).__name__
-    return f"{type(err).__name__}: {text}"[:200]

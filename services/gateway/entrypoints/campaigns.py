@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from nudge.campaigns.v1 import campaigns_pb2
 
+from services.campaigns.domain import paging
 from services.gateway import convert, problems
 from services.gateway.deps import BackendsDep, CallerDep
 from services.gateway.schemas import CampaignIn, CampaignList, CampaignOut
@@ -14,6 +15,8 @@ from services.gateway.schemas import CampaignIn, CampaignList, CampaignOut
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
 CampaignId = Annotated[str, Path(min_length=1, max_length=64, description="The campaign's id.")]
+# campaigns' paging.decode_token refuses longer tokens; the limit is not a constant there.
+MAX_PAGE_TOKEN = 200
 
 
 @router.post(
@@ -35,7 +38,6 @@ async def create_campaign(
         backends.campaigns.CreateCampaign,
         convert.create_campaign_request(body),
         service="campaigns",
-        fields=convert.campaign_field,
     )
     campaign = convert.campaign_json(answer.campaign)
     response.headers["Location"] = request.app.url_path_for("get_campaign", campaign_id=campaign.id)
@@ -51,9 +53,12 @@ async def create_campaign(
 async def list_campaigns(
     caller: CallerDep,
     backends: BackendsDep,
-    page_size: Annotated[int, Query(ge=1, le=200, description="At most this many.")] = 50,
+    page_size: Annotated[
+        int, Query(ge=1, le=paging.MAX_PAGE_SIZE, description="At most this many.")
+    ] = paging.DEFAULT_PAGE_SIZE,
     page_token: Annotated[
-        str, Query(max_length=500, description="`next_page_token` of the previous page.")
+        str,
+        Query(max_length=MAX_PAGE_TOKEN, description="`next_page_token` of the previous page."),
     ] = "",
 ) -> CampaignList:
     """The workspace's campaigns, a page at a time."""
@@ -61,6 +66,7 @@ async def list_campaigns(
         backends.campaigns.ListCampaigns,
         campaigns_pb2.ListCampaignsRequest(page_size=page_size, page_token=page_token),
         service="campaigns",
+        fields=convert.list_campaigns_field,
     )
     return CampaignList(
         campaigns=[convert.campaign_json(c) for c in answer.campaigns],

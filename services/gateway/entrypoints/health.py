@@ -20,7 +20,8 @@ router = APIRouter(tags=["health"])
 async def healthz(checks: ChecksDep) -> JSONResponse:
     """PostgreSQL, Redis, Kafka (which broker software, how many brokers), SMTP, each gRPC
     service (`grpc.health.v1`) and tracking, checked concurrently with short deadlines.
-    200 when all answer, 503 (`degraded`) naming those that do not."""
+    200 when all answer, 503 (`degraded`) naming those that do not. The report is reused for
+    up to a second (`GATEWAY_HEALTH_CACHE_S`), however many ask."""
     report = await checks.run()
     ok = all(check["ok"] for check in report.values())
     body = HealthOut.model_validate({"status": "ok" if ok else "degraded", "checks": report})

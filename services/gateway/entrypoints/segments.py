@@ -7,11 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 from nudge.segmentation.v1 import segmentation_pb2
-from pydantic import AwareDatetime
 
 from services.gateway import convert, problems
 from services.gateway.deps import BackendsDep, CallerDep
-from services.gateway.schemas import SegmentCount, SegmentList
+from services.gateway.schemas import Rfc3339, SegmentCount, SegmentList
 
 router = APIRouter(prefix="/v1/segments", tags=["segments"])
 
@@ -47,7 +46,7 @@ async def count_segment(
     caller: CallerDep,
     backends: BackendsDep,
     as_of: Annotated[
-        AwareDatetime | None, Query(description="Evaluation time (RFC 3339); now if missing.")
+        Rfc3339 | None, Query(description="Evaluation time (RFC 3339); now if missing.")
     ] = None,
 ) -> SegmentCount:
     """How many contacts are in the segment at `as_of`."""

@@ -18,6 +18,7 @@ from urllib.parse import parse_qs
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
+from services.common.kafka_probe import describe
 from services.tracking import handlers
 from services.tracking.config import Settings
 from services.tracking.handlers import EventPublisher
@@ -39,6 +40,7 @@ PAGE_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 MAX_FORM_BYTES = 4096
+MAX_FORM_FIELDS = 20  # one-click posts one field, the page's button one
 ONE_CLICK = ("List-Unsubscribe", "One-Click")  # RFC 8058 section 3.1
 
 router = APIRouter()
@@ -109,7 +111,7 @@ async def click(
 async def preference_page(token: str, settings: SettingsDep) -> Response:
     """Only shows the question: link scanners fetch every GET, so a GET must not unsubscribe."""
     _claims(settings, token, LinkKind.UNSUBSCRIBE)
-    return HTMLResponse(_page(CONFIRM_BODY), headers=PAGE_HEADERS)
+    return HTMLResponse(_page(confirm_body()), headers=PAGE_HEADERS)
 
 
 @router.post("/u/{token}", include_in_schema=False)
@@ -129,7 +131,7 @@ async def unsubscribe(
         # An unsubscribe must not be lost silently: the provider or the reader can retry.
         log.exception("could not publish an unsubscribe from message %s", claims.message_id)
         return HTMLResponse(_page(RETRY_BODY), status_code=503, headers=PAGE_HEADERS)
-    return HTMLResponse(_page(DONE_BODY), headers=PAGE_HEADERS)
+    return HTMLResponse(_page(done_body()), headers=PAGE_HEADERS)
 
 
 @router.get("/healthz", include_in_schema=False)
@@ -140,7 +142,7 @@ async def healthz(settings: SettingsDep, publisher: PublisherDep) -> JSONRespons
         brokers = await asyncio.wait_for(publisher.brokers(), settings.health_timeout_s)
         check = {"ok": brokers > 0, "brokers": brokers}
     except Exception as err:
-        check = {"ok": False, "detail": _describe(err)}
+        check = {"ok": False, "detail": describe(err)}
     check["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     check["kind"] = settings.kafka_kind
     ok = bool(check["ok"])
@@ -157,23 +159,39 @@ async def _read_form(request: Request) -> dict[str, list[str]]:
         body += chunk
         if len(body) > MAX_FORM_BYTES:
             raise HTTPException(413)
-    return parse_qs(body.decode("utf-8", "replace"), max_num_fields=20)
+    try:
+        return parse_qs(body.decode("utf-8", "replace"), max_num_fields=MAX_FORM_FIELDS)
+    except ValueError as err:  # more fields than MAX_FORM_FIELDS
+        raise HTTPException(400, f"the form has more than {MAX_FORM_FIELDS} fields") from err
 
 
-def _describe(err: BaseException) -> str:
-    if isinstance(err, TimeoutError):
-        return "timed out"
-    return f"{type(err).__name__}: {err}"[:200]
+# What an unsubscribe does: contacts withdraws the consents to marketing, targeted messages
+# and automations (UnsubscribeRequested on tracking.events.v1); transactional mail, such as
+# order confirmations, needs no consent and keeps coming. The pages say exactly that.
+TRANSACTIONAL_NOTE = "E-mails about your orders, such as confirmations, will still arrive."
 
 
-CONFIRM_BODY = """<h1>Unsubscribe</h1>
-<p>Do you want to stop receiving these e-mails?</p>
+def _sender(name: str | None) -> str:
+    """The workspace's name when known; the links carry only its id, so usually not."""
+    return html.escape(name) if name else "this sender"
+
+
+def confirm_body(sender_name: str | None = None) -> str:
+    return f"""<h1>Unsubscribe</h1>
+<p>Do you want to stop receiving marketing and automated e-mails from {_sender(sender_name)}?
+{TRANSACTIONAL_NOTE}</p>
 <form method="post">
 <input type="hidden" name="confirm" value="unsubscribe">
 <button type="submit">Unsubscribe</button>
 </form>"""
-DONE_BODY = """<h1>You are unsubscribed</h1>
-<p>You will not receive these e-mails any more. It can take a few minutes to apply.</p>"""
+
+
+def done_body(sender_name: str | None = None) -> str:
+    return f"""<h1>You are unsubscribed</h1>
+<p>You will no longer receive marketing or automated e-mails from {_sender(sender_name)}.
+{TRANSACTIONAL_NOTE} It can take a few minutes to apply.</p>"""
+
+
 RETRY_BODY = """<h1>Something went wrong</h1>
 <p>We could not record your request. Please try again in a minute.</p>"""
 

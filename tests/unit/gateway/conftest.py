@@ -25,12 +25,26 @@ class Gateway:
     def contacts(self) -> FakeStub:
         return self.backends.contacts  # type: ignore[return-value]
 
+    @property
+    def segments(self) -> FakeStub:
+        return self.backends.segments  # type: ignore[return-value]
+
+    @property
+    def campaigns(self) -> FakeStub:
+        return self.backends.campaigns  # type: ignore[return-value]
+
+    @property
+    def delivery(self) -> FakeStub:
+        return self.backends.delivery  # type: ignore[return-value]
+
 
 @pytest.fixture
 async def gateway() -> AsyncIterator[Gateway]:
     backends = fake_backends()
     checks = FakeChecks({"postgres": {"ok": True, "latency_ms": 1.0}})
-    app = create_app(Settings(max_body_bytes=1024), backends=backends, checks=checks)
+    # No health report cache: each test sees the report it sets (test_health covers it).
+    settings = Settings(max_body_bytes=1024, health_cache_s=0)
+    app = create_app(settings, backends=backends, checks=checks)
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with (
         app.router.lifespan_context(app),

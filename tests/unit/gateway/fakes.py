@@ -67,6 +67,8 @@ def fake_backends() -> Backends:
 class FakeChecks:
     def __init__(self, report: dict[str, dict[str, Any]]) -> None:
         self.report = report
+        self.runs = 0
 
     async def run(self) -> dict[str, dict[str, Any]]:
+        self.runs += 1
         return self.report

@@ -10,11 +10,12 @@ import httpx
 import pytest
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from services.common.events import deterministic_id
 from services.common.topics import TRACKING_EVENTS
 from services.tracking import links
 from services.tracking.bootstrap import create_app
 from services.tracking.config import Settings
-from services.tracking.entrypoints.http import PIXEL
+from services.tracking.entrypoints.http import MAX_FORM_FIELDS, PIXEL, confirm_body, done_body
 
 SECRET = "unit-secret"
 WS, MSG, CONTACT = (str(uuid.uuid4()) for _ in range(3))
@@ -164,3 +165,61 @@ async def test_healthz_follows_kafka(tracking: Tracking) -> None:
     assert down.status_code == 503
     assert down.json()["status"] == "degraded"
     assert "broker down" in down.json()["checks"]["kafka"]["detail"]
+
+
+async def test_a_retried_unsubscribe_publishes_the_same_event_id(tracking: Tracking) -> None:
+    path = links.sign_unsubscribe(SECRET, WS, MSG, CONTACT)
+    for form in ({"List-Unsubscribe": "One-Click"}, {"List-Unsubscribe": "One-Click"}, {}):
+        answer = await tracking.http.post(path, data=form)
+        assert answer.status_code == 200
+    ids = {envelope.event_id for _, _, envelope in tracking.publisher.published}
+    assert len(tracking.publisher.published) == 3
+    assert ids == {deterministic_id("unsubscribe", WS, MSG)}
+    other_message = links.sign_unsubscribe(SECRET, WS, str(uuid.uuid4()), CONTACT)
+    await tracking.http.post(other_message, data={"confirm": "unsubscribe"})
+    assert tracking.publisher.published[-1][2].event_id not in ids
+
+
+async def test_each_open_and_click_is_its_own_event(tracking: Tracking) -> None:
+    pixel = links.sign_open(SECRET, WS, MSG, CONTACT)
+    click = links.sign_click(SECRET, WS, MSG, CONTACT, "https://shop.example/")
+    for path in (pixel, pixel, click, click):
+        await tracking.http.get(path)
+    ids = [envelope.event_id for _, _, envelope in tracking.publisher.published]
+    assert len(set(ids)) == 4
+
+
+async def test_a_form_with_too_many_fields_is_a_400_problem(tracking: Tracking) -> None:
+    path = links.sign_unsubscribe(SECRET, WS, MSG, CONTACT)
+    form = "&".join(f"f{i}=x" for i in range(MAX_FORM_FIELDS + 1))
+    answer = await tracking.http.post(
+        path, content=form, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert answer.status_code == 400
+    assert answer.headers["content-type"] == PROBLEM
+    problem = answer.json()
+    assert problem["status"] == 400
+    assert str(MAX_FORM_FIELDS) in problem["detail"]
+    assert tracking.publisher.published == []
+    just_enough = "&".join(["List-Unsubscribe=One-Click"] * MAX_FORM_FIELDS)
+    ok = await tracking.http.post(
+        path, content=just_enough, headers={"Content-Type": "application/x-www-form-urlencoded"}
+    )
+    assert ok.status_code == 200
+
+
+async def test_the_pages_say_what_an_unsubscribe_stops_and_what_it_does_not(
+    tracking: Tracking,
+) -> None:
+    path = links.sign_unsubscribe(SECRET, WS, MSG, CONTACT)
+    question = (await tracking.http.get(path)).text
+    assert "marketing and automated e-mails from this sender" in question
+    done = (await tracking.http.post(path, data={"confirm": "unsubscribe"})).text
+    assert "no longer receive marketing or automated e-mails from this sender" in done
+    assert "orders" in done and "will still arrive" in done
+
+
+def test_the_senders_name_is_used_when_known_and_escaped() -> None:
+    assert "from Shop &amp; Co &lt;3." in done_body("Shop & Co <3")
+    assert "from this sender." in done_body(None)
+    assert "from Shop &amp; Co &lt;3?" in confirm_body("Shop & Co <3")

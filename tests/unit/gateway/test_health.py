@@ -1,0 +1,92 @@
+"""The /healthz report cache and how failed checks are described."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import httpx
+
+from services.common.kafka_probe import describe
+from services.gateway.adapters.health import CachedChecks
+from services.gateway.bootstrap import create_app
+from services.gateway.config import Settings
+from tests.unit.gateway.fakes import FakeChecks, fake_backends, rpc_error
+
+UP = {"postgres": {"ok": True, "latency_ms": 1.0}}
+DOWN = {"postgres": {"ok": False, "latency_ms": 1.0, "detail": "timed out"}}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_report_is_reused_within_the_ttl_and_renewed_after() -> None:
+    checks, clock = FakeChecks(UP), Clock()
+    cached = CachedChecks(checks, ttl_s=1.0, clock=clock)
+    assert await cached.run() == UP
+    checks.report = DOWN
+    clock.now += 0.999
+    assert await cached.run() == UP
+    assert checks.runs == 1
+    clock.now += 0.001
+    assert await cached.run() == DOWN
+    assert checks.runs == 2
+
+
+async def test_a_ttl_of_zero_runs_every_time() -> None:
+    checks = FakeChecks(UP)
+    cached = CachedChecks(checks, ttl_s=0)
+    for _ in range(3):
+        await cached.run()
+    assert checks.runs == 3
+
+
+async def test_callers_during_a_round_wait_for_it_instead_of_starting_their_own() -> None:
+    release = asyncio.Event()
+
+    class SlowChecks:
+        runs = 0
+
+        async def run(self) -> dict[str, dict[str, Any]]:
+            self.runs += 1
+            await release.wait()
+            return UP
+
+    slow = SlowChecks()
+    cached = CachedChecks(slow, ttl_s=1.0, clock=Clock())
+    flood = [asyncio.create_task(cached.run()) for _ in range(50)]
+    await asyncio.sleep(0)
+    release.set()
+    assert await asyncio.gather(*flood) == [UP] * 50
+    assert slow.runs == 1
+
+
+async def test_the_app_caches_healthz_for_the_configured_time() -> None:
+    checks = FakeChecks(UP)
+    app = create_app(Settings(health_cache_s=60), backends=fake_backends(), checks=checks)
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://gateway") as http,
+    ):
+        first = await http.get("/healthz")
+        checks.report = DOWN
+        second = await http.get("/healthz")
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.headers["cache-control"] == "no-store"
+    assert checks.runs == 1
+
+
+def test_failures_are_described_briefly() -> None:
+    assert describe(TimeoutError()) == "timed out"
+    assert describe(ConnectionError("no broker")) == "ConnectionError: no broker"
+    assert describe(OSError()) == "OSError: OSError"
+    unavailable = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
+    assert describe(unavailable) == "UNAVAILABLE: connection refused"
+    assert len(describe(RuntimeError("x" * 1000))) == 200
