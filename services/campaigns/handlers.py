@@ -3,8 +3,9 @@
 Segment ids are validated when the draft is created, against the segments segmentation
 says the workspace has (``SegmentService.ListSegments``, internal call on the workspace's
 behalf), so the manager hears about an unknown segment with the other field errors. If
-segmentation does not answer, creating fails with UNAVAILABLE rather than storing a draft
-nobody checked.
+segmentation does not answer, creating fails with ``Unavailable`` (UNAVAILABLE, worth a
+retry) rather than storing a draft nobody checked; any other failure of that call is a fault
+of ours and surfaces as INTERNAL.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from services.common.errors import NotFound, Validator
 
 
 class SegmentCatalogue(Protocol):
-    async def segment_ids(self, workspace_id: str) -> set[str]: ...
+    async def segment_ids(self, workspace_id: str) -> set[str]:
+        """The workspace's segment ids; raises ``Unavailable`` when they cannot be known now."""
+        ...
 
 
 async def create_campaign(
     pool: asyncpg.Pool, segments: SegmentCatalogue, workspace_id: str, new: NewCampaign
 ) -> campaigns_pb2.Campaign:
-    """A new draft, once every field is valid and every segment exists in the workspace."""
+    """A new draft, once every field is valid and every segment exists in the workspace.
+    Segmentation is asked only when the number of segment ids is in range."""
     v = Validator()
     model.check_new_campaign(v, new)
     if model.segments_need_checking(new):

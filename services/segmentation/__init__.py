@@ -4,7 +4,17 @@ What it does now (the walking skeleton):
 - keeps ``profiles`` and ``orders`` in its own schema from ``contacts.events.v1`` and
   ``shop.events.v1`` (consumer group ``segmentation``, idempotent on ``event_id``);
 - serves ``SegmentService.ListSegments`` (the built-in segments of domain.md) and
-  ``CountSegment`` (an exact count at any evaluation time).
+  ``CountSegment``: an exact count (a query over every contact, not an estimate) of the
+  contacts the rule picks.
+
+What ``CountSegment``'s ``as_of`` means: the rules are evaluated with ``as_of`` as their
+``now`` (the time their windows, "last 3 months", "90 days ago", are measured from), over the
+read model as it is when the call runs, minus what happened after ``as_of`` as the shop dated
+it: completed orders count only if placed at or before ``as_of``, and a signup only if not
+after it. It is not a snapshot of the past. Every contact the read model holds now is
+considered, including those it learnt of after ``as_of``; the VIP star is today's (no history
+of it is kept); an order cancelled or refunded since ``as_of`` counts as never completed; and
+events still on their way through Kafka are not counted yet.
 
 What it does not do yet, by design: publishing ``segments.membership.v1``
 (``SegmentMembershipChanged`` entered/exited) belongs to the segmentation-engine issue. That

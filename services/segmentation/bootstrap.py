@@ -4,6 +4,7 @@ server. Nothing is published yet, so there is no outbox relay (see the package d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -32,40 +33,43 @@ SERVICE_NAME = "nudge.segmentation.v1.SegmentService"
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await migrate(settings.database_url, SCHEMA, MIGRATIONS)
-    pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
-    redis = aioredis.from_url(settings.redis_url)
-    contacts = channel(settings.contacts_addr)
+    async with contextlib.AsyncExitStack() as cleanup:
+        # Whatever start-up step fails, what the earlier ones opened is closed again, in
+        # reverse order (the same order as a normal stop).
+        pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+        cleanup.push_async_callback(pool.close)
+        redis = aioredis.from_url(settings.redis_url)
+        cleanup.push_async_callback(redis.aclose)
+        contacts = channel(settings.contacts_addr)
+        cleanup.push_async_callback(contacts.close)
 
-    async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
-        await kafka.on_event(pool, envelope, record)
+        async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
+            await kafka.on_event(pool, envelope, record)
 
-    consumer = KafkaConsumerLoop(
-        settings.kafka_bootstrap_servers, CONSUMER, [CONTACTS_EVENTS, SHOP_EVENTS], on_event
-    )
-    await consumer.start()
-    tasks = [asyncio.create_task(consumer.run(), name="read-model-consumer")]
-    server = await start_server(
-        port=settings.grpc_port,
-        servicers=[
-            (
-                segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
-                SegmentServicer(pool),
-                SERVICE_NAME,
-            )
-        ],
-        verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
-        internal_token=settings.internal_token,
-    )
-    log.info(
-        "segmentation serving gRPC on :%d, consuming %s and %s",
-        settings.grpc_port,
-        CONTACTS_EVENTS,
-        SHOP_EVENTS,
-    )
-    await until_stopped(stop, tasks)
-    await server.stop(grace=5)
-    await cancel_all(tasks)
-    await consumer.stop()
-    await contacts.close()
-    await redis.aclose()
-    await pool.close()
+        consumer = KafkaConsumerLoop(
+            settings.kafka_bootstrap_servers, CONSUMER, [CONTACTS_EVENTS, SHOP_EVENTS], on_event
+        )
+        cleanup.push_async_callback(consumer.stop)
+        await consumer.start()
+        tasks = [asyncio.create_task(consumer.run(), name="read-model-consumer")]
+        cleanup.push_async_callback(cancel_all, tasks)
+        server = await start_server(
+            port=settings.grpc_port,
+            servicers=[
+                (
+                    segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
+                    SegmentServicer(pool),
+                    SERVICE_NAME,
+                )
+            ],
+            verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
+            internal_token=settings.internal_token,
+        )
+        cleanup.push_async_callback(server.stop, 5)
+        log.info(
+            "segmentation serving gRPC on :%d, consuming %s and %s",
+            settings.grpc_port,
+            CONTACTS_EVENTS,
+            SHOP_EVENTS,
+        )
+        await until_stopped(stop, tasks)

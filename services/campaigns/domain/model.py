@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from enum import IntEnum
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from services.common.errors import Validator
@@ -82,10 +82,15 @@ def _check_text(v: Validator, field: str, value: str, limit: int) -> None:
     v.check(
         bool(value.strip()) and len(value) <= limit, field, f"1-{limit} characters are required"
     )
+    # PostgreSQL text cannot hold U+0000; refused here rather than failing the INSERT.
+    v.check("\x00" not in value, field, "must not contain NUL characters")
 
 
 def _check_template(v: Validator, field: str, value: str) -> None:
     try:
         _templates.parse(value)
-    except TemplateSyntaxError as err:
-        v.check(False, field, f"not a valid template: {err.message}")
+    except RecursionError:
+        # Jinja's parser recurses once per nesting level: a few hundred "(" exhaust the stack.
+        v.check(False, field, "not a valid template: nested too deeply")
+    except TemplateError as err:
+        v.check(False, field, f"not a valid template: {err.message or type(err).__name__}")

@@ -7,7 +7,6 @@ import grpc
 from nudge.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from services.campaigns import handlers
-from services.campaigns.adapters.segmentation import SegmentsUnavailable
 from services.campaigns.domain.model import NewCampaign
 from services.common.auth import current_workspace
 
@@ -28,17 +27,10 @@ class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):
             subject=request.subject,
             body_text=request.body_text,
         )
-        try:
-            campaign = await handlers.create_campaign(
-                self.pool, self.segments, current_workspace(), new
-            )
-            return campaigns_pb2.CreateCampaignResponse(campaign=campaign)
-        except SegmentsUnavailable as err:
-            # Retryable, unlike the domain errors: nothing was stored.
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"cannot check the segments now: {err}"
-            )
-            raise  # abort() always raises; this keeps the return type honest
+        campaign = await handlers.create_campaign(
+            self.pool, self.segments, current_workspace(), new
+        )
+        return campaigns_pb2.CreateCampaignResponse(campaign=campaign)
 
     async def GetCampaign(
         self, request: campaigns_pb2.GetCampaignRequest, context: grpc.aio.ServicerContext

@@ -122,10 +122,3 @@ async def count_members(
 ) -> int:
     count = await conn.fetchval(segment_sql.count_query(segment_id), uuid.UUID(workspace_id), as_of)
     return int(count)
-
-
-async def member_ids(
-    conn: asyncpg.Connection, workspace_id: str, segment_id: str, as_of: datetime
-) -> list[str]:
-    rows = await conn.fetch(segment_sql.members_query(segment_id), uuid.UUID(workspace_id), as_of)
-    return [str(r["contact_id"]) for r in rows]

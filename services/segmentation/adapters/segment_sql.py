@@ -35,8 +35,8 @@ PREDICATES: dict[str, str] = {
     "repeat_buyer": "orders >= 2",
 }
 
-# $1: workspace id, $2: evaluation time (timestamptz). Facts known at $2 only: completed
-# orders placed at or before it, and a signup that is not after it.
+# $1: workspace id, $2: evaluation time (timestamptz). Today's rows, less what happened after
+# $2: completed orders placed at or before it, and a signup that is not after it.
 FACTS = """
 WITH completed AS (
     SELECT contact_id,
@@ -65,10 +65,3 @@ WITH completed AS (
 def count_query(segment_id: str) -> str:
     """SELECT of one row, the number of the workspace's contacts in the segment."""
     return f"{FACTS} SELECT count(*) FROM facts WHERE {PREDICATES[segment_id]}"
-
-
-def members_query(segment_id: str) -> str:
-    """SELECT of the contact ids in the segment, in id order."""
-    return (
-        f"{FACTS} SELECT contact_id FROM facts WHERE {PREDICATES[segment_id]} ORDER BY contact_id"
-    )

@@ -1,7 +1,9 @@
 """What the contact read model learns from other services' events: pure values, no I/O.
 
 The Kafka entrypoint turns ``contacts.events.v1`` and ``shop.events.v1`` envelopes into these;
-the handlers apply them to ``profiles`` and ``orders``.
+the handlers apply them to ``profiles`` and ``orders``. Strings from another service are
+checked on the way in (:func:`checked_id`, :func:`checked_text`): a value PostgreSQL refuses
+would fail on every retry, and the consumer retries a failing record before the ones after it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,29 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.segmentation.domain.segments import OrderStatus
+
+# Ids are keys of btree indexes (order_id, processed_events.event_id): an entry over about
+# 2.7 kB is refused. Real ids are far shorter; the limit leaves room.
+MAX_ID = 200
+
+
+class UnusableEvent(ValueError):
+    """An event the read model cannot keep, however often it is retried: it is skipped (and
+    logged) so that it does not hold up the events after it."""
+
+
+def checked_text(what: str, value: str) -> str:
+    """``value``, unless PostgreSQL's text cannot hold it (U+0000)."""
+    if "\x00" in value:
+        raise UnusableEvent(f"{what} contains a NUL character")
+    return value
+
+
+def checked_id(what: str, value: str) -> str:
+    """``value``, if it can be a key: at most :data:`MAX_ID` characters, no NUL."""
+    if len(value) > MAX_ID:
+        raise UnusableEvent(f"{what} is longer than {MAX_ID} characters")
+    return checked_text(what, value)
 
 
 @dataclass(frozen=True)

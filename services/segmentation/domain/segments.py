@@ -1,9 +1,10 @@
 """The built-in segments of domain.md, as pure predicates over one contact's facts.
 
 A segment is evaluated at a moment ``now`` (the evaluation time, ``as_of``). Its facts are
-what was known at ``now``: completed orders placed at or before ``now`` (cancelled and refunded
-orders do not count), and the signup time if it is not after ``now``. The VIP star is the
-current state (the read model keeps no history of it).
+what is known today, less what happened after ``now``: completed orders placed at or before
+``now`` (orders cancelled or refunded, even later, do not count), and the signup time if it
+is not after ``now``. The VIP star is the current state (the read model keeps no history of
+it). So an ``as_of`` in the past is not a snapshot of the past (the package docstring).
 
 Months are calendar months, as PostgreSQL's ``interval '3 months'`` computes them (the same
 day of the month, clamped to the month's last day); days are 24-hour days; all times are UTC.
@@ -47,7 +48,7 @@ class ContactFacts:
 def facts_at(
     now: datetime, *, vip: bool, signed_up_at: datetime | None, orders: Iterable[Order]
 ) -> ContactFacts:
-    """A contact's facts as known at ``now``."""
+    """A contact's facts for an evaluation at ``now`` (see the module docstring)."""
     placed = sorted(
         o.placed_at
         for o in orders

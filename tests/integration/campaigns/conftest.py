@@ -30,9 +30,7 @@ async def campaigns_service(
     from services.campaigns.config import Settings
 
     port = free_port()
-    # Shared settings are read under their environment names only (services/common/config.py).
-    settings = Settings(
-        grpc_port=port, **{"NUDGE_SEGMENTATION_ADDR": segmentation_for_campaigns.address}
-    )
+    # Code passes settings by field name; BaseServiceSettings maps them to their env names.
+    settings = Settings(grpc_port=port, segmentation_addr=segmentation_for_campaigns.address)
     async with run_in_process(serve, settings, port) as running:
         yield running

@@ -14,6 +14,7 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
 from tests.integration.conftest import RunningService, Workspace, run_in_process
 from tests.support import free_port, unique
+from tests.unit.campaigns.segmentation_standin import StandInSegmentation, serving
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -184,6 +185,22 @@ async def test_calls_without_a_valid_key_are_unauthenticated(
         assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
+async def test_invalid_texts_are_named_not_internal_errors(
+    stub: campaigns_pb2_grpc.CampaignServiceStub, workspace: Workspace
+) -> None:
+    """Texts that once reached PostgreSQL (NUL) or blew Jinja's stack (deep nesting)."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await create(
+            stub,
+            workspace,
+            name="Spring\x00sale",
+            subject="Hi\x00",
+            body_text="{{" + "(" * 3000 + "}}",
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(err.value) == ["name", "subject", "body_text"]
+
+
 async def test_without_segmentation_a_draft_is_refused_as_unavailable(
     contacts_service: RunningService, workspace: Workspace
 ) -> None:
@@ -192,7 +209,7 @@ async def test_without_segmentation_a_draft_is_refused_as_unavailable(
 
     port = free_port()
     nowhere = f"127.0.0.1:{free_port()}"  # nothing listens there
-    settings = Settings(grpc_port=port, **{"NUDGE_SEGMENTATION_ADDR": nowhere})
+    settings = Settings(grpc_port=port, segmentation_addr=nowhere)
     async with (
         run_in_process(serve, settings, port) as campaigns,
         grpc.aio.insecure_channel(campaigns.address) as ch,
@@ -205,3 +222,38 @@ async def test_without_segmentation_a_draft_is_refused_as_unavailable(
             campaigns_pb2.ListCampaignsRequest(), metadata=workspace.metadata
         )
         assert list(listed.campaigns) == []
+
+
+async def test_only_a_segmentation_that_does_not_answer_is_unavailable(
+    contacts_service: RunningService, workspace: Workspace
+) -> None:
+    """Any other failure of segmentation (a wrong internal token, a bug) is ours: INTERNAL,
+    which a caller should not retry as if segmentation were merely busy."""
+    from services.campaigns.bootstrap import serve
+    from services.campaigns.config import Settings
+
+    segmentation = StandInSegmentation()
+    port = free_port()
+    async with serving(segmentation) as address:
+        settings = Settings(grpc_port=port, segmentation_addr=address)
+        async with (
+            run_in_process(serve, settings, port) as campaigns,
+            grpc.aio.insecure_channel(campaigns.address) as ch,
+        ):
+            stub = campaigns_pb2_grpc.CampaignServiceStub(ch)
+            for fail_with, expected in [
+                (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE),
+                (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE),
+                (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.INTERNAL),
+                (grpc.StatusCode.INTERNAL, grpc.StatusCode.INTERNAL),
+            ]:
+                segmentation.fail_with = fail_with
+                with pytest.raises(grpc.aio.AioRpcError) as err:
+                    await stub.CreateCampaign(draft(), metadata=workspace.metadata)
+                assert err.value.code() == expected, fail_with
+            segmentation.fail_with = None
+            created = await stub.CreateCampaign(draft(), metadata=workspace.metadata)
+            listed = await stub.ListCampaigns(
+                campaigns_pb2.ListCampaignsRequest(), metadata=workspace.metadata
+            )
+            assert list(listed.campaigns) == [created.campaign]

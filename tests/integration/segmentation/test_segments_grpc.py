@@ -3,10 +3,13 @@ in through the contacts service, counts come out of SegmentService."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -218,37 +221,88 @@ async def test_counts_follow_orders_placed_at_controlled_times(
     assert earlier == {"activation": 0, "first_time_buyer": 2, "new_customer": 1, "passive": 0}
 
 
-async def test_the_same_event_delivered_twice_is_applied_once(
+async def orders_of(workspace_id: str, contact_id: str) -> list[str]:
+    """The order ids the read model holds for a contact, read from its tables directly."""
+    conn = await asyncpg.connect(os.environ["DATABASE_URL"])
+    try:
+        rows = await conn.fetch(
+            "SELECT order_id FROM segmentation.orders"
+            " WHERE workspace_id = $1 AND contact_id = $2 ORDER BY order_id",
+            uuid.UUID(workspace_id),
+            uuid.UUID(contact_id),
+        )
+    finally:
+        await conn.close()
+    return [r["order_id"] for r in rows]
+
+
+def order_envelope(
+    workspace: Workspace,
+    contact_id: str,
+    order_id: str,
+    *,
+    event_id: str | None = None,
+    currency: str = "EUR",
+) -> bytes:
+    event = shop_pb2.ShopEvent(
+        contact_id=contact_id,
+        order_placed=shop_pb2.OrderPlaced(
+            order_id=order_id, total=shop_pb2.Money(amount_minor=100, currency=currency)
+        ),
+    )
+    event.occurred_at.FromDatetime(NOW - 10 * DAY)
+    return new_envelope(workspace.id, event, event_id=event_id).SerializeToString()
+
+
+async def test_an_event_id_is_applied_once_whatever_its_redeliveries_carry(
     segmentation_service: RunningService,
     contacts_service: RunningService,
     workspace: Workspace,
     producer: AIOKafkaProducer,
 ) -> None:
-    shop = Shop(contacts_service, workspace)
-    contact = await shop.contact()
+    contact = await Shop(contacts_service, workspace).contact()
+    key = contact.id.encode()
     event_id = str(uuid.uuid4())
-
-    def order_envelope(order_id: str) -> bytes:
-        event = shop_pb2.ShopEvent(
-            contact_id=contact.id, order_placed=shop_pb2.OrderPlaced(order_id=order_id)
-        )
-        event.occurred_at.FromDatetime(NOW - 10 * DAY)
-        return new_envelope(workspace.id, event, event_id=event_id).SerializeToString()
-
-    first = order_envelope("dup-1")
-    for _ in range(2):
-        await producer.send_and_wait(SHOP_EVENTS, first, key=contact.id.encode())
-    await reaches(
-        segmentation_service, workspace.metadata, {"first_time_buyer": 1, "repeat_buyer": 0}
+    # The same event twice, then once more carrying another order: were the event id not
+    # claimed, "dup-2" would be stored too (the same order twice would only be upserted).
+    first = order_envelope(workspace, contact.id, "dup-1", event_id=event_id)
+    await producer.send_and_wait(SHOP_EVENTS, first, key=key)
+    await producer.send_and_wait(SHOP_EVENTS, first, key=key)
+    replay = order_envelope(workspace, contact.id, "dup-2", event_id=event_id)
+    await producer.send_and_wait(SHOP_EVENTS, replay, key=key)
+    # A new event behind them on the same partition: once it counts, they were all handled.
+    await producer.send_and_wait(
+        SHOP_EVENTS, order_envelope(workspace, contact.id, "later"), key=key
     )
-
-    # Another delivery of that event id, whatever it carries, is not applied again: after it,
-    # on the same partition, the only order is cancelled and the contact has bought nothing.
-    await producer.send_and_wait(SHOP_EVENTS, order_envelope("dup-2"), key=contact.id.encode())
-    await shop.track(contact, NOW - DAY, order_cancelled=shop_pb2.OrderCancelled(order_id="dup-1"))
     await reaches(
-        segmentation_service, workspace.metadata, {"first_time_buyer": 0, "repeat_buyer": 0}
+        segmentation_service, workspace.metadata, {"first_time_buyer": 0, "repeat_buyer": 1}
     )
+    assert await orders_of(workspace.id, contact.id) == ["dup-1", "later"]
+
+
+async def test_records_the_read_model_cannot_store_are_skipped_without_blocking(
+    segmentation_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    contact = await Shop(contacts_service, workspace).contact()
+    key = contact.id.encode()
+    for poison in [
+        order_envelope(workspace, contact.id, secrets.token_urlsafe(6000)),  # > btree row limit
+        order_envelope(workspace, contact.id, "o" * 201),
+        order_envelope(workspace, contact.id, "nul-\x00"),
+        order_envelope(workspace, contact.id, "ok-id", currency="EU\x00"),
+    ]:
+        await producer.send_and_wait(SHOP_EVENTS, poison, key=key)
+    # Were any of them retried, this order behind them on the partition would never count.
+    await producer.send_and_wait(
+        SHOP_EVENTS, order_envelope(workspace, contact.id, "fine"), key=key
+    )
+    await reaches(
+        segmentation_service, workspace.metadata, {"first_time_buyer": 1, "new_customer": 1}
+    )
+    assert await orders_of(workspace.id, contact.id) == ["fine"]
 
 
 async def test_events_for_a_contact_not_seen_yet_are_kept(

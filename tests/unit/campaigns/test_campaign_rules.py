@@ -1,4 +1,4 @@
-"""Campaign drafts: what is valid, and page tokens."""
+"""Campaign drafts: what is valid, their status numbers, and page tokens."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import uuid
 from datetime import UTC, datetime
 
 import pytest
+from nudge.campaigns.v1 import campaigns_pb2
 
 from services.campaigns.domain.model import (
     NewCampaign,
+    Status,
     check_new_campaign,
     check_segments_known,
     segments_need_checking,
@@ -109,3 +111,42 @@ def test_page_size_defaults_to_20_and_allows_1_to_100() -> None:
         v = Validator()
         page_size_of(v, bad)
         assert [x.field for x in v.violations] == ["page_size"]
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{" + "(" * 3000,  # under the 10,000-character limit, deeper than Python's stack
+        "{{" + "(" * 3000 + "1" + ")" * 3000 + "}}",
+        "{{ " + "[" * 4000 + " }}",
+        "{% if a %}" * 400 + "{% endif %}" * 400,
+    ],
+)
+def test_a_template_nested_too_deeply_is_a_field_violation_not_a_crash(template: str) -> None:
+    c = NewCampaign(name="n", segment_ids=("vip",), subject="s", body_text=template)
+    v = Validator()
+    check_new_campaign(v, c)
+    assert [(x.field, x.description) for x in v.violations] == [
+        ("body_text", "not a valid template: nested too deeply")
+    ]
+
+
+@pytest.mark.parametrize("field", ["name", "subject", "body_text"])
+def test_nul_characters_are_refused_in_every_text(field: str) -> None:
+    values = {"name": "n", "subject": "s", "body_text": "b"}
+    values[field] = "before\x00after"
+    c = NewCampaign(segment_ids=("vip",), **values)
+    v = Validator()
+    check_new_campaign(v, c)
+    assert [(x.field, x.description) for x in v.violations] == [
+        (field, "must not contain NUL characters")
+    ]
+
+
+def test_the_status_numbers_are_the_proto_enums() -> None:
+    proto = {
+        name.removeprefix("CAMPAIGN_STATUS_"): number
+        for name, number in campaigns_pb2.CampaignStatus.items()
+        if number != campaigns_pb2.CAMPAIGN_STATUS_UNSPECIFIED
+    }
+    assert {s.name: s.value for s in Status} == proto

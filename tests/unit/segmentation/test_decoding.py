@@ -1,20 +1,28 @@
-"""How contacts and shop events become read-model changes."""
+"""How contacts and shop events become read-model changes, and which records are skipped."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
+import pytest
+from aiokafka import ConsumerRecord
 from nudge.contacts.v1 import contacts_pb2, events_pb2
+from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.shop.v1 import shop_pb2
 
 from services.common.events import new_envelope
+from services.common.topics import SHOP_EVENTS
 from services.segmentation.domain.readmodel import (
+    MAX_ID,
     OrderPlaced,
     OrderVoided,
     ProfileSnapshot,
     SignedUp,
+    UnusableEvent,
 )
 from services.segmentation.domain.segments import OrderStatus
+from services.segmentation.entrypoints import kafka as kafka_entrypoint
 from services.segmentation.entrypoints.kafka import change_of
 
 WS = "00000000-0000-4000-8000-000000000001"
@@ -91,3 +99,106 @@ def test_signups_count_and_browsing_is_not_kept_yet() -> None:
     assert change_of(new_envelope(WS, shop(searched=shop_pb2.Searched(query="tea")))) is None
     consent = events_pb2.ConsentChanged(contact_id=CONTACT)
     assert change_of(new_envelope(WS, consent)) is None
+
+
+def placed_envelope(
+    order_id: str = "o-1", currency: str = "EUR", event_id: str | None = None
+) -> Envelope:
+    placed = shop(
+        order_placed=shop_pb2.OrderPlaced(
+            order_id=order_id, total=shop_pb2.Money(amount_minor=100, currency=currency)
+        )
+    )
+    return new_envelope(WS, placed, event_id=event_id)
+
+
+def test_ids_up_to_200_characters_are_kept() -> None:
+    decoded = change_of(placed_envelope("o" * MAX_ID, event_id="e" * MAX_ID))
+    assert decoded is not None and isinstance(decoded[1], OrderPlaced)
+    assert decoded[1].order_id == "o" * MAX_ID
+
+
+@pytest.mark.parametrize(
+    ("envelope", "reason"),
+    [
+        (placed_envelope("o" * (MAX_ID + 1)), "order id is longer than 200"),
+        (placed_envelope("o-\x00"), "order id contains a NUL"),
+        (placed_envelope(currency="EU\x00"), "currency contains a NUL"),
+        (placed_envelope(event_id="e" * (MAX_ID + 1)), "event id is longer than 200"),
+        (placed_envelope(event_id="ev-\x00"), "event id contains a NUL"),
+        (
+            new_envelope(WS, shop(order_refunded=shop_pb2.OrderRefunded(order_id="x" * 5000))),
+            "order id is longer than 200",
+        ),
+        (
+            new_envelope(
+                WS,
+                events_pb2.ContactUpdated(
+                    contact=contacts_pb2.Contact(id=CONTACT, email="a@example.com", tags=["\x00"])
+                ),
+            ),
+            "tag contains a NUL",
+        ),
+    ],
+)
+def test_values_postgresql_cannot_store_make_the_event_unusable(
+    envelope: Envelope, reason: str
+) -> None:
+    with pytest.raises(UnusableEvent, match=reason):
+        change_of(envelope)
+
+
+def test_an_event_the_read_model_does_not_keep_is_not_checked() -> None:
+    searched = new_envelope(WS, shop(searched=shop_pb2.Searched(query="tea")), event_id="e" * 999)
+    assert change_of(searched) is None
+
+
+class Applied:
+    """Stands in for the handler: records what the entrypoint passed on."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, object]] = []
+
+    async def __call__(
+        self, pool: object, workspace_id: str, event_id: str, change: object
+    ) -> bool:
+        self.calls.append((workspace_id, event_id, change))
+        return True
+
+
+@pytest.fixture
+def applied(monkeypatch: pytest.MonkeyPatch) -> Applied:
+    fake = Applied()
+    monkeypatch.setattr(kafka_entrypoint.handlers, "apply_change", fake)
+    return fake
+
+
+def record() -> ConsumerRecord:
+    return SimpleNamespace(topic=SHOP_EVENTS, partition=0, offset=7)  # type: ignore[return-value]
+
+
+async def test_a_poison_record_is_logged_and_skipped_not_retried(
+    applied: Applied, caplog: pytest.LogCaptureFixture
+) -> None:
+    await kafka_entrypoint.on_event(None, placed_envelope("o-\x00"), record())  # type: ignore[arg-type]
+    assert applied.calls == []
+    assert "order id contains a NUL character" in caplog.text
+    assert f"{SHOP_EVENTS}[0]@7" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [
+        new_envelope("not-a-workspace", shop(signed_up=shop_pb2.SignedUp())),
+        new_envelope(WS, shop_pb2.ShopEvent(contact_id="nope", signed_up=shop_pb2.SignedUp())),
+    ],
+)
+async def test_records_with_malformed_ids_are_skipped(applied: Applied, envelope: Envelope) -> None:
+    await kafka_entrypoint.on_event(None, envelope, record())  # type: ignore[arg-type]
+    assert applied.calls == []
+
+
+async def test_a_good_record_is_applied_under_its_event_id(applied: Applied) -> None:
+    envelope = placed_envelope(event_id="ev-9")
+    await kafka_entrypoint.on_event(None, envelope, record())  # type: ignore[arg-type]
+    assert applied.calls == [(WS, "ev-9", OrderPlaced(CONTACT, "o-1", AT, 100, "EUR"))]
