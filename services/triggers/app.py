@@ -33,7 +33,7 @@ from services.common.context import event_id_var, workspace_id_var
 from services.common.db import create_pool, migrate
 from services.common.grpc_client import channel
 from services.common.grpc_server import start_server
-from services.common.kafka import KafkaPublisher, supports_idempotence
+from services.common.kafka import PERMANENT, KafkaPublisher, supports_idempotence
 from services.common.logs import setup_logging
 from services.common.outbox import OutboxRelay
 from services.common.topics import SHOP_EVENTS
@@ -164,6 +164,9 @@ async def _handle(state: dict[str, Any], event: Any) -> None:
                 return
             except asyncio.CancelledError:
                 raise
+            except PERMANENT as err:
+                log.error("skipping a shop event no retry can handle: %r", err)
+                return
             except Exception:
                 # Retried, not skipped: an event is acked (and its offset committed) only
                 # once its runs are durably recorded.

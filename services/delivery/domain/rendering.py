@@ -30,5 +30,6 @@ def render(subject: str, body_text: str, body_html: str, context: dict[str, obje
             body_text=_env.from_string(body_text).render(context),
             body_html=_html_env.from_string(body_html).render(context) if body_html else "",
         )
-    except TemplateError as err:
-        raise RenderError(str(err)) from err
+    except (TemplateError, RecursionError, SyntaxError) as err:
+        # Deep nesting fails in Python's parser or compiler, not as a TemplateError.
+        raise RenderError(f"{type(err).__name__}: {err}") from err

@@ -36,3 +36,16 @@ def test_a_broken_template_is_a_render_error() -> None:
 )
 def test_smtp_failures(code: int, permanent: bool) -> None:
     assert smtp_failure_is_permanent(code) is permanent
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "{{ " + "(" * 3000 + "1" + ")" * 3000 + " }}",
+        "{% for a in b %}" * 40 + "x" + "{% endfor %}" * 40,
+    ],
+    ids=["deep-expression", "deep-loops"],
+)
+def test_pathological_nesting_is_a_render_error_not_a_crash(template: str) -> None:
+    with pytest.raises(RenderError):
+        render(template, "x", "", {"b": []})
