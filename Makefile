@@ -10,7 +10,9 @@ PROTOS := $(shell find proto -name '*.proto' | sort)
 .PHONY: help venv run infra kafka mail proto lint fmt test test-unit test-tansu bench up down clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+	@if [ -t 1 ] && [ -z "$$NO_COLOR" ]; then on=$$'\033[36m'; off=$$'\033[0m'; else on=; off=; fi; \
+	grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) \
+		| awk -F':.*## ' -v on="$$on" -v off="$$off" '{printf "  %s%-14s%s %s\n", on, $$1, off, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,7 +28,7 @@ run: $(STAMP) ## start infrastructure and every service (Ctrl-C stops all)
 infra: $(STAMP) ## start only the infrastructure (PostgreSQL, Redis, Kafka, SMTP sink) in the foreground
 	$(BIN)/python -m deploy.local up
 
-kafka: $(STAMP) ## resolve (once) and start Apache Kafka alone, KRaft single node
+kafka: $(STAMP) ## start Kafka alone on :19092 (Apache Kafka with Java 17+ and Maven, else Tansu)
 	$(BIN)/python -m deploy.local kafka
 
 mail: $(STAMP) ## print the mail the local SMTP sink received
@@ -53,17 +55,30 @@ test: lint ## lint, type-check and run the whole suite on Apache Kafka (Tansu wi
 test-unit: $(STAMP) ## the unit tests only (no infrastructure)
 	$(BIN)/python -m pytest -q tests/unit
 
-test-tansu: $(STAMP) ## the end-to-end path on Tansu
-	NUDGE_KAFKA=tansu $(BIN)/python -m pytest -q tests/e2e
+test-tansu: $(STAMP) ## the end-to-end path on Tansu (never a Kafka container)
+	NUDGE_KAFKA=tansu NUDGE_DOCKER=0 $(BIN)/python -m pytest -q tests/e2e
 
-bench: $(STAMP) ## run every benchmark in bench/
-	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+bench: $(STAMP) ## run every benchmark in bench/ (not the helpers, bench/_*.py)
+	@for b in bench/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
 
 up: ## docker compose: the full stack with Apache Kafka, PostgreSQL, Redis, Jaeger, Mailpit
-	docker compose up --build -d
+	docker compose up --build --detach --wait
 
 down: ## docker compose: stop the stack
 	docker compose down
 
-clean: ## remove .venv, caches and local data (.nudge/)
-	rm -rf $(VENV) .nudge .mypy_cache .ruff_cache .pytest_cache
+# The state directory: $NUDGE_HOME, else .nudge. A stack running on it holds a flock on
+# run/lock (deploy/local/stack.py); `make clean` refuses to pull its data away. Of a
+# NUDGE_HOME, only what Nudge puts there is removed.
+HOME_DIR := $(or $(NUDGE_HOME),.nudge)
+clean: ## remove .venv, caches and local data ($NUDGE_HOME or .nudge/), unless a stack runs
+	@if [ -e '$(HOME_DIR)/run/lock' ] && ! $(PY) -c 'import fcntl, sys; \
+		fcntl.flock(open(sys.argv[1], "rb"), fcntl.LOCK_EX | fcntl.LOCK_NB)' '$(HOME_DIR)/run/lock' 2> /dev/null; \
+	then echo "make clean: a Nudge stack (make run, make infra) runs on $(HOME_DIR): stop it first" >&2; exit 1; fi
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+ifeq ($(NUDGE_HOME),)
+	rm -rf .nudge
+else
+	rm -rf '$(HOME_DIR)'/{cache,data,logs,run,secrets.json,demo.json}
+	-@rmdir '$(HOME_DIR)' 2> /dev/null
+endif

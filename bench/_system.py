@@ -38,8 +38,9 @@ class RunningSystem:
 def running_system(services: tuple[str, ...] = SERVICES) -> Iterator[RunningSystem]:
     with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
         started = time.monotonic()
+        state_dir = Path(tmp) / "state"
         stack = LocalStack(
-            state_dir=Path(tmp) / "state",
+            state_dir=state_dir,
             ports="free",
             fast=False,  # durable PostgreSQL settings, as make run uses
             persistent=False,
@@ -51,7 +52,10 @@ def running_system(services: tuple[str, ...] = SERVICES) -> Iterator[RunningSyst
             run_sync(ensure_topics(infra["KAFKA_BOOTSTRAP_SERVERS"]))
             infra_s = time.monotonic() - started
             env = service_env(
-                infra, free_service_ports(), base={**os.environ, "NUDGE_LOG_LEVEL": "WARNING"}
+                infra,
+                free_service_ports(),
+                state_dir=state_dir,
+                base={**os.environ, "NUDGE_LOG_LEVEL": "WARNING"},
             )
             group = ServiceGroup(output=None, log_dir=Path(tmp) / "logs", autorestart=False)
             try:

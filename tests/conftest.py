@@ -5,8 +5,11 @@ the order of DESIGN.md: the URL already in the environment (``DATABASE_URL``,
 ``REDIS_URL``, ``KAFKA_BOOTSTRAP_SERVERS``, ``SMTP_URL``); else a container, when a Docker
 engine answers; else the local stack of ``deploy/local`` on free ports, with PostgreSQL
 tuned for speed and data in a temporary directory (only Kafka's jars are cached, in
-``.nudge/cache``). The variables are exported into ``os.environ`` for the session, so the
-service code under test finds them like it would in production. Nothing here imports
+``.nudge/cache``). Kafka is never a container when ``NUDGE_KAFKA`` names the broker to test
+on (``make test-tansu``, CI's ``NUDGE_KAFKA=apache``): the local stack starts that one.
+The variables are exported into ``os.environ`` for the session, so the service code under
+test finds them like it would in production, with a ``TRIGGERS_DATA_DIR`` of the session's
+own (Faust's data directory, which two sessions must not share). Nothing here imports
 testcontainers unless Docker answers.
 """
 
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import pytest
 
@@ -40,6 +43,12 @@ def docker_available() -> bool:
             client.close()
     except Exception:
         return False
+
+
+def containerizable(parts: list[str], environ: Mapping[str, str]) -> list[str]:
+    """The parts a container may provide: not Kafka when ``NUDGE_KAFKA`` asks for a
+    broker of the local stack."""
+    return [p for p in parts if not (p == "kafka" and environ.get("NUDGE_KAFKA", "").strip())]
 
 
 def start_containers(parts: list[str], cleanup: contextlib.ExitStack) -> dict[str, str]:
@@ -112,16 +121,19 @@ def start_containers(parts: list[str], cleanup: contextlib.ExitStack) -> dict[st
 def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     """The infrastructure's variables (``DATABASE_URL``, ``REDIS_URL``,
     ``KAFKA_BOOTSTRAP_SERVERS``, ``NUDGE_KAFKA_KIND``, ``SMTP_URL``, and ``NUDGE_MAILDIR``
-    or ``MAILPIT_URL`` to read the mail), also exported into ``os.environ``."""
+    or ``MAILPIT_URL`` to read the mail; ``TRIGGERS_DATA_DIR``), also exported into
+    ``os.environ``."""
     given = {name: os.environ[name] for name in PART_VARIABLE.values() if os.environ.get(name)}
     missing = [part for part, name in PART_VARIABLE.items() if name not in given]
     saved = dict(os.environ)
+    state_dir = tmp_path_factory.mktemp("nudge")
     with contextlib.ExitStack() as cleanup:
         env = dict(given)
-        if missing and docker_available():
-            env.update(start_containers(missing, cleanup))
+        in_containers = containerizable(missing, os.environ)
+        if in_containers and docker_available():
+            env.update(start_containers(in_containers, cleanup))
         stack = LocalStack(
-            state_dir=tmp_path_factory.mktemp("nudge"),
+            state_dir=state_dir,
             ports="free",
             fast=True,
             persistent=False,
@@ -131,6 +143,10 @@ def infra(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         cleanup.callback(stack.stop)
         env.update(stack.start())
         run_sync(ensure_topics(env["KAFKA_BOOTSTRAP_SERVERS"]))
+        if not os.environ.get("TRIGGERS_DATA_DIR"):
+            triggers_data = paths.data_dir("triggers", state_dir)
+            triggers_data.mkdir(parents=True, exist_ok=True)  # Faust makes the last level only
+            env["TRIGGERS_DATA_DIR"] = str(triggers_data)
         os.environ.update(env)
         try:
             yield env

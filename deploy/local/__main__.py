@@ -70,11 +70,17 @@ def mail(last: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m deploy.local", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("run", help="infrastructure and every service (make run)")
     commands.add_parser("up", help="the infrastructure only, in the foreground (make infra)")
-    commands.add_parser("kafka", help="Kafka only (make kafka)")
+    commands.add_parser(
+        "kafka", help="Kafka only: Apache Kafka with Java 17+ and Maven, else Tansu (make kafka)"
+    )
     reading = commands.add_parser("mail", help="print the mail the SMTP sink received")
     reading.add_argument("--last", type=int, default=10, help="how many (0: all)")
     args = parser.parse_args(argv)

@@ -14,7 +14,9 @@ The order (DESIGN.md, "Infrastructure, and how it starts"):
 
 ``NUDGE_KAFKA=apache|tansu`` forces a choice (``make test-tansu``). When Apache Kafka was
 chosen automatically and fails (no network for Maven, a JVM error), the error is printed
-and Tansu starts instead, so that ``make run`` still works.
+and Tansu starts instead, so that ``make run`` still works; not when it was forced
+(``NUDGE_KAFKA=apache``, as CI runs), nor when start-up was interrupted, nor when its port
+was taken (Tansu would want the same port).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -39,12 +42,23 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from deploy.local.procs import Child, ProcessRegistry, require_free_port, tail
+from deploy.local.procs import (
+    Child,
+    PortInUse,
+    ProcessRegistry,
+    StartInterrupted,
+    check_stop,
+    require_free_port,
+    run_command,
+    startup_failure,
+)
 
 KAFKA_VERSION = "4.1.1"
 # kafka 4.1.1 brings slf4j-api 1.7.36, so the binding is log4j's SLF4J 1.x one.
 LOG4J_VERSION = "2.24.3"
 HEAP = ["-Xms256m", "-Xmx768m"]
+# Pinned, so that the resolution does not depend on which version Maven's super-POM picks.
+DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 
 POM = f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- Written by deploy/local/kafka.py: the jars of an Apache Kafka broker, nothing else. -->
@@ -140,7 +154,10 @@ def choose_kafka(
 
 
 async def wait_kafka_ready(
-    bootstrap: str, child: Child | None = None, timeout: float = 60.0
+    bootstrap: str,
+    child: Child | None = None,
+    timeout: float = 60.0,
+    stop: threading.Event | None = None,
 ) -> None:
     """Ready means a client gets cluster metadata naming a broker, not an open port.
     The port is awaited first all the same: aiokafka logs every refused connection."""
@@ -148,6 +165,7 @@ async def wait_kafka_ready(
     last: BaseException | None = None
     host, _, port = bootstrap.split(",")[0].rpartition(":")
     while time.monotonic() < deadline:
+        check_stop(stop)
         if child is not None and not child.alive():
             break
         try:
@@ -161,9 +179,9 @@ async def wait_kafka_ready(
             await writer.wait_closed()
         break
     while time.monotonic() < deadline:
+        check_stop(stop)
         if child is not None and not child.alive():
-            log = tail(child.log_path) if child.log_path else ""
-            raise RuntimeError(f"{child.name} exited during start-up:\n{log}")
+            raise startup_failure(child, child.name, int(port))
         admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
         try:
             await admin.start()
@@ -182,11 +200,14 @@ async def wait_kafka_ready(
 # -- Apache Kafka -----------------------------------------------------------------------
 
 
-def resolve_kafka_jars(cache_dir: Path, log_path: Path) -> Path:
+def resolve_kafka_jars(
+    cache_dir: Path, log_path: Path, stop: threading.Event | None = None
+) -> Path:
     """The directory holding Kafka's jars, resolved from Maven Central on first use.
 
     A marker file is written only after Maven succeeded, so an interrupted download is
-    retried from scratch; a file lock keeps two test sessions from resolving at once."""
+    retried from scratch; a file lock keeps two test sessions from resolving at once.
+    Maven is killed when ``stop`` is set."""
     home = cache_dir / f"kafka-{KAFKA_VERSION}"
     libs = home / "libs"
     marker = home / "complete"
@@ -210,11 +231,11 @@ def resolve_kafka_jars(cache_dir: Path, log_path: Path) -> Path:
             "-B",
             "-f",
             str(home / "pom.xml"),
-            "dependency:copy-dependencies",
+            f"{DEPENDENCY_PLUGIN}:copy-dependencies",
             f"-DoutputDirectory={libs}",
         ]
         try:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            done = run_command(command, stop=stop, timeout=900)
         except subprocess.TimeoutExpired as err:
             raise RuntimeError(f"{' '.join(command)} timed out after 900 s") from err
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -277,7 +298,14 @@ def _java_command(libs: Path, log4j: Path, *args: str, heap: list[str]) -> list[
     ]
 
 
-def format_storage(libs: Path, data_dir: Path, properties: Path, log4j: Path, log: Path) -> bool:
+def format_storage(
+    libs: Path,
+    data_dir: Path,
+    properties: Path,
+    log4j: Path,
+    log: Path,
+    stop: threading.Event | None = None,
+) -> bool:
     """Format the KRaft log directory once; the cluster id is kept beside it."""
     if (data_dir / "kraft" / "meta.properties").exists():
         return False
@@ -298,7 +326,7 @@ def format_storage(libs: Path, data_dir: Path, properties: Path, log4j: Path, lo
         # A short-lived JVM: the first JIT tier is enough and starts faster.
         heap=["-Xmx256m", "-XX:TieredStopAtLevel=1"],
     )
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = run_command(command, stop=stop, timeout=120)
     with log.open("a") as out:
         out.write(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -307,17 +335,22 @@ def format_storage(libs: Path, data_dir: Path, properties: Path, log4j: Path, lo
 
 
 def prepare_apache_kafka(
-    cache_dir: Path, data_dir: Path, port: int, controller_port: int, log_dir: Path
+    cache_dir: Path,
+    data_dir: Path,
+    port: int,
+    controller_port: int,
+    log_dir: Path,
+    stop: threading.Event | None = None,
 ) -> tuple[Path, Path, Path]:
     """Everything before the broker runs: jars, configuration, formatted storage."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    libs = resolve_kafka_jars(cache_dir, log_dir / "kafka-maven.log")
+    libs = resolve_kafka_jars(cache_dir, log_dir / "kafka-maven.log", stop)
     data_dir.mkdir(parents=True, exist_ok=True)
     properties = data_dir / "server.properties"
     properties.write_text(server_properties(data_dir, port, controller_port))
     log4j = data_dir / "log4j2.properties"
     log4j.write_text(LOG4J2_PROPERTIES)
-    format_storage(libs, data_dir, properties, log4j, log_dir / "kafka.log")
+    format_storage(libs, data_dir, properties, log4j, log_dir / "kafka.log", stop)
     return libs, properties, log4j
 
 
@@ -335,8 +368,11 @@ async def start_apache_kafka(
     require_free_port(controller_port, "the Kafka controller")
     log_path = log_dir / "kafka.log"
     libs, properties, log4j = await asyncio.to_thread(
-        prepare_apache_kafka, cache_dir, data_dir, port, controller_port, log_dir
+        prepare_apache_kafka, cache_dir, data_dir, port, controller_port, log_dir, registry.stopping
     )
+    # Maven may have taken a while: say so now rather than through the JVM's stack trace.
+    require_free_port(port, "Kafka")
+    require_free_port(controller_port, "the Kafka controller")
     child = registry.spawn(
         "kafka",
         _java_command(libs, log4j, "kafka.Kafka", str(properties), heap=HEAP),
@@ -347,7 +383,7 @@ async def start_apache_kafka(
     )
     bootstrap = f"127.0.0.1:{port}"
     try:
-        await wait_kafka_ready(bootstrap, child, timeout)
+        await wait_kafka_ready(bootstrap, child, timeout, registry.stopping)
     except BaseException:
         registry.stop(child, timeout=5)
         raise
@@ -406,7 +442,7 @@ async def start_tansu(
     )
     bootstrap = f"127.0.0.1:{port}"
     try:
-        await wait_kafka_ready(bootstrap, child, timeout)
+        await wait_kafka_ready(bootstrap, child, timeout, registry.stopping)
     except BaseException:
         registry.stop(child, timeout=5)
         raise
@@ -443,9 +479,13 @@ async def start_kafka(
                 controller_port=controller_port,
                 log_dir=log_dir,
             )
+        except PortInUse:
+            raise
         except Exception as err:
-            if environ.get("NUDGE_KAFKA", "").lower() == "apache":
+            if environ.get("NUDGE_KAFKA", "").strip().lower() == "apache":
                 raise
+            if registry.stopping.is_set():
+                raise StartInterrupted("Kafka's start-up interrupted") from err
             print(
                 f"nudge: Apache Kafka did not start, falling back to Tansu. The error:\n{err}",
                 file=sys.stderr,

@@ -18,9 +18,6 @@ def state_dir() -> Path:
     return Path(os.environ.get("NUDGE_HOME") or REPO_ROOT / ".nudge").resolve()
 
 
-STATE_DIR = state_dir()
-
-
 def cache_dir(base: Path | None = None) -> Path:
     return (base or state_dir()) / "cache"
 

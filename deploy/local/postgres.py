@@ -4,7 +4,9 @@ We use the binaries inside the wheel (``pgserver/pginstall/bin``) and not pgserv
 API, which registers atexit handlers and reference-counts servers shared between
 processes: the stack needs one lifecycle it controls. PostgreSQL refuses to run as root, so
 as root we run it as a system user ``nudge-pg`` made for this (the containers this project
-is built in run everything as root).
+is built in run everything as root). That user must reach the data directory, which stays
+under ``.nudge/`` like everything else: the directories on the way that 'others' cannot
+search get the search bit (only that bit, never read), and one line says which.
 """
 
 from __future__ import annotations
@@ -18,13 +20,21 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
+import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 
-from deploy.local.procs import ProcessRegistry, require_free_port, tail
+from deploy.local.procs import (
+    Child,
+    ProcessRegistry,
+    check_stop,
+    require_free_port,
+    run_command,
+    startup_failure,
+)
 
 PG_USER = "nudge-pg"
 DB_USER = "nudge"
@@ -40,13 +50,6 @@ def pg_bin_dir() -> Path:
     return Path(spec.origin).parent / "pginstall" / "bin"
 
 
-def pg_version() -> str:
-    out = subprocess.run(
-        [pg_bin_dir() / "postgres", "--version"], capture_output=True, text=True, check=True
-    )
-    return out.stdout.strip()
-
-
 def ensure_pg_user() -> tuple[int, int] | None:
     """(uid, gid) to run PostgreSQL as, or None when we are not root (run as ourselves)."""
     if os.geteuid() != 0:
@@ -54,28 +57,43 @@ def ensure_pg_user() -> tuple[int, int] | None:
     try:
         entry = pwd.getpwnam(PG_USER)
     except KeyError:
-        made = subprocess.run(
-            ["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", PG_USER],
-            capture_output=True,
-            text=True,
-        )
+        try:
+            made = subprocess.run(
+                ["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", PG_USER],
+                capture_output=True,
+                text=True,
+            )
+            why = made.stderr.strip() or f"exit status {made.returncode}"
+        except OSError as err:  # no useradd on this system (Alpine, a distroless image)
+            why = str(err)
         try:
             entry = pwd.getpwnam(PG_USER)
         except KeyError:
             raise RuntimeError(
-                f"PostgreSQL cannot run as root and `useradd {PG_USER}` failed: "
-                f"{made.stderr.strip()}"
+                f"PostgreSQL cannot run as root, and the user {PG_USER} to run it as could not "
+                f"be made (useradd: {why}). Create that user yourself, run as another user "
+                "than root, or point DATABASE_URL at a running PostgreSQL"
             ) from None
     return entry.pw_uid, entry.pw_gid
 
 
-def _make_traversable(path: Path) -> None:
-    """Give 'others' the search bit on ``path`` and its parents, so that the PostgreSQL
-    user can reach its data directory (pytest's temp dirs are 0700)."""
+def _make_traversable(path: Path) -> list[Path]:
+    """Give 'others' the search bit (o+x: pass through, not list) on ``path`` and its
+    parents, so that the PostgreSQL user can reach its data directory (pytest's temporary
+    directories and /root are 0700). Says which directories it changed; returns them."""
+    changed = []
     for directory in [path, *path.parents]:
         mode = directory.stat().st_mode
         if not mode & stat.S_IXOTH:
             directory.chmod(mode | stat.S_IXOTH)
+            changed.append(directory)
+    if changed:
+        print(
+            f"nudge: PostgreSQL runs as {PG_USER} (not as root): made searchable by others "
+            f"(o+x) so that it reaches {path}: {', '.join(map(str, changed))}",
+            file=sys.stderr,
+        )
+    return changed
 
 
 def _owned_dir(path: Path, user: tuple[int, int] | None, mode: int = 0o700) -> Path:
@@ -94,12 +112,32 @@ def socket_dir_for(data_dir: Path, port: int) -> Path:
     return Path("/tmp") / f"nudge-pgsock-{port}"
 
 
+def has_cluster(data_dir: Path) -> bool:
+    try:
+        return (data_dir / "PG_VERSION").exists()
+    except PermissionError:
+        owner: int | str = "unknown"
+        with contextlib.suppress(OSError):
+            owner = data_dir.stat().st_uid
+        raise RuntimeError(
+            f"{data_dir} is not readable by this user (uid {os.geteuid()}, the directory's "
+            f"is {owner}): it was made by another user, e.g. by `make run` as root, which runs "
+            f"PostgreSQL as {PG_USER}. Run as that user again, or remove the directory (its "
+            "data is lost) or give it to yourself (chown -R)"
+        ) from None
+
+
 def initdb(
-    data_dir: Path, user: tuple[int, int] | None, log_path: Path, *, fast: bool = False
+    data_dir: Path,
+    user: tuple[int, int] | None,
+    log_path: Path,
+    *,
+    fast: bool = False,
+    stop: threading.Event | None = None,
 ) -> bool:
     """Create the cluster unless ``data_dir`` holds one. initdb writes into a side
     directory that is renamed when it succeeded, so a half-made cluster is never used."""
-    if (data_dir / "PG_VERSION").exists():
+    if has_cluster(data_dir):
         return False
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     if user is not None:
@@ -107,7 +145,7 @@ def initdb(
     work = data_dir.with_name(data_dir.name + ".initdb")
     shutil.rmtree(work, ignore_errors=True)
     _owned_dir(work, user)
-    done = subprocess.run(
+    done = run_command(
         [
             pg_bin_dir() / "initdb",
             "-D",
@@ -120,8 +158,8 @@ def initdb(
             "--locale=C",
             *(["--no-sync"] if fast else []),
         ],
-        capture_output=True,
-        text=True,
+        stop=stop,
+        timeout=300,
         cwd=work,
         user=user[0] if user else None,
         group=user[1] if user else None,
@@ -139,13 +177,14 @@ def initdb(
 
 
 async def _wait_ready(
-    port: int, child_alive: Callable[[], bool], log_path: Path, timeout: float
+    port: int, child: Child, timeout: float, stop: threading.Event | None = None
 ) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
-        if not child_alive():
-            raise RuntimeError(f"postgres exited during start-up:\n{tail(log_path)}")
+        check_stop(stop)
+        if not child.alive():
+            raise startup_failure(child, "postgres", port)
         try:
             conn = await asyncpg.connect(
                 host="127.0.0.1", port=port, user=DB_USER, database="postgres", timeout=2
@@ -161,7 +200,7 @@ async def _wait_ready(
         finally:
             await conn.close()
         return
-    raise RuntimeError(f"postgres not ready after {timeout}s ({last}):\n{tail(log_path)}")
+    raise RuntimeError(f"postgres not ready after {timeout}s ({last}):\n{child.output()}")
 
 
 async def start_postgres(
@@ -179,7 +218,7 @@ async def start_postgres(
     log_path = log_dir / "postgres.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     user = await asyncio.to_thread(ensure_pg_user)
-    await asyncio.to_thread(initdb, data_dir, user, log_path, fast=fast)
+    await asyncio.to_thread(initdb, data_dir, user, log_path, fast=fast, stop=registry.stopping)
     sockets = _owned_dir(socket_dir_for(data_dir, port), user, 0o755)
     if user is not None:
         _make_traversable(sockets)
@@ -210,5 +249,9 @@ async def start_postgres(
         stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, checkpoint
         stop_timeout=30.0,
     )
-    await _wait_ready(port, child.alive, log_path, timeout)
+    try:
+        await _wait_ready(port, child, timeout, registry.stopping)
+    except BaseException:
+        registry.stop(child, timeout=10)
+        raise
     return {"DATABASE_URL": f"postgresql://{DB_USER}@127.0.0.1:{port}/{DB_NAME}"}

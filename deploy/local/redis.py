@@ -16,7 +16,13 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from deploy.local.procs import ProcessRegistry, require_free_port, tail
+from deploy.local.procs import (
+    Child,
+    ProcessRegistry,
+    check_stop,
+    require_free_port,
+    startup_failure,
+)
 
 
 def redis_server_bin() -> Path:
@@ -61,18 +67,31 @@ async def start_redis(
         cwd=data_dir,
     )
     url = f"redis://127.0.0.1:{port}/0"
+    try:
+        await _wait_ready(url, child, port, timeout, registry)
+    except BaseException:
+        registry.stop(child, timeout=5)
+        raise
+    return {"REDIS_URL": url}
+
+
+async def _wait_ready(
+    url: str, child: Child, port: int, timeout: float, registry: ProcessRegistry
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
+        check_stop(registry.stopping)
         if not child.alive():
-            raise RuntimeError(f"redis-server exited during start-up:\n{tail(log_path)}")
-        client = aioredis.Redis.from_url(url, socket_connect_timeout=1)
+            raise startup_failure(child, "redis-server", port)
+        # A read timeout too: whoever else listens on the port may never answer.
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         try:
             if await cast(Awaitable[bool], client.ping()):  # typed sync-or-async
-                return {"REDIS_URL": url}
+                return
         except (OSError, RedisError):
             pass
         finally:
             await client.aclose()
         if time.monotonic() > deadline:
-            raise RuntimeError(f"redis-server not ready after {timeout}s:\n{tail(log_path)}")
+            raise RuntimeError(f"redis-server not ready after {timeout}s:\n{child.output()}")
         await asyncio.sleep(0.05)

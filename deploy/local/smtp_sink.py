@@ -29,7 +29,13 @@ import httpx
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from deploy.local.paths import REPO_ROOT
-from deploy.local.procs import ProcessRegistry, require_free_port, tail
+from deploy.local.procs import (
+    Child,
+    ProcessRegistry,
+    check_stop,
+    require_free_port,
+    startup_failure,
+)
 
 ENVELOPE_TO = "X-Nudge-Envelope-To"
 RECEIVED_AT = "X-Nudge-Received-At"
@@ -151,10 +157,22 @@ async def start_smtp_sink(
         output=log_path,
         cwd=REPO_ROOT,
     )
+    try:
+        await _wait_greeting(child, port, timeout, registry)
+    except BaseException:
+        registry.stop(child, timeout=5)
+        raise
+    return {"SMTP_URL": f"smtp://127.0.0.1:{port}", "NUDGE_MAILDIR": str(maildir)}
+
+
+async def _wait_greeting(
+    child: Child, port: int, timeout: float, registry: ProcessRegistry
+) -> None:
     deadline = time.monotonic() + timeout
     while True:
+        check_stop(registry.stopping)
         if not child.alive():
-            raise RuntimeError(f"the SMTP sink exited during start-up:\n{tail(log_path)}")
+            raise startup_failure(child, "the SMTP sink", port)
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
         except OSError:
@@ -167,7 +185,7 @@ async def start_smtp_sink(
         finally:
             writer.close()
         if greeting.startswith(b"220"):
-            return {"SMTP_URL": f"smtp://127.0.0.1:{port}", "NUDGE_MAILDIR": str(maildir)}
+            return
         raise RuntimeError(f"the SMTP sink greeted with {greeting!r}")
 
 

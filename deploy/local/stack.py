@@ -9,21 +9,27 @@ A part whose variable is already set (``DATABASE_URL``, ``REDIS_URL``,
 ``KAFKA_BOOTSTRAP_SERVERS``, ``SMTP_URL``) is not started: the value is passed through, so
 the same code runs against docker compose, CI services or a developer's own PostgreSQL.
 The parts start concurrently (Kafka's JVM is the slowest); :meth:`LocalStack.start` is a
-plain blocking call, usable from scripts, pytest fixtures and the supervisor alike.
+plain blocking call, usable from scripts, pytest fixtures and the supervisor alike, and
+interruptible: Ctrl-C (or SIGTERM) while the parts start stops them at once.
+
+One stack at a time per state directory: :meth:`LocalStack.start` takes an exclusive
+``flock`` on ``state_dir/run/lock`` and holds it until :meth:`LocalStack.stop`; the kernel
+releases it when the process dies, however it dies.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
-import json
+import fcntl
 import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -32,12 +38,14 @@ from deploy.local import paths
 from deploy.local.kafka import start_kafka
 from deploy.local.postgres import start_postgres
 from deploy.local.procs import (
+    PortInUse,
     ProcessRegistry,
+    StartInterrupted,
     exit_on_sigterm,
     pick_free_ports,
-    pid_alive,
+    reap_dead_sessions,
     reap_stale,
-    start_ticks,
+    session_record,
 )
 from deploy.local.redis import start_redis
 from deploy.local.smtp_sink import start_smtp_sink
@@ -59,13 +67,46 @@ FIXED_PORTS: dict[str, int] = {
     "kafka_controller": 19093,
     "smtp": 2525,
 }
+# The ports each part listens on (keys of FIXED_PORTS).
+PART_PORTS = {
+    "postgres": ("postgres",),
+    "redis": ("redis",),
+    "kafka": ("kafka", "kafka_controller"),
+    "smtp": ("smtp",),
+}
 
 
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+def run_sync(coro: Coroutine[Any, Any, T], stop: threading.Event | None = None) -> T:
     """Run a coroutine to completion from synchronous code, even when the calling thread
-    has an event loop set or running (pytest-asyncio): in a thread of its own."""
-    with ThreadPoolExecutor(1, thread_name_prefix="nudge-stack") as pool:
-        return pool.submit(asyncio.run, coro).result()
+    has an event loop set or running (pytest-asyncio): in a thread of its own.
+
+    Interruptible: when the waiting thread gets an exception (KeyboardInterrupt from
+    Ctrl-C or SIGTERM, ``Interrupted`` in ``make run``), ``stop`` is set and the coroutine
+    cancelled, and the exception is raised once the coroutine has unwound, which takes
+    moments instead of the time its readiness loops would wait."""
+    started: concurrent.futures.Future[tuple[asyncio.AbstractEventLoop, asyncio.Task[T]]]
+    started = concurrent.futures.Future()
+
+    async def main() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+        started.set_result((asyncio.get_running_loop(), task))
+        return await coro
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nudge-stack")
+    future = pool.submit(asyncio.run, main())
+    try:
+        return future.result()
+    except BaseException:
+        if not future.done():
+            if stop is not None:
+                stop.set()
+            with contextlib.suppress(RuntimeError):  # the loop closed in between
+                loop, task = started.result()
+                loop.call_soon_threadsafe(task.cancel)
+        raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def parts_to_start(environ: Mapping[str, str], parts: tuple[str, ...] = PARTS) -> list[str]:
@@ -83,6 +124,10 @@ class LocalStack:
     temporary directory removed by :meth:`stop`. Kafka's jars are always cached in
     ``cache_dir`` (default ``.nudge/cache``), so tests do not download them every session.
     ``environ``: where to look for already-configured parts (default ``os.environ``).
+    ``record``: where the pids of the parts are kept for the next start to reap, should
+    this process be SIGKILLed: ``state_dir/run/stack.json`` for the default state directory
+    (``make run``), else a record in the fixed sessions folder (tests, benchmarks: their
+    temporary state directory is never seen again).
     """
 
     def __init__(
@@ -95,6 +140,7 @@ class LocalStack:
         cache_dir: Path | None = None,
         environ: Mapping[str, str] | None = None,
         parts: tuple[str, ...] = PARTS,
+        record: Path | None = None,
     ) -> None:
         self.state_dir = (state_dir or paths.state_dir()).resolve()
         self.cache_dir = cache_dir or paths.cache_dir()
@@ -102,6 +148,8 @@ class LocalStack:
         self.persistent = persistent
         self.environ = dict(os.environ if environ is None else environ)
         self.parts = parts
+        # Ports we picked may be picked again when a part finds its own taken meanwhile.
+        self.picked_ports = ports == "free"
         if ports == "free":
             self.ports = pick_free_ports(FIXED_PORTS)
         elif ports == "fixed":
@@ -109,20 +157,28 @@ class LocalStack:
         else:
             self.ports = {**FIXED_PORTS, **ports}
         self.logs_dir = paths.logs_dir(self.state_dir)
-        self.registry = ProcessRegistry(record=self.state_dir / "run" / "stack.json")
+        if record is None:
+            if self.state_dir == paths.state_dir():
+                record = self.state_dir / "run" / "stack.json"
+            else:
+                record = session_record("stack")
+        self.registry = ProcessRegistry(record=record)
+        # Set to interrupt start-up: checked before each spawn and in readiness loops.
+        self.stopping = self.registry.stopping
         self.env: dict[str, str] = {}
         self.timings: dict[str, float] = {}
         self._data_root: Path | None = None
         self._temporary_data = False
-        self._owner = False  # this object wrote state_dir/run/owner.json
+        self._lock_fd: int | None = None  # holds the flock on state_dir/run/lock
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def start(self) -> dict[str, str]:
         """Start what is missing; returns the variables the services need. Blocking."""
         exit_on_sigterm()
+        self.stopping.clear()
         try:
-            return run_sync(self.astart())
+            return run_sync(self.astart(), self.stopping)
         except BaseException:
             self.stop()
             raise
@@ -136,6 +192,7 @@ class LocalStack:
             # Short, so that PostgreSQL's unix socket path fits its 107 bytes.
             self._data_root = Path(tempfile.mkdtemp(prefix="nudge-data-"))
             self._temporary_data = True
+            self.registry.add_leftover(self._data_root)
         env = {
             variable: self.environ[variable]
             for variable in (*PART_VARIABLE.values(), "NUDGE_KAFKA_KIND", "MAILPIT_URL")
@@ -157,6 +214,10 @@ class LocalStack:
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             self.registry.stop_all()
+            # A real failure explains more than the interruptions it caused elsewhere.
+            errors.sort(
+                key=lambda error: isinstance(error, StartInterrupted | asyncio.CancelledError)
+            )
             raise errors[0]
         for result in results:
             assert isinstance(result, dict)
@@ -168,15 +229,17 @@ class LocalStack:
         return dict(env)
 
     def stop(self) -> None:
-        """Stop every child, in reverse order of start; idempotent."""
+        """Stop every child, in reverse order of start; idempotent. From another thread,
+        it also interrupts a :meth:`start` under way."""
+        self.stopping.set()
         self.registry.stop_all()
         if self._temporary_data and self._data_root is not None:
             shutil.rmtree(self._data_root, ignore_errors=True)
+            self.registry.discard_leftover(self._data_root)
             self._temporary_data = False
-        if self._owner:
-            with contextlib.suppress(OSError):
-                (self.state_dir / "run" / "owner.json").unlink()
-            self._owner = False
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def pids(self) -> list[int]:
         return [child.pid for child in self.registry.children]
@@ -195,28 +258,45 @@ class LocalStack:
     # -- parts ----------------------------------------------------------------------------
 
     def _claim_state_dir(self) -> None:
-        """Children recorded by an owner that died without stopping them (SIGKILL) are
-        stopped now; a live owner's (another `make run`) are left alone."""
+        """Lock the state directory for the life of this stack (a second stack on it is
+        refused while the first runs), then stop what an owner that died without stopping
+        its children (SIGKILL) left running: in ``run/stack.json`` and in the records of
+        dead test and benchmark sessions."""
         run = self.state_dir / "run"
         run.mkdir(parents=True, exist_ok=True)
-        owner_file = run / "owner.json"
-        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-            owner = json.loads(owner_file.read_text())
-            pid = int(owner["pid"])
-            if pid_alive(pid) and start_ticks(pid) == owner["start"]:
+        if self._lock_fd is None:
+            fd = os.open(run / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                by = f" (pid {holder})" if holder.isdigit() else ""
                 raise RuntimeError(
-                    f"another Nudge stack (pid {pid}) uses {self.state_dir}: stop it first, "
-                    "or give this one its own state_dir / NUDGE_HOME"
-                )
+                    f"another Nudge stack{by} uses {self.state_dir}: stop it first, or give "
+                    "this one its own state_dir / NUDGE_HOME"
+                ) from None
+            # Who holds it, for the message above; the lock itself is what counts.
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._lock_fd = fd
+        (run / "owner.json").unlink(missing_ok=True)  # the previous way of claiming
         reap_stale(run / "stack.json")
-        owner_file.write_text(json.dumps({"pid": os.getpid(), "start": start_ticks(os.getpid())}))
-        self._owner = True
+        reap_dead_sessions()
 
     async def _timed(
         self, part: str, starter: Callable[[], Awaitable[dict[str, str]]]
     ) -> dict[str, str]:
         began = time.monotonic()
-        result = await starter()
+        try:
+            result = await starter()
+        except PortInUse as err:
+            if not self.picked_ports:
+                raise
+            # Somebody took the port between our pick and the part's bind: once more.
+            self.ports.update(pick_free_ports(PART_PORTS[part], avoid=set(self.ports.values())))
+            print(f"nudge: {part}: port {err.port} was taken; trying another", file=sys.stderr)
+            result = await starter()
         self.timings[part] = time.monotonic() - began
         detail = f" ({result['NUDGE_KAFKA_KIND']})" if "NUDGE_KAFKA_KIND" in result else ""
         print(f"nudge: {part}{detail} ready in {self.timings[part]:.1f}s", file=sys.stderr)

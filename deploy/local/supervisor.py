@@ -11,13 +11,19 @@ the system keeps going.
 
 The pieces are reusable: the end-to-end tests start the whole system through
 :func:`service_env` and :class:`ServiceGroup`, on free ports.
+
+Like the infrastructure's, the services' pids are recorded (``make run``:
+``.nudge/run/services.json``; tests and benchmarks: the sessions folder, see
+:mod:`deploy.local.procs`), so that the services of a run killed with SIGKILL (each is in a
+session of its own: nothing else stops them) are stopped by the next start, and a service's
+port is checked before it starts, so that the next ``make run`` never talks to an old
+gateway.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import json
 import os
 import secrets
@@ -36,7 +42,17 @@ from typing import Any, TextIO
 import httpx
 
 from deploy.local import paths
-from deploy.local.procs import Child, ProcessRegistry, pick_free_ports
+from deploy.local.procs import (
+    Child,
+    ProcessRegistry,
+    exit_on_sigterm,
+    pick_free_ports,
+    port_in_use,
+    port_is_free,
+    reap_dead_sessions,
+    reap_stale,
+    session_record,
+)
 from deploy.local.stack import LocalStack, run_sync
 from deploy.local.topics import ensure_topics
 
@@ -92,24 +108,42 @@ def load_secrets(state_dir: Path) -> dict[str, str]:
     missing = [name for name in SECRETS if not kept.get(name)]
     if missing:
         kept.update({name: secrets.token_urlsafe(32) for name in missing})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(kept, indent=1) + "\n")
-        path.chmod(0o600)
+        write_private(path, json.dumps(kept, indent=1) + "\n")
     return kept
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, from the first byte on (no
+    moment with the umask's permissions), and atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(fd, 0o600)  # in case tmp existed already with another mode
+        out.write(text)
+    tmp.replace(path)
 
 
 def service_env(
     stack_env: Mapping[str, str],
     ports: Mapping[str, int] | None = None,
     *,
+    state_dir: Path | None = None,
     secrets_: Mapping[str, str] | None = None,
     base: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment of every service: ``base`` (default ``os.environ``), the stack's
-    URLs, the ports each service serves on and the addresses its clients use, and the
-    shared secrets (a variable set in ``base`` wins; else ``secrets_``; else random)."""
+    URLs, the ports each service serves on and the addresses its clients use, the shared
+    secrets (a variable set in ``base`` wins; else ``secrets_``; else random), and the
+    directories of this run under ``state_dir`` (default ``.nudge``): Faust's data
+    directory of triggers, unless ``TRIGGERS_DATA_DIR`` is set already, so that two runs
+    never share one."""
     env = dict(os.environ if base is None else base)
     env.update(stack_env)
+    if not env.get("TRIGGERS_DATA_DIR"):
+        triggers_data = paths.data_dir("triggers", state_dir)
+        triggers_data.mkdir(parents=True, exist_ok=True)  # Faust makes the last level only
+        env["TRIGGERS_DATA_DIR"] = str(triggers_data)
     ports = {**DEFAULT_PORTS, **(ports or {})}
     env.update({name: str(port) for name, port in ports.items()})
     env.update({name: f"127.0.0.1:{ports[port]}" for name, port in GRPC_ADDRESSES.items()})
@@ -202,6 +236,11 @@ class ServiceGroup:
     ``output``: where prefixed lines go (None: nowhere); ``log_dir``: also one file per
     service; :meth:`lines` keeps the last 1,000 lines of each for test diagnostics.
     ``autorestart``: restart a service that exits on its own (not one :meth:`kill` ed).
+    ``record``: where the services' pids are kept for the next start to reap should this
+    process be SIGKILLed (``make run``: ``.nudge/run/services.json``); default, a record in
+    the sessions folder (:func:`deploy.local.procs.session_record`).
+    ``color``: colour the names (default: when ``output`` is a terminal and ``NO_COLOR``
+    is not set).
     """
 
     def __init__(
@@ -213,14 +252,19 @@ class ServiceGroup:
         color: bool | None = None,
         stop_timeout: float = 10.0,
         module_prefix: str = "services.",
+        record: Path | None = None,
     ) -> None:
         self.output = output
         self.log_dir = log_dir
         self.autorestart = autorestart
-        self.color = color if color is not None else bool(output is not None and output.isatty())
+        if color is None:
+            tty = output is not None and output.isatty()
+            color = tty and not os.environ.get("NO_COLOR")
+        self.color = color
         self.stop_timeout = stop_timeout
         self.module_prefix = module_prefix
-        self.registry = ProcessRegistry()
+        self.registry = ProcessRegistry(record=record or session_record("services"))
+        self._reaped = False
         self._services: dict[str, _Service] = {}
         self._lock = threading.RLock()
         self._write_lock = threading.Lock()
@@ -231,7 +275,23 @@ class ServiceGroup:
     # -- public ---------------------------------------------------------------------------
 
     def start(self, names: Iterable[str], env: Mapping[str, str]) -> None:
-        """Start each service (without waiting for it to be ready)."""
+        """Start each service (without waiting for it to be ready). First, the services an
+        earlier owner of the record (or of any dead session) left running are stopped; then
+        every service's port must be free, or nothing starts."""
+        names = list(names)
+        exit_on_sigterm()
+        if not self._reaped:
+            self._reaped = True
+            if self.registry.record is not None:
+                reap_stale(self.registry.record)
+            reap_dead_sessions()
+        busy = [
+            str(port_in_use(port, name, _port_remedy(name)))
+            for name in names
+            if (port := service_port(name, env)) is not None and not port_is_free(port)
+        ]
+        if busy:
+            raise RuntimeError("\n".join(busy))
         with self._lock:
             for name in names:
                 service = _Service(name, dict(env))
@@ -274,6 +334,9 @@ class ServiceGroup:
             child = service.child
         if child is not None and child.alive():
             self._stop_children([child], self.stop_timeout)
+        port = service_port(name, service.env)
+        if port is not None and not port_is_free(port):
+            raise port_in_use(port, name, _port_remedy(name))
         with self._lock:
             service.wanted = True
             service.restart_at = None
@@ -396,6 +459,23 @@ class ServiceGroup:
             self.registry.stop(child, timeout=0)
 
 
+def _port_variables(name: str) -> list[str]:
+    return [f"{name.upper().replace('-', '_')}_{kind}_PORT" for kind in ("GRPC", "HTTP")]
+
+
+def service_port(name: str, env: Mapping[str, str]) -> int | None:
+    """The port ``name`` serves on, from ``<NAME>_GRPC_PORT`` or ``<NAME>_HTTP_PORT``."""
+    for variable in _port_variables(name):
+        if env.get(variable):
+            return int(env[variable])
+    return None
+
+
+def _port_remedy(name: str) -> str:
+    variable = next((v for v in _port_variables(name) if v in DEFAULT_PORTS), None)
+    return f"serve {name} on another port ({variable}=...)" if variable else "use another port"
+
+
 # -- make run -----------------------------------------------------------------------------
 
 
@@ -413,9 +493,6 @@ def _run_step(
 
 
 def migrate(env: Mapping[str, str]) -> None:
-    if importlib.util.find_spec("services.migrate") is None:
-        print("nudge: services.migrate does not exist yet: migrations skipped", file=sys.stderr)
-        return
     began = time.monotonic()
     done = _run_step("migrate", [sys.executable, "-m", "services.migrate"], env)
     if done.returncode != 0:
@@ -442,8 +519,7 @@ def demo_workspace(state_dir: Path, env: Mapping[str, str]) -> dict[str, Any]:
         print(f"nudge: could not create the demo workspace: {done.stdout}", file=sys.stderr)
         return kept
     if answer.get("api_key"):
-        path.write_text(json.dumps(answer, indent=1) + "\n")
-        path.chmod(0o600)
+        write_private(path, json.dumps(answer, indent=1) + "\n")
         return answer
     return {**kept, **answer, "api_key": kept.get("api_key")}
 
@@ -495,13 +571,21 @@ def run(names: Sequence[str] = SERVICES) -> int:
     state_dir = paths.state_dir()
     stop_on_signals()
     stack = LocalStack(state_dir=state_dir, ports="fixed", fast=False, persistent=True)
-    group = ServiceGroup(output=sys.stdout, log_dir=None)
+    group = ServiceGroup(
+        output=sys.stdout, log_dir=None, record=state_dir / "run" / "services.json"
+    )
     began = time.monotonic()
     try:
         stack_env = stack.start()
         run_sync(ensure_topics(stack_env["KAFKA_BOOTSTRAP_SERVERS"]))
         base = {"NUDGE_LOG_FORMAT": "text", **os.environ}
-        env = service_env(stack_env, service_ports(), secrets_=load_secrets(state_dir), base=base)
+        env = service_env(
+            stack_env,
+            service_ports(),
+            state_dir=state_dir,
+            secrets_=load_secrets(state_dir),
+            base=base,
+        )
         migrate(env)
         group.start(names, env)
         health = f"{env['NUDGE_GATEWAY_URL']}/healthz"

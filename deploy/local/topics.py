@@ -1,9 +1,9 @@
 """Create Nudge's Kafka topics before anything uses them.
 
 Explicitly, on every broker: Tansu auto-creates a topic on first use with its own
-partition count, and a production broker should not auto-create at all. The list is
-``services.common.topics.TOPICS``; the default below is the same, for when the services
-package is not importable (an infrastructure-only checkout).
+partition count, and a production broker should not auto-create at all. The list is the
+services' own, ``services.common.topics.TOPICS``. Docker compose's ``init`` runs this module
+too, so it imports nothing of the embedded infrastructure (the ``local`` extra).
 """
 
 from __future__ import annotations
@@ -15,23 +15,9 @@ import time
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, for_code
 
-DEFAULT_TOPICS: dict[str, int] = {
-    "contacts.events.v1": 4,
-    "shop.events.v1": 4,
-    "segments.membership.v1": 4,
-    "delivery.requests.v1": 4,
-    "delivery.events.v1": 4,
-    "tracking.events.v1": 4,
-}
+from services.common.topics import TOPICS
+
 _TOPIC_ALREADY_EXISTS = 36
-
-
-def nudge_topics() -> dict[str, int]:
-    try:
-        from services.common.topics import TOPICS
-    except ImportError:
-        return dict(DEFAULT_TOPICS)
-    return dict(TOPICS)
 
 
 def _ready(described: list[dict[str, object]], topics: dict[str, int]) -> bool:
@@ -52,8 +38,9 @@ async def ensure_topics(
     bootstrap: str, topics: dict[str, int] | None = None, *, timeout: float = 60.0
 ) -> None:
     """Create the missing ``topics`` (name -> partitions, replication 1), then wait until
-    the metadata shows them all with leaders. Idempotent."""
-    wanted = nudge_topics() if topics is None else topics
+    the metadata shows them all with leaders. Idempotent. ``topics``: default
+    :data:`services.common.topics.TOPICS`."""
+    wanted = dict(TOPICS) if topics is None else topics
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
     while True:

@@ -1,5 +1,6 @@
 """A stand-in for a Nudge service, for the tests of ServiceGroup: serves ``/healthz`` on
-``FAKE_HTTP_PORT``, says hello, and stops on SIGTERM like the real ones."""
+``FAKE_SERVICE_HTTP_PORT`` (the ``<NAME>_HTTP_PORT`` a ServiceGroup checks before it
+starts a service), says hello, and stops on SIGTERM like the real ones."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ class Health(BaseHTTPRequestHandler):
 
 
 def main() -> None:
-    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["FAKE_HTTP_PORT"])), Health)
+    server = ThreadingHTTPServer(("127.0.0.1", int(os.environ["FAKE_SERVICE_HTTP_PORT"])), Health)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         threading.Thread(target=server.shutdown).start()

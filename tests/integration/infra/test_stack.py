@@ -1,5 +1,6 @@
 """The local stack starts real PostgreSQL, Redis, Kafka (Apache or Tansu) and the SMTP sink,
-and stops every process it started.
+and stops every process it started: one stack per state directory, interruptible start-up,
+another port when a picked one was taken, and what a SIGKILLed owner left stopped.
 
 These tests start stacks of their own (not the session's ``infra``), on free ports,
 ignoring any ``DATABASE_URL``... in the environment, so they test ``deploy/local`` itself.
@@ -10,7 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import smtplib
+import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Awaitable, Iterator
 from email.message import EmailMessage
 from pathlib import Path
@@ -22,8 +29,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from deploy.local import redis as local_redis
 from deploy.local.kafka import resolve_kafka_jars, start_tansu
-from deploy.local.procs import ProcessRegistry, pick_free_ports
+from deploy.local.paths import REPO_ROOT
+from deploy.local.procs import PortInUse, ProcessRegistry, pick_free_ports, pid_alive
 from deploy.local.smtp_sink import ENVELOPE_TO, MaildirReader
 from deploy.local.stack import PART_VARIABLE, LocalStack
 from deploy.local.topics import ensure_topics
@@ -253,3 +262,176 @@ def test_a_failing_apache_kafka_falls_back_to_tansu_with_the_error_shown(
     assert env["NUDGE_KAFKA_KIND"].startswith("tansu")
     assert "Could not resolve dependencies (offline)" in capfd.readouterr().err
     assert not (tmp_path / "cache" / "kafka-4.1.1" / "complete").exists()
+
+
+# -- one stack per state directory ---------------------------------------------------------
+
+
+def test_a_second_stack_on_the_same_state_dir_is_refused_while_the_first_runs(
+    tmp_path: Path,
+) -> None:
+    first = new_stack(tmp_path, parts=("smtp",))
+    first.start()
+    try:
+        second = new_stack(tmp_path, parts=("smtp",))
+        with pytest.raises(RuntimeError, match=rf"another Nudge stack \(pid {os.getpid()}\)"):
+            second.start()
+        assert all(pid_alive(pid) for pid in first.pids()), "the refused one stops nothing"
+    finally:
+        first.stop()
+    third = new_stack(tmp_path, parts=("smtp",))  # free again once the first stopped
+    try:
+        third.start()
+    finally:
+        third.stop()
+
+
+STACK_OWNER = """
+import sys, time
+from pathlib import Path
+from deploy.local.stack import LocalStack
+
+stack = LocalStack(state_dir=Path(sys.argv[1]), ports="free", persistent=False, parts=("smtp",))
+stack.start()
+print(stack.pids()[0], stack._data_root, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_sigkilled_stack_frees_its_state_dir_and_the_next_stops_what_it_left(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flock dies with its process; the parts (in sessions of their own) do not, and
+    are stopped by the next start, which also removes the temporary data."""
+    monkeypatch.setenv("NUDGE_HOME", str(tmp_path / "home"))  # the sessions folder
+    state_dir = tmp_path / "state"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", STACK_OWNER, str(state_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO_ROOT,
+        env={k: v for k, v in os.environ.items() if k not in OUTSIDE_VARIABLES},
+    )
+    try:
+        assert owner.stdout is not None
+        pid_text, data_root = owner.stdout.readline().split()
+    finally:
+        owner.kill()
+        owner.wait()
+    stale = int(pid_text)
+    assert pid_alive(stale) and Path(data_root).is_dir()
+
+    stack = new_stack(state_dir, parts=("smtp",))
+    try:
+        stack.start()
+        assert not pid_alive(stale)
+        assert not Path(data_root).exists()
+    finally:
+        stack.stop()
+    assert not list((tmp_path / "home" / "run" / "sessions").glob("*.json"))
+
+
+# -- ports -----------------------------------------------------------------------------------
+
+
+def test_a_picked_port_taken_before_the_start_is_replaced(tmp_path: Path) -> None:
+    stack = new_stack(tmp_path, parts=("smtp",))
+    taken = stack.ports["smtp"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        try:
+            env = stack.start()
+        finally:
+            stack.stop()
+    assert stack.ports["smtp"] != taken
+    assert env["SMTP_URL"] == f"smtp://127.0.0.1:{stack.ports['smtp']}"
+
+
+def test_a_part_that_fails_to_bind_its_picked_port_is_started_again_on_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The port is taken between the check and redis-server's bind: the child exits with
+    "Address already in use", and the part is retried once on a new port."""
+    monkeypatch.setattr(local_redis, "require_free_port", lambda port, what: None)
+    stack = new_stack(tmp_path, parts=("redis",))
+    taken = stack.ports["redis"]
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", taken))
+        holder.listen()
+        try:
+            env = stack.start()
+        finally:
+            stack.stop()
+    assert stack.ports["redis"] != taken
+    assert env["REDIS_URL"] == f"redis://127.0.0.1:{stack.ports['redis']}/0"
+
+
+def test_a_fixed_port_that_is_taken_is_an_error_naming_its_holder(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        stack = LocalStack(
+            state_dir=tmp_path, ports={"smtp": port}, environ=own_environ(), parts=("smtp",)
+        )
+        with pytest.raises(PortInUse, match=f"port {port} .* in use by pid {os.getpid()}"):
+            stack.start()
+    assert stack.pids() == []
+
+
+# -- interrupting the start-up ---------------------------------------------------------------
+
+
+class Interrupt(BaseException):
+    """What the signal handler raises here (Ctrl-C raises KeyboardInterrupt)."""
+
+
+def test_an_interrupted_start_up_stops_at_once_without_falling_back_to_tansu(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while Maven resolves Kafka: Maven is killed, nothing waits for its timeout,
+    and Tansu is not started in Apache Kafka's place."""
+    if not shutil.which("java"):
+        pytest.skip("no Java: Apache Kafka is never tried here")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "mvn").write_text(f"#!/bin/sh\necho $$ > {tmp_path}/mvn.pid\nexec sleep 600\n")
+    (fake / "mvn").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}:{os.environ['PATH']}")
+    environ = {k: v for k, v in own_environ().items() if k != "NUDGE_KAFKA"}  # may fall back
+    stack = LocalStack(
+        state_dir=tmp_path / "state",
+        cache_dir=tmp_path / "cache",  # empty: Maven must run
+        ports="free",
+        persistent=False,
+        environ=environ,
+        parts=("kafka", "smtp"),
+    )
+
+    mvn_pid = tmp_path / "mvn.pid"
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Interrupt
+
+    def interrupt_once_maven_runs() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if mvn_pid.exists() and mvn_pid.read_text().strip():
+                break
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGALRM)  # handled in the main thread, like Ctrl-C
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        threading.Thread(target=interrupt_once_maven_runs, daemon=True).start()
+        with pytest.raises(Interrupt):
+            stack.start()
+        took = time.monotonic() - os.stat(mvn_pid).st_mtime
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+        stack.stop()
+    assert took < 10, f"start() returned {took:.1f}s after the interrupt"
+    assert stack.pids() == []
+    assert not pid_alive(int(mvn_pid.read_text())), "Maven was killed"
+    assert "falling back to Tansu" not in capfd.readouterr().err

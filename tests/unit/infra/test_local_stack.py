@@ -1,28 +1,46 @@
 """The pure parts of ``deploy/local``: port picking, which Kafka to run, the services'
-environment, the restart backoff, the mail store; no process is started here."""
+environment, the restart backoff, the mail store, who owns a record, the signal handler,
+interrupting run_sync; no process is started here."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
+import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from aiosmtpd.smtp import Envelope
 
+from deploy.local import paths, postgres, procs
+from deploy.local import topics as local_topics
 from deploy.local.kafka import choose_kafka, java_major, new_cluster_id, server_properties
 from deploy.local.postgres import socket_dir_for
-from deploy.local.procs import pick_free_ports, port_is_free
+from deploy.local.procs import (
+    ephemeral_port_range,
+    owner_state,
+    pick_free_ports,
+    pick_range,
+    port_is_free,
+    this_process,
+)
 from deploy.local.smtp_sink import ENVELOPE_TO, RECEIVED_AT, MaildirHandler, MaildirReader
-from deploy.local.stack import LocalStack, parts_to_start
+from deploy.local.stack import LocalStack, parts_to_start, run_sync
 from deploy.local.supervisor import (
     DEFAULT_PORTS,
     SECRETS,
     load_secrets,
     restart_delay,
     service_env,
+    service_port,
     service_ports,
+    write_private,
 )
-from deploy.local.topics import DEFAULT_TOPICS, nudge_topics
+from services.common.topics import TOPICS
 
 
 def never() -> object:
@@ -37,6 +55,36 @@ def test_free_ports_are_distinct_and_bindable() -> None:
     assert sorted(ports) == ["a", "b", "c", "d", "e"]
     assert len(set(ports.values())) == 5
     assert all(port_is_free(port) for port in ports.values())
+
+
+def test_free_ports_are_picked_below_the_ephemeral_range() -> None:
+    """The kernel hands out ephemeral ports to every outgoing connection: a port picked
+    there may be some client's by the time the part binds it."""
+    ephemeral_low, _ = ephemeral_port_range()
+    low, high = pick_range()
+    ports = pick_free_ports([str(n) for n in range(50)])
+    assert all(low <= port <= high < ephemeral_low for port in ports.values())
+    assert len(set(ports.values())) == 50
+
+
+def test_ports_to_avoid_are_not_picked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(procs, "pick_range", lambda: (20000, 20002))
+    assert pick_free_ports(["a"], avoid={20000, 20001}) == {"a": 20002}
+
+
+@pytest.mark.parametrize(
+    ("ephemeral", "expected"),
+    [
+        ((32768, 60999), (20000, 32000)),  # Linux's default
+        ((25000, 60999), (20000, 24999)),  # cut at the ephemeral range
+        ((1024, 40000), (40001, 65535)),  # no room below: above it
+    ],
+)
+def test_the_pick_range_stays_out_of_the_ephemeral_range(
+    ephemeral: tuple[int, int], expected: tuple[int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(procs, "ephemeral_port_range", lambda: ephemeral)
+    assert pick_range() == expected
 
 
 def test_a_bound_port_is_not_free() -> None:
@@ -136,8 +184,49 @@ def test_the_postgres_socket_moves_to_tmp_when_the_path_is_too_long(tmp_path: Pa
     assert socket_dir_for(deep, 5432) == Path("/tmp/nudge-pgsock-5432")
 
 
+def test_postgres_as_root_says_which_directories_it_made_traversable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "a" / "b"
+    data.mkdir(parents=True)
+    for directory in (data, data.parent):
+        directory.chmod(0o700)
+    changed = postgres._make_traversable(data)
+    assert changed[:2] == [data, data.parent]
+    assert stat.S_IMODE(data.stat().st_mode) == 0o701  # search only: nothing becomes readable
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{data}, {data.parent}" in err
+    assert postgres._make_traversable(data) == []  # once done, nothing more is said
+    assert capsys.readouterr().err == ""
+
+
+def test_a_failing_useradd_is_a_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_user(name: str) -> object:
+        raise KeyError(name)
+
+    def no_useradd(*args: object, **kwargs: object) -> object:
+        raise FileNotFoundError(2, "No such file or directory", "useradd")
+
+    monkeypatch.setattr(postgres.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(postgres.pwd, "getpwnam", no_user)
+    monkeypatch.setattr(postgres.subprocess, "run", no_useradd)
+    with pytest.raises(RuntimeError, match=r"could not be made \(useradd: .*No such file"):
+        postgres.ensure_pg_user()
+
+
+def test_a_data_dir_of_another_user_is_a_readable_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "exists", denied)
+    with pytest.raises(RuntimeError, match="not readable by this user"):
+        postgres.has_cluster(tmp_path / "postgres")
+
+
 def test_the_topics_are_those_of_the_services() -> None:
-    assert nudge_topics() == DEFAULT_TOPICS
+    assert local_topics.TOPICS is TOPICS
 
 
 # -- the services' environment -----------------------------------------------------------
@@ -154,6 +243,24 @@ def test_service_env_points_every_client_at_its_server() -> None:
     assert env["PYTHONUNBUFFERED"] == "1"
 
 
+def test_triggers_keep_their_data_under_the_state_dir(tmp_path: Path) -> None:
+    """Not in Faust's shared default, /tmp/nudge-triggers, which two runs would share."""
+    env = service_env({}, state_dir=tmp_path, base={})
+    assert env["TRIGGERS_DATA_DIR"] == str(tmp_path / "data" / "triggers")
+    assert (tmp_path / "data" / "triggers").is_dir()  # Faust would make the last level only
+    assert service_env({}, base={})["TRIGGERS_DATA_DIR"] == str(paths.data_dir("triggers"))
+    mine = service_env({}, state_dir=tmp_path, base={"TRIGGERS_DATA_DIR": "/srv/faust"})
+    assert mine["TRIGGERS_DATA_DIR"] == "/srv/faust"
+
+
+def test_a_service_port_is_read_from_its_variable() -> None:
+    env = service_env({}, {"GATEWAY_HTTP_PORT": 9000}, base={})
+    assert service_port("gateway", env) == 9000
+    assert service_port("contacts", env) == 50051
+    assert service_port("fake-thing", {"FAKE_THING_HTTP_PORT": "7"}) == 7
+    assert service_port("nameless", env) is None
+
+
 def test_a_secret_set_in_the_environment_wins_over_the_kept_one() -> None:
     kept = {name: f"kept-{name}" for name in SECRETS}
     env = service_env({}, base={"NUDGE_LINK_SECRET": "mine"}, secrets_=kept)
@@ -165,6 +272,21 @@ def test_secrets_are_made_once_and_kept(tmp_path: Path) -> None:
     first = load_secrets(tmp_path)
     assert set(first) == set(SECRETS) and all(len(v) >= 32 for v in first.values())
     assert load_secrets(tmp_path) == first
+    assert stat.S_IMODE((tmp_path / "secrets.json").stat().st_mode) == 0o600
+
+
+def test_private_files_are_never_readable_by_others(tmp_path: Path) -> None:
+    path = tmp_path / "demo.json"
+    old_umask = os.umask(0)  # the worst umask: files would be made 0666
+    try:
+        write_private(path, "{}")
+        path.chmod(0o644)  # a kept file with loose permissions is tightened on rewrite
+        write_private(path, '{"api_key": "x"}')
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert path.read_text() == '{"api_key": "x"}'
+    assert [p.name for p in tmp_path.iterdir()] == ["demo.json"]
 
 
 def test_service_ports_can_be_overridden_one_by_one() -> None:
@@ -204,3 +326,72 @@ async def test_the_sink_stores_a_message_the_reader_returns(tmp_path: Path) -> N
 
 def test_an_empty_maildir_reads_as_no_mail(tmp_path: Path) -> None:
     assert MaildirReader(tmp_path / "nothing").messages() == []
+
+
+# -- who owns a record ---------------------------------------------------------------------
+
+
+def test_this_process_owns_its_records_while_it_lives() -> None:
+    assert owner_state(this_process()) == "alive"
+
+
+def test_an_owner_whose_pid_is_gone_or_reused_is_dead() -> None:
+    me = this_process()
+    assert owner_state({**me, "start": me["start"] + 1}) == "dead"  # the pid was reused
+    assert owner_state({**me, "pid": 2**22 + 1}) == "dead"  # above pid_max: never alive
+    assert owner_state({**me, "boot": "another-boot"}) == "dead"  # rebooted since
+    assert owner_state(None) == "dead"  # the format before records named their owner
+
+
+def test_an_owner_in_another_pid_namespace_is_never_judged() -> None:
+    """Its pids mean nothing here: its record is left alone, not reaped."""
+    assert owner_state({**this_process(), "pidns": "pid:[1]"}) == "unknown"
+
+
+# -- signals and interruptions -------------------------------------------------------------
+
+
+def test_sigterm_stops_like_ctrl_c() -> None:
+    """KeyboardInterrupt, not SystemExit: pytest takes a SystemExit for a failed test and
+    goes on; a KeyboardInterrupt stops the session and runs its teardown."""
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        procs._exit_on_signal(signal.SIGTERM, None)
+
+
+class Boom(BaseException):
+    pass
+
+
+def test_run_sync_is_interrupted_at_once_and_cancels_its_coroutine() -> None:
+    """An exception in the waiting thread (Ctrl-C) sets the stop event and cancels the
+    coroutine instead of waiting for it to end by itself."""
+    unwound = threading.Event()
+
+    async def waits_long() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            unwound.set()
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise Boom
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    began = time.monotonic()
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Boom):
+            run_sync(waits_long(), stop)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - began < 5
+    assert stop.is_set() and unwound.is_set()
+
+
+def test_run_sync_returns_the_coroutines_result() -> None:
+    async def answer() -> int:
+        return 42
+
+    assert run_sync(answer()) == 42
