@@ -15,8 +15,15 @@ testcontainers unless Docker answers.
 
 from __future__ import annotations
 
-import contextlib
 import os
+
+# The tests run gRPC servers and clients in this process and also start servers as children
+# (PostgreSQL as another user, Kafka, services). gRPC's fork handlers, run while its threads
+# are busy, crashed a child between fork and exec (SIGSEGV); the children exec at once and
+# need none of gRPC's state, so the handlers are turned off before grpc is first imported.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
+import contextlib
 from collections.abc import Iterator, Mapping
 
 import pytest
