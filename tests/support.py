@@ -45,3 +45,13 @@ def free_port() -> int:
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def wait_until(probe: Callable[[], object], *, timeout: float = 10.0) -> None:
+    """``eventually`` for synchronous code (threads, child processes): poll ``probe`` until it
+    returns something truthy; AssertionError when ``timeout`` runs out."""
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.05)

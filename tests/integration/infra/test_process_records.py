@@ -26,6 +26,7 @@ from deploy.local.procs import (
     start_ticks,
     this_process,
 )
+from tests.support import wait_until
 
 
 def dead_owner() -> dict[str, object]:
@@ -94,10 +95,7 @@ def test_the_stop_event_kills_a_start_up_step(tmp_path: Path) -> None:
         )
     assert time.monotonic() - began < 5
     grandchild = int((tmp_path / "pid").read_text())
-    deadline = time.monotonic() + 5
-    while pid_alive(grandchild) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not pid_alive(grandchild)
+    wait_until(lambda: not pid_alive(grandchild), timeout=5)
 
 
 def test_a_spawn_after_the_stop_event_is_refused(tmp_path: Path) -> None:
@@ -147,10 +145,10 @@ def test_sigterm_stops_a_test_session_and_runs_its_teardown(tmp_path: Path) -> N
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not (tmp_path / "running").exists():
-            assert session.poll() is None and time.monotonic() < deadline, session.stdout
-            time.sleep(0.05)
+        wait_until(
+            lambda: (tmp_path / "running").exists() or session.poll() is not None, timeout=60
+        )
+        assert session.poll() is None, session.stdout
         session.send_signal(signal.SIGTERM)
         output, _ = session.communicate(timeout=30)
     finally:

@@ -36,7 +36,7 @@ from deploy.local.procs import PortInUse, ProcessRegistry, pick_free_ports, pid_
 from deploy.local.smtp_sink import ENVELOPE_TO, MaildirReader
 from deploy.local.stack import PART_VARIABLE, LocalStack
 from deploy.local.topics import ensure_topics
-from tests.support import unique
+from tests.support import unique, wait_until
 
 OUTSIDE_VARIABLES = {*PART_VARIABLE.values(), "NUDGE_KAFKA_KIND", "MAILPIT_URL"}
 
@@ -415,11 +415,7 @@ def test_an_interrupted_start_up_stops_at_once_without_falling_back_to_tansu(
         raise Interrupt
 
     def interrupt_once_maven_runs() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if mvn_pid.exists() and mvn_pid.read_text().strip():
-                break
-            time.sleep(0.05)
+        wait_until(lambda: mvn_pid.exists() and mvn_pid.read_text().strip(), timeout=60)
         os.kill(os.getpid(), signal.SIGALRM)  # handled in the main thread, like Ctrl-C
 
     previous = signal.signal(signal.SIGALRM, interrupt)
