@@ -22,7 +22,6 @@ gateway.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -185,25 +184,6 @@ def wait_healthy(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{url} not healthy after {timeout}s: {last}")
             time.sleep(0.5)
-
-
-async def await_healthy(url: str, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
-    """:func:`wait_healthy` for async callers."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    async with httpx.AsyncClient(timeout=5) as client:
-        while True:
-            try:
-                answer = await client.get(url)
-                body = _healthy(answer)
-                if body is not None:
-                    return body
-                last = f"{answer.status_code} {answer.text[:500]}"
-            except httpx.HTTPError as err:
-                last = repr(err)
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} not healthy after {timeout}s: {last}")
-            await asyncio.sleep(0.5)
 
 
 # -- the services -------------------------------------------------------------------------

@@ -107,7 +107,7 @@ def test_a_spawn_after_the_stop_event_is_refused(tmp_path: Path) -> None:
 
 
 SESSION = """
-import time
+import signal
 from pathlib import Path
 
 import pytest
@@ -126,7 +126,8 @@ def resource():
 def test_first(resource):
     exit_on_sigterm()  # what LocalStack.start() does in the infra fixture
     (HERE / "running").write_text("yes")
-    time.sleep(60)
+    signal.alarm(60)  # bounded, should the SIGTERM never come
+    signal.pause()  # until the SIGTERM this test is about
 
 
 def test_second():

@@ -113,7 +113,7 @@ def test_a_busy_port_is_refused_naming_the_port_and_its_holder(port: int) -> Non
 # -- an owner killed with SIGKILL ----------------------------------------------------------
 
 OWNER = """
-import os, sys, time
+import os, signal, sys
 from pathlib import Path
 from deploy.local.supervisor import ServiceGroup, service_env
 
@@ -122,7 +122,8 @@ group = ServiceGroup(output=None, module_prefix=__PREFIX__, record=record)
 group.start([__FAKE__], service_env({}, base={**os.environ, "FAKE_SERVICE_HTTP_PORT": sys.argv[1]}))
 group.wait_healthy(f"http://127.0.0.1:{sys.argv[1]}/healthz", timeout=30)
 print(group.pid(__FAKE__), group.registry.record, flush=True)
-time.sleep(600)
+signal.alarm(600)  # bounded, should the test fail to kill us
+signal.pause()  # alive until the test kills this owner
 """.replace("__PREFIX__", repr(PREFIX)).replace("__FAKE__", repr(FAKE))
 
 

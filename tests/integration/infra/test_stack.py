@@ -287,14 +287,15 @@ def test_a_second_stack_on_the_same_state_dir_is_refused_while_the_first_runs(
 
 
 STACK_OWNER = """
-import sys, time
+import signal, sys
 from pathlib import Path
 from deploy.local.stack import LocalStack
 
 stack = LocalStack(state_dir=Path(sys.argv[1]), ports="free", persistent=False, parts=("smtp",))
 stack.start()
 print(stack.pids()[0], stack._data_root, flush=True)
-time.sleep(600)
+signal.alarm(600)  # bounded, should the test fail to kill us
+signal.pause()  # alive until the test kills this owner
 """
 
 

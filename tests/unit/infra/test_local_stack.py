@@ -369,7 +369,7 @@ def test_run_sync_is_interrupted_at_once_and_cancels_its_coroutine() -> None:
 
     async def waits_long() -> None:
         try:
-            await asyncio.sleep(60)
+            await asyncio.Event().wait()  # ends only by cancellation
         finally:
             unwound.set()
 
