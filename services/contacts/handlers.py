@@ -113,13 +113,7 @@ async def record_consent(
 ) -> str:
     v = Validator()
     v.check(request.HasField("contact"), "contact", "is required")
-    v.check(
-        request.purpose in (1, 2, 3),
-        "purpose",
-        "must be MARKETING, TARGETED_MESSAGES or AUTOMATIONS",
-    )
-    v.check(request.status in (1, 2), "status", "must be GRANTED or WITHDRAWN")
-    v.check(request.source in (1, 2, 3, 4, 5), "source", "is required")
+    model.check_consent_change(v, request.purpose, request.status, request.source)
     v.check(len(request.wording) <= 2000, "wording", "longer than 2000")
     v.raise_if_any()
     async with pool.acquire() as conn, conn.transaction():

@@ -21,7 +21,7 @@ import asyncpg
 from nudge.delivery.v1 import delivery_pb2, events_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
-from services.common import clock
+from services.common import clock, links
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, Validator
 from services.common.events import deterministic_id, new_envelope
 from services.common.ids import is_uuid
@@ -32,13 +32,10 @@ from services.delivery.adapters.contacts import EligibilityClient
 from services.delivery.adapters.smtp import SmtpSender
 from services.delivery.domain.ledger import Status, smtp_failure_is_permanent
 from services.delivery.domain.rendering import Rendered, RenderError, render
-from services.tracking import links
+from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
 
 log = logging.getLogger(__name__)
 
-TRANSACTIONAL_PURPOSE = 4
-PURPOSES = frozenset(range(1, 5))  # nudge.contacts.v1.ConsentPurpose, UNSPECIFIED excluded
-KINDS = frozenset(range(1, 4))  # nudge.delivery.v1.MessageKind, UNSPECIFIED excluded
 # CRLF line ends, and headers folded only past RFC 5322's hard limit: the default policy folds
 # at 78 and RFC 2047-encodes an unbreakable URL (List-Unsubscribe), which clients cannot use.
 MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
@@ -64,7 +61,7 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
         log.error("dropping a delivery request with malformed ids: %s", request.message_id)
         return
 
-    if request.purpose not in PURPOSES or request.kind not in KINDS:
+    if not is_actionable(request.purpose, request.kind):
         # No retry can fix it; a request that is never finished would block its partition.
         await _finish_unsent(deps, envelope, Status.FAILED, "invalid request: purpose or kind")
         return
@@ -245,7 +242,7 @@ async def send_transactional(
         message_id=message_id,
         contact_id=request.contact_id,
         kind=delivery_pb2.MESSAGE_KIND_TRANSACTIONAL,
-        purpose=TRANSACTIONAL_PURPOSE,  # type: ignore[arg-type]
+        purpose=TRANSACTIONAL_PURPOSE,
         content=request.content,
         vars=dict(request.vars),
     )

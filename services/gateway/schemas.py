@@ -24,7 +24,7 @@ from pydantic import (
     model_validator,
 )
 
-from services.campaigns.domain import model as campaign_rules
+from services.common import campaign_limits as campaign_rules
 
 
 class StrictModel(BaseModel):
@@ -316,7 +316,7 @@ CampaignStatus = Literal["draft", "scheduled", "sending", "sent", "cancelled", "
 
 class CampaignIn(StrictModel):
     """A targeted message: a segment, a subject and a short text. The limits are the
-    campaigns service's own (services/campaigns/domain/model.py)."""
+    campaigns service's own (services/common/campaign_limits.py)."""
 
     name: Annotated[str, _text(campaign_rules.MAX_NAME, 1)]
     segment_ids: list[Id] = Field(

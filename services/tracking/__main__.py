@@ -2,7 +2,7 @@
 
     python -m services.tracking        # serve HTTP on TRACKING_HTTP_PORT (8081)
 
-Links are signed by delivery with ``NUDGE_LINK_SECRET`` (see services/tracking/links.py);
+Links are signed by delivery with ``NUDGE_LINK_SECRET`` (see services/common/links.py);
 hits are published on tracking.events.v1.
 """
 

@@ -15,9 +15,9 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.tracking.v1 import events_pb2
 
 from services.common.events import deterministic_id, new_envelope
+from services.common.links import LinkClaims
 from services.common.topics import TRACKING_EVENTS
 from services.tracking.domain.machine_opens import is_machine_open
-from services.tracking.links import LinkClaims
 
 MAX_USER_AGENT = 512
 

@@ -14,12 +14,12 @@ from enum import IntEnum
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+# The limits live in services/common, shared with the gateway; re-exported for the rules here.
+from services.common.campaign_limits import MAX_BODY_TEXT as MAX_BODY_TEXT
+from services.common.campaign_limits import MAX_NAME as MAX_NAME
+from services.common.campaign_limits import MAX_SEGMENTS as MAX_SEGMENTS
+from services.common.campaign_limits import MAX_SUBJECT as MAX_SUBJECT
 from services.common.errors import Validator
-
-MAX_NAME = 200
-MAX_SUBJECT = 200
-MAX_BODY_TEXT = 10_000
-MAX_SEGMENTS = 20
 
 # Subject and text are personalised by delivery in Jinja2's sandbox; a draft whose template
 # cannot even be parsed would fail for every recipient, so it is refused here.

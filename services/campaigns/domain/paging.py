@@ -13,10 +13,12 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+# The limits live in services/common, shared with the gateway.
+from services.common.campaign_limits import DEFAULT_PAGE_SIZE as DEFAULT_PAGE_SIZE
+from services.common.campaign_limits import MAX_PAGE_SIZE as MAX_PAGE_SIZE
+from services.common.campaign_limits import MAX_PAGE_TOKEN
 from services.common.errors import Validator
 
-DEFAULT_PAGE_SIZE = 20
-MAX_PAGE_SIZE = 100
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -41,7 +43,7 @@ def encode_token(cursor: Cursor) -> str:
 
 def decode_token(token: str) -> Cursor | None:
     """The cursor in ``token``, or None when it is not a token this service made."""
-    if len(token) > 200:
+    if len(token) > MAX_PAGE_TOKEN:
         return None
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")

@@ -33,6 +33,23 @@ class ConsentSource(IntEnum):
     PREFERENCE_PAGE = 5
 
 
+# Consent is asked for, and recorded, for these purposes only: transactional mail (order
+# details, password resets) needs none, so a consent to it means nothing.
+CONSENT_PURPOSES = frozenset({Purpose.MARKETING, Purpose.TARGETED_MESSAGES, Purpose.AUTOMATIONS})
+
+
+def check_consent_change(v: Validator, purpose: int, status: int, source: int) -> None:
+    """A consent change names a purpose consent is asked for, a status and a source; the
+    contract's UNSPECIFIED (0) and numbers it does not define are refused."""
+    v.check(
+        purpose in CONSENT_PURPOSES,
+        "purpose",
+        "must be MARKETING, TARGETED_MESSAGES or AUTOMATIONS",
+    )
+    v.check(status in frozenset(ConsentStatus), "status", "must be GRANTED or WITHDRAWN")
+    v.check(source in frozenset(ConsentSource), "source", "is required")
+
+
 EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
 SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 TAG = re.compile(r"^[a-z0-9][a-z0-9_:-]{0,63}$")

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query, Request, Response
 from nudge.campaigns.v1 import campaigns_pb2
 
-from services.campaigns.domain import paging
+from services.common import campaign_limits as paging
 from services.gateway import convert, problems
 from services.gateway.deps import BackendsDep, CallerDep
 from services.gateway.schemas import CampaignIn, CampaignList, CampaignOut
@@ -15,8 +15,8 @@ from services.gateway.schemas import CampaignIn, CampaignList, CampaignOut
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
 CampaignId = Annotated[str, Path(min_length=1, max_length=64, description="The campaign's id.")]
-# campaigns' paging.decode_token refuses longer tokens; the limit is not a constant there.
-MAX_PAGE_TOKEN = 200
+# campaigns' paging.decode_token refuses longer tokens.
+MAX_PAGE_TOKEN = paging.MAX_PAGE_TOKEN
 
 
 @router.post(

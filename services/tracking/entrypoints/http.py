@@ -19,10 +19,10 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from services.common.kafka_probe import describe
+from services.common.links import InvalidLink, LinkClaims, LinkKind, verify
 from services.tracking import handlers
 from services.tracking.config import Settings
 from services.tracking.handlers import EventPublisher
-from services.tracking.links import InvalidLink, LinkClaims, LinkKind, verify
 
 log = logging.getLogger(__name__)
 

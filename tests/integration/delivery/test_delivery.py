@@ -13,9 +13,9 @@ from aiokafka import AIOKafkaProducer
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
+from services.common import links
 from services.common.events import deterministic_id, new_envelope
 from services.common.topics import DELIVERY_REQUESTS
-from services.tracking import links
 from tests.integration.conftest import RunningService, Workspace, run_in_process
 from tests.support import eventually, free_port, unique
 

@@ -10,9 +10,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from services.common import links
 from services.common.events import deterministic_id
 from services.common.topics import TRACKING_EVENTS
-from services.tracking import links
 from tests.integration.tracking.conftest import LINK_SECRET, HttpService
 from tests.support import eventually, unique
 

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from services.common import links
 from services.common.events import deterministic_id
 from services.common.topics import TRACKING_EVENTS
-from services.tracking import links
 from services.tracking.bootstrap import create_app
 from services.tracking.config import Settings
 from services.tracking.entrypoints.http import MAX_FORM_FIELDS, PIXEL, confirm_body, done_body

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from services.tracking import links
-from services.tracking.links import InvalidLink, LinkKind
+from services.common import links
+from services.common.links import InvalidLink, LinkKind
 
 SECRET = "test-secret"
 WS, MSG, CONTACT = (str(uuid.uuid4()) for _ in range(3))

@@ -1,7 +1,7 @@
 """Signed tracking links: the open pixel, click redirects and unsubscribe links in every mail.
 
-Pure and standard-library only, because the delivery service imports it to build the links
-that the tracking service later verifies::
+Pure and standard-library only, and in ``services/common`` because two services share it:
+delivery builds the links that tracking later verifies (neither imports the other)::
 
     path = sign_click(secret, workspace_id, message_id, contact_id, "https://shop.example/x")
     url = tracking_base_url + path          # "/c/<token>"
