@@ -11,12 +11,17 @@ import asyncio
 import logging
 from pathlib import Path
 
-from services.common.config import BaseServiceSettings
+from services.common.config import DatabaseSettings, KafkaSettings
 from services.common.db import migrate
 from services.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 SERVICES_DIR = Path(__file__).parent
+
+
+class Settings(DatabaseSettings, KafkaSettings):
+    """What the one-shot set-up reads (docker compose's ``init``): the topics step needs
+    Kafka, the migrations PostgreSQL."""
 
 
 def service_schemas() -> list[tuple[str, Path]]:
@@ -35,7 +40,7 @@ async def migrate_all(database_url: str) -> dict[str, list[str]]:
 
 
 def main() -> None:
-    settings = BaseServiceSettings()
+    settings = Settings()
     setup_logging("migrate", settings.log_level, settings.log_format)
     for schema, applied in asyncio.run(migrate_all(settings.database_url)).items():
         log.info("schema %s: %d migration(s) applied", schema, len(applied))

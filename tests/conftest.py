@@ -22,6 +22,7 @@ import os
 # are busy, crashed a child between fork and exec (SIGSEGV); the children exec at once and
 # need none of gRPC's state, so the handlers are turned off before grpc is first imported.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+os.environ.setdefault("NUDGE_DEV_MODE", "1")
 
 import contextlib
 from collections.abc import Iterator, Mapping

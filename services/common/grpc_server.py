@@ -220,6 +220,11 @@ async def mark_serving(health_servicer: health.aio.HealthServicer, names: Iterab
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
+def listen_address(host: str, port: int) -> str:
+    """``host:port`` as gRPC wants it (an IPv6 host in brackets)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 async def start_server(
     *,
     port: int,
@@ -227,12 +232,43 @@ async def start_server(
     verifier: ApiKeyVerifier,
     internal_token: str,
     policy: AuthPolicy | None = None,
+    host: str = "127.0.0.1",
 ) -> grpc.aio.Server:
-    """:func:`build_server`, listening on ``port`` and reporting SERVING for every service."""
+    """:func:`start_server_with_health`, for callers that set no health status of their own."""
+    server, _ = await start_server_with_health(
+        port=port,
+        servicers=servicers,
+        verifier=verifier,
+        internal_token=internal_token,
+        policy=policy,
+        host=host,
+    )
+    return server
+
+
+async def start_server_with_health(
+    *,
+    port: int,
+    servicers: list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]],
+    verifier: ApiKeyVerifier,
+    internal_token: str,
+    policy: AuthPolicy | None = None,
+    host: str = "127.0.0.1",
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """:func:`build_server`, listening on ``host:port`` (loopback unless the settings'
+    ``bind_host`` opens it) and reporting SERVING for every service; the health servicer is
+    returned so the service can report its dependencies (services/common/dependencies.py).
+    Raises OSError when the address cannot be bound, rather than serving nowhere."""
     server, health_servicer = build_server(
         servicers=servicers, verifier=verifier, internal_token=internal_token, policy=policy
     )
-    server.add_insecure_port(f"0.0.0.0:{port}")
+    address = listen_address(host, port)
+    try:
+        bound = server.add_insecure_port(address)
+    except RuntimeError as err:  # grpcio raises this when the port is taken
+        raise OSError(f"cannot listen on {address}: {err}") from err
+    if bound == 0:  # older grpcio: 0 instead of an exception
+        raise OSError(f"cannot listen on {address}")
     await server.start()
     await mark_serving(health_servicer, [name for _, _, name in servicers])
-    return server
+    return server, health_servicer

@@ -1,7 +1,25 @@
-"""How a service process starts and stops: logging, tracing, uvloop, signals.
+"""How every service process starts and stops: one pattern for all of them.
 
-``run_service(name, settings, main)`` sets up logs and traces, then runs ``main(stop)`` until
-SIGTERM or SIGINT sets ``stop``; ``main`` should return once it has shut down cleanly.
+    run_service("contacts", settings, start)       # in services/<name>/__main__.py
+
+``start(service)`` is the service's start-up, written as a list of steps. Each step opens
+one thing and hands its closing to ``service`` at once (:meth:`Service.push`,
+:meth:`Service.enter`), starts background work with :meth:`Service.spawn`, and listens
+with :meth:`Service.serve_grpc` or :meth:`Service.serve_http`. Everything lives on one
+``AsyncExitStack``, so:
+
+- a start step that fails closes what the earlier steps opened, in reverse order, and the
+  process exits 1 with the error in the log (no half-started service, no leaked task or
+  connection);
+- SIGTERM or SIGINT closes everything in the same reverse order (the listener first, so no
+  new request arrives while the pool it needs closes) and the process exits 0;
+- a background task (consumer, relay, dependency monitor) that ends on its own is a dead
+  service that would still look alive: it stops the process, which exits 1 so that the
+  supervisor restarts it.
+
+Before anything opens, :func:`run_service` refuses development secrets outside development
+mode (services/common/config.py). Tests run the same start-up in-process with
+:func:`serve`, which does all of the above except signals and exit codes.
 """
 
 from __future__ import annotations
@@ -10,15 +28,37 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
+from typing import Any, TypeVar
+
+import grpc
+import uvloop
 
 from services.common import clock
-from services.common.config import BaseServiceSettings
+from services.common.auth import ApiKeyVerifier
+from services.common.config import BaseServiceSettings, insecure_secrets
+from services.common.dependencies import Check, DependencyMonitor
+from services.common.grpc_server import AuthPolicy, start_server_with_health
 from services.common.logs import setup_logging
 from services.common.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Servicers = list[tuple[Callable[[Any, grpc.aio.Server], None], Any, str]]
+GRPC_GRACE_S = 5.0
+
+
+class BackgroundTaskEnded(RuntimeError):
+    """A background task ended while the service was meant to be running."""
+
+
+class InsecureSettings(RuntimeError):
+    """A secret holds a development value (or none) outside development mode."""
 
 
 def configure(name: str, settings: BaseServiceSettings) -> None:
@@ -28,31 +68,204 @@ def configure(name: str, settings: BaseServiceSettings) -> None:
         clock.set_clock(clock.SystemClock(timedelta(seconds=settings.clock_offset_s)))
 
 
-async def until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
-    """Wait for ``stop``, or for a background task (consumer, relay) to end on its own: a
-    service whose consumer died must exit so the supervisor restarts it, not look healthy."""
-    waiting = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    waiting.cancel()
-    for task in done:
-        if task is not waiting:
-            log.error(
-                "background task %s ended; stopping", task.get_name(), exc_info=task.exception()
+def refuse_insecure_secrets(name: str, settings: BaseServiceSettings) -> None:
+    """Raise :class:`InsecureSettings` naming every unfit secret's variable, unless
+    ``NUDGE_DEV_MODE`` is set. The development values are public (in the code, the compose
+    file, the README), and the internal token lets its holder act as any workspace."""
+    if settings.dev_mode:
+        return
+    problems = insecure_secrets(settings)
+    if problems:
+        raise InsecureSettings(
+            f"{name} refuses to start: {'; '.join(problems)}. Set a random secret (e.g. "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`), or "
+            "NUDGE_DEV_MODE=1 on a development machine."
+        )
+
+
+class Service:
+    """What a start-up opened, closed in reverse order when the service stops."""
+
+    def __init__(self, name: str, settings: BaseServiceSettings, stack: contextlib.AsyncExitStack):
+        self.name = name
+        self.settings = settings
+        self.tasks: list[asyncio.Task[None]] = []
+        self._stack = stack
+
+    def push(self, close: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Call ``close(*args)`` when the service stops (or a later start step fails)."""
+        self._stack.push_async_callback(close, *args)
+
+    async def enter(self, resource: AbstractAsyncContextManager[T]) -> T:
+        """Enter ``resource`` now, exit it when the service stops."""
+        return await self._stack.enter_async_context(resource)
+
+    def spawn(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """Run ``work`` in the background, supervised: if it ends while the service runs,
+        the service stops. Cancelled (and awaited) when the service stops."""
+        task = asyncio.create_task(work, name=name)
+        self.tasks.append(task)
+        self._stack.push_async_callback(_cancel, task)
+        return task
+
+    async def serve_grpc(
+        self,
+        *,
+        port: int,
+        servicers: Servicers,
+        verifier: ApiKeyVerifier,
+        internal_token: str,
+        policy: AuthPolicy | None = None,
+        dependencies: dict[str, Check] | None = None,
+    ) -> grpc.aio.Server:
+        """Listen on ``bind_host:port``; report each of ``dependencies`` (name -> check)
+        through the health service, once now and then every ``health_interval_s``."""
+        server, health = await start_server_with_health(
+            port=port,
+            servicers=servicers,
+            verifier=verifier,
+            internal_token=internal_token,
+            policy=policy,
+            host=self.settings.bind_host,
+        )
+        self.push(server.stop, GRPC_GRACE_S)
+        monitor = DependencyMonitor(
+            dependencies or {},
+            health,
+            [name for _, _, name in servicers],
+            interval_s=self.settings.health_interval_s,
+            timeout_s=self.settings.dependency_timeout_s,
+        )
+        await monitor.check_once()
+        self.spawn(monitor.run(), "dependency-monitor")
+        log.info("%s serving gRPC on %s:%d", self.name, self.settings.bind_host, port)
+        return server
+
+    async def serve_http(self, app: Any, port: int) -> None:
+        """Serve the ASGI ``app`` on ``bind_host:port``. The socket is bound here, so a busy
+        port fails this start step; the app's lifespan runs before this returns, and a
+        failing lifespan fails it too."""
+        import uvicorn
+
+        from services.common.http_server import QuietSignalsServer
+
+        sock = bind_socket(self.settings.bind_host, port)
+        self.push(_close_socket, sock)
+        server = QuietSignalsServer(
+            uvicorn.Config(
+                app,
+                log_config=None,
+                access_log=False,
+                proxy_headers=True,
+                server_header=False,
+                lifespan="on",
             )
+        )
+
+        async def serving() -> None:
+            try:
+                await server.serve(sockets=[sock])
+            except SystemExit as exit_:  # uvicorn's answer to a failed lifespan start-up
+                raise RuntimeError(f"the HTTP app failed to start (exit {exit_.code})") from None
+
+        task = asyncio.create_task(serving(), name="http-server")
+
+        async def stop_serving() -> None:
+            server.should_exit = True
+            # An error it ended with was logged when it ended (until_stopped).
+            with contextlib.suppress(Exception):
+                await task
+
+        self.push(stop_serving)
+        while not server.started:
+            if task.done():
+                task.result()  # raises why it stopped
+                raise RuntimeError("the HTTP server stopped during start-up")
+            await asyncio.sleep(0.01)
+        self.tasks.append(task)
+        log.info("%s serving HTTP on %s:%d", self.name, self.settings.bind_host, port)
 
 
-async def cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+def bind_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def _close_socket(sock: socket.socket) -> None:
+    sock.close()
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+
+
+async def until_stopped(
+    stop: asyncio.Event, tasks: list[asyncio.Task[None]]
+) -> asyncio.Task[None] | None:
+    """Wait for ``stop``, or for a background task to end on its own (returned): a service
+    whose consumer died must exit so the supervisor restarts it, not look healthy."""
+    waiting = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([waiting, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
     for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+        if task in done:
+            log.error(
+                "background task %s ended; stopping",
+                task.get_name(),
+                exc_info=None if task.cancelled() else task.exception(),
+            )
+            return task
+    return None
+
+
+async def serve(
+    name: str,
+    settings: BaseServiceSettings,
+    stop: asyncio.Event,
+    start: Callable[[Service], Awaitable[None]],
+) -> None:
+    """Run ``start``, serve until ``stop`` is set or a background task ends, then close
+    everything in reverse order. Raises what a start step raised, or
+    :class:`BackgroundTaskEnded`."""
+    ended: asyncio.Task[None] | None = None
+    async with contextlib.AsyncExitStack() as stack:
+        service = Service(name, settings, stack)
+        await start(service)
+        log.info("%s started", name)
+        ended = await until_stopped(stop, service.tasks)
+        log.info("%s stopping", name)
+    log.info("%s stopped", name)
+    if ended is not None:
+        raise BackgroundTaskEnded(f"{name}: background task {ended.get_name()} ended")
 
 
 def run_service(
-    name: str, settings: BaseServiceSettings, main: Callable[[asyncio.Event], Awaitable[None]]
+    name: str,
+    settings: BaseServiceSettings,
+    start: Callable[[Service], Awaitable[None]],
 ) -> None:
+    """The process: logs and traces, the secrets check, signals, :func:`serve`, exit code
+    (0 after SIGTERM or SIGINT, 1 after a failed start or a dead background task)."""
     configure(name, settings)
+    try:
+        refuse_insecure_secrets(name, settings)
+    except InsecureSettings as err:
+        log.critical("%s", err)
+        sys.stderr.write(f"{err}\n")
+        sys.exit(2)
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -60,12 +273,12 @@ def run_service(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         log.info("starting %s", name)
-        await main(stop)
-        log.info("%s stopped", name)
+        await serve(name, settings, stop, start)
 
     try:
-        import uvloop
-
         uvloop.run(runner())
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but optional in spirit
-        asyncio.run(runner())
+    except BackgroundTaskEnded:
+        sys.exit(1)
+    except Exception:
+        log.exception("%s failed", name)
+        sys.exit(1)

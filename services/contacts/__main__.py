@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 
@@ -19,7 +20,7 @@ from services.common.errors import AlreadyExists
 from services.common.runtime import configure, run_service
 from services.contacts import handlers
 from services.contacts.adapters.postgres import SCHEMA, find_workspace_by_slug
-from services.contacts.bootstrap import MIGRATIONS, serve
+from services.contacts.bootstrap import MIGRATIONS, start
 from services.contacts.config import Settings
 
 
@@ -58,7 +59,7 @@ def main() -> None:
     if args.command == "create-workspace":
         configure("contacts", settings)
         sys.exit(asyncio.run(_create_workspace(settings, args)))
-    run_service("contacts", settings, lambda stop: serve(settings, stop))
+    run_service("contacts", settings, functools.partial(start, settings=settings))
 
 
 if __name__ == "__main__":

@@ -1,19 +1,23 @@
-"""The composition root of the contacts service: pool, outbox relay, gRPC server."""
+"""The composition root of the contacts service: pool, outbox relay, tracking consumer,
+gRPC server, opened in that order by :func:`start` (services/common/runtime.py closes them
+in reverse)."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
 from nudge.contacts.v1 import contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2_grpc
 
+from services.common import runtime
 from services.common.db import create_pool, migrate
-from services.common.grpc_server import start_server
+from services.common.dependencies import kafka_check, postgres_check
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
+from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
-from services.common.runtime import cancel_all, until_stopped
 from services.common.topics import TRACKING_EVENTS
 from services.contacts.adapters.postgres import SCHEMA
 from services.contacts.config import Settings
@@ -28,6 +32,7 @@ from services.contacts.entrypoints.kafka import TrackingConsumer
 from services.contacts.handlers import CONSUMER, LocalApiKeyVerifier
 
 log = logging.getLogger(__name__)
+NAME = "contacts"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 SERVICE_NAMES = [
@@ -38,24 +43,29 @@ SERVICE_NAMES = [
 ]
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
+async def start(service: runtime.Service, settings: Settings) -> None:
     await migrate(settings.database_url, SCHEMA, MIGRATIONS)
     pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    service.push(pool.close)
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,
         "nudge-contacts",
         idempotent=supports_idempotence(settings.kafka_kind),
     )
+    service.push(publisher.stop)
     await publisher.start()
+    service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
     consumer = KafkaConsumerLoop(
         settings.kafka_bootstrap_servers, CONSUMER, [TRACKING_EVENTS], TrackingConsumer(pool)
     )
+    service.push(consumer.stop)
     await consumer.start()
-    tasks = [
-        asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay"),
-        asyncio.create_task(consumer.run(), name="tracking-consumer"),
-    ]
-    server = await start_server(
+    service.spawn(consumer.run(), "tracking-consumer")
+    probe = BrokerProbe(
+        settings.kafka_bootstrap_servers, "nudge-contacts-health", settings.dependency_timeout_s
+    )
+    service.push(probe.close)
+    await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
             (
@@ -82,11 +92,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         verifier=LocalApiKeyVerifier(pool),
         internal_token=settings.internal_token,
         policy=AUTH_POLICY,
+        dependencies={
+            "postgres": postgres_check(pool, settings.dependency_timeout_s),
+            "kafka": kafka_check(probe),
+        },
     )
-    log.info("contacts serving gRPC on :%d", settings.grpc_port)
-    await until_stopped(stop, tasks)
-    await server.stop(grace=5)
-    await cancel_all(tasks)
-    await consumer.stop()
-    await publisher.stop()
-    await pool.close()
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """The start-up of ``python -m services.contacts``, in-process until ``stop`` (tests)."""
+    await runtime.serve(NAME, settings, stop, functools.partial(start, settings=settings))

@@ -3,11 +3,13 @@
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import BaseServiceSettings
+from services.common.config import DatabaseSettings, InternalAuthSettings, KafkaSettings
 
 
-class Settings(BaseServiceSettings):
+class Settings(DatabaseSettings, KafkaSettings, InternalAuthSettings):
     model_config = SettingsConfigDict(env_prefix="CONTACTS_", extra="ignore", frozen=True)
+
+    OPTIONAL_SECRETS = frozenset({"admin_token"})  # empty: CreateWorkspace is turned off
 
     grpc_port: int = 50051
     # Operators create workspaces with this token (or with the CLI, which needs the database).

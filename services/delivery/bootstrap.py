@@ -4,6 +4,7 @@ outbox relay for delivery.events.v1, and the gRPC server."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from pathlib import Path
 
@@ -12,13 +13,19 @@ from aiokafka import ConsumerRecord
 from nudge.delivery.v1 import delivery_pb2_grpc
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from services.common import runtime
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
+from services.common.dependencies import (
+    kafka_check,
+    postgres_check,
+    redis_check,
+    smtp_check,
+)
 from services.common.grpc_client import channel
-from services.common.grpc_server import start_server
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
+from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
-from services.common.runtime import cancel_all, until_stopped
 from services.common.topics import DELIVERY_REQUESTS
 from services.delivery import handlers
 from services.delivery.adapters.contacts import EligibilityClient
@@ -28,16 +35,20 @@ from services.delivery.config import Settings
 from services.delivery.entrypoints.grpc import DeliveryServicer
 
 log = logging.getLogger(__name__)
+NAME = "delivery"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "nudge.delivery.v1.DeliveryService"
 CONSUMER_GROUP = "delivery"
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
+async def start(service: runtime.Service, settings: Settings) -> None:
     await migrate(settings.database_url, SCHEMA, MIGRATIONS)
     pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    service.push(pool.close)
     redis = aioredis.from_url(settings.redis_url)
+    service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)
+    service.push(contacts.close)
     deps = handlers.Deps(
         pool=pool,
         eligibility=EligibilityClient(contacts, settings.internal_token),
@@ -51,7 +62,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         "nudge-delivery",
         idempotent=supports_idempotence(settings.kafka_kind),
     )
+    service.push(publisher.stop)
     await publisher.start()
+    service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
 
     async def on_request(envelope: Envelope, record: ConsumerRecord) -> None:
         await handlers.deliver(deps, envelope)
@@ -59,12 +72,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     consumer = KafkaConsumerLoop(
         settings.kafka_bootstrap_servers, CONSUMER_GROUP, [DELIVERY_REQUESTS], on_request
     )
+    service.push(consumer.stop)
     await consumer.start()
-    tasks = [
-        asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay"),
-        asyncio.create_task(consumer.run(), name="delivery-consumer"),
-    ]
-    server = await start_server(
+    service.spawn(consumer.run(), "delivery-consumer")
+    probe = BrokerProbe(
+        settings.kafka_bootstrap_servers, "nudge-delivery-health", settings.dependency_timeout_s
+    )
+    service.push(probe.close)
+    await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
             (
@@ -75,13 +90,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         ],
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
+        dependencies={
+            "postgres": postgres_check(pool, settings.dependency_timeout_s),
+            "redis": redis_check(redis),
+            "kafka": kafka_check(probe),
+            "smtp": smtp_check(settings.smtp_url, settings.dependency_timeout_s),
+        },
     )
-    log.info("delivery serving gRPC on :%d, consuming %s", settings.grpc_port, DELIVERY_REQUESTS)
-    await until_stopped(stop, tasks)
-    await server.stop(grace=5)
-    await cancel_all(tasks)
-    await consumer.stop()
-    await publisher.stop()
-    await contacts.close()
-    await redis.aclose()
-    await pool.close()
+    log.info("delivery consuming %s", DELIVERY_REQUESTS)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """The start-up of ``python -m services.delivery``, in-process until ``stop``."""
+    await runtime.serve(NAME, settings, stop, functools.partial(start, settings=settings))

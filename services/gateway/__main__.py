@@ -7,14 +7,16 @@ It owns no data: each route calls a service over gRPC with the caller's API key.
 
 from __future__ import annotations
 
+import functools
+
 from services.common.runtime import run_service
-from services.gateway.bootstrap import serve
+from services.gateway.bootstrap import start
 from services.gateway.config import Settings
 
 
 def main() -> None:
     settings = Settings()
-    run_service("gateway", settings, lambda stop: serve(settings, stop))
+    run_service("gateway", settings, functools.partial(start, settings=settings))
 
 
 if __name__ == "__main__":

@@ -1,14 +1,16 @@
 """The composition root of the gateway: the FastAPI app with its routers, error handlers,
-body limit and tracing; the clients it opens once at start-up (gRPC channels, the health
-checks' pool, Redis and HTTP clients; see adapters/health.py for Kafka and SMTP); and the
-uvicorn server ``python -m services.gateway`` runs. Unit tests pass fake backends and checks
-instead of the real clients (the health report cache still wraps them).
+body limit and tracing; the clients it opens once at start-up (gRPC channels, and the HTTP
+client that reads tracking's health; it holds no database, Redis, Kafka or SMTP client,
+see adapters/health.py); and the start-up ``python -m services.gateway`` runs. Unit tests
+pass fake backends and checks instead of the real clients (the health report cache still
+wraps them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,13 +21,15 @@ from fastapi.openapi.utils import get_openapi
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException
 
-from services.common.http_server import serve_http
+from services.common import runtime
 from services.gateway import problems
 from services.gateway.adapters.grpc import Backends, open_backends
 from services.gateway.adapters.health import CachedChecks, DependencyChecks, HealthChecks
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.config import Settings
 from services.gateway.entrypoints import campaigns, contacts, events, health, messages, segments
+
+NAME = "gateway"
 
 DESCRIPTION = """The HTTP API of Nudge for managers and frontends.
 
@@ -60,7 +64,6 @@ def create_app(
             if run_checks is None:
                 dependency_checks = DependencyChecks(settings, app.state.backends.health)
                 stack.push_async_callback(dependency_checks.close)
-                await dependency_checks.start()
                 run_checks = dependency_checks
             app.state.checks = CachedChecks(run_checks, settings.health_cache_s)
             yield
@@ -107,6 +110,12 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+async def start(service: runtime.Service, settings: Settings) -> None:
+    """Listen on ``bind_host:http_port``; the app's lifespan (run by this step) opens the
+    gRPC channels and the health checks' HTTP client, and closes them when it stops."""
+    await service.serve_http(create_app(settings), settings.http_port)
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve HTTP on ``settings.http_port`` until ``stop`` is set."""
-    await serve_http(create_app(settings), settings.http_host, settings.http_port, stop)
+    """The start-up of ``python -m services.gateway``, in-process until ``stop`` (tests)."""
+    await runtime.serve(NAME, settings, stop, functools.partial(start, settings=settings))

@@ -1,6 +1,5 @@
 """Settings of the gateway (env prefix ``GATEWAY_``)."""
 
-from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
@@ -9,18 +8,16 @@ from services.common.config import BaseServiceSettings
 class Settings(BaseServiceSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
-    http_host: str = "0.0.0.0"
     http_port: int = 8080
     # Bodies above this are refused (413) before they are parsed.
     max_body_bytes: int = 65536
     # Deadline of each gRPC call to a service.
     rpc_timeout_s: float = 10.0
-    # Deadline of each dependency check of /healthz (they run concurrently).
+    # Deadline of each service's health answer for /healthz (they are asked concurrently).
     health_timeout_s: float = 2.0
-    # How long a /healthz report is reused: it needs no credentials and opens an SMTP session
-    # among its ten checks, so a flood of requests must not reach the dependencies. 0: never.
+    # How long a /healthz report is reused: it needs no credentials and asks every service,
+    # so a flood of requests must not reach them. 0: never.
     health_cache_s: float = 1.0
-    smtp_url: str = Field("smtp://127.0.0.1:2525", validation_alias=AliasChoices("SMTP_URL"))
     # Where /healthz asks tracking, from inside the network; not the public base of the links
     # in the mail (NUDGE_TRACKING_URL, delivery's), which the reader's browser opens.
     tracking_url: str = "http://127.0.0.1:8081"

@@ -358,12 +358,21 @@ class MessageStatusOut(ResponseModel):
 # --- health -------------------------------------------------------------------------------
 
 
+class DependencyOut(BaseModel):
+    model_config = ConfigDict(extra="allow")  # what the check learnt (Kafka: kind, brokers)
+
+    ok: bool
+    detail: str | None = None
+
+
 class CheckOut(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     ok: bool
     latency_ms: float
     detail: str | None = None
+    # The service's own dependencies, as it reports them (absent when it did not answer).
+    dependencies: dict[str, DependencyOut] | None = None
 
 
 class HealthOut(BaseModel):

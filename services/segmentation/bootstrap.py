@@ -4,7 +4,7 @@ server. Nothing is published yet, so there is no outbox relay (see the package d
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import functools
 import logging
 from pathlib import Path
 
@@ -13,12 +13,13 @@ from aiokafka import ConsumerRecord
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.segmentation.v1 import segmentation_pb2_grpc
 
+from services.common import runtime
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
+from services.common.dependencies import kafka_check, postgres_check, redis_check
 from services.common.grpc_client import channel
-from services.common.grpc_server import start_server
 from services.common.kafka import KafkaConsumerLoop
-from services.common.runtime import cancel_all, until_stopped
+from services.common.kafka_probe import BrokerProbe
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
 from services.segmentation.adapters.postgres import SCHEMA
 from services.segmentation.config import Settings
@@ -27,49 +28,53 @@ from services.segmentation.entrypoints.grpc import SegmentServicer
 from services.segmentation.handlers import CONSUMER
 
 log = logging.getLogger(__name__)
+NAME = "segmentation"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "nudge.segmentation.v1.SegmentService"
 
 
-async def serve(settings: Settings, stop: asyncio.Event) -> None:
+async def start(service: runtime.Service, settings: Settings) -> None:
     await migrate(settings.database_url, SCHEMA, MIGRATIONS)
-    async with contextlib.AsyncExitStack() as cleanup:
-        # Whatever start-up step fails, what the earlier ones opened is closed again, in
-        # reverse order (the same order as a normal stop).
-        pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
-        cleanup.push_async_callback(pool.close)
-        redis = aioredis.from_url(settings.redis_url)
-        cleanup.push_async_callback(redis.aclose)
-        contacts = channel(settings.contacts_addr)
-        cleanup.push_async_callback(contacts.close)
+    pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    service.push(pool.close)
+    redis = aioredis.from_url(settings.redis_url)
+    service.push(redis.aclose)
+    contacts = channel(settings.contacts_addr)
+    service.push(contacts.close)
 
-        async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
-            await kafka.on_event(pool, envelope, record)
+    async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
+        await kafka.on_event(pool, envelope, record)
 
-        consumer = KafkaConsumerLoop(
-            settings.kafka_bootstrap_servers, CONSUMER, [CONTACTS_EVENTS, SHOP_EVENTS], on_event
-        )
-        cleanup.push_async_callback(consumer.stop)
-        await consumer.start()
-        tasks = [asyncio.create_task(consumer.run(), name="read-model-consumer")]
-        cleanup.push_async_callback(cancel_all, tasks)
-        server = await start_server(
-            port=settings.grpc_port,
-            servicers=[
-                (
-                    segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
-                    SegmentServicer(pool),
-                    SERVICE_NAME,
-                )
-            ],
-            verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
-            internal_token=settings.internal_token,
-        )
-        cleanup.push_async_callback(server.stop, 5)
-        log.info(
-            "segmentation serving gRPC on :%d, consuming %s and %s",
-            settings.grpc_port,
-            CONTACTS_EVENTS,
-            SHOP_EVENTS,
-        )
-        await until_stopped(stop, tasks)
+    consumer = KafkaConsumerLoop(
+        settings.kafka_bootstrap_servers, CONSUMER, [CONTACTS_EVENTS, SHOP_EVENTS], on_event
+    )
+    service.push(consumer.stop)
+    await consumer.start()
+    service.spawn(consumer.run(), "read-model-consumer")
+    probe = BrokerProbe(
+        settings.kafka_bootstrap_servers, "nudge-segmentation-health", settings.dependency_timeout_s
+    )
+    service.push(probe.close)
+    await service.serve_grpc(
+        port=settings.grpc_port,
+        servicers=[
+            (
+                segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
+                SegmentServicer(pool),
+                SERVICE_NAME,
+            )
+        ],
+        verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
+        internal_token=settings.internal_token,
+        dependencies={
+            "postgres": postgres_check(pool, settings.dependency_timeout_s),
+            "redis": redis_check(redis),
+            "kafka": kafka_check(probe),
+        },
+    )
+    log.info("segmentation consuming %s and %s", CONTACTS_EVENTS, SHOP_EVENTS)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """The start-up of ``python -m services.segmentation``, in-process until ``stop``."""
+    await runtime.serve(NAME, settings, stop, functools.partial(start, settings=settings))

@@ -2,10 +2,15 @@
 
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import BaseServiceSettings
+from services.common.config import (
+    DatabaseSettings,
+    InternalAuthSettings,
+    KafkaSettings,
+    RedisSettings,
+)
 
 
-class Settings(BaseServiceSettings):
+class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings):
     model_config = SettingsConfigDict(env_prefix="SEGMENTATION_", extra="ignore", frozen=True)
 
     grpc_port: int = 50052

@@ -8,14 +8,16 @@ hits are published on tracking.events.v1.
 
 from __future__ import annotations
 
+import functools
+
 from services.common.runtime import run_service
-from services.tracking.bootstrap import serve
+from services.tracking.bootstrap import start
 from services.tracking.config import Settings
 
 
 def main() -> None:
     settings = Settings()
-    run_service("tracking", settings, lambda stop: serve(settings, stop))
+    run_service("tracking", settings, functools.partial(start, settings=settings))
 
 
 if __name__ == "__main__":

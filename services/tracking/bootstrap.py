@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from http import HTTPStatus
@@ -14,13 +15,14 @@ from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException
 
-from services.common.http_server import serve_http
+from services.common import runtime
 from services.tracking.adapters.kafka import KafkaTrackingPublisher
 from services.tracking.config import Settings
 from services.tracking.entrypoints import http
 from services.tracking.handlers import EventPublisher
 
 log = logging.getLogger(__name__)
+NAME = "tracking"
 
 
 def create_app(settings: Settings, publisher: EventPublisher | None = None) -> FastAPI:
@@ -71,6 +73,12 @@ async def _http_problem(request: Request, exc: Exception) -> JSONResponse:
     return http.problem(status.value, status.phrase, detail)
 
 
+async def start(service: runtime.Service, settings: Settings) -> None:
+    """Listen on ``bind_host:http_port``; the app's lifespan (run by this step) opens the
+    Kafka publisher and closes it when the listener stops."""
+    await service.serve_http(create_app(settings), settings.http_port)
+
+
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Serve HTTP on ``settings.http_port`` until ``stop`` is set."""
-    await serve_http(create_app(settings), settings.http_host, settings.http_port, stop)
+    """The start-up of ``python -m services.tracking``, in-process until ``stop`` (tests)."""
+    await runtime.serve(NAME, settings, stop, functools.partial(start, settings=settings))

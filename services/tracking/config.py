@@ -3,13 +3,12 @@
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import BaseServiceSettings
+from services.common.config import KafkaSettings
 
 
-class Settings(BaseServiceSettings):
+class Settings(KafkaSettings):
     model_config = SettingsConfigDict(env_prefix="TRACKING_", extra="ignore", frozen=True)
 
-    http_host: str = "0.0.0.0"
     http_port: int = 8081
     # Shared with delivery, which signs the links this service verifies.
     link_secret: str = Field(

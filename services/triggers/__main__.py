@@ -1,21 +1,19 @@
-"""The trigger engine: ``python -m services.triggers`` runs the Faust worker with its gRPC
-sidecar (``TRIGGERS_GRPC_PORT``, 50054) and outbox relay."""
+"""The trigger engine: ``python -m services.triggers`` serves gRPC (``TRIGGERS_GRPC_PORT``,
+50054), relays its outbox and runs the Faust worker inside the common runtime (see
+services/triggers/bootstrap.py for why Faust does not own the process)."""
 
 from __future__ import annotations
 
-import faust
+import functools
 
-from services.common.runtime import configure
-from services.triggers.app import create_app
+from services.common.runtime import run_service
+from services.triggers.bootstrap import start
 from services.triggers.config import Settings
 
 
 def main() -> None:
     settings = Settings()
-    configure("triggers", settings)
-    app = create_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    run_service("triggers", settings, functools.partial(start, settings=settings))
 
 
 if __name__ == "__main__":

@@ -1,35 +1,34 @@
-"""The dependency checks of ``GET /healthz``: every part the system needs, concurrently,
-each with a short deadline.
+"""What ``GET /healthz`` reports: each service behind the gateway, and each service's own
+dependencies as that service sees them.
 
-The PostgreSQL pool, the Redis and HTTP clients and the gRPC channels are opened once at
-start-up; the Kafka metadata client on the first check, and again after one fails. SMTP is
-the exception: each check opens a short session (EHLO, NOOP, QUIT), since servers drop idle
-sessions and a kept one would report a stale answer. :class:`CachedChecks` keeps a report
-for ``health_cache_s`` (a second by default), so a flood of ``/healthz`` (which needs no
-credentials) cannot hammer the dependencies: one round of checks at a time, and at most one
-per period.
+The gateway holds no database, Redis, Kafka or SMTP credentials (it faces the internet).
+Each gRPC service checks its own dependencies and reports them over ``grpc.health.v1``
+(services/common/dependencies.py): the gateway asks every service for its overall status
+and for ``dependency.<name>`` of each known dependency, concurrently, each with a short
+deadline; a name a service does not use answers NOT_FOUND and is left out. Tracking serves
+HTTP only, so its own ``/healthz`` is read instead (it reports Kafka, with the broker
+software and count). :class:`CachedChecks` keeps a report for ``health_cache_s`` (a second
+by default), so a flood of ``/healthz`` (which needs no credentials) cannot hammer the
+services: one round of checks at a time, and at most one per period.
 
-Each check answers ``{"ok", "latency_ms", "detail"?}`` plus what it learnt (Kafka: which
-broker software and how many brokers). A failed check says why in ``detail``, without
-credentials (URLs are never echoed).
+Each service answers ``{"ok", "latency_ms", "detail"?, "dependencies"?}``, where
+``dependencies`` maps a name to ``{"ok", ...}``. A failed check says why in ``detail``,
+without credentials (URLs are never echoed).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
-from urllib.parse import urlsplit
+from typing import Any, Protocol
 
-import aiosmtplib
-import asyncpg
+import grpc
 import httpx
-import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.kafka_probe import BrokerProbe, describe
+from services.common.dependencies import KNOWN, health_name
+from services.common.kafka_probe import describe
 from services.gateway.config import Settings
 
 Check = Callable[[], Awaitable[dict[str, Any]]]
@@ -68,106 +67,75 @@ class CachedChecks:
 
 
 class DependencyChecks:
+    """Asks each service how it and its dependencies are (module docstring)."""
+
     def __init__(self, settings: Settings, grpc_health: dict[str, health_pb2_grpc.HealthStub]):
         self._settings = settings
         self._timeout = settings.health_timeout_s
         self._grpc_health = grpc_health
-        self._pool: asyncpg.Pool | None = None
-        self._redis = aioredis.from_url(
-            settings.redis_url,
-            socket_connect_timeout=self._timeout,
-            socket_timeout=self._timeout,
-        )
         self._http = httpx.AsyncClient(timeout=self._timeout)
-        self._kafka = BrokerProbe(
-            settings.kafka_bootstrap_servers, "nudge-gateway-health", self._timeout
-        )
-
-    async def start(self) -> None:
-        # min_size=0: the gateway starts (and reports) even while PostgreSQL is down.
-        self._pool = await asyncpg.create_pool(
-            self._settings.database_url,
-            min_size=0,
-            max_size=2,
-            timeout=self._timeout,
-            server_settings={"application_name": "nudge-gateway-health"},
-        )
 
     async def close(self) -> None:
-        await self._kafka.close()
         await self._http.aclose()
-        await self._redis.aclose()
-        if self._pool is not None:
-            await self._pool.close()
 
     async def run(self) -> Report:
         checks: dict[str, Check] = {
-            "postgres": self._postgres,
-            "redis": self._redis_ping,
-            "kafka": self._kafka_metadata,
-            "smtp": self._smtp,
             **{name: self._grpc(stub) for name, stub in self._grpc_health.items()},
             "tracking": self._tracking,
         }
         results = await asyncio.gather(*(self._timed(check) for check in checks.values()))
-        report = dict(zip(checks, results, strict=True))
-        report["kafka"]["kind"] = self._settings.kafka_kind
-        return report
+        return dict(zip(checks, results, strict=True))
 
     async def _timed(self, check: Check) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            extra = await asyncio.wait_for(check(), self._timeout)
-            result: dict[str, Any] = {"ok": True, **extra}
+            result = await asyncio.wait_for(check(), self._timeout)
         except Exception as err:
             result = {"ok": False, "detail": describe(err)}
         result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return result
 
-    async def _postgres(self) -> dict[str, Any]:
-        assert self._pool is not None, "start() first"
-        await self._pool.fetchval("SELECT 1", timeout=self._timeout)
-        return {}
-
-    async def _redis_ping(self) -> dict[str, Any]:
-        await cast(Awaitable[bool], self._redis.ping())  # typed sync-or-async in redis-py
-        return {}
-
-    async def _kafka_metadata(self) -> dict[str, Any]:
-        return {"brokers": await self._kafka.broker_count()}
-
-    async def _smtp(self) -> dict[str, Any]:
-        url = urlsplit(self._settings.smtp_url)
-        tls = url.scheme == "smtps"
-        smtp = aiosmtplib.SMTP(
-            hostname=url.hostname or "127.0.0.1",
-            port=url.port or (465 if tls else 25),
-            use_tls=tls,
-            start_tls=False,
-            timeout=self._timeout,
-        )
-        await smtp.connect()
-        try:
-            await smtp.ehlo()
-            await smtp.noop()
-        finally:
-            with contextlib.suppress(Exception):
-                await smtp.quit()
-        return {}
-
     def _grpc(self, stub: health_pb2_grpc.HealthStub) -> Check:
-        async def check() -> dict[str, Any]:
-            answer = await stub.Check(health_pb2.HealthCheckRequest(), timeout=self._timeout)
-            if answer.status != health_pb2.HealthCheckResponse.SERVING:
-                raise ConnectionError(
-                    health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+        async def status(service: str) -> int | None:
+            """The service's status, or None when it does not know the name."""
+            try:
+                answer = await stub.Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=self._timeout
                 )
-            return {}
+            except grpc.aio.AioRpcError as err:
+                if service and err.code() == grpc.StatusCode.NOT_FOUND:
+                    return None
+                raise
+            return int(answer.status)
+
+        async def check() -> dict[str, Any]:
+            names = ["", *(health_name(d) for d in KNOWN)]
+            overall, *statuses = await asyncio.gather(*(status(n) for n in names))
+            dependencies = {
+                name: {"ok": answer == health_pb2.HealthCheckResponse.SERVING}
+                for name, answer in zip(KNOWN, statuses, strict=True)
+                if answer is not None
+            }
+            down = sorted(name for name, dep in dependencies.items() if not dep["ok"])
+            result: dict[str, Any] = {"ok": overall == health_pb2.HealthCheckResponse.SERVING}
+            if down:
+                result["ok"] = False
+                result["detail"] = f"down: {', '.join(down)}"
+            elif not result["ok"]:
+                result["detail"] = health_pb2.HealthCheckResponse.ServingStatus.Name(overall)
+            result["dependencies"] = dependencies
+            return result
 
         return check
 
     async def _tracking(self) -> dict[str, Any]:
         answer = await self._http.get(f"{self._settings.tracking_url.rstrip('/')}/healthz")
+        try:
+            dependencies = dict(answer.json()["checks"])
+        except (ValueError, KeyError, TypeError):
+            raise ConnectionError(f"/healthz answered {answer.status_code}") from None
+        result: dict[str, Any] = {"ok": answer.status_code == 200, "dependencies": dependencies}
         if answer.status_code != 200:
-            raise ConnectionError(f"/healthz answered {answer.status_code}")
-        return {}
+            down = sorted(name for name, dep in dependencies.items() if not dep.get("ok"))
+            result["detail"] = f"down: {', '.join(down)}" if down else f"HTTP {answer.status_code}"
+        return result

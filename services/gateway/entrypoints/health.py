@@ -1,4 +1,5 @@
-"""``/healthz``: is every dependency answering? For load balancers and operators; no auth."""
+"""``/healthz``: is every service, and every service's dependency, up? For load balancers
+and operators; no auth."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ router = APIRouter(tags=["health"])
     responses={503: {"model": HealthOut, "description": "Some dependency is down"}},
 )
 async def healthz(checks: ChecksDep) -> JSONResponse:
-    """PostgreSQL, Redis, Kafka (which broker software, how many brokers), SMTP, each gRPC
-    service (`grpc.health.v1`) and tracking, checked concurrently with short deadlines.
-    200 when all answer, 503 (`degraded`) naming those that do not. The report is reused for
-    up to a second (`GATEWAY_HEALTH_CACHE_S`), however many ask."""
+    """Each service (`grpc.health.v1`; tracking's `/healthz`) and, under `dependencies`,
+    each service's own PostgreSQL, Redis, Kafka and SMTP as that service sees them
+    (tracking's Kafka says which broker software and how many brokers), asked concurrently
+    with short deadlines. 200 when all are up, 503 (`degraded`) naming what is down. The
+    report is reused for up to a second (`GATEWAY_HEALTH_CACHE_S`), however many ask."""
     report = await checks.run()
     ok = all(check["ok"] for check in report.values())
     body = HealthOut.model_validate({"status": "ok" if ok else "degraded", "checks": report})

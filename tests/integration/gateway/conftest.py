@@ -35,7 +35,7 @@ async def gateway(
     from services.gateway.config import Settings
 
     settings = Settings(
-        http_host="127.0.0.1",
+        bind_host="127.0.0.1",
         http_port=free_port(),
         max_body_bytes=MAX_BODY_BYTES,
         contacts_addr=contacts_service.address,

@@ -272,7 +272,7 @@ async def test_healthz_is_ok_when_everything_answers(
     from services.gateway.config import Settings
 
     settings = Settings(
-        http_host="127.0.0.1",
+        bind_host="127.0.0.1",
         http_port=free_port(),
         contacts_addr=contacts_service.address,
         tracking_url=tracking_service.base_url,

@@ -37,7 +37,7 @@ async def full_gateway(contacts_service: RunningService) -> AsyncIterator[HttpSe
         run_http(
             serve,
             Settings(
-                http_host="127.0.0.1",
+                bind_host="127.0.0.1",
                 http_port=free_port(),
                 contacts_addr=contacts_service.address,
                 segmentation_addr=segmentation.address,

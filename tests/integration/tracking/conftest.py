@@ -72,6 +72,6 @@ async def tracking_service(
     from services.tracking.bootstrap import serve
     from services.tracking.config import Settings
 
-    settings = Settings(http_host="127.0.0.1", http_port=free_port(), link_secret=LINK_SECRET)
+    settings = Settings(bind_host="127.0.0.1", http_port=free_port(), link_secret=LINK_SECRET)
     async with run_http(serve, settings) as running:
         yield running

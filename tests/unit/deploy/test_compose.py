@@ -165,8 +165,9 @@ def endpoints(value: str) -> list[tuple[str, int | None]]:
 
 
 def settings_class(name: str) -> type[BaseServiceSettings]:
-    if name == INIT:  # services.migrate reads the base settings
-        return BaseServiceSettings
+    if name == INIT:  # the topics step and services.migrate
+        init: type[BaseServiceSettings] = importlib.import_module("services.migrate").Settings
+        return init
     cls: object = importlib.import_module(f"services.{name}.config").Settings
     assert isinstance(cls, type) and issubclass(cls, BaseServiceSettings), name
     return cls

@@ -1,0 +1,113 @@
+"""The composition root of the trigger engine: pool, outbox relay, gRPC server, then the
+Faust worker, opened in that order by :func:`start` and closed in reverse by the common
+runtime (services/common/runtime.py), like every other service.
+
+Faust would rather own the process (``faust worker`` / ``Worker.execute_from_commandline``
+runs its own loop, installs its own signal handlers and logging, and tears down on its own
+terms; this service used to hang its pool and gRPC server on a ``mode.Service`` inside it).
+Here the runtime owns the process instead: the worker is started programmatically on the
+runtime's loop as one more resource (``await worker.start()``, closed by ``worker.stop()``),
+with Faust's signal handlers and logging set-up turned off, so SIGTERM, a failing start
+step and a crash follow the same path as in the other services. A worker that stops on
+its own (an agent crashed, the consumer gave up) ends the supervised ``faust-worker`` task,
+which stops the service with exit 1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from pathlib import Path
+
+import faust
+import redis.asyncio as aioredis
+from nudge.triggers.v1 import triggers_pb2_grpc
+
+from services.common import runtime
+from services.common.auth import RemoteApiKeyVerifier
+from services.common.db import create_pool, migrate
+from services.common.dependencies import kafka_check, postgres_check, redis_check
+from services.common.grpc_client import channel
+from services.common.kafka import KafkaPublisher, supports_idempotence
+from services.common.kafka_probe import BrokerProbe
+from services.common.outbox import OutboxRelay
+from services.triggers import handlers
+from services.triggers.app import create_app
+from services.triggers.config import Settings
+from services.triggers.entrypoints.grpc import WorkflowServicer
+
+log = logging.getLogger(__name__)
+NAME = "triggers"
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = "nudge.triggers.v1.WorkflowService"
+
+
+class EmbeddedWorker(faust.Worker):
+    """A Faust worker that runs inside the common runtime: no signal handlers of its own
+    (SIGTERM goes to the runtime, which stops this worker in turn)."""
+
+    def install_signal_handlers(self) -> None:
+        pass
+
+
+async def _until_stopped(worker: faust.Worker) -> None:
+    await worker.wait_until_stopped()
+    log.error("the Faust worker stopped on its own (crash reason: %r)", worker.crash_reason)
+
+
+async def start(service: runtime.Service, settings: Settings) -> None:
+    await migrate(settings.database_url, handlers.SCHEMA, MIGRATIONS)
+    pool = await create_pool(settings.database_url, handlers.SCHEMA, max_size=10)
+    service.push(pool.close)
+    publisher = KafkaPublisher(
+        settings.kafka_bootstrap_servers,
+        "nudge-triggers-outbox",
+        idempotent=supports_idempotence(settings.kafka_kind),
+    )
+    service.push(publisher.stop)
+    await publisher.start()
+    service.spawn(OutboxRelay(pool, handlers.SCHEMA, publisher).run(), "outbox-relay")
+    redis = aioredis.from_url(settings.redis_url)
+    service.push(redis.aclose)
+    contacts = channel(settings.contacts_addr)
+    service.push(contacts.close)
+    probe = BrokerProbe(
+        settings.kafka_bootstrap_servers, "nudge-triggers-health", settings.dependency_timeout_s
+    )
+    service.push(probe.close)
+    await service.serve_grpc(
+        port=settings.grpc_port,
+        servicers=[
+            (
+                triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
+                WorkflowServicer(),
+                SERVICE_NAME,
+            )
+        ],
+        verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
+        internal_token=settings.internal_token,
+        dependencies={
+            "postgres": postgres_check(pool, settings.dependency_timeout_s),
+            "redis": redis_check(redis),
+            "kafka": kafka_check(probe),
+        },
+    )
+    worker = EmbeddedWorker(
+        create_app(settings, pool),
+        loop=asyncio.get_running_loop(),
+        loglevel=settings.log_level,
+        redirect_stdouts=False,
+        override_logging=False,  # logs stay ours (JSON, trace ids)
+        daemon=False,  # start() returns once the worker runs
+        quiet=True,
+    )
+    service.push(worker.stop)
+    await worker.start()
+    service.spawn(_until_stopped(worker), "faust-worker")
+    log.info("triggers consuming with Faust app %s", settings.app_id)
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """The start-up of ``python -m services.triggers``, in-process until ``stop``."""
+    await runtime.serve(NAME, settings, stop, functools.partial(start, settings=settings))
