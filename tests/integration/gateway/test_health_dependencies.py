@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -95,8 +94,8 @@ async def campaigns(
     }
     log = tmp_path / "campaigns.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "services.campaigns"], env=env, stdout=out, stderr=out
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "services.campaigns", env=env, stdout=out, stderr=out
         )
     try:
         await wait_grpc_serving(f"127.0.0.1:{port}", timeout=60)
@@ -104,10 +103,10 @@ async def campaigns(
     finally:
         process.terminate()
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+            await asyncio.wait_for(process.wait(), timeout=30)
+        except TimeoutError:
             process.kill()
-            process.wait()
+            await process.wait()
 
 
 @pytest.fixture

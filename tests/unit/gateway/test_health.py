@@ -1,4 +1,5 @@
-"""The /healthz report cache and how failed checks are described."""
+"""The /healthz report cache, how failed checks are described, and how a service's own
+dependencies are read from its grpc.health.v1."""
 
 from __future__ import annotations
 
@@ -7,14 +8,17 @@ from typing import Any
 
 import grpc
 import httpx
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from services.common.kafka_probe import describe
-from services.gateway.adapters.health import CachedChecks
+from services.gateway.adapters.health import CachedChecks, DependencyChecks
 from services.gateway.bootstrap import create_app
 from services.gateway.config import Settings
 from tests.unit.gateway.fakes import FakeChecks, fake_backends, rpc_error
 
 UP = {"postgres": {"ok": True, "latency_ms": 1.0}}
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 DOWN = {"postgres": {"ok": False, "latency_ms": 1.0, "detail": "timed out"}}
 
 
@@ -90,3 +94,31 @@ def test_failures_are_described_briefly() -> None:
     unavailable = rpc_error(grpc.StatusCode.UNAVAILABLE, "connection refused")
     assert describe(unavailable) == "UNAVAILABLE: connection refused"
     assert len(describe(RuntimeError("x" * 1000))) == 200
+
+
+async def test_a_services_dependencies_are_read_from_its_grpc_health() -> None:
+    """The gateway asks ``""`` and ``dependency.<name>``; names a service does not report
+    are left out; a dependency down makes the service not ok, naming it."""
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    settings = Settings(health_timeout_s=2)
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            checks = DependencyChecks(settings, {"campaigns": health_pb2_grpc.HealthStub(channel)})
+            try:
+                await servicer.set("dependency.postgres", SERVING)
+                await servicer.set("dependency.redis", SERVING)
+                up = (await checks.run())["campaigns"]
+                await servicer.set("dependency.postgres", NOT_SERVING)
+                await servicer.set("", NOT_SERVING)
+                down = (await checks.run())["campaigns"]
+            finally:
+                await checks.close()
+    finally:
+        await server.stop(None)
+    assert up["ok"] and up["dependencies"] == {"postgres": {"ok": True}, "redis": {"ok": True}}
+    assert not down["ok"] and down["detail"] == "down: postgres"
+    assert down["dependencies"] == {"postgres": {"ok": False}, "redis": {"ok": True}}
