@@ -13,7 +13,7 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.shop.v1 import shop_pb2
 
 from services.common.auth import RemoteApiKeyVerifier
-from services.common.config import BaseServiceSettings
+from services.common.config import InternalAuthSettings
 from services.common.errors import PermanentError, Unavailable
 from services.common.events import new_envelope
 from services.common.kafka import KafkaConsumerLoop
@@ -24,7 +24,7 @@ from tests.support import eventually, free_port, unique
 async def test_keys_are_checked_without_redis(
     contacts_service: RunningService, workspace: Workspace
 ) -> None:
-    token = BaseServiceSettings().internal_token
+    token = InternalAuthSettings().internal_token
     dead_redis = aioredis.from_url(f"redis://127.0.0.1:{free_port()}/0")
     async with grpc.aio.insecure_channel(contacts_service.address) as channel:
         principal = await RemoteApiKeyVerifier(channel, dead_redis, token).verify(workspace.api_key)
@@ -32,7 +32,7 @@ async def test_keys_are_checked_without_redis(
 
 
 async def test_contacts_away_is_unavailable_not_unknown(infra: dict[str, str]) -> None:
-    token = BaseServiceSettings().internal_token
+    token = InternalAuthSettings().internal_token
     async with grpc.aio.insecure_channel(f"127.0.0.1:{free_port()}") as channel:
         verifier = RemoteApiKeyVerifier(channel, aioredis.from_url(infra["REDIS_URL"]), token)
         with pytest.raises(Unavailable):

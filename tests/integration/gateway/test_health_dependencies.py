@@ -7,75 +7,30 @@ cuts; the gateway holds no database settings at all."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import grpc
 import httpx
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from tests.integration.common.tcp_proxy import Proxy
 from tests.integration.conftest import wait_grpc_serving
 from tests.integration.tracking.conftest import HttpService, run_http
 from tests.support import eventually, free_port
 
 
-class Proxy:
-    """A TCP proxy to ``target`` that can be cut (connections aborted, port closed) and
-    restored on the same port: a database outage, as the service sees it."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self._target = (host, port)
-        self._server: asyncio.Server | None = None
-        self._transports: set[asyncio.BaseTransport] = set()
-        self.port = free_port()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-
-    async def cut(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for transport in self._transports:
-            transport.abort()
-        self._transports.clear()
-        await self._server.wait_closed()
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self._target)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._transports |= {writer.transport, up_writer.transport}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.transport.abort()
-
-
 @pytest.fixture
 async def database_proxy(infra: dict[str, str]) -> AsyncIterator[tuple[Proxy, str]]:
     """The proxy, and a DATABASE_URL through it."""
-    url = urlsplit(os.environ["DATABASE_URL"])
-    proxy = Proxy(url.hostname or "127.0.0.1", url.port or 5432)
+    proxy = Proxy.for_url(os.environ["DATABASE_URL"])
     await proxy.start()
-    netloc = url.netloc.rsplit("@", 1)
-    host = f"127.0.0.1:{proxy.port}"
-    through = urlunsplit(url._replace(netloc=f"{netloc[0]}@{host}" if len(netloc) == 2 else host))
-    yield proxy, through
-    with contextlib.suppress(Exception):
-        await proxy.cut()
+    yield proxy, proxy.url_through(os.environ["DATABASE_URL"])
+    await proxy.cut()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ async def test_when_the_grpc_port_is_taken_the_consumer_is_stopped_again(
         taken.listen()
         port = int(taken.getsockname()[1])
         before = asyncio.all_tasks()
-        with pytest.raises(RuntimeError, match="bind"):
+        with pytest.raises(OSError, match="bind"):
             await asyncio.wait_for(serve(Settings(grpc_port=port), asyncio.Event()), 60)
     left = [t.get_name() for t in asyncio.all_tasks() - before if not t.done()]
     assert "read-model-consumer" not in left
