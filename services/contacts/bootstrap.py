@@ -26,6 +26,7 @@ from services.contacts.entrypoints.grpc import (
 )
 from services.contacts.entrypoints.kafka import TrackingConsumer
 from services.contacts.handlers import CONSUMER, LocalApiKeyVerifier
+from services.contacts.ingestion import GroupCommit
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -55,6 +56,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay"),
         asyncio.create_task(consumer.run(), name="tracking-consumer"),
     ]
+    group_commit = GroupCommit(pool)
+    group_commit.start()
     server = await start_server(
         port=settings.grpc_port,
         servicers=[
@@ -75,7 +78,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             ),
             (
                 shop_pb2_grpc.add_ShopEventServiceServicer_to_server,
-                ShopEventServicer(pool),
+                ShopEventServicer(pool, group_commit),
                 SERVICE_NAMES[3],
             ),
         ],
@@ -86,6 +89,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     log.info("contacts serving gRPC on :%d", settings.grpc_port)
     await until_stopped(stop, tasks)
     await server.stop(grace=5)
+    await group_commit.stop()
     await cancel_all(tasks)
     await consumer.stop()
     await publisher.stop()
