@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
 import json
 import shutil
 import subprocess
@@ -34,6 +35,7 @@ from typing import Any
 import asyncpg
 import grpc
 import httpx
+import psutil
 from _system import ROOT, percentile, running_system
 from aiokafka import AIOKafkaConsumer
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -253,6 +255,33 @@ async def grpc_batch(address: str, api_key: str, prefix: str, count: int) -> dic
     }
 
 
+class CpuMeter:
+    """CPU seconds the services' processes spent, per phase: unlike rates, this hardly
+    depends on how busy the shared machine is, so it tells what an event costs."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._last = self._read()
+
+    def _read(self) -> dict[str, float]:
+        out = {}
+        for name, process in self._processes.items():
+            times = process.cpu_times()
+            out[name] = times.user + times.system
+            for child in process.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    child_times = child.cpu_times()
+                    out[name] += child_times.user + child_times.system
+        return out
+
+    def per_event_us(self, events: int) -> dict[str, float]:
+        """CPU microseconds per event of each service since the last call."""
+        now = self._read()
+        spent = {name: round((now[name] - self._last[name]) / events * 1e6, 1) for name in now}
+        self._last = now
+        return spent
+
+
 async def outbox_drained(db: asyncpg.Connection, timeout: float = 600) -> float:
     """Seconds until contacts' outbox is empty (every accepted event handed to Kafka)."""
     started = time.perf_counter()
@@ -348,6 +377,8 @@ async def main(scale: int, all_services: bool) -> dict[str, Any]:
             # Warm-up: connections, caches, JIT-free but still first-call costs.
             await grpc_single(address, api_key, "warm", 500)
 
+            pids = {name: system.group.pid(name) for name in services}
+            cpu = CpuMeter({name: pid for name, pid in pids.items() if pid is not None})
             if loadgen is not None:
                 http = await http_single_go(loadgen, url, api_key, "hs", scale)
             else:
@@ -356,25 +387,32 @@ async def main(scale: int, all_services: bool) -> dict[str, Any]:
             figures["http_single_p50_ms"] = round(http["p50_ms"], 1)
             figures["http_single_p99_ms"] = round(http["p99_ms"], 1)
             figures["http_single_status"] = http["status"]
+            figures["http_single_cpu_us_per_event"] = cpu.per_event_us(scale)
             figures["relay_lag_after_http_single_s"] = round(await outbox_drained(db), 2)
+            cpu.per_event_us(scale)
 
             single = await grpc_single(address, api_key, "gs", scale)
             figures["grpc_single_events_per_s"] = round(single["per_s"], 1)
             figures["grpc_single_p50_ms"] = round(single["p50_ms"], 1)
             figures["grpc_single_p99_ms"] = round(single["p99_ms"], 1)
             figures["grpc_single_errors"] = single["errors"]
+            figures["grpc_single_cpu_us_per_event"] = cpu.per_event_us(scale)
             figures["relay_lag_after_grpc_single_s"] = round(await outbox_drained(db), 2)
+            cpu.per_event_us(scale)
 
             batch = await http_batch(url, api_key, "hb", 10 * scale)
             figures["http_batch_events_per_s"] = round(batch["per_s"], 1)
             figures["http_batch_p50_ms"] = round(batch["batch_p50_ms"], 1)
             figures["http_batch_accepted"] = batch["accepted"]
+            figures["http_batch_cpu_us_per_event"] = cpu.per_event_us(10 * scale)
             figures["relay_lag_after_http_batch_s"] = round(await outbox_drained(db), 2)
+            cpu.per_event_us(scale)
 
             batch = await grpc_batch(address, api_key, "gb", 10 * scale)
             figures["grpc_batch_events_per_s"] = round(batch["per_s"], 1)
             figures["grpc_batch_p50_ms"] = round(batch["batch_p50_ms"], 1)
             figures["grpc_batch_accepted"] = batch["accepted"]
+            figures["grpc_batch_cpu_us_per_event"] = cpu.per_event_us(10 * scale)
             figures["relay_lag_after_grpc_batch_s"] = round(await outbox_drained(db), 2)
 
             accepted = {
