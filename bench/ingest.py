@@ -351,7 +351,29 @@ async def create_contacts(address: str, api_key: str) -> None:
         await asyncio.gather(*(worker() for _ in range(16)))
 
 
-async def main(scale: int, all_services: bool) -> dict[str, Any]:
+async def batch_phases(
+    address: str, url: str, api_key: str, count: int, cpu: CpuMeter, db: asyncpg.Connection
+) -> dict[str, Any]:
+    figures: dict[str, Any] = {}
+    batch = await http_batch(url, api_key, "hb", count)
+    figures["http_batch_events_per_s"] = round(batch["per_s"], 1)
+    figures["http_batch_p50_ms"] = round(batch["batch_p50_ms"], 1)
+    figures["http_batch_accepted"] = batch["accepted"]
+    figures["http_batch_cpu_us_per_event"] = cpu.per_event_us(count)
+    figures["relay_lag_after_http_batch_s"] = round(await outbox_drained(db), 2)
+    cpu.per_event_us(count)
+
+    batch = await grpc_batch(address, api_key, "gb", count)
+    figures["grpc_batch_events_per_s"] = round(batch["per_s"], 1)
+    figures["grpc_batch_p50_ms"] = round(batch["batch_p50_ms"], 1)
+    figures["grpc_batch_accepted"] = batch["accepted"]
+    figures["grpc_batch_cpu_us_per_event"] = cpu.per_event_us(count)
+    figures["relay_lag_after_grpc_batch_s"] = round(await outbox_drained(db), 2)
+
+    return figures
+
+
+async def main(scale: int, all_services: bool, single_only: bool) -> dict[str, Any]:
     loadgen = build_loadgen()
     services = ("contacts", "gateway")
     with running_system(
@@ -400,21 +422,9 @@ async def main(scale: int, all_services: bool) -> dict[str, Any]:
             figures["relay_lag_after_grpc_single_s"] = round(await outbox_drained(db), 2)
             cpu.per_event_us(scale)
 
-            batch = await http_batch(url, api_key, "hb", 10 * scale)
-            figures["http_batch_events_per_s"] = round(batch["per_s"], 1)
-            figures["http_batch_p50_ms"] = round(batch["batch_p50_ms"], 1)
-            figures["http_batch_accepted"] = batch["accepted"]
-            figures["http_batch_cpu_us_per_event"] = cpu.per_event_us(10 * scale)
-            figures["relay_lag_after_http_batch_s"] = round(await outbox_drained(db), 2)
-            cpu.per_event_us(scale)
-
-            batch = await grpc_batch(address, api_key, "gb", 10 * scale)
-            figures["grpc_batch_events_per_s"] = round(batch["per_s"], 1)
-            figures["grpc_batch_p50_ms"] = round(batch["batch_p50_ms"], 1)
-            figures["grpc_batch_accepted"] = batch["accepted"]
-            figures["grpc_batch_cpu_us_per_event"] = cpu.per_event_us(10 * scale)
-            figures["relay_lag_after_grpc_batch_s"] = round(await outbox_drained(db), 2)
-
+            batch_events = 0 if single_only else 10 * scale
+            if batch_events:
+                figures.update(await batch_phases(address, url, api_key, batch_events, cpu, db))
             accepted = {
                 str(r["event_id"])
                 for r in await db.fetch(
@@ -423,7 +433,7 @@ async def main(scale: int, all_services: bool) -> dict[str, Any]:
                 )
             }
             figures["accepted_events"] = len(accepted)
-            figures["expected_events"] = 500 + 22 * scale
+            figures["expected_events"] = 500 + 2 * scale + 2 * batch_events
             figures.update(
                 await topic_check(env["KAFKA_BOOTSTRAP_SERVERS"], created.workspace_id, accepted)
             )
@@ -436,6 +446,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=10_000, help="events of each single phase")
     parser.add_argument("--all-services", action="store_true", help="start every service")
+    parser.add_argument(
+        "--single-only", action="store_true", help="no batch phases (for code without them)"
+    )
     arguments = parser.parse_args()
     try:
         import uvloop
@@ -443,4 +456,4 @@ if __name__ == "__main__":
         run = uvloop.run
     except ImportError:  # pragma: no cover
         run = asyncio.run
-    print(json.dumps(run(main(arguments.scale, arguments.all_services))))
+    print(json.dumps(run(main(arguments.scale, arguments.all_services, arguments.single_only))))
