@@ -8,7 +8,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,12 @@ class RunningSystem:
 
 
 @contextlib.contextmanager
-def running_system(services: tuple[str, ...] = SERVICES) -> Iterator[RunningSystem]:
+def running_system(
+    services: tuple[str, ...] = SERVICES,
+    ready: Callable[[dict[str, str]], None] | None = None,
+) -> Iterator[RunningSystem]:
+    """``ready(env)`` waits until the started services answer (default: the gateway's
+    /healthz reports every dependency ok, which needs every service)."""
     with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
         started = time.monotonic()
         state_dir = Path(tmp) / "state"
@@ -60,7 +65,10 @@ def running_system(services: tuple[str, ...] = SERVICES) -> Iterator[RunningSyst
             group = ServiceGroup(output=None, log_dir=Path(tmp) / "logs", autorestart=False)
             try:
                 group.start(services, env)
-                group.wait_healthy(f"{env['NUDGE_GATEWAY_URL']}/healthz", timeout=120)
+                if ready is None:
+                    group.wait_healthy(f"{env['NUDGE_GATEWAY_URL']}/healthz", timeout=120)
+                else:
+                    ready(env)
                 yield RunningSystem(
                     env=env, group=group, infra_s=infra_s, healthy_s=time.monotonic() - started
                 )

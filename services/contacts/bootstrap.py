@@ -30,6 +30,7 @@ from services.contacts.entrypoints.grpc import (
 )
 from services.contacts.entrypoints.kafka import TrackingConsumer
 from services.contacts.handlers import CONSUMER, LocalApiKeyVerifier
+from services.contacts.ingestion import GroupCommit
 
 log = logging.getLogger(__name__)
 NAME = "contacts"
@@ -65,6 +66,9 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         settings.kafka_bootstrap_servers, "nudge-contacts-health", settings.dependency_timeout_s
     )
     service.push(probe.close)
+    group_commit = GroupCommit(pool)
+    service.push(group_commit.stop)
+    group_commit.start()
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
@@ -85,7 +89,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             ),
             (
                 shop_pb2_grpc.add_ShopEventServiceServicer_to_server,
-                ShopEventServicer(pool),
+                ShopEventServicer(pool, group_commit),
                 SERVICE_NAMES[3],
             ),
         ],

@@ -83,7 +83,11 @@ def create_app(
     app.add_exception_handler(HTTPException, problems.handle_http_exception)
     app.add_exception_handler(grpc.aio.AioRpcError, problems.handle_rpc_error)
     app.add_exception_handler(Exception, problems.handle_unexpected)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        path_limits={"/v1/events:batch": settings.max_batch_body_bytes},
+    )
     # Outermost: the request's span is the root of the trace, gRPC calls continue it.
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

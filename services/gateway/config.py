@@ -11,6 +11,9 @@ class Settings(BaseServiceSettings):
     http_port: int = 8080
     # Bodies above this are refused (413) before they are parsed.
     max_body_bytes: int = 65536
+    # The same for POST /v1/events:batch (up to 1,000 events); at most the 1 MiB a gRPC
+    # message to the services may hold.
+    max_batch_body_bytes: int = 1_048_576
     # Deadline of each gRPC call to a service.
     rpc_timeout_s: float = 10.0
     # Deadline of each service's health answer for /healthz (they are asked concurrently).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -208,36 +210,110 @@ async def eligibility_facts(
     return row
 
 
-async def claim_ingestion(
-    conn: asyncpg.Connection,
-    workspace_id: str,
-    idempotency_key: str,
-    event_id: uuid.UUID,
-    contact_id: uuid.UUID,
-    now: datetime,
-) -> asyncpg.Record:
-    """Record the event under its idempotency key; returns the row that holds the key
-    (``inserted`` is false when the key was seen before)."""
-    row = await conn.fetchrow(
+async def resolve_contacts(
+    conn: asyncpg.Connection, refs: Sequence[tuple[uuid.UUID, contacts_pb2.ContactRef]]
+) -> list[uuid.UUID | None]:
+    """The contact each ``(workspace, ref)`` names, or None, in one query for all of them
+    (an id that is not a UUID names no contact)."""
+    by_kind: dict[str, tuple[list[int], list[uuid.UUID], list[Any]]] = {
+        "contact_id": ([], [], []),
+        "external_id": ([], [], []),
+        "email": ([], [], []),
+    }
+    for n, (workspace_id, ref) in enumerate(refs):
+        which = ref.WhichOneof("ref")
+        if which == "contact_id":
+            try:
+                value: Any = uuid.UUID(ref.contact_id)
+            except ValueError:
+                continue
+        elif which == "external_id":
+            value = ref.external_id
+        elif which == "email":
+            value = normalize_email(ref.email)
+        else:
+            continue
+        ns, workspaces, values = by_kind[which]
+        ns.append(n)
+        workspaces.append(workspace_id)
+        values.append(value)
+    rows = await conn.fetch(
+        "SELECT r.n, c.id FROM unnest($1::int[], $2::uuid[], $3::uuid[]) AS r(n, ws, v)"
+        " JOIN contacts c ON c.workspace_id = r.ws AND c.id = r.v"
+        " UNION ALL"
+        " SELECT r.n, c.id FROM unnest($4::int[], $5::uuid[], $6::text[]) AS r(n, ws, v)"
+        " JOIN contacts c ON c.workspace_id = r.ws AND c.external_id = r.v"
+        " UNION ALL"
+        " SELECT r.n, c.id FROM unnest($7::int[], $8::uuid[], $9::text[]) AS r(n, ws, v)"
+        " JOIN contacts c ON c.workspace_id = r.ws AND lower(c.email) = r.v",
+        *by_kind["contact_id"],
+        *by_kind["external_id"],
+        *by_kind["email"],
+    )
+    found: list[uuid.UUID | None] = [None] * len(refs)
+    for row in rows:
+        found[row["n"]] = row["id"]
+    return found
+
+
+@dataclass(frozen=True)
+class IngestionClaim:
+    """An idempotency key to claim for a new event."""
+
+    workspace_id: uuid.UUID
+    idempotency_key: str
+    event_id: uuid.UUID
+    contact_id: uuid.UUID
+    payload_hash: bytes
+
+
+@dataclass(frozen=True)
+class HeldClaim:
+    """Who holds a key already: the event first sent with it."""
+
+    event_id: uuid.UUID
+    contact_id: uuid.UUID
+    payload_hash: bytes | None  # None for claims older than migration 0002
+
+
+async def claim_ingestions(
+    conn: asyncpg.Connection, claims: Sequence[IngestionClaim], now: datetime
+) -> dict[tuple[uuid.UUID, str], HeldClaim]:
+    """Claim every key not seen before (one statement); returns the claims that were held
+    already, by ``(workspace, key)``. Keys must be distinct. Rows are inserted in key order,
+    so two transactions claiming overlapping keys wait for each other instead of deadlocking;
+    a key another transaction is claiming right now is answered once that one commits."""
+    ordered = sorted(claims, key=lambda c: (c.workspace_id, c.idempotency_key))
+    inserted = await conn.fetch(
         "INSERT INTO ingested_events (workspace_id, idempotency_key, event_id, contact_id,"
-        " created_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING"
-        " RETURNING event_id, contact_id, true AS inserted",
-        uuid.UUID(workspace_id),
-        idempotency_key,
-        event_id,
-        contact_id,
+        " created_at, payload_hash)"
+        " SELECT ws, k, e, c, $5, h FROM unnest($1::uuid[], $2::text[], $3::uuid[], $4::uuid[],"
+        " $6::bytea[]) WITH ORDINALITY AS r(ws, k, e, c, h, n) ORDER BY n"
+        " ON CONFLICT DO NOTHING RETURNING workspace_id, idempotency_key",
+        [c.workspace_id for c in ordered],
+        [c.idempotency_key for c in ordered],
+        [c.event_id for c in ordered],
+        [c.contact_id for c in ordered],
         now,
+        [c.payload_hash for c in ordered],
     )
-    if row is not None:
-        return row
-    existing = await conn.fetchrow(
-        "SELECT event_id, contact_id, false AS inserted FROM ingested_events"
-        " WHERE workspace_id = $1 AND idempotency_key = $2",
-        uuid.UUID(workspace_id),
-        idempotency_key,
+    new = {(r["workspace_id"], r["idempotency_key"]) for r in inserted}
+    seen = [c for c in ordered if (c.workspace_id, c.idempotency_key) not in new]
+    if not seen:
+        return {}
+    rows = await conn.fetch(
+        "SELECT e.workspace_id, e.idempotency_key, e.event_id, e.contact_id, e.payload_hash"
+        " FROM unnest($1::uuid[], $2::text[]) AS r(ws, k)"
+        " JOIN ingested_events e ON e.workspace_id = r.ws AND e.idempotency_key = r.k",
+        [c.workspace_id for c in seen],
+        [c.idempotency_key for c in seen],
     )
-    assert existing is not None
-    return existing
+    return {
+        (r["workspace_id"], r["idempotency_key"]): HeldClaim(
+            r["event_id"], r["contact_id"], r["payload_hash"]
+        )
+        for r in rows
+    }
 
 
 async def consent_statuses(

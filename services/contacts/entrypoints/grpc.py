@@ -11,8 +11,10 @@ from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 
 from services.common.auth import current_workspace
 from services.common.errors import Unauthenticated, Validator
+from services.common.tracing import current_traceparent
 from services.contacts import handlers
 from services.contacts.domain.model import NewContact
+from services.contacts.ingestion import GroupCommit
 
 
 def new_contact_from_proto(request: contacts_pb2.CreateContactRequest) -> NewContact:
@@ -114,15 +116,39 @@ class WorkspaceServicer(contacts_pb2_grpc.WorkspaceServiceServicer):
 
 
 class ShopEventServicer(shop_pb2_grpc.ShopEventServiceServicer):
-    """Ingestion of what customers did in the shop, once per idempotency key."""
+    """Ingestion of what customers did in the shop, once per idempotency key. Single events
+    go through a group commit (see services/contacts/ingestion.py); a batch is one
+    transaction of its own."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, group_commit: GroupCommit) -> None:
         self.pool = pool
+        self.group_commit = group_commit
 
     async def TrackEvent(
         self, request: shop_pb2.TrackEventRequest, context: grpc.aio.ServicerContext
     ) -> shop_pb2.TrackEventResponse:
-        return await handlers.track_event(self.pool, current_workspace(), request)
+        result = await self.group_commit.track(current_workspace(), request)
+        return handlers.single_event_answer(result)
+
+    async def TrackEvents(
+        self, request: shop_pb2.TrackEventsRequest, context: grpc.aio.ServicerContext
+    ) -> shop_pb2.TrackEventsResponse:
+        workspace_id = current_workspace()
+        v = Validator()
+        count = len(request.events)
+        v.check(count > 0, "events", "is empty: send at least one event")
+        v.check(
+            count <= handlers.MAX_EVENTS_PER_CALL,
+            "events",
+            f"{count} events: at most {handlers.MAX_EVENTS_PER_CALL} a call",
+        )
+        v.raise_if_any()
+        headers = current_traceparent()
+        results = await handlers.track_events(
+            self.pool,
+            [handlers.SubmittedEvent(workspace_id, event, headers) for event in request.events],
+        )
+        return shop_pb2.TrackEventsResponse(results=results)
 
 
 AUTH_POLICY = {

@@ -11,6 +11,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from nudge.contacts.v1 import contacts_pb2 as _contacts_pb2
 import builtins as _builtins
 import sys
@@ -22,6 +23,39 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TrackEventStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrackEventStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrackEventStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRACK_EVENT_STATUS_UNSPECIFIED: _TrackEventStatus.ValueType  # 0
+    TRACK_EVENT_STATUS_ACCEPTED: _TrackEventStatus.ValueType  # 1
+    """new: queued on shop.events.v1"""
+    TRACK_EVENT_STATUS_DUPLICATE: _TrackEventStatus.ValueType  # 2
+    """its key was seen before with the same event"""
+    TRACK_EVENT_STATUS_CONFLICT: _TrackEventStatus.ValueType  # 3
+    """its key was used before for a different event"""
+    TRACK_EVENT_STATUS_INVALID: _TrackEventStatus.ValueType  # 4
+    """see violations; nothing written"""
+    TRACK_EVENT_STATUS_CONTACT_NOT_FOUND: _TrackEventStatus.ValueType  # 5
+    """create the contact first; nothing written"""
+
+class TrackEventStatus(_TrackEventStatus, metaclass=_TrackEventStatusEnumTypeWrapper): ...
+
+TRACK_EVENT_STATUS_UNSPECIFIED: TrackEventStatus.ValueType  # 0
+TRACK_EVENT_STATUS_ACCEPTED: TrackEventStatus.ValueType  # 1
+"""new: queued on shop.events.v1"""
+TRACK_EVENT_STATUS_DUPLICATE: TrackEventStatus.ValueType  # 2
+"""its key was seen before with the same event"""
+TRACK_EVENT_STATUS_CONFLICT: TrackEventStatus.ValueType  # 3
+"""its key was used before for a different event"""
+TRACK_EVENT_STATUS_INVALID: TrackEventStatus.ValueType  # 4
+"""see violations; nothing written"""
+TRACK_EVENT_STATUS_CONTACT_NOT_FOUND: TrackEventStatus.ValueType  # 5
+"""create the contact first; nothing written"""
+Global___TrackEventStatus: _TypeAlias = TrackEventStatus  # noqa: Y015
 
 @_typing.final
 class Money(_message.Message):
@@ -366,3 +400,111 @@ class TrackEventResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TrackEventResponse: _TypeAlias = TrackEventResponse  # noqa: Y015
+
+@_typing.final
+class TrackEventsRequest(_message.Message):
+    """Many events in one call, each judged on its own: an invalid event does not keep the valid
+    ones of its batch out. At most 1,000 events (and the 1 MiB message limit) a call.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackEventRequest]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___TrackEventRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackEventsRequest: _TypeAlias = TrackEventsRequest  # noqa: Y015
+
+@_typing.final
+class FieldViolation(_message.Message):
+    """A field of one event that is not acceptable (as google.rpc.BadRequest.FieldViolation)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FIELD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    field: _builtins.str
+    """within the event's TrackEventRequest, e.g. "event.occurred_at" """
+    description: _builtins.str
+    def __init__(
+        self,
+        *,
+        field: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "field", b"field"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FieldViolation: _TypeAlias = FieldViolation  # noqa: Y015
+
+@_typing.final
+class TrackEventResult(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    VIOLATIONS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    status: Global___TrackEventStatus.ValueType
+    event_id: _builtins.str
+    """ACCEPTED, DUPLICATE, CONFLICT (the event that holds the key)"""
+    contact_id: _builtins.str
+    """ACCEPTED, DUPLICATE"""
+    detail: _builtins.str
+    """a sentence for people: why CONFLICT, CONTACT_NOT_FOUND, INVALID"""
+    @_builtins.property
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldViolation]:
+        """INVALID"""
+
+    def __init__(
+        self,
+        *,
+        status: Global___TrackEventStatus.ValueType = ...,
+        event_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        violations: _abc.Iterable[Global___FieldViolation] | None = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "detail", b"detail", "event_id", b"event_id", "status", b"status", "violations", b"violations"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackEventResult: _TypeAlias = TrackEventResult  # noqa: Y015
+
+@_typing.final
+class TrackEventsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackEventResult]:
+        """one per event, in the order of the request"""
+
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___TrackEventResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackEventsResponse: _TypeAlias = TrackEventsResponse  # noqa: Y015

@@ -39,13 +39,27 @@ class ShopEventServiceStub:
                 request_serializer=nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventRequest.SerializeToString,
                 response_deserializer=nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventResponse.FromString,
                 _registered_method=True)
+        self.TrackEvents = channel.unary_unary(
+                '/nudge.shop.v1.ShopEventService/TrackEvents',
+                request_serializer=nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventsRequest.SerializeToString,
+                response_deserializer=nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventsResponse.FromString,
+                _registered_method=True)
 
 
 class ShopEventServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def TrackEvent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One event. A reused idempotency key answers the first event (duplicate = true) when the
+        event is the same, and ALREADY_EXISTS naming the key when it is not.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TrackEvents(self, request, context):
+        """Up to 1,000 events in one transaction, each with its own result.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -57,6 +71,11 @@ def add_ShopEventServiceServicer_to_server(servicer, server):
                     servicer.TrackEvent,
                     request_deserializer=nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventRequest.FromString,
                     response_serializer=nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventResponse.SerializeToString,
+            ),
+            'TrackEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackEvents,
+                    request_deserializer=nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventsRequest.FromString,
+                    response_serializer=nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +105,33 @@ class ShopEventService:
             '/nudge.shop.v1.ShopEventService/TrackEvent',
             nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventRequest.SerializeToString,
             nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.shop.v1.ShopEventService/TrackEvents',
+            nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventsRequest.SerializeToString,
+            nudge_dot_shop_dot_v1_dot_shop__pb2.TrackEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

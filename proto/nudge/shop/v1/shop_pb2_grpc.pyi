@@ -35,11 +35,21 @@ class ShopEventServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ShopEventServiceAsyncStub: ...
     TrackEvent: _grpc.UnaryUnaryMultiCallable[_shop_pb2.TrackEventRequest, _shop_pb2.TrackEventResponse]
+    """One event. A reused idempotency key answers the first event (duplicate = true) when the
+    event is the same, and ALREADY_EXISTS naming the key when it is not.
+    """
+    TrackEvents: _grpc.UnaryUnaryMultiCallable[_shop_pb2.TrackEventsRequest, _shop_pb2.TrackEventsResponse]
+    """Up to 1,000 events in one transaction, each with its own result."""
 
 @_typing.type_check_only
 class ShopEventServiceAsyncStub(ShopEventServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     TrackEvent: _aio.UnaryUnaryMultiCallable[_shop_pb2.TrackEventRequest, _shop_pb2.TrackEventResponse]  # type: ignore[assignment]
+    """One event. A reused idempotency key answers the first event (duplicate = true) when the
+    event is the same, and ALREADY_EXISTS naming the key when it is not.
+    """
+    TrackEvents: _aio.UnaryUnaryMultiCallable[_shop_pb2.TrackEventsRequest, _shop_pb2.TrackEventsResponse]  # type: ignore[assignment]
+    """Up to 1,000 events in one transaction, each with its own result."""
 
 class ShopEventServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -47,6 +57,17 @@ class ShopEventServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _shop_pb2.TrackEventRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_shop_pb2.TrackEventResponse, _abc.Awaitable[_shop_pb2.TrackEventResponse]]: ...
+    ) -> _typing.Union[_shop_pb2.TrackEventResponse, _abc.Awaitable[_shop_pb2.TrackEventResponse]]:
+        """One event. A reused idempotency key answers the first event (duplicate = true) when the
+        event is the same, and ALREADY_EXISTS naming the key when it is not.
+        """
+
+    @_abc_1.abstractmethod
+    def TrackEvents(
+        self,
+        request: _shop_pb2.TrackEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_shop_pb2.TrackEventsResponse, _abc.Awaitable[_shop_pb2.TrackEventsResponse]]:
+        """Up to 1,000 events in one transaction, each with its own result."""
 
 def add_ShopEventServiceServicer_to_server(servicer: ShopEventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,3 @@
+module nudge.dev/bench/loadgen
+
+go 1.21
