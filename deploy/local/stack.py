@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 
 from deploy.local import paths
 from deploy.local.kafka import start_kafka
-from deploy.local.postgres import start_postgres
+from deploy.local.postgres import read_home, remove_home, start_postgres
 from deploy.local.procs import (
     PortInUse,
     ProcessRegistry,
@@ -234,6 +234,11 @@ class LocalStack:
         self.stopping.set()
         self.registry.stop_all()
         if self._temporary_data and self._data_root is not None:
+            # PostgreSQL's home, outside the data root when it runs as nudge-pg (root).
+            home = read_home(self._data("postgres"))
+            remove_home(self._data("postgres"))
+            if home is not None:
+                self.registry.discard_leftover(home)
             shutil.rmtree(self._data_root, ignore_errors=True)
             self.registry.discard_leftover(self._data_root)
             self._temporary_data = False
@@ -313,6 +318,7 @@ class LocalStack:
             port=self.ports["postgres"],
             log_dir=self.logs_dir,
             fast=self.fast,
+            persistent=self.persistent,
         )
 
     async def _start_redis(self) -> dict[str, str]:

@@ -184,20 +184,19 @@ def test_the_postgres_socket_moves_to_tmp_when_the_path_is_too_long(tmp_path: Pa
     assert socket_dir_for(deep, 5432) == Path("/tmp/nudge-pgsock-5432")
 
 
-def test_postgres_as_root_says_which_directories_it_made_traversable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_postgres_home_pointer_names_only_a_home_under_var_lib_nudge_pg(
+    tmp_path: Path,
 ) -> None:
-    data = tmp_path / "a" / "b"
-    data.mkdir(parents=True)
-    for directory in (data, data.parent):
-        directory.chmod(0o700)
-    changed = postgres._make_traversable(data)
-    assert changed[:2] == [data, data.parent]
-    assert stat.S_IMODE(data.stat().st_mode) == 0o701  # search only: nothing becomes readable
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{data}, {data.parent}" in err
-    assert postgres._make_traversable(data) == []  # once done, nothing more is said
-    assert capsys.readouterr().err == ""
+    """remove_home removes what the pointer names: never anything but a home we made."""
+    data = tmp_path / "data" / "postgres"
+    data.parent.mkdir()
+    pointer = postgres.home_pointer(data)
+    assert pointer == tmp_path / "data" / "postgres.home"
+    for elsewhere in ("/", "/root", "/var/lib/nudge-pg", "/var/lib/nudge-pg/../x", str(tmp_path)):
+        pointer.write_text(elsewhere + "\n")
+        assert postgres.read_home(data) is None, elsewhere
+    pointer.write_text("/var/lib/nudge-pg/0123abcd\n")
+    assert postgres.read_home(data) == Path("/var/lib/nudge-pg/0123abcd")
 
 
 def test_a_failing_useradd_is_a_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
