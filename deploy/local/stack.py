@@ -67,6 +67,15 @@ FIXED_PORTS: dict[str, int] = {
     "kafka_controller": 19093,
     "smtp": 2525,
 }
+# Where `make run` and `make infra` read another port than the fixed one (a second run
+# beside the first, the test of `make run` itself).
+PORT_VARIABLES = {
+    "postgres": "NUDGE_POSTGRES_PORT",
+    "redis": "NUDGE_REDIS_PORT",
+    "kafka": "NUDGE_KAFKA_PORT",
+    "kafka_controller": "NUDGE_KAFKA_CONTROLLER_PORT",
+    "smtp": "NUDGE_SMTP_PORT",
+}
 # The ports each part listens on (keys of FIXED_PORTS).
 PART_PORTS = {
     "postgres": ("postgres",),
@@ -107,6 +116,18 @@ def run_sync(coro: Coroutine[Any, Any, T], stop: threading.Event | None = None) 
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+def fixed_ports(environ: Mapping[str, str]) -> dict[str, int]:
+    """:data:`FIXED_PORTS`, each overridden by its variable of :data:`PORT_VARIABLES`."""
+    ports = dict(FIXED_PORTS)
+    for part, variable in PORT_VARIABLES.items():
+        value = environ.get(variable, "").strip()
+        if value:
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise ValueError(f"{variable}={value!r}: expected a TCP port number")
+            ports[part] = int(value)
+    return ports
 
 
 def parts_to_start(environ: Mapping[str, str], parts: tuple[str, ...] = PARTS) -> list[str]:
@@ -167,6 +188,8 @@ class LocalStack:
         self.stopping = self.registry.stopping
         self.env: dict[str, str] = {}
         self.timings: dict[str, float] = {}
+        # What a user must not miss (Kafka fell back to Tansu): for the summary.
+        self.warnings: list[str] = []
         self._data_root: Path | None = None
         self._temporary_data = False
         self._lock_fd: int | None = None  # holds the flock on state_dir/run/lock
@@ -339,6 +362,7 @@ class LocalStack:
             port=self.ports["kafka"],
             controller_port=self.ports["kafka_controller"],
             log_dir=self.logs_dir,
+            warnings=self.warnings,
         )
 
     async def _start_smtp(self) -> dict[str, str]:
