@@ -90,7 +90,10 @@ def sigint_make_run(tmp_path: Path, home: Path) -> None:
         **{name: str(port) for name, port in ports.items()},
         "NO_COLOR": "1",
     }
-    env.pop("TRIGGERS_DATA_DIR", None)  # the session's: make run makes its own
+    # The session's own (TRIGGERS_DATA_DIR, secrets of other tests' services): make run
+    # makes them, as it does from a developer's shell.
+    for name in ("TRIGGERS_DATA_DIR", "NUDGE_BIND_HOST", "NUDGE_DEV_MODE", *SECRETS):
+        env.pop(name, None)
     log = tmp_path / "run.log"
     with log.open("wb") as out:
         run = subprocess.Popen(
