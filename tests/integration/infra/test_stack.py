@@ -29,6 +29,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from deploy.local import postgres
 from deploy.local import redis as local_redis
 from deploy.local.kafka import choose_kafka, resolve_kafka_jars, start_tansu
 from deploy.local.paths import REPO_ROOT
@@ -234,6 +235,7 @@ async def test_persistent_data_survives_a_restart(tmp_path: Path) -> None:
                 await admin.close()
     finally:
         await asyncio.to_thread(second.stop)
+        postgres.remove_home(tmp_path / "data" / "postgres")  # as root: outside tmp_path
 
 
 def test_cached_kafka_jars_need_neither_maven_nor_network(
