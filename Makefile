@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run infra kafka mail proto lint fmt test test-unit test-tansu bench up down clean
+.PHONY: help venv run infra kafka mail proto lint fmt test test-unit test-tansu bench up down clean clean-data
 
 help: ## list the targets
 	@if [ -t 1 ] && [ -z "$$NO_COLOR" ]; then on=$$'\033[36m'; off=$$'\033[0m'; else on=; off=; fi; \
@@ -69,13 +69,20 @@ down: ## docker compose: stop the stack
 
 # The state directory: $NUDGE_HOME, else .nudge. A stack running on it holds a flock on
 # run/lock (deploy/local/stack.py); `make clean` refuses to pull its data away. Of a
-# NUDGE_HOME, only what Nudge puts there is removed.
+# NUDGE_HOME, only what Nudge puts there is removed. As root, PostgreSQL's cluster lives in
+# a home of its own under /var/lib/nudge-pg, named by data/postgres.home
+# (deploy/local/postgres.py): removed with the rest, and nothing but such a home is.
 HOME_DIR := $(or $(NUDGE_HOME),.nudge)
-clean: ## remove .venv, caches and local data ($NUDGE_HOME or .nudge/), unless a stack runs
+PG_POINTER := $(HOME_DIR)/data/postgres.home
+clean: clean-data ## remove .venv, caches and local data ($NUDGE_HOME or .nudge/), unless a stack runs
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+
+clean-data: ## remove the local data only ($NUDGE_HOME or .nudge/), unless a stack runs
 	@if [ -e '$(HOME_DIR)/run/lock' ] && ! $(PY) -c 'import fcntl, sys; \
 		fcntl.flock(open(sys.argv[1], "rb"), fcntl.LOCK_EX | fcntl.LOCK_NB)' '$(HOME_DIR)/run/lock' 2> /dev/null; \
 	then echo "make clean: a Nudge stack (make run, make infra) runs on $(HOME_DIR): stop it first" >&2; exit 1; fi
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	@if [ -f '$(PG_POINTER)' ]; then home=$$(head -n 1 '$(PG_POINTER)'); \
+		if [[ "$$home" =~ ^/var/lib/nudge-pg/[0-9a-zA-Z]+$$ ]]; then echo "rm -rf $$home"; rm -rf "$$home"; fi; fi
 ifeq ($(NUDGE_HOME),)
 	rm -rf .nudge
 else

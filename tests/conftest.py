@@ -7,6 +7,9 @@ engine answers; else the local stack of ``deploy/local`` on free ports, with Pos
 tuned for speed and data in a temporary directory (only Kafka's jars are cached, in
 ``.nudge/cache``). Kafka is never a container when ``NUDGE_KAFKA`` names the broker to test
 on (``make test-tansu``, CI's ``NUDGE_KAFKA=apache``): the local stack starts that one.
+Where Java 17+ and Maven are, a session without ``NUDGE_KAFKA`` runs as if it said
+``apache`` (:func:`pin_kafka`): a failure to start Apache Kafka fails it, instead of the
+whole suite passing on Tansu.
 The variables are exported into ``os.environ`` for the session, so the service code under
 test finds them like it would in production, with a ``TRIGGERS_DATA_DIR`` of the session's
 own (Faust's data directory, which two sessions must not share). Nothing here imports
@@ -25,16 +28,45 @@ os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 os.environ.setdefault("NUDGE_DEV_MODE", "1")
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 
 from deploy.local import paths
+from deploy.local.kafka import choose_kafka, detect_java_major, has_maven
 from deploy.local.procs import pick_free_ports
 from deploy.local.stack import PART_VARIABLE, LocalStack, run_sync
 from deploy.local.topics import ensure_topics
 
 KAFKA_IMAGE = "apache/kafka:4.1.1"
+
+
+def pin_kafka(
+    environ: dict[str, str] | os._Environ[str],
+    java: Callable[[], int | None] = detect_java_major,
+    maven: Callable[[], bool] = has_maven,
+) -> str | None:
+    """Set ``NUDGE_KAFKA=apache`` when nothing chose a broker and Apache Kafka is what
+    the machine would run: the stack then fails instead of falling back to Tansu, which
+    lacks transactions and compaction, so a run meant for Apache Kafka cannot pass on
+    Tansu. Returns what it set."""
+    if environ.get("KAFKA_BOOTSTRAP_SERVERS") or environ.get("NUDGE_KAFKA", "").strip():
+        return None
+    if choose_kafka(environ, java, maven) != "apache":
+        return None
+    environ["NUDGE_KAFKA"] = "apache"
+    return "apache"
+
+
+# What this session was given: a broker of its own (KAFKA_BOOTSTRAP_SERVERS), and the
+# NUDGE_KAFKA it runs with (pinned by pin_kafka, or as given).
+SESSION_KAFKA: dict[str, str] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    pin_kafka(os.environ)
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "NUDGE_KAFKA"):
+        SESSION_KAFKA[name] = os.environ.get(name, "")
 
 
 def docker_available() -> bool:

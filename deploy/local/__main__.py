@@ -15,7 +15,7 @@ import sys
 
 from deploy.local import paths
 from deploy.local.smtp_sink import MaildirReader, mail_reader, text_body
-from deploy.local.stack import PARTS, LocalStack, run_sync
+from deploy.local.stack import PARTS, LocalStack, fixed_ports, run_sync
 from deploy.local.supervisor import (
     Interrupted,
     ignore_signals,
@@ -30,7 +30,7 @@ def infra(parts: tuple[str, ...]) -> int:
     """Start the infrastructure (or only ``parts``) with the fixed ports and kept data,
     print the variables to export, and run until Ctrl-C."""
     stop_on_signals()
-    stack = LocalStack(ports="fixed", persistent=True, parts=parts)
+    stack = LocalStack(ports=fixed_ports(os.environ), persistent=True, parts=parts)
     try:
         env = stack.start()
         if "KAFKA_BOOTSTRAP_SERVERS" in env:
@@ -38,6 +38,8 @@ def infra(parts: tuple[str, ...]) -> int:
         print("# The infrastructure runs; in another shell:")
         for name, value in env.items():
             print(f"export {name}={shlex.quote(value)}")
+        for warning in stack.warnings:
+            print(f"# WARNING: {warning}")
         print(f"# logs in {paths.logs_dir()}; Ctrl-C stops it", flush=True)
         wait_forever()
     except Interrupted:

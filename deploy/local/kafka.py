@@ -461,8 +461,11 @@ async def start_kafka(
     port: int,
     controller_port: int,
     log_dir: Path,
+    warnings: list[str] | None = None,
 ) -> dict[str, str]:
-    """Start (or find) Kafka; returns ``KAFKA_BOOTSTRAP_SERVERS`` and ``NUDGE_KAFKA_KIND``."""
+    """Start (or find) Kafka; returns ``KAFKA_BOOTSTRAP_SERVERS`` and ``NUDGE_KAFKA_KIND``.
+    A fallback to Tansu is also appended to ``warnings``, for the summary of ``make run``
+    (a run meant for Apache Kafka must not pass on Tansu unnoticed)."""
     choice = await asyncio.to_thread(choose_kafka, environ)
     if choice == "external":
         return {
@@ -490,4 +493,12 @@ async def start_kafka(
                 f"nudge: Apache Kafka did not start, falling back to Tansu. The error:\n{err}",
                 file=sys.stderr,
             )
+            if warnings is not None:
+                first = next(iter(str(err).strip().splitlines()), type(err).__name__)
+                warnings.append(
+                    "Kafka is Tansu, NOT Apache Kafka: Java and Maven are here but Apache "
+                    f"Kafka failed to start ({first}; see {log_dir}). Tansu lacks "
+                    "transactions and compaction (DESIGN.md); set NUDGE_KAFKA=apache to make "
+                    "this an error, NUDGE_KAFKA=tansu to choose Tansu"
+                )
     return await start_tansu(registry, port=port, log_dir=log_dir)

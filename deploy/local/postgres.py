@@ -2,11 +2,29 @@
 
 We use the binaries inside the wheel (``pgserver/pginstall/bin``) and not pgserver's Python
 API, which registers atexit handlers and reference-counts servers shared between
-processes: the stack needs one lifecycle it controls. PostgreSQL refuses to run as root, so
-as root we run it as a system user ``nudge-pg`` made for this (the containers this project
-is built in run everything as root). That user must reach the data directory, which stays
-under ``.nudge/`` like everything else: the directories on the way that 'others' cannot
-search get the search bit (only that bit, never read), and one line says which.
+processes: the stack needs one lifecycle it controls.
+
+PostgreSQL refuses to run as root, so as root we run it as a system user ``nudge-pg`` made
+for this (the containers this project is built in run everything as root). That user must
+reach its binaries and its data, and a clone under ``/root`` or a ``mktemp -d`` directory
+(both 0700) is out of its reach: so is anything inside it, ``.venv`` and ``.nudge``
+included. Neither making the user's directories searchable by others (what this module
+once did: a dev tool must not change the modes of a user's home) nor giving ``nudge-pg`` a
+capability such as ``CAP_DAC_READ_SEARCH`` (absent from Docker's default set, and it would
+let anyone who connects as the superuser, which the trust authentication lets every local
+user do, read every file of the machine) is acceptable. So, as root, PostgreSQL gets a
+home of its own outside the clone, ``/var/lib/nudge-pg/<random id>/`` (``nudge-pg`` owns
+it, mode 0700), holding what it needs to reach:
+
+- ``pginstall/``: the wheel's ``pginstall`` tree, hard-linked (copied across file systems):
+  PostgreSQL finds its ``lib/`` and ``share/`` beside the binary it was started from;
+- ``data/`` (the cluster) and ``pgsock/`` (its unix socket).
+
+The logical data directory (``.nudge/data/postgres``, or a test's temporary one) stays
+where it was; beside it, ``postgres.home`` names that home. ``make run``'s cluster thus
+survives restarts; ``make clean`` removes the home named there, and a temporary stack
+removes its home when it stops (or, if it was SIGKILLed, the next start does). Not as
+root, PostgreSQL runs as the user, from the wheel, with its data under ``.nudge/``.
 """
 
 from __future__ import annotations
@@ -16,6 +34,7 @@ import contextlib
 import importlib.util
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
@@ -41,6 +60,10 @@ DB_USER = "nudge"
 DB_NAME = "nudge"
 # A unix socket path holds at most 107 bytes; leave room for "/.s.PGSQL.NNNNN".
 _MAX_SOCKET_DIR = 90
+# Where PostgreSQL lives when it runs as PG_USER (see the module's doc).
+PG_HOMES = Path("/var/lib/nudge-pg")
+# Beside the logical data directory: the path of its home under PG_HOMES.
+HOME_POINTER_SUFFIX = ".home"
 
 
 def pg_bin_dir() -> Path:
@@ -77,23 +100,115 @@ def ensure_pg_user() -> tuple[int, int] | None:
     return entry.pw_uid, entry.pw_gid
 
 
-def _make_traversable(path: Path) -> list[Path]:
-    """Give 'others' the search bit (o+x: pass through, not list) on ``path`` and its
-    parents, so that the PostgreSQL user can reach its data directory (pytest's temporary
-    directories and /root are 0700). Says which directories it changed; returns them."""
-    changed = []
-    for directory in [path, *path.parents]:
-        mode = directory.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            directory.chmod(mode | stat.S_IXOTH)
-            changed.append(directory)
-    if changed:
-        print(
-            f"nudge: PostgreSQL runs as {PG_USER} (not as root): made searchable by others "
-            f"(o+x) so that it reaches {path}: {', '.join(map(str, changed))}",
-            file=sys.stderr,
-        )
-    return changed
+# -- PostgreSQL's own home, when it runs as PG_USER ---------------------------------------
+
+
+def home_pointer(data_dir: Path) -> Path:
+    """``<data_dir>.home``: the file naming the home of ``data_dir``'s cluster."""
+    return data_dir.with_name(data_dir.name + HOME_POINTER_SUFFIX)
+
+
+def _is_a_home(path: Path) -> bool:
+    """A directory this module made under :data:`PG_HOMES` (never remove anything else,
+    whatever a pointer file says)."""
+    return path.parent == PG_HOMES and path.name.isalnum()
+
+
+def read_home(data_dir: Path) -> Path | None:
+    try:
+        home = Path(home_pointer(data_dir).read_text().strip())
+    except OSError:
+        return None
+    return home if _is_a_home(home) else None
+
+
+def postgres_home(data_dir: Path, user: tuple[int, int]) -> Path:
+    """The home of ``data_dir``'s cluster (made on first use, owned by ``user``, 0700).
+    :data:`PG_HOMES` is made if missing, owned by ``user``; an existing one is left as
+    it is (no mode of a directory we did not make is ever changed)."""
+    if not PG_HOMES.exists():
+        with contextlib.suppress(FileExistsError):
+            PG_HOMES.mkdir(mode=0o700)
+            os.chown(PG_HOMES, *user)
+    home = read_home(data_dir)
+    if home is None:
+        home = PG_HOMES / secrets.token_hex(8)
+        pointer = home_pointer(data_dir)
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        pointer.write_text(f"{home}\n")
+    home.mkdir(mode=0o700, exist_ok=True)
+    os.chown(home, *user)
+    return home
+
+
+def remove_home(data_dir: Path) -> None:
+    """Remove the home of ``data_dir``'s cluster (its data with it) and the pointer."""
+    home = read_home(data_dir)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
+    home_pointer(data_dir).unlink(missing_ok=True)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """Hard-link a file of the wheel (instant, no space), or copy it across file systems
+    or when 'others' may not read it (a umask of 077 when pip ran): a link shares the
+    mode of the wheel's file, which must not change."""
+    mode = os.stat(source).st_mode
+    if mode & stat.S_IROTH:
+        try:
+            os.link(source, target)
+            return
+        except OSError:
+            pass
+    shutil.copy2(source, target)
+    readable = stat.S_IROTH | (stat.S_IXOTH if mode & stat.S_IXUSR else 0)
+    os.chmod(target, stat.S_IMODE(mode) | readable)
+
+
+def install_into(home: Path, source: Path) -> Path:
+    """The wheel's ``pginstall`` tree (``source``, i.e. ``site-packages/pgserver/pginstall``)
+    in ``home/pginstall``, redone only when the wheel changed. Returns its ``bin``
+    directory. The layout of site-packages is kept (``pginstall/pgserver/pginstall`` and
+    ``pginstall/pgserver.libs``): the binaries find the libraries auditwheel moved out of
+    the wheel's tree through ``$ORIGIN/../../../pgserver.libs``."""
+    target = home / "pginstall"
+    package = source.parent
+    inside = Path(package.name) / source.name
+    stamp = f"{source}\n{(source / 'bin' / 'postgres').stat().st_mtime_ns}\n"
+    with contextlib.suppress(OSError):
+        if (target / ".nudge-source").read_text() == stamp:
+            return target / inside / "bin"
+    work = home / "pginstall.new"
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(source, work / inside, symlinks=True, copy_function=_link_or_copy)
+    libs = package.with_name(package.name + ".libs")
+    if libs.is_dir():
+        shutil.copytree(libs, work / libs.name, symlinks=True, copy_function=_link_or_copy)
+    for directory, _, _ in os.walk(work):
+        os.chmod(directory, 0o755)  # our copies: PG_USER passes through and lists them
+    (work / ".nudge-source").write_text(stamp)
+    shutil.rmtree(target, ignore_errors=True)
+    work.rename(target)
+    return target / inside / "bin"
+
+
+def _adopt_old_cluster(data_dir: Path, cluster: Path) -> None:
+    """A cluster that an older version made in ``data_dir`` itself (PostgreSQL reached it
+    through directories it had made searchable): move it into its home, once."""
+    if has_cluster(data_dir) and not cluster.exists():
+        print(f"nudge: moving the PostgreSQL cluster {data_dir} to {cluster}", file=sys.stderr)
+        shutil.move(data_dir, cluster)
+
+
+def placement(data_dir: Path, user: tuple[int, int] | None) -> tuple[Path, Path]:
+    """(bin directory, cluster directory) for ``data_dir``: the wheel's and ``data_dir``
+    itself when PostgreSQL runs as us; in its home when it runs as ``user``."""
+    if user is None:
+        return pg_bin_dir(), data_dir
+    home = postgres_home(data_dir, user)
+    cluster = home / "data"
+    _adopt_old_cluster(data_dir, cluster)
+    return install_into(home, pg_bin_dir().parent), cluster
 
 
 def _owned_dir(path: Path, user: tuple[int, int] | None, mode: int = 0o700) -> Path:
@@ -132,6 +247,7 @@ def initdb(
     user: tuple[int, int] | None,
     log_path: Path,
     *,
+    bin_dir: Path | None = None,
     fast: bool = False,
     stop: threading.Event | None = None,
 ) -> bool:
@@ -140,14 +256,12 @@ def initdb(
     if has_cluster(data_dir):
         return False
     data_dir.parent.mkdir(parents=True, exist_ok=True)
-    if user is not None:
-        _make_traversable(data_dir.parent)
     work = data_dir.with_name(data_dir.name + ".initdb")
     shutil.rmtree(work, ignore_errors=True)
     _owned_dir(work, user)
     done = run_command(
         [
-            pg_bin_dir() / "initdb",
+            (bin_dir or pg_bin_dir()) / "initdb",
             "-D",
             work,
             "-U",
@@ -210,22 +324,29 @@ async def start_postgres(
     port: int,
     log_dir: Path,
     fast: bool = False,
+    persistent: bool = True,
     timeout: float = 60.0,
 ) -> dict[str, str]:
     """Start PostgreSQL on 127.0.0.1:``port`` (initdb first if needed) and return
-    ``{"DATABASE_URL": ...}`` once the ``nudge`` database exists."""
+    ``{"DATABASE_URL": ...}`` once the ``nudge`` database exists. ``persistent``: False
+    when the caller removes ``data_dir`` on stop (then it calls :func:`remove_home`)."""
     require_free_port(port, "PostgreSQL")
     log_path = log_dir / "postgres.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     user = await asyncio.to_thread(ensure_pg_user)
-    await asyncio.to_thread(initdb, data_dir, user, log_path, fast=fast, stop=registry.stopping)
-    sockets = _owned_dir(socket_dir_for(data_dir, port), user, 0o755)
-    if user is not None:
-        _make_traversable(sockets)
+    bin_dir, cluster = await asyncio.to_thread(placement, data_dir, user)
+    if user is not None and not persistent:
+        home = read_home(data_dir)
+        assert home is not None
+        registry.add_leftover(home)  # removed by the next start should this one be killed
+    await asyncio.to_thread(
+        initdb, cluster, user, log_path, bin_dir=bin_dir, fast=fast, stop=registry.stopping
+    )
+    sockets = _owned_dir(socket_dir_for(cluster, port), user, 0o755)
     argv: list[str | Path] = [
-        pg_bin_dir() / "postgres",
+        bin_dir / "postgres",
         "-D",
-        data_dir,
+        cluster,
         "-p",
         str(port),
         "-k",
@@ -243,7 +364,7 @@ async def start_postgres(
         "postgres",
         argv,
         output=log_path,
-        cwd=data_dir,
+        cwd=cluster,
         user=user,
         env={**os.environ, "LC_ALL": "C"},
         stop_signal=signal.SIGINT,  # "fast" shutdown: roll back open transactions, checkpoint

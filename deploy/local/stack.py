@@ -36,7 +36,7 @@ from typing import Any, Literal, TypeVar
 
 from deploy.local import paths
 from deploy.local.kafka import start_kafka
-from deploy.local.postgres import start_postgres
+from deploy.local.postgres import read_home, remove_home, start_postgres
 from deploy.local.procs import (
     PortInUse,
     ProcessRegistry,
@@ -66,6 +66,15 @@ FIXED_PORTS: dict[str, int] = {
     "kafka": 19092,
     "kafka_controller": 19093,
     "smtp": 2525,
+}
+# Where `make run` and `make infra` read another port than the fixed one (a second run
+# beside the first, the test of `make run` itself).
+PORT_VARIABLES = {
+    "postgres": "NUDGE_POSTGRES_PORT",
+    "redis": "NUDGE_REDIS_PORT",
+    "kafka": "NUDGE_KAFKA_PORT",
+    "kafka_controller": "NUDGE_KAFKA_CONTROLLER_PORT",
+    "smtp": "NUDGE_SMTP_PORT",
 }
 # The ports each part listens on (keys of FIXED_PORTS).
 PART_PORTS = {
@@ -107,6 +116,18 @@ def run_sync(coro: Coroutine[Any, Any, T], stop: threading.Event | None = None) 
         raise
     finally:
         pool.shutdown(wait=True)
+
+
+def fixed_ports(environ: Mapping[str, str]) -> dict[str, int]:
+    """:data:`FIXED_PORTS`, each overridden by its variable of :data:`PORT_VARIABLES`."""
+    ports = dict(FIXED_PORTS)
+    for part, variable in PORT_VARIABLES.items():
+        value = environ.get(variable, "").strip()
+        if value:
+            if not value.isdigit() or not 0 < int(value) < 65536:
+                raise ValueError(f"{variable}={value!r}: expected a TCP port number")
+            ports[part] = int(value)
+    return ports
 
 
 def parts_to_start(environ: Mapping[str, str], parts: tuple[str, ...] = PARTS) -> list[str]:
@@ -167,6 +188,8 @@ class LocalStack:
         self.stopping = self.registry.stopping
         self.env: dict[str, str] = {}
         self.timings: dict[str, float] = {}
+        # What a user must not miss (Kafka fell back to Tansu): for the summary.
+        self.warnings: list[str] = []
         self._data_root: Path | None = None
         self._temporary_data = False
         self._lock_fd: int | None = None  # holds the flock on state_dir/run/lock
@@ -234,6 +257,11 @@ class LocalStack:
         self.stopping.set()
         self.registry.stop_all()
         if self._temporary_data and self._data_root is not None:
+            # PostgreSQL's home, outside the data root when it runs as nudge-pg (root).
+            home = read_home(self._data("postgres"))
+            remove_home(self._data("postgres"))
+            if home is not None:
+                self.registry.discard_leftover(home)
             shutil.rmtree(self._data_root, ignore_errors=True)
             self.registry.discard_leftover(self._data_root)
             self._temporary_data = False
@@ -313,6 +341,7 @@ class LocalStack:
             port=self.ports["postgres"],
             log_dir=self.logs_dir,
             fast=self.fast,
+            persistent=self.persistent,
         )
 
     async def _start_redis(self) -> dict[str, str]:
@@ -333,6 +362,7 @@ class LocalStack:
             port=self.ports["kafka"],
             controller_port=self.ports["kafka_controller"],
             log_dir=self.logs_dir,
+            warnings=self.warnings,
         )
 
     async def _start_smtp(self) -> dict[str, str]:

@@ -52,7 +52,7 @@ from deploy.local.procs import (
     reap_stale,
     session_record,
 )
-from deploy.local.stack import LocalStack, run_sync
+from deploy.local.stack import LocalStack, fixed_ports, run_sync
 from deploy.local.topics import ensure_topics
 
 SERVICES = ("contacts", "segmentation", "campaigns", "delivery", "triggers", "tracking", "gateway")
@@ -136,7 +136,8 @@ def service_env(
     secrets (a variable set in ``base`` wins; else ``secrets_``; else random), and the
     directories of this run under ``state_dir`` (default ``.nudge``): Faust's data
     directory of triggers, unless ``TRIGGERS_DATA_DIR`` is set already, so that two runs
-    never share one."""
+    never share one. Development mode (``NUDGE_DEV_MODE=1``) and ``NUDGE_BIND_HOST``
+    127.0.0.1 unless ``base`` sets another address."""
     env = dict(os.environ if base is None else base)
     env.update(stack_env)
     if not env.get("TRIGGERS_DATA_DIR"):
@@ -150,6 +151,12 @@ def service_env(
     for name in SECRETS:
         if not env.get(name):
             env[name] = (secrets_ or {}).get(name) or secrets.token_urlsafe(32)
+    # Development, by definition (make run, the tests): the services accept the development
+    # values they refuse elsewhere (docker compose never sets this).
+    env["NUDGE_DEV_MODE"] = "1"
+    # Every service on the loopback only, unless the developer asks for another address:
+    # a laptop's make run must not serve the network (containers set 0.0.0.0 themselves).
+    env.setdefault("NUDGE_BIND_HOST", "127.0.0.1")
     env["PYTHONUNBUFFERED"] = "1"  # lines reach the prefixed output as they are written
     return env
 
@@ -504,9 +511,15 @@ def demo_workspace(state_dir: Path, env: Mapping[str, str]) -> dict[str, Any]:
     return {**kept, **answer, "api_key": kept.get("api_key")}
 
 
-def banner(env: Mapping[str, str], demo: Mapping[str, Any], state_dir: Path) -> str:
+def banner(
+    env: Mapping[str, str],
+    demo: Mapping[str, Any],
+    state_dir: Path,
+    warnings: Sequence[str] = (),
+) -> str:
     gateway = env["NUDGE_GATEWAY_URL"]
     key = demo.get("api_key") or f"(unknown: delete {state_dir / 'demo.json'} and the data)"
+    warned = "".join(f"  WARNING: {warning}\n" for warning in warnings)
     return f"""
   Nudge is running.
     gateway     {gateway}        API docs: {gateway}/docs
@@ -518,7 +531,7 @@ def banner(env: Mapping[str, str], demo: Mapping[str, Any], state_dir: Path) -> 
     mail        make mail            (every message the local SMTP sink received)
     logs        {paths.logs_dir(state_dir)}
     stop        Ctrl-C
-"""
+{warned}"""
 
 
 class Interrupted(BaseException):
@@ -550,7 +563,9 @@ def run(names: Sequence[str] = SERVICES) -> int:
     """``make run``. Returns the exit status."""
     state_dir = paths.state_dir()
     stop_on_signals()
-    stack = LocalStack(state_dir=state_dir, ports="fixed", fast=False, persistent=True)
+    stack = LocalStack(
+        state_dir=state_dir, ports=fixed_ports(os.environ), fast=False, persistent=True
+    )
     group = ServiceGroup(
         output=sys.stdout, log_dir=None, record=state_dir / "run" / "services.json"
     )
@@ -577,7 +592,7 @@ def run(names: Sequence[str] = SERVICES) -> int:
                 # Keep running: the output above shows which service fails, and why.
                 print(f"nudge: NOT HEALTHY: {err}", file=sys.stderr)
         demo = demo_workspace(state_dir, env) if "contacts" in names else {}
-        print(banner(env, demo, state_dir), flush=True)
+        print(banner(env, demo, state_dir, stack.warnings), flush=True)
         wait_forever()
     except Interrupted:
         pass

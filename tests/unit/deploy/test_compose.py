@@ -72,6 +72,12 @@ STANDARD_ENV = {
 }
 # Variables that may be set to different values in different services (none today).
 MAY_DIFFER: set[str] = set()
+# Where every gRPC server and uvicorn listen (services.common; default 127.0.0.1 for
+# `make run`): 0.0.0.0 in containers. Accepted here whether or not a Settings class declares
+# it; when one does, its value is checked like any other.
+BIND_HOST = "NUDGE_BIND_HOST"
+# Values only development may use: the services refuse them unless NUDGE_DEV_MODE=1.
+DEV_VALUES = re.compile(r"dev-|:nudge@")
 
 
 # ---- reading the compose file ------------------------------------------------------------
@@ -101,17 +107,22 @@ def command(name: str) -> list[str]:
 
 
 _VARIABLE = re.compile(
-    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?-)(?P<default>[^}]*))?\}"
+    r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}"
 )
+# What the tests put where compose requires the operator's value (``${VAR:?message}``).
+OPERATOR_VALUE = "operator-secret"
 
 
 def interpolate(value: str) -> str:
-    """What compose makes of ``value`` when the operator's environment sets nothing: the
-    defaults of ``${VAR:-default}`` / ``${VAR-default}``, empty for ``${VAR}``."""
+    """What compose makes of ``value`` when the operator's environment sets only what it
+    must: the defaults of ``${VAR:-default}`` / ``${VAR-default}``, empty for ``${VAR}``,
+    :data:`OPERATOR_VALUE` for a required ``${VAR:?message}``."""
 
     def resolve(match: re.Match[str]) -> str:
         if match.group(0) == "$$":
             return "$"
+        if (match.group("op") or "").endswith("?"):
+            return OPERATOR_VALUE
         return match.group("default") or ""
 
     return _VARIABLE.sub(resolve, value)
@@ -358,7 +369,7 @@ def test_init_creates_the_topics_then_migrates_every_schema() -> None:
 
 @pytest.mark.parametrize("name", [*nudge_services(), INIT])
 def test_every_variable_set_is_one_the_service_reads(name: str) -> None:
-    accepted = set(env_names(settings_class(name))) | STANDARD_ENV
+    accepted = set(env_names(settings_class(name))) | STANDARD_ENV | {BIND_HOST}
     unread = sorted(set(environment(name)) - accepted)
     assert not unread, f"{name}: no Settings field reads {unread}"
 
@@ -371,7 +382,7 @@ def test_settings_built_from_compose_hold_what_compose_gives(name: str) -> None:
     names = env_names(cls)
     settings = settings_in_compose(name)
     for variable, value in environment(name).items():
-        if variable in STANDARD_ENV:
+        if variable in STANDARD_ENV or (variable == BIND_HOST and variable not in names):
             continue
         field = names[variable]
         annotation = cls.model_fields[field].annotation
@@ -396,9 +407,9 @@ def test_every_address_the_code_reads_is_set_for_the_container(name: str) -> Non
 
 
 @pytest.mark.parametrize("name", nudge_services())
-def test_every_secret_comes_from_the_operators_environment(name: str) -> None:
-    """Secret fields (``repr=False``) are set, as ``${SAME_NAME:-dev default}``, so that
-    `NUDGE_LINK_SECRET=... docker compose up` or a .env file changes them everywhere."""
+def test_every_secret_must_be_given_by_the_operator(name: str) -> None:
+    """Secret fields (``repr=False``) are set as ``${SAME_NAME:?message}``: compose refuses
+    to start without them, instead of running with a development value everyone knows."""
     cls = settings_class(name)
     raw = raw_environment(name)
     prefix = str(cls.model_config.get("env_prefix", ""))
@@ -408,9 +419,35 @@ def test_every_secret_comes_from_the_operators_environment(name: str) -> None:
         # Its documented name: the alias if it has one, else the prefixed field name.
         variable = (_alias_names(field.validation_alias) or [prefix + field_name])[0].upper()
         assert variable in raw, f"{name}: secret {variable} not set"
-        assert re.fullmatch(rf"\$\{{{variable}:?-[^}}]+\}}", raw[variable]), (
-            f"{name}: {variable} should be ${{{variable}:-<dev default>}}, is {raw[variable]!r}"
+        assert re.fullmatch(rf"\$\{{{variable}:\?[^}}]+\}}", raw[variable]), (
+            f"{name}: {variable} should be ${{{variable}:?<message>}}, is {raw[variable]!r}"
         )
+
+
+def test_no_development_value_nor_development_mode_ships_in_compose() -> None:
+    """Not a dev default among the values, the PostgreSQL password included (it is the
+    operator's too), and never NUDGE_DEV_MODE, which lets a service accept dev values."""
+    for name in services():
+        for variable, value in environment(name).items():
+            assert variable != "NUDGE_DEV_MODE", name
+            assert not DEV_VALUES.search(value), f"{name}: {variable}={value!r}"
+    assert raw_environment("postgres")["POSTGRES_PASSWORD"].startswith(
+        "${NUDGE_POSTGRES_PASSWORD:?"
+    )
+    assert "${NUDGE_POSTGRES_PASSWORD:?" in raw_environment("contacts")["DATABASE_URL"]
+
+
+@pytest.mark.parametrize("name", nudge_services())
+def test_each_service_listens_on_every_interface_of_its_container(name: str) -> None:
+    """Other containers reach a service through the compose network: 127.0.0.1, the
+    services' default (right for `make run`), would shut them out."""
+    assert environment(name).get(BIND_HOST) == "0.0.0.0"
+
+
+def test_the_image_listens_on_every_interface_by_default() -> None:
+    """The image runs in containers only, compose or not (docker run, Kubernetes)."""
+    runtime = "\n".join(dockerfile_stages()[-1][1])
+    assert re.search(rf"^ENV .*\b{BIND_HOST}=0\.0\.0\.0\b", runtime, re.MULTILINE)
 
 
 @pytest.mark.parametrize("name", nudge_services())

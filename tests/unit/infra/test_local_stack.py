@@ -33,6 +33,8 @@ from deploy.local.stack import LocalStack, parts_to_start, run_sync
 from deploy.local.supervisor import (
     DEFAULT_PORTS,
     SECRETS,
+    SERVICES,
+    banner,
     load_secrets,
     restart_delay,
     service_env,
@@ -41,6 +43,8 @@ from deploy.local.supervisor import (
     write_private,
 )
 from services.common.topics import TOPICS
+from tests.conftest import pin_kafka
+from tests.unit.deploy.test_compose import _alias_names, settings_class
 
 
 def never() -> object:
@@ -184,20 +188,19 @@ def test_the_postgres_socket_moves_to_tmp_when_the_path_is_too_long(tmp_path: Pa
     assert socket_dir_for(deep, 5432) == Path("/tmp/nudge-pgsock-5432")
 
 
-def test_postgres_as_root_says_which_directories_it_made_traversable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_postgres_home_pointer_names_only_a_home_under_var_lib_nudge_pg(
+    tmp_path: Path,
 ) -> None:
-    data = tmp_path / "a" / "b"
-    data.mkdir(parents=True)
-    for directory in (data, data.parent):
-        directory.chmod(0o700)
-    changed = postgres._make_traversable(data)
-    assert changed[:2] == [data, data.parent]
-    assert stat.S_IMODE(data.stat().st_mode) == 0o701  # search only: nothing becomes readable
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and f"{data}, {data.parent}" in err
-    assert postgres._make_traversable(data) == []  # once done, nothing more is said
-    assert capsys.readouterr().err == ""
+    """remove_home removes what the pointer names: never anything but a home we made."""
+    data = tmp_path / "data" / "postgres"
+    data.parent.mkdir()
+    pointer = postgres.home_pointer(data)
+    assert pointer == tmp_path / "data" / "postgres.home"
+    for elsewhere in ("/", "/root", "/var/lib/nudge-pg", "/var/lib/nudge-pg/../x", str(tmp_path)):
+        pointer.write_text(elsewhere + "\n")
+        assert postgres.read_home(data) is None, elsewhere
+    pointer.write_text("/var/lib/nudge-pg/0123abcd\n")
+    assert postgres.read_home(data) == Path("/var/lib/nudge-pg/0123abcd")
 
 
 def test_a_failing_useradd_is_a_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -266,6 +269,55 @@ def test_a_secret_set_in_the_environment_wins_over_the_kept_one() -> None:
     env = service_env({}, base={"NUDGE_LINK_SECRET": "mine"}, secrets_=kept)
     assert env["NUDGE_LINK_SECRET"] == "mine"
     assert env["NUDGE_INTERNAL_TOKEN"] == "kept-NUDGE_INTERNAL_TOKEN"
+
+
+def test_the_services_of_make_run_are_in_development_mode_on_the_loopback() -> None:
+    """NUDGE_DEV_MODE=1 (the services accept development values only then) and every
+    server on 127.0.0.1; a developer may still ask for another address."""
+    env = service_env({}, base={"NUDGE_DEV_MODE": "0"})
+    assert env["NUDGE_DEV_MODE"] == "1"
+    assert env["NUDGE_BIND_HOST"] == "127.0.0.1"
+    assert service_env({}, base={"NUDGE_BIND_HOST": "0.0.0.0"})["NUDGE_BIND_HOST"] == "0.0.0.0"
+
+
+def test_make_run_makes_every_secret_a_service_reads() -> None:
+    """Each secret field (``repr=False``) of every service's Settings is one of the
+    secrets ``make run`` generates and keeps, so none runs on a development default."""
+    read = set()
+    for name in SERVICES:
+        cls = settings_class(name)
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for field_name, field in cls.model_fields.items():
+            if not field.repr:
+                names = _alias_names(field.validation_alias) or [prefix + field_name]
+                read.add(names[0].upper())
+    assert read == set(SECRETS)
+
+
+def test_tests_pin_apache_kafka_where_it_can_run_so_that_they_never_fall_back() -> None:
+    def java() -> int:
+        return 17
+
+    def maven() -> bool:
+        return True
+
+    def none() -> None:
+        return None
+
+    environ: dict[str, str] = {}
+    assert pin_kafka(environ, java, maven) == "apache"
+    assert environ == {"NUDGE_KAFKA": "apache"}
+    for chosen in ({"NUDGE_KAFKA": "tansu"}, {"KAFKA_BOOTSTRAP_SERVERS": "k:9092"}):
+        assert pin_kafka(dict(chosen), java, maven) is None  # somebody chose: left alone
+    environ = {}
+    assert pin_kafka(environ, none, maven) is None and environ == {}  # no Java: Tansu only
+
+
+def test_the_summary_of_make_run_shows_every_warning(tmp_path: Path) -> None:
+    env = {"NUDGE_GATEWAY_URL": "http://127.0.0.1:8080", "KAFKA_BOOTSTRAP_SERVERS": "k:1"}
+    assert "WARNING" not in banner(env, {"api_key": "k"}, tmp_path)
+    shown = banner(env, {"api_key": "k"}, tmp_path, ["Kafka is Tansu, NOT Apache Kafka"])
+    assert "  WARNING: Kafka is Tansu, NOT Apache Kafka\n" in shown
 
 
 def test_secrets_are_made_once_and_kept(tmp_path: Path) -> None:
