@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import grpc
@@ -16,7 +17,7 @@ from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
 from tests.integration.conftest import RunningService, Workspace
-from tests.support import unique
+from tests.support import fetchval, unique
 
 AUTOMATIONS = contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
 
@@ -103,10 +104,32 @@ async def test_every_bad_field_is_named_in_the_error(
 async def test_a_duplicate_email_is_already_exists_and_writes_nothing(
     channel: grpc.aio.Channel, workspace: Workspace
 ) -> None:
-    await create(channel, workspace, "twice@example.com")
+    first = await create(channel, workspace, "twice@example.com", first_name="Ada")
+    before = await written_for(workspace)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await create(channel, workspace, "TWICE@example.com")
+        await create(channel, workspace, "TWICE@example.com", first_name="Bo")
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # No second contact, no consent recorded for the refused one, the first one untouched.
+    assert await written_for(workspace) == before == (1, 1)
+    found = await contacts_pb2_grpc.ContactServiceStub(channel).GetContact(
+        contacts_pb2.GetContactRequest(contact=contacts_pb2.ContactRef(contact_id=first.id)),
+        metadata=workspace.metadata,
+    )
+    assert (found.contact.email, found.contact.first_name) == ("twice@example.com", "Ada")
+
+
+async def written_for(ws: Workspace) -> tuple[object, object]:
+    """(contacts, consent events) stored for the workspace."""
+    database_url = os.environ["DATABASE_URL"]
+    contacts = await fetchval(
+        database_url, "SELECT count(*) FROM contacts.contacts WHERE workspace_id = $1::uuid", ws.id
+    )
+    consents = await fetchval(
+        database_url,
+        "SELECT count(*) FROM contacts.consent_events WHERE workspace_id = $1::uuid",
+        ws.id,
+    )
+    return contacts, consents
 
 
 async def test_another_workspace_sees_not_found(
