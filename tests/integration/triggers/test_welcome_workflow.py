@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import asyncpg
@@ -18,7 +18,12 @@ import pytest
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 
-from tests.integration.conftest import RunningService, Workspace, run_in_process
+from tests.integration.conftest import (
+    RunningService,
+    Workspace,
+    run_in_process,
+    wait_grpc_serving,
+)
 from tests.mail import mails
 from tests.markers import one_per_partition, settle
 from tests.support import eventually, fetchval, free_port, unique
@@ -29,10 +34,12 @@ class Worker:
 
     def __init__(self, log_path: Path) -> None:
         self.log_path = log_path
+        self.port = 0
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        env = {**os.environ, "TRIGGERS_GRPC_PORT": str(free_port()), "NUDGE_LOG_FORMAT": "text"}
+        self.port = free_port()
+        env = {**os.environ, "TRIGGERS_GRPC_PORT": str(self.port), "NUDGE_LOG_FORMAT": "text"}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "services.triggers"], env=env, stdout=log, stderr=log
@@ -51,15 +58,22 @@ class Worker:
             except subprocess.TimeoutExpired:
                 self.kill()
 
+    async def ready(self) -> None:
+        """Serving gRPC: its sidecar has migrated the schema and the agent is about to run."""
+        await wait_grpc_serving(f"127.0.0.1:{self.port}", timeout=120)
+
 
 @pytest.fixture(scope="module")
-def triggers_worker(
+async def triggers_worker(
     contacts_service: RunningService, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Worker]:
+) -> AsyncIterator[Worker]:
     worker = Worker(tmp_path_factory.mktemp("triggers") / "worker.log")
     worker.start()
-    yield worker
-    worker.stop()
+    try:
+        await worker.ready()
+        yield worker
+    finally:
+        worker.stop()
 
 
 @pytest.fixture(scope="module")
