@@ -68,7 +68,9 @@ def system(infra: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> I
     group = ServiceGroup(output=None, log_dir=log_dir, autorestart=False)
     try:
         group.start([name for name in SERVICES if name != "delivery"], env)
-        group.start(["delivery"], {**env, "SMTP_URL": smtp.url})
+        # A long SMTP timeout: the kill test holds a DATA reply for as long as it needs, and
+        # delivery must still be waiting for it when it is killed, however loaded the machine.
+        group.start(["delivery"], {**env, "SMTP_URL": smtp.url, "DELIVERY_SMTP_TIMEOUT_S": "600"})
         group.wait_healthy(f"{env['NUDGE_GATEWAY_URL']}/healthz", timeout=120)
         yield System(env=env, group=group, traces_dir=traces_dir, log_dir=log_dir, smtp=smtp)
     finally:
