@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import json
 import mailbox
+import shutil
+import smtplib
+import subprocess
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 
 from deploy.local.smtp_sink import ENVELOPE_TO, RECEIVED_AT
 from tests.mail import mails, mails_with
+from tests.support import free_port, wait_until
 
 
 def raw_mail(n: int) -> bytes:
@@ -99,3 +104,49 @@ def test_maildir_mail_is_read_oldest_first(tmp_path: Path) -> None:
 def test_no_sink_to_read_is_an_error_not_an_empty_inbox() -> None:
     with pytest.raises(RuntimeError, match="NUDGE_MAILDIR"):
         mails({})
+
+
+def mailpit_binary() -> str | None:
+    found = shutil.which("mailpit")
+    built = Path.home() / "go" / "bin" / "mailpit"  # go install github.com/axllent/mailpit
+    return found or (str(built) if built.exists() else None)
+
+
+@pytest.mark.skipif(mailpit_binary() is None, reason="no mailpit binary (go install ...)")
+def test_a_real_mailpit_is_read_oldest_first(tmp_path: Path) -> None:
+    smtp_port, http_port = free_port(), free_port()
+    process = subprocess.Popen(
+        [
+            str(mailpit_binary()),
+            "--smtp",
+            f"127.0.0.1:{smtp_port}",
+            "--listen",
+            f"127.0.0.1:{http_port}",
+            "--database",
+            str(tmp_path / "mailpit.db"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{http_port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/api/v1/messages", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(up, timeout=30)
+        for n in range(3):
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as smtp:
+                smtp.sendmail("shop@example.com", [f"r{n}@example.com"], raw_mail(n))
+        wait_until(lambda: len(mails({"MAILPIT_URL": url})) == 3, timeout=30)
+        assert [str(m["Subject"]) for m in mails({"MAILPIT_URL": url})] == [
+            "mail 0",
+            "mail 1",
+            "mail 2",
+        ]
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
