@@ -55,3 +55,32 @@ def wait_until(probe: Callable[[], object], *, timeout: float = 10.0) -> None:
         if time.monotonic() >= deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(0.05)
+
+
+async def fetchval(database_url: str, query: str, *args: object) -> object:
+    """One value from PostgreSQL, on a connection of its own (for probes in ``eventually``)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+async def triggers_consumed(database_url: str, event_id: str) -> bool:
+    """The trigger engine has handled the shop event ``event_id`` (its idempotency record)."""
+    return bool(
+        await fetchval(
+            database_url,
+            "SELECT 1 FROM triggers.processed_events WHERE consumer = 'triggers' AND event_id = $1",
+            event_id,
+        )
+    )
+
+
+async def outbox_drained(database_url: str, schema: str, key: str) -> bool:
+    """No row for ``key`` waits in ``schema``'s outbox: what it held is acked by Kafka."""
+    return not await fetchval(
+        database_url, f"SELECT 1 FROM {schema}.outbox WHERE key = $1 LIMIT 1", key.encode()
+    )

@@ -29,7 +29,7 @@ from services.common.outbox import add_to_outbox
 from services.common.topics import DELIVERY_EVENTS, DELIVERY_REQUESTS
 from services.delivery.adapters import postgres as db
 from services.delivery.adapters.contacts import EligibilityClient
-from services.delivery.adapters.smtp import SmtpSender
+from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpSender
 from services.delivery.domain.ledger import Status, smtp_failure_is_permanent
 from services.delivery.domain.rendering import Rendered, RenderError, render
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
@@ -122,6 +122,14 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     try:
         reply = await deps.smtp.send(message, deps.from_address, facts.email)
+    except AmbiguousHandoff as err:
+        # Like a crash between the claim and the answer: the row stays CLAIMED, never retried.
+        log.warning("message %s: unknown SMTP outcome, not retried: %s", request.message_id, err)
+        async with deps.pool.acquire() as conn:
+            await db.set_status(
+                conn, request.message_id, Status.CLAIMED, f"unknown outcome: {err}", clock.now()
+            )
+        return
     except aiosmtplib.SMTPResponseException as err:
         if smtp_failure_is_permanent(err.code):
             await _record(deps, envelope, Status.BOUNCED, f"{err.code} {err.message}")

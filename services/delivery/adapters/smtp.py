@@ -35,13 +35,19 @@ class SmtpTarget:
         )
 
 
+class AmbiguousHandoff(Exception):
+    """The message data went out but the server's answer never came (timeout, dropped
+    connection): the server may have accepted it. Sending it again could mail twice."""
+
+
 class SmtpSender:
     def __init__(self, target: SmtpTarget, timeout_s: float) -> None:
         self._target = target
         self._timeout = timeout_s
 
     async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
-        """Hand the message over; returns the server's reply. Raises aiosmtplib errors.
+        """Hand the message over; returns the server's reply. Raises aiosmtplib errors, or
+        :class:`AmbiguousHandoff` when the outcome is unknown.
 
         The message goes as the bytes its own policy makes: aiosmtplib would flatten it again
         with a 78-column policy that RFC 2047-encodes long URLs in headers."""
@@ -54,10 +60,7 @@ class SmtpSender:
                 "nudge.message_id": str(message["X-Nudge-Message-Id"]),
             },
         ):
-            _, reply = await aiosmtplib.send(
-                message.as_bytes(),
-                sender=sender,
-                recipients=[recipient],
+            client = aiosmtplib.SMTP(
                 hostname=self._target.host,
                 port=self._target.port,
                 use_tls=self._target.use_tls,
@@ -66,4 +69,17 @@ class SmtpSender:
                 password=self._target.password,
                 timeout=self._timeout,
             )
-            return reply
+            # Step by step rather than aiosmtplib.send: a refused recipient must surface as
+            # its own reply code (send() wraps it in SMTPRecipientsRefused, without one),
+            # and a failure after the data went out is not the same as one before it.
+            async with client:  # connects, STARTTLS when offered, logs in
+                await client.mail(sender)
+                await client.rcpt(recipient)
+                try:
+                    response = await client.data(message.as_bytes())
+                except aiosmtplib.SMTPResponseException:
+                    raise  # the server answered: no doubt about the outcome
+                except (aiosmtplib.SMTPException, OSError) as err:
+                    client.close()
+                    raise AmbiguousHandoff(repr(err)) from err
+            return response.message

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import grpc
@@ -16,7 +17,7 @@ from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
 from tests.integration.conftest import RunningService, Workspace
-from tests.support import unique
+from tests.support import fetchval, unique
 
 AUTOMATIONS = contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
 
@@ -91,6 +92,32 @@ async def read_types_for(
     return found
 
 
+async def read_event_ids_until(
+    infra: dict[str, str], topic: str, contact_id: str, last: str
+) -> list[str]:
+    """Event ids on ``topic`` keyed by ``contact_id``, up to and including ``last``."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"],
+        group_id=unique("test-reader"),
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    found: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while last not in found:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found += [
+                        Envelope.FromString(r.value).event_id
+                        for r in records
+                        if r.key == contact_id.encode()
+                    ]
+    finally:
+        await consumer.stop()
+    return found[: found.index(last) + 1]
+
+
 async def test_every_bad_field_is_named_in_the_error(
     channel: grpc.aio.Channel, workspace: Workspace
 ) -> None:
@@ -103,10 +130,32 @@ async def test_every_bad_field_is_named_in_the_error(
 async def test_a_duplicate_email_is_already_exists_and_writes_nothing(
     channel: grpc.aio.Channel, workspace: Workspace
 ) -> None:
-    await create(channel, workspace, "twice@example.com")
+    first = await create(channel, workspace, "twice@example.com", first_name="Ada")
+    before = await written_for(workspace)
     with pytest.raises(grpc.aio.AioRpcError) as err:
-        await create(channel, workspace, "TWICE@example.com")
+        await create(channel, workspace, "TWICE@example.com", first_name="Bo")
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    # No second contact, no consent recorded for the refused one, the first one untouched.
+    assert await written_for(workspace) == before == (1, 1)
+    found = await contacts_pb2_grpc.ContactServiceStub(channel).GetContact(
+        contacts_pb2.GetContactRequest(contact=contacts_pb2.ContactRef(contact_id=first.id)),
+        metadata=workspace.metadata,
+    )
+    assert (found.contact.email, found.contact.first_name) == ("twice@example.com", "Ada")
+
+
+async def written_for(ws: Workspace) -> tuple[object, object]:
+    """(contacts, consent events) stored for the workspace."""
+    database_url = os.environ["DATABASE_URL"]
+    contacts = await fetchval(
+        database_url, "SELECT count(*) FROM contacts.contacts WHERE workspace_id = $1::uuid", ws.id
+    )
+    consents = await fetchval(
+        database_url,
+        "SELECT count(*) FROM contacts.consent_events WHERE workspace_id = $1::uuid",
+        ws.id,
+    )
+    return contacts, consents
 
 
 async def test_another_workspace_sees_not_found(
@@ -206,8 +255,17 @@ async def test_a_replayed_shop_event_is_accepted_once(
     assert first.event_id == second.event_id
     assert sorted([first.duplicate, second.duplicate]) == [False, True]
     assert first.contact_id == contact.id
-    types = await read_types_for(infra, SHOP_EVENTS, contact.id, want=1)
-    assert types == ["nudge.shop.v1.ShopEvent"]
+    # A later event on the same key (same partition, relayed in commit order) marks the end.
+    marker = await stub.TrackEvent(
+        shop_pb2.TrackEventRequest(
+            idempotency_key=unique("marker"),
+            contact=contacts_pb2.ContactRef(contact_id=contact.id),
+            event=shop_pb2.ShopEvent(page_viewed=shop_pb2.PageViewed(url="/")),
+        ),
+        metadata=workspace.metadata,
+    )
+    published = await read_event_ids_until(infra, SHOP_EVENTS, contact.id, marker.event_id)
+    assert published == [first.event_id, marker.event_id]
 
 
 async def test_an_event_for_an_unknown_contact_is_not_found(

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.gateway.conftest import MAX_BODY_BYTES, new_workspace
 from tests.integration.tracking.conftest import HttpService, run_http
-from tests.support import eventually, free_port, unique
+from tests.support import eventually, fetchval, free_port, unique
 
 PROBLEM = "application/problem+json"
 
@@ -147,14 +147,45 @@ async def test_bodies_over_the_limit_are_413_declared_or_streamed(
 async def test_consent_is_recorded_for_an_existing_contact(
     http: httpx.AsyncClient, workspace: Workspace
 ) -> None:
-    created = await http.post("/v1/contacts", json={"email": new_email()}, headers=auth(workspace))
+    created = await http.post(
+        "/v1/contacts",
+        json={"email": new_email(), "consents": ["automations"]},
+        headers=auth(workspace),
+    )
+    contact_id = created.json()["id"]
+    assert await consent_status(workspace, contact_id) == GRANTED
     answer = await http.post(
         f"{created.headers['location']}/consents",
         json={"purpose": "automations", "status": "withdrawn", "source": "preference_page"},
         headers=auth(workspace),
     )
     assert answer.status_code == 201, answer.text
-    assert answer.json()["consent_event_id"]
+    assert await consent_status(workspace, contact_id) == WITHDRAWN
+    # The history keeps the change under the id the answer gave.
+    recorded = await fetchval(
+        os.environ["DATABASE_URL"],
+        "SELECT status FROM contacts.consent_events"
+        " WHERE id = $1::uuid AND workspace_id = $2::uuid AND contact_id = $3::uuid"
+        " AND purpose = 3",
+        answer.json()["consent_event_id"],
+        workspace.id,
+        contact_id,
+    )
+    assert recorded == WITHDRAWN
+
+
+GRANTED, WITHDRAWN = 1, 2  # services/contacts/domain/model.py ConsentStatus
+
+
+async def consent_status(ws: Workspace, contact_id: str) -> object:
+    """The current automations consent of a contact, as contacts stores it."""
+    return await fetchval(
+        os.environ["DATABASE_URL"],
+        "SELECT status FROM contacts.consents"
+        " WHERE workspace_id = $1::uuid AND contact_id = $2::uuid AND purpose = 3",
+        ws.id,
+        contact_id,
+    )
 
 
 async def test_the_same_event_twice_is_accepted_once(

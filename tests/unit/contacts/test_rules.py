@@ -19,8 +19,19 @@ def fields_of(err: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
     return [v.field for v in err.value.violations]
 
 
-def test_a_plain_contact_is_valid() -> None:
-    validate_new_contact(NewContact(email="ada@example.com", locale="it-IT"), NOW)
+def violations(contact: NewContact) -> list[str]:
+    """The fields ``validate_new_contact`` refuses; [] when it accepts the contact."""
+    try:
+        validate_new_contact(contact, NOW)
+    except InvalidArgument as err:
+        return [v.field for v in err.violations]
+    return []
+
+
+def test_a_plain_contact_is_valid_and_its_nearest_broken_twin_is_not() -> None:
+    assert violations(NewContact(email="ada@example.com", locale="it-IT")) == []
+    assert violations(NewContact(email="ada@example", locale="it-IT")) == ["contact.email"]
+    assert violations(NewContact(email="ada@example.com", locale="it IT")) == ["contact.locale"]
 
 
 def test_every_bad_field_is_reported_at_once() -> None:
@@ -47,7 +58,14 @@ def test_every_bad_field_is_reported_at_once() -> None:
 
 
 def test_a_birthday_without_a_year_may_be_29_february() -> None:
-    validate_new_contact(NewContact(email="a@example.com", birthday=(0, 2, 29)), NOW)
+    assert violations(NewContact(email="a@example.com", birthday=(0, 2, 29))) == []
+    # ...but not in a given year that has none, nor on the 30th.
+    assert violations(NewContact(email="a@example.com", birthday=(1990, 2, 29))) == [
+        "contact.birthday"
+    ]
+    assert violations(NewContact(email="a@example.com", birthday=(0, 2, 30))) == [
+        "contact.birthday"
+    ]
 
 
 def test_oversized_attributes_are_rejected() -> None:

@@ -94,20 +94,24 @@ async def test_times_at_the_edges_of_utc_still_go_through(gateway: Gateway) -> N
 
 
 async def test_a_signup_time_with_an_offset_reaches_contacts_in_utc(gateway: Gateway) -> None:
-    def stored(request: Message) -> contacts_pb2.CreateContactResponse:
-        assert isinstance(request, contacts_pb2.CreateContactRequest)
-        contact = contacts_pb2.Contact(id="c-1")
-        contact.signed_up_at.CopyFrom(request.contact.signed_up_at)
-        return contacts_pb2.CreateContactResponse(contact=contact)
-
-    gateway.contacts.answers["CreateContact"] = stored
+    stored = contacts_pb2.Contact(id="c-1", email="a@b.c")
+    stored.signed_up_at.FromDatetime(datetime(2026, 4, 30, 22, 30, 5, tzinfo=UTC))
+    gateway.contacts.answers["CreateContact"] = contacts_pb2.CreateContactResponse(contact=stored)
     answer = await gateway.http.post(
         "/v1/contacts",
         json={"email": "a@b.c", "signed_up_at": "2026-05-01T00:30:00+02:00"},
         headers=AUTH,
     )
     assert answer.status_code == 201, answer.text
-    assert answer.json()["signed_up_at"] == "2026-04-30T22:30:00Z"
+    # What the gateway asked contacts for, in UTC...
+    method, request, _ = gateway.contacts.calls[0]
+    assert method == "CreateContact"
+    assert isinstance(request, contacts_pb2.CreateContactRequest)
+    assert request.contact.signed_up_at.ToDatetime(tzinfo=UTC) == datetime(
+        2026, 4, 30, 22, 30, tzinfo=UTC
+    )
+    # ...and what contacts stored, as the client reads it: RFC 3339 in UTC.
+    assert answer.json()["signed_up_at"] == "2026-04-30T22:30:05Z"
 
 
 async def test_a_time_must_be_an_rfc_3339_string_not_epoch_seconds(gateway: Gateway) -> None:
@@ -122,14 +126,14 @@ async def test_a_time_must_be_an_rfc_3339_string_not_epoch_seconds(gateway: Gate
 
 
 async def test_a_count_as_of_a_time_is_asked_in_utc(gateway: Gateway) -> None:
-    gateway.segments.answers["CountSegment"] = lambda request: (
-        segmentation_pb2.CountSegmentResponse(count=42, as_of=request.as_of)  # type: ignore[attr-defined]
-    )
+    counted = segmentation_pb2.CountSegmentResponse(count=42)
+    counted.as_of.FromDatetime(datetime(2026, 3, 1, 9, 59, 58, tzinfo=UTC))  # the service's
+    gateway.segments.answers["CountSegment"] = counted
     answer = await gateway.http.get(
         "/v1/segments/vip/count", params={"as_of": "2026-03-01T12:00:00+02:00"}, headers=AUTH
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"segment_id": "vip", "count": 42, "as_of": "2026-03-01T10:00:00Z"}
+    assert answer.json() == {"segment_id": "vip", "count": 42, "as_of": "2026-03-01T09:59:58Z"}
     method, request, _ = gateway.segments.calls[0]
     assert method == "CountSegment"
     assert isinstance(request, segmentation_pb2.CountSegmentRequest)
@@ -211,10 +215,18 @@ async def test_a_created_campaign_is_201_at_its_location(gateway: Gateway) -> No
     assert isinstance(request, campaigns_pb2.CreateCampaignRequest)
     assert (request.name, list(request.segment_ids)) == ("Spring", ["vip", "loyal"])
 
-    created = stored_campaign(request).campaign
-    gateway.campaigns.answers["GetCampaign"] = campaigns_pb2.GetCampaignResponse(campaign=created)
+    # The location reads the campaign back from the service, whatever it has become since.
+    later = stored_campaign(request).campaign
+    later.status = campaigns_pb2.CAMPAIGN_STATUS_SCHEDULED
+    later.scheduled_at.FromSeconds(1_800_000_000)
+    gateway.campaigns.answers["GetCampaign"] = campaigns_pb2.GetCampaignResponse(campaign=later)
     again = await gateway.http.get(answer.headers["location"], headers=AUTH)
-    assert again.json() == body
+    assert again.status_code == 200, again.text
+    assert again.json() == {
+        **body,
+        "status": "scheduled",
+        "scheduled_at": "2027-01-15T08:00:00Z",
+    }
     assert gateway.campaigns.calls[-1][1] == campaigns_pb2.GetCampaignRequest(
         campaign_id=body["id"]
     )
