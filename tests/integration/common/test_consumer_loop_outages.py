@@ -131,9 +131,7 @@ def apache_kafka_available() -> bool:
 
 
 @pytest.mark.skipif(not apache_kafka_available(), reason="needs Java 17+ and Maven")
-async def test_a_broker_restart_loses_no_record(
-    registry: ProcessRegistry, short_tmp: Path
-) -> None:
+async def test_a_broker_restart_loses_no_record(registry: ProcessRegistry, short_tmp: Path) -> None:
     ports = pick_free_ports(["kafka", "controller"])
     broker = {
         "cache_dir": paths.cache_dir(),
@@ -186,9 +184,7 @@ async def test_a_broker_restart_loses_no_record(
 
         async def all_committed() -> bool:
             offsets = await committed(bootstrap, group)
-            return sum(offsets.get(TopicPartition(topic, p), 0) for p in (0, 1)) == (
-                first + second
-            )
+            return sum(offsets.get(TopicPartition(topic, p), 0) for p in (0, 1)) == (first + second)
 
         await eventually(all_committed, timeout=60)
         assert not task.done()
