@@ -497,8 +497,9 @@ class KafkaConsumerLoop:
     async def _settle(self, record: ConsumerRecord, progress: PartitionProgress) -> bool:
         """Handle the record, or dead-letter it; ``False`` when it was abandoned."""
         try:
+            where = f"{record.topic}[{record.partition}]@{record.offset}"
             verdict = await self._retrying(
-                progress, lambda: handle_record(record, self._handler, self.group_id)
+                progress, where, lambda: handle_record(record, self._handler, self.group_id)
             )
             if verdict is None:
                 self.handled += 1
@@ -515,6 +516,7 @@ class KafkaConsumerLoop:
             headers = dead_letter_headers(record, self.group_id, reason, verdict.attempts)
             await self._retrying(
                 progress,
+                f"dead-lettering {where}",
                 lambda: self._producer.send_and_wait(
                     self._dead_letter_topic, record.value, key=record.key, headers=headers
                 ),
@@ -528,6 +530,7 @@ class KafkaConsumerLoop:
     async def _retrying(
         self,
         progress: PartitionProgress,
+        where: str,
         attempt: Callable[[], Awaitable[object]],
         *,
         limited: bool = True,
@@ -555,14 +558,20 @@ class KafkaConsumerLoop:
                             self._outages += 1
                             self._no_outage.clear()
                         self.outage_retries += 1
-                        log.warning("dependency outage (%r); retrying in %.1fs", err, delay)
+                        log.warning(
+                            "%s: dependency outage (%r); retrying in %.1fs", where, err, delay
+                        )
                     else:
                         failures += 1
                         if kind is FailureKind.PERMANENT or failures >= self._max_attempts:
                             return _DeadLetter(err, failures)
                         self.retries += 1
                         log.warning(
-                            "attempt %d failed (%r); retrying in %.1fs", failures, err, delay
+                            "%s: attempt %d failed (%r); retrying in %.1fs",
+                            where,
+                            failures,
+                            err,
+                            delay,
                         )
                 await self._backoff(delay, progress)
                 delay = min(delay * 2, self._max_backoff_s)
@@ -617,13 +626,15 @@ class KafkaConsumerLoop:
     async def _commit(self, progress: dict[TopicPartition, PartitionProgress]) -> None:
         self._last_commit = time.monotonic()
         assigned = self._consumer.assignment()
-        offsets = {
-            tp: offset
-            for tp, p in list(progress.items())
+        # Chosen before the await: a revoke may take partitions out of ``progress`` meanwhile.
+        chosen = {
+            tp: (p, offset)
+            for tp, p in progress.items()
             if tp in assigned and (offset := p.committable()) is not None
         }
-        if not offsets:
+        if not chosen:
             return
+        offsets = {tp: offset for tp, (_, offset) in chosen.items()}
         try:
             # Bounded: with the broker away, aiokafka waits for a coordinator indefinitely,
             # and this task must get back to polling.
@@ -633,8 +644,8 @@ class KafkaConsumerLoop:
             # unfinished records again, and the handlers are idempotent.
             log.warning("offsets %s not committed (%r); records will be redelivered", offsets, err)
             return
-        for tp, offset in offsets.items():
-            progress[tp].committed = offset
+        for p, offset in chosen.values():
+            p.committed = offset
         log.debug("group %s committed %s", self.group_id, offsets)
 
 
