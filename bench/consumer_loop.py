@@ -4,11 +4,13 @@
 
 Starts Kafka alone (the local stack on a free port, or ``KAFKA_BOOTSTRAP_SERVERS``), produces
 N envelopes (1,000 keys over 4 partitions, each with a trace header, as the outbox relay
-sends them) with ``create_batch``, then reads them three ways:
+sends them) with ``create_batch``, then measures, in this order:
 1. bare: one ``AIOKafkaConsumer`` without a group calling ``getmany`` (median of 3 reads);
-2. the loop with a no-op handler: its own cost per record (decoding, trace context, lanes,
+2. the loop with a no-op handler: its cost per record (decoding, trace context, lanes,
    commits);
-3. the loop with a handler that awaits 5 ms, as a handler waiting on a database would:
+3. ``handle_record`` alone in a tight loop (decoding, trace context, workspace): the floor
+   ceiling of any loop around it;
+4. the loop with a handler that awaits 5 ms, as a handler waiting on a database would:
    what the per-key concurrency buys (one record at a time would be 200 records/s).
 Rates run from the first record handled to the last, so joining the group is not counted.
 The last line is one JSON object with the figures.
@@ -31,7 +33,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka import (  # noqa: E402
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRecord,
+    TopicPartition,
+)
 from nudge.events.v1.envelope_pb2 import Envelope  # noqa: E402
 from nudge.shop.v1 import shop_pb2  # noqa: E402
 
@@ -39,7 +46,7 @@ from deploy.local import paths  # noqa: E402
 from deploy.local.stack import LocalStack  # noqa: E402
 from deploy.local.topics import ensure_topics  # noqa: E402
 from services.common.events import new_envelope  # noqa: E402
-from services.common.kafka import KafkaConsumerLoop  # noqa: E402
+from services.common.kafka import KafkaConsumerLoop, handle_record  # noqa: E402
 from services.common.topics import DEAD_LETTER  # noqa: E402
 
 PARTITIONS = 4
@@ -134,6 +141,35 @@ async def through_loop(
     return (count - 1) / (last - first)
 
 
+async def handle_record_alone(count: int) -> float:
+    """``handle_record`` in a tight loop, no Kafka: decoding and entering the trace context
+    and workspace, which every record costs whatever the loop does around it."""
+    value = new_envelope(
+        "ws-bench", shop_pb2.ShopEvent(contact_id="c", searched=shop_pb2.Searched(query="shoes"))
+    ).SerializeToString()
+    record = ConsumerRecord(
+        topic="t",
+        partition=0,
+        offset=0,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"c1",
+        value=value,
+        checksum=None,
+        serialized_key_size=2,
+        serialized_value_size=len(value),
+        headers=(("traceparent", TRACEPARENT),),
+    )
+
+    async def noop(envelope: Envelope, record: object) -> None:
+        return None
+
+    started = time.perf_counter()
+    for _ in range(count):
+        await handle_record(record, noop, "bench")
+    return count / (time.perf_counter() - started)
+
+
 async def measure(bootstrap: str, kind: str, scale: int, concurrency: int) -> dict[str, object]:
     topic = f"bench.consumer.{uuid.uuid4().hex[:8]}"
     await ensure_topics(bootstrap, {topic: PARTITIONS, DEAD_LETTER: PARTITIONS})
@@ -142,6 +178,7 @@ async def measure(bootstrap: str, kind: str, scale: int, concurrency: int) -> di
     produce_s = time.perf_counter() - started
     bare_rates = [await bare(bootstrap, topic, scale) for _ in range(3)]
     bare_rate = statistics.median(bare_rates)
+    alone = await handle_record_alone(scale)
     noop = await through_loop(bootstrap, topic, scale, 0.0, concurrency)
     slow = await through_loop(bootstrap, topic, scale, 0.005, concurrency)
     ideal_5ms = concurrency / 0.005
@@ -154,9 +191,11 @@ async def measure(bootstrap: str, kind: str, scale: int, concurrency: int) -> di
         "produce_msgs_per_s": round(scale / produce_s),
         "bare_msgs_per_s": round(bare_rate),
         "bare_runs_msgs_per_s": [round(r) for r in bare_rates],
+        "handle_record_alone_msgs_per_s": round(alone),
         "loop_noop_msgs_per_s": round(noop),
         "loop_5ms_msgs_per_s": round(slow),
         "loop_noop_to_bare_ratio": round(noop / bare_rate, 4),
+        "loop_noop_to_handle_record_alone_ratio": round(noop / alone, 3),
         "loop_5ms_to_bare_ratio": round(slow / bare_rate, 4),
         "loop_5ms_to_ideal_ratio": round(slow / ideal_5ms, 3),
         "loop_5ms_to_sequential_ratio": round(slow / 200, 1),
