@@ -6,9 +6,9 @@ How a record flows:
 - One **fetch task** keeps calling ``getmany``, so aiokafka's ``max_poll_interval_ms`` is
   never exceeded however slow a handler is (a member that stops polling is thrown out of
   the group and its partitions are handed over mid-work). It dispatches each record to the
-  **lane** of its key (the record key; the partition when there is none). A lane runs one
-  record at a time, in offset order; different lanes run in parallel on ``concurrency``
-  workers.
+  **lane** of its key (the record key, across topics: one contact's records of two topics
+  wait on each other too; the partition when there is no key). A lane runs one record at a
+  time, in offset order; different lanes run in parallel on ``concurrency`` workers.
 - At most ``max_in_flight`` records are fetched and not finished: at the bound the fetch
   task pauses every assigned partition (``consumer.pause``) and keeps polling, and resumes
   them once half the room is free again.
