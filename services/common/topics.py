@@ -7,6 +7,9 @@ SEGMENT_MEMBERSHIP = "segments.membership.v1"
 DELIVERY_REQUESTS = "delivery.requests.v1"
 DELIVERY_EVENTS = "delivery.events.v1"
 TRACKING_EVENTS = "tracking.events.v1"
+# Records a consumer gave up on (services.common.consumer), with why, for an operator to
+# inspect and replay.
+DEAD_LETTER = "nudge.deadletter.v1"
 
 TOPICS: dict[str, int] = {
     CONTACTS_EVENTS: 4,
@@ -15,4 +18,5 @@ TOPICS: dict[str, int] = {
     DELIVERY_REQUESTS: 4,
     DELIVERY_EVENTS: 4,
     TRACKING_EVENTS: 4,
+    DEAD_LETTER: 4,
 }

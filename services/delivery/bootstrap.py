@@ -69,8 +69,15 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     async def on_request(envelope: Envelope, record: ConsumerRecord) -> None:
         await handlers.deliver(deps, envelope)
 
+    # One request at a time: a crash leaves every request in flight CLAIMED in the ledger,
+    # which is never retried (at most once), so more concurrency means more lost mails per
+    # crash until delivery recovers stale claims.
     consumer = KafkaConsumerLoop(
-        settings.kafka_bootstrap_servers, CONSUMER_GROUP, [DELIVERY_REQUESTS], on_request
+        settings.kafka_bootstrap_servers,
+        CONSUMER_GROUP,
+        [DELIVERY_REQUESTS],
+        on_request,
+        concurrency=1,
     )
     service.push(consumer.stop)
     await consumer.start()

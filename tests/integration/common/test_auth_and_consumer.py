@@ -1,22 +1,28 @@
-"""Remote API-key checks when their helpers fail, and the consumer loop's poison handling."""
+"""Remote API-key checks when their helpers fail, and the consumer loop's poison handling:
+dead-lettered at once, not retried, and the partition moves on."""
 
 from __future__ import annotations
-
-import asyncio
 
 import grpc
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from nudge.events.v1.envelope_pb2 import Envelope
-from nudge.shop.v1 import shop_pb2
 
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.config import InternalAuthSettings
+from services.common.consumer import DLQ_ATTEMPTS, DLQ_REASON
 from services.common.errors import PermanentError, Unavailable
-from services.common.events import new_envelope
 from services.common.kafka import KafkaConsumerLoop
+from services.common.topics import DEAD_LETTER
+from tests.integration.common.test_consumer_loop import (
+    dead_letters_of,
+    new_topic,
+    payload,
+    produce,
+    read_all,
+    running,
+    text_of,
+)
 from tests.integration.conftest import RunningService, Workspace
 from tests.support import eventually, free_port, unique
 
@@ -39,35 +45,40 @@ async def test_contacts_away_is_unavailable_not_unknown(infra: dict[str, str]) -
             await verifier.verify("nk_0123456789abcdef_" + "k" * 43)
 
 
-async def test_a_record_no_retry_can_handle_is_skipped_and_the_rest_flow(
+async def test_a_record_no_retry_can_handle_is_dead_lettered_at_once_and_the_rest_flow(
     infra: dict[str, str],
 ) -> None:
-    topic = unique("test.poison")
-    admin = AIOKafkaAdminClient(bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"])
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    bootstrap = infra["KAFKA_BOOTSTRAP_SERVERS"]
+    topic = await new_topic(bootstrap, 1, "test.poison")
+    group = unique("g")
+    poison = payload("poison")
+    garbage = b"\xff\xff not an envelope"
     handled: list[str] = []
+    calls = 0
 
     async def handler(envelope: Envelope, record: object) -> None:
-        if envelope.shop_event.searched.query == "poison":
+        nonlocal calls
+        calls += 1
+        if text_of(envelope) == "poison":
             raise PermanentError("cannot ever handle this")
-        handled.append(envelope.shop_event.searched.query)
+        handled.append(text_of(envelope))
 
-    loop = KafkaConsumerLoop(infra["KAFKA_BOOTSTRAP_SERVERS"], unique("g"), [topic], handler)
-    await loop.start()
-    task = asyncio.create_task(loop.run())
-    producer = AIOKafkaProducer(bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"])
-    await producer.start()
-    try:
-        for query in ("before", "poison", "after"):
-            event = shop_pb2.ShopEvent(contact_id="c", searched=shop_pb2.Searched(query=query))
-            await producer.send_and_wait(topic, new_envelope("ws", event).SerializeToString())
+    await produce(
+        bootstrap,
+        topic,
+        [(b"c", payload("before")), (b"c", poison), (b"c", garbage), (b"c", payload("after"))],
+    )
+    # The default dead-letter topic, which ensure_topics created for the session.
+    loop = KafkaConsumerLoop(bootstrap, group, [topic], handler)
+    async with running(loop):
         await eventually(lambda: handled == ["before", "after"], timeout=30)
-        assert loop.skipped == 1
-    finally:
-        await producer.stop()
-        task.cancel()
-        await loop.stop()
+    assert calls == 3, "the poison record was retried"
+    assert loop.dead_lettered == 2
+    letters = dead_letters_of(await read_all(bootstrap, DEAD_LETTER), group)
+    assert [(r.value, dict(r.headers)[DLQ_ATTEMPTS]) for r in letters] == [
+        (poison, b"1"),
+        (garbage, b"1"),
+    ]
+    reasons = [dict(r.headers)[DLQ_REASON].decode() for r in letters]
+    assert reasons[0] == "PermanentError: cannot ever handle this"
+    assert reasons[1].startswith("UndecodableRecord: not an envelope")
