@@ -11,6 +11,7 @@ from nudge.shop.v1 import shop_pb2_grpc
 
 from services.common.db import create_pool, migrate
 from services.common.grpc_server import start_server
+from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.outbox import OutboxRelay
 from services.common.runtime import cancel_all, until_stopped
@@ -54,6 +55,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     tasks = [
         asyncio.create_task(OutboxRelay(pool, SCHEMA, publisher).run(), name="outbox-relay"),
         asyncio.create_task(consumer.run(), name="tracking-consumer"),
+        asyncio.create_task(
+            prune_forever(pool, ("processed_events", "ingested_events")), name="prune-claims"
+        ),
     ]
     server = await start_server(
         port=settings.grpc_port,

@@ -17,6 +17,7 @@ from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.grpc_client import channel
 from services.common.grpc_server import start_server
+from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop
 from services.common.runtime import cancel_all, until_stopped
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
@@ -51,7 +52,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         )
         cleanup.push_async_callback(consumer.stop)
         await consumer.start()
-        tasks = [asyncio.create_task(consumer.run(), name="read-model-consumer")]
+        tasks = [
+            asyncio.create_task(consumer.run(), name="read-model-consumer"),
+            asyncio.create_task(prune_forever(pool), name="prune-claims"),
+        ]
         cleanup.push_async_callback(cancel_all, tasks)
         server = await start_server(
             port=settings.grpc_port,

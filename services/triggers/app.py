@@ -33,6 +33,7 @@ from services.common.context import event_id_var, workspace_id_var
 from services.common.db import create_pool, migrate
 from services.common.grpc_client import channel
 from services.common.grpc_server import start_server
+from services.common.idempotency import prune_forever
 from services.common.kafka import PERMANENT, KafkaPublisher, supports_idempotence
 from services.common.logs import setup_logging
 from services.common.outbox import OutboxRelay
@@ -87,6 +88,7 @@ def create_app(settings: Settings) -> Any:
             )
             await publisher.start()
             relay = asyncio.create_task(OutboxRelay(pool, handlers.SCHEMA, publisher).run())
+            pruning = asyncio.create_task(prune_forever(pool))
             redis = aioredis.from_url(settings.redis_url)
             contacts = channel(settings.contacts_addr)
             server = await start_server(
@@ -105,6 +107,7 @@ def create_app(settings: Settings) -> Any:
                 pool=pool,
                 publisher=publisher,
                 relay=relay,
+                pruning=pruning,
                 redis=redis,
                 contacts=contacts,
                 server=server,
@@ -117,9 +120,10 @@ def create_app(settings: Settings) -> Any:
                 return
             server: grpc.aio.Server = state["server"]
             await server.stop(grace=5)
-            state["relay"].cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await state["relay"]
+            for task in (state["relay"], state["pruning"]):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state["publisher"].stop()
             await state["contacts"].close()
             await state["redis"].aclose()
