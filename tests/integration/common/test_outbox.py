@@ -166,18 +166,28 @@ async def test_an_insert_is_one_statement_and_a_transaction_notifies_once(
 class CancelsItsRelay(KafkaPublisher):
     """A publisher that cancels its relay's task as it queues the ``budget[0]``-th batch of
     all such publishers: a relay killed in the middle of a round (a batch sent, its rows not
-    yet deleted). The budget is shared, so only one relay is killed."""
+    yet deleted). The budget is shared, so only one relay is killed; ``sends`` (shared too)
+    says which publisher sent each batch, in order."""
 
     def __init__(
-        self, bootstrap: str, client_id: str, *, idempotent: bool, budget: list[int]
+        self,
+        bootstrap: str,
+        client_id: str,
+        *,
+        idempotent: bool,
+        budget: list[int],
+        sends: list[str],
     ) -> None:
         super().__init__(bootstrap, client_id, idempotent=idempotent)
         self.task: asyncio.Task[None] | None = None
         self.budget = budget
+        self.sends = sends
+        self.name = client_id
 
     async def send_atomic_batch(
         self, topic: str, partition: int, records: Sequence[OutRecord]
     ) -> tuple[int, asyncio.Future[object]]:
+        self.sends.append(self.name)
         self.budget[0] -= 1
         if self.budget[0] == 0:
             assert self.task is not None
@@ -195,12 +205,10 @@ async def test_two_relays_on_one_schema_publish_each_row_in_key_order_and_take_o
     bootstrap = infra["KAFKA_BOOTSTRAP_SERVERS"]
     topic = await new_topic(bootstrap, 2)
     sent = [(f"k{i % 5}", event(i, contact=f"k{i % 5}")) for i in range(3000)]
-    for start in range(0, len(sent), 100):
-        await queue(pool, name, topic, sent[start : start + 100])
     idempotent = supports_idempotence(infra["NUDGE_KAFKA_KIND"])
-    budget = [10]
+    budget, sends = [20], list[str]()
     publishers = [
-        CancelsItsRelay(bootstrap, f"relay-{i}", idempotent=idempotent, budget=budget)
+        CancelsItsRelay(bootstrap, f"relay-{i}", idempotent=idempotent, budget=budget, sends=sends)
         for i in range(2)
     ]
     for p in publishers:
@@ -210,16 +218,21 @@ async def test_two_relays_on_one_schema_publish_each_row_in_key_order_and_take_o
     for p, t in zip(publishers, tasks, strict=True):
         p.task = t
     try:
+        # Both listen (one holds the lock, the other waits for it) before the rows come.
+        await eventually(lambda: all(r.connects == 1 and r.waiting for r in relays))
+        for start in range(0, len(sent), 100):
+            await queue(pool, name, topic, sent[start : start + 100])
         done, _ = await asyncio.wait(tasks, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-        assert len(done) == 1, "one relay was killed by its tenth batch"
-        killed = relays[tasks.index(done.pop())]
-        other = relays[1 - relays.index(killed)]
-        assert other.published == 0  # it waited: one relay drains a schema at a time
-        assert killed.published < len(sent)  # the kill landed mid-stream
+        assert len(done) == 1, "one relay was killed by the twentieth batch"
+        killed = tasks.index(done.pop())
+        assert relays[killed].published < len(sent)  # the kill landed mid-stream
         found = await read_until(bootstrap, topic, {e.event_id for _, e in sent})
         assert first_copies_by_key(found) == expected_by_key(sent)
         await eventually(lambda: pool.fetchval("SELECT count(*) = 0 FROM outbox"))
-        assert killed.published + other.published >= len(sent)  # the other took over
+        # One relay drained at a time: every batch of the killed one, then the other's.
+        first_other = sends.index(f"relay-{1 - killed}")
+        assert set(sends[:first_other]) == {f"relay-{killed}"}
+        assert set(sends[first_other:]) == {f"relay-{1 - killed}"}
     finally:
         for t in tasks:
             t.cancel()

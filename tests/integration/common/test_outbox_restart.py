@@ -141,6 +141,17 @@ async def test_a_postgres_restart_under_load_loses_nothing_and_wake_ups_come_bac
             await add_to_outbox(conn, SCHEMA, topic, "k0", event(-1))
         await eventually(lambda: relay.published > published, timeout=30)
         assert time.monotonic() - started < 60  # woken by NOTIFY, not the 120 s poll
+
+        # Restarted again while the relay idles: it notices the lost connection by itself
+        # (nothing to publish would tell it) and listens again.
+        connects = relay.connects
+        await own_postgres.stop()
+        await own_postgres.start()
+        await eventually(lambda: relay.connects > connects and relay.waiting, timeout=60)
+        published = relay.published
+        async with pool.acquire() as conn, conn.transaction():
+            await add_to_outbox(conn, SCHEMA, topic, "k0", event(-2))
+        await eventually(lambda: relay.published > published, timeout=30)
     finally:
         writer.stopping = True
         for t in tasks:
