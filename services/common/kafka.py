@@ -56,6 +56,7 @@ class KafkaPublisher:
     # Large batches: the relay sends one batch per partition at a time (to keep the order
     # of a key when a send fails), so a batch should carry many rows.
     BATCH_BYTES = 256 * 1024
+    MAX_REQUEST_BYTES = 1024 * 1024  # aiokafka's default, and about the broker's message limit
 
     def __init__(self, bootstrap_servers: str, client_id: str, *, idempotent: bool) -> None:
         self._settings: dict[str, object] = {
@@ -65,6 +66,7 @@ class KafkaPublisher:
             "linger_ms": 0,
             "enable_idempotence": idempotent,
             "max_batch_size": self.BATCH_BYTES,
+            "max_request_size": self.MAX_REQUEST_BYTES,
         }
         self._producer = AIOKafkaProducer(**self._settings)
         self._partitioner = DefaultPartitioner()
@@ -115,7 +117,7 @@ class KafkaPublisher:
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
             record.key, record.value, record.headers
         )
-        limit = self._producer._max_request_size
+        limit = self.MAX_REQUEST_BYTES
         if size > limit:
             return f"record of {size} bytes exceeds the producer's max_request_size ({limit})"
         return None

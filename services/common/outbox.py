@@ -157,7 +157,10 @@ class OutboxRelay:
                     failures += 1
                     self.failed_rounds += 1
                     log.exception("outbox relay of %s failed; retrying", self._schema)
-                    await self._idle(min(0.1 * 2**failures, 10.0))
+                    # Back off whatever the notifications say; only a lost connection ends
+                    # the pause early.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(lost.wait(), min(0.1 * 2**failures, 10.0))
             raise ConnectionError("the outbox relay's connection was lost")
         finally:
             with contextlib.suppress(Exception):
