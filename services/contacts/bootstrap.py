@@ -15,6 +15,7 @@ from nudge.shop.v1 import shop_pb2_grpc
 from services.common import runtime
 from services.common.db import create_pool, migrate
 from services.common.dependencies import kafka_check, postgres_check
+from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
@@ -62,6 +63,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(consumer.stop)
     await consumer.start()
     service.spawn(consumer.run(), "tracking-consumer")
+    service.spawn(prune_forever(pool, ("processed_events", "ingested_events")), "prune-claims")
     probe = BrokerProbe(
         settings.kafka_bootstrap_servers, "nudge-contacts-health", settings.dependency_timeout_s
     )

@@ -18,6 +18,7 @@ from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.dependencies import kafka_check, postgres_check, redis_check
 from services.common.grpc_client import channel
+from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop
 from services.common.kafka_probe import BrokerProbe
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
@@ -51,6 +52,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(consumer.stop)
     await consumer.start()
     service.spawn(consumer.run(), "read-model-consumer")
+    service.spawn(prune_forever(pool), "prune-claims")
     probe = BrokerProbe(
         settings.kafka_bootstrap_servers, "nudge-segmentation-health", settings.dependency_timeout_s
     )

@@ -29,6 +29,7 @@ from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.dependencies import kafka_check, postgres_check, redis_check
 from services.common.grpc_client import channel
+from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
@@ -68,6 +69,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(publisher.stop)
     await publisher.start()
     service.spawn(OutboxRelay(pool, handlers.SCHEMA, publisher).run(), "outbox-relay")
+    service.spawn(prune_forever(pool), "prune-claims")
     redis = aioredis.from_url(settings.redis_url)
     service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)
