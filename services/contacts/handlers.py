@@ -104,6 +104,14 @@ async def create_contact(
 async def get_contact(
     pool: asyncpg.Pool, workspace_id: str, ref: contacts_pb2.ContactRef
 ) -> contacts_pb2.Contact:
+    """The contact ``ref`` names. A reference that names nobody (none of its fields set, or
+    an empty value) is the caller's mistake, not a contact that is missing."""
+    v = Validator()
+    which = ref.WhichOneof("ref")
+    v.check(which is not None, "contact", "is required: one of contact_id, external_id, email")
+    if which is not None:
+        v.check(bool(getattr(ref, which)), f"contact.{which}", "is empty")
+    v.raise_if_any()
     async with pool.acquire() as conn:
         return db.contact_to_proto(await db.find_contact(conn, workspace_id, ref))
 
