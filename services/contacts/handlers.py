@@ -270,8 +270,10 @@ async def unsubscribe(
 
     The link does not say which kind of mail it came from, and a person who presses
     "unsubscribe" expects no more promotional or automated mail from this sender; order
-    details and password resets still arrive. Idempotent on the tracking event's id; returns
-    how many consents changed.
+    details and password resets still arrive. Every post of the link is a new event, so a
+    contact who subscribed again and uses an old mail's link is unsubscribed again; repeats
+    change nothing because a consent already withdrawn is left alone, and a redelivery of
+    one event is claimed once. Returns how many consents changed.
     """
     if not (is_uuid(request.contact_id) and is_uuid(workspace_id)):
         raise PermanentError(f"unsubscribe with malformed ids: {request.contact_id!r}")
