@@ -145,9 +145,9 @@ def _shield_unary(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
 
 
 def _shield_stream(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
-    """Streaming handlers come in two shapes, and gRPC refuses to mix them in one call: async
-    generators (``yield``) and coroutines that ``await context.write(...)`` (health's
-    Watch). The wrapper takes the shape of the handler it wraps."""
+    """Streaming handlers come in two shapes: async generators (``yield``) and coroutines
+    that ``await context.write(...)`` (health's Watch). The wrapper takes the shape of the
+    handler it wraps; iterating a coroutine is what broke Watch under OpenTelemetry's."""
     if inspect.isasyncgenfunction(inner):
 
         async def shielded_generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
