@@ -357,12 +357,6 @@ async def test_campaign_texts_the_service_refuses_are_422_at_the_gateway(gateway
     assert answer.status_code == 422
     fields = [e["field"] for e in answer.json()["errors"]]
     assert fields == ["name", "segment_ids", "subject", "body_text"]
-    again = await gateway.http.post(
-        "/v1/campaigns",
-        json={"name": "n", "segment_ids": ["vip", "vip"], "subject": "s", "body_text": "b"},
-        headers=AUTH,
-    )
-    assert [e["field"] for e in again.json()["errors"]] == ["segment_ids"]
     assert gateway.campaigns.calls == []
 
 
