@@ -5,13 +5,15 @@ it documents (status, media type, schema, ``Allow``), this fails.
 
 The system runs as ``make run`` starts it (every service a child process on free ports, over
 the session's infrastructure), and schemathesis calls the gateway over HTTP with a real
-workspace key. ``openapi_hooks`` supplies what JSON Schema cannot say (existing segment ids,
-templates that parse): see its docstring. Bounded: a few dozen examples an operation and a
-time budget, so the run takes about a minute.
+workspace key. ``openapi_hooks`` supplies what JSON Schema cannot say (existing segment ids
+and page tokens, templates that parse, instants not in the future): see its docstring.
+Bounded: a few dozen examples an operation and a time budget, so the run takes about a
+minute (plus the system's start).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -58,8 +60,6 @@ def api_key(env: dict[str, str]) -> str:
             )
         return str(answer.api_key)
 
-    import asyncio
-
     return asyncio.run(create())
 
 
@@ -95,13 +95,15 @@ def test_the_gateway_keeps_every_promise_of_its_openapi_document(
     ]
     env = {
         **os.environ,
+        # Run from tmp_path, so its cache (.schemathesis/) stays out of the worktree.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "SCHEMATHESIS_HOOKS": "tests.integration.gateway.openapi_hooks",
         "NUDGE_OPENAPI_GATEWAY": gateway,
         "NUDGE_OPENAPI_API_KEY": key,
         "NO_COLOR": "1",
     }
     run = subprocess.run(
-        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=MAX_TIME_S + 120
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=MAX_TIME_S + 120
     )
     assert run.returncode == 0, (
         f"schemathesis found failures:\n{run.stdout[-20000:]}{run.stderr[-5000:]}"
