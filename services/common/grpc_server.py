@@ -1,7 +1,11 @@
 """gRPC server bootstrap: tracing, authentication and error mapping, health and reflection.
 
 Every service builds its server with :func:`build_server`. The interceptor chain:
-1. OpenTelemetry's server interceptor continues the caller's trace from the metadata;
+0. :class:`ShieldInterceptor`, outermost, turns any exception no layer below handled into
+   ``INTERNAL "internal error"`` (gRPC's own answer would carry the Python exception text);
+1. OpenTelemetry's server interceptor continues the caller's trace from the metadata (not
+   for health and reflection: probes are not traffic, and its stream wrapper cannot run
+   handlers that write with ``context.write``, such as the health service's ``Watch``);
 2. :class:`GuardInterceptor` authenticates (API key, or the internal token plus a workspace
    header), puts the workspace in context, turns undecodable requests into
    ``INVALID_ARGUMENT`` and maps domain errors to status codes with details
@@ -11,6 +15,7 @@ Every service builds its server with :func:`build_server`. The interceptor chain
 from __future__ import annotations
 
 import hmac
+import inspect
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Iterable
@@ -20,10 +25,9 @@ import grpc
 from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
-from services.common import errors
+from services.common import errors, reflection_v1
 from services.common.auth import WORKSPACE_HEADER, ApiKeyVerifier, Principal
 from services.common.context import workspace_id_var
 from services.common.ids import is_uuid
@@ -93,6 +97,90 @@ async def abort_unexpected(context: grpc.aio.ServicerContext, method: str) -> No
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+class ShieldInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The last line: whatever a handler or an inner interceptor raises that is not a
+    deliberate abort is logged and answered ``INTERNAL "internal error"``, for every method
+    (health and reflection included) and every kind of call."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method: str = details.method
+        options = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                _shield_unary(handler.unary_unary, method), **options
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                _shield_unary(handler.stream_unary, method), **options
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                _shield_stream(handler.unary_stream, method), **options
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                _shield_stream(handler.stream_stream, method), **options
+            )
+        return handler
+
+
+def _shield_unary(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
+    async def shielded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except Exception:
+            await abort_unexpected(context, method)
+
+    return shielded
+
+
+def _shield_stream(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
+    """Streaming handlers come in two shapes: async generators (``yield``) and coroutines
+    that ``await context.write(...)`` (health's Watch). The wrapper takes the shape of the
+    handler it wraps; iterating a coroutine is what broke Watch under OpenTelemetry's."""
+    if inspect.isasyncgenfunction(inner):
+
+        async def shielded_generator(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except Exception:
+                await abort_unexpected(context, method)
+
+        return shielded_generator
+
+    async def shielded_writer(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            result = inner(request, context)
+            if hasattr(result, "__aiter__"):  # a callable object that returns a generator
+                async for item in result:
+                    await context.write(item)
+            else:
+                await result
+        except Exception:
+            await abort_unexpected(context, method)
+
+    return shielded_writer
+
+
+# Health probes and reflection are not traffic worth a trace (see the module docstring).
+_TRACED = filters.negate(
+    filters.any_of(
+        filters.service_prefix("grpc.health."), filters.service_prefix("grpc.reflection.")
+    )
+)
+
+
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
         self, verifier: ApiKeyVerifier, internal_token: str, policy: AuthPolicy | None = None
@@ -151,8 +239,12 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     principal = await guard(request, context)
                     token = workspace_id_var.set(principal.workspace_id if principal else "")
                     try:
-                        async for item in inner_stream(request, context):
-                            yield item
+                        result = inner_stream(request, context)
+                        if hasattr(result, "__aiter__"):
+                            async for item in result:
+                                yield item
+                        else:  # a handler that answers with `await context.write(...)`
+                            await result
                     finally:
                         workspace_id_var.reset(token)
                 except errors.NudgeError as err:
@@ -191,13 +283,16 @@ def build_server(
     internal_token: str,
     policy: AuthPolicy | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """A server with every servicer registered, health set to SERVING and reflection on.
+    """A server with every servicer registered, health (Check and Watch) and reflection
+    (``grpc.reflection.v1`` and ``v1alpha``) on. Health knows no service (Check answers
+    NOT_FOUND, Watch SERVICE_UNKNOWN) until :func:`mark_serving`.
 
     ``servicers`` are ``(add_XServicer_to_server, servicer, full service name)``.
     """
     server = grpc.aio.server(
         interceptors=[
-            aio_server_interceptor(),  # type: ignore[no-untyped-call]
+            ShieldInterceptor(),
+            aio_server_interceptor(filter_=_TRACED),  # type: ignore[no-untyped-call]
             GuardInterceptor(verifier, internal_token, policy),
         ],
         options=[
@@ -207,11 +302,11 @@ def build_server(
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    names = [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    names = [health.SERVICE_NAME]
     for add, servicer, name in servicers:
         add(servicer, server)
         names.append(name)
-    reflection.enable_server_reflection(names, server)
+    reflection_v1.enable(names, server)
     return server, health_servicer
 
 

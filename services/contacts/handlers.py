@@ -125,6 +125,14 @@ async def create_contact(
 async def get_contact(
     pool: asyncpg.Pool, workspace_id: str, ref: contacts_pb2.ContactRef
 ) -> contacts_pb2.Contact:
+    """The contact ``ref`` names. A reference that names nobody (none of its fields set, or
+    an empty value) is the caller's mistake, not a contact that is missing."""
+    v = Validator()
+    which = ref.WhichOneof("ref")
+    v.check(which is not None, "contact", "is required: one of contact_id, external_id, email")
+    if which is not None:
+        v.check(bool(getattr(ref, which)), f"contact.{which}", "is empty")
+    v.raise_if_any()
     async with pool.acquire() as conn:
         return db.contact_to_proto(await db.find_contact(conn, workspace_id, ref))
 
@@ -420,8 +428,10 @@ async def unsubscribe(
 
     The link does not say which kind of mail it came from, and a person who presses
     "unsubscribe" expects no more promotional or automated mail from this sender; order
-    details and password resets still arrive. Idempotent on the tracking event's id; returns
-    how many consents changed.
+    details and password resets still arrive. Every post of the link is a new event, so a
+    contact who subscribed again and uses an old mail's link is unsubscribed again; repeats
+    change nothing because a consent already withdrawn is left alone, and a redelivery of
+    one event is claimed once. Returns how many consents changed.
     """
     if not (is_uuid(request.contact_id) and is_uuid(workspace_id)):
         raise PermanentError(f"unsubscribe with malformed ids: {request.contact_id!r}")

@@ -8,7 +8,7 @@ the protobuf field the service checked: each route passes a :data:`FieldMap` tha
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
@@ -20,8 +20,9 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
-from services.gateway.schemas import EVENT_TYPES
+from services.gateway.schemas import EVENT_TYPES, PATTERN_MESSAGES
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,9 @@ def validation_problem(errors: Sequence[Any]) -> Problem:
         if error.get("type") in ("union_tag_not_found", "union_tag_invalid"):
             loc.append(str((error.get("ctx") or {}).get("discriminator", "type")).strip("'\""))
         message = str(error.get("msg")).removeprefix("Value error, ")
+        if error.get("type") == "string_pattern_mismatch":
+            pattern = (error.get("ctx") or {}).get("pattern")
+            message = PATTERN_MESSAGES.get(str(pattern), message)
         field_errors.append(FieldError(field=field_path(loc), message=message))
     count = len(field_errors)
     return Problem(
@@ -224,14 +228,38 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
     assert isinstance(exc, HTTPException)
     status = HTTPStatus(exc.status_code)
     detail = exc.detail if isinstance(exc.detail, str) else status.description
+    headers = dict(exc.headers or {})
+    if status == HTTPStatus.METHOD_NOT_ALLOWED:
+        headers["Allow"] = allowed_methods(request)
     problem = Problem(
         status.value,
         status.phrase.lower().replace(" ", "-"),
         status.phrase,
         detail,
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
     return problem.response()
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method some route offers at this path. Starlette names only the first route
+    that matches the path (``OPTIONS /v1/campaigns`` said ``POST`` though GET is there too)."""
+    return ", ".join(sorted(_methods_at(request.app.router.routes, request.scope)))
+
+
+def _methods_at(routes: Iterable[Any], scope: MutableMapping[str, Any]) -> set[str]:
+    methods: set[str] = set()
+    for route in routes:
+        # FastAPI wraps an included router (``original_router``); older versions copied its
+        # routes into the app, where ``routes`` is all there is.
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            methods |= _methods_at(inner.routes, scope)
+        elif getattr(route, "methods", None):
+            match, _ = route.matches(scope)
+            if match != Match.NONE:
+                methods.update(route.methods)
+    return methods
 
 
 async def handle_rpc_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,14 +1,20 @@
-"""The JSON the gateway speaks: request and response models, strict and bounded.
+r"""The JSON the gateway speaks: request and response models, strict and bounded.
 
 Strict means a string is a string (``"vip": "yes"`` is refused, not read as true) and unknown
-fields are refused. The limits here only keep oversized input away from the services; the
-rules (what an e-mail address is, which tags are valid) live in the services, whose field
-errors come back through the gateway as 422s.
+fields are refused. These models are also the OpenAPI document, so they say what the services
+accept, taking each limit and pattern from the service's own rules (one source): a request the
+document calls valid is not refused for its shape. What JSON Schema cannot say (a segment
+that exists, a template that parses, an instant not in the future) is said in the field's
+description, and the service's field errors come back through the gateway as 422s.
+Patterns use only what every regex dialect reads alike (explicit classes; no ``\s``, ``\d``
+or look-arounds), so that the document (ECMA-262), the gateway (pydantic's Rust engine) and
+the services (Python) agree on every string.
 """
 
 from __future__ import annotations
 
 import re
+import zoneinfo
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -25,6 +31,7 @@ from pydantic import (
 )
 
 from services.common import campaign_limits as campaign_rules
+from services.common import contact_limits as contact_rules
 
 
 class StrictModel(BaseModel):
@@ -63,14 +70,74 @@ Rfc3339 = Annotated[
 ]
 
 
-def _text(max_length: int, min_length: int = 0) -> Any:
-    return StringConstraints(min_length=min_length, max_length=max_length)
+# The services refuse NUL in every string they store (PostgreSQL text cannot hold it).
+NO_NUL = r"^[^\x00]*$"
 
+
+def _text(max_length: int, min_length: int = 0) -> Any:
+    return StringConstraints(min_length=min_length, max_length=max_length, pattern=NO_NUL)
+
+
+# The characters str.isspace() (and so str.strip(), which the services use) counts as white
+# space, spelled out so that the pattern means the same in every regex dialect.
+WHITE_SPACE = r"\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+PATTERN_MESSAGES: dict[str, str] = {}
+"""What a value that does not match a pattern lacks, in words (problems.validation_problem)."""
+
+
+def _filled_text(max_length: int, *, one_line: bool = False) -> Any:
+    """1-``max_length`` characters, not all white space, no NUL (PostgreSQL text cannot hold
+    it) and, for ``one_line``, no line breaks: the campaigns service's rule for its texts."""
+    other = r"\x00\n\r" if one_line else r"\x00"
+    pattern = f"^[^{other}]*[^{other}{WHITE_SPACE}][^{other}]*$"
+    PATTERN_MESSAGES[pattern] = "must not be blank or contain NUL" + (
+        " or line breaks" if one_line else ""
+    )
+    return StringConstraints(min_length=1, max_length=max_length, pattern=pattern)
+
+
+# A calendar date: YYYY-MM-DD, or --MM-DD when the year is unknown (then 29 February is fine;
+# year 0000 also means unknown). contacts checks the same (domain/model.py ``_is_date``).
+_MONTH_DAY = (
+    r"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"|(?:0[469]|11)-(?:0[1-9]|[12][0-9]|30)"
+    r"|02-(?:0[1-9]|1[0-9]|2[0-8]))"
+)
+_LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+BIRTHDAY_PATTERN = rf"^(?:(?:[0-9]{{4}}|-)-{_MONTH_DAY}|(?:{_LEAP_YEAR}|-)-02-29)$"
+
+# contacts' own rule with its `\s` spelled out, and no NUL (see NO_NUL). Not `format: email`:
+# the service does not check RFC 5322, and the document must not promise more than it holds.
+EMAIL_PATTERN = contact_rules.EMAIL.pattern.replace(r"\s", WHITE_SPACE + r"\x00")
+LOCALE_PATTERN = f"^(?:{contact_rules.LOCALE.pattern[1:-1]})?$"  # or empty
+PATTERN_MESSAGES.update(
+    {
+        LOCALE_PATTERN: "not a BCP 47 tag",
+        BIRTHDAY_PATTERN: "must be a calendar date, YYYY-MM-DD or --MM-DD",
+        NO_NUL: "must not contain NUL characters",
+        EMAIL_PATTERN: "is not an e-mail address",
+        contact_rules.TAG.pattern: "lower-case [a-z0-9_:-], 1-64",
+    }
+)
+
+TIME_ZONES = sorted(zoneinfo.available_timezones())
+
+
+def _time_zone(value: str) -> str:
+    if value and value not in _TIME_ZONE_SET:
+        raise ValueError("not an IANA time zone, e.g. Europe/Rome")
+    return value
+
+
+_TIME_ZONE_SET = frozenset(TIME_ZONES)
 
 Id = Annotated[str, _text(200, 1)]
 Text = Annotated[str, _text(200)]
 LongText = Annotated[str, _text(2000)]
-Url = Annotated[str, _text(2048)]
+# contacts refuses longer strings in shop events (domain/model.py MAX_EVENT_STRING).
+Url = Annotated[str, _text(contact_rules.MAX_EVENT_STRING)]
 
 ConsentPurpose = Literal["marketing", "targeted_messages", "automations"]
 ConsentStatus = Literal["granted", "withdrawn"]
@@ -83,25 +150,41 @@ ConsentSource = Literal["form", "import", "api", "unsubscribe_link", "preference
 class ContactIn(StrictModel):
     """A new contact of the caller's workspace."""
 
-    email: Annotated[str, _text(254)] = Field(description="Unique in the workspace.")
+    email: Annotated[
+        str, StringConstraints(min_length=6, max_length=254, pattern=EMAIL_PATTERN)
+    ] = Field(description="An e-mail address (`local@domain.tld`), unique in the workspace.")
     external_id: Text | None = Field(
         None, description="The platform's own id for this customer, unique in the workspace."
     )
     first_name: Text = ""
     last_name: Text = ""
-    locale: Annotated[str, _text(35)] = Field("", description="BCP 47, e.g. `it-IT`.")
-    time_zone: Annotated[str, _text(64)] = Field(
-        "", description="IANA time zone, e.g. `Europe/Rome`."
+    locale: Annotated[str, StringConstraints(max_length=35, pattern=LOCALE_PATTERN)] = Field(
+        "", description="BCP 47, e.g. `it-IT`."
     )
-    birthday: Annotated[str, StringConstraints(pattern=r"^(\d{4}|-)-\d{2}-\d{2}$")] | None = Field(
-        None, description="`YYYY-MM-DD`, or `--MM-DD` when the year is unknown."
+    time_zone: Annotated[str, AfterValidator(_time_zone)] = Field(
+        "",
+        description="IANA time zone, e.g. `Europe/Rome`.",
+        json_schema_extra={"enum": ["", *TIME_ZONES]},
     )
-    signed_up_at: Rfc3339 | None = Field(None, description="When they signed up (RFC 3339).")
-    attributes: dict[Annotated[str, _text(64, 1)], Annotated[str, _text(1024)]] = Field(
-        default_factory=dict, max_length=50, description="Custom attributes, strings only."
+    birthday: Annotated[str, StringConstraints(pattern=BIRTHDAY_PATTERN)] | None = Field(
+        None, description="A calendar date: `YYYY-MM-DD`, or `--MM-DD` when the year is unknown."
+    )
+    signed_up_at: Rfc3339 | None = Field(
+        None,
+        description="When they signed up (RFC 3339); not more than "
+        f"{int(contact_rules.MAX_FUTURE_SKEW.total_seconds() // 60)} minutes in the future.",
+    )
+    attributes: dict[
+        Annotated[str, _text(64, 1)], Annotated[str, _text(contact_rules.MAX_ATTRIBUTE_VALUE)]
+    ] = Field(
+        default_factory=dict,
+        max_length=contact_rules.MAX_ATTRIBUTES,
+        description="Custom attributes, strings only.",
     )
     vip: bool = Field(False, description="The manager's star.")
-    tags: list[Annotated[str, _text(64, 1)]] = Field(default_factory=list, max_length=100)
+    tags: list[Annotated[str, StringConstraints(pattern=contact_rules.TAG.pattern)]] = Field(
+        default_factory=list, max_length=contact_rules.MAX_TAGS
+    )
     consents: list[ConsentPurpose] = Field(
         default_factory=list, max_length=3, description="Consents granted at creation."
     )
@@ -149,6 +232,16 @@ class ContactRefIn(StrictModel):
     id: Id | None = None
     external_id: Id | None = None
     email: Annotated[str, _text(254, 1)] | None = None
+
+    # What the validator below checks, said in the document: exactly one is a string.
+    model_config = ConfigDict(
+        json_schema_extra={
+            "oneOf": [
+                {"required": [name], "properties": {name: {"type": "string"}}}
+                for name in ("id", "external_id", "email")
+            ]
+        }
+    )
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ContactRefIn:
@@ -318,12 +411,21 @@ class CampaignIn(StrictModel):
     """A targeted message: a segment, a subject and a short text. The limits are the
     campaigns service's own (services/common/campaign_limits.py)."""
 
-    name: Annotated[str, _text(campaign_rules.MAX_NAME, 1)]
+    name: Annotated[str, _filled_text(campaign_rules.MAX_NAME)]
+    # uniqueItems is the service's check (it names the repeated item, `segment_ids[1]`).
     segment_ids: list[Id] = Field(
-        max_length=campaign_rules.MAX_SEGMENTS, description="Who receives it (a union)."
+        min_length=1,
+        max_length=campaign_rules.MAX_SEGMENTS,
+        description="Who receives it (a union): ids of segments the workspace has "
+        "(`GET /v1/segments`), each once.",
+        json_schema_extra={"uniqueItems": True},
     )
-    subject: Annotated[str, _text(campaign_rules.MAX_SUBJECT)]
-    body_text: Annotated[str, _text(campaign_rules.MAX_BODY_TEXT)]
+    subject: Annotated[str, _filled_text(campaign_rules.MAX_SUBJECT, one_line=True)] = Field(
+        description="One line; a template (`{{ first_name }}`) that must parse."
+    )
+    body_text: Annotated[str, _filled_text(campaign_rules.MAX_BODY_TEXT)] = Field(
+        description="A template that must parse."
+    )
 
 
 class CampaignOut(ResponseModel):

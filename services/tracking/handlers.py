@@ -1,10 +1,12 @@
 """Tracking use cases: a verified link was hit; say so on tracking.events.v1.
 
 Events are keyed by contact id, so one recipient's opens, clicks and unsubscribes stay in
-order. Each open and click is its own event (a new id): two opens are two opens. An
-unsubscribe is one request however often it is posted (a provider retrying after a timeout,
-a reader pressing the button twice): its id derives from the workspace and the message, so
-consumers that claim event ids act on it once.
+order. Each open, click and unsubscribe is its own event (a new id). An unsubscribe posted
+twice (a provider retrying after a timeout, a reader pressing the button twice) is harmless
+because contacts acts on the consent state (a withdrawn consent stays withdrawn), not because
+the two posts share an id: an id derived from the message was claimed forever, so a contact
+who subscribed again and then used the same mail's link was told "unsubscribed" while
+nothing changed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Protocol
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.tracking.v1 import events_pb2
 
-from services.common.events import deterministic_id, new_envelope
+from services.common.events import new_envelope
 from services.common.links import LinkClaims
 from services.common.topics import TRACKING_EVENTS
 from services.tracking.domain.machine_opens import is_machine_open
@@ -51,18 +53,11 @@ async def record_click(publisher: EventPublisher, claims: LinkClaims, user_agent
 async def request_unsubscribe(
     publisher: EventPublisher, claims: LinkClaims, *, one_click: bool
 ) -> str:
-    """One-click (RFC 8058) and the preference page's button alike: the same event id for
-    every request from the same message."""
+    """One-click (RFC 8058) and the preference page's button alike: a new event each time."""
     requested = events_pb2.UnsubscribeRequested(
         message_id=claims.message_id, contact_id=claims.contact_id, one_click=one_click
     )
-    event_id = unsubscribe_event_id(claims)
-    envelope = new_envelope(claims.workspace_id, requested, event_id=event_id)
-    return await _publish(publisher, claims, envelope)
-
-
-def unsubscribe_event_id(claims: LinkClaims) -> str:
-    return deterministic_id("unsubscribe", claims.workspace_id, claims.message_id)
+    return await _publish(publisher, claims, new_envelope(claims.workspace_id, requested))
 
 
 async def _publish(publisher: EventPublisher, claims: LinkClaims, envelope: Envelope) -> str:

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import date, datetime
 from enum import IntEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from services.common.contact_limits import EMAIL as EMAIL
+from services.common.contact_limits import LOCALE as LOCALE
+from services.common.contact_limits import MAX_ATTRIBUTE_VALUE as MAX_ATTRIBUTE_VALUE
+from services.common.contact_limits import MAX_ATTRIBUTES as MAX_ATTRIBUTES
+from services.common.contact_limits import MAX_EVENT_STRING as MAX_EVENT_STRING
+from services.common.contact_limits import MAX_FUTURE_SKEW as MAX_FUTURE_SKEW
+from services.common.contact_limits import MAX_IDEMPOTENCY_KEY as MAX_IDEMPOTENCY_KEY
+from services.common.contact_limits import MAX_TAGS as MAX_TAGS
+from services.common.contact_limits import MAX_TEXT as MAX_TEXT
+from services.common.contact_limits import SLUG as SLUG
+from services.common.contact_limits import TAG as TAG
 from services.common.errors import Validator
 
 # The gRPC enums' numbers, mirrored so the rules do not import the transport.
@@ -48,20 +58,6 @@ def check_consent_change(v: Validator, purpose: int, status: int, source: int) -
     )
     v.check(status in frozenset(ConsentStatus), "status", "must be GRANTED or WITHDRAWN")
     v.check(source in frozenset(ConsentSource), "source", "is required")
-
-
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$")
-SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
-TAG = re.compile(r"^[a-z0-9][a-z0-9_:-]{0,63}$")
-LOCALE = re.compile(r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{2,8})*$")
-MAX_ATTRIBUTES = 50
-MAX_TAGS = 100
-MAX_TEXT = 200
-MAX_ATTRIBUTE_VALUE = 1024
-MAX_IDEMPOTENCY_KEY = 200
-MAX_FUTURE_SKEW = timedelta(minutes=5)
-# Any string in a shop event (ids, URLs, queries); the consumers index some of them.
-MAX_EVENT_STRING = 2000
 
 
 @dataclass

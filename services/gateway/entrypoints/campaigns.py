@@ -78,7 +78,7 @@ async def list_campaigns(
     "/{campaign_id}",
     response_model=CampaignOut,
     summary="Get a campaign",
-    responses=problems.responses(401, 404, 503),
+    responses=problems.responses(401, 404, 422, 503),
 )
 async def get_campaign(
     campaign_id: CampaignId, caller: CallerDep, backends: BackendsDep

@@ -47,7 +47,7 @@ async def create_contact(
     "/{contact_id}",
     response_model=ContactOut,
     summary="Get a contact",
-    responses=problems.responses(401, 404, 503),
+    responses=problems.responses(401, 404, 422, 503),
 )
 async def get_contact(
     contact_id: ContactId, caller: CallerDep, backends: BackendsDep

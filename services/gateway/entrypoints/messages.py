@@ -20,7 +20,7 @@ MessageId = Annotated[str, Path(min_length=1, max_length=200, description="The m
     "/{message_id}",
     response_model=MessageStatusOut,
     summary="Get a message's delivery status",
-    responses=problems.responses(401, 404, 503),
+    responses=problems.responses(401, 404, 422, 503),
 )
 async def get_message_status(
     message_id: MessageId, caller: CallerDep, backends: BackendsDep

@@ -18,7 +18,7 @@ from services.common import clock
 from services.common.db import create_pool, migrate
 from services.common.idempotency import HORIZON, claim_event, prune_claims, prune_forever
 from services.common.topics import TOPICS
-from services.contacts.adapters.postgres import claim_ingestion
+from services.contacts.adapters.postgres import HeldClaim, IngestionClaim, claim_ingestions
 from services.contacts.bootstrap import MIGRATIONS as CONTACTS_MIGRATIONS
 from tests.support import eventually, unique
 
@@ -82,17 +82,26 @@ async def test_pruning_goes_in_small_transactions_until_nothing_is_left(
 async def test_ingested_events_past_the_horizon_go_and_a_retry_inside_it_is_a_no_op(
     pool: asyncpg.Pool, frozen: clock.FrozenClock
 ) -> None:
-    workspace = str(uuid.uuid4())
+    workspace = uuid.uuid4()
     contact = uuid.uuid4()
+    payload = b"the same event"
+
+    async def claim(key: str, at: datetime) -> tuple[uuid.UUID, HeldClaim | None]:
+        event_id = uuid.uuid4()
+        async with pool.acquire() as conn, conn.transaction():
+            held = await claim_ingestions(
+                conn, [IngestionClaim(workspace, key, event_id, contact, payload)], at
+            )
+        return event_id, held.get((workspace, key))
+
     first: dict[str, uuid.UUID] = {}
     for key, at in [
         ("old", NOW - HORIZON - timedelta(hours=1)),
         ("inside", NOW - timedelta(days=29)),
     ]:
-        async with pool.acquire() as conn, conn.transaction():
-            row = await claim_ingestion(conn, workspace, key, uuid.uuid4(), contact, at)
-            assert row["inserted"]
-            first[key] = row["event_id"]
+        event_id, held = await claim(key, at)
+        assert held is None
+        first[key] = event_id
 
     task = asyncio.create_task(prune_forever(pool, ("processed_events", "ingested_events")))
     try:
@@ -102,12 +111,11 @@ async def test_ingested_events_past_the_horizon_go_and_a_retry_inside_it_is_a_no
     finally:
         task.cancel()
 
-    async with pool.acquire() as conn, conn.transaction():
-        retried = await claim_ingestion(conn, workspace, "inside", uuid.uuid4(), contact, NOW)
-        assert not retried["inserted"]  # the platform's retry is still recognised
-        assert retried["event_id"] == first["inside"]
-        again = await claim_ingestion(conn, workspace, "old", uuid.uuid4(), contact, NOW)
-        assert again["inserted"]
+    _, retried = await claim("inside", NOW)
+    assert retried is not None  # the platform's retry is still recognised
+    assert retried.event_id == first["inside"]
+    _, again = await claim("old", NOW)
+    assert again is None
 
 
 async def test_the_horizon_outlives_every_topics_retention(infra: dict[str, str]) -> None:

@@ -93,7 +93,9 @@ async def test_a_campaign_is_created_read_and_listed(http: httpx.AsyncClient) ->
 async def test_campaign_field_errors_come_back_as_422(http: httpx.AsyncClient) -> None:
     answer = await http.post(
         "/v1/campaigns",
-        json={"name": "x", "segment_ids": ["vip", "vip"], "subject": "a\nb", "body_text": "t"},
+        # Both pass the gateway's schema (a line break in the subject would not): the service
+        # refuses them, and its field errors come back.
+        json={"name": "x", "segment_ids": ["vip", "vip"], "subject": "Hi {{", "body_text": "t"},
     )
     assert answer.status_code == 422, answer.text
     fields = {e["field"] for e in answer.json()["errors"]}

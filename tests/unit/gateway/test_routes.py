@@ -37,7 +37,7 @@ async def test_a_signup_time_outside_utc_is_a_422_naming_the_field(
     gateway: Gateway, when: str
 ) -> None:
     answer = await gateway.http.post(
-        "/v1/contacts", json={"email": "a@b.c", "signed_up_at": when}, headers=AUTH
+        "/v1/contacts", json={"email": "a@b.cc", "signed_up_at": when}, headers=AUTH
     )
     assert answer.status_code == 422, answer.text
     assert answer.headers["content-type"] == PROBLEM
@@ -99,7 +99,7 @@ async def test_a_signup_time_with_an_offset_reaches_contacts_in_utc(gateway: Gat
     gateway.contacts.answers["CreateContact"] = contacts_pb2.CreateContactResponse(contact=stored)
     answer = await gateway.http.post(
         "/v1/contacts",
-        json={"email": "a@b.c", "signed_up_at": "2026-05-01T00:30:00+02:00"},
+        json={"email": "a@b.cc", "signed_up_at": "2026-05-01T00:30:00+02:00"},
         headers=AUTH,
     )
     assert answer.status_code == 201, answer.text
@@ -116,7 +116,7 @@ async def test_a_signup_time_with_an_offset_reaches_contacts_in_utc(gateway: Gat
 
 async def test_a_time_must_be_an_rfc_3339_string_not_epoch_seconds(gateway: Gateway) -> None:
     answer = await gateway.http.post(
-        "/v1/contacts", json={"email": "a@b.c", "signed_up_at": "1700000000"}, headers=AUTH
+        "/v1/contacts", json={"email": "a@b.cc", "signed_up_at": "1700000000"}, headers=AUTH
     )
     assert answer.status_code == 422, answer.text
     assert field_errors(answer) == ["signed_up_at"]
