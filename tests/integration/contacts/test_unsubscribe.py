@@ -17,7 +17,7 @@ from nudge.tracking.v1 import events_pb2 as tracking_pb2
 
 from services.common.events import new_envelope
 from services.common.topics import TRACKING_EVENTS
-from services.tracking import links
+from services.common import links
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.tracking.conftest import LINK_SECRET, HttpService, spans, tracking_service
 from tests.support import eventually, unique
