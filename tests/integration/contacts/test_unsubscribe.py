@@ -15,9 +15,9 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.tracking.v1 import events_pb2 as tracking_pb2
 
+from services.common import links
 from services.common.events import new_envelope
 from services.common.topics import TRACKING_EVENTS
-from services.common import links
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.tracking.conftest import LINK_SECRET, HttpService, spans, tracking_service
 from tests.support import eventually, unique
