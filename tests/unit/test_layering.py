@@ -68,7 +68,7 @@ def test_the_check_sees_absolute_relative_and_plain_imports(tmp_path: Path) -> N
     package = tmp_path / "services" / "gateway" / "adapters"
     package.mkdir(parents=True)
     (package / "probe.py").write_text(
-        "import services.common.links\n"
+        "import services.tracking.links\n"
         "from services.campaigns.domain import paging\n"
         "from ...delivery import handlers\n"
         "from services.common import links\n"
@@ -76,7 +76,7 @@ def test_the_check_sees_absolute_relative_and_plain_imports(tmp_path: Path) -> N
         "from .. import schemas\n"
     )
     found = "\n".join(foreign_imports(tmp_path / "services" / "gateway"))
-    assert "probe.py:1 imports services.common.links" in found
+    assert "probe.py:1 imports services.tracking.links" in found
     assert "probe.py:2 imports services.campaigns.domain" in found
     assert "probe.py:3 imports services.delivery" in found
     assert "services.common" not in found

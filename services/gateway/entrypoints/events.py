@@ -82,14 +82,15 @@ async def track_events(
             continue
         requests.append(convert.track_event_request(event))
         positions.append(index)
-    if requests:
-        answer: shop_pb2.TrackEventsResponse = await caller.call(
-            backends.shop_events.TrackEvents,
-            shop_pb2.TrackEventsRequest(events=requests),
-            service="contacts",
-        )
-        for index, result in zip(positions, answer.results, strict=True):
-            results[index] = _result_json(index, result)
+    # Called even when every event was refused here: contacts authenticates the key, so a
+    # batch of nothing but invalid events still answers 401 to a bad key, never 200.
+    answer: shop_pb2.TrackEventsResponse = await caller.call(
+        backends.shop_events.TrackEvents,
+        shop_pb2.TrackEventsRequest(events=requests),
+        service="contacts",
+    )
+    for index, result in zip(positions, answer.results, strict=True):
+        results[index] = _result_json(index, result)
     done = [r for r in results if r is not None]
     accepted = sum(r.status == "accepted" for r in done)
     duplicates = sum(r.status == "duplicate" for r in done)

@@ -169,3 +169,17 @@ async def test_a_batch_body_over_its_byte_limit_is_413_and_malformed_json_is_400
     )
     assert accepted.status_code == 200, accepted.text
     assert accepted.json()["accepted"] == 100
+
+
+async def test_a_batch_of_only_invalid_events_still_needs_a_valid_key(
+    http: httpx.AsyncClient, workspace: Workspace
+) -> None:
+    """The gateway refuses invalid events itself; the key must be checked all the same."""
+    body = {"events": [{}, {"type": "order"}]}
+    bad = await http.post(
+        "/v1/events:batch", json=body, headers={"authorization": "Bearer nk_nobody_secret"}
+    )
+    assert (bad.status_code, bad.headers["content-type"]) == (401, PROBLEM)
+    good = await http.post("/v1/events:batch", json=body, headers=auth(workspace))
+    assert good.status_code == 200
+    assert [r["status"] for r in good.json()["results"]] == ["invalid", "invalid"]

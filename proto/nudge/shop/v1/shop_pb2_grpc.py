@@ -58,7 +58,7 @@ class ShopEventServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def TrackEvents(self, request, context):
-        """Up to 1,000 events in one transaction, each with its own result.
+        """Up to 1,000 events in one transaction, each with its own result; none is a no-op.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

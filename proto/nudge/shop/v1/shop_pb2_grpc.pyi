@@ -39,7 +39,7 @@ class ShopEventServiceStub:
     event is the same, and ALREADY_EXISTS naming the key when it is not.
     """
     TrackEvents: _grpc.UnaryUnaryMultiCallable[_shop_pb2.TrackEventsRequest, _shop_pb2.TrackEventsResponse]
-    """Up to 1,000 events in one transaction, each with its own result."""
+    """Up to 1,000 events in one transaction, each with its own result; none is a no-op."""
 
 @_typing.type_check_only
 class ShopEventServiceAsyncStub(ShopEventServiceStub):
@@ -49,7 +49,7 @@ class ShopEventServiceAsyncStub(ShopEventServiceStub):
     event is the same, and ALREADY_EXISTS naming the key when it is not.
     """
     TrackEvents: _aio.UnaryUnaryMultiCallable[_shop_pb2.TrackEventsRequest, _shop_pb2.TrackEventsResponse]  # type: ignore[assignment]
-    """Up to 1,000 events in one transaction, each with its own result."""
+    """Up to 1,000 events in one transaction, each with its own result; none is a no-op."""
 
 class ShopEventServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -68,6 +68,6 @@ class ShopEventServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _shop_pb2.TrackEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_shop_pb2.TrackEventsResponse, _abc.Awaitable[_shop_pb2.TrackEventsResponse]]:
-        """Up to 1,000 events in one transaction, each with its own result."""
+        """Up to 1,000 events in one transaction, each with its own result; none is a no-op."""
 
 def add_ShopEventServiceServicer_to_server(servicer: ShopEventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
