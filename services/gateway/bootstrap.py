@@ -88,8 +88,11 @@ def create_app(
         max_bytes=settings.max_body_bytes,
         path_limits={"/v1/events:batch": settings.max_batch_body_bytes},
     )
-    # Outermost: the request's span is the root of the trace, gRPC calls continue it.
-    FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
+    # Outermost: the request's span is the root of the trace, gRPC calls continue it. No
+    # span per ASGI send/receive message: two more spans a request, ~10 % of its CPU.
+    FastAPIInstrumentor.instrument_app(
+        app, excluded_urls="healthz", exclude_spans=["receive", "send"]
+    )
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

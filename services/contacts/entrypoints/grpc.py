@@ -8,6 +8,8 @@ import asyncpg
 import grpc
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 
 from services.common.auth import current_workspace
 from services.common.errors import Unauthenticated, Validator
@@ -15,6 +17,8 @@ from services.common.tracing import current_traceparent
 from services.contacts import handlers
 from services.contacts.domain.model import NewContact
 from services.contacts.ingestion import GroupCommit
+
+tracer = trace.get_tracer(__name__)
 
 
 def new_contact_from_proto(request: contacts_pb2.CreateContactRequest) -> NewContact:
@@ -144,12 +148,54 @@ class ShopEventServicer(shop_pb2_grpc.ShopEventServiceServicer):
             f"{count} events: at most {handlers.MAX_EVENTS_PER_CALL} a call",
         )
         v.raise_if_any()
-        headers = current_traceparent()
-        results = await handlers.track_events(
-            self.pool,
-            [handlers.SubmittedEvent(workspace_id, event, headers) for event in request.events],
-        )
+        parents = event_traceparents(context, count)
+        if parents is None:
+            headers = current_traceparent()
+            results = await handlers.track_events(
+                self.pool,
+                [handlers.SubmittedEvent(workspace_id, e, headers) for e in request.events],
+            )
+            return shop_pb2.TrackEventsResponse(results=results)
+        # Events coalesced from separate requests (the gateway's POST /v1/events): each event
+        # gets a span in its own request's trace, linked to this call's span, and its outbox
+        # row carries that span, so the consumers continue the request's trace.
+        batch_span = trace.get_current_span().get_span_context()
+        links = [trace.Link(batch_span)] if batch_span.is_valid else []
+        spans = [
+            tracer.start_span(
+                "shop event ingest",
+                context=propagate.extract({"traceparent": parent}) if parent else Context(),
+                links=links,
+            )
+            for parent in parents
+        ]
+        submitted = []
+        for span, event in zip(spans, request.events, strict=True):
+            with trace.use_span(span, end_on_exit=False):
+                submitted.append(
+                    handlers.SubmittedEvent(workspace_id, event, current_traceparent())
+                )
+        try:
+            results = await handlers.track_events(self.pool, submitted)
+        finally:
+            for span in spans:
+                span.end()
         return shop_pb2.TrackEventsResponse(results=results)
+
+
+EVENT_TRACEPARENTS = "nudge-event-traceparents"
+"""Metadata of a TrackEvents call: each event's W3C traceparent, in order, comma-separated
+(set by the gateway when it coalesces single requests; see its adapters/ingest_batcher.py)."""
+
+
+def event_traceparents(context: grpc.aio.ServicerContext, count: int) -> list[str] | None:
+    """The per-event trace parents of this call, or None when there are none (or not one per
+    event: then the call's own trace context applies to every event, as without them)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == EVENT_TRACEPARENTS:
+            parents = str(value).split(",")
+            return parents if len(parents) == count else None
+    return None
 
 
 AUTH_POLICY = {

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, cast
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from nudge.shop.v1 import shop_pb2
 from pydantic import TypeAdapter, ValidationError
 
 from services.gateway import convert, problems
+from services.gateway.adapters.grpc import Backends
+from services.gateway.adapters.ingest_batcher import IngestBatcher
 from services.gateway.deps import BackendsDep, CallerDep
 from services.gateway.event_schemas import EventBatchIn, EventBatchOut, EventResult
 from services.gateway.schemas import EventAccepted, EventIn
@@ -35,19 +37,28 @@ _STATUS = {
     responses=problems.responses(400, 401, 404, 409, 413, 422, 503),
 )
 async def track_event(
-    body: Annotated[EventIn, Body()], caller: CallerDep, backends: BackendsDep
+    body: Annotated[EventIn, Body()], caller: CallerDep, request: Request
 ) -> EventAccepted:
     """Accepts one event once per `idempotency_key`: sending the same event again answers
     the same `event_id` with `duplicate: true`; sending another event (another type, data or
     contact) with a key already used is a 409 naming the key. The contact must exist (404
     otherwise). `data` holds the fields of the event's type, as in shop.proto."""
-    answer: shop_pb2.TrackEventResponse = await caller.call(
-        backends.shop_events.TrackEvent,
-        convert.track_event_request(body),
-        service="contacts",
-        fields=convert.event_field,
+    # Concurrent requests share TrackEvents calls (see adapters/ingest_batcher.py); each
+    # still gets the answer (or the problem) TrackEvent would have given it.
+    answer = await ingest_batcher(request).track(
+        caller.metadata, caller.timeout_s, convert.track_event_request(body)
     )
     return convert.event_accepted_json(answer)
+
+
+def ingest_batcher(request: Request) -> IngestBatcher:
+    """The app's batcher, made on first use for the app's backends (tests swap them)."""
+    state = request.app.state
+    backends = cast(Backends, state.backends)
+    batcher: IngestBatcher | None = getattr(state, "ingest_batcher", None)
+    if batcher is None or batcher.stub is not backends.shop_events:
+        batcher = state.ingest_batcher = IngestBatcher(backends.shop_events)
+    return batcher
 
 
 @router.post(
