@@ -19,7 +19,7 @@ from nudge.events.v1.envelope_pb2 import Envelope
 
 from deploy.local import paths
 from deploy.local.kafka import detect_java_major, has_maven, start_apache_kafka
-from deploy.local.postgres import start_postgres
+from deploy.local.postgres import remove_home, start_postgres
 from deploy.local.procs import ProcessRegistry, pick_free_ports
 from deploy.local.topics import ensure_topics
 from services.common.kafka import KafkaConsumerLoop
@@ -36,13 +36,15 @@ from tests.support import eventually, unique
 
 
 @pytest.fixture
-def registry() -> Iterator[ProcessRegistry]:
-    """The test's own processes, stopped at the end whatever happened."""
+def registry(short_tmp: Path) -> Iterator[ProcessRegistry]:
+    """The test's own processes, stopped at the end whatever happened; then, as root, the
+    home its PostgreSQL had under /var/lib/nudge-pg goes too (before ``short_tmp`` does)."""
     own = ProcessRegistry()
     try:
         yield own
     finally:
         own.stop_all()
+        remove_home(short_tmp / "pg")
 
 
 @pytest.fixture

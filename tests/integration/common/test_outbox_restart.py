@@ -15,7 +15,7 @@ import asyncpg
 import pytest
 from nudge.events.v1.envelope_pb2 import Envelope
 
-from deploy.local.postgres import start_postgres
+from deploy.local.postgres import remove_home, start_postgres
 from deploy.local.procs import ProcessRegistry, pick_free_ports
 from services.common.db import create_pool, migrate
 from services.common.kafka import KafkaPublisher, supports_idempotence
@@ -59,6 +59,7 @@ async def own_postgres() -> AsyncIterator[OwnPostgres]:
         yield pg
     finally:
         await asyncio.to_thread(pg.registry.stop_all)
+        remove_home(tmp / "postgres")  # as root, the cluster lives under /var/lib/nudge-pg
         shutil.rmtree(tmp, ignore_errors=True)
 
 
