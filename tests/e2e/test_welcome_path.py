@@ -252,13 +252,13 @@ async def test_a_crashed_service_comes_back_healthy(system: System, service: str
             answer = await http.get("/healthz")
             return answer.status_code == 503 and not answer.json()["checks"][service]["ok"]
 
-        await eventually(reports_down, timeout=20)
+        assert await eventually(reports_down, timeout=20)
         system.group.restart(service)
 
         async def healthy() -> bool:
             return (await http.get("/healthz")).status_code == 200
 
-        await eventually(healthy, timeout=60)
+        assert await eventually(healthy, timeout=60)
 
 
 async def test_one_click_unsubscribe_from_a_mail_stops_automated_mail(system: System) -> None:

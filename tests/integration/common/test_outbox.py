@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -13,7 +13,6 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from nudge.events.v1.envelope_pb2 import Envelope
 
-from services.common.db import create_pool, migrate
 from services.common.idempotency import claim_event
 from services.common.kafka import KafkaPublisher, OutRecord, supports_idempotence
 from services.common.outbox import OutboxRelay, add_to_outbox
@@ -29,15 +28,6 @@ from tests.support import eventually, unique
 
 
 @pytest.fixture
-async def schema(infra: dict[str, str]) -> AsyncIterator[tuple[asyncpg.Pool, str]]:
-    name = unique("outbox_test").replace("-", "_")
-    await migrate(infra["DATABASE_URL"], name, None)
-    pool = await create_pool(infra["DATABASE_URL"], name)
-    yield pool, name
-    await pool.close()
-
-
-@pytest.fixture
 async def topic(infra: dict[str, str]) -> str:
     name = unique("test.outbox")
     admin = AIOKafkaAdminClient(bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"])
@@ -47,18 +37,6 @@ async def topic(infra: dict[str, str]) -> str:
     finally:
         await admin.close()
     return name
-
-
-@pytest.fixture
-async def publisher(infra: dict[str, str]) -> AsyncIterator[KafkaPublisher]:
-    p = KafkaPublisher(
-        infra["KAFKA_BOOTSTRAP_SERVERS"],
-        "test",
-        idempotent=supports_idempotence(infra["NUDGE_KAFKA_KIND"]),
-    )
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def read(infra: dict[str, str], topic: str, count: int) -> list[Envelope]:

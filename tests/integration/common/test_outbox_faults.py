@@ -4,13 +4,10 @@ the middle of a batch (the order of a key holds). Real PostgreSQL and Kafka."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import asyncpg
-import pytest
 
-from services.common.db import create_pool, migrate
-from services.common.kafka import KafkaPublisher, supports_idempotence
+from services.common.kafka import KafkaPublisher
 from services.common.outbox import OutboxRelay
 from tests.integration.common.outbox_helpers import (
     FaultyProducer,
@@ -21,28 +18,7 @@ from tests.integration.common.outbox_helpers import (
     queue,
     read_until,
 )
-from tests.support import eventually, unique
-
-
-@pytest.fixture
-async def schema(infra: dict[str, str]) -> AsyncIterator[tuple[asyncpg.Pool, str]]:
-    name = unique("outbox_test").replace("-", "_")
-    await migrate(infra["DATABASE_URL"], name, None)
-    pool = await create_pool(infra["DATABASE_URL"], name)
-    yield pool, name
-    await pool.close()
-
-
-@pytest.fixture
-async def publisher(infra: dict[str, str]) -> AsyncIterator[KafkaPublisher]:
-    p = KafkaPublisher(
-        infra["KAFKA_BOOTSTRAP_SERVERS"],
-        "test",
-        idempotent=supports_idempotence(infra["NUDGE_KAFKA_KIND"]),
-    )
-    await p.start()
-    yield p
-    await p.stop()
+from tests.support import eventually
 
 
 async def run_relay(relay: OutboxRelay) -> asyncio.Task[None]:

@@ -74,12 +74,12 @@ def test_sigint_stops_everything_make_run_started_and_the_data_survives(tmp_path
     home = tmp_path / "home"
     home.mkdir()
     try:
-        sigint_make_run(tmp_path, home)
+        assert_sigint_stops_make_run(tmp_path, home)
     finally:
         postgres.remove_home(home / "data" / "postgres")  # as root: outside the state dir
 
 
-def sigint_make_run(tmp_path: Path, home: Path) -> None:
+def assert_sigint_stops_make_run(tmp_path: Path, home: Path) -> None:
     cache = paths.cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     (home / "cache").symlink_to(cache, target_is_directory=True)  # the jars, resolved once
