@@ -33,6 +33,7 @@ class Purpose(IntEnum):
 class ConsentStatus(IntEnum):
     GRANTED = 1
     WITHDRAWN = 2
+    PENDING = 3  # double opt-in: asked, confirmation mail sent, not confirmed (not consent)
 
 
 class ConsentSource(IntEnum):
@@ -41,11 +42,17 @@ class ConsentSource(IntEnum):
     API = 3
     UNSUBSCRIBE_LINK = 4
     PREFERENCE_PAGE = 5
+    CONFIRMATION_LINK = 6
 
 
 # Consent is asked for, and recorded, for these purposes only: transactional mail (order
 # details, password resets) needs none, so a consent to it means nothing.
 CONSENT_PURPOSES = frozenset({Purpose.MARKETING, Purpose.TARGETED_MESSAGES, Purpose.AUTOMATIONS})
+
+
+# CONFIRMATION_LINK is the double opt-in link's own source: nobody records it by hand.
+RECORDABLE_SOURCES = frozenset(ConsentSource) - {ConsentSource.CONFIRMATION_LINK}
+RECORDABLE_STATUSES = frozenset({ConsentStatus.GRANTED, ConsentStatus.WITHDRAWN})
 
 
 def check_consent_change(v: Validator, purpose: int, status: int, source: int) -> None:
@@ -56,8 +63,12 @@ def check_consent_change(v: Validator, purpose: int, status: int, source: int) -
         "purpose",
         "must be MARKETING, TARGETED_MESSAGES or AUTOMATIONS",
     )
-    v.check(status in frozenset(ConsentStatus), "status", "must be GRANTED or WITHDRAWN")
-    v.check(source in frozenset(ConsentSource), "source", "is required")
+    v.check(
+        status in RECORDABLE_STATUSES,
+        "status",
+        "must be GRANTED or WITHDRAWN",
+    )
+    v.check(source in RECORDABLE_SOURCES, "source", "is required: FORM, IMPORT, API, ...")
 
 
 @dataclass

@@ -7,6 +7,8 @@ Served by services/contacts. Every RPC is scoped to the workspace of the caller'
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -60,12 +62,20 @@ class _ConsentStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Consent
     CONSENT_STATUS_UNSPECIFIED: _ConsentStatus.ValueType  # 0
     CONSENT_STATUS_GRANTED: _ConsentStatus.ValueType  # 1
     CONSENT_STATUS_WITHDRAWN: _ConsentStatus.ValueType  # 2
+    CONSENT_STATUS_PENDING: _ConsentStatus.ValueType  # 3
+    """Asked for in a double opt-in workspace, confirmation mail sent, link not clicked yet:
+    does not count as consent.
+    """
 
 class ConsentStatus(_ConsentStatus, metaclass=_ConsentStatusEnumTypeWrapper): ...
 
 CONSENT_STATUS_UNSPECIFIED: ConsentStatus.ValueType  # 0
 CONSENT_STATUS_GRANTED: ConsentStatus.ValueType  # 1
 CONSENT_STATUS_WITHDRAWN: ConsentStatus.ValueType  # 2
+CONSENT_STATUS_PENDING: ConsentStatus.ValueType  # 3
+"""Asked for in a double opt-in workspace, confirmation mail sent, link not clicked yet:
+does not count as consent.
+"""
 Global___ConsentStatus: _TypeAlias = ConsentStatus  # noqa: Y015
 
 class _ConsentSource:
@@ -80,6 +90,8 @@ class _ConsentSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Consent
     CONSENT_SOURCE_API: _ConsentSource.ValueType  # 3
     CONSENT_SOURCE_UNSUBSCRIBE_LINK: _ConsentSource.ValueType  # 4
     CONSENT_SOURCE_PREFERENCE_PAGE: _ConsentSource.ValueType  # 5
+    CONSENT_SOURCE_CONFIRMATION_LINK: _ConsentSource.ValueType  # 6
+    """the double opt-in link in the confirmation mail"""
 
 class ConsentSource(_ConsentSource, metaclass=_ConsentSourceEnumTypeWrapper): ...
 
@@ -89,6 +101,8 @@ CONSENT_SOURCE_IMPORT: ConsentSource.ValueType  # 2
 CONSENT_SOURCE_API: ConsentSource.ValueType  # 3
 CONSENT_SOURCE_UNSUBSCRIBE_LINK: ConsentSource.ValueType  # 4
 CONSENT_SOURCE_PREFERENCE_PAGE: ConsentSource.ValueType  # 5
+CONSENT_SOURCE_CONFIRMATION_LINK: ConsentSource.ValueType  # 6
+"""the double opt-in link in the confirmation mail"""
 Global___ConsentSource: _TypeAlias = ConsentSource  # noqa: Y015
 
 class _SuppressionReason:
@@ -102,6 +116,8 @@ class _SuppressionReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Sup
     SUPPRESSION_REASON_COMPLAINT: _SuppressionReason.ValueType  # 2
     SUPPRESSION_REASON_GLOBAL_UNSUBSCRIBE: _SuppressionReason.ValueType  # 3
     SUPPRESSION_REASON_ERASED: _SuppressionReason.ValueType  # 4
+    SUPPRESSION_REASON_MANUAL: _SuppressionReason.ValueType  # 5
+    """added by the manager or the platform"""
 
 class SuppressionReason(_SuppressionReason, metaclass=_SuppressionReasonEnumTypeWrapper): ...
 
@@ -110,7 +126,59 @@ SUPPRESSION_REASON_HARD_BOUNCE: SuppressionReason.ValueType  # 1
 SUPPRESSION_REASON_COMPLAINT: SuppressionReason.ValueType  # 2
 SUPPRESSION_REASON_GLOBAL_UNSUBSCRIBE: SuppressionReason.ValueType  # 3
 SUPPRESSION_REASON_ERASED: SuppressionReason.ValueType  # 4
+SUPPRESSION_REASON_MANUAL: SuppressionReason.ValueType  # 5
+"""added by the manager or the platform"""
 Global___SuppressionReason: _TypeAlias = SuppressionReason  # noqa: Y015
+
+class _ConsentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_STATE_UNSPECIFIED: _ConsentState.ValueType  # 0
+    CONSENT_STATE_GRANTED: _ConsentState.ValueType  # 1
+    CONSENT_STATE_WITHDRAWN: _ConsentState.ValueType  # 2
+    CONSENT_STATE_PENDING: _ConsentState.ValueType  # 3
+    CONSENT_STATE_NEVER_ASKED: _ConsentState.ValueType  # 4
+    """no history for the purpose"""
+
+class ConsentState(_ConsentState, metaclass=_ConsentStateEnumTypeWrapper): ...
+
+CONSENT_STATE_UNSPECIFIED: ConsentState.ValueType  # 0
+CONSENT_STATE_GRANTED: ConsentState.ValueType  # 1
+CONSENT_STATE_WITHDRAWN: ConsentState.ValueType  # 2
+CONSENT_STATE_PENDING: ConsentState.ValueType  # 3
+CONSENT_STATE_NEVER_ASKED: ConsentState.ValueType  # 4
+"""no history for the purpose"""
+Global___ConsentState: _TypeAlias = ConsentState  # noqa: Y015
+
+class _AttributeType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AttributeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AttributeType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ATTRIBUTE_TYPE_UNSPECIFIED: _AttributeType.ValueType  # 0
+    ATTRIBUTE_TYPE_STRING: _AttributeType.ValueType  # 1
+    ATTRIBUTE_TYPE_NUMBER: _AttributeType.ValueType  # 2
+    """a decimal, e.g. "12.5" """
+    ATTRIBUTE_TYPE_BOOLEAN: _AttributeType.ValueType  # 3
+    """"true" or "false" """
+    ATTRIBUTE_TYPE_DATE: _AttributeType.ValueType  # 4
+    """"YYYY-MM-DD" """
+
+class AttributeType(_AttributeType, metaclass=_AttributeTypeEnumTypeWrapper): ...
+
+ATTRIBUTE_TYPE_UNSPECIFIED: AttributeType.ValueType  # 0
+ATTRIBUTE_TYPE_STRING: AttributeType.ValueType  # 1
+ATTRIBUTE_TYPE_NUMBER: AttributeType.ValueType  # 2
+"""a decimal, e.g. "12.5" """
+ATTRIBUTE_TYPE_BOOLEAN: AttributeType.ValueType  # 3
+""""true" or "false" """
+ATTRIBUTE_TYPE_DATE: AttributeType.ValueType  # 4
+""""YYYY-MM-DD" """
+Global___AttributeType: _TypeAlias = AttributeType  # noqa: Y015
 
 @_typing.final
 class Date(_message.Message):
@@ -180,6 +248,7 @@ class Contact(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     workspace_id: _builtins.str
     email: _builtins.str
@@ -193,6 +262,11 @@ class Contact(_message.Message):
     """IANA, e.g. "Europe/Rome" """
     vip: _builtins.bool
     score: _builtins.int
+    version: _builtins.int
+    """Incremented by every committed change of this contact (profile, tags, score, consent,
+    suppression); every event on contacts.events.v1 carries the version it produced, so a
+    read model applies an event only when it is newer than what it holds.
+    """
     @_builtins.property
     def birthday(self) -> Global___Date: ...
     @_builtins.property
@@ -224,10 +298,11 @@ class Contact(_message.Message):
         score: _builtins.int = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["birthday", b"birthday", "created_at", b"created_at", "signed_up_at", b"signed_up_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "birthday", b"birthday", "created_at", b"created_at", "email", b"email", "external_id", b"external_id", "first_name", b"first_name", "id", b"id", "last_name", b"last_name", "locale", b"locale", "score", b"score", "signed_up_at", b"signed_up_at", "tags", b"tags", "time_zone", b"time_zone", "updated_at", b"updated_at", "vip", b"vip", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes", "birthday", b"birthday", "created_at", b"created_at", "email", b"email", "external_id", b"external_id", "first_name", b"first_name", "id", b"id", "last_name", b"last_name", "locale", b"locale", "score", b"score", "signed_up_at", b"signed_up_at", "tags", b"tags", "time_zone", b"time_zone", "updated_at", b"updated_at", "version", b"version", "vip", b"vip", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -461,15 +536,27 @@ class RecordConsentRequest(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     WORDING_FIELD_NUMBER: _builtins.int
     ACTOR_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    USER_AGENT_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
     purpose: Global___ConsentPurpose.ValueType
     status: Global___ConsentStatus.ValueType
+    """GRANTED or WITHDRAWN; PENDING is the service's to set"""
     source: Global___ConsentSource.ValueType
     wording: _builtins.str
     """the text the contact saw"""
     actor: _builtins.str
     """who recorded it (user, system, the contact)"""
+    ip: _builtins.str
+    """the contact's IP address when they gave it, when known"""
+    user_agent: _builtins.str
+    """their browser, when known"""
     @_builtins.property
     def contact(self) -> Global___ContactRef: ...
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """when it was given (not in the future); now if unset"""
+
     def __init__(
         self,
         *,
@@ -479,10 +566,13 @@ class RecordConsentRequest(_message.Message):
         source: Global___ConsentSource.ValueType = ...,
         wording: _builtins.str = ...,
         actor: _builtins.str = ...,
+        ip: _builtins.str = ...,
+        user_agent: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "recorded_at", b"recorded_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "contact", b"contact", "purpose", b"purpose", "source", b"source", "status", b"status", "wording", b"wording"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "contact", b"contact", "ip", b"ip", "purpose", b"purpose", "recorded_at", b"recorded_at", "source", b"source", "status", b"status", "user_agent", b"user_agent", "wording", b"wording"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -493,15 +583,21 @@ class RecordConsentResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CONSENT_EVENT_ID_FIELD_NUMBER: _builtins.int
+    PENDING_CONFIRMATION_FIELD_NUMBER: _builtins.int
     consent_event_id: _builtins.str
+    pending_confirmation: _builtins.bool
+    """A grant in a double opt-in workspace: a confirmation mail went out, and the consent
+    counts from the click on its link.
+    """
     def __init__(
         self,
         *,
         consent_event_id: _builtins.str = ...,
+        pending_confirmation: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_event_id", b"consent_event_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_event_id", b"consent_event_id", "pending_confirmation", b"pending_confirmation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -566,3 +662,1534 @@ class CheckEligibilityResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CheckEligibilityResponse: _TypeAlias = CheckEligibilityResponse  # noqa: Y015
+
+@_typing.final
+class ContactFilter(_message.Message):
+    """---------------------------------------------------------------- contacts and tags
+
+    Which contacts: every condition given must hold (AND). Empty = every contact.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AttributesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TAGS_ALL_FIELD_NUMBER: _builtins.int
+    TAGS_ANY_FIELD_NUMBER: _builtins.int
+    TAGS_NONE_FIELD_NUMBER: _builtins.int
+    VIP_FIELD_NUMBER: _builtins.int
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    CONSENT_FIELD_NUMBER: _builtins.int
+    CREATED_SINCE_FIELD_NUMBER: _builtins.int
+    UPDATED_SINCE_FIELD_NUMBER: _builtins.int
+    QUERY_FIELD_NUMBER: _builtins.int
+    CONTACT_IDS_FIELD_NUMBER: _builtins.int
+    vip: _builtins.bool
+    query: _builtins.str
+    """case-insensitive prefix of the e-mail, first name, last name or "first last" """
+    @_builtins.property
+    def tags_all(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """has every one of these tags"""
+
+    @_builtins.property
+    def tags_any(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """has at least one of these"""
+
+    @_builtins.property
+    def tags_none(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """has none of these"""
+
+    @_builtins.property
+    def attributes(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """attribute name -> value the attribute must equal (compared by the declared type)"""
+
+    @_builtins.property
+    def consent(self) -> Global___ConsentFilter: ...
+    @_builtins.property
+    def created_since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_since(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def contact_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """only these (at most 10,000)"""
+
+    def __init__(
+        self,
+        *,
+        tags_all: _abc.Iterable[_builtins.str] | None = ...,
+        tags_any: _abc.Iterable[_builtins.str] | None = ...,
+        tags_none: _abc.Iterable[_builtins.str] | None = ...,
+        vip: _builtins.bool | None = ...,
+        attributes: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        consent: Global___ConsentFilter | None = ...,
+        created_since: _timestamp_pb2.Timestamp | None = ...,
+        updated_since: _timestamp_pb2.Timestamp | None = ...,
+        query: _builtins.str = ...,
+        contact_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_vip", b"_vip", "consent", b"consent", "created_since", b"created_since", "updated_since", b"updated_since", "vip", b"vip"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_vip", b"_vip", "attributes", b"attributes", "consent", b"consent", "contact_ids", b"contact_ids", "created_since", b"created_since", "query", b"query", "tags_all", b"tags_all", "tags_any", b"tags_any", "tags_none", b"tags_none", "updated_since", b"updated_since", "vip", b"vip"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__vip: _TypeAlias = _typing.Literal["vip"]  # noqa: Y015
+    _WhichOneofArgType__vip: _TypeAlias = _typing.Literal["_vip", b"_vip"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__vip) -> _WhichOneofReturnType__vip | None: ...
+
+Global___ContactFilter: _TypeAlias = ContactFilter  # noqa: Y015
+
+@_typing.final
+class ConsentFilter(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    purpose: Global___ConsentPurpose.ValueType
+    state: Global___ConsentState.ValueType
+    def __init__(
+        self,
+        *,
+        purpose: Global___ConsentPurpose.ValueType = ...,
+        state: Global___ConsentState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentFilter: _TypeAlias = ConsentFilter  # noqa: Y015
+
+@_typing.final
+class UpdateContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    CONTACT_PATCH_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    EXPECTED_VERSION_FIELD_NUMBER: _builtins.int
+    expected_version: _builtins.int
+    """when set, refused (ABORTED) unless the contact is at it"""
+    @_builtins.property
+    def contact(self) -> Global___ContactRef: ...
+    @_builtins.property
+    def contact_patch(self) -> Global___Contact:
+        """The new values of the fields named in update_mask; other fields are ignored."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Paths: email, external_id, first_name, last_name, locale, time_zone, birthday,
+        signed_up_at, vip, tags, attributes (replaces them all), attributes.<name> (one;
+        absent from the patch = removed). Required: an empty mask is refused, not "all".
+        """
+
+    def __init__(
+        self,
+        *,
+        contact: Global___ContactRef | None = ...,
+        contact_patch: Global___Contact | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        expected_version: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "contact_patch", b"contact_patch", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "contact_patch", b"contact_patch", "expected_version", b"expected_version", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactRequest: _TypeAlias = UpdateContactRequest  # noqa: Y015
+
+@_typing.final
+class UpdateContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    """false when the values were already so (no event published)"""
+    @_builtins.property
+    def contact(self) -> Global___Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateContactResponse: _TypeAlias = UpdateContactResponse  # noqa: Y015
+
+@_typing.final
+class UpsertContactRequest(_message.Message):
+    """Create or update the contact with this external_id (the shop's customer id)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    CONSENTS_FIELD_NUMBER: _builtins.int
+    CONSENT_SOURCE_FIELD_NUMBER: _builtins.int
+    CONSENT_WORDING_FIELD_NUMBER: _builtins.int
+    consent_source: Global___ConsentSource.ValueType
+    consent_wording: _builtins.str
+    @_builtins.property
+    def contact(self) -> Global___Contact:
+        """external_id required"""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """Which fields to overwrite when the contact exists; empty = every field that is set."""
+
+    @_builtins.property
+    def consents(self) -> _containers.RepeatedScalarFieldContainer[Global___ConsentPurpose.ValueType]:
+        """granted when created, as in CreateContact"""
+
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+        consents: _abc.Iterable[Global___ConsentPurpose.ValueType] | None = ...,
+        consent_source: Global___ConsentSource.ValueType = ...,
+        consent_wording: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_source", b"consent_source", "consent_wording", b"consent_wording", "consents", b"consents", "contact", b"contact", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertContactRequest: _TypeAlias = UpsertContactRequest  # noqa: Y015
+
+@_typing.final
+class UpsertContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    changed: _builtins.bool
+    @_builtins.property
+    def contact(self) -> Global___Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+        created: _builtins.bool = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "contact", b"contact", "created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertContactResponse: _TypeAlias = UpsertContactResponse  # noqa: Y015
+
+@_typing.final
+class DeleteContactRequest(_message.Message):
+    """Removes a contact the shop no longer has; its consent history goes with it. (Erasure
+    under privacy law is PrivacyService.EraseContact, which also suppresses the address.)
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___ContactRef: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___ContactRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteContactRequest: _TypeAlias = DeleteContactRequest  # noqa: Y015
+
+@_typing.final
+class DeleteContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteContactResponse: _TypeAlias = DeleteContactResponse  # noqa: Y015
+
+@_typing.final
+class ListContactsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-1000, default 100"""
+    page_token: _builtins.str
+    """from the previous page; opaque, tied to the filter"""
+    @_builtins.property
+    def filter(self) -> Global___ContactFilter: ...
+    def __init__(
+        self,
+        *,
+        filter: Global___ContactFilter | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContactsRequest: _TypeAlias = ListContactsRequest  # noqa: Y015
+
+@_typing.final
+class ListContactsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty on the last page"""
+    @_builtins.property
+    def contacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Contact]:
+        """ordered by creation (then id), oldest first"""
+
+    def __init__(
+        self,
+        *,
+        contacts: _abc.Iterable[Global___Contact] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContactsResponse: _TypeAlias = ListContactsResponse  # noqa: Y015
+
+@_typing.final
+class ModifyTagsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    ADD_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___ContactRef: ...
+    @_builtins.property
+    def add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___ContactRef | None = ...,
+        add: _abc.Iterable[_builtins.str] | None = ...,
+        remove: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "contact", b"contact", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModifyTagsRequest: _TypeAlias = ModifyTagsRequest  # noqa: Y015
+
+@_typing.final
+class ModifyTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    changed: _builtins.bool
+    @_builtins.property
+    def contact(self) -> Global___Contact: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___Contact | None = ...,
+        changed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModifyTagsResponse: _TypeAlias = ModifyTagsResponse  # noqa: Y015
+
+@_typing.final
+class BulkModifyTagsRequest(_message.Message):
+    """Add or remove tags on every contact matching a filter, in one call (seed 001's
+    "select all, add tag"). Idempotent: a contact that already has the result is not changed.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FILTER_FIELD_NUMBER: _builtins.int
+    ADD_FIELD_NUMBER: _builtins.int
+    REMOVE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def filter(self) -> Global___ContactFilter: ...
+    @_builtins.property
+    def add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        filter: Global___ContactFilter | None = ...,
+        add: _abc.Iterable[_builtins.str] | None = ...,
+        remove: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "filter", b"filter", "remove", b"remove"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkModifyTagsRequest: _TypeAlias = BulkModifyTagsRequest  # noqa: Y015
+
+@_typing.final
+class BulkModifyTagsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MATCHED_FIELD_NUMBER: _builtins.int
+    CHANGED_FIELD_NUMBER: _builtins.int
+    matched: _builtins.int
+    """contacts the filter matched"""
+    changed: _builtins.int
+    """of those, how many changed (one TagsChanged each)"""
+    def __init__(
+        self,
+        *,
+        matched: _builtins.int = ...,
+        changed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "matched", b"matched"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BulkModifyTagsResponse: _TypeAlias = BulkModifyTagsResponse  # noqa: Y015
+
+@_typing.final
+class AdjustScoreRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    DELTA_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    delta: _builtins.int
+    idempotency_key: _builtins.str
+    """When given, the same key again is answered with the first result and not applied twice."""
+    @_builtins.property
+    def contact(self) -> Global___ContactRef: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___ContactRef | None = ...,
+        delta: _builtins.int = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "delta", b"delta", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustScoreRequest: _TypeAlias = AdjustScoreRequest  # noqa: Y015
+
+@_typing.final
+class AdjustScoreResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SCORE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    score: _builtins.int
+    version: _builtins.int
+    duplicate: _builtins.bool
+    def __init__(
+        self,
+        *,
+        score: _builtins.int = ...,
+        version: _builtins.int = ...,
+        duplicate: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "score", b"score", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustScoreResponse: _TypeAlias = AdjustScoreResponse  # noqa: Y015
+
+@_typing.final
+class AttributeDefinition(_message.Message):
+    """A custom attribute a workspace declared; contacts may only carry declared attributes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """[a-z][a-z0-9_]{0,63}"""
+    type: Global___AttributeType.ValueType
+    description: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        type: Global___AttributeType.ValueType = ...,
+        description: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "description", b"description", "name", b"name", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AttributeDefinition: _TypeAlias = AttributeDefinition  # noqa: Y015
+
+@_typing.final
+class DefineAttributeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTRIBUTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attribute(self) -> Global___AttributeDefinition: ...
+    def __init__(
+        self,
+        *,
+        attribute: Global___AttributeDefinition | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineAttributeRequest: _TypeAlias = DefineAttributeRequest  # noqa: Y015
+
+@_typing.final
+class DefineAttributeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTRIBUTE_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """false when it existed with this type already"""
+    @_builtins.property
+    def attribute(self) -> Global___AttributeDefinition: ...
+    def __init__(
+        self,
+        *,
+        attribute: Global___AttributeDefinition | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attribute", b"attribute", "created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DefineAttributeResponse: _TypeAlias = DefineAttributeResponse  # noqa: Y015
+
+@_typing.final
+class ListAttributesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAttributesRequest: _TypeAlias = ListAttributesRequest  # noqa: Y015
+
+@_typing.final
+class ListAttributesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTRIBUTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attributes(self) -> _containers.RepeatedCompositeFieldContainer[Global___AttributeDefinition]: ...
+    def __init__(
+        self,
+        *,
+        attributes: _abc.Iterable[Global___AttributeDefinition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attributes", b"attributes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAttributesResponse: _TypeAlias = ListAttributesResponse  # noqa: Y015
+
+@_typing.final
+class ConsentRecord(_message.Message):
+    """---------------------------------------------------------------- consent and suppression
+
+    One entry of a contact's consent history: the proof a regulator asks for.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    WORDING_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    USER_AGENT_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    contact_id: _builtins.str
+    purpose: Global___ConsentPurpose.ValueType
+    status: Global___ConsentStatus.ValueType
+    source: Global___ConsentSource.ValueType
+    wording: _builtins.str
+    actor: _builtins.str
+    ip: _builtins.str
+    user_agent: _builtins.str
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        purpose: Global___ConsentPurpose.ValueType = ...,
+        status: Global___ConsentStatus.ValueType = ...,
+        source: Global___ConsentSource.ValueType = ...,
+        wording: _builtins.str = ...,
+        actor: _builtins.str = ...,
+        ip: _builtins.str = ...,
+        user_agent: _builtins.str = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "contact_id", b"contact_id", "id", b"id", "ip", b"ip", "purpose", b"purpose", "recorded_at", b"recorded_at", "source", b"source", "status", b"status", "user_agent", b"user_agent", "wording", b"wording"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConsentRecord: _TypeAlias = ConsentRecord  # noqa: Y015
+
+@_typing.final
+class CurrentConsent(_message.Message):
+    """The state now, per purpose, derived from the history."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    purpose: Global___ConsentPurpose.ValueType
+    state: Global___ConsentState.ValueType
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """unset when never asked"""
+
+    def __init__(
+        self,
+        *,
+        purpose: Global___ConsentPurpose.ValueType = ...,
+        state: Global___ConsentState.ValueType = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["purpose", b"purpose", "since", b"since", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CurrentConsent: _TypeAlias = CurrentConsent  # noqa: Y015
+
+@_typing.final
+class GetConsentHistoryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """1-1000, default 100"""
+    page_token: _builtins.str
+    @_builtins.property
+    def contact(self) -> Global___ContactRef: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___ContactRef | None = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentHistoryRequest: _TypeAlias = GetConsentHistoryRequest  # noqa: Y015
+
+@_typing.final
+class GetConsentHistoryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CURRENT_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def current(self) -> _containers.RepeatedCompositeFieldContainer[Global___CurrentConsent]:
+        """one per purpose consent is asked for"""
+
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConsentRecord]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        current: _abc.Iterable[Global___CurrentConsent] | None = ...,
+        records: _abc.Iterable[Global___ConsentRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current", b"current", "next_page_token", b"next_page_token", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsentHistoryResponse: _TypeAlias = GetConsentHistoryResponse  # noqa: Y015
+
+@_typing.final
+class ConfirmConsentRequest(_message.Message):
+    """Called by tracking when a confirmation link of a double opt-in mail is opened."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    USER_AGENT_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """the signed token of the link"""
+    ip: _builtins.str
+    user_agent: _builtins.str
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        ip: _builtins.str = ...,
+        user_agent: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip", "token", b"token", "user_agent", b"user_agent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmConsentRequest: _TypeAlias = ConfirmConsentRequest  # noqa: Y015
+
+@_typing.final
+class ConfirmConsentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    CONFIRMED_FIELD_NUMBER: _builtins.int
+    WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    workspace_name: _builtins.str
+    @_builtins.property
+    def confirmed(self) -> _containers.RepeatedScalarFieldContainer[Global___ConsentPurpose.ValueType]:
+        """empty when they were confirmed already"""
+
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        confirmed: _abc.Iterable[Global___ConsentPurpose.ValueType] | None = ...,
+        workspace_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed", b"confirmed", "contact_id", b"contact_id", "workspace_name", b"workspace_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfirmConsentResponse: _TypeAlias = ConfirmConsentResponse  # noqa: Y015
+
+@_typing.final
+class Preferences(_message.Message):
+    """What a contact receives, as shown and set on the preference page (served by tracking)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    TARGETED_MESSAGES_FIELD_NUMBER: _builtins.int
+    AUTOMATIONS_FIELD_NUMBER: _builtins.int
+    MARKETING_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
+    WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    targeted_messages: _builtins.bool
+    automations: _builtins.bool
+    marketing: _builtins.bool
+    suppressed: _builtins.bool
+    """nothing but transactional mail reaches them"""
+    workspace_name: _builtins.str
+    email: _builtins.str
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        targeted_messages: _builtins.bool = ...,
+        automations: _builtins.bool = ...,
+        marketing: _builtins.bool = ...,
+        suppressed: _builtins.bool = ...,
+        workspace_name: _builtins.str = ...,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automations", b"automations", "contact_id", b"contact_id", "email", b"email", "marketing", b"marketing", "suppressed", b"suppressed", "targeted_messages", b"targeted_messages", "workspace_name", b"workspace_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Preferences: _TypeAlias = Preferences  # noqa: Y015
+
+@_typing.final
+class GetPreferencesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPreferencesRequest: _TypeAlias = GetPreferencesRequest  # noqa: Y015
+
+@_typing.final
+class SetPreferencesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    TARGETED_MESSAGES_FIELD_NUMBER: _builtins.int
+    AUTOMATIONS_FIELD_NUMBER: _builtins.int
+    MARKETING_FIELD_NUMBER: _builtins.int
+    IP_FIELD_NUMBER: _builtins.int
+    USER_AGENT_FIELD_NUMBER: _builtins.int
+    WORDING_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    targeted_messages: _builtins.bool
+    automations: _builtins.bool
+    marketing: _builtins.bool
+    ip: _builtins.str
+    user_agent: _builtins.str
+    wording: _builtins.str
+    """the page's text the contact saw"""
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        targeted_messages: _builtins.bool = ...,
+        automations: _builtins.bool = ...,
+        marketing: _builtins.bool = ...,
+        ip: _builtins.str = ...,
+        user_agent: _builtins.str = ...,
+        wording: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["automations", b"automations", "contact_id", b"contact_id", "ip", b"ip", "marketing", b"marketing", "targeted_messages", b"targeted_messages", "user_agent", b"user_agent", "wording", b"wording"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetPreferencesRequest: _TypeAlias = SetPreferencesRequest  # noqa: Y015
+
+@_typing.final
+class Suppression(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    """empty for an erased contact: only a keyed hash of it is kept"""
+    reason: Global___SuppressionReason.ValueType
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        reason: Global___SuppressionReason.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "email", b"email", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Suppression: _TypeAlias = Suppression  # noqa: Y015
+
+@_typing.final
+class AddSuppressionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    reason: Global___SuppressionReason.ValueType
+    """MANUAL unless given; ERASED is PrivacyService's to set"""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        reason: Global___SuppressionReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddSuppressionRequest: _TypeAlias = AddSuppressionRequest  # noqa: Y015
+
+@_typing.final
+class AddSuppressionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPRESSION_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    @_builtins.property
+    def suppression(self) -> Global___Suppression: ...
+    def __init__(
+        self,
+        *,
+        suppression: Global___Suppression | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["suppression", b"suppression"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created", b"created", "suppression", b"suppression"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddSuppressionResponse: _TypeAlias = AddSuppressionResponse  # noqa: Y015
+
+@_typing.final
+class RemoveSuppressionRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    """only MANUAL and GLOBAL_UNSUBSCRIBE entries can be removed"""
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveSuppressionRequest: _TypeAlias = RemoveSuppressionRequest  # noqa: Y015
+
+@_typing.final
+class RemoveSuppressionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.bool
+    def __init__(
+        self,
+        *,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveSuppressionResponse: _TypeAlias = RemoveSuppressionResponse  # noqa: Y015
+
+@_typing.final
+class ListSuppressionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    reason: Global___SuppressionReason.ValueType
+    """UNSPECIFIED = all"""
+    page_size: _builtins.int
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        reason: Global___SuppressionReason.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSuppressionsRequest: _TypeAlias = ListSuppressionsRequest  # noqa: Y015
+
+@_typing.final
+class ListSuppressionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUPPRESSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def suppressions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Suppression]: ...
+    def __init__(
+        self,
+        *,
+        suppressions: _abc.Iterable[Global___Suppression] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "suppressions", b"suppressions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSuppressionsResponse: _TypeAlias = ListSuppressionsResponse  # noqa: Y015
+
+@_typing.final
+class CountEligibleRequest(_message.Message):
+    """How many of a set of contacts may be mailed for a purpose, and why the others may not:
+    the warning a manager sees before a send (seed 001).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    SEGMENT_ID_FIELD_NUMBER: _builtins.int
+    purpose: Global___ConsentPurpose.ValueType
+    segment_id: _builtins.str
+    """the segment's current members (asked of segmentation)"""
+    @_builtins.property
+    def filter(self) -> Global___ContactFilter: ...
+    def __init__(
+        self,
+        *,
+        purpose: Global___ConsentPurpose.ValueType = ...,
+        filter: Global___ContactFilter | None = ...,
+        segment_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "filter", b"filter", "segment_id", b"segment_id"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "filter", b"filter", "purpose", b"purpose", "segment_id", b"segment_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_audience: _TypeAlias = _typing.Literal["filter", "segment_id"]  # noqa: Y015
+    _WhichOneofArgType_audience: _TypeAlias = _typing.Literal["audience", b"audience"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_audience) -> _WhichOneofReturnType_audience | None: ...
+
+Global___CountEligibleRequest: _TypeAlias = CountEligibleRequest  # noqa: Y015
+
+@_typing.final
+class IneligibleCount(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """"no_consent", "consent_withdrawn", "consent_pending", "suppressed" """
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IneligibleCount: _TypeAlias = IneligibleCount  # noqa: Y015
+
+@_typing.final
+class CountEligibleResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTAL_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    INELIGIBLE_FIELD_NUMBER: _builtins.int
+    total: _builtins.int
+    eligible: _builtins.int
+    @_builtins.property
+    def ineligible(self) -> _containers.RepeatedCompositeFieldContainer[Global___IneligibleCount]:
+        """by reason, each contact counted once"""
+
+    def __init__(
+        self,
+        *,
+        total: _builtins.int = ...,
+        eligible: _builtins.int = ...,
+        ineligible: _abc.Iterable[Global___IneligibleCount] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "ineligible", b"ineligible", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CountEligibleResponse: _TypeAlias = CountEligibleResponse  # noqa: Y015
+
+@_typing.final
+class WorkspaceSettings(_message.Message):
+    """---------------------------------------------------------------- workspaces and keys"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CONSENT_REQUIRED_FOR_CAMPAIGNS_FIELD_NUMBER: _builtins.int
+    DOUBLE_OPT_IN_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    name: _builtins.str
+    consent_required_for_campaigns: _builtins.bool
+    """on by default"""
+    double_opt_in: _builtins.bool
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        consent_required_for_campaigns: _builtins.bool = ...,
+        double_opt_in: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_required_for_campaigns", b"consent_required_for_campaigns", "double_opt_in", b"double_opt_in", "name", b"name", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkspaceSettings: _TypeAlias = WorkspaceSettings  # noqa: Y015
+
+@_typing.final
+class GetWorkspaceSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetWorkspaceSettingsRequest: _TypeAlias = GetWorkspaceSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateWorkspaceSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___WorkspaceSettings: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """name, consent_required_for_campaigns, double_opt_in"""
+
+    def __init__(
+        self,
+        *,
+        settings: Global___WorkspaceSettings | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateWorkspaceSettingsRequest: _TypeAlias = UpdateWorkspaceSettingsRequest  # noqa: Y015
+
+@_typing.final
+class ApiKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    LAST_USED_AT_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """the public part of the key; the secret is never shown again"""
+    name: _builtins.str
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def revoked_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Set on a key replaced by rotation: it keeps working until then."""
+
+    @_builtins.property
+    def last_used_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+        revoked_at: _timestamp_pb2.Timestamp | None = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
+        last_used_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "last_used_at", b"last_used_at", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "expires_at", b"expires_at", "key_id", b"key_id", "last_used_at", b"last_used_at", "name", b"name", "revoked_at", b"revoked_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ApiKey: _TypeAlias = ApiKey  # noqa: Y015
+
+@_typing.final
+class CreateApiKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateApiKeyRequest: _TypeAlias = CreateApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class CreateApiKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    api_key: _builtins.str
+    """shown once"""
+    @_builtins.property
+    def key(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+        api_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateApiKeyResponse: _TypeAlias = CreateApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class ListApiKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INCLUDE_REVOKED_FIELD_NUMBER: _builtins.int
+    include_revoked: _builtins.bool
+    def __init__(
+        self,
+        *,
+        include_revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_revoked", b"include_revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysRequest: _TypeAlias = ListApiKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListApiKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___ApiKey]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___ApiKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListApiKeysResponse: _TypeAlias = ListApiKeysResponse  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyRequest: _TypeAlias = RevokeApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class RevokeApiKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        key: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeApiKeyResponse: _TypeAlias = RevokeApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class RotateApiKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OVERLAP_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    @_builtins.property
+    def overlap(self) -> _duration_pb2.Duration:
+        """How long the old key keeps working (default 24 h, at most 30 days; 0 s = not at all)."""
+
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        overlap: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["overlap", b"overlap"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "overlap", b"overlap"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateApiKeyRequest: _TypeAlias = RotateApiKeyRequest  # noqa: Y015
+
+@_typing.final
+class RotateApiKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEW_KEY_FIELD_NUMBER: _builtins.int
+    API_KEY_FIELD_NUMBER: _builtins.int
+    OLD_KEY_FIELD_NUMBER: _builtins.int
+    api_key: _builtins.str
+    """the new secret, shown once"""
+    @_builtins.property
+    def new_key(self) -> Global___ApiKey: ...
+    @_builtins.property
+    def old_key(self) -> Global___ApiKey: ...
+    def __init__(
+        self,
+        *,
+        new_key: Global___ApiKey | None = ...,
+        api_key: _builtins.str = ...,
+        old_key: Global___ApiKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["new_key", b"new_key", "old_key", b"old_key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_key", b"api_key", "new_key", b"new_key", "old_key", b"old_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateApiKeyResponse: _TypeAlias = RotateApiKeyResponse  # noqa: Y015
+
+@_typing.final
+class ExportContactRequest(_message.Message):
+    """---------------------------------------------------------------- privacy"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___ContactRef: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___ContactRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportContactRequest: _TypeAlias = ExportContactRequest  # noqa: Y015
+
+@_typing.final
+class ExportContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    JSON_FIELD_NUMBER: _builtins.int
+    INCOMPLETE_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    json: _builtins.str
+    """One JSON document: {"contacts": {...}, "segmentation": {...}, "delivery": {...}, ...}"""
+    @_builtins.property
+    def incomplete(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """services that did not answer (the export lacks their part)"""
+
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        json: _builtins.str = ...,
+        incomplete: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "incomplete", b"incomplete", "json", b"json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExportContactResponse: _TypeAlias = ExportContactResponse  # noqa: Y015
+
+@_typing.final
+class EraseContactRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def contact(self) -> Global___ContactRef: ...
+    def __init__(
+        self,
+        *,
+        contact: Global___ContactRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseContactRequest: _TypeAlias = EraseContactRequest  # noqa: Y015
+
+@_typing.final
+class EraseContactResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    ERASED_AT_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    @_builtins.property
+    def erased_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        erased_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["erased_at", b"erased_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "erased_at", b"erased_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EraseContactResponse: _TypeAlias = EraseContactResponse  # noqa: Y015

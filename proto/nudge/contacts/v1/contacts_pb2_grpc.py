@@ -44,6 +44,51 @@ class ContactServiceStub:
                 request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetContactRequest.SerializeToString,
                 response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetContactResponse.FromString,
                 _registered_method=True)
+        self.UpdateContact = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/UpdateContact',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateContactRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateContactResponse.FromString,
+                _registered_method=True)
+        self.UpsertContact = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/UpsertContact',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpsertContactRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpsertContactResponse.FromString,
+                _registered_method=True)
+        self.DeleteContact = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/DeleteContact',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.DeleteContactRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.DeleteContactResponse.FromString,
+                _registered_method=True)
+        self.ListContacts = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/ListContacts',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListContactsRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListContactsResponse.FromString,
+                _registered_method=True)
+        self.ModifyTags = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/ModifyTags',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ModifyTagsRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ModifyTagsResponse.FromString,
+                _registered_method=True)
+        self.BulkModifyTags = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/BulkModifyTags',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.BulkModifyTagsRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.BulkModifyTagsResponse.FromString,
+                _registered_method=True)
+        self.AdjustScore = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/AdjustScore',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AdjustScoreRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AdjustScoreResponse.FromString,
+                _registered_method=True)
+        self.DefineAttribute = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/DefineAttribute',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.DefineAttributeRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.DefineAttributeResponse.FromString,
+                _registered_method=True)
+        self.ListAttributes = channel.unary_unary(
+                '/nudge.contacts.v1.ContactService/ListAttributes',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListAttributesRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListAttributesResponse.FromString,
+                _registered_method=True)
 
 
 class ContactServiceServicer:
@@ -61,6 +106,60 @@ class ContactServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpsertContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContacts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ModifyTags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BulkModifyTags(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustScore(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DefineAttribute(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAttributes(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContactServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +172,51 @@ def add_ContactServiceServicer_to_server(servicer, server):
                     servicer.GetContact,
                     request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetContactRequest.FromString,
                     response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetContactResponse.SerializeToString,
+            ),
+            'UpdateContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContact,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateContactRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateContactResponse.SerializeToString,
+            ),
+            'UpsertContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertContact,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpsertContactRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpsertContactResponse.SerializeToString,
+            ),
+            'DeleteContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteContact,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.DeleteContactRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.DeleteContactResponse.SerializeToString,
+            ),
+            'ListContacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContacts,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListContactsRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListContactsResponse.SerializeToString,
+            ),
+            'ModifyTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.ModifyTags,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ModifyTagsRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ModifyTagsResponse.SerializeToString,
+            ),
+            'BulkModifyTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.BulkModifyTags,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.BulkModifyTagsRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.BulkModifyTagsResponse.SerializeToString,
+            ),
+            'AdjustScore': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustScore,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AdjustScoreRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AdjustScoreResponse.SerializeToString,
+            ),
+            'DefineAttribute': grpc.unary_unary_rpc_method_handler(
+                    servicer.DefineAttribute,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.DefineAttributeRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.DefineAttributeResponse.SerializeToString,
+            ),
+            'ListAttributes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAttributes,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListAttributesRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListAttributesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -139,6 +283,249 @@ class ContactService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def UpdateContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/UpdateContact',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateContactRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/UpsertContact',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpsertContactRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpsertContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/DeleteContact',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.DeleteContactRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.DeleteContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/ListContacts',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListContactsRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListContactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ModifyTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/ModifyTags',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ModifyTagsRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ModifyTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BulkModifyTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/BulkModifyTags',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.BulkModifyTagsRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.BulkModifyTagsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustScore(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/AdjustScore',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.AdjustScoreRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.AdjustScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DefineAttribute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/DefineAttribute',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.DefineAttributeRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.DefineAttributeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAttributes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ContactService/ListAttributes',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListAttributesRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListAttributesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class ConsentServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -159,6 +546,46 @@ class ConsentServiceStub:
                 request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityRequest.SerializeToString,
                 response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityResponse.FromString,
                 _registered_method=True)
+        self.GetConsentHistory = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/GetConsentHistory',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetConsentHistoryRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetConsentHistoryResponse.FromString,
+                _registered_method=True)
+        self.CountEligible = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/CountEligible',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CountEligibleRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CountEligibleResponse.FromString,
+                _registered_method=True)
+        self.AddSuppression = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/AddSuppression',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AddSuppressionRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AddSuppressionResponse.FromString,
+                _registered_method=True)
+        self.RemoveSuppression = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/RemoveSuppression',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveSuppressionRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveSuppressionResponse.FromString,
+                _registered_method=True)
+        self.ListSuppressions = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/ListSuppressions',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListSuppressionsRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListSuppressionsResponse.FromString,
+                _registered_method=True)
+        self.ConfirmConsent = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/ConfirmConsent',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ConfirmConsentRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ConfirmConsentResponse.FromString,
+                _registered_method=True)
+        self.GetPreferences = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/GetPreferences',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetPreferencesRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.Preferences.FromString,
+                _registered_method=True)
+        self.SetPreferences = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/SetPreferences',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.SetPreferencesRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.Preferences.FromString,
+                _registered_method=True)
 
 
 class ConsentServiceServicer:
@@ -177,6 +604,55 @@ class ConsentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConsentHistory(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CountEligible(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddSuppression(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveSuppression(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSuppressions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfirmConsent(self, request, context):
+        """Internal (tracking): the double opt-in link and the preference page.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPreferences(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetPreferences(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ConsentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +665,46 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.CheckEligibility,
                     request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityRequest.FromString,
                     response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityResponse.SerializeToString,
+            ),
+            'GetConsentHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsentHistory,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetConsentHistoryRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetConsentHistoryResponse.SerializeToString,
+            ),
+            'CountEligible': grpc.unary_unary_rpc_method_handler(
+                    servicer.CountEligible,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CountEligibleRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CountEligibleResponse.SerializeToString,
+            ),
+            'AddSuppression': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddSuppression,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AddSuppressionRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AddSuppressionResponse.SerializeToString,
+            ),
+            'RemoveSuppression': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveSuppression,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveSuppressionRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveSuppressionResponse.SerializeToString,
+            ),
+            'ListSuppressions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSuppressions,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListSuppressionsRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListSuppressionsResponse.SerializeToString,
+            ),
+            'ConfirmConsent': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmConsent,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ConfirmConsentRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ConfirmConsentResponse.SerializeToString,
+            ),
+            'GetPreferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPreferences,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetPreferencesRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.Preferences.SerializeToString,
+            ),
+            'SetPreferences': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetPreferences,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.SetPreferencesRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.Preferences.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -255,6 +771,222 @@ class ConsentService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def GetConsentHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/GetConsentHistory',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetConsentHistoryRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetConsentHistoryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CountEligible(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/CountEligible',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.CountEligibleRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.CountEligibleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddSuppression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/AddSuppression',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.AddSuppressionRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.AddSuppressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveSuppression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/RemoveSuppression',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveSuppressionRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveSuppressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSuppressions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/ListSuppressions',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListSuppressionsRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListSuppressionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmConsent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/ConfirmConsent',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ConfirmConsentRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ConfirmConsentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPreferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/GetPreferences',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetPreferencesRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.Preferences.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetPreferences(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/SetPreferences',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.SetPreferencesRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.Preferences.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class WorkspaceServiceStub:
     """Missing associated documentation comment in .proto file."""
@@ -275,6 +1007,36 @@ class WorkspaceServiceStub:
                 request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateApiKeyRequest.SerializeToString,
                 response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateApiKeyResponse.FromString,
                 _registered_method=True)
+        self.GetWorkspaceSettings = channel.unary_unary(
+                '/nudge.contacts.v1.WorkspaceService/GetWorkspaceSettings',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetWorkspaceSettingsRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.WorkspaceSettings.FromString,
+                _registered_method=True)
+        self.UpdateWorkspaceSettings = channel.unary_unary(
+                '/nudge.contacts.v1.WorkspaceService/UpdateWorkspaceSettings',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateWorkspaceSettingsRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.WorkspaceSettings.FromString,
+                _registered_method=True)
+        self.CreateApiKey = channel.unary_unary(
+                '/nudge.contacts.v1.WorkspaceService/CreateApiKey',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateApiKeyRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateApiKeyResponse.FromString,
+                _registered_method=True)
+        self.ListApiKeys = channel.unary_unary(
+                '/nudge.contacts.v1.WorkspaceService/ListApiKeys',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListApiKeysRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListApiKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeApiKey = channel.unary_unary(
+                '/nudge.contacts.v1.WorkspaceService/RevokeApiKey',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RevokeApiKeyRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RevokeApiKeyResponse.FromString,
+                _registered_method=True)
+        self.RotateApiKey = channel.unary_unary(
+                '/nudge.contacts.v1.WorkspaceService/RotateApiKey',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RotateApiKeyRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RotateApiKeyResponse.FromString,
+                _registered_method=True)
 
 
 class WorkspaceServiceServicer:
@@ -293,6 +1055,42 @@ class WorkspaceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetWorkspaceSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateWorkspaceSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListApiKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateApiKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkspaceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -305,6 +1103,36 @@ def add_WorkspaceServiceServicer_to_server(servicer, server):
                     servicer.AuthenticateApiKey,
                     request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateApiKeyRequest.FromString,
                     response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateApiKeyResponse.SerializeToString,
+            ),
+            'GetWorkspaceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkspaceSettings,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetWorkspaceSettingsRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.WorkspaceSettings.SerializeToString,
+            ),
+            'UpdateWorkspaceSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWorkspaceSettings,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateWorkspaceSettingsRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.WorkspaceSettings.SerializeToString,
+            ),
+            'CreateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateApiKey,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateApiKeyRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateApiKeyResponse.SerializeToString,
+            ),
+            'ListApiKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApiKeys,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListApiKeysRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListApiKeysResponse.SerializeToString,
+            ),
+            'RevokeApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeApiKey,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RevokeApiKeyRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RevokeApiKeyResponse.SerializeToString,
+            ),
+            'RotateApiKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateApiKey,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RotateApiKeyRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RotateApiKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -361,6 +1189,286 @@ class WorkspaceService:
             '/nudge.contacts.v1.WorkspaceService/AuthenticateApiKey',
             nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateApiKeyRequest.SerializeToString,
             nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkspaceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.WorkspaceService/GetWorkspaceSettings',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetWorkspaceSettingsRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.WorkspaceSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWorkspaceSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.WorkspaceService/UpdateWorkspaceSettings',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateWorkspaceSettingsRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.WorkspaceSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.WorkspaceService/CreateApiKey',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateApiKeyRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApiKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.WorkspaceService/ListApiKeys',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListApiKeysRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListApiKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.WorkspaceService/RevokeApiKey',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.RevokeApiKeyRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.RevokeApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateApiKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.WorkspaceService/RotateApiKey',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.RotateApiKeyRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.RotateApiKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class PrivacyServiceStub:
+    """Export and erasure of one contact's personal data, across every service.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ExportContact = channel.unary_unary(
+                '/nudge.contacts.v1.PrivacyService/ExportContact',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ExportContactRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ExportContactResponse.FromString,
+                _registered_method=True)
+        self.EraseContact = channel.unary_unary(
+                '/nudge.contacts.v1.PrivacyService/EraseContact',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.EraseContactRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.EraseContactResponse.FromString,
+                _registered_method=True)
+
+
+class PrivacyServiceServicer:
+    """Export and erasure of one contact's personal data, across every service.
+    """
+
+    def ExportContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseContact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_PrivacyServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ExportContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportContact,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ExportContactRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ExportContactResponse.SerializeToString,
+            ),
+            'EraseContact': grpc.unary_unary_rpc_method_handler(
+                    servicer.EraseContact,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.EraseContactRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.EraseContactResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nudge.contacts.v1.PrivacyService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nudge.contacts.v1.PrivacyService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class PrivacyService:
+    """Export and erasure of one contact's personal data, across every service.
+    """
+
+    @staticmethod
+    def ExportContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.PrivacyService/ExportContact',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ExportContactRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ExportContactResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseContact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.PrivacyService/EraseContact',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.EraseContactRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.EraseContactResponse.FromString,
             options,
             channel_credentials,
             insecure,

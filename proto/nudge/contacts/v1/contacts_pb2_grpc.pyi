@@ -35,12 +35,30 @@ class ContactServiceStub:
     def __new__(cls, channel: _aio.Channel) -> ContactServiceAsyncStub: ...
     CreateContact: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CreateContactRequest, _contacts_pb2.CreateContactResponse]
     GetContact: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.GetContactRequest, _contacts_pb2.GetContactResponse]
+    UpdateContact: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.UpdateContactRequest, _contacts_pb2.UpdateContactResponse]
+    UpsertContact: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.UpsertContactRequest, _contacts_pb2.UpsertContactResponse]
+    DeleteContact: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.DeleteContactRequest, _contacts_pb2.DeleteContactResponse]
+    ListContacts: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ListContactsRequest, _contacts_pb2.ListContactsResponse]
+    ModifyTags: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ModifyTagsRequest, _contacts_pb2.ModifyTagsResponse]
+    BulkModifyTags: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.BulkModifyTagsRequest, _contacts_pb2.BulkModifyTagsResponse]
+    AdjustScore: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.AdjustScoreRequest, _contacts_pb2.AdjustScoreResponse]
+    DefineAttribute: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.DefineAttributeRequest, _contacts_pb2.DefineAttributeResponse]
+    ListAttributes: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ListAttributesRequest, _contacts_pb2.ListAttributesResponse]
 
 @_typing.type_check_only
 class ContactServiceAsyncStub(ContactServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateContact: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CreateContactRequest, _contacts_pb2.CreateContactResponse]  # type: ignore[assignment]
     GetContact: _aio.UnaryUnaryMultiCallable[_contacts_pb2.GetContactRequest, _contacts_pb2.GetContactResponse]  # type: ignore[assignment]
+    UpdateContact: _aio.UnaryUnaryMultiCallable[_contacts_pb2.UpdateContactRequest, _contacts_pb2.UpdateContactResponse]  # type: ignore[assignment]
+    UpsertContact: _aio.UnaryUnaryMultiCallable[_contacts_pb2.UpsertContactRequest, _contacts_pb2.UpsertContactResponse]  # type: ignore[assignment]
+    DeleteContact: _aio.UnaryUnaryMultiCallable[_contacts_pb2.DeleteContactRequest, _contacts_pb2.DeleteContactResponse]  # type: ignore[assignment]
+    ListContacts: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ListContactsRequest, _contacts_pb2.ListContactsResponse]  # type: ignore[assignment]
+    ModifyTags: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ModifyTagsRequest, _contacts_pb2.ModifyTagsResponse]  # type: ignore[assignment]
+    BulkModifyTags: _aio.UnaryUnaryMultiCallable[_contacts_pb2.BulkModifyTagsRequest, _contacts_pb2.BulkModifyTagsResponse]  # type: ignore[assignment]
+    AdjustScore: _aio.UnaryUnaryMultiCallable[_contacts_pb2.AdjustScoreRequest, _contacts_pb2.AdjustScoreResponse]  # type: ignore[assignment]
+    DefineAttribute: _aio.UnaryUnaryMultiCallable[_contacts_pb2.DefineAttributeRequest, _contacts_pb2.DefineAttributeResponse]  # type: ignore[assignment]
+    ListAttributes: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ListAttributesRequest, _contacts_pb2.ListAttributesResponse]  # type: ignore[assignment]
 
 class ContactServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -57,6 +75,69 @@ class ContactServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_contacts_pb2.GetContactResponse, _abc.Awaitable[_contacts_pb2.GetContactResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def UpdateContact(
+        self,
+        request: _contacts_pb2.UpdateContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.UpdateContactResponse, _abc.Awaitable[_contacts_pb2.UpdateContactResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpsertContact(
+        self,
+        request: _contacts_pb2.UpsertContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.UpsertContactResponse, _abc.Awaitable[_contacts_pb2.UpsertContactResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteContact(
+        self,
+        request: _contacts_pb2.DeleteContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.DeleteContactResponse, _abc.Awaitable[_contacts_pb2.DeleteContactResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListContacts(
+        self,
+        request: _contacts_pb2.ListContactsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.ListContactsResponse, _abc.Awaitable[_contacts_pb2.ListContactsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ModifyTags(
+        self,
+        request: _contacts_pb2.ModifyTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.ModifyTagsResponse, _abc.Awaitable[_contacts_pb2.ModifyTagsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def BulkModifyTags(
+        self,
+        request: _contacts_pb2.BulkModifyTagsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.BulkModifyTagsResponse, _abc.Awaitable[_contacts_pb2.BulkModifyTagsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AdjustScore(
+        self,
+        request: _contacts_pb2.AdjustScoreRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.AdjustScoreResponse, _abc.Awaitable[_contacts_pb2.AdjustScoreResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DefineAttribute(
+        self,
+        request: _contacts_pb2.DefineAttributeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.DefineAttributeResponse, _abc.Awaitable[_contacts_pb2.DefineAttributeResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListAttributes(
+        self,
+        request: _contacts_pb2.ListAttributesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.ListAttributesResponse, _abc.Awaitable[_contacts_pb2.ListAttributesResponse]]: ...
+
 def add_ContactServiceServicer_to_server(servicer: ContactServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class ConsentServiceStub:
@@ -67,6 +148,15 @@ class ConsentServiceStub:
     RecordConsent: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.RecordConsentRequest, _contacts_pb2.RecordConsentResponse]
     CheckEligibility: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CheckEligibilityRequest, _contacts_pb2.CheckEligibilityResponse]
     """Consent and suppression in one answer, asked by campaigns and by delivery just before SMTP."""
+    GetConsentHistory: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.GetConsentHistoryRequest, _contacts_pb2.GetConsentHistoryResponse]
+    CountEligible: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CountEligibleRequest, _contacts_pb2.CountEligibleResponse]
+    AddSuppression: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.AddSuppressionRequest, _contacts_pb2.AddSuppressionResponse]
+    RemoveSuppression: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.RemoveSuppressionRequest, _contacts_pb2.RemoveSuppressionResponse]
+    ListSuppressions: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ListSuppressionsRequest, _contacts_pb2.ListSuppressionsResponse]
+    ConfirmConsent: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ConfirmConsentRequest, _contacts_pb2.ConfirmConsentResponse]
+    """Internal (tracking): the double opt-in link and the preference page."""
+    GetPreferences: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.GetPreferencesRequest, _contacts_pb2.Preferences]
+    SetPreferences: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.SetPreferencesRequest, _contacts_pb2.Preferences]
 
 @_typing.type_check_only
 class ConsentServiceAsyncStub(ConsentServiceStub):
@@ -74,6 +164,15 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     RecordConsent: _aio.UnaryUnaryMultiCallable[_contacts_pb2.RecordConsentRequest, _contacts_pb2.RecordConsentResponse]  # type: ignore[assignment]
     CheckEligibility: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CheckEligibilityRequest, _contacts_pb2.CheckEligibilityResponse]  # type: ignore[assignment]
     """Consent and suppression in one answer, asked by campaigns and by delivery just before SMTP."""
+    GetConsentHistory: _aio.UnaryUnaryMultiCallable[_contacts_pb2.GetConsentHistoryRequest, _contacts_pb2.GetConsentHistoryResponse]  # type: ignore[assignment]
+    CountEligible: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CountEligibleRequest, _contacts_pb2.CountEligibleResponse]  # type: ignore[assignment]
+    AddSuppression: _aio.UnaryUnaryMultiCallable[_contacts_pb2.AddSuppressionRequest, _contacts_pb2.AddSuppressionResponse]  # type: ignore[assignment]
+    RemoveSuppression: _aio.UnaryUnaryMultiCallable[_contacts_pb2.RemoveSuppressionRequest, _contacts_pb2.RemoveSuppressionResponse]  # type: ignore[assignment]
+    ListSuppressions: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ListSuppressionsRequest, _contacts_pb2.ListSuppressionsResponse]  # type: ignore[assignment]
+    ConfirmConsent: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ConfirmConsentRequest, _contacts_pb2.ConfirmConsentResponse]  # type: ignore[assignment]
+    """Internal (tracking): the double opt-in link and the preference page."""
+    GetPreferences: _aio.UnaryUnaryMultiCallable[_contacts_pb2.GetPreferencesRequest, _contacts_pb2.Preferences]  # type: ignore[assignment]
+    SetPreferences: _aio.UnaryUnaryMultiCallable[_contacts_pb2.SetPreferencesRequest, _contacts_pb2.Preferences]  # type: ignore[assignment]
 
 class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -91,6 +190,63 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_contacts_pb2.CheckEligibilityResponse, _abc.Awaitable[_contacts_pb2.CheckEligibilityResponse]]:
         """Consent and suppression in one answer, asked by campaigns and by delivery just before SMTP."""
 
+    @_abc_1.abstractmethod
+    def GetConsentHistory(
+        self,
+        request: _contacts_pb2.GetConsentHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.GetConsentHistoryResponse, _abc.Awaitable[_contacts_pb2.GetConsentHistoryResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def CountEligible(
+        self,
+        request: _contacts_pb2.CountEligibleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.CountEligibleResponse, _abc.Awaitable[_contacts_pb2.CountEligibleResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AddSuppression(
+        self,
+        request: _contacts_pb2.AddSuppressionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.AddSuppressionResponse, _abc.Awaitable[_contacts_pb2.AddSuppressionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveSuppression(
+        self,
+        request: _contacts_pb2.RemoveSuppressionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.RemoveSuppressionResponse, _abc.Awaitable[_contacts_pb2.RemoveSuppressionResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListSuppressions(
+        self,
+        request: _contacts_pb2.ListSuppressionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.ListSuppressionsResponse, _abc.Awaitable[_contacts_pb2.ListSuppressionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ConfirmConsent(
+        self,
+        request: _contacts_pb2.ConfirmConsentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.ConfirmConsentResponse, _abc.Awaitable[_contacts_pb2.ConfirmConsentResponse]]:
+        """Internal (tracking): the double opt-in link and the preference page."""
+
+    @_abc_1.abstractmethod
+    def GetPreferences(
+        self,
+        request: _contacts_pb2.GetPreferencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.Preferences, _abc.Awaitable[_contacts_pb2.Preferences]]: ...
+
+    @_abc_1.abstractmethod
+    def SetPreferences(
+        self,
+        request: _contacts_pb2.SetPreferencesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.Preferences, _abc.Awaitable[_contacts_pb2.Preferences]]: ...
+
 def add_ConsentServiceServicer_to_server(servicer: ConsentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class WorkspaceServiceStub:
@@ -101,6 +257,12 @@ class WorkspaceServiceStub:
     CreateWorkspace: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CreateWorkspaceRequest, _contacts_pb2.CreateWorkspaceResponse]
     """Needs the operator's admin token, not an API key."""
     AuthenticateApiKey: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.AuthenticateApiKeyRequest, _contacts_pb2.AuthenticateApiKeyResponse]
+    GetWorkspaceSettings: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.GetWorkspaceSettingsRequest, _contacts_pb2.WorkspaceSettings]
+    UpdateWorkspaceSettings: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.UpdateWorkspaceSettingsRequest, _contacts_pb2.WorkspaceSettings]
+    CreateApiKey: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CreateApiKeyRequest, _contacts_pb2.CreateApiKeyResponse]
+    ListApiKeys: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ListApiKeysRequest, _contacts_pb2.ListApiKeysResponse]
+    RevokeApiKey: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.RevokeApiKeyRequest, _contacts_pb2.RevokeApiKeyResponse]
+    RotateApiKey: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.RotateApiKeyRequest, _contacts_pb2.RotateApiKeyResponse]
 
 @_typing.type_check_only
 class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
@@ -108,6 +270,12 @@ class WorkspaceServiceAsyncStub(WorkspaceServiceStub):
     CreateWorkspace: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CreateWorkspaceRequest, _contacts_pb2.CreateWorkspaceResponse]  # type: ignore[assignment]
     """Needs the operator's admin token, not an API key."""
     AuthenticateApiKey: _aio.UnaryUnaryMultiCallable[_contacts_pb2.AuthenticateApiKeyRequest, _contacts_pb2.AuthenticateApiKeyResponse]  # type: ignore[assignment]
+    GetWorkspaceSettings: _aio.UnaryUnaryMultiCallable[_contacts_pb2.GetWorkspaceSettingsRequest, _contacts_pb2.WorkspaceSettings]  # type: ignore[assignment]
+    UpdateWorkspaceSettings: _aio.UnaryUnaryMultiCallable[_contacts_pb2.UpdateWorkspaceSettingsRequest, _contacts_pb2.WorkspaceSettings]  # type: ignore[assignment]
+    CreateApiKey: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CreateApiKeyRequest, _contacts_pb2.CreateApiKeyResponse]  # type: ignore[assignment]
+    ListApiKeys: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ListApiKeysRequest, _contacts_pb2.ListApiKeysResponse]  # type: ignore[assignment]
+    RevokeApiKey: _aio.UnaryUnaryMultiCallable[_contacts_pb2.RevokeApiKeyRequest, _contacts_pb2.RevokeApiKeyResponse]  # type: ignore[assignment]
+    RotateApiKey: _aio.UnaryUnaryMultiCallable[_contacts_pb2.RotateApiKeyRequest, _contacts_pb2.RotateApiKeyResponse]  # type: ignore[assignment]
 
 class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -125,4 +293,83 @@ class WorkspaceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_contacts_pb2.AuthenticateApiKeyResponse, _abc.Awaitable[_contacts_pb2.AuthenticateApiKeyResponse]]: ...
 
+    @_abc_1.abstractmethod
+    def GetWorkspaceSettings(
+        self,
+        request: _contacts_pb2.GetWorkspaceSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.WorkspaceSettings, _abc.Awaitable[_contacts_pb2.WorkspaceSettings]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateWorkspaceSettings(
+        self,
+        request: _contacts_pb2.UpdateWorkspaceSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.WorkspaceSettings, _abc.Awaitable[_contacts_pb2.WorkspaceSettings]]: ...
+
+    @_abc_1.abstractmethod
+    def CreateApiKey(
+        self,
+        request: _contacts_pb2.CreateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.CreateApiKeyResponse, _abc.Awaitable[_contacts_pb2.CreateApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ListApiKeys(
+        self,
+        request: _contacts_pb2.ListApiKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.ListApiKeysResponse, _abc.Awaitable[_contacts_pb2.ListApiKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RevokeApiKey(
+        self,
+        request: _contacts_pb2.RevokeApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.RevokeApiKeyResponse, _abc.Awaitable[_contacts_pb2.RevokeApiKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RotateApiKey(
+        self,
+        request: _contacts_pb2.RotateApiKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.RotateApiKeyResponse, _abc.Awaitable[_contacts_pb2.RotateApiKeyResponse]]: ...
+
 def add_WorkspaceServiceServicer_to_server(servicer: WorkspaceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class PrivacyServiceStub:
+    """Export and erasure of one contact's personal data, across every service."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> PrivacyServiceAsyncStub: ...
+    ExportContact: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ExportContactRequest, _contacts_pb2.ExportContactResponse]
+    EraseContact: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.EraseContactRequest, _contacts_pb2.EraseContactResponse]
+
+@_typing.type_check_only
+class PrivacyServiceAsyncStub(PrivacyServiceStub):
+    """Export and erasure of one contact's personal data, across every service."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ExportContact: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ExportContactRequest, _contacts_pb2.ExportContactResponse]  # type: ignore[assignment]
+    EraseContact: _aio.UnaryUnaryMultiCallable[_contacts_pb2.EraseContactRequest, _contacts_pb2.EraseContactResponse]  # type: ignore[assignment]
+
+class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Export and erasure of one contact's personal data, across every service."""
+
+    @_abc_1.abstractmethod
+    def ExportContact(
+        self,
+        request: _contacts_pb2.ExportContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.ExportContactResponse, _abc.Awaitable[_contacts_pb2.ExportContactResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def EraseContact(
+        self,
+        request: _contacts_pb2.EraseContactRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.EraseContactResponse, _abc.Awaitable[_contacts_pb2.EraseContactResponse]]: ...
+
+def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from nudge.contacts.v1 import contacts_pb2 as nudge_dot_contacts_dot_v1_dot_contacts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enudge/contacts/v1/events.proto\x12\x11nudge.contacts.v1\x1a nudge/contacts/v1/contacts.proto\"=\n\x0e\x43ontactCreated\x12+\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1a.nudge.contacts.v1.Contact\"=\n\x0e\x43ontactUpdated\x12+\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1a.nudge.contacts.v1.Contact\"\xdc\x01\n\x0e\x43onsentChanged\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x32\n\x07purpose\x18\x02 \x01(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .nudge.contacts.v1.ConsentStatus\x12\x30\n\x06source\x18\x04 \x01(\x0e\x32 .nudge.contacts.v1.ConsentSource\x12\x0f\n\x07wording\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\"]\n\x11\x43ontactSuppressed\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x34\n\x06reason\x18\x02 \x01(\x0e\x32$.nudge.contacts.v1.SuppressionReasonb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enudge/contacts/v1/events.proto\x12\x11nudge.contacts.v1\x1a nudge/contacts/v1/contacts.proto\"=\n\x0e\x43ontactCreated\x12+\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1a.nudge.contacts.v1.Contact\"U\n\x0e\x43ontactUpdated\x12+\n\x07\x63ontact\x18\x01 \x01(\x0b\x32\x1a.nudge.contacts.v1.Contact\x12\x16\n\x0e\x63hanged_fields\x18\x02 \x03(\t\"\xed\x01\n\x0e\x43onsentChanged\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x32\n\x07purpose\x18\x02 \x01(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x30\n\x06status\x18\x03 \x01(\x0e\x32 .nudge.contacts.v1.ConsentStatus\x12\x30\n\x06source\x18\x04 \x01(\x0e\x32 .nudge.contacts.v1.ConsentSource\x12\x0f\n\x07wording\x18\x05 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x06 \x01(\t\x12\x0f\n\x07version\x18\x07 \x01(\x03\"n\n\x11\x43ontactSuppressed\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x34\n\x06reason\x18\x02 \x01(\x0e\x32$.nudge.contacts.v1.SuppressionReason\x12\x0f\n\x07version\x18\x03 \x01(\x03\"`\n\x0bTagsChanged\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\r\n\x05\x61\x64\x64\x65\x64\x18\x02 \x03(\t\x12\x0f\n\x07removed\x18\x03 \x03(\t\x12\x0c\n\x04tags\x18\x04 \x03(\t\x12\x0f\n\x07version\x18\x05 \x01(\x03\"Q\n\x0cScoreChanged\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\x03\x12\r\n\x05score\x18\x03 \x01(\x03\x12\x0f\n\x07version\x18\x04 \x01(\x03\"5\n\x0e\x43ontactDeleted\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\"4\n\rContactErased\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,9 +35,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTACTCREATED']._serialized_start=87
   _globals['_CONTACTCREATED']._serialized_end=148
   _globals['_CONTACTUPDATED']._serialized_start=150
-  _globals['_CONTACTUPDATED']._serialized_end=211
-  _globals['_CONSENTCHANGED']._serialized_start=214
-  _globals['_CONSENTCHANGED']._serialized_end=434
-  _globals['_CONTACTSUPPRESSED']._serialized_start=436
-  _globals['_CONTACTSUPPRESSED']._serialized_end=529
+  _globals['_CONTACTUPDATED']._serialized_end=235
+  _globals['_CONSENTCHANGED']._serialized_start=238
+  _globals['_CONSENTCHANGED']._serialized_end=475
+  _globals['_CONTACTSUPPRESSED']._serialized_start=477
+  _globals['_CONTACTSUPPRESSED']._serialized_end=587
+  _globals['_TAGSCHANGED']._serialized_start=589
+  _globals['_TAGSCHANGED']._serialized_end=685
+  _globals['_SCORECHANGED']._serialized_start=687
+  _globals['_SCORECHANGED']._serialized_end=768
+  _globals['_CONTACTDELETED']._serialized_start=770
+  _globals['_CONTACTDELETED']._serialized_end=823
+  _globals['_CONTACTERASED']._serialized_start=825
+  _globals['_CONTACTERASED']._serialized_end=877
 # @@protoc_insertion_point(module_scope)

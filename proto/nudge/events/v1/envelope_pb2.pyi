@@ -37,6 +37,10 @@ class Envelope(_message.Message):
     CONTACT_UPDATED_FIELD_NUMBER: _builtins.int
     CONSENT_CHANGED_FIELD_NUMBER: _builtins.int
     CONTACT_SUPPRESSED_FIELD_NUMBER: _builtins.int
+    TAGS_CHANGED_FIELD_NUMBER: _builtins.int
+    SCORE_CHANGED_FIELD_NUMBER: _builtins.int
+    CONTACT_DELETED_FIELD_NUMBER: _builtins.int
+    CONTACT_ERASED_FIELD_NUMBER: _builtins.int
     SHOP_EVENT_FIELD_NUMBER: _builtins.int
     SEGMENT_MEMBERSHIP_CHANGED_FIELD_NUMBER: _builtins.int
     DELIVERY_REQUESTED_FIELD_NUMBER: _builtins.int
@@ -63,6 +67,14 @@ class Envelope(_message.Message):
     def consent_changed(self) -> _events_pb2.ConsentChanged: ...
     @_builtins.property
     def contact_suppressed(self) -> _events_pb2.ContactSuppressed: ...
+    @_builtins.property
+    def tags_changed(self) -> _events_pb2.TagsChanged: ...
+    @_builtins.property
+    def score_changed(self) -> _events_pb2.ScoreChanged: ...
+    @_builtins.property
+    def contact_deleted(self) -> _events_pb2.ContactDeleted: ...
+    @_builtins.property
+    def contact_erased(self) -> _events_pb2.ContactErased: ...
     @_builtins.property
     def shop_event(self) -> _shop_pb2.ShopEvent:
         """shop.events.v1"""
@@ -102,6 +114,10 @@ class Envelope(_message.Message):
         contact_updated: _events_pb2.ContactUpdated | None = ...,
         consent_changed: _events_pb2.ConsentChanged | None = ...,
         contact_suppressed: _events_pb2.ContactSuppressed | None = ...,
+        tags_changed: _events_pb2.TagsChanged | None = ...,
+        score_changed: _events_pb2.ScoreChanged | None = ...,
+        contact_deleted: _events_pb2.ContactDeleted | None = ...,
+        contact_erased: _events_pb2.ContactErased | None = ...,
         shop_event: _shop_pb2.ShopEvent | None = ...,
         segment_membership_changed: _events_pb2_1.SegmentMembershipChanged | None = ...,
         delivery_requested: _delivery_pb2.DeliveryRequested | None = ...,
@@ -112,11 +128,11 @@ class Envelope(_message.Message):
         link_clicked: _events_pb2_3.LinkClicked | None = ...,
         unsubscribe_requested: _events_pb2_3.UnsubscribeRequested | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["consent_changed", b"consent_changed", "contact_created", b"contact_created", "contact_suppressed", b"contact_suppressed", "contact_updated", b"contact_updated", "delivery_requested", b"delivery_requested", "link_clicked", b"link_clicked", "message_bounced", b"message_bounced", "message_opened", b"message_opened", "message_sent", b"message_sent", "message_skipped", b"message_skipped", "occurred_at", b"occurred_at", "payload", b"payload", "segment_membership_changed", b"segment_membership_changed", "shop_event", b"shop_event", "unsubscribe_requested", b"unsubscribe_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent_changed", b"consent_changed", "contact_created", b"contact_created", "contact_deleted", b"contact_deleted", "contact_erased", b"contact_erased", "contact_suppressed", b"contact_suppressed", "contact_updated", b"contact_updated", "delivery_requested", b"delivery_requested", "link_clicked", b"link_clicked", "message_bounced", b"message_bounced", "message_opened", b"message_opened", "message_sent", b"message_sent", "message_skipped", b"message_skipped", "occurred_at", b"occurred_at", "payload", b"payload", "score_changed", b"score_changed", "segment_membership_changed", b"segment_membership_changed", "shop_event", b"shop_event", "tags_changed", b"tags_changed", "unsubscribe_requested", b"unsubscribe_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_changed", b"consent_changed", "contact_created", b"contact_created", "contact_suppressed", b"contact_suppressed", "contact_updated", b"contact_updated", "delivery_requested", b"delivery_requested", "event_id", b"event_id", "link_clicked", b"link_clicked", "message_bounced", b"message_bounced", "message_opened", b"message_opened", "message_sent", b"message_sent", "message_skipped", b"message_skipped", "occurred_at", b"occurred_at", "payload", b"payload", "segment_membership_changed", b"segment_membership_changed", "shop_event", b"shop_event", "type", b"type", "unsubscribe_requested", b"unsubscribe_requested", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_changed", b"consent_changed", "contact_created", b"contact_created", "contact_deleted", b"contact_deleted", "contact_erased", b"contact_erased", "contact_suppressed", b"contact_suppressed", "contact_updated", b"contact_updated", "delivery_requested", b"delivery_requested", "event_id", b"event_id", "link_clicked", b"link_clicked", "message_bounced", b"message_bounced", "message_opened", b"message_opened", "message_sent", b"message_sent", "message_skipped", b"message_skipped", "occurred_at", b"occurred_at", "payload", b"payload", "score_changed", b"score_changed", "segment_membership_changed", b"segment_membership_changed", "shop_event", b"shop_event", "tags_changed", b"tags_changed", "type", b"type", "unsubscribe_requested", b"unsubscribe_requested", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["contact_created", "contact_updated", "consent_changed", "contact_suppressed", "shop_event", "segment_membership_changed", "delivery_requested", "message_sent", "message_skipped", "message_bounced", "message_opened", "link_clicked", "unsubscribe_requested"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["contact_created", "contact_updated", "consent_changed", "contact_suppressed", "tags_changed", "score_changed", "contact_deleted", "contact_erased", "shop_event", "segment_membership_changed", "delivery_requested", "message_sent", "message_skipped", "message_bounced", "message_opened", "link_clicked", "unsubscribe_requested"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
