@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 from nudge.campaigns.v1 import campaigns_pb2_grpc
-from nudge.contacts.v1 import contacts_pb2_grpc
+from nudge.contacts.v1 import contacts_pb2_grpc, imports_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2_grpc
 from nudge.segmentation.v1 import segmentation_pb2_grpc
 from nudge.shop.v1 import shop_pb2_grpc
@@ -25,6 +25,9 @@ from services.gateway.config import Settings
 class Backends:
     contacts: contacts_pb2_grpc.ContactServiceStub
     consents: contacts_pb2_grpc.ConsentServiceStub
+    workspaces: contacts_pb2_grpc.WorkspaceServiceStub
+    imports: imports_pb2_grpc.ImportServiceStub
+    privacy: contacts_pb2_grpc.PrivacyServiceStub
     shop_events: shop_pb2_grpc.ShopEventServiceStub
     segments: segmentation_pb2_grpc.SegmentServiceStub
     campaigns: campaigns_pb2_grpc.CampaignServiceStub
@@ -49,6 +52,9 @@ def open_backends(settings: Settings) -> Backends:
     return Backends(
         contacts=contacts_pb2_grpc.ContactServiceStub(channels["contacts"]),
         consents=contacts_pb2_grpc.ConsentServiceStub(channels["contacts"]),
+        workspaces=contacts_pb2_grpc.WorkspaceServiceStub(channels["contacts"]),
+        imports=imports_pb2_grpc.ImportServiceStub(channels["contacts"]),
+        privacy=contacts_pb2_grpc.PrivacyServiceStub(channels["contacts"]),
         shop_events=shop_pb2_grpc.ShopEventServiceStub(channels["contacts"]),
         segments=segmentation_pb2_grpc.SegmentServiceStub(channels["segmentation"]),
         campaigns=campaigns_pb2_grpc.CampaignServiceStub(channels["campaigns"]),

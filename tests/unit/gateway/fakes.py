@@ -56,6 +56,9 @@ def fake_backends() -> Backends:
     return Backends(
         contacts=contacts,  # type: ignore[arg-type]
         consents=contacts,  # type: ignore[arg-type]
+        workspaces=contacts,  # type: ignore[arg-type]
+        imports=contacts,  # type: ignore[arg-type]
+        privacy=contacts,  # type: ignore[arg-type]
         shop_events=contacts,  # type: ignore[arg-type]
         segments=FakeStub(),  # type: ignore[arg-type]
         campaigns=FakeStub(),  # type: ignore[arg-type]
