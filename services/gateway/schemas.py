@@ -404,10 +404,27 @@ class BulkTagsOut(ResponseModel):
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
+def _integral_float(value: Any) -> Any:
+    """JSON Schema counts ``339.0`` as an integer; so does this API (and nothing else:
+    strings and true/false stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _not_zero(value: int) -> int:
+    if value == 0:
+        raise ValueError("must not be 0")
+    return value
+
+
 class ScoreIn(StrictModel):
     delta: Annotated[
-        int, Field(ge=INT64_MIN, le=INT64_MAX, json_schema_extra={"not": {"const": 0}})
-    ]
+        int,
+        Field(ge=INT64_MIN, le=INT64_MAX, json_schema_extra={"not": {"const": 0}}),
+        AfterValidator(_not_zero),
+        BeforeValidator(_integral_float),
+    ] = Field(description="Added to the score (negative: taken away); not 0.")
     idempotency_key: Id | None = Field(
         None,
         description="The same key again answers the first result and applies nothing"
@@ -482,7 +499,10 @@ class ContactRefIn(StrictModel):
 
 
 class Money(StrictModel):
-    amount_minor: int = Field(description="In the currency's minor unit (cents).")
+    # Bounded by what the services hold (protobuf int64): a larger amount was a 500.
+    amount_minor: int = Field(
+        ge=-(2**63), le=2**63 - 1, description="In the currency's minor unit (cents)."
+    )
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
         description="ISO 4217."
     )
