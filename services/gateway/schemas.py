@@ -401,7 +401,10 @@ class BulkTagsOut(ResponseModel):
     changed: int = Field(description="Of those, how many changed (the others had it so).")
 
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# A delta is at most the largest integer every JSON parser holds exactly (2^53 - 1): near
+# 2^63, a double-based client would send a neighbour of the number it means. The score
+# itself is int64, and a sum beyond it is refused by the service.
+MAX_DELTA = 2**53 - 1
 
 
 def _integral_float(value: Any) -> Any:
@@ -421,7 +424,7 @@ def _not_zero(value: int) -> int:
 class ScoreIn(StrictModel):
     delta: Annotated[
         int,
-        Field(ge=INT64_MIN, le=INT64_MAX, json_schema_extra={"not": {"const": 0}}),
+        Field(ge=-MAX_DELTA, le=MAX_DELTA, json_schema_extra={"not": {"const": 0}}),
         AfterValidator(_not_zero),
         BeforeValidator(_integral_float),
     ] = Field(description="Added to the score (negative: taken away); not 0.")
