@@ -129,7 +129,7 @@ async def insert_contact(
     return await conn.fetchrow(
         f"INSERT INTO contacts ({CONTACT_COLUMNS})"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15, 0,"
-        " $16, $16) ON CONFLICT DO NOTHING"
+        " $16, $16, 1) ON CONFLICT DO NOTHING"
         f" RETURNING {CONTACT_COLUMNS}",
         uuid.uuid4(),
         uuid.UUID(workspace_id),
