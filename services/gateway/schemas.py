@@ -467,10 +467,23 @@ class ConsentIn(StrictModel):
     status: ConsentStatus
     source: ConsentSource = "api"
     wording: LongText = Field("", description="The text the contact saw.")
+    actor: Text = Field("", description="Who recorded it (a user, a system); `api` if empty.")
+    ip: Annotated[str, _text(64)] = Field(
+        "", description="The contact's IP address when they gave it (IPv4 or IPv6)."
+    )
+    user_agent: Annotated[str, _text(512)] = Field("", description="Their browser, when known.")
+    recorded_at: Rfc3339 | None = Field(
+        None, description="When it was given (RFC 3339, not in the future); now if absent."
+    )
 
 
 class ConsentOut(ResponseModel):
     consent_event_id: str
+    pending_confirmation: bool = Field(
+        False,
+        description="A grant in a double opt-in workspace: it counts once the contact clicks"
+        " the link of the confirmation mail sent to them.",
+    )
 
 
 # --- shop events --------------------------------------------------------------------------
