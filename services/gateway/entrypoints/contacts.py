@@ -51,12 +51,14 @@ async def create_contact(
     responses=problems.responses(401, 404, 422, 503),
 )
 async def get_contact(
-    contact_id: ContactId, caller: CallerDep, backends: BackendsDep
+    contact_id: ContactId, caller: CallerDep, backends: BackendsDep, response: Response
 ) -> ContactOut:
-    """One contact of the API key's workspace; another workspace's contact is not found."""
+    """One contact of the API key's workspace; another workspace's contact is not found.
+    Its ETag is its version (`If-Match` of a PATCH)."""
     answer: contacts_pb2.GetContactResponse = await caller.call(
         backends.contacts.GetContact, convert.get_contact_request(contact_id), service="contacts"
     )
+    response.headers["ETag"] = f'"{answer.contact.version}"'
     return convert.contact_json(answer.contact)
 
 
@@ -234,15 +236,27 @@ async def patch_contact(
     body: Annotated[schemas.ContactPatchIn, Body(media_type="application/merge-patch+json")],
     caller: CallerDep,
     backends: BackendsDep,
+    response: Response,
+    if_match: Annotated[
+        str,
+        Header(
+            pattern=r'^(?:"?[1-9][0-9]{0,17}"?)?$',
+            description="The contact's `version` (its ETag) the change is meant for: 409 when"
+            " it changed since.",
+        ),
+    ] = "",
 ) -> ContactOut:
     """Sets the members given, `null` removes (RFC 7396). Another contact's e-mail or
-    external id: 409."""
+    external id: 409; with `If-Match`, a contact changed meanwhile: 409 too."""
     request = convert.update_contact_request(contact_id, body)
     if request is None:
-        return await get_contact(contact_id, caller, backends)
+        return await get_contact(contact_id, caller, backends, response)
+    if if_match:
+        request.expected_version = int(if_match.strip('"'))
     answer: contacts_pb2.UpdateContactResponse = await caller.call(
         backends.contacts.UpdateContact, request, service="contacts", fields=convert.patch_field
     )
+    response.headers["ETag"] = f'"{answer.contact.version}"'
     return convert.contact_json(answer.contact)
 
 
@@ -323,14 +337,13 @@ async def adjust_score(
     caller: CallerDep,
     backends: BackendsDep,
     idempotency_key: Annotated[
-        str | None,
+        str,
         Header(
-            min_length=1,
             max_length=200,
-            pattern=r"^[\x21-\x7e]+$",
+            pattern=r"^[\x21-\x7e]*$",
             description="As `idempotency_key` in the body (which wins).",
         ),
-    ] = None,
+    ] = "",
 ) -> schemas.ScoreOut:
     """Atomic: concurrent deltas all count. With an idempotency key, a repeat answers the
     first result (`duplicate`), and the key used with another delta is 409."""

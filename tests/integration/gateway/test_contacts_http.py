@@ -288,3 +288,26 @@ async def test_a_malformed_email_gets_its_precise_reason(
         "/v1/contacts", json={"email": first["email"].upper()}, headers=auth(workspace)
     )
     assert twice.status_code == 409
+
+
+async def test_if_match_refuses_a_patch_of_a_contact_changed_meanwhile(
+    http: httpx.AsyncClient, workspace: Workspace
+) -> None:
+    contact = await create(http, workspace, first_name="Ada")
+    url = f"/v1/contacts/{contact['id']}"
+    etag = (await http.get(url, headers=auth(workspace))).headers["etag"]
+    assert etag == '"1"'
+    first = await http.patch(
+        url,
+        content=b'{"first_name": "Bo"}',
+        headers=auth(workspace, **MERGE_PATCH, **{"If-Match": etag}),
+    )
+    assert (first.status_code, first.headers["etag"]) == (200, '"2"')
+    stale = await http.patch(
+        url,
+        content=b'{"first_name": "Cy"}',
+        headers=auth(workspace, **MERGE_PATCH, **{"If-Match": etag}),
+    )
+    assert (stale.status_code, stale.headers["content-type"]) == (409, PROBLEM)
+    assert "version 2" in stale.json()["detail"]
+    assert (await http.get(url, headers=auth(workspace))).json()["first_name"] == "Bo"
