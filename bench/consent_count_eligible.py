@@ -25,7 +25,7 @@ SCHEMA = "bench_consent"
 MIGRATIONS = Path(__file__).resolve().parents[1] / "services" / "contacts" / "migrations"
 
 
-async def main(contacts: int, runs: int) -> None:
+async def main(contacts: int, runs: int, explain: bool) -> None:
     url = os.environ["DATABASE_URL"]
     pool = await create_pool(url, SCHEMA, max_size=2)
     async with pool.acquire() as conn:
@@ -78,6 +78,24 @@ async def main(contacts: int, runs: int) -> None:
             f"{name}: total={answer.total} eligible={answer.eligible} {reasons}"
             f" best={min(timings) * 1000:.0f} ms median={sorted(timings)[runs // 2] * 1000:.0f} ms"
         )
+    if explain:
+        async with pool.acquire() as conn:
+
+            class Explaining:
+                async def fetchrow(self, sql: str, *args: object) -> object:
+                    rows = await conn.fetch("EXPLAIN (ANALYZE, BUFFERS) " + sql, *args)
+                    print("\n".join(r[0] for r in rows))
+                    return None
+
+            from services.contacts.adapters import consent_pg
+
+            await consent_pg.count_eligible(
+                Explaining(),  # type: ignore[arg-type]
+                str(ws),
+                contacts_pb2.CONSENT_PURPOSE_MARKETING,
+                "true",
+                [],
+            )
     async with pool.acquire() as conn:
         await conn.execute(f"DROP SCHEMA {SCHEMA} CASCADE")
     await pool.close()
@@ -87,5 +105,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=100_000)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--explain", action="store_true", help="print the count's plan")
     args = parser.parse_args()
-    asyncio.run(main(args.contacts, args.runs))
+    asyncio.run(main(args.contacts, args.runs, args.explain))
