@@ -614,8 +614,7 @@ async def suppress_contact_address(
     created = await suppression.suppress(conn, workspace_id, email, reason, keep_address=True)
     if created:
         contact_id = await conn.fetchval(
-            "SELECT id FROM contacts"
-            " WHERE workspace_id = $1 AND lower(email) = normalised_address($2)",
+            "SELECT id FROM contacts WHERE workspace_id = $1 AND lower(email) = lower(btrim($2))",
             uuid.UUID(workspace_id),
             email,
         )

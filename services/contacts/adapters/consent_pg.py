@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from services.contacts.suppression import suppressed_reason_sql
+from services.contacts.suppression import address_hash_sql, suppressed_reason_sql
 
 
 @dataclass(frozen=True)
@@ -238,24 +238,22 @@ async def count_eligible(
     whose parameters start at ``$3``. The reasons are decided in the order of
     :func:`services.contacts.consent.decide`: suppressed, then the consent's state.
 
-    The keyed hash of every address is computed with the workspace's HMAC pads made once
-    (``address_hash_padded``), and only when the workspace's list is not empty."""
+    The keyed hash of every address is computed with the workspace's HMAC pads
+    (:func:`services.contacts.suppression.address_hash_sql`)."""
     return await conn.fetchrow(
-        "WITH ws AS ("
+        "WITH ws AS MATERIALIZED ("
         "   SELECT w.consent_required_for_campaigns AS required,"
-        "     hmac_pad(w.suppression_key, 54) AS ipad, hmac_pad(w.suppression_key, 92) AS opad,"
-        "     EXISTS (SELECT 1 FROM suppressions sp WHERE sp.workspace_id = w.id) AS any_listed"
+        "     w.suppression_ipad AS ipad, w.suppression_opad AS opad"
         "   FROM workspaces w WHERE w.id = $1),"
-        " facts AS ("
-        "   SELECT s.status,"
-        "     ws.any_listed AND EXISTS (SELECT 1 FROM suppressions sp"
-        "       WHERE sp.workspace_id = $1"
-        "       AND sp.address_hash = address_hash_padded(ws.ipad, ws.opad, a.email))"
-        "       AS suppressed,"
-        "     ws.required"
+        # Materialised: each contact's facts once (inlined, the suppression probe ran once
+        # per count below); suppressions join by hash, one hash join for the audience.
+        " facts AS MATERIALIZED ("
+        "   SELECT s.status, sp.address_hash IS NOT NULL AS suppressed, ws.required"
         "   FROM contacts a CROSS JOIN ws"
         "   LEFT JOIN consents s ON s.workspace_id = a.workspace_id AND s.contact_id = a.id"
         "     AND s.purpose = $2"
+        "   LEFT JOIN suppressions sp ON sp.workspace_id = a.workspace_id"
+        f"    AND sp.address_hash = {address_hash_sql('ws.ipad', 'ws.opad', 'a.email')}"
         f"  WHERE a.workspace_id = $1 AND ({audience_sql}))"
         " SELECT count(*) AS total,"
         "   count(*) FILTER (WHERE suppressed) AS suppressed,"

@@ -10,11 +10,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response
 from google.protobuf.field_mask_pb2 import FieldMask
 from nudge.contacts.v1 import contacts_pb2
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import ConfigDict, Field, StringConstraints, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from services.gateway import convert, problems
 from services.gateway.deps import BackendsDep, CallerDep
 from services.gateway.schemas import (
+    EMAIL_PATTERN,
     NO_NUL,
     ConsentPurpose,
     ContactFilterIn,
@@ -25,7 +27,7 @@ from services.gateway.schemas import (
 router = APIRouter(tags=["consent"])
 
 ContactId = Annotated[str, Path(min_length=1, max_length=64, description="The contact's id.")]
-Email = Annotated[str, StringConstraints(min_length=3, max_length=254, pattern=NO_NUL)]
+Email = Annotated[str, StringConstraints(min_length=6, max_length=254, pattern=EMAIL_PATTERN)]
 SuppressionReason = Literal["hard_bounce", "complaint", "global_unsubscribe", "erased", "manual"]
 ManualReason = Literal["manual", "global_unsubscribe", "hard_bounce", "complaint"]
 PageSize = Annotated[int, Query(ge=1, le=1000, description="1-1000, default 100.")]
@@ -188,7 +190,10 @@ async def list_suppressions(
     status_code=201,
     response_model=SuppressionOut,
     summary="Suppress an address",
-    responses=problems.responses(400, 401, 413, 422, 503),
+    responses={
+        200: {"model": SuppressionOut, "description": "Listed already: nothing changed"},
+        **problems.responses(400, 401, 413, 422, 503),
+    },
 )
 async def add_suppression(
     body: SuppressionIn, caller: CallerDep, backends: BackendsDep, response: Response
@@ -214,7 +219,7 @@ async def add_suppression(
     responses=problems.responses(401, 404, 409, 422, 503),
 )
 async def remove_suppression(
-    email: Annotated[str, Path(min_length=3, max_length=254, pattern=NO_NUL)],
+    email: Annotated[str, Path(min_length=6, max_length=254, pattern=EMAIL_PATTERN)],
     caller: CallerDep,
     backends: BackendsDep,
 ) -> Response:
@@ -243,13 +248,15 @@ class WorkspaceSettingsOut(ResponseModel):
 class WorkspaceSettingsPatch(StrictModel):
     """Only the fields given change (JSON merge patch)."""
 
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)] | None = (
-        None
-    )
-    consent_required_for_campaigns: bool | None = Field(
+    # Absent = unchanged; null is not a value of any of them (the schema says so too).
+    name: (
+        Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=NO_NUL)]
+        | SkipJsonSchema[None]
+    ) = None
+    consent_required_for_campaigns: bool | SkipJsonSchema[None] = Field(
         None, description="Send campaigns only to consented contacts (on by default)."
     )
-    double_opt_in: bool | None = Field(
+    double_opt_in: bool | SkipJsonSchema[None] = Field(
         None, description="Grants count once confirmed from a mail's link."
     )
 
@@ -318,7 +325,9 @@ async def update_workspace_settings(
 
 
 class EligibilityCountIn(StrictModel):
-    """A purpose and an audience: a filter, or a segment's current members."""
+    """A purpose and an audience: a filter, or a segment's current members (not both)."""
+
+    model_config = ConfigDict(json_schema_extra={"not": {"required": ["filter", "segment_id"]}})
 
     purpose: ConsentPurpose | Literal["transactional"]
     filter: ContactFilterIn | None = None
