@@ -27,7 +27,15 @@ from services.gateway.adapters.grpc import Backends, open_backends
 from services.gateway.adapters.health import CachedChecks, DependencyChecks, HealthChecks
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.config import Settings
-from services.gateway.entrypoints import campaigns, contacts, events, health, messages, segments
+from services.gateway.entrypoints import (
+    campaigns,
+    contacts,
+    events,
+    health,
+    keys,
+    messages,
+    segments,
+)
 
 NAME = "gateway"
 
@@ -43,6 +51,7 @@ TAGS = [
     {"name": "segments", "description": "Built-in and custom segments."},
     {"name": "campaigns", "description": "Targeted messages to segments."},
     {"name": "messages", "description": "Delivery status of single messages."},
+    {"name": "api-keys", "description": "The workspace's API keys: create, revoke, rotate."},
     {"name": "health", "description": "Dependency checks."},
 ]
 
@@ -76,7 +85,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (contacts, events, segments, campaigns, messages, health):
+    for module in (contacts, events, segments, campaigns, messages, keys, health):
         app.include_router(module.router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
