@@ -52,6 +52,7 @@ from services.common.auth import (
     KeyCache,
     Principal,
     SingleFlight,
+    cache_key,
     generate_api_key,
     hash_api_key,
     hashes_match,
@@ -209,7 +210,7 @@ class LocalApiKeyVerifier:
         if check.expires_at is not None and now >= check.expires_at:
             return False
         try:
-            entry = await self._cache.redis.get(f"nudge:apikey:{key_id}")
+            entry = await self._cache.redis.get(cache_key(key_id))
         except RedisError:
             # Without Redis a revocation made by another process cannot be seen here:
             # PostgreSQL decides every call until Redis answers again.

@@ -4,6 +4,7 @@ and every kind of bad request, each refused precisely with nothing written."""
 from __future__ import annotations
 
 import hashlib
+from datetime import timedelta
 
 import grpc
 import httpx
@@ -14,10 +15,17 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from nudge.contacts.v1 import contacts_pb2
 
+from services.common.config import InternalAuthSettings
 from services.contacts import keys
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.gateway.conftest import new_workspace
-from tests.integration.keys.conftest import Stubs, accepted_by, bearer, create_key
+from tests.integration.keys.conftest import (
+    Stubs,
+    accepted_by,
+    bearer,
+    create_key,
+    shifted_clock,
+)
 
 PROBLEM = "application/problem+json"
 
@@ -250,3 +258,35 @@ async def test_a_workspace_holds_a_bounded_number_of_working_keys(
     )
     assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert len(await keys_of(stubs, workspace, include_revoked=True)) == 3
+
+
+async def test_authenticate_refuses_revoked_and_expired_keys_and_tells_a_keys_end(
+    contacts_service: RunningService, stubs: Stubs, workspace: Workspace
+) -> None:
+    internal = (("authorization", f"Internal {InternalAuthSettings().internal_token}"),)
+    revoked = await create_key(stubs, workspace, "to revoke")
+    rotated = await create_key(stubs, workspace, "to rotate")
+    await stubs.workspaces.RevokeApiKey(
+        contacts_pb2.RevokeApiKeyRequest(key_id=revoked.key.key_id), metadata=workspace.metadata
+    )
+    answer = await stubs.workspaces.RotateApiKey(
+        contacts_pb2.RotateApiKeyRequest(key_id=rotated.key.key_id, overlap=Duration(seconds=600)),
+        metadata=workspace.metadata,
+    )
+
+    async def authenticate(api_key: str) -> contacts_pb2.AuthenticateApiKeyResponse:
+        found: contacts_pb2.AuthenticateApiKeyResponse = await stubs.workspaces.AuthenticateApiKey(
+            contacts_pb2.AuthenticateApiKeyRequest(api_key=api_key), metadata=internal
+        )
+        return found
+
+    err = await rpc_error(authenticate(revoked.api_key))
+    assert (err.code(), err.details()) == (grpc.StatusCode.UNAUTHENTICATED, "API key revoked")
+    during = await authenticate(rotated.api_key)
+    assert during.workspace_id == workspace.id
+    assert during.expires_at == answer.old_key.expires_at
+    assert not (await authenticate(answer.api_key)).HasField("expires_at")
+    with shifted_clock() as now:
+        now.offset = timedelta(seconds=601)
+        err = await rpc_error(authenticate(rotated.api_key))
+    assert (err.code(), err.details()) == (grpc.StatusCode.UNAUTHENTICATED, "API key expired")
