@@ -12,33 +12,49 @@ from fastapi import APIRouter, Path, Query
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 from nudge.contacts.v1 import contacts_pb2
-from pydantic import Field, StringConstraints
+from pydantic import BeforeValidator, Field, StringConstraints
 
 from services.gateway import problems
 from services.gateway.deps import BackendsDep, CallerDep
-from services.gateway.schemas import ResponseModel, StrictModel
+from services.gateway.schemas import (
+    PATTERN_MESSAGES,
+    WHITE_SPACE,
+    ResponseModel,
+    StrictModel,
+)
 
 router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
 
 KeyId = Annotated[
     str,
     Path(
-        min_length=1,
-        max_length=64,
+        pattern="^[0-9a-f]{16}$",
         description="The key's id: the 16 hexadecimal digits after `nk_` in the key.",
     ),
 ]
+# Contacts' rule for a key's name, stated in the document: not blank, no control characters.
+_CONTROL = r"\x00-\x1f\x7f"
+NAME_PATTERN = f"^[^{_CONTROL}]*[^{_CONTROL}{WHITE_SPACE}][^{_CONTROL}]*$"
+PATTERN_MESSAGES[NAME_PATTERN] = "must not be blank or contain control characters"
 MAX_OVERLAP_S = 30 * 24 * 3600
 
 
 class ApiKeyIn(StrictModel):
-    name: Annotated[str, StringConstraints(min_length=1, max_length=100)] = Field(
-        description="What the key is for (a label; names need not be unique)."
+    name: Annotated[str, StringConstraints(min_length=1, max_length=100, pattern=NAME_PATTERN)] = (
+        Field(description="What the key is for (a label; names need not be unique).")
     )
 
 
+def _whole_number(value: object) -> object:
+    """JSON has one number type: 3600.0 is the integer 3600 to JSON Schema, so it is here.
+    Anything else (strings, booleans, 1.5) is left to the strict check, which refuses it."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class RotateIn(StrictModel):
-    overlap_seconds: int | None = Field(
+    overlap_seconds: Annotated[int | None, BeforeValidator(_whole_number)] = Field(
         None,
         ge=0,
         le=MAX_OVERLAP_S,

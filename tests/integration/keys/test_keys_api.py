@@ -4,7 +4,7 @@ and every kind of bad request, each refused precisely with nothing written."""
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import grpc
 import httpx
@@ -135,11 +135,12 @@ async def test_bad_names_are_refused_with_the_field(
         answer = await http.post("/v1/api-keys", json=body, headers=auth)
         assert answer.status_code == 422, (body, answer.text)
         assert answer.headers["content-type"] == PROBLEM
-    control = await http.post("/v1/api-keys", json={"name": "bell\x07"}, headers=auth)
-    assert control.status_code == 422
-    assert control.json()["errors"] == [
-        {"field": "name", "message": "contains a control character"}
-    ]
+    for name in ("bell\x07", "   ", "\x7f"):
+        refused = await http.post("/v1/api-keys", json={"name": name}, headers=auth)
+        assert refused.status_code == 422
+        assert refused.json()["errors"] == [
+            {"field": "name", "message": "must not be blank or contain control characters"}
+        ]
     assert await keys_of(stubs, workspace, include_revoked=True) == before
 
 
@@ -157,7 +158,7 @@ async def test_bad_key_ids_and_overlaps_are_refused_with_the_field(
     stubs: Stubs, workspace: Workspace, http: httpx.AsyncClient
 ) -> None:
     mine = await create_key(stubs, workspace)
-    for key_id in ("", "XYZ", "0123456789abcdeg", "0" * 17, "../" * 20):
+    for key_id in ("", "XYZ", "0123456789abcdeg", "0" * 17, "../" * 20, "0" * 63):
         err = await rpc_error(
             stubs.workspaces.RevokeApiKey(
                 contacts_pb2.RevokeApiKeyRequest(key_id=key_id), metadata=workspace.metadata
@@ -181,9 +182,10 @@ async def test_bad_key_ids_and_overlaps_are_refused_with_the_field(
     for body in ({"overlap_seconds": -1}, {"overlap_seconds": "60"}, {"overlap_seconds": 2592001}):
         answer = await http.post(f"/v1/api-keys/{mine.key.key_id}:rotate", json=body, headers=auth)
         assert answer.status_code == 422, (body, answer.text)
-    bad_id = await http.post("/v1/api-keys/not-a-key:revoke", headers=auth)
-    assert bad_id.status_code == 422
-    assert bad_id.json()["errors"][0]["field"] == "key_id"
+    for bad_id in ("not-a-key", "0" * 63, "0123456789ABCDEF"):
+        refused = await http.post(f"/v1/api-keys/{bad_id}:revoke", headers=auth)
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["field"] == "path.key_id"
     # Nothing was rotated or revoked by any of them.
     listed = await stubs.workspaces.ListApiKeys(
         contacts_pb2.ListApiKeysRequest(include_revoked=True), metadata=workspace.metadata
@@ -290,3 +292,26 @@ async def test_authenticate_refuses_revoked_and_expired_keys_and_tells_a_keys_en
         now.offset = timedelta(seconds=601)
         err = await rpc_error(authenticate(rotated.api_key))
     assert (err.code(), err.details()) == (grpc.StatusCode.UNAUTHENTICATED, "API key expired")
+
+
+async def test_an_overlap_written_as_a_whole_float_is_the_integer(
+    stubs: Stubs, workspace: Workspace, http: httpx.AsyncClient
+) -> None:
+    """JSON Schema counts 60.0 as an integer; the OpenAPI document says integer."""
+    mine = await create_key(stubs, workspace)
+    answer = await http.post(
+        f"/v1/api-keys/{mine.key.key_id}:rotate",
+        json={"overlap_seconds": 60.0},
+        headers={"Authorization": f"Bearer {workspace.api_key}"},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    ends = datetime.fromisoformat(body["old_key"]["expires_at"])
+    assert ends - datetime.fromisoformat(body["new_key"]["created_at"]) == timedelta(seconds=60)
+    for bad in (60.5, True, "60"):
+        refused = await http.post(
+            f"/v1/api-keys/{body['new_key']['key_id']}:rotate",
+            json={"overlap_seconds": bad},
+            headers={"Authorization": f"Bearer {workspace.api_key}"},
+        )
+        assert refused.status_code == 422, (bad, refused.text)
