@@ -9,10 +9,12 @@ import functools
 import logging
 from pathlib import Path
 
+import redis.asyncio as aioredis
 from nudge.contacts.v1 import contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2_grpc
 
 from services.common import runtime
+from services.common.auth import KeyCache
 from services.common.db import create_pool, migrate
 from services.common.dependencies import kafka_check, postgres_check
 from services.common.idempotency import prune_forever
@@ -30,8 +32,9 @@ from services.contacts.entrypoints.grpc import (
     WorkspaceServicer,
 )
 from services.contacts.entrypoints.kafka import TrackingConsumer
-from services.contacts.handlers import CONSUMER, LocalApiKeyVerifier
+from services.contacts.handlers import CONSUMER
 from services.contacts.ingestion import GroupCommit
+from services.contacts.keys import LastUsedRecorder, LocalApiKeyVerifier
 
 log = logging.getLogger(__name__)
 NAME = "contacts"
@@ -71,6 +74,12 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         settings.kafka_bootstrap_servers, "nudge-contacts-health", settings.dependency_timeout_s
     )
     service.push(probe.close)
+    # Short socket timeouts: every key check of a cached key reads Redis, and a Redis that
+    # hangs must not hang calls (on a timeout the check falls back to PostgreSQL).
+    redis = aioredis.from_url(settings.redis_url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    service.push(redis.aclose)
+    key_use = LastUsedRecorder(pool)
+    service.spawn(key_use.run(), "api-key-last-used")
     group_commit = GroupCommit(pool)
     service.push(group_commit.stop)
     group_commit.start()
@@ -89,7 +98,9 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             ),
             (
                 contacts_pb2_grpc.add_WorkspaceServiceServicer_to_server,
-                WorkspaceServicer(pool, settings.admin_token),  # type: ignore[abstract]  # issue 12
+                WorkspaceServicer(  # type: ignore[abstract]  # issue 12
+                    pool, settings.admin_token, key_cache=KeyCache(redis), key_use=key_use
+                ),
                 SERVICE_NAMES[2],
             ),
             (
@@ -98,7 +109,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 SERVICE_NAMES[3],
             ),
         ],
-        verifier=LocalApiKeyVerifier(pool),
+        verifier=LocalApiKeyVerifier(pool, redis, recorder=key_use),
         internal_token=settings.internal_token,
         policy=AUTH_POLICY,
         dependencies={

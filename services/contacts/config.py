@@ -3,10 +3,17 @@
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import DatabaseSettings, InternalAuthSettings, KafkaSettings
+from services.common.config import (
+    DatabaseSettings,
+    InternalAuthSettings,
+    KafkaSettings,
+    RedisSettings,
+)
 
 
-class Settings(DatabaseSettings, KafkaSettings, InternalAuthSettings):
+# Redis: the API-key cache the other services read. Contacts writes a revoked key's
+# tombstone there and confirms its own in-process cache against it (services/contacts/keys.py).
+class Settings(DatabaseSettings, KafkaSettings, InternalAuthSettings, RedisSettings):
     model_config = SettingsConfigDict(env_prefix="CONTACTS_", extra="ignore", frozen=True)
 
     OPTIONAL_SECRETS = frozenset({"admin_token"})  # empty: CreateWorkspace is turned off

@@ -18,11 +18,8 @@ from nudge.shop.v1 import shop_pb2
 
 from services.common import clock
 from services.common.auth import (
-    Principal,
     generate_api_key,
     hash_api_key,
-    hashes_match,
-    parse_key_id,
 )
 from services.common.errors import (
     Aborted,
@@ -31,6 +28,7 @@ from services.common.errors import (
     InvalidArgument,
     NotFound,
     Unauthenticated,
+    PermanentError,
     Validator,
 )
 from services.common.events import new_envelope
@@ -64,41 +62,6 @@ async def create_workspace(
         key_id, api_key = generate_api_key()
         await db.insert_api_key(conn, workspace_id, key_id, hash_api_key(api_key))
     return str(workspace_id), api_key
-
-
-async def authenticate(pool: asyncpg.Pool, api_key: str) -> tuple[Principal, str]:
-    key_id = parse_key_id(api_key)
-    async with pool.acquire() as conn:
-        row = await db.find_api_key(conn, key_id)
-    if row is None or not hashes_match(row["key_hash"], api_key):
-        raise Unauthenticated("unknown API key")
-    return Principal(workspace_id=str(row["workspace_id"]), key_id=key_id), row["name"]
-
-
-class LocalApiKeyVerifier:
-    """Contacts owns the keys, so it checks them in its own table, and remembers a valid key
-    for ``ttl_s`` (by its hash, in this process): a query per call was a fifth of the cost of
-    ingesting an event. A revoked key therefore stops working within ``ttl_s``, as keys
-    cached by the other services do within their Redis cache's minute. Unknown keys are
-    not remembered."""
-
-    def __init__(self, pool: asyncpg.Pool, *, ttl_s: float = 30.0, max_keys: int = 10_000) -> None:
-        self._pool = pool
-        self._ttl_s = ttl_s
-        self._max_keys = max_keys
-        self._valid: dict[str, tuple[Principal, float]] = {}
-
-    async def verify(self, api_key: str) -> Principal:
-        digest = hash_api_key(api_key)
-        now = time.monotonic()
-        cached = self._valid.get(digest)
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        principal, _ = await authenticate(self._pool, api_key)
-        if len(self._valid) >= self._max_keys:
-            self._valid.clear()  # crude, but bounded; keys in use come back on their next call
-        self._valid[digest] = (principal, now + self._ttl_s)
-        return principal
 
 
 async def create_contact(

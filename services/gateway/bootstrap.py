@@ -33,6 +33,7 @@ from services.gateway.entrypoints import (
     contacts,
     events,
     health,
+    keys,
     messages,
     segments,
 )
@@ -55,6 +56,7 @@ TAGS = [
     {"name": "segments", "description": "Built-in and custom segments."},
     {"name": "campaigns", "description": "Targeted messages to segments."},
     {"name": "messages", "description": "Delivery status of single messages."},
+    {"name": "api-keys", "description": "The workspace's API keys: create, revoke, rotate."},
     {"name": "health", "description": "Dependency checks."},
 ]
 
@@ -88,7 +90,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (contacts, consent, events, segments, campaigns, messages, health):
+    for module in (contacts, consent, events, segments, campaigns, messages, keys, health):
         app.include_router(module.router)
     app.include_router(contacts.attributes_router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)

@@ -11,10 +11,10 @@ from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 
-from services.common.auth import current_workspace
+from services.common.auth import KeyCache, current_workspace
 from services.common.errors import Unauthenticated, Validator
 from services.common.tracing import current_traceparent
-from services.contacts import consent, handlers
+from services.contacts import consent, handlers, keys
 from services.contacts.consent import SegmentMembers
 from services.contacts.domain import model
 from services.contacts.domain.model import NewContact
@@ -250,9 +250,18 @@ class ConsentServicer(contacts_pb2_grpc.ConsentServiceServicer):
 class WorkspaceServicer(contacts_pb2_grpc.WorkspaceServiceServicer):
     """Workspaces (operators, with the admin token) and API key checks (Nudge's services)."""
 
-    def __init__(self, pool: asyncpg.Pool, admin_token: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        admin_token: str,
+        *,
+        key_cache: KeyCache,
+        key_use: keys.LastUsedRecorder,
+    ) -> None:
         self.pool = pool
         self.admin_token = admin_token
+        self.key_cache = key_cache
+        self.key_use = key_use
 
     async def CreateWorkspace(
         self, request: contacts_pb2.CreateWorkspaceRequest, context: grpc.aio.ServicerContext
@@ -269,10 +278,46 @@ class WorkspaceServicer(contacts_pb2_grpc.WorkspaceServiceServicer):
     async def AuthenticateApiKey(
         self, request: contacts_pb2.AuthenticateApiKeyRequest, context: grpc.aio.ServicerContext
     ) -> contacts_pb2.AuthenticateApiKeyResponse:
-        principal, name = await handlers.authenticate(self.pool, request.api_key)
-        return contacts_pb2.AuthenticateApiKeyResponse(
-            workspace_id=principal.workspace_id, key_id=principal.key_id, workspace_name=name
+        check = await keys.authenticate(self.pool, request.api_key)
+        self.key_use.saw(check.principal.key_id)
+        answer = contacts_pb2.AuthenticateApiKeyResponse(
+            workspace_id=check.principal.workspace_id,
+            key_id=check.principal.key_id,
+            workspace_name=check.workspace_name,
         )
+        if check.expires_at is not None:
+            answer.expires_at.FromDatetime(check.expires_at)
+        return answer
+
+    async def CreateApiKey(
+        self, request: contacts_pb2.CreateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.CreateApiKeyResponse:
+        key, api_key = await keys.create_key(self.pool, current_workspace(), request.name)
+        return contacts_pb2.CreateApiKeyResponse(key=key, api_key=api_key)
+
+    async def ListApiKeys(
+        self, request: contacts_pb2.ListApiKeysRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.ListApiKeysResponse:
+        found = await keys.list_keys(self.pool, current_workspace(), request.include_revoked)
+        return contacts_pb2.ListApiKeysResponse(keys=found)
+
+    async def RevokeApiKey(
+        self, request: contacts_pb2.RevokeApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.RevokeApiKeyResponse:
+        key = await keys.revoke_key(self.pool, self.key_cache, current_workspace(), request.key_id)
+        return contacts_pb2.RevokeApiKeyResponse(key=key)
+
+    async def RotateApiKey(
+        self, request: contacts_pb2.RotateApiKeyRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.RotateApiKeyResponse:
+        new, api_key, old = await keys.rotate_key(
+            self.pool,
+            self.key_cache,
+            current_workspace(),
+            request.key_id,
+            request.overlap if request.HasField("overlap") else None,
+        )
+        return contacts_pb2.RotateApiKeyResponse(new_key=new, api_key=api_key, old_key=old)
 
     async def GetWorkspaceSettings(
         self, request: contacts_pb2.GetWorkspaceSettingsRequest, context: grpc.aio.ServicerContext

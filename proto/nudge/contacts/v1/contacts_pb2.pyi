@@ -459,19 +459,27 @@ class AuthenticateApiKeyResponse(_message.Message):
     WORKSPACE_ID_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
     workspace_id: _builtins.str
     key_id: _builtins.str
     workspace_name: _builtins.str
+    @_builtins.property
+    def expires_at(self) -> _timestamp_pb2.Timestamp:
+        """Set when the key was replaced by rotation: it stops working then, and a caller caching
+        this answer must not use it past that time.
+        """
+
     def __init__(
         self,
         *,
         workspace_id: _builtins.str = ...,
         key_id: _builtins.str = ...,
         workspace_name: _builtins.str = ...,
+        expires_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "workspace_id", b"workspace_id", "workspace_name", b"workspace_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "key_id", b"key_id", "workspace_id", b"workspace_id", "workspace_name", b"workspace_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
