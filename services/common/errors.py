@@ -46,6 +46,11 @@ class FailedPrecondition(NudgeError):
     pass
 
 
+class Aborted(NudgeError):
+    """A concurrent change got there first (an ``expected_version`` that is not current):
+    the caller reads again and retries."""
+
+
 class Unavailable(NudgeError):
     """A dependency (another service, Redis) does not answer: the caller may retry."""
 

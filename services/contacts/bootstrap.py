@@ -76,7 +76,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 contacts_pb2_grpc.add_ContactServiceServicer_to_server,
-                ContactServicer(pool),  # type: ignore[abstract]  # issue 12 in progress
+                ContactServicer(pool),
                 SERVICE_NAMES[0],
             ),
             (

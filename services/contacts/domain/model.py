@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import IntEnum
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from services.common.contact_limits import EMAIL as EMAIL
 from services.common.contact_limits import LOCALE as LOCALE
 from services.common.contact_limits import MAX_ATTRIBUTE_VALUE as MAX_ATTRIBUTE_VALUE
 from services.common.contact_limits import MAX_ATTRIBUTES as MAX_ATTRIBUTES
@@ -18,7 +17,9 @@ from services.common.contact_limits import MAX_TAGS as MAX_TAGS
 from services.common.contact_limits import MAX_TEXT as MAX_TEXT
 from services.common.contact_limits import SLUG as SLUG
 from services.common.contact_limits import TAG as TAG
+from services.common.contact_limits import check_email
 from services.common.errors import Validator
+from services.contacts.domain import attributes as attribute_rules
 
 # The gRPC enums' numbers, mirrored so the rules do not import the transport.
 
@@ -93,38 +94,60 @@ def normalize_email(email: str) -> str:
     return email.strip().lower()
 
 
-def validate_new_contact(c: NewContact, now: datetime) -> None:
+def validate_new_contact(
+    c: NewContact,
+    now: datetime,
+    declared: dict[str, int] | None = None,
+    *,
+    prefix: str = "contact",
+    attributes_to_check: set[str] | None = None,
+) -> None:
+    """Refuse the contact with every violation at once, each named ``<prefix>.<field>``;
+    on success its e-mail is the normalised address (``email-validator``'s: the domain in
+    lower case). ``declared`` (attribute name -> AttributeType) checks the attributes: only
+    declared names, values of the declared type (``<prefix>.attributes.<name>``); of those in
+    ``attributes_to_check`` only, when given (an update checks what it changes)."""
     v = Validator()
-    v.check(bool(c.email.strip()), "contact.email", "is required")
+    email = c.email.strip()
+    v.check(bool(email), f"{prefix}.email", "is required")
+    if email:
+        normalised, reason = check_email(email)
+        v.check(not reason, f"{prefix}.email", f"is not a valid e-mail address: {reason}")
+        if normalised:
+            c.email = normalised
+    v.check(len(c.external_id) <= MAX_TEXT, f"{prefix}.external_id", f"longer than {MAX_TEXT}")
+    v.check(len(c.first_name) <= MAX_TEXT, f"{prefix}.first_name", f"longer than {MAX_TEXT}")
+    v.check(len(c.last_name) <= MAX_TEXT, f"{prefix}.last_name", f"longer than {MAX_TEXT}")
     v.check(
-        not c.email.strip() or (len(c.email) <= 254 and EMAIL.match(c.email.strip()) is not None),
-        "contact.email",
-        "is not an e-mail address",
+        not c.locale or LOCALE.match(c.locale) is not None, f"{prefix}.locale", "not a BCP 47 tag"
     )
-    v.check(len(c.external_id) <= MAX_TEXT, "contact.external_id", f"longer than {MAX_TEXT}")
-    v.check(len(c.first_name) <= MAX_TEXT, "contact.first_name", f"longer than {MAX_TEXT}")
-    v.check(len(c.last_name) <= MAX_TEXT, "contact.last_name", f"longer than {MAX_TEXT}")
-    v.check(
-        not c.locale or LOCALE.match(c.locale) is not None, "contact.locale", "not a BCP 47 tag"
-    )
-    v.check(not c.time_zone or _is_zone(c.time_zone), "contact.time_zone", "unknown IANA zone")
+    v.check(not c.time_zone or _is_zone(c.time_zone), f"{prefix}.time_zone", "unknown IANA zone")
     if c.birthday is not None:
-        v.check(_is_date(*c.birthday), "contact.birthday", "not a calendar date")
+        v.check(_is_date(*c.birthday), f"{prefix}.birthday", "not a calendar date")
     if c.signed_up_at is not None:
-        v.check(c.signed_up_at <= now + MAX_FUTURE_SKEW, "contact.signed_up_at", "in the future")
+        v.check(c.signed_up_at <= now + MAX_FUTURE_SKEW, f"{prefix}.signed_up_at", "in the future")
     v.check(
-        len(c.attributes) <= MAX_ATTRIBUTES, "contact.attributes", f"more than {MAX_ATTRIBUTES}"
+        len(c.attributes) <= MAX_ATTRIBUTES,
+        f"{prefix}.attributes",
+        f"more than {MAX_ATTRIBUTES}",
     )
-    for key, value in c.attributes.items():
-        v.check(0 < len(key) <= 64, f"contact.attributes[{key[:64]}]", "key of 1-64 characters")
+    for key, value in sorted(c.attributes.items()):
+        v.check(0 < len(key) <= 64, f"{prefix}.attributes.{key[:64]}", "key of 1-64 characters")
         v.check(
             len(value) <= MAX_ATTRIBUTE_VALUE,
-            f"contact.attributes[{key[:64]}]",
+            f"{prefix}.attributes.{key[:64]}",
             f"value longer than {MAX_ATTRIBUTE_VALUE}",
         )
-    v.check(len(c.tags) <= MAX_TAGS, "contact.tags", f"more than {MAX_TAGS}")
-    for i, tag in enumerate(c.tags):
-        v.check(TAG.match(tag) is not None, f"contact.tags[{i}]", "lower-case [a-z0-9_:-], 1-64")
+    if declared is not None and not v.violations:
+        checked = {
+            k: val
+            for k, val in c.attributes.items()
+            if attributes_to_check is None or k in attributes_to_check
+        }
+        attribute_rules.check_values(v, checked, declared, f"{prefix}.attributes")
+    v.check(len(c.tags) <= MAX_TAGS, f"{prefix}.tags", f"more than {MAX_TAGS}")
+    for i, tag in enumerate(c.tags[:MAX_TAGS]):
+        v.check(TAG.match(tag) is not None, f"{prefix}.tags[{i}]", "lower-case [a-z0-9_:-], 1-64")
     for i, purpose in enumerate(c.consents):
         v.check(
             purpose in (Purpose.MARKETING, Purpose.TARGETED_MESSAGES, Purpose.AUTOMATIONS),
@@ -133,6 +156,94 @@ def validate_new_contact(c: NewContact, now: datetime) -> None:
         )
     v.check(c.consent_source in ConsentSource.__members__.values(), "consent_source", "unknown")
     v.raise_if_any()
+
+
+# The paths of UpdateContactRequest.update_mask (and UpsertContact's), as contacts.proto says.
+PROFILE_PATHS = (
+    "email",
+    "external_id",
+    "first_name",
+    "last_name",
+    "locale",
+    "time_zone",
+    "birthday",
+    "signed_up_at",
+    "vip",
+    "tags",
+    "attributes",
+)
+
+
+def check_mask(v: Validator, paths: list[str], field: str = "update_mask") -> None:
+    """A mask names at least one path, each a profile field or ``attributes.<name>``."""
+    v.check(bool(paths), f"{field}.paths", "is required: name the fields to change")
+    for i, path in enumerate(paths):
+        name = path.removeprefix("attributes.")
+        v.check(
+            path in PROFILE_PATHS
+            or (path.startswith("attributes.") and attribute_rules.NAME.match(name) is not None),
+            f"{field}.paths[{i}]",
+            f"unknown field {path[:80]!r}: one of {', '.join(PROFILE_PATHS)}, attributes.<name>",
+        )
+
+
+def apply_patch(
+    current: NewContact, patch: NewContact, paths: list[str]
+) -> tuple[NewContact, list[str], set[str]]:
+    """The contact after setting the ``paths`` of ``patch`` on ``current``; the paths that
+    changed a value (in mask order, once each), and the attribute names given new values.
+    ``attributes`` replaces them all; ``attributes.<name>`` sets one, or removes it when the
+    patch lacks it. Tags compare as sets."""
+    new = replace(current, attributes=dict(current.attributes), tags=sorted(set(current.tags)))
+    touched: set[str] = set()
+    for path in paths:
+        if path == "attributes":
+            new.attributes = dict(patch.attributes)
+            touched |= set(patch.attributes)
+        elif path.startswith("attributes."):
+            name = path.removeprefix("attributes.")
+            if name in patch.attributes:
+                new.attributes[name] = patch.attributes[name]
+                touched.add(name)
+            else:
+                new.attributes.pop(name, None)
+        elif path == "tags":
+            new.tags = sorted(set(patch.tags))
+        else:
+            setattr(new, path, getattr(patch, path))
+    changed: list[str] = []
+    for path in dict.fromkeys(paths):
+        if path.startswith("attributes."):
+            name = path.removeprefix("attributes.")
+            differs = current.attributes.get(name) != new.attributes.get(name)
+        elif path == "tags":
+            differs = sorted(set(current.tags)) != new.tags
+        elif path == "email":
+            given = new.email.strip()
+            differs = current.email != (check_email(given)[0] or given)
+        else:
+            differs = getattr(current, path) != getattr(new, path)
+        if differs:
+            changed.append(path)
+    touched = {k for k in touched if current.attributes.get(k) != new.attributes.get(k)}
+    return new, changed, touched
+
+
+def modify_tags(current: list[str], add: list[str], remove: list[str]) -> list[str]:
+    """The tags after adding ``add`` and removing ``remove`` (a tag in both is added)."""
+    return sorted((set(current) - set(remove)) | set(add))
+
+
+def check_tag_change(v: Validator, add: list[str], remove: list[str]) -> None:
+    v.check(bool(add or remove), "add", "is required: tags to add or to remove")
+    for name, tags in (("add", add), ("remove", remove)):
+        v.check(len(tags) <= MAX_TAGS, name, f"more than {MAX_TAGS} tags")
+        for i, tag in enumerate(tags[:MAX_TAGS]):
+            v.check(TAG.match(tag) is not None, f"{name}[{i}]", "lower-case [a-z0-9_:-], 1-64")
+
+
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
 
 
 def validate_workspace(name: str, slug: str) -> None:

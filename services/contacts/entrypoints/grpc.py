@@ -15,21 +15,20 @@ from services.common.auth import current_workspace
 from services.common.errors import Unauthenticated, Validator
 from services.common.tracing import current_traceparent
 from services.contacts import handlers
+from services.contacts.domain import model
 from services.contacts.domain.model import NewContact
 from services.contacts.ingestion import GroupCommit
 
 tracer = trace.get_tracer(__name__)
 
 
-def new_contact_from_proto(request: contacts_pb2.CreateContactRequest) -> NewContact:
-    c = request.contact
-    v = Validator()
-    # Lengths are the domain's to check; NUL characters PostgreSQL would refuse are caught here.
-    v.strings(request, "", max_length=100_000)
+def contact_from_proto(c: contacts_pb2.Contact, v: Validator, prefix: str) -> NewContact:
+    """The profile fields of ``c`` as the domain's value (timestamps checked into ``v``)."""
     signed_up_at = (
-        v.timestamp(c.signed_up_at, "contact.signed_up_at") if c.HasField("signed_up_at") else None
+        v.timestamp(c.signed_up_at, f"{prefix}.signed_up_at")
+        if c.HasField("signed_up_at")
+        else None
     )
-    v.raise_if_any()
     return NewContact(
         email=c.email,
         external_id=c.external_id,
@@ -44,14 +43,32 @@ def new_contact_from_proto(request: contacts_pb2.CreateContactRequest) -> NewCon
         attributes=dict(c.attributes),
         vip=c.vip,
         tags=list(c.tags),
-        consents=list(request.consents),
-        consent_source=request.consent_source or 3,
-        consent_wording=request.consent_wording,
     )
 
 
+def new_contact_from_proto(
+    request: contacts_pb2.CreateContactRequest | contacts_pb2.UpsertContactRequest,
+) -> NewContact:
+    v = Validator()
+    # Lengths are the domain's to check; NUL characters PostgreSQL would refuse are caught here.
+    v.strings(request, "", max_length=100_000)
+    new = contact_from_proto(request.contact, v, "contact")
+    v.raise_if_any()
+    new.consents = list(request.consents)
+    new.consent_source = request.consent_source or 3
+    new.consent_wording = request.consent_wording
+    return new
+
+
+def _set_paths(c: contacts_pb2.Contact) -> list[str]:
+    """The profile fields of ``c`` that are set (not their default): UpsertContact's mask
+    when none is given."""
+    present = {field.name for field, _ in c.ListFields()}
+    return [p for p in model.PROFILE_PATHS if p in present and p != "external_id"]
+
+
 class ContactServicer(contacts_pb2_grpc.ContactServiceServicer):
-    """Create and read contacts of the caller's workspace."""
+    """Contacts of the caller's workspace: profile, tags, score, custom attributes."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -69,6 +86,97 @@ class ContactServicer(contacts_pb2_grpc.ContactServiceServicer):
     ) -> contacts_pb2.GetContactResponse:
         contact = await handlers.get_contact(self.pool, current_workspace(), request.contact)
         return contacts_pb2.GetContactResponse(contact=contact)
+
+    async def UpdateContact(
+        self, request: contacts_pb2.UpdateContactRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.UpdateContactResponse:
+        v = Validator()
+        v.strings(request, "", max_length=100_000)
+        patch = contact_from_proto(request.contact_patch, v, "contact_patch")
+        v.raise_if_any()
+        contact, changed = await handlers.update_contact(
+            self.pool,
+            current_workspace(),
+            request.contact,
+            patch,
+            list(request.update_mask.paths),
+            request.expected_version,
+        )
+        return contacts_pb2.UpdateContactResponse(contact=contact, changed=changed)
+
+    async def UpsertContact(
+        self, request: contacts_pb2.UpsertContactRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.UpsertContactResponse:
+        new = new_contact_from_proto(request)
+        paths = list(request.update_mask.paths) or _set_paths(request.contact)
+        contact, created, changed = await handlers.upsert_contact(
+            self.pool, current_workspace(), new, paths
+        )
+        return contacts_pb2.UpsertContactResponse(contact=contact, created=created, changed=changed)
+
+    async def DeleteContact(
+        self, request: contacts_pb2.DeleteContactRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.DeleteContactResponse:
+        contact_id = await handlers.delete_contact(
+            self.pool, current_workspace(), request.contact, request.HasField("contact")
+        )
+        return contacts_pb2.DeleteContactResponse(contact_id=contact_id)
+
+    async def ListContacts(
+        self, request: contacts_pb2.ListContactsRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.ListContactsResponse:
+        contacts, token = await handlers.list_contacts(
+            self.pool, current_workspace(), request.filter, request.page_size, request.page_token
+        )
+        return contacts_pb2.ListContactsResponse(contacts=contacts, next_page_token=token)
+
+    async def ModifyTags(
+        self, request: contacts_pb2.ModifyTagsRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.ModifyTagsResponse:
+        contact, changed = await handlers.modify_tags(
+            self.pool,
+            current_workspace(),
+            request.contact,
+            request.HasField("contact"),
+            list(request.add),
+            list(request.remove),
+        )
+        return contacts_pb2.ModifyTagsResponse(contact=contact, changed=changed)
+
+    async def BulkModifyTags(
+        self, request: contacts_pb2.BulkModifyTagsRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.BulkModifyTagsResponse:
+        matched, changed = await handlers.bulk_modify_tags(
+            self.pool, current_workspace(), request.filter, list(request.add), list(request.remove)
+        )
+        return contacts_pb2.BulkModifyTagsResponse(matched=matched, changed=changed)
+
+    async def AdjustScore(
+        self, request: contacts_pb2.AdjustScoreRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.AdjustScoreResponse:
+        return await handlers.adjust_score(
+            self.pool,
+            current_workspace(),
+            request.contact,
+            request.HasField("contact"),
+            request.delta,
+            request.idempotency_key,
+        )
+
+    async def DefineAttribute(
+        self, request: contacts_pb2.DefineAttributeRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.DefineAttributeResponse:
+        definition, created = await handlers.define_attribute(
+            self.pool, current_workspace(), request.attribute
+        )
+        return contacts_pb2.DefineAttributeResponse(attribute=definition, created=created)
+
+    async def ListAttributes(
+        self, request: contacts_pb2.ListAttributesRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.ListAttributesResponse:
+        return contacts_pb2.ListAttributesResponse(
+            attributes=await handlers.list_attributes(self.pool, current_workspace())
+        )
 
 
 class ConsentServicer(contacts_pb2_grpc.ConsentServiceServicer):

@@ -72,7 +72,7 @@ def test_oversized_attributes_are_rejected() -> None:
     contact = NewContact(email="a@example.com", attributes={"note": "x" * 5000})
     with pytest.raises(InvalidArgument) as err:
         validate_new_contact(contact, NOW)
-    assert fields_of(err) == ["contact.attributes[note]"]
+    assert fields_of(err) == ["contact.attributes.note"]
 
 
 def test_workspace_slug_must_be_url_safe() -> None:
