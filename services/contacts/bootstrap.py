@@ -19,7 +19,7 @@ from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
-from services.common.topics import TRACKING_EVENTS
+from services.common.topics import DELIVERY_EVENTS, TRACKING_EVENTS
 from services.contacts.adapters.postgres import SCHEMA
 from services.contacts.config import Settings
 from services.contacts.entrypoints.grpc import (
@@ -58,7 +58,10 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     await publisher.start()
     service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
     consumer = KafkaConsumerLoop(
-        settings.kafka_bootstrap_servers, CONSUMER, [TRACKING_EVENTS], TrackingConsumer(pool)
+        settings.kafka_bootstrap_servers,
+        CONSUMER,
+        [TRACKING_EVENTS, DELIVERY_EVENTS],
+        TrackingConsumer(pool),
     )
     service.push(consumer.stop)
     await consumer.start()
@@ -81,7 +84,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             ),
             (
                 contacts_pb2_grpc.add_ConsentServiceServicer_to_server,
-                ConsentServicer(pool),  # type: ignore[abstract]  # issue 12 in progress
+                ConsentServicer(pool),
                 SERVICE_NAMES[1],
             ),
             (

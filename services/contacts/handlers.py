@@ -15,7 +15,6 @@ from datetime import datetime
 import asyncpg
 from nudge.contacts.v1 import contacts_pb2, events_pb2
 from nudge.shop.v1 import shop_pb2
-from nudge.tracking.v1 import events_pb2 as tracking_pb2
 
 from services.common import clock
 from services.common.auth import (
@@ -31,19 +30,23 @@ from services.common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    PermanentError,
     Unauthenticated,
     Validator,
 )
 from services.common.events import new_envelope
-from services.common.idempotency import claim_event
-from services.common.ids import is_uuid
-from services.common.outbox import add_many_to_outbox, add_to_outbox
+from services.common.outbox import add_many_to_outbox
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
 from services.common.tracing import current_traceparent
 from services.contacts import changes
 from services.contacts.adapters import filters
 from services.contacts.adapters import postgres as db
+
+# Consent use cases live in services/contacts/consent.py; these names stay importable here.
+from services.contacts.consent import CONSUMER as CONSUMER
+from services.contacts.consent import _record_consent as _record_consent
+from services.contacts.consent import check_eligibility as check_eligibility
+from services.contacts.consent import record_consent as record_consent
+from services.contacts.consent import unsubscribe as unsubscribe
 from services.contacts.domain import attributes as attribute_rules
 from services.contacts.domain import model
 from services.contacts.domain.model import NewContact
@@ -543,83 +546,6 @@ async def list_attributes(
         return [_definition(r) for r in await db.list_attributes(conn, workspace_id)]
 
 
-async def record_consent(
-    pool: asyncpg.Pool, workspace_id: str, request: contacts_pb2.RecordConsentRequest
-) -> str:
-    v = Validator()
-    v.check(request.HasField("contact"), "contact", "is required")
-    model.check_consent_change(v, request.purpose, request.status, request.source)
-    v.check(len(request.wording) <= 2000, "wording", "longer than 2000")
-    v.raise_if_any()
-    async with pool.acquire() as conn, conn.transaction():
-        row = await db.find_contact(conn, workspace_id, request.contact)
-        return str(
-            await _record_consent(
-                conn,
-                workspace_id,
-                row["id"],
-                request.purpose,
-                request.status,
-                request.source,
-                request.wording,
-                request.actor or "api",
-            )
-        )
-
-
-async def _record_consent(
-    conn: asyncpg.Connection,
-    workspace_id: str,
-    contact_id: uuid.UUID,
-    purpose: int,
-    status: int,
-    source: int,
-    wording: str,
-    actor: str,
-) -> uuid.UUID:
-    now = clock.now()
-    event_id = await db.record_consent(
-        conn, workspace_id, contact_id, purpose, status, source, wording, actor, now
-    )
-    changed = events_pb2.ConsentChanged(
-        contact_id=str(contact_id),
-        purpose=purpose,  # type: ignore[arg-type]
-        status=status,  # type: ignore[arg-type]
-        source=source,  # type: ignore[arg-type]
-        wording=wording,
-        actor=actor,
-    )
-    await add_to_outbox(
-        conn,
-        db.SCHEMA,
-        CONTACTS_EVENTS,
-        str(contact_id),
-        new_envelope(workspace_id, changed, event_id=str(event_id), occurred_at=now),
-    )
-    return event_id
-
-
-async def check_eligibility(
-    pool: asyncpg.Pool, workspace_id: str, contact_id: str, purpose: int
-) -> contacts_pb2.CheckEligibilityResponse:
-    if purpose not in model.Purpose.__members__.values():
-        raise InvalidArgument(FieldViolation("purpose", "is required"))
-    async with pool.acquire() as conn:
-        facts = await db.eligibility_facts(conn, workspace_id, contact_id, purpose)
-    eligible, reason = model.is_eligible(
-        purpose, facts["consent"], facts["suppressed"], facts["consent_required_for_campaigns"]
-    )
-    return contacts_pb2.CheckEligibilityResponse(
-        eligible=eligible,
-        reason=reason,
-        email=facts["email"],
-        first_name=facts["first_name"],
-        last_name=facts["last_name"],
-        locale=facts["locale"],
-        workspace_name=facts["workspace_name"],
-    )
-
-
 MAX_EVENTS_PER_CALL = 1000
 
 
@@ -813,54 +739,3 @@ def single_event_answer(result: shop_pb2.TrackEventResult) -> shop_pb2.TrackEven
         duplicate=result.status == shop_pb2.TRACK_EVENT_STATUS_DUPLICATE,
         contact_id=result.contact_id,
     )
-
-
-CONSUMER = "contacts"
-
-UNSUBSCRIBED_PURPOSES = (
-    model.Purpose.MARKETING,
-    model.Purpose.TARGETED_MESSAGES,
-    model.Purpose.AUTOMATIONS,
-)
-
-
-async def unsubscribe(
-    pool: asyncpg.Pool,
-    workspace_id: str,
-    event_id: str,
-    request: tracking_pb2.UnsubscribeRequested,
-) -> int:
-    """A recipient unsubscribed from a mail: withdraw every consent but transactional mail's.
-
-    The link does not say which kind of mail it came from, and a person who presses
-    "unsubscribe" expects no more promotional or automated mail from this sender; order
-    details and password resets still arrive. Every post of the link is a new event, so a
-    contact who subscribed again and uses an old mail's link is unsubscribed again; repeats
-    change nothing because a consent already withdrawn is left alone, and a redelivery of
-    one event is claimed once. Returns how many consents changed.
-    """
-    if not (is_uuid(request.contact_id) and is_uuid(workspace_id)):
-        raise PermanentError(f"unsubscribe with malformed ids: {request.contact_id!r}")
-    how = "one-click unsubscribe" if request.one_click else "unsubscribe page"
-    changed = 0
-    async with pool.acquire() as conn, conn.transaction():
-        if not await claim_event(conn, CONSUMER, event_id):
-            return 0
-        current = await db.consent_statuses(conn, workspace_id, uuid.UUID(request.contact_id))
-        if current is None:
-            return 0  # erased since the mail was sent: nothing left to withdraw
-        for purpose in UNSUBSCRIBED_PURPOSES:
-            if current.get(purpose) == model.ConsentStatus.WITHDRAWN:
-                continue
-            await _record_consent(
-                conn,
-                workspace_id,
-                uuid.UUID(request.contact_id),
-                purpose,
-                model.ConsentStatus.WITHDRAWN,
-                model.ConsentSource.UNSUBSCRIBE_LINK,
-                f"{how} in message {request.message_id}",
-                "contact",
-            )
-            changed += 1
-    return changed

@@ -491,66 +491,6 @@ async def list_attributes(conn: asyncpg.Connection, workspace_id: str) -> list[a
     return rows
 
 
-async def record_consent(
-    conn: asyncpg.Connection,
-    workspace_id: str,
-    contact_id: uuid.UUID,
-    purpose: int,
-    status: int,
-    source: int,
-    wording: str,
-    actor: str,
-    now: datetime,
-) -> uuid.UUID:
-    event_id = uuid.uuid4()
-    ws = uuid.UUID(workspace_id)
-    await conn.execute(
-        "INSERT INTO consent_events (id, workspace_id, contact_id, purpose, status, source,"
-        " wording, actor, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        event_id,
-        ws,
-        contact_id,
-        purpose,
-        status,
-        source,
-        wording,
-        actor,
-        now,
-    )
-    await conn.execute(
-        "INSERT INTO consents (workspace_id, contact_id, purpose, status, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (workspace_id, contact_id, purpose)"
-        " DO UPDATE SET status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
-        ws,
-        contact_id,
-        purpose,
-        status,
-        now,
-    )
-    return event_id
-
-
-async def eligibility_facts(
-    conn: asyncpg.Connection, workspace_id: str, contact_id: str, purpose: int
-) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        "SELECT c.email, c.first_name, c.last_name, c.locale, w.name AS workspace_name,"
-        " w.consent_required_for_campaigns,"
-        " (SELECT status FROM consents s WHERE s.workspace_id = c.workspace_id"
-        "   AND s.contact_id = c.id AND s.purpose = $3) AS consent,"
-        " EXISTS (SELECT 1 FROM suppressions p WHERE p.workspace_id = c.workspace_id"
-        "   AND p.email = lower(c.email)) AS suppressed"
-        " FROM contacts c JOIN workspaces w ON w.id = c.workspace_id"
-        " WHERE c.workspace_id = $1 AND c.id = $2",
-        uuid.UUID(workspace_id),
-        _uuid(contact_id, "contact"),
-        purpose,
-    )
-    if row is None:
-        raise NotFound("contact not found")
-    return row
-
-
 async def resolve_contacts(
     conn: asyncpg.Connection, refs: Sequence[tuple[uuid.UUID, contacts_pb2.ContactRef]]
 ) -> list[uuid.UUID | None]:
@@ -655,19 +595,3 @@ async def claim_ingestions(
         )
         for r in rows
     }
-
-
-async def consent_statuses(
-    conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID
-) -> dict[int, int] | None:
-    """Purpose -> current status, or None when the contact does not exist."""
-    rows = await conn.fetch(
-        "SELECT c.id, s.purpose, s.status FROM contacts c"
-        " LEFT JOIN consents s ON s.workspace_id = c.workspace_id AND s.contact_id = c.id"
-        " WHERE c.workspace_id = $1 AND c.id = $2 FOR UPDATE OF c",
-        uuid.UUID(workspace_id),
-        contact_id,
-    )
-    if not rows:
-        return None
-    return {r["purpose"]: r["status"] for r in rows if r["purpose"] is not None}

@@ -14,7 +14,8 @@ from opentelemetry.context import Context
 from services.common.auth import current_workspace
 from services.common.errors import Unauthenticated, Validator
 from services.common.tracing import current_traceparent
-from services.contacts import handlers
+from services.contacts import consent, handlers
+from services.contacts.consent import SegmentMembers
 from services.contacts.domain import model
 from services.contacts.domain.model import NewContact
 from services.contacts.ingestion import GroupCommit
@@ -180,23 +181,70 @@ class ContactServicer(contacts_pb2_grpc.ContactServiceServicer):
 
 
 class ConsentServicer(contacts_pb2_grpc.ConsentServiceServicer):
-    """Consent history and the one question every sender asks: may I mail this contact?"""
+    """Consent history, preferences, the suppression list, and the one question every sender
+    asks: may I mail this contact?"""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, segment_members: SegmentMembers | None = None) -> None:
         self.pool = pool
+        self.segment_members = segment_members
 
     async def RecordConsent(
         self, request: contacts_pb2.RecordConsentRequest, context: grpc.aio.ServicerContext
     ) -> contacts_pb2.RecordConsentResponse:
-        event_id = await handlers.record_consent(self.pool, current_workspace(), request)
-        return contacts_pb2.RecordConsentResponse(consent_event_id=event_id)
+        recorded = await consent.record_consent(self.pool, current_workspace(), request)
+        return contacts_pb2.RecordConsentResponse(
+            consent_event_id=str(recorded.record_id),
+            pending_confirmation=recorded.pending_confirmation,
+        )
 
     async def CheckEligibility(
         self, request: contacts_pb2.CheckEligibilityRequest, context: grpc.aio.ServicerContext
     ) -> contacts_pb2.CheckEligibilityResponse:
-        return await handlers.check_eligibility(
+        return await consent.check_eligibility(
             self.pool, current_workspace(), request.contact_id, request.purpose
         )
+
+    async def GetConsentHistory(
+        self, request: contacts_pb2.GetConsentHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.GetConsentHistoryResponse:
+        return await consent.get_consent_history(self.pool, current_workspace(), request)
+
+    async def CountEligible(
+        self, request: contacts_pb2.CountEligibleRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.CountEligibleResponse:
+        return await consent.count_eligible(
+            self.pool, current_workspace(), request, self.segment_members
+        )
+
+    async def AddSuppression(
+        self, request: contacts_pb2.AddSuppressionRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.AddSuppressionResponse:
+        return await consent.add_suppression(self.pool, current_workspace(), request)
+
+    async def RemoveSuppression(
+        self, request: contacts_pb2.RemoveSuppressionRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.RemoveSuppressionResponse:
+        return await consent.remove_suppression(self.pool, current_workspace(), request)
+
+    async def ListSuppressions(
+        self, request: contacts_pb2.ListSuppressionsRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.ListSuppressionsResponse:
+        return await consent.list_suppressions(self.pool, current_workspace(), request)
+
+    async def ConfirmConsent(
+        self, request: contacts_pb2.ConfirmConsentRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.ConfirmConsentResponse:
+        return await consent.confirm_consent(self.pool, current_workspace(), request)
+
+    async def GetPreferences(
+        self, request: contacts_pb2.GetPreferencesRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.Preferences:
+        return await consent.get_preferences(self.pool, current_workspace(), request.contact_id)
+
+    async def SetPreferences(
+        self, request: contacts_pb2.SetPreferencesRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.Preferences:
+        return await consent.set_preferences(self.pool, current_workspace(), request)
 
 
 class WorkspaceServicer(contacts_pb2_grpc.WorkspaceServiceServicer):
@@ -224,6 +272,20 @@ class WorkspaceServicer(contacts_pb2_grpc.WorkspaceServiceServicer):
         principal, name = await handlers.authenticate(self.pool, request.api_key)
         return contacts_pb2.AuthenticateApiKeyResponse(
             workspace_id=principal.workspace_id, key_id=principal.key_id, workspace_name=name
+        )
+
+    async def GetWorkspaceSettings(
+        self, request: contacts_pb2.GetWorkspaceSettingsRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.WorkspaceSettings:
+        return await consent.get_workspace_settings(self.pool, current_workspace())
+
+    async def UpdateWorkspaceSettings(
+        self,
+        request: contacts_pb2.UpdateWorkspaceSettingsRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> contacts_pb2.WorkspaceSettings:
+        return await consent.update_workspace_settings(
+            self.pool, current_workspace(), request.settings, request.update_mask
         )
 
 
@@ -307,6 +369,10 @@ def event_traceparents(context: grpc.aio.ServicerContext, count: int) -> list[st
 
 
 AUTH_POLICY = {
+    # Tracking's calls for the contact of a signed link: never an API key's to make.
+    "/nudge.contacts.v1.ConsentService/ConfirmConsent": "internal",
+    "/nudge.contacts.v1.ConsentService/GetPreferences": "internal",
+    "/nudge.contacts.v1.ConsentService/SetPreferences": "internal",
     "/nudge.contacts.v1.WorkspaceService/CreateWorkspace": "none",  # checks the admin token
     "/nudge.contacts.v1.WorkspaceService/AuthenticateApiKey": "internal",
 }

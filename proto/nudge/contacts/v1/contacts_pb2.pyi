@@ -1424,20 +1424,29 @@ class ConfirmConsentRequest(_message.Message):
     TOKEN_FIELD_NUMBER: _builtins.int
     IP_FIELD_NUMBER: _builtins.int
     USER_AGENT_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
     token: _builtins.str
     """the signed token of the link"""
     ip: _builtins.str
     user_agent: _builtins.str
+    message_id: _builtins.str
+    """What the link names, once tracking has verified its signature and expiry (contacts does
+    not hold the link secret): the confirmation mail's message id and its contact.
+    """
+    contact_id: _builtins.str
     def __init__(
         self,
         *,
         token: _builtins.str = ...,
         ip: _builtins.str = ...,
         user_agent: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ip", b"ip", "token", b"token", "user_agent", b"user_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "ip", b"ip", "message_id", b"message_id", "token", b"token", "user_agent", b"user_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
