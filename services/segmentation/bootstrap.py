@@ -37,8 +37,9 @@ SERVICE_NAME = "nudge.segmentation.v1.SegmentService"
 PRIVACY_SERVICE_NAME = "nudge.privacy.v1.ContactDataService"
 AUTH_POLICY = {f"/{PRIVACY_SERVICE_NAME}/ExportContactData": "internal"}
 # Records handled at once: each waits for the batch that carries it, so this bounds how
-# large a batch can grow (ReadModelWriter). Workers are coroutines, cheap to have many of.
-CONSUMER_CONCURRENCY = 1000
+# large a batch can grow (ReadModelWriter). Twice the largest batch, so that the next batch
+# gathers while one is written. Workers are coroutines, cheap to have many of.
+CONSUMER_CONCURRENCY = 2000
 MAX_IN_FLIGHT = 4000
 
 
@@ -51,7 +52,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     contacts = channel(settings.contacts_addr)
     service.push(contacts.close)
 
-    writer = ReadModelWriter(pool)
+    writer = ReadModelWriter(pool, max_batch=settings.apply_batch_max)
 
     async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
         await kafka.on_event(writer, envelope, record)

@@ -49,12 +49,14 @@ async def apply_changes(pool: asyncpg.Pool, items: list[Pending]) -> list[bool]:
 class ReadModelWriter:
     """Gathers the changes of concurrently handled records into batches.
 
-    No timer: a change that arrives while fewer than ``max_flushes`` batches are being
-    written goes at once (alone, on a quiet topic); changes that arrive meanwhile wait for
-    the next free slot and go together, up to ``max_batch``. So batches grow with the load
-    and a lone event is not delayed. The consumer loop hands one record per key at a time,
-    so a batch holds at most one record per contact; :func:`db.rounds` keeps the order
-    should it hold more.
+    No timer: a change that arrives while no batch is being written goes at once (alone, on
+    a quiet topic); changes that arrive meanwhile wait for it and go together, up to
+    ``max_batch``. A second batch (up to ``max_flushes``) starts while one is being written
+    only once it is full, so that under load batches stay large instead of a full one
+    running beside a trickle of single changes (measured: with two free slots, 111 of 131
+    batches held one change). So batches grow with the load and a lone event is not
+    delayed. The consumer loop hands one record per key at a time, so a batch holds at most
+    one record per contact; :func:`db.rounds` keeps the order should it hold more.
 
     A batch that fails is applied again one change per transaction, so that a record the
     database refuses fails alone (and is retried or dead-lettered by the consumer loop)
@@ -78,7 +80,10 @@ class ReadModelWriter:
         return await future
 
     def _start_flushes(self) -> None:
-        while self._queue and self._flushing < self._max_flushes:
+        while self._queue and (
+            self._flushing == 0
+            or (self._flushing < self._max_flushes and len(self._queue) >= self._max_batch)
+        ):
             batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
             self._flushing += 1
             task = asyncio.create_task(self._flush(batch), name="segmentation-batch")
