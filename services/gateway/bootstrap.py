@@ -78,6 +78,7 @@ def create_app(
     app.state.settings = settings
     for module in (contacts, events, segments, campaigns, messages, health):
         app.include_router(module.router)
+    app.include_router(contacts.attributes_router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
     app.add_exception_handler(HTTPException, problems.handle_http_exception)

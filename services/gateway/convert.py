@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, cast
 
+from google.protobuf import field_mask_pb2
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from nudge.campaigns.v1 import campaigns_pb2
@@ -109,7 +110,155 @@ def contact_json(c: contacts_pb2.Contact) -> schemas.ContactOut:
         score=c.score,
         created_at=_time(c.created_at, c.HasField("created_at")),
         updated_at=_time(c.updated_at, c.HasField("updated_at")),
+        version=c.version,
     )
+
+
+def _ref(contact_id: str) -> contacts_pb2.ContactRef:
+    return contacts_pb2.ContactRef(contact_id=contact_id)
+
+
+def update_contact_request(
+    contact_id: str, body: schemas.ContactPatchIn
+) -> contacts_pb2.UpdateContactRequest | None:
+    """The UpdateContact call for a JSON merge patch (RFC 7396): each member given becomes a
+    mask path, ``attributes`` members ``attributes.<name>`` (null: absent from the patch,
+    so removed), ``"attributes": null`` the path ``attributes`` with none. None when the
+    patch changes nothing (``{"attributes": {}}``)."""
+    patch = contacts_pb2.Contact()
+    paths: list[str] = []
+    for name in sorted(body.model_fields_set):
+        value = getattr(body, name)
+        if name == "attributes":
+            if value is None:
+                paths.append("attributes")
+                continue
+            for key, item in sorted(value.items()):
+                paths.append(f"attributes.{key}")
+                if item is not None:
+                    patch.attributes[key] = item
+            continue
+        paths.append(name)
+        if value is None:
+            # Left at its default in the patch: empty text, false, no tags, no birthday.
+            continue
+        if name == "birthday":
+            year, month, day = parse_birthday(value)
+            patch.birthday.CopyFrom(contacts_pb2.Date(year=year, month=month, day=day))
+        elif name == "signed_up_at":
+            patch.signed_up_at.FromDatetime(value)
+        elif name == "tags":
+            patch.tags.extend(value)
+        else:
+            setattr(patch, name, value)
+    if not paths:
+        return None
+    return contacts_pb2.UpdateContactRequest(
+        contact=_ref(contact_id),
+        contact_patch=patch,
+        update_mask=field_mask_pb2.FieldMask(paths=paths),
+    )
+
+
+def patch_field(field: str) -> str:
+    """UpdateContact names ``contact_patch.<field>`` and ``update_mask``; the JSON member."""
+    field = field.removeprefix("contact_patch.")
+    return "body" if field.startswith("update_mask") else field
+
+
+def upsert_contact_request(
+    external_id: str, body: schemas.ContactUpsertIn
+) -> contacts_pb2.UpsertContactRequest:
+    contact = contacts_pb2.Contact(
+        external_id=external_id,
+        email=body.email,
+        first_name=body.first_name,
+        last_name=body.last_name,
+        locale=body.locale,
+        time_zone=body.time_zone,
+        attributes=body.attributes,
+        vip=body.vip,
+        tags=body.tags,
+    )
+    if body.birthday is not None:
+        year, month, day = parse_birthday(body.birthday)
+        contact.birthday.CopyFrom(contacts_pb2.Date(year=year, month=month, day=day))
+    if body.signed_up_at is not None:
+        contact.signed_up_at.FromDatetime(body.signed_up_at)
+    given = body.model_fields_set - {"consents", "consent_wording"}
+    return contacts_pb2.UpsertContactRequest(
+        contact=contact,
+        update_mask=field_mask_pb2.FieldMask(paths=sorted(given | {"email"})),
+        consents=[
+            _enum_value(contacts_pb2.ConsentPurpose, "CONSENT_PURPOSE_", p) for p in body.consents
+        ],
+        consent_source=contacts_pb2.CONSENT_SOURCE_API,
+        consent_wording=body.consent_wording,
+    )
+
+
+def upsert_field(field: str) -> str:
+    if field == "contact.external_id":
+        return "external_id"
+    if field.startswith("update_mask"):
+        return "body"
+    return _strip("contact.", field)
+
+
+def contact_filter(f: schemas.ContactFilterIn) -> contacts_pb2.ContactFilter:
+    out = contacts_pb2.ContactFilter(
+        tags_all=f.tags_all,
+        tags_any=f.tags_any,
+        tags_none=f.tags_none,
+        attributes=f.attributes,
+        query=f.query,
+        contact_ids=f.contact_ids,
+    )
+    if f.vip is not None:
+        out.vip = f.vip
+    if f.consent is not None:
+        out.consent.purpose = _enum_value(
+            contacts_pb2.ConsentPurpose, "CONSENT_PURPOSE_", f.consent.purpose
+        )
+        out.consent.state = _enum_value(
+            contacts_pb2.ConsentState, "CONSENT_STATE_", f.consent.state
+        )
+    if f.created_since is not None:
+        out.created_since.FromDatetime(f.created_since)
+    if f.updated_since is not None:
+        out.updated_since.FromDatetime(f.updated_since)
+    return out
+
+
+def tags_json(answer: contacts_pb2.ModifyTagsResponse) -> schemas.TagsChangedOut:
+    return schemas.TagsChangedOut(contact=contact_json(answer.contact), changed=answer.changed)
+
+
+def attribute_json(a: contacts_pb2.AttributeDefinition) -> schemas.AttributeOut:
+    return schemas.AttributeOut(
+        name=a.name,
+        type=_enum_name(contacts_pb2.AttributeType, "ATTRIBUTE_TYPE_", a.type),
+        description=a.description,
+        created_at=_time(a.created_at, a.HasField("created_at")),
+    )
+
+
+def define_attribute_request(
+    name: str, body: schemas.AttributeIn
+) -> contacts_pb2.DefineAttributeRequest:
+    return contacts_pb2.DefineAttributeRequest(
+        attribute=contacts_pb2.AttributeDefinition(
+            name=name,
+            type=_enum_value(contacts_pb2.AttributeType, "ATTRIBUTE_TYPE_", body.type),
+            description=body.description,
+        )
+    )
+
+
+def attribute_field(field: str) -> str:
+    if field == "attribute.name":
+        return "name"
+    return _strip("attribute.", field)
 
 
 def get_contact_request(contact_id: str) -> contacts_pb2.GetContactRequest:

@@ -27,6 +27,8 @@ from pydantic import (
     Field,
     Strict,
     StringConstraints,
+    WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -108,16 +110,51 @@ _MONTH_DAY = (
 _LEAP_YEAR = r"(?:[0-9]{2}(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
 BIRTHDAY_PATTERN = rf"^(?:(?:[0-9]{{4}}|-)-{_MONTH_DAY}|(?:{_LEAP_YEAR}|-)-02-29)$"
 
-# contacts' own rule with its `\s` spelled out, and no NUL (see NO_NUL). Not `format: email`:
-# the service does not check RFC 5322, and the document must not promise more than it holds.
-EMAIL_PATTERN = contact_rules.EMAIL.pattern.replace(r"\s", WHITE_SPACE + r"\x00")
+# The addresses this API takes: plain ASCII `local@domain.tld`, a subset of what
+# email-validator (the contacts service's check) accepts, said so the document can state it.
+# The gateway runs email-validator first (its precise reason is the answer), then this
+# pattern; every address the pattern matches passes email-validator, but for the special-use
+# top-level names (.test, .local, ...), which it refuses with its reason.
+EMAIL_PATTERN = (
+    r"^[A-Za-z0-9_+-]{1,32}(?:\.[A-Za-z0-9_+-]{1,31})?"
+    r"@(?:[A-Za-z0-9]{1,20}(?:-[A-Za-z0-9]{1,20}){0,2}\.){1,4}[A-Za-z]{2,24}$"
+)
+_EMAIL = re.compile(EMAIL_PATTERN)
+
+
+def _email(value: str) -> str:
+    """The address as given, refused with email-validator's reason, or when it is outside
+    the plain form the document states."""
+    _, reason = contact_rules.check_email(value)
+    if reason:
+        raise ValueError(f"is not a valid e-mail address: {reason}")
+    if not _EMAIL.match(value):
+        raise ValueError(
+            "is not an address this API takes: plain ASCII local@domain.tld"
+            " (letters, digits, _ + - and one dot before the @-sign)"
+        )
+    return value
+
+
+Email = Annotated[
+    str,
+    StringConstraints(min_length=6, max_length=contact_rules.MAX_EMAIL),
+    AfterValidator(_email),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "minLength": 6,
+            "maxLength": contact_rules.MAX_EMAIL,
+            "pattern": EMAIL_PATTERN,
+        }
+    ),
+]
 LOCALE_PATTERN = f"^(?:{contact_rules.LOCALE.pattern[1:-1]})?$"  # or empty
 PATTERN_MESSAGES.update(
     {
         LOCALE_PATTERN: "not a BCP 47 tag",
         BIRTHDAY_PATTERN: "must be a calendar date, YYYY-MM-DD or --MM-DD",
         NO_NUL: "must not contain NUL characters",
-        EMAIL_PATTERN: "is not an e-mail address",
         contact_rules.TAG.pattern: "lower-case [a-z0-9_:-], 1-64",
     }
 )
@@ -147,12 +184,20 @@ ConsentSource = Literal["form", "import", "api", "unsubscribe_link", "preference
 # --- contacts ---------------------------------------------------------------------------
 
 
+ATTRIBUTE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+AttributeName = Annotated[str, StringConstraints(pattern=ATTRIBUTE_NAME_PATTERN)]
+AttributeValue = Annotated[str, _text(contact_rules.MAX_ATTRIBUTE_VALUE)]
+Tag = Annotated[str, StringConstraints(pattern=contact_rules.TAG.pattern)]
+PATTERN_MESSAGES[ATTRIBUTE_NAME_PATTERN] = "not an attribute name: [a-z][a-z0-9_]{0,63}"
+
+
 class ContactIn(StrictModel):
     """A new contact of the caller's workspace."""
 
-    email: Annotated[
-        str, StringConstraints(min_length=6, max_length=254, pattern=EMAIL_PATTERN)
-    ] = Field(description="An e-mail address (`local@domain.tld`), unique in the workspace.")
+    email: Email = Field(
+        description="An e-mail address (`local@domain.tld`), unique in the workspace (in any"
+        " case); a refusal says why (`An email address must have an @-sign.`)."
+    )
     external_id: Text | None = Field(
         None, description="The platform's own id for this customer, unique in the workspace."
     )
@@ -174,12 +219,12 @@ class ContactIn(StrictModel):
         description="When they signed up (RFC 3339); not more than "
         f"{int(contact_rules.MAX_FUTURE_SKEW.total_seconds() // 60)} minutes in the future.",
     )
-    attributes: dict[
-        Annotated[str, _text(64, 1)], Annotated[str, _text(contact_rules.MAX_ATTRIBUTE_VALUE)]
-    ] = Field(
+    attributes: dict[AttributeName, AttributeValue] = Field(
         default_factory=dict,
         max_length=contact_rules.MAX_ATTRIBUTES,
-        description="Custom attributes, strings only.",
+        description="Custom attributes: each declared first (`PUT /v1/attributes/{name}`), its"
+        " value a string of the declared type (number `12.5`, boolean `true`, date"
+        " `2026-05-01`).",
     )
     vip: bool = Field(False, description="The manager's star.")
     tags: list[Annotated[str, StringConstraints(pattern=contact_rules.TAG.pattern)]] = Field(
@@ -208,6 +253,211 @@ class ContactOut(ResponseModel):
     score: int
     created_at: datetime | None
     updated_at: datetime | None
+    version: int = Field(description="Incremented by every change of the contact.")
+
+
+class ContactList(ResponseModel):
+    contacts: list[ContactOut]
+    next_page_token: str = Field(description="Pass as `page_token` for more; empty at the end.")
+
+
+class ContactUpsertIn(StrictModel):
+    """The contact the shop knows by this customer id: created when new, else the fields
+    given here are set (fields left out stay as they are)."""
+
+    email: Email = Field(description="Required: the contact is created with it when new.")
+    first_name: Text = ""
+    last_name: Text = ""
+    locale: Annotated[str, StringConstraints(max_length=35, pattern=LOCALE_PATTERN)] = ""
+    time_zone: Annotated[str, AfterValidator(_time_zone)] = Field(
+        "", json_schema_extra={"enum": ["", *TIME_ZONES]}
+    )
+    birthday: Annotated[str, StringConstraints(pattern=BIRTHDAY_PATTERN)] | None = None
+    signed_up_at: Rfc3339 | None = None
+    attributes: dict[AttributeName, AttributeValue] = Field(
+        default_factory=dict, max_length=contact_rules.MAX_ATTRIBUTES
+    )
+    vip: bool = False
+    tags: list[Tag] = Field(default_factory=list, max_length=contact_rules.MAX_TAGS)
+    consents: list[ConsentPurpose] = Field(
+        default_factory=list, max_length=3, description="Granted when the contact is created."
+    )
+    consent_wording: LongText = ""
+
+
+class ContactPatchIn(StrictModel):
+    """A JSON merge patch (RFC 7396) of a contact: the members given are set, `null` removes
+    (`external_id`, `birthday`, `signed_up_at`, an attribute, all `attributes`); names, locale
+    and time zone become empty, `vip` false, `tags` empty. At least one member."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    email: Email | None = Field(None, description="Cannot be removed: `null` is refused.")
+    external_id: Text | None = None
+    first_name: Text | None = None
+    last_name: Text | None = None
+    locale: Annotated[str, StringConstraints(max_length=35, pattern=LOCALE_PATTERN)] | None = None
+    time_zone: Annotated[str, AfterValidator(_time_zone)] | None = Field(
+        None, json_schema_extra={"enum": ["", *TIME_ZONES, None]}
+    )
+    birthday: Annotated[str, StringConstraints(pattern=BIRTHDAY_PATTERN)] | None = None
+    signed_up_at: Rfc3339 | None = None
+    attributes: dict[AttributeName, AttributeValue | None] | None = Field(
+        None,
+        max_length=contact_rules.MAX_ATTRIBUTES,
+        description="Merged: a member sets that attribute, `null` removes it.",
+    )
+    vip: bool | None = None
+    tags: list[Tag] | None = Field(None, max_length=contact_rules.MAX_TAGS)
+
+    @field_validator("email", mode="before")
+    @classmethod
+    def _email_stays(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be removed (null): give another address")
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> ContactPatchIn:
+        if not self.model_fields_set:
+            raise ValueError("name at least one field to change")
+        return self
+
+
+class TagsIn(StrictModel):
+    """Tags to add and to remove (a tag in both is added); at least one of them."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "array", "minItems": 1}}}
+                for name in ("add", "remove")
+            ]
+        }
+    )
+
+    add: list[Tag] = Field(default_factory=list, max_length=contact_rules.MAX_TAGS)
+    remove: list[Tag] = Field(default_factory=list, max_length=contact_rules.MAX_TAGS)
+
+    @model_validator(mode="after")
+    def _something(self) -> TagsIn:
+        if not (self.add or self.remove):
+            raise ValueError("give tags to add or to remove")
+        return self
+
+
+class TagsChangedOut(ResponseModel):
+    contact: ContactOut
+    changed: bool = Field(description="False when the tags were already so.")
+
+
+ConsentState = Literal["granted", "withdrawn", "pending", "never_asked"]
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+PATTERN_MESSAGES[UUID_PATTERN] = "not a contact id"
+ContactUuid = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
+
+
+class ConsentFilterIn(StrictModel):
+    purpose: ConsentPurpose
+    state: ConsentState
+
+
+class ContactFilterIn(StrictModel):
+    """Which contacts: every condition given must hold. Empty: every contact."""
+
+    tags_all: list[Tag] = Field(default_factory=list, max_length=contact_rules.MAX_TAGS)
+    tags_any: list[Tag] = Field(default_factory=list, max_length=contact_rules.MAX_TAGS)
+    tags_none: list[Tag] = Field(default_factory=list, max_length=contact_rules.MAX_TAGS)
+    vip: bool | None = None
+    attributes: dict[AttributeName, AttributeValue] = Field(
+        default_factory=dict,
+        max_length=50,
+        description="Declared attribute -> the value it equals (numbers compare as numbers).",
+    )
+    consent: ConsentFilterIn | None = None
+    created_since: Rfc3339 | None = None
+    updated_since: Rfc3339 | None = None
+    query: Annotated[str, _text(254)] = Field(
+        "", description="Case-insensitive prefix of the e-mail, first, last or `first last`."
+    )
+    contact_ids: list[ContactUuid] = Field(default_factory=list, max_length=10_000)
+
+
+class BulkTagsIn(TagsIn):
+    filter: ContactFilterIn = Field(default_factory=ContactFilterIn)
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name], "properties": {name: {"type": "array", "minItems": 1}}}
+                for name in ("add", "remove")
+            ]
+        }
+    )
+
+
+class BulkTagsOut(ResponseModel):
+    matched: int = Field(description="Contacts the filter matched.")
+    changed: int = Field(description="Of those, how many changed (the others had it so).")
+
+
+# A delta is at most the largest integer every JSON parser holds exactly (2^53 - 1): near
+# 2^63, a double-based client would send a neighbour of the number it means. The score
+# itself is int64, and a sum beyond it is refused by the service.
+MAX_DELTA = 2**53 - 1
+
+
+def _integral_float(value: Any) -> Any:
+    """JSON Schema counts ``339.0`` as an integer; so does this API (and nothing else:
+    strings and true/false stay refused)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _not_zero(value: int) -> int:
+    if value == 0:
+        raise ValueError("must not be 0")
+    return value
+
+
+class ScoreIn(StrictModel):
+    delta: Annotated[
+        int,
+        Field(ge=-MAX_DELTA, le=MAX_DELTA, json_schema_extra={"not": {"const": 0}}),
+        AfterValidator(_not_zero),
+        BeforeValidator(_integral_float),
+    ] = Field(description="Added to the score (negative: taken away); not 0.")
+    idempotency_key: Id | None = Field(
+        None,
+        description="The same key again answers the first result and applies nothing"
+        " (the `Idempotency-Key` header does the same; this member wins over it).",
+    )
+
+
+class ScoreOut(ResponseModel):
+    score: int
+    version: int
+    duplicate: bool = Field(description="True when this idempotency key was used before.")
+
+
+AttributeType = Literal["string", "number", "boolean", "date"]
+
+
+class AttributeIn(StrictModel):
+    type: AttributeType
+    description: Annotated[str, _text(500)] = ""
+
+
+class AttributeOut(ResponseModel):
+    name: str
+    type: AttributeType | Literal["unspecified"]
+    description: str
+    created_at: datetime | None
+
+
+class AttributeList(ResponseModel):
+    attributes: list[AttributeOut]
 
 
 class ConsentIn(StrictModel):
@@ -252,7 +502,10 @@ class ContactRefIn(StrictModel):
 
 
 class Money(StrictModel):
-    amount_minor: int = Field(description="In the currency's minor unit (cents).")
+    # Bounded by what the services hold (protobuf int64): a larger amount was a 500.
+    amount_minor: int = Field(
+        ge=-(2**63), le=2**63 - 1, description="In the currency's minor unit (cents)."
+    )
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
         description="ISO 4217."
     )

@@ -138,11 +138,14 @@ def validate_new_contact(
             f"{prefix}.attributes.{key[:64]}",
             f"value longer than {MAX_ATTRIBUTE_VALUE}",
         )
-    if declared is not None and not v.violations:
+    if declared is not None:
+        # Each attribute once: those refused for their size above are not checked again.
         checked = {
             k: val
             for k, val in c.attributes.items()
-            if attributes_to_check is None or k in attributes_to_check
+            if (attributes_to_check is None or k in attributes_to_check)
+            and 0 < len(k) <= 64
+            and len(val) <= MAX_ATTRIBUTE_VALUE
         }
         attribute_rules.check_values(v, checked, declared, f"{prefix}.attributes")
     v.check(len(c.tags) <= MAX_TAGS, f"{prefix}.tags", f"more than {MAX_TAGS}")

@@ -586,3 +586,34 @@ async def test_attributes_are_declared_typed_and_checked_on_contacts(
     other_md = (await _new_workspace(contacts_service)).metadata
     listed = await stub.ListAttributes(C.ListAttributesRequest(), metadata=other_md)
     assert list(listed.attributes) == []
+
+
+async def test_delete_takes_the_consent_history_with_it(
+    stub: contacts_pb2_grpc.ContactServiceStub, workspace: Workspace, db: asyncpg.Connection
+) -> None:
+    answer = await stub.CreateContact(
+        C.CreateContactRequest(
+            contact=C.Contact(email="gone@example.com"),
+            consents=[C.CONSENT_PURPOSE_MARKETING, C.CONSENT_PURPOSE_AUTOMATIONS],
+        ),
+        metadata=workspace.metadata,
+    )
+    contact_id = uuid.UUID(answer.contact.id)
+    count = (
+        "SELECT (SELECT count(*) FROM contacts.consent_events WHERE contact_id = $1)"
+        " + (SELECT count(*) FROM contacts.consents WHERE contact_id = $1)"
+    )
+    assert await db.fetchval(count, contact_id) == 4
+    await stub.DeleteContact(
+        C.DeleteContactRequest(contact=C.ContactRef(email="GONE@example.com")),
+        metadata=workspace.metadata,
+    )
+    assert await db.fetchval(count, contact_id) == 0
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.DeleteContact(
+            C.DeleteContactRequest(contact=by_id(answer.contact)), metadata=workspace.metadata
+        )
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.DeleteContact(C.DeleteContactRequest(), metadata=workspace.metadata)
+    assert violations(err.value) == ["contact"]

@@ -3,7 +3,9 @@
 Three kinds of rule the document states in words only, because they depend on the server's
 state or clock: a campaign's segment ids must name segments the workspace has, and
 ``page_token`` must come from a previous page (references to existing things); subjects and
-texts must parse as templates; ``signed_up_at`` and ``occurred_at`` must not be in the future.
+texts must parse as templates; ``signed_up_at`` and ``occurred_at`` must not be in the future;
+custom attributes must be declared in the workspace first (``attributes`` members, the
+``attribute`` query parameter of ``GET /v1/contacts``).
 The server answers 422 with the field otherwise. For data schemathesis generates as *valid*
 (positive mode) only, segment ids become the workspace's own, page tokens are dropped,
 future instants move to the past and bodies whose templates do not parse are dropped, so that
@@ -71,8 +73,23 @@ def map_case(context: Any, case: Any) -> Any:
             case.body["segment_ids"] = list(known[: min(len(wanted), len(known))])
     if isinstance(case.query, dict):
         case.query.pop("page_token", None)
+        case.query.pop("attribute", None)
     _no_future(case.body)
+    _no_attributes(case.body)
     return case
+
+
+def _no_attributes(value: Any) -> None:
+    """Every ``attributes`` object in ``value`` emptied: the workspace declared none."""
+    if isinstance(value, list):
+        for item in value:
+            _no_attributes(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if key == "attributes" and isinstance(item, dict):
+                item.clear()
+            else:
+                _no_attributes(item)
 
 
 PAST = "2024-01-01T00:00:00Z"

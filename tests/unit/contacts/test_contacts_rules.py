@@ -113,3 +113,17 @@ def test_a_mask_must_name_known_fields() -> None:
 def test_tags_add_and_remove_as_sets() -> None:
     assert modify_tags(["a", "b"], ["c", "a"], ["b", "zz"]) == ["a", "c"]
     assert modify_tags(["a"], [], ["a"]) == []
+
+
+def test_attribute_violations_come_with_the_others_each_once() -> None:
+    contact = NewContact(
+        email="nobody.example.com", attributes={"shoe": "42", "note": "x" * 2000}, tags=["B"]
+    )
+    with pytest.raises(InvalidArgument) as err:
+        validate_new_contact(contact, NOW, {"note": STRING})
+    assert [v.field for v in err.value.violations] == [
+        "contact.email",
+        "contact.attributes.note",
+        "contact.attributes.shoe",
+        "contact.tags[0]",
+    ]
