@@ -13,6 +13,11 @@ a kind byte (so an open token cannot serve as an unsubscribe token), then the wo
 message and contact ids and, for clicks, the destination URL. Ids that are UUIDs take 16
 bytes; any other id is stored as length-prefixed UTF-8. Changing any byte, the URL of a click
 included, breaks the MAC. Links do not expire: a mail may be opened years later.
+
+Two kinds serve consent (issue 12): the preference page of a mail (``/p/<token>``, which does
+not expire either) and the double opt-in confirmation (``/k/<token>``), whose payload ends
+with its expiry (8 bytes, big-endian Unix seconds, inside the MAC): :func:`verify` refuses
+it afterwards with :class:`ExpiredLink`, so that tracking can say so instead of granting.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import binascii
 import hashlib
 import hmac
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from enum import Enum
@@ -41,15 +47,27 @@ class LinkKind(Enum):
     OPEN = "o"
     CLICK = "c"
     UNSUBSCRIBE = "u"
+    PREFERENCES = "p"
+    CONFIRM = "k"
 
 
-_KIND_BYTES = {LinkKind.OPEN: 1, LinkKind.CLICK: 2, LinkKind.UNSUBSCRIBE: 3}
+_KIND_BYTES = {
+    LinkKind.OPEN: 1,
+    LinkKind.CLICK: 2,
+    LinkKind.UNSUBSCRIBE: 3,
+    LinkKind.PREFERENCES: 4,
+    LinkKind.CONFIRM: 5,
+}
 _KIND_BY_BYTE = {b: k for k, b in _KIND_BYTES.items()}
 
 
 class InvalidLink(ValueError):
     """The token was not made by :func:`sign_open`, :func:`sign_click` or
     :func:`sign_unsubscribe` with this secret, or was altered since."""
+
+
+class ExpiredLink(InvalidLink):
+    """A genuine confirmation link, past its expiry."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +77,7 @@ class LinkClaims:
     message_id: str
     contact_id: str
     url: str = ""  # the destination of a click link; empty for the other kinds
+    expires_at: int = 0  # Unix seconds, for confirmation links; 0 for the other kinds
 
 
 def sign_open(secret: str, workspace_id: str, message_id: str, contact_id: str) -> str:
@@ -81,7 +100,28 @@ def sign_unsubscribe(secret: str, workspace_id: str, message_id: str, contact_id
     return f"/u/{token}"
 
 
-def verify(secret: str, token: str, kind: LinkKind | None = None) -> LinkClaims:
+def sign_preferences(secret: str, workspace_id: str, message_id: str, contact_id: str) -> str:
+    """The path of a mail's preference page: ``/p/<token>``."""
+    token = _sign(secret, LinkClaims(LinkKind.PREFERENCES, workspace_id, message_id, contact_id))
+    return f"/p/{token}"
+
+
+def sign_confirm(
+    secret: str, workspace_id: str, message_id: str, contact_id: str, expires_at: int
+) -> str:
+    """The path of a double opt-in confirmation link, valid until ``expires_at`` (Unix
+    seconds): ``/k/<token>``."""
+    if expires_at <= 0:
+        raise ValueError("a confirmation link needs an expiry")
+    claims = LinkClaims(
+        LinkKind.CONFIRM, workspace_id, message_id, contact_id, expires_at=expires_at
+    )
+    return f"/k/{_sign(secret, claims)}"
+
+
+def verify(
+    secret: str, token: str, kind: LinkKind | None = None, *, now: float | None = None
+) -> LinkClaims:
     """The claims of ``token`` (the part of the path after ``/o/``, ``/c/`` or ``/u/``).
 
     Raises :class:`InvalidLink` when the token is malformed, was signed with another secret,
@@ -107,6 +147,10 @@ def verify(secret: str, token: str, kind: LinkKind | None = None) -> LinkClaims:
         raise InvalidLink(f"a {claims.kind.name.lower()} link, not a {kind.name.lower()} link")
     if claims.kind is LinkKind.CLICK and not is_web_url(claims.url):
         raise InvalidLink("click destination is not an http(s) URL")
+    if claims.kind is LinkKind.CONFIRM and claims.expires_at <= (
+        time.time() if now is None else now
+    ):
+        raise ExpiredLink("the confirmation link has expired")
     return claims
 
 
@@ -143,6 +187,8 @@ def _encode(claims: LinkClaims) -> bytes:
         if len(url) > MAX_URL_BYTES:
             raise ValueError(f"URL longer than {MAX_URL_BYTES} bytes")
         out += url  # the rest of the payload
+    elif claims.kind is LinkKind.CONFIRM:
+        out += claims.expires_at.to_bytes(8, "big")
     return bytes(out)
 
 
@@ -169,6 +215,10 @@ def _decode(payload: bytes) -> LinkClaims:
         value, pos = _decode_id(payload, pos)
         ids.append(value)
     rest = payload[pos:]
+    if kind is LinkKind.CONFIRM:
+        if len(rest) != 8:
+            raise InvalidLink("no expiry")
+        return LinkClaims(kind, ids[0], ids[1], ids[2], expires_at=int.from_bytes(rest, "big"))
     if kind is not LinkKind.CLICK and rest:
         raise InvalidLink("trailing bytes")
     try:

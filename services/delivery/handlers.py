@@ -31,7 +31,7 @@ from services.delivery.adapters import postgres as db
 from services.delivery.adapters.contacts import EligibilityClient
 from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpSender
 from services.delivery.domain.ledger import Status, smtp_failure_is_permanent
-from services.delivery.domain.rendering import Rendered, RenderError, render
+from services.delivery.domain.rendering import MailLinks, Rendered, RenderError, render
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,11 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
     }
     try:
         rendered = render(
-            request.content.subject, request.content.body_text, request.content.body_html, context
+            request.content.subject,
+            request.content.body_text,
+            request.content.body_html,
+            context,
+            mail_links(deps, workspace_id, request),
         )
     except RenderError as err:
         await _finish_unsent(deps, envelope, Status.FAILED, f"template: {err}")
@@ -140,6 +144,19 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
         await _mark_retry(deps, request.message_id, repr(err))
         raise
     await _record(deps, envelope, Status.SENT, reply)
+
+
+def mail_links(deps: Deps, workspace_id: str, request: delivery_pb2.DeliveryRequested) -> MailLinks:
+    """The preference page link of a non-transactional mail; the confirmation link of a double
+    opt-in mail (contacts asks for one with the ``confirm_expires_at`` var)."""
+    base = deps.tracking_url.rstrip("/")
+    ids = (workspace_id, request.message_id, request.contact_id)
+    if request.kind != delivery_pb2.MESSAGE_KIND_TRANSACTIONAL:
+        return MailLinks(preferences=base + links.sign_preferences(deps.link_secret, *ids))
+    expires = request.vars.get("confirm_expires_at", "")
+    if expires.isdigit() and int(expires) > 0:
+        return MailLinks(confirm=base + links.sign_confirm(deps.link_secret, *ids, int(expires)))
+    return MailLinks()
 
 
 def build_email(

@@ -27,7 +27,15 @@ from services.gateway.adapters.grpc import Backends, open_backends
 from services.gateway.adapters.health import CachedChecks, DependencyChecks, HealthChecks
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.config import Settings
-from services.gateway.entrypoints import campaigns, contacts, events, health, messages, segments
+from services.gateway.entrypoints import (
+    campaigns,
+    consent,
+    contacts,
+    events,
+    health,
+    messages,
+    segments,
+)
 
 NAME = "gateway"
 
@@ -39,6 +47,10 @@ details (`application/problem+json`) with a field list for invalid requests."""
 
 TAGS = [
     {"name": "contacts", "description": "Contacts and their consent history."},
+    {
+        "name": "consent",
+        "description": "Consent history, the suppression list, workspace settings, eligibility.",
+    },
     {"name": "events", "description": "What customers did in the shop."},
     {"name": "segments", "description": "Built-in and custom segments."},
     {"name": "campaigns", "description": "Targeted messages to segments."},
@@ -76,7 +88,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (contacts, events, segments, campaigns, messages, health):
+    for module in (contacts, consent, events, segments, campaigns, messages, health):
         app.include_router(module.router)
     app.include_router(contacts.attributes_router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)

@@ -268,14 +268,19 @@ def get_contact_request(contact_id: str) -> contacts_pb2.GetContactRequest:
 def record_consent_request(
     contact_id: str, body: schemas.ConsentIn
 ) -> contacts_pb2.RecordConsentRequest:
-    return contacts_pb2.RecordConsentRequest(
+    request = contacts_pb2.RecordConsentRequest(
         contact=contacts_pb2.ContactRef(contact_id=contact_id),
         purpose=_enum_value(contacts_pb2.ConsentPurpose, "CONSENT_PURPOSE_", body.purpose),
         status=_enum_value(contacts_pb2.ConsentStatus, "CONSENT_STATUS_", body.status),
         source=_enum_value(contacts_pb2.ConsentSource, "CONSENT_SOURCE_", body.source),
         wording=body.wording,
-        actor="api",
+        actor=body.actor or "api",
+        ip=body.ip,
+        user_agent=body.user_agent,
     )
+    if body.recorded_at is not None:
+        request.recorded_at.FromDatetime(body.recorded_at)
+    return request
 
 
 # --- shop events --------------------------------------------------------------------------

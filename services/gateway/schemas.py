@@ -13,6 +13,7 @@ the services (Python) agree on every string.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import zoneinfo
 from datetime import UTC, datetime
@@ -460,6 +461,15 @@ class AttributeList(ResponseModel):
     attributes: list[AttributeOut]
 
 
+def _ip_address(value: str) -> str:
+    if value:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError("not an IPv4 or IPv6 address") from None
+    return value
+
+
 class ConsentIn(StrictModel):
     """A consent given or withdrawn, with how and in which words."""
 
@@ -467,10 +477,33 @@ class ConsentIn(StrictModel):
     status: ConsentStatus
     source: ConsentSource = "api"
     wording: LongText = Field("", description="The text the contact saw.")
+    actor: Text = Field("", description="Who recorded it (a user, a system); `api` if empty.")
+    ip: Annotated[
+        str,
+        AfterValidator(_ip_address),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "format": "ipv4"},
+                    {"type": "string", "format": "ipv6"},
+                    {"type": "string", "maxLength": 0},
+                ]
+            }
+        ),
+    ] = Field("", description="The contact's IP address when they gave it (IPv4 or IPv6).")
+    user_agent: Annotated[str, _text(512)] = Field("", description="Their browser, when known.")
+    recorded_at: Rfc3339 | None = Field(
+        None, description="When it was given (RFC 3339, not in the future); now if absent."
+    )
 
 
 class ConsentOut(ResponseModel):
     consent_event_id: str
+    pending_confirmation: bool = Field(
+        False,
+        description="A grant in a double opt-in workspace: it counts once the contact clicks"
+        " the link of the confirmation mail sent to them.",
+    )
 
 
 # --- shop events --------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException
 
-from services.common import runtime
+from services.common import grpc_client, runtime
+from services.tracking.adapters.contacts import ConsentClient, GrpcConsentClient
 from services.tracking.adapters.kafka import KafkaTrackingPublisher
 from services.tracking.config import Settings
 from services.tracking.entrypoints import http
@@ -25,11 +26,28 @@ log = logging.getLogger(__name__)
 NAME = "tracking"
 
 
-def create_app(settings: Settings, publisher: EventPublisher | None = None) -> FastAPI:
-    """The app; with ``publisher`` given (a fake in unit tests) it starts no Kafka client."""
+def create_app(
+    settings: Settings,
+    publisher: EventPublisher | None = None,
+    consent: ConsentClient | None = None,
+) -> FastAPI:
+    """The app; with ``publisher`` given (a fake in unit tests) it starts no Kafka client, and
+    with ``consent`` given no channel to contacts."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            if consent is not None:
+                app.state.consent = consent
+            else:
+                contacts = grpc_client.channel(settings.contacts_addr)
+                stack.push_async_callback(contacts.close)
+                app.state.consent = GrpcConsentClient(contacts, settings.internal_token)
+            async with _publisher(app):
+                yield
+
+    @contextlib.asynccontextmanager
+    async def _publisher(app: FastAPI) -> AsyncIterator[None]:
         if publisher is not None:
             app.state.publisher = publisher
             yield

@@ -3,10 +3,13 @@
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import KafkaSettings
+from services.common.config import InternalAuthSettings, KafkaSettings
 
 
-class Settings(KafkaSettings):
+class Settings(KafkaSettings, InternalAuthSettings):
+    """The internal token and ``NUDGE_CONTACTS_ADDR`` reach contacts for the preference page
+    and the double opt-in confirmation."""
+
     model_config = SettingsConfigDict(env_prefix="TRACKING_", extra="ignore", frozen=True)
 
     http_port: int = 8081

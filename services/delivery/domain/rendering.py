@@ -1,8 +1,14 @@
 """Personalisation: subject and bodies are Jinja2 templates run in the sandbox, so a template
-written by a manager cannot reach Python objects, files or attributes it was not given."""
+written by a manager cannot reach Python objects, files or attributes it was not given.
+
+Every mail but a transactional one ends with a link to the contact's preference page (beside
+the List-Unsubscribe header's one-click link), appended here so that no template can leave it
+out. Templates see the mail's links as ``links.preferences`` and, in a double opt-in
+confirmation mail, ``links.confirm``."""
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 
 from jinja2 import TemplateError
@@ -23,9 +29,28 @@ class RenderError(ValueError):
     pass
 
 
-def render(subject: str, body_text: str, body_html: str, context: dict[str, object]) -> Rendered:
+@dataclass(frozen=True)
+class MailLinks:
+    """Signed links of one mail (absolute URLs), empty when the mail has none."""
+
+    preferences: str = ""  # every non-transactional mail
+    confirm: str = ""  # the double opt-in confirmation mail
+
+
+PREFERENCES_TEXT = "Manage your e-mail preferences"
+
+
+def render(
+    subject: str,
+    body_text: str,
+    body_html: str,
+    context: dict[str, object],
+    links: MailLinks | None = None,
+) -> Rendered:
+    links = links or MailLinks()
+    context = {**context, "links": {"preferences": links.preferences, "confirm": links.confirm}}
     try:
-        return Rendered(
+        rendered = Rendered(
             subject=" ".join(_env.from_string(subject).render(context).split()),
             body_text=_env.from_string(body_text).render(context),
             body_html=_html_env.from_string(body_html).render(context) if body_html else "",
@@ -33,3 +58,16 @@ def render(subject: str, body_text: str, body_html: str, context: dict[str, obje
     except (TemplateError, RecursionError, SyntaxError) as err:
         # Deep nesting fails in Python's parser or compiler, not as a TemplateError.
         raise RenderError(f"{type(err).__name__}: {err}") from err
+    if not links.preferences:
+        return rendered
+    url = links.preferences
+    return Rendered(
+        subject=rendered.subject,
+        body_text=f"{rendered.body_text.rstrip()}\n\n--\n{PREFERENCES_TEXT}: {url}\n",
+        body_html=(
+            f'{rendered.body_html}\n<p style="font-size:small">'
+            f'<a href="{html.escape(url)}">{PREFERENCES_TEXT}</a></p>'
+            if rendered.body_html
+            else ""
+        ),
+    )

@@ -72,14 +72,19 @@ async def get_contact(
 async def record_consent(
     contact_id: ContactId, body: ConsentIn, caller: CallerDep, backends: BackendsDep
 ) -> ConsentOut:
-    """Grants or withdraws consent for one purpose, keeping how (`source`) and the words
-    shown (`wording`) in the contact's consent history."""
+    """Grants or withdraws consent for one purpose, keeping how (`source`), the words shown
+    (`wording`), who recorded it (`actor`), the contact's `ip` and `user_agent` and when it
+    was given (`recorded_at`) in the contact's consent history. In a double opt-in workspace
+    a grant is pending until the contact confirms it from the mail sent to them."""
     answer: contacts_pb2.RecordConsentResponse = await caller.call(
         backends.consents.RecordConsent,
         convert.record_consent_request(contact_id, body),
         service="contacts",
     )
-    return ConsentOut(consent_event_id=answer.consent_event_id)
+    return ConsentOut(
+        consent_event_id=answer.consent_event_id,
+        pending_confirmation=answer.pending_confirmation,
+    )
 
 
 # --- issue 12: contacts and tags -------------------------------------------------------------

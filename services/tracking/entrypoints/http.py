@@ -1,4 +1,5 @@
-"""The public HTTP endpoints reached from the mail: open pixel, click redirect, unsubscribe.
+"""The public HTTP endpoints reached from the mail: open pixel, click redirect, unsubscribe,
+the preference page (``/p/``) and the double opt-in confirmation (``/k/``).
 
 Each route verifies the signed token, calls a handler, and answers. A token that does not
 verify gets the same 404 whatever the reason, so probing says nothing about what is wrong.
@@ -15,12 +16,15 @@ from collections.abc import Awaitable
 from typing import Annotated, Any, cast
 from urllib.parse import parse_qs
 
+import grpc
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from nudge.contacts.v1.contacts_pb2 import Preferences, SetPreferencesRequest
 
 from services.common.kafka_probe import describe
-from services.common.links import InvalidLink, LinkClaims, LinkKind, verify
+from services.common.links import ExpiredLink, InvalidLink, LinkClaims, LinkKind, verify
 from services.tracking import handlers
+from services.tracking.adapters.contacts import ConsentClient
 from services.tracking.config import Settings
 from services.tracking.handlers import EventPublisher
 
@@ -205,4 +209,191 @@ def _page(body: str, title: str = "Unsubscribe") -> str:
         "<style>body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;"
         "padding:0 1rem;line-height:1.5}button{font-size:1rem;padding:.6rem 1.2rem}</style>"
         f"</head><body><main>{body}</main></body></html>"
+    )
+
+
+# ---------------------------------------------------------------- the preference page
+
+# What the page says, recorded with each change it makes as the wording the contact saw.
+PREFERENCES_WORDING = (
+    "Choose which e-mails you receive: targeted messages (offers picked for you), automated"
+    " e-mails (reminders and follow-ups), newsletters and campaigns. " + TRANSACTIONAL_NOTE
+)
+CHOICES = (
+    ("targeted_messages", "Targeted messages: offers picked for you"),
+    ("automations", "Automated e-mails: reminders and follow-ups"),
+    ("marketing", "Newsletters and campaigns"),
+)
+
+
+def get_consent(request: Request) -> ConsentClient:
+    return cast(ConsentClient, request.app.state.consent)
+
+
+ConsentDep = Annotated[ConsentClient, Depends(get_consent)]
+
+
+def _link_page(status: int, title: str, text: str) -> HTMLResponse:
+    body = f"<h1>{html.escape(title)}</h1><p>{html.escape(text)}</p>"
+    return HTMLResponse(_page(body, title), status_code=status, headers=PAGE_HEADERS)
+
+
+def _verified(settings: Settings, token: str, kind: LinkKind) -> LinkClaims | HTMLResponse:
+    """The link's claims, or the page that says why it cannot be used (never a grant)."""
+    try:
+        return verify(settings.link_secret, token, kind)
+    except ExpiredLink:
+        return _link_page(
+            410,
+            "This link has expired",
+            "The link is no longer valid. Sign up again to receive a new confirmation e-mail.",
+        )
+    except InvalidLink as err:
+        log.info("rejected a %s link: %s", kind.name.lower(), err)
+        return _link_page(
+            404, "This link is not valid", "Check that you opened the whole link from the e-mail."
+        )
+
+
+def _client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def preferences_body(token: str, prefs: Preferences, saved: bool = False) -> str:
+    boxes = "\n".join(
+        f'<p><label><input type="checkbox" name="{name}" value="on"'
+        f"{' checked' if getattr(prefs, name) else ''}> {html.escape(label)}</label></p>"
+        for name, label in CHOICES
+    )
+    on = [label for name, label in CHOICES if getattr(prefs, name)]
+    now = (
+        "You receive: " + "; ".join(html.escape(x) for x in on) + "."
+        if on
+        else "You receive no marketing, targeted or automated e-mails."
+    )
+    suppressed = (
+        "<p><strong>This address is blocked from all e-mails from this sender.</strong></p>"
+        if prefs.suppressed
+        else ""
+    )
+    status = '<p role="status">Your choices are saved.</p>' if saved else ""
+    safe_token = html.escape(token)
+    return f"""<h1>Your e-mail preferences</h1>
+{status}
+<p>For {html.escape(prefs.email)} at {_sender(prefs.workspace_name)}. {now}</p>
+{suppressed}
+<p>{html.escape(PREFERENCES_WORDING)}</p>
+<form method="post">
+<input type="hidden" name="token" value="{safe_token}">
+<fieldset><legend>I want to receive</legend>
+{boxes}
+</fieldset>
+<p><button type="submit" name="action" value="save">Save my choices</button></p>
+<p><button type="submit" name="action" value="none">Unsubscribe from everything</button></p>
+</form>"""
+
+
+@router.get("/p/{token}", include_in_schema=False)
+async def preferences(token: str, settings: SettingsDep, consent: ConsentDep) -> Response:
+    """Shows what is on; changes nothing (link scanners fetch every GET)."""
+    claims = _verified(settings, token, LinkKind.PREFERENCES)
+    if isinstance(claims, HTMLResponse):
+        return claims
+    try:
+        prefs = await consent.get_preferences(claims)
+    except grpc.aio.AioRpcError as err:
+        return _contacts_failure(err, claims)
+    return HTMLResponse(
+        _page(preferences_body(token, prefs), "E-mail preferences"), headers=PAGE_HEADERS
+    )
+
+
+@router.post("/p/{token}", include_in_schema=False)
+async def save_preferences(
+    token: str,
+    request: Request,
+    settings: SettingsDep,
+    consent: ConsentDep,
+    user_agent: UserAgent = "",
+) -> Response:
+    """The page's form. The signed token in the form must be the link's: a page of another
+    site cannot post it without having the link (it is the contact's credential)."""
+    claims = _verified(settings, token, LinkKind.PREFERENCES)
+    if isinstance(claims, HTMLResponse):
+        return claims
+    form = await _read_form(request)
+    if form.get("token", [""])[0] != token:
+        return _link_page(403, "This form is not valid", "Open the page from the e-mail again.")
+    everything_off = form.get("action", [""])[0] == "none"
+    wanted = {name: not everything_off and form.get(name, [""])[0] == "on" for name, _ in CHOICES}
+    try:
+        prefs = await consent.set_preferences(
+            claims,
+            SetPreferencesRequest(
+                ip=_client_ip(request),
+                user_agent=user_agent[:512],
+                wording=PREFERENCES_WORDING,
+                targeted_messages=wanted["targeted_messages"],
+                automations=wanted["automations"],
+                marketing=wanted["marketing"],
+            ),
+        )
+    except grpc.aio.AioRpcError as err:
+        return _contacts_failure(err, claims)
+    return HTMLResponse(
+        _page(preferences_body(token, prefs, saved=True), "E-mail preferences"),
+        headers=PAGE_HEADERS,
+    )
+
+
+def _contacts_failure(err: grpc.aio.AioRpcError, claims: LinkClaims) -> HTMLResponse:
+    if err.code() == grpc.StatusCode.NOT_FOUND:
+        return _link_page(404, "We no longer hold this address", "There is nothing to manage.")
+    log.warning("contacts did not answer for contact %s: %s", claims.contact_id, err.code())
+    return HTMLResponse(_page(RETRY_BODY), status_code=503, headers=PAGE_HEADERS)
+
+
+# ---------------------------------------------------------------- double opt-in confirmation
+
+
+@router.get("/k/{token}", include_in_schema=False)
+async def confirmation_page(token: str, settings: SettingsDep) -> Response:
+    """Asks for the click that confirms: a GET must not subscribe anybody, or every link
+    scanner of a mail provider would confirm subscriptions nobody asked for."""
+    claims = _verified(settings, token, LinkKind.CONFIRM)
+    if isinstance(claims, HTMLResponse):
+        return claims
+    body = f"""<h1>Confirm your subscription</h1>
+<p>Press the button to confirm that you want to receive our e-mails.</p>
+<form method="post"><input type="hidden" name="token" value="{html.escape(token)}">
+<button type="submit">Confirm my subscription</button></form>"""
+    return HTMLResponse(_page(body, "Confirm your subscription"), headers=PAGE_HEADERS)
+
+
+@router.post("/k/{token}", include_in_schema=False)
+async def confirm(
+    token: str,
+    request: Request,
+    settings: SettingsDep,
+    consent: ConsentDep,
+    user_agent: UserAgent = "",
+) -> Response:
+    claims = _verified(settings, token, LinkKind.CONFIRM)
+    if isinstance(claims, HTMLResponse):
+        return claims
+    form = await _read_form(request)
+    if form.get("token", [""])[0] != token:
+        return _link_page(403, "This form is not valid", "Open the link from the e-mail again.")
+    try:
+        answer = await consent.confirm(claims, token, _client_ip(request), user_agent[:512])
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            return _link_page(410, "This link has expired", "Sign up again to get a new link.")
+        return _contacts_failure(err, claims)
+    if not answer.confirmed:
+        return _link_page(200, "Already confirmed", "Your subscription was confirmed before.")
+    return _link_page(
+        200,
+        "Thank you, your subscription is confirmed",
+        f"You will receive e-mails from {answer.workspace_name or 'this sender'}.",
     )

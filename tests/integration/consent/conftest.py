@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 import grpc
@@ -30,10 +30,15 @@ async def pool(
 
 
 async def envelopes_until(
-    infra: dict[str, str], topic: str, key: str, last_event_id: str, timeout: float = 60
+    infra: dict[str, str],
+    topic: str,
+    key: str,
+    last: str | Callable[[Envelope], bool],
+    timeout: float = 60,
 ) -> list[Envelope]:
-    """The envelopes on ``topic`` keyed by ``key``, in order, up to and including the one
-    with ``last_event_id`` (the outbox relays a key's rows in order)."""
+    """The envelopes on ``topic`` keyed by ``key``, in order, up to and including the first
+    that is ``last`` (its event id, or a predicate); the outbox relays a key's rows in order."""
+    is_last = last if callable(last) else (lambda e: e.event_id == last)
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"],
@@ -44,15 +49,15 @@ async def envelopes_until(
     found: list[Envelope] = []
     try:
         async with asyncio.timeout(timeout):
-            while last_event_id not in [e.event_id for e in found]:
+            while not any(is_last(e) for e in found):
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     found += [
                         Envelope.FromString(r.value) for r in records if r.key == key.encode()
                     ]
     finally:
         await consumer.stop()
-    ids = [e.event_id for e in found]
-    return found[: ids.index(last_event_id) + 1]
+    end = next(n for n, e in enumerate(found) if is_last(e))
+    return found[: end + 1]
 
 
 @pytest.fixture
