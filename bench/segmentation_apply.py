@@ -11,7 +11,10 @@ number of profiles of the workspace until all N are there.
 
 The rate runs from the first profile seen to the last, so the service's start-up and group
 join are not counted (``drain_s_total`` counts them). ``--batch 1`` applies each record in
-its own transaction, for comparison. The last line is one JSON object with the figures.
+its own transaction, for comparison. ``--writer-only`` starts PostgreSQL alone and applies N
+snapshots through ``ReadModelWriter`` in-process, 2,000 waiting at a time as in the service:
+the database side's rate without Kafka and the consumer loop. The last line is one JSON
+object with the figures.
 """
 
 from __future__ import annotations
@@ -136,6 +139,43 @@ async def drain(
         await asyncio.sleep(0.25)
 
 
+async def writer_only(database_url: str, count: int, batch: int) -> dict[str, float]:
+    from services.common.db import create_pool, migrate
+    from services.segmentation.adapters.postgres import SCHEMA
+    from services.segmentation.bootstrap import CONSUMER_CONCURRENCY, MIGRATIONS
+    from services.segmentation.domain.readmodel import ProfileSnapshot
+    from services.segmentation.handlers import ReadModelWriter
+
+    await migrate(database_url, SCHEMA, MIGRATIONS)
+    pool = await create_pool(database_url, SCHEMA, max_size=20)
+    try:
+        writer = ReadModelWriter(pool, max_batch=batch)
+        workspace_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        for first in range(0, count, CONSUMER_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    writer.apply(
+                        workspace_id,
+                        str(uuid.uuid4()),
+                        ProfileSnapshot(
+                            contact_id=str(uuid.uuid4()),
+                            email=f"c{n}@example.com",
+                            vip=False,
+                            tags=("imported",),
+                            attributes={"source": "bench"},
+                            version=1,
+                        ),
+                    )
+                    for n in range(first, min(count, first + CONSUMER_CONCURRENCY))
+                )
+            )
+        span = time.perf_counter() - started
+        return {"writer_s": round(span, 2), "events_per_s": round(count / span)}
+    finally:
+        await pool.close()
+
+
 def _profiler() -> list[str]:
     """``BENCH_PROFILE=FILE``: run the service under cProfile, its stats written to FILE."""
     out = os.environ.get("BENCH_PROFILE")
@@ -156,7 +196,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=100_000, help="ContactCreated to apply")
     parser.add_argument("--batch", type=int, default=1000, help="SEGMENTATION_APPLY_BATCH_MAX")
+    parser.add_argument("--writer-only", action="store_true", help="PostgreSQL side alone")
     args = parser.parse_args()
+    if args.writer_only:
+        with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
+            stack = LocalStack(
+                state_dir=Path(tmp) / "state",
+                ports="free",
+                persistent=False,
+                cache_dir=paths.cache_dir(),
+                environ=os.environ,
+                parts=("postgres",),
+            )
+            try:
+                infra = stack.start()
+                figures = asyncio.run(writer_only(infra["DATABASE_URL"], args.scale, args.batch))
+            finally:
+                stack.stop()
+        print(
+            json.dumps(
+                {"scale": args.scale, "batch_max": args.batch, "writer_only": True, **figures}
+            )
+        )
+        return
     with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
         stack = LocalStack(
             state_dir=Path(tmp) / "state",

@@ -410,6 +410,10 @@ async def test_export_gives_the_profile_orders_and_memberships(
         ("o-export", "completed", 990)
     ]
     assert data["memberships"] == ["vip", "new_customer", "first_time_buyer"]
+    again = await export(segmentation_service, internal(ws), cid)  # a replayed call
+    assert {k: v for k, v in again.items() if k != "evaluated_at"} == {
+        k: v for k, v in data.items() if k != "evaluated_at"
+    }
     # Another workspace asking for the same id gets nothing; so does an unknown contact.
     assert await export(segmentation_service, internal(str(uuid.uuid4())), cid) == {}
     assert await export(segmentation_service, internal(ws), str(uuid.uuid4())) == {}
@@ -430,7 +434,7 @@ async def test_export_is_for_nudges_own_services_and_checks_its_input(
                 await stub.ExportContactData(request, metadata=metadata)
             assert err.value.code() == code
 
-        for bad in ["", "not-a-uuid", "x" * 100_000]:
+        for bad in ["", "not-a-uuid", "x" * 100_000]:  # empty, malformed, oversized
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await stub.ExportContactData(
                     privacy_pb2.ExportContactDataRequest(contact_id=bad),
