@@ -1,11 +1,18 @@
 """The segmentation service: a read model of every contact, and the segments over it.
 
-What it does now (the walking skeleton):
+What it does now:
 - keeps ``profiles`` and ``orders`` in its own schema from ``contacts.events.v1`` and
-  ``shop.events.v1`` (consumer group ``segmentation``, idempotent on ``event_id``);
+  ``shop.events.v1`` (consumer group ``segmentation``). Every contact event is applied by the
+  contact's ``version`` (an event at or below the stored one changes nothing); shop events
+  once per ``event_id``. Deleted and erased contacts are removed and leave a tombstone
+  without personal data. Records are applied in set-based batches
+  (``handlers.ReadModelWriter``). docs/segmentation-read-model.md has the details;
 - serves ``SegmentService.ListSegments`` (the built-in segments of domain.md) and
   ``CountSegment``: an exact count (a query over every contact, not an estimate) of the
-  contacts the rule picks.
+  contacts the rule picks. Membership is evaluated when asked, never stored, so a change
+  of VIP star, orders or signup counts as soon as its event is applied;
+- serves ``nudge.privacy.v1.ContactDataService.ExportContactData`` to Nudge's own services
+  (internal token): the profile, orders and current memberships of one contact.
 
 What ``CountSegment``'s ``as_of`` means: the rules are evaluated with ``as_of`` as their
 ``now`` (the time their windows, "last 3 months", "90 days ago", are measured from), over the

@@ -1,5 +1,6 @@
 """Settings of the segmentation service (env prefix ``SEGMENTATION_``)."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import (
@@ -14,3 +15,6 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     model_config = SettingsConfigDict(env_prefix="SEGMENTATION_", extra="ignore", frozen=True)
 
     grpc_port: int = 50052
+    # The most consumer records one read-model transaction applies (ReadModelWriter); 1
+    # applies each record in its own transaction (for comparison in the benchmark).
+    apply_batch_max: int = Field(1000, ge=1, le=10_000)

@@ -1,0 +1,288 @@
+"""How fast segmentation's read model applies contact events: a bulk import's ContactCreated.
+
+    .venv/bin/python bench/segmentation_apply.py [--scale N] [--batch B]
+
+Starts PostgreSQL, Redis and Kafka (the local stack on free ports, or the URLs in the
+environment), creates the topics, publishes N ContactCreated envelopes to
+``contacts.events.v1`` (one new contact each, keyed by its id, as contacts' outbox relay
+sends them), and only then starts the segmentation service as its own process
+(``python -m services.segmentation``, ``SEGMENTATION_APPLY_BATCH_MAX=B``). It polls the
+number of profiles of the workspace until all N are there.
+
+The rate runs from the first profile seen to the last, so the service's start-up and group
+join are not counted (``drain_s_total`` counts them). ``--batch 1`` applies each record in
+its own transaction, for comparison. ``--writer-only`` starts PostgreSQL alone and applies N
+snapshots through ``ReadModelWriter`` in-process, 2,000 waiting at a time as in the service:
+the database side's rate without Kafka and the consumer loop. The last line is one JSON
+object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+from aiokafka import AIOKafkaProducer  # noqa: E402
+from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
+from nudge.contacts.v1 import contacts_pb2, events_pb2  # noqa: E402
+
+from deploy.local import paths  # noqa: E402
+from deploy.local.stack import LocalStack  # noqa: E402
+from deploy.local.topics import ensure_topics  # noqa: E402
+from services.common.events import new_envelope  # noqa: E402
+from services.common.topics import CONTACTS_EVENTS, TOPICS  # noqa: E402
+from tests.support import free_port  # noqa: E402
+
+TRACEPARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def produce(bootstrap: str, workspace_id: str, count: int) -> float:
+    """Publish ``count`` ContactCreated; the seconds it took."""
+    started = time.perf_counter()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(CONTACTS_EVENTS))
+        partitioner = DefaultPartitioner()
+        batches: dict[int, Any] = {p: producer.create_batch() for p in partitions}
+        sent = []
+        for n in range(count):
+            contact_id = str(uuid.uuid4())
+            contact = contacts_pb2.Contact(
+                id=contact_id,
+                workspace_id=workspace_id,
+                email=f"c{n}@example.com",
+                first_name=f"Contact {n}",
+                tags=["imported"],
+                attributes={"source": "bench"},
+                version=1,
+            )
+            value = new_envelope(
+                workspace_id, events_pb2.ContactCreated(contact=contact)
+            ).SerializeToString()
+            key = contact_id.encode()
+            partition = partitioner(key, partitions, partitions)
+            args: dict[str, Any] = {
+                "key": key,
+                "value": value,
+                "timestamp": None,
+                "headers": [("traceparent", TRACEPARENT)],
+            }
+            if batches[partition].append(**args) is None:  # full: send it, start the next
+                sent.append(
+                    await producer.send_batch(
+                        batches[partition], CONTACTS_EVENTS, partition=partition
+                    )
+                )
+                batches[partition] = producer.create_batch()
+                batches[partition].append(**args)
+            if len(sent) > 64:  # bound what is in flight
+                await asyncio.gather(*sent)
+                sent = []
+        for partition, batch in batches.items():
+            if batch.record_count():
+                sent.append(await producer.send_batch(batch, CONTACTS_EVENTS, partition=partition))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def drain(
+    database_url: str, workspace_id: str, count: int, service: subprocess.Popen[bytes]
+) -> dict[str, float]:
+    """Poll the workspace's profiles until ``count``; times from the service's start."""
+    started = time.perf_counter()
+    first_at = 0.0
+    first_rows = 0
+    conn = None
+    while True:
+        if service.poll() is not None:
+            raise RuntimeError(f"the segmentation service exited with {service.returncode}")
+        try:
+            if conn is None:
+                conn = await asyncpg.connect(database_url)
+            rows = int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM segmentation.profiles WHERE workspace_id = $1",
+                    uuid.UUID(workspace_id),
+                )
+            )
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            rows = 0  # not migrated yet
+        now = time.perf_counter()
+        if rows and not first_at:
+            first_at, first_rows = now, rows
+        if rows >= count:
+            assert conn is not None
+            await conn.close()
+            span = now - first_at
+            return {
+                "drain_s": round(span, 2),
+                "drain_s_total": round(now - started, 2),
+                "events_per_s": round((count - first_rows) / span) if span > 0 else 0.0,
+            }
+        await asyncio.sleep(0.25)
+
+
+async def writer_only(database_url: str, count: int, batch: int) -> dict[str, float]:
+    from services.common.db import create_pool, migrate
+    from services.segmentation.adapters.postgres import SCHEMA
+    from services.segmentation.bootstrap import CONSUMER_CONCURRENCY, MIGRATIONS
+    from services.segmentation.domain.readmodel import ProfileSnapshot
+    from services.segmentation.handlers import ReadModelWriter
+
+    await migrate(database_url, SCHEMA, MIGRATIONS)
+    pool = await create_pool(database_url, SCHEMA, max_size=20)
+    try:
+        writer = ReadModelWriter(pool, max_batch=batch)
+        workspace_id = str(uuid.uuid4())
+        started = time.perf_counter()
+        for first in range(0, count, CONSUMER_CONCURRENCY):
+            await asyncio.gather(
+                *(
+                    writer.apply(
+                        workspace_id,
+                        str(uuid.uuid4()),
+                        ProfileSnapshot(
+                            contact_id=str(uuid.uuid4()),
+                            email=f"c{n}@example.com",
+                            vip=False,
+                            tags=("imported",),
+                            attributes={"source": "bench"},
+                            version=1,
+                        ),
+                    )
+                    for n in range(first, min(count, first + CONSUMER_CONCURRENCY))
+                )
+            )
+        span = time.perf_counter() - started
+        return {"writer_s": round(span, 2), "events_per_s": round(count / span)}
+    finally:
+        await pool.close()
+
+
+def _profiler() -> list[str]:
+    """``BENCH_PROFILE=FILE``: run the service under cProfile, its stats written to FILE."""
+    out = os.environ.get("BENCH_PROFILE")
+    return ["-m", "cProfile", "-o", out] if out else []
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return 0.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=100_000, help="ContactCreated to apply")
+    parser.add_argument("--batch", type=int, default=1000, help="SEGMENTATION_APPLY_BATCH_MAX")
+    parser.add_argument("--writer-only", action="store_true", help="PostgreSQL side alone")
+    args = parser.parse_args()
+    if args.writer_only:
+        with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
+            stack = LocalStack(
+                state_dir=Path(tmp) / "state",
+                ports="free",
+                persistent=False,
+                cache_dir=paths.cache_dir(),
+                environ=os.environ,
+                parts=("postgres",),
+            )
+            try:
+                infra = stack.start()
+                figures = asyncio.run(writer_only(infra["DATABASE_URL"], args.scale, args.batch))
+            finally:
+                stack.stop()
+        print(
+            json.dumps(
+                {"scale": args.scale, "batch_max": args.batch, "writer_only": True, **figures}
+            )
+        )
+        return
+    with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
+        stack = LocalStack(
+            state_dir=Path(tmp) / "state",
+            ports="free",
+            persistent=False,
+            cache_dir=paths.cache_dir(),
+            environ=os.environ,
+            parts=("postgres", "redis", "kafka"),
+        )
+        try:
+            infra = stack.start()
+            bootstrap = infra["KAFKA_BOOTSTRAP_SERVERS"]
+            asyncio.run(ensure_topics(bootstrap, TOPICS))
+            workspace_id = str(uuid.uuid4())
+            produce_s = asyncio.run(produce(bootstrap, workspace_id, args.scale))
+            env = {
+                **os.environ,
+                **infra,
+                "NUDGE_LOG_LEVEL": "WARNING",
+                "SEGMENTATION_GRPC_PORT": str(free_port()),
+                "SEGMENTATION_APPLY_BATCH_MAX": str(args.batch),
+                "NUDGE_CONTACTS_ADDR": f"127.0.0.1:{free_port()}",  # not called here
+                "NUDGE_INTERNAL_TOKEN": secrets.token_urlsafe(32),
+            }
+            log = (Path(tmp) / "segmentation.log").open("wb")
+            service = subprocess.Popen(
+                [sys.executable, *_profiler(), "-m", "services.segmentation"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                figures = asyncio.run(
+                    drain(infra["DATABASE_URL"], workspace_id, args.scale, service)
+                )
+                rss = peak_rss_mb(service.pid)
+            except RuntimeError:
+                sys.stderr.write((Path(tmp) / "segmentation.log").read_text()[-5000:])
+                raise
+            finally:
+                service.terminate()
+                try:
+                    service.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    service.kill()
+                    service.wait()
+                log.close()
+                if os.environ.get("BENCH_KEEP_LOG"):
+                    import shutil
+
+                    shutil.copy(Path(tmp) / "segmentation.log", os.environ["BENCH_KEEP_LOG"])
+        finally:
+            stack.stop()
+    result = {
+        "scale": args.scale,
+        "batch_max": args.batch,
+        "kafka": infra.get("NUDGE_KAFKA_KIND", "?"),
+        "produce_s": round(produce_s, 1),
+        **figures,
+        "service_peak_rss_mb": rss,
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
