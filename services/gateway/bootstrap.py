@@ -27,7 +27,15 @@ from services.gateway.adapters.grpc import Backends, open_backends
 from services.gateway.adapters.health import CachedChecks, DependencyChecks, HealthChecks
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.config import Settings
-from services.gateway.entrypoints import campaigns, contacts, events, health, messages, segments
+from services.gateway.entrypoints import (
+    campaigns,
+    contacts,
+    events,
+    health,
+    messages,
+    privacy,
+    segments,
+)
 
 NAME = "gateway"
 
@@ -76,7 +84,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (contacts, events, segments, campaigns, messages, health):
+    for module in (contacts, privacy, events, segments, campaigns, messages, health):
         app.include_router(module.router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
