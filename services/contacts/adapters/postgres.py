@@ -14,6 +14,7 @@ from nudge.contacts.v1 import contacts_pb2
 
 from services.common.errors import NotFound
 from services.contacts.domain.model import NewContact, normalize_email
+from services.contacts.suppression import suppressed_reason_sql
 
 SCHEMA = "contacts"
 
@@ -197,8 +198,7 @@ async def eligibility_facts(
         " w.consent_required_for_campaigns,"
         " (SELECT status FROM consents s WHERE s.workspace_id = c.workspace_id"
         "   AND s.contact_id = c.id AND s.purpose = $3) AS consent,"
-        " EXISTS (SELECT 1 FROM suppressions p WHERE p.workspace_id = c.workspace_id"
-        "   AND p.email = lower(c.email)) AS suppressed"
+        f" {suppressed_reason_sql('c', 'w')} AS suppressed_reason"
         " FROM contacts c JOIN workspaces w ON w.id = c.workspace_id"
         " WHERE c.workspace_id = $1 AND c.id = $2",
         uuid.UUID(workspace_id),
