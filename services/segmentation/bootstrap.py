@@ -1,5 +1,6 @@
-"""The composition root of the segmentation service: the read-model consumer and the gRPC
-server. Nothing is published yet, so there is no outbox relay (see the package docstring)."""
+"""The composition root of the segmentation service: the read-model consumer (batched
+writes) and the gRPC server (segments; the per-contact export for privacy requests). Nothing
+is published yet, so there is no outbox relay (see the package docstring)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from aiokafka import ConsumerRecord
 from nudge.events.v1.envelope_pb2 import Envelope
+from nudge.privacy.v1 import privacy_pb2_grpc
 from nudge.segmentation.v1 import segmentation_pb2_grpc
 
 from services.common import runtime
@@ -25,13 +27,19 @@ from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
 from services.segmentation.adapters.postgres import SCHEMA
 from services.segmentation.config import Settings
 from services.segmentation.entrypoints import kafka
-from services.segmentation.entrypoints.grpc import SegmentServicer
-from services.segmentation.handlers import CONSUMER
+from services.segmentation.entrypoints.grpc import ContactDataServicer, SegmentServicer
+from services.segmentation.handlers import CONSUMER, ReadModelWriter
 
 log = logging.getLogger(__name__)
 NAME = "segmentation"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = "nudge.segmentation.v1.SegmentService"
+PRIVACY_SERVICE_NAME = "nudge.privacy.v1.ContactDataService"
+AUTH_POLICY = {f"/{PRIVACY_SERVICE_NAME}/ExportContactData": "internal"}
+# Records handled at once: each waits for the batch that carries it, so this bounds how
+# large a batch can grow (ReadModelWriter). Workers are coroutines, cheap to have many of.
+CONSUMER_CONCURRENCY = 1000
+MAX_IN_FLIGHT = 4000
 
 
 async def start(service: runtime.Service, settings: Settings) -> None:
@@ -43,11 +51,19 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     contacts = channel(settings.contacts_addr)
     service.push(contacts.close)
 
+    writer = ReadModelWriter(pool)
+
     async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
-        await kafka.on_event(pool, envelope, record)
+        await kafka.on_event(writer, envelope, record)
 
     consumer = KafkaConsumerLoop(
-        settings.kafka_bootstrap_servers, CONSUMER, [CONTACTS_EVENTS, SHOP_EVENTS], on_event
+        settings.kafka_bootstrap_servers,
+        CONSUMER,
+        [CONTACTS_EVENTS, SHOP_EVENTS],
+        on_event,
+        max_records=MAX_IN_FLIGHT // 2,
+        concurrency=CONSUMER_CONCURRENCY,
+        max_in_flight=MAX_IN_FLIGHT,
     )
     service.push(consumer.stop)
     await consumer.start()
@@ -64,8 +80,14 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
                 SegmentServicer(pool),
                 SERVICE_NAME,
-            )
+            ),
+            (
+                privacy_pb2_grpc.add_ContactDataServiceServicer_to_server,
+                ContactDataServicer(pool),
+                PRIVACY_SERVICE_NAME,
+            ),
         ],
+        policy=AUTH_POLICY,
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
         dependencies={

@@ -1,55 +1,179 @@
 """Segmentation use cases: apply what other services announced to the read model, and
-answer questions about segments.
+answer questions about segments and about one contact (export).
 
-Every change is applied once per event id: the claim in ``processed_events`` and the change
-commit in one transaction, so a redelivered event (at-least-once Kafka, a replaying outbox
-relay) changes nothing.
+Changes are applied in batches (:class:`ReadModelWriter`): each consumer record waits for the
+batch that carries it, and a batch commits in one transaction. Contact events are applied by
+version and shop events once per event id (claimed in ``processed_events`` in the same
+transaction), so a redelivered or replayed event (at-least-once Kafka, a replaying outbox
+relay, a rebuild) changes nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
+from collections import deque
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 
 from services.common import clock
-from services.common.errors import NotFound, Validator
-from services.common.idempotency import claim_event
+from services.common.errors import FieldViolation, InvalidArgument, NotFound, Validator
+from services.common.ids import is_uuid
 from services.segmentation.adapters import postgres as db
-from services.segmentation.domain.readmodel import (
-    OrderPlaced,
-    OrderVoided,
-    ProfileSnapshot,
-    ReadModelChange,
-    SignedUp,
+from services.segmentation.adapters.postgres import CONSUMER, Pending
+from services.segmentation.domain.readmodel import ReadModelChange
+from services.segmentation.domain.segments import (
+    BUILT_IN,
+    BY_ID,
+    BuiltInSegment,
+    Order,
+    OrderStatus,
+    facts_at,
 )
-from services.segmentation.domain.segments import BUILT_IN, BY_ID, BuiltInSegment
 
 log = logging.getLogger(__name__)
 
-CONSUMER = "segmentation"
+__all__ = ["CONSUMER", "ReadModelWriter", "apply_changes", "count_segment", "export_contact"]
 
 
-async def apply_change(
-    pool: asyncpg.Pool, workspace_id: str, event_id: str, change: ReadModelChange
-) -> bool:
-    """Apply one change to the read model; False when this event was handled before."""
+async def apply_changes(pool: asyncpg.Pool, items: list[Pending]) -> list[bool]:
+    """Apply ``items`` in order in one transaction; for each, whether it changed anything."""
     now = clock.now()
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim_event(conn, CONSUMER, event_id):
-            log.info("event %s already applied; skipping", event_id)
-            return False
-        match change:
-            case ProfileSnapshot():
-                await db.upsert_profile(conn, workspace_id, change, now)
-            case SignedUp():
-                await db.record_signup(conn, workspace_id, change.contact_id, change.at, now)
-            case OrderPlaced():
-                await db.record_order(conn, workspace_id, change, now)
-            case OrderVoided():
-                await db.void_order(conn, workspace_id, change, now)
-    return True
+        return await db.apply(conn, items, now)
+
+
+class ReadModelWriter:
+    """Gathers the changes of concurrently handled records into batches.
+
+    No timer: a change that arrives while fewer than ``max_flushes`` batches are being
+    written goes at once (alone, on a quiet topic); changes that arrive meanwhile wait for
+    the next free slot and go together, up to ``max_batch``. So batches grow with the load
+    and a lone event is not delayed. The consumer loop hands one record per key at a time,
+    so a batch holds at most one record per contact; :func:`db.rounds` keeps the order
+    should it hold more.
+
+    A batch that fails is applied again one change per transaction, so that a record the
+    database refuses fails alone (and is retried or dead-lettered by the consumer loop)
+    while the others of its batch are applied.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 1000, max_flushes: int = 2) -> None:
+        self._pool = pool
+        self._max_batch = max_batch
+        self._max_flushes = max_flushes
+        self._queue: deque[tuple[Pending, asyncio.Future[bool]]] = deque()
+        self._flushing = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.batches = 0  # batches committed (for tests and the benchmark)
+
+    async def apply(self, workspace_id: str, event_id: str, change: ReadModelChange) -> bool:
+        """Apply one change; True when it changed the read model (False: seen before)."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._queue.append((Pending(workspace_id, event_id, change), future))
+        self._start_flushes()
+        return await future
+
+    def _start_flushes(self) -> None:
+        while self._queue and self._flushing < self._max_flushes:
+            batch = [self._queue.popleft() for _ in range(min(self._max_batch, len(self._queue)))]
+            self._flushing += 1
+            task = asyncio.create_task(self._flush(batch), name="segmentation-batch")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, batch: list[tuple[Pending, asyncio.Future[bool]]]) -> None:
+        try:
+            try:
+                results = await apply_changes(self._pool, [item for item, _ in batch])
+                self.batches += 1
+                for (_, future), result in zip(batch, results, strict=True):
+                    _settle(future, result)
+            except Exception as err:
+                if len(batch) == 1:
+                    _settle(batch[0][1], err)
+                    return
+                log.warning(
+                    "a batch of %d changes failed (%r); applying them one by one", len(batch), err
+                )
+                for item, future in batch:
+                    try:
+                        _settle(future, (await apply_changes(self._pool, [item]))[0])
+                        self.batches += 1
+                    except Exception as one:
+                        _settle(future, one)
+        finally:
+            self._flushing -= 1
+            self._start_flushes()
+
+
+def _settle(future: asyncio.Future[bool], outcome: bool | Exception) -> None:
+    if future.done():  # its record was abandoned (the consumer stopped or was revoked)
+        return
+    if isinstance(outcome, Exception):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
+
+
+async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str) -> dict[str, Any]:
+    """Everything the read model holds about one contact, as JSON values: the profile, the
+    orders, the built-in segments it is in now. Empty when it holds nothing."""
+    if not is_uuid(contact_id):
+        raise InvalidArgument(FieldViolation("contact_id", "must be a contact id (a UUID)"))
+    async with pool.acquire() as conn:
+        profile = await db.profile_of(conn, workspace_id, contact_id)
+        orders = await db.orders_of(conn, workspace_id, contact_id)
+    if profile is None and not orders:
+        return {}
+    now = clock.now()
+    facts = facts_at(
+        now,
+        vip=bool(profile and profile["vip"]),
+        signed_up_at=profile["signed_up_at"] if profile else None,
+        orders=[Order(o["placed_at"], OrderStatus(o["status"])) for o in orders],
+    )
+    return {
+        "profile": _profile_json(profile) if profile else None,
+        "orders": [
+            {
+                "order_id": o["order_id"],
+                "placed_at": _iso(o["placed_at"]),
+                "total_minor": o["total_minor"],
+                "currency": o["currency"],
+                "status": o["status"],
+            }
+            for o in orders
+        ],
+        # Memberships are evaluated, not stored (the package docstring): these are now's.
+        "memberships": [s.id for s in BUILT_IN if s.contains(facts, now)],
+        "evaluated_at": now.isoformat(),
+    }
+
+
+def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "contact_id": str(p["contact_id"]),
+        "email": p["email"],
+        "vip": p["vip"],
+        "tags": list(p["tags"]),
+        "attributes": json.loads(p["attributes"]),
+        "signed_up_at": _iso(p["signed_up_at"]),
+        "score": p["score"],
+        "consents": json.loads(p["consents"]),
+        "suppressed": p["suppressed"],
+        "suppression_reason": p["suppression_reason"],
+        "version": p["version"],
+        "created_at": _iso(p["created_at"]),
+        "updated_at": _iso(p["updated_at"]),
+    }
+
+
+def _iso(at: datetime | None) -> str | None:
+    return at.isoformat() if at is not None else None
 
 
 def list_segments() -> tuple[BuiltInSegment, ...]:

@@ -1,7 +1,10 @@
 """What the contact read model learns from other services' events: pure values, no I/O.
 
 The Kafka entrypoint turns ``contacts.events.v1`` and ``shop.events.v1`` envelopes into these;
-the handlers apply them to ``profiles`` and ``orders``. Strings from another service are
+the handlers apply them to ``profiles`` and ``orders``. Contact changes carry the contact's
+``version`` (every committed change in contacts increments it once): the read model applies
+one only when it is above the version it holds, which makes replays no-ops and keeps an
+older event from undoing a newer one. Strings from another service are
 checked on the way in (:func:`checked_id`, :func:`checked_text`): a value PostgreSQL refuses
 would fail on every retry, and the consumer retries a failing record before the ones after it.
 """
@@ -39,7 +42,7 @@ def checked_id(what: str, value: str) -> str:
 
 @dataclass(frozen=True)
 class ProfileSnapshot:
-    """The contact as contacts last published it (ContactCreated, ContactUpdated)."""
+    """The whole contact as contacts published it (ContactCreated, ContactUpdated)."""
 
     contact_id: str
     email: str
@@ -47,7 +50,61 @@ class ProfileSnapshot:
     tags: tuple[str, ...] = ()
     attributes: dict[str, str] = field(default_factory=dict)
     signed_up_at: datetime | None = None
-    updated_at: datetime | None = None  # the contact's version: an older snapshot never wins
+    version: int = 0  # 0: published before contacts had versions
+    score: int = 0
+
+
+@dataclass(frozen=True)
+class TagsSet:
+    """TagsChanged: every tag the contact has after the change."""
+
+    contact_id: str
+    version: int
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ScoreSet:
+    """ScoreChanged: the score after the change (not the delta: applying it twice is the
+    same as once)."""
+
+    contact_id: str
+    version: int
+    score: int
+
+
+@dataclass(frozen=True)
+class ConsentSet:
+    """ConsentChanged: the current state of one purpose, since ``at``."""
+
+    contact_id: str
+    version: int
+    purpose: str  # "marketing", "targeted_messages", "automations", "transactional"
+    state: str  # "granted", "withdrawn", "pending"
+    source: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Suppressed:
+    """ContactSuppressed: nothing but transactional mail may reach the contact."""
+
+    contact_id: str
+    version: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Removed:
+    """ContactDeleted or ContactErased: the profile, its orders and memberships go; a
+    tombstone (no personal data) keeps later events from bringing the contact back."""
+
+    contact_id: str
+    version: int
+    erased: bool
+
+
+ContactChange = ProfileSnapshot | TagsSet | ScoreSet | ConsentSet | Suppressed | Removed
 
 
 @dataclass(frozen=True)
@@ -74,7 +131,8 @@ class OrderVoided:
     status: OrderStatus
 
 
-ReadModelChange = ProfileSnapshot | SignedUp | OrderPlaced | OrderVoided
+ShopChange = SignedUp | OrderPlaced | OrderVoided
+ReadModelChange = ContactChange | ShopChange
 
 
 def order_key(order_id: str, event_id: str) -> str:

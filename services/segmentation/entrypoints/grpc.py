@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 
 import asyncpg
 import grpc
+from google.protobuf import json_format, struct_pb2
+from nudge.privacy.v1 import privacy_pb2, privacy_pb2_grpc
 from nudge.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
 from services.common.auth import current_workspace
@@ -55,3 +57,21 @@ class SegmentServicer(segmentation_pb2_grpc.SegmentServiceServicer):
         answer = segmentation_pb2.CountSegmentResponse(count=count)
         answer.as_of.FromDatetime(as_of)
         return answer
+
+
+class ContactDataServicer(privacy_pb2_grpc.ContactDataServiceServicer):
+    """What segmentation holds about one contact, for contacts' PrivacyService export. Only
+    Nudge's own services may ask (internal token, AUTH_POLICY in bootstrap)."""
+
+    SERVICE = "segmentation"
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def ExportContactData(
+        self, request: privacy_pb2.ExportContactDataRequest, context: grpc.aio.ServicerContext
+    ) -> privacy_pb2.ExportContactDataResponse:
+        data = await handlers.export_contact(self.pool, current_workspace(), request.contact_id)
+        struct = struct_pb2.Struct()
+        json_format.ParseDict(data, struct)
+        return privacy_pb2.ExportContactDataResponse(service=self.SERVICE, data=struct)

@@ -6,19 +6,24 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-import asyncpg
 from aiokafka import ConsumerRecord
 from google.protobuf.timestamp_pb2 import Timestamp
+from nudge.contacts.v1 import contacts_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common.ids import is_uuid
 from services.segmentation import handlers
 from services.segmentation.domain.readmodel import (
+    ConsentSet,
     OrderPlaced,
     OrderVoided,
     ProfileSnapshot,
     ReadModelChange,
+    Removed,
+    ScoreSet,
     SignedUp,
+    Suppressed,
+    TagsSet,
     UnusableEvent,
     checked_id,
     checked_text,
@@ -31,7 +36,7 @@ log = logging.getLogger(__name__)
 
 def change_of(envelope: Envelope) -> tuple[str, ReadModelChange] | None:
     """The contact id and read-model change an envelope carries, or None when it carries
-    nothing the read model keeps (consent changes, carts, page views...). Raises
+    nothing the read model keeps (carts, page views...). Raises
     :class:`UnusableEvent` when what it carries cannot be stored (an id too long, a NUL)."""
     decoded = _decode(envelope)
     if decoded is not None:
@@ -53,9 +58,35 @@ def _decode(envelope: Envelope) -> tuple[str, ReadModelChange] | None:
                 for k, v in c.attributes.items()
             },
             signed_up_at=_time(c.signed_up_at) if c.HasField("signed_up_at") else None,
-            updated_at=_time(c.updated_at) if c.HasField("updated_at") else None,
+            version=c.version,
+            score=c.score,
         )
         return c.id, snapshot
+    if payload == "tags_changed":
+        t = envelope.tags_changed
+        tags = tuple(checked_text("tag", tag) for tag in t.tags)
+        return t.contact_id, TagsSet(t.contact_id, t.version, tags)
+    if payload == "score_changed":
+        sc = envelope.score_changed
+        return sc.contact_id, ScoreSet(sc.contact_id, sc.version, sc.score)
+    if payload == "consent_changed":
+        cc = envelope.consent_changed
+        purpose = _enum_name("ConsentPurpose", cc.purpose, "CONSENT_PURPOSE_")
+        state = _enum_name("ConsentStatus", cc.status, "CONSENT_STATUS_")
+        if purpose == "unspecified" or state == "unspecified":
+            # Nothing to record; the next event's higher version is applied all the same.
+            raise UnusableEvent("a consent change without a purpose or a status")
+        source = _enum_name("ConsentSource", cc.source, "CONSENT_SOURCE_")
+        at = _time(envelope.occurred_at)
+        return cc.contact_id, ConsentSet(cc.contact_id, cc.version, purpose, state, source, at)
+    if payload == "contact_suppressed":
+        cs = envelope.contact_suppressed
+        reason = _enum_name("SuppressionReason", cs.reason, "SUPPRESSION_REASON_")
+        return cs.contact_id, Suppressed(cs.contact_id, cs.version, reason)
+    if payload in ("contact_deleted", "contact_erased"):
+        gone = getattr(envelope, payload)
+        erased = payload == "contact_erased"
+        return gone.contact_id, Removed(gone.contact_id, gone.version, erased=erased)
     if payload != "shop_event":
         return None
     event = envelope.shop_event
@@ -83,7 +114,9 @@ def _decode(envelope: Envelope) -> tuple[str, ReadModelChange] | None:
     return None
 
 
-async def on_event(pool: asyncpg.Pool, envelope: Envelope, record: ConsumerRecord) -> None:
+async def on_event(
+    writer: handlers.ReadModelWriter, envelope: Envelope, record: ConsumerRecord
+) -> None:
     """Apply one record to the read model. A record no retry could apply (undecodable, or
     with values the read model cannot store) is logged and skipped, so that it does not
     block the partition; any other failure propagates and the consumer loop retries it."""
@@ -103,7 +136,16 @@ async def on_event(pool: asyncpg.Pool, envelope: Envelope, record: ConsumerRecor
     if not (envelope.event_id and is_uuid(envelope.workspace_id) and is_uuid(contact_id)):
         log.error("skipping %s: malformed workspace, contact or event id", where)
         return
-    await handlers.apply_change(pool, envelope.workspace_id, envelope.event_id, change)
+    await writer.apply(envelope.workspace_id, envelope.event_id, change)
+
+
+def _enum_name(enum: str, value: int, prefix: str) -> str:
+    """``CONSENT_PURPOSE_MARKETING`` -> ``marketing`` (``enum`` names a contacts.proto enum);
+    a number this build does not know (a newer contract) is kept as ``unknown_<n>``."""
+    known = contacts_pb2.DESCRIPTOR.enum_types_by_name[enum].values_by_number.get(value)
+    if known is None:
+        return f"unknown_{value}"
+    return known.name.removeprefix(prefix).lower()
 
 
 def _time(ts: Timestamp) -> datetime:

@@ -18,7 +18,12 @@ from services.common.db import create_pool, migrate
 from services.segmentation.adapters import postgres as db
 from services.segmentation.adapters.segment_sql import FACTS, PREDICATES
 from services.segmentation.bootstrap import MIGRATIONS
-from services.segmentation.domain.readmodel import OrderPlaced, OrderVoided, ProfileSnapshot
+from services.segmentation.domain.readmodel import (
+    OrderPlaced,
+    OrderVoided,
+    ProfileSnapshot,
+    ReadModelChange,
+)
 from services.segmentation.domain.segments import (
     BUILT_IN,
     Order,
@@ -80,18 +85,26 @@ def edge_case_contacts(now: datetime) -> Iterator[Contact]:
 
 
 async def store(conn: asyncpg.Connection, workspace_id: str, contacts: list[Contact]) -> None:
+    """Every contact's snapshot and orders, applied as the consumer would: one batch."""
     now = datetime.now(UTC)
+    changes: list[ReadModelChange] = []
     for c in contacts:
-        snapshot = ProfileSnapshot(
-            contact_id=c.id, email=f"{c.id}@example.com", vip=c.vip, signed_up_at=c.signed_up_at
+        changes.append(
+            ProfileSnapshot(
+                contact_id=c.id,
+                email=f"{c.id}@example.com",
+                vip=c.vip,
+                signed_up_at=c.signed_up_at,
+                version=1,
+            )
         )
-        await db.upsert_profile(conn, workspace_id, snapshot, now)
         for order_id, o in c.orders:
             if o.placed_at is not None:
-                placed = OrderPlaced(c.id, order_id, o.placed_at, 100, "EUR")
-                await db.record_order(conn, workspace_id, placed, now)
+                changes.append(OrderPlaced(c.id, order_id, o.placed_at, 100, "EUR"))
             if o.status != OrderStatus.COMPLETED:
-                await db.void_order(conn, workspace_id, OrderVoided(c.id, order_id, o.status), now)
+                changes.append(OrderVoided(c.id, order_id, o.status))
+    items = [db.Pending(workspace_id, str(uuid.uuid4()), change) for change in changes]
+    assert all(await db.apply(conn, items, now))
 
 
 async def sql_members(

@@ -13,12 +13,18 @@ from nudge.shop.v1 import shop_pb2
 
 from services.common.events import new_envelope
 from services.common.topics import SHOP_EVENTS
+from services.segmentation.adapters.postgres import Pending, rounds
 from services.segmentation.domain.readmodel import (
     MAX_ID,
+    ConsentSet,
     OrderPlaced,
     OrderVoided,
     ProfileSnapshot,
+    Removed,
+    ScoreSet,
     SignedUp,
+    Suppressed,
+    TagsSet,
     UnusableEvent,
 )
 from services.segmentation.domain.segments import OrderStatus
@@ -42,6 +48,8 @@ def test_a_created_contact_becomes_a_profile_snapshot() -> None:
     )
     contact.signed_up_at.FromDatetime(AT)
     contact.updated_at.FromDatetime(AT)
+    contact.version = 3
+    contact.score = 40
     env = new_envelope(WS, events_pb2.ContactCreated(contact=contact))
     assert change_of(env) == (
         CONTACT,
@@ -52,7 +60,8 @@ def test_a_created_contact_becomes_a_profile_snapshot() -> None:
             tags=("a", "b"),
             attributes={"k": "v"},
             signed_up_at=AT,
-            updated_at=AT,
+            version=3,
+            score=40,
         ),
     )
 
@@ -97,8 +106,6 @@ def test_signups_count_and_browsing_is_not_kept_yet() -> None:
         SignedUp(CONTACT, AT),
     )
     assert change_of(new_envelope(WS, shop(searched=shop_pb2.Searched(query="tea")))) is None
-    consent = events_pb2.ConsentChanged(contact_id=CONTACT)
-    assert change_of(new_envelope(WS, consent)) is None
 
 
 def placed_envelope(
@@ -154,23 +161,19 @@ def test_an_event_the_read_model_does_not_keep_is_not_checked() -> None:
 
 
 class Applied:
-    """Stands in for the handler: records what the entrypoint passed on."""
+    """Stands in for the read-model writer: records what the entrypoint passed on."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, object]] = []
 
-    async def __call__(
-        self, pool: object, workspace_id: str, event_id: str, change: object
-    ) -> bool:
+    async def apply(self, workspace_id: str, event_id: str, change: object) -> bool:
         self.calls.append((workspace_id, event_id, change))
         return True
 
 
 @pytest.fixture
-def applied(monkeypatch: pytest.MonkeyPatch) -> Applied:
-    fake = Applied()
-    monkeypatch.setattr(kafka_entrypoint.handlers, "apply_change", fake)
-    return fake
+def applied() -> Applied:
+    return Applied()
 
 
 def record() -> ConsumerRecord:
@@ -180,7 +183,7 @@ def record() -> ConsumerRecord:
 async def test_a_poison_record_is_logged_and_skipped_not_retried(
     applied: Applied, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await kafka_entrypoint.on_event(None, placed_envelope("o-\x00"), record())  # type: ignore[arg-type]
+    await kafka_entrypoint.on_event(applied, placed_envelope("o-\x00"), record())  # type: ignore[arg-type]
     assert applied.calls == []
     assert "order id contains a NUL character" in caplog.text
     assert f"{SHOP_EVENTS}[0]@7" in caplog.text
@@ -194,11 +197,75 @@ async def test_a_poison_record_is_logged_and_skipped_not_retried(
     ],
 )
 async def test_records_with_malformed_ids_are_skipped(applied: Applied, envelope: Envelope) -> None:
-    await kafka_entrypoint.on_event(None, envelope, record())  # type: ignore[arg-type]
+    await kafka_entrypoint.on_event(applied, envelope, record())  # type: ignore[arg-type]
     assert applied.calls == []
 
 
 async def test_a_good_record_is_applied_under_its_event_id(applied: Applied) -> None:
     envelope = placed_envelope(event_id="ev-9")
-    await kafka_entrypoint.on_event(None, envelope, record())  # type: ignore[arg-type]
+    await kafka_entrypoint.on_event(applied, envelope, record())  # type: ignore[arg-type]
     assert applied.calls == [(WS, "ev-9", OrderPlaced(CONTACT, "o-1", AT, 100, "EUR"))]
+
+
+def test_every_contact_event_becomes_a_versioned_change() -> None:
+    tags = events_pb2.TagsChanged(contact_id=CONTACT, added=["b"], tags=["a", "b"], version=4)
+    score = events_pb2.ScoreChanged(contact_id=CONTACT, delta=-5, score=35, version=5)
+    consent = events_pb2.ConsentChanged(
+        contact_id=CONTACT,
+        purpose=contacts_pb2.CONSENT_PURPOSE_TARGETED_MESSAGES,
+        status=contacts_pb2.CONSENT_STATUS_WITHDRAWN,
+        source=contacts_pb2.CONSENT_SOURCE_PREFERENCE_PAGE,
+        version=6,
+    )
+    suppressed = events_pb2.ContactSuppressed(
+        contact_id=CONTACT, reason=contacts_pb2.SUPPRESSION_REASON_HARD_BOUNCE, version=7
+    )
+    deleted = events_pb2.ContactDeleted(contact_id=CONTACT, version=8)
+    erased = events_pb2.ContactErased(contact_id=CONTACT, version=9)
+    assert change_of(new_envelope(WS, tags)) == (CONTACT, TagsSet(CONTACT, 4, ("a", "b")))
+    assert change_of(new_envelope(WS, score)) == (CONTACT, ScoreSet(CONTACT, 5, 35))
+    assert change_of(new_envelope(WS, consent, occurred_at=AT)) == (
+        CONTACT,
+        ConsentSet(CONTACT, 6, "targeted_messages", "withdrawn", "preference_page", AT),
+    )
+    assert change_of(new_envelope(WS, suppressed)) == (
+        CONTACT,
+        Suppressed(CONTACT, 7, "hard_bounce"),
+    )
+    assert change_of(new_envelope(WS, deleted)) == (CONTACT, Removed(CONTACT, 8, erased=False))
+    assert change_of(new_envelope(WS, erased)) == (CONTACT, Removed(CONTACT, 9, erased=True))
+
+
+def test_a_consent_change_without_a_purpose_is_unusable_and_an_unknown_source_is_kept() -> None:
+    with pytest.raises(UnusableEvent, match="without a purpose"):
+        change_of(new_envelope(WS, events_pb2.ConsentChanged(contact_id=CONTACT, version=2)))
+    newer = events_pb2.ConsentChanged(
+        contact_id=CONTACT,
+        purpose=contacts_pb2.CONSENT_PURPOSE_MARKETING,
+        status=contacts_pb2.CONSENT_STATUS_GRANTED,
+        source=99,  # type: ignore[arg-type]  # a source a newer contract added
+        version=2,
+    )
+    decoded = change_of(new_envelope(WS, newer))
+    assert decoded is not None and isinstance(decoded[1], ConsentSet)
+    assert decoded[1].source == "unknown_99"
+
+
+def pending(contact: str, event_id: str) -> Pending:
+    return Pending(WS, event_id, ScoreSet(contact, 1, 0))
+
+
+def test_a_batch_is_cut_where_a_contact_comes_again_so_its_changes_keep_their_order() -> None:
+    other = "00000000-0000-4000-8000-0000000000c2"
+    third = "00000000-0000-4000-8000-0000000000c3"
+    items = [
+        pending(CONTACT, "1"),
+        pending(other, "2"),
+        pending(CONTACT, "3"),
+        pending(third, "4"),
+        pending(CONTACT, "5"),
+    ]
+    assert rounds(items) == [[0, 1], [2, 3], [4]]
+    assert rounds([]) == []
+    # The same contact id in another workspace is another contact.
+    assert rounds([pending(CONTACT, "1"), Pending(other, "2", ScoreSet(CONTACT, 1, 0))]) == [[0, 1]]
