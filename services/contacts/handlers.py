@@ -201,7 +201,10 @@ async def check_eligibility(
     async with pool.acquire() as conn:
         facts = await db.eligibility_facts(conn, workspace_id, contact_id, purpose)
     eligible, reason = model.is_eligible(
-        purpose, facts["consent"], facts["suppressed_reason"] is not None, facts["consent_required_for_campaigns"]
+        purpose,
+        facts["consent"],
+        facts["suppressed_reason"] is not None,
+        facts["consent_required_for_campaigns"],
     )
     return contacts_pb2.CheckEligibilityResponse(
         eligible=eligible,

@@ -154,7 +154,15 @@ async def suppression_data(
 ) -> dict[str, Any]:
     """The suppression entry of the contact's address, when there is one."""
     entry = await suppression.lookup(conn, workspace_id, email)
-    return {"suppression": entry} if entry is not None else {}
+    if entry is None:
+        return {}
+    return {
+        "suppression": {
+            "address": entry.address,
+            "reason": suppression.reason_name(entry.reason),
+            "created_at": entry.created_at.isoformat(),
+        }
+    }
 
 
 async def erase_contact(

@@ -50,7 +50,9 @@ async def places_holding(conn: asyncpg.Connection, needle: str) -> list[str]:
             # 'escape' keeps printable ASCII as is, so an address inside any payload shows.
             as_text = f"encode({name}, 'escape')"
         elif col["udt_name"] == "_bytea":
-            as_text = f"array_to_string(ARRAY(SELECT encode(x, 'escape') FROM unnest({name}) x), ' ')"
+            as_text = (
+                f"array_to_string(ARRAY(SELECT encode(x, 'escape') FROM unnest({name}) x), ' ')"
+            )
         else:
             as_text = f"{name}::text"
         hit = await conn.fetchval(
@@ -98,14 +100,16 @@ async def test_an_erased_contact_with_mail_a_profile_and_a_run_is_nowhere_in_pos
         )
         await eventually(
             lambda: conn.fetchval(
-                "SELECT 1 FROM segmentation.profiles WHERE contact_id = $1::uuid AND email IS NOT NULL",
+                "SELECT 1 FROM segmentation.profiles"
+                " WHERE contact_id = $1::uuid AND email IS NOT NULL",
                 contact_id,
             ),
             timeout=30,
         )
         sent = await eventually(
             lambda: conn.fetchval(
-                "SELECT message_id FROM delivery.messages WHERE contact_id = $1::uuid AND status = 2",
+                "SELECT message_id FROM delivery.messages"
+                " WHERE contact_id = $1::uuid AND status = 2",
                 contact_id,
             ),
             timeout=30,
