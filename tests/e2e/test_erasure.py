@@ -128,7 +128,7 @@ async def test_an_erased_contact_with_mail_a_profile_and_a_run_is_nowhere_in_pos
         assert [r["workflow_id"] for r in services["triggers"]["workflow_runs"]] == ["welcome"]
         assert email.lower() in json.dumps(services["segmentation"]).lower()
 
-        erased = await client.post(f"/v1/contacts/{contact_id}:erase")
+        erased = await client.post(f"/v1/contacts/{contact_id}/erasure")
         assert erased.status_code == 200, erased.text
         assert erased.json()["contact_id"] == contact_id
 
@@ -168,7 +168,7 @@ async def test_an_erased_contact_with_mail_a_profile_and_a_run_is_nowhere_in_pos
         for name in ("segmentation", "delivery", "triggers", "campaigns"):
             assert after["services"][name] == {}, name
         # Erasing again answers the same erasure.
-        again = await client.post(f"/v1/contacts/{contact_id}:erase")
+        again = await client.post(f"/v1/contacts/{contact_id}/erasure")
         assert again.status_code == 200
         assert again.json() == erased.json()
         assert workspace_id

@@ -1,5 +1,5 @@
 """The gateway's privacy routes in front of the real contacts service (whose peers are
-silent here): the export is a JSON download, erasure is ``POST /v1/contacts/{id}:erase``,
+silent here): the export is a JSON download, erasure is ``POST /v1/contacts/{id}/erasure``,
 and errors are problem+json."""
 
 from __future__ import annotations
@@ -73,8 +73,8 @@ async def test_erase_removes_the_contact_and_answers_the_same_when_repeated(
 ) -> None:
     async with client(gateway, ws) as http:
         contact_id = await create(http, f"bo-{secrets.token_hex(5)}@example.org")
-        first = await http.post(f"/v1/contacts/{contact_id}:erase")
-        again = await http.post(f"/v1/contacts/{contact_id}:erase")
+        first = await http.post(f"/v1/contacts/{contact_id}/erasure")
+        again = await http.post(f"/v1/contacts/{contact_id}/erasure")
         gone = await http.get(f"/v1/contacts/{contact_id}")
         export = await http.get(f"/v1/contacts/{contact_id}/export")
     assert first.status_code == 200, first.text
@@ -92,11 +92,11 @@ async def test_privacy_routes_answer_problems_for_unknown_foreign_and_unauthenti
         contact_id = await create(http, f"cy-{secrets.token_hex(5)}@example.org")
     cases = [
         (stranger, "GET", f"/v1/contacts/{contact_id}/export", 404),
-        (stranger, "POST", f"/v1/contacts/{contact_id}:erase", 404),
-        (ws, "POST", f"/v1/contacts/{uuid.uuid4()}:erase", 404),
+        (stranger, "POST", f"/v1/contacts/{contact_id}/erasure", 404),
+        (ws, "POST", f"/v1/contacts/{uuid.uuid4()}/erasure", 404),
         (ws, "GET", f"/v1/contacts/{uuid.uuid4()}/export", 404),
-        (ws, "POST", f"/v1/contacts/{'x' * 65}:erase", 422),
-        (None, "POST", f"/v1/contacts/{contact_id}:erase", 401),
+        (ws, "POST", f"/v1/contacts/{'x' * 65}/erasure", 422),
+        (None, "POST", f"/v1/contacts/{contact_id}/erasure", 401),
         (None, "GET", f"/v1/contacts/{contact_id}/export", 401),
     ]
     for caller, method, path, status in cases:
