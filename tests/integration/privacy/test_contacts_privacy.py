@@ -330,3 +330,21 @@ async def test_export_and_erasure_need_a_workspace_key(privacy_contacts: Running
                 contacts_pb2.EraseContactRequest(contact=by_id(str(uuid.uuid4())))
             )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_the_privacy_service_is_in_contacts_health_and_reflection(
+    privacy_contacts: RunningService,
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with grpc.aio.insecure_channel(privacy_contacts.address) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="nudge.contacts.v1.PrivacyService")
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = [r async for r in stub.ServerReflectionInfo(iter([request]))]
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert "nudge.contacts.v1.PrivacyService" in names
