@@ -14,7 +14,9 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 from nudge.campaigns.v1 import campaigns_pb2_grpc
+from nudge.privacy.v1 import privacy_pb2_grpc
 
+from services.campaigns import privacy
 from services.campaigns.adapters.postgres import SCHEMA
 from services.campaigns.adapters.segmentation import SegmentCatalogue
 from services.campaigns.config import Settings
@@ -24,6 +26,7 @@ from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.dependencies import postgres_check, redis_check
 from services.common.grpc_client import channel
+from services.common.privacy import CONTACT_DATA_POLICY, CONTACT_DATA_SERVICE, ContactDataServicer
 
 log = logging.getLogger(__name__)
 NAME = "campaigns"
@@ -48,10 +51,16 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 campaigns_pb2_grpc.add_CampaignServiceServicer_to_server,
                 CampaignServicer(pool, SegmentCatalogue(segmentation, settings.internal_token)),
                 SERVICE_NAME,
-            )
+            ),
+            (
+                privacy_pb2_grpc.add_ContactDataServiceServicer_to_server,
+                ContactDataServicer(privacy.SERVICE, pool, privacy.export_contact),
+                CONTACT_DATA_SERVICE,
+            ),
         ],
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
+        policy=CONTACT_DATA_POLICY,
         dependencies={
             "postgres": postgres_check(pool, settings.dependency_timeout_s),
             "redis": redis_check(redis),

@@ -17,6 +17,7 @@ from services.common import runtime
 from services.common.auth import KeyCache
 from services.common.db import create_pool, migrate
 from services.common.dependencies import kafka_check, postgres_check
+from services.common.grpc_client import channel
 from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
@@ -31,10 +32,12 @@ from services.contacts.entrypoints.grpc import (
     ShopEventServicer,
     WorkspaceServicer,
 )
+from services.contacts.entrypoints.grpc_privacy import PrivacyServicer
 from services.contacts.entrypoints.kafka import TrackingConsumer
 from services.contacts.handlers import CONSUMER
 from services.contacts.ingestion import GroupCommit
 from services.contacts.keys import LastUsedRecorder, LocalApiKeyVerifier
+from services.contacts.privacy import GrpcContactDataPeer
 
 log = logging.getLogger(__name__)
 NAME = "contacts"
@@ -45,6 +48,7 @@ SERVICE_NAMES = [
     "nudge.contacts.v1.ConsentService",
     "nudge.contacts.v1.WorkspaceService",
     "nudge.shop.v1.ShopEventService",
+    "nudge.contacts.v1.PrivacyService",
 ]
 
 
@@ -83,6 +87,17 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     group_commit = GroupCommit(pool)
     service.push(group_commit.stop)
     group_commit.start()
+    # The services asked for their part of a contact's export (services/contacts/privacy.py).
+    peers = {}
+    for name, address in (
+        ("segmentation", settings.segmentation_addr),
+        ("campaigns", settings.campaigns_addr),
+        ("triggers", settings.triggers_addr),
+        ("delivery", settings.delivery_addr),
+    ):
+        peer_channel = channel(address)
+        service.push(peer_channel.close)
+        peers[name] = GrpcContactDataPeer(peer_channel, settings.internal_token)
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
@@ -107,6 +122,11 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 shop_pb2_grpc.add_ShopEventServiceServicer_to_server,
                 ShopEventServicer(pool, group_commit),
                 SERVICE_NAMES[3],
+            ),
+            (
+                contacts_pb2_grpc.add_PrivacyServiceServicer_to_server,
+                PrivacyServicer(pool, peers, settings.privacy_export_timeout_s),
+                SERVICE_NAMES[4],
             ),
         ],
         verifier=LocalApiKeyVerifier(pool, redis, recorder=key_use),

@@ -21,3 +21,5 @@ class Settings(DatabaseSettings, KafkaSettings, InternalAuthSettings, RedisSetti
     grpc_port: int = 50051
     # Operators create workspaces with this token (or with the CLI, which needs the database).
     admin_token: str = Field("", validation_alias=AliasChoices("NUDGE_ADMIN_TOKEN"), repr=False)
+    # How long an export waits for each other service's part before naming it incomplete.
+    privacy_export_timeout_s: float = 5.0

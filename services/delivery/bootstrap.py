@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from aiokafka import ConsumerRecord
 from nudge.delivery.v1 import delivery_pb2_grpc
 from nudge.events.v1.envelope_pb2 import Envelope
+from nudge.privacy.v1 import privacy_pb2_grpc
 
 from services.common import runtime
 from services.common.auth import RemoteApiKeyVerifier
@@ -26,8 +27,14 @@ from services.common.grpc_client import channel
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
-from services.common.topics import DELIVERY_REQUESTS
-from services.delivery import handlers
+from services.common.privacy import (
+    CONTACT_DATA_POLICY,
+    CONTACT_DATA_SERVICE,
+    ContactDataServicer,
+    ContactErasedConsumer,
+)
+from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS
+from services.delivery import handlers, privacy
 from services.delivery.adapters.contacts import EligibilityClient
 from services.delivery.adapters.postgres import SCHEMA
 from services.delivery.adapters.smtp import SmtpSender, SmtpTarget
@@ -82,6 +89,17 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(consumer.stop)
     await consumer.start()
     service.spawn(consumer.run(), "delivery-consumer")
+    # Erasure follows ContactErased (docs/privacy.md), in a group of its own: a backlog of
+    # mail never holds up an erasure, nor an erasure the mail.
+    erasures = KafkaConsumerLoop(
+        settings.kafka_bootstrap_servers,
+        privacy.CONSUMER,
+        [CONTACTS_EVENTS],
+        ContactErasedConsumer(pool, privacy.CONSUMER, privacy.erase_contact),
+    )
+    service.push(erasures.stop)
+    await erasures.start()
+    service.spawn(erasures.run(), "erasure-consumer")
     probe = BrokerProbe(
         settings.kafka_bootstrap_servers, "nudge-delivery-health", settings.dependency_timeout_s
     )
@@ -93,10 +111,16 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
                 DeliveryServicer(pool),
                 SERVICE_NAME,
-            )
+            ),
+            (
+                privacy_pb2_grpc.add_ContactDataServiceServicer_to_server,
+                ContactDataServicer(privacy.SERVICE, pool, privacy.export_contact),
+                CONTACT_DATA_SERVICE,
+            ),
         ],
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
+        policy=CONTACT_DATA_POLICY,
         dependencies={
             "postgres": postgres_check(pool, settings.dependency_timeout_s),
             "redis": redis_check(redis),

@@ -35,6 +35,7 @@ from services.gateway.entrypoints import (
     health,
     keys,
     messages,
+    privacy,
     segments,
 )
 
@@ -90,7 +91,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (contacts, consent, events, segments, campaigns, messages, keys, health):
+    routers = (contacts, privacy, consent, events, segments, campaigns, messages, keys, health)
+    for module in routers:
         app.include_router(module.router)
     app.include_router(contacts.attributes_router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)

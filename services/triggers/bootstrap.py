@@ -22,6 +22,7 @@ from pathlib import Path
 
 import faust
 import redis.asyncio as aioredis
+from nudge.privacy.v1 import privacy_pb2_grpc
 from nudge.triggers.v1 import triggers_pb2_grpc
 
 from services.common import runtime
@@ -30,10 +31,17 @@ from services.common.db import create_pool, migrate
 from services.common.dependencies import kafka_check, postgres_check, redis_check
 from services.common.grpc_client import channel
 from services.common.idempotency import prune_forever
-from services.common.kafka import KafkaPublisher, supports_idempotence
+from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
-from services.triggers import handlers
+from services.common.privacy import (
+    CONTACT_DATA_POLICY,
+    CONTACT_DATA_SERVICE,
+    ContactDataServicer,
+    ContactErasedConsumer,
+)
+from services.common.topics import CONTACTS_EVENTS
+from services.triggers import handlers, privacy
 from services.triggers.app import create_app
 from services.triggers.config import Settings
 from services.triggers.entrypoints.grpc import WorkflowServicer
@@ -70,6 +78,17 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     await publisher.start()
     service.spawn(OutboxRelay(pool, handlers.SCHEMA, publisher).run(), "outbox-relay")
     service.spawn(prune_forever(pool), "prune-claims")
+    # Erasure follows ContactErased (docs/privacy.md) with the common consumer loop rather
+    # than a Faust agent: it needs no stream processing, only its claim in PostgreSQL.
+    erasures = KafkaConsumerLoop(
+        settings.kafka_bootstrap_servers,
+        privacy.CONSUMER,
+        [CONTACTS_EVENTS],
+        ContactErasedConsumer(pool, privacy.CONSUMER, privacy.erase_contact),
+    )
+    service.push(erasures.stop)
+    await erasures.start()
+    service.spawn(erasures.run(), "erasure-consumer")
     redis = aioredis.from_url(settings.redis_url)
     service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)
@@ -85,10 +104,16 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
                 WorkflowServicer(),
                 SERVICE_NAME,
-            )
+            ),
+            (
+                privacy_pb2_grpc.add_ContactDataServiceServicer_to_server,
+                ContactDataServicer(privacy.SERVICE, pool, privacy.export_contact),
+                CONTACT_DATA_SERVICE,
+            ),
         ],
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
+        policy=CONTACT_DATA_POLICY,
         dependencies={
             "postgres": postgres_check(pool, settings.dependency_timeout_s),
             "redis": redis_check(redis),

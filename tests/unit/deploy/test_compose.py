@@ -483,6 +483,12 @@ def test_each_service_is_probed_and_exposed_on_the_port_it_listens_on(name: str)
     assert container_ports(name) == {port}, f"{name} listens on {port}"
 
 
+# Addresses a service asks only on demand, and that depend on it in turn (a cycle if it
+# waited for them): contacts asks every service for its part of a contact's export, and
+# names one that is not up yet as incomplete (services/contacts/privacy.py).
+ON_DEMAND = {("contacts", host) for host in ("segmentation", "campaigns", "triggers", "delivery")}
+
+
 @pytest.mark.parametrize("name", [*nudge_services(), INIT])
 def test_every_address_names_a_compose_service_on_the_port_it_listens_on(name: str) -> None:
     """Whatever a setting points at inside the network (postgres:5432, contacts:50051,
@@ -493,6 +499,8 @@ def test_every_address_names_a_compose_service_on_the_port_it_listens_on(name: s
                 continue  # a public URL, for the host's browser (NUDGE_TRACKING_URL)
             assert host in services(), f"{name}: {variable} points at unknown host {host}"
             assert port in ports_of(host), f"{name}: {variable}: {host} listens on {ports_of(host)}"
+            if (name, host) in ON_DEMAND:
+                continue
             assert host in depends_on(name), f"{name} uses {host} ({variable}) but starts first"
 
 

@@ -1,0 +1,37 @@
+"""What the trigger engine holds about a contact, and how it forgets it (issue 12,
+docs/privacy.md): its workflow runs (which workflow, what started it, when) and whatever
+per-contact state a later issue adds beside them (pending timers, run steps). Every table
+of the triggers schema with a ``workspace_id`` and a ``contact_id`` is exported, and on
+``ContactErased`` emptied of the contact's rows: the runs end, their timers are cancelled
+(deleted, so they never fire), and messages not yet published for the contact are dropped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+
+from services.common.privacy import (
+    delete_contact_rows,
+    export_contact_tables,
+    forget_pending_events,
+)
+
+CONSUMER = "triggers-privacy"
+SERVICE = "triggers"
+
+
+async def export_contact(
+    conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID
+) -> dict[str, Any]:
+    """``{table: [rows]}`` about the contact (``workflow_runs``...), empty when none."""
+    return await export_contact_tables(conn, workspace_id, contact_id)
+
+
+async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID) -> None:
+    """Delete the contact's runs and per-contact state, and its pending events, in the
+    caller's transaction (with the consumer's claim of the ``ContactErased``)."""
+    await delete_contact_rows(conn, workspace_id, contact_id)
+    await forget_pending_events(conn, contact_id)
