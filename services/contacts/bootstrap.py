@@ -9,7 +9,7 @@ import functools
 import logging
 from pathlib import Path
 
-from nudge.contacts.v1 import contacts_pb2_grpc
+from nudge.contacts.v1 import contacts_pb2_grpc, imports_pb2_grpc
 from nudge.shop.v1 import shop_pb2_grpc
 
 from services.common import runtime
@@ -29,6 +29,7 @@ from services.contacts.entrypoints.grpc import (
     ShopEventServicer,
     WorkspaceServicer,
 )
+from services.contacts.entrypoints.grpc_imports import ImportServicer
 from services.contacts.entrypoints.kafka import TrackingConsumer
 from services.contacts.handlers import CONSUMER, LocalApiKeyVerifier
 from services.contacts.ingestion import GroupCommit
@@ -42,6 +43,7 @@ SERVICE_NAMES = [
     "nudge.contacts.v1.ConsentService",
     "nudge.contacts.v1.WorkspaceService",
     "nudge.shop.v1.ShopEventService",
+    "nudge.contacts.v1.ImportService",
 ]
 
 
@@ -93,6 +95,11 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 shop_pb2_grpc.add_ShopEventServiceServicer_to_server,
                 ShopEventServicer(pool, group_commit),
                 SERVICE_NAMES[3],
+            ),
+            (
+                imports_pb2_grpc.add_ImportServiceServicer_to_server,
+                ImportServicer(pool, batch_rows=settings.import_batch_rows),
+                SERVICE_NAMES[4],
             ),
         ],
         verifier=LocalApiKeyVerifier(pool),

@@ -14,3 +14,5 @@ class Settings(DatabaseSettings, KafkaSettings, InternalAuthSettings):
     grpc_port: int = 50051
     # Operators create workspaces with this token (or with the CLI, which needs the database).
     admin_token: str = Field("", validation_alias=AliasChoices("NUDGE_ADMIN_TOKEN"), repr=False)
+    # Rows per transaction of a bulk import (services/contacts/imports).
+    import_batch_rows: int = Field(20_000, ge=1, le=100_000)
