@@ -27,7 +27,15 @@ from services.gateway.adapters.grpc import Backends, open_backends
 from services.gateway.adapters.health import CachedChecks, DependencyChecks, HealthChecks
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.config import Settings
-from services.gateway.entrypoints import campaigns, contacts, events, health, messages, segments
+from services.gateway.entrypoints import (
+    campaigns,
+    contacts,
+    events,
+    health,
+    imports,
+    messages,
+    segments,
+)
 
 NAME = "gateway"
 
@@ -76,7 +84,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (contacts, events, segments, campaigns, messages, health):
+    for module in (imports, contacts, events, segments, campaigns, messages, health):
         app.include_router(module.router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
@@ -87,6 +95,7 @@ def create_app(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         path_limits={"/v1/events:batch": settings.max_batch_body_bytes},
+        streamed_paths=frozenset({"/v1/contacts/imports"}),
     )
     # Outermost: the request's span is the root of the trace, gRPC calls continue it. No
     # span per ASGI send/receive message: two more spans a request, ~10 % of its CPU.

@@ -40,7 +40,11 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> imports_pb2.ImportSummary:
         return await import_contacts(
-            self.pool, current_workspace(), request_iterator, batch_rows=self.batch_rows
+            self.pool,
+            current_workspace(),
+            request_iterator,
+            batch_rows=self.batch_rows,
+            cancelled=context.cancelled,
         )
 
     async def GetImport(

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import asyncpg
 from nudge.contacts.v1 import imports_pb2
@@ -46,7 +46,10 @@ async def import_contacts(
     *,
     batch_rows: int = BATCH_ROWS,
     max_file_bytes: int = MAX_FILE_BYTES,
+    cancelled: Callable[[], bool] = lambda: False,
 ) -> imports_pb2.ImportSummary:
+    """Apply the file ``requests`` carry. ``cancelled`` says whether the caller gave up: a
+    stream that a cancelled call ends is not the end of the file, and must not complete."""
     first = await anext(requests, None)
     if first is None or first.WhichOneof("part") != "options":
         raise InvalidArgument(FieldViolation("options", "the first message must carry the options"))
@@ -136,6 +139,8 @@ async def import_contacts(
                     FieldViolation("chunk", f"the file is larger than {max_file_bytes} bytes")
                 )
             await take(reader.feed(chunk))
+        if cancelled():
+            raise asyncio.CancelledError("the caller cancelled the import")
         await take(reader.close())
         if isinstance(reader, CsvReader) and reader.header is None:
             raise InvalidArgument(FieldViolation("header", "the file has no header line"))
@@ -144,6 +149,8 @@ async def import_contacts(
             await pending
             pending = None
         assert progress is not None
+        if cancelled():
+            raise asyncio.CancelledError("the caller cancelled the import")
         await store.finish(
             pool, workspace_id, progress.import_id, imports_pb2.IMPORT_STATE_COMPLETED, clock.now()
         )
@@ -151,18 +158,33 @@ async def import_contacts(
         row = await store.get(pool, workspace_id, str(progress.import_id))
         return store.summary(row, resumed=progress.resumed)
     finally:
-        if pending is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(pending)  # complete rows may still commit
         if progress is not None and not finished:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(
-                    store.finish(
-                        pool,
-                        workspace_id,
-                        progress.import_id,
-                        imports_pb2.IMPORT_STATE_FAILED,
-                        clock.now(),
-                    )
-                )
-            log.warning("import %s of %s broke off", progress.import_id, workspace_id)
+            # In a task of its own: a call cancelled by its client may be cancelled again
+            # while it cleans up, and the import must still end up FAILED (resumable).
+            cleanup = asyncio.create_task(_broke_off(pool, workspace_id, progress, pending))
+            _cleanups.add(cleanup)
+            cleanup.add_done_callback(_cleanups.discard)
+
+
+_cleanups: set[asyncio.Task[None]] = set()
+
+
+async def _broke_off(
+    pool: asyncpg.Pool,
+    workspace_id: str,
+    progress: store.Progress,
+    pending: asyncio.Task[store.BatchResult] | None,
+) -> None:
+    """The stream broke off: let the batch in flight commit (its rows are whole), then mark
+    the import FAILED, to be resumed with the same key."""
+    if pending is not None:
+        with contextlib.suppress(BaseException):
+            await pending
+    try:
+        await store.finish(
+            pool, workspace_id, progress.import_id, imports_pb2.IMPORT_STATE_FAILED, clock.now()
+        )
+    except Exception:
+        log.exception("import %s of %s: could not mark it failed", progress.import_id, workspace_id)
+    else:
+        log.warning("import %s of %s broke off", progress.import_id, workspace_id)
