@@ -50,7 +50,10 @@ class ImportServicer(imports_pb2_grpc.ImportServiceServicer):
     async def GetImport(
         self, request: imports_pb2.GetImportRequest, context: grpc.aio.ServicerContext
     ) -> imports_pb2.ImportSummary:
-        return store.summary(await store.get(self.pool, current_workspace(), request.import_id))
+        found = await store.get(
+            self.pool, current_workspace(), request.import_id, request.import_key
+        )
+        return store.summary(found)
 
     async def ListImportErrors(
         self, request: imports_pb2.ListImportErrorsRequest, context: grpc.aio.ServicerContext

@@ -405,16 +405,26 @@ def _import_id(value: str) -> uuid.UUID:
         raise NotFound(f"import {value[:64]!r} not found") from err
 
 
-async def get(pool: asyncpg.Pool, workspace_id: str, import_id: str) -> asyncpg.Record:
-    if not import_id:
-        raise InvalidArgument(FieldViolation("import_id", "is required"))
-    row = await pool.fetchrow(
-        "SELECT * FROM imports WHERE workspace_id = $1 AND id = $2",
-        uuid.UUID(workspace_id),
-        _import_id(import_id),
-    )
+async def get(
+    pool: asyncpg.Pool, workspace_id: str, import_id: str, import_key: str = ""
+) -> asyncpg.Record:
+    """The import named by its id, or else by the caller's key."""
+    if not import_id and not import_key:
+        raise InvalidArgument(FieldViolation("import_id", "is required (or import_key)"))
+    if import_id:
+        row = await pool.fetchrow(
+            "SELECT * FROM imports WHERE workspace_id = $1 AND id = $2",
+            uuid.UUID(workspace_id),
+            _import_id(import_id),
+        )
+    else:
+        row = await pool.fetchrow(
+            "SELECT * FROM imports WHERE workspace_id = $1 AND import_key = $2",
+            uuid.UUID(workspace_id),
+            import_key,
+        )
     if row is None:
-        raise NotFound(f"import {import_id!r} not found")
+        raise NotFound(f"import {(import_id or import_key)[:200]!r} not found")
     return row
 
 
