@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from nudge.contacts.v1 import events_pb2, imports_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
+from nudge.contacts.v1 import contacts_pb2, events_pb2, imports_pb2
+from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from services.common.events import new_envelope
 from services.common.topics import CONTACTS_EVENTS
 from services.common.tracing import current_traceparent
-from services.contacts.adapters.postgres import contact_to_proto
 from services.contacts.imports.parsing import Rejected
 from services.contacts.imports.rows import Plan, Row
 
@@ -253,17 +254,18 @@ async def apply_batch(
                 result.rows += 0
             conflicts = len(errors) - len(rejected)
             updated = await conn.fetch(_update_sql(plan.match), ws, now)
+            stamp = Timestamp()
+            stamp.FromDatetime(now)
             for row in updated:
-                contact = contact_to_proto(row)
-                contact.version = row["version"]
+                contact = _contact(row, stamp, now)
                 payload = events_pb2.ContactUpdated(contact=contact, changed_fields=row["changed"])
-                events.append((contact.id, _envelope(workspace_id, payload, now)))
+                events.append((contact.id, _envelope(workspace_id, payload, stamp)))
             inserted = await conn.fetch(_insert_sql(plan.match), ws, now)
             for row in inserted:
-                contact = contact_to_proto(row)
-                contact.version = 1
+                contact = _contact(row, stamp, now)
+                contact.version = 1  # the row's may be higher already: its consent events
                 payload_c = events_pb2.ContactCreated(contact=contact)
-                events.append((contact.id, _envelope(workspace_id, payload_c, now)))
+                events.append((contact.id, _envelope(workspace_id, payload_c, stamp)))
             result.created = len(inserted)
             result.updated = len(updated)
             result.unchanged = len(rows) - conflicts - len(inserted) - len(updated)
@@ -311,8 +313,53 @@ def _numbered(errors: list[Rejected]) -> list[tuple[int, int, str, str]]:
     return out
 
 
-def _envelope(workspace_id: str, payload: object, now: datetime) -> bytes:
-    return new_envelope(workspace_id, payload, occurred_at=now).SerializeToString()  # type: ignore[arg-type]
+_ENVELOPE_FIELD = {
+    events_pb2.ContactCreated.DESCRIPTOR.full_name: "contact_created",
+    events_pb2.ContactUpdated.DESCRIPTOR.full_name: "contact_updated",
+}
+
+
+def _envelope(
+    workspace_id: str, payload: events_pb2.ContactCreated | events_pb2.ContactUpdated, at: Timestamp
+) -> bytes:
+    """The envelope's bytes; what :func:`new_envelope` builds, without converting the same
+    time once per row (a tenth of a batch's CPU)."""
+    name = payload.DESCRIPTOR.full_name
+    env = Envelope(event_id=str(uuid.uuid4()), workspace_id=workspace_id, type=name)
+    env.occurred_at.CopyFrom(at)
+    getattr(env, _ENVELOPE_FIELD[name]).CopyFrom(payload)
+    return env.SerializeToString()
+
+
+def _contact(row: asyncpg.Record, stamp: Timestamp, now: datetime) -> contacts_pb2.Contact:
+    """The contact as the upsert returned it, with its version; ``stamp`` is ``now``."""
+    c = contacts_pb2.Contact(
+        id=str(row["id"]),
+        workspace_id=str(row["workspace_id"]),
+        email=row["email"],
+        external_id=row["external_id"] or "",
+        first_name=row["first_name"],
+        last_name=row["last_name"],
+        locale=row["locale"],
+        time_zone=row["time_zone"],
+        attributes=json.loads(row["attributes"]),
+        vip=row["vip"],
+        tags=row["tags"],
+        score=row["score"],
+        version=row["version"],
+    )
+    if row["birthday_month"]:
+        c.birthday.year = row["birthday_year"] or 0
+        c.birthday.month = row["birthday_month"]
+        c.birthday.day = row["birthday_day"]
+    if row["signed_up_at"]:
+        c.signed_up_at.FromDatetime(row["signed_up_at"])
+    if row["created_at"] == now:
+        c.created_at.CopyFrom(stamp)
+    else:
+        c.created_at.FromDatetime(row["created_at"])
+    c.updated_at.CopyFrom(stamp)  # every row returned was written now
+    return c
 
 
 async def _apply_consents(
