@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
@@ -240,3 +241,66 @@ async def test_another_workspace_cannot_read_an_import(
         imports_pb2.GetImportRequest(import_id=summary.import_id), metadata=workspace.metadata
     )
     assert mine.created == 1
+
+
+async def test_the_same_contact_twice_in_a_file_applies_in_order_and_identity_clashes_are_rejected(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    first = b"email,external_id,first_name\na@example.com,A1,First\nb@example.com,B1,Bee\n"
+    await run_import(channel, workspace, first, format=CSV)
+    data = (
+        b"email,external_id,first_name\n"
+        b"dup@example.com,,One\n"  # 2
+        b"DUP@example.com,,Two\n"  # 3: the same contact again, later wins
+        b"a@example.com,B1,Clash\n"  # 4: B1 is b@'s external id
+    )
+    summary = await run_import(channel, workspace, data, format=CSV)
+    assert (summary.created, summary.updated, summary.rejected) == (1, 1, 1)
+    assert (await get(channel, workspace, "dup@example.com")).first_name == "Two"
+    assert (await get(channel, workspace, "a@example.com")).first_name == "First"
+    errors = await errors_of(channel, workspace, summary.import_id)
+    assert errors == [(4, "external_id", "belongs to another contact (with another e-mail)")]
+
+    by_id = b"external_id,email,last_name\nA1,a-new@example.com,Moved\nZ9,b@example.com,X\n"
+    moved = await run_import(
+        channel, workspace, by_id, format=CSV, match=imports_pb2.IMPORT_MATCH_EXTERNAL_ID
+    )
+    assert (moved.updated, moved.rejected) == (1, 1)
+    assert (await get(channel, workspace, "a-new@example.com")).last_name == "Moved"
+
+
+async def test_an_import_needs_an_api_key_and_well_formed_messages(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    stub = imports_pb2_grpc.ImportServiceStub(channel)
+    options = imports_pb2.ImportOptions(format=CSV)
+
+    async def one() -> AsyncIterator[imports_pb2.ImportContactsRequest]:
+        yield imports_pb2.ImportContactsRequest(options=options)
+        yield imports_pb2.ImportContactsRequest(chunk=b"email\nnokey@example.com\n")
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ImportContacts(one())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ImportContacts(one(), metadata=(("authorization", "Bearer nk_bad_key"),))
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    raw = channel.stream_unary("/nudge.contacts.v1.ImportService/ImportContacts")
+
+    async def garbage() -> AsyncIterator[bytes]:
+        yield imports_pb2.ImportContactsRequest(options=options).SerializeToString()
+        yield b"\xff\xff\xff"
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await raw(garbage(), metadata=workspace.metadata)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "body" in (err.value.details() or "")
+
+    async def chunk_first() -> AsyncIterator[imports_pb2.ImportContactsRequest]:
+        yield imports_pb2.ImportContactsRequest(chunk=b"email\n")
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ImportContacts(chunk_first(), metadata=workspace.metadata)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert await count_contacts(workspace) == 0
