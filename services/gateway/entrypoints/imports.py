@@ -407,7 +407,7 @@ async def import_contacts(
     "/{import_id}",
     response_model=ImportOut,
     summary="Get an import's summary",
-    responses=problems.responses(401, 404, 503),
+    responses=problems.responses(401, 404, 422, 503),
 )
 async def get_import(import_id: ImportId, caller: CallerDep, backends: BackendsDep) -> ImportOut:
     """The counts and state of an import of the API key's workspace."""
@@ -442,7 +442,7 @@ def error_rows_csv(errors: list[tuple[int, str, str]]) -> str:
     summary="Download an import's rejected rows (CSV)",
     responses={
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
-        **problems.responses(401, 404, 503),
+        **problems.responses(401, 404, 422, 503),
     },
     response_class=StreamingResponse,
 )
