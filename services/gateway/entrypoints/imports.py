@@ -23,7 +23,7 @@ import csv
 import io
 import json
 from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import grpc
 from fastapi import APIRouter, Path, Query, Request
@@ -71,6 +71,15 @@ STATES = {
     imports_pb2.IMPORT_STATE_COMPLETED: "completed",
     imports_pb2.IMPORT_STATE_FAILED: "failed",
 }
+
+_FIELDS = (
+    "email|external_id|first_name|last_name|locale|time_zone|birthday|signed_up_at|vip|tags"
+    "|score|attributes[.][^=\\x00]{1,64}"
+)
+_MAP = f"^[^=\\x00]{{1,200}}=({_FIELDS})$"
+_CONSENT = "^[^=\\x00]{1,200}=(marketing|targeted_messages|automations)(:[^\\x00]*)?$"
+_TAG = "^[a-z0-9][a-z0-9_:-]{0,63}$"
+_TEXT = "^[^\\x00]*$"
 
 ImportId = Annotated[str, Path(min_length=1, max_length=64, description="The import's id.")]
 
@@ -311,16 +320,29 @@ async def import_contacts(
     caller: CallerDep,
     backends: BackendsDep,
     format: Annotated[
-        str | None, Query(description="csv or ndjson (else from Content-Type)")
+        Literal["csv", "ndjson"] | None, Query(description="else from the Content-Type")
     ] = None,
-    match: Annotated[str | None, Query(description="email (default) or external_id")] = None,
-    map: Annotated[list[str] | None, Query(description="column=field, repeatable")] = None,
+    match: Annotated[
+        Literal["email", "external_id", "external-id"] | None,
+        Query(description="upsert by e-mail (default) or by external id"),
+    ] = None,
+    map: Annotated[
+        list[Annotated[str, Query(pattern=_MAP, max_length=300)]] | None,
+        Query(description="column=field, repeatable", max_length=200),
+    ] = None,
     consent: Annotated[
-        list[str] | None, Query(description="column=purpose[:wording], repeatable")
+        list[Annotated[str, Query(pattern=_CONSENT, max_length=2000)]] | None,
+        Query(description="column=purpose[:wording], repeatable", max_length=3),
     ] = None,
-    tag: Annotated[list[str] | None, Query(description="added to every row, repeatable")] = None,
-    key: Annotated[str | None, Query(description="the import key: resend to resume")] = None,
-    file_name: Annotated[str | None, Query(max_length=200)] = None,
+    tag: Annotated[
+        list[Annotated[str, Query(pattern=_TAG)]] | None,
+        Query(description="added to every contact, repeatable", max_length=100),
+    ] = None,
+    key: Annotated[
+        str | None,
+        Query(description="the import key: send it again to resume", max_length=200, pattern=_TEXT),
+    ] = None,
+    file_name: Annotated[str | None, Query(max_length=200, pattern=_TEXT)] = None,
 ) -> ImportOut:
     """Streams the file to the contacts service and answers once every row is applied (or
     rejected): a summary, with the link to the rejected rows. Send the same `key` again

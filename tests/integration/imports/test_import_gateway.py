@@ -147,8 +147,9 @@ async def test_a_multipart_form_with_options_and_file_imports(
     ("headers", "params", "status", "field"),
     [
         ({"Content-Type": "application/pdf"}, {}, 415, None),
-        ({"Content-Type": "text/csv"}, {"match": "phone"}, 422, "match"),
-        ({"Content-Type": "text/csv"}, {"consent": "news=spam"}, 422, "consent_columns[0].purpose"),
+        ({"Content-Type": "text/csv"}, {"match": "phone"}, 422, "query.match"),
+        ({"Content-Type": "text/csv"}, {"consent": "news=spam"}, 422, "query.consent"),
+        ({"Content-Type": "text/csv"}, {"tag": "Not A Tag"}, 422, "query.tag"),
         ({"Content-Type": "text/csv"}, {"map": "x=password"}, 422, None),
     ],
 )
@@ -170,7 +171,7 @@ async def test_bad_requests_get_a_precise_problem_and_write_nothing(
     assert answer.status_code == status, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     if field is not None:
-        assert field in [e["field"] for e in answer.json()["errors"]]
+        assert any(e["field"].startswith(field) for e in answer.json()["errors"])
     assert await count(workspace) == 0
 
 
