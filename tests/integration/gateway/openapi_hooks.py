@@ -1,8 +1,7 @@
 """Schemathesis hooks for test_openapi_conformance: what JSON Schema cannot say.
 
 Three kinds of rule the document states in words only, because they depend on the server's
-state or clock (and an import's file, which must name the columns its query maps): a
-campaign's segment ids must name segments the workspace has, and
+state or clock: a campaign's segment ids must name segments the workspace has, and
 ``page_token`` must come from a previous page (references to existing things); subjects and
 texts must parse as templates; ``signed_up_at`` and ``occurred_at`` must not be in the future.
 The server answers 422 with the field otherwise. For data schemathesis generates as *valid*
@@ -72,22 +71,8 @@ def map_case(context: Any, case: Any) -> Any:
             case.body["segment_ids"] = list(known[: min(len(wanted), len(known))])
     if isinstance(case.query, dict):
         case.query.pop("page_token", None)
-    if _imports(case):
-        # An import's file is any bytes to the schema, but its header must name fields, and
-        # map/consent/format must agree with the file's columns and kind.
-        case.media_type = "text/csv"
-        case.body = b"email,first_name\nfuzz@example.com,Fuzz\n"
-        if isinstance(case.query, dict):
-            for name in ("map", "consent", "format"):
-                case.query.pop(name, None)
     _no_future(case.body)
     return case
-
-
-def _imports(case: Any) -> bool:
-    return bool(
-        case.operation.method.upper() == "POST" and case.operation.path == "/v1/contacts/imports"
-    )
 
 
 PAST = "2024-01-01T00:00:00Z"
