@@ -18,7 +18,7 @@ import hmac
 import inspect
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -67,6 +67,15 @@ def _tolerant(
             return _Malformed(type_name)
 
     return deserialize
+
+
+async def _well_formed(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Malformed):
+            raise errors.InvalidArgument(
+                errors.FieldViolation("body", f"not a valid {request.type_name} message")
+            )
+        yield request
 
 
 async def abort_with_error(context: grpc.aio.ServicerContext, error: errors.NudgeError) -> None:
@@ -255,6 +264,29 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
             return grpc.unary_stream_rpc_method_handler(
                 unary_stream,
+                request_deserializer=_tolerant(handler.request_deserializer, type_name),
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_unary is not None:
+            # Client streaming (the bulk import): authenticated from the metadata before the
+            # first message is read; a malformed message in the stream is INVALID_ARGUMENT.
+            inner_client_stream = handler.stream_unary
+
+            async def stream_unary(requests: Any, context: grpc.aio.ServicerContext) -> Any:
+                try:
+                    principal = await guard(None, context)
+                    token = workspace_id_var.set(principal.workspace_id if principal else "")
+                    try:
+                        return await inner_client_stream(_well_formed(requests), context)
+                    finally:
+                        workspace_id_var.reset(token)
+                except errors.NudgeError as err:
+                    await abort_with_error(context, err)
+                except Exception:
+                    await abort_unexpected(context, method)
+
+            return grpc.stream_unary_rpc_method_handler(
+                stream_unary,
                 request_deserializer=_tolerant(handler.request_deserializer, type_name),
                 response_serializer=handler.response_serializer,
             )

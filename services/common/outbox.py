@@ -36,7 +36,10 @@ from services.common.tracing import current_traceparent
 
 log = logging.getLogger(__name__)
 
-BATCH = 500
+# Rows read per round. A round costs a SELECT, a DELETE and one awaited record batch per
+# partition whatever its size, so bigger rounds drain a backlog (a bulk import's million
+# events) several times faster; 5,000 rows of ~300 bytes are ~1.5 MB in memory.
+BATCH = 5000
 
 
 def _channel(schema: str) -> str:

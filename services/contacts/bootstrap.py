@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 import redis.asyncio as aioredis
-from nudge.contacts.v1 import contacts_pb2_grpc
+from nudge.contacts.v1 import contacts_pb2_grpc, imports_pb2_grpc
 from nudge.shop.v1 import shop_pb2_grpc
 
 from services.common import runtime
@@ -33,6 +33,7 @@ from services.contacts.entrypoints.grpc import (
     WorkspaceServicer,
 )
 from services.contacts.entrypoints.grpc_privacy import PrivacyServicer
+from services.contacts.entrypoints.grpc_imports import ImportServicer
 from services.contacts.entrypoints.kafka import TrackingConsumer
 from services.contacts.handlers import CONSUMER
 from services.contacts.ingestion import GroupCommit
@@ -49,6 +50,7 @@ SERVICE_NAMES = [
     "nudge.contacts.v1.WorkspaceService",
     "nudge.shop.v1.ShopEventService",
     "nudge.contacts.v1.PrivacyService",
+    "nudge.contacts.v1.ImportService",
 ]
 
 
@@ -113,7 +115,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             ),
             (
                 contacts_pb2_grpc.add_WorkspaceServiceServicer_to_server,
-                WorkspaceServicer(  # type: ignore[abstract]  # issue 12
+                WorkspaceServicer(
                     pool, settings.admin_token, key_cache=KeyCache(redis), key_use=key_use
                 ),
                 SERVICE_NAMES[2],
@@ -127,6 +129,11 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 contacts_pb2_grpc.add_PrivacyServiceServicer_to_server,
                 PrivacyServicer(pool, peers, settings.privacy_export_timeout_s),
                 SERVICE_NAMES[4],
+            ),
+            (
+                imports_pb2_grpc.add_ImportServiceServicer_to_server,
+                ImportServicer(pool, batch_rows=settings.import_batch_rows),
+                SERVICE_NAMES[5],
             ),
         ],
         verifier=LocalApiKeyVerifier(pool, redis, recorder=key_use),

@@ -23,3 +23,5 @@ class Settings(DatabaseSettings, KafkaSettings, InternalAuthSettings, RedisSetti
     admin_token: str = Field("", validation_alias=AliasChoices("NUDGE_ADMIN_TOKEN"), repr=False)
     # How long an export waits for each other service's part before naming it incomplete.
     privacy_export_timeout_s: float = 5.0
+    # Rows per transaction of a bulk import (services/contacts/imports).
+    import_batch_rows: int = Field(20_000, ge=1, le=100_000)

@@ -3,7 +3,9 @@
 A declared ``Content-Length`` above the limit is refused without reading a byte; otherwise
 the body is read and counted as it streams (chunked uploads declare no length) and, once
 complete and within the limit, handed to the app in one piece. A route may have a limit of
-its own (``path_limits``: the event batch route takes up to 1,000 events).
+its own (``path_limits``: the event batch route takes up to 1,000 events), or stream its
+body itself (``streamed_paths``: the bulk import counts its own bytes and is never
+buffered).
 """
 
 from __future__ import annotations
@@ -18,14 +20,19 @@ from services.gateway.problems import Problem, too_large
 
 class BodyLimitMiddleware:
     def __init__(
-        self, app: ASGIApp, max_bytes: int, path_limits: Mapping[str, int] | None = None
+        self,
+        app: ASGIApp,
+        max_bytes: int,
+        path_limits: Mapping[str, int] | None = None,
+        streamed_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.path_limits = dict(path_limits or {})
+        self.streamed_paths = streamed_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["path"] in self.streamed_paths:
             await self.app(scope, receive, send)
             return
         max_bytes = self.path_limits.get(scope["path"], self.max_bytes)

@@ -36,6 +36,7 @@ from services.gateway.entrypoints import (
     keys,
     messages,
     privacy,
+    imports,
     segments,
 )
 
@@ -91,8 +92,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
-    routers = (contacts, privacy, consent, events, segments, campaigns, messages, keys, health)
-    for module in routers:
+    # imports first: /v1/contacts/imports must not be taken for a contact id.
+    routers = (imports, contacts, privacy, consent, events, segments, campaigns, messages, keys)
+    for module in (*routers, health):
         app.include_router(module.router)
     app.include_router(contacts.attributes_router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)
@@ -104,6 +106,7 @@ def create_app(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
         path_limits={"/v1/events:batch": settings.max_batch_body_bytes},
+        streamed_paths=frozenset({"/v1/contacts/imports"}),
     )
     # Outermost: the request's span is the root of the trace, gRPC calls continue it. No
     # span per ASGI send/receive message: two more spans a request, ~10 % of its CPU.

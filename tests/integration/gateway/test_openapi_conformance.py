@@ -86,6 +86,11 @@ def test_the_gateway_keeps_every_promise_of_its_openapi_document(
         SEED,
         "--workers",
         "1",
+        # The bulk import's body is a file, any bytes to a schema: schemathesis can neither
+        # make a valid one (its header must name the fields its query maps) nor an invalid
+        # one. tests/integration/imports covers that route, bad input included.
+        "--exclude-name",
+        "POST /v1/contacts/imports",
         "--request-timeout",
         "15",
         "--report",

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nudge.contacts.v1 import contacts_pb2 as nudge_dot_contacts_dot_v1_dot_contacts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnudge/contacts/v1/imports.proto\x12\x11nudge.contacts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nudge/contacts/v1/contacts.proto\"\x96\x01\n\rConsentColumn\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x32\n\x07purpose\x18\x02 \x01(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x30\n\x06source\x18\x03 \x01(\x0e\x32 .nudge.contacts.v1.ConsentSource\x12\x0f\n\x07wording\x18\x04 \x01(\t\"\xcf\x02\n\rImportOptions\x12/\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1f.nudge.contacts.v1.ImportFormat\x12-\n\x05match\x18\x02 \x01(\x0e\x32\x1e.nudge.contacts.v1.ImportMatch\x12>\n\x07\x63olumns\x18\x03 \x03(\x0b\x32-.nudge.contacts.v1.ImportOptions.ColumnsEntry\x12\x39\n\x0f\x63onsent_columns\x18\x04 \x03(\x0b\x32 .nudge.contacts.v1.ConsentColumn\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x12\n\nimport_key\x18\x06 \x01(\t\x12\x11\n\tfile_name\x18\x07 \x01(\t\x1a.\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x15ImportContactsRequest\x12\x33\n\x07options\x18\x01 \x01(\x0b\x32 .nudge.contacts.v1.ImportOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xab\x02\n\rImportSummary\x12\x11\n\timport_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.nudge.contacts.v1.ImportState\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x03\x12\x0f\n\x07updated\x18\x05 \x01(\x03\x12\x11\n\tunchanged\x18\x06 \x01(\x03\x12\x10\n\x08rejected\x18\x07 \x01(\x03\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfile_name\x18\n \x01(\t\x12\x0f\n\x07resumed\x18\x0b \x01(\x08\":\n\x0bImportError\x12\x0c\n\x04line\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"%\n\x10GetImportRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\"S\n\x17ListImportErrorsRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x18ListImportErrorsResponse\x12.\n\x06\x65rrors\x18\x01 \x03(\x0b\x32\x1e.nudge.contacts.v1.ImportError\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*^\n\x0cImportFormat\x12\x1d\n\x19IMPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11IMPORT_FORMAT_CSV\x10\x01\x12\x18\n\x14IMPORT_FORMAT_NDJSON\x10\x02*a\n\x0bImportMatch\x12\x1c\n\x18IMPORT_MATCH_UNSPECIFIED\x10\x00\x12\x16\n\x12IMPORT_MATCH_EMAIL\x10\x01\x12\x1c\n\x18IMPORT_MATCH_EXTERNAL_ID\x10\x02*z\n\x0bImportState\x12\x1c\n\x18IMPORT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14IMPORT_STATE_RUNNING\x10\x01\x12\x1a\n\x16IMPORT_STATE_COMPLETED\x10\x02\x12\x17\n\x13IMPORT_STATE_FAILED\x10\x03\x32\xb0\x02\n\rImportService\x12^\n\x0eImportContacts\x12(.nudge.contacts.v1.ImportContactsRequest\x1a .nudge.contacts.v1.ImportSummary(\x01\x12R\n\tGetImport\x12#.nudge.contacts.v1.GetImportRequest\x1a .nudge.contacts.v1.ImportSummary\x12k\n\x10ListImportErrors\x12*.nudge.contacts.v1.ListImportErrorsRequest\x1a+.nudge.contacts.v1.ListImportErrorsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fnudge/contacts/v1/imports.proto\x12\x11nudge.contacts.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nudge/contacts/v1/contacts.proto\"\x96\x01\n\rConsentColumn\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\x32\n\x07purpose\x18\x02 \x01(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x30\n\x06source\x18\x03 \x01(\x0e\x32 .nudge.contacts.v1.ConsentSource\x12\x0f\n\x07wording\x18\x04 \x01(\t\"\xcf\x02\n\rImportOptions\x12/\n\x06\x66ormat\x18\x01 \x01(\x0e\x32\x1f.nudge.contacts.v1.ImportFormat\x12-\n\x05match\x18\x02 \x01(\x0e\x32\x1e.nudge.contacts.v1.ImportMatch\x12>\n\x07\x63olumns\x18\x03 \x03(\x0b\x32-.nudge.contacts.v1.ImportOptions.ColumnsEntry\x12\x39\n\x0f\x63onsent_columns\x18\x04 \x03(\x0b\x32 .nudge.contacts.v1.ConsentColumn\x12\x0c\n\x04tags\x18\x05 \x03(\t\x12\x12\n\nimport_key\x18\x06 \x01(\t\x12\x11\n\tfile_name\x18\x07 \x01(\t\x1a.\n\x0c\x43olumnsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x15ImportContactsRequest\x12\x33\n\x07options\x18\x01 \x01(\x0b\x32 .nudge.contacts.v1.ImportOptionsH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xab\x02\n\rImportSummary\x12\x11\n\timport_id\x18\x01 \x01(\t\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.nudge.contacts.v1.ImportState\x12\x0c\n\x04rows\x18\x03 \x01(\x03\x12\x0f\n\x07\x63reated\x18\x04 \x01(\x03\x12\x0f\n\x07updated\x18\x05 \x01(\x03\x12\x11\n\tunchanged\x18\x06 \x01(\x03\x12\x10\n\x08rejected\x18\x07 \x01(\x03\x12.\n\nstarted_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tfile_name\x18\n \x01(\t\x12\x0f\n\x07resumed\x18\x0b \x01(\x08\":\n\x0bImportError\x12\x0c\n\x04line\x18\x01 \x01(\x03\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"9\n\x10GetImportRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x12\n\nimport_key\x18\x02 \x01(\t\"S\n\x17ListImportErrorsRequest\x12\x11\n\timport_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"c\n\x18ListImportErrorsResponse\x12.\n\x06\x65rrors\x18\x01 \x03(\x0b\x32\x1e.nudge.contacts.v1.ImportError\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*^\n\x0cImportFormat\x12\x1d\n\x19IMPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11IMPORT_FORMAT_CSV\x10\x01\x12\x18\n\x14IMPORT_FORMAT_NDJSON\x10\x02*a\n\x0bImportMatch\x12\x1c\n\x18IMPORT_MATCH_UNSPECIFIED\x10\x00\x12\x16\n\x12IMPORT_MATCH_EMAIL\x10\x01\x12\x1c\n\x18IMPORT_MATCH_EXTERNAL_ID\x10\x02*z\n\x0bImportState\x12\x1c\n\x18IMPORT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14IMPORT_STATE_RUNNING\x10\x01\x12\x1a\n\x16IMPORT_STATE_COMPLETED\x10\x02\x12\x17\n\x13IMPORT_STATE_FAILED\x10\x03\x32\xb0\x02\n\rImportService\x12^\n\x0eImportContacts\x12(.nudge.contacts.v1.ImportContactsRequest\x1a .nudge.contacts.v1.ImportSummary(\x01\x12R\n\tGetImport\x12#.nudge.contacts.v1.GetImportRequest\x1a .nudge.contacts.v1.ImportSummary\x12k\n\x10ListImportErrors\x12*.nudge.contacts.v1.ListImportErrorsRequest\x1a+.nudge.contacts.v1.ListImportErrorsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_IMPORTOPTIONS_COLUMNSENTRY']._loaded_options = None
   _globals['_IMPORTOPTIONS_COLUMNSENTRY']._serialized_options = b'8\001'
-  _globals['_IMPORTFORMAT']._serialized_start=1302
-  _globals['_IMPORTFORMAT']._serialized_end=1396
-  _globals['_IMPORTMATCH']._serialized_start=1398
-  _globals['_IMPORTMATCH']._serialized_end=1495
-  _globals['_IMPORTSTATE']._serialized_start=1497
-  _globals['_IMPORTSTATE']._serialized_end=1619
+  _globals['_IMPORTFORMAT']._serialized_start=1322
+  _globals['_IMPORTFORMAT']._serialized_end=1416
+  _globals['_IMPORTMATCH']._serialized_start=1418
+  _globals['_IMPORTMATCH']._serialized_end=1515
+  _globals['_IMPORTSTATE']._serialized_start=1517
+  _globals['_IMPORTSTATE']._serialized_end=1639
   _globals['_CONSENTCOLUMN']._serialized_start=122
   _globals['_CONSENTCOLUMN']._serialized_end=272
   _globals['_IMPORTOPTIONS']._serialized_start=275
@@ -54,11 +54,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_IMPORTERROR']._serialized_start=1017
   _globals['_IMPORTERROR']._serialized_end=1075
   _globals['_GETIMPORTREQUEST']._serialized_start=1077
-  _globals['_GETIMPORTREQUEST']._serialized_end=1114
-  _globals['_LISTIMPORTERRORSREQUEST']._serialized_start=1116
-  _globals['_LISTIMPORTERRORSREQUEST']._serialized_end=1199
-  _globals['_LISTIMPORTERRORSRESPONSE']._serialized_start=1201
-  _globals['_LISTIMPORTERRORSRESPONSE']._serialized_end=1300
-  _globals['_IMPORTSERVICE']._serialized_start=1622
-  _globals['_IMPORTSERVICE']._serialized_end=1926
+  _globals['_GETIMPORTREQUEST']._serialized_end=1134
+  _globals['_LISTIMPORTERRORSREQUEST']._serialized_start=1136
+  _globals['_LISTIMPORTERRORSREQUEST']._serialized_end=1219
+  _globals['_LISTIMPORTERRORSRESPONSE']._serialized_start=1221
+  _globals['_LISTIMPORTERRORSRESPONSE']._serialized_end=1320
+  _globals['_IMPORTSERVICE']._serialized_start=1642
+  _globals['_IMPORTSERVICE']._serialized_end=1946
 # @@protoc_insertion_point(module_scope)

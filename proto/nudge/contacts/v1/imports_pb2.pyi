@@ -307,15 +307,21 @@ class GetImportRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     IMPORT_ID_FIELD_NUMBER: _builtins.int
+    IMPORT_KEY_FIELD_NUMBER: _builtins.int
     import_id: _builtins.str
+    import_key: _builtins.str
+    """Or the caller's import_key (when import_id is empty): a client can watch the progress
+    of the import it is streaming before the call answers with the id (the CLI does).
+    """
     def __init__(
         self,
         *,
         import_id: _builtins.str = ...,
+        import_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["import_id", b"import_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["import_id", b"import_id", "import_key", b"import_key"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
