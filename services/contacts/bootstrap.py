@@ -32,8 +32,8 @@ from services.contacts.entrypoints.grpc import (
     ShopEventServicer,
     WorkspaceServicer,
 )
-from services.contacts.entrypoints.grpc_privacy import PrivacyServicer
 from services.contacts.entrypoints.grpc_imports import ImportServicer
+from services.contacts.entrypoints.grpc_privacy import PrivacyServicer
 from services.contacts.entrypoints.kafka import TrackingConsumer
 from services.contacts.handlers import CONSUMER
 from services.contacts.ingestion import GroupCommit

@@ -6,7 +6,6 @@ import base64
 import hashlib
 import hmac
 import json
-import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,8 +26,6 @@ from services.common.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    Unauthenticated,
-    PermanentError,
     Validator,
 )
 from services.common.events import new_envelope

@@ -33,10 +33,10 @@ from services.gateway.entrypoints import (
     contacts,
     events,
     health,
+    imports,
     keys,
     messages,
     privacy,
-    imports,
     segments,
 )
 
