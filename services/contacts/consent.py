@@ -33,7 +33,7 @@ from nudge.delivery.v1 import events_pb2 as delivery_events_pb2
 from nudge.tracking.v1 import events_pb2 as tracking_pb2
 
 from services.common import clock
-from services.common.contact_limits import MAX_FUTURE_SKEW, MAX_TEXT
+from services.common.contact_limits import MAX_FUTURE_SKEW, MAX_TEXT, check_email
 from services.common.errors import (
     FailedPrecondition,
     NotFound,
@@ -577,7 +577,10 @@ def _check_address(v: Validator, email: str) -> None:
     v.check(bool(email.strip()), "email", "is required")
     v.check(len(email) <= 254, "email", "longer than 254")
     v.check("\x00" not in email, "email", "contains a NUL character")
-    v.check(not email.strip() or "@" in email, "email", "is not an e-mail address")
+    if email.strip() and "\x00" not in email:
+        # The same maintained syntax check as a contact's address, with its reason.
+        _, reason = check_email(email.strip())
+        v.check(not reason, "email", f"is not a valid e-mail address: {reason}")
 
 
 def _suppression_proto(entry: suppression.Entry) -> contacts_pb2.Suppression:

@@ -212,6 +212,15 @@ async def add_suppression(
     return _suppression(answer.suppression)
 
 
+@router.delete("/v1/suppressions/", status_code=404, include_in_schema=False)
+async def remove_no_suppression(caller: CallerDep) -> Response:
+    """``DELETE /v1/suppressions/`` names no address (an erased entry's, which is listed
+    without one, for instance): nothing is listed under it, so 404, not 405."""
+    raise problems.Problem(
+        404, "not-found", "Not found", "no suppression is listed without an address"
+    )
+
+
 @router.delete(
     "/v1/suppressions/{email}",
     status_code=204,

@@ -38,7 +38,10 @@ async def test_cli_imports_a_file_with_progress_and_lists_rejected_rows(
     code, out, err = await nudge(*args, api_key=workspace.api_key, addr=contacts_service.address)
     assert code == 0, err
     assert "3001 rows, 3000 created, 0 updated, 0 unchanged, 1 rejected" in out
-    assert "line 3002: Mail: is not an e-mail address" in out
+    assert (
+        "line 3002: Mail: is not a valid e-mail address: An email address must have an @-sign."
+        in out
+    )
     assert "rows/s" in err and "errors" in err  # the progress bar, on stderr
 
     code, out, err = await nudge(*args, api_key=workspace.api_key, addr=contacts_service.address)

@@ -118,7 +118,10 @@ async def test_bad_rows_are_reported_with_line_field_and_reason_and_good_rows_st
     errors = await errors_of(channel, workspace, summary.import_id)
     by_line = {line: (field, reason) for line, field, reason in errors}
     assert sorted(by_line) == [3, 4, 5, 6, 7, 8, 9]
-    assert by_line[3] == ("email", "is not an e-mail address")
+    assert by_line[3] == (
+        "email",
+        "is not a valid e-mail address: An email address must have an @-sign.",
+    )
     assert by_line[4][0] == "time_zone"
     assert "NUL" in by_line[5][1]
     assert "UTF-8" in by_line[6][1]
