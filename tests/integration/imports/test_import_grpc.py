@@ -184,6 +184,29 @@ async def test_consent_columns_record_history_and_publish_one_versioned_event_ea
         "c1@example.com",
     )
     assert version == 2
+    statuses = await fetchval(
+        db,
+        "SELECT array_agg(c.email || ':' || s.status ORDER BY c.email) FROM contacts.consents s"
+        " JOIN contacts.contacts c ON c.workspace_id = s.workspace_id AND c.id = s.contact_id"
+        " WHERE s.workspace_id = $1",
+        uuid.UUID(workspace.id),
+    )
+    assert statuses == ["c1@example.com:1", "c3@example.com:2"]
+    # An existing contact whose consent changes: one more version, the current state moved.
+    changed = await run_import(
+        channel, workspace, b"email,newsletter\nc1@example.com,no\n", format=CSV,
+        consent_columns=[consent],
+    )  # fmt: skip
+    assert changed.created == 0
+    after = await fetchval(
+        db,
+        "SELECT c.version || ':' || s.status FROM contacts.contacts c JOIN contacts.consents s"
+        " ON s.workspace_id = c.workspace_id AND s.contact_id = c.id"
+        " WHERE c.workspace_id = $1 AND c.email = $2",
+        uuid.UUID(workspace.id),
+        "c1@example.com",
+    )
+    assert after == "3:2"
 
 
 async def test_bad_options_and_headers_are_refused_before_anything_is_written(
