@@ -32,6 +32,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from services.common import campaign_limits as campaign_rules
 from services.common import contact_limits as contact_rules
@@ -293,7 +294,10 @@ class ContactPatchIn(StrictModel):
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
-    email: Email | None = Field(None, description="Cannot be removed: `null` is refused.")
+    # Not nullable in the document: an address cannot be removed (null is refused, 422).
+    email: Email | SkipJsonSchema[None] = Field(
+        None, description="Cannot be removed: `null` is refused."
+    )
     external_id: Text | None = None
     first_name: Text | None = None
     last_name: Text | None = None
@@ -534,10 +538,15 @@ class ContactRefIn(StrictModel):
         return self
 
 
+MAX_AMOUNT_MINOR = 9_000_000_000_000_000_000
+
+
 class Money(StrictModel):
     # Bounded by what the services hold (protobuf int64): a larger amount was a 500.
+    # ±9e18 rather than int64's exact bounds: 2**63 - 1 is not a double, and JSON tools that
+    # compare in doubles (schemathesis did) let 9223372036854775999 through the schema.
     amount_minor: int = Field(
-        ge=-(2**63), le=2**63 - 1, description="In the currency's minor unit (cents)."
+        ge=-MAX_AMOUNT_MINOR, le=MAX_AMOUNT_MINOR, description="In the currency's minor unit."
     )
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
         description="ISO 4217."

@@ -209,7 +209,12 @@ async def add_suppression(
     )
     if not answer.created:
         response.status_code = 200
-    return _suppression(answer.suppression)
+    listed = _suppression(answer.suppression)
+    if not listed.email:
+        # Listed already for an erased contact (a keyed hash only): the caller gave the
+        # address, so it is no secret to them; echo it, as a new entry is answered.
+        listed.email = body.email.strip().lower()
+    return listed
 
 
 @router.delete("/v1/suppressions/", status_code=404, include_in_schema=False)

@@ -27,7 +27,10 @@ from services.gateway.schemas import ResponseModel
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
 
-ContactId = Annotated[str, Path(min_length=1, max_length=64, description="The contact's id.")]
+# No whitespace: contacts refuses a blank id as naming nobody (422), so the document says so.
+ContactId = Annotated[
+    str, Path(min_length=1, max_length=64, pattern=r"^\S+$", description="The contact's id.")
+]
 
 
 class ContactExport(ResponseModel):
