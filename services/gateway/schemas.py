@@ -32,7 +32,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic.json_schema import SkipJsonSchema
 
 from services.common import campaign_limits as campaign_rules
 from services.common import contact_limits as contact_rules
@@ -287,6 +286,16 @@ class ContactUpsertIn(StrictModel):
     consent_wording: LongText = ""
 
 
+def _not_null(schema: dict[str, Any]) -> None:
+    """Document a member that may be absent but never null (the service refuses null with
+    its own message, naming the member, which pydantic's union errors would not)."""
+    branches = [b for b in schema.pop("anyOf", []) if b.get("type") != "null"]
+    if len(branches) == 1:
+        schema.update(branches[0])
+    elif branches:
+        schema["anyOf"] = branches
+
+
 class ContactPatchIn(StrictModel):
     """A JSON merge patch (RFC 7396) of a contact: the members given are set, `null` removes
     (`external_id`, `birthday`, `signed_up_at`, an attribute, all `attributes`); names, locale
@@ -295,8 +304,8 @@ class ContactPatchIn(StrictModel):
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
     # Not nullable in the document: an address cannot be removed (null is refused, 422).
-    email: Email | SkipJsonSchema[None] = Field(
-        None, description="Cannot be removed: `null` is refused."
+    email: Email | None = Field(
+        None, description="Cannot be removed: `null` is refused.", json_schema_extra=_not_null
     )
     external_id: Text | None = None
     first_name: Text | None = None
@@ -538,14 +547,15 @@ class ContactRefIn(StrictModel):
         return self
 
 
-MAX_AMOUNT_MINOR = 9_000_000_000_000_000_000
+MAX_AMOUNT_MINOR = 2**53 - 1
 
 
 class Money(StrictModel):
     # Bounded by what the services hold (protobuf int64): a larger amount was a 500.
-    # ±9e18 rather than int64's exact bounds: 2**63 - 1 is not a double, and JSON tools that
-    # compare in doubles (schemathesis did) let 9223372036854775999 through the schema.
-    amount_minor: int = Field(
+    # Bounded where doubles are exact (2**53 - 1, as score deltas): JSON tools that compare in
+    # doubles (schemathesis did) let 9223372036854775999 through an int64 bound. And 339.0 is
+    # an integer to JSON Schema, so it is here.
+    amount_minor: Annotated[int, BeforeValidator(_integral_float)] = Field(
         ge=-MAX_AMOUNT_MINOR, le=MAX_AMOUNT_MINOR, description="In the currency's minor unit."
     )
     currency: Annotated[str, StringConstraints(pattern=r"^[A-Z]{3}$")] = Field(
@@ -557,7 +567,7 @@ class LineItem(StrictModel):
     product_id: Text = ""
     name: Annotated[str, _text(500)] = ""
     category: Text = ""
-    quantity: Annotated[int, Field(ge=0, le=1_000_000)] = 1
+    quantity: Annotated[int, Field(ge=0, le=1_000_000), BeforeValidator(_integral_float)] = 1
     unit_price: Money | None = None
 
 
