@@ -15,6 +15,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from services.gateway import convert, problems
 from services.gateway.deps import BackendsDep, CallerDep
+from services.gateway.paths import ContactId
 from services.gateway.schemas import (
     EMAIL_PATTERN,
     NO_NUL,
@@ -26,7 +27,6 @@ from services.gateway.schemas import (
 
 router = APIRouter(tags=["consent"])
 
-ContactId = Annotated[str, Path(min_length=1, max_length=64, description="The contact's id.")]
 Email = Annotated[str, StringConstraints(min_length=6, max_length=254, pattern=EMAIL_PATTERN)]
 SuppressionReason = Literal["hard_bounce", "complaint", "global_unsubscribe", "erased", "manual"]
 ManualReason = Literal["manual", "global_unsubscribe", "hard_bounce", "complaint"]

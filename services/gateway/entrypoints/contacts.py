@@ -10,11 +10,10 @@ from pydantic import StringConstraints
 
 from services.gateway import convert, problems, schemas
 from services.gateway.deps import BackendsDep, CallerDep
+from services.gateway.paths import ContactId
 from services.gateway.schemas import ConsentIn, ConsentOut, ContactIn, ContactOut
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
-
-ContactId = Annotated[str, Path(min_length=1, max_length=64, description="The contact's id.")]
 
 
 @router.post(

@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from nudge.contacts.v1 import contacts_pb2
 from pydantic import Field
 
 from services.gateway import problems
 from services.gateway.deps import BackendsDep, CallerDep
+from services.gateway.paths import ContactId
 from services.gateway.schemas import ResponseModel
 
 router = APIRouter(prefix="/v1/contacts", tags=["contacts"])
-
-# No whitespace: contacts refuses a blank id as naming nobody (422), so the document says so.
-ContactId = Annotated[
-    str, Path(min_length=1, max_length=64, pattern=r"^\S+$", description="The contact's id.")
-]
 
 
 class ContactExport(ResponseModel):
