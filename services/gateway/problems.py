@@ -243,23 +243,30 @@ async def handle_http_exception(request: Request, exc: Exception) -> JSONRespons
 
 def allowed_methods(request: Request) -> str:
     """Every method some route offers at this path. Starlette names only the first route
-    that matches the path (``OPTIONS /v1/campaigns`` said ``POST`` though GET is there too)."""
-    return ", ".join(sorted(_methods_at(request.app.router.routes, request.scope)))
+    that matches the path (``OPTIONS /v1/campaigns`` said ``POST`` though GET is there too).
+    A path that a route without parameters names (``/v1/contacts/tags:bulk``) is that
+    resource alone, not also ``/v1/contacts/{contact_id}`` with an odd id."""
+    static: set[str] = set()
+    templated: set[str] = set()
+    _methods_at(request.app.router.routes, request.scope, static, templated)
+    return ", ".join(sorted(static or templated))
 
 
-def _methods_at(routes: Iterable[Any], scope: MutableMapping[str, Any]) -> set[str]:
-    methods: set[str] = set()
+def _methods_at(
+    routes: Iterable[Any], scope: MutableMapping[str, Any], static: set[str], templated: set[str]
+) -> None:
     for route in routes:
         # FastAPI wraps an included router (``original_router``); older versions copied its
         # routes into the app, where ``routes`` is all there is.
         inner = getattr(route, "original_router", None)
         if inner is not None:
-            methods |= _methods_at(inner.routes, scope)
+            _methods_at(inner.routes, scope, static, templated)
         elif getattr(route, "methods", None):
             match, _ = route.matches(scope)
             if match != Match.NONE:
-                methods.update(route.methods)
-    return methods
+                (templated if getattr(route, "param_convertors", None) else static).update(
+                    route.methods
+                )
 
 
 async def handle_rpc_error(request: Request, exc: Exception) -> JSONResponse:

@@ -295,6 +295,10 @@ async def test_options_and_other_methods_name_every_method_of_the_path(gateway: 
         assert answer.headers["allow"] == "GET, POST"
     answer = await gateway.http.options("/v1/contacts/c-1", headers=AUTH)
     assert answer.headers["allow"] == "DELETE, GET, PATCH"
+    # A path a route without parameters names is that resource, not also a contact id.
+    for path in ("/v1/contacts/tags:bulk", "/v1/contacts/imports"):
+        answer = await gateway.http.options(path, headers=AUTH)
+        assert answer.headers["allow"] == "POST"
 
 
 async def test_every_error_answer_is_documented_as_problem_json(gateway: Gateway) -> None:
