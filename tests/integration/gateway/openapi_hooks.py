@@ -3,9 +3,9 @@
 Three kinds of rule the document states in words only, because they depend on the server's
 state or clock: a campaign's segment ids must name segments the workspace has, and
 ``page_token`` must come from a previous page (references to existing things); subjects and
-texts must parse as templates; ``signed_up_at`` and ``occurred_at`` must not be in the future;
-custom attributes must be declared in the workspace first (``attributes`` members, the
-``attribute`` query parameter of ``GET /v1/contacts``).
+texts must parse as templates; ``signed_up_at``, ``occurred_at`` and ``recorded_at`` must
+not be in the future; custom attributes must be declared in the workspace first
+(``attributes`` members, the ``attribute`` query parameter of ``GET /v1/contacts``).
 The server answers 422 with the field otherwise. For data schemathesis generates as *valid*
 (positive mode) only, segment ids become the workspace's own, page tokens are dropped,
 future instants move to the past and bodies whose templates do not parse are dropped, so that
@@ -96,13 +96,14 @@ PAST = "2024-01-01T00:00:00Z"
 
 
 def _no_future(value: Any) -> None:
-    """Every ``signed_up_at``/``occurred_at`` in ``value`` later than now: ``PAST``."""
+    """Every ``signed_up_at``/``occurred_at``/``recorded_at`` in ``value`` later than now:
+    ``PAST``."""
     if isinstance(value, list):
         for item in value:
             _no_future(item)
     elif isinstance(value, dict):
         for key, item in value.items():
-            if key in ("signed_up_at", "occurred_at") and isinstance(item, str):
+            if key in ("signed_up_at", "occurred_at", "recorded_at") and isinstance(item, str):
                 try:
                     instant = datetime.fromisoformat(item.replace("z", "Z"))
                 except ValueError:
