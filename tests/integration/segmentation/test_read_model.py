@@ -357,6 +357,9 @@ async def test_segment_counts_follow_vip_changes_and_removals(
     await topic.send(a, events_pb2.ContactDeleted(contact_id=a, version=3))
     await topic.updated(b, 2, vip=False)
     await reaches(segmentation_service, workspace.metadata, {"vip": 0, "first_time_buyer": 0})
+    assert await profile(workspace.id, a) is None  # deleted, not just unstarred
+    unstarred = await profile(workspace.id, b)
+    assert unstarred is not None and unstarred["vip"] is False
 
 
 async def test_the_same_contact_id_in_another_workspace_is_another_profile(
