@@ -22,17 +22,20 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nudge/segmentation/v1/events.proto\x12\x15nudge.segmentation.v1\"{\n\x18SegmentMembershipChanged\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x37\n\x06\x63hange\x18\x03 \x01(\x0e\x32\'.nudge.segmentation.v1.MembershipChange*r\n\x10MembershipChange\x12!\n\x1dMEMBERSHIP_CHANGE_UNSPECIFIED\x10\x00\x12\x1d\n\x19MEMBERSHIP_CHANGE_ENTERED\x10\x01\x12\x1c\n\x18MEMBERSHIP_CHANGE_EXITED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nudge/segmentation/v1/events.proto\x12\x15nudge.segmentation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x99\x02\n\x18SegmentMembershipChanged\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x37\n\x06\x63hange\x18\x03 \x01(\x0e\x32\'.nudge.segmentation.v1.MembershipChange\x12\x35\n\x05\x63\x61use\x18\x04 \x01(\x0e\x32&.nudge.segmentation.v1.MembershipCause\x12\x17\n\x0fsegment_version\x18\x05 \x01(\x03\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12\x63\x61used_by_event_id\x18\x07 \x01(\t*r\n\x10MembershipChange\x12!\n\x1dMEMBERSHIP_CHANGE_UNSPECIFIED\x10\x00\x12\x1d\n\x19MEMBERSHIP_CHANGE_ENTERED\x10\x01\x12\x1c\n\x18MEMBERSHIP_CHANGE_EXITED\x10\x02*\xa9\x01\n\x0fMembershipCause\x12 \n\x1cMEMBERSHIP_CAUSE_UNSPECIFIED\x10\x00\x12\x1a\n\x16MEMBERSHIP_CAUSE_EVENT\x10\x01\x12\x19\n\x15MEMBERSHIP_CAUSE_TIME\x10\x02\x12\x1f\n\x1bMEMBERSHIP_CAUSE_DEFINITION\x10\x03\x12\x1c\n\x18MEMBERSHIP_CAUSE_REMOVAL\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nudge.segmentation.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMBERSHIPCHANGE']._serialized_start=186
-  _globals['_MEMBERSHIPCHANGE']._serialized_end=300
-  _globals['_SEGMENTMEMBERSHIPCHANGED']._serialized_start=61
-  _globals['_SEGMENTMEMBERSHIPCHANGED']._serialized_end=184
+  _globals['_MEMBERSHIPCHANGE']._serialized_start=378
+  _globals['_MEMBERSHIPCHANGE']._serialized_end=492
+  _globals['_MEMBERSHIPCAUSE']._serialized_start=495
+  _globals['_MEMBERSHIPCAUSE']._serialized_end=664
+  _globals['_SEGMENTMEMBERSHIPCHANGED']._serialized_start=95
+  _globals['_SEGMENTMEMBERSHIPCHANGED']._serialized_end=376
 # @@protoc_insertion_point(module_scope)

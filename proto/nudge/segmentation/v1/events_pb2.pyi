@@ -5,6 +5,7 @@ Events on segments.membership.v1, keyed by contact id."""
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
@@ -34,26 +35,77 @@ MEMBERSHIP_CHANGE_ENTERED: MembershipChange.ValueType  # 1
 MEMBERSHIP_CHANGE_EXITED: MembershipChange.ValueType  # 2
 Global___MembershipChange: _TypeAlias = MembershipChange  # noqa: Y015
 
+class _MembershipCause:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MembershipCauseEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MembershipCause.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MEMBERSHIP_CAUSE_UNSPECIFIED: _MembershipCause.ValueType  # 0
+    MEMBERSHIP_CAUSE_EVENT: _MembershipCause.ValueType  # 1
+    """an event about the contact (an order, a tag, a consent...)"""
+    MEMBERSHIP_CAUSE_TIME: _MembershipCause.ValueType  # 2
+    """time alone (the last order turned 91 days old)"""
+    MEMBERSHIP_CAUSE_DEFINITION: _MembershipCause.ValueType  # 3
+    """the segment's rule (or one it references) changed"""
+    MEMBERSHIP_CAUSE_REMOVAL: _MembershipCause.ValueType  # 4
+    """the contact was deleted or erased: it leaves every segment"""
+
+class MembershipCause(_MembershipCause, metaclass=_MembershipCauseEnumTypeWrapper):
+    """Why the membership changed."""
+
+MEMBERSHIP_CAUSE_UNSPECIFIED: MembershipCause.ValueType  # 0
+MEMBERSHIP_CAUSE_EVENT: MembershipCause.ValueType  # 1
+"""an event about the contact (an order, a tag, a consent...)"""
+MEMBERSHIP_CAUSE_TIME: MembershipCause.ValueType  # 2
+"""time alone (the last order turned 91 days old)"""
+MEMBERSHIP_CAUSE_DEFINITION: MembershipCause.ValueType  # 3
+"""the segment's rule (or one it references) changed"""
+MEMBERSHIP_CAUSE_REMOVAL: MembershipCause.ValueType  # 4
+"""the contact was deleted or erased: it leaves every segment"""
+Global___MembershipCause: _TypeAlias = MembershipCause  # noqa: Y015
+
 @_typing.final
 class SegmentMembershipChanged(_message.Message):
+    """Published exactly once per transition (the event id is derived from the transition, so a
+    republished copy carries the same id). A contact's transitions are in order on its key.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SEGMENT_ID_FIELD_NUMBER: _builtins.int
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     CHANGE_FIELD_NUMBER: _builtins.int
+    CAUSE_FIELD_NUMBER: _builtins.int
+    SEGMENT_VERSION_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_AT_FIELD_NUMBER: _builtins.int
+    CAUSED_BY_EVENT_ID_FIELD_NUMBER: _builtins.int
     segment_id: _builtins.str
     contact_id: _builtins.str
     change: Global___MembershipChange.ValueType
+    cause: Global___MembershipCause.ValueType
+    segment_version: _builtins.int
+    """the rule version that decided (built-ins: 1)"""
+    caused_by_event_id: _builtins.str
+    """for EVENT: the envelope that caused it"""
+    @_builtins.property
+    def effective_at(self) -> _timestamp_pb2.Timestamp:
+        """When the change became true: the evaluation time (for TIME, the moment it fell due)."""
+
     def __init__(
         self,
         *,
         segment_id: _builtins.str = ...,
         contact_id: _builtins.str = ...,
         change: Global___MembershipChange.ValueType = ...,
+        cause: Global___MembershipCause.ValueType = ...,
+        segment_version: _builtins.int = ...,
+        effective_at: _timestamp_pb2.Timestamp | None = ...,
+        caused_by_event_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["change", b"change", "contact_id", b"contact_id", "segment_id", b"segment_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cause", b"cause", "caused_by_event_id", b"caused_by_event_id", "change", b"change", "contact_id", b"contact_id", "effective_at", b"effective_at", "segment_id", b"segment_id", "segment_version", b"segment_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

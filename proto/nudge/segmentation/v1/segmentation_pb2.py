@@ -22,28 +22,79 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(nudge/segmentation/v1/segmentation.proto\x12\x15nudge.segmentation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"j\n\x07Segment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".nudge.segmentation.v1.SegmentKind\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\"\x15\n\x13ListSegmentsRequest\"H\n\x14ListSegmentsResponse\x12\x30\n\x08segments\x18\x01 \x03(\x0b\x32\x1e.nudge.segmentation.v1.Segment\"T\n\x13\x43ountSegmentRequest\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x14\x43ountSegmentResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*_\n\x0bSegmentKind\x12\x1c\n\x18SEGMENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15SEGMENT_KIND_BUILT_IN\x10\x01\x12\x17\n\x13SEGMENT_KIND_CUSTOM\x10\x02\x32\xe2\x01\n\x0eSegmentService\x12g\n\x0cListSegments\x12*.nudge.segmentation.v1.ListSegmentsRequest\x1a+.nudge.segmentation.v1.ListSegmentsResponse\x12g\n\x0c\x43ountSegment\x12*.nudge.segmentation.v1.CountSegmentRequest\x1a+.nudge.segmentation.v1.CountSegmentResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(nudge/segmentation/v1/segmentation.proto\x12\x15nudge.segmentation.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x01\n\x07Segment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x30\n\x04kind\x18\x03 \x01(\x0e\x32\".nudge.segmentation.v1.SegmentKind\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0c\n\x04rule\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x03\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndepends_on\x18\t \x03(\t\"?\n\rSegmentTarget\x12\x14\n\nsegment_id\x18\x01 \x01(\tH\x00\x12\x0e\n\x04rule\x18\x02 \x01(\tH\x00\x42\x08\n\x06target\"\x15\n\x13ListSegmentsRequest\"H\n\x14ListSegmentsResponse\x12\x30\n\x08segments\x18\x01 \x03(\x0b\x32\x1e.nudge.segmentation.v1.Segment\"\'\n\x11GetSegmentRequest\x12\x12\n\nsegment_id\x18\x01 \x01(\t\"G\n\x14\x43reateSegmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x0c\n\x04rule\x18\x03 \x01(\t\"\xa6\x01\n\x14UpdateSegmentRequest\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x0c\n\x04rule\x18\x04 \x01(\t\x12/\n\x0bupdate_mask\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x18\n\x10\x65xpected_version\x18\x06 \x01(\x03\"D\n\x14\x44\x65leteSegmentRequest\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12\x18\n\x10\x65xpected_version\x18\x02 \x01(\x03\"\x17\n\x15\x44\x65leteSegmentResponse\"#\n\x13ValidateRuleRequest\x12\x0c\n\x04rule\x18\x01 \x01(\t\"x\n\x14ValidateRuleResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x38\n\nviolations\x18\x02 \x03(\x0b\x32$.nudge.segmentation.v1.RuleViolation\x12\x17\n\x0fnormalized_rule\x18\x03 \x01(\t\".\n\rRuleViolation\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8a\x01\n\x13\x43ountSegmentRequest\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x06target\x18\x03 \x01(\x0b\x32$.nudge.segmentation.v1.SegmentTarget\"P\n\x14\x43ountSegmentResponse\x12\r\n\x05\x63ount\x18\x01 \x01(\x03\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"\xea\x01\n\rMemberPreview\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12\x31\n\rlast_order_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\x0btotal_spent\x18\x06 \x03(\x0b\x32\x1c.nudge.segmentation.v1.Money\x12\x0e\n\x06orders\x18\x07 \x01(\x03\x12\x0c\n\x04tags\x18\x08 \x03(\t\x12\x0b\n\x03vip\x18\t \x01(\x08\"\x87\x01\n\x15PreviewSegmentRequest\x12\x34\n\x06target\x18\x01 \x01(\x0b\x32$.nudge.segmentation.v1.SegmentTarget\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05limit\x18\x03 \x01(\x05\"\x89\x01\n\x16PreviewSegmentResponse\x12\x35\n\x07members\x18\x01 \x03(\x0b\x32$.nudge.segmentation.v1.MemberPreview\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa5\x01\n\x14StreamMembersRequest\x12\x34\n\x06target\x18\x01 \x01(\x0b\x32$.nudge.segmentation.v1.SegmentTarget\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10\x61\x66ter_contact_id\x18\x03 \x01(\t\x12\x12\n\nbatch_size\x18\x04 \x01(\x05\"+\n\x06Member\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\"r\n\x15StreamMembersResponse\x12.\n\x07members\x18\x01 \x03(\x0b\x32\x1d.nudge.segmentation.v1.Member\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x1aListContactSegmentsRequest\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"z\n\x1bListContactSegmentsResponse\x12\x30\n\x08segments\x18\x01 \x03(\x0b\x32\x1e.nudge.segmentation.v1.Segment\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x01\n\x18\x45xplainMembershipRequest\x12\x12\n\nsegment_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x06target\x18\x04 \x01(\x0b\x32$.nudge.segmentation.v1.SegmentTarget\"\xfc\x01\n\x0eRuleNodeResult\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04held\x18\x03 \x01(\x08\x12\x0f\n\x07summary\x18\x04 \x01(\t\x12\x45\n\x08observed\x18\x05 \x03(\x0b\x32\x33.nudge.segmentation.v1.RuleNodeResult.ObservedEntry\x12\x37\n\x08\x63hildren\x18\x06 \x03(\x0b\x32%.nudge.segmentation.v1.RuleNodeResult\x1a/\n\rObservedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8b\x01\n\x19\x45xplainMembershipResponse\x12\x0e\n\x06member\x18\x01 \x01(\x08\x12\x33\n\x04root\x18\x02 \x01(\x0b\x32%.nudge.segmentation.v1.RuleNodeResult\x12)\n\x05\x61s_of\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"W\n\x15SegmentOverlapRequest\x12\x13\n\x0bsegment_ids\x18\x01 \x03(\t\x12)\n\x05\x61s_of\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x16SegmentOverlapResponse\x12\x13\n\x0bsegment_ids\x18\x01 \x03(\t\x12\r\n\x05sizes\x18\x02 \x03(\x03\x12\x0e\n\x06\x63ounts\x18\x03 \x03(\x03\x12\x13\n\x0bunion_count\x18\x04 \x01(\x03\x12)\n\x05\x61s_of\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*_\n\x0bSegmentKind\x12\x1c\n\x18SEGMENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15SEGMENT_KIND_BUILT_IN\x10\x01\x12\x17\n\x13SEGMENT_KIND_CUSTOM\x10\x02\x32\x8d\n\n\x0eSegmentService\x12g\n\x0cListSegments\x12*.nudge.segmentation.v1.ListSegmentsRequest\x1a+.nudge.segmentation.v1.ListSegmentsResponse\x12V\n\nGetSegment\x12(.nudge.segmentation.v1.GetSegmentRequest\x1a\x1e.nudge.segmentation.v1.Segment\x12\\\n\rCreateSegment\x12+.nudge.segmentation.v1.CreateSegmentRequest\x1a\x1e.nudge.segmentation.v1.Segment\x12\\\n\rUpdateSegment\x12+.nudge.segmentation.v1.UpdateSegmentRequest\x1a\x1e.nudge.segmentation.v1.Segment\x12j\n\rDeleteSegment\x12+.nudge.segmentation.v1.DeleteSegmentRequest\x1a,.nudge.segmentation.v1.DeleteSegmentResponse\x12g\n\x0cValidateRule\x12*.nudge.segmentation.v1.ValidateRuleRequest\x1a+.nudge.segmentation.v1.ValidateRuleResponse\x12g\n\x0c\x43ountSegment\x12*.nudge.segmentation.v1.CountSegmentRequest\x1a+.nudge.segmentation.v1.CountSegmentResponse\x12m\n\x0ePreviewSegment\x12,.nudge.segmentation.v1.PreviewSegmentRequest\x1a-.nudge.segmentation.v1.PreviewSegmentResponse\x12l\n\rStreamMembers\x12+.nudge.segmentation.v1.StreamMembersRequest\x1a,.nudge.segmentation.v1.StreamMembersResponse0\x01\x12|\n\x13ListContactSegments\x12\x31.nudge.segmentation.v1.ListContactSegmentsRequest\x1a\x32.nudge.segmentation.v1.ListContactSegmentsResponse\x12v\n\x11\x45xplainMembership\x12/.nudge.segmentation.v1.ExplainMembershipRequest\x1a\x30.nudge.segmentation.v1.ExplainMembershipResponse\x12m\n\x0eSegmentOverlap\x12,.nudge.segmentation.v1.SegmentOverlapRequest\x1a-.nudge.segmentation.v1.SegmentOverlapResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nudge.segmentation.v1.segmentation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SEGMENTKIND']._serialized_start=473
-  _globals['_SEGMENTKIND']._serialized_end=568
-  _globals['_SEGMENT']._serialized_start=100
-  _globals['_SEGMENT']._serialized_end=206
-  _globals['_LISTSEGMENTSREQUEST']._serialized_start=208
-  _globals['_LISTSEGMENTSREQUEST']._serialized_end=229
-  _globals['_LISTSEGMENTSRESPONSE']._serialized_start=231
-  _globals['_LISTSEGMENTSRESPONSE']._serialized_end=303
-  _globals['_COUNTSEGMENTREQUEST']._serialized_start=305
-  _globals['_COUNTSEGMENTREQUEST']._serialized_end=389
-  _globals['_COUNTSEGMENTRESPONSE']._serialized_start=391
-  _globals['_COUNTSEGMENTRESPONSE']._serialized_end=471
-  _globals['_SEGMENTSERVICE']._serialized_start=571
-  _globals['_SEGMENTSERVICE']._serialized_end=797
+  _globals['_RULENODERESULT_OBSERVEDENTRY']._loaded_options = None
+  _globals['_RULENODERESULT_OBSERVEDENTRY']._serialized_options = b'8\001'
+  _globals['_SEGMENTKIND']._serialized_start=3265
+  _globals['_SEGMENTKIND']._serialized_end=3360
+  _globals['_SEGMENT']._serialized_start=135
+  _globals['_SEGMENT']._serialized_end=388
+  _globals['_SEGMENTTARGET']._serialized_start=390
+  _globals['_SEGMENTTARGET']._serialized_end=453
+  _globals['_LISTSEGMENTSREQUEST']._serialized_start=455
+  _globals['_LISTSEGMENTSREQUEST']._serialized_end=476
+  _globals['_LISTSEGMENTSRESPONSE']._serialized_start=478
+  _globals['_LISTSEGMENTSRESPONSE']._serialized_end=550
+  _globals['_GETSEGMENTREQUEST']._serialized_start=552
+  _globals['_GETSEGMENTREQUEST']._serialized_end=591
+  _globals['_CREATESEGMENTREQUEST']._serialized_start=593
+  _globals['_CREATESEGMENTREQUEST']._serialized_end=664
+  _globals['_UPDATESEGMENTREQUEST']._serialized_start=667
+  _globals['_UPDATESEGMENTREQUEST']._serialized_end=833
+  _globals['_DELETESEGMENTREQUEST']._serialized_start=835
+  _globals['_DELETESEGMENTREQUEST']._serialized_end=903
+  _globals['_DELETESEGMENTRESPONSE']._serialized_start=905
+  _globals['_DELETESEGMENTRESPONSE']._serialized_end=928
+  _globals['_VALIDATERULEREQUEST']._serialized_start=930
+  _globals['_VALIDATERULEREQUEST']._serialized_end=965
+  _globals['_VALIDATERULERESPONSE']._serialized_start=967
+  _globals['_VALIDATERULERESPONSE']._serialized_end=1087
+  _globals['_RULEVIOLATION']._serialized_start=1089
+  _globals['_RULEVIOLATION']._serialized_end=1135
+  _globals['_COUNTSEGMENTREQUEST']._serialized_start=1138
+  _globals['_COUNTSEGMENTREQUEST']._serialized_end=1276
+  _globals['_COUNTSEGMENTRESPONSE']._serialized_start=1278
+  _globals['_COUNTSEGMENTRESPONSE']._serialized_end=1358
+  _globals['_MONEY']._serialized_start=1360
+  _globals['_MONEY']._serialized_end=1407
+  _globals['_MEMBERPREVIEW']._serialized_start=1410
+  _globals['_MEMBERPREVIEW']._serialized_end=1644
+  _globals['_PREVIEWSEGMENTREQUEST']._serialized_start=1647
+  _globals['_PREVIEWSEGMENTREQUEST']._serialized_end=1782
+  _globals['_PREVIEWSEGMENTRESPONSE']._serialized_start=1785
+  _globals['_PREVIEWSEGMENTRESPONSE']._serialized_end=1922
+  _globals['_STREAMMEMBERSREQUEST']._serialized_start=1925
+  _globals['_STREAMMEMBERSREQUEST']._serialized_end=2090
+  _globals['_MEMBER']._serialized_start=2092
+  _globals['_MEMBER']._serialized_end=2135
+  _globals['_STREAMMEMBERSRESPONSE']._serialized_start=2137
+  _globals['_STREAMMEMBERSRESPONSE']._serialized_end=2251
+  _globals['_LISTCONTACTSEGMENTSREQUEST']._serialized_start=2253
+  _globals['_LISTCONTACTSEGMENTSREQUEST']._serialized_end=2344
+  _globals['_LISTCONTACTSEGMENTSRESPONSE']._serialized_start=2346
+  _globals['_LISTCONTACTSEGMENTSRESPONSE']._serialized_end=2468
+  _globals['_EXPLAINMEMBERSHIPREQUEST']._serialized_start=2471
+  _globals['_EXPLAINMEMBERSHIPREQUEST']._serialized_end=2634
+  _globals['_RULENODERESULT']._serialized_start=2637
+  _globals['_RULENODERESULT']._serialized_end=2889
+  _globals['_RULENODERESULT_OBSERVEDENTRY']._serialized_start=2842
+  _globals['_RULENODERESULT_OBSERVEDENTRY']._serialized_end=2889
+  _globals['_EXPLAINMEMBERSHIPRESPONSE']._serialized_start=2892
+  _globals['_EXPLAINMEMBERSHIPRESPONSE']._serialized_end=3031
+  _globals['_SEGMENTOVERLAPREQUEST']._serialized_start=3033
+  _globals['_SEGMENTOVERLAPREQUEST']._serialized_end=3120
+  _globals['_SEGMENTOVERLAPRESPONSE']._serialized_start=3123
+  _globals['_SEGMENTOVERLAPRESPONSE']._serialized_end=3263
+  _globals['_SEGMENTSERVICE']._serialized_start=3363
+  _globals['_SEGMENTSERVICE']._serialized_end=4656
 # @@protoc_insertion_point(module_scope)

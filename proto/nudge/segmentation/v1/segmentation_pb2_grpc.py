@@ -39,10 +39,60 @@ class SegmentServiceStub:
                 request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsRequest.SerializeToString,
                 response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsResponse.FromString,
                 _registered_method=True)
+        self.GetSegment = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/GetSegment',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.FromString,
+                _registered_method=True)
+        self.CreateSegment = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/CreateSegment',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CreateSegmentRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.FromString,
+                _registered_method=True)
+        self.UpdateSegment = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/UpdateSegment',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.UpdateSegmentRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.FromString,
+                _registered_method=True)
+        self.DeleteSegment = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/DeleteSegment',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.DeleteSegmentRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.DeleteSegmentResponse.FromString,
+                _registered_method=True)
+        self.ValidateRule = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/ValidateRule',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ValidateRuleRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ValidateRuleResponse.FromString,
+                _registered_method=True)
         self.CountSegment = channel.unary_unary(
                 '/nudge.segmentation.v1.SegmentService/CountSegment',
                 request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CountSegmentRequest.SerializeToString,
                 response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CountSegmentResponse.FromString,
+                _registered_method=True)
+        self.PreviewSegment = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/PreviewSegment',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.PreviewSegmentRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.PreviewSegmentResponse.FromString,
+                _registered_method=True)
+        self.StreamMembers = channel.unary_stream(
+                '/nudge.segmentation.v1.SegmentService/StreamMembers',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.StreamMembersRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.StreamMembersResponse.FromString,
+                _registered_method=True)
+        self.ListContactSegments = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/ListContactSegments',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListContactSegmentsRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListContactSegmentsResponse.FromString,
+                _registered_method=True)
+        self.ExplainMembership = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/ExplainMembership',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ExplainMembershipRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ExplainMembershipResponse.FromString,
+                _registered_method=True)
+        self.SegmentOverlap = channel.unary_unary(
+                '/nudge.segmentation.v1.SegmentService/SegmentOverlap',
+                request_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentOverlapRequest.SerializeToString,
+                response_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentOverlapResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,7 +105,69 @@ class SegmentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSegment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateSegment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateSegment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSegment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateRule(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CountSegment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewSegment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamMembers(self, request, context):
+        """Every member, in ascending contact id, in messages of `batch_size`; constant memory on
+        the server (a cursor), for campaigns' fan-out.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListContactSegments(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExplainMembership(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SegmentOverlap(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -69,10 +181,60 @@ def add_SegmentServiceServicer_to_server(servicer, server):
                     request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsRequest.FromString,
                     response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListSegmentsResponse.SerializeToString,
             ),
+            'GetSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSegment,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.SerializeToString,
+            ),
+            'CreateSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateSegment,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CreateSegmentRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.SerializeToString,
+            ),
+            'UpdateSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSegment,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.UpdateSegmentRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.SerializeToString,
+            ),
+            'DeleteSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSegment,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.DeleteSegmentRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.DeleteSegmentResponse.SerializeToString,
+            ),
+            'ValidateRule': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateRule,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ValidateRuleRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ValidateRuleResponse.SerializeToString,
+            ),
             'CountSegment': grpc.unary_unary_rpc_method_handler(
                     servicer.CountSegment,
                     request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CountSegmentRequest.FromString,
                     response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CountSegmentResponse.SerializeToString,
+            ),
+            'PreviewSegment': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewSegment,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.PreviewSegmentRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.PreviewSegmentResponse.SerializeToString,
+            ),
+            'StreamMembers': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamMembers,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.StreamMembersRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.StreamMembersResponse.SerializeToString,
+            ),
+            'ListContactSegments': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContactSegments,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListContactSegmentsRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListContactSegmentsResponse.SerializeToString,
+            ),
+            'ExplainMembership': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainMembership,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ExplainMembershipRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ExplainMembershipResponse.SerializeToString,
+            ),
+            'SegmentOverlap': grpc.unary_unary_rpc_method_handler(
+                    servicer.SegmentOverlap,
+                    request_deserializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentOverlapRequest.FromString,
+                    response_serializer=nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentOverlapResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -113,6 +275,141 @@ class SegmentService:
             _registered_method=True)
 
     @staticmethod
+    def GetSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/GetSegment',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.GetSegmentRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/CreateSegment',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CreateSegmentRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/UpdateSegment',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.UpdateSegmentRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.Segment.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/DeleteSegment',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.DeleteSegmentRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.DeleteSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateRule(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/ValidateRule',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ValidateRuleRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ValidateRuleResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CountSegment(request,
             target,
             options=(),
@@ -129,6 +426,141 @@ class SegmentService:
             '/nudge.segmentation.v1.SegmentService/CountSegment',
             nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CountSegmentRequest.SerializeToString,
             nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.CountSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewSegment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/PreviewSegment',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.PreviewSegmentRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.PreviewSegmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/StreamMembers',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.StreamMembersRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.StreamMembersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContactSegments(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/ListContactSegments',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListContactSegmentsRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ListContactSegmentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainMembership(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/ExplainMembership',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ExplainMembershipRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.ExplainMembershipResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SegmentOverlap(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.segmentation.v1.SegmentService/SegmentOverlap',
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentOverlapRequest.SerializeToString,
+            nudge_dot_segmentation_dot_v1_dot_segmentation__pb2.SegmentOverlapResponse.FromString,
             options,
             channel_credentials,
             insecure,
