@@ -194,12 +194,13 @@ class _Compiler:
         if op in _SYMBOL:
             return f"coalesce(({x}) {_SYMBOL[op]} {self.scalar(value)}, false)"
         v = self.scalar(value)
+        lx, lv = _lower(x), _lower(v)
         expr = {
             "starts_with": f"starts_with({x}, {v})",
             "contains": f"strpos({x}, {v}) > 0",
-            "ci_eq": f"lower({x}) = lower({v})",
-            "ci_contains": f"strpos(lower({x}), lower({v})) > 0",
-            "ci_starts_with": f"starts_with(lower({x}), lower({v}))",
+            "ci_eq": f"{lx} = {lv}",
+            "ci_contains": f"strpos({lx}, {lv}) > 0",
+            "ci_starts_with": f"starts_with({lx}, {lv})",
         }[op]
         return f"coalesce({expr}, false)"
 
@@ -319,7 +320,7 @@ class _Compiler:
             query = node.where_value("query")
             if query is not None:
                 q = self.params.add(query, "text")
-                conditions.append(f"strpos(lower(ra.subject), lower({q})) > 0")
+                conditions.append(f"strpos({_lower('ra.subject')}, {_lower(q)}) > 0")
             prefix = node.where_value("url_prefix")
             if prefix is not None:
                 conditions.append(f"starts_with(ra.subject, {self.params.add(prefix, 'text')})")
@@ -416,6 +417,11 @@ class _Compiler:
         window, _ = self.window(node)
         oldest = f"(SELECT min({at}) {window})"
         return _least([upcoming, self.flip(oldest, node.within, strict=False)])
+
+
+def _lower(x: str) -> str:
+    """ASCII-only lower case whatever the database's locale (evaluate.lower's twin)."""
+    return f'lower(({x}) COLLATE "C")'
 
 
 def _least(moments: list[str | None]) -> str | None:

@@ -277,10 +277,14 @@ def _compare(x: object, op: str, value: object, as_of: datetime) -> bool:
     raise AssertionError(op)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def lower(text: str) -> str:
-    """Lower case as the database's lower() does it with a C or UTF-8 collation: ASCII
-    letters always; other letters the way Python does (docs: 'ci_' operators)."""
-    return text.lower()
+    """ASCII letters lower-cased, every other character as it is: what PostgreSQL's
+    ``lower(x COLLATE "C")`` does, whatever the database's locale (so both evaluators
+    agree; docs/segment-rules.md, 'ci_' operators)."""
+    return text.translate(_ASCII_LOWER)
 
 
 def _compare_node(node: Compare, facts: Facts, as_of: datetime) -> tuple[bool, dict[str, str]]:

@@ -257,6 +257,10 @@ class _Refused(Exception):
     """Stops the walk of a subtree after a violation that makes the rest meaningless."""
 
 
+class _Abort(Exception):
+    """Stops the whole walk: a limit of the whole rule (nodes) is passed."""
+
+
 def _suggest(word: str, choices: tuple[str, ...] | list[str]) -> str:
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean {close[0]!r}?" if close else ""
@@ -278,6 +282,11 @@ def _check_string(ctx: _Context, value: object, path: str, what: str = "a string
     if "\x00" in value:
         ctx.fail(path, "must not contain the NUL character")
         raise _Refused
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        ctx.fail(path, "must be valid Unicode (a lone surrogate is not)")
+        raise _Refused from None
     return value
 
 
@@ -472,10 +481,10 @@ def _walk(ctx: _Context, doc: object, path: str, depth: int) -> Node:
         ctx.own_nodes += 1
         if ctx.own_nodes > MAX_NODES:
             ctx.fail(path, f"the rule has more than {MAX_NODES} nodes")
-            raise _Refused
+            raise _Abort
     if ctx.all_nodes > MAX_NODES_INLINED:
         ctx.fail(path, f"the rule has more than {MAX_NODES_INLINED} nodes with its segments")
-        raise _Refused
+        raise _Abort
     if not isinstance(doc, dict):
         ctx.fail(path, f"must be an object (a rule node), not {_type_name(doc)}")
         raise _Refused
@@ -669,16 +678,21 @@ def _segment(ctx: _Context, value: object, path: str, depth: int) -> SegmentRef:
     inner = _Context(
         ctx.resolve, [], ctx.own_nodes, ctx.all_nodes, (*ctx.stack, segment_id), ctx.inlined + 1
     )
+    aborted = False
     try:
         node = _walk(inner, target, here, depth + 1)
     except _Refused:
         node = None
+    except _Abort:
+        node, aborted = None, True
     ctx.all_nodes = inner.all_nodes
     for sub_path, message in inner.violations:
         if "cycle" in message or "nodes with its segments" in message or "deeper" in message:
             ctx.fail(here, message)
         else:
             ctx.fail(here, f"segment {segment_id!r} has an invalid rule: {sub_path}: {message}")
+    if aborted:
+        raise _Abort
     if node is None:
         raise _Refused
     return SegmentRef(path, segment_id, node)
@@ -693,7 +707,7 @@ def parse_rule(doc: object, *, resolve: Resolve | None = None, path: str = "rule
     ctx = _Context(resolve)
     try:
         node = _walk(ctx, _plain(doc), path, 1)
-    except _Refused:
+    except (_Refused, _Abort):
         node = None
     except RecursionError:
         ctx.fail(path, f"the rule is nested deeper than {MAX_DEPTH} levels")
