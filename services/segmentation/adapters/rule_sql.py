@@ -256,12 +256,12 @@ class _Compiler:
 
     def average(self, node: Compare) -> str:
         """``total / orders OP v`` as ``total OP v * orders`` with orders > 0: exact."""
-        total = self.spent(node.currency or "", "total_minor")
         count = self.spent(node.currency or "", "orders")
         if node.op == "exists":
             return f"({count} > 0)"
         if node.op == "not_exists":
             return f"({count} = 0)"
+        total = self.spent(node.currency or "", "total_minor")
         if node.op in ("in", "not_in"):
             arr = self.array(node.value, NUMBER)  # type: ignore[arg-type]
             found = f"({total}) = ANY(ARRAY(SELECT u * {count} FROM unnest({arr}) u))"
