@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -34,6 +34,7 @@ from services.segmentation.domain.evaluate import (
     ActivityFact,
     Facts,
     OrderFact,
+    compare_value,
 )
 from services.segmentation.domain.rules import (
     BOOLEAN,
@@ -85,6 +86,9 @@ class Params:
         self.values.append(value)
         return f"${self.first + len(self.values) - 1}::{sql_type}"
 
+
+# A count's clause compared with 0 reads no time (counts are numbers, never relative times).
+AS_OF_UNUSED = datetime(2000, 1, 1, tzinfo=UTC)
 
 _SYMBOL = {"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 
@@ -336,8 +340,25 @@ class _Compiler:
     def events(self, node: Events) -> str:
         source, _ = self.window(node)
         if node.count_op == "gte" and node.count_value == 1:
-            return f"EXISTS (SELECT 1 {source})"
-        return self.compare(f"(SELECT count(*) {source})", NUMBER, node.count_op, node.count_value)
+            counted = f"EXISTS (SELECT 1 {source})"
+        else:
+            counted = self.compare(
+                f"(SELECT count(*) {source})", NUMBER, node.count_op, node.count_value
+            )
+        if node.kind != "order":
+            return counted
+        # A completed order in the window means the profile's first order is at or before
+        # as_of and its last (the newest of all) after the window's start: a row failing
+        # that has none, and the count's clause is what it says of 0, known now. So most
+        # rows never run the subquery.
+        p = self.p
+        guard = f"{p}.first_order_at <= {self.a}"
+        if node.within is not None:
+            guard += f" AND {p}.last_order_at > {self.before(node.within)}"
+        zero = (
+            "true" if compare_value(0, node.count_op, node.count_value, AS_OF_UNUSED) else "false"
+        )
+        return f"(CASE WHEN coalesce({guard}, false) THEN {counted} ELSE {zero} END)"
 
     # -- the tree -------------------------------------------------------------------------
     def predicate(self, node: Node) -> str:

@@ -237,6 +237,11 @@ def resolved(value: object, as_of: datetime) -> object:
     return before(as_of, value.duration) if isinstance(value, Ago) else value
 
 
+def compare_value(x: object, op: str, value: object, as_of: datetime) -> bool:
+    """``x OP value`` in the rule's two-valued logic (``x`` None: missing)."""
+    return _compare(x, op, value, as_of)
+
+
 def _compare(x: object, op: str, value: object, as_of: datetime) -> bool:
     if op == "exists":
         return x is not None

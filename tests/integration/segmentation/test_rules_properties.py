@@ -207,10 +207,15 @@ leaves = st.one_of(
             **({"within": within} if within else {}),
             **({"count": count} if count else {}),
         },
-        st.sampled_from(["page_view", "search", "click", "open"]),
+        st.sampled_from(["order", "page_view", "search", "click", "open"]),
         st.just({}),
         st.none() | duration,
-        st.none() | st.builds(lambda n: {"op": "gte", "value": n}, st.integers(0, 3)),
+        st.none()
+        | st.builds(
+            lambda op, n: {"op": op, "value": n},
+            st.sampled_from(["eq", "ne", "lt", "lte", "gt", "gte"]),
+            st.integers(0, 3),
+        ),
     ),
     st.builds(
         lambda q: {"events": "search", "where": {"query": q}, "within": {"days": 400}}, hostile
