@@ -131,7 +131,9 @@ def boundaries(now: datetime) -> list[datetime]:
         now - 48 * HOUR,
         *(days_before(now, d) for d in (1, 2, 30, 60, 90, 365)),
     ]
-    return [e + d for e in edges for d in (-SECOND, -US, timedelta(), US, SECOND)]
+    # month ends, where x + N months is clamped and a month clause flips on the 1st
+    month_ends = [datetime(y, m, 31, 10, tzinfo=UTC) for y, m in ((2026, 3), (2026, 1), (2025, 12))]
+    return [e + d for e in edges for d in (-SECOND, -US, timedelta(), US, SECOND)] + month_ends
 
 
 def contacts(now: datetime) -> Iterator[Facts]:
