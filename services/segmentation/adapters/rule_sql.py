@@ -18,6 +18,7 @@ last completed order is not after ``as_of`` (then the columns are the aggregates
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -531,6 +532,4 @@ async def load_facts(conn: asyncpg.Connection, workspace_id: str, contact_id: st
 
 
 def _json(text: str | None) -> Any:
-    import json
-
     return None if text is None else json.loads(text)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import calendar
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -157,13 +157,15 @@ def _completed(facts: Facts, as_of: datetime) -> list[OrderFact]:
 
 
 def _time(value: object) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
+    """A time the read model wrote in JSON (the cart's ``updated_at``: ISO 8601 with an
+    offset; one without is taken as UTC)."""
     if isinstance(value, str):
         try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
         except ValueError:
             return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
     return None
 
 
@@ -597,5 +599,3 @@ def _next_events(node: Events, facts: Facts, as_of: datetime) -> datetime | None
     leaves = flips_at(inside[0], node.within, strict=False) if inside else None
     return _earliest(upcoming, leaves)
 
-
-Evaluator = Callable[[Node, Facts, datetime], bool]

@@ -706,7 +706,7 @@ def parse_rule(doc: object, *, resolve: Resolve | None = None, path: str = "rule
     """
     ctx = _Context(resolve)
     try:
-        node = _walk(ctx, _plain(doc), path, 1)
+        node = _walk(ctx, doc, path, 1)
     except (_Refused, _Abort):
         node = None
     except RecursionError:
@@ -715,11 +715,6 @@ def parse_rule(doc: object, *, resolve: Resolve | None = None, path: str = "rule
     if ctx.violations or node is None:
         raise RuleError(ctx.violations or [(path, "is not a valid rule")])
     return node
-
-
-def _plain(doc: object) -> object:
-    """Protobuf Struct values arrive as Python dict/list already; nothing else to undo."""
-    return doc
 
 
 def _refuse_constant(name: str) -> object:
