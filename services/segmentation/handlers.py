@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from services.common import clock
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, Validator
 from services.common.ids import is_uuid
 from services.segmentation.adapters import postgres as db
-from services.segmentation.adapters.postgres import CONSUMER, Pending
+from services.segmentation.adapters.postgres import CONSUMER, Applied, Pending
 from services.segmentation.domain.readmodel import ReadModelChange
 from services.segmentation.domain.segments import (
     BUILT_IN,
@@ -36,14 +37,32 @@ from services.segmentation.domain.segments import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONSUMER", "ReadModelWriter", "apply_changes", "count_segment", "export_contact"]
+__all__ = [
+    "CONSUMER",
+    "AfterApply",
+    "Applied",
+    "ReadModelWriter",
+    "apply_changes",
+    "count_segment",
+    "export_contact",
+]
+
+# Called in the batch's transaction once its changes are applied, with what changed (e.g. to
+# re-evaluate the memberships of the changed contacts atomically with the change).
+AfterApply = Callable[[asyncpg.Connection, Applied, datetime], Awaitable[None]]
 
 
-async def apply_changes(pool: asyncpg.Pool, items: list[Pending]) -> list[bool]:
-    """Apply ``items`` in order in one transaction; for each, whether it changed anything."""
+async def apply_changes(
+    pool: asyncpg.Pool, items: list[Pending], after_apply: AfterApply | None = None
+) -> Applied:
+    """Apply ``items`` in order in one transaction, then ``after_apply`` in the same one (if
+    it fails, nothing of the batch is kept); for each item, whether it changed anything."""
     now = clock.now()
     async with pool.acquire() as conn, conn.transaction():
-        return await db.apply(conn, items, now)
+        applied = await db.apply(conn, items, now)
+        if after_apply is not None and (applied.changed or applied.removed):
+            await after_apply(conn, applied, now)
+        return applied
 
 
 class ReadModelWriter:
@@ -63,8 +82,16 @@ class ReadModelWriter:
     while the others of its batch are applied.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 1000, max_flushes: int = 2) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int = 1000,
+        max_flushes: int = 2,
+        after_apply: AfterApply | None = None,
+    ) -> None:
         self._pool = pool
+        self._after_apply = after_apply
         self._max_batch = max_batch
         self._max_flushes = max_flushes
         self._queue: deque[tuple[Pending, asyncio.Future[bool]]] = deque()
@@ -93,7 +120,9 @@ class ReadModelWriter:
     async def _flush(self, batch: list[tuple[Pending, asyncio.Future[bool]]]) -> None:
         try:
             try:
-                results = await apply_changes(self._pool, [item for item, _ in batch])
+                results = await apply_changes(
+                    self._pool, [item for item, _ in batch], self._after_apply
+                )
                 self.batches += 1
                 for (_, future), result in zip(batch, results, strict=True):
                     _settle(future, result)
@@ -106,7 +135,9 @@ class ReadModelWriter:
                 )
                 for item, future in batch:
                     try:
-                        _settle(future, (await apply_changes(self._pool, [item]))[0])
+                        _settle(
+                            future, (await apply_changes(self._pool, [item], self._after_apply))[0]
+                        )
                         self.batches += 1
                     except Exception as one:
                         _settle(future, one)

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -77,12 +77,64 @@ def rounds(items: Sequence[Pending]) -> list[list[int]]:
     return cut
 
 
-async def apply(conn: asyncpg.Connection, items: Sequence[Pending], now: datetime) -> list[bool]:
+@dataclass
+class Applied:
+    """What :func:`apply` did: per item whether it changed the read model (``results``, in
+    the order of the items), and per contact the event that last changed it.
+
+    ``changed`` maps each (workspace, contact) whose profile, orders or activity changed to
+    the event id of its last applied item, so that whoever re-evaluates memberships in the
+    same transaction can name the cause; ``removed`` maps each contact deleted or erased by
+    the batch to its removal's event id (such a key is not in ``changed``). It reads as the
+    list of results too (``all(applied)``, ``applied == [True, False]``, ``applied[0]``).
+    """
+
+    results: list[bool]
+    changed: dict[Key, str] = field(default_factory=dict)
+    removed: dict[Key, str] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[bool]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> bool:
+        return self.results[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list):
+            return self.results == other
+        if isinstance(other, Applied):
+            return (self.results, self.changed, self.removed) == (
+                other.results,
+                other.changed,
+                other.removed,
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def _note(self, item: Pending) -> None:
+        if isinstance(item.change, Removed):
+            self.changed.pop(item.key, None)
+            self.removed[item.key] = item.event_id
+        else:
+            self.removed.pop(item.key, None)
+            self.changed.pop(item.key, None)  # re-insert: the last applied item names it
+            self.changed[item.key] = item.event_id
+
+
+async def apply(conn: asyncpg.Connection, items: Sequence[Pending], now: datetime) -> Applied:
     """Apply ``items`` in order inside the caller's transaction; for each, whether it changed
-    the read model (False: an older or repeated event, or a tombstoned contact)."""
-    applied = [False] * len(items)
+    the read model (False: an older or repeated event, or a tombstoned contact), and which
+    contacts changed or went (:class:`Applied`)."""
+    applied = Applied([False] * len(items))
     for indexes in rounds(items):
-        await _apply_round(conn, [items[i] for i in indexes], now, indexes, applied)
+        await _apply_round(conn, [items[i] for i in indexes], now, indexes, applied.results)
+    for item, result in zip(items, applied.results, strict=True):
+        if result:
+            applied._note(item)
     return applied
 
 
