@@ -243,9 +243,7 @@ class _Compiler:
         p, a = self.p, self.a
         c = self.params.add(currency, "text")
         column = "'total_minor'" if what == "total_minor" else "'orders'"
-        select = (
-            "coalesce(sum(ro.total_minor), 0)" if what == "total_minor" else "count(ro.total_minor)"
-        )
+        select = "coalesce(sum(ro.total_minor), 0)" if what == "total_minor" else "count(*)"
         return (
             f"(CASE WHEN {self.fast()} THEN coalesce(({p}.spent -> {c} ->> {column})::numeric, 0)"
             f" ELSE (SELECT {select} {self.orders_of_contact()} AND ro.placed_at <= {a}"
@@ -383,16 +381,86 @@ class _Compiler:
                 return self.predicate(node.node)
         raise AssertionError(node)
 
+    def frozen(self, node: Node) -> tuple[str, str]:
+        """(frozen false, frozen true): SQL twins of
+        :func:`services.segmentation.domain.evaluate.frozen`, never NULL."""
+        match node:
+            case AllOf() | AnyOf():
+                parts = [self.frozen(c) for c in node.children]
+                ff = [f for f, _ in parts]
+                ft = [t for _, t in parts]
+                if isinstance(node, AllOf):
+                    return _or(ff), _and(ft)
+                return _and(ff), _or(ft)
+            case Not():
+                child_ff, child_ft = self.frozen(node.child)
+                return child_ft, child_ff
+            case SegmentRef():
+                return self.frozen(node.node)
+            case Compare():
+                return self.frozen_compare(node)
+            case Events():
+                held = self.events(node)
+                source, at = self.events_from(node)
+                still = f"NOT EXISTS (SELECT 1 {source} AND {at} > {self.a})"
+                if node.within is not None:
+                    window, _ = self.window(node)
+                    still += f" AND NOT EXISTS (SELECT 1 {window})"
+                return f"({still} AND NOT {held})", f"({still} AND {held})"
+        held = self.predicate(node)
+        return f"(NOT {held})", held
+
+    def arrives(self, node: Compare) -> str | None:
+        p, a = self.p, self.a
+        if node.source != "field":
+            return None
+        if node.name in ORDER_FIELDS:
+            return f"coalesce({p}.last_order_at > {a}, false)"
+        if node.name == "signed_up_at":
+            return f"coalesce({p}.signed_up_at > {a}, false)"
+        return None
+
+    def frozen_compare(self, node: Compare) -> tuple[str, str]:
+        arrives = self.arrives(node)
+        calm = "" if arrives is None else f"NOT {arrives} AND "
+        if node.type == TIME and node.op == "between":
+            lo, hi = pair(node.value)
+            x = self.field(node.name, node.currency)
+            # every string built here is used (a bound parameter must appear in the SQL)
+            falls = f"NOT {self.compare(x, TIME, 'gte', lo)}"
+            if not isinstance(hi, Ago):
+                falls += f" OR NOT {self.compare(x, TIME, 'lte', hi)}"
+            ff = f"({calm}({falls}))"
+            if isinstance(lo, Ago):
+                return ff, "false"
+            both = f"{self.compare(x, TIME, 'gte', lo)} AND {self.compare(x, TIME, 'lte', hi)}"
+            return ff, f"({calm}{both})"
+        held = self.compare_node(node)
+        relative = node.type == TIME and isinstance(node.value, Ago)
+        ff = "false" if relative and node.op in ("lt", "lte") else f"({calm}NOT {held})"
+        ft = "false" if relative and node.op in ("gt", "gte") else f"({calm}{held})"
+        return ff, ft
+
     def next_transition(self, node: Node) -> str | None:
         match node:
             case AllOf() | AnyOf():
-                return _least([self.next_transition(c) for c in node.children])
+                moment = _least([self.next_transition(c) for c in node.children])
+                if moment is None:
+                    return None
+                # a child frozen at the deciding value freezes the whole node
+                parts = [self.frozen(c) for c in node.children]
+                decided = _or([ff if isinstance(node, AllOf) else ft for ff, ft in parts])
+                return f"(CASE WHEN {decided} THEN NULL ELSE {moment} END)"
             case Not():
                 return self.next_transition(node.child)
             case SegmentRef():
                 return self.next_transition(node.node)
             case Compare():
-                return self.next_compare(node)
+                moment = self.next_compare(node)
+                if moment is None:
+                    return None
+                ff, ft = self.frozen_compare(node)
+                return f"(CASE WHEN {ff} OR {ft} THEN NULL ELSE {moment} END)"
             case Events():
                 return self.next_events(node)
         return None
@@ -444,6 +512,14 @@ class _Compiler:
 def _lower(x: str) -> str:
     """ASCII-only lower case whatever the database's locale (evaluate.lower's twin)."""
     return f'lower(({x}) COLLATE "C")'
+
+
+def _or(parts: list[str]) -> str:
+    return "(" + " OR ".join(parts) + ")"
+
+
+def _and(parts: list[str]) -> str:
+    return "(" + " AND ".join(parts) + ")"
 
 
 def _least(moments: list[str | None]) -> str | None:

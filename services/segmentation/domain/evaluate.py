@@ -182,13 +182,10 @@ def _num(value: object) -> int | Decimal | None:
 
 
 def spent(facts: Facts, as_of: datetime, currency: str) -> tuple[int, int]:
-    """(total in minor units, orders with a total) of completed orders in ``currency``."""
-    rows = [
-        o.total_minor
-        for o in _completed(facts, as_of)
-        if o.currency == currency and o.total_minor is not None
-    ]
-    return sum(rows), len(rows)
+    """(total in minor units, orders) of completed orders in ``currency``: the read model's
+    ``spent`` (an order without a total counts as an order and adds nothing)."""
+    rows = [o.total_minor for o in _completed(facts, as_of) if o.currency == currency]
+    return sum(t for t in rows if t is not None), len(rows)
 
 
 def field_value(facts: Facts, name: str, as_of: datetime, currency: str | None = None) -> object:
@@ -543,16 +540,91 @@ def _leaf_flip(x: datetime | None, op: str, value: object, held: bool) -> dateti
     return None
 
 
+def frozen(node: Node, facts: Facts, as_of: datetime) -> bool | None:
+    """The node's value when time alone can no longer change it, else None.
+
+    A clause ``x gte/gt as_of - d`` that is false stays false (``as_of - d`` only grows),
+    one ``x lt/lte as_of - d`` that is true stays true; other clauses change with time only
+    through an order, signup or event after ``as_of``, or an event leaving a window. An
+    ``all`` with a frozen false child is frozen false, an ``any`` with a frozen true child
+    frozen true. This keeps a time comparison that can no longer matter from waking the
+    contact (a customer with 5 orders is not woken for ``lost``, whose ``orders between 1
+    and 3`` is false for good).
+    """
+    match node:
+        case AllOf() | AnyOf():
+            values = [frozen(c, facts, as_of) for c in node.children]
+            decisive = isinstance(node, AnyOf)  # any: a frozen true decides; all: a false
+            if decisive in values:
+                return decisive
+            return (not decisive) if all(v is not None for v in values) else None
+        case Not():
+            value = frozen(node.child, facts, as_of)
+            return None if value is None else not value
+        case SegmentRef():
+            return frozen(node.node, facts, as_of)
+        case Compare():
+            return _frozen_compare(node, facts, as_of)
+        case Events():
+            held = _events_node(node, facts, as_of)[0]
+            if any(t > as_of for t in event_times(node, facts, None)):
+                return None
+            if node.within is not None and _window(node, facts, as_of):
+                return None
+            return held
+    return evaluate(node, facts, as_of)
+
+
+def _arrives(node: Compare, facts: Facts, as_of: datetime) -> bool:
+    """Whether an order or a signup after ``as_of`` will change what the clause reads."""
+    if node.source != "field":
+        return False
+    if node.name in ORDER_FIELDS:
+        return _next_order(facts, as_of) is not None
+    if node.name == "signed_up_at":
+        return facts.signed_up_at is not None and facts.signed_up_at > as_of
+    return False
+
+
+def _frozen_compare(node: Compare, facts: Facts, as_of: datetime) -> bool | None:
+    if _arrives(node, facts, as_of):
+        return None
+    held = _compare_node(node, facts, as_of)[0]
+    if node.type != TIME or node.op in ("exists", "not_exists"):
+        return held
+    if node.op == "between":
+        lo, hi = pair(node.value)
+        x = field_value(facts, node.name, as_of, node.currency)
+        lo_held = _compare(x, "gte", lo, as_of)
+        hi_held = _compare(x, "lte", hi, as_of)
+        # x >= lo can only turn false (lo relative) or never change (lo an instant);
+        # x <= hi can only turn true (hi relative) or never change.
+        if not lo_held or (not hi_held and not isinstance(hi, Ago)):
+            return False
+        if not isinstance(lo, Ago) and hi_held:
+            return True
+        return None
+    if not isinstance(node.value, Ago):
+        return held
+    if node.op in ("gte", "gt"):
+        return None if held else False
+    return True if held else None
+
+
 def next_transition(node: Node, facts: Facts, as_of: datetime) -> datetime | None:
-    """The earliest moment strictly after ``as_of`` at which a clause of the rule changes
-    value with time alone (None: never). A clause's change may leave the whole rule as it
-    is (the sweeper then finds nothing to publish and asks again); it is never late.
+    """The earliest moment strictly after ``as_of`` at which a clause of the rule that
+    still matters (:func:`frozen`) changes value with time alone (None: never). A clause's
+    change may still leave the whole rule as it is (two clauses that change in opposite
+    directions; an event window whose oldest event leaves while others remain): the
+    sweeper then finds nothing to publish and asks again. It is never late.
 
     A time comparison with ``{"ago": ...}`` flips when ``as_of - d`` passes the value; an
     event window changes when its oldest event leaves it; a completed order or a signup
     after ``as_of`` changes what the clauses reading them see. The SQL twin
     (:func:`services.segmentation.adapters.rule_sql.next_transition_sql`) computes the same.
     """
+    if frozen(node, facts, as_of) is not None:
+        return None
     match node:
         case AllOf() | AnyOf():
             return _earliest(*(next_transition(c, facts, as_of) for c in node.children))
@@ -598,4 +670,3 @@ def _next_events(node: Events, facts: Facts, as_of: datetime) -> datetime | None
     inside = _window(node, facts, as_of)
     leaves = flips_at(inside[0], node.within, strict=False) if inside else None
     return _earliest(upcoming, leaves)
-

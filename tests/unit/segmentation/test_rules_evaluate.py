@@ -280,3 +280,29 @@ def test_built_in_transitions_at_their_boundaries() -> None:
     assert not evaluate(reactivation, buyer, moment - US)
     assert evaluate(reactivation, buyer, moment)
     assert next_transition(BY_ID["vip"].node, buyer, last) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    order_times=st.lists(moments, max_size=5),
+    signup=st.none() | moments,
+    later=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=500)),
+)
+def test_built_ins_change_exactly_at_their_next_transition(
+    order_times: list[datetime], signup: datetime | None, later: timedelta
+) -> None:
+    """With nothing arriving after as_of, a built-in's next transition is the moment the
+    contact enters or leaves it (clauses that can no longer matter do not wake it)."""
+    as_of = max([*order_times, *([signup] if signup else []), datetime(2023, 1, 1, tzinfo=UTC)])
+    as_of += later
+    facts = Facts(signed_up_at=signup, orders=tuple(order(t, n) for n, t in enumerate(order_times)))
+    for segment in BUILT_IN:
+        now = evaluate(segment.node, facts, as_of)
+        moment = next_transition(segment.node, facts, as_of)
+        if moment is None:
+            for t in (as_of + DAY, as_of + 400 * DAY, as_of + 4000 * DAY):
+                assert evaluate(segment.node, facts, t) == now, segment.id
+            continue
+        assert moment > as_of
+        assert evaluate(segment.node, facts, moment - US) == now, segment.id
+        assert evaluate(segment.node, facts, moment) != now, segment.id
