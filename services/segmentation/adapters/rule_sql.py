@@ -137,9 +137,9 @@ class _Compiler:
         at = moment or self.a
         if d.unit == "months":
             n = self.params.add(d.n, "int")
-            return (
-                f"((({at}) AT TIME ZONE 'UTC') - make_interval(months => {n})) AT TIME ZONE 'UTC'"
-            )
+            # parenthesised: BETWEEN's bounds take no bare AT TIME ZONE
+            wall = f"(({at}) AT TIME ZONE 'UTC')"
+            return f"(({wall} - make_interval(months => {n})) AT TIME ZONE 'UTC')"
         hours = self.params.add(d.n * 24 if d.unit == "days" else d.n, "int")
         return f"(({at}) - make_interval(hours => {hours}))"
 
