@@ -381,24 +381,21 @@ class _Compiler:
                 return self.predicate(node.node)
         raise AssertionError(node)
 
-    def frozen(self, node: Node) -> tuple[str, str]:
-        """(frozen false, frozen true): SQL twins of
-        :func:`services.segmentation.domain.evaluate.frozen`, never NULL."""
+    def frozen(self, node: Node, value: bool) -> str:
+        """SQL twin of :func:`services.segmentation.domain.evaluate.frozen`: whether the
+        node is frozen at ``value`` (never NULL). One side at a time, so that every bound
+        parameter appears in the SQL."""
         match node:
             case AllOf() | AnyOf():
-                parts = [self.frozen(c) for c in node.children]
-                ff = [f for f, _ in parts]
-                ft = [t for _, t in parts]
-                if isinstance(node, AllOf):
-                    return _or(ff), _and(ft)
-                return _and(ff), _or(ft)
+                parts = [self.frozen(c, value) for c in node.children]
+                # all: frozen false when any child is, true when every child is; any: dual
+                return _or(parts) if isinstance(node, AllOf) != value else _and(parts)
             case Not():
-                child_ff, child_ft = self.frozen(node.child)
-                return child_ft, child_ff
+                return self.frozen(node.child, not value)
             case SegmentRef():
-                return self.frozen(node.node)
+                return self.frozen(node.node, value)
             case Compare():
-                return self.frozen_compare(node)
+                return self.frozen_compare(node, value)
             case Events():
                 held = self.events(node)
                 source, at = self.events_from(node)
@@ -406,9 +403,9 @@ class _Compiler:
                 if node.within is not None:
                     window, _ = self.window(node)
                     still += f" AND NOT EXISTS (SELECT 1 {window})"
-                return f"({still} AND NOT {held})", f"({still} AND {held})"
+                return f"({still} AND {held if value else f'NOT {held}'})"
         held = self.predicate(node)
-        return f"(NOT {held})", held
+        return held if value else f"(NOT {held})"
 
     def arrives(self, node: Compare) -> str | None:
         p, a = self.p, self.a
@@ -420,26 +417,26 @@ class _Compiler:
             return f"coalesce({p}.signed_up_at > {a}, false)"
         return None
 
-    def frozen_compare(self, node: Compare) -> tuple[str, str]:
+    def frozen_compare(self, node: Compare, value: bool) -> str:
         arrives = self.arrives(node)
         calm = "" if arrives is None else f"NOT {arrives} AND "
         if node.type == TIME and node.op == "between":
             lo, hi = pair(node.value)
             x = self.field(node.name, node.currency)
-            # every string built here is used (a bound parameter must appear in the SQL)
-            falls = f"NOT {self.compare(x, TIME, 'gte', lo)}"
-            if not isinstance(hi, Ago):
-                falls += f" OR NOT {self.compare(x, TIME, 'lte', hi)}"
-            ff = f"({calm}({falls}))"
+            if not value:
+                falls = f"NOT {self.compare(x, TIME, 'gte', lo)}"
+                if not isinstance(hi, Ago):
+                    falls += f" OR NOT {self.compare(x, TIME, 'lte', hi)}"
+                return f"({calm}({falls}))"
             if isinstance(lo, Ago):
-                return ff, "false"
+                return "false"
             both = f"{self.compare(x, TIME, 'gte', lo)} AND {self.compare(x, TIME, 'lte', hi)}"
-            return ff, f"({calm}{both})"
-        held = self.compare_node(node)
+            return f"({calm}{both})"
         relative = node.type == TIME and isinstance(node.value, Ago)
-        ff = "false" if relative and node.op in ("lt", "lte") else f"({calm}NOT {held})"
-        ft = "false" if relative and node.op in ("gt", "gte") else f"({calm}{held})"
-        return ff, ft
+        if relative and value != (node.op in ("lt", "lte")):
+            return "false"  # gte/gt only turn false, lt/lte only turn true
+        held = self.compare_node(node)
+        return f"({calm}{held})" if value else f"({calm}NOT {held})"
 
     def next_transition(self, node: Node) -> str | None:
         match node:
@@ -448,8 +445,8 @@ class _Compiler:
                 if moment is None:
                     return None
                 # a child frozen at the deciding value freezes the whole node
-                parts = [self.frozen(c) for c in node.children]
-                decided = _or([ff if isinstance(node, AllOf) else ft for ff, ft in parts])
+                deciding = isinstance(node, AnyOf)
+                decided = _or([self.frozen(c, deciding) for c in node.children])
                 return f"(CASE WHEN {decided} THEN NULL ELSE {moment} END)"
             case Not():
                 return self.next_transition(node.child)
@@ -459,7 +456,7 @@ class _Compiler:
                 moment = self.next_compare(node)
                 if moment is None:
                     return None
-                ff, ft = self.frozen_compare(node)
+                ff, ft = self.frozen_compare(node, False), self.frozen_compare(node, True)
                 return f"(CASE WHEN {ff} OR {ft} THEN NULL ELSE {moment} END)"
             case Events():
                 return self.next_events(node)

@@ -123,7 +123,7 @@ async def refresh_aggregates(conn: asyncpg.Connection, workspace_id: str) -> Non
             SELECT count(*)::int AS n, min(placed_at) AS first, max(placed_at) AS last,
                    (SELECT jsonb_object_agg(currency, jsonb_build_object(
                         'total_minor', total, 'orders', cnt))
-                    FROM (SELECT currency, sum(total_minor) AS total, count(total_minor) AS cnt
+                    FROM (SELECT currency, sum(total_minor) AS total, count(*) AS cnt
                           FROM orders o2
                           WHERE o2.workspace_id = q.workspace_id AND o2.contact_id = q.contact_id
                             AND o2.status = 'completed' AND o2.placed_at IS NOT NULL

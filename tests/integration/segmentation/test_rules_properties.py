@@ -401,6 +401,7 @@ async def test_generated_rules_never_put_input_in_sql_and_agree_with_python(
     async with pool.acquire() as conn:
         found = await sql_members(conn, workspace_id, node, AS_OF)
         expected = {f.contact_id for f in people if evaluate(node, f, AS_OF)}
-        assert found == expected, found ^ expected
+        assert found == expected, (doc, found ^ expected)
         moments = await sql_next(conn, workspace_id, node, AS_OF)
-        assert moments == {f.contact_id: next_transition(node, f, AS_OF) for f in people}
+        wanted = {f.contact_id: next_transition(node, f, AS_OF) for f in people}
+        assert moments == wanted, (doc, {c for c in wanted if wanted[c] != moments[c]})
