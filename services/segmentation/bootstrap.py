@@ -23,12 +23,11 @@ from services.common.grpc_client import channel
 from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop
 from services.common.kafka_probe import BrokerProbe
-from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
-from services.segmentation.adapters.postgres import SCHEMA
+from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS, TRACKING_EVENTS
 from services.segmentation.config import Settings
 from services.segmentation.entrypoints import kafka
 from services.segmentation.entrypoints.grpc import ContactDataServicer, SegmentServicer
-from services.segmentation.handlers import CONSUMER, ReadModelWriter
+from services.segmentation.handlers import ReadModelWriter
 
 log = logging.getLogger(__name__)
 NAME = "segmentation"
@@ -44,8 +43,8 @@ MAX_IN_FLIGHT = 4000
 
 
 async def start(service: runtime.Service, settings: Settings) -> None:
-    await migrate(settings.database_url, SCHEMA, MIGRATIONS)
-    pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    await migrate(settings.database_url, settings.database_schema, MIGRATIONS)
+    pool = await create_pool(settings.database_url, settings.database_schema, max_size=20)
     service.push(pool.close)
     redis = aioredis.from_url(settings.redis_url)
     service.push(redis.aclose)
@@ -59,8 +58,9 @@ async def start(service: runtime.Service, settings: Settings) -> None:
 
     consumer = KafkaConsumerLoop(
         settings.kafka_bootstrap_servers,
-        CONSUMER,
-        [CONTACTS_EVENTS, SHOP_EVENTS],
+        settings.consumer_group,
+        # Keyed by contact id all three: one contact's records are applied one at a time.
+        [CONTACTS_EVENTS, SHOP_EVENTS, TRACKING_EVENTS],
         on_event,
         max_records=MAX_IN_FLIGHT // 2,
         concurrency=CONSUMER_CONCURRENCY,
@@ -97,7 +97,14 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             "kafka": kafka_check(probe),
         },
     )
-    log.info("segmentation consuming %s and %s", CONTACTS_EVENTS, SHOP_EVENTS)
+    log.info(
+        "segmentation consuming %s, %s and %s as group %s into schema %s",
+        CONTACTS_EVENTS,
+        SHOP_EVENTS,
+        TRACKING_EVENTS,
+        settings.consumer_group,
+        settings.database_schema,
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
