@@ -79,7 +79,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
-                SegmentServicer(pool),  # type: ignore[abstract]  # issue 13: RPCs to come
+                SegmentServicer(pool),
                 SERVICE_NAME,
             ),
             (
