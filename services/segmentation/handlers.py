@@ -24,13 +24,9 @@ from services.common.errors import FieldViolation, InvalidArgument
 from services.common.ids import is_uuid
 from services.segmentation.adapters import postgres as db
 from services.segmentation.adapters.postgres import CONSUMER, Pending
+from services.segmentation.adapters.rule_sql import load_facts
+from services.segmentation.domain.builtins import BUILT_IN
 from services.segmentation.domain.readmodel import ReadModelChange
-from services.segmentation.domain.segments import (
-    BUILT_IN,
-    Order,
-    OrderStatus,
-    facts_at,
-)
 
 log = logging.getLogger(__name__)
 
@@ -130,15 +126,10 @@ async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str)
     async with pool.acquire() as conn:
         profile = await db.profile_of(conn, workspace_id, contact_id)
         orders = await db.orders_of(conn, workspace_id, contact_id)
+        facts = await load_facts(conn, workspace_id, contact_id)
     if profile is None and not orders:
         return {}
     now = clock.now()
-    facts = facts_at(
-        now,
-        vip=bool(profile and profile["vip"]),
-        signed_up_at=profile["signed_up_at"] if profile else None,
-        orders=[Order(o["placed_at"], OrderStatus(o["status"])) for o in orders],
-    )
     return {
         "profile": _profile_json(profile) if profile else None,
         "orders": [
@@ -152,7 +143,7 @@ async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str)
             for o in orders
         ],
         # Memberships are evaluated, not stored (the package docstring): these are now's.
-        "memberships": [s.id for s in BUILT_IN if s.contains(facts, now)],
+        "memberships": [s.id for s in BUILT_IN if facts is not None and s.contains(facts, now)],
         "evaluated_at": now.isoformat(),
     }
 
@@ -177,3 +168,4 @@ def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
 
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
+
