@@ -18,3 +18,7 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     # The most consumer records one read-model transaction applies (ReadModelWriter); 1
     # applies each record in its own transaction (for comparison in the benchmark).
     apply_batch_max: int = Field(1000, ge=1, le=10_000)
+    # Membership sweeper (services/segmentation/sweeper.py): profiles claimed per transaction,
+    # and the longest sleep before looking again for due times set by another replica.
+    sweep_batch: int = Field(1000, ge=1, le=10_000)
+    sweep_max_sleep_s: float = Field(1.0, gt=0, le=60)

@@ -1,0 +1,123 @@
+"""The sweeper: transitions caused by time alone (DESIGN.md's timer pattern).
+
+Each profile keeps ``next_transition_at``, the earliest moment time alone may change one of
+its memberships (a window closing, a last order growing old), indexed. The sweeper claims the
+profiles that fell due (``FOR UPDATE SKIP LOCKED``, the earliest first, up to ``batch`` at a
+time, across workspaces), re-evaluates them at now, publishes the transitions with cause TIME
+effective at the due moment, and sets their next due time, all in one transaction: a crash
+mid-sweep rolls back and the rows stay due, so nothing is lost and nothing is published
+twice. Several sweepers (replicas) share the work without waiting on one another.
+
+No busy polling: when nothing is due, it sleeps until the earliest due time (read from the
+index), at most ``max_sleep_s`` (a due time set by another replica is seen that late at
+worst); an evaluation in this process that sets an earlier due time wakes it at once. Time
+comes from :mod:`services.common.clock`, so tests move it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+import asyncpg
+from nudge.segmentation.v1 import events_pb2
+
+from services.common import clock
+from services.segmentation import membership
+from services.segmentation.adapters import membership_sql as sql
+
+log = logging.getLogger(__name__)
+
+BATCH = 1000
+
+
+class Sweeper:
+    """Counters for tests and the benchmark: ``swept`` (profiles re-evaluated),
+    ``published`` (TIME transitions), ``rounds`` (transactions committed)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        batch: int = BATCH,
+        max_sleep_s: float = 1.0,
+        definitions: membership.Definitions | None = None,
+    ) -> None:
+        self._pool = pool
+        self._batch = batch
+        self._max_sleep_s = max_sleep_s
+        self._definitions = definitions or membership.DEFINITIONS
+        self._wake = asyncio.Event()
+        self._sleeping_until: datetime | None = None
+        self.swept = 0
+        self.published = 0
+        self.rounds = 0
+
+    def wake(self, due: datetime | None = None) -> None:
+        """A due time was set: wake up now if it is earlier than the one slept towards."""
+        if due is None or self._sleeping_until is None or due < self._sleeping_until:
+            self._wake.set()
+
+    async def run(self) -> None:
+        undo = membership.on_next_due(self.wake)
+        failures = 0
+        try:
+            while True:
+                try:
+                    swept = await self.sweep_once()
+                    failures = 0
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    failures += 1
+                    log.exception("membership sweep failed; the due rows stay due")
+                    await asyncio.sleep(min(0.1 * 2**failures, 5.0))
+                    continue
+                if swept < self._batch:
+                    await self._sleep()
+        finally:
+            undo()
+
+    async def _sleep(self) -> None:
+        due = await sql.earliest_due(self._pool)
+        now = clock.now()
+        pause = self._max_sleep_s
+        if due is not None:
+            pause = min(pause, max((due - now).total_seconds(), 0.0))
+        self._sleeping_until = due
+        try:
+            if pause > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), pause)
+        finally:
+            self._sleeping_until = None
+            self._wake.clear()
+
+    async def sweep_once(self) -> int:
+        """One transaction: claim up to ``batch`` due profiles and re-evaluate them at now;
+        returns how many were claimed."""
+        now = clock.now()
+        async with self._pool.acquire() as conn, conn.transaction():
+            due = await sql.claim_due(conn, now, self._batch)
+            if not due:
+                return 0
+            by_ws: dict[str, dict[str, membership.Trigger]] = {}
+            for ws, contact, at in due:
+                by_ws.setdefault(ws, {})[contact] = membership.Trigger(
+                    events_pb2.MEMBERSHIP_CAUSE_TIME, at
+                )
+            workspaces = sorted(by_ws)
+            for ws in workspaces:
+                await sql.lock_workspace(conn, ws, shared=True)
+            compiled = await self._definitions.compiled(conn, workspaces)
+            published = 0
+            for ws in workspaces:
+                published += len(
+                    await membership.reevaluate(conn, ws, by_ws[ws], now, compiled[ws])
+                )
+        self.swept += len(due)
+        self.published += published
+        self.rounds += 1
+        return len(due)
