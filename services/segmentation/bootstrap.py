@@ -26,12 +26,11 @@ from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
-from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
-from services.segmentation.adapters.postgres import SCHEMA
+from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS, TRACKING_EVENTS
 from services.segmentation.config import Settings
 from services.segmentation.entrypoints import kafka
 from services.segmentation.entrypoints.grpc import ContactDataServicer, SegmentServicer
-from services.segmentation.handlers import CONSUMER, ReadModelWriter
+from services.segmentation.handlers import ReadModelWriter
 from services.segmentation.membership import after_apply as membership_after_apply
 from services.segmentation.sweeper import Sweeper
 
@@ -49,8 +48,8 @@ MAX_IN_FLIGHT = 4000
 
 
 async def start(service: runtime.Service, settings: Settings) -> None:
-    await migrate(settings.database_url, SCHEMA, MIGRATIONS)
-    pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    await migrate(settings.database_url, settings.database_schema, MIGRATIONS)
+    pool = await create_pool(settings.database_url, settings.database_schema, max_size=20)
     service.push(pool.close)
     redis = aioredis.from_url(settings.redis_url)
     service.push(redis.aclose)
@@ -63,7 +62,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     )
     service.push(publisher.stop)
     await publisher.start()
-    service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
+    service.spawn(OutboxRelay(pool, settings.database_schema, publisher).run(), "outbox-relay")
     sweeper = Sweeper(pool, batch=settings.sweep_batch, max_sleep_s=settings.sweep_max_sleep_s)
     service.spawn(sweeper.run(), "membership-sweeper")
 
@@ -76,8 +75,9 @@ async def start(service: runtime.Service, settings: Settings) -> None:
 
     consumer = KafkaConsumerLoop(
         settings.kafka_bootstrap_servers,
-        CONSUMER,
-        [CONTACTS_EVENTS, SHOP_EVENTS],
+        settings.consumer_group,
+        # Keyed by contact id all three: one contact's records are applied one at a time.
+        [CONTACTS_EVENTS, SHOP_EVENTS, TRACKING_EVENTS],
         on_event,
         max_records=MAX_IN_FLIGHT // 2,
         concurrency=CONSUMER_CONCURRENCY,
@@ -114,7 +114,14 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             "kafka": kafka_check(probe),
         },
     )
-    log.info("segmentation consuming %s and %s", CONTACTS_EVENTS, SHOP_EVENTS)
+    log.info(
+        "segmentation consuming %s, %s and %s as group %s into schema %s",
+        CONTACTS_EVENTS,
+        SHOP_EVENTS,
+        TRACKING_EVENTS,
+        settings.consumer_group,
+        settings.database_schema,
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

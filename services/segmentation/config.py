@@ -22,3 +22,8 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     # and the longest sleep before looking again for due times set by another replica.
     sweep_batch: int = Field(1000, ge=1, le=10_000)
     sweep_max_sleep_s: float = Field(1.0, gt=0, le=60)
+    # Where the read model lives and which Kafka consumer group feeds it. A rebuild runs a
+    # second instance with a new (empty) schema and a new group, which reads every topic
+    # from the earliest offset (docs/segmentation-read-model.md, "Rebuilding").
+    database_schema: str = Field("segmentation", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    consumer_group: str = Field("segmentation", min_length=1, max_length=200)

@@ -157,13 +157,15 @@ def _settle(future: asyncio.Future[bool], outcome: bool | Exception) -> None:
 
 async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str) -> dict[str, Any]:
     """Everything the read model holds about one contact, as JSON values: the profile, the
-    orders, the built-in segments it is in now. Empty when it holds nothing."""
+    orders, the activity (page views, searches, opens, clicks), the built-in segments it is
+    in now. Empty when it holds nothing."""
     if not is_uuid(contact_id):
         raise InvalidArgument(FieldViolation("contact_id", "must be a contact id (a UUID)"))
     async with pool.acquire() as conn:
         profile = await db.profile_of(conn, workspace_id, contact_id)
         orders = await db.orders_of(conn, workspace_id, contact_id)
-    if profile is None and not orders:
+        activity = await db.activity_of(conn, workspace_id, contact_id)
+    if profile is None and not orders and not activity:
         return {}
     now = clock.now()
     facts = facts_at(
@@ -181,8 +183,13 @@ async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str)
                 "total_minor": o["total_minor"],
                 "currency": o["currency"],
                 "status": o["status"],
+                "categories": list(o["categories"]),
+                "cart_id": o["cart_id"],
             }
             for o in orders
+        ],
+        "activity": [
+            {"kind": a["kind"], "subject": a["subject"], "at": _iso(a["at"])} for a in activity
         ],
         # Memberships are evaluated, not stored (the package docstring): these are now's.
         "memberships": [s.id for s in BUILT_IN if s.contains(facts, now)],
@@ -194,6 +201,8 @@ def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
     return {
         "contact_id": str(p["contact_id"]),
         "email": p["email"],
+        "first_name": p["first_name"],
+        "last_name": p["last_name"],
         "vip": p["vip"],
         "tags": list(p["tags"]),
         "attributes": json.loads(p["attributes"]),
@@ -202,6 +211,14 @@ def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
         "consents": json.loads(p["consents"]),
         "suppressed": p["suppressed"],
         "suppression_reason": p["suppression_reason"],
+        "orders_count": p["orders_count"],
+        "first_order_at": _iso(p["first_order_at"]),
+        "last_order_at": _iso(p["last_order_at"]),
+        "spent": json.loads(p["spent"]),
+        "last_visit_at": _iso(p["last_visit_at"]),
+        "last_open_at": _iso(p["last_open_at"]),
+        "last_click_at": _iso(p["last_click_at"]),
+        "cart": json.loads(p["cart"]) if p["cart"] is not None else None,
         "version": p["version"],
         "created_at": _iso(p["created_at"]),
         "updated_at": _iso(p["updated_at"]),

@@ -33,7 +33,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 from nudge.segmentation.v1 import events_pb2
@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 E = events_pb2
 BUILT_IN_VERSION = 1
+_TICK = timedelta(microseconds=1)  # PostgreSQL's resolution
 # Compiled statements kept per workspace (least recently used go first).
 CACHE_SIZE = 1000
 # Transitions queued into the outbox per statement.
@@ -187,14 +188,16 @@ async def reevaluate(
     conn: asyncpg.Connection,
     workspace_id: str,
     triggers: Mapping[str, Trigger],
-    as_of: datetime,
     compiled: sql.Compiled,
 ) -> list[Transition]:
-    """Evaluate every segment for the contacts of ``triggers`` at ``as_of``; store the
-    difference, queue its events and set each contact's next transition. Runs inside the
-    caller's transaction, which holds the workspace's shared lock."""
+    """Evaluate every segment for the contacts of ``triggers``, each at its trigger's
+    ``effective_at``; store the difference, queue its events and set each contact's next
+    transition. Runs inside the caller's transaction, which holds the workspace's shared
+    lock."""
     contacts = sorted(triggers)
-    evaluated = await sql.evaluate(conn, compiled, workspace_id, contacts, as_of)
+    evaluated = await sql.evaluate(
+        conn, compiled, workspace_id, [(c, triggers[c].effective_at) for c in contacts]
+    )
     stored = await sql.current_memberships(conn, workspace_id, contacts)
     entered: list[tuple[str, str]] = []
     entered_at: list[datetime] = []
@@ -205,6 +208,9 @@ async def reevaluate(
         trigger = triggers[contact]
         members, nxt = evaluated.get(contact, ([False] * len(compiled.segment_ids), None))
         if contact in evaluated:
+            if nxt is not None and nxt <= trigger.effective_at:
+                # Never due again at the same moment: that would sweep this row forever.
+                nxt = trigger.effective_at + _TICK
             next_at.append((contact, nxt))
         for segment_id, version, member in zip(
             compiled.segment_ids, compiled.versions, members, strict=True
@@ -287,7 +293,7 @@ async def after_apply(conn: asyncpg.Connection, applied: Applied, now: datetime)
     compiled = await DEFINITIONS.compiled(conn, workspaces)
     for ws in workspaces:
         if ws in by_ws:
-            await reevaluate(conn, ws, by_ws[ws], now, compiled[ws])
+            await reevaluate(conn, ws, by_ws[ws], compiled[ws])
         if ws in removed:
             await remove(conn, ws, removed[ws], now, compiled[ws])
 

@@ -3,10 +3,19 @@
 Each profile keeps ``next_transition_at``, the earliest moment time alone may change one of
 its memberships (a window closing, a last order growing old), indexed. The sweeper claims the
 profiles that fell due (``FOR UPDATE SKIP LOCKED``, the earliest first, up to ``batch`` at a
-time, across workspaces), re-evaluates them at now, publishes the transitions with cause TIME
-effective at the due moment, and sets their next due time, all in one transaction: a crash
+time, across workspaces), re-evaluates each at the moment it fell due, publishes the
+transitions with cause TIME effective at that moment, and sets their next due time, all in
+one transaction: a crash
 mid-sweep rolls back and the rows stay due, so nothing is lost and nothing is published
-twice. Several sweepers (replicas) share the work without waiting on one another.
+twice.
+
+Why at the due moment rather than at now: a row still due was not evaluated since (every
+evaluation sets a next time after its own), so its facts then are its facts now, and the
+transition is exact even when the sweep runs late (a sweeper down for an hour publishes
+``lost`` effective at the second the last order turned 90 days old, not at its restart);
+when several transitions fell due meanwhile, each is published at its own moment, in order,
+as the row falls due again at once. Several sweepers (replicas) share the work without
+waiting on one another.
 
 No busy polling: when nothing is due, it sleeps until the earliest due time (read from the
 index), at most ``max_sleep_s`` (a due time set by another replica is seen that late at
@@ -31,6 +40,7 @@ from services.segmentation.adapters import membership_sql as sql
 log = logging.getLogger(__name__)
 
 BATCH = 1000
+MIN_SLEEP_S = 0.05
 
 
 class Sweeper:
@@ -75,7 +85,7 @@ class Sweeper:
                     log.exception("membership sweep failed; the due rows stay due")
                     await asyncio.sleep(min(0.1 * 2**failures, 5.0))
                     continue
-                if swept < self._batch:
+                if swept == 0:  # else go again: rows may have fallen due again at once
                     await self._sleep()
         finally:
             undo()
@@ -85,19 +95,19 @@ class Sweeper:
         now = clock.now()
         pause = self._max_sleep_s
         if due is not None:
-            pause = min(pause, max((due - now).total_seconds(), 0.0))
+            # Due but not claimed: locked by another sweeper or a definition change.
+            pause = min(pause, max((due - now).total_seconds(), MIN_SLEEP_S))
         self._sleeping_until = due
         try:
-            if pause > 0:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), pause)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), pause)
         finally:
             self._sleeping_until = None
             self._wake.clear()
 
     async def sweep_once(self) -> int:
-        """One transaction: claim up to ``batch`` due profiles and re-evaluate them at now;
-        returns how many were claimed."""
+        """One transaction: claim up to ``batch`` due profiles and re-evaluate each at its
+        due moment; returns how many were claimed."""
         now = clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             due = await sql.claim_due(conn, now, self._batch)
@@ -114,9 +124,7 @@ class Sweeper:
             compiled = await self._definitions.compiled(conn, workspaces)
             published = 0
             for ws in workspaces:
-                published += len(
-                    await membership.reevaluate(conn, ws, by_ws[ws], now, compiled[ws])
-                )
+                published += len(await membership.reevaluate(conn, ws, by_ws[ws], compiled[ws]))
         self.swept += len(due)
         self.published += published
         self.rounds += 1

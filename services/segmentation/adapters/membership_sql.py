@@ -34,16 +34,19 @@ class Compiled:
 
 def compile_workspace(segments: Sequence[tuple[str, int, Node]]) -> Compiled:
     """``SELECT contact_id, ARRAY[member of each segment], next transition`` for the profiles
-    ``$2`` (uuid[]) of workspace ``$1`` at ``$3`` (timestamptz)."""
+    ``$2`` (uuid[]) of workspace ``$1``, each evaluated at its own time (``$3``,
+    timestamptz[], aligned with ``$2``): a batch evaluates all at now, the sweeper each at
+    the moment it fell due."""
     params = Params(4)
-    preds = [predicate_sql(node, params, as_of="$3::timestamptz") for _, _, node in segments]
-    nexts = [next_transition_sql(node, params, as_of="$3::timestamptz") for _, _, node in segments]
+    preds = [predicate_sql(node, params, as_of="d.as_of") for _, _, node in segments]
+    nexts = [next_transition_sql(node, params, as_of="d.as_of") for _, _, node in segments]
     members = f"ARRAY[{', '.join(f'coalesce({p}, false)' for p in preds)}]::boolean[]"
     # least() ignores NULLs (a segment time alone never changes); NULL when all are.
     next_at = f"least({', '.join(nexts)})" if nexts else "NULL::timestamptz"
     sql = (
         f"SELECT p.contact_id, {members} AS members, {next_at} AS next_at"
-        " FROM profiles p WHERE p.workspace_id = $1 AND p.contact_id = ANY($2::uuid[])"
+        " FROM unnest($2::uuid[], $3::timestamptz[]) AS d(contact_id, as_of)"
+        " JOIN profiles p ON p.workspace_id = $1 AND p.contact_id = d.contact_id"
     )
     return Compiled(
         tuple(s for s, _, _ in segments),
@@ -57,12 +60,16 @@ async def evaluate(
     conn: asyncpg.Connection,
     compiled: Compiled,
     workspace_id: str,
-    contact_ids: Sequence[str],
-    as_of: datetime,
+    contacts: Sequence[tuple[str, datetime]],
 ) -> dict[str, tuple[list[bool], datetime | None]]:
-    """Per contact with a profile: the membership of each segment and the next due time."""
+    """Per (contact, evaluation time) whose contact has a profile: the membership of each
+    segment and the next time alone may change one."""
     rows = await conn.fetch(
-        compiled.sql, uuid.UUID(workspace_id), list(contact_ids), as_of, *compiled.values
+        compiled.sql,
+        uuid.UUID(workspace_id),
+        [c for c, _ in contacts],
+        [at for _, at in contacts],
+        *compiled.values,
     )
     return {str(r["contact_id"]): (list(r["members"]), r["next_at"]) for r in rows}
 

@@ -52,8 +52,8 @@ def predicate_sql(node: Node, params: Params, *, as_of: str, alias: str = "p") -
 def next_transition_sql(node: Node, params: Params, *, as_of: str, alias: str = "p") -> str:
     if node == "lost":
         return (
-            f"(CASE WHEN {alias}.last_order_at + interval '90 days' > {as_of}"
-            f" THEN {alias}.last_order_at + interval '90 days' END)"
+            f"(CASE WHEN {alias}.last_order_at + interval '90 days' >= {as_of}"
+            f" THEN {alias}.last_order_at + interval '90 days 0.000001 seconds' END)"
         )
     return "NULL::timestamptz"
 
