@@ -27,11 +27,11 @@ from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_id
 from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS, TRACKING_EVENTS
+from services.segmentation import membership
 from services.segmentation.config import Settings
 from services.segmentation.entrypoints import kafka
 from services.segmentation.entrypoints.grpc import ContactDataServicer, SegmentServicer
 from services.segmentation.handlers import ReadModelWriter
-from services.segmentation.membership import after_apply as membership_after_apply
 from services.segmentation.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
@@ -62,12 +62,13 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     )
     service.push(publisher.stop)
     await publisher.start()
+    membership.configure(topic=settings.membership_topic)
     service.spawn(OutboxRelay(pool, settings.database_schema, publisher).run(), "outbox-relay")
     sweeper = Sweeper(pool, batch=settings.sweep_batch, max_sleep_s=settings.sweep_max_sleep_s)
     service.spawn(sweeper.run(), "membership-sweeper")
 
     writer = ReadModelWriter(
-        pool, max_batch=settings.apply_batch_max, after_apply=membership_after_apply
+        pool, max_batch=settings.apply_batch_max, after_apply=membership.after_apply
     )
 
     async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:

@@ -22,6 +22,9 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     # and the longest sleep before looking again for due times set by another replica.
     sweep_batch: int = Field(1000, ge=1, le=10_000)
     sweep_max_sleep_s: float = Field(1.0, gt=0, le=60)
+    # Where membership transitions go (docs/segment-membership.md): a rebuild into a new
+    # schema sets a scratch topic, so that its replayed transitions do not reach consumers.
+    membership_topic: str = Field("segments.membership.v1", pattern=r"^[A-Za-z0-9._-]{1,249}$")
     # Where the read model lives and which Kafka consumer group feeds it. A rebuild runs a
     # second instance with a new (empty) schema and a new group, which reads every topic
     # from the earliest offset (docs/segmentation-read-model.md, "Rebuilding").

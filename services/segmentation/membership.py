@@ -53,6 +53,17 @@ log = logging.getLogger(__name__)
 E = events_pb2
 BUILT_IN_VERSION = 1
 _TICK = timedelta(microseconds=1)  # PostgreSQL's resolution
+# Where transitions are published: segments.membership.v1, unless the service is configured
+# otherwise (``SEGMENTATION_MEMBERSHIP_TOPIC``: a read-model rebuild must not publish its
+# replayed transitions to the live topic). Set once at start-up by :func:`configure`.
+_topic = SEGMENT_MEMBERSHIP
+
+
+def configure(*, topic: str) -> None:
+    global _topic
+    _topic = topic
+
+
 # Compiled statements kept per workspace (least recently used go first).
 CACHE_SIZE = 1000
 # Transitions queued into the outbox per statement.
@@ -275,7 +286,7 @@ async def publish(
                 occurred_at=t.effective_at,
             )
             events.append((t.contact_id, envelope, trace))
-        await add_many_to_outbox(conn, SCHEMA, SEGMENT_MEMBERSHIP, events)
+        await add_many_to_outbox(conn, SCHEMA, _topic, events)
 
 
 async def after_apply(conn: asyncpg.Connection, applied: Applied, now: datetime) -> None:
