@@ -121,11 +121,7 @@ async def test_changes_through_contacts_come_out_as_entered_and_exited(
     shop = Shop(contacts_service, workspace)
     contact = await shop.contact(vip=True)
 
-    async def has(expected: list[str]) -> bool:
-        assert log.names(contact.id) == expected
-        return True
-
-    await eventually(lambda: has(["vip:ENTERED/EVENT"]), timeout=60)
+    await eventually(lambda: log.names(contact.id) == ["vip:ENTERED/EVENT"], timeout=60)
     entered = log.of(contact.id)[0]
     assert entered.payload.caused_by_event_id  # the contact event that caused it
     assert entered.payload.segment_version == 1
