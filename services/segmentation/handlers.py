@@ -25,15 +25,9 @@ from services.common.errors import FieldViolation, InvalidArgument, NotFound, Va
 from services.common.ids import is_uuid
 from services.segmentation.adapters import postgres as db
 from services.segmentation.adapters.postgres import CONSUMER, Applied, Pending
+from services.segmentation.adapters.rule_sql import load_facts
+from services.segmentation.domain.builtins import BUILT_IN, BY_ID, BuiltIn
 from services.segmentation.domain.readmodel import ReadModelChange
-from services.segmentation.domain.segments import (
-    BUILT_IN,
-    BY_ID,
-    BuiltInSegment,
-    Order,
-    OrderStatus,
-    facts_at,
-)
 
 log = logging.getLogger(__name__)
 
@@ -165,15 +159,10 @@ async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str)
         profile = await db.profile_of(conn, workspace_id, contact_id)
         orders = await db.orders_of(conn, workspace_id, contact_id)
         activity = await db.activity_of(conn, workspace_id, contact_id)
+        facts = await load_facts(conn, workspace_id, contact_id)
     if profile is None and not orders and not activity:
         return {}
     now = clock.now()
-    facts = facts_at(
-        now,
-        vip=bool(profile and profile["vip"]),
-        signed_up_at=profile["signed_up_at"] if profile else None,
-        orders=[Order(o["placed_at"], OrderStatus(o["status"])) for o in orders],
-    )
     return {
         "profile": _profile_json(profile) if profile else None,
         "orders": [
@@ -192,7 +181,7 @@ async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str)
             {"kind": a["kind"], "subject": a["subject"], "at": _iso(a["at"])} for a in activity
         ],
         # Memberships are evaluated, not stored (the package docstring): these are now's.
-        "memberships": [s.id for s in BUILT_IN if s.contains(facts, now)],
+        "memberships": [s.id for s in BUILT_IN if facts is not None and s.contains(facts, now)],
         "evaluated_at": now.isoformat(),
     }
 
@@ -229,7 +218,7 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
-def list_segments() -> tuple[BuiltInSegment, ...]:
+def list_segments() -> tuple[BuiltIn, ...]:
     """The segments every workspace has; custom segments are a later issue."""
     return BUILT_IN
 

@@ -43,10 +43,9 @@ from services.common.outbox import add_many_to_outbox
 from services.common.topics import SEGMENT_MEMBERSHIP
 from services.common.tracing import current_traceparent
 from services.segmentation.adapters import membership_sql as sql
-from services.segmentation.adapters import membership_stub as builtins  # TEMPORARY
-from services.segmentation.adapters import membership_stub as rules  # TEMPORARY
-from services.segmentation.adapters.membership_stub import Node  # TEMPORARY
 from services.segmentation.adapters.postgres import SCHEMA, Applied
+from services.segmentation.domain import builtins, rules
+from services.segmentation.domain.rules import Node
 
 log = logging.getLogger(__name__)
 

@@ -14,12 +14,8 @@ from datetime import datetime
 
 import asyncpg
 
-from services.segmentation.adapters.membership_stub import (  # TEMPORARY until issue13-rules
-    Node,
-    Params,
-    next_transition_sql,
-    predicate_sql,
-)
+from services.segmentation.adapters.rule_sql import Params, next_transition_sql, predicate_sql
+from services.segmentation.domain.rules import Node
 
 
 @dataclass(frozen=True)
