@@ -228,7 +228,9 @@ async def lower_next_transitions(
     nxt = next_transition_sql(node, params, as_of="$2::timestamptz")
     await conn.execute(
         f"UPDATE profiles p SET next_transition_at = d.n"
-        f" FROM (SELECT p.contact_id, {nxt} AS n FROM profiles p WHERE p.workspace_id = $1) d"
+        f" FROM (SELECT p.contact_id, {nxt} AS n FROM profiles p WHERE p.workspace_id = $1"
+        # A rule that reads no time leaves $2 unused: PostgreSQL could not type it.
+        "   AND $2::timestamptz IS NOT NULL) d"
         " WHERE p.workspace_id = $1 AND p.contact_id = d.contact_id AND d.n IS NOT NULL"
         "   AND (p.next_transition_at IS NULL OR d.n < p.next_transition_at)",
         uuid.UUID(workspace_id),
