@@ -215,4 +215,3 @@ def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
 
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
-
