@@ -183,7 +183,8 @@ async def preview(
             *values,
         )
         total = int(rows[0]["total"]) if rows else 0
-        if not rows:  # the window count needs a row; an empty page may still hide members
+        if not rows:  # no member: no row carries the window count (0, unless limit hid them)
+            where, values = _predicate(node, 3, "$2::timestamptz")
             total = int(
                 await conn.fetchval(
                     "SELECT count(*) FROM profiles p"
