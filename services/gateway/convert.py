@@ -415,9 +415,7 @@ def segment_json(s: segmentation_pb2.Segment) -> schemas.SegmentOut:
 def count_segment_request(
     segment_id: str, as_of: datetime | None
 ) -> segmentation_pb2.CountSegmentRequest:
-    request = segmentation_pb2.CountSegmentRequest(
-        target=segmentation_pb2.SegmentTarget(segment_id=segment_id)
-    )
+    request = segmentation_pb2.CountSegmentRequest(segment_id=segment_id)
     if as_of is not None:
         request.as_of.FromDatetime(as_of)
     return request

@@ -181,7 +181,7 @@ async def overlap(body: OverlapIn, caller: CallerDep, backends: BackendsDep) -> 
     "/v1/segments/{segment_id}",
     response_model=SegmentOut,
     summary="Get a segment",
-    responses=problems.responses(401, 404, 503),
+    responses=problems.responses(401, 404, 422, 503),
 )
 async def get_segment(
     segment_id: SegmentId, caller: CallerDep, backends: BackendsDep, response: Response
@@ -226,7 +226,7 @@ async def patch_segment(
     "/v1/segments/{segment_id}",
     status_code=204,
     summary="Delete a custom segment",
-    responses=problems.responses(401, 404, 409, 503),
+    responses=problems.responses(401, 404, 409, 422, 503),
 )
 async def delete_segment(
     segment_id: SegmentId, caller: CallerDep, backends: BackendsDep, if_match: IfMatch = ""
