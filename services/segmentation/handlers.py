@@ -21,12 +21,12 @@ from typing import Any
 import asyncpg
 
 from services.common import clock
-from services.common.errors import FieldViolation, InvalidArgument, NotFound, Validator
+from services.common.errors import FieldViolation, InvalidArgument
 from services.common.ids import is_uuid
 from services.segmentation.adapters import postgres as db
 from services.segmentation.adapters.postgres import CONSUMER, Applied, Pending
 from services.segmentation.adapters.rule_sql import load_facts
-from services.segmentation.domain.builtins import BUILT_IN, BY_ID, BuiltIn
+from services.segmentation.domain.builtins import BUILT_IN
 from services.segmentation.domain.readmodel import ReadModelChange
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ __all__ = [
     "Applied",
     "ReadModelWriter",
     "apply_changes",
-    "count_segment",
     "export_contact",
 ]
 
@@ -216,26 +215,3 @@ def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
 
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
-
-
-def list_segments() -> tuple[BuiltIn, ...]:
-    """The segments every workspace has; custom segments are a later issue."""
-    return BUILT_IN
-
-
-async def count_segment(
-    pool: asyncpg.Pool, workspace_id: str, segment_id: str, as_of: datetime | None
-) -> tuple[int, datetime]:
-    """How many of the workspace's contacts the segment's rule picks when evaluated at
-    ``as_of`` (default now), and the evaluation time used. ``workspace_id`` is a UUID: the
-    guard interceptor lets no other through. What ``as_of`` means exactly (the read model as
-    it is now, with orders and signups after ``as_of`` left out) is in the package docstring."""
-    v = Validator()
-    v.check(bool(segment_id), "segment_id", "is required")
-    v.raise_if_any()
-    if segment_id not in BY_ID:
-        raise NotFound(f"segment {segment_id[:100]!r} not found")
-    at = as_of or clock.now()
-    async with pool.acquire() as conn:
-        count = await db.count_members(conn, workspace_id, segment_id, at)
-    return count, at

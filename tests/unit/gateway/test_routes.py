@@ -169,7 +169,19 @@ async def test_segments_are_listed_with_short_kind_names(gateway: Gateway) -> No
     answer = await gateway.http.get("/v1/segments", headers=AUTH)
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
-        "segments": [{"id": "vip", "name": "VIP", "kind": "built_in", "description": ""}]
+        "segments": [
+            {
+                "id": "vip",
+                "name": "VIP",
+                "kind": "built_in",
+                "description": "",
+                "rule": {},
+                "version": 0,
+                "created_at": None,
+                "updated_at": None,
+                "depends_on": [],
+            }
+        ]
     }
 
 
