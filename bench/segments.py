@@ -356,26 +356,36 @@ async def due_in_a_day(database_url: str, workspace_id: str) -> int:
 async def measure_sweep(
     infra: dict[str, str], workspace_id: str, notes: list[str]
 ) -> dict[str, Any]:
-    """The service's sweep over the transitions due within the next 24 h, run once as if a
-    day had passed (``sweep_due(pool, until)`` of the membership code, when it exists)."""
+    """A day's worth of time transitions: the service's Sweeper run as if 24 h had passed
+    (the clock frozen a day ahead), until nothing is due; with the service stopped, so the
+    sweep has the machine's database to itself."""
     due = await due_in_a_day(infra["DATABASE_URL"], workspace_id)
     try:
-        from services.segmentation import membership  # type: ignore[attr-defined]
+        from services.segmentation.sweeper import Sweeper
 
-        sweep = membership.sweep_due
-    except (ImportError, AttributeError):
-        notes.append("sweep: no sweep_due in services.segmentation.membership yet")
+        from services.common import clock
+        from services.common.db import create_pool
+    except ImportError:
+        notes.append("sweep: no services.segmentation.sweeper yet")
         return {"sweep_due_contacts": due, "sweep_day_s": None}
-    from services.common.db import create_pool
-
     pool = await create_pool(infra["DATABASE_URL"], "segmentation", max_size=4)
+    clock.set_clock(clock.FrozenClock(datetime.now(UTC) + timedelta(days=1)))
     try:
+        sweeper = Sweeper(pool)
         started = time.perf_counter()
-        await sweep(pool, datetime.now(UTC) + timedelta(days=1))
+        while await sweeper.sweep_once():
+            pass
         span = time.perf_counter() - started
     finally:
+        clock.set_clock(clock.SystemClock())
         await pool.close()
-    return {"sweep_due_contacts": due, "sweep_day_s": round(span, 1)}
+    return {
+        "sweep_due_contacts": due,
+        "sweep_swept": sweeper.swept,
+        "sweep_transitions": sweeper.published,
+        "sweep_day_s": round(span, 1),
+        "sweep_contacts_per_s": round(sweeper.swept / span) if span > 0 else None,
+    }
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -464,13 +474,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     result.update(
                         asyncio.run(measure_shop(infra, workspace_id, args.events, notes))
                     )
-                if "sweep" in only:
-                    result.update(asyncio.run(measure_sweep(infra, workspace_id, notes)))
             except BaseException:
                 sys.stderr.write((tmp / "segmentation.log").read_text()[-5000:])
                 raise
             finally:
                 stop_service(proc, log)
+            if "sweep" in only:
+                result.update(asyncio.run(measure_sweep(infra, workspace_id, notes)))
         finally:
             stack.stop()
     return result

@@ -395,7 +395,12 @@ def load(
     started = time.perf_counter()
     asyncio.run(_vacuum(database_url))
     vacuum_s = time.perf_counter() - started
+    started = time.perf_counter()
+    baseline = asyncio.run(_baseline(database_url, workspace_id))
+    baseline_s = time.perf_counter() - started
     return {
+        "memberships": baseline,
+        "baseline_s": round(baseline_s, 1) if baseline is not None else None,
         "scale": scale,
         "seed": seed,
         "anchor": shape.anchor.isoformat(),
@@ -407,6 +412,44 @@ def load(
         "generate_cpu_s": round(generate_s, 1),
         "vacuum_analyze_s": round(vacuum_s, 1),
     }
+
+
+async def _baseline(database_url: str, workspace_id: str) -> int | None:
+    """Who is in which built-in now, stored without events (as a created segment's baseline
+    is), and each profile's next transition as the membership code computes it: the state a
+    running system would be in, so that the shop events and the sweep measured next publish
+    real transitions only. None (skipped) before the membership code and the rule compiler
+    exist; the generator's own ``next_transition_at`` stays then."""
+    try:
+        from services.common.db import create_pool
+        from services.segmentation.adapters import membership_sql
+        from services.segmentation.domain import builtins
+    except ImportError:
+        return None
+    pool = await create_pool(database_url, "segmentation", max_size=2)
+    now = datetime.now(UTC)
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE profiles SET next_transition_at = NULL WHERE workspace_id = $1",
+                uuid.UUID(workspace_id),
+            )
+            for segment in builtins.BUILT_IN:
+                await membership_sql.reevaluate_segment(
+                    conn, workspace_id, segment.id, segment.node, now
+                )
+                await membership_sql.lower_next_transitions(conn, workspace_id, segment.node, now)
+        async with pool.acquire() as conn:
+            await conn.execute("VACUUM (ANALYZE) profiles")
+            await conn.execute("VACUUM (ANALYZE) memberships")
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM memberships WHERE workspace_id = $1",
+                    uuid.UUID(workspace_id),
+                )
+            )
+    finally:
+        await pool.close()
 
 
 async def _vacuum(database_url: str) -> None:
