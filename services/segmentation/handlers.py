@@ -24,15 +24,9 @@ from services.common.errors import FieldViolation, InvalidArgument, NotFound, Va
 from services.common.ids import is_uuid
 from services.segmentation.adapters import postgres as db
 from services.segmentation.adapters.postgres import CONSUMER, Pending
+from services.segmentation.adapters.rule_sql import load_facts
+from services.segmentation.domain.builtins import BUILT_IN, BY_ID, BuiltIn
 from services.segmentation.domain.readmodel import ReadModelChange
-from services.segmentation.domain.segments import (
-    BUILT_IN,
-    BY_ID,
-    BuiltInSegment,
-    Order,
-    OrderStatus,
-    facts_at,
-)
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +126,10 @@ async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str)
     async with pool.acquire() as conn:
         profile = await db.profile_of(conn, workspace_id, contact_id)
         orders = await db.orders_of(conn, workspace_id, contact_id)
+        facts = await load_facts(conn, workspace_id, contact_id)
     if profile is None and not orders:
         return {}
     now = clock.now()
-    facts = facts_at(
-        now,
-        vip=bool(profile and profile["vip"]),
-        signed_up_at=profile["signed_up_at"] if profile else None,
-        orders=[Order(o["placed_at"], OrderStatus(o["status"])) for o in orders],
-    )
     return {
         "profile": _profile_json(profile) if profile else None,
         "orders": [
@@ -154,7 +143,7 @@ async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str)
             for o in orders
         ],
         # Memberships are evaluated, not stored (the package docstring): these are now's.
-        "memberships": [s.id for s in BUILT_IN if s.contains(facts, now)],
+        "memberships": [s.id for s in BUILT_IN if facts is not None and s.contains(facts, now)],
         "evaluated_at": now.isoformat(),
     }
 
@@ -181,7 +170,7 @@ def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
 
 
-def list_segments() -> tuple[BuiltInSegment, ...]:
+def list_segments() -> tuple[BuiltIn, ...]:
     """The segments every workspace has; custom segments are a later issue."""
     return BUILT_IN
 

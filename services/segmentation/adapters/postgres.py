@@ -30,6 +30,7 @@ from typing import Any
 import asyncpg
 
 from services.segmentation.adapters import segment_sql
+from services.segmentation.domain.builtins import BY_ID
 from services.segmentation.domain.readmodel import (
     ConsentSet,
     OrderPlaced,
@@ -376,7 +377,9 @@ _APPLY: dict[type, Any] = {
 async def count_members(
     conn: asyncpg.Connection, workspace_id: str, segment_id: str, as_of: datetime
 ) -> int:
-    count = await conn.fetchval(segment_sql.count_query(segment_id), uuid.UUID(workspace_id), as_of)
+    """Members of a built-in segment at ``as_of`` (its rule compiled, as any segment's)."""
+    query, params = segment_sql.count_query(BY_ID[segment_id].node)
+    count = await conn.fetchval(query, uuid.UUID(workspace_id), as_of, *params)
     return int(count)
 
 

@@ -1,6 +1,7 @@
-"""Each built-in rule is written twice, in SQL (what CountSegment runs) and in Python (what
-the unit tests and a later evaluator use). Over edge-case contacts, at several evaluation
-times and in a session time zone other than UTC, both must pick the same contacts."""
+"""Each built-in rule is a document run two ways: compiled to SQL (what CountSegment runs)
+and by the Python evaluator (explain, the unit tests). Over edge-case contacts, at several
+evaluation times and in a session time zone other than UTC, both must pick the same
+contacts."""
 
 from __future__ import annotations
 
@@ -16,22 +17,17 @@ import pytest
 
 from services.common.db import create_pool, migrate
 from services.segmentation.adapters import postgres as db
-from services.segmentation.adapters.segment_sql import FACTS, PREDICATES
+from services.segmentation.adapters.segment_sql import members_query
 from services.segmentation.bootstrap import MIGRATIONS
+from services.segmentation.domain.builtins import BUILT_IN, BY_ID
+from services.segmentation.domain.evaluate import Facts, OrderFact
 from services.segmentation.domain.readmodel import (
     OrderPlaced,
     OrderVoided,
     ProfileSnapshot,
     ReadModelChange,
 )
-from services.segmentation.domain.segments import (
-    BUILT_IN,
-    Order,
-    OrderStatus,
-    days_before,
-    facts_at,
-    months_before,
-)
+from services.segmentation.domain.segments import OrderStatus, days_before, months_before
 
 US = timedelta(microseconds=1)
 HOUR = timedelta(hours=1)
@@ -42,6 +38,12 @@ EVALUATION_TIMES = [
     datetime(2026, 3, 10, 12, 0, tzinfo=UTC),  # 30 days back crosses a DST change in New York
     datetime(2025, 11, 2, 6, 30, tzinfo=UTC),  # on the day New York leaves DST
 ]
+
+
+@dataclass(frozen=True)
+class Order:
+    placed_at: datetime | None  # None when a cancellation arrived before the placement
+    status: OrderStatus
 
 
 @dataclass
@@ -105,17 +107,56 @@ async def store(conn: asyncpg.Connection, workspace_id: str, contacts: list[Cont
                 changes.append(OrderVoided(c.id, order_id, o.status))
     items = [db.Pending(workspace_id, str(uuid.uuid4()), change) for change in changes]
     assert all(await db.apply(conn, items, now))
+    await refresh_aggregates(conn, workspace_id)
+
+
+async def refresh_aggregates(conn: asyncpg.Connection, workspace_id: str) -> None:
+    """The profile's order aggregates (the compiler's fast path reads them) recomputed from
+    the orders, as the read model keeps them (migration 0020)."""
+    await conn.execute(
+        """
+        UPDATE profiles p SET
+            orders_count = coalesce(a.n, 0), first_order_at = a.first, last_order_at = a.last,
+            spent = coalesce(a.spent, '{}'::jsonb)
+        FROM profiles q
+        LEFT JOIN LATERAL (
+            SELECT count(*)::int AS n, min(placed_at) AS first, max(placed_at) AS last,
+                   (SELECT jsonb_object_agg(currency, jsonb_build_object(
+                        'total_minor', total, 'orders', cnt))
+                    FROM (SELECT currency, sum(total_minor) AS total, count(total_minor) AS cnt
+                          FROM orders o2
+                          WHERE o2.workspace_id = q.workspace_id AND o2.contact_id = q.contact_id
+                            AND o2.status = 'completed' AND o2.placed_at IS NOT NULL
+                            AND o2.currency IS NOT NULL
+                          GROUP BY currency) c) AS spent
+            FROM orders o
+            WHERE o.workspace_id = q.workspace_id AND o.contact_id = q.contact_id
+              AND o.status = 'completed' AND o.placed_at IS NOT NULL
+        ) a ON true
+        WHERE p.workspace_id = $1 AND q.workspace_id = p.workspace_id
+          AND q.contact_id = p.contact_id
+        """,
+        uuid.UUID(workspace_id),
+    )
+
+
+def facts_of(c: Contact) -> Facts:
+    return Facts(
+        contact_id=c.id,
+        vip=c.vip,
+        signed_up_at=c.signed_up_at,
+        orders=tuple(
+            OrderFact(order_id, o.placed_at, o.status.value, 100, "EUR") for order_id, o in c.orders
+        ),
+    )
 
 
 async def sql_members(
     conn: asyncpg.Connection, workspace_id: str, segment_id: str, now: datetime
 ) -> set[str]:
     """The contacts the SQL rule picks: the service only counts them, the test names them."""
-    rows = await conn.fetch(
-        f"{FACTS} SELECT contact_id FROM facts WHERE {PREDICATES[segment_id]}",
-        uuid.UUID(workspace_id),
-        now,
-    )
+    query, params = members_query(BY_ID[segment_id].node)
+    rows = await conn.fetch(query, uuid.UUID(workspace_id), now, *params)
     return {str(r["contact_id"]) for r in rows}
 
 
@@ -134,10 +175,7 @@ async def test_sql_and_python_rules_pick_the_same_contacts(
 ) -> None:
     workspace_id = str(uuid.uuid4())
     contacts = list(edge_case_contacts(now))
-    facts = {
-        c.id: facts_at(now, vip=c.vip, signed_up_at=c.signed_up_at, orders=[o for _, o in c.orders])
-        for c in contacts
-    }
+    facts = {c.id: facts_of(c) for c in contacts}
     async with pool.acquire() as conn:
         await store(conn, workspace_id, contacts)
         await conn.execute(f"SET TIME ZONE '{session_zone}'")

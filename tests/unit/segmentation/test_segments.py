@@ -1,4 +1,4 @@
-"""The built-in segment rules at their boundaries, as pure predicates."""
+"""The built-in segment rules at their boundaries, through the Python evaluator."""
 
 from __future__ import annotations
 
@@ -6,30 +6,40 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from services.segmentation.adapters.segment_sql import PREDICATES
-from services.segmentation.domain.segments import (
-    BUILT_IN,
-    BY_ID,
-    ContactFacts,
-    Order,
-    OrderStatus,
-    days_before,
-    facts_at,
-    months_before,
-)
+from services.segmentation.domain.builtins import BUILT_IN, BY_ID
+from services.segmentation.domain.evaluate import Facts, OrderFact, evaluate, field_value
+from services.segmentation.domain.rules import parse_rule
+from services.segmentation.domain.segments import days_before, months_before
 
 NOW = datetime(2026, 5, 31, 12, 0, tzinfo=UTC)
 US = timedelta(microseconds=1)
 LIFECYCLE = ("promising", "loyal", "passive", "lost", "passive_loyal", "lost_loyal")
 
 
-def buyer(orders: int, last: datetime, first: datetime | None = None) -> ContactFacts:
-    return ContactFacts(
-        orders=orders, first_order_at=first or last - timedelta(days=1000), last_order_at=last
+def order(at: datetime, status: str = "completed", n: int = 0) -> OrderFact:
+    return OrderFact(f"o-{n}-{at.isoformat()}", at, status, 100, "EUR")
+
+
+def buyer(orders: int, last: datetime, first: datetime | None = None) -> Facts:
+    """``orders`` completed orders, the first at ``first`` (default 1000 days before the
+    last), the last at ``last``, any others between them."""
+    first = first or last - timedelta(days=1000)
+    if orders == 1:
+        assert first == last or first == last - timedelta(days=1000)
+        return Facts(orders=(order(last),))
+    middle = [order(first + (last - first) / 2, n=i) for i in range(orders - 2)]
+    return Facts(orders=(order(first), *middle, order(last, n=orders)))
+
+
+def contact(signed_up_at: datetime | None = None, orders: int = 0, vip: bool = False) -> Facts:
+    return Facts(
+        vip=vip,
+        signed_up_at=signed_up_at,
+        orders=tuple(order(NOW - timedelta(hours=1), n=i) for i in range(orders)),
     )
 
 
-def segments_of(facts: ContactFacts, now: datetime = NOW) -> set[str]:
+def segments_of(facts: Facts, now: datetime = NOW) -> set[str]:
     return {s.id for s in BUILT_IN if s.contains(facts, now)}
 
 
@@ -51,8 +61,10 @@ def test_the_twelve_built_in_segments_of_the_domain_brief_in_order() -> None:
     assert all(s.description for s in BUILT_IN)
 
 
-def test_every_rule_has_exactly_one_sql_twin() -> None:
-    assert set(PREDICATES) == set(BY_ID)
+def test_every_built_in_is_a_valid_rule_document() -> None:
+    for segment in BUILT_IN:
+        assert parse_rule(segment.rule) == segment.node
+        assert BY_ID[segment.id] is segment
 
 
 @pytest.mark.parametrize(
@@ -76,10 +88,10 @@ def test_days_are_24_hours_in_utc() -> None:
 
 def test_activation_starts_exactly_three_months_back_and_ends_at_the_first_order() -> None:
     edge = months_before(NOW, 3)
-    assert "activation" in segments_of(ContactFacts(signed_up_at=edge))
-    assert "activation" not in segments_of(ContactFacts(signed_up_at=edge - US))
-    assert "activation" not in segments_of(ContactFacts(signed_up_at=NOW, orders=1))
-    assert "activation" not in segments_of(ContactFacts())
+    assert "activation" in segments_of(contact(signed_up_at=edge))
+    assert "activation" not in segments_of(contact(signed_up_at=edge - US))
+    assert "activation" not in segments_of(contact(signed_up_at=NOW, orders=1))
+    assert "activation" not in segments_of(contact())
 
 
 def test_reactivation_needs_the_last_order_strictly_before_three_months_back() -> None:
@@ -90,7 +102,7 @@ def test_reactivation_needs_the_last_order_strictly_before_three_months_back() -
 
 
 def test_vip_is_the_star_alone() -> None:
-    assert segments_of(ContactFacts(vip=True)) == {"vip"}
+    assert segments_of(contact(vip=True)) == {"vip"}
 
 
 def test_new_customer_is_a_first_order_within_30_days() -> None:
@@ -141,28 +153,26 @@ def test_first_time_and_repeat_buyers() -> None:
     assert "first_time_buyer" in segments_of(buyer(1, NOW))
     assert "repeat_buyer" not in segments_of(buyer(1, NOW))
     assert "repeat_buyer" in segments_of(buyer(2, NOW))
-    assert not segments_of(ContactFacts()) & {"first_time_buyer", "repeat_buyer"}
+    assert not segments_of(contact()) & {"first_time_buyer", "repeat_buyer"}
 
 
 def test_cancelled_refunded_and_later_orders_do_not_count() -> None:
     day = timedelta(days=1)
-    facts = facts_at(
-        NOW,
-        vip=False,
+    facts = Facts(
         signed_up_at=NOW + day,
-        orders=[
-            Order(NOW - 3 * day, OrderStatus.COMPLETED),
-            Order(NOW - 2 * day, OrderStatus.CANCELLED),
-            Order(NOW - day, OrderStatus.REFUNDED),
-            Order(None, OrderStatus.CANCELLED),
-            Order(NOW, OrderStatus.COMPLETED),
-            Order(NOW + US, OrderStatus.COMPLETED),
-        ],
+        orders=(
+            order(NOW - 3 * day),
+            order(NOW - 2 * day, "cancelled"),
+            order(NOW - day, "refunded"),
+            OrderFact("never-placed", None, "cancelled"),
+            order(NOW),
+            order(NOW + US),
+        ),
     )
-    assert facts == ContactFacts(
-        vip=False,
-        signed_up_at=None,  # signs up after the evaluation time: not yet known then
-        orders=2,
-        first_order_at=NOW - 3 * day,
-        last_order_at=NOW,
-    )
+    # signs up after the evaluation time: not yet known then
+    assert field_value(facts, "signed_up_at", NOW) is None
+    assert field_value(facts, "orders", NOW) == 2
+    assert field_value(facts, "first_order_at", NOW) == NOW - 3 * day
+    assert field_value(facts, "last_order_at", NOW) == NOW
+    assert evaluate(BY_ID["repeat_buyer"].node, facts, NOW)
+    assert not evaluate(BY_ID["repeat_buyer"].node, facts, NOW - 2 * day)
