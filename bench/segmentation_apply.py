@@ -1,6 +1,15 @@
-"""How fast segmentation's read model applies contact events: a bulk import's ContactCreated.
+"""How fast segmentation's read model applies contact events (a bulk import's ContactCreated)
+or shop events (a shop's traffic).
 
-    .venv/bin/python bench/segmentation_apply.py [--scale N] [--batch B]
+    .venv/bin/python bench/segmentation_apply.py [--scale N] [--batch B] [--kind contacts|shop]
+        [--mix realistic|orders]
+
+``--kind shop`` publishes N shop events to ``shop.events.v1`` instead, for N/5 contacts (keyed
+by contact id, occurred over the last year): ``--mix realistic`` (the default) is 60 % page
+views, 15 % searches, 10 % cart updates, 10 % orders (line items with categories), 2 %
+cancellations, 3 % signups; ``--mix orders`` only orders, cancellations and signups (the
+kinds every version of the read model claims, to compare with code that ignored the rest).
+The drain polls the shop events claimed in ``processed_events`` until all N are.
 
 Starts PostgreSQL, Redis and Kafka (the local stack on free ports, or the URLs in the
 environment), creates the topics, publishes N ContactCreated envelopes to
@@ -23,12 +32,15 @@ import argparse
 import asyncio
 import json
 import os
+import random
 import secrets
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -39,41 +51,106 @@ import asyncpg  # noqa: E402
 from aiokafka import AIOKafkaProducer  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from nudge.contacts.v1 import contacts_pb2, events_pb2  # noqa: E402
+from nudge.shop.v1 import shop_pb2  # noqa: E402
 
 from deploy.local import paths  # noqa: E402
 from deploy.local.stack import LocalStack  # noqa: E402
 from deploy.local.topics import ensure_topics  # noqa: E402
 from services.common.events import new_envelope  # noqa: E402
-from services.common.topics import CONTACTS_EVENTS, TOPICS  # noqa: E402
+from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS, TOPICS  # noqa: E402
 from tests.support import free_port  # noqa: E402
 
 TRACEPARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-async def produce(bootstrap: str, workspace_id: str, count: int) -> float:
-    """Publish ``count`` ContactCreated; the seconds it took."""
+def contact_events(workspace_id: str, count: int) -> Iterator[tuple[str, bytes]]:
+    """``count`` ContactCreated of new contacts: (contact id, envelope bytes)."""
+    for n in range(count):
+        contact_id = str(uuid.uuid4())
+        contact = contacts_pb2.Contact(
+            id=contact_id,
+            workspace_id=workspace_id,
+            email=f"c{n}@example.com",
+            first_name=f"Contact {n}",
+            tags=["imported"],
+            attributes={"source": "bench"},
+            version=1,
+        )
+        envelope = new_envelope(workspace_id, events_pb2.ContactCreated(contact=contact))
+        yield contact_id, envelope.SerializeToString()
+
+
+CATEGORIES = ("shoes", "shirts", "bags", "hats", "socks", "coats")
+REALISTIC = (
+    ("page_viewed", 60),
+    ("searched", 15),
+    ("cart_updated", 10),
+    ("order_placed", 10),
+    ("order_cancelled", 2),
+    ("signed_up", 3),
+)
+ORDERS_ONLY = (("order_placed", 85), ("order_cancelled", 5), ("signed_up", 10))
+
+
+def shop_events(workspace_id: str, count: int, mix: str) -> Iterator[tuple[str, bytes]]:
+    """``count`` shop events for ``count // 5`` contacts, times spread over the last year."""
+    rng = random.Random(13)
+    kinds, weights = zip(*(REALISTIC if mix == "realistic" else ORDERS_ONLY), strict=True)
+    contacts = [str(uuid.uuid4()) for _ in range(max(1, count // 5))]
+    now = datetime.now(UTC)
+    for n in range(count):
+        contact_id = rng.choice(contacts)
+        kind = rng.choices(kinds, weights)[0]
+        event = shop_pb2.ShopEvent(contact_id=contact_id)
+        event.occurred_at.FromDatetime(now - timedelta(seconds=rng.randrange(365 * 86400)))
+        category = rng.choice(CATEGORIES)
+        item = shop_pb2.LineItem(
+            product_id=f"p{n % 500}",
+            category=category,
+            quantity=1 + n % 3,
+            unit_price=shop_pb2.Money(amount_minor=1000 + n % 9000, currency="EUR"),
+        )
+        total = shop_pb2.Money(amount_minor=(1000 + n % 9000) * (1 + n % 3), currency="EUR")
+        if kind == "page_viewed":
+            event.page_viewed.CopyFrom(shop_pb2.PageViewed(url=f"/p/{n % 500}", category=category))
+        elif kind == "searched":
+            event.searched.CopyFrom(shop_pb2.Searched(query=f"Red {category}"))
+        elif kind == "cart_updated":
+            event.cart_updated.CopyFrom(
+                shop_pb2.CartUpdated(cart_id=f"cart-{contact_id}", items=[item], total=total)
+            )
+        elif kind == "order_placed":
+            event.order_placed.CopyFrom(
+                shop_pb2.OrderPlaced(
+                    order_id=f"o-{n}", cart_id=f"cart-{contact_id}", items=[item], total=total
+                )
+            )
+        elif kind == "order_cancelled":
+            event.order_cancelled.CopyFrom(shop_pb2.OrderCancelled(order_id=f"o-{max(0, n - 50)}"))
+        else:
+            event.signed_up.CopyFrom(shop_pb2.SignedUp())
+        yield contact_id, new_envelope(workspace_id, event).SerializeToString()
+
+
+async def produce(
+    bootstrap: str, workspace_id: str, count: int, kind: str = "contacts", mix: str = "realistic"
+) -> float:
+    """Publish ``count`` events of ``kind``; the seconds it took."""
     started = time.perf_counter()
+    topic = CONTACTS_EVENTS if kind == "contacts" else SHOP_EVENTS
+    events = (
+        contact_events(workspace_id, count)
+        if kind == "contacts"
+        else shop_events(workspace_id, count, mix)
+    )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
     await producer.start()
     try:
-        partitions = sorted(await producer.partitions_for(CONTACTS_EVENTS))
+        partitions = sorted(await producer.partitions_for(topic))
         partitioner = DefaultPartitioner()
         batches: dict[int, Any] = {p: producer.create_batch() for p in partitions}
         sent = []
-        for n in range(count):
-            contact_id = str(uuid.uuid4())
-            contact = contacts_pb2.Contact(
-                id=contact_id,
-                workspace_id=workspace_id,
-                email=f"c{n}@example.com",
-                first_name=f"Contact {n}",
-                tags=["imported"],
-                attributes={"source": "bench"},
-                version=1,
-            )
-            value = new_envelope(
-                workspace_id, events_pb2.ContactCreated(contact=contact)
-            ).SerializeToString()
+        for contact_id, value in events:
             key = contact_id.encode()
             partition = partitioner(key, partitions, partitions)
             args: dict[str, Any] = {
@@ -84,9 +161,7 @@ async def produce(bootstrap: str, workspace_id: str, count: int) -> float:
             }
             if batches[partition].append(**args) is None:  # full: send it, start the next
                 sent.append(
-                    await producer.send_batch(
-                        batches[partition], CONTACTS_EVENTS, partition=partition
-                    )
+                    await producer.send_batch(batches[partition], topic, partition=partition)
                 )
                 batches[partition] = producer.create_batch()
                 batches[partition].append(**args)
@@ -95,7 +170,7 @@ async def produce(bootstrap: str, workspace_id: str, count: int) -> float:
                 sent = []
         for partition, batch in batches.items():
             if batch.record_count():
-                sent.append(await producer.send_batch(batch, CONTACTS_EVENTS, partition=partition))
+                sent.append(await producer.send_batch(batch, topic, partition=partition))
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
@@ -103,9 +178,19 @@ async def produce(bootstrap: str, workspace_id: str, count: int) -> float:
 
 
 async def drain(
-    database_url: str, workspace_id: str, count: int, service: subprocess.Popen[bytes]
+    database_url: str,
+    workspace_id: str,
+    count: int,
+    service: subprocess.Popen[bytes],
+    kind: str = "contacts",
 ) -> dict[str, float]:
-    """Poll the workspace's profiles until ``count``; times from the service's start."""
+    """Poll the workspace's profiles (shop: the claimed shop events) until ``count``; times
+    from the service's start."""
+    query = (
+        "SELECT count(*) FROM segmentation.profiles WHERE workspace_id = $1"
+        if kind == "contacts"
+        else "SELECT count(*) FROM segmentation.processed_events WHERE $1::uuid IS NOT NULL"
+    )
     started = time.perf_counter()
     first_at = 0.0
     first_rows = 0
@@ -116,12 +201,7 @@ async def drain(
         try:
             if conn is None:
                 conn = await asyncpg.connect(database_url)
-            rows = int(
-                await conn.fetchval(
-                    "SELECT count(*) FROM segmentation.profiles WHERE workspace_id = $1",
-                    uuid.UUID(workspace_id),
-                )
-            )
+            rows = int(await conn.fetchval(query, uuid.UUID(workspace_id)))
         except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
             rows = 0  # not migrated yet
         now = time.perf_counter()
@@ -197,6 +277,8 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=100_000, help="ContactCreated to apply")
     parser.add_argument("--batch", type=int, default=1000, help="SEGMENTATION_APPLY_BATCH_MAX")
     parser.add_argument("--writer-only", action="store_true", help="PostgreSQL side alone")
+    parser.add_argument("--kind", choices=("contacts", "shop"), default="contacts")
+    parser.add_argument("--mix", choices=("realistic", "orders"), default="realistic")
     args = parser.parse_args()
     if args.writer_only:
         with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
@@ -233,7 +315,9 @@ def main() -> None:
             bootstrap = infra["KAFKA_BOOTSTRAP_SERVERS"]
             asyncio.run(ensure_topics(bootstrap, TOPICS))
             workspace_id = str(uuid.uuid4())
-            produce_s = asyncio.run(produce(bootstrap, workspace_id, args.scale))
+            produce_s = asyncio.run(
+                produce(bootstrap, workspace_id, args.scale, args.kind, args.mix)
+            )
             env = {
                 **os.environ,
                 **infra,
@@ -253,7 +337,7 @@ def main() -> None:
             )
             try:
                 figures = asyncio.run(
-                    drain(infra["DATABASE_URL"], workspace_id, args.scale, service)
+                    drain(infra["DATABASE_URL"], workspace_id, args.scale, service, args.kind)
                 )
                 rss = peak_rss_mb(service.pid)
             except RuntimeError:
@@ -275,6 +359,8 @@ def main() -> None:
             stack.stop()
     result = {
         "scale": args.scale,
+        "kind": args.kind,
+        "mix": args.mix if args.kind == "shop" else None,
         "batch_max": args.batch,
         "kafka": infra.get("NUDGE_KAFKA_KIND", "?"),
         "produce_s": round(produce_s, 1),

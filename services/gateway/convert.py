@@ -8,6 +8,7 @@ that UTC, and so a protobuf Timestamp, cannot hold).
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -387,19 +388,36 @@ def event_accepted_json(answer: shop_pb2.TrackEventResponse) -> schemas.EventAcc
 # --- segments -----------------------------------------------------------------------------
 
 
+def rule_text(rule: dict[str, Any]) -> str:
+    """A rule object of a request as the JSON text SegmentService takes."""
+    return json.dumps(rule, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+
+
+def _rule_object(text: str) -> dict[str, Any]:
+    value = json.loads(text) if text else {}
+    return value if isinstance(value, dict) else {}
+
+
 def segment_json(s: segmentation_pb2.Segment) -> schemas.SegmentOut:
     return schemas.SegmentOut(
         id=s.id,
         name=s.name,
         kind=_enum_name(segmentation_pb2.SegmentKind, "SEGMENT_KIND_", s.kind),
         description=s.description,
+        rule=_rule_object(s.rule),
+        version=s.version,
+        created_at=_time(s.created_at, s.HasField("created_at")),
+        updated_at=_time(s.updated_at, s.HasField("updated_at")),
+        depends_on=list(s.depends_on),
     )
 
 
 def count_segment_request(
     segment_id: str, as_of: datetime | None
 ) -> segmentation_pb2.CountSegmentRequest:
-    request = segmentation_pb2.CountSegmentRequest(segment_id=segment_id)
+    request = segmentation_pb2.CountSegmentRequest(
+        target=segmentation_pb2.SegmentTarget(segment_id=segment_id)
+    )
     if as_of is not None:
         request.as_of.FromDatetime(as_of)
     return request
@@ -412,6 +430,70 @@ def segment_count_json(
         segment_id=segment_id,
         count=answer.count,
         as_of=_time(answer.as_of, answer.HasField("as_of")),
+    )
+
+
+def update_segment_request(
+    segment_id: str, body: schemas.SegmentPatchIn, expected_version: int
+) -> segmentation_pb2.UpdateSegmentRequest:
+    request = segmentation_pb2.UpdateSegmentRequest(
+        segment_id=segment_id, expected_version=expected_version
+    )
+    for field in sorted(body.model_fields_set):
+        request.update_mask.paths.append(field)
+    if body.name is not None:
+        request.name = body.name
+    if body.description is not None:
+        request.description = body.description
+    if body.rule is not None:
+        request.rule = rule_text(body.rule)
+    return request
+
+
+def preview_json(answer: segmentation_pb2.PreviewSegmentResponse) -> schemas.SegmentPreview:
+    return schemas.SegmentPreview(
+        members=[
+            schemas.MemberPreviewOut(
+                contact_id=m.contact_id,
+                email=m.email,
+                first_name=m.first_name,
+                last_name=m.last_name,
+                last_order_at=_time(m.last_order_at, m.HasField("last_order_at")),
+                total_spent=[
+                    schemas.MoneyOut(amount_minor=t.amount_minor, currency=t.currency)
+                    for t in m.total_spent
+                ],
+                orders=m.orders,
+                tags=list(m.tags),
+                vip=m.vip,
+            )
+            for m in answer.members
+        ],
+        count=answer.count,
+        as_of=answer.as_of.ToDatetime(tzinfo=UTC),
+    )
+
+
+def rule_node_json(node: segmentation_pb2.RuleNodeResult) -> schemas.RuleNodeOut:
+    return schemas.RuleNodeOut(
+        path=node.path,
+        kind=node.kind,
+        held=node.held,
+        summary=node.summary,
+        observed=dict(node.observed),
+        children=[rule_node_json(c) for c in node.children],
+    )
+
+
+def overlap_json(answer: segmentation_pb2.SegmentOverlapResponse) -> schemas.OverlapOut:
+    n = len(answer.segment_ids)
+    counts = list(answer.counts)
+    return schemas.OverlapOut(
+        segment_ids=list(answer.segment_ids),
+        sizes=list(answer.sizes),
+        counts=[counts[i * n : (i + 1) * n] for i in range(n)],
+        union_count=answer.union_count,
+        as_of=answer.as_of.ToDatetime(tzinfo=UTC),
     )
 
 

@@ -690,21 +690,181 @@ class EventAccepted(ResponseModel):
 # --- segments -----------------------------------------------------------------------------
 
 
+RULE_DESCRIPTION = (
+    "A segment rule: a JSON object in the rule language of docs/segment-rules.md, e.g."
+    ' `{"all": [{"events": "order", "within": {"days": 60}, "count": {"op": "gte", "value": 2}},'
+    ' {"tag": "newsletter"}]}`. Nodes: `all`/`any` (1-50 children), `not`, `field` + `op` +'
+    " `value`, `attribute` + `op` + `value`, `tag`, `consent`, `events` (+ `within`, `count`,"
+    " `where`), `segment`. Depth at most 10, at most 200 nodes, the request body at most"
+    " 64 KiB. An invalid rule is refused with 422, one error per violation, each naming the"
+    " node by its path (`rule.all[1].value`)."
+)
+Rule = Annotated[
+    dict[str, Any],
+    Field(description=RULE_DESCRIPTION, json_schema_extra={"minProperties": 1}),
+]
+AS_OF_DESCRIPTION = (
+    "Evaluation time (RFC 3339) between 1900-01-01 and 9000-01-01; now if missing. Orders,"
+    " activity and signups after it are not seen; other profile fields are current."
+)
+
+
 class SegmentOut(ResponseModel):
-    id: str = Field(description="Built-in segments use their name: `vip`, `loyal`...")
+    id: str = Field(description="Built-in segments use their name (`vip`); custom ones a UUID.")
     name: str
     kind: Literal["built_in", "custom", "unspecified"]
     description: str
+    rule: dict[str, Any] = Field(description="The rule (normalized); built-ins have theirs too.")
+    version: int = Field(description="1 on creation, +1 per change; the ETag.")
+    created_at: datetime | None = Field(description="Unset (null) for built-ins.")
+    updated_at: datetime | None
+    depends_on: list[str] = Field(description="The segments the rule references.")
 
 
 class SegmentList(ResponseModel):
-    segments: list[SegmentOut]
+    segments: list[SegmentOut] = Field(description="Built-ins first, then custom ones by name.")
+
+
+class SegmentIn(StrictModel):
+    """A custom segment. Its name is unique in the workspace, case-insensitively, built-in
+    names included (409 otherwise)."""
+
+    name: Annotated[str, _filled_text(200)]
+    description: LongText = ""
+    rule: Rule
+
+
+class SegmentPatchIn(StrictModel):
+    """A JSON merge patch (RFC 7396) of a custom segment: the members given change. At least
+    one member; none may be `null` (a name and a rule cannot be removed; give `""` to clear the
+    description)."""
+
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
+    name: Annotated[str, _filled_text(200)] | None = Field(None, json_schema_extra=_not_null)
+    description: LongText | None = Field(None, json_schema_extra=_not_null)
+    rule: Rule | None = Field(None, json_schema_extra=_not_null)
+
+    @field_validator("name", "description", "rule", mode="before")
+    @classmethod
+    def _not_removed(cls, value: Any) -> Any:
+        if value is None:
+            raise ValueError("cannot be removed (null)")
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> SegmentPatchIn:
+        if not self.model_fields_set:
+            raise ValueError("name at least one field to change")
+        return self
+
+
+class RuleIn(StrictModel):
+    rule: Rule
+
+
+class RuleViolationOut(ResponseModel):
+    path: str = Field(description="The offending node, e.g. `rule.all[1].value`.")
+    message: str
+
+
+class RuleValidation(ResponseModel):
+    valid: bool
+    violations: list[RuleViolationOut]
+    normalized_rule: dict[str, Any] | None = Field(
+        description="The rule as it would be stored; null when invalid."
+    )
+
+
+class AdHocCountIn(StrictModel):
+    """Counts the contacts a rule picks without saving it (a manager building a segment)."""
+
+    rule: Rule
+    as_of: Rfc3339 | None = Field(None, description=AS_OF_DESCRIPTION)
 
 
 class SegmentCount(ResponseModel):
-    segment_id: str
+    segment_id: str = Field(description="Empty for an ad-hoc rule.")
     count: int
     as_of: datetime | None = Field(description="The evaluation time.")
+
+
+class MoneyOut(ResponseModel):
+    amount_minor: int
+    currency: str
+
+
+class MemberPreviewOut(ResponseModel):
+    contact_id: str
+    email: str
+    first_name: str
+    last_name: str
+    last_order_at: datetime | None
+    total_spent: list[MoneyOut] = Field(description="Completed orders at `as_of`, per currency.")
+    orders: int = Field(description="Completed orders at `as_of`.")
+    tags: list[str]
+    vip: bool
+
+
+class SegmentPreview(ResponseModel):
+    members: list[MemberPreviewOut] = Field(description="The first members by contact id.")
+    count: int = Field(description="Every member.")
+    as_of: datetime
+
+
+class MemberOut(ResponseModel):
+    contact_id: str
+    email: str
+
+
+class MemberPage(ResponseModel):
+    members: list[MemberOut] = Field(description="Ascending contact id.")
+    next_after: str | None = Field(
+        description="Pass as `after` (with the same `as_of`) for the next page; null at the end."
+    )
+    as_of: datetime = Field(description="The evaluation time: pass it back for the next page.")
+
+
+class RuleNodeOut(ResponseModel):
+    path: str
+    kind: str
+    held: bool
+    summary: str = Field(description="The clause in words, e.g. `orders >= 2`.")
+    observed: dict[str, str] = Field(description="The values the clause looked at.")
+    children: list[RuleNodeOut]
+
+
+class MembershipExplanation(ResponseModel):
+    member: bool
+    root: RuleNodeOut
+    as_of: datetime
+
+
+class ContactSegments(ResponseModel):
+    contact_id: str
+    segments: list[SegmentOut]
+    as_of: datetime
+
+
+class OverlapIn(StrictModel):
+    segment_ids: list[Id] = Field(
+        min_length=2,
+        max_length=20,
+        description="2-20 distinct ids of segments the workspace has.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    as_of: Rfc3339 | None = Field(None, description=AS_OF_DESCRIPTION)
+
+
+class OverlapOut(ResponseModel):
+    segment_ids: list[str]
+    sizes: list[int]
+    counts: list[list[int]] = Field(
+        description="counts[i][j]: contacts in both segment i and segment j (the diagonal"
+        " repeats sizes)."
+    )
+    union_count: int = Field(description="Contacts in at least one of them.")
+    as_of: datetime
 
 
 # --- campaigns ----------------------------------------------------------------------------

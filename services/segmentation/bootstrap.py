@@ -1,6 +1,8 @@
 """The composition root of the segmentation service: the read-model consumer (batched
-writes) and the gRPC server (segments; the per-contact export for privacy requests). Nothing
-is published yet, so there is no outbox relay (see the package docstring)."""
+writes, each batch re-evaluating the memberships of the contacts it changed), the outbox
+relay that publishes membership transitions on segments.membership.v1, the sweeper of
+transitions caused by time alone, and the gRPC server (segments; the per-contact export for
+privacy requests)."""
 
 from __future__ import annotations
 
@@ -21,14 +23,16 @@ from services.common.db import create_pool, migrate
 from services.common.dependencies import kafka_check, postgres_check, redis_check
 from services.common.grpc_client import channel
 from services.common.idempotency import prune_forever
-from services.common.kafka import KafkaConsumerLoop
+from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
-from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS
-from services.segmentation.adapters.postgres import SCHEMA
+from services.common.outbox import OutboxRelay
+from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS, TRACKING_EVENTS
+from services.segmentation import membership
 from services.segmentation.config import Settings
 from services.segmentation.entrypoints import kafka
 from services.segmentation.entrypoints.grpc import ContactDataServicer, SegmentServicer
-from services.segmentation.handlers import CONSUMER, ReadModelWriter
+from services.segmentation.handlers import ReadModelWriter
+from services.segmentation.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 NAME = "segmentation"
@@ -44,23 +48,37 @@ MAX_IN_FLIGHT = 4000
 
 
 async def start(service: runtime.Service, settings: Settings) -> None:
-    await migrate(settings.database_url, SCHEMA, MIGRATIONS)
-    pool = await create_pool(settings.database_url, SCHEMA, max_size=20)
+    await migrate(settings.database_url, settings.database_schema, MIGRATIONS)
+    pool = await create_pool(settings.database_url, settings.database_schema, max_size=20)
     service.push(pool.close)
     redis = aioredis.from_url(settings.redis_url)
     service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)
     service.push(contacts.close)
+    publisher = KafkaPublisher(
+        settings.kafka_bootstrap_servers,
+        "nudge-segmentation",
+        idempotent=supports_idempotence(settings.kafka_kind),
+    )
+    service.push(publisher.stop)
+    await publisher.start()
+    membership.configure(topic=settings.membership_topic)
+    service.spawn(OutboxRelay(pool, settings.database_schema, publisher).run(), "outbox-relay")
+    sweeper = Sweeper(pool, batch=settings.sweep_batch, max_sleep_s=settings.sweep_max_sleep_s)
+    service.spawn(sweeper.run(), "membership-sweeper")
 
-    writer = ReadModelWriter(pool, max_batch=settings.apply_batch_max)
+    writer = ReadModelWriter(
+        pool, max_batch=settings.apply_batch_max, after_apply=membership.after_apply
+    )
 
     async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
         await kafka.on_event(writer, envelope, record)
 
     consumer = KafkaConsumerLoop(
         settings.kafka_bootstrap_servers,
-        CONSUMER,
-        [CONTACTS_EVENTS, SHOP_EVENTS],
+        settings.consumer_group,
+        # Keyed by contact id all three: one contact's records are applied one at a time.
+        [CONTACTS_EVENTS, SHOP_EVENTS, TRACKING_EVENTS],
         on_event,
         max_records=MAX_IN_FLIGHT // 2,
         concurrency=CONSUMER_CONCURRENCY,
@@ -79,7 +97,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 segmentation_pb2_grpc.add_SegmentServiceServicer_to_server,
-                SegmentServicer(pool),  # type: ignore[abstract]  # issue 13: RPCs to come
+                SegmentServicer(pool),
                 SERVICE_NAME,
             ),
             (
@@ -97,7 +115,14 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             "kafka": kafka_check(probe),
         },
     )
-    log.info("segmentation consuming %s and %s", CONTACTS_EVENTS, SHOP_EVENTS)
+    log.info(
+        "segmentation consuming %s, %s and %s as group %s into schema %s",
+        CONTACTS_EVENTS,
+        SHOP_EVENTS,
+        TRACKING_EVENTS,
+        settings.consumer_group,
+        settings.database_schema,
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -14,30 +14,48 @@ import asyncio
 import json
 import logging
 from collections import deque
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 
 from services.common import clock
-from services.common.errors import FieldViolation, InvalidArgument, NotFound, Validator
+from services.common.errors import FieldViolation, InvalidArgument
 from services.common.ids import is_uuid
 from services.segmentation.adapters import postgres as db
-from services.segmentation.adapters.postgres import CONSUMER, Pending
+from services.segmentation.adapters.postgres import CONSUMER, Applied, Pending
 from services.segmentation.adapters.rule_sql import load_facts
-from services.segmentation.domain.builtins import BUILT_IN, BY_ID, BuiltIn
+from services.segmentation.domain.builtins import BUILT_IN
 from services.segmentation.domain.readmodel import ReadModelChange
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CONSUMER", "ReadModelWriter", "apply_changes", "count_segment", "export_contact"]
+__all__ = [
+    "CONSUMER",
+    "AfterApply",
+    "Applied",
+    "ReadModelWriter",
+    "apply_changes",
+    "export_contact",
+]
+
+# Called in the batch's transaction once its changes are applied, with what changed (e.g. to
+# re-evaluate the memberships of the changed contacts atomically with the change).
+AfterApply = Callable[[asyncpg.Connection, Applied, datetime], Awaitable[None]]
 
 
-async def apply_changes(pool: asyncpg.Pool, items: list[Pending]) -> list[bool]:
-    """Apply ``items`` in order in one transaction; for each, whether it changed anything."""
+async def apply_changes(
+    pool: asyncpg.Pool, items: list[Pending], after_apply: AfterApply | None = None
+) -> Applied:
+    """Apply ``items`` in order in one transaction, then ``after_apply`` in the same one (if
+    it fails, nothing of the batch is kept); for each item, whether it changed anything."""
     now = clock.now()
     async with pool.acquire() as conn, conn.transaction():
-        return await db.apply(conn, items, now)
+        applied = await db.apply(conn, items, now)
+        if after_apply is not None and (applied.changed or applied.removed):
+            await after_apply(conn, applied, now)
+        return applied
 
 
 class ReadModelWriter:
@@ -57,8 +75,16 @@ class ReadModelWriter:
     while the others of its batch are applied.
     """
 
-    def __init__(self, pool: asyncpg.Pool, *, max_batch: int = 1000, max_flushes: int = 2) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        max_batch: int = 1000,
+        max_flushes: int = 2,
+        after_apply: AfterApply | None = None,
+    ) -> None:
         self._pool = pool
+        self._after_apply = after_apply
         self._max_batch = max_batch
         self._max_flushes = max_flushes
         self._queue: deque[tuple[Pending, asyncio.Future[bool]]] = deque()
@@ -87,7 +113,9 @@ class ReadModelWriter:
     async def _flush(self, batch: list[tuple[Pending, asyncio.Future[bool]]]) -> None:
         try:
             try:
-                results = await apply_changes(self._pool, [item for item, _ in batch])
+                results = await apply_changes(
+                    self._pool, [item for item, _ in batch], self._after_apply
+                )
                 self.batches += 1
                 for (_, future), result in zip(batch, results, strict=True):
                     _settle(future, result)
@@ -100,7 +128,9 @@ class ReadModelWriter:
                 )
                 for item, future in batch:
                     try:
-                        _settle(future, (await apply_changes(self._pool, [item]))[0])
+                        _settle(
+                            future, (await apply_changes(self._pool, [item], self._after_apply))[0]
+                        )
                         self.batches += 1
                     except Exception as one:
                         _settle(future, one)
@@ -120,14 +150,16 @@ def _settle(future: asyncio.Future[bool], outcome: bool | Exception) -> None:
 
 async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str) -> dict[str, Any]:
     """Everything the read model holds about one contact, as JSON values: the profile, the
-    orders, the built-in segments it is in now. Empty when it holds nothing."""
+    orders, the activity (page views, searches, opens, clicks), the built-in segments it is
+    in now. Empty when it holds nothing."""
     if not is_uuid(contact_id):
         raise InvalidArgument(FieldViolation("contact_id", "must be a contact id (a UUID)"))
     async with pool.acquire() as conn:
         profile = await db.profile_of(conn, workspace_id, contact_id)
         orders = await db.orders_of(conn, workspace_id, contact_id)
+        activity = await db.activity_of(conn, workspace_id, contact_id)
         facts = await load_facts(conn, workspace_id, contact_id)
-    if profile is None and not orders:
+    if profile is None and not orders and not activity:
         return {}
     now = clock.now()
     return {
@@ -139,8 +171,13 @@ async def export_contact(pool: asyncpg.Pool, workspace_id: str, contact_id: str)
                 "total_minor": o["total_minor"],
                 "currency": o["currency"],
                 "status": o["status"],
+                "categories": list(o["categories"]),
+                "cart_id": o["cart_id"],
             }
             for o in orders
+        ],
+        "activity": [
+            {"kind": a["kind"], "subject": a["subject"], "at": _iso(a["at"])} for a in activity
         ],
         # Memberships are evaluated, not stored (the package docstring): these are now's.
         "memberships": [s.id for s in BUILT_IN if facts is not None and s.contains(facts, now)],
@@ -152,6 +189,8 @@ def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
     return {
         "contact_id": str(p["contact_id"]),
         "email": p["email"],
+        "first_name": p["first_name"],
+        "last_name": p["last_name"],
         "vip": p["vip"],
         "tags": list(p["tags"]),
         "attributes": json.loads(p["attributes"]),
@@ -160,6 +199,14 @@ def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
         "consents": json.loads(p["consents"]),
         "suppressed": p["suppressed"],
         "suppression_reason": p["suppression_reason"],
+        "orders_count": p["orders_count"],
+        "first_order_at": _iso(p["first_order_at"]),
+        "last_order_at": _iso(p["last_order_at"]),
+        "spent": json.loads(p["spent"]),
+        "last_visit_at": _iso(p["last_visit_at"]),
+        "last_open_at": _iso(p["last_open_at"]),
+        "last_click_at": _iso(p["last_click_at"]),
+        "cart": json.loads(p["cart"]) if p["cart"] is not None else None,
         "version": p["version"],
         "created_at": _iso(p["created_at"]),
         "updated_at": _iso(p["updated_at"]),
@@ -168,26 +215,3 @@ def _profile_json(p: asyncpg.Record) -> dict[str, Any]:
 
 def _iso(at: datetime | None) -> str | None:
     return at.isoformat() if at is not None else None
-
-
-def list_segments() -> tuple[BuiltIn, ...]:
-    """The segments every workspace has; custom segments are a later issue."""
-    return BUILT_IN
-
-
-async def count_segment(
-    pool: asyncpg.Pool, workspace_id: str, segment_id: str, as_of: datetime | None
-) -> tuple[int, datetime]:
-    """How many of the workspace's contacts the segment's rule picks when evaluated at
-    ``as_of`` (default now), and the evaluation time used. ``workspace_id`` is a UUID: the
-    guard interceptor lets no other through. What ``as_of`` means exactly (the read model as
-    it is now, with orders and signups after ``as_of`` left out) is in the package docstring."""
-    v = Validator()
-    v.check(bool(segment_id), "segment_id", "is required")
-    v.raise_if_any()
-    if segment_id not in BY_ID:
-        raise NotFound(f"segment {segment_id[:100]!r} not found")
-    at = as_of or clock.now()
-    async with pool.acquire() as conn:
-        count = await db.count_members(conn, workspace_id, segment_id, at)
-    return count, at

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -32,16 +32,23 @@ import asyncpg
 from services.segmentation.adapters import segment_sql
 from services.segmentation.domain.builtins import BY_ID
 from services.segmentation.domain.readmodel import (
+    CLAIMED,
+    CartUpdated,
     ConsentSet,
+    LinkClicked,
+    MessageOpened,
     OrderPlaced,
     OrderVoided,
+    PageViewed,
     ProfileSnapshot,
     ReadModelChange,
     Removed,
     ScoreSet,
+    Searched,
     SignedUp,
     Suppressed,
     TagsSet,
+    visit_at,
 )
 from services.segmentation.domain.segments import OrderStatus
 
@@ -78,12 +85,64 @@ def rounds(items: Sequence[Pending]) -> list[list[int]]:
     return cut
 
 
-async def apply(conn: asyncpg.Connection, items: Sequence[Pending], now: datetime) -> list[bool]:
+@dataclass
+class Applied:
+    """What :func:`apply` did: per item whether it changed the read model (``results``, in
+    the order of the items), and per contact the event that last changed it.
+
+    ``changed`` maps each (workspace, contact) whose profile, orders or activity changed to
+    the event id of its last applied item, so that whoever re-evaluates memberships in the
+    same transaction can name the cause; ``removed`` maps each contact deleted or erased by
+    the batch to its removal's event id (such a key is not in ``changed``). It reads as the
+    list of results too (``all(applied)``, ``applied == [True, False]``, ``applied[0]``).
+    """
+
+    results: list[bool]
+    changed: dict[Key, str] = field(default_factory=dict)
+    removed: dict[Key, str] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[bool]:
+        return iter(self.results)
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __getitem__(self, index: int) -> bool:
+        return self.results[index]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, list):
+            return self.results == other
+        if isinstance(other, Applied):
+            return (self.results, self.changed, self.removed) == (
+                other.results,
+                other.changed,
+                other.removed,
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def _note(self, item: Pending) -> None:
+        if isinstance(item.change, Removed):
+            self.changed.pop(item.key, None)
+            self.removed[item.key] = item.event_id
+        else:
+            self.removed.pop(item.key, None)
+            self.changed.pop(item.key, None)  # re-insert: the last applied item names it
+            self.changed[item.key] = item.event_id
+
+
+async def apply(conn: asyncpg.Connection, items: Sequence[Pending], now: datetime) -> Applied:
     """Apply ``items`` in order inside the caller's transaction; for each, whether it changed
-    the read model (False: an older or repeated event, or a tombstoned contact)."""
-    applied = [False] * len(items)
+    the read model (False: an older or repeated event, or a tombstoned contact), and which
+    contacts changed or went (:class:`Applied`)."""
+    applied = Applied([False] * len(items))
     for indexes in rounds(items):
-        await _apply_round(conn, [items[i] for i in indexes], now, indexes, applied)
+        await _apply_round(conn, [items[i] for i in indexes], now, indexes, applied.results)
+    for item, result in zip(items, applied.results, strict=True):
+        if result:
+            applied._note(item)
     return applied
 
 
@@ -100,24 +159,31 @@ async def _apply_round(
         for i, item in zip(indexes, items, strict=True)
         if item.key not in gone or isinstance(item.change, Removed)
     ]
-    shop_ids = [
-        item.event_id
-        for _, item in live
-        if isinstance(item.change, SignedUp | OrderPlaced | OrderVoided)
-    ]
-    claimed = await _claim(conn, shop_ids) if shop_ids else set()
-    by_kind: dict[type, list[tuple[int, Pending]]] = {}
+    claimed_ids = [item.event_id for _, item in live if isinstance(item.change, CLAIMED)]
+    claimed = await _claim(conn, claimed_ids) if claimed_ids else set()
+    todo: list[tuple[int, Pending]] = []
     for i, item in live:
-        if isinstance(item.change, SignedUp | OrderPlaced | OrderVoided):
+        if isinstance(item.change, CLAIMED):
             if item.event_id not in claimed:
                 continue
             applied[i] = True
-        by_kind.setdefault(type(item.change), []).append((i, item))
-    for kind, group in by_kind.items():
-        changed = await _APPLY[kind](conn, [item for _, item in group], now)
+        todo.append((i, item))
+    # In a fixed order: the profile a shop event touches exists before its orders, cart and
+    # aggregates are written (a round holds each contact once, so order across kinds only
+    # matters for that).
+    orders_changed: set[Key] = set()
+    for kinds, step in _STEPS:
+        group = [(i, item) for i, item in todo if isinstance(item.change, kinds)]
+        if not group:
+            continue
+        changed = await step(conn, [item for _, item in group], now)
+        if kinds in ((OrderPlaced,), (OrderVoided,)):
+            orders_changed.update(item.key for _, item in group)
         if changed is not None:
             for i, item in group:
                 applied[i] = item.key in changed
+    if orders_changed:
+        await _recompute_orders(conn, sorted(orders_changed))
 
 
 async def _tombstoned(conn: asyncpg.Connection, keys: list[Key]) -> set[Key]:
@@ -192,11 +258,14 @@ _SNAPSHOTS = _versioned(
         "attributes": "jsonb",
         "signed_up_at": "timestamptz",
         "score": "bigint",
+        "first_name": "text",
+        "last_name": "text",
     },
     # A signup time the snapshot lacks is kept (a SignedUp shop event may have set it).
     "email = EXCLUDED.email, vip = EXCLUDED.vip, tags = EXCLUDED.tags,"
     " attributes = EXCLUDED.attributes,"
-    " signed_up_at = coalesce(EXCLUDED.signed_up_at, p.signed_up_at), score = EXCLUDED.score",
+    " signed_up_at = coalesce(EXCLUDED.signed_up_at, p.signed_up_at), score = EXCLUDED.score,"
+    " first_name = EXCLUDED.first_name, last_name = EXCLUDED.last_name",
 )
 _TAGS = _versioned({"tags": "text[]"}, "tags = EXCLUDED.tags")
 _SCORES = _versioned({"score": "bigint"}, "score = EXCLUDED.score")
@@ -217,6 +286,8 @@ async def _snapshots(conn: asyncpg.Connection, items: list[Pending], now: dateti
             "attributes": c.attributes,
             "signed_up_at": c.signed_up_at,
             "score": c.score,
+            "first_name": c.first_name,
+            "last_name": c.last_name,
         }
 
     return _keys(await conn.fetch(_SNAPSHOTS, _rows(items, fields), now))
@@ -257,6 +328,8 @@ WITH gone AS (
         AS r(ws uuid, contact uuid, version bigint, reason text)
 ), orders_gone AS (
     DELETE FROM orders o USING gone g WHERE o.workspace_id = g.ws AND o.contact_id = g.contact
+), activity_gone AS (
+    DELETE FROM activity a USING gone g WHERE a.workspace_id = g.ws AND a.contact_id = g.contact
 ), profiles_gone AS (
     DELETE FROM profiles p USING gone g WHERE p.workspace_id = g.ws AND p.contact_id = g.contact
 )
@@ -273,7 +346,7 @@ RETURNING workspace_id, contact_id
 
 
 async def _removals(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> set[Key]:
-    """Delete the contacts' profiles and orders and leave a tombstone; an erasure after a
+    """Delete the contacts' profiles, orders and activity and leave a tombstone; an erasure after a
     deletion only marks the tombstone erased (there is nothing left to remove)."""
 
     def fields(c: Removed) -> dict[str, object]:
@@ -282,12 +355,70 @@ async def _removals(conn: asyncpg.Connection, items: list[Pending], now: datetim
     return _keys(await conn.fetch(_REMOVE, _rows(items, fields), now))
 
 
-_ENSURE_PROFILES = """
-INSERT INTO profiles (workspace_id, contact_id, created_at, updated_at)
-SELECT DISTINCT r.ws, r.contact, $2::timestamptz, $2::timestamptz
-FROM jsonb_to_recordset($1::jsonb) AS r(ws uuid, contact uuid)
+_TOUCH = """
+INSERT INTO profiles AS p (workspace_id, contact_id, last_visit_at, last_open_at, last_click_at,
+                           created_at, updated_at)
+SELECT r.ws, r.contact, r.visit_at, r.open_at, r.click_at, $2, $2
+FROM jsonb_to_recordset($1::jsonb)
+    AS r(ws uuid, contact uuid, visit_at timestamptz, open_at timestamptz, click_at timestamptz)
+ON CONFLICT (workspace_id, contact_id) DO UPDATE SET
+    last_visit_at = greatest(p.last_visit_at, EXCLUDED.last_visit_at),
+    last_open_at = greatest(p.last_open_at, EXCLUDED.last_open_at),
+    last_click_at = greatest(p.last_click_at, EXCLUDED.last_click_at),
+    updated_at = EXCLUDED.updated_at
+"""
+
+
+async def _touch(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> None:
+    """Create the profiles shop and tracking events name (their snapshot fills them later)
+    and move the last visit, open and click times forward: by event time (``greatest``), so
+    a late or repeated event never moves one back."""
+
+    def fields(c: ReadModelChange) -> dict[str, object]:
+        return {
+            "visit_at": visit_at(c),
+            "open_at": c.at if isinstance(c, MessageOpened) else None,
+            "click_at": c.at if isinstance(c, LinkClicked) else None,
+        }
+
+    await conn.execute(_TOUCH, _rows(items, fields), now)
+
+
+_ACTIVITY = """
+INSERT INTO activity (workspace_id, contact_id, kind, subject, at, event_id)
+SELECT r.ws, r.contact, r.kind, r.subject, r.at, r.event_id
+FROM jsonb_to_recordset($1::jsonb)
+    AS r(ws uuid, contact uuid, kind text, subject text, at timestamptz, event_id text)
 ON CONFLICT DO NOTHING
 """
+
+
+def _activity_of(item: Pending) -> dict[str, object]:
+    c = item.change
+    if isinstance(c, PageViewed):
+        kind, subject = "page_viewed", c.category
+    elif isinstance(c, Searched):
+        kind, subject = "searched", c.query
+    elif isinstance(c, MessageOpened):
+        kind, subject = "message_opened", ""
+    elif isinstance(c, LinkClicked):
+        kind, subject = "link_clicked", c.url
+    else:  # pragma: no cover - _STEPS routes only these kinds here
+        raise TypeError(type(c).__name__)
+    return {
+        "ws": item.workspace_id,
+        "contact": c.contact_id,
+        "kind": kind,
+        "subject": subject,
+        "at": c.at,
+        "event_id": item.event_id,
+    }
+
+
+async def _activity(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> None:
+    """One row per event (its id in the key: a replay adds nothing)."""
+    rows = json.dumps([_activity_of(item) for item in items], default=_json_default)
+    await conn.execute(_ACTIVITY, rows)
 
 
 async def _signups(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> None:
@@ -311,7 +442,8 @@ async def _signups(conn: asyncpg.Connection, items: list[Pending], now: datetime
 
 
 async def _orders_placed(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> None:
-    """Store placed orders as completed; a cancellation that arrived first keeps its status."""
+    """Store placed orders as completed (a cancellation that arrived first keeps its status)
+    and clear the cart each was placed from, or any cart older than it."""
 
     def fields(c: OrderPlaced) -> dict[str, object]:
         return {
@@ -319,23 +451,36 @@ async def _orders_placed(conn: asyncpg.Connection, items: list[Pending], now: da
             "placed_at": c.placed_at,
             "total_minor": c.total_minor,
             "currency": c.currency,
+            "categories": list(c.categories),
+            "cart_id": c.cart_id,
         }
 
     rows = _rows(items, fields)
-    await conn.execute(_ENSURE_PROFILES, rows, now)
     await conn.execute(
         "INSERT INTO orders (workspace_id, order_id, contact_id, placed_at, total_minor,"
-        " currency, status, updated_at)"
-        " SELECT r.ws, r.order_id, r.contact, r.placed_at, r.total_minor, r.currency, $3, $2"
+        " currency, status, updated_at, categories, cart_id)"
+        " SELECT r.ws, r.order_id, r.contact, r.placed_at, r.total_minor, r.currency, $3, $2,"
+        "   r.categories, r.cart_id"
         " FROM jsonb_to_recordset($1::jsonb) AS r(ws uuid, contact uuid, order_id text,"
-        "   placed_at timestamptz, total_minor bigint, currency text)"
+        "   placed_at timestamptz, total_minor bigint, currency text, categories text[],"
+        "   cart_id text)"
         " ON CONFLICT (workspace_id, order_id) DO UPDATE SET"
         "   contact_id = EXCLUDED.contact_id, placed_at = EXCLUDED.placed_at,"
         "   total_minor = EXCLUDED.total_minor, currency = EXCLUDED.currency,"
+        "   categories = EXCLUDED.categories, cart_id = EXCLUDED.cart_id,"
         "   updated_at = EXCLUDED.updated_at",
         rows,
         now,
         OrderStatus.COMPLETED.value,
+    )
+    await conn.execute(
+        "UPDATE profiles p SET cart = NULL"
+        " FROM jsonb_to_recordset($1::jsonb)"
+        "   AS r(ws uuid, contact uuid, placed_at timestamptz, cart_id text)"
+        " WHERE p.workspace_id = r.ws AND p.contact_id = r.contact AND p.cart IS NOT NULL"
+        "   AND ((p.cart->>'updated_at')::timestamptz <= r.placed_at"
+        "        OR (r.cart_id <> '' AND p.cart->>'cart_id' = r.cart_id))",
+        rows,
     )
 
 
@@ -345,8 +490,6 @@ async def _orders_voided(conn: asyncpg.Connection, items: list[Pending], now: da
     def fields(c: OrderVoided) -> dict[str, object]:
         return {"order_id": c.order_id, "status": c.status.value}
 
-    rows = _rows(items, fields)
-    await conn.execute(_ENSURE_PROFILES, rows, now)
     await conn.execute(
         "INSERT INTO orders (workspace_id, order_id, contact_id, status, updated_at)"
         " SELECT r.ws, r.order_id, r.contact, r.status, $2"
@@ -354,24 +497,98 @@ async def _orders_voided(conn: asyncpg.Connection, items: list[Pending], now: da
         "   AS r(ws uuid, contact uuid, order_id text, status text)"
         " ON CONFLICT (workspace_id, order_id) DO UPDATE SET"
         "   status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
-        rows,
+        _rows(items, fields),
         now,
     )
 
 
-# Per kind of change, its statement; those answering None report nothing per row (the
-# shop events' claims already say which were applied).
-_APPLY: dict[type, Any] = {
-    ProfileSnapshot: _snapshots,
-    TagsSet: _tags,
-    ScoreSet: _scores,
-    ConsentSet: _consents,
-    Suppressed: _suppressions,
-    Removed: _removals,
-    SignedUp: _signups,
-    OrderPlaced: _orders_placed,
-    OrderVoided: _orders_voided,
-}
+# The aggregates of the given contacts, recomputed from their completed orders: exact
+# whatever order placements, cancellations and repeats arrived in, and one statement for a
+# batch. Rows whose aggregates did not change are not written.
+_RECOMPUTE = """
+WITH k AS (
+    SELECT DISTINCT ws, contact
+    FROM unnest($1::text[]::uuid[], $2::text[]::uuid[]) AS k(ws, contact)
+), per_currency AS (
+    SELECT o.workspace_id, o.contact_id, o.currency, count(*) AS n, sum(o.total_minor) AS total,
+           min(o.placed_at) AS first_at, max(o.placed_at) AS last_at
+    FROM orders o JOIN k ON o.workspace_id = k.ws AND o.contact_id = k.contact
+    WHERE o.status = 'completed' AND o.placed_at IS NOT NULL
+    GROUP BY o.workspace_id, o.contact_id, o.currency
+), agg AS (
+    SELECT k.ws, k.contact,
+           coalesce(sum(c.n), 0)::integer AS n,
+           min(c.first_at) AS first_at,
+           max(c.last_at) AS last_at,
+           coalesce(
+               jsonb_object_agg(
+                   coalesce(c.currency, ''),
+                   jsonb_build_object('total_minor', c.total, 'orders', c.n)
+               ) FILTER (WHERE c.n IS NOT NULL),
+               '{}'::jsonb
+           ) AS spent
+    FROM k LEFT JOIN per_currency c ON c.workspace_id = k.ws AND c.contact_id = k.contact
+    GROUP BY k.ws, k.contact
+)
+UPDATE profiles p SET
+    orders_count = agg.n, first_order_at = agg.first_at, last_order_at = agg.last_at,
+    spent = agg.spent
+FROM agg
+WHERE p.workspace_id = agg.ws AND p.contact_id = agg.contact
+  AND (p.orders_count, p.first_order_at, p.last_order_at, p.spent)
+      IS DISTINCT FROM (agg.n, agg.first_at, agg.last_at, agg.spent)
+"""
+
+
+async def _recompute_orders(conn: asyncpg.Connection, keys: list[Key]) -> None:
+    await conn.execute(_RECOMPUTE, [ws for ws, _ in keys], [c for _, c in keys])
+
+
+async def _carts(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> None:
+    """Set the cart, unless the profile holds a newer one or an order placed at or after
+    this cart (or from it) already cleared it: by event time, whatever the arrival order."""
+
+    def fields(c: CartUpdated) -> dict[str, object]:
+        return {
+            "at": c.at,
+            "cart_id": c.cart_id,
+            "total_minor": c.total_minor,
+            "currency": c.currency,
+            "items": c.items,
+        }
+
+    await conn.execute(
+        "UPDATE profiles p SET cart = jsonb_build_object('cart_id', r.cart_id,"
+        "   'total_minor', r.total_minor, 'currency', r.currency, 'items', r.items,"
+        "   'updated_at', r.at)"
+        " FROM jsonb_to_recordset($1::jsonb) AS r(ws uuid, contact uuid, at timestamptz,"
+        "   cart_id text, total_minor bigint, currency text, items integer)"
+        " WHERE p.workspace_id = r.ws AND p.contact_id = r.contact"
+        "   AND (p.cart IS NULL OR (p.cart->>'updated_at')::timestamptz < r.at)"
+        "   AND NOT EXISTS (SELECT 1 FROM orders o"
+        "     WHERE o.workspace_id = r.ws AND o.contact_id = r.contact"
+        "       AND (o.placed_at >= r.at OR (r.cart_id <> '' AND o.cart_id = r.cart_id)))",
+        _rows(items, fields),
+    )
+
+
+# The statements of a round, in order: each takes the round's changes of its kinds; those
+# answering a set of keys report which rows changed (versioned contact changes), the others
+# None (the claims of shop and tracking events already say which were applied).
+_STEPS: list[tuple[tuple[type, ...], Any]] = [
+    ((ProfileSnapshot,), _snapshots),
+    ((TagsSet,), _tags),
+    ((ScoreSet,), _scores),
+    ((ConsentSet,), _consents),
+    ((Suppressed,), _suppressions),
+    ((Removed,), _removals),
+    (CLAIMED, _touch),
+    ((SignedUp,), _signups),
+    ((OrderPlaced,), _orders_placed),
+    ((OrderVoided,), _orders_voided),
+    ((CartUpdated,), _carts),
+    ((PageViewed, Searched, MessageOpened, LinkClicked), _activity),
+]
 
 
 async def count_members(
@@ -387,8 +604,10 @@ async def profile_of(
     conn: asyncpg.Connection, workspace_id: str, contact_id: str
 ) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT contact_id, email, vip, tags, attributes, signed_up_at, score, consents,"
-        " suppressed, suppression_reason, version, created_at, updated_at"
+        "SELECT contact_id, email, first_name, last_name, vip, tags, attributes, signed_up_at,"
+        " score, consents, suppressed, suppression_reason, orders_count, first_order_at,"
+        " last_order_at, spent, last_visit_at, last_open_at, last_click_at, cart, version,"
+        " created_at, updated_at"
         " FROM profiles WHERE workspace_id = $1 AND contact_id = $2",
         uuid.UUID(workspace_id),
         uuid.UUID(contact_id),
@@ -400,8 +619,22 @@ async def orders_of(
 ) -> list[asyncpg.Record]:
     return list(
         await conn.fetch(
-            "SELECT order_id, placed_at, total_minor, currency, status FROM orders"
+            "SELECT order_id, placed_at, total_minor, currency, status, categories, cart_id"
+            " FROM orders"
             " WHERE workspace_id = $1 AND contact_id = $2 ORDER BY placed_at NULLS LAST, order_id",
+            uuid.UUID(workspace_id),
+            uuid.UUID(contact_id),
+        )
+    )
+
+
+async def activity_of(
+    conn: asyncpg.Connection, workspace_id: str, contact_id: str
+) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            "SELECT kind, subject, at, event_id FROM activity"
+            " WHERE workspace_id = $1 AND contact_id = $2 ORDER BY at, kind, event_id",
             uuid.UUID(workspace_id),
             uuid.UUID(contact_id),
         )

@@ -1,10 +1,12 @@
 """What the contact read model learns from other services' events: pure values, no I/O.
 
-The Kafka entrypoint turns ``contacts.events.v1`` and ``shop.events.v1`` envelopes into these;
-the handlers apply them to ``profiles`` and ``orders``. Contact changes carry the contact's
-``version`` (every committed change in contacts increments it once): the read model applies
-one only when it is above the version it holds, which makes replays no-ops and keeps an
-older event from undoing a newer one. Strings from another service are
+The Kafka entrypoint turns ``contacts.events.v1``, ``shop.events.v1`` and
+``tracking.events.v1`` envelopes into these; the handlers apply them to ``profiles``,
+``orders`` and ``activity``. Contact changes carry the contact's ``version`` (every committed
+change in contacts increments it once): the read model applies one only when it is above the
+version it holds, which makes replays no-ops and keeps an older event from undoing a newer
+one. Shop and tracking events carry no version: they are applied once per event id and by
+event time (a late event never moves a "last ... at" back). Strings from another service are
 checked on the way in (:func:`checked_id`, :func:`checked_text`): a value PostgreSQL refuses
 would fail on every retry, and the consumer retries a failing record before the ones after it.
 """
@@ -15,6 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from services.segmentation.domain.segments import OrderStatus
+
+# A search query is kept lower-cased and cut to this many characters (rules compare at most
+# 500-character strings: a longer query adds nothing a rule can match).
+MAX_QUERY = 500
 
 # Ids are keys of btree indexes (order_id, processed_events.event_id): an entry over about
 # 2.7 kB is refused. Real ids are far shorter; the limit leaves room.
@@ -52,6 +58,8 @@ class ProfileSnapshot:
     signed_up_at: datetime | None = None
     version: int = 0  # 0: published before contacts had versions
     score: int = 0
+    first_name: str = ""
+    last_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class OrderPlaced:
     placed_at: datetime
     total_minor: int
     currency: str
+    categories: tuple[str, ...] = ()  # of its line items, distinct, sorted
+    cart_id: str = ""  # the cart it was placed from ("": not said)
 
 
 @dataclass(frozen=True)
@@ -129,10 +139,89 @@ class OrderVoided:
     contact_id: str
     order_id: str
     status: OrderStatus
+    at: datetime | None = None  # when the shop reported it (a visit); None: not known
 
 
-ShopChange = SignedUp | OrderPlaced | OrderVoided
-ReadModelChange = ContactChange | ShopChange
+@dataclass(frozen=True)
+class CartUpdated:
+    """The contact's cart as it is at ``at`` (a newer one replaces it, an order clears it)."""
+
+    contact_id: str
+    at: datetime
+    cart_id: str
+    total_minor: int
+    currency: str
+    items: int  # the quantities of its line items, summed
+
+
+@dataclass(frozen=True)
+class PageViewed:
+    contact_id: str
+    at: datetime
+    category: str  # "" when the page has none
+
+
+@dataclass(frozen=True)
+class Searched:
+    contact_id: str
+    at: datetime
+    query: str  # lower-cased, at most MAX_QUERY characters (:func:`search_subject`)
+
+
+@dataclass(frozen=True)
+class Visited:
+    """Any other shop event (a failed login...): the contact was on the shop at ``at``."""
+
+    contact_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class MessageOpened:
+    """tracking.events.v1: a person opened a message (machine opens are not kept)."""
+
+    contact_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class LinkClicked:
+    contact_id: str
+    at: datetime
+    url: str
+
+
+ShopChange = SignedUp | OrderPlaced | OrderVoided | CartUpdated | PageViewed | Searched | Visited
+TrackingChange = MessageOpened | LinkClicked
+# Changes without a version: applied once per event id (claimed in processed_events).
+CLAIMED = (
+    SignedUp,
+    OrderPlaced,
+    OrderVoided,
+    CartUpdated,
+    PageViewed,
+    Searched,
+    Visited,
+    MessageOpened,
+    LinkClicked,
+)
+ReadModelChange = ContactChange | ShopChange | TrackingChange
+
+
+def search_subject(query: str) -> str:
+    """What a search is kept as: lower-cased, at most :data:`MAX_QUERY` characters."""
+    return query.lower()[:MAX_QUERY]
+
+
+def visit_at(change: ReadModelChange) -> datetime | None:
+    """The time a shop event shows the contact on the shop (``last_visit_at``), or None."""
+    if isinstance(change, OrderPlaced):
+        return change.placed_at
+    if isinstance(change, SignedUp | CartUpdated | PageViewed | Searched | Visited):
+        return change.at
+    if isinstance(change, OrderVoided):
+        return change.at
+    return None
 
 
 def order_key(order_id: str, event_id: str) -> str:

@@ -1,5 +1,6 @@
-"""The read model's consumer: contacts.events.v1 and shop.events.v1 envelopes in, read-model
-changes out. Decoding and checking only; what a change does is in the handlers."""
+"""The read model's consumer: contacts.events.v1, shop.events.v1 and tracking.events.v1
+envelopes in, read-model changes out. Decoding and checking only; what a change does is in
+the handlers."""
 
 from __future__ import annotations
 
@@ -14,20 +15,27 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from services.common.ids import is_uuid
 from services.segmentation import handlers
 from services.segmentation.domain.readmodel import (
+    CartUpdated,
     ConsentSet,
+    LinkClicked,
+    MessageOpened,
     OrderPlaced,
     OrderVoided,
+    PageViewed,
     ProfileSnapshot,
     ReadModelChange,
     Removed,
     ScoreSet,
+    Searched,
     SignedUp,
     Suppressed,
     TagsSet,
     UnusableEvent,
+    Visited,
     checked_id,
     checked_text,
     order_key,
+    search_subject,
 )
 from services.segmentation.domain.segments import OrderStatus
 
@@ -36,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def change_of(envelope: Envelope) -> tuple[str, ReadModelChange] | None:
     """The contact id and read-model change an envelope carries, or None when it carries
-    nothing the read model keeps (carts, page views...). Raises
+    nothing the read model keeps (machine opens, unsubscribes...). Raises
     :class:`UnusableEvent` when what it carries cannot be stored (an id too long, a NUL)."""
     decoded = _decode(envelope)
     if decoded is not None:
@@ -60,6 +68,8 @@ def _decode(envelope: Envelope) -> tuple[str, ReadModelChange] | None:
             signed_up_at=_time(c.signed_up_at) if c.HasField("signed_up_at") else None,
             version=c.version,
             score=c.score,
+            first_name=checked_text("first name", c.first_name),
+            last_name=checked_text("last name", c.last_name),
         )
         return c.id, snapshot
     if payload == "tags_changed":
@@ -87,6 +97,15 @@ def _decode(envelope: Envelope) -> tuple[str, ReadModelChange] | None:
         gone = getattr(envelope, payload)
         erased = payload == "contact_erased"
         return gone.contact_id, Removed(gone.contact_id, gone.version, erased=erased)
+    if payload == "message_opened":
+        opened = envelope.message_opened
+        if opened.machine_open:  # a privacy proxy or a scanner, not the person
+            return None
+        return opened.contact_id, MessageOpened(opened.contact_id, _time(envelope.occurred_at))
+    if payload == "link_clicked":
+        clicked = envelope.link_clicked
+        url = checked_text("url", clicked.url)
+        return clicked.contact_id, LinkClicked(clicked.contact_id, _time(envelope.occurred_at), url)
     if payload != "shop_event":
         return None
     event = envelope.shop_event
@@ -97,21 +116,43 @@ def _decode(envelope: Envelope) -> tuple[str, ReadModelChange] | None:
             return contact_id, SignedUp(contact_id, at)
         case "order_placed":
             placed = event.order_placed
+            categories = {checked_text("category", i.category) for i in placed.items}
             return contact_id, OrderPlaced(
                 contact_id=contact_id,
                 order_id=order_key(checked_id("order id", placed.order_id), envelope.event_id),
                 placed_at=at,
                 total_minor=placed.total.amount_minor,
                 currency=checked_text("currency", placed.total.currency),
+                categories=tuple(sorted(categories - {""})),
+                cart_id=checked_text("cart id", placed.cart_id),
             )
+        case "cart_updated":
+            cart = event.cart_updated
+            return contact_id, CartUpdated(
+                contact_id=contact_id,
+                at=at,
+                cart_id=checked_text("cart id", cart.cart_id),
+                total_minor=cart.total.amount_minor,
+                currency=checked_text("currency", cart.total.currency),
+                items=sum(max(0, i.quantity) for i in cart.items),
+            )
+        case "page_viewed":
+            category = checked_text("category", event.page_viewed.category)
+            return contact_id, PageViewed(contact_id, at, category)
+        case "searched":
+            query = search_subject(checked_text("query", event.searched.query))
+            return contact_id, Searched(contact_id, at, query)
         case "order_cancelled" | "order_refunded" as kind:
             order_id = getattr(event, kind).order_id
             if not order_id:
                 log.warning("ignoring %s without an order id", kind)
                 return None
             status = OrderStatus.CANCELLED if kind == "order_cancelled" else OrderStatus.REFUNDED
-            return contact_id, OrderVoided(contact_id, checked_id("order id", order_id), status)
-    return None
+            return contact_id, OrderVoided(contact_id, checked_id("order id", order_id), status, at)
+        case None:
+            return None
+    # Any other kind (a failed login, a kind this build does not know): a visit all the same.
+    return contact_id, Visited(contact_id, at)
 
 
 async def on_event(

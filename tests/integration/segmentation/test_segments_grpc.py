@@ -3,6 +3,7 @@ in through the contacts service, counts come out of SegmentService."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import uuid
@@ -428,3 +429,310 @@ async def test_calls_without_a_valid_key_are_unauthenticated(
             with pytest.raises(grpc.aio.AioRpcError) as err:
                 await call
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+# --- custom segments ------------------------------------------------------------------------
+
+pb = segmentation_pb2
+NEWSLETTER = '{"tag": "newsletter"}'
+
+
+def stub(ch: grpc.aio.Channel) -> segmentation_pb2_grpc.SegmentServiceStub:
+    return segmentation_pb2_grpc.SegmentServiceStub(ch)
+
+
+async def create(
+    ch: grpc.aio.Channel, ws: Workspace, name: str, rule: str = NEWSLETTER, description: str = ""
+) -> segmentation_pb2.Segment:
+    answer: segmentation_pb2.Segment = await stub(ch).CreateSegment(
+        pb.CreateSegmentRequest(name=name, rule=rule, description=description),
+        metadata=ws.metadata,
+    )
+    return answer
+
+
+async def refused(call: object, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call  # type: ignore[misc]
+    assert err.value.code() == code, err.value.details()
+    return err.value
+
+
+async def custom_names(ch: grpc.aio.Channel, ws: Workspace) -> list[str]:
+    listed = await stub(ch).ListSegments(pb.ListSegmentsRequest(), metadata=ws.metadata)
+    return [s.name for s in listed.segments if s.kind == pb.SEGMENT_KIND_CUSTOM]
+
+
+async def test_a_custom_segment_is_created_read_and_listed_after_the_built_ins(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        newsletter = await create(ch, workspace, "Newsletter readers", description="tag")
+        assert (newsletter.kind, newsletter.version) == (pb.SEGMENT_KIND_CUSTOM, 1)
+        assert uuid.UUID(newsletter.id)
+        assert json.loads(newsletter.rule) == {"tag": "newsletter"}
+        assert newsletter.HasField("created_at") and newsletter.HasField("updated_at")
+        fans = await create(
+            ch,
+            workspace,
+            "a VIP fan",
+            rule=json.dumps({"all": [{"segment": newsletter.id}, {"segment": "vip"}]}),
+        )
+        assert sorted(fans.depends_on) == sorted([newsletter.id, "vip"])
+
+        got = await stub(ch).GetSegment(
+            pb.GetSegmentRequest(segment_id=fans.id), metadata=workspace.metadata
+        )
+        assert got == fans
+        listed = await stub(ch).ListSegments(pb.ListSegmentsRequest(), metadata=workspace.metadata)
+        kinds = [s.kind for s in listed.segments]
+        assert kinds == [pb.SEGMENT_KIND_BUILT_IN] * 12 + [pb.SEGMENT_KIND_CUSTOM] * 2
+        assert [s.name for s in listed.segments[12:]] == ["a VIP fan", "Newsletter readers"]
+        vip = await stub(ch).GetSegment(
+            pb.GetSegmentRequest(segment_id="vip"), metadata=workspace.metadata
+        )
+        assert vip.kind == pb.SEGMENT_KIND_BUILT_IN and json.loads(vip.rule)
+
+
+async def test_names_are_unique_case_insensitively_and_a_replayed_create_makes_one(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        await create(ch, workspace, "Big spenders")
+        await refused(create(ch, workspace, "Big spenders"), grpc.StatusCode.ALREADY_EXISTS)
+        await refused(create(ch, workspace, "BIG SPENDERS"), grpc.StatusCode.ALREADY_EXISTS)
+        await refused(create(ch, workspace, "Vip"), grpc.StatusCode.ALREADY_EXISTS)  # built-in
+        assert await custom_names(ch, workspace) == ["Big spenders"]
+
+
+@pytest.mark.parametrize(
+    ("rule", "path"),
+    [
+        ('{"tag": "newsletter"', "rule"),  # not JSON
+        ("[1, 2]", "rule"),  # not an object
+        (
+            '{"all": [{"tag": "a"}, {"field": "total_spend", "op": "gte", "value": 1}]}',
+            "rule.all[1]",
+        ),
+        ('{"field": "vip", "op": "eq", "value": "yes"}', "rule"),  # wrong type
+        ('{"tag": "a", "colour": "red"}', "rule"),  # unknown key
+        ('{"segment": "no-such-segment"}', "rule"),
+        ('{"segment": "00000000-0000-4000-8000-000000000000"}', "rule"),
+        ("{" * 0 + '{"not": ' * 30 + '{"tag": "a"}' + "}" * 30, "rule"),  # too deep
+        ('{"any": [' + ", ".join(['{"tag": "a"}'] * 4000) + "]}", "rule"),  # too large
+    ],
+)
+async def test_an_invalid_rule_is_refused_with_its_path_and_nothing_is_stored(
+    segmentation_service: RunningService, workspace: Workspace, rule: str, path: str
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        err = await refused(
+            create(ch, workspace, "Bad", rule=rule), grpc.StatusCode.INVALID_ARGUMENT
+        )
+        fields = violations(err)
+        assert fields and all(f.startswith(path) for f in fields), fields
+        assert await custom_names(ch, workspace) == []
+        check = await stub(ch).ValidateRule(
+            pb.ValidateRuleRequest(rule=rule), metadata=workspace.metadata
+        )
+        assert not check.valid and check.normalized_rule == ""
+        assert [v.path for v in check.violations] == fields
+
+
+async def test_name_and_description_are_checked(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        for name, description, field in [
+            ("", "", "name"),
+            ("   ", "", "name"),
+            ("x" * 201, "", "name"),
+            ("nul\x00", "", "name"),
+            ("ok", "d" * 2001, "description"),
+        ]:
+            err = await refused(
+                create(ch, workspace, name, description=description),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+            assert violations(err) == [field]
+        err = await refused(create(ch, workspace, "", rule=""), grpc.StatusCode.INVALID_ARGUMENT)
+        assert sorted(violations(err)) == ["name", "rule"]
+
+
+async def test_validate_rule_answers_violations_as_data(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        good = await stub(ch).ValidateRule(
+            pb.ValidateRuleRequest(rule='{"all": [{"tag": "newsletter"}, {"segment": "vip"}]}'),
+            metadata=workspace.metadata,
+        )
+        assert good.valid and not good.violations
+        assert json.loads(good.normalized_rule) == {
+            "all": [{"tag": "newsletter"}, {"segment": "vip"}]
+        }
+        bad = await stub(ch).ValidateRule(
+            pb.ValidateRuleRequest(rule='{"all": [{"tag": "x"}, {"segment": 7}]}'),
+            metadata=workspace.metadata,
+        )
+        assert not bad.valid
+        assert [v.path.startswith("rule.all[1]") for v in bad.violations] == [True]
+
+
+def _update(
+    segment_id: str, version: int = 0, **fields: str
+) -> segmentation_pb2.UpdateSegmentRequest:
+    request = pb.UpdateSegmentRequest(segment_id=segment_id, expected_version=version, **fields)
+    request.update_mask.paths.extend(fields)
+    return request
+
+
+async def test_an_update_is_versioned_and_refuses_a_stale_version(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        s = await create(ch, workspace, "Readers", description="first")
+        renamed = await stub(ch).UpdateSegment(
+            _update(s.id, 1, name="Newsletter readers"), metadata=workspace.metadata
+        )
+        assert (renamed.name, renamed.description, renamed.version) == (
+            "Newsletter readers",
+            "first",
+            2,
+        )
+        assert renamed.rule == s.rule and renamed.created_at == s.created_at
+        await refused(
+            stub(ch).UpdateSegment(
+                _update(s.id, 1, description="late"), metadata=workspace.metadata
+            ),
+            grpc.StatusCode.ABORTED,
+        )
+        ruled = await stub(ch).UpdateSegment(
+            _update(s.id, rule='{"not": {"tag": "newsletter"}}'), metadata=workspace.metadata
+        )
+        assert ruled.version == 3 and json.loads(ruled.rule) == {"not": {"tag": "newsletter"}}
+
+        no_mask = pb.UpdateSegmentRequest(segment_id=s.id, name="x")
+        err = await refused(
+            stub(ch).UpdateSegment(no_mask, metadata=workspace.metadata),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert violations(err) == ["update_mask"]
+        bad_path = _update(s.id, name="x")
+        bad_path.update_mask.paths.append("version")
+        err = await refused(
+            stub(ch).UpdateSegment(bad_path, metadata=workspace.metadata),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert violations(err) == ["update_mask.paths[1]"]
+        await refused(
+            stub(ch).UpdateSegment(_update("vip", name="Stars"), metadata=workspace.metadata),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        other = await create(ch, workspace, "Other")
+        await refused(
+            stub(ch).UpdateSegment(
+                _update(other.id, name="NEWSLETTER readers"), metadata=workspace.metadata
+            ),
+            grpc.StatusCode.ALREADY_EXISTS,
+        )
+        current = await stub(ch).GetSegment(
+            pb.GetSegmentRequest(segment_id=s.id), metadata=workspace.metadata
+        )
+        assert current.version == 3
+
+
+async def test_a_rule_change_that_makes_a_cycle_is_refused(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        a = await create(ch, workspace, "A")
+        b = await create(ch, workspace, "B", rule=json.dumps({"segment": a.id}))
+        c = await create(ch, workspace, "C", rule=json.dumps({"segment": b.id}))
+        for rule in ({"segment": c.id}, {"all": [{"tag": "x"}, {"segment": a.id}]}):
+            err = await refused(
+                stub(ch).UpdateSegment(
+                    _update(a.id, rule=json.dumps(rule)), metadata=workspace.metadata
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+            )
+            assert all(f.startswith("rule") for f in violations(err))
+        still = await stub(ch).GetSegment(
+            pb.GetSegmentRequest(segment_id=a.id), metadata=workspace.metadata
+        )
+        assert (still.version, json.loads(still.rule)) == (1, {"tag": "newsletter"})
+
+
+async def test_a_referenced_or_built_in_segment_cannot_be_deleted(
+    segmentation_service: RunningService, workspace: Workspace
+) -> None:
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        base = await create(ch, workspace, "Base")
+        user = await create(ch, workspace, "User", rule=json.dumps({"segment": base.id}))
+        err = await refused(
+            stub(ch).DeleteSegment(
+                pb.DeleteSegmentRequest(segment_id=base.id), metadata=workspace.metadata
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        assert "User" in err.details()
+        await refused(
+            stub(ch).DeleteSegment(
+                pb.DeleteSegmentRequest(segment_id="vip"), metadata=workspace.metadata
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
+        await refused(
+            stub(ch).DeleteSegment(
+                pb.DeleteSegmentRequest(segment_id=user.id, expected_version=2),
+                metadata=workspace.metadata,
+            ),
+            grpc.StatusCode.ABORTED,
+        )
+        await stub(ch).DeleteSegment(
+            pb.DeleteSegmentRequest(segment_id=user.id, expected_version=1),
+            metadata=workspace.metadata,
+        )
+        await stub(ch).DeleteSegment(
+            pb.DeleteSegmentRequest(segment_id=base.id), metadata=workspace.metadata
+        )
+        assert await custom_names(ch, workspace) == []
+        for call in (
+            stub(ch).GetSegment(
+                pb.GetSegmentRequest(segment_id=base.id), metadata=workspace.metadata
+            ),
+            stub(ch).DeleteSegment(
+                pb.DeleteSegmentRequest(segment_id=base.id), metadata=workspace.metadata
+            ),
+        ):
+            await refused(call, grpc.StatusCode.NOT_FOUND)
+
+
+async def test_another_workspaces_segments_are_not_found(
+    segmentation_service: RunningService, contacts_service: RunningService, workspace: Workspace
+) -> None:
+    other = await new_workspace(contacts_service, "Other shop")
+    async with grpc.aio.insecure_channel(segmentation_service.address) as ch:
+        theirs = await create(ch, other, "Theirs")
+        mine = stub(ch)
+        for call in (
+            mine.GetSegment(
+                pb.GetSegmentRequest(segment_id=theirs.id), metadata=workspace.metadata
+            ),
+            mine.UpdateSegment(_update(theirs.id, name="Mine"), metadata=workspace.metadata),
+            mine.DeleteSegment(
+                pb.DeleteSegmentRequest(segment_id=theirs.id), metadata=workspace.metadata
+            ),
+            mine.CountSegment(
+                pb.CountSegmentRequest(segment_id=theirs.id), metadata=workspace.metadata
+            ),
+        ):
+            await refused(call, grpc.StatusCode.NOT_FOUND)
+        err = await refused(
+            create(ch, workspace, "Borrowing", rule=json.dumps({"segment": theirs.id})),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
+        assert all(f.startswith("rule") for f in violations(err))
+        assert await custom_names(ch, workspace) == []
+        await create(ch, workspace, "Theirs")  # names are per workspace
+        assert await custom_names(ch, other) == ["Theirs"]
