@@ -68,6 +68,7 @@ BUILT_INS = (
     "first_time_buyer",
     "repeat_buyer",
 )
+AS_OF = datetime.now(UTC)  # one evaluation time for every SQL count of a run
 CUSTOM_RULE = {
     "all": [
         {"events": "order", "within": {"days": 60}, "count": {"op": "gte", "value": 2}},
@@ -97,7 +98,9 @@ async def timed(runs: int, call: Callable[[], Awaitable[Any]]) -> tuple[list[flo
 
 def compiled_count(rule: object) -> tuple[str, list[object]] | None:
     """The count of ``rule`` as the rule compiler writes it ($1 workspace, $2 as_of, then the
-    rule's own parameters); None before the compiler exists."""
+    rule's own parameters), the arguments after the workspace; None before the compiler
+    exists. A rule that never reads the time (vip) gets no $2: PostgreSQL cannot type a
+    parameter that is not used."""
     try:
         from services.segmentation.adapters import rule_sql
         from services.segmentation.domain import rules
@@ -106,10 +109,15 @@ def compiled_count(rule: object) -> tuple[str, list[object]] | None:
     node = rules.parse_rule(rule)
     params = rule_sql.Params(first=3)
     predicate = rule_sql.predicate_sql(node, params, as_of="$2::timestamptz", alias="p")
+    args: list[object] = [AS_OF]
+    if "$2::timestamptz" not in predicate:
+        params = rule_sql.Params(first=2)
+        predicate = rule_sql.predicate_sql(node, params, as_of="$0::timestamptz", alias="p")
+        args = []
     sql = (
         f"SELECT count(*) FROM segmentation.profiles p WHERE p.workspace_id = $1 AND ({predicate})"
     )
-    return sql, list(params.values)
+    return sql, args + list(params.values)
 
 
 def builtin_count(segment_id: str) -> tuple[str, list[object]]:
@@ -118,7 +126,7 @@ def builtin_count(segment_id: str) -> tuple[str, list[object]]:
     except ImportError:
         from services.segmentation.adapters import segment_sql
 
-        return segment_sql.count_query(segment_id), []
+        return segment_sql.count_query(segment_id), [AS_OF]
     compiled = compiled_count(builtins.BY_ID[segment_id].rule)
     assert compiled is not None
     return compiled
@@ -128,7 +136,6 @@ async def measure_sql(
     database_url: str, workspace_id: str, runs: int, explain_dir: Path | None
 ) -> dict[str, Any]:
     conn = await asyncpg.connect(database_url, server_settings={"search_path": "segmentation"})
-    as_of = datetime.now(UTC)
     ws = uuid.UUID(workspace_id)
     out: dict[str, Any] = {"sql_count_ms": {}, "sql_count": {}}
     try:
@@ -142,12 +149,12 @@ async def measure_sql(
                 continue
             sql, extra = compiled
             samples, count = await timed(
-                runs, lambda sql=sql, extra=extra: conn.fetchval(sql, ws, as_of, *extra)
+                runs, lambda sql=sql, extra=extra: conn.fetchval(sql, ws, *extra)
             )
             out["sql_count_ms"][name] = median_ms(samples)
             out["sql_count"][name] = count
             if explain_dir is not None:
-                plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", ws, as_of, *extra)
+                plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", ws, *extra)
                 (explain_dir / f"{name}.txt").write_text(
                     sql + "\n\n" + "\n".join(r[0] for r in plan) + "\n"
                 )
