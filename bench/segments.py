@@ -368,10 +368,9 @@ async def measure_sweep(
     sweep has the machine's database to itself."""
     due = await due_in_a_day(infra["DATABASE_URL"], workspace_id)
     try:
-        from services.segmentation.sweeper import Sweeper
-
         from services.common import clock
         from services.common.db import create_pool
+        from services.segmentation.sweeper import Sweeper
     except ImportError:
         notes.append("sweep: no services.segmentation.sweeper yet")
         return {"sweep_due_contacts": due, "sweep_day_s": None}
@@ -463,6 +462,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if not args.no_load:
                 result["load"] = segments_data.load(
                     infra["DATABASE_URL"], scale=args.scale, seed=args.seed
+                )
+            else:  # migrations since the load, and the memberships if they are missing
+                asyncio.run(segments_data.prepare(infra["DATABASE_URL"]))
+                result["memberships"] = asyncio.run(
+                    segments_data.baseline(infra["DATABASE_URL"], workspace_id, only_if_empty=True)
                 )
             if "count" in only:
                 result.update(

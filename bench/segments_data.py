@@ -396,11 +396,11 @@ def load(
     asyncio.run(_vacuum(database_url))
     vacuum_s = time.perf_counter() - started
     started = time.perf_counter()
-    baseline = asyncio.run(_baseline(database_url, workspace_id))
+    memberships = asyncio.run(baseline(database_url, workspace_id))
     baseline_s = time.perf_counter() - started
     return {
-        "memberships": baseline,
-        "baseline_s": round(baseline_s, 1) if baseline is not None else None,
+        "memberships": memberships,
+        "baseline_s": round(baseline_s, 1) if memberships is not None else None,
         "scale": scale,
         "seed": seed,
         "anchor": shape.anchor.isoformat(),
@@ -414,7 +414,9 @@ def load(
     }
 
 
-async def _baseline(database_url: str, workspace_id: str) -> int | None:
+async def baseline(
+    database_url: str, workspace_id: str, *, only_if_empty: bool = False
+) -> int | None:
     """Who is in which built-in now, stored without events (as a created segment's baseline
     is), and each profile's next transition as the membership code computes it: the state a
     running system would be in, so that the shop events and the sweep measured next publish
@@ -428,7 +430,14 @@ async def _baseline(database_url: str, workspace_id: str) -> int | None:
         return None
     pool = await create_pool(database_url, "segmentation", max_size=2)
     now = datetime.now(UTC)
+    ws = uuid.UUID(workspace_id)
     try:
+        async with pool.acquire() as conn:
+            held = await conn.fetchval(
+                "SELECT count(*) FROM memberships WHERE workspace_id = $1", ws
+            )
+            if only_if_empty and held:
+                return int(held)
         async with pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE profiles SET next_transition_at = NULL WHERE workspace_id = $1",
