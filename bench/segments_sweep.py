@@ -55,8 +55,8 @@ SELECT $1, gen_random_uuid(), 'c' || n || '@example.com', random() < 0.1, s.orde
        s.last_at - interval '400 days', $2::timestamptz, $2::timestamptz, $2::timestamptz
 FROM generate_series(1, $3) AS n,
      LATERAL (SELECT 1 + floor(random() * 6)::int AS orders,
-                     $2::timestamptz - interval '90 days' + random() * interval '1 day' + n * interval '0'
-                     AS last_at) s
+                     $2::timestamptz - interval '90 days' + random() * interval '1 day'
+                     + n * interval '0' AS last_at) s  -- n: drawn again for each row
 """
 
 
