@@ -286,3 +286,21 @@ async def test_definitions_baseline_without_events_then_definition_transitions(
         await membership.on_segment_deleted(conn, ws, "metal_vip")
     assert await members(pool, ws, "metal_vip") == set()
     assert len(await published(pool, ws)) == count
+
+
+async def test_compiled_definitions_follow_changes_made_by_another_replica(
+    pool: asyncpg.Pool,
+) -> None:
+    """The cache is keyed by the workspace's segment versions: a segment written by another
+    process (no in-process invalidation) is seen by the next batch; unchanged, no compile."""
+    ws = str(uuid.uuid4())
+    defs = membership.Definitions()
+    async with pool.acquire() as conn:
+        before = (await defs.compiled(conn, [ws]))[ws]
+        assert (await defs.compiled(conn, [ws]))[ws] is before and defs.compiles == 1
+        await add_segment(conn, ws, "elsewhere", {"tag": "a"}, 1)
+        after = (await defs.compiled(conn, [ws]))[ws]
+        assert "elsewhere" not in before.segment_ids and "elsewhere" in after.segment_ids
+        await add_segment(conn, ws, "elsewhere", {"tag": "b"}, 2)
+        assert (await defs.compiled(conn, [ws]))[ws] is not after
+        assert defs.compiles == 3
