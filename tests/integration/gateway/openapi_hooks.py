@@ -5,10 +5,13 @@ state or clock: a campaign's segment ids must name segments the workspace has, a
 ``page_token`` must come from a previous page (references to existing things); subjects and
 texts must parse as templates; ``signed_up_at``, ``occurred_at`` and ``recorded_at`` must
 not be in the future; custom attributes must be declared in the workspace first
-(``attributes`` members, the ``attribute`` query parameter of ``GET /v1/contacts``).
+(``attributes`` members, the ``attribute`` query parameter of ``GET /v1/contacts``);
+a segment rule must be a rule of the rule language (the document says "object" and describes
+the grammar in words) and an evaluation time ``as_of`` must lie in 1900-9000.
 The server answers 422 with the field otherwise. For data schemathesis generates as *valid*
 (positive mode) only, segment ids become the workspace's own, page tokens are dropped,
-future instants move to the past and bodies whose templates do not parse are dropped, so that
+future instants move to the past, rules become a valid rule, overlap's segment ids the
+workspace's own, and bodies whose templates do not parse are dropped, so that
 a 422 for valid data still means a document looser than the server. Negative data is left
 alone.
 """
@@ -43,6 +46,45 @@ def _creates_campaign(case: Any) -> bool:
     return bool(case.operation.method.upper() == "POST" and case.operation.path == "/v1/campaigns")
 
 
+SEGMENT_IDS_BODIES = (("POST", "/v1/campaigns"), ("POST", "/v1/segments:overlap"))
+RULE_BODIES = frozenset(
+    {
+        ("POST", "/v1/segments"),
+        ("PATCH", "/v1/segments/{segment_id}"),
+        ("POST", "/v1/segments:validate"),
+        ("POST", "/v1/segments:count"),
+    }
+)
+# Any valid rule: a random JSON object is almost never one (the rule language is a grammar
+# JSON Schema does not spell out; the document describes it in words).
+VALID_RULE = {"all": [{"tag": "newsletter"}, {"field": "orders", "op": "gte", "value": 2}]}
+EARLIEST_AS_OF, LATEST_AS_OF = datetime(1900, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _names_segments(case: Any) -> bool:
+    return (case.operation.method.upper(), case.operation.path) in SEGMENT_IDS_BODIES
+
+
+def _valid_rule(case: Any) -> None:
+    """A positive case's rule becomes a valid one (its shape is the document's "object")."""
+    operation = (case.operation.method.upper(), case.operation.path)
+    if operation in RULE_BODIES and isinstance(case.body, dict) and "rule" in case.body:
+        case.body["rule"] = dict(VALID_RULE)
+
+
+def _as_of_in_range(case: Any) -> None:
+    """An evaluation time the service takes (1900-01-01 to 9000-01-01, said in words)."""
+    for holder in (case.query, case.body):
+        if not isinstance(holder, dict) or not isinstance(holder.get("as_of"), str):
+            continue
+        try:
+            instant = datetime.fromisoformat(holder["as_of"].replace("z", "Z"))
+        except ValueError:
+            continue
+        if instant.tzinfo is None or not EARLIEST_AS_OF <= instant < LATEST_AS_OF:
+            holder["as_of"] = PAST
+
+
 def _positive(case: Any) -> bool:
     return bool(case.meta is not None and case.meta.generation.mode.is_positive)
 
@@ -66,11 +108,13 @@ def filter_case(context: Any, case: Any) -> bool:
 def map_case(context: Any, case: Any) -> Any:
     if not _positive(case):
         return case
-    if _creates_campaign(case) and isinstance(case.body, dict):
+    if _names_segments(case) and isinstance(case.body, dict):
         wanted = case.body.get("segment_ids")
         if isinstance(wanted, list) and wanted:
             known = segment_ids()
             case.body["segment_ids"] = list(known[: min(len(wanted), len(known))])
+    _valid_rule(case)
+    _as_of_in_range(case)
     if isinstance(case.query, dict):
         case.query.pop("page_token", None)
         case.query.pop("attribute", None)

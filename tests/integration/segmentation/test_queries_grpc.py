@@ -136,6 +136,12 @@ async def test_preview_shows_the_first_members_with_their_figures_at_as_of(
         ("EUR", 1500),
         ("USD", 700),
     }
+    # No member: an empty page and a count of 0 (before anyone ordered).
+    nobody = await stub.PreviewSegment(
+        pb.PreviewSegmentRequest(target=pb.SegmentTarget(rule=ORDERED_TWICE), **at(NOW - 99 * DAY)),
+        metadata=workspace.metadata,
+    )
+    assert (nobody.count, list(nobody.members)) == (0, [])
     for limit in (-1, 101):
         err = await refused(
             stub.PreviewSegment(
