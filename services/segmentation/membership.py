@@ -36,9 +36,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
+from google.protobuf.timestamp_pb2 import Timestamp
+from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.segmentation.v1 import events_pb2
 
-from services.common.events import deterministic_id, new_envelope
+from services.common.events import deterministic_id
 from services.common.outbox import add_many_to_outbox
 from services.common.topics import SEGMENT_MEMBERSHIP
 from services.common.tracing import current_traceparent
@@ -51,6 +53,7 @@ log = logging.getLogger(__name__)
 
 E = events_pb2
 BUILT_IN_VERSION = 1
+_PAYLOAD_TYPE = E.SegmentMembershipChanged.DESCRIPTOR.full_name
 _TICK = timedelta(microseconds=1)  # PostgreSQL's resolution
 # Where transitions are published: segments.membership.v1, unless the service is configured
 # otherwise (``SEGMENTATION_MEMBERSHIP_TOPIC``: a read-model rebuild must not publish its
@@ -263,26 +266,33 @@ def _discriminator(trigger: Trigger) -> str:
 async def publish(
     conn: asyncpg.Connection, workspace_id: str, transitions: Sequence[Transition]
 ) -> None:
-    """Queue one event per transition on segments.membership.v1, in order, keyed by contact."""
+    """Queue one event per transition on segments.membership.v1, in order, keyed by contact.
+    Envelopes are built directly (not through ``new_envelope``) with one Timestamp per
+    moment: a sweep publishes thousands per transaction and this is its Python cost."""
     trace = current_traceparent()
+    stamps: dict[datetime, Timestamp] = {}
     for start in range(0, len(transitions), OUTBOX_CHUNK):
         chunk = transitions[start : start + OUTBOX_CHUNK]
         events = []
         for t in chunk:
-            payload = E.SegmentMembershipChanged(
-                segment_id=t.segment_id,
-                contact_id=t.contact_id,
-                change=E.MEMBERSHIP_CHANGE_ENTERED if t.entered else E.MEMBERSHIP_CHANGE_EXITED,
-                cause=t.cause,
-                segment_version=t.segment_version,
-                caused_by_event_id=t.caused_by,
-            )
-            payload.effective_at.FromDatetime(t.effective_at)
-            envelope = new_envelope(
-                workspace_id,
-                payload,
+            stamp = stamps.get(t.effective_at)
+            if stamp is None:
+                stamp = stamps[t.effective_at] = Timestamp()
+                stamp.FromDatetime(t.effective_at)
+            envelope = Envelope(
                 event_id=transition_id(workspace_id, t),
-                occurred_at=t.effective_at,
+                workspace_id=workspace_id,
+                type=_PAYLOAD_TYPE,
+                occurred_at=stamp,
+                segment_membership_changed=E.SegmentMembershipChanged(
+                    segment_id=t.segment_id,
+                    contact_id=t.contact_id,
+                    change=E.MEMBERSHIP_CHANGE_ENTERED if t.entered else E.MEMBERSHIP_CHANGE_EXITED,
+                    cause=t.cause,
+                    segment_version=t.segment_version,
+                    effective_at=stamp,
+                    caused_by_event_id=t.caused_by,
+                ),
             )
             events.append((t.contact_id, envelope, trace))
         await add_many_to_outbox(conn, SCHEMA, _topic, events)

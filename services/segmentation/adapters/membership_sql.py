@@ -226,6 +226,8 @@ async def lower_next_transitions(
     (a new or changed segment): the sweeper then re-evaluates every segment of the contact."""
     params = Params(3)
     nxt = next_transition_sql(node, params, as_of="$2::timestamptz")
+    if nxt == "NULL::timestamptz":  # time alone never changes this rule
+        return
     await conn.execute(
         f"UPDATE profiles p SET next_transition_at = d.n"
         f" FROM (SELECT p.contact_id, {nxt} AS n FROM profiles p WHERE p.workspace_id = $1"

@@ -8,6 +8,7 @@ the clock is frozen so that times are exact.
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -23,7 +24,13 @@ from services.common.db import create_pool, migrate
 from services.segmentation import membership
 from services.segmentation.adapters import postgres as db
 from services.segmentation.bootstrap import MIGRATIONS
-from services.segmentation.domain.readmodel import OrderPlaced, ProfileSnapshot, Removed
+from services.segmentation.domain import rules
+from services.segmentation.domain.readmodel import (
+    OrderPlaced,
+    ProfileSnapshot,
+    Removed,
+    TagsSet,
+)
 from services.segmentation.handlers import apply_changes
 from services.segmentation.sweeper import Sweeper
 
@@ -185,3 +192,115 @@ async def test_the_sweeper_publishes_lost_when_the_last_order_turns_90_days_and_
     # Swept again at the same moment: nothing new (the row is not due again).
     assert await sweeper.sweep_once() == 0
     assert len(await published(pool, ws)) == len(events)
+
+
+async def add_segment(
+    conn: asyncpg.Connection, ws: str, segment_id: str, rule: object, version: int = 1
+) -> None:
+    """The segment row as the segment use cases write it, before they call the hook."""
+    await conn.execute(
+        "INSERT INTO segments (workspace_id, id, name, rule, depends_on, version, created_at,"
+        " updated_at) VALUES ($1, $2, $2, $3::jsonb, $4, $5, $6, $6)"
+        " ON CONFLICT (workspace_id, id) DO UPDATE SET rule = EXCLUDED.rule,"
+        "   depends_on = EXCLUDED.depends_on, version = EXCLUDED.version",
+        uuid.UUID(ws),
+        segment_id,
+        json.dumps(rule),
+        sorted(rules.referenced_segments(rule)),
+        version,
+        clock.now(),
+    )
+
+
+async def define(pool: asyncpg.Pool, ws: str, segment_id: str, rule: object, version: int) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        await add_segment(conn, ws, segment_id, rule, version)
+        stored = {
+            r["id"]: json.loads(r["rule"])
+            for r in await conn.fetch(
+                "SELECT id, rule FROM segments WHERE workspace_id = $1", uuid.UUID(ws)
+            )
+        }
+        node = rules.parse_rule(rule, resolve=stored.get)
+        if version == 1:
+            await membership.on_segment_created(conn, ws, segment_id, node, version, clock.now())
+        else:
+            await membership.on_segment_updated(conn, ws, segment_id, node, version, clock.now())
+
+
+async def test_definitions_baseline_without_events_then_definition_transitions(
+    pool: asyncpg.Pool, frozen: clock.FrozenClock
+) -> None:
+    ws = str(uuid.uuid4())
+    gold, silver, plain = (str(uuid.uuid4()) for _ in range(3))
+    await apply(
+        pool,
+        ws,
+        ("e1", ProfileSnapshot(gold, "g@example.com", vip=True, tags=("gold",), version=1)),
+        ("e2", ProfileSnapshot(silver, "s@example.com", vip=False, tags=("silver",), version=1)),
+        ("e3", snapshot(plain, 1)),
+    )
+    before = len(await published(pool, ws))
+
+    # Created: its population is stored as a baseline, without events; one that references
+    # it too.
+    await define(pool, ws, "metal", {"tag": "gold"}, 1)
+    await define(pool, ws, "metal_vip", {"all": [{"segment": "metal"}, {"segment": "vip"}]}, 1)
+    assert await members(pool, ws, "metal") == {gold}
+    assert await members(pool, ws, "metal_vip") == {gold}
+    assert len(await published(pool, ws)) == before
+
+    # The next batch sees the new definitions (the cache noticed the new versions).
+    frozen.advance(SECOND)
+    await apply(pool, ws, ("e4", TagsSet(plain, 2, ("gold",))))
+    assert summary(await published(pool, ws), "metal") == ["ENTERED/EVENT"]
+
+    # Updated: the segment and the one referencing it are re-evaluated over the workspace,
+    # with cause DEFINITION and their versions.
+    frozen.advance(SECOND)
+    await define(pool, ws, "metal", {"tag": "silver"}, 2)
+    events = await published(pool, ws)
+    # gold and plain (tag gold) exit, silver enters.
+    assert sorted(summary(events, "metal")) == [
+        "ENTERED/DEFINITION",
+        "ENTERED/EVENT",
+        "EXITED/DEFINITION",
+        "EXITED/DEFINITION",
+    ]
+    assert await members(pool, ws, "metal") == {silver}
+    assert summary(events, "metal_vip") == ["EXITED/DEFINITION"]
+    exited = next(p for _, p in events if p.segment_id == "metal_vip")
+    assert (exited.contact_id, exited.segment_version) == (gold, 1)
+    assert {
+        p.segment_version
+        for _, p in events
+        if p.segment_id == "metal" and p.cause == E.MEMBERSHIP_CAUSE_DEFINITION
+    } == {2}
+
+    # Deleted: its memberships go, without events.
+    count = len(events)
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "DELETE FROM segments WHERE workspace_id = $1 AND id = 'metal_vip'", uuid.UUID(ws)
+        )
+        await membership.on_segment_deleted(conn, ws, "metal_vip")
+    assert await members(pool, ws, "metal_vip") == set()
+    assert len(await published(pool, ws)) == count
+
+
+async def test_compiled_definitions_follow_changes_made_by_another_replica(
+    pool: asyncpg.Pool,
+) -> None:
+    """The cache is keyed by the workspace's segment versions: a segment written by another
+    process (no in-process invalidation) is seen by the next batch; unchanged, no compile."""
+    ws = str(uuid.uuid4())
+    defs = membership.Definitions()
+    async with pool.acquire() as conn:
+        before = (await defs.compiled(conn, [ws]))[ws]
+        assert (await defs.compiled(conn, [ws]))[ws] is before and defs.compiles == 1
+        await add_segment(conn, ws, "elsewhere", {"tag": "a"}, 1)
+        after = (await defs.compiled(conn, [ws]))[ws]
+        assert "elsewhere" not in before.segment_ids and "elsewhere" in after.segment_ids
+        await add_segment(conn, ws, "elsewhere", {"tag": "b"}, 2)
+        assert (await defs.compiled(conn, [ws]))[ws] is not after
+        assert defs.compiles == 3

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -20,6 +20,7 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.segmentation.v1 import events_pb2 as E
 
+from services.common import clock
 from services.common.topics import SEGMENT_MEMBERSHIP
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.segmentation.test_segments_grpc import Shop
@@ -187,3 +188,40 @@ async def test_each_transition_is_published_exactly_once(
             "vip:ENTERED/EVENT",
             "vip:EXITED/REMOVAL",
         ]
+
+
+@pytest.fixture
+def shifted() -> Iterator[clock.SystemClock]:
+    """The process's one clock (every in-process service reads it), movable forward."""
+    moved = clock.SystemClock()
+    clock.set_clock(moved)
+    yield moved
+    clock.set_clock(clock.SystemClock())
+
+
+async def test_time_alone_makes_a_customer_lost_through_the_sweeper(
+    contacts_service: RunningService,
+    segmentation_service: RunningService,
+    workspace: Workspace,
+    log: MembershipLog,
+    shifted: clock.SystemClock,
+) -> None:
+    """One order 30 days ago; the clock moves to 90 days and 1 second after it: the sweeper
+    (woken by its timer, nothing re-reads the contact) publishes lost, cause TIME, effective
+    at the moment the order turned 90 days old, not at the sweep."""
+    shop = Shop(contacts_service, workspace)
+    contact = await shop.contact()
+    ordered = (datetime.now(UTC) - 30 * DAY).replace(microsecond=0)
+    await shop.order(contact, ordered)
+    await eventually(lambda: "first_time_buyer:ENTERED/EVENT" in log.names(contact.id), timeout=60)
+    assert "lost:ENTERED/TIME" not in log.names(contact.id)
+
+    shifted.offset = ordered + 90 * DAY + timedelta(seconds=1) - datetime.now(UTC)
+    await eventually(lambda: "lost:ENTERED/TIME" in log.names(contact.id), timeout=60)
+    lost = next(e for e in log.of(contact.id) if e.name == "lost:ENTERED/TIME")
+    effective = lost.payload.effective_at.ToDatetime(UTC)
+    assert ordered + 90 * DAY < effective <= ordered + 90 * DAY + timedelta(milliseconds=1)
+    # At the same moment it left passive (one order, 30 to 90 days old), by time too.
+    left = next(e for e in log.of(contact.id) if e.name == "passive:EXITED/TIME")
+    assert left.payload.effective_at == lost.payload.effective_at
+    assert log.names(contact.id).count("lost:ENTERED/TIME") == 1
