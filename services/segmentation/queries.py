@@ -29,7 +29,7 @@ import asyncpg
 from services.common import clock
 from services.common.errors import FieldViolation, InvalidArgument, NotFound, Validator
 from services.common.ids import is_uuid
-from services.segmentation.adapters.rule_sql import Params, load_facts, predicate_sql
+from services.segmentation.adapters.rule_sql import ORDERS_AFTER, Params, load_facts, predicate_sql
 from services.segmentation.definitions import (
     Catalogue,
     Definition,
@@ -91,19 +91,30 @@ def _compile(catalogue: Catalogue, target: Target) -> rules.Node:
 _TYPED = "$2::timestamptz IS NOT NULL"
 
 
-def _predicate(node: rules.Node, first: int, as_of: str) -> tuple[str, list[object]]:
+def _predicate(
+    node: rules.Node, first: int, as_of: str, columns: bool = False
+) -> tuple[str, list[object]]:
     params = Params(first)
-    sql = predicate_sql(node, params, as_of=as_of, alias="p")
+    sql = predicate_sql(node, params, as_of=as_of, alias="p", columns=columns)
     return f"coalesce(({sql}), false)", list(params.values)
+
+
+async def _columns_exact(conn: asyncpg.Connection, workspace_id: str, at: datetime) -> bool:
+    """Whether the profiles' aggregate columns are exact at ``at`` for the whole workspace (no
+    order after it): then the predicate reads them alone, without the per-row fallback to
+    ``orders`` that keeps PostgreSQL from scanning in parallel. Ask in the snapshot the query
+    then reads (a repeatable-read transaction), so a concurrent order cannot slip between."""
+    return not await conn.fetchval(ORDERS_AFTER, uuid.UUID(workspace_id), at)
 
 
 async def count(
     pool: asyncpg.Pool, workspace_id: str, target: Target, as_of: datetime | None
 ) -> tuple[int, datetime]:
     at = evaluation_time(as_of)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         node = _compile(await Catalogue.load(conn, workspace_id), target)
-        where, values = _predicate(node, 3, "$2::timestamptz")
+        columns = await _columns_exact(conn, workspace_id, at)
+        where, values = _predicate(node, 3, "$2::timestamptz", columns)
         total = await conn.fetchval(
             f"SELECT count(*) FROM profiles p WHERE p.workspace_id = $1 AND {_TYPED} AND {where}",
             uuid.UUID(workspace_id),
@@ -241,7 +252,8 @@ async def stream_members(
         # 200k of 400k profiles); memory for the sort is PostgreSQL's, not this process's.
         await conn.execute("SET LOCAL cursor_tuple_fraction = 1.0; SET LOCAL work_mem = '64MB'")
         node = _compile(await Catalogue.load(conn, workspace_id), target)
-        where, values = _predicate(node, 4, "$2::timestamptz")
+        columns = await _columns_exact(conn, workspace_id, as_of)
+        where, values = _predicate(node, 4, "$2::timestamptz", columns)
         after = "AND p.contact_id > $3::uuid" if after_contact_id else "AND $3::uuid IS NULL"
         cursor = await conn.cursor(
             "SELECT p.contact_id::text, coalesce(p.email, '') FROM profiles p"
@@ -351,8 +363,9 @@ async def overlap(
         v.check(segment_id not in ids[:i], field, "names a segment already named")
     v.raise_if_any()
     at = evaluation_time(as_of)
-    async with pool.acquire() as conn:
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         catalogue = await Catalogue.load(conn, workspace_id)
+        columns = await _columns_exact(conn, workspace_id, at)
         bits: list[str] = []
         values: list[object] = []
         for i, segment_id in enumerate(ids):
@@ -360,7 +373,7 @@ async def overlap(
             if definition is None:
                 raise not_found(segment_id)
             where, more = _predicate(
-                catalogue.compile(definition), 3 + len(values), "$2::timestamptz"
+                catalogue.compile(definition), 3 + len(values), "$2::timestamptz", columns
             )
             bits.append(f"(CASE WHEN {where} THEN {1 << i} ELSE 0 END)")
             values.extend(more)

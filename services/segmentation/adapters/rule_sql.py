@@ -115,16 +115,27 @@ _PROFILE_AGGREGATE = {
 
 
 class _Compiler:
-    def __init__(self, params: Params, as_of: str, alias: str) -> None:
+    def __init__(self, params: Params, as_of: str, alias: str, columns: bool = False) -> None:
         if not alias.isidentifier():
             raise ValueError("alias must be an SQL identifier")
         self.params = params
+        self.columns = columns
         self.a = f"({as_of})::timestamptz"
         self.p = alias
 
     # -- building blocks ------------------------------------------------------------------
     def fast(self) -> str:
         return f"({self.p}.last_order_at IS NULL OR {self.p}.last_order_at <= {self.a})"
+
+    def exact_aggregate(self, column: str, fallback: str) -> str:
+        """The profile's aggregate ``column`` where it is exact at as_of (no completed order
+        after it), else ``fallback`` (a correlated subquery on orders). In ``columns`` mode the
+        caller has checked that no profile of the workspace has an order after as_of, so the
+        column alone is exact: no subplan, which lets PostgreSQL count in parallel (at a
+        million profiles the CASE alone cost 2.5x)."""
+        if self.columns:
+            return column
+        return f"(CASE WHEN {self.fast()} THEN {column} ELSE {fallback} END)"
 
     def orders_of_contact(self) -> str:
         return (
@@ -219,9 +230,9 @@ class _Compiler:
         if name in _AGGREGATES:
             agg = _AGGREGATES[name]
             select = agg if agg == "count(*)" else f"{agg}(ro.placed_at)"
-            return (
-                f"(CASE WHEN {self.fast()} THEN {p}.{_PROFILE_AGGREGATE[name]}"
-                f" ELSE (SELECT {select} {self.orders_of_contact()} AND ro.placed_at <= {a}) END)"
+            return self.exact_aggregate(
+                f"{p}.{_PROFILE_AGGREGATE[name]}",
+                f"(SELECT {select} {self.orders_of_contact()} AND ro.placed_at <= {a})",
             )
         if name == "total_spent":
             return self.spent(currency or "", "total_minor")
@@ -244,10 +255,10 @@ class _Compiler:
         c = self.params.add(currency, "text")
         column = "'total_minor'" if what == "total_minor" else "'orders'"
         select = "coalesce(sum(ro.total_minor), 0)" if what == "total_minor" else "count(*)"
-        return (
-            f"(CASE WHEN {self.fast()} THEN coalesce(({p}.spent -> {c} ->> {column})::numeric, 0)"
-            f" ELSE (SELECT {select} {self.orders_of_contact()} AND ro.placed_at <= {a}"
-            f" AND ro.currency = {c}) END)"
+        return self.exact_aggregate(
+            f"coalesce(({p}.spent -> {c} ->> {column})::numeric, 0)",
+            f"(SELECT {select} {self.orders_of_contact()} AND ro.placed_at <= {a}"
+            f" AND ro.currency = {c})",
         )
 
     def compare_node(self, node: Compare) -> str:
@@ -526,10 +537,23 @@ def _least(moments: list[str | None]) -> str | None:
     return known[0] if len(known) == 1 else "least(" + ", ".join(known) + ")"
 
 
-def predicate_sql(node: Node, params: Params, *, as_of: str, alias: str = "p") -> str:
+def predicate_sql(
+    node: Node, params: Params, *, as_of: str, alias: str = "p", columns: bool = False
+) -> str:
     """A boolean SQL expression over one ``profiles`` row named ``alias``; ``as_of`` is an
-    SQL expression of type timestamptz (e.g. ``"$2"``). Values go to ``params``."""
-    return _Compiler(params, as_of, alias).predicate(node)
+    SQL expression of type timestamptz (e.g. ``"$2"``). Values go to ``params``.
+
+    ``columns``: read the order aggregates from the profile's columns only. Exact only when
+    no profile the expression reads has a completed order after as_of (check
+    :data:`ORDERS_AFTER` in the same snapshot first); the usual case for as_of = now."""
+    return _Compiler(params, as_of, alias, columns).predicate(node)
+
+
+# $1 workspace, $2 as_of: whether some profile has an order after as_of (then the column-only
+# predicate would be wrong for it). One probe of (workspace_id, last_order_at).
+ORDERS_AFTER = (
+    "SELECT EXISTS (SELECT 1 FROM profiles WHERE workspace_id = $1 AND last_order_at > $2)"
+)
 
 
 def next_transition_sql(node: Node, params: Params, *, as_of: str, alias: str = "p") -> str:
