@@ -9,7 +9,8 @@ by contact id, occurred over the last year): ``--mix realistic`` (the default) i
 views, 15 % searches, 10 % cart updates, 10 % orders (line items with categories), 2 %
 cancellations, 3 % signups; ``--mix orders`` only orders, cancellations and signups (the
 kinds every version of the read model claims, to compare with code that ignored the rest).
-The drain polls the shop events claimed in ``processed_events`` until all N are.
+The drain polls the offsets the service's consumer group committed on the topic until all N
+are (a record's offset is committed once its batch's transaction is).
 
 Starts PostgreSQL, Redis and Kafka (the local stack on free ports, or the URLs in the
 environment), creates the topics, publishes N ContactCreated envelopes to
@@ -48,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
-from aiokafka import AIOKafkaProducer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from nudge.contacts.v1 import contacts_pb2, events_pb2  # noqa: E402
 from nudge.shop.v1 import shop_pb2  # noqa: E402
@@ -98,6 +99,7 @@ def shop_events(workspace_id: str, count: int, mix: str) -> Iterator[tuple[str, 
     kinds, weights = zip(*(REALISTIC if mix == "realistic" else ORDERS_ONLY), strict=True)
     contacts = [str(uuid.uuid4()) for _ in range(max(1, count // 5))]
     now = datetime.now(UTC)
+    placed: dict[str, list[str]] = {}
     for n in range(count):
         contact_id = rng.choice(contacts)
         kind = rng.choices(kinds, weights)[0]
@@ -120,13 +122,16 @@ def shop_events(workspace_id: str, count: int, mix: str) -> Iterator[tuple[str, 
                 shop_pb2.CartUpdated(cart_id=f"cart-{contact_id}", items=[item], total=total)
             )
         elif kind == "order_placed":
+            placed.setdefault(contact_id, []).append(f"o-{n}")
             event.order_placed.CopyFrom(
                 shop_pb2.OrderPlaced(
                     order_id=f"o-{n}", cart_id=f"cart-{contact_id}", items=[item], total=total
                 )
             )
         elif kind == "order_cancelled":
-            event.order_cancelled.CopyFrom(shop_pb2.OrderCancelled(order_id=f"o-{max(0, n - 50)}"))
+            # One of the contact's orders (one not seen yet, at times: a cancellation first).
+            order_id = rng.choice(placed.get(contact_id) or [f"o-{count + n}"])
+            event.order_cancelled.CopyFrom(shop_pb2.OrderCancelled(order_id=order_id))
         else:
             event.signed_up.CopyFrom(shop_pb2.SignedUp())
         yield contact_id, new_envelope(workspace_id, event).SerializeToString()
@@ -183,40 +188,62 @@ async def drain(
     count: int,
     service: subprocess.Popen[bytes],
     kind: str = "contacts",
+    bootstrap: str = "",
 ) -> dict[str, float]:
-    """Poll the workspace's profiles (shop: the claimed shop events) until ``count``; times
-    from the service's start."""
-    query = (
-        "SELECT count(*) FROM segmentation.profiles WHERE workspace_id = $1"
-        if kind == "contacts"
-        else "SELECT count(*) FROM segmentation.processed_events WHERE $1::uuid IS NOT NULL"
-    )
+    """Poll until all ``count`` are applied: the workspace's profiles (contacts), or the
+    offsets the service's group committed on shop.events.v1 (shop: it commits a record's
+    offset only once its batch committed, and not every shop event leaves a row to count);
+    times from the service's start."""
+    if kind == "contacts":
+
+        async def progress() -> int:
+            try:
+                return int(
+                    await conn.fetchval(
+                        "SELECT count(*) FROM segmentation.profiles WHERE workspace_id = $1",
+                        uuid.UUID(workspace_id),
+                    )
+                )
+            except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+                return 0  # not migrated yet
+
+        conn = await asyncpg.connect(database_url)
+        close: Any = conn.close
+    else:
+        offsets = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id="segmentation", enable_auto_commit=False
+        )
+        await offsets.start()
+        close = offsets.stop
+        parts = [TopicPartition(SHOP_EVENTS, p) for p in range(TOPICS[SHOP_EVENTS])]
+
+        async def progress() -> int:
+            done = 0
+            for tp in parts:
+                done += await offsets.committed(tp) or 0
+            return done
+
     started = time.perf_counter()
     first_at = 0.0
     first_rows = 0
-    conn = None
-    while True:
-        if service.poll() is not None:
-            raise RuntimeError(f"the segmentation service exited with {service.returncode}")
-        try:
-            if conn is None:
-                conn = await asyncpg.connect(database_url)
-            rows = int(await conn.fetchval(query, uuid.UUID(workspace_id)))
-        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
-            rows = 0  # not migrated yet
-        now = time.perf_counter()
-        if rows and not first_at:
-            first_at, first_rows = now, rows
-        if rows >= count:
-            assert conn is not None
-            await conn.close()
-            span = now - first_at
-            return {
-                "drain_s": round(span, 2),
-                "drain_s_total": round(now - started, 2),
-                "events_per_s": round((count - first_rows) / span) if span > 0 else 0.0,
-            }
-        await asyncio.sleep(0.25)
+    try:
+        while True:
+            if service.poll() is not None:
+                raise RuntimeError(f"the segmentation service exited with {service.returncode}")
+            rows = await progress()
+            now = time.perf_counter()
+            if rows and not first_at:
+                first_at, first_rows = now, rows
+            if rows >= count:
+                span = now - first_at
+                return {
+                    "drain_s": round(span, 2),
+                    "drain_s_total": round(now - started, 2),
+                    "events_per_s": round((count - first_rows) / span) if span > 0 else 0.0,
+                }
+            await asyncio.sleep(0.25)
+    finally:
+        await close()
 
 
 async def writer_only(database_url: str, count: int, batch: int) -> dict[str, float]:
@@ -337,7 +364,14 @@ def main() -> None:
             )
             try:
                 figures = asyncio.run(
-                    drain(infra["DATABASE_URL"], workspace_id, args.scale, service, args.kind)
+                    drain(
+                        infra["DATABASE_URL"],
+                        workspace_id,
+                        args.scale,
+                        service,
+                        args.kind,
+                        bootstrap,
+                    )
                 )
                 rss = peak_rss_mb(service.pid)
             except RuntimeError:

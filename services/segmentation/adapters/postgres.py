@@ -33,6 +33,7 @@ from services.segmentation.adapters import segment_sql
 from services.segmentation.domain.builtins import BY_ID
 from services.segmentation.domain.readmodel import (
     CLAIMED,
+    UNVERSIONED,
     CartUpdated,
     ConsentSet,
     LinkClicked,
@@ -218,6 +219,17 @@ def _rows(items: list[Pending], fields: Any) -> str:
     )
 
 
+def _last_per_order(items: list[Pending]) -> list[Pending]:
+    """One change per order (the last): an upsert must not touch a row twice, and two
+    contacts' events may name the same order id in one round (a shop reusing ids)."""
+    last: dict[tuple[str, str], Pending] = {}
+    for item in items:
+        order_id: str = getattr(item.change, "order_id")  # noqa: B009 - OrderPlaced/Voided
+        last.pop((item.workspace_id, order_id), None)
+        last[(item.workspace_id, order_id)] = item
+    return list(last.values())
+
+
 def _json_default(value: object) -> str:
     if isinstance(value, datetime):
         return value.isoformat()
@@ -355,17 +367,25 @@ async def _removals(conn: asyncpg.Connection, items: list[Pending], now: datetim
     return _keys(await conn.fetch(_REMOVE, _rows(items, fields), now))
 
 
+# The two statements every shop or tracking event runs take parallel arrays, not JSON: the
+# rows are encoded by asyncpg's binary codecs (datetimes included) instead of json.dumps.
 _TOUCH = """
 INSERT INTO profiles AS p (workspace_id, contact_id, last_visit_at, last_open_at, last_click_at,
                            created_at, updated_at)
-SELECT r.ws, r.contact, r.visit_at, r.open_at, r.click_at, $2, $2
-FROM jsonb_to_recordset($1::jsonb)
-    AS r(ws uuid, contact uuid, visit_at timestamptz, open_at timestamptz, click_at timestamptz)
+SELECT r.ws::uuid, r.contact::uuid, r.visit_at, r.open_at, r.click_at, $6, $6
+FROM unnest($1::text[], $2::text[], $3::timestamptz[], $4::timestamptz[], $5::timestamptz[])
+    AS r(ws, contact, visit_at, open_at, click_at)
 ON CONFLICT (workspace_id, contact_id) DO UPDATE SET
     last_visit_at = greatest(p.last_visit_at, EXCLUDED.last_visit_at),
     last_open_at = greatest(p.last_open_at, EXCLUDED.last_open_at),
     last_click_at = greatest(p.last_click_at, EXCLUDED.last_click_at),
     updated_at = EXCLUDED.updated_at
+-- An older event moves nothing: no new row version written (most of a replay's).
+WHERE EXCLUDED.last_visit_at > p.last_visit_at OR EXCLUDED.last_open_at > p.last_open_at
+   OR EXCLUDED.last_click_at > p.last_click_at
+   OR (p.last_visit_at IS NULL AND EXCLUDED.last_visit_at IS NOT NULL)
+   OR (p.last_open_at IS NULL AND EXCLUDED.last_open_at IS NOT NULL)
+   OR (p.last_click_at IS NULL AND EXCLUDED.last_click_at IS NOT NULL)
 """
 
 
@@ -373,52 +393,60 @@ async def _touch(conn: asyncpg.Connection, items: list[Pending], now: datetime) 
     """Create the profiles shop and tracking events name (their snapshot fills them later)
     and move the last visit, open and click times forward: by event time (``greatest``), so
     a late or repeated event never moves one back."""
-
-    def fields(c: ReadModelChange) -> dict[str, object]:
-        return {
-            "visit_at": visit_at(c),
-            "open_at": c.at if isinstance(c, MessageOpened) else None,
-            "click_at": c.at if isinstance(c, LinkClicked) else None,
-        }
-
-    await conn.execute(_TOUCH, _rows(items, fields), now)
+    visits: list[datetime | None] = []
+    opens: list[datetime | None] = []
+    clicks: list[datetime | None] = []
+    for item in items:
+        c = item.change
+        visits.append(visit_at(c))
+        opens.append(c.at if isinstance(c, MessageOpened) else None)
+        clicks.append(c.at if isinstance(c, LinkClicked) else None)
+    await conn.execute(
+        _TOUCH,
+        [item.workspace_id for item in items],
+        [item.change.contact_id for item in items],
+        visits,
+        opens,
+        clicks,
+        now,
+    )
 
 
 _ACTIVITY = """
 INSERT INTO activity (workspace_id, contact_id, kind, subject, at, event_id)
-SELECT r.ws, r.contact, r.kind, r.subject, r.at, r.event_id
-FROM jsonb_to_recordset($1::jsonb)
-    AS r(ws uuid, contact uuid, kind text, subject text, at timestamptz, event_id text)
+SELECT r.ws::uuid, r.contact::uuid, r.kind, r.subject, r.at, r.event_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[])
+    AS r(ws, contact, kind, subject, at, event_id)
 ON CONFLICT DO NOTHING
+RETURNING workspace_id, contact_id
 """
 
 
-def _activity_of(item: Pending) -> dict[str, object]:
-    c = item.change
-    if isinstance(c, PageViewed):
-        kind, subject = "page_viewed", c.category
-    elif isinstance(c, Searched):
-        kind, subject = "searched", c.query
-    elif isinstance(c, MessageOpened):
-        kind, subject = "message_opened", ""
-    elif isinstance(c, LinkClicked):
-        kind, subject = "link_clicked", c.url
-    else:  # pragma: no cover - _STEPS routes only these kinds here
-        raise TypeError(type(c).__name__)
-    return {
-        "ws": item.workspace_id,
-        "contact": c.contact_id,
-        "kind": kind,
-        "subject": subject,
-        "at": c.at,
-        "event_id": item.event_id,
-    }
+def _activity_of(change: ReadModelChange) -> tuple[str, str, datetime]:
+    if isinstance(change, PageViewed):
+        return "page_viewed", change.category, change.at
+    if isinstance(change, Searched):
+        return "searched", change.query, change.at
+    if isinstance(change, MessageOpened):
+        return "message_opened", "", change.at
+    if isinstance(change, LinkClicked):
+        return "link_clicked", change.url, change.at
+    raise TypeError(type(change).__name__)  # pragma: no cover - _STEPS routes only these
 
 
-async def _activity(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> None:
-    """One row per event (its id in the key: a replay adds nothing)."""
-    rows = json.dumps([_activity_of(item) for item in items], default=_json_default)
-    await conn.execute(_ACTIVITY, rows)
+async def _activity(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> set[Key]:
+    """One row per event (its id in the key: a replay adds nothing, and is reported so)."""
+    kinds, subjects, times = zip(*(_activity_of(item.change) for item in items), strict=True)
+    rows = await conn.fetch(
+        _ACTIVITY,
+        [item.workspace_id for item in items],
+        [item.change.contact_id for item in items],
+        kinds,
+        subjects,
+        times,
+        [item.event_id for item in items],
+    )
+    return _keys(rows)
 
 
 async def _signups(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> None:
@@ -455,7 +483,7 @@ async def _orders_placed(conn: asyncpg.Connection, items: list[Pending], now: da
             "cart_id": c.cart_id,
         }
 
-    rows = _rows(items, fields)
+    rows = _rows(_last_per_order(items), fields)
     await conn.execute(
         "INSERT INTO orders (workspace_id, order_id, contact_id, placed_at, total_minor,"
         " currency, status, updated_at, categories, cart_id)"
@@ -497,7 +525,7 @@ async def _orders_voided(conn: asyncpg.Connection, items: list[Pending], now: da
         "   AS r(ws uuid, contact uuid, order_id text, status text)"
         " ON CONFLICT (workspace_id, order_id) DO UPDATE SET"
         "   status = EXCLUDED.status, updated_at = EXCLUDED.updated_at",
-        _rows(items, fields),
+        _rows(_last_per_order(items), fields),
         now,
     )
 
@@ -544,7 +572,7 @@ async def _recompute_orders(conn: asyncpg.Connection, keys: list[Key]) -> None:
     await conn.execute(_RECOMPUTE, [ws for ws, _ in keys], [c for _, c in keys])
 
 
-async def _carts(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> None:
+async def _carts(conn: asyncpg.Connection, items: list[Pending], now: datetime) -> set[Key]:
     """Set the cart, unless the profile holds a newer one or an order placed at or after
     this cart (or from it) already cleared it: by event time, whatever the arrival order."""
 
@@ -557,18 +585,21 @@ async def _carts(conn: asyncpg.Connection, items: list[Pending], now: datetime) 
             "items": c.items,
         }
 
-    await conn.execute(
-        "UPDATE profiles p SET cart = jsonb_build_object('cart_id', r.cart_id,"
-        "   'total_minor', r.total_minor, 'currency', r.currency, 'items', r.items,"
-        "   'updated_at', r.at)"
-        " FROM jsonb_to_recordset($1::jsonb) AS r(ws uuid, contact uuid, at timestamptz,"
-        "   cart_id text, total_minor bigint, currency text, items integer)"
-        " WHERE p.workspace_id = r.ws AND p.contact_id = r.contact"
-        "   AND (p.cart IS NULL OR (p.cart->>'updated_at')::timestamptz < r.at)"
-        "   AND NOT EXISTS (SELECT 1 FROM orders o"
-        "     WHERE o.workspace_id = r.ws AND o.contact_id = r.contact"
-        "       AND (o.placed_at >= r.at OR (r.cart_id <> '' AND o.cart_id = r.cart_id)))",
-        _rows(items, fields),
+    return _keys(
+        await conn.fetch(
+            "UPDATE profiles p SET cart = jsonb_build_object('cart_id', r.cart_id,"
+            "   'total_minor', r.total_minor, 'currency', r.currency, 'items', r.items,"
+            "   'updated_at', r.at)"
+            " FROM jsonb_to_recordset($1::jsonb) AS r(ws uuid, contact uuid, at timestamptz,"
+            "   cart_id text, total_minor bigint, currency text, items integer)"
+            " WHERE p.workspace_id = r.ws AND p.contact_id = r.contact"
+            "   AND (p.cart IS NULL OR (p.cart->>'updated_at')::timestamptz < r.at)"
+            "   AND NOT EXISTS (SELECT 1 FROM orders o"
+            "     WHERE o.workspace_id = r.ws AND o.contact_id = r.contact"
+            "       AND (o.placed_at >= r.at OR (r.cart_id <> '' AND o.cart_id = r.cart_id)))"
+            " RETURNING p.workspace_id, p.contact_id",
+            _rows(items, fields),
+        )
     )
 
 
@@ -582,7 +613,7 @@ _STEPS: list[tuple[tuple[type, ...], Any]] = [
     ((ConsentSet,), _consents),
     ((Suppressed,), _suppressions),
     ((Removed,), _removals),
-    (CLAIMED, _touch),
+    (UNVERSIONED, _touch),
     ((SignedUp,), _signups),
     ((OrderPlaced,), _orders_placed),
     ((OrderVoided,), _orders_voided),

@@ -193,8 +193,11 @@ class LinkClicked:
 
 ShopChange = SignedUp | OrderPlaced | OrderVoided | CartUpdated | PageViewed | Searched | Visited
 TrackingChange = MessageOpened | LinkClicked
-# Changes without a version: applied once per event id (claimed in processed_events).
-CLAIMED = (
+# Changes without a version. Those whose statement alone cannot tell a repeat (an order may
+# be placed again with other values; a visit has no row of its own) are claimed once per event
+# id in processed_events; activity rows and carts are idempotent by themselves (the activity
+# key holds the event id; a cart replaces only an older one), so they skip the claim.
+UNVERSIONED = (
     SignedUp,
     OrderPlaced,
     OrderVoided,
@@ -205,6 +208,7 @@ CLAIMED = (
     MessageOpened,
     LinkClicked,
 )
+CLAIMED = (SignedUp, OrderPlaced, OrderVoided, Visited)
 ReadModelChange = ContactChange | ShopChange | TrackingChange
 
 

@@ -10,6 +10,7 @@ from aiokafka import ConsumerRecord
 from nudge.contacts.v1 import contacts_pb2, events_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.shop.v1 import shop_pb2
+from nudge.tracking.v1 import events_pb2 as tracking_pb2
 
 from services.common.events import new_envelope
 from services.common.topics import SHOP_EVENTS
@@ -22,6 +23,7 @@ from services.segmentation.domain.readmodel import (
     ProfileSnapshot,
     Removed,
     ScoreSet,
+    Searched,
     SignedUp,
     Suppressed,
     TagsSet,
@@ -91,21 +93,24 @@ def test_cancellations_and_refunds_void_the_order() -> None:
     refunded = shop(order_refunded=shop_pb2.OrderRefunded(order_id="o-2"))
     assert change_of(new_envelope(WS, cancelled)) == (
         CONTACT,
-        OrderVoided(CONTACT, "o-1", OrderStatus.CANCELLED),
+        OrderVoided(CONTACT, "o-1", OrderStatus.CANCELLED, AT),
     )
     assert change_of(new_envelope(WS, refunded)) == (
         CONTACT,
-        OrderVoided(CONTACT, "o-2", OrderStatus.REFUNDED),
+        OrderVoided(CONTACT, "o-2", OrderStatus.REFUNDED, AT),
     )
     assert change_of(new_envelope(WS, shop(order_cancelled=shop_pb2.OrderCancelled()))) is None
 
 
-def test_signups_count_and_browsing_is_not_kept_yet() -> None:
+def test_signups_count_and_searches_are_kept_lower_cased() -> None:
     assert change_of(new_envelope(WS, shop(signed_up=shop_pb2.SignedUp()))) == (
         CONTACT,
         SignedUp(CONTACT, AT),
     )
-    assert change_of(new_envelope(WS, shop(searched=shop_pb2.Searched(query="tea")))) is None
+    assert change_of(new_envelope(WS, shop(searched=shop_pb2.Searched(query="Tea")))) == (
+        CONTACT,
+        Searched(CONTACT, AT, "tea"),
+    )
 
 
 def placed_envelope(
@@ -156,8 +161,8 @@ def test_values_postgresql_cannot_store_make_the_event_unusable(
 
 
 def test_an_event_the_read_model_does_not_keep_is_not_checked() -> None:
-    searched = new_envelope(WS, shop(searched=shop_pb2.Searched(query="tea")), event_id="e" * 999)
-    assert change_of(searched) is None
+    opened = tracking_pb2.MessageOpened(contact_id=CONTACT, machine_open=True)
+    assert change_of(new_envelope(WS, opened, event_id="e" * 999)) is None
 
 
 class Applied:
