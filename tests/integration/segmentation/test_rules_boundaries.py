@@ -18,6 +18,7 @@ import pytest
 from services.common.db import create_pool, migrate
 from services.segmentation.adapters import postgres as db
 from services.segmentation.adapters.rule_sql import (
+    ORDERS_AFTER,
     Params,
     load_facts,
     next_transition_sql,
@@ -265,10 +266,15 @@ async def write(conn: asyncpg.Connection, workspace_id: str, people: list[Facts]
 
 
 async def sql_members(
-    conn: asyncpg.Connection, workspace_id: str, node: Node, as_of: datetime
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    node: Node,
+    as_of: datetime,
+    *,
+    columns: bool = False,
 ) -> set[str]:
     params = Params(first=3)
-    predicate = predicate_sql(node, params, as_of="$2", alias="p")
+    predicate = predicate_sql(node, params, as_of="$2", alias="p", columns=columns)
     rows = await conn.fetch(
         "SELECT p.contact_id FROM profiles p WHERE p.workspace_id = $1"
         f" AND $2::timestamptz IS NOT NULL AND {predicate}",
@@ -360,6 +366,31 @@ async def test_next_transitions_agree(
                 assert any(m is not None for m in expected.values()), name
 
 
+async def test_the_columns_alone_are_exact_when_no_order_is_after_as_of(
+    pool: asyncpg.Pool, population: tuple[str, dict[str, Facts]]
+) -> None:
+    """The queries' column-only mode (no per-row fallback to orders) is used only when
+    ORDERS_AFTER finds no profile with an order after as_of; then it agrees with Python.
+    Where some profile has a later order the probe says so (what the mode would get wrong
+    then: the last test below)."""
+    workspace_id, people = population
+    placed = [o.placed_at for f in people.values() for o in f.orders if o.status == "completed"]
+    latest = max(p for p in placed if p is not None)
+    exercised = 0
+    async with pool.acquire() as conn:
+        for as_of in [*AS_OF, latest, latest + DAY]:
+            later = await conn.fetchval(ORDERS_AFTER, uuid.UUID(workspace_id), as_of)
+            assert later == any(p is not None and p > as_of for p in placed), as_of
+            if later:  # the queries use the exact (CASE) predicate then
+                continue
+            exercised += 1
+            for name, node in RULES.items():
+                expected = {cid for cid, f in people.items() if evaluate(node, f, as_of)}
+                found = await sql_members(conn, workspace_id, node, as_of, columns=True)
+                assert found == expected, (name, as_of, found ^ expected)
+    assert exercised >= 2
+
+
 async def test_an_order_after_as_of_is_not_counted_by_either_path(pool: asyncpg.Pool) -> None:
     """The same contact read through the profile's columns (as_of after its last order)
     and through the orders (as_of before it)."""
@@ -386,6 +417,12 @@ async def test_an_order_after_as_of_is_not_counted_by_either_path(pool: asyncpg.
             assert evaluate(node, person, at) is member
             found = await sql_members(conn, workspace_id, node, at)
             assert found == ({person.contact_id} if member else set()), (at, node)
+        # The column-only mode would count the later order: that is why the queries use it
+        # only when ORDERS_AFTER finds none.
+        assert await conn.fetchval(ORDERS_AFTER, uuid.UUID(workspace_id), last - SECOND)
+        assert await sql_members(conn, workspace_id, repeat, last - SECOND, columns=True) == {
+            person.contact_id
+        }
 
 
 async def test_load_facts_reads_back_what_the_rules_read(
