@@ -425,6 +425,42 @@ async def test_an_order_after_as_of_is_not_counted_by_either_path(pool: asyncpg.
         }
 
 
+async def test_an_order_window_counts_exactly_at_its_threshold(pool: asyncpg.Pool) -> None:
+    """ "2+ orders in the last 60 days" for contacts with exactly 1, 2 and 3 orders of all time,
+    all in the window, and for one whose 3rd order is older: the orders_count guard before
+    the window's subquery must not cut at the threshold."""
+    workspace_id = str(uuid.uuid4())
+
+    def person(*ages_days: int) -> Facts:
+        return Facts(
+            contact_id=str(uuid.uuid4()),
+            created_at=NOW - 400 * DAY,
+            orders=tuple(
+                OrderFact(f"o{i}-{uuid.uuid4()}", NOW - age * DAY, "completed", 1000, "EUR")
+                for i, age in enumerate(ages_days)
+            ),
+        )
+
+    people = [person(5), person(5, 10), person(5, 10, 20), person(5, 100, 200)]
+    rule = parse_rule(
+        {"events": "order", "within": {"days": 60}, "count": {"op": "gte", "value": 2}}
+    )
+    above = parse_rule(
+        {"events": "order", "within": {"days": 60}, "count": {"op": "gt", "value": 2}}
+    )
+    async with pool.acquire() as conn:
+        await write(conn, workspace_id, people)
+        assert await sql_members(conn, workspace_id, rule, NOW) == {
+            people[1].contact_id,
+            people[2].contact_id,
+        }
+        assert await sql_members(conn, workspace_id, above, NOW) == {people[2].contact_id}
+        for node in (rule, above):
+            assert {f.contact_id for f in people if evaluate(node, f, NOW)} == (
+                await sql_members(conn, workspace_id, node, NOW)
+            )
+
+
 async def test_load_facts_reads_back_what_the_rules_read(
     pool: asyncpg.Pool, population: tuple[str, dict[str, Facts]]
 ) -> None:
