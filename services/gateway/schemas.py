@@ -703,6 +703,9 @@ Rule = Annotated[
     dict[str, Any],
     Field(description=RULE_DESCRIPTION, json_schema_extra={"minProperties": 1}),
 ]
+# What POST /v1/segments:validate takes: any object (an empty one too), since that route
+# answers a rule's violations as data (200 with valid=false), not as a 422.
+AnyRule = Annotated[dict[str, Any], Field(description=RULE_DESCRIPTION)]
 AS_OF_DESCRIPTION = (
     "Evaluation time (RFC 3339) between 1900-01-01 and 9000-01-01; now if missing. Orders,"
     " activity and signups after it are not seen; other profile fields are current."
@@ -760,7 +763,7 @@ class SegmentPatchIn(StrictModel):
 
 
 class RuleIn(StrictModel):
-    rule: Rule
+    rule: AnyRule
 
 
 class RuleViolationOut(ResponseModel):
@@ -783,8 +786,16 @@ class AdHocCountIn(StrictModel):
     as_of: Rfc3339 | None = Field(None, description=AS_OF_DESCRIPTION)
 
 
+class RuleCount(ResponseModel):
+    """An ad-hoc rule's count. No segment id: there is none, and an empty one would be read as
+    a link to `/v1/segments/{segment_id}`."""
+
+    count: int
+    as_of: datetime | None = Field(description="The evaluation time.")
+
+
 class SegmentCount(ResponseModel):
-    segment_id: str = Field(description="Empty for an ad-hoc rule.")
+    segment_id: str
     count: int
     as_of: datetime | None = Field(description="The evaluation time.")
 

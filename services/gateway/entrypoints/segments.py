@@ -34,6 +34,7 @@ from services.gateway.schemas import (
     OverlapIn,
     OverlapOut,
     Rfc3339,
+    RuleCount,
     RuleIn,
     RuleValidation,
     RuleViolationOut,
@@ -141,11 +142,11 @@ async def validate_rule(body: RuleIn, caller: CallerDep, backends: BackendsDep) 
 
 @router.post(
     "/v1/segments:count",
-    response_model=SegmentCount,
+    response_model=RuleCount,
     summary="Count the contacts a rule picks (not saved)",
     responses=problems.responses(400, 401, 413, 422, 503),
 )
-async def count_rule(body: AdHocCountIn, caller: CallerDep, backends: BackendsDep) -> SegmentCount:
+async def count_rule(body: AdHocCountIn, caller: CallerDep, backends: BackendsDep) -> RuleCount:
     """How many contacts the rule picks at `as_of`, without saving it."""
     request = segmentation_pb2.CountSegmentRequest(
         target=segmentation_pb2.SegmentTarget(rule=convert.rule_text(body.rule))
@@ -155,7 +156,8 @@ async def count_rule(body: AdHocCountIn, caller: CallerDep, backends: BackendsDe
     answer: segmentation_pb2.CountSegmentResponse = await caller.call(
         backends.segments.CountSegment, request, service=SEGMENTATION
     )
-    return convert.segment_count_json("", answer)
+    counted = convert.segment_count_json("", answer)
+    return RuleCount(count=counted.count, as_of=counted.as_of)
 
 
 @router.post(
