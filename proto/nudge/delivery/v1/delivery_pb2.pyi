@@ -38,6 +38,12 @@ class _MessageStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Message
     """permanent SMTP failure"""
     MESSAGE_STATUS_FAILED: _MessageStatus.ValueType  # 5
     """gave up after retries"""
+    MESSAGE_STATUS_DEFERRED: _MessageStatus.ValueType  # 6
+    """a temporary failure; another attempt is due (a due_at row)"""
+    MESSAGE_STATUS_UNKNOWN: _MessageStatus.ValueType  # 7
+    """left CLAIMED by a crash: the server may or may not have it"""
+    MESSAGE_STATUS_QUEUED: _MessageStatus.ValueType  # 8
+    """accepted by delivery, not yet handed to SMTP"""
 
 class MessageStatus(_MessageStatus, metaclass=_MessageStatusEnumTypeWrapper): ...
 
@@ -52,6 +58,12 @@ MESSAGE_STATUS_BOUNCED: MessageStatus.ValueType  # 4
 """permanent SMTP failure"""
 MESSAGE_STATUS_FAILED: MessageStatus.ValueType  # 5
 """gave up after retries"""
+MESSAGE_STATUS_DEFERRED: MessageStatus.ValueType  # 6
+"""a temporary failure; another attempt is due (a due_at row)"""
+MESSAGE_STATUS_UNKNOWN: MessageStatus.ValueType  # 7
+"""left CLAIMED by a crash: the server may or may not have it"""
+MESSAGE_STATUS_QUEUED: MessageStatus.ValueType  # 8
+"""accepted by delivery, not yet handed to SMTP"""
 Global___MessageStatus: _TypeAlias = MessageStatus  # noqa: Y015
 
 class _MessageKind:
@@ -157,15 +169,21 @@ class SendTransactionalResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    REPLAYED_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
+    replayed: _builtins.bool
+    """True when the idempotency key was already used: nothing new was queued, and message_id
+    is the id the first call answered.
+    """
     def __init__(
         self,
         *,
         message_id: _builtins.str = ...,
+        replayed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id", "replayed", b"replayed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -283,3 +301,225 @@ class DeliveryRequested(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeliveryRequested: _TypeAlias = DeliveryRequested  # noqa: Y015
+
+@_typing.final
+class GetSendingStatusRequest(_message.Message):
+    """The anti-spam guard (seed 001): a workspace whose complaint or hard-bounce rate passes its
+    threshold over the rolling window, or whose volume jumps far beyond its own history, is
+    suspended until an operator lifts it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSendingStatusRequest: _TypeAlias = GetSendingStatusRequest  # noqa: Y015
+
+@_typing.final
+class SendingStatus(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUSPENDED_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SUSPENDED_AT_FIELD_NUMBER: _builtins.int
+    WINDOW_SECONDS_FIELD_NUMBER: _builtins.int
+    WINDOW_SENT_FIELD_NUMBER: _builtins.int
+    WINDOW_HARD_BOUNCES_FIELD_NUMBER: _builtins.int
+    WINDOW_COMPLAINTS_FIELD_NUMBER: _builtins.int
+    HARD_BOUNCE_RATE_FIELD_NUMBER: _builtins.int
+    COMPLAINT_RATE_FIELD_NUMBER: _builtins.int
+    suspended: _builtins.bool
+    reason: _builtins.str
+    """why, in words a manager can act on; empty when not suspended"""
+    window_seconds: _builtins.int
+    """The rolling window the rates are computed over, and what it holds."""
+    window_sent: _builtins.int
+    window_hard_bounces: _builtins.int
+    window_complaints: _builtins.int
+    hard_bounce_rate: _builtins.float
+    complaint_rate: _builtins.float
+    @_builtins.property
+    def suspended_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        suspended: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        suspended_at: _timestamp_pb2.Timestamp | None = ...,
+        window_seconds: _builtins.int = ...,
+        window_sent: _builtins.int = ...,
+        window_hard_bounces: _builtins.int = ...,
+        window_complaints: _builtins.int = ...,
+        hard_bounce_rate: _builtins.float = ...,
+        complaint_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["suspended_at", b"suspended_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complaint_rate", b"complaint_rate", "hard_bounce_rate", b"hard_bounce_rate", "reason", b"reason", "suspended", b"suspended", "suspended_at", b"suspended_at", "window_complaints", b"window_complaints", "window_hard_bounces", b"window_hard_bounces", "window_seconds", b"window_seconds", "window_sent", b"window_sent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendingStatus: _TypeAlias = SendingStatus  # noqa: Y015
+
+@_typing.final
+class LiftSuspensionRequest(_message.Message):
+    """Operator only (the admin token): lifts a suspension, with a note kept for the record."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    workspace_id: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        workspace_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["note", b"note", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftSuspensionRequest: _TypeAlias = LiftSuspensionRequest  # noqa: Y015
+
+@_typing.final
+class SetDkimKeyRequest(_message.Message):
+    """DKIM: one key per sending domain of a workspace. Without a private key in the request,
+    delivery generates one (RSA 2048) and answers the DNS TXT record to publish.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    PRIVATE_KEY_PEM_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    selector: _builtins.str
+    private_key_pem: _builtins.str
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        selector: _builtins.str = ...,
+        private_key_pem: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain", "private_key_pem", b"private_key_pem", "selector", b"selector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetDkimKeyRequest: _TypeAlias = SetDkimKeyRequest  # noqa: Y015
+
+@_typing.final
+class DkimKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
+    DNS_RECORD_NAME_FIELD_NUMBER: _builtins.int
+    DNS_RECORD_VALUE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    selector: _builtins.str
+    dns_record_name: _builtins.str
+    """<selector>._domainkey.<domain>"""
+    dns_record_value: _builtins.str
+    """v=DKIM1; k=rsa; p=..."""
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+        selector: _builtins.str = ...,
+        dns_record_name: _builtins.str = ...,
+        dns_record_value: _builtins.str = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "dns_record_name", b"dns_record_name", "dns_record_value", b"dns_record_value", "domain", b"domain", "selector", b"selector"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DkimKey: _TypeAlias = DkimKey  # noqa: Y015
+
+@_typing.final
+class ListDkimKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDkimKeysRequest: _TypeAlias = ListDkimKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListDkimKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___DkimKey]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___DkimKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListDkimKeysResponse: _TypeAlias = ListDkimKeysResponse  # noqa: Y015
+
+@_typing.final
+class DeleteDkimKeyRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DOMAIN_FIELD_NUMBER: _builtins.int
+    domain: _builtins.str
+    def __init__(
+        self,
+        *,
+        domain: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["domain", b"domain"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDkimKeyRequest: _TypeAlias = DeleteDkimKeyRequest  # noqa: Y015
+
+@_typing.final
+class DeleteDkimKeyResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeleteDkimKeyResponse: _TypeAlias = DeleteDkimKeyResponse  # noqa: Y015

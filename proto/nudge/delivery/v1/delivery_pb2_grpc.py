@@ -44,6 +44,31 @@ class DeliveryServiceStub:
                 request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetMessageStatusRequest.SerializeToString,
                 response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetMessageStatusResponse.FromString,
                 _registered_method=True)
+        self.GetSendingStatus = channel.unary_unary(
+                '/nudge.delivery.v1.DeliveryService/GetSendingStatus',
+                request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetSendingStatusRequest.SerializeToString,
+                response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.SendingStatus.FromString,
+                _registered_method=True)
+        self.LiftSuspension = channel.unary_unary(
+                '/nudge.delivery.v1.DeliveryService/LiftSuspension',
+                request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.LiftSuspensionRequest.SerializeToString,
+                response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.SendingStatus.FromString,
+                _registered_method=True)
+        self.SetDkimKey = channel.unary_unary(
+                '/nudge.delivery.v1.DeliveryService/SetDkimKey',
+                request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.SetDkimKeyRequest.SerializeToString,
+                response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DkimKey.FromString,
+                _registered_method=True)
+        self.ListDkimKeys = channel.unary_unary(
+                '/nudge.delivery.v1.DeliveryService/ListDkimKeys',
+                request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListDkimKeysRequest.SerializeToString,
+                response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListDkimKeysResponse.FromString,
+                _registered_method=True)
+        self.DeleteDkimKey = channel.unary_unary(
+                '/nudge.delivery.v1.DeliveryService/DeleteDkimKey',
+                request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyRequest.SerializeToString,
+                response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyResponse.FromString,
+                _registered_method=True)
 
 
 class DeliveryServiceServicer:
@@ -61,6 +86,36 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetSendingStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LiftSuspension(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDkimKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDkimKeys(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDkimKey(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +128,31 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     servicer.GetMessageStatus,
                     request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetMessageStatusRequest.FromString,
                     response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetMessageStatusResponse.SerializeToString,
+            ),
+            'GetSendingStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSendingStatus,
+                    request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetSendingStatusRequest.FromString,
+                    response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.SendingStatus.SerializeToString,
+            ),
+            'LiftSuspension': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftSuspension,
+                    request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.LiftSuspensionRequest.FromString,
+                    response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.SendingStatus.SerializeToString,
+            ),
+            'SetDkimKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDkimKey,
+                    request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.SetDkimKeyRequest.FromString,
+                    response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DkimKey.SerializeToString,
+            ),
+            'ListDkimKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDkimKeys,
+                    request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListDkimKeysRequest.FromString,
+                    response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListDkimKeysResponse.SerializeToString,
+            ),
+            'DeleteDkimKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDkimKey,
+                    request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyRequest.FromString,
+                    response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +209,141 @@ class DeliveryService:
             '/nudge.delivery.v1.DeliveryService/GetMessageStatus',
             nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetMessageStatusRequest.SerializeToString,
             nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetMessageStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSendingStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.delivery.v1.DeliveryService/GetSendingStatus',
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.GetSendingStatusRequest.SerializeToString,
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.SendingStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftSuspension(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.delivery.v1.DeliveryService/LiftSuspension',
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.LiftSuspensionRequest.SerializeToString,
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.SendingStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDkimKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.delivery.v1.DeliveryService/SetDkimKey',
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.SetDkimKeyRequest.SerializeToString,
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.DkimKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDkimKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.delivery.v1.DeliveryService/ListDkimKeys',
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListDkimKeysRequest.SerializeToString,
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListDkimKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDkimKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.delivery.v1.DeliveryService/DeleteDkimKey',
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyRequest.SerializeToString,
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

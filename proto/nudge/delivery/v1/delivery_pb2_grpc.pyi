@@ -33,12 +33,22 @@ class DeliveryServiceStub:
     def __new__(cls, channel: _aio.Channel) -> DeliveryServiceAsyncStub: ...
     SendTransactional: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.SendTransactionalRequest, _delivery_pb2.SendTransactionalResponse]
     GetMessageStatus: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.GetMessageStatusRequest, _delivery_pb2.GetMessageStatusResponse]
+    GetSendingStatus: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.GetSendingStatusRequest, _delivery_pb2.SendingStatus]
+    LiftSuspension: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.LiftSuspensionRequest, _delivery_pb2.SendingStatus]
+    SetDkimKey: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.SetDkimKeyRequest, _delivery_pb2.DkimKey]
+    ListDkimKeys: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ListDkimKeysRequest, _delivery_pb2.ListDkimKeysResponse]
+    DeleteDkimKey: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.DeleteDkimKeyRequest, _delivery_pb2.DeleteDkimKeyResponse]
 
 @_typing.type_check_only
 class DeliveryServiceAsyncStub(DeliveryServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     SendTransactional: _aio.UnaryUnaryMultiCallable[_delivery_pb2.SendTransactionalRequest, _delivery_pb2.SendTransactionalResponse]  # type: ignore[assignment]
     GetMessageStatus: _aio.UnaryUnaryMultiCallable[_delivery_pb2.GetMessageStatusRequest, _delivery_pb2.GetMessageStatusResponse]  # type: ignore[assignment]
+    GetSendingStatus: _aio.UnaryUnaryMultiCallable[_delivery_pb2.GetSendingStatusRequest, _delivery_pb2.SendingStatus]  # type: ignore[assignment]
+    LiftSuspension: _aio.UnaryUnaryMultiCallable[_delivery_pb2.LiftSuspensionRequest, _delivery_pb2.SendingStatus]  # type: ignore[assignment]
+    SetDkimKey: _aio.UnaryUnaryMultiCallable[_delivery_pb2.SetDkimKeyRequest, _delivery_pb2.DkimKey]  # type: ignore[assignment]
+    ListDkimKeys: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ListDkimKeysRequest, _delivery_pb2.ListDkimKeysResponse]  # type: ignore[assignment]
+    DeleteDkimKey: _aio.UnaryUnaryMultiCallable[_delivery_pb2.DeleteDkimKeyRequest, _delivery_pb2.DeleteDkimKeyResponse]  # type: ignore[assignment]
 
 class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -54,5 +64,40 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _delivery_pb2.GetMessageStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_pb2.GetMessageStatusResponse, _abc.Awaitable[_delivery_pb2.GetMessageStatusResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetSendingStatus(
+        self,
+        request: _delivery_pb2.GetSendingStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.SendingStatus, _abc.Awaitable[_delivery_pb2.SendingStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def LiftSuspension(
+        self,
+        request: _delivery_pb2.LiftSuspensionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.SendingStatus, _abc.Awaitable[_delivery_pb2.SendingStatus]]: ...
+
+    @_abc_1.abstractmethod
+    def SetDkimKey(
+        self,
+        request: _delivery_pb2.SetDkimKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.DkimKey, _abc.Awaitable[_delivery_pb2.DkimKey]]: ...
+
+    @_abc_1.abstractmethod
+    def ListDkimKeys(
+        self,
+        request: _delivery_pb2.ListDkimKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.ListDkimKeysResponse, _abc.Awaitable[_delivery_pb2.ListDkimKeysResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def DeleteDkimKey(
+        self,
+        request: _delivery_pb2.DeleteDkimKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.DeleteDkimKeyResponse, _abc.Awaitable[_delivery_pb2.DeleteDkimKeyResponse]]: ...
 
 def add_DeliveryServiceServicer_to_server(servicer: DeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

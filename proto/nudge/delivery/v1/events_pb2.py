@@ -22,20 +22,31 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from nudge.delivery.v1 import delivery_pb2 as nudge_dot_delivery_dot_v1_dot_delivery__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enudge/delivery/v1/events.proto\x12\x11nudge.delivery.v1\x1a nudge/delivery/v1/delivery.proto\"\xa4\x01\n\x0bMessageSent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.nudge.delivery.v1.MessageKind\x12\x13\n\x0b\x63\x61mpaign_id\x18\x04 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\x12\x15\n\rsmtp_response\x18\x06 \x01(\t\"r\n\x0eMessageSkipped\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x04 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\"b\n\x0eMessageBounced\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x11\n\tpermanent\x18\x03 \x01(\x08\x12\x15\n\rsmtp_response\x18\x04 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enudge/delivery/v1/events.proto\x12\x11nudge.delivery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nudge/delivery/v1/delivery.proto\"\xa4\x01\n\x0bMessageSent\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.nudge.delivery.v1.MessageKind\x12\x13\n\x0b\x63\x61mpaign_id\x18\x04 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\x12\x15\n\rsmtp_response\x18\x06 \x01(\t\"r\n\x0eMessageSkipped\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x04 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\"\xb1\x01\n\x0eMessageBounced\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x11\n\tpermanent\x18\x03 \x01(\x08\x12\x15\n\rsmtp_response\x18\x04 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x05 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x06 \x01(\t\x12\x0e\n\x06source\x18\x07 \x01(\t\x12\x13\n\x0bstatus_code\x18\x08 \x01(\t\"\x8f\x01\n\rMessageQueued\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.nudge.delivery.v1.MessageKind\x12\x13\n\x0b\x63\x61mpaign_id\x18\x04 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\"\xc0\x01\n\x0fMessageDeferred\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x15\n\rsmtp_response\x18\x04 \x01(\t\x12\x33\n\x0fnext_attempt_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63\x61mpaign_id\x18\x06 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x07 \x01(\t\"\x83\x01\n\rMessageFailed\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x13\n\x0b\x63\x61mpaign_id\x18\x05 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x06 \x01(\t\"\xb0\x01\n\x0eMessageUnknown\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.nudge.delivery.v1.MessageKind\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0e\n\x06resent\x18\x05 \x01(\x08\x12\x13\n\x0b\x63\x61mpaign_id\x18\x06 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x07 \x01(\t\"\x8e\x01\n\x11MessageComplained\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x15\n\rfeedback_type\x18\x03 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x04 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x05 \x01(\t\x12\x10\n\x08reporter\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nudge.delivery.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGESENT']._serialized_start=88
-  _globals['_MESSAGESENT']._serialized_end=252
-  _globals['_MESSAGESKIPPED']._serialized_start=254
-  _globals['_MESSAGESKIPPED']._serialized_end=368
-  _globals['_MESSAGEBOUNCED']._serialized_start=370
-  _globals['_MESSAGEBOUNCED']._serialized_end=468
+  _globals['_MESSAGESENT']._serialized_start=121
+  _globals['_MESSAGESENT']._serialized_end=285
+  _globals['_MESSAGESKIPPED']._serialized_start=287
+  _globals['_MESSAGESKIPPED']._serialized_end=401
+  _globals['_MESSAGEBOUNCED']._serialized_start=404
+  _globals['_MESSAGEBOUNCED']._serialized_end=581
+  _globals['_MESSAGEQUEUED']._serialized_start=584
+  _globals['_MESSAGEQUEUED']._serialized_end=727
+  _globals['_MESSAGEDEFERRED']._serialized_start=730
+  _globals['_MESSAGEDEFERRED']._serialized_end=922
+  _globals['_MESSAGEFAILED']._serialized_start=925
+  _globals['_MESSAGEFAILED']._serialized_end=1056
+  _globals['_MESSAGEUNKNOWN']._serialized_start=1059
+  _globals['_MESSAGEUNKNOWN']._serialized_end=1235
+  _globals['_MESSAGECOMPLAINED']._serialized_start=1238
+  _globals['_MESSAGECOMPLAINED']._serialized_end=1380
 # @@protoc_insertion_point(module_scope)

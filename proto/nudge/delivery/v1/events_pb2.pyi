@@ -5,6 +5,7 @@ Events on delivery.events.v1, keyed by contact id."""
 
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from nudge.delivery.v1 import delivery_pb2 as _delivery_pb2
 import builtins as _builtins
 import sys
@@ -84,16 +85,30 @@ Global___MessageSkipped: _TypeAlias = MessageSkipped  # noqa: Y015
 
 @_typing.final
 class MessageBounced(_message.Message):
+    """A refusal: during the SMTP conversation (source "smtp") or later, by a DSN sent to the
+    message's VERP address (source "dsn"). permanent = a hard bounce (suppresses the address).
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_ID_FIELD_NUMBER: _builtins.int
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     PERMANENT_FIELD_NUMBER: _builtins.int
     SMTP_RESPONSE_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    STATUS_CODE_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     contact_id: _builtins.str
     permanent: _builtins.bool
     smtp_response: _builtins.str
+    campaign_id: _builtins.str
+    workflow_id: _builtins.str
+    source: _builtins.str
+    """"smtp" or "dsn" """
+    status_code: _builtins.str
+    """the enhanced status code when known, e.g. "5.1.1" """
     def __init__(
         self,
         *,
@@ -101,11 +116,204 @@ class MessageBounced(_message.Message):
         contact_id: _builtins.str = ...,
         permanent: _builtins.bool = ...,
         smtp_response: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        source: _builtins.str = ...,
+        status_code: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "message_id", b"message_id", "permanent", b"permanent", "smtp_response", b"smtp_response"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "message_id", b"message_id", "permanent", b"permanent", "smtp_response", b"smtp_response", "source", b"source", "status_code", b"status_code", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessageBounced: _TypeAlias = MessageBounced  # noqa: Y015
+
+@_typing.final
+class MessageQueued(_message.Message):
+    """Accepted by delivery (eligible, rendered), before the SMTP hand-off."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    contact_id: _builtins.str
+    kind: _delivery_pb2.MessageKind.ValueType
+    campaign_id: _builtins.str
+    workflow_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        kind: _delivery_pb2.MessageKind.ValueType = ...,
+        campaign_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "kind", b"kind", "message_id", b"message_id", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageQueued: _TypeAlias = MessageQueued  # noqa: Y015
+
+@_typing.final
+class MessageDeferred(_message.Message):
+    """A temporary failure (4xx, a connection error): another attempt is due at next_attempt_at."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    SMTP_RESPONSE_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    contact_id: _builtins.str
+    attempt: _builtins.int
+    smtp_response: _builtins.str
+    campaign_id: _builtins.str
+    workflow_id: _builtins.str
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        smtp_response: _builtins.str = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        campaign_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "campaign_id", b"campaign_id", "contact_id", b"contact_id", "message_id", b"message_id", "next_attempt_at", b"next_attempt_at", "smtp_response", b"smtp_response", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageDeferred: _TypeAlias = MessageDeferred  # noqa: Y015
+
+@_typing.final
+class MessageFailed(_message.Message):
+    """Given up: out of attempts or too old, or a request that can never be sent."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    contact_id: _builtins.str
+    reason: _builtins.str
+    attempts: _builtins.int
+    campaign_id: _builtins.str
+    workflow_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        campaign_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "campaign_id", b"campaign_id", "contact_id", b"contact_id", "message_id", b"message_id", "reason", b"reason", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageFailed: _TypeAlias = MessageFailed  # noqa: Y015
+
+@_typing.final
+class MessageUnknown(_message.Message):
+    """Left CLAIMED by a crash between the claim and the server's answer: the server may or may
+    not have the mail. resent: transactional mail is sent again with the same Message-ID;
+    campaign and automation mail is not (nobody gets a marketing mail twice).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    RESENT_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    contact_id: _builtins.str
+    kind: _delivery_pb2.MessageKind.ValueType
+    reason: _builtins.str
+    resent: _builtins.bool
+    campaign_id: _builtins.str
+    workflow_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        kind: _delivery_pb2.MessageKind.ValueType = ...,
+        reason: _builtins.str = ...,
+        resent: _builtins.bool = ...,
+        campaign_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "kind", b"kind", "message_id", b"message_id", "reason", b"reason", "resent", b"resent", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageUnknown: _TypeAlias = MessageUnknown  # noqa: Y015
+
+@_typing.final
+class MessageComplained(_message.Message):
+    """A feedback-loop report (ARF, RFC 5965) about a message: the recipient marked it as spam."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    FEEDBACK_TYPE_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    REPORTER_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    contact_id: _builtins.str
+    feedback_type: _builtins.str
+    """"abuse", "fraud", ..."""
+    campaign_id: _builtins.str
+    workflow_id: _builtins.str
+    reporter: _builtins.str
+    """the reporting mailbox provider, when it says"""
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        feedback_type: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        reporter: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "feedback_type", b"feedback_type", "message_id", b"message_id", "reporter", b"reporter", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageComplained: _TypeAlias = MessageComplained  # noqa: Y015

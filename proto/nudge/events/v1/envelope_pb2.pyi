@@ -47,9 +47,15 @@ class Envelope(_message.Message):
     MESSAGE_SENT_FIELD_NUMBER: _builtins.int
     MESSAGE_SKIPPED_FIELD_NUMBER: _builtins.int
     MESSAGE_BOUNCED_FIELD_NUMBER: _builtins.int
+    MESSAGE_QUEUED_FIELD_NUMBER: _builtins.int
+    MESSAGE_DEFERRED_FIELD_NUMBER: _builtins.int
+    MESSAGE_FAILED_FIELD_NUMBER: _builtins.int
+    MESSAGE_UNKNOWN_FIELD_NUMBER: _builtins.int
+    MESSAGE_COMPLAINED_FIELD_NUMBER: _builtins.int
     MESSAGE_OPENED_FIELD_NUMBER: _builtins.int
     LINK_CLICKED_FIELD_NUMBER: _builtins.int
     UNSUBSCRIBE_REQUESTED_FIELD_NUMBER: _builtins.int
+    PREFERENCES_CHANGED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """unique; consumers are idempotent on it"""
     workspace_id: _builtins.str
@@ -96,6 +102,16 @@ class Envelope(_message.Message):
     @_builtins.property
     def message_bounced(self) -> _events_pb2_2.MessageBounced: ...
     @_builtins.property
+    def message_queued(self) -> _events_pb2_2.MessageQueued: ...
+    @_builtins.property
+    def message_deferred(self) -> _events_pb2_2.MessageDeferred: ...
+    @_builtins.property
+    def message_failed(self) -> _events_pb2_2.MessageFailed: ...
+    @_builtins.property
+    def message_unknown(self) -> _events_pb2_2.MessageUnknown: ...
+    @_builtins.property
+    def message_complained(self) -> _events_pb2_2.MessageComplained: ...
+    @_builtins.property
     def message_opened(self) -> _events_pb2_3.MessageOpened:
         """tracking.events.v1"""
 
@@ -103,6 +119,8 @@ class Envelope(_message.Message):
     def link_clicked(self) -> _events_pb2_3.LinkClicked: ...
     @_builtins.property
     def unsubscribe_requested(self) -> _events_pb2_3.UnsubscribeRequested: ...
+    @_builtins.property
+    def preferences_changed(self) -> _events_pb2_3.PreferencesChanged: ...
     def __init__(
         self,
         *,
@@ -124,15 +142,21 @@ class Envelope(_message.Message):
         message_sent: _events_pb2_2.MessageSent | None = ...,
         message_skipped: _events_pb2_2.MessageSkipped | None = ...,
         message_bounced: _events_pb2_2.MessageBounced | None = ...,
+        message_queued: _events_pb2_2.MessageQueued | None = ...,
+        message_deferred: _events_pb2_2.MessageDeferred | None = ...,
+        message_failed: _events_pb2_2.MessageFailed | None = ...,
+        message_unknown: _events_pb2_2.MessageUnknown | None = ...,
+        message_complained: _events_pb2_2.MessageComplained | None = ...,
         message_opened: _events_pb2_3.MessageOpened | None = ...,
         link_clicked: _events_pb2_3.LinkClicked | None = ...,
         unsubscribe_requested: _events_pb2_3.UnsubscribeRequested | None = ...,
+        preferences_changed: _events_pb2_3.PreferencesChanged | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["consent_changed", b"consent_changed", "contact_created", b"contact_created", "contact_deleted", b"contact_deleted", "contact_erased", b"contact_erased", "contact_suppressed", b"contact_suppressed", "contact_updated", b"contact_updated", "delivery_requested", b"delivery_requested", "link_clicked", b"link_clicked", "message_bounced", b"message_bounced", "message_opened", b"message_opened", "message_sent", b"message_sent", "message_skipped", b"message_skipped", "occurred_at", b"occurred_at", "payload", b"payload", "score_changed", b"score_changed", "segment_membership_changed", b"segment_membership_changed", "shop_event", b"shop_event", "tags_changed", b"tags_changed", "unsubscribe_requested", b"unsubscribe_requested"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["consent_changed", b"consent_changed", "contact_created", b"contact_created", "contact_deleted", b"contact_deleted", "contact_erased", b"contact_erased", "contact_suppressed", b"contact_suppressed", "contact_updated", b"contact_updated", "delivery_requested", b"delivery_requested", "link_clicked", b"link_clicked", "message_bounced", b"message_bounced", "message_complained", b"message_complained", "message_deferred", b"message_deferred", "message_failed", b"message_failed", "message_opened", b"message_opened", "message_queued", b"message_queued", "message_sent", b"message_sent", "message_skipped", b"message_skipped", "message_unknown", b"message_unknown", "occurred_at", b"occurred_at", "payload", b"payload", "preferences_changed", b"preferences_changed", "score_changed", b"score_changed", "segment_membership_changed", b"segment_membership_changed", "shop_event", b"shop_event", "tags_changed", b"tags_changed", "unsubscribe_requested", b"unsubscribe_requested"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_changed", b"consent_changed", "contact_created", b"contact_created", "contact_deleted", b"contact_deleted", "contact_erased", b"contact_erased", "contact_suppressed", b"contact_suppressed", "contact_updated", b"contact_updated", "delivery_requested", b"delivery_requested", "event_id", b"event_id", "link_clicked", b"link_clicked", "message_bounced", b"message_bounced", "message_opened", b"message_opened", "message_sent", b"message_sent", "message_skipped", b"message_skipped", "occurred_at", b"occurred_at", "payload", b"payload", "score_changed", b"score_changed", "segment_membership_changed", b"segment_membership_changed", "shop_event", b"shop_event", "tags_changed", b"tags_changed", "type", b"type", "unsubscribe_requested", b"unsubscribe_requested", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_changed", b"consent_changed", "contact_created", b"contact_created", "contact_deleted", b"contact_deleted", "contact_erased", b"contact_erased", "contact_suppressed", b"contact_suppressed", "contact_updated", b"contact_updated", "delivery_requested", b"delivery_requested", "event_id", b"event_id", "link_clicked", b"link_clicked", "message_bounced", b"message_bounced", "message_complained", b"message_complained", "message_deferred", b"message_deferred", "message_failed", b"message_failed", "message_opened", b"message_opened", "message_queued", b"message_queued", "message_sent", b"message_sent", "message_skipped", b"message_skipped", "message_unknown", b"message_unknown", "occurred_at", b"occurred_at", "payload", b"payload", "preferences_changed", b"preferences_changed", "score_changed", b"score_changed", "segment_membership_changed", b"segment_membership_changed", "shop_event", b"shop_event", "tags_changed", b"tags_changed", "type", b"type", "unsubscribe_requested", b"unsubscribe_requested", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["contact_created", "contact_updated", "consent_changed", "contact_suppressed", "tags_changed", "score_changed", "contact_deleted", "contact_erased", "shop_event", "segment_membership_changed", "delivery_requested", "message_sent", "message_skipped", "message_bounced", "message_opened", "link_clicked", "unsubscribe_requested"]  # noqa: Y015
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["contact_created", "contact_updated", "consent_changed", "contact_suppressed", "tags_changed", "score_changed", "contact_deleted", "contact_erased", "shop_event", "segment_membership_changed", "delivery_requested", "message_sent", "message_skipped", "message_bounced", "message_queued", "message_deferred", "message_failed", "message_unknown", "message_complained", "message_opened", "link_clicked", "unsubscribe_requested", "preferences_changed"]  # noqa: Y015
     _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 

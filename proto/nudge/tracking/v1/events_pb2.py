@@ -22,19 +22,22 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from nudge.contacts.v1 import contacts_pb2 as nudge_dot_contacts_dot_v1_dot_contacts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enudge/tracking/v1/events.proto\x12\x11nudge.tracking.v1\"a\n\rMessageOpened\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x12\n\nuser_agent\x18\x03 \x01(\t\x12\x14\n\x0cmachine_open\x18\x04 \x01(\x08\"V\n\x0bLinkClicked\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x12\n\nuser_agent\x18\x04 \x01(\t\"Q\n\x14UnsubscribeRequested\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x11\n\tone_click\x18\x03 \x01(\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1enudge/tracking/v1/events.proto\x12\x11nudge.tracking.v1\x1a nudge/contacts/v1/contacts.proto\"y\n\rMessageOpened\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x12\n\nuser_agent\x18\x03 \x01(\t\x12\x14\n\x0cmachine_open\x18\x04 \x01(\x08\x12\x16\n\x0emachine_reason\x18\x05 \x01(\t\"\x99\x01\n\x0bLinkClicked\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x12\n\nuser_agent\x18\x04 \x01(\t\x12\x15\n\rmachine_click\x18\x05 \x01(\x08\x12\x16\n\x0emachine_reason\x18\x06 \x01(\t\x12\x12\n\nlink_index\x18\x07 \x01(\x05\"Q\n\x14UnsubscribeRequested\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x11\n\tone_click\x18\x03 \x01(\x08\"\xac\x01\n\x12PreferencesChanged\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x35\n\nsubscribed\x18\x03 \x03(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x37\n\x0cunsubscribed\x18\x04 \x03(\x0e\x32!.nudge.contacts.v1.ConsentPurposeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nudge.tracking.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGEOPENED']._serialized_start=53
-  _globals['_MESSAGEOPENED']._serialized_end=150
-  _globals['_LINKCLICKED']._serialized_start=152
-  _globals['_LINKCLICKED']._serialized_end=238
-  _globals['_UNSUBSCRIBEREQUESTED']._serialized_start=240
-  _globals['_UNSUBSCRIBEREQUESTED']._serialized_end=321
+  _globals['_MESSAGEOPENED']._serialized_start=87
+  _globals['_MESSAGEOPENED']._serialized_end=208
+  _globals['_LINKCLICKED']._serialized_start=211
+  _globals['_LINKCLICKED']._serialized_end=364
+  _globals['_UNSUBSCRIBEREQUESTED']._serialized_start=366
+  _globals['_UNSUBSCRIBEREQUESTED']._serialized_end=447
+  _globals['_PREFERENCESCHANGED']._serialized_start=450
+  _globals['_PREFERENCESCHANGED']._serialized_end=622
 # @@protoc_insertion_point(module_scope)

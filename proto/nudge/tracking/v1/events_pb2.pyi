@@ -3,8 +3,11 @@
 isort:skip_file
 Events on tracking.events.v1, keyed by contact id. Tracking is HTTP only (signed links)."""
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from nudge.contacts.v1 import contacts_pb2 as _contacts_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,11 +27,16 @@ class MessageOpened(_message.Message):
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     USER_AGENT_FIELD_NUMBER: _builtins.int
     MACHINE_OPEN_FIELD_NUMBER: _builtins.int
+    MACHINE_REASON_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     contact_id: _builtins.str
     user_agent: _builtins.str
     machine_open: _builtins.bool
     """Mail-privacy proxies and scanners open everything; their opens are flagged apart."""
+    machine_reason: _builtins.str
+    """Which rule flagged it (docs/tracking.md): "apple_mpp", "prefetch_proxy", "too_soon",
+    "scanner_user_agent", "scanner_network", ...; empty for a human open.
+    """
     def __init__(
         self,
         *,
@@ -36,10 +44,11 @@ class MessageOpened(_message.Message):
         contact_id: _builtins.str = ...,
         user_agent: _builtins.str = ...,
         machine_open: _builtins.bool = ...,
+        machine_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "machine_open", b"machine_open", "message_id", b"message_id", "user_agent", b"user_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "machine_open", b"machine_open", "machine_reason", b"machine_reason", "message_id", b"message_id", "user_agent", b"user_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -53,10 +62,18 @@ class LinkClicked(_message.Message):
     CONTACT_ID_FIELD_NUMBER: _builtins.int
     URL_FIELD_NUMBER: _builtins.int
     USER_AGENT_FIELD_NUMBER: _builtins.int
+    MACHINE_CLICK_FIELD_NUMBER: _builtins.int
+    MACHINE_REASON_FIELD_NUMBER: _builtins.int
+    LINK_INDEX_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     contact_id: _builtins.str
     url: _builtins.str
     user_agent: _builtins.str
+    machine_click: _builtins.bool
+    """Link scanners click every link, or click within seconds of delivery."""
+    machine_reason: _builtins.str
+    link_index: _builtins.int
+    """the link's position in the mail, from 0"""
     def __init__(
         self,
         *,
@@ -64,10 +81,13 @@ class LinkClicked(_message.Message):
         contact_id: _builtins.str = ...,
         url: _builtins.str = ...,
         user_agent: _builtins.str = ...,
+        machine_click: _builtins.bool = ...,
+        machine_reason: _builtins.str = ...,
+        link_index: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "message_id", b"message_id", "url", b"url", "user_agent", b"user_agent"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "link_index", b"link_index", "machine_click", b"machine_click", "machine_reason", b"machine_reason", "message_id", b"message_id", "url", b"url", "user_agent", b"user_agent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -98,3 +118,35 @@ class UnsubscribeRequested(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnsubscribeRequested: _TypeAlias = UnsubscribeRequested  # noqa: Y015
+
+@_typing.final
+class PreferencesChanged(_message.Message):
+    """Switches changed on the preference page."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    SUBSCRIBED_FIELD_NUMBER: _builtins.int
+    UNSUBSCRIBED_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    contact_id: _builtins.str
+    @_builtins.property
+    def subscribed(self) -> _containers.RepeatedScalarFieldContainer[_contacts_pb2.ConsentPurpose.ValueType]: ...
+    @_builtins.property
+    def unsubscribed(self) -> _containers.RepeatedScalarFieldContainer[_contacts_pb2.ConsentPurpose.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        subscribed: _abc.Iterable[_contacts_pb2.ConsentPurpose.ValueType] | None = ...,
+        unsubscribed: _abc.Iterable[_contacts_pb2.ConsentPurpose.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "message_id", b"message_id", "subscribed", b"subscribed", "unsubscribed", b"unsubscribed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreferencesChanged: _TypeAlias = PreferencesChanged  # noqa: Y015
