@@ -672,6 +672,76 @@ class CheckEligibilityResponse(_message.Message):
 Global___CheckEligibilityResponse: _TypeAlias = CheckEligibilityResponse  # noqa: Y015
 
 @_typing.final
+class CheckEligibilityBatchRequest(_message.Message):
+    """Up to 1,000 checks in one call (delivery asks once per batch of mail). Answers come in the
+    order of the checks; a contact that does not exist answers found = false.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckEligibilityRequest]: ...
+    def __init__(
+        self,
+        *,
+        checks: _abc.Iterable[Global___CheckEligibilityRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckEligibilityBatchRequest: _TypeAlias = CheckEligibilityBatchRequest  # noqa: Y015
+
+@_typing.final
+class EligibilityAnswer(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    FOUND_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    found: _builtins.bool
+    @_builtins.property
+    def eligibility(self) -> Global___CheckEligibilityResponse: ...
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        found: _builtins.bool = ...,
+        eligibility: Global___CheckEligibilityResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["eligibility", b"eligibility"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "eligibility", b"eligibility", "found", b"found"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EligibilityAnswer: _TypeAlias = EligibilityAnswer  # noqa: Y015
+
+@_typing.final
+class CheckEligibilityBatchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ANSWERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def answers(self) -> _containers.RepeatedCompositeFieldContainer[Global___EligibilityAnswer]: ...
+    def __init__(
+        self,
+        *,
+        answers: _abc.Iterable[Global___EligibilityAnswer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answers", b"answers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckEligibilityBatchResponse: _TypeAlias = CheckEligibilityBatchResponse  # noqa: Y015
+
+@_typing.final
 class ContactFilter(_message.Message):
     """---------------------------------------------------------------- contacts and tags
 

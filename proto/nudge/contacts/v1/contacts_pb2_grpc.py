@@ -546,6 +546,11 @@ class ConsentServiceStub:
                 request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityRequest.SerializeToString,
                 response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityResponse.FromString,
                 _registered_method=True)
+        self.CheckEligibilityBatch = channel.unary_unary(
+                '/nudge.contacts.v1.ConsentService/CheckEligibilityBatch',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityBatchRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityBatchResponse.FromString,
+                _registered_method=True)
         self.GetConsentHistory = channel.unary_unary(
                 '/nudge.contacts.v1.ConsentService/GetConsentHistory',
                 request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.GetConsentHistoryRequest.SerializeToString,
@@ -600,6 +605,12 @@ class ConsentServiceServicer:
     def CheckEligibility(self, request, context):
         """Consent and suppression in one answer, asked by campaigns and by delivery just before SMTP.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckEligibilityBatch(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -665,6 +676,11 @@ def add_ConsentServiceServicer_to_server(servicer, server):
                     servicer.CheckEligibility,
                     request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityRequest.FromString,
                     response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityResponse.SerializeToString,
+            ),
+            'CheckEligibilityBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckEligibilityBatch,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityBatchRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityBatchResponse.SerializeToString,
             ),
             'GetConsentHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetConsentHistory,
@@ -761,6 +777,33 @@ class ConsentService:
             '/nudge.contacts.v1.ConsentService/CheckEligibility',
             nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityRequest.SerializeToString,
             nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckEligibilityBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ConsentService/CheckEligibilityBatch',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityBatchRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.CheckEligibilityBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

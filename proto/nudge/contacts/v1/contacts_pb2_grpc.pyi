@@ -148,6 +148,7 @@ class ConsentServiceStub:
     RecordConsent: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.RecordConsentRequest, _contacts_pb2.RecordConsentResponse]
     CheckEligibility: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CheckEligibilityRequest, _contacts_pb2.CheckEligibilityResponse]
     """Consent and suppression in one answer, asked by campaigns and by delivery just before SMTP."""
+    CheckEligibilityBatch: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CheckEligibilityBatchRequest, _contacts_pb2.CheckEligibilityBatchResponse]
     GetConsentHistory: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.GetConsentHistoryRequest, _contacts_pb2.GetConsentHistoryResponse]
     CountEligible: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CountEligibleRequest, _contacts_pb2.CountEligibleResponse]
     AddSuppression: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.AddSuppressionRequest, _contacts_pb2.AddSuppressionResponse]
@@ -164,6 +165,7 @@ class ConsentServiceAsyncStub(ConsentServiceStub):
     RecordConsent: _aio.UnaryUnaryMultiCallable[_contacts_pb2.RecordConsentRequest, _contacts_pb2.RecordConsentResponse]  # type: ignore[assignment]
     CheckEligibility: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CheckEligibilityRequest, _contacts_pb2.CheckEligibilityResponse]  # type: ignore[assignment]
     """Consent and suppression in one answer, asked by campaigns and by delivery just before SMTP."""
+    CheckEligibilityBatch: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CheckEligibilityBatchRequest, _contacts_pb2.CheckEligibilityBatchResponse]  # type: ignore[assignment]
     GetConsentHistory: _aio.UnaryUnaryMultiCallable[_contacts_pb2.GetConsentHistoryRequest, _contacts_pb2.GetConsentHistoryResponse]  # type: ignore[assignment]
     CountEligible: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CountEligibleRequest, _contacts_pb2.CountEligibleResponse]  # type: ignore[assignment]
     AddSuppression: _aio.UnaryUnaryMultiCallable[_contacts_pb2.AddSuppressionRequest, _contacts_pb2.AddSuppressionResponse]  # type: ignore[assignment]
@@ -189,6 +191,13 @@ class ConsentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_contacts_pb2.CheckEligibilityResponse, _abc.Awaitable[_contacts_pb2.CheckEligibilityResponse]]:
         """Consent and suppression in one answer, asked by campaigns and by delivery just before SMTP."""
+
+    @_abc_1.abstractmethod
+    def CheckEligibilityBatch(
+        self,
+        request: _contacts_pb2.CheckEligibilityBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.CheckEligibilityBatchResponse, _abc.Awaitable[_contacts_pb2.CheckEligibilityBatchResponse]]: ...
 
     @_abc_1.abstractmethod
     def GetConsentHistory(
