@@ -31,6 +31,7 @@ from services.gateway.entrypoints import (
     campaigns,
     consent,
     contacts,
+    dkim,
     events,
     health,
     imports,
@@ -58,6 +59,7 @@ TAGS = [
     {"name": "segments", "description": "Built-in and custom segments."},
     {"name": "campaigns", "description": "Targeted messages to segments."},
     {"name": "messages", "description": "Delivery status of single messages."},
+    {"name": "dkim", "description": "DKIM keys of the workspace's sending domains."},
     {"name": "api-keys", "description": "The workspace's API keys: create, revoke, rotate."},
     {"name": "health", "description": "Dependency checks."},
 ]
@@ -93,7 +95,18 @@ def create_app(
     )
     app.state.settings = settings
     # imports first: /v1/contacts/imports must not be taken for a contact id.
-    routers = (imports, contacts, privacy, consent, events, segments, campaigns, messages, keys)
+    routers = (
+        imports,
+        contacts,
+        privacy,
+        consent,
+        events,
+        segments,
+        campaigns,
+        messages,
+        dkim,
+        keys,
+    )
     for module in (*routers, health):
         app.include_router(module.router)
     app.include_router(contacts.attributes_router)

@@ -923,7 +923,17 @@ class CampaignList(ResponseModel):
 
 # --- messages -----------------------------------------------------------------------------
 
-MessageStatus = Literal["claimed", "sent", "skipped", "bounced", "failed", "unspecified"]
+MessageStatus = Literal[
+    "queued",
+    "claimed",
+    "sent",
+    "skipped",
+    "bounced",
+    "deferred",
+    "failed",
+    "unknown",
+    "unspecified",
+]
 
 
 class MessageStatusOut(ResponseModel):
