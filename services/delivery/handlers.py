@@ -42,6 +42,7 @@ from nudge.delivery.v1 import delivery_pb2, events_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import clock, links
+from services.common.consumer import is_dependency_outage
 from services.common.errors import (
     FieldViolation,
     InvalidArgument,
@@ -520,15 +521,20 @@ async def deliver_due(deps: Deps) -> int:
 async def _write_outcome(
     deps: Deps, message_id: str, write: Callable[[asyncpg.Connection], Awaitable[None]]
 ) -> None:
-    """Run ``write`` in a transaction until PostgreSQL takes it: after the hand-off the
-    outcome must not be lost (its event id is deterministic, so a retry is harmless)."""
+    """Run ``write`` in a transaction until PostgreSQL takes it (while it is away: any
+    dependency outage): after the hand-off the outcome must not be lost (its event id is
+    deterministic, so a retry is harmless)."""
     delay = 0.1
     while True:
         try:
             async with deps.pool.acquire() as conn, conn.transaction():
                 await write(conn)
             return
-        except (asyncpg.PostgresError, OSError, asyncpg.InterfaceError) as err:
+        except Exception as err:
+            if not is_dependency_outage(err):
+                # The write itself is wrong (a bug, invalid data): retrying cannot help. The
+                # row stays CLAIMED and the sweeper reports the message UNKNOWN.
+                raise
             log.warning(
                 "message %s: outcome not recorded (%r); retrying in %.1fs", message_id, err, delay
             )

@@ -246,7 +246,13 @@ async def test_healthz_reports_every_dependency_and_the_broker(system: System) -
     }
     assert all(check["ok"] for check in checks.values())
     # Each service's own dependencies, as it reports them.
-    assert set(checks["delivery"]["dependencies"]) == {"postgres", "redis", "kafka", "smtp"}
+    assert set(checks["delivery"]["dependencies"]) == {
+        "postgres",
+        "redis",
+        "kafka",
+        "smtp",
+        "smtp_sending",  # delivery's own verdict: down while a session error pauses sending
+    }
     assert all(dep["ok"] for check in checks.values() for dep in check["dependencies"].values())
     assert checks["tracking"]["dependencies"]["kafka"]["kind"] == system.env["NUDGE_KAFKA_KIND"]
 
