@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 PREFIX = "dependency."
 # Every dependency a Nudge service may report, in the order the gateway shows them.
-KNOWN = ("postgres", "redis", "kafka", "smtp")
+# smtp_sending: delivery's own verdict (down while a session error pauses sending).
+KNOWN = ("postgres", "redis", "kafka", "smtp", "smtp_sending")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,16 +1,19 @@
 """The composition root of the delivery service: the delivery.requests.v1 consumer, the
-outbox relay for delivery.events.v1, and the gRPC server."""
+retry loop (deferred mail, transactional mail reported UNKNOWN), the sweeper of stale
+claims, the outbox relay for delivery.events.v1, and the gRPC server."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 
 import redis.asyncio as aioredis
 from aiokafka import ConsumerRecord
-from nudge.delivery.v1 import delivery_pb2_grpc
+from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.privacy.v1 import privacy_pb2_grpc
 
@@ -37,8 +40,9 @@ from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS
 from services.delivery import handlers, privacy
 from services.delivery.adapters.contacts import EligibilityClient
 from services.delivery.adapters.postgres import SCHEMA
-from services.delivery.adapters.smtp import SmtpSender, SmtpTarget
+from services.delivery.adapters.smtp import SmtpSender, SmtpTarget, probe_session
 from services.delivery.config import Settings
+from services.delivery.domain.ledger import RetryPolicy
 from services.delivery.entrypoints.grpc import DeliveryServicer
 
 log = logging.getLogger(__name__)
@@ -56,13 +60,25 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)
     service.push(contacts.close)
+    smtp_target = SmtpTarget.from_url(settings.smtp_url)
     deps = handlers.Deps(
         pool=pool,
         eligibility=EligibilityClient(contacts, settings.internal_token),
-        smtp=SmtpSender(SmtpTarget.from_url(settings.smtp_url), settings.smtp_timeout_s),
+        smtp=SmtpSender(smtp_target, settings.smtp_timeout_s),
         from_address=settings.from_address,
         tracking_url=settings.tracking_url,
         link_secret=settings.link_secret,
+        retry=RetryPolicy(
+            max_attempts=settings.retry_max_attempts,
+            max_age=timedelta(seconds=settings.retry_max_age_s),
+            base_delay=timedelta(seconds=settings.retry_base_delay_s),
+            max_delay=timedelta(seconds=settings.retry_max_delay_s),
+        ),
+        resend_kinds=frozenset(RESEND_KINDS[kind] for kind in settings.resend_kinds),
+        lease=timedelta(seconds=settings.sweep_after_s),
+        probe=functools.partial(
+            probe_session, smtp_target, settings.smtp_timeout_s, settings.from_address
+        ),
     )
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,
@@ -76,19 +92,36 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     async def on_request(envelope: Envelope, record: ConsumerRecord) -> None:
         await handlers.deliver(deps, envelope)
 
-    # One request at a time: a crash leaves every request in flight CLAIMED in the ledger,
-    # which is never retried (at most once), so more concurrency means more lost mails per
-    # crash until delivery recovers stale claims.
+    # Concurrent across contacts (the record key), in order within one. A crash leaves the
+    # requests in flight CLAIMED: the sweeper reports them UNKNOWN (never silently lost).
+    # A session error is an outage to the loop: it backs off up to pause_max_backoff_s.
     consumer = KafkaConsumerLoop(
         settings.kafka_bootstrap_servers,
         CONSUMER_GROUP,
         [DELIVERY_REQUESTS],
         on_request,
-        concurrency=1,
+        concurrency=settings.concurrency,
+        max_in_flight=max(1000, settings.concurrency * 4),
+        max_backoff_s=settings.pause_max_backoff_s,
     )
     service.push(consumer.stop)
     await consumer.start()
     service.spawn(consumer.run(), "delivery-consumer")
+    service.spawn(
+        periodically(
+            lambda: handlers.deliver_due(deps), settings.retry_poll_interval_s, "retry loop"
+        ),
+        "delivery-retries",
+    )
+    stale_after = timedelta(seconds=settings.sweep_after_s)
+    service.spawn(
+        periodically(
+            lambda: handlers.sweep_stale_claims(deps, stale_after),
+            settings.sweep_interval_s,
+            "claim sweeper",
+        ),
+        "delivery-claim-sweeper",
+    )
     # Erasure follows ContactErased (docs/privacy.md), in a group of its own: a backlog of
     # mail never holds up an erasure, nor an erasure the mail.
     erasures = KafkaConsumerLoop(
@@ -126,9 +159,31 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             "redis": redis_check(redis),
             "kafka": kafka_check(probe),
             "smtp": smtp_check(settings.smtp_url, settings.dependency_timeout_s),
+            # Down while a session or configuration error pauses sending (it says why).
+            "smtp_sending": deps.sending.check,
         },
     )
     log.info("delivery consuming %s", DELIVERY_REQUESTS)
+
+
+RESEND_KINDS = {
+    "transactional": delivery_pb2.MESSAGE_KIND_TRANSACTIONAL,
+    "campaign": delivery_pb2.MESSAGE_KIND_CAMPAIGN,
+    "automation": delivery_pb2.MESSAGE_KIND_AUTOMATION,
+}
+
+
+async def periodically(work: Callable[[], Awaitable[int]], interval_s: float, name: str) -> None:
+    """Run ``work`` again at once while it finds something, else after ``interval_s``; a
+    failure (the database away) is logged and the next round tries again."""
+    while True:
+        try:
+            found = await work()
+        except Exception:
+            log.exception("%s: round failed; trying again in %.1fs", name, interval_s)
+            found = 0
+        if not found:
+            await asyncio.sleep(interval_s)
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -1,6 +1,8 @@
 """Settings of the delivery service (env prefix ``DELIVERY_``)."""
 
-from pydantic import AliasChoices, Field
+from __future__ import annotations
+
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import (
@@ -25,3 +27,42 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
         "dev-link-secret", validation_alias=AliasChoices("NUDGE_LINK_SECRET"), repr=False
     )
     smtp_timeout_s: float = 30.0
+
+    # Requests handled at once, across contacts; one contact's requests stay in order.
+    concurrency: int = Field(64, ge=1, le=1024)
+    # Deferred mail (4xx, a connection broken before the data): tried again with exponential
+    # backoff and jitter, from retry_base_delay_s up to retry_max_delay_s, at most
+    # retry_max_attempts attempts in all and never after retry_max_age_s; then FAILED.
+    retry_max_attempts: int = Field(8, ge=1)
+    retry_max_age_s: float = Field(2 * 24 * 3600.0, gt=0)
+    retry_base_delay_s: float = Field(60.0, gt=0)
+    retry_max_delay_s: float = Field(3600.0, gt=0)
+    retry_poll_interval_s: float = Field(1.0, gt=0)
+    # A message CLAIMED for longer than this (a crash between the claim and the server's
+    # answer) is reported UNKNOWN by the sweeper. Never less than 6 x smtp_timeout_s in
+    # effect (sweep_after_s: connect, EHLO, MAIL, RCPT, DATA and its answer may each take
+    # up to the timeout): a claim that old cannot still be waiting for its answer.
+    claim_timeout_s: float = Field(300.0, gt=0)
+    sweep_interval_s: float = Field(5.0, gt=0)
+    # Which kinds of mail left UNKNOWN are sent again, with the same Message-ID: a duplicate
+    # receipt is harmless, a missing password reset is not. Campaign and automation mail is
+    # never sent twice (comma-separated: transactional, campaign, automation).
+    resend_unknown_kinds: str = "transactional"
+    # After a session or configuration error (login, sender or TLS refused, relay away),
+    # the consumer pauses; the paused request is tried again with backoff up to this.
+    pause_max_backoff_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _known_kinds(self) -> Settings:
+        kinds = {k.strip() for k in self.resend_unknown_kinds.split(",") if k.strip()}
+        if not kinds <= {"transactional", "campaign", "automation"}:
+            raise ValueError("resend_unknown_kinds: transactional, campaign, automation")
+        return self
+
+    @property
+    def sweep_after_s(self) -> float:
+        return max(self.claim_timeout_s, self.smtp_timeout_s * 6)
+
+    @property
+    def resend_kinds(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.resend_unknown_kinds.split(",") if k.strip())

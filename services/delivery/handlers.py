@@ -1,36 +1,62 @@
 """Delivery: check eligibility, claim the message id, hand over to SMTP, record the outcome.
 
 The order matters. Eligibility is asked first because asking has no side effect. The claim
-(a unique row per message id) comes before the SMTP hand-off, so a redelivered request or a
-second worker never mails twice; the outcome and its event commit together afterwards. A
-crash between the claim and the outcome leaves the row CLAIMED: that message is not retried
-(at most once), and the Message-ID header lets the relay drop a duplicate if one ever slips.
+(a unique row per message id, with its MessageQueued event) comes before the SMTP hand-off,
+so a redelivered request or a second worker never mails twice; the outcome and its event
+commit together afterwards, retried in place until PostgreSQL takes them (deterministic
+event ids: a retry never publishes twice).
+
+What an answer means is decided in ``domain/ledger.py`` (:func:`classify`); here it is done:
+
+- bounced: recorded, with MessageBounced (``source="smtp"``, the enhanced status code);
+  contacts suppresses the address of a hard bounce.
+- deferred: the request is kept in ``pending_sends`` with a ``due_at`` (backoff with jitter)
+  and MessageDeferred is published; the Kafka record is finished, so its partition moves
+  on. :func:`deliver_due` (the retry loop) hands it over again; out of attempts or too old,
+  it is FAILED (MessageFailed).
+- paused (login, sender or TLS refused, relay unreachable): no message is to blame. The
+  claim is given back (QUEUED), :class:`SendingGate` says why (health ``smtp_sending``) and
+  :class:`SendingPaused` (an outage to the consumer loop) stops the consumer from starting
+  new requests while this one is retried with backoff.
+- unknown (the data went out, no answer came), or a claim left by a crash and found by
+  :func:`sweep_stale_claims`: MessageUnknown. Transactional mail is sent again with the same
+  Message-ID (``resend_kinds``); campaign and automation mail never is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.policy
 import logging
 import uuid
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime, formataddr
+from typing import Protocol
 
-import aiosmtplib
 import asyncpg
+from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2, events_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import clock, links
-from services.common.errors import FieldViolation, InvalidArgument, NotFound, Validator
+from services.common.consumer import is_dependency_outage
+from services.common.errors import (
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+    Validator,
+)
 from services.common.events import deterministic_id, new_envelope
 from services.common.ids import is_uuid
 from services.common.outbox import add_to_outbox
 from services.common.topics import DELIVERY_EVENTS, DELIVERY_REQUESTS
 from services.delivery.adapters import postgres as db
-from services.delivery.adapters.contacts import EligibilityClient
-from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpSender
-from services.delivery.domain.ledger import Status, smtp_failure_is_permanent
+from services.delivery.adapters.smtp import failure_of
+from services.delivery.domain.ledger import Kind, Outcome, RetryPolicy, Status, classify, retry_plan
 from services.delivery.domain.rendering import MailLinks, Rendered, RenderError, render
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
 
@@ -39,20 +65,94 @@ log = logging.getLogger(__name__)
 # CRLF line ends, and headers folded only past RFC 5322's hard limit: the default policy folds
 # at 78 and RFC 2047-encodes an unbreakable URL (List-Unsubscribe), which clients cannot use.
 MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
+RETRY_BATCH = 100  # due requests taken per round of the retry loop
+SWEEP_BATCH = 500
+OUTCOME_MAX_BACKOFF_S = 5.0
+
+
+class Eligibility(Protocol):
+    """Contacts' answer just before the hand-off (adapters/contacts.py, or a batching one)."""
+
+    async def check(
+        self, workspace_id: str, contact_id: str, purpose: int
+    ) -> contacts_pb2.CheckEligibilityResponse | None: ...
+
+
+class Sender(Protocol):
+    """The SMTP hand-off (adapters/smtp.py ``SmtpSender``, or a pooled one): returns the
+    server's reply, raises aiosmtplib's errors or ``AmbiguousHandoff``."""
+
+    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str: ...
+
+
+class SendingPaused(Unavailable):
+    """Sending is paused by a session or configuration error; to the consumer loop an
+    outage: it retries the request with backoff and starts no new one meanwhile."""
+
+
+@dataclass
+class SendingGate:
+    """Whether SMTP sending works, for health (``smtp_sending``) and the retry loop."""
+
+    reason: str = ""
+    since: datetime | None = None
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.reason)
+
+    def pause(self, reason: str) -> None:
+        if not self.paused:
+            log.error("SMTP sending paused: %s", reason)
+            self.since = clock.now()
+        self.reason = reason
+
+    def resume(self) -> None:
+        if self.paused:
+            log.info("SMTP sending resumed (paused since %s)", self.since)
+        self.reason = ""
+        self.since = None
+
+    async def check(self) -> None:
+        """The health check: raises while paused, saying why."""
+        if self.paused:
+            raise RuntimeError(f"sending paused since {self.since}: {self.reason}")
 
 
 @dataclass
 class Deps:
     pool: asyncpg.Pool
-    eligibility: EligibilityClient
-    smtp: SmtpSender
+    eligibility: Eligibility
+    smtp: Sender
     from_address: str
     tracking_url: str
     link_secret: str
+    retry: RetryPolicy = field(
+        default_factory=lambda: RetryPolicy(
+            max_attempts=8,
+            max_age=timedelta(days=2),
+            base_delay=timedelta(minutes=1),
+            max_delay=timedelta(hours=1),
+        )
+    )
+    # MessageKind values whose UNKNOWN messages are sent again (settings.resend_unknown_kinds).
+    resend_kinds: frozenset[int] = frozenset({delivery_pb2.MESSAGE_KIND_TRANSACTIONAL})
+    sending: SendingGate = field(default_factory=SendingGate)
+    # How long a lease on a due request lasts (the sweeper's timeout: a crash mid-send).
+    lease: timedelta = timedelta(minutes=5)
+    # While sending is paused: opens a session without a message (adapters/smtp.py
+    # probe_session), so that no claim is taken until the session works again.
+    probe: Callable[[], Awaitable[None]] | None = None
 
 
 async def deliver(deps: Deps, envelope: Envelope) -> None:
     """Handle one DeliveryRequested from delivery.requests.v1 (at-least-once, idempotent)."""
+    await _deliver(deps, envelope, reclaimable=(Status.QUEUED,))
+
+
+async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) -> None:
+    """One attempt at a request: from Kafka, or from ``pending_sends`` (``reclaimable``
+    then includes DEFERRED and UNKNOWN)."""
     if envelope.WhichOneof("payload") != "delivery_requested":
         return
     request = envelope.delivery_requested
@@ -63,12 +163,14 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
 
     if not is_actionable(request.purpose, request.kind):
         # No retry can fix it; a request that is never finished would block its partition.
-        await _finish_unsent(deps, envelope, Status.FAILED, "invalid request: purpose or kind")
+        await _finish_unsent(
+            deps, envelope, Status.FAILED, "invalid request: purpose or kind", reclaimable
+        )
         return
     facts = await deps.eligibility.check(workspace_id, request.contact_id, request.purpose)
     if facts is None or not facts.eligible:
         reason = "contact_not_found" if facts is None else facts.reason
-        await _finish_unsent(deps, envelope, Status.SKIPPED, reason)
+        await _finish_unsent(deps, envelope, Status.SKIPPED, reason, reclaimable)
         return
     context: dict[str, object] = {
         "contact": {
@@ -89,23 +191,13 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
             mail_links(deps, workspace_id, request),
         )
     except RenderError as err:
-        await _finish_unsent(deps, envelope, Status.FAILED, f"template: {err}")
+        await _finish_unsent(deps, envelope, Status.FAILED, f"template: {err}", reclaimable)
         return
 
-    now = clock.now()
-    async with deps.pool.acquire() as conn:
-        claimed = await db.claim(
-            conn,
-            request.message_id,
-            workspace_id,
-            request.contact_id,
-            request.kind,
-            request.campaign_id,
-            request.workflow_id,
-            now,
-        )
-    if not claimed:
-        log.info("message %s already claimed; not sending it again", request.message_id)
+    if deps.sending.paused:
+        await _probe(deps)
+    taken = await _claim(deps, envelope, reclaimable)
+    if taken is None:
         return
 
     message = build_email(
@@ -126,24 +218,328 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
     try:
         reply = await deps.smtp.send(message, deps.from_address, facts.email)
-    except AmbiguousHandoff as err:
-        # Like a crash between the claim and the answer: the row stays CLAIMED, never retried.
-        log.warning("message %s: unknown SMTP outcome, not retried: %s", request.message_id, err)
-        async with deps.pool.acquire() as conn:
-            await db.set_status(
-                conn, request.message_id, Status.CLAIMED, f"unknown outcome: {err}", clock.now()
-            )
+    except Exception as err:
+        failure = failure_of(err)
+        if failure is None:
+            raise  # a bug: the claim stays, and the sweeper reports the message UNKNOWN
+        outcome = classify(failure.stage, failure.code, failure.text)
+        await _after_failure(deps, envelope, taken, outcome, reclaimable)
         return
-    except aiosmtplib.SMTPResponseException as err:
-        if smtp_failure_is_permanent(err.code):
-            await _record(deps, envelope, Status.BOUNCED, f"{err.code} {err.message}")
+    deps.sending.resume()
+    await _write_outcome(
+        deps,
+        request.message_id,
+        lambda conn: _record_in(conn, envelope, Status.SENT, reply, drop_pending=taken.pending),
+    )
+
+
+async def _probe(deps: Deps) -> None:
+    """While paused, try a session before claiming: a claim taken now could be left behind
+    by a shutdown (an operator restarting with a fixed configuration) mid-attempt, and a
+    claim left behind is never sent again. Raises :class:`SendingPaused` while it fails."""
+    if deps.probe is None:
+        return
+    try:
+        await deps.probe()
+    except Exception as err:
+        failure = failure_of(err)
+        if failure is None:
+            raise
+        outcome = classify(failure.stage, failure.code, failure.text)
+        deps.sending.pause(outcome.reason)
+        raise SendingPaused(outcome.reason) from err
+    deps.sending.resume()
+
+
+@dataclass(frozen=True)
+class _Taken:
+    claim: db.Claim
+    pending: bool  # a pending_sends row exists for the message
+
+
+async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) -> _Taken | None:
+    """Claim the message; on the first claim publish MessageQueued and, for a kind that is
+    resent when UNKNOWN, keep the request (all in one transaction)."""
+    request = envelope.delivery_requested
+    now = clock.now()
+    retrying = Status.DEFERRED in reclaimable
+    async with deps.pool.acquire() as conn, conn.transaction():
+        taken = await db.claim(
+            conn,
+            request.message_id,
+            envelope.workspace_id,
+            request.contact_id,
+            request.kind,
+            request.campaign_id,
+            request.workflow_id,
+            now,
+            reclaimable,
+        )
+        if taken is None:
+            if retrying and await db.status_of(conn, request.message_id) != Status.CLAIMED:
+                # Finished meanwhile (a redelivered request): nothing left to retry. A CLAIMED
+                # one is the sweeper's to report.
+                await db.drop_pending(conn, request.message_id)
+            log.info("message %s already claimed; not sending it again", request.message_id)
+            return None
+        keep = request.kind in deps.resend_kinds
+        if taken.new:
+            await _publish(
+                conn,
+                envelope,
+                events_pb2.MessageQueued(
+                    message_id=request.message_id,
+                    contact_id=request.contact_id,
+                    kind=request.kind,
+                    campaign_id=request.campaign_id,
+                    workflow_id=request.workflow_id,
+                ),
+                deterministic_id("delivery-queued", request.message_id),
+            )
+            if keep:
+                await db.save_pending(
+                    conn,
+                    request.message_id,
+                    envelope.workspace_id,
+                    request.contact_id,
+                    None,
+                    now,
+                    envelope.SerializeToString(),
+                )
+    return _Taken(taken, pending=keep or retrying)
+
+
+async def _after_failure(
+    deps: Deps,
+    envelope: Envelope,
+    taken: _Taken,
+    outcome: Outcome,
+    reclaimable: Sequence[Status],
+) -> None:
+    request = envelope.delivery_requested
+    message_id = request.message_id
+    if outcome.kind is Kind.PAUSED:
+        deps.sending.pause(outcome.reason)
+        retrying = Status.DEFERRED in reclaimable
+        back = Status.DEFERRED if retrying else Status.QUEUED
+
+        async def give_back(conn: asyncpg.Connection) -> None:
+            await db.release_claim(conn, message_id, back, f"paused: {outcome.reason}", clock.now())
+            if retrying:
+                await db.set_due(conn, message_id, clock.now() + deps.retry.base_delay)
+
+        await _write_outcome(deps, message_id, give_back)
+        raise SendingPaused(outcome.reason)
+    deps.sending.resume()  # the server answered about this message: the session works
+    if outcome.kind is Kind.BOUNCED:
+        log.info("message %s bounced: %s", message_id, outcome.reason)
+        await _write_outcome(
+            deps,
+            message_id,
+            lambda conn: _record_in(
+                conn, envelope, Status.BOUNCED, outcome.reason, outcome, drop_pending=taken.pending
+            ),
+        )
+    elif outcome.kind is Kind.DEFERRED:
+        await _write_outcome(
+            deps, message_id, lambda conn: _defer_in(conn, deps, envelope, taken, outcome)
+        )
+    else:
+        log.warning("message %s: unknown SMTP outcome: %s", message_id, outcome.reason)
+
+        async def unknown(conn: asyncpg.Connection) -> None:
+            await _report_unknown_in(
+                conn,
+                deps,
+                envelope.workspace_id,
+                _Unknown.of(request, taken.claim.attempts),
+                f"no answer to the data: {outcome.reason}",
+            )
+
+        await _write_outcome(deps, message_id, unknown)
+
+
+async def _defer_in(
+    conn: asyncpg.Connection, deps: Deps, envelope: Envelope, taken: _Taken, outcome: Outcome
+) -> None:
+    request = envelope.delivery_requested
+    now = clock.now()
+    attempts = taken.claim.attempts
+    due = retry_plan(attempts, taken.claim.first_claimed_at, now, deps.retry)
+    if due is None:
+        reason = f"gave up after {attempts} attempt(s): {outcome.reason}"
+        await _record_in(
+            conn, envelope, Status.FAILED, reason, attempts=attempts, drop_pending=True
+        )
+        return
+    await db.set_status(conn, request.message_id, Status.DEFERRED, outcome.reason, now)
+    await db.save_pending(
+        conn,
+        request.message_id,
+        envelope.workspace_id,
+        request.contact_id,
+        due,
+        taken.claim.first_claimed_at,
+        envelope.SerializeToString(),
+    )
+    event = events_pb2.MessageDeferred(
+        message_id=request.message_id,
+        contact_id=request.contact_id,
+        attempt=attempts,
+        smtp_response=outcome.reason,
+        campaign_id=request.campaign_id,
+        workflow_id=request.workflow_id,
+    )
+    event.next_attempt_at.FromDatetime(due)
+    await _publish(
+        conn,
+        envelope,
+        event,
+        deterministic_id("delivery-deferred", request.message_id, str(attempts)),
+    )
+
+
+@dataclass(frozen=True)
+class _Unknown:
+    message_id: str
+    contact_id: str
+    kind: int
+    campaign_id: str
+    workflow_id: str
+    attempts: int
+
+    @classmethod
+    def of(cls, request: delivery_pb2.DeliveryRequested, attempts: int) -> _Unknown:
+        return cls(
+            request.message_id,
+            request.contact_id,
+            request.kind,
+            request.campaign_id,
+            request.workflow_id,
+            attempts,
+        )
+
+
+async def _report_unknown_in(
+    conn: asyncpg.Connection, deps: Deps, workspace_id: str, message: _Unknown, reason: str
+) -> None:
+    """Mark the message UNKNOWN with MessageUnknown; a kind in ``resend_kinds`` is due
+    again at once (the same Message-ID), unless out of attempts."""
+    now = clock.now()
+    resend = (
+        message.kind in deps.resend_kinds
+        and message.attempts < deps.retry.max_attempts
+        and await db.set_due(conn, message.message_id, now)
+    )
+    if not resend:
+        await db.drop_pending(conn, message.message_id)
+    await db.set_status(conn, message.message_id, Status.UNKNOWN, reason, now)
+    await add_to_outbox(
+        conn,
+        db.SCHEMA,
+        DELIVERY_EVENTS,
+        message.contact_id,
+        new_envelope(
+            workspace_id,
+            events_pb2.MessageUnknown(
+                message_id=message.message_id,
+                contact_id=message.contact_id,
+                kind=message.kind,  # type: ignore[arg-type]
+                reason=reason[:1000],
+                resent=resend,
+                campaign_id=message.campaign_id,
+                workflow_id=message.workflow_id,
+            ),
+            event_id=deterministic_id(
+                "delivery-unknown", message.message_id, str(message.attempts)
+            ),
+        ),
+    )
+
+
+async def sweep_stale_claims(deps: Deps, older_than: timedelta) -> int:
+    """Report every message CLAIMED for longer than ``older_than`` (a crash between the
+    claim and the server's answer) as UNKNOWN; returns how many. Safe to run on every
+    replica at once (FOR UPDATE SKIP LOCKED)."""
+    reported = 0
+    while True:
+        async with deps.pool.acquire() as conn, conn.transaction():
+            rows = await db.stale_claims(conn, clock.now() - older_than, SWEEP_BATCH)
+            for row in rows:
+                message = _Unknown(
+                    str(row["message_id"]),
+                    str(row["contact_id"]),
+                    row["kind"],
+                    row["campaign_id"],
+                    row["workflow_id"],
+                    row["attempts"],
+                )
+                await _report_unknown_in(
+                    conn,
+                    deps,
+                    str(row["workspace_id"]),
+                    message,
+                    f"claimed at {row['updated_at'].isoformat()} and no outcome recorded:"
+                    " interrupted between the claim and the server's answer",
+                )
+        reported += len(rows)
+        if len(rows) < SWEEP_BATCH:
+            if reported:
+                log.warning("reported %d stale claim(s) as UNKNOWN", reported)
+            return reported
+
+
+async def deliver_due(deps: Deps) -> int:
+    """One round of the retry loop: hand over again the requests due now (deferred ones,
+    transactional ones reported UNKNOWN); returns how many were taken."""
+    now = clock.now()
+    async with deps.pool.acquire() as conn, conn.transaction():
+        due = await db.take_due(conn, now, now + deps.lease, RETRY_BATCH)
+    reclaimable = (Status.DEFERRED, Status.UNKNOWN)
+
+    async def again(raw: bytes) -> None:
+        envelope = Envelope.FromString(raw)
+        try:
+            await _deliver(deps, envelope, reclaimable)
+        except SendingPaused:
+            # Not handed over: due again after a while rather than after the lease.
+            message_id = envelope.delivery_requested.message_id
+            later = clock.now() + deps.retry.base_delay
+
+            async def postpone(conn: asyncpg.Connection) -> None:
+                await db.set_due(conn, message_id, later)
+
+            await _write_outcome(deps, message_id, postpone)
+        except Exception:
+            # Its lease runs out and it is due again: nothing is lost.
+            log.exception("a due request failed; it is tried again after its lease")
+
+    await asyncio.gather(*(again(raw) for raw in due))
+    return len(due)
+
+
+async def _write_outcome(
+    deps: Deps, message_id: str, write: Callable[[asyncpg.Connection], Awaitable[None]]
+) -> None:
+    """Run ``write`` in a transaction until PostgreSQL takes it (while it is away: any
+    dependency outage): after the hand-off the outcome must not be lost (its event id is
+    deterministic, so a retry is harmless)."""
+    delay = 0.1
+    while True:
+        try:
+            async with deps.pool.acquire() as conn, conn.transaction():
+                await write(conn)
             return
-        await _mark_retry(deps, request.message_id, f"{err.code} {err.message}")
-        raise
-    except (aiosmtplib.SMTPException, OSError) as err:
-        await _mark_retry(deps, request.message_id, repr(err))
-        raise
-    await _record(deps, envelope, Status.SENT, reply)
+        except Exception as err:
+            if not is_dependency_outage(err):
+                # The write itself is wrong (a bug, invalid data): retrying cannot help. The
+                # row stays CLAIMED and the sweeper reports the message UNKNOWN.
+                raise
+            log.warning(
+                "message %s: outcome not recorded (%r); retrying in %.1fs", message_id, err, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, OUTCOME_MAX_BACKOFF_S)
 
 
 def mail_links(deps: Deps, workspace_id: str, request: delivery_pb2.DeliveryRequested) -> MailLinks:
@@ -181,7 +577,13 @@ def build_email(
     return message
 
 
-async def _finish_unsent(deps: Deps, envelope: Envelope, status: Status, reason: str) -> None:
+async def _finish_unsent(
+    deps: Deps,
+    envelope: Envelope,
+    status: Status,
+    reason: str,
+    reclaimable: Sequence[Status],
+) -> None:
     request = envelope.delivery_requested
     async with deps.pool.acquire() as conn, conn.transaction():
         claimed = await db.claim(
@@ -193,56 +595,77 @@ async def _finish_unsent(deps: Deps, envelope: Envelope, status: Status, reason:
             request.campaign_id,
             request.workflow_id,
             clock.now(),
+            reclaimable,
         )
         if claimed:
-            await _record_in(conn, envelope, status, reason)
-
-
-async def _mark_retry(deps: Deps, message_id: str, detail: str) -> None:
-    async with deps.pool.acquire() as conn:
-        await db.set_status(conn, message_id, Status.RETRY, detail, clock.now())
-
-
-async def _record(deps: Deps, envelope: Envelope, status: Status, detail: str) -> None:
-    async with deps.pool.acquire() as conn, conn.transaction():
-        await _record_in(conn, envelope, status, detail)
+            await _record_in(
+                conn, envelope, status, reason, drop_pending=Status.DEFERRED in reclaimable
+            )
 
 
 async def _record_in(
-    conn: asyncpg.Connection, envelope: Envelope, status: Status, detail: str
+    conn: asyncpg.Connection,
+    envelope: Envelope,
+    status: Status,
+    detail: str,
+    outcome: Outcome | None = None,
+    *,
+    attempts: int = 0,
+    drop_pending: bool = False,
 ) -> None:
-    """Write the outcome and its event in the caller's transaction."""
+    """Write a final outcome and its event in the caller's transaction."""
     request = envelope.delivery_requested
     await db.set_status(conn, request.message_id, status, detail, clock.now())
-    ids = {"message_id": request.message_id, "contact_id": request.contact_id}
-    event = (
-        events_pb2.MessageSent(
-            **ids,
-            kind=request.kind,
-            campaign_id=request.campaign_id,
-            workflow_id=request.workflow_id,
-            smtp_response=detail,
-        )
-        if status == Status.SENT
-        else events_pb2.MessageBounced(**ids, permanent=True, smtp_response=detail)
-        if status == Status.BOUNCED
-        else events_pb2.MessageSkipped(
-            **ids,
-            reason=detail,
-            campaign_id=request.campaign_id,
-            workflow_id=request.workflow_id,
-        )
+    if drop_pending:
+        await db.drop_pending(conn, request.message_id)
+    ids = {
+        "message_id": request.message_id,
+        "contact_id": request.contact_id,
+        "campaign_id": request.campaign_id,
+        "workflow_id": request.workflow_id,
+    }
+    event: (
+        events_pb2.MessageSent
+        | events_pb2.MessageBounced
+        | events_pb2.MessageFailed
+        | events_pb2.MessageSkipped
     )
+    if status == Status.SENT:
+        event = events_pb2.MessageSent(**ids, kind=request.kind, smtp_response=detail)
+    elif status == Status.BOUNCED:
+        event = events_pb2.MessageBounced(
+            **ids,
+            permanent=outcome.permanent if outcome else True,
+            smtp_response=detail,
+            source="smtp",
+            status_code=outcome.status_code if outcome else "",
+        )
+    elif status == Status.FAILED:
+        event = events_pb2.MessageFailed(**ids, reason=detail, attempts=attempts)
+    else:
+        event = events_pb2.MessageSkipped(**ids, reason=detail)
+    await _publish(conn, envelope, event, deterministic_id("delivery-outcome", request.message_id))
+
+
+async def _publish(
+    conn: asyncpg.Connection,
+    envelope: Envelope,
+    event: (
+        events_pb2.MessageSent
+        | events_pb2.MessageBounced
+        | events_pb2.MessageFailed
+        | events_pb2.MessageSkipped
+        | events_pb2.MessageQueued
+        | events_pb2.MessageDeferred
+    ),
+    event_id: str,
+) -> None:
     await add_to_outbox(
         conn,
         db.SCHEMA,
         DELIVERY_EVENTS,
-        request.contact_id,
-        new_envelope(
-            envelope.workspace_id,
-            event,
-            event_id=deterministic_id("delivery-outcome", request.message_id),
-        ),
+        envelope.delivery_requested.contact_id,
+        new_envelope(envelope.workspace_id, event, event_id=event_id),
     )
 
 

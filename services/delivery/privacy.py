@@ -36,7 +36,14 @@ async def export_contact(
 
 async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID) -> None:
     """Pseudonymise the contact's ledger rows and drop its pending events, in the caller's
-    transaction (with the consumer's claim of the ``ContactErased``)."""
+    transaction (with the consumer's claim of the ``ContactErased``). Requests kept to be
+    sent again (``pending_sends``: a deferred or transactional mail) are deleted: their
+    content is the contact's, and the contact can no longer be mailed."""
+    await conn.execute(
+        "DELETE FROM pending_sends WHERE workspace_id = $1 AND contact_id = $2",
+        uuid.UUID(workspace_id),
+        contact_id,
+    )
     await conn.execute(
         "UPDATE messages SET contact_id = $3, detail = $4"
         " WHERE workspace_id = $1 AND contact_id = $2",

@@ -177,11 +177,12 @@ async def test_a_signup_sent_twice_is_one_welcome_mail_on_one_trace(system: Syst
 async def test_killing_delivery_mid_stream_mails_everyone_at_most_once(system: System) -> None:
     """Delivery dies between the claim of one message and the server's answer to its DATA.
 
-    The SMTP server stores mail number ``HELD`` of this workspace and holds its reply;
-    delivery handles one request at a time, so at that moment the ones before are SENT and
-    that one is CLAIMED. SIGKILL then. The server has the mail, delivery cannot know it: the
-    message must stay CLAIMED and never be handed over again (at most once), and the rest
-    must all go out once after the restart."""
+    The SMTP server stores mail number ``HELD`` of this workspace and holds its reply; at that
+    moment it is CLAIMED, and so may be others in flight (delivery handles many contacts at
+    once). SIGKILL then. The server has the held mail, delivery cannot know it: it must stay
+    CLAIMED (until the sweeper reports it UNKNOWN, docs/delivery.md) and never be handed over
+    again (at most once); every other contact gets one mail, or none if its message was in
+    flight at the kill and so is CLAIMED too."""
     workspace_id, api_key = await new_workspace(system)
     total, held_at = 40, 15
     hold = system.smtp.hold_data(
@@ -195,30 +196,37 @@ async def test_killing_delivery_mid_stream_mails_everyone_at_most_once(system: S
     held_id = str(held["X-Nudge-Message-Id"])
     held_contact = contact_ids[emails.index(str(held["To"]).split("<")[1].rstrip(">"))]
 
-    at_kill = await ledger(system, workspace_id)
-    assert at_kill == {SENT: held_at - 1, CLAIMED: 1}, at_kill  # mid-stream: 0 < 14 < 40
     assert await status(system, held_id) == CLAIMED
     system.group.kill("delivery")  # SIGKILL: no commit, no clean shutdown
+    at_kill = await ledger(system, workspace_id)
+    assert at_kill.get(SENT, 0) < total and at_kill.get(CLAIMED, 0) >= 1, at_kill  # mid-stream
     system.smtp.release(hold)
     system.group.restart("delivery")
 
-    async def settled() -> bool:
+    async def settled() -> dict[int, int]:
         statuses = await ledger(system, workspace_id)
-        assert statuses == {SENT: total - 1, CLAIMED: 1}, statuses  # shown on timeout
-        return True
+        assert set(statuses) <= {SENT, CLAIMED}, statuses  # shown on timeout
+        assert sum(statuses.values()) == total, statuses
+        return statuses
 
-    await eventually(settled, timeout=120, interval=0.25)
+    statuses = await eventually(settled, timeout=120, interval=0.25)
+    assert statuses[CLAIMED] <= at_kill[CLAIMED]  # only what a kill interrupted
     # The held message's request was not committed: it comes again after the restart. A
     # later mail on the same key shows that it has been consumed, and refused.
     await settle_contact(system, api_key, held_contact)
 
     counts = welcome_count(system)
-    assert {e: counts[f"Bo <{e}>"] for e in emails if counts[f"Bo <{e}>"] != 1} == {}
+    assert {e: counts[f"Bo <{e}>"] for e in emails if counts[f"Bo <{e}>"] > 1} == {}
+    unmailed = sum(1 for e in emails if counts[f"Bo <{e}>"] == 0)
+    assert unmailed <= statuses[CLAIMED] - 1  # the held one reached the server
     assert system.smtp.data_attempts[held_id] == 1, "the held message was handed over again"
     assert await status(system, held_id) == CLAIMED
 
     async def marker_recorded() -> bool:  # the sink has it a moment before the ledger does
-        return await ledger(system, workspace_id) == {SENT: total, CLAIMED: 1}
+        return await ledger(system, workspace_id) == {
+            SENT: statuses[SENT] + 1,
+            **{CLAIMED: statuses[CLAIMED]},
+        }
 
     await eventually(marker_recorded, timeout=30)
 
@@ -238,7 +246,13 @@ async def test_healthz_reports_every_dependency_and_the_broker(system: System) -
     }
     assert all(check["ok"] for check in checks.values())
     # Each service's own dependencies, as it reports them.
-    assert set(checks["delivery"]["dependencies"]) == {"postgres", "redis", "kafka", "smtp"}
+    assert set(checks["delivery"]["dependencies"]) == {
+        "postgres",
+        "redis",
+        "kafka",
+        "smtp",
+        "smtp_sending",  # delivery's own verdict: down while a session error pauses sending
+    }
     assert all(dep["ok"] for check in checks.values() for dep in check["dependencies"].values())
     assert checks["tracking"]["dependencies"]["kafka"]["kind"] == system.env["NUDGE_KAFKA_KIND"]
 

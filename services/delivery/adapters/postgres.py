@@ -1,8 +1,11 @@
-"""The delivery ledger in PostgreSQL."""
+"""The delivery ledger in PostgreSQL: one row per message (``messages``), and the requests
+to hand over again later (``pending_sends``, migrations/0010_outcomes.sql)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
@@ -10,6 +13,16 @@ import asyncpg
 from services.delivery.domain.ledger import Status
 
 SCHEMA = "delivery"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim taken: ``new`` when this is the message's first claim; ``attempts`` counts
+    the claims of the message that reached the server (this one included)."""
+
+    new: bool
+    attempts: int
+    first_claimed_at: datetime
 
 
 async def claim(
@@ -21,20 +34,22 @@ async def claim(
     campaign_id: str,
     workflow_id: str,
     now: datetime,
-) -> bool:
-    """Claim the message id; True when this attempt may hand the message to SMTP.
+    reclaimable: Sequence[Status] = (Status.QUEUED,),
+) -> Claim | None:
+    """Claim the message id; a :class:`Claim` when this attempt may hand the message to SMTP.
 
-    A row in RETRY (a transient failure before the server took the message) may be claimed
-    again; any other existing row means the message was handled, or may have been: never twice.
+    A row in one of the ``reclaimable`` statuses may be claimed again (QUEUED: paused before
+    the hand-off; DEFERRED and UNKNOWN: by the retry loop only); any other existing row means
+    the message was handled, or may have been: never twice.
     """
-    row = await conn.fetchval(
+    row = await conn.fetchrow(
         "INSERT INTO messages (message_id, workspace_id, contact_id, kind, campaign_id,"
         " workflow_id, status, claimed_at, updated_at)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
         " ON CONFLICT (message_id) DO UPDATE SET status = $7, attempts = messages.attempts + 1,"
         "   updated_at = $8"
-        " WHERE messages.status = $9"
-        " RETURNING 1",
+        " WHERE messages.status = ANY($9::smallint[])"
+        " RETURNING (xmax = 0) AS new, attempts, claimed_at",
         uuid.UUID(message_id),
         uuid.UUID(workspace_id),
         uuid.UUID(contact_id),
@@ -43,9 +58,18 @@ async def claim(
         workflow_id,
         Status.CLAIMED,
         now,
-        Status.RETRY,
+        [int(s) for s in reclaimable],
     )
-    return row is not None
+    if row is None:
+        return None
+    return Claim(new=row["new"], attempts=row["attempts"], first_claimed_at=row["claimed_at"])
+
+
+async def status_of(conn: asyncpg.Connection, message_id: str) -> Status | None:
+    value = await conn.fetchval(
+        "SELECT status FROM messages WHERE message_id = $1", uuid.UUID(message_id)
+    )
+    return None if value is None else Status(value)
 
 
 async def set_status(
@@ -58,6 +82,91 @@ async def set_status(
         detail[:1000],
         now,
     )
+
+
+async def release_claim(
+    conn: asyncpg.Connection, message_id: str, status: Status, detail: str, now: datetime
+) -> None:
+    """Give a claim back without a hand-off (sending paused): the attempt does not count."""
+    await conn.execute(
+        "UPDATE messages SET status = $2, detail = $3, updated_at = $4,"
+        " attempts = greatest(attempts - 1, 0) WHERE message_id = $1 AND status = $5",
+        uuid.UUID(message_id),
+        status,
+        detail[:1000],
+        now,
+        Status.CLAIMED,
+    )
+
+
+async def save_pending(
+    conn: asyncpg.Connection,
+    message_id: str,
+    workspace_id: str,
+    contact_id: str,
+    due_at: datetime | None,
+    first_attempt_at: datetime,
+    envelope: bytes,
+) -> None:
+    """Keep the request to hand it over again at ``due_at`` (None: only if reported UNKNOWN)."""
+    await conn.execute(
+        "INSERT INTO pending_sends (message_id, workspace_id, contact_id, due_at,"
+        " first_attempt_at, envelope) VALUES ($1, $2, $3, $4, $5, $6)"
+        " ON CONFLICT (message_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+        uuid.UUID(message_id),
+        uuid.UUID(workspace_id),
+        uuid.UUID(contact_id),
+        due_at,
+        first_attempt_at,
+        envelope,
+    )
+
+
+async def set_due(conn: asyncpg.Connection, message_id: str, due_at: datetime) -> bool:
+    """Make a kept request due at ``due_at``; False when none is kept."""
+    done = await conn.execute(
+        "UPDATE pending_sends SET due_at = $2 WHERE message_id = $1",
+        uuid.UUID(message_id),
+        due_at,
+    )
+    return str(done) != "UPDATE 0"
+
+
+async def drop_pending(conn: asyncpg.Connection, message_id: str) -> None:
+    await conn.execute("DELETE FROM pending_sends WHERE message_id = $1", uuid.UUID(message_id))
+
+
+async def take_due(
+    conn: asyncpg.Connection, now: datetime, lease_until: datetime, limit: int
+) -> list[bytes]:
+    """The requests due by ``now`` (at most ``limit``), leased until ``lease_until``: another
+    worker skips them meanwhile, and a crash makes them due again when the lease ends."""
+    rows = await conn.fetch(
+        "UPDATE pending_sends SET due_at = $2 WHERE message_id IN ("
+        "  SELECT message_id FROM pending_sends WHERE due_at <= $1"
+        "  ORDER BY due_at LIMIT $3 FOR UPDATE SKIP LOCKED)"
+        " RETURNING envelope",
+        now,
+        lease_until,
+        limit,
+    )
+    return [bytes(row["envelope"]) for row in rows]
+
+
+async def stale_claims(
+    conn: asyncpg.Connection, claimed_before: datetime, limit: int
+) -> list[asyncpg.Record]:
+    """Messages CLAIMED since before ``claimed_before``, locked for the caller's transaction
+    (another sweeper skips them)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        "SELECT message_id, workspace_id, contact_id, kind, campaign_id, workflow_id, attempts,"
+        # A literal status, so that the partial index messages_claimed serves the query.
+        f" updated_at FROM messages WHERE status = {int(Status.CLAIMED)} AND updated_at < $1"
+        " ORDER BY updated_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        claimed_before,
+        limit,
+    )
+    return rows
 
 
 async def find(

@@ -1,13 +1,23 @@
-"""The SMTP hand-off, as one traced span per message."""
+"""The SMTP hand-off, as one traced span per message, and what its failures mean.
+
+:meth:`SmtpSender.send` raises aiosmtplib's errors as they come (and
+:class:`AmbiguousHandoff` when the data went out without an answer); any sender with the
+same contract (a pooled one) can take its place. :func:`failure_of` reads such an error as
+the domain sees it: the stage of the conversation and the server's reply, for
+:func:`services.delivery.domain.ledger.classify`.
+"""
 
 from __future__ import annotations
 
+import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 import aiosmtplib
 from opentelemetry import trace
+
+from services.delivery.domain.ledger import Stage
 
 tracer = trace.get_tracer(__name__)
 
@@ -83,3 +93,68 @@ class SmtpSender:
                     client.close()
                     raise AmbiguousHandoff(repr(err)) from err
             return response.message
+
+
+async def probe_session(target: SmtpTarget, timeout_s: float, sender: str) -> None:
+    """Open a session as a hand-off would (connect, STARTTLS, login, MAIL FROM), then give
+    it up: whether sending works again, without claiming a message. Raises what
+    :meth:`SmtpSender.send` would."""
+    client = aiosmtplib.SMTP(
+        hostname=target.host,
+        port=target.port,
+        use_tls=target.use_tls,
+        start_tls=None,
+        username=target.username,
+        password=target.password,
+        timeout=timeout_s,
+    )
+    async with client:
+        await client.mail(sender)
+        await client.rset()
+
+
+@dataclass(frozen=True)
+class HandoffFailure:
+    """Where a hand-off stopped, and the server's reply code and text when it answered."""
+
+    stage: Stage
+    code: int | None
+    text: str
+
+
+def failure_of(err: BaseException) -> HandoffFailure | None:
+    """The hand-off failure ``err`` stands for, or None when it is no SMTP failure (a bug,
+    a cancellation): those propagate."""
+    if isinstance(err, AmbiguousHandoff):
+        return HandoffFailure(Stage.NO_ANSWER, None, str(err))
+    if isinstance(err, aiosmtplib.SMTPRecipientRefused):
+        return HandoffFailure(Stage.RCPT, err.code, err.message)
+    if isinstance(err, aiosmtplib.SMTPSenderRefused):
+        return HandoffFailure(Stage.MAIL, err.code, err.message)
+    if isinstance(err, aiosmtplib.SMTPDataError):
+        return HandoffFailure(Stage.DATA, err.code, err.message)
+    if isinstance(err, aiosmtplib.SMTPAuthenticationError):
+        return HandoffFailure(Stage.AUTH, err.code, err.message)
+    if isinstance(err, aiosmtplib.SMTPHeloError):
+        return HandoffFailure(Stage.HELO, err.code, err.message)
+    if isinstance(err, aiosmtplib.SMTPConnectError):  # refused, timed out, greeted with 4xx/5xx
+        code = err.code if isinstance(err, aiosmtplib.SMTPResponseException) else None
+        return HandoffFailure(Stage.CONNECT, code, str(err))
+    if isinstance(err, ssl.SSLError):
+        return HandoffFailure(Stage.TLS, None, repr(err))
+    if isinstance(err, aiosmtplib.SMTPNotSupported):
+        # The server cannot take this address (SMTPUTF8): a refusal of this message only.
+        return HandoffFailure(Stage.RCPT, 553, f"5.6.7 {err}")
+    if isinstance(err, aiosmtplib.SMTPResponseException):
+        return HandoffFailure(Stage.DISCONNECTED, err.code, err.message)
+    if isinstance(err, aiosmtplib.SMTPException):
+        text = str(err)
+        lowered = text.lower()
+        if "tls" in lowered:
+            return HandoffFailure(Stage.TLS, None, text)
+        if "auth" in lowered:
+            return HandoffFailure(Stage.AUTH, None, text)
+        return HandoffFailure(Stage.DISCONNECTED, None, text)
+    if isinstance(err, OSError):  # a connection reset or a timeout before the data went out
+        return HandoffFailure(Stage.DISCONNECTED, None, repr(err))
+    return None

@@ -1,6 +1,5 @@
 import pytest
 
-from services.delivery.domain.ledger import smtp_failure_is_permanent
 from services.delivery.domain.rendering import RenderError, render
 
 
@@ -29,13 +28,6 @@ def test_a_template_cannot_reach_python_internals() -> None:
 def test_a_broken_template_is_a_render_error() -> None:
     with pytest.raises(RenderError):
         render("{% if %}", "x", "", {})
-
-
-@pytest.mark.parametrize(
-    ("code", "permanent"), [(550, True), (554, True), (421, False), (451, False)]
-)
-def test_smtp_failures(code: int, permanent: bool) -> None:
-    assert smtp_failure_is_permanent(code) is permanent
 
 
 @pytest.mark.parametrize(
