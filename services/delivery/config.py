@@ -1,6 +1,6 @@
 """Settings of the delivery service (env prefix ``DELIVERY_``)."""
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import (
@@ -9,6 +9,7 @@ from services.common.config import (
     KafkaSettings,
     RedisSettings,
 )
+from services.delivery.domain.domain_limits import DomainLimits
 
 
 class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings):
@@ -25,3 +26,22 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
         "dev-link-secret", validation_alias=AliasChoices("NUDGE_LINK_SECRET"), repr=False
     )
     smtp_timeout_s: float = 30.0
+    # The SMTP pool (services/delivery/adapters/smtp_pool.py): connections to the relay in
+    # all, messages per connection, and per recipient-domain limits as JSON, e.g.
+    # {"google": {"max_connections": 20, "per_second": 100}, "default": {"per_second": 20}}
+    # (services/delivery/domain/domain_limits.py names the providers and the defaults).
+    smtp_max_connections: int = Field(16, ge=1, le=1000)
+    smtp_max_messages_per_connection: int = Field(100, ge=1)
+    smtp_idle_timeout_s: float = Field(30.0, gt=0)
+    domain_limits: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @field_validator("domain_limits")
+    @classmethod
+    def _domain_limits_valid(
+        cls, value: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, float]]:
+        DomainLimits.from_mapping(value)  # a typo fails the start-up, not the sending
+        return value
+
+    def smtp_domain_limits(self) -> DomainLimits:
+        return DomainLimits.from_mapping(self.domain_limits)

@@ -78,3 +78,24 @@ def test_a_quiet_spell_does_not_save_up_more_than_the_burst() -> None:
     schedule.reserve(now=0.0)
     delays = [schedule.reserve(now=1000.0) for _ in range(4)]
     assert delays == pytest.approx([0.0, 0.0, 0.05, 0.10])
+
+
+def test_the_service_reads_the_limits_from_its_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from services.delivery.config import Settings
+
+    monkeypatch.setenv(
+        "DELIVERY_DOMAIN_LIMITS",
+        '{"google": {"per_second": 250}, "shop.example": {"max_connections": 3}}',
+    )
+    limits = Settings().smtp_domain_limits()
+    assert limits.for_domain("gmail.com") == ("google", DomainLimit(20, 250))
+    assert limits.for_domain("shop.example") == ("shop.example", DomainLimit(3, 20))
+    monkeypatch.setenv("DELIVERY_DOMAIN_LIMITS", '{"google": {"per_second": -1}}')
+    with pytest.raises(ValidationError, match="per_second"):
+        Settings()
+    monkeypatch.delenv("DELIVERY_DOMAIN_LIMITS")
+    assert Settings().smtp_domain_limits() == DomainLimits.from_mapping({})
