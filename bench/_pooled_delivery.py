@@ -6,7 +6,8 @@
 The same handler (:func:`services.delivery.handlers.deliver`, unchanged) with other parts:
 - :class:`~services.delivery.adapters.smtp_pool.SmtpPool` instead of a connection per mail;
 - eligibility asked per batch: concurrent handlers' checks are coalesced into one
-  ``CheckEligibilityBatch`` (:class:`CoalescingEligibility`) instead of one RPC each;
+  ``CheckEligibilityBatch`` (services/delivery/adapters/contacts.py's
+  ``EligibilityBatcher``) instead of one RPC each;
 - the consumer loop at 64 lanes (one contact's records still in order) instead of 1;
 - compiled templates kept (an LRU of Jinja's ``from_string`` per environment) instead of
   compiling a campaign's same subject and bodies again for every mail: 2.4 ms of CPU a
@@ -18,14 +19,12 @@ leaves up to 64 messages CLAIMED, which the service will only report once its sw
 from __future__ import annotations
 
 import asyncio
-import collections
 import functools
 import logging
 import signal
 from typing import Any
 
 from aiokafka import ConsumerRecord
-from nudge.contacts.v1 import contacts_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common.db import create_pool, migrate
@@ -34,7 +33,7 @@ from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_id
 from services.common.outbox import OutboxRelay
 from services.common.topics import DELIVERY_REQUESTS
 from services.delivery import handlers
-from services.delivery.adapters.contacts import MAX_BATCH, EligibilityClient
+from services.delivery.adapters.contacts import EligibilityBatcher, EligibilityClient
 from services.delivery.adapters.postgres import SCHEMA
 from services.delivery.adapters.smtp import SmtpTarget
 from services.delivery.adapters.smtp_pool import PoolSettings, SmtpPool
@@ -44,56 +43,6 @@ from services.delivery.domain import rendering
 from services.delivery.domain.domain_limits import DomainLimits
 
 log = logging.getLogger(__name__)
-Answer = contacts_pb2.CheckEligibilityResponse | None
-
-
-class CoalescingEligibility:
-    """``check()`` as :class:`EligibilityClient` has it, but the checks of every handler
-    waiting at the same moment go in one ``check_many`` per workspace: while one batch is
-    asked, the next one gathers."""
-
-    def __init__(self, client: EligibilityClient) -> None:
-        self._client = client
-        self._pending: dict[str, list[tuple[str, int, asyncio.Future[Answer]]]] = (
-            collections.defaultdict(list)
-        )
-        self._scheduled = False
-        self._asking: set[asyncio.Task[None]] = set()
-        self.batches = 0
-
-    async def check(self, workspace_id: str, contact_id: str, purpose: int) -> Answer:
-        future: asyncio.Future[Answer] = asyncio.get_running_loop().create_future()
-        self._pending[workspace_id].append((contact_id, purpose, future))
-        if not self._scheduled:
-            self._scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        return await future
-
-    def _flush(self) -> None:
-        self._scheduled = False
-        pending, self._pending = self._pending, collections.defaultdict(list)
-        for workspace_id, items in pending.items():
-            for start in range(0, len(items), MAX_BATCH):
-                task = asyncio.create_task(
-                    self._ask(workspace_id, items[start : start + MAX_BATCH])
-                )
-                self._asking.add(task)
-                task.add_done_callback(self._asking.discard)
-
-    async def _ask(
-        self, workspace_id: str, items: list[tuple[str, int, asyncio.Future[Answer]]]
-    ) -> None:
-        self.batches += 1
-        try:
-            answers = await self._client.check_many(workspace_id, [(c, p) for c, p, _ in items])
-        except Exception as err:  # every waiter fails as its own call would have
-            for _, _, future in items:
-                if not future.done():
-                    future.set_exception(err)
-            return
-        for (_, _, future), answer in zip(items, answers, strict=True):
-            if not future.done():
-                future.set_result(answer)
 
 
 def cache_compiled_templates() -> None:
@@ -120,7 +69,7 @@ async def run(stop: asyncio.Event) -> None:
     )
     deps: Any = handlers.Deps(
         pool=pool,
-        eligibility=CoalescingEligibility(EligibilityClient(contacts, settings.internal_token)),  # type: ignore[arg-type]
+        eligibility=EligibilityBatcher(EligibilityClient(contacts, settings.internal_token)),  # type: ignore[arg-type]
         smtp=smtp,  # type: ignore[arg-type]
         from_address=settings.from_address,
         tracking_url=settings.tracking_url,
@@ -159,7 +108,7 @@ async def run(stop: asyncio.Event) -> None:
         await pool.close()
         log.warning(
             "pooled delivery: %s eligibility batches, SMTP %s",
-            deps.eligibility.batches,
+            deps.eligibility.calls,
             smtp.counters,
         )
 

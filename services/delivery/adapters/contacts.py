@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 from collections.abc import Sequence
 
 import grpc
@@ -64,3 +66,60 @@ class EligibilityClient:
                 )
             answers += [a.eligibility if a.found else None for a in response.answers]
         return answers
+
+
+Answer = contacts_pb2.CheckEligibilityResponse | None
+
+
+class EligibilityBatcher:
+    """``check()`` as :class:`EligibilityClient` has it, for handlers that run one message
+    each, but the checks of all the handlers waiting at the same moment go to contacts as one
+    :meth:`EligibilityClient.check_many` per workspace: while one batch is asked, the next
+    gathers. Nothing is cached: every answer is asked after its handler asked, so a consent
+    withdrawn before that is honoured. A failed call fails each of its waiters with its error.
+    """
+
+    def __init__(self, client: EligibilityClient) -> None:
+        self._client = client
+        self._pending: dict[str, list[tuple[str, int, asyncio.Future[Answer]]]] = (
+            collections.defaultdict(list)
+        )
+        self._scheduled = False
+        self._asking: set[asyncio.Task[None]] = set()
+        self.calls = 0
+
+    async def check(self, workspace_id: str, contact_id: str, purpose: int) -> Answer:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Answer] = loop.create_future()
+        self._pending[workspace_id].append((contact_id, purpose, future))
+        if not self._scheduled:
+            # After the handlers that are ready now have asked too.
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, collections.defaultdict(list)
+        for workspace_id, items in pending.items():
+            for start in range(0, len(items), MAX_BATCH):
+                task = asyncio.create_task(
+                    self._ask(workspace_id, items[start : start + MAX_BATCH])
+                )
+                self._asking.add(task)
+                task.add_done_callback(self._asking.discard)
+
+    async def _ask(
+        self, workspace_id: str, items: list[tuple[str, int, asyncio.Future[Answer]]]
+    ) -> None:
+        self.calls += 1
+        try:
+            answers = await self._client.check_many(workspace_id, [(c, p) for c, p, _ in items])
+        except Exception as err:
+            for _, _, future in items:
+                if not future.done():
+                    future.set_exception(err)
+            return
+        for (_, _, future), answer in zip(items, answers, strict=True):
+            if not future.done():
+                future.set_result(answer)

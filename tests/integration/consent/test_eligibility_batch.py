@@ -4,6 +4,7 @@ answer found = false; bad batches are refused whole, naming the check."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import grpc
@@ -11,7 +12,7 @@ import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
-from services.delivery.adapters.contacts import EligibilityClient
+from services.delivery.adapters.contacts import EligibilityBatcher, EligibilityClient
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.consent.conftest import create_contact, new_workspace, violations
 from tests.support import unique
@@ -165,6 +166,35 @@ async def test_delivery_client_asks_in_chunks_and_keeps_the_order(
             assert answer is None
         else:
             assert answer is not None and answer.eligible
+
+
+async def test_concurrent_checks_go_as_one_batch_and_get_their_own_answers(
+    channel: grpc.aio.Channel, workspace: Workspace, contacts_service: RunningService
+) -> None:
+    """Handlers that ask at the same moment share one call per workspace; each hears the
+    answer one check() of its own would have given."""
+    other = await new_workspace(contacts_service)
+    mine = [await create_contact(channel, workspace, MARKETING) for _ in range(3)]
+    mine.append(await create_contact(channel, workspace))  # never asked
+    theirs = await create_contact(channel, other, MARKETING)
+    asks = [(workspace.id, c, p) for c in mine for p in (MARKETING, AUTOMATIONS)]
+    asks += [(other.id, theirs, MARKETING), (workspace.id, theirs, MARKETING)]
+    asks *= 5
+    one_by_one = EligibilityClient(channel, INTERNAL_TOKEN)
+    expected = [await one_by_one.check(*ask) for ask in asks]
+    batcher = EligibilityBatcher(EligibilityClient(channel, INTERNAL_TOKEN))
+    assert await asyncio.gather(*(batcher.check(*ask) for ask in asks)) == expected
+    assert batcher.calls == 2  # one per workspace
+    assert sum(a is None for a in expected) == 5  # the other's contact, asked from mine
+
+    refused = EligibilityBatcher(EligibilityClient(channel, "not-the-internal-token"))
+    results = await asyncio.gather(
+        *(refused.check(*ask) for ask in asks[:4]), return_exceptions=True
+    )
+    assert all(
+        isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.UNAUTHENTICATED
+        for r in results
+    ), results
 
 
 async def test_batch_refuses_bad_checks_whole(
