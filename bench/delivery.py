@@ -11,7 +11,11 @@ until every mail is in the sink and every message is SENT in delivery's ledger. 
 - ``end_to_end_per_s``: from the first publish to the last mail;
 - ``latency_p50_ms`` / ``p99``: each message's publish to its receipt by the sink (the
   sink's ``X-Nudge-Received-At``), which under a burst is mostly queueing;
-- ``ledger_sent`` and ``duplicates`` (mails in the sink beyond one per message).
+- ``ledger_sent`` and ``duplicates`` (mails in the sink beyond one per message);
+- ``delivery_cpu_ms_per_mail`` / ``contacts_cpu_ms_per_mail``: CPU time of each process per
+  mail, from the first publish to the last mail: on a machine shared with other work
+  (``load_average_1m``) the rate is what the cores allow, the CPU per mail what the code
+  costs (1000 / it is one process's ceiling on a core of its own).
 
 ``--pooled`` runs, instead of the delivery service, bench/_pooled_delivery.py: a copy of
 delivery's handler path with this issue's parts swapped in (SmtpPool, one
@@ -174,6 +178,13 @@ def received(maildir: Path) -> list[tuple[str, float]]:
     return found
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used: unlike wall time, hardly changed by
+    other processes competing for the cores."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_profile(pid: int, seconds: int, out: Path) -> subprocess.Popen[bytes] | None:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -251,6 +262,8 @@ async def main(scale: int, pooled: bool, profile: bool, spans: bool) -> dict[str
             workspace_id, contacts = await import_contacts(env, scale)
             before = maildir_count(maildir)
             delivery_pid = worker.pid if worker else system.group._services["delivery"].child.pid  # type: ignore[union-attr]
+            contacts_pid = system.group._services["contacts"].child.pid  # type: ignore[union-attr]
+            cpu_before = {"delivery": cpu_s(delivery_pid), "contacts": cpu_s(contacts_pid)}
             profiler = None
             profile_out = Path(tempfile.mkdtemp(prefix="nudge-profile-")) / "delivery.txt"
             started = time.time()
@@ -265,6 +278,10 @@ async def main(scale: int, pooled: bool, profile: bool, spans: bool) -> dict[str
                 if worker is not None and worker.poll() is not None:
                     raise RuntimeError("the pooled delivery worker died")
                 await asyncio.sleep(0.2)
+            cpu_ms = {
+                "delivery": (cpu_s(delivery_pid) - cpu_before["delivery"]) * 1000 / scale,
+                "contacts": (cpu_s(contacts_pid) - cpu_before["contacts"]) * 1000 / scale,
+            }
             db = await asyncpg.connect(env["DATABASE_URL"])
             try:
                 while True:
@@ -294,6 +311,10 @@ async def main(scale: int, pooled: bool, profile: bool, spans: bool) -> dict[str
                 "ledger_sent": ledger_sent,
                 "mails": len(mails),
                 "duplicates": len(mails) - len({m for m, _ in mails}),
+                # The ceiling of one delivery process on a core of its own.
+                "delivery_cpu_ms_per_mail": round(cpu_ms["delivery"], 2),
+                "contacts_cpu_ms_per_mail": round(cpu_ms["contacts"], 2),
+                "load_average_1m": round(os.getloadavg()[0], 1),
             }
             if spans:
                 await asyncio.sleep(6)  # the span processors export in batches

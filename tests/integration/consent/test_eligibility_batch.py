@@ -211,8 +211,11 @@ async def test_batch_refuses_bad_checks_whole(
             await batch(channel, workspace, checks)
         assert violations(caught.value) == fields
     assert await batch(channel, workspace, []) == []
-    [answer] = await batch(channel, workspace, [(granted, MARKETING)] * 1)
+    [answer] = await batch(channel, workspace, [(granted, MARKETING)])
     assert answer.found and answer.eligibility.eligible
+    # A read: asked again (a retried call), the same answers.
+    replayed = [(granted, MARKETING), (granted, TRANSACTIONAL), (granted, MARKETING)]
+    assert await batch(channel, workspace, replayed) == await batch(channel, workspace, replayed)
 
 
 async def test_batch_without_credentials_is_refused(channel: grpc.aio.Channel) -> None:
