@@ -110,7 +110,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             ),
             (
                 contacts_pb2_grpc.add_ConsentServiceServicer_to_server,
-                ConsentServicer(pool),  # type: ignore[abstract]  # issue 14: CheckEligibilityBatch
+                ConsentServicer(pool),
                 SERVICE_NAMES[1],
             ),
             (

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import (
@@ -11,6 +11,7 @@ from services.common.config import (
     KafkaSettings,
     RedisSettings,
 )
+from services.delivery.domain.domain_limits import DomainLimits
 
 
 class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings):
@@ -66,3 +67,22 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     @property
     def resend_kinds(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.resend_unknown_kinds.split(",") if k.strip())
+    # The SMTP pool (services/delivery/adapters/smtp_pool.py): connections to the relay in
+    # all, messages per connection, and per recipient-domain limits as JSON, e.g.
+    # {"google": {"max_connections": 20, "per_second": 100}, "default": {"per_second": 20}}
+    # (services/delivery/domain/domain_limits.py names the providers and the defaults).
+    smtp_max_connections: int = Field(16, ge=1, le=1000)
+    smtp_max_messages_per_connection: int = Field(100, ge=1)
+    smtp_idle_timeout_s: float = Field(30.0, gt=0)
+    domain_limits: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+    @field_validator("domain_limits")
+    @classmethod
+    def _domain_limits_valid(
+        cls, value: dict[str, dict[str, float]]
+    ) -> dict[str, dict[str, float]]:
+        DomainLimits.from_mapping(value)  # a typo fails the start-up, not the sending
+        return value
+
+    def smtp_domain_limits(self) -> DomainLimits:
+        return DomainLimits.from_mapping(self.domain_limits)

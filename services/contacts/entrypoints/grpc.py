@@ -204,6 +204,13 @@ class ConsentServicer(contacts_pb2_grpc.ConsentServiceServicer):
             self.pool, current_workspace(), request.contact_id, request.purpose
         )
 
+    async def CheckEligibilityBatch(
+        self,
+        request: contacts_pb2.CheckEligibilityBatchRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> contacts_pb2.CheckEligibilityBatchResponse:
+        return await consent.check_eligibility_batch(self.pool, current_workspace(), request)
+
     async def GetConsentHistory(
         self, request: contacts_pb2.GetConsentHistoryRequest, context: grpc.aio.ServicerContext
     ) -> contacts_pb2.GetConsentHistoryResponse:
