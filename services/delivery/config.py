@@ -9,9 +9,10 @@ from services.common.config import (
     KafkaSettings,
     RedisSettings,
 )
+from services.delivery.auth_config import AuthSettings
 
 
-class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings):
+class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings, AuthSettings):
     model_config = SettingsConfigDict(env_prefix="DELIVERY_", extra="ignore", frozen=True)
 
     grpc_port: int = 50055

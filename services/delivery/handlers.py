@@ -33,6 +33,7 @@ from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpSender
 from services.delivery.domain.ledger import Status, smtp_failure_is_permanent
 from services.delivery.domain.rendering import MailLinks, Rendered, RenderError, render
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
+from services.delivery.mail_auth import MailAuth
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,7 @@ class Deps:
     from_address: str
     tracking_url: str
     link_secret: str
+    auth: MailAuth | None = None  # DKIM and VERP (services/delivery/mail_auth.py)
 
 
 async def deliver(deps: Deps, envelope: Envelope) -> None:
@@ -124,8 +126,12 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
         )
         message["List-Unsubscribe"] = f"<{deps.tracking_url.rstrip('/')}{path}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    sender = deps.from_address
+    if deps.auth is not None:  # DKIM signature and VERP envelope sender, last of all
+        sender = deps.auth.envelope_sender(request.message_id)
+        message = await deps.auth.sign(workspace_id, message)
     try:
-        reply = await deps.smtp.send(message, deps.from_address, facts.email)
+        reply = await deps.smtp.send(message, sender, facts.email)
     except AmbiguousHandoff as err:
         # Like a crash between the claim and the answer: the row stays CLAIMED, never retried.
         log.warning("message %s: unknown SMTP outcome, not retried: %s", request.message_id, err)
