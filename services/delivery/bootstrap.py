@@ -36,10 +36,13 @@ from services.common.privacy import (
 from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS
 from services.delivery import handlers, privacy
 from services.delivery.adapters.contacts import EligibilityClient
+from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.adapters.postgres import SCHEMA
 from services.delivery.adapters.smtp import SmtpSender, SmtpTarget
 from services.delivery.config import Settings
 from services.delivery.entrypoints.grpc import DeliveryServicer
+from services.delivery.inbound import start_inbound
+from services.delivery.mail_auth import mail_auth
 
 log = logging.getLogger(__name__)
 NAME = "delivery"
@@ -56,6 +59,8 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)
     service.push(contacts.close)
+    dkim_cache = KeyCache(pool, settings.dkim_key_cache_s)
+    auth = mail_auth(settings, dkim_cache)
     deps = handlers.Deps(
         pool=pool,
         eligibility=EligibilityClient(contacts, settings.internal_token),
@@ -63,6 +68,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         from_address=settings.from_address,
         tracking_url=settings.tracking_url,
         link_secret=settings.link_secret,
+        auth=auth,
     )
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,
@@ -72,6 +78,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(publisher.stop)
     await publisher.start()
     service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
+    await start_inbound(service, settings, pool, auth)  # bounces and complaints, when a port is set
 
     async def on_request(envelope: Envelope, record: ConsumerRecord) -> None:
         await handlers.deliver(deps, envelope)
@@ -109,7 +116,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
-                DeliveryServicer(pool),  # type: ignore[abstract]  # issue 14: guard and DKIM RPCs
+                DeliveryServicer(pool, dkim_cache),  # type: ignore[abstract]  # issue 14: guard and DKIM RPCs
                 SERVICE_NAME,
             ),
             (
