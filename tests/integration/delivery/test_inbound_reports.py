@@ -199,6 +199,7 @@ async def test_a_delayed_dsn_is_a_soft_bounce_that_suppresses_nobody(
         lambda: _has(suppressions(contacts_service, workspace), contact.email, "HARD_BOUNCE"),
         timeout=30,
     )
+
     async def both() -> list[object]:
         found = await delivery_events.of(message_id, "message_bounced")
         return found if len(found) >= 2 else []
