@@ -116,7 +116,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
-                DeliveryServicer(pool, dkim_cache),  # type: ignore[abstract]  # issue 14: guard and DKIM RPCs
+                DeliveryServicer(pool, dkim_cache),  # type: ignore[abstract]  # issue 14: the guard RPCs
                 SERVICE_NAME,
             ),
             (
