@@ -4,6 +4,7 @@ checked keys, DNS records, and mail that dkimpy verifies against the published r
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 
 import dkim as dkimpy
@@ -190,3 +191,20 @@ def test_without_a_key_the_mail_is_unchanged() -> None:
     before = message.as_bytes()
     assert asyncio.run(auth.sign("ws", message)).as_bytes() == before
     assert message["DKIM-Signature"] is None
+
+
+def test_the_openssl_rsa_step_makes_dkimpys_own_signature(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PKCS#1 v1.5 is deterministic: at the same second (t=), the header dkim.sign makes
+    with its own RSA arithmetic and the one made with OpenSSL's are the same bytes."""
+    monkeypatch.setattr(time, "time", lambda: 1_796_150_000.0)
+    raw = mail().as_bytes()
+    reference = dkimpy.sign(
+        raw,
+        b"nudge",
+        b"shop.example.com",
+        RSA_2048.signing_key,
+        canonicalize=(b"relaxed", b"relaxed"),
+        include_headers=list(dkim.SIGNED_HEADERS),
+    )
+    assert dkim.sign(raw, "shop.example.com", "nudge", RSA_2048) == reference
+    assert b"a=rsa-sha256" in reference and b"t=1796150000" in reference
