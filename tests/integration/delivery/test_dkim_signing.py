@@ -3,6 +3,8 @@ mail as the server received it verifies against the DNS record SetDkimKey answer
 
 from __future__ import annotations
 
+import logging
+
 import dkim as dkimpy
 import grpc
 import pytest
@@ -102,13 +104,41 @@ async def test_without_a_key_for_the_from_domain_mail_goes_unsigned(
     assert mail.mail_from.startswith("bounces+")
 
 
-async def test_a_key_given_in_pem_is_used_and_its_record_answered(
+async def test_a_key_set_or_deleted_applies_to_the_next_mail(
     auth_delivery: AuthDelivery,
     contacts_service: RunningService,
     capture: CaptureSmtp,
     workspace: Workspace,
     producer: AIOKafkaProducer,
 ) -> None:
+    """The process that answered the call drops what it cached about the domain (here: that
+    it had no key), so the change does not wait for the cache to expire."""
+    contact = await new_contact(contacts_service, workspace)
+    _, before = await mail_contact(producer, capture, workspace, contact)
+    assert b"DKIM-Signature" not in before.raw
+    key = await stub(auth_delivery).SetDkimKey(
+        delivery_pb2.SetDkimKeyRequest(domain=auth_delivery.bounce_domain, selector="now"),
+        metadata=workspace.metadata,
+    )
+    _, signed = await mail_contact(producer, capture, workspace, contact)
+    assert dkimpy.verify(signed.raw, dnsfunc=dns_for(key))
+    await stub(auth_delivery).DeleteDkimKey(
+        delivery_pb2.DeleteDkimKeyRequest(domain=auth_delivery.bounce_domain),
+        metadata=workspace.metadata,
+    )
+    _, after = await mail_contact(producer, capture, workspace, contact)
+    assert b"DKIM-Signature" not in after.raw
+
+
+async def test_a_key_given_in_pem_is_used_and_its_record_answered(
+    auth_delivery: AuthDelivery,
+    contacts_service: RunningService,
+    capture: CaptureSmtp,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
     private = ed25519.Ed25519PrivateKey.generate()
     pem = private.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -125,6 +155,10 @@ async def test_a_key_given_in_pem_is_used_and_its_record_answered(
     _, mail = await mail_contact(producer, capture, workspace, contact)
     assert b"a=ed25519-sha256" in mail.raw.split(b"\r\n\r\n", 1)[0]
     assert dkimpy.verify(mail.raw, dnsfunc=dns_for(key))
+    # Logged that it was set, never the key itself.
+    assert f"DKIM key set for {auth_delivery.bounce_domain}" in caplog.text
+    secret = "".join(pem.splitlines()[1:-1])
+    assert secret not in caplog.text.replace("\n", "")
 
 
 async def test_keys_are_listed_and_deleted_per_workspace_and_never_answer_the_private_key(

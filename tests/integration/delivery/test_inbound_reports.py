@@ -191,6 +191,7 @@ async def test_a_delayed_dsn_is_a_soft_bounce_that_suppresses_nobody(
     found = await eventually(lambda: delivery_events.of(message_id, "message_bounced"), timeout=30)
     event = found[0].message_bounced
     assert (event.permanent, event.status_code, event.source) == (False, "4.2.2", "dsn")
+    assert await status(auth_delivery, workspace, message_id) == delivery_pb2.MESSAGE_STATUS_SENT
     # A later hard bounce of the same message is published, after it on the same partition.
     await send_report(
         auth_delivery, address, report("postfix_hard_bounce.eml", address, message_id)
