@@ -757,6 +757,32 @@ async def on_bounce(
         )
 
 
+async def on_complaint(
+    pool: asyncpg.Pool,
+    workspace_id: str,
+    event_id: str,
+    complaint: delivery_events_pb2.MessageComplained,
+) -> bool:
+    """A complaint (the recipient marked the mail as spam, reported by a feedback loop) lists
+    the contact's address (COMPLAINT): mailing someone who said "spam" again is what gets a
+    sender blocked. Claimed once per event. True when the address was newly listed."""
+    if not (is_uuid(complaint.contact_id) and is_uuid(workspace_id)):
+        raise PermanentError(f"complaint with malformed ids: {complaint.contact_id!r}")
+    async with pool.acquire() as conn, conn.transaction():
+        if not await claim_event(conn, CONSUMER, event_id):
+            return False
+        email = await conn.fetchval(
+            "SELECT email FROM contacts WHERE workspace_id = $1 AND id = $2",
+            uuid.UUID(workspace_id),
+            uuid.UUID(complaint.contact_id),
+        )
+        if email is None:
+            return False  # erased since: its address is listed by the erasure already
+        return await suppress_contact_address(
+            conn, workspace_id, email, contacts_pb2.SUPPRESSION_REASON_COMPLAINT
+        )
+
+
 # ---------------------------------------------------------------- workspace settings
 
 

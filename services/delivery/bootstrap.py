@@ -39,11 +39,14 @@ from services.common.privacy import (
 from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS
 from services.delivery import handlers, privacy
 from services.delivery.adapters.contacts import EligibilityClient
+from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.adapters.postgres import SCHEMA
 from services.delivery.adapters.smtp import SmtpSender, SmtpTarget, probe_session
 from services.delivery.config import Settings
 from services.delivery.domain.ledger import RetryPolicy
 from services.delivery.entrypoints.grpc import DeliveryServicer
+from services.delivery.inbound import start_inbound
+from services.delivery.mail_auth import mail_auth
 
 log = logging.getLogger(__name__)
 NAME = "delivery"
@@ -61,6 +64,8 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     contacts = channel(settings.contacts_addr)
     service.push(contacts.close)
     smtp_target = SmtpTarget.from_url(settings.smtp_url)
+    dkim_cache = KeyCache(pool, settings.dkim_key_cache_s)
+    auth = mail_auth(settings, dkim_cache)
     deps = handlers.Deps(
         pool=pool,
         eligibility=EligibilityClient(contacts, settings.internal_token),
@@ -79,6 +84,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         probe=functools.partial(
             probe_session, smtp_target, settings.smtp_timeout_s, settings.from_address
         ),
+        auth=auth,
     )
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,
@@ -88,6 +94,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(publisher.stop)
     await publisher.start()
     service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
+    await start_inbound(service, settings, pool, auth)  # bounces and complaints, when a port is set
 
     async def on_request(envelope: Envelope, record: ConsumerRecord) -> None:
         await handlers.deliver(deps, envelope)
@@ -142,7 +149,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
-                DeliveryServicer(pool),  # type: ignore[abstract]  # issue 14: guard and DKIM RPCs
+                DeliveryServicer(pool, dkim_cache),  # type: ignore[abstract]  # issue 14: the guard RPCs
                 SERVICE_NAME,
             ),
             (

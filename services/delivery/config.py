@@ -11,10 +11,11 @@ from services.common.config import (
     KafkaSettings,
     RedisSettings,
 )
+from services.delivery.auth_config import AuthSettings
 from services.delivery.domain.domain_limits import DomainLimits
 
 
-class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings):
+class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings, AuthSettings):
     model_config = SettingsConfigDict(env_prefix="DELIVERY_", extra="ignore", frozen=True)
 
     grpc_port: int = 50055
@@ -67,6 +68,7 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     @property
     def resend_kinds(self) -> frozenset[str]:
         return frozenset(k.strip() for k in self.resend_unknown_kinds.split(",") if k.strip())
+
     # The SMTP pool (services/delivery/adapters/smtp_pool.py): connections to the relay in
     # all, messages per connection, and per recipient-domain limits as JSON, e.g.
     # {"google": {"max_connections": 20, "per_second": 100}, "default": {"per_second": 20}}

@@ -59,6 +59,7 @@ from services.delivery.adapters.smtp import failure_of
 from services.delivery.domain.ledger import Kind, Outcome, RetryPolicy, Status, classify, retry_plan
 from services.delivery.domain.rendering import MailLinks, Rendered, RenderError, render
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
+from services.delivery.mail_auth import MailAuth
 
 log = logging.getLogger(__name__)
 
@@ -143,6 +144,7 @@ class Deps:
     # While sending is paused: opens a session without a message (adapters/smtp.py
     # probe_session), so that no claim is taken until the session works again.
     probe: Callable[[], Awaitable[None]] | None = None
+    auth: MailAuth | None = None  # DKIM and VERP (services/delivery/mail_auth.py)
 
 
 async def deliver(deps: Deps, envelope: Envelope) -> None:
@@ -216,8 +218,12 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
         )
         message["List-Unsubscribe"] = f"<{deps.tracking_url.rstrip('/')}{path}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    sender = deps.from_address
+    if deps.auth is not None:  # DKIM signature and VERP envelope sender, last of all
+        sender = deps.auth.envelope_sender(request.message_id)
+        message = await deps.auth.sign(workspace_id, message)
     try:
-        reply = await deps.smtp.send(message, deps.from_address, facts.email)
+        reply = await deps.smtp.send(message, sender, facts.email)
     except Exception as err:
         failure = failure_of(err)
         if failure is None:

