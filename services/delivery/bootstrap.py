@@ -34,12 +34,13 @@ from services.common.privacy import (
     ContactErasedConsumer,
 )
 from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS
-from services.delivery import handlers, privacy
+from services.delivery import guard, handlers, privacy
 from services.delivery.adapters.contacts import EligibilityClient
 from services.delivery.adapters.postgres import SCHEMA
 from services.delivery.adapters.smtp import SmtpSender, SmtpTarget
 from services.delivery.config import Settings
 from services.delivery.entrypoints.grpc import DeliveryServicer
+from services.delivery.entrypoints.grpc_guard import GUARD_POLICY
 
 log = logging.getLogger(__name__)
 NAME = "delivery"
@@ -72,6 +73,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(publisher.stop)
     await publisher.start()
     service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
+    await guard.start(service, settings, pool)
 
     async def on_request(envelope: Envelope, record: ConsumerRecord) -> None:
         await handlers.deliver(deps, envelope)
@@ -120,7 +122,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         ],
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
-        policy=CONTACT_DATA_POLICY,
+        policy={**CONTACT_DATA_POLICY, **GUARD_POLICY},
         dependencies={
             "postgres": postgres_check(pool, settings.dependency_timeout_s),
             "redis": redis_check(redis),

@@ -9,9 +9,10 @@ from services.common.config import (
     KafkaSettings,
     RedisSettings,
 )
+from services.delivery.guard import GuardSettings
 
 
-class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings):
+class Settings(GuardSettings, DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings):
     model_config = SettingsConfigDict(env_prefix="DELIVERY_", extra="ignore", frozen=True)
 
     grpc_port: int = 50055

@@ -27,6 +27,7 @@ from services.common.events import deterministic_id, new_envelope
 from services.common.ids import is_uuid
 from services.common.outbox import add_to_outbox
 from services.common.topics import DELIVERY_EVENTS, DELIVERY_REQUESTS
+from services.delivery import guard
 from services.delivery.adapters import postgres as db
 from services.delivery.adapters.contacts import EligibilityClient
 from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpSender
@@ -64,6 +65,9 @@ async def deliver(deps: Deps, envelope: Envelope) -> None:
     if not is_actionable(request.purpose, request.kind):
         # No retry can fix it; a request that is never finished would block its partition.
         await _finish_unsent(deps, envelope, Status.FAILED, "invalid request: purpose or kind")
+        return
+    if await guard.refusal(deps.pool, workspace_id) is not None:  # the anti-spam guard
+        await _finish_unsent(deps, envelope, Status.SKIPPED, guard.SKIP_REASON)
         return
     facts = await deps.eligibility.check(workspace_id, request.contact_id, request.purpose)
     if facts is None or not facts.eligible:

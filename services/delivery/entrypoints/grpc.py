@@ -7,10 +7,11 @@ import grpc
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
 from services.common.auth import current_workspace
-from services.delivery import handlers
+from services.delivery import guard, handlers
+from services.delivery.entrypoints.grpc_guard import GuardRpcs
 
 
-class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
+class DeliveryServicer(GuardRpcs, delivery_pb2_grpc.DeliveryServiceServicer):
     """Transactional sends and the status of any message of the caller's workspace."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -19,6 +20,7 @@ class DeliveryServicer(delivery_pb2_grpc.DeliveryServiceServicer):
     async def SendTransactional(
         self, request: delivery_pb2.SendTransactionalRequest, context: grpc.aio.ServicerContext
     ) -> delivery_pb2.SendTransactionalResponse:
+        await guard.ensure_may_send(self.pool, current_workspace())
         message_id = await handlers.send_transactional(self.pool, current_workspace(), request)
         return delivery_pb2.SendTransactionalResponse(message_id=message_id)
 
