@@ -104,7 +104,9 @@ async def test_the_sending_status_needs_a_valid_key(sending_gateway: HttpService
             "/v1/sending-status",
             headers={"Authorization": f"Bearer nk_{uuid.uuid4().hex[:16]}_{'x' * 43}"},
         )
-        malformed = await http.get("/v1/sending-status", headers={"Authorization": "Bearer é"})
+        malformed = await http.get(
+            "/v1/sending-status", headers={"Authorization": "Bearer not a key"}
+        )
     for answer in (missing, wrong, malformed):
         assert answer.status_code == 401, answer.text
         assert answer.headers["content-type"] == PROBLEM
