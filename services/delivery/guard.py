@@ -16,9 +16,13 @@ Handlers do not write one row each: concurrent handlers join a *group commit*
 each handler returns, so the consumer commits an offset only after its event is durable.
 At 2,000 mails/s into one workspace a row per event would queue on that workspace's hour.
 
-**Judging** (:mod:`services.delivery.domain.guard`) happens in the same transaction, for
-every workspace the batch touched; a suspension is a ``guard_suspensions`` row with its
-rule, reason and figures, active until an operator lifts it (:func:`lift_suspension`).
+**Judging** (:mod:`services.delivery.domain.guard`) happens in the same transaction for
+every workspace the batch brought a complaint or a hard bounce; a workspace that only sent
+is judged at most once per :attr:`GuardSettings.guard_judge_every_s` (judging reads the
+workspace's 15 days of hours: once per batch cost a quarter of the consumer's throughput),
+by the next batch or by a sweep of the workspaces left unjudged. A suspension is a
+``guard_suspensions`` row with its rule, reason and figures, active until an operator lifts
+it (:func:`lift_suspension`).
 
 **Refusing.** :func:`refusal` is the one question the send paths ask, cached
 :attr:`GuardSettings.guard_cache_s` in the process (a suspension found or made here, and a
@@ -89,6 +93,8 @@ class GuardSettings(BaseServiceSettings):
     guard_jump_min_active_days: int = Field(7, ge=1)
     # How long a process trusts what it read about a workspace's suspension.
     guard_cache_s: float = Field(5.0, ge=0)
+    # How often at most a workspace that only sent (no complaint, no hard bounce) is judged.
+    guard_judge_every_s: float = Field(1.0, gt=0, le=60)
     # The operators' token (the one contacts checks for CreateWorkspace): LiftSuspension
     # needs 'authorization: Admin <token>'. Empty: nobody can lift over gRPC.
     admin_token: str = Field("", validation_alias=AliasChoices("NUDGE_ADMIN_TOKEN"), repr=False)
@@ -111,6 +117,7 @@ class _Config:
     rules: Rules = field(default_factory=Rules)
     cache_s: float = 5.0
     admin_token: str = ""
+    judge_every_s: float = 1.0
 
 
 # The process's guard: configured once at start-up (:func:`configure`), read by the send
@@ -121,7 +128,12 @@ _cache: dict[str, tuple[float, str | None]] = {}
 
 def configure(settings: GuardSettings) -> None:
     global _config
-    _config = _Config(settings.guard_rules(), settings.guard_cache_s, settings.admin_token)
+    _config = _Config(
+        settings.guard_rules(),
+        settings.guard_cache_s,
+        settings.admin_token,
+        settings.guard_judge_every_s,
+    )
     _cache.clear()
 
 
@@ -187,6 +199,8 @@ class GuardCounter:
         self.max_batch = max_batch
         self._pending: list[tuple[list[Tally], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._judged_at: dict[str, float] = {}  # workspace -> monotonic time of its judgment
+        self._unjudged: set[str] = set()
         self.counted = 0  # tallies counted (not replays), for tests and metrics
         self.suspended = 0
 
@@ -227,11 +241,26 @@ class GuardCounter:
             if not counted:
                 return
             await store.add_counts(conn, counted)
+            alarming = {t.workspace_id for t in counted if t.hard_bounces or t.complaints}
+            due = time.monotonic() - _config.judge_every_s
+            judged = []
             for workspace_id in sorted({t.workspace_id for t in counted}):
+                if workspace_id not in alarming and self._judged_at.get(workspace_id, 0) > due:
+                    continue
+                judged.append(workspace_id)
                 suspension = await judge(conn, workspace_id, now)
                 if suspension is not None:
                     made.append(suspension)
+        # After the commit: a rolled-back batch judged nothing.
+        self._unjudged.update(t.workspace_id for t in counted)
+        self._unjudged.difference_update(judged)
+        self._after_judging(judged, made)
         self.counted += len(counted)
+
+    def _after_judging(self, judged: Sequence[str], made: Sequence[store.Suspension]) -> None:
+        at = time.monotonic()
+        for workspace_id in judged:
+            self._judged_at[workspace_id] = at
         for suspension in made:
             self.suspended += 1
             _remember(suspension.workspace_id, suspension.reason)
@@ -241,6 +270,32 @@ class GuardCounter:
                 suspension.rule,
                 suspension.reason,
             )
+
+    async def judge_unjudged_forever(self) -> None:
+        """Judge the workspaces whose last counts were not judged (they only sent, and were
+        judged a moment before), every ``judge_every_s``: the last mails of a burst may
+        be the ones that pass a limit."""
+        while True:
+            await asyncio.sleep(_config.judge_every_s)
+            due = time.monotonic() - _config.judge_every_s
+            for workspace_id in sorted(self._unjudged):
+                if self._judged_at.get(workspace_id, 0) > due:
+                    continue
+                # Before judging: counts committed meanwhile mark it again.
+                self._unjudged.discard(workspace_id)
+                try:
+                    async with self.pool.acquire() as conn, conn.transaction():
+                        suspension = await judge(conn, workspace_id, clock.now())
+                except Exception:
+                    log.exception("judging workspace %s failed; trying again", workspace_id)
+                    self._unjudged.add(workspace_id)
+                    continue
+                self._after_judging([workspace_id], [suspension] if suspension else [])
+            # Forget workspaces idle for a while, so the map does not grow for ever.
+            idle = time.monotonic() - 600
+            for workspace_id in [w for w, at in self._judged_at.items() if at < idle]:
+                if workspace_id not in self._unjudged:
+                    del self._judged_at[workspace_id]
 
 
 async def judge(
@@ -338,11 +393,12 @@ async def start(service: runtime.Service, settings: GuardSettings, pool: asyncpg
     configure(settings)
     if not settings.guard_enabled or not isinstance(settings, KafkaSettings):
         return
+    counter = GuardCounter(pool)
     consumer = KafkaConsumerLoop(
         settings.kafka_bootstrap_servers,
         CONSUMER,
         [DELIVERY_EVENTS],
-        GuardCounter(pool),
+        counter,
         # Wide: every handler waits on a group commit, so parallel lanes make the batches.
         concurrency=128,
         max_in_flight=4000,
@@ -350,4 +406,5 @@ async def start(service: runtime.Service, settings: GuardSettings, pool: asyncpg
     service.push(consumer.stop)
     await consumer.start()
     service.spawn(consumer.run(), "guard-consumer")
+    service.spawn(counter.judge_unjudged_forever(), "guard-judge")
     service.spawn(prune_counts_forever(pool), "guard-prune")

@@ -303,3 +303,22 @@ async def test_an_operator_lifts_a_suspension_and_sending_resumes(
     ]
     assert history[0]["lifted_at"] is not None
     assert '"window_complaints": 2' in history[0]["figures"]
+
+
+async def test_mails_alone_can_pass_the_limit_and_are_judged_after_the_burst(
+    delivery_service: RunningService, workspace: Workspace, producer: AIOKafkaProducer
+) -> None:
+    # 3 spam reports among no mails yet: nothing to judge.
+    await publish(producer, workspace, complaints(3))
+    first = await eventually(lambda: counted(delivery_service, workspace, 0, 0, 3), timeout=60)
+    assert not first.suspended
+    # Then a burst of mails only: judged at most once a second while it lasts, so the mails
+    # that take the window past the minimum volume may come in a batch not judged; the
+    # guard judges what it left unjudged after the burst.
+    await publish(producer, workspace, sent(600))
+    await eventually(lambda: counted(delivery_service, workspace, 600, 0, 3), timeout=60)
+    assert await eventually(lambda: _suspended(delivery_service, workspace), timeout=30)
+
+
+async def _suspended(delivery: RunningService, ws: Workspace) -> bool:
+    return (await sending_status(delivery, ws)).suspended
