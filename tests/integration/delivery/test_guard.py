@@ -306,8 +306,16 @@ async def test_an_operator_lifts_a_suspension_and_sending_resumes(
 
 
 async def test_mails_alone_can_pass_the_limit_and_are_judged_after_the_burst(
-    delivery_service: RunningService, workspace: Workspace, producer: AIOKafkaProducer
+    delivery_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from services.delivery import guard
+
+    # The service runs in this process: a long interval makes the burst below arrive
+    # within one interval of the judgment of the reports, so only the sweep can judge it.
+    monkeypatch.setattr(guard._config, "judge_every_s", 5.0)
     # 3 spam reports among no mails yet: nothing to judge.
     await publish(producer, workspace, complaints(3))
     first = await eventually(lambda: counted(delivery_service, workspace, 0, 0, 3), timeout=60)
