@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 
 import asyncpg
 import grpc
@@ -16,6 +17,7 @@ from google.protobuf.message import Message
 from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc, events_pb2
 
+from services.common import clock
 from services.common.events import new_envelope
 from services.common.topics import DELIVERY_EVENTS, DELIVERY_REQUESTS
 from tests.integration.conftest import RunningService, Workspace, run_in_process
@@ -25,7 +27,7 @@ from tests.integration.delivery.test_delivery import (
     new_contact,
     status_of,
 )
-from tests.support import eventually, free_port, unique
+from tests.support import eventually, fetchval, free_port, unique
 
 ADMIN = (("authorization", "Admin test-admin-token"),)
 
@@ -78,13 +80,17 @@ async def publish(
     *,
     key: str | None = None,
     event_ids: list[str] | None = None,
+    occurred_at: datetime | None = None,
 ) -> list[str]:
-    """Publish the events on delivery.events.v1; their event ids."""
+    """Publish the events on delivery.events.v1 (as if they happened at ``occurred_at``);
+    their event ids."""
     ids = event_ids or [str(uuid.uuid4()) for _ in payloads]
     sends = [
         await producer.send(
             DELIVERY_EVENTS,
-            new_envelope(ws.id, payload, event_id=event_id).SerializeToString(),
+            new_envelope(
+                ws.id, payload, event_id=event_id, occurred_at=occurred_at
+            ).SerializeToString(),
             key=(key or str(uuid.uuid4())).encode(),
         )
         for payload, event_id in zip(payloads, ids, strict=True)
@@ -330,3 +336,36 @@ async def test_mails_alone_can_pass_the_limit_and_are_judged_after_the_burst(
 
 async def _suspended(delivery: RunningService, ws: Workspace) -> bool:
     return (await sending_status(delivery, ws)).suspended
+
+
+async def test_a_volume_jump_beyond_the_workspace_history_suspends_but_a_first_campaign_does_not(
+    delivery_service: RunningService,
+    workspace: Workspace,
+    other_workspace: Workspace,
+    producer: AIOKafkaProducer,
+    infra: dict[str, str],
+) -> None:
+    async def all_sent(ws: Workspace, total: int) -> bool:
+        found = await fetchval(
+            infra["DATABASE_URL"],
+            "SELECT sum(sent) FROM delivery.guard_counts WHERE workspace_id = $1",
+            uuid.UUID(ws.id),
+        )
+        return found == total
+
+    # A history: 100 mails a day on 7 of the last 14 days (the events say when they
+    # happened, and are counted in their own hours).
+    now = clock.now()
+    for days_ago in range(2, 9):
+        await publish(producer, workspace, sent(100), occurred_at=now - timedelta(days=days_ago))
+    await eventually(lambda: all_sent(workspace, 700), timeout=60)
+    # Then 5,001 in an hour: over the floor, 50 times the median day.
+    await publish(producer, workspace, sent(5001))
+    # A new workspace sends as much on its first day.
+    await publish(producer, other_workspace, sent(5001))
+    await eventually(lambda: all_sent(workspace, 5701), timeout=120)
+    await eventually(lambda: _suspended(delivery_service, workspace), timeout=30)
+    status = await sending_status(delivery_service, workspace)
+    assert status.reason.startswith("volume jump: 5001 mails in the last 24 hours, more than 10")
+    first = await eventually(lambda: counted(delivery_service, other_workspace, 5001), timeout=120)
+    assert not first.suspended
