@@ -37,7 +37,7 @@ from services.common.privacy import (
     ContactErasedConsumer,
 )
 from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS
-from services.delivery import handlers, privacy
+from services.delivery import guard, handlers, privacy
 from services.delivery.adapters.contacts import EligibilityClient
 from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.adapters.postgres import SCHEMA
@@ -45,6 +45,7 @@ from services.delivery.adapters.smtp import SmtpSender, SmtpTarget, probe_sessio
 from services.delivery.config import Settings
 from services.delivery.domain.ledger import RetryPolicy
 from services.delivery.entrypoints.grpc import DeliveryServicer
+from services.delivery.entrypoints.grpc_guard import GUARD_POLICY
 from services.delivery.inbound import start_inbound
 from services.delivery.mail_auth import mail_auth
 
@@ -95,6 +96,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     await publisher.start()
     service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
     await start_inbound(service, settings, pool, auth)  # bounces and complaints, when a port is set
+    await guard.start(service, settings, pool)
 
     async def on_request(envelope: Envelope, record: ConsumerRecord) -> None:
         await handlers.deliver(deps, envelope)
@@ -149,7 +151,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
-                DeliveryServicer(pool, dkim_cache),  # type: ignore[abstract]  # issue 14: the guard RPCs
+                DeliveryServicer(pool, dkim_cache),
                 SERVICE_NAME,
             ),
             (
@@ -160,7 +162,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         ],
         verifier=RemoteApiKeyVerifier(contacts, redis, settings.internal_token),
         internal_token=settings.internal_token,
-        policy=CONTACT_DATA_POLICY,
+        policy={**CONTACT_DATA_POLICY, **GUARD_POLICY},
         dependencies={
             "postgres": postgres_check(pool, settings.dependency_timeout_s),
             "redis": redis_check(redis),

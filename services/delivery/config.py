@@ -13,9 +13,17 @@ from services.common.config import (
 )
 from services.delivery.auth_config import AuthSettings
 from services.delivery.domain.domain_limits import DomainLimits
+from services.delivery.guard import GuardSettings
 
 
-class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings, AuthSettings):
+class Settings(
+    GuardSettings,
+    DatabaseSettings,
+    RedisSettings,
+    KafkaSettings,
+    InternalAuthSettings,
+    AuthSettings,
+):
     model_config = SettingsConfigDict(env_prefix="DELIVERY_", extra="ignore", frozen=True)
 
     grpc_port: int = 50055

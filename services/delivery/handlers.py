@@ -54,6 +54,7 @@ from services.common.events import deterministic_id, new_envelope
 from services.common.ids import is_uuid
 from services.common.outbox import add_to_outbox
 from services.common.topics import DELIVERY_EVENTS, DELIVERY_REQUESTS
+from services.delivery import guard
 from services.delivery.adapters import postgres as db
 from services.delivery.adapters.smtp import failure_of
 from services.delivery.domain.ledger import Kind, Outcome, RetryPolicy, Status, classify, retry_plan
@@ -168,6 +169,9 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
         await _finish_unsent(
             deps, envelope, Status.FAILED, "invalid request: purpose or kind", reclaimable
         )
+        return
+    if await guard.refusal(deps.pool, workspace_id) is not None:  # the anti-spam guard
+        await _finish_unsent(deps, envelope, Status.SKIPPED, guard.SKIP_REASON, reclaimable)
         return
     facts = await deps.eligibility.check(workspace_id, request.contact_id, request.purpose)
     if facts is None or not facts.eligible:

@@ -39,6 +39,7 @@ from services.gateway.entrypoints import (
     messages,
     privacy,
     segments,
+    sending,
 )
 
 NAME = "gateway"
@@ -110,6 +111,7 @@ def create_app(
     for module in (*routers, health):
         app.include_router(module.router)
     app.include_router(contacts.attributes_router)
+    app.include_router(sending.router)  # issue 14: the anti-spam guard
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
     app.add_exception_handler(HTTPException, problems.handle_http_exception)

@@ -7,14 +7,15 @@ import grpc
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
 from services.common.auth import current_workspace
-from services.delivery import handlers
+from services.delivery import guard, handlers
 from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.entrypoints.grpc_dkim import DkimKeysMixin
+from services.delivery.entrypoints.grpc_guard import GuardRpcs
 
 
-class DeliveryServicer(DkimKeysMixin, delivery_pb2_grpc.DeliveryServiceServicer):
+class DeliveryServicer(DkimKeysMixin, GuardRpcs, delivery_pb2_grpc.DeliveryServiceServicer):
     """Transactional sends and the status of any message of the caller's workspace; DKIM
-    keys (entrypoints/grpc_dkim.py)."""
+    keys (entrypoints/grpc_dkim.py); the anti-spam guard (entrypoints/grpc_guard.py)."""
 
     def __init__(self, pool: asyncpg.Pool, dkim_cache: KeyCache | None = None) -> None:
         self.pool = pool
@@ -23,6 +24,7 @@ class DeliveryServicer(DkimKeysMixin, delivery_pb2_grpc.DeliveryServiceServicer)
     async def SendTransactional(
         self, request: delivery_pb2.SendTransactionalRequest, context: grpc.aio.ServicerContext
     ) -> delivery_pb2.SendTransactionalResponse:
+        await guard.ensure_may_send(self.pool, current_workspace())
         message_id = await handlers.send_transactional(self.pool, current_workspace(), request)
         return delivery_pb2.SendTransactionalResponse(message_id=message_id)
 
