@@ -26,6 +26,7 @@ from services.common.links import ExpiredLink, InvalidLink, LinkClaims, LinkKind
 from services.tracking import handlers
 from services.tracking.adapters.contacts import ConsentClient
 from services.tracking.config import Settings
+from services.tracking.domain.machine_opens import MachineRules, Network, client_address
 from services.tracking.handlers import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -85,29 +86,55 @@ async def _within(settings: Settings, publishing: Awaitable[str]) -> str:
     return await asyncio.wait_for(publishing, settings.publish_timeout_s)
 
 
+def _hit(request: Request, user_agent: str) -> handlers.Hit:
+    peer = request.client.host if request.client else ""
+    forwarded = request.headers.get("x-forwarded-for", "")
+    trusted = cast(tuple[Network, ...], request.app.state.trusted_proxies)
+    return handlers.hit(user_agent, client_address(peer, forwarded, trusted))
+
+
+def get_rules(request: Request) -> MachineRules:
+    return cast(MachineRules, request.app.state.machine_rules)
+
+
+RulesDep = Annotated[MachineRules, Depends(get_rules)]
+
+
 @router.get("/o/{token}.gif", include_in_schema=False)
 async def open_pixel(
-    token: str, settings: SettingsDep, publisher: PublisherDep, user_agent: UserAgent = ""
+    token: str,
+    request: Request,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    rules: RulesDep,
+    user_agent: UserAgent = "",
 ) -> Response:
+    """Answers at once: the open goes to the publisher's buffer, never waits for Kafka."""
     claims = _claims(settings, token, LinkKind.OPEN)
     try:
-        await _within(settings, handlers.record_open(publisher, claims, user_agent))
+        handlers.record_open(publisher, rules, claims, _hit(request, user_agent))
     except Exception:
         # The reader must still see an image; the lost open is in the logs.
-        log.exception("could not publish an open of message %s", claims.message_id)
+        log.exception("could not record an open of message %s", claims.message_id)
     return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
 
 
 @router.get("/c/{token}", include_in_schema=False)
 async def click(
-    token: str, settings: SettingsDep, publisher: PublisherDep, user_agent: UserAgent = ""
+    token: str,
+    request: Request,
+    settings: SettingsDep,
+    publisher: PublisherDep,
+    rules: RulesDep,
+    user_agent: UserAgent = "",
 ) -> Response:
+    """Redirects at once: the click goes to the publisher's buffer, never waits for Kafka."""
     claims = _claims(settings, token, LinkKind.CLICK)
     try:
-        await _within(settings, handlers.record_click(publisher, claims, user_agent))
+        handlers.record_click(publisher, rules, claims, _hit(request, user_agent))
     except Exception:
         # The reader must still get where they were going; the lost click is in the logs.
-        log.exception("could not publish a click on message %s", claims.message_id)
+        log.exception("could not record a click on message %s", claims.message_id)
     return RedirectResponse(claims.url, status_code=302, headers=NO_STORE)
 
 
@@ -149,6 +176,9 @@ async def healthz(settings: SettingsDep, publisher: PublisherDep) -> JSONRespons
         check = {"ok": False, "detail": describe(err)}
     check["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     check["kind"] = settings.kafka_kind
+    stats = getattr(publisher, "stats", None)
+    if stats is not None:  # opens and clicks accepted, published and lost since start
+        check["events"] = stats.as_dict()
     ok = bool(check["ok"])
     return JSONResponse(
         {"status": "ok" if ok else "degraded", "checks": {"kafka": check}},
@@ -314,6 +344,7 @@ async def save_preferences(
     request: Request,
     settings: SettingsDep,
     consent: ConsentDep,
+    publisher: PublisherDep,
     user_agent: UserAgent = "",
 ) -> Response:
     """The page's form. The signed token in the form must be the link's: a page of another
@@ -327,6 +358,8 @@ async def save_preferences(
     everything_off = form.get("action", [""])[0] == "none"
     wanted = {name: not everything_off and form.get(name, [""])[0] == "on" for name, _ in CHOICES}
     try:
+        # What was on before, to tell tracking.events.v1 which switches this post changed.
+        before = await consent.get_preferences(claims)
         prefs = await consent.set_preferences(
             claims,
             SetPreferencesRequest(
@@ -340,6 +373,11 @@ async def save_preferences(
         )
     except grpc.aio.AioRpcError as err:
         return _contacts_failure(err, claims)
+    try:
+        handlers.record_preferences(publisher, claims, before, prefs)
+    except Exception:
+        # Contacts holds the change; only the statistics event is lost (and logged).
+        log.exception("could not record the preference change of %s", claims.contact_id)
     return HTMLResponse(
         _page(preferences_body(token, prefs, saved=True), "E-mail preferences"),
         headers=PAGE_HEADERS,

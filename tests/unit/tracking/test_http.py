@@ -13,6 +13,7 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from services.common import links
 from services.common.events import deterministic_id
 from services.common.topics import TRACKING_EVENTS
+from services.tracking.adapters.kafka import Pending
 from services.tracking.bootstrap import create_app
 from services.tracking.config import Settings
 from services.tracking.entrypoints.http import MAX_FORM_FIELDS, PIXEL, confirm_body, done_body
@@ -27,6 +28,11 @@ class FakePublisher:
     published: list[tuple[str, str, Envelope]] = field(default_factory=list)
     failure: BaseException | None = None
     broker_count: int = 1
+
+    def offer(self, pending: Pending) -> None:
+        if self.failure:
+            raise self.failure
+        self.published.append((pending.topic, pending.key, pending.envelope))
 
     async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         if self.failure:

@@ -1,0 +1,57 @@
+"""The "every link clicked at once" rule: link scanners follow every link of a mail within a
+second or two, a reader clicks one (or a few, minutes apart). Redis keeps, per mail, the
+links clicked recently (a sorted set: link -> time of its last click, with a TTL of the
+window), so that every tracking process sees the clicks of the others.
+
+Runs in the Kafka drain (services/tracking/adapters/kafka.py), after the redirect was
+answered: one pipeline per batch of clicks, in the order they were clicked. A click is
+flagged ``link_burst`` when, with it, ``links`` distinct links of its mail were clicked within
+``window_s``; the clicks before it in the burst were published before the burst was known
+(the other rules usually catch those: a scanner also gives itself away by its user agent,
+network or speed). Redis down or slow: the rule is skipped for the batch, nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from redis.asyncio import Redis
+
+from services.tracking.adapters.kafka import Pending
+from services.tracking.domain.machine_opens import LINK_BURST
+
+PREFIX = "nudge:tracking:clicks:"
+
+
+def burst_key(workspace_id: str, message_id: str) -> str:
+    return f"{PREFIX}{workspace_id}:{message_id}"
+
+
+class BurstDetector:
+    def __init__(self, redis: Redis, *, links: int, window_s: float, timeout_s: float) -> None:
+        self._redis = redis
+        self._links = links
+        self._window_s = window_s
+        self._timeout_s = timeout_s
+        self._ttl = max(1, math.ceil(window_s))
+
+    async def __call__(self, batch: list[Pending]) -> None:
+        clicks = [item for item in batch if item.burst is not None]
+        if not clicks:
+            return
+        pipe = self._redis.pipeline(transaction=False)
+        for item in clicks:
+            assert item.burst is not None
+            key, link = item.burst
+            pipe.zadd(key, {link: item.at})
+            pipe.zremrangebyscore(key, "-inf", item.at - self._window_s)
+            pipe.zcount(key, item.at - self._window_s, item.at)
+            pipe.expire(key, self._ttl)
+        answers = await asyncio.wait_for(pipe.execute(), self._timeout_s)
+        for number, item in enumerate(clicks):
+            distinct = int(answers[number * 4 + 2])
+            clicked = item.envelope.link_clicked
+            if distinct >= self._links and not clicked.machine_click:
+                clicked.machine_click = True
+                clicked.machine_reason = LINK_BURST
