@@ -10,6 +10,7 @@ import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -24,10 +25,23 @@ from services.tracking.adapters.kafka import KafkaTrackingPublisher
 from services.tracking.config import Settings
 from services.tracking.domain.machine_opens import MachineRules
 from services.tracking.entrypoints import http
+from services.tracking.entrypoints.fast import HotPaths
 from services.tracking.handlers import EventPublisher
 
 log = logging.getLogger(__name__)
 NAME = "tracking"
+
+
+class TrackingApp(FastAPI):
+    """FastAPI, with the open pixel and the click redirect answered before it
+    (services/tracking/entrypoints/fast.py says why)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        hot: HotPaths | None = getattr(self.state, "hot_paths", None)
+        if hot is not None and HotPaths.handles(scope):
+            await hot(scope, send)
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(
@@ -48,6 +62,13 @@ def create_app(
                 stack.push_async_callback(contacts.close)
                 app.state.consent = GrpcConsentClient(contacts, settings.internal_token)
             async with _publisher(app):
+                app.state.hot_paths = HotPaths(
+                    settings.link_secret,
+                    app.state.publisher,
+                    app.state.machine_rules,
+                    app.state.trusted_proxies,
+                    settings.trace_sample_rate,
+                )
                 yield
 
     @contextlib.asynccontextmanager
@@ -80,7 +101,7 @@ def create_app(
             await redis.aclose()
 
     # Public and unauthenticated: no interactive docs to advertise.
-    app = FastAPI(
+    app = TrackingApp(
         title="Nudge tracking",
         lifespan=lifespan,
         docs_url=None,

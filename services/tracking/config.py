@@ -35,6 +35,9 @@ class Settings(KafkaSettings, RedisSettings, InternalAuthSettings):
     burst_window_s: float = Field(3.0, gt=0)
     # How long the Redis step of a batch may take before the burst rule is skipped for it.
     redis_timeout_s: float = Field(0.5, gt=0)
+    # The share of open and click requests traced (those carrying a sampled traceparent
+    # always are): a span per pixel would cost more than the pixel.
+    trace_sample_rate: float = Field(0.01, ge=0, le=1)
     # Proxies whose X-Forwarded-For is believed (CIDRs); the socket's peer otherwise.
     trusted_proxies: list[str] = ["127.0.0.1/32", "::1/128"]
     # More scanner or proxy networks (CIDRs) on top of the built-in list.

@@ -21,6 +21,7 @@ Pure: the caller passes the time, the address and the networks.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -105,6 +106,16 @@ class MachineRules:
 
     networks: tuple[tuple[str, Network], ...]
     too_soon_s: float
+    # (version, first, last, reason) of each network, as integers: ~10x cheaper per hit than
+    # ipaddress's `in`.
+    _ranges: tuple[tuple[int, int, int, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        ranges = tuple(
+            (n.version, int(n.network_address), int(n.broadcast_address), reason)
+            for reason, n in self.networks
+        )
+        object.__setattr__(self, "_ranges", ranges)
 
     @classmethod
     def build(cls, extra_networks: Iterable[str] = (), too_soon_s: float = 2.0) -> MachineRules:
@@ -118,8 +129,9 @@ class MachineRules:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return ""
-        for reason, network in self.networks:
-            if ip.version == network.version and ip in network:
+        version, value = ip.version, int(ip)
+        for net_version, first, last, reason in self._ranges:
+            if net_version == version and first <= value <= last:
                 return reason
         return ""
 
@@ -132,6 +144,7 @@ def machine_agent(user_agent: str) -> str | None:
     return found[0] if found else None
 
 
+@functools.lru_cache(maxsize=4096)  # a campaign's hits come from a few hundred agents
 def _agent(user_agent: str) -> tuple[str, str] | None:
     agent = user_agent.strip()
     if not agent:

@@ -1,5 +1,6 @@
-"""The public HTTP endpoints reached from the mail: open pixel, click redirect, unsubscribe,
-the preference page (``/p/``) and the double opt-in confirmation (``/k/``).
+"""The public HTTP endpoints reached from the mail: unsubscribe, the preference page
+(``/p/``) and the double opt-in confirmation (``/k/``); the open pixel and the click redirect
+are served before FastAPI (services/tracking/entrypoints/fast.py).
 
 Each route verifies the signed token, calls a handler, and answers. A token that does not
 verify gets the same 404 whatever the reason, so probing says nothing about what is wrong.
@@ -18,7 +19,7 @@ from urllib.parse import parse_qs
 
 import grpc
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from nudge.contacts.v1.contacts_pb2 import Preferences, SetPreferencesRequest
 
 from services.common.kafka_probe import describe
@@ -26,16 +27,13 @@ from services.common.links import ExpiredLink, InvalidLink, LinkClaims, LinkKind
 from services.tracking import handlers
 from services.tracking.adapters.contacts import ConsentClient
 from services.tracking.config import Settings
-from services.tracking.domain.machine_opens import MachineRules, Network, client_address
+from services.tracking.entrypoints.fast import PIXEL
+
+__all__ = ["PIXEL", "router"]
 from services.tracking.handlers import EventPublisher
 
 log = logging.getLogger(__name__)
 
-# The smallest transparent GIF (1x1, 43 bytes).
-PIXEL = (
-    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"
-    b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
-)
 NO_STORE = {"Cache-Control": "no-store, max-age=0", "Referrer-Policy": "no-referrer"}
 PAGE_HEADERS = {
     **NO_STORE,
@@ -84,58 +82,6 @@ def _claims(settings: Settings, token: str, kind: LinkKind) -> LinkClaims:
 
 async def _within(settings: Settings, publishing: Awaitable[str]) -> str:
     return await asyncio.wait_for(publishing, settings.publish_timeout_s)
-
-
-def _hit(request: Request, user_agent: str) -> handlers.Hit:
-    peer = request.client.host if request.client else ""
-    forwarded = request.headers.get("x-forwarded-for", "")
-    trusted = cast(tuple[Network, ...], request.app.state.trusted_proxies)
-    return handlers.hit(user_agent, client_address(peer, forwarded, trusted))
-
-
-def get_rules(request: Request) -> MachineRules:
-    return cast(MachineRules, request.app.state.machine_rules)
-
-
-RulesDep = Annotated[MachineRules, Depends(get_rules)]
-
-
-@router.get("/o/{token}.gif", include_in_schema=False)
-async def open_pixel(
-    token: str,
-    request: Request,
-    settings: SettingsDep,
-    publisher: PublisherDep,
-    rules: RulesDep,
-    user_agent: UserAgent = "",
-) -> Response:
-    """Answers at once: the open goes to the publisher's buffer, never waits for Kafka."""
-    claims = _claims(settings, token, LinkKind.OPEN)
-    try:
-        handlers.record_open(publisher, rules, claims, _hit(request, user_agent))
-    except Exception:
-        # The reader must still see an image; the lost open is in the logs.
-        log.exception("could not record an open of message %s", claims.message_id)
-    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
-
-
-@router.get("/c/{token}", include_in_schema=False)
-async def click(
-    token: str,
-    request: Request,
-    settings: SettingsDep,
-    publisher: PublisherDep,
-    rules: RulesDep,
-    user_agent: UserAgent = "",
-) -> Response:
-    """Redirects at once: the click goes to the publisher's buffer, never waits for Kafka."""
-    claims = _claims(settings, token, LinkKind.CLICK)
-    try:
-        handlers.record_click(publisher, rules, claims, _hit(request, user_agent))
-    except Exception:
-        # The reader must still get where they were going; the lost click is in the logs.
-        log.exception("could not record a click on message %s", claims.message_id)
-    return RedirectResponse(claims.url, status_code=302, headers=NO_STORE)
 
 
 @router.get("/u/{token}", include_in_schema=False)
