@@ -162,7 +162,11 @@ class KafkaTrackingPublisher:
                 await self._wake.wait()
                 continue
             batch = [self._buffer.popleft() for _ in range(min(MAX_BATCH, len(self._buffer)))]
-            await self._send(batch)
+            try:
+                await self._send(batch)
+            except Exception:  # a bug here must not end the drain: later hits would pile up
+                log.exception("could not send %s opens and clicks", len(batch))
+                self.stats.failed += len(batch)
             self._report()
 
     async def _connect(self) -> None:

@@ -343,3 +343,16 @@ async def test_the_preference_page_publishes_what_a_post_changed_and_nothing_oth
     assert list(changed.subscribed) == []
     assert list(changed.unsubscribed) == [CONSENT_PURPOSE_TARGETED_MESSAGES]
     assert changed.message_id == MSG
+
+
+async def test_a_head_request_answers_like_a_get_and_records_nothing(tracking: Tracking) -> None:
+    """Link checkers send HEAD; no reader's browser does."""
+    url = "https://shop.example/a"
+    path = links.sign_click(SECRET, WS, MSG, CONTACT, url, link_index=0, issued_at=1)
+    answer = await tracking.http.head(path)
+    assert (answer.status_code, answer.headers["location"]) == (302, url)
+    pixel = await tracking.http.head(links.sign_open(SECRET, WS, MSG, CONTACT))
+    assert pixel.status_code == 200
+    assert tracking.publisher.published == []
+    assert (await tracking.http.get(path)).status_code == 302
+    assert len(tracking.publisher.published) == 1
