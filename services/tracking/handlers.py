@@ -22,6 +22,7 @@ from typing import Protocol
 from nudge.contacts.v1 import contacts_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.tracking.v1 import events_pb2
+from opentelemetry import trace
 
 from services.common.events import new_envelope
 from services.common.links import LinkClaims
@@ -143,8 +144,9 @@ def _offer(
     h: Hit,
     burst: tuple[str, str] | None = None,
 ) -> str:
-    # The request's trace context goes with the event (the drain runs outside the request).
-    publisher.offer(
-        Pending(TRACKING_EVENTS, claims.contact_id, envelope, inject_headers(), burst, h.at)
-    )
+    # The request's trace context goes with the event (the drain runs outside the request);
+    # most hits are not traced (sampling): nothing to carry then.
+    traced = trace.get_current_span().get_span_context().is_valid
+    headers = inject_headers() if traced else []
+    publisher.offer(Pending(TRACKING_EVENTS, claims.contact_id, envelope, headers, burst, h.at))
     return envelope.event_id

@@ -28,6 +28,17 @@ def burst_key(workspace_id: str, message_id: str) -> str:
     return f"{PREFIX}{workspace_id}:{message_id}"
 
 
+# One round trip's worth of work per click, on the server: record the link's click, forget
+# clicks older than the window, count the distinct links clicked within it, renew the TTL.
+_RECORD = """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2] - ARGV[3])
+local n = redis.call('ZCOUNT', KEYS[1], ARGV[2] - ARGV[3], ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return n
+"""
+
+
 class BurstDetector:
     def __init__(self, redis: Redis, *, links: int, window_s: float, timeout_s: float) -> None:
         self._redis = redis
@@ -35,6 +46,7 @@ class BurstDetector:
         self._window_s = window_s
         self._timeout_s = timeout_s
         self._ttl = max(1, math.ceil(window_s))
+        self._record = redis.register_script(_RECORD)
 
     async def __call__(self, batch: list[Pending]) -> None:
         clicks = [item for item in batch if item.burst is not None]
@@ -44,14 +56,12 @@ class BurstDetector:
         for item in clicks:
             assert item.burst is not None
             key, link = item.burst
-            pipe.zadd(key, {link: item.at})
-            pipe.zremrangebyscore(key, "-inf", item.at - self._window_s)
-            pipe.zcount(key, item.at - self._window_s, item.at)
-            pipe.expire(key, self._ttl)
+            await self._record(
+                keys=[key], args=[link, repr(item.at), repr(self._window_s), self._ttl], client=pipe
+            )
         answers = await asyncio.wait_for(pipe.execute(), self._timeout_s)
-        for number, item in enumerate(clicks):
-            distinct = int(answers[number * 4 + 2])
+        for item, distinct in zip(clicks, answers, strict=True):
             clicked = item.envelope.link_clicked
-            if distinct >= self._links and not clicked.machine_click:
+            if int(distinct) >= self._links and not clicked.machine_click:
                 clicked.machine_click = True
                 clicked.machine_reason = LINK_BURST
