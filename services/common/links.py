@@ -18,6 +18,14 @@ Two kinds serve consent (issue 12): the preference page of a mail (``/p/<token>`
 not expire either) and the double opt-in confirmation (``/k/<token>``), whose payload ends
 with its expiry (8 bytes, big-endian Unix seconds, inside the MAC): :func:`verify` refuses
 it afterwards with :class:`ExpiredLink`, so that tracking can say so instead of granting.
+
+Issue 14: open and click links may also carry the time the mail was issued and, for a click,
+the link's position in the mail (``sign_open(..., issued_at=...)``, ``sign_click(...,
+link_index=..., issued_at=...)``). Such tokens use payload version 2: after the three ids come
+the issue time (4 bytes, big-endian Unix seconds) and, for a click, the index (2 bytes) before
+the URL. Both sit inside the MAC, so tracking can trust them to tell a scanner that clicks
+within a second of delivery from a reader. Version 1 tokens (mails sent before) still verify,
+with ``issued_at == 0`` and ``link_index == -1`` (unknown).
 """
 
 from __future__ import annotations
@@ -34,6 +42,9 @@ from enum import Enum
 from urllib.parse import urlsplit
 
 VERSION = 1
+VERSION_TRACKED = 2  # open and click tokens with the issue time (and the click's link index)
+MAX_LINK_INDEX = 0xFFFF
+MAX_ISSUED_AT = 0xFFFFFFFF
 MAC_BYTES = 16  # 128 bits: forging one is as hard as guessing a random UUID, twice over
 MAX_URL_BYTES = 4096
 MAX_ID_BYTES = 255
@@ -78,20 +89,62 @@ class LinkClaims:
     contact_id: str
     url: str = ""  # the destination of a click link; empty for the other kinds
     expires_at: int = 0  # Unix seconds, for confirmation links; 0 for the other kinds
+    issued_at: int = 0  # Unix seconds the mail was issued (version 2 opens/clicks); 0 unknown
+    link_index: int = -1  # the click link's position in the mail, from 0; -1 unknown
 
 
-def sign_open(secret: str, workspace_id: str, message_id: str, contact_id: str) -> str:
-    """The path of the open pixel: ``/o/<token>.gif``."""
-    token = _sign(secret, LinkClaims(LinkKind.OPEN, workspace_id, message_id, contact_id))
-    return f"/o/{token}.gif"
+def sign_open(
+    secret: str,
+    workspace_id: str,
+    message_id: str,
+    contact_id: str,
+    *,
+    issued_at: int | None = None,
+) -> str:
+    """The path of the open pixel: ``/o/<token>.gif``; with ``issued_at`` (Unix seconds) the
+    token carries the mail's issue time (version 2)."""
+    claims = LinkClaims(
+        LinkKind.OPEN, workspace_id, message_id, contact_id, issued_at=_issued(issued_at)
+    )
+    return f"/o/{_sign(secret, claims)}.gif"
 
 
-def sign_click(secret: str, workspace_id: str, message_id: str, contact_id: str, url: str) -> str:
-    """The path of a tracked link to ``url`` (http or https only): ``/c/<token>``."""
+def sign_click(
+    secret: str,
+    workspace_id: str,
+    message_id: str,
+    contact_id: str,
+    url: str,
+    *,
+    link_index: int | None = None,
+    issued_at: int | None = None,
+) -> str:
+    """The path of a tracked link to ``url`` (http or https only): ``/c/<token>``; with
+    ``link_index`` and ``issued_at`` (both or neither) the token carries them (version 2)."""
     if not is_web_url(url):
         raise ValueError(f"only absolute http(s) URLs can be tracked, not {url[:80]!r}")
-    claims = LinkClaims(LinkKind.CLICK, workspace_id, message_id, contact_id, url)
+    if (link_index is None) != (issued_at is None):
+        raise ValueError("give both link_index and issued_at, or neither")
+    if link_index is not None and not 0 <= link_index <= MAX_LINK_INDEX:
+        raise ValueError(f"link_index must be 0-{MAX_LINK_INDEX}")
+    claims = LinkClaims(
+        LinkKind.CLICK,
+        workspace_id,
+        message_id,
+        contact_id,
+        url,
+        issued_at=_issued(issued_at),
+        link_index=-1 if link_index is None else link_index,
+    )
     return f"/c/{_sign(secret, claims)}"
+
+
+def _issued(issued_at: int | None) -> int:
+    if issued_at is None:
+        return 0
+    if not 0 < issued_at <= MAX_ISSUED_AT:
+        raise ValueError("issued_at must be positive Unix seconds (32 bits)")
+    return issued_at
 
 
 def sign_unsubscribe(secret: str, workspace_id: str, message_id: str, contact_id: str) -> str:
@@ -179,9 +232,14 @@ def _b64(data: bytes) -> str:
 
 
 def _encode(claims: LinkClaims) -> bytes:
-    out = bytearray((VERSION, _KIND_BYTES[claims.kind]))
+    tracked = claims.issued_at > 0 and claims.kind in (LinkKind.OPEN, LinkKind.CLICK)
+    out = bytearray((VERSION_TRACKED if tracked else VERSION, _KIND_BYTES[claims.kind]))
     for value in (claims.workspace_id, claims.message_id, claims.contact_id):
         out += _encode_id(value)
+    if tracked:
+        out += claims.issued_at.to_bytes(4, "big")
+        if claims.kind is LinkKind.CLICK:
+            out += claims.link_index.to_bytes(2, "big")
     if claims.kind is LinkKind.CLICK:
         url = claims.url.encode()
         if len(url) > MAX_URL_BYTES:
@@ -206,14 +264,31 @@ def _encode_id(value: str) -> bytes:
 
 
 def _decode(payload: bytes) -> LinkClaims:
-    if payload[0] != VERSION or payload[1] not in _KIND_BY_BYTE:
+    if payload[0] not in (VERSION, VERSION_TRACKED) or payload[1] not in _KIND_BY_BYTE:
         raise InvalidLink("unknown version or kind")
     kind = _KIND_BY_BYTE[payload[1]]
+    tracked = payload[0] == VERSION_TRACKED
+    if tracked and kind not in (LinkKind.OPEN, LinkKind.CLICK):
+        raise InvalidLink("only open and click links carry an issue time")
     pos = 2
     ids: list[str] = []
     for _ in range(3):
         value, pos = _decode_id(payload, pos)
         ids.append(value)
+    if tracked:
+        extra = 6 if kind is LinkKind.CLICK else 4
+        if len(payload) < pos + extra:
+            raise InvalidLink("truncated")
+        issued_at = int.from_bytes(payload[pos : pos + 4], "big")
+        index = int.from_bytes(payload[pos + 4 : pos + 6], "big") if extra == 6 else -1
+        rest = payload[pos + extra :]
+        if kind is LinkKind.OPEN and rest:
+            raise InvalidLink("trailing bytes")
+        try:
+            url = rest.decode()
+        except UnicodeDecodeError as err:
+            raise InvalidLink("URL is not UTF-8") from err
+        return LinkClaims(kind, ids[0], ids[1], ids[2], url, issued_at=issued_at, link_index=index)
     rest = payload[pos:]
     if kind is LinkKind.CONFIRM:
         if len(rest) != 8:

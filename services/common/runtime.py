@@ -141,10 +141,11 @@ class Service:
         log.info("%s serving gRPC on %s:%d", self.name, self.settings.bind_host, port)
         return server
 
-    async def serve_http(self, app: Any, port: int) -> None:
+    async def serve_http(self, app: Any, port: int, *, proxy_headers: bool = True) -> None:
         """Serve the ASGI ``app`` on ``bind_host:port``. The socket is bound here, so a busy
         port fails this start step; the app's lifespan runs before this returns, and a
-        failing lifespan fails it too."""
+        failing lifespan fails it too. ``proxy_headers=False`` leaves X-Forwarded-For to the
+        app (tracking trusts it from configured proxies only)."""
         import uvicorn
 
         from services.common.http_server import QuietSignalsServer
@@ -156,7 +157,7 @@ class Service:
                 app,
                 log_config=None,
                 access_log=False,
-                proxy_headers=True,
+                proxy_headers=proxy_headers,
                 server_header=False,
                 lifespan="on",
             )

@@ -7,47 +7,116 @@ because contacts acts on the consent state (a withdrawn consent stays withdrawn)
 the two posts share an id: an id derived from the message was claimed forever, so a contact
 who subscribed again and then used the same mail's link was told "unsubscribed" while
 nothing changed.
+
+Opens, clicks and preference changes are *offered* to the publisher (a bounded buffer that a
+background task drains into Kafka): the visitor never waits for Kafka. Unsubscribes are
+published and awaited: one must not be lost silently.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass
 from typing import Protocol
 
+from nudge.contacts.v1 import contacts_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.tracking.v1 import events_pb2
+from opentelemetry import trace
 
 from services.common.events import new_envelope
 from services.common.links import LinkClaims
 from services.common.topics import TRACKING_EVENTS
-from services.tracking.domain.machine_opens import is_machine_open
+from services.common.tracing import inject_headers
+from services.tracking.adapters.bursts import burst_key
+from services.tracking.adapters.kafka import Pending
+from services.tracking.domain.machine_opens import MachineRules, machine_reason
 
 MAX_USER_AGENT = 512
 
 
 class EventPublisher(Protocol):
+    def offer(self, pending: Pending) -> None: ...
+
     async def publish(self, topic: str, key: str, envelope: Envelope) -> None: ...
 
     async def brokers(self) -> int: ...
 
 
-async def record_open(publisher: EventPublisher, claims: LinkClaims, user_agent: str) -> str:
+@dataclass(frozen=True)
+class Hit:
+    """What the request tells about who opened or clicked."""
+
+    user_agent: str
+    client_ip: str
+    at: float  # Unix seconds
+
+
+def hit(user_agent: str, client_ip: str) -> Hit:
+    return Hit(user_agent[:MAX_USER_AGENT], client_ip, time.time())
+
+
+def record_open(publisher: EventPublisher, rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
+    reason = _reason(rules, claims, h)
     opened = events_pb2.MessageOpened(
         message_id=claims.message_id,
         contact_id=claims.contact_id,
-        user_agent=user_agent[:MAX_USER_AGENT],
-        machine_open=is_machine_open(user_agent),
+        user_agent=h.user_agent,
+        machine_open=bool(reason),
+        machine_reason=reason,
     )
-    return await _publish(publisher, claims, new_envelope(claims.workspace_id, opened))
+    return _offer(publisher, claims, new_envelope(claims.workspace_id, opened), h)
 
 
-async def record_click(publisher: EventPublisher, claims: LinkClaims, user_agent: str) -> str:
+def record_click(publisher: EventPublisher, rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
+    reason = _reason(rules, claims, h)
     clicked = events_pb2.LinkClicked(
         message_id=claims.message_id,
         contact_id=claims.contact_id,
         url=claims.url,
-        user_agent=user_agent[:MAX_USER_AGENT],
+        user_agent=h.user_agent,
+        machine_click=bool(reason),
+        machine_reason=reason,
+        link_index=claims.link_index,
     )
-    return await _publish(publisher, claims, new_envelope(claims.workspace_id, clicked))
+    # The link for the burst rule: its index, or its URL in a link signed without one.
+    link = str(claims.link_index) if claims.link_index >= 0 else claims.url
+    burst = (burst_key(claims.workspace_id, claims.message_id), link)
+    return _offer(publisher, claims, new_envelope(claims.workspace_id, clicked), h, burst)
+
+
+def record_preferences(
+    publisher: EventPublisher,
+    claims: LinkClaims,
+    before: contacts_pb2.Preferences,
+    after: contacts_pb2.Preferences,
+) -> str | None:
+    """A PreferencesChanged event when the page's post changed switches; None when not."""
+    subscribed, unsubscribed = [], []
+    for name, purpose in _PURPOSES:
+        was, now = getattr(before, name), getattr(after, name)
+        if now and not was:
+            subscribed.append(purpose)
+        elif was and not now:
+            unsubscribed.append(purpose)
+    if not subscribed and not unsubscribed:
+        return None
+    changed = events_pb2.PreferencesChanged(
+        message_id=claims.message_id,
+        contact_id=claims.contact_id,
+        subscribed=subscribed,
+        unsubscribed=unsubscribed,
+    )
+    envelope = new_envelope(claims.workspace_id, changed)
+    publisher.offer(Pending(TRACKING_EVENTS, claims.contact_id, envelope, inject_headers()))
+    return envelope.event_id
+
+
+_PURPOSES = (
+    ("marketing", contacts_pb2.CONSENT_PURPOSE_MARKETING),
+    ("targeted_messages", contacts_pb2.CONSENT_PURPOSE_TARGETED_MESSAGES),
+    ("automations", contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS),
+)
 
 
 async def request_unsubscribe(
@@ -57,9 +126,27 @@ async def request_unsubscribe(
     requested = events_pb2.UnsubscribeRequested(
         message_id=claims.message_id, contact_id=claims.contact_id, one_click=one_click
     )
-    return await _publish(publisher, claims, new_envelope(claims.workspace_id, requested))
-
-
-async def _publish(publisher: EventPublisher, claims: LinkClaims, envelope: Envelope) -> str:
+    envelope = new_envelope(claims.workspace_id, requested)
     await publisher.publish(TRACKING_EVENTS, claims.contact_id, envelope)
+    return envelope.event_id
+
+
+def _reason(rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
+    return machine_reason(
+        rules, user_agent=h.user_agent, client_ip=h.client_ip, issued_at=claims.issued_at, now=h.at
+    )
+
+
+def _offer(
+    publisher: EventPublisher,
+    claims: LinkClaims,
+    envelope: Envelope,
+    h: Hit,
+    burst: tuple[str, str] | None = None,
+) -> str:
+    # The request's trace context goes with the event (the drain runs outside the request);
+    # most hits are not traced (sampling): nothing to carry then.
+    traced = trace.get_current_span().get_span_context().is_valid
+    headers = inject_headers() if traced else []
+    publisher.offer(Pending(TRACKING_EVENTS, claims.contact_id, envelope, headers, burst, h.at))
     return envelope.event_id

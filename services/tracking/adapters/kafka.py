@@ -1,36 +1,242 @@
-"""Kafka for the tracking service: the publisher of tracking.events.v1, and whether it is
-connected (the health check asks the brokers for metadata over a client of its own)."""
+"""Kafka for the tracking service: opens and clicks go through a bounded in-process buffer
+that a background task drains into an aiokafka producer (batches, linger), so that the
+request path never waits for Kafka; unsubscribes, which must not be lost, are sent and
+awaited (the visitor is asked to retry when Kafka does not answer).
+
+A Kafka outage (or a broker unreachable at start-up: the producer is started in the
+background, again and again) costs opens and clicks, never a pixel or a redirect: the buffer
+keeps the newest ``capacity`` hits, drops the oldest beyond that, and counts and logs (at
+most every ``LOG_EVERY_S``) what it dropped and what the broker refused. The counts are on
+``/healthz``. Health asks the brokers for metadata over a client of its own.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
 from nudge.events.v1.envelope_pb2 import Envelope
 
-from services.common.kafka import KafkaPublisher, supports_idempotence
+from services.common.kafka import supports_idempotence
 from services.common.kafka_probe import BrokerProbe
+from services.common.tracing import KafkaHeaders, inject_headers
+
+log = logging.getLogger(__name__)
+
+LOG_EVERY_S = 10.0
+MAX_BATCH = 1000  # hits taken from the buffer at a time
+FLUSH_AT_STOP_S = 5.0
+
+
+@dataclass(slots=True)
+class Pending:
+    """One hit on its way to Kafka. ``burst`` names the click for the burst rule: (key of
+    its mail, the link), or None."""
+
+    topic: str
+    key: str
+    envelope: Envelope
+    headers: KafkaHeaders
+    burst: tuple[str, str] | None = None
+    at: float = field(default_factory=time.time)
+
+
+# Runs on each batch before it is sent (the burst rule); may change the envelopes.
+Enricher = Callable[[list[Pending]], Awaitable[None]]
+
+
+@dataclass
+class BufferStats:
+    accepted: int = 0
+    published: int = 0
+    dropped: int = 0  # pushed out of a full buffer (the oldest)
+    failed: int = 0  # sent, and refused or timed out by Kafka
+    unsent_at_stop: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "accepted": self.accepted,
+            "published": self.published,
+            "dropped": self.dropped,
+            "failed": self.failed,
+        }
 
 
 class KafkaTrackingPublisher:
-    def __init__(self, bootstrap_servers: str, kafka_kind: str, *, health_timeout_s: float) -> None:
-        self._publisher = KafkaPublisher(
-            bootstrap_servers, "nudge-tracking", idempotent=supports_idempotence(kafka_kind)
-        )
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        kafka_kind: str,
+        *,
+        health_timeout_s: float,
+        capacity: int = 50_000,
+        linger_ms: int = 5,
+        enrich: Enricher | None = None,
+    ) -> None:
+        self._settings: dict[str, object] = {
+            "bootstrap_servers": bootstrap_servers,
+            "client_id": "nudge-tracking",
+            "acks": "all",
+            "linger_ms": linger_ms,
+            "enable_idempotence": supports_idempotence(kafka_kind),
+            "max_batch_size": 256 * 1024,
+        }
+        self._producer: AIOKafkaProducer | None = None
         self._probe = BrokerProbe(bootstrap_servers, "nudge-tracking-health", health_timeout_s)
-        self._started = False
+        self._buffer: collections.deque[Pending] = collections.deque(maxlen=capacity)
+        self._wake = asyncio.Event()
+        self._enrich = enrich
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stats = BufferStats()
+        self._logged = BufferStats()
+        self._last_log = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        await self._publisher.start()
-        self._started = True
+        """Returns at once: the producer connects in the background (a broker down at
+        start-up must not keep the pixel and the redirects from answering)."""
+        self._task = asyncio.create_task(self._run(), name="tracking-kafka-drain")
 
     async def stop(self) -> None:
-        self._started = False
+        """Sends what is buffered (for at most FLUSH_AT_STOP_S), then closes."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), FLUSH_AT_STOP_S)
+            except (TimeoutError, Exception):
+                self._task.cancel()
+                with contextlib.suppress(BaseException):
+                    await self._task
+        self.stats.unsent_at_stop = len(self._buffer)
+        if self._buffer:
+            log.warning("stopped with %s opens and clicks not sent", len(self._buffer))
         await self._probe.close()
-        await self._publisher.stop()
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+
+    # ------------------------------------------------------------------ the request path
+
+    def offer(self, pending: Pending) -> None:
+        """Queue a hit for Kafka; never blocks, never raises for Kafka's sake."""
+        if len(self._buffer) == self._buffer.maxlen:
+            self.stats.dropped += 1  # the deque drops the oldest on append
+            self._report()
+        self._buffer.append(pending)
+        self.stats.accepted += 1
+        self._wake.set()
 
     async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
-        await self._publisher.publish(topic, key, envelope)
+        """Send one envelope and wait for the broker's ack (unsubscribes)."""
+        producer = self._producer
+        if producer is None:
+            raise ConnectionError("the Kafka producer is not connected")
+        await producer.send_and_wait(
+            topic, envelope.SerializeToString(), key=key.encode(), headers=inject_headers()
+        )
 
     async def brokers(self) -> int:
         """How many brokers answer a metadata request; raises when none does."""
-        if not self._started:
-            raise ConnectionError("the Kafka producer is not started")
+        if self._producer is None:
+            raise ConnectionError("the Kafka producer is not connected")
         return await self._probe.broker_count()
+
+    # ------------------------------------------------------------------ the drain
+
+    async def _run(self) -> None:
+        await self._connect()
+        while True:
+            if not self._buffer:
+                if self._stopping:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = [self._buffer.popleft() for _ in range(min(MAX_BATCH, len(self._buffer)))]
+            try:
+                await self._send(batch)
+            except Exception:  # a bug here must not end the drain: later hits would pile up
+                log.exception("could not send %s opens and clicks", len(batch))
+                self.stats.failed += len(batch)
+            self._report()
+
+    async def _connect(self) -> None:
+        backoff = 0.5
+        while self._producer is None:
+            producer = AIOKafkaProducer(**self._settings)
+            try:
+                await producer.start()
+            except Exception as err:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                log.warning("Kafka not reachable (%s); retrying in %.1f s", err, backoff)
+                if self._stopping:
+                    raise
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped(), backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            self._producer = producer
+            log.info("Kafka producer connected")
+
+    async def _stopped(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            await self._wake.wait()
+        raise ConnectionError("stopped before Kafka was reachable")
+
+    async def _send(self, batch: list[Pending]) -> None:
+        assert self._producer is not None
+        if self._enrich is not None:
+            try:
+                await self._enrich(batch)
+            except Exception:
+                log.warning("the burst rule was skipped for %s clicks", len(batch), exc_info=True)
+        futures: list[asyncio.Future[object]] = []
+        for item in batch:
+            try:
+                futures.append(
+                    await self._producer.send(
+                        item.topic,
+                        item.envelope.SerializeToString(),
+                        key=item.key.encode(),
+                        headers=item.headers,
+                    )
+                )
+            except Exception:  # metadata or buffer timeout: Kafka is away
+                self.stats.failed += 1
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                self.stats.failed += 1
+            else:
+                self.stats.published += 1
+
+    def _report(self) -> None:
+        now = time.monotonic()
+        if now - self._last_log < LOG_EVERY_S:
+            return
+        dropped = self.stats.dropped - self._logged.dropped
+        failed = self.stats.failed - self._logged.failed
+        if dropped or failed:
+            log.warning(
+                "lost %s opens and clicks: %s dropped from the full buffer, %s refused by"
+                " Kafka (since the last report)",
+                dropped + failed,
+                dropped,
+                failed,
+            )
+        self._logged = BufferStats(**{**self.stats.__dict__})
+        self._last_log = now
+
+    @property
+    def queued(self) -> int:
+        return len(self._buffer)

@@ -1,5 +1,6 @@
-"""The public HTTP endpoints reached from the mail: open pixel, click redirect, unsubscribe,
-the preference page (``/p/``) and the double opt-in confirmation (``/k/``).
+"""The public HTTP endpoints reached from the mail: unsubscribe, the preference page
+(``/p/``) and the double opt-in confirmation (``/k/``); the open pixel and the click redirect
+are served before FastAPI (services/tracking/entrypoints/fast.py).
 
 Each route verifies the signed token, calls a handler, and answers. A token that does not
 verify gets the same 404 whatever the reason, so probing says nothing about what is wrong.
@@ -18,7 +19,7 @@ from urllib.parse import parse_qs
 
 import grpc
 from fastapi import APIRouter, Depends, Header, HTTPException, Request, Response
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from nudge.contacts.v1.contacts_pb2 import Preferences, SetPreferencesRequest
 
 from services.common.kafka_probe import describe
@@ -26,15 +27,13 @@ from services.common.links import ExpiredLink, InvalidLink, LinkClaims, LinkKind
 from services.tracking import handlers
 from services.tracking.adapters.contacts import ConsentClient
 from services.tracking.config import Settings
+from services.tracking.entrypoints.fast import PIXEL
+
+__all__ = ["PIXEL", "router"]
 from services.tracking.handlers import EventPublisher
 
 log = logging.getLogger(__name__)
 
-# The smallest transparent GIF (1x1, 43 bytes).
-PIXEL = (
-    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"
-    b"\x00,\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
-)
 NO_STORE = {"Cache-Control": "no-store, max-age=0", "Referrer-Policy": "no-referrer"}
 PAGE_HEADERS = {
     **NO_STORE,
@@ -85,32 +84,6 @@ async def _within(settings: Settings, publishing: Awaitable[str]) -> str:
     return await asyncio.wait_for(publishing, settings.publish_timeout_s)
 
 
-@router.get("/o/{token}.gif", include_in_schema=False)
-async def open_pixel(
-    token: str, settings: SettingsDep, publisher: PublisherDep, user_agent: UserAgent = ""
-) -> Response:
-    claims = _claims(settings, token, LinkKind.OPEN)
-    try:
-        await _within(settings, handlers.record_open(publisher, claims, user_agent))
-    except Exception:
-        # The reader must still see an image; the lost open is in the logs.
-        log.exception("could not publish an open of message %s", claims.message_id)
-    return Response(PIXEL, media_type="image/gif", headers=NO_STORE)
-
-
-@router.get("/c/{token}", include_in_schema=False)
-async def click(
-    token: str, settings: SettingsDep, publisher: PublisherDep, user_agent: UserAgent = ""
-) -> Response:
-    claims = _claims(settings, token, LinkKind.CLICK)
-    try:
-        await _within(settings, handlers.record_click(publisher, claims, user_agent))
-    except Exception:
-        # The reader must still get where they were going; the lost click is in the logs.
-        log.exception("could not publish a click on message %s", claims.message_id)
-    return RedirectResponse(claims.url, status_code=302, headers=NO_STORE)
-
-
 @router.get("/u/{token}", include_in_schema=False)
 async def preference_page(token: str, settings: SettingsDep) -> Response:
     """Only shows the question: link scanners fetch every GET, so a GET must not unsubscribe."""
@@ -149,6 +122,9 @@ async def healthz(settings: SettingsDep, publisher: PublisherDep) -> JSONRespons
         check = {"ok": False, "detail": describe(err)}
     check["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     check["kind"] = settings.kafka_kind
+    stats = getattr(publisher, "stats", None)
+    if stats is not None:  # opens and clicks accepted, published and lost since start
+        check["events"] = stats.as_dict()
     ok = bool(check["ok"])
     return JSONResponse(
         {"status": "ok" if ok else "degraded", "checks": {"kafka": check}},
@@ -314,6 +290,7 @@ async def save_preferences(
     request: Request,
     settings: SettingsDep,
     consent: ConsentDep,
+    publisher: PublisherDep,
     user_agent: UserAgent = "",
 ) -> Response:
     """The page's form. The signed token in the form must be the link's: a page of another
@@ -327,6 +304,8 @@ async def save_preferences(
     everything_off = form.get("action", [""])[0] == "none"
     wanted = {name: not everything_off and form.get(name, [""])[0] == "on" for name, _ in CHOICES}
     try:
+        # What was on before, to tell tracking.events.v1 which switches this post changed.
+        before = await consent.get_preferences(claims)
         prefs = await consent.set_preferences(
             claims,
             SetPreferencesRequest(
@@ -340,6 +319,11 @@ async def save_preferences(
         )
     except grpc.aio.AioRpcError as err:
         return _contacts_failure(err, claims)
+    try:
+        handlers.record_preferences(publisher, claims, before, prefs)
+    except Exception:
+        # Contacts holds the change; only the statistics event is lost (and logged).
+        log.exception("could not record the preference change of %s", claims.contact_id)
     return HTMLResponse(
         _page(preferences_body(token, prefs, saved=True), "E-mail preferences"),
         headers=PAGE_HEADERS,

@@ -10,12 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.support import eventually, free_port
+from services.common.topics import TRACKING_EVENTS
+from tests.support import eventually, free_port, unique
 
 LINK_SECRET = "integration-link-secret"
 
@@ -75,3 +77,23 @@ async def tracking_service(
     settings = Settings(bind_host="127.0.0.1", http_port=free_port(), link_secret=LINK_SECRET)
     async with run_http(serve, settings) as running:
         yield running
+
+
+@pytest.fixture
+async def http(tracking_service: HttpService) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=tracking_service.base_url, timeout=10) as client:
+        yield client
+
+
+@pytest.fixture
+async def consumer(infra: dict[str, str]) -> AsyncIterator[AIOKafkaConsumer]:
+    """A reader of tracking.events.v1 from its start (a group of its own)."""
+    reader = AIOKafkaConsumer(
+        TRACKING_EVENTS,
+        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"],
+        group_id=unique("tracking-test"),
+        auto_offset_reset="earliest",
+    )
+    await reader.start()
+    yield reader
+    await reader.stop()

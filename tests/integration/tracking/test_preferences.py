@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 import httpx
 import pytest
+from aiokafka import AIOKafkaConsumer
 from google.protobuf.field_mask_pb2 import FieldMask
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2
@@ -21,6 +22,7 @@ from services.contacts.consent import CONFIRMATION_NAMESPACE
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.consent.conftest import create_contact, envelopes_until
 from tests.integration.tracking.conftest import LINK_SECRET, HttpService, run_http
+from tests.integration.tracking.test_tracking_http import all_published
 from tests.support import free_port
 
 MARKETING = contacts_pb2.CONSENT_PURPOSE_MARKETING
@@ -280,3 +282,33 @@ async def test_an_expired_or_tampered_confirmation_link_grants_nothing(
     assert page.status_code == 404
     answer = await history(channel, workspace, contact_id)
     assert [r.status for r in answer.records] == [PENDING]
+
+
+async def test_switches_changed_on_the_page_are_on_tracking_events(
+    channel: grpc.aio.Channel,
+    workspace: Workspace,
+    web: httpx.AsyncClient,
+    consumer: AIOKafkaConsumer,
+) -> None:
+    """PreferencesChanged names what this post switched on and off; a post that changes
+    nothing publishes nothing."""
+    contact_id = await create_contact(channel, workspace, MARKETING, TARGETED)
+    message_id = str(uuid.uuid4())
+    path = links.sign_preferences(LINK_SECRET, workspace.id, message_id, contact_id)
+    token = path.removeprefix("/p/")
+    form = {"token": token, "action": "save", "marketing": "on", "automations": "on"}
+    assert (await web.post(path, data=form)).status_code == 200  # targeted off, automations on
+    assert (await web.post(path, data=form)).status_code == 200  # the same again: no change
+    form = {"token": token, "action": "none"}
+    assert (await web.post(path, data=form)).status_code == 200  # everything off
+    # The second post changed nothing: two events, not three (a third would be read first
+    # if it existed: the events of one contact are in order on one partition).
+    records = await all_published(consumer, message_id, "preferences_changed", 2)
+    first, second = (envelope for _, envelope, _ in records)
+    assert all(key == contact_id.encode() for key, _, _ in records)
+    assert first.workspace_id == workspace.id
+    changed = first.preferences_changed
+    assert (list(changed.subscribed), list(changed.unsubscribed)) == ([AUTOMATIONS], [TARGETED])
+    changed = second.preferences_changed
+    assert list(changed.subscribed) == []
+    assert sorted(changed.unsubscribed) == sorted([MARKETING, AUTOMATIONS])

@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
 from aiokafka import AIOKafkaConsumer
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import links
-from services.common.topics import TRACKING_EVENTS
-from tests.integration.tracking.conftest import LINK_SECRET, HttpService
-from tests.support import eventually, unique
-
-
-@pytest.fixture
-async def http(tracking_service: HttpService) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=tracking_service.base_url, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
-async def consumer(infra: dict[str, str]) -> AsyncIterator[AIOKafkaConsumer]:
-    reader = AIOKafkaConsumer(
-        TRACKING_EVENTS,
-        bootstrap_servers=infra["KAFKA_BOOTSTRAP_SERVERS"],
-        group_id=unique("tracking-test"),
-        auto_offset_reset="earliest",
-    )
-    await reader.start()
-    yield reader
-    await reader.stop()
+from tests.integration.tracking.conftest import LINK_SECRET
+from tests.support import eventually
 
 
 async def published(

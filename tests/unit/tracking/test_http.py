@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import pytest
+from nudge.contacts.v1.contacts_pb2 import (
+    CONSENT_PURPOSE_TARGETED_MESSAGES,
+    Preferences,
+    SetPreferencesRequest,
+)
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import links
 from services.common.events import deterministic_id
 from services.common.topics import TRACKING_EVENTS
+from services.tracking.adapters.kafka import Pending
 from services.tracking.bootstrap import create_app
 from services.tracking.config import Settings
 from services.tracking.entrypoints.http import MAX_FORM_FIELDS, PIXEL, confirm_body, done_body
@@ -27,6 +35,11 @@ class FakePublisher:
     published: list[tuple[str, str, Envelope]] = field(default_factory=list)
     failure: BaseException | None = None
     broker_count: int = 1
+
+    def offer(self, pending: Pending) -> None:
+        if self.failure:
+            raise self.failure
+        self.published.append((pending.topic, pending.key, pending.envelope))
 
     async def publish(self, topic: str, key: str, envelope: Envelope) -> None:
         if self.failure:
@@ -223,3 +236,123 @@ def test_the_senders_name_is_used_when_known_and_escaped() -> None:
     assert "from Shop &amp; Co &lt;3." in done_body("Shop & Co <3")
     assert "from this sender." in done_body(None)
     assert "from Shop &amp; Co &lt;3?" in confirm_body("Shop & Co <3")
+
+
+def tracking_app(**settings: object) -> tuple[httpx.AsyncClient, FakePublisher, Any]:
+    publisher = FakePublisher()
+    app = create_app(Settings(link_secret=SECRET, **settings), publisher)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)  # peer 127.0.0.1
+    return httpx.AsyncClient(transport=transport, base_url="http://t"), publisher, app
+
+
+@pytest.mark.parametrize(
+    ("trusted", "reason"),
+    [(["127.0.0.1/32"], "apple_mpp"), ([], "")],
+)
+async def test_x_forwarded_for_counts_only_from_a_trusted_proxy(
+    trusted: list[str], reason: str
+) -> None:
+    http, publisher, app = tracking_app(trusted_proxies=trusted)
+    async with app.router.lifespan_context(app), http:
+        path = links.sign_open(SECRET, WS, MSG, CONTACT, issued_at=1)
+        answer = await http.get(
+            path, headers={"User-Agent": "Thunderbird/128.0", "X-Forwarded-For": "17.5.6.7"}
+        )
+        assert answer.status_code == 200
+    opened = publisher.published[0][2].message_opened
+    assert (opened.machine_open, opened.machine_reason) == (bool(reason), reason)
+
+
+async def test_a_click_carries_its_index_and_a_scanners_network_flags_it() -> None:
+    http, publisher, app = tracking_app(machine_networks=["127.0.0.0/8"])
+    async with app.router.lifespan_context(app), http:
+        url = "https://shop.example/a"
+        path = links.sign_click(SECRET, WS, MSG, CONTACT, url, link_index=4, issued_at=1)
+        answer = await http.get(path, headers={"User-Agent": "Firefox/133.0"})
+        assert (answer.status_code, answer.headers["location"]) == (302, url)
+    clicked = publisher.published[0][2].link_clicked
+    assert (clicked.link_index, clicked.machine_click, clicked.machine_reason) == (
+        4,
+        True,
+        "scanner_network",
+    )
+
+
+async def test_oversized_and_wrong_workspace_tokens_are_404_and_publish_nothing(
+    tracking: Tracking,
+) -> None:
+    path = links.sign_click(
+        SECRET, WS, MSG, CONTACT, "https://shop.example/", link_index=0, issued_at=1
+    )
+    token = path.removeprefix("/c/")
+    raw = bytearray(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    raw[3:19] = uuid.uuid4().bytes  # the same link, claimed for another workspace
+    other_workspace = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    for bad in (
+        "/c/" + "A" * 7000,  # longer than any token
+        "/o/" + "A" * 60_000 + ".gif",
+        "/c/" + other_workspace,
+    ):
+        answer = await tracking.http.get(bad)
+        assert answer.status_code == 404, bad[:20]
+        assert answer.headers["content-type"] == PROBLEM
+    assert tracking.publisher.published == []
+
+
+@dataclass
+class FakeConsent:
+    prefs: Preferences
+
+    async def get_preferences(self, claims: links.LinkClaims) -> Preferences:
+        return Preferences(
+            marketing=self.prefs.marketing,
+            targeted_messages=self.prefs.targeted_messages,
+            automations=self.prefs.automations,
+        )
+
+    async def set_preferences(
+        self, claims: links.LinkClaims, request: SetPreferencesRequest
+    ) -> Preferences:
+        self.prefs = Preferences(
+            marketing=request.marketing,
+            targeted_messages=request.targeted_messages,
+            automations=request.automations,
+        )
+        return self.prefs
+
+    async def confirm(self, *args: object) -> object:
+        raise NotImplementedError
+
+
+async def test_the_preference_page_publishes_what_a_post_changed_and_nothing_otherwise() -> None:
+    publisher = FakePublisher()
+    consent = FakeConsent(Preferences(marketing=True, targeted_messages=True))
+    app = create_app(Settings(link_secret=SECRET), publisher, consent)  # type: ignore[arg-type]
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    path = links.sign_preferences(SECRET, WS, MSG, CONTACT)
+    form = {"token": path.removeprefix("/p/"), "action": "save", "marketing": "on"}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://t") as http,
+    ):
+        assert (await http.post(path, data=form)).status_code == 200
+        assert (await http.post(path, data=form)).status_code == 200  # nothing changes
+    [(topic, key, envelope)] = publisher.published
+    assert (topic, key, envelope.workspace_id) == (TRACKING_EVENTS, CONTACT, WS)
+    changed = envelope.preferences_changed
+    assert list(changed.subscribed) == []
+    assert list(changed.unsubscribed) == [CONSENT_PURPOSE_TARGETED_MESSAGES]
+    assert changed.message_id == MSG
+
+
+async def test_a_head_request_answers_like_a_get_and_records_nothing(tracking: Tracking) -> None:
+    """Link checkers send HEAD; no reader's browser does."""
+    url = "https://shop.example/a"
+    path = links.sign_click(SECRET, WS, MSG, CONTACT, url, link_index=0, issued_at=1)
+    answer = await tracking.http.head(path)
+    assert (answer.status_code, answer.headers["location"]) == (302, url)
+    pixel = await tracking.http.head(links.sign_open(SECRET, WS, MSG, CONTACT))
+    assert pixel.status_code == 200
+    assert tracking.publisher.published == []
+    assert (await tracking.http.get(path)).status_code == 302
+    assert len(tracking.publisher.published) == 1
