@@ -86,6 +86,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             probe_session, smtp_target, settings.smtp_timeout_s, settings.from_address
         ),
         auth=auth,
+        track=settings.track_opens_and_clicks,
     )
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,

@@ -37,6 +37,8 @@ class Settings(
         "dev-link-secret", validation_alias=AliasChoices("NUDGE_LINK_SECRET"), repr=False
     )
     smtp_timeout_s: float = 30.0
+    # An open pixel and tracked links in every campaign and automation mail.
+    track_opens_and_clicks: bool = True
 
     # Requests handled at once, across contacts; one contact's requests stay in order.
     concurrency: int = Field(64, ge=1, le=1024)

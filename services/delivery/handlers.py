@@ -60,6 +60,7 @@ from services.delivery.adapters.smtp import failure_of
 from services.delivery.domain.ledger import Kind, Outcome, RetryPolicy, Status, classify, retry_plan
 from services.delivery.domain.rendering import MailLinks, Rendered, RenderError, render
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
+from services.delivery.domain.tracking_links import add_tracking
 from services.delivery.mail_auth import MailAuth
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,7 @@ class Deps:
     # probe_session), so that no claim is taken until the session works again.
     probe: Callable[[], Awaitable[None]] | None = None
     auth: MailAuth | None = None  # DKIM and VERP (services/delivery/mail_auth.py)
+    track: bool = True  # open pixel and click links in non-transactional mail
 
 
 async def deliver(deps: Deps, envelope: Envelope) -> None:
@@ -199,6 +201,18 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
     except RenderError as err:
         await _finish_unsent(deps, envelope, Status.FAILED, f"template: {err}", reclaimable)
         return
+    if deps.track and request.kind != delivery_pb2.MESSAGE_KIND_TRANSACTIONAL:
+        # An open pixel and signed click links (domain/tracking_links.py); transactional mail
+        # is not tracked: a receipt or a password reset is nobody's engagement.
+        rendered = add_tracking(
+            rendered,
+            base_url=deps.tracking_url,
+            secret=deps.link_secret,
+            workspace_id=workspace_id,
+            message_id=request.message_id,
+            contact_id=request.contact_id,
+            issued_at=int(clock.now().timestamp()),
+        )
 
     if deps.sending.paused:
         await _probe(deps)
