@@ -37,6 +37,7 @@ from services.delivery.config import Settings
 from services.delivery.domain import reports, verp
 from services.delivery.domain.ledger import Status
 from services.delivery.mail_auth import MailAuth
+from services.delivery.privacy import ERASED_DETAIL
 
 log = logging.getLogger(__name__)
 MAX_RECIPIENTS = 10
@@ -49,12 +50,13 @@ class LedgerMessage:
     contact_id: str
     campaign_id: str
     workflow_id: str
+    erased: bool  # its contact was erased (services/delivery/privacy.py)
 
 
 async def find_message(pool: asyncpg.Pool, message_id: str) -> LedgerMessage | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            "SELECT workspace_id, contact_id, campaign_id, workflow_id FROM messages"
+            "SELECT workspace_id, contact_id, campaign_id, workflow_id, detail FROM messages"
             " WHERE message_id = $1",
             uuid.UUID(message_id),
         )
@@ -66,6 +68,7 @@ async def find_message(pool: asyncpg.Pool, message_id: str) -> LedgerMessage | N
         contact_id=str(row["contact_id"]),
         campaign_id=row["campaign_id"],
         workflow_id=row["workflow_id"],
+        erased=row["detail"] == ERASED_DETAIL,
     )
 
 
@@ -183,8 +186,8 @@ class ReportHandler:
         raw = content if isinstance(content, bytes) else str(content).encode()
         report = reports.parse(raw)
         if isinstance(report, reports.Ignored):
-            log.info("inbound: %s from %s: %s", "refused" if report.refuse else "ignored",
-                     envelope.mail_from, report.reason)  # fmt: skip
+            verdict = "refused" if report.refuse else "ignored"
+            log.info("inbound: %s from %s: %s", verdict, envelope.mail_from, report.reason)
             if report.refuse:
                 return f"550 5.6.0 Not accepted: {report.reason}"
             return f"250 2.0.0 Accepted and ignored: {report.reason}"
@@ -194,6 +197,11 @@ class ReportHandler:
                 found = None if message_id is None else await find_message(self.pool, message_id)
                 if found is None:
                     continue  # checked at RCPT; gone since only if the ledger was reset
+                if found.erased:
+                    # The report quotes the address of someone who asked to be forgotten:
+                    # their address is suppressed by the erasure already; keep nothing.
+                    log.info("inbound: dropped a report on erased message %s", found.message_id)
+                    continue
                 fresh = await record(self.pool, found, report)
                 log.info(
                     "inbound: %s for message %s (%s)",

@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 
 import aiosmtplib
+import asyncpg
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -269,3 +270,38 @@ async def test_mail_that_is_no_report_is_refused_and_oversized_mail_too(
         message_id,
     )
     assert contact.email not in await suppressions(contacts_service, workspace)
+
+
+async def test_a_report_on_an_erased_contacts_message_is_dropped(
+    auth_delivery: AuthDelivery,
+    contacts_service: RunningService,
+    capture: CaptureSmtp,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    """The report quotes the address of someone who asked to be forgotten: the ledger row
+    stays pseudonymised (detail "erased", services/delivery/privacy.py), nothing is published."""
+    _, message_id, address = await sent_mail(
+        auth_delivery, producer, capture, contacts_service, workspace
+    )
+    conn = await asyncpg.connect(os.environ["DATABASE_URL"])
+    try:  # what erase_contact does to the row
+        await conn.execute(
+            "UPDATE delivery.messages SET contact_id = $2, detail = 'erased'"
+            " WHERE message_id = $1::uuid",
+            message_id,
+            uuid.uuid4(),
+        )
+    finally:
+        await conn.close()
+    reply = await send_report(
+        auth_delivery, address, report("gmail_hard_bounce.eml", address, message_id)
+    )
+    assert reply.code == 250
+    # Recorded or not is decided before the reply: the ledger and the claim table say so.
+    assert await status(auth_delivery, workspace, message_id) == delivery_pb2.MESSAGE_STATUS_SENT
+    assert not await fetchval(
+        os.environ["DATABASE_URL"],
+        "SELECT count(*) FROM delivery.inbound_reports WHERE message_id = $1::uuid",
+        message_id,
+    )

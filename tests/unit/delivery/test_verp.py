@@ -37,3 +37,20 @@ def test_an_altered_or_foreign_address_names_nothing() -> None:
 def test_the_key_is_not_the_secret_itself() -> None:
     assert KEY != b"a secret" and len(KEY) == 32
     assert verp.derive_key("a secret") == KEY  # stable across processes and restarts
+
+
+def test_the_bounce_domain_defaults_to_the_from_domain_and_the_key_to_the_link_secret() -> None:
+    from services.delivery.adapters.dkim_keys import KeyCache
+    from services.delivery.config import Settings
+    from services.delivery.mail_auth import mail_auth
+
+    keys = KeyCache(pool=None)  # type: ignore[arg-type]  # not asked here
+    default = mail_auth(Settings(from_address="news@Shop.Example.com", link_secret="s1"), keys)
+    assert default.bounce_domain == "shop.example.com"
+    assert default.verp_key == verp.derive_key("s1")
+    own = mail_auth(Settings(bounce_domain="Bounces.Example.net", link_secret="s1"), keys)
+    message_id = str(uuid.uuid4())
+    assert own.envelope_sender(message_id).endswith("@bounces.example.net")
+    assert verp.message_of(own.verp_key, own.envelope_sender(message_id), own.bounce_domain) == (
+        message_id
+    )
