@@ -28,7 +28,9 @@ local part                 what the sink does
 =========================  ==================================================================
 
 The same rules apply to the sender at MAIL FROM (``bounce-553@...`` refuses the sender:
-a session error, not a bounce of the recipient). AUTH is offered without TLS; any login
+a session error, not a bounce of the recipient). Delivery's VERP senders fill the local part
+(``bounces+<token>@<bounce domain>``), so for a sender the first label of the domain may name
+the rule too: ``bounces+x@bounce-553.example`` is refused. AUTH is offered without TLS; any login
 is accepted except a user name starting with ``refuse`` (``535 5.7.8``). Without a code the
 verb's default is used (bounce 550, defer 451); the enhanced code defaults by reply code.
 """
@@ -157,7 +159,8 @@ class MaildirHandler:
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
-        rule = self._applies(address, at_data=False)
+        label = address.rpartition("@")[2].split(".", 1)[0]
+        rule = self._applies(address, at_data=False) or self._applies(f"{label}@", at_data=False)
         if rule is not None and rule.verb in ("bounce", "defer"):
             return rule.reply(address)
         envelope.mail_from = address

@@ -138,7 +138,7 @@ async def test_an_unreachable_relay_pauses_sending_and_it_resumes_by_itself(
 @pytest.mark.parametrize(
     ("broken", "detail"),
     [
-        ({"from_address": "bounce-553@nudge.localhost"}, "paused: mail: 553 5.1.3"),
+        ({"bounce_domain": "bounce-553.nudge.localhost"}, "paused: mail: 553 5.1.3"),
         ({"login": "refuse"}, "paused: auth: 535"),
     ],
     ids=["sender-refused", "login-refused"],
