@@ -17,8 +17,8 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from nudge.events.v1.envelope_pb2 import Envelope
@@ -47,8 +47,16 @@ class Pending:
     at: float = field(default_factory=time.time)
 
 
-# Runs on each batch before it is sent (the burst rule); may change the envelopes.
-Enricher = Callable[[list[Pending]], Awaitable[None]]
+class Enricher(Protocol):
+    """The burst rule, in two steps: ``record`` the hits as they arrive, and ``classify`` them
+    when they are due (``hold_s`` later, so that the clicks after each one are known);
+    ``classify`` may change the envelopes."""
+
+    hold_s: float
+
+    async def record(self, arrivals: list[Pending]) -> None: ...
+
+    async def classify(self, batch: list[Pending]) -> None: ...
 
 
 @dataclass
@@ -90,6 +98,9 @@ class KafkaTrackingPublisher:
         self._producer: AIOKafkaProducer | None = None
         self._probe = BrokerProbe(bootstrap_servers, "nudge-tracking-health", health_timeout_s)
         self._buffer: collections.deque[Pending] = collections.deque(maxlen=capacity)
+        # Hits taken from the buffer, waiting out the burst rule's hold (in arrival order).
+        self._held: collections.deque[Pending] = collections.deque()
+        self._capacity = capacity
         self._wake = asyncio.Event()
         self._enrich = enrich
         self._task: asyncio.Task[None] | None = None
@@ -116,9 +127,9 @@ class KafkaTrackingPublisher:
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
                     await self._task
-        self.stats.unsent_at_stop = len(self._buffer)
-        if self._buffer:
-            log.warning("stopped with %s opens and clicks not sent", len(self._buffer))
+        self.stats.unsent_at_stop = len(self._buffer) + len(self._held)
+        if self.stats.unsent_at_stop:
+            log.warning("stopped with %s opens and clicks not sent", self.stats.unsent_at_stop)
         await self._probe.close()
         if self._producer is not None:
             with contextlib.suppress(Exception):
@@ -153,21 +164,51 @@ class KafkaTrackingPublisher:
     # ------------------------------------------------------------------ the drain
 
     async def _run(self) -> None:
+        """Move arrivals from the buffer to the held queue (recording clicks for the burst
+        rule), and send the held hits whose hold is over, oldest first: every hit waits the
+        same hold, so one contact's hits keep their order."""
         await self._connect()
+        hold_s = self._enrich.hold_s if self._enrich is not None else 0.0
         while True:
-            if not self._buffer:
+            if self._buffer:
+                arrivals = [
+                    self._buffer.popleft() for _ in range(min(MAX_BATCH, len(self._buffer)))
+                ]
+                if self._enrich is not None:
+                    try:
+                        await self._enrich.record(arrivals)
+                    except Exception:
+                        log.warning("could not record %s hits for the burst rule", len(arrivals))
+                self._held.extend(arrivals)
+                while len(self._held) > self._capacity:  # Kafka slower than the hits come
+                    self._held.popleft()
+                    self.stats.dropped += 1
+            due = time.time() - hold_s
+            batch: list[Pending] = []
+            while self._held and len(batch) < MAX_BATCH:
+                if not self._stopping and self._held[0].at > due:
+                    break
+                batch.append(self._held.popleft())
+            if batch:
+                try:
+                    await self._send(batch)
+                except Exception:  # a bug here must not end the drain: later hits would pile up
+                    log.exception("could not send %s opens and clicks", len(batch))
+                    self.stats.failed += len(batch)
+                self._report()
+                continue
+            if self._buffer:
+                continue
+            if not self._held:
                 if self._stopping:
                     return
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            batch = [self._buffer.popleft() for _ in range(min(MAX_BATCH, len(self._buffer)))]
-            try:
-                await self._send(batch)
-            except Exception:  # a bug here must not end the drain: later hits would pile up
-                log.exception("could not send %s opens and clicks", len(batch))
-                self.stats.failed += len(batch)
-            self._report()
+            # Nothing due yet: sleep until the oldest held hit is, or until new hits come.
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, self._held[0].at - due))
 
     async def _connect(self) -> None:
         backoff = 0.5
@@ -198,7 +239,7 @@ class KafkaTrackingPublisher:
         assert self._producer is not None
         if self._enrich is not None:
             try:
-                await self._enrich(batch)
+                await self._enrich.classify(batch)
             except Exception:
                 log.warning("the burst rule was skipped for %s clicks", len(batch), exc_info=True)
         futures: list[asyncio.Future[object]] = []
@@ -239,4 +280,4 @@ class KafkaTrackingPublisher:
 
     @property
     def queued(self) -> int:
-        return len(self._buffer)
+        return len(self._buffer) + len(self._held)
