@@ -1,6 +1,6 @@
 """How many mails a second delivery hands to the SMTP sink, from delivery.requests.v1.
 
-    .venv/bin/python bench/delivery.py [--scale N] [--pooled] [--profile]
+    .venv/bin/python bench/delivery.py [--scale N] [--no-tracking] [--profile] [--spans]
 
 Starts the local stack (PostgreSQL, Redis, Kafka, the aiosmtpd sink) and the contacts and
 delivery services as processes (bench/_system.py), imports N contacts with marketing consent
@@ -17,10 +17,7 @@ until every mail is in the sink and every message is SENT in delivery's ledger. 
   (``load_average_1m``) the rate is what the cores allow, the CPU per mail what the code
   costs (1000 / it is one process's ceiling on a core of its own).
 
-``--pooled`` runs, instead of the delivery service, bench/_pooled_delivery.py: a copy of
-delivery's handler path with this issue's parts swapped in (SmtpPool, one
-CheckEligibilityBatch per batch of records, claims and outcomes written per batch, many
-contacts at once), to show what they gain before they are integrated into the service.
+``--no-tracking`` turns the open pixel and tracked links off (DELIVERY_TRACK_OPENS_AND_CLICKS).
 ``--spans`` has the services write their traces to files (``NUDGE_TRACES_DIR``) and sums
 the wall time of each traced step (consumer record, eligibility RPC, SMTP hand-off...).
 ``--profile`` samples the delivery process with py-spy during the send (install it in the
@@ -51,7 +48,7 @@ from typing import Any
 
 import asyncpg
 import grpc
-from _system import ROOT, percentile, running_system
+from _system import percentile, running_system
 from aiokafka import AIOKafkaProducer
 from contacts_import import ready
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc, imports_pb2, imports_pb2_grpc
@@ -244,97 +241,87 @@ def span_costs(traces_dir: Path) -> dict[str, dict[str, float]]:
     }
 
 
-async def main(scale: int, pooled: bool, profile: bool, spans: bool) -> dict[str, Any]:
-    services = ("contacts",) if pooled else ("contacts", "delivery")
+async def main(scale: int, tracking: bool, profile: bool, spans: bool) -> dict[str, Any]:
+    services = ("contacts", "delivery")
+    os.environ["DELIVERY_TRACK_OPENS_AND_CLICKS"] = "true" if tracking else "false"
     traces_dir = Path(tempfile.mkdtemp(prefix="nudge-bench-spans-"))
     if spans:
         os.environ["NUDGE_TRACES_DIR"] = str(traces_dir)
     with running_system(services=services, ready=ready(services)) as system:
         env = system.env
         maildir = Path(env["NUDGE_MAILDIR"])
-        worker: subprocess.Popen[bytes] | None = None
-        if pooled:
-            worker = subprocess.Popen(  # noqa: ASYNC220  # started once, before the clock
-                [sys.executable, str(ROOT / "bench" / "_pooled_delivery.py")],
-                env={**env, "PYTHONPATH": str(ROOT)},
-            )
+        workspace_id, contacts = await import_contacts(env, scale)
+        before = maildir_count(maildir)
+        delivery_pid = system.group._services["delivery"].child.pid  # type: ignore[union-attr]
+        contacts_pid = system.group._services["contacts"].child.pid  # type: ignore[union-attr]
+        cpu_before = {"delivery": cpu_s(delivery_pid), "contacts": cpu_s(contacts_pid)}
+        profiler = None
+        profile_out = Path(tempfile.mkdtemp(prefix="nudge-profile-")) / "delivery.txt"
+        started = time.time()
+        published = await publish(env, workspace_id, contacts)
+        published_s = time.time() - started
+        if profile:
+            profiler = start_profile(delivery_pid, 20, profile_out)
+        deadline = time.monotonic() + max(120, scale / 10)
+        while maildir_count(maildir) - before < scale:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{maildir_count(maildir) - before} mails of {scale}")
+            await asyncio.sleep(0.2)
+        cpu_ms = {
+            "delivery": (cpu_s(delivery_pid) - cpu_before["delivery"]) * 1000 / scale,
+            "contacts": (cpu_s(contacts_pid) - cpu_before["contacts"]) * 1000 / scale,
+        }
+        db = await asyncpg.connect(env["DATABASE_URL"])
         try:
-            workspace_id, contacts = await import_contacts(env, scale)
-            before = maildir_count(maildir)
-            delivery_pid = worker.pid if worker else system.group._services["delivery"].child.pid  # type: ignore[union-attr]
-            contacts_pid = system.group._services["contacts"].child.pid  # type: ignore[union-attr]
-            cpu_before = {"delivery": cpu_s(delivery_pid), "contacts": cpu_s(contacts_pid)}
-            profiler = None
-            profile_out = Path(tempfile.mkdtemp(prefix="nudge-profile-")) / "delivery.txt"
-            started = time.time()
-            published = await publish(env, workspace_id, contacts)
-            published_s = time.time() - started
-            if profile:
-                profiler = start_profile(delivery_pid, 20, profile_out)
-            deadline = time.monotonic() + max(120, scale / 10)
-            while maildir_count(maildir) - before < scale:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{maildir_count(maildir) - before} mails of {scale}")
-                if worker is not None and worker.poll() is not None:
-                    raise RuntimeError("the pooled delivery worker died")
+            while True:
+                ledger_sent = await db.fetchval(
+                    "SELECT count(*) FROM delivery.messages WHERE workspace_id = $1"
+                    " AND status = $2",
+                    uuid.UUID(workspace_id),
+                    SENT,
+                )
+                if ledger_sent >= scale or time.monotonic() > deadline:
+                    break
                 await asyncio.sleep(0.2)
-            cpu_ms = {
-                "delivery": (cpu_s(delivery_pid) - cpu_before["delivery"]) * 1000 / scale,
-                "contacts": (cpu_s(contacts_pid) - cpu_before["contacts"]) * 1000 / scale,
-            }
-            db = await asyncpg.connect(env["DATABASE_URL"])
-            try:
-                while True:
-                    ledger_sent = await db.fetchval(
-                        "SELECT count(*) FROM delivery.messages WHERE workspace_id = $1"
-                        " AND status = $2",
-                        uuid.UUID(workspace_id),
-                        SENT,
-                    )
-                    if ledger_sent >= scale or time.monotonic() > deadline:
-                        break
-                    await asyncio.sleep(0.2)
-            finally:
-                await db.close()
-            mails = [(m, t) for m, t in received(maildir) if m in published]
-            times = sorted(t for _, t in mails)
-            latencies = [(t - published[m]) * 1000 for m, t in mails]
-            figures: dict[str, Any] = {
-                "variant": "pooled" if pooled else "service",
-                "kafka_kind": env["NUDGE_KAFKA_KIND"],
-                "scale": scale,
-                "published_per_s": round(scale / published_s),
-                "mails_per_s": round((len(times) - 1) / (times[-1] - times[0]), 1),
-                "end_to_end_per_s": round(len(times) / (times[-1] - started), 1),
-                "latency_p50_ms": round(percentile(latencies, 50), 1),
-                "latency_p99_ms": round(percentile(latencies, 99), 1),
-                "ledger_sent": ledger_sent,
-                "mails": len(mails),
-                "duplicates": len(mails) - len({m for m, _ in mails}),
-                # The ceiling of one delivery process on a core of its own.
-                "delivery_cpu_ms_per_mail": round(cpu_ms["delivery"], 2),
-                "contacts_cpu_ms_per_mail": round(cpu_ms["contacts"], 2),
-                "load_average_1m": round(os.getloadavg()[0], 1),
-            }
-            if spans:
-                await asyncio.sleep(6)  # the span processors export in batches
-                figures["spans"] = span_costs(traces_dir)
-            if profiler is not None:
-                profiler.wait(timeout=60)
-                if profile_out.exists():
-                    figures["profile"] = top_of_profile(profile_out)
-            return figures
         finally:
-            if worker is not None:
-                worker.terminate()
-                worker.wait(timeout=20)
+            await db.close()
+        mails = [(m, t) for m, t in received(maildir) if m in published]
+        times = sorted(t for _, t in mails)
+        latencies = [(t - published[m]) * 1000 for m, t in mails]
+        figures: dict[str, Any] = {
+            "tracking": tracking,
+            "kafka_kind": env["NUDGE_KAFKA_KIND"],
+            "scale": scale,
+            "published_per_s": round(scale / published_s),
+            "mails_per_s": round((len(times) - 1) / (times[-1] - times[0]), 1),
+            "end_to_end_per_s": round(len(times) / (times[-1] - started), 1),
+            "latency_p50_ms": round(percentile(latencies, 50), 1),
+            "latency_p99_ms": round(percentile(latencies, 99), 1),
+            "ledger_sent": ledger_sent,
+            "mails": len(mails),
+            "duplicates": len(mails) - len({m for m, _ in mails}),
+            # The ceiling of one delivery process on a core of its own.
+            "delivery_cpu_ms_per_mail": round(cpu_ms["delivery"], 2),
+            "contacts_cpu_ms_per_mail": round(cpu_ms["contacts"], 2),
+            "load_average_1m": round(os.getloadavg()[0], 1),
+        }
+        if spans:
+            await asyncio.sleep(6)  # the span processors export in batches
+            figures["spans"] = span_costs(traces_dir)
+        if profiler is not None:
+            profiler.wait(timeout=60)
+            if profile_out.exists():
+                figures["profile"] = top_of_profile(profile_out)
+        return figures
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=20_000, help="messages (and contacts)")
-    parser.add_argument("--pooled", action="store_true", help="the pooled handler path")
+    parser.add_argument(
+        "--no-tracking", action="store_true", help="no open pixel, no tracked links"
+    )
     parser.add_argument("--profile", action="store_true", help="py-spy the delivery process")
     parser.add_argument("--spans", action="store_true", help="time each traced step")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.scale, args.pooled, args.profile, args.spans))))
+    print(json.dumps(asyncio.run(main(args.scale, not args.no_tracking, args.profile, args.spans))))

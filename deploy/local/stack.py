@@ -52,6 +52,7 @@ from deploy.local.smtp_sink import start_smtp_sink
 
 T = TypeVar("T")
 
+LOCAL_SINK_DOMAIN_LIMITS = '{"default": {"max_connections": 16, "per_second": 5000}}'
 PARTS = ("postgres", "redis", "kafka", "smtp")
 # The variable that, when set, means "this part runs elsewhere".
 PART_VARIABLE = {
@@ -366,9 +367,15 @@ class LocalStack:
         )
 
     async def _start_smtp(self) -> dict[str, str]:
-        return await start_smtp_sink(
+        env = await start_smtp_sink(
             self.registry,
             maildir=self._data("mail"),
             port=self.ports["smtp"],
             log_dir=self.logs_dir,
         )
+        # The local sink takes every domain's mail at once: the mailbox providers' limits
+        # (services/delivery/domain/domain_limits.py) would only slow the tests and benches
+        # down. An operator's own DELIVERY_DOMAIN_LIMITS wins.
+        if not self.environ.get("DELIVERY_DOMAIN_LIMITS"):
+            env["DELIVERY_DOMAIN_LIMITS"] = LOCAL_SINK_DOMAIN_LIMITS
+        return env

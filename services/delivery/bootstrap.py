@@ -38,10 +38,11 @@ from services.common.privacy import (
 )
 from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS
 from services.delivery import guard, handlers, privacy
-from services.delivery.adapters.contacts import EligibilityClient
+from services.delivery.adapters.contacts import EligibilityBatcher, EligibilityClient
 from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.adapters.postgres import SCHEMA
-from services.delivery.adapters.smtp import SmtpSender, SmtpTarget, probe_session
+from services.delivery.adapters.smtp import SmtpTarget, probe_session
+from services.delivery.adapters.smtp_pool import PoolSettings, SmtpPool
 from services.delivery.config import Settings
 from services.delivery.domain.ledger import RetryPolicy
 from services.delivery.entrypoints.grpc import DeliveryServicer
@@ -67,10 +68,24 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     smtp_target = SmtpTarget.from_url(settings.smtp_url)
     dkim_cache = KeyCache(pool, settings.dkim_key_cache_s)
     auth = mail_auth(settings, dkim_cache)
+    # Long-lived connections to the relay, per recipient-domain limits (adapters/smtp_pool.py).
+    smtp = SmtpPool(
+        smtp_target,
+        settings.smtp_timeout_s,
+        PoolSettings(
+            max_connections=settings.smtp_max_connections,
+            max_messages=settings.smtp_max_messages_per_connection,
+            idle_timeout_s=settings.smtp_idle_timeout_s,
+            limits=settings.smtp_domain_limits(),
+        ),
+    )
+    service.push(smtp.close)
     deps = handlers.Deps(
         pool=pool,
-        eligibility=EligibilityClient(contacts, settings.internal_token),
-        smtp=SmtpSender(smtp_target, settings.smtp_timeout_s),
+        # Concurrent requests' checks go to contacts as one CheckEligibilityBatch, asked
+        # after each request arrived (a withdrawal just before the hand-off is honoured).
+        eligibility=EligibilityBatcher(EligibilityClient(contacts, settings.internal_token)),
+        smtp=smtp,
         from_address=settings.from_address,
         tracking_url=settings.tracking_url,
         link_secret=settings.link_secret,

@@ -8,14 +8,23 @@ confirmation mail, ``links.confirm``."""
 
 from __future__ import annotations
 
+import functools
 import html
 from dataclasses import dataclass
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _env = ImmutableSandboxedEnvironment(autoescape=False)
 _html_env = ImmutableSandboxedEnvironment(autoescape=True)
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled(source: str, html_escaped: bool) -> Template:
+    """A campaign sends the same subject and bodies to every contact: compiling them once
+    rather than for every mail saves ~2.5 ms of CPU a mail (bench/RESULTS.md, issue 14).
+    Compiled templates are immutable; a template that fails to compile is not cached."""
+    return (_html_env if html_escaped else _env).from_string(source)
 
 
 @dataclass(frozen=True)
@@ -51,9 +60,9 @@ def render(
     context = {**context, "links": {"preferences": links.preferences, "confirm": links.confirm}}
     try:
         rendered = Rendered(
-            subject=" ".join(_env.from_string(subject).render(context).split()),
-            body_text=_env.from_string(body_text).render(context),
-            body_html=_html_env.from_string(body_html).render(context) if body_html else "",
+            subject=" ".join(_compiled(subject, False).render(context).split()),
+            body_text=_compiled(body_text, False).render(context),
+            body_html=_compiled(body_html, True).render(context) if body_html else "",
         )
     except (TemplateError, RecursionError, SyntaxError) as err:
         # Deep nesting fails in Python's parser or compiler, not as a TemplateError.
