@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import email.policy
+import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -695,8 +696,11 @@ async def _publish(
 
 async def send_transactional(
     pool: asyncpg.Pool, workspace_id: str, request: delivery_pb2.SendTransactionalRequest
-) -> str:
-    """Queue a transactional message (order details, password reset) once per idempotency key."""
+) -> tuple[str, bool]:
+    """Queue a transactional message (order details, password reset) once per idempotency
+    key: (message id, replayed). A retried call queues nothing and answers the first call's
+    message id; the same key with a different request is refused (a caller's bug: two
+    different mails must not share a key, or the second would silently never be sent)."""
     v = Validator()
     v.check(0 < len(request.idempotency_key) <= 200, "idempotency_key", "1-200 characters")
     v.check(is_uuid(request.contact_id), "contact_id", "not a contact id")
@@ -718,7 +722,31 @@ async def send_transactional(
         content=request.content,
         vars=dict(request.vars),
     )
+    digest = hashlib.sha256(request.SerializeToString(deterministic=True)).digest()
     async with pool.acquire() as conn, conn.transaction():
+        first = await conn.fetchrow(
+            "INSERT INTO transactional_keys"
+            " (workspace_id, idempotency_key, message_id, contact_id, request_sha256)"
+            " VALUES ($1, $2, $3, $4, $5)"
+            " ON CONFLICT (workspace_id, idempotency_key) DO NOTHING RETURNING message_id",
+            uuid.UUID(workspace_id),
+            request.idempotency_key,
+            uuid.UUID(message_id),
+            uuid.UUID(request.contact_id),
+            digest,
+        )
+        if first is None:
+            stored = await conn.fetchval(
+                "SELECT request_sha256 FROM transactional_keys"
+                " WHERE workspace_id = $1 AND idempotency_key = $2",
+                uuid.UUID(workspace_id),
+                request.idempotency_key,
+            )
+            if stored != digest:
+                raise InvalidArgument(
+                    FieldViolation("idempotency_key", "already used for a different request")
+                )
+            return message_id, True
         await add_to_outbox(
             conn,
             db.SCHEMA,
@@ -726,7 +754,7 @@ async def send_transactional(
             request.contact_id,
             new_envelope(workspace_id, requested, event_id=message_id),
         )
-    return message_id
+    return message_id, False
 
 
 async def message_status(

@@ -45,6 +45,11 @@ async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id:
         contact_id,
     )
     await conn.execute(
+        "DELETE FROM transactional_keys WHERE workspace_id = $1 AND contact_id = $2",
+        uuid.UUID(workspace_id),
+        contact_id,
+    )
+    await conn.execute(
         "UPDATE messages SET contact_id = $3, detail = $4"
         " WHERE workspace_id = $1 AND contact_id = $2",
         uuid.UUID(workspace_id),

@@ -25,8 +25,10 @@ class DeliveryServicer(DkimKeysMixin, GuardRpcs, delivery_pb2_grpc.DeliveryServi
         self, request: delivery_pb2.SendTransactionalRequest, context: grpc.aio.ServicerContext
     ) -> delivery_pb2.SendTransactionalResponse:
         await guard.ensure_may_send(self.pool, current_workspace())
-        message_id = await handlers.send_transactional(self.pool, current_workspace(), request)
-        return delivery_pb2.SendTransactionalResponse(message_id=message_id)
+        message_id, replayed = await handlers.send_transactional(
+            self.pool, current_workspace(), request
+        )
+        return delivery_pb2.SendTransactionalResponse(message_id=message_id, replayed=replayed)
 
     async def GetMessageStatus(
         self, request: delivery_pb2.GetMessageStatusRequest, context: grpc.aio.ServicerContext

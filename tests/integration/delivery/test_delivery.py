@@ -11,11 +11,14 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
+from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import links
 from services.common.events import deterministic_id, new_envelope
 from services.common.topics import DELIVERY_REQUESTS
+from tests.integration.common.test_consumer_loop import read_all
 from tests.integration.conftest import RunningService, Workspace, run_in_process
+from tests.integration.delivery.test_dkim_signing import violations
 from tests.mail import mails_with
 from tests.support import eventually, free_port, unique
 
@@ -144,7 +147,10 @@ async def test_a_contact_without_consent_is_not_mailed(
 
 
 async def test_transactional_mail_needs_no_consent_and_is_sent_once_per_key(
-    delivery_service: RunningService, contacts_service: RunningService, workspace: Workspace
+    delivery_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    infra: dict[str, str],
 ) -> None:
     contact = await new_contact(contacts_service, workspace, [])
     request = delivery_pb2.SendTransactionalRequest(
@@ -158,15 +164,23 @@ async def test_transactional_mail_needs_no_consent_and_is_sent_once_per_key(
         stub = delivery_pb2_grpc.DeliveryServiceStub(ch)
         first = await stub.SendTransactional(request, metadata=workspace.metadata)
         second = await stub.SendTransactional(request, metadata=workspace.metadata)
+        # The same key for another mail is a caller's bug: refused, nothing queued.
+        other = delivery_pb2.SendTransactionalRequest()
+        other.CopyFrom(request)
+        other.content.subject = "Another order"
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.SendTransactional(other, metadata=workspace.metadata)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violations(refused.value) == ["idempotency_key"]
     assert first.message_id == second.message_id
+    assert (first.replayed, second.replayed) == (False, True)
     mails = await eventually(lambda: mails_for(first.message_id), timeout=30)
     assert mails[0]["Subject"] == "Your order"
     assert mails[0]["List-Unsubscribe"] is None  # transactional mail is not unsubscribable
     await eventually(
         lambda: has_status(delivery_service, workspace, first.message_id, SENT), timeout=30
     )
-    # Both sends queued a request; a later one on the same key (the contact) is mailed only
-    # once both were consumed.
+    # A later mail on the same Kafka key (the contact) is mailed after the first.
     async with grpc.aio.insecure_channel(delivery_service.address) as ch:
         later = await delivery_pb2_grpc.DeliveryServiceStub(ch).SendTransactional(
             delivery_pb2.SendTransactionalRequest(
@@ -178,6 +192,15 @@ async def test_transactional_mail_needs_no_consent_and_is_sent_once_per_key(
         )
     await eventually(lambda: mails_for(later.message_id), timeout=30)
     assert len(mails_for(first.message_id)) == 1
+    # The outbox publishes in order: once the later request was mailed, a request the replay
+    # had queued would be on the topic too.
+    assert await requests_on_topic(infra, first.message_id) == 1
+
+
+async def requests_on_topic(infra: dict[str, str], message_id: str) -> int:
+    """How many records of delivery.requests.v1 carry ``message_id`` as their event id."""
+    records = await read_all(infra["KAFKA_BOOTSTRAP_SERVERS"], DELIVERY_REQUESTS)
+    return sum(Envelope.FromString(r.value).event_id == message_id for r in records)
 
 
 async def test_another_workspace_cannot_read_a_message_status(
