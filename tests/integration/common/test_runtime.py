@@ -121,8 +121,9 @@ async def test_tracking_closes_its_socket_when_its_app_fails_to_start(
     from services.tracking.config import Settings
 
     port = free_port()
-    dead_kafka = f"127.0.0.1:{free_port()}"
-    settings = Settings(http_port=port, kafka_bootstrap_servers=dead_kafka)
+    # Not a dead Kafka: tracking starts without Kafka since issue 14 (a broker outage must
+    # not stop the pixel and the redirects). A Redis URL it cannot use fails its lifespan.
+    settings = Settings(http_port=port, redis_url="nope://127.0.0.1:1/0")
     error = await fails_cleanly(serve, settings, starts_tasks=True)
     assert "failed to start" in str(error), repr(error)
     assert can_bind(port), "the listening socket was left open"
