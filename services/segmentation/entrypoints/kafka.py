@@ -104,6 +104,8 @@ def _decode(envelope: Envelope) -> tuple[str, ReadModelChange] | None:
         return opened.contact_id, MessageOpened(opened.contact_id, _time(envelope.occurred_at))
     if payload == "link_clicked":
         clicked = envelope.link_clicked
+        if clicked.machine_click:  # a link scanner, not the person
+            return None
         url = checked_text("url", clicked.url)
         return clicked.contact_id, LinkClicked(clicked.contact_id, _time(envelope.occurred_at), url)
     if payload != "shop_event":

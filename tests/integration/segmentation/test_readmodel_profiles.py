@@ -291,6 +291,10 @@ async def test_tracking_opens_and_clicks(pool: asyncpg.Pool) -> None:
         ws, NOW - 2 * DAY, tracking_pb2.LinkClicked(contact_id=cid, url="https://shop.example/a")
     )
     assert change_of(machine) is None  # a proxy's open says nothing about the person
+    scanner = tracked(
+        ws, NOW, tracking_pb2.LinkClicked(contact_id=cid, url="https://x", machine_click=True)
+    )
+    assert change_of(scanner) is None  # nor a link scanner's click
     assert await apply(pool, human, click, human) == [True, True, False]
     older_open = tracked(ws, NOW - 5 * DAY, tracking_pb2.MessageOpened(contact_id=cid))
     older_click = tracked(ws, NOW - 5 * DAY, tracking_pb2.LinkClicked(contact_id=cid, url="u"))
