@@ -20,11 +20,13 @@ from services.gateway.schemas import PATTERN_MESSAGES, ResponseModel, StrictMode
 
 router = APIRouter(prefix="/v1/dkim-keys", tags=["dkim"])
 
-# A host name of letters, digits and hyphens (IDNs in their xn-- form); delivery checks the
-# label rules and answers 422 with the reason.
-DOMAIN_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$"
+# Delivery's rules (services/delivery/domain/dkim.py), spelt out so that the document is as
+# strict as the server: a host name of two or more labels of letters, digits and inner
+# hyphens (IDNs in their xn-- form), and a selector of one or more such labels.
+_LABEL = "[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN_PATTERN = f"^{_LABEL}(?:\\.{_LABEL})+\\.?$"
 PATTERN_MESSAGES[DOMAIN_PATTERN] = "must be a domain name such as shop.example"
-SELECTOR_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+SELECTOR_PATTERN = f"^{_LABEL}(?:\\.{_LABEL})*$"
 PATTERN_MESSAGES[SELECTOR_PATTERN] = "must be a DKIM selector such as nudge2026"
 
 Domain = Annotated[
@@ -86,12 +88,14 @@ async def list_dkim_keys(caller: CallerDep, backends: BackendsDep) -> DkimKeyLis
     "/{domain}",
     response_model=DkimKeyOut,
     summary="Set the DKIM key of a sending domain",
-    responses=problems.responses(400, 401, 413, 422, 503),
+    responses=problems.responses(400, 401, 409, 413, 422, 503),
 )
 async def set_dkim_key(
     domain: Domain, body: DkimKeyIn, caller: CallerDep, backends: BackendsDep
 ) -> DkimKeyOut:
-    """Sets (or replaces) the domain's key; answers the DNS TXT record to publish."""
+    """Sets the domain's key; answers the DNS TXT record to publish. Setting the same
+    selector again answers the stored key; another selector or key while one is set is 409
+    (delete the old key first: its record may still be in use)."""
     answer: delivery_pb2.DkimKey = await caller.call(
         backends.delivery.SetDkimKey,
         delivery_pb2.SetDkimKeyRequest(
