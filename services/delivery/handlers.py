@@ -59,7 +59,13 @@ from services.delivery import guard
 from services.delivery.adapters import postgres as db
 from services.delivery.adapters.smtp import failure_of
 from services.delivery.domain.ledger import Kind, Outcome, RetryPolicy, Status, classify, retry_plan
-from services.delivery.domain.rendering import MailLinks, Rendered, RenderError, render
+from services.delivery.domain.rendering import (
+    MailLinks,
+    Rendered,
+    RenderError,
+    check_templates,
+    render,
+)
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
 from services.delivery.domain.tracking_links import add_tracking
 from services.delivery.mail_auth import MailAuth
@@ -710,7 +716,9 @@ async def send_transactional(
     )
     v.raise_if_any()
     try:
-        render(request.content.subject, request.content.body_text, request.content.body_html, {})
+        check_templates(
+            request.content.subject, request.content.body_text, request.content.body_html
+        )
     except RenderError as err:
         raise InvalidArgument(FieldViolation("content", f"template error: {err}")) from err
     message_id = deterministic_id(workspace_id, "transactional", request.idempotency_key)

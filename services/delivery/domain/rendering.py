@@ -49,6 +49,19 @@ class MailLinks:
 PREFERENCES_TEXT = "Manage your e-mail preferences"
 
 
+def check_templates(subject: str, body_text: str, body_html: str) -> None:
+    """Raises :class:`RenderError` unless every template compiles. Only compiles: the values
+    (``contact``, ``vars``...) are known when the mail is sent, so rendering now with none
+    would refuse every template that uses them."""
+    try:
+        _compiled(subject, False)
+        _compiled(body_text, False)
+        if body_html:
+            _compiled(body_html, True)
+    except (TemplateError, RecursionError, SyntaxError) as err:
+        raise RenderError(f"{type(err).__name__}: {err}") from err
+
+
 def render(
     subject: str,
     body_text: str,

@@ -156,9 +156,12 @@ async def test_transactional_mail_needs_no_consent_and_is_sent_once_per_key(
     request = delivery_pb2.SendTransactionalRequest(
         idempotency_key=unique("order"),
         contact_id=contact.id,
+        # The contact's fields are the template's at sending time, not when it is queued.
         content=delivery_pb2.MessageContent(
-            subject="Your order", body_text="Order 42 is on its way"
+            subject="Your order, {{ contact.email }}",
+            body_text="Order {{ vars.order }} is on its way",
         ),
+        vars={"order": "42"},
     )
     async with grpc.aio.insecure_channel(delivery_service.address) as ch:
         stub = delivery_pb2_grpc.DeliveryServiceStub(ch)
@@ -175,7 +178,8 @@ async def test_transactional_mail_needs_no_consent_and_is_sent_once_per_key(
     assert first.message_id == second.message_id
     assert (first.replayed, second.replayed) == (False, True)
     mails = await eventually(lambda: mails_for(first.message_id), timeout=30)
-    assert mails[0]["Subject"] == "Your order"
+    assert mails[0]["Subject"] == f"Your order, {contact.email}"
+    assert "Order 42 is on its way" in mails[0].get_content()
     assert mails[0]["List-Unsubscribe"] is None  # transactional mail is not unsubscribable
     await eventually(
         lambda: has_status(delivery_service, workspace, first.message_id, SENT), timeout=30
