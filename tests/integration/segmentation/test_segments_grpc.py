@@ -337,6 +337,8 @@ async def test_events_for_a_contact_not_seen_yet_are_kept(
         workspace.metadata,
         {"vip": 1, "first_time_buyer": 1, "new_customer": 1},
     )
+    # The order that came before the contact is still the profile's, not replaced.
+    assert await orders_of(workspace.id, contact_id) == ["early"]
 
 
 async def test_another_workspaces_contacts_are_never_counted(
