@@ -93,6 +93,11 @@ class IngestBatcher:
         """Events waiting for a call slot."""
         return sum(len(lane.queue) for lane in self._lanes.values())
 
+    @property
+    def in_flight(self) -> int:
+        """Calls sent to contacts and not answered yet."""
+        return sum(lane.in_flight for lane in self._lanes.values())
+
     async def track(
         self, metadata: Metadata, timeout_s: float, request: shop_pb2.TrackEventRequest
     ) -> shop_pb2.TrackEventResponse:
