@@ -28,7 +28,14 @@ def _env(name: str) -> AliasChoices:
 
 # Values that ship in the code, the compose file or the docs: anyone can read them.
 DEV_SECRETS = frozenset(
-    {"dev-internal-token", "dev-link-secret", "dev-admin-token", "changeme", "secret"}
+    {
+        "dev-internal-token",
+        "dev-link-secret",
+        "dev-admin-token",
+        "dev-data-key",
+        "changeme",
+        "secret",
+    }
 )
 MIN_SECRET_LENGTH = 16
 

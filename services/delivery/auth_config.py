@@ -2,6 +2,7 @@
 inbound endpoint for DSNs and feedback-loop reports, and the DKIM key cache
 (docs/delivery-auth.md). A mixin of :class:`services.delivery.config.Settings`."""
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings
 
 
@@ -15,3 +16,8 @@ class AuthSettings(BaseSettings):
     inbound_max_message_bytes: int = 10 * 1024 * 1024
     # A DKIM key set or deleted is used by every delivery process within this time.
     dkim_key_cache_s: float = 10.0
+    # Seals the DKIM private keys at rest (services/delivery/domain/sealing.py). Changing it
+    # makes the stored keys unreadable: set them again afterwards.
+    data_key: str = Field(
+        "dev-data-key", validation_alias=AliasChoices("NUDGE_DATA_KEY"), repr=False
+    )

@@ -45,6 +45,7 @@ from services.delivery.adapters.smtp import SmtpTarget, probe_session
 from services.delivery.adapters.smtp_pool import PoolSettings, SmtpPool
 from services.delivery.config import Settings
 from services.delivery.domain.ledger import RetryPolicy
+from services.delivery.domain.sealing import Sealer
 from services.delivery.entrypoints.grpc import DeliveryServicer
 from services.delivery.entrypoints.grpc_guard import GUARD_POLICY
 from services.delivery.inbound import start_inbound
@@ -66,7 +67,8 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     contacts = channel(settings.contacts_addr)
     service.push(contacts.close)
     smtp_target = SmtpTarget.from_url(settings.smtp_url)
-    dkim_cache = KeyCache(pool, settings.dkim_key_cache_s)
+    sealer = Sealer(settings.data_key)
+    dkim_cache = KeyCache(pool, sealer, settings.dkim_key_cache_s)
     auth = mail_auth(settings, dkim_cache)
     # Long-lived connections to the relay, per recipient-domain limits (adapters/smtp_pool.py).
     smtp = SmtpPool(
@@ -167,7 +169,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 delivery_pb2_grpc.add_DeliveryServiceServicer_to_server,
-                DeliveryServicer(pool, dkim_cache),
+                DeliveryServicer(pool, sealer, dkim_cache),
                 SERVICE_NAME,
             ),
             (

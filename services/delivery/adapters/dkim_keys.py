@@ -4,6 +4,7 @@ path asks for a mail's key (cached: a lookup per mail would cost a round trip pe
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,6 +13,9 @@ from datetime import datetime
 import asyncpg
 
 from services.delivery.domain import dkim
+from services.delivery.domain.sealing import Sealer, SealError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -29,8 +33,9 @@ async def insert(
     selector: str,
     key: dkim.KeyMaterial,
     now: datetime,
+    sealer: Sealer,
 ) -> bool:
-    """Store the key; False (nothing written) when the domain has one already."""
+    """Store the key, sealed; False (nothing written) when the domain has one already."""
     row = await conn.fetchval(
         "INSERT INTO dkim_keys (workspace_id, domain, selector, algorithm, private_key_pem,"
         " dns_record_value, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -39,7 +44,7 @@ async def insert(
         domain,
         selector,
         key.algorithm,
-        key.pem,
+        sealer.seal(key.pem, workspace_id=workspace_id, domain=domain),
         key.dns_record_value(),
         now,
     )
@@ -47,9 +52,10 @@ async def insert(
 
 
 async def find(
-    conn: asyncpg.Connection, workspace_id: str, domain: str
+    conn: asyncpg.Connection, workspace_id: str, domain: str, sealer: Sealer
 ) -> tuple[StoredKey, str] | None:
-    """The domain's key and its private PEM (for the caller to compare, never to answer)."""
+    """The domain's key and its private PEM (for the caller to compare, never to answer).
+    Raises :class:`SealError` when the stored key does not open."""
     row = await conn.fetchrow(
         "SELECT domain, selector, dns_record_value, created_at, private_key_pem FROM dkim_keys"
         " WHERE workspace_id = $1 AND domain = $2",
@@ -58,7 +64,8 @@ async def find(
     )
     if row is None:
         return None
-    return _stored(row), row["private_key_pem"]
+    pem = sealer.unseal(row["private_key_pem"], workspace_id=workspace_id, domain=domain)
+    return _stored(row), pem
 
 
 async def list_keys(conn: asyncpg.Connection, workspace_id: str) -> list[StoredKey]:
@@ -98,10 +105,15 @@ class SigningKey:
 class KeyCache:
     """The signing key of (workspace, domain), read from PostgreSQL at most once per
     ``ttl_s``: a key set or deleted takes effect on every delivery process within that time
-    (docs/delivery-auth.md). Absent keys are cached too, so unsigned mail costs no query."""
+    (docs/delivery-auth.md). Absent keys are cached too, so unsigned mail costs no query.
 
-    def __init__(self, pool: asyncpg.Pool, ttl_s: float = 10.0) -> None:
+    A key that does not open (``NUDGE_DATA_KEY`` changed) is logged as an error and the
+    domain's mail goes out unsigned, as before the key was set: holding every mail of the
+    workspace back would be worse than a mail that fails a receiver's DKIM check."""
+
+    def __init__(self, pool: asyncpg.Pool, sealer: Sealer, ttl_s: float = 10.0) -> None:
         self._pool = pool
+        self._sealer = sealer
         self._ttl = ttl_s
         self._entries: dict[tuple[str, str], tuple[float, SigningKey | None]] = {}
         self._lock = asyncio.Lock()
@@ -122,13 +134,16 @@ class KeyCache:
                     uuid.UUID(workspace_id),
                     domain,
                 )
-            found = (
-                None
-                if row is None
-                else SigningKey(
-                    domain, row["selector"], dkim.load_private_key(row["private_key_pem"])
-                )
-            )
+            found = None
+            if row is not None:
+                try:
+                    pem = self._sealer.unseal(
+                        row["private_key_pem"], workspace_id=workspace_id, domain=domain
+                    )
+                except SealError as err:
+                    log.error("workspace %s: %s; its mail goes out unsigned", workspace_id, err)
+                else:
+                    found = SigningKey(domain, row["selector"], dkim.load_private_key(pem))
             self._entries[cache_key] = (time.monotonic() + self._ttl, found)
             return found
 

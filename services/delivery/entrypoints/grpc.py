@@ -9,6 +9,7 @@ from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 from services.common.auth import current_workspace
 from services.delivery import guard, handlers
 from services.delivery.adapters.dkim_keys import KeyCache
+from services.delivery.domain.sealing import Sealer
 from services.delivery.entrypoints.grpc_dkim import DkimKeysMixin
 from services.delivery.entrypoints.grpc_guard import GuardRpcs
 
@@ -17,8 +18,11 @@ class DeliveryServicer(DkimKeysMixin, GuardRpcs, delivery_pb2_grpc.DeliveryServi
     """Transactional sends and the status of any message of the caller's workspace; DKIM
     keys (entrypoints/grpc_dkim.py); the anti-spam guard (entrypoints/grpc_guard.py)."""
 
-    def __init__(self, pool: asyncpg.Pool, dkim_cache: KeyCache | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, sealer: Sealer, dkim_cache: KeyCache | None = None
+    ) -> None:
         self.pool = pool
+        self.sealer = sealer
         self.dkim_cache = dkim_cache
 
     async def SendTransactional(

@@ -17,9 +17,16 @@ from nudge.delivery.v1 import delivery_pb2
 
 from services.common import clock
 from services.common.auth import current_workspace
-from services.common.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from services.common.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+)
 from services.delivery.adapters import dkim_keys
 from services.delivery.domain import dkim
+from services.delivery.domain.sealing import Sealer, SealError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +56,7 @@ class DkimKeysMixin:
     ``dkim_cache`` (dropped for a changed domain so that the change is seen at once here)."""
 
     pool: asyncpg.Pool
+    sealer: Sealer
     dkim_cache: dkim_keys.KeyCache | None = None
 
     async def SetDkimKey(
@@ -77,17 +85,20 @@ class DkimKeysMixin:
         if violations:
             raise InvalidArgument(violations)
         assert domain is not None and selector is not None
-        async with self.pool.acquire() as conn:
-            existing = await dkim_keys.find(conn, workspace_id, domain)
+        try:
+            async with self.pool.acquire() as conn:
+                existing = await dkim_keys.find(conn, workspace_id, domain, self.sealer)
+        except SealError as err:
+            raise FailedPrecondition(f"{err}; delete the key and set it again") from err
         if existing is not None:
             return self._replayed(existing, selector, material)
         if material is None:
             material = dkim.generate_rsa_key()
         async with self.pool.acquire() as conn:
             inserted = await dkim_keys.insert(
-                conn, workspace_id, domain, selector, material, clock.now()
+                conn, workspace_id, domain, selector, material, clock.now(), self.sealer
             )
-            stored = await dkim_keys.find(conn, workspace_id, domain)
+            stored = await dkim_keys.find(conn, workspace_id, domain, self.sealer)
         assert stored is not None
         if not inserted:  # a concurrent call stored its key first
             return self._replayed(stored, selector, material)

@@ -31,7 +31,7 @@ GRPC = {
     "delivery": "DELIVERY_GRPC_PORT",
 }
 HTTP = {"tracking": "TRACKING_HTTP_PORT", "gateway": "GATEWAY_HTTP_PORT"}
-SECRETS = ("NUDGE_INTERNAL_TOKEN", "NUDGE_LINK_SECRET", "NUDGE_ADMIN_TOKEN")
+SECRETS = ("NUDGE_INTERNAL_TOKEN", "NUDGE_LINK_SECRET", "NUDGE_ADMIN_TOKEN", "NUDGE_DATA_KEY")
 
 
 def production_env(**overrides: str) -> dict[str, str]:
@@ -140,6 +140,7 @@ def test_every_service_starts_with_random_secrets_on_loopback_and_stops_on_sigte
         ("triggers", "NUDGE_INTERNAL_TOKEN", "dev-internal-token", "known development value"),
         ("delivery", "NUDGE_LINK_SECRET", "dev-link-secret", "known development value"),
         ("tracking", "NUDGE_LINK_SECRET", "dev-link-secret", "known development value"),
+        ("delivery", "NUDGE_DATA_KEY", "dev-data-key", "known development value"),
     ],
 )
 def test_a_development_secret_outside_development_mode_stops_the_start(

@@ -4,7 +4,9 @@ mail as the server received it verifies against the DNS record SetDkimKey answer
 from __future__ import annotations
 
 import logging
+import uuid
 
+import asyncpg
 import dkim as dkimpy
 import grpc
 import pytest
@@ -16,7 +18,7 @@ from grpc_status import rpc_status
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
-from services.delivery.domain import verp
+from services.delivery.domain import dkim, verp
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.delivery.auth_support import (
     AuthDelivery,
@@ -137,6 +139,7 @@ async def test_a_key_given_in_pem_is_used_and_its_record_answered(
     workspace: Workspace,
     producer: AIOKafkaProducer,
     caplog: pytest.LogCaptureFixture,
+    infra: dict[str, str],
 ) -> None:
     caplog.set_level(logging.DEBUG)
     private = ed25519.Ed25519PrivateKey.generate()
@@ -159,6 +162,19 @@ async def test_a_key_given_in_pem_is_used_and_its_record_answered(
     assert f"DKIM key set for {auth_delivery.bounce_domain}" in caplog.text
     secret = "".join(pem.splitlines()[1:-1])
     assert secret not in caplog.text.replace("\n", "")
+    # Stored sealed: the database alone does not hold the key.
+    db = await asyncpg.connect(infra["DATABASE_URL"])
+    try:
+        stored = await db.fetchval(
+            "SELECT private_key_pem FROM delivery.dkim_keys WHERE workspace_id = $1"
+            " AND domain = $2",
+            uuid.UUID(workspace.id),
+            auth_delivery.bounce_domain,
+        )
+    finally:
+        await db.close()
+    assert stored.startswith("sealed:v1:") and "PRIVATE KEY" not in stored
+    assert secret not in stored and pem.splitlines()[1] not in stored
 
 
 async def test_keys_are_listed_and_deleted_per_workspace_and_never_answer_the_private_key(
@@ -267,3 +283,50 @@ async def test_bad_input_is_invalid_with_field_violations_and_writes_nothing(
             delivery_pb2.DeleteDkimKeyRequest(domain="not a domain"), metadata=workspace.metadata
         )
     assert violations(err.value) == ["domain"]
+
+
+async def test_a_key_sealed_under_another_secret_is_refused_clearly_and_never_signs(
+    auth_delivery: AuthDelivery,
+    workspace: Workspace,
+    infra: dict[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """NUDGE_DATA_KEY changed since the key was set: SetDkimKey says so instead of failing
+    with INTERNAL, and the send path's cache logs it and signs nothing with garbage."""
+    from services.delivery.adapters.dkim_keys import KeyCache
+    from services.delivery.config import Settings
+    from services.delivery.domain.sealing import Sealer
+
+    domain = f"{unique('sealed')}.example.com"
+    await stub(auth_delivery).SetDkimKey(
+        delivery_pb2.SetDkimKeyRequest(domain=domain, selector="s1"), metadata=workspace.metadata
+    )
+    pool = await asyncpg.create_pool(
+        infra["DATABASE_URL"], min_size=1, max_size=2, server_settings={"search_path": "delivery"}
+    )
+    assert pool is not None
+    try:
+        this_process = Sealer(Settings().data_key)
+        assert await KeyCache(pool, this_process).get(workspace.id, domain) is not None
+        foreign = Sealer("a secret this delivery does not have").seal(
+            dkim.generate_rsa_key().pem, workspace_id=workspace.id, domain=domain
+        )
+        await pool.execute(
+            "UPDATE delivery.dkim_keys SET private_key_pem = $3"
+            " WHERE workspace_id = $1 AND domain = $2",
+            uuid.UUID(workspace.id),
+            domain,
+            foreign,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub(auth_delivery).SetDkimKey(
+                delivery_pb2.SetDkimKeyRequest(domain=domain, selector="s1"),
+                metadata=workspace.metadata,
+            )
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "NUDGE_DATA_KEY" in (err.value.details() or "")
+        with caplog.at_level(logging.ERROR):
+            assert await KeyCache(pool, this_process).get(workspace.id, domain) is None
+        assert "NUDGE_DATA_KEY" in caplog.text and "unsigned" in caplog.text
+    finally:
+        await pool.close()

@@ -42,9 +42,10 @@ def test_the_key_is_not_the_secret_itself() -> None:
 def test_the_bounce_domain_defaults_to_the_from_domain_and_the_key_to_the_link_secret() -> None:
     from services.delivery.adapters.dkim_keys import KeyCache
     from services.delivery.config import Settings
+    from services.delivery.domain.sealing import Sealer
     from services.delivery.mail_auth import mail_auth
 
-    keys = KeyCache(pool=None)  # type: ignore[arg-type]  # not asked here
+    keys = KeyCache(pool=None, sealer=Sealer("s1"))  # type: ignore[arg-type]  # not asked here
     default = mail_auth(Settings(from_address="news@Shop.Example.com", link_secret="s1"), keys)
     assert default.bounce_domain == "shop.example.com"
     assert default.verp_key == verp.derive_key("s1")
