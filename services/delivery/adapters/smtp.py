@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -55,19 +54,17 @@ class SmtpSender:
         self._target = target
         self._timeout = timeout_s
 
-    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
-        """Hand the message over; returns the server's reply. Raises aiosmtplib errors, or
-        :class:`AmbiguousHandoff` when the outcome is unknown.
-
-        The message goes as the bytes its own policy makes: aiosmtplib would flatten it again
-        with a 78-column policy that RFC 2047-encodes long URLs in headers."""
+    async def send(self, raw: bytes, sender: str, recipient: str, message_id: str = "") -> str:
+        """Hand the mail over (its bytes, CRLF line ends: aiosmtplib dot-stuffs them); returns
+        the server's reply. Raises aiosmtplib errors, or :class:`AmbiguousHandoff` when the
+        outcome is unknown. ``message_id`` names the span."""
         with tracer.start_as_current_span(
             "smtp send",
             kind=trace.SpanKind.CLIENT,
             attributes={
                 "server.address": self._target.host,
                 "server.port": self._target.port,
-                "nudge.message_id": str(message["X-Nudge-Message-Id"]),
+                "nudge.message_id": message_id,
             },
         ):
             client = aiosmtplib.SMTP(
@@ -86,7 +83,7 @@ class SmtpSender:
                 await client.mail(sender)
                 await client.rcpt(recipient)
                 try:
-                    response = await client.data(message.as_bytes())
+                    response = await client.data(raw)
                 except aiosmtplib.SMTPResponseException:
                     raise  # the server answered: no doubt about the outcome
                 except (aiosmtplib.SMTPException, OSError) as err:
@@ -98,7 +95,9 @@ class SmtpSender:
 async def probe_session(target: SmtpTarget, timeout_s: float, sender: str) -> None:
     """Open a session as a hand-off would (connect, STARTTLS, login, MAIL FROM), then give
     it up: whether sending works again, without claiming a message. Raises what
-    :meth:`SmtpSender.send` would."""
+    :meth:`SmtpSender.send` would. ``sender`` must be the kind of address real sends use
+    (mail_auth.py ``MailAuth.probe_sender``: VERP at the bounce domain), or a relay that
+    refuses only that would pass the probe and fail every send."""
     client = aiosmtplib.SMTP(
         hostname=target.host,
         port=target.port,

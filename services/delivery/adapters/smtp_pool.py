@@ -37,7 +37,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 
 import aiosmtplib
 from opentelemetry import trace
@@ -105,11 +104,10 @@ class SmtpPool:
 
     # ------------------------------------------------------------------------------ sending
 
-    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
-        """Hand the message over; returns the server's reply. Raises aiosmtplib errors, or
-        :class:`AmbiguousHandoff` when the outcome is unknown (see the module's docstring).
-
-        The message goes as the bytes its own policy makes, as :class:`SmtpSender` sends it."""
+    async def send(self, raw: bytes, sender: str, recipient: str, message_id: str = "") -> str:
+        """Hand the mail's bytes over; returns the server's reply. Raises aiosmtplib errors,
+        or :class:`AmbiguousHandoff` when the outcome is unknown (see the module's
+        docstring). ``message_id`` names the span."""
         key, limit = self._settings.limits.for_recipient(recipient)
         gate = self._gates.get(key)
         if gate is None:
@@ -122,11 +120,10 @@ class SmtpPool:
             attributes={
                 "server.address": self._target.host,
                 "server.port": self._target.port,
-                "nudge.message_id": str(message["X-Nudge-Message-Id"]),
+                "nudge.message_id": message_id,
                 "nudge.recipient_domain": key,
             },
         ):
-            data = message.as_bytes()
             async with gate.permits:
                 delay = gate.schedule.reserve(self._clock())
                 if delay > 0:
@@ -134,7 +131,7 @@ class SmtpPool:
                 gate.in_flight += 1
                 try:
                     async with self._slots:
-                        return await self._send_on_a_connection(data, sender, recipient)
+                        return await self._send_on_a_connection(raw, sender, recipient)
                 finally:
                     gate.in_flight -= 1
 

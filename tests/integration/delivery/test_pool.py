@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.policy
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from email.message import EmailMessage
+from datetime import UTC, datetime
 
 import aiosmtplib
 import pytest
@@ -23,6 +22,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpSender, SmtpTarget
 from services.delivery.adapters.smtp_pool import PoolSettings, SmtpPool
+from services.delivery.domain import mime
 from services.delivery.domain.domain_limits import DomainLimits
 from tests.integration.common.tcp_proxy import Proxy
 from tests.mail import mails
@@ -80,14 +80,21 @@ async def proxy(smtp: CountingSmtp) -> AsyncIterator[Proxy]:
     await p.cut()
 
 
-def mail(to: str, message_id: str | None = None) -> EmailMessage:
-    message = EmailMessage(policy=email.policy.SMTP)
-    message["From"] = "no-reply@nudge.localhost"
-    message["To"] = to
-    message["Subject"] = "Pool"
-    message["X-Nudge-Message-Id"] = message_id or str(uuid.uuid4())
-    message.set_content("Hello")
-    return message
+def mail(to: str, message_id: str | None = None, body: str = "Hello\n") -> bytes:
+    return mime.to_bytes(
+        mime.OutgoingMail(
+            message_id=message_id or str(uuid.uuid4()),
+            workspace_id=str(uuid.uuid4()),
+            from_address="no-reply@nudge.localhost",
+            from_name="",
+            to_address=to,
+            to_name="",
+            subject="Pool",
+            body_text=body,
+            body_html="",
+            date=datetime.now(UTC),
+        )
+    )
 
 
 class Clock:
@@ -282,6 +289,23 @@ async def test_session_errors_are_the_same_as_the_one_shot_senders() -> None:
             await sender.send(mail(to), "no-reply@nudge.localhost", to)
         errors.append(type(caught.value))
     assert errors[0] is errors[1]
+
+
+async def test_lines_starting_with_a_dot_arrive_as_written(smtp: CountingSmtp) -> None:
+    """The writer leaves dot-stuffing to the SMTP client: a 7bit body line "." would end
+    DATA early, and "..two" would lose a dot, unless aiosmtplib quotes them (both senders)."""
+    body = "first\n.\n.hidden\n..two\nFrom here\nlast\n"
+    raw = mail("x@shop.example", body=body)
+    assert b"\r\n.\r\n.hidden\r\n..two\r\n" in raw  # not stuffed by the writer, 7bit
+    pool = pool_for(smtp.url)
+    for sender in (SmtpSender(SmtpTarget.from_url(smtp.url), 5), pool):
+        message_id = str(uuid.uuid4())
+        to = f"{unique('dots')}@shop.example"
+        reply = await sender.send(mail(to, message_id, body), "no-reply@nudge.localhost", to)
+        assert "OK" in reply
+        [received] = [m for m in smtp.messages() if m["X-Nudge-Message-Id"] == message_id]
+        assert received.get_content().replace("\r\n", "\n") == body
+    await pool.close()
 
 
 async def test_a_domains_connection_limit_holds() -> None:
