@@ -56,7 +56,7 @@ from services.delivery import guard
 from services.delivery.adapters import postgres as db
 from services.delivery.adapters.smtp import failure_of
 from services.delivery.domain.ledger import Kind, Outcome, RetryPolicy, Status, classify, retry_plan
-from services.delivery.domain.mime import OutgoingMail, to_bytes
+from services.delivery.domain.mime import OutgoingMail, ascii_address, to_bytes
 from services.delivery.domain.rendering import (
     MailLinks,
     Rendered,
@@ -245,7 +245,10 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
         sender = deps.auth.envelope_sender(request.message_id)
         raw = await deps.auth.sign(workspace_id, deps.from_address, raw)
     try:
-        reply = await deps.smtp.send(raw, sender, facts.email, request.message_id)
+        # An internationalised domain in its ASCII form, as in the To header: a relay without
+        # SMTPUTF8 refuses the Unicode one.
+        recipient = ascii_address(facts.email)
+        reply = await deps.smtp.send(raw, sender, recipient, request.message_id)
     except Exception as err:
         failure = failure_of(err)
         if failure is None:

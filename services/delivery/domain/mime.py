@@ -13,6 +13,7 @@ What is written, and the rules it keeps:
 - Headers From, To, Subject, Date, Message-ID, X-Nudge-Message-Id, X-Nudge-Workspace-Id,
   List-Unsubscribe and List-Unsubscribe-Post (RFC 8058, when a one-click URL is given),
   MIME-Version, Content-Type, Content-Transfer-Encoding. CRLF line ends throughout.
+- Addresses with an internationalised domain are written with its A-labels (xn--).
 - No header injection: a CR or LF in a subject or a display name is folded away (replaced
   by a space); one in a structural value (an address, an id, the unsubscribe URL) is
   refused with :class:`MailError`, as are spaces, controls and angle brackets there.
@@ -41,6 +42,8 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import format_datetime
+
+from email_validator import EmailNotValidError, validate_email
 
 MAX_LINE = 78  # RFC 5322 2.1.1: SHOULD not exceed 78 characters, excluding CRLF
 MAX_PLAIN_WORD = 900  # longer unbreakable words are encoded (the hard limit is 998 octets)
@@ -88,13 +91,13 @@ class OutgoingMail:
 
 def to_bytes(mail: OutgoingMail) -> bytes:
     """The mail as it goes into SMTP DATA (CRLF line ends, not dot-stuffed)."""
-    from_address = _structural("from_address", mail.from_address)
+    from_address = ascii_address(_structural("from_address", mail.from_address))
     domain = from_address.rpartition("@")[2]
     if "@" not in from_address or not domain:
         raise MailError("from_address: no domain")
     headers = [
         "From: " + _mailbox(mail.from_name, from_address),
-        "To: " + _mailbox(mail.to_name, _structural("to_address", mail.to_address)),
+        "To: " + _mailbox(mail.to_name, ascii_address(_structural("to_address", mail.to_address))),
         "Subject: " + _unstructured("Subject: ", mail.subject),
         "Date: " + format_datetime(mail.date),
         f"Message-ID: <{_structural('message_id', mail.message_id)}@{domain}>",
@@ -132,6 +135,20 @@ def to_bytes(mail: OutgoingMail) -> bytes:
             b"--\r\n",
         )
     )
+
+
+def ascii_address(address: str) -> str:
+    """The address with an internationalised domain in its ASCII form (IDNA 2008 A-labels,
+    ``ada@xn--bcher-kva.example``), which every relay and header reader takes: contacts
+    keeps addresses with the Unicode domain. A non-ASCII local part has no ASCII form: it
+    is returned as it is (RFC 6531/6532: only a relay offering SMTPUTF8 takes it, and
+    aiosmtplib refuses to send it to one that does not)."""
+    if address.isascii():
+        return address
+    try:
+        return validate_email(address, check_deliverability=False).ascii_email or address
+    except EmailNotValidError:
+        return address
 
 
 def _structural(field: str, value: str) -> str:

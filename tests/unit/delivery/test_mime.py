@@ -208,6 +208,21 @@ def test_a_structural_value_with_a_line_break_space_or_bracket_is_refused(
         mime.to_bytes(replace(BASE, **dict[str, Any]({field: value})))
 
 
+def test_an_internationalised_domain_is_written_in_its_ascii_form() -> None:
+    mail = replace(BASE, to_address="ada@bücher.example", from_address="news@straße.example")
+    raw = mime.to_bytes(mail)
+    assert raw.isascii()
+    parsed = parse(raw)
+    assert parsed["To"].addresses[0].addr_spec == "ada@xn--bcher-kva.example"
+    # IDNA 2008: ß is its own letter (IDNA 2003 would make it "strasse", another domain).
+    assert parsed["From"].addresses[0].addr_spec == "news@xn--strae-oqa.example"
+    assert parsed["Message-ID"] == f"<{mail.message_id}@xn--strae-oqa.example>"
+    assert mime.ascii_address("ada@example.org") == "ada@example.org"
+    # No ASCII form: as given, for a relay with SMTPUTF8 (RFC 6532 headers).
+    assert mime.ascii_address("zoé@example.org") == "zoé@example.org"
+    assert "zoé@example.org".encode() in mime.to_bytes(replace(BASE, to_address="zoé@example.org"))
+
+
 def test_bodies_use_7bit_when_they_can_and_never_8bit() -> None:
     def encodings(raw: bytes) -> list[str]:
         return [
