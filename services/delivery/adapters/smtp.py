@@ -80,8 +80,7 @@ class SmtpSender:
             # its own reply code (send() wraps it in SMTPRecipientsRefused, without one),
             # and a failure after the data went out is not the same as one before it.
             async with client:  # connects, STARTTLS when offered, logs in
-                await client.mail(sender)
-                await client.rcpt(recipient)
+                await envelope(client, sender, recipient)
                 try:
                     response = await client.data(raw)
                 except aiosmtplib.SMTPResponseException:
@@ -90,6 +89,26 @@ class SmtpSender:
                     client.close()
                     raise AmbiguousHandoff(repr(err)) from err
             return response.message
+
+
+async def envelope(client: aiosmtplib.SMTP, sender: str, recipient: str) -> None:
+    """MAIL and RCPT. A recipient with a non-ASCII local part (RFC 6531: contacts accepts
+    ``zoé@example.org``; its domain is already in A-labels) needs a relay offering SMTPUTF8,
+    and then goes with MAIL's SMTPUTF8 option and in UTF-8. Without it: SMTPNotSupported
+    before any command, a refusal of this message (:func:`failure_of`), where aiosmtplib
+    would raise a UnicodeEncodeError that reads as a bug and holds the request."""
+    if recipient.isascii():
+        await client.mail(sender)
+        await client.rcpt(recipient)
+        return
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()
+    if not client.supports_extension("smtputf8"):
+        raise aiosmtplib.SMTPNotSupported(
+            f"the relay does not offer SMTPUTF8, needed for {recipient!r}"
+        )
+    await client.mail(sender, options=["SMTPUTF8"])
+    await client.rcpt(recipient, encoding="utf-8")
 
 
 async def probe_session(target: SmtpTarget, timeout_s: float, sender: str) -> None:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 from opentelemetry import trace
 
-from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpTarget
+from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpTarget, envelope
 from services.delivery.domain.domain_limits import DomainLimits, RateSchedule
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,8 @@ class SmtpPool:
         connection = await self._checkout()
         try:
             await self._envelope(connection, sender, recipient)
-        except aiosmtplib.SMTPResponseException:
-            raise  # refused: the server answered, the connection was reset and kept
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPNotSupported):
+            raise  # refused: the server answered (or cannot take it), the connection was kept
         except (aiosmtplib.SMTPException, OSError) as err:
             if not connection.reused:
                 raise
@@ -171,12 +171,16 @@ class SmtpPool:
 
     async def _envelope(self, connection: _Connection, sender: str, recipient: str) -> None:
         """MAIL and RCPT. After a refusal the connection is reset and kept; after any other
-        failure it is discarded. Either way the error is raised as aiosmtplib gave it."""
+        failure it is discarded. Either way the error is raised as aiosmtplib gave it. A
+        relay without SMTPUTF8 for a UTF-8 recipient is asked nothing: the connection is
+        kept as it is."""
         try:
-            await connection.client.mail(sender)
-            await connection.client.rcpt(recipient)
+            await envelope(connection.client, sender, recipient)
         except aiosmtplib.SMTPResponseException:
             await self._reset_or_discard(connection)
+            raise
+        except aiosmtplib.SMTPNotSupported:
+            self._checkin(connection)
             raise
         except BaseException:
             self._discard(connection)
