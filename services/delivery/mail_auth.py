@@ -12,6 +12,7 @@ import logging
 from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.config import Settings
 from services.delivery.domain import dkim, verp
+from services.delivery.domain.mime import ascii_address
 
 log = logging.getLogger(__name__)
 PROBE_MESSAGE_ID = "00000000-0000-0000-0000-000000000000"
@@ -39,7 +40,8 @@ class MailAuth:
         line put in front, unchanged (first among the headers, RFC 6376 5.6); ``raw`` as it
         is when there is no key. The signature covers exactly these bytes, which the SMTP
         sender hands over as they are: nothing may change them after this call."""
-        domain = from_address.rpartition("@")[2].lower()
+        # The key store holds A-label domains; so does the From header (domain/mime.py).
+        domain = ascii_address(from_address).rpartition("@")[2].lower()
         if not domain:
             return raw
         key = await self.keys.get(workspace_id, domain)

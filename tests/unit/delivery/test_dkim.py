@@ -208,3 +208,12 @@ def test_the_openssl_rsa_step_makes_dkimpys_own_signature(monkeypatch: pytest.Mo
     )
     assert dkim.sign(raw, "shop.example.com", "nudge", RSA_2048) == reference
     assert b"a=rsa-sha256" in reference and b"t=1796150000" in reference
+
+
+def test_the_key_of_an_internationalised_from_domain_is_looked_up_by_its_a_labels() -> None:
+    """Keys are stored by A-label domain (normalise_domain), as the From header writes it."""
+    keys = OneKey(None)
+    auth = MailAuth(keys, b"k", "b.example")  # type: ignore[arg-type]
+    raw = mail()
+    assert asyncio.run(auth.sign("ws", "no-reply@bücher.example", raw)) == raw
+    assert keys.asked == [("ws", "xn--bcher-kva.example")]
