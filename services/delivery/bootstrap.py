@@ -100,7 +100,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         resend_kinds=frozenset(RESEND_KINDS[kind] for kind in settings.resend_kinds),
         lease=timedelta(seconds=settings.sweep_after_s),
         probe=functools.partial(
-            probe_session, smtp_target, settings.smtp_timeout_s, settings.from_address
+            probe_session, smtp_target, settings.smtp_timeout_s, auth.probe_sender()
         ),
         auth=auth,
         track=settings.track_opens_and_clicks,

@@ -26,15 +26,12 @@ What an answer means is decided in ``domain/ledger.py`` (:func:`classify`); here
 from __future__ import annotations
 
 import asyncio
-import email.policy
 import hashlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from email.message import EmailMessage
-from email.utils import format_datetime, formataddr
 from typing import Protocol
 
 import asyncpg
@@ -59,6 +56,7 @@ from services.delivery import guard
 from services.delivery.adapters import postgres as db
 from services.delivery.adapters.smtp import failure_of
 from services.delivery.domain.ledger import Kind, Outcome, RetryPolicy, Status, classify, retry_plan
+from services.delivery.domain.mime import OutgoingMail, ascii_address, to_bytes
 from services.delivery.domain.rendering import (
     MailLinks,
     Rendered,
@@ -72,9 +70,6 @@ from services.delivery.mail_auth import MailAuth
 
 log = logging.getLogger(__name__)
 
-# CRLF line ends, and headers folded only past RFC 5322's hard limit: the default policy folds
-# at 78 and RFC 2047-encodes an unbreakable URL (List-Unsubscribe), which clients cannot use.
-MAIL_POLICY = email.policy.SMTP.clone(max_line_length=998)
 RETRY_BATCH = 100  # due requests taken per round of the retry loop
 SWEEP_BATCH = 500
 OUTCOME_MAX_BACKOFF_S = 5.0
@@ -89,10 +84,11 @@ class Eligibility(Protocol):
 
 
 class Sender(Protocol):
-    """The SMTP hand-off (adapters/smtp.py ``SmtpSender``, or a pooled one): returns the
-    server's reply, raises aiosmtplib's errors or ``AmbiguousHandoff``."""
+    """The SMTP hand-off (adapters/smtp.py ``SmtpSender``, or a pooled one) of a mail's bytes
+    (domain/mime.py, signed): returns the server's reply, raises aiosmtplib's errors or
+    ``AmbiguousHandoff``. ``message_id`` only names the mail in traces."""
 
-    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str: ...
+    async def send(self, raw: bytes, sender: str, recipient: str, message_id: str = "") -> str: ...
 
 
 class SendingPaused(Unavailable):
@@ -227,28 +223,32 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
     if taken is None:
         return
 
-    message = build_email(
-        request.message_id,
-        workspace_id,
-        deps.from_address,
-        facts.workspace_name,
-        (f"{facts.first_name} {facts.last_name}".strip(), facts.email),
-        rendered,
-    )
+    unsubscribe = ""
     if request.kind != delivery_pb2.MESSAGE_KIND_TRANSACTIONAL:
         # RFC 8058 one-click unsubscribe: mailbox providers show an "Unsubscribe" button and
         # POST to the link; large senders without it are filtered as spam.
         path = links.sign_unsubscribe(
             deps.link_secret, workspace_id, request.message_id, request.contact_id
         )
-        message["List-Unsubscribe"] = f"<{deps.tracking_url.rstrip('/')}{path}>"
-        message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+        unsubscribe = f"{deps.tracking_url.rstrip('/')}{path}"
+    raw = build_email(
+        request.message_id,
+        workspace_id,
+        deps.from_address,
+        facts.workspace_name,
+        (f"{facts.first_name} {facts.last_name}".strip(), facts.email),
+        rendered,
+        unsubscribe,
+    )
     sender = deps.from_address
     if deps.auth is not None:  # DKIM signature and VERP envelope sender, last of all
         sender = deps.auth.envelope_sender(request.message_id)
-        message = await deps.auth.sign(workspace_id, message)
+        raw = await deps.auth.sign(workspace_id, deps.from_address, raw)
     try:
-        reply = await deps.smtp.send(message, sender, facts.email)
+        # An internationalised domain in its ASCII form, as in the To header: a relay without
+        # SMTPUTF8 refuses the Unicode one.
+        recipient = ascii_address(facts.email)
+        reply = await deps.smtp.send(raw, sender, recipient, request.message_id)
     except Exception as err:
         failure = failure_of(err)
         if failure is None:
@@ -593,19 +593,27 @@ def build_email(
     workspace_name: str,
     to: tuple[str, str],
     rendered: Rendered,
-) -> EmailMessage:
-    message = EmailMessage(policy=MAIL_POLICY)
-    message["From"] = formataddr((workspace_name, from_address))
-    message["To"] = formataddr(to)
-    message["Subject"] = rendered.subject
-    message["Date"] = format_datetime(clock.now())
-    message["Message-ID"] = f"<{message_id}@{from_address.rpartition('@')[2]}>"
-    message["X-Nudge-Message-Id"] = message_id
-    message["X-Nudge-Workspace-Id"] = workspace_id
-    message.set_content(rendered.body_text)
-    if rendered.body_html:
-        message.add_alternative(rendered.body_html, subtype="html")
-    return message
+    list_unsubscribe: str = "",
+) -> bytes:
+    """The mail's bytes as they go into SMTP DATA (domain/mime.py: tens of microseconds,
+    where ``EmailMessage`` and ``as_bytes()`` took ~3.7 ms). ``list_unsubscribe`` is the
+    one-click URL of a non-transactional mail. The Message-ID is made of the message id, so
+    a transactional mail sent again (UNKNOWN) carries the same one."""
+    return to_bytes(
+        OutgoingMail(
+            message_id=message_id,
+            workspace_id=workspace_id,
+            from_address=from_address,
+            from_name=workspace_name,
+            to_address=to[1],
+            to_name=to[0],
+            subject=rendered.subject,
+            body_text=rendered.body_text,
+            body_html=rendered.body_html,
+            date=clock.now(),
+            list_unsubscribe=list_unsubscribe,
+        )
+    )
 
 
 async def _finish_unsent(

@@ -2,21 +2,20 @@
 DKIM signature of its From domain's key, and its VERP envelope sender (docs/delivery-auth.md).
 
 The send path (services/delivery/handlers.py) calls :meth:`MailAuth.envelope_sender` for the
-``MAIL FROM`` and :meth:`MailAuth.sign` on the finished message just before the hand-off.
+``MAIL FROM`` and :meth:`MailAuth.sign` on the finished mail's bytes just before the hand-off.
 """
 
 from __future__ import annotations
 
 import logging
-from email.message import EmailMessage
-from email.utils import parseaddr
 
 from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.config import Settings
 from services.delivery.domain import dkim, verp
+from services.delivery.domain.mime import ascii_address
 
 log = logging.getLogger(__name__)
-DKIM_HEADER = "DKIM-Signature"
+PROBE_MESSAGE_ID = "00000000-0000-0000-0000-000000000000"
 
 
 class MailAuth:
@@ -28,29 +27,27 @@ class MailAuth:
     def envelope_sender(self, message_id: str) -> str:
         return verp.address(self.verp_key, message_id, self.bounce_domain)
 
-    async def sign(self, workspace_id: str, message: EmailMessage) -> EmailMessage:
-        """Sign ``message`` in place with the workspace's key for its From domain, the
-        signature first among its headers (RFC 6376 5.6); unchanged when there is no key.
+    def probe_sender(self) -> str:
+        """The ``MAIL FROM`` of the paused-sending probe (adapters/smtp.py probe_session):
+        an address of the same kind as a real send's, VERP at the bounce domain, so that a
+        relay refusing that domain refuses the probe too and sending stays paused. It names
+        the nil message id, which no message has."""
+        return self.envelope_sender(PROBE_MESSAGE_ID)
 
-        The signature covers the bytes ``message.as_bytes()`` makes, which is how the SMTP
-        sender serialises it: the message must not change after this call."""
-        domain = parseaddr(str(message.get("From", "")))[1].rpartition("@")[2].lower()
+    async def sign(self, workspace_id: str, from_address: str, raw: bytes) -> bytes:
+        """The mail ``raw`` (domain/mime.py's bytes, whose From is ``from_address``) signed
+        with the workspace's key for that address's domain: dkimpy's ``DKIM-Signature``
+        line put in front, unchanged (first among the headers, RFC 6376 5.6); ``raw`` as it
+        is when there is no key. The signature covers exactly these bytes, which the SMTP
+        sender hands over as they are: nothing may change them after this call."""
+        # The key store holds A-label domains; so does the From header (domain/mime.py).
+        domain = ascii_address(from_address).rpartition("@")[2].lower()
         if not domain:
-            return message
+            return raw
         key = await self.keys.get(workspace_id, domain)
         if key is None:
-            return message
-        line = dkim.sign(message.as_bytes(), key.domain, key.selector, key.material)
-        # Unfolded: the email package refuses line breaks in a value and folds at its own
-        # limit; relaxed canonicalisation makes the two foldings sign the same.
-        value = line.decode("ascii").split(":", 1)[1].replace("\r\n", "").strip()
-        headers = message.items()
-        for name in {name for name, _ in headers}:
-            del message[name]
-        message[DKIM_HEADER] = value
-        for name, header in headers:
-            message[name] = header
-        return message
+            return raw
+        return dkim.sign(raw, key.domain, key.selector, key.material) + raw
 
 
 def mail_auth(settings: Settings, keys: KeyCache) -> MailAuth:

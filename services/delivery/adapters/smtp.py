@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from email.message import EmailMessage
 from urllib.parse import urlsplit
 
 import aiosmtplib
@@ -55,19 +54,17 @@ class SmtpSender:
         self._target = target
         self._timeout = timeout_s
 
-    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
-        """Hand the message over; returns the server's reply. Raises aiosmtplib errors, or
-        :class:`AmbiguousHandoff` when the outcome is unknown.
-
-        The message goes as the bytes its own policy makes: aiosmtplib would flatten it again
-        with a 78-column policy that RFC 2047-encodes long URLs in headers."""
+    async def send(self, raw: bytes, sender: str, recipient: str, message_id: str = "") -> str:
+        """Hand the mail over (its bytes, CRLF line ends: aiosmtplib dot-stuffs them); returns
+        the server's reply. Raises aiosmtplib errors, or :class:`AmbiguousHandoff` when the
+        outcome is unknown. ``message_id`` names the span."""
         with tracer.start_as_current_span(
             "smtp send",
             kind=trace.SpanKind.CLIENT,
             attributes={
                 "server.address": self._target.host,
                 "server.port": self._target.port,
-                "nudge.message_id": str(message["X-Nudge-Message-Id"]),
+                "nudge.message_id": message_id,
             },
         ):
             client = aiosmtplib.SMTP(
@@ -83,10 +80,9 @@ class SmtpSender:
             # its own reply code (send() wraps it in SMTPRecipientsRefused, without one),
             # and a failure after the data went out is not the same as one before it.
             async with client:  # connects, STARTTLS when offered, logs in
-                await client.mail(sender)
-                await client.rcpt(recipient)
+                await envelope(client, sender, recipient)
                 try:
-                    response = await client.data(message.as_bytes())
+                    response = await client.data(raw)
                 except aiosmtplib.SMTPResponseException:
                     raise  # the server answered: no doubt about the outcome
                 except (aiosmtplib.SMTPException, OSError) as err:
@@ -95,10 +91,32 @@ class SmtpSender:
             return response.message
 
 
+async def envelope(client: aiosmtplib.SMTP, sender: str, recipient: str) -> None:
+    """MAIL and RCPT. A recipient with a non-ASCII local part (RFC 6531: contacts accepts
+    ``zoé@example.org``; its domain is already in A-labels) needs a relay offering SMTPUTF8,
+    and then goes with MAIL's SMTPUTF8 option and in UTF-8. Without it: SMTPNotSupported
+    before any command, a refusal of this message (:func:`failure_of`), where aiosmtplib
+    would raise a UnicodeEncodeError that reads as a bug and holds the request."""
+    if recipient.isascii():
+        await client.mail(sender)
+        await client.rcpt(recipient)
+        return
+    if client.is_ehlo_or_helo_needed:
+        await client.ehlo()
+    if not client.supports_extension("smtputf8"):
+        raise aiosmtplib.SMTPNotSupported(
+            f"the relay does not offer SMTPUTF8, needed for {recipient!r}"
+        )
+    await client.mail(sender, options=["SMTPUTF8"])
+    await client.rcpt(recipient, encoding="utf-8")
+
+
 async def probe_session(target: SmtpTarget, timeout_s: float, sender: str) -> None:
     """Open a session as a hand-off would (connect, STARTTLS, login, MAIL FROM), then give
     it up: whether sending works again, without claiming a message. Raises what
-    :meth:`SmtpSender.send` would."""
+    :meth:`SmtpSender.send` would. ``sender`` must be the kind of address real sends use
+    (mail_auth.py ``MailAuth.probe_sender``: VERP at the bounce domain), or a relay that
+    refuses only that would pass the probe and fail every send."""
     client = aiosmtplib.SMTP(
         hostname=target.host,
         port=target.port,

@@ -37,12 +37,11 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 
 import aiosmtplib
 from opentelemetry import trace
 
-from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpTarget
+from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpTarget, envelope
 from services.delivery.domain.domain_limits import DomainLimits, RateSchedule
 
 log = logging.getLogger(__name__)
@@ -105,11 +104,10 @@ class SmtpPool:
 
     # ------------------------------------------------------------------------------ sending
 
-    async def send(self, message: EmailMessage, sender: str, recipient: str) -> str:
-        """Hand the message over; returns the server's reply. Raises aiosmtplib errors, or
-        :class:`AmbiguousHandoff` when the outcome is unknown (see the module's docstring).
-
-        The message goes as the bytes its own policy makes, as :class:`SmtpSender` sends it."""
+    async def send(self, raw: bytes, sender: str, recipient: str, message_id: str = "") -> str:
+        """Hand the mail's bytes over; returns the server's reply. Raises aiosmtplib errors,
+        or :class:`AmbiguousHandoff` when the outcome is unknown (see the module's
+        docstring). ``message_id`` names the span."""
         key, limit = self._settings.limits.for_recipient(recipient)
         gate = self._gates.get(key)
         if gate is None:
@@ -122,11 +120,10 @@ class SmtpPool:
             attributes={
                 "server.address": self._target.host,
                 "server.port": self._target.port,
-                "nudge.message_id": str(message["X-Nudge-Message-Id"]),
+                "nudge.message_id": message_id,
                 "nudge.recipient_domain": key,
             },
         ):
-            data = message.as_bytes()
             async with gate.permits:
                 delay = gate.schedule.reserve(self._clock())
                 if delay > 0:
@@ -134,7 +131,7 @@ class SmtpPool:
                 gate.in_flight += 1
                 try:
                     async with self._slots:
-                        return await self._send_on_a_connection(data, sender, recipient)
+                        return await self._send_on_a_connection(raw, sender, recipient)
                 finally:
                     gate.in_flight -= 1
 
@@ -147,8 +144,8 @@ class SmtpPool:
         connection = await self._checkout()
         try:
             await self._envelope(connection, sender, recipient)
-        except aiosmtplib.SMTPResponseException:
-            raise  # refused: the server answered, the connection was reset and kept
+        except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPNotSupported):
+            raise  # refused: the server answered (or cannot take it), the connection was kept
         except (aiosmtplib.SMTPException, OSError) as err:
             if not connection.reused:
                 raise
@@ -174,12 +171,16 @@ class SmtpPool:
 
     async def _envelope(self, connection: _Connection, sender: str, recipient: str) -> None:
         """MAIL and RCPT. After a refusal the connection is reset and kept; after any other
-        failure it is discarded. Either way the error is raised as aiosmtplib gave it."""
+        failure it is discarded. Either way the error is raised as aiosmtplib gave it. A
+        relay without SMTPUTF8 for a UTF-8 recipient is asked nothing: the connection is
+        kept as it is."""
         try:
-            await connection.client.mail(sender)
-            await connection.client.rcpt(recipient)
+            await envelope(connection.client, sender, recipient)
         except aiosmtplib.SMTPResponseException:
             await self._reset_or_discard(connection)
+            raise
+        except aiosmtplib.SMTPNotSupported:
+            self._checkin(connection)
             raise
         except BaseException:
             self._discard(connection)

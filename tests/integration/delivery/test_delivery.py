@@ -277,3 +277,30 @@ async def test_a_request_no_retry_can_fix_is_failed_and_does_not_block_the_parti
     answer = await status_of(delivery_service, workspace, broken_id)
     assert answer.status == delivery_pb2.MESSAGE_STATUS_FAILED
     assert mails_for(broken_id) == []
+
+
+async def test_a_contact_at_an_internationalised_domain_is_mailed_at_its_ascii_form(
+    delivery_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    """Contacts keeps the Unicode domain; the To header and RCPT carry its A-labels (a
+    relay without SMTPUTF8, like the sink, would refuse the Unicode form)."""
+    local = unique("c")
+    async with grpc.aio.insecure_channel(contacts_service.address) as ch:
+        contact = (
+            await contacts_pb2_grpc.ContactServiceStub(ch).CreateContact(
+                contacts_pb2.CreateContactRequest(
+                    contact=contacts_pb2.Contact(email=f"{local}@bücher.example", first_name="Ada"),
+                    consents=[contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS],
+                ),
+                metadata=workspace.metadata,
+            )
+        ).contact
+    assert contact.email == f"{local}@bücher.example"
+    message_id, value = automation_request(workspace, contact.id)
+    await producer.send_and_wait(DELIVERY_REQUESTS, value, key=contact.id.encode())
+    [mail] = await eventually(lambda: mails_for(message_id), timeout=30)
+    assert [a.addr_spec for a in mail["To"].addresses] == [f"{local}@xn--bcher-kva.example"]
+    await eventually(lambda: has_status(delivery_service, workspace, message_id, SENT), timeout=30)

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email.policy
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from email.message import EmailMessage
+from datetime import UTC, datetime
 
 import aiosmtplib
 import pytest
+from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpSender, SmtpTarget
+from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpSender, SmtpTarget, failure_of
 from services.delivery.adapters.smtp_pool import PoolSettings, SmtpPool
+from services.delivery.domain import mime
 from services.delivery.domain.domain_limits import DomainLimits
+from services.delivery.domain.ledger import Stage
 from tests.integration.common.tcp_proxy import Proxy
 from tests.mail import mails
 from tests.smtp_server import ScriptedSmtp
@@ -80,14 +82,21 @@ async def proxy(smtp: CountingSmtp) -> AsyncIterator[Proxy]:
     await p.cut()
 
 
-def mail(to: str, message_id: str | None = None) -> EmailMessage:
-    message = EmailMessage(policy=email.policy.SMTP)
-    message["From"] = "no-reply@nudge.localhost"
-    message["To"] = to
-    message["Subject"] = "Pool"
-    message["X-Nudge-Message-Id"] = message_id or str(uuid.uuid4())
-    message.set_content("Hello")
-    return message
+def mail(to: str, message_id: str | None = None, body: str = "Hello\n") -> bytes:
+    return mime.to_bytes(
+        mime.OutgoingMail(
+            message_id=message_id or str(uuid.uuid4()),
+            workspace_id=str(uuid.uuid4()),
+            from_address="no-reply@nudge.localhost",
+            from_name="",
+            to_address=to,
+            to_name="",
+            subject="Pool",
+            body_text=body,
+            body_html="",
+            date=datetime.now(UTC),
+        )
+    )
 
 
 class Clock:
@@ -282,6 +291,63 @@ async def test_session_errors_are_the_same_as_the_one_shot_senders() -> None:
             await sender.send(mail(to), "no-reply@nudge.localhost", to)
         errors.append(type(caught.value))
     assert errors[0] is errors[1]
+
+
+async def test_lines_starting_with_a_dot_arrive_as_written(smtp: CountingSmtp) -> None:
+    """The writer leaves dot-stuffing to the SMTP client: a 7bit body line "." would end
+    DATA early, and "..two" would lose a dot, unless aiosmtplib quotes them (both senders)."""
+    body = "first\n.\n.hidden\n..two\nFrom here\nlast\n"
+    raw = mail("x@shop.example", body=body)
+    assert b"\r\n.\r\n.hidden\r\n..two\r\n" in raw  # not stuffed by the writer, 7bit
+    pool = pool_for(smtp.url)
+    for sender in (SmtpSender(SmtpTarget.from_url(smtp.url), 5), pool):
+        message_id = str(uuid.uuid4())
+        to = f"{unique('dots')}@shop.example"
+        reply = await sender.send(mail(to, message_id, body), "no-reply@nudge.localhost", to)
+        assert "OK" in reply
+        [received] = [m for m in smtp.messages() if m["X-Nudge-Message-Id"] == message_id]
+        assert received.get_content().replace("\r\n", "\n") == body
+    await pool.close()
+
+
+class AsciiOnlySmtp(CountingSmtp):
+    """A relay that does not offer SMTPUTF8 (RFC 6531); aiosmtpd's Controller does."""
+
+    def start(self) -> None:
+        self._controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=False
+        )
+        self._controller.start()
+
+
+async def test_a_utf8_recipient_goes_with_smtputf8_or_is_refused_without_it(
+    smtp: CountingSmtp,
+) -> None:
+    """A relay without SMTPUTF8 cannot take "zoé@...": a refusal of that message (not the
+    UnicodeEncodeError that would read as a bug), and the connection stays in use. One
+    with it gets the recipient in UTF-8 and the mail."""
+    to = f"zoé.{unique('u')}@shop.example"
+    relay = AsciiOnlySmtp()
+    relay.start()
+    try:
+        pool = pool_for(relay.url, max_connections=1)
+        for sender in (SmtpSender(SmtpTarget.from_url(relay.url), 5), pool):
+            with pytest.raises(aiosmtplib.SMTPNotSupported) as caught:
+                await sender.send(mail(to), "no-reply@nudge.localhost", to)
+            failure = failure_of(caught.value)
+            assert failure is not None and (failure.stage, failure.code) == (Stage.RCPT, 553)
+        assert "OK" in await send(pool, f"{unique('r')}@shop.example")
+        assert (pool.counters.opened, pool.counters.discarded) == (1, 0)
+        await pool.close()
+    finally:
+        relay.stop()
+
+    pool = pool_for(smtp.url)
+    for sender in (SmtpSender(SmtpTarget.from_url(smtp.url), 5), pool):
+        message_id = str(uuid.uuid4())
+        assert "OK" in await sender.send(mail(to, message_id), "no-reply@nudge.localhost", to)
+        assert smtp.data_attempts[message_id] == 1
+    await pool.close()
 
 
 async def test_a_domains_connection_limit_holds() -> None:

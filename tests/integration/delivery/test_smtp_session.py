@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2
 
@@ -29,6 +31,7 @@ from tests.integration.delivery.helpers import (
     running_sink,
     status_is,
 )
+from tests.smtp_server import ScriptedSmtp
 from tests.support import eventually, free_port
 
 S = delivery_pb2
@@ -177,3 +180,68 @@ async def test_a_configuration_error_bounces_nobody_until_it_is_fixed(
     found = await eventually(lambda: events.has(message_id, "message_sent"), timeout=30)
     assert [name for name, _ in found] == ["message_queued", "message_sent"]
     assert not await is_suppressed(contacts_service, workspace, contact.id)
+
+
+REFUSED_DOMAIN = "refused.nudge.localhost"
+
+
+class RefusingOneSenderDomain(ScriptedSmtp):
+    """A relay that refuses senders at one domain (``553`` at MAIL FROM) and notes every
+    sender it is offered, probes' and sends' alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.senders: list[str] = []
+        self._senders_lock = threading.Lock()
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        with self._senders_lock:
+            self.senders.append(address)
+        if address.endswith(f"@{REFUSED_DOMAIN}"):
+            return "553 5.1.3 sender domain not allowed"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 OK"
+
+    def offered(self) -> list[str]:
+        with self._senders_lock:
+            return list(self.senders)
+
+
+@pytest.fixture
+def refusing_relay() -> Iterator[RefusingOneSenderDomain]:
+    server = RefusingOneSenderDomain()
+    server.start()
+    yield server
+    server.stop()
+
+
+async def test_the_paused_sending_probe_offers_the_same_kind_of_sender_as_a_send(
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+    refusing_relay: RefusingOneSenderDomain,
+) -> None:
+    """The relay refuses only the VERP bounce domain. A probe from the From address would
+    pass, claim the message again and fail again at each try; a probe from a VERP address
+    at the bounce domain is refused like the sends, so sending stays paused."""
+    contact = await new_contact(contacts_service, workspace, address())
+    settings, port = delivery(refusing_relay.url, bounce_domain=REFUSED_DOMAIN)
+    async with run_in_process(settings, port) as service:
+        message_id = await request_mail(producer, workspace, contact.id)
+        queued = await eventually(
+            lambda: status_is(message_id, S.MESSAGE_STATUS_QUEUED), timeout=60
+        )
+        assert queued["detail"].startswith("paused: mail: 553"), queued["detail"]
+        # The first send, then probes while paused (the consumer retries with backoff).
+        await eventually(lambda: len(refusing_relay.offered()) >= 4, timeout=60)
+        assert await sending_paused(service)
+    senders = refusing_relay.offered()
+    assert all(s.startswith("bounces+") and s.endswith(f"@{REFUSED_DOMAIN}") for s in senders), (
+        senders
+    )
+    assert refusing_relay.messages() == []
+    sent = await row(message_id)
+    assert sent is not None and sent["attempts"] == 0  # given back, never claimed by a probe
