@@ -16,6 +16,7 @@ published and awaited: one must not be lost silently.
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.tracking.v1 import events_pb2
 from opentelemetry import trace
 
+from services.common import clock
 from services.common.events import new_envelope
 from services.common.links import LinkClaims
 from services.common.topics import TRACKING_EVENTS
@@ -33,6 +35,10 @@ from services.tracking.adapters.kafka import Pending
 from services.tracking.domain.machine_opens import MachineRules, machine_reason
 
 MAX_USER_AGENT = 512
+# Opens and clicks build their envelope in one constructor call (new_envelope's generic path,
+# its payload-type lookup and CopyFrom, was a sixth of an open's CPU).
+_OPENED = events_pb2.MessageOpened.DESCRIPTOR.full_name
+_CLICKED = events_pb2.LinkClicked.DESCRIPTOR.full_name
 
 
 class EventPublisher(Protocol):
@@ -58,31 +64,43 @@ def hit(user_agent: str, client_ip: str) -> Hit:
 
 def record_open(publisher: EventPublisher, rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
     reason = _reason(rules, claims, h)
-    opened = events_pb2.MessageOpened(
-        message_id=claims.message_id,
-        contact_id=claims.contact_id,
-        user_agent=h.user_agent,
-        machine_open=bool(reason),
-        machine_reason=reason,
+    envelope = Envelope(
+        event_id=str(uuid.uuid4()),
+        workspace_id=claims.workspace_id,
+        type=_OPENED,
+        message_opened=events_pb2.MessageOpened(
+            message_id=claims.message_id,
+            contact_id=claims.contact_id,
+            user_agent=h.user_agent,
+            machine_open=bool(reason),
+            machine_reason=reason,
+        ),
     )
-    return _offer(publisher, claims, new_envelope(claims.workspace_id, opened), h)
+    envelope.occurred_at.FromDatetime(clock.now())
+    return _offer(publisher, claims, envelope, h)
 
 
 def record_click(publisher: EventPublisher, rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
     reason = _reason(rules, claims, h)
-    clicked = events_pb2.LinkClicked(
-        message_id=claims.message_id,
-        contact_id=claims.contact_id,
-        url=claims.url,
-        user_agent=h.user_agent,
-        machine_click=bool(reason),
-        machine_reason=reason,
-        link_index=claims.link_index,
+    envelope = Envelope(
+        event_id=str(uuid.uuid4()),
+        workspace_id=claims.workspace_id,
+        type=_CLICKED,
+        link_clicked=events_pb2.LinkClicked(
+            message_id=claims.message_id,
+            contact_id=claims.contact_id,
+            url=claims.url,
+            user_agent=h.user_agent,
+            machine_click=bool(reason),
+            machine_reason=reason,
+            link_index=claims.link_index,
+        ),
     )
+    envelope.occurred_at.FromDatetime(clock.now())
     # The link for the burst rule: its index, or its URL in a link signed without one.
     link = str(claims.link_index) if claims.link_index >= 0 else claims.url
     burst = (burst_key(claims.workspace_id, claims.message_id), link)
-    return _offer(publisher, claims, new_envelope(claims.workspace_id, clicked), h, burst)
+    return _offer(publisher, claims, envelope, h, burst)
 
 
 def record_preferences(
