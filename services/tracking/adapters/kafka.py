@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 LOG_EVERY_S = 10.0
 MAX_BATCH = 1000  # hits taken from the buffer at a time
 FLUSH_AT_STOP_S = 5.0
+PARTITIONS_REMEMBERED = 65_536  # keys whose partition is remembered
 
 
 @dataclass(slots=True)
@@ -102,6 +103,7 @@ class KafkaTrackingPublisher:
         self._partitioner = DefaultPartitioner()
         # Partitions of each topic, read once (tracking.events.v1 does not change at run time).
         self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, str], int] = {}
         self._probe = BrokerProbe(bootstrap_servers, "nudge-tracking-health", health_timeout_s)
         self._buffer: collections.deque[Pending] = collections.deque(maxlen=capacity)
         # Hits taken from the buffer, waiting out the burst rule's hold (in arrival order).
@@ -302,12 +304,20 @@ class KafkaTrackingPublisher:
     async def _partition(self, topic: str, key: str) -> int:
         """The partition ``send`` would choose for ``key`` (murmur2, as every Kafka client
         does), so that one contact's events land on one partition whoever publishes them."""
+        known = self._partition_of.get((topic, key))
+        if known is not None:  # murmur2 is pure Python: a contact's hits come in runs
+            return known
         partitions = self._partitions.get(topic)
         if partitions is None:
             assert self._producer is not None
             partitions = sorted(await self._producer.partitions_for(topic))
             self._partitions[topic] = partitions
-        return int(self._partitioner(key.encode(), partitions, partitions))
+        if len(self._partition_of) >= PARTITIONS_REMEMBERED:
+            self._partition_of.clear()
+        partition = self._partition_of[topic, key] = int(
+            self._partitioner(key.encode(), partitions, partitions)
+        )
+        return partition
 
     def _report(self) -> None:
         now = time.monotonic()

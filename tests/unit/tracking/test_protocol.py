@@ -6,6 +6,7 @@ tests/integration/tracking/test_protocol.py.)"""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from types import SimpleNamespace
 from typing import Any
@@ -105,6 +106,9 @@ async def test_hits_are_answered_in_the_callback_and_keep_the_connection_open() 
         "link_clicked",
     ]
     assert server_state.total_requests == 2
+    for _, _, envelope in publisher.published:  # stamped now, as every envelope is
+        assert abs(envelope.occurred_at.ToMicroseconds() / 1e6 - time.time()) < 60
+        assert 0 <= envelope.occurred_at.nanos < 1_000_000_000
 
 
 async def test_connection_close_and_http_1_0_close_after_the_answer() -> None:
