@@ -16,8 +16,8 @@ published and awaited: one must not be lost silently.
 from __future__ import annotations
 
 import math
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,7 +66,7 @@ def hit(user_agent: str, client_ip: str) -> Hit:
 def record_open(publisher: EventPublisher, rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
     reason = _reason(rules, claims, h)
     envelope = Envelope(
-        event_id=str(uuid.uuid4()),
+        event_id=_event_id(),
         workspace_id=claims.workspace_id,
         type=_OPENED,
         message_opened=events_pb2.MessageOpened(
@@ -84,7 +84,7 @@ def record_open(publisher: EventPublisher, rules: MachineRules, claims: LinkClai
 def record_click(publisher: EventPublisher, rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
     reason = _reason(rules, claims, h)
     envelope = Envelope(
-        event_id=str(uuid.uuid4()),
+        event_id=_event_id(),
         workspace_id=claims.workspace_id,
         type=_CLICKED,
         link_clicked=events_pb2.LinkClicked(
@@ -102,6 +102,18 @@ def record_click(publisher: EventPublisher, rules: MachineRules, claims: LinkCla
     link = str(claims.link_index) if claims.link_index >= 0 else claims.url
     burst = (burst_key(claims.workspace_id, claims.message_id), link)
     return _offer(publisher, claims, envelope, h, burst)
+
+
+_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_V4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _event_id() -> str:
+    """``str(uuid.uuid4())``, spelled out: the same random version-4 UUID text, without the
+    ``UUID`` object (it cost more than the rest of the envelope)."""
+    value = (int.from_bytes(os.urandom(16), "big") & _V4_CLEAR) | _V4_SET
+    h = value.to_bytes(16, "big").hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _stamp(envelope: Envelope) -> None:

@@ -107,8 +107,21 @@ async def test_hits_are_answered_in_the_callback_and_keep_the_connection_open() 
     ]
     assert server_state.total_requests == 2
     for _, _, envelope in publisher.published:  # stamped now, as every envelope is
+        event_id = uuid.UUID(envelope.event_id)  # a random (version 4) UUID, canonical text
+        assert (event_id.version, event_id.variant) == (4, uuid.RFC_4122)
+        assert str(event_id) == envelope.event_id
         assert abs(envelope.occurred_at.ToMicroseconds() / 1e6 - time.time()) < 60
         assert 0 <= envelope.occurred_at.nanos < 1_000_000_000
+
+
+async def test_every_hit_has_an_event_id_of_its_own() -> None:
+    publisher = FakePublisher()
+    protocol, _, _ = connect(publisher, App())
+    for _ in range(500):
+        protocol.data_received(get(PIXEL_PATH))
+    ids = {envelope.event_id for _, _, envelope in publisher.published}
+    assert len(ids) == 500
+    assert all(uuid.UUID(i).version == 4 for i in ids)
 
 
 async def test_connection_close_and_http_1_0_close_after_the_answer() -> None:
