@@ -141,11 +141,14 @@ class Service:
         log.info("%s serving gRPC on %s:%d", self.name, self.settings.bind_host, port)
         return server
 
-    async def serve_http(self, app: Any, port: int, *, proxy_headers: bool = True) -> None:
+    async def serve_http(
+        self, app: Any, port: int, *, proxy_headers: bool = True, http: Any = "auto"
+    ) -> None:
         """Serve the ASGI ``app`` on ``bind_host:port``. The socket is bound here, so a busy
         port fails this start step; the app's lifespan runs before this returns, and a
         failing lifespan fails it too. ``proxy_headers=False`` leaves X-Forwarded-For to the
-        app (tracking trusts it from configured proxies only)."""
+        app (tracking trusts it from configured proxies only); ``http`` is uvicorn's protocol
+        (tracking's answers its hot paths without an ASGI cycle)."""
         import uvicorn
 
         from services.common.http_server import QuietSignalsServer
@@ -159,6 +162,7 @@ class Service:
                 access_log=False,
                 proxy_headers=proxy_headers,
                 server_header=False,
+                http=http,
                 lifespan="on",
             )
         )

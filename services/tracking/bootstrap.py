@@ -26,6 +26,7 @@ from services.tracking.config import Settings
 from services.tracking.domain.machine_opens import MachineRules
 from services.tracking.entrypoints import http
 from services.tracking.entrypoints.fast import HotPaths
+from services.tracking.entrypoints.server import protocol_for
 from services.tracking.handlers import EventPublisher
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,12 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     Kafka publisher and closes it when the listener stops."""
     # X-Forwarded-For is read by the app, from TRACKING_TRUSTED_PROXIES only (the client's
     # address feeds the scanner-network rule): uvicorn must not rewrite the peer first.
-    await service.serve_http(create_app(settings), settings.http_port, proxy_headers=False)
+    # The open pixel and the click redirect are answered by the protocol itself
+    # (services/tracking/entrypoints/server.py), the other paths by the app.
+    app = create_app(settings)
+    await service.serve_http(
+        app, settings.http_port, proxy_headers=False, http=protocol_for(app.state)
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -15,6 +15,8 @@ published and awaited: one must not be lost silently.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Protocol
@@ -24,6 +26,7 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.tracking.v1 import events_pb2
 from opentelemetry import trace
 
+from services.common import clock
 from services.common.events import new_envelope
 from services.common.links import LinkClaims
 from services.common.topics import TRACKING_EVENTS
@@ -33,6 +36,10 @@ from services.tracking.adapters.kafka import Pending
 from services.tracking.domain.machine_opens import MachineRules, machine_reason
 
 MAX_USER_AGENT = 512
+# Opens and clicks build their envelope in one constructor call (new_envelope's generic path,
+# its payload-type lookup and CopyFrom, was a sixth of an open's CPU).
+_OPENED = events_pb2.MessageOpened.DESCRIPTOR.full_name
+_CLICKED = events_pb2.LinkClicked.DESCRIPTOR.full_name
 
 
 class EventPublisher(Protocol):
@@ -58,31 +65,64 @@ def hit(user_agent: str, client_ip: str) -> Hit:
 
 def record_open(publisher: EventPublisher, rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
     reason = _reason(rules, claims, h)
-    opened = events_pb2.MessageOpened(
-        message_id=claims.message_id,
-        contact_id=claims.contact_id,
-        user_agent=h.user_agent,
-        machine_open=bool(reason),
-        machine_reason=reason,
+    envelope = Envelope(
+        event_id=_event_id(),
+        workspace_id=claims.workspace_id,
+        type=_OPENED,
+        message_opened=events_pb2.MessageOpened(
+            message_id=claims.message_id,
+            contact_id=claims.contact_id,
+            user_agent=h.user_agent,
+            machine_open=bool(reason),
+            machine_reason=reason,
+        ),
     )
-    return _offer(publisher, claims, new_envelope(claims.workspace_id, opened), h)
+    _stamp(envelope)
+    return _offer(publisher, claims, envelope, h)
 
 
 def record_click(publisher: EventPublisher, rules: MachineRules, claims: LinkClaims, h: Hit) -> str:
     reason = _reason(rules, claims, h)
-    clicked = events_pb2.LinkClicked(
-        message_id=claims.message_id,
-        contact_id=claims.contact_id,
-        url=claims.url,
-        user_agent=h.user_agent,
-        machine_click=bool(reason),
-        machine_reason=reason,
-        link_index=claims.link_index,
+    envelope = Envelope(
+        event_id=_event_id(),
+        workspace_id=claims.workspace_id,
+        type=_CLICKED,
+        link_clicked=events_pb2.LinkClicked(
+            message_id=claims.message_id,
+            contact_id=claims.contact_id,
+            url=claims.url,
+            user_agent=h.user_agent,
+            machine_click=bool(reason),
+            machine_reason=reason,
+            link_index=claims.link_index,
+        ),
     )
+    _stamp(envelope)
     # The link for the burst rule: its index, or its URL in a link signed without one.
     link = str(claims.link_index) if claims.link_index >= 0 else claims.url
     burst = (burst_key(claims.workspace_id, claims.message_id), link)
-    return _offer(publisher, claims, new_envelope(claims.workspace_id, clicked), h, burst)
+    return _offer(publisher, claims, envelope, h, burst)
+
+
+_V4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_V4_SET = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _event_id() -> str:
+    """``str(uuid.uuid4())``, spelled out: the same random version-4 UUID text, without the
+    ``UUID`` object (it cost more than the rest of the envelope)."""
+    value = (int.from_bytes(os.urandom(16), "big") & _V4_CLEAR) | _V4_SET
+    h = value.to_bytes(16, "big").hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def _stamp(envelope: Envelope) -> None:
+    """``occurred_at`` set to now (the service clock), fields set directly: protobuf's
+    ``FromDatetime`` is pure Python and cost more than building the envelope."""
+    now = clock.now().timestamp()
+    seconds = math.floor(now)
+    envelope.occurred_at.seconds = seconds
+    envelope.occurred_at.nanos = int((now - seconds) * 1e6) * 1000  # microseconds, as before
 
 
 def record_preferences(

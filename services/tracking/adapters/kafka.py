@@ -17,10 +17,12 @@ import collections
 import contextlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common.kafka import supports_idempotence
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 LOG_EVERY_S = 10.0
 MAX_BATCH = 1000  # hits taken from the buffer at a time
 FLUSH_AT_STOP_S = 5.0
+PARTITIONS_REMEMBERED = 65_536  # keys whose partition is remembered
 
 
 @dataclass(slots=True)
@@ -86,6 +89,7 @@ class KafkaTrackingPublisher:
         capacity: int = 50_000,
         linger_ms: int = 5,
         enrich: Enricher | None = None,
+        max_batch_bytes: int = 256 * 1024,
     ) -> None:
         self._settings: dict[str, object] = {
             "bootstrap_servers": bootstrap_servers,
@@ -93,9 +97,13 @@ class KafkaTrackingPublisher:
             "acks": "all",
             "linger_ms": linger_ms,
             "enable_idempotence": supports_idempotence(kafka_kind),
-            "max_batch_size": 256 * 1024,
+            "max_batch_size": max_batch_bytes,
         }
         self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        # Partitions of each topic, read once (tracking.events.v1 does not change at run time).
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, str], int] = {}
         self._probe = BrokerProbe(bootstrap_servers, "nudge-tracking-health", health_timeout_s)
         self._buffer: collections.deque[Pending] = collections.deque(maxlen=capacity)
         # Hits taken from the buffer, waiting out the burst rule's hold (in arrival order).
@@ -242,24 +250,74 @@ class KafkaTrackingPublisher:
                 await self._enrich.classify(batch)
             except Exception:
                 log.warning("the burst rule was skipped for %s clicks", len(batch), exc_info=True)
-        futures: list[asyncio.Future[object]] = []
+        # One record batch per partition, built here, instead of one ``send`` per hit: each
+        # ``send`` is a coroutine, a partitioner call and an accumulator append (30-37 µs of
+        # CPU a record against ~16 µs this way, measured against the local Kafka).
+        by_partition: dict[tuple[str, int], list[Pending]] = {}
         for item in batch:
             try:
-                futures.append(
-                    await self._producer.send(
-                        item.topic,
-                        item.envelope.SerializeToString(),
-                        key=item.key.encode(),
-                        headers=item.headers,
-                    )
-                )
-            except Exception:  # metadata or buffer timeout: Kafka is away
+                partition = await self._partition(item.topic, item.key)
+            except Exception:  # no metadata for the topic: Kafka is away
                 self.stats.failed += 1
-        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+                continue
+            by_partition.setdefault((item.topic, partition), []).append(item)
+        sends: list[tuple[int, asyncio.Future[object]]] = []
+        for (topic, partition), items in by_partition.items():
+            for records, builder in self._batches(items):
+                try:
+                    future = await self._producer.send_batch(builder, topic, partition=partition)
+                except Exception:  # buffer timeout or a closed producer: Kafka is away
+                    self.stats.failed += records
+                    continue
+                sends.append((records, future))
+        outcomes = await asyncio.gather(*(f for _, f in sends), return_exceptions=True)
+        for (records, _), outcome in zip(sends, outcomes, strict=True):
             if isinstance(outcome, BaseException):
-                self.stats.failed += 1
+                self.stats.failed += records
             else:
-                self.stats.published += 1
+                self.stats.published += records
+
+    def _batches(self, items: list[Pending]) -> Iterator[tuple[int, Any]]:
+        """(record count, BatchBuilder) for ``items``, in order: a new builder when one is
+        full (the producer's ``max_batch_size``)."""
+        producer = self._producer
+        assert producer is not None
+        builder, count = producer.create_batch(), 0
+        for item in items:
+            value = item.envelope.SerializeToString()
+            key = item.key.encode()
+            if builder.append(timestamp=None, key=key, value=value, headers=item.headers):
+                count += 1
+                continue
+            if count:  # full (an append that fails closes the builder)
+                yield count, builder
+            builder, count = producer.create_batch(), 0
+            if builder.append(timestamp=None, key=key, value=value, headers=item.headers):
+                count = 1
+            else:  # larger than a whole batch: cannot happen with the sizes capped
+                log.error("an event of %s bytes does not fit in a Kafka batch", len(value))
+                self.stats.failed += 1
+                builder = producer.create_batch()
+        if count:
+            yield count, builder
+
+    async def _partition(self, topic: str, key: str) -> int:
+        """The partition ``send`` would choose for ``key`` (murmur2, as every Kafka client
+        does), so that one contact's events land on one partition whoever publishes them."""
+        known = self._partition_of.get((topic, key))
+        if known is not None:  # murmur2 is pure Python: a contact's hits come in runs
+            return known
+        partitions = self._partitions.get(topic)
+        if partitions is None:
+            assert self._producer is not None
+            partitions = sorted(await self._producer.partitions_for(topic))
+            self._partitions[topic] = partitions
+        if len(self._partition_of) >= PARTITIONS_REMEMBERED:
+            self._partition_of.clear()
+        partition = self._partition_of[topic, key] = int(
+            self._partitioner(key.encode(), partitions, partitions)
+        )
+        return partition
 
     def _report(self) -> None:
         now = time.monotonic()

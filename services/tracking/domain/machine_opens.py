@@ -25,7 +25,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 APPLE_MPP = "apple_mpp"
 PREFETCH_PROXY = "prefetch_proxy"
@@ -97,6 +97,7 @@ KNOWN_NETWORKS: tuple[tuple[str, str], ...] = (
 )
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+SEEN_ADDRESSES = 16_384  # client addresses whose network rule is remembered
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class MachineRules:
     # (version, first, last, reason) of each network, as integers: ~10x cheaper per hit than
     # ipaddress's `in`.
     _ranges: tuple[tuple[int, int, int, str], ...] = ()
+    _seen: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         ranges = tuple(
@@ -125,6 +127,17 @@ class MachineRules:
         return cls(tuple(networks), too_soon_s)
 
     def network_reason(self, address: str) -> str:
+        """The network rule's reason for ``address`` ("" for none). Remembered per address:
+        a campaign's hits come through a few thousand proxies and gateways, and parsing the
+        address (``ipaddress``) cost more than the rest of the open's rules."""
+        known = self._seen.get(address)
+        if known is None:
+            if len(self._seen) >= SEEN_ADDRESSES:
+                self._seen.clear()  # bounded: a flood of distinct addresses costs a re-parse
+            known = self._seen[address] = self._network_reason(address)
+        return known
+
+    def _network_reason(self, address: str) -> str:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:

@@ -19,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from opentelemetry import context, propagate, trace
@@ -57,6 +59,40 @@ _NOT_FOUND_HEADERS = [
 ]
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer of the hot paths, in both forms: ASGI's (``status``, ``headers``, ``body``)
+    and the bytes of its status line and headers (``head``: each line ends with CRLF, the
+    blank line is not included) that services/tracking/entrypoints/server.py writes."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    head: bytes
+
+
+def _answer(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> Answer:
+    lines = [f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n".encode()]
+    lines += [name + b": " + value + b"\r\n" for name, value in headers]
+    return Answer(status, headers, body, b"".join(lines))
+
+
+_PIXEL_ANSWER = _answer(200, _PIXEL_HEADERS, PIXEL)
+_NOT_FOUND_ANSWER = _answer(404, _NOT_FOUND_HEADERS, _NOT_FOUND)
+_REDIRECT_TAIL = [(b"content-length", b"0"), *_NO_STORE]
+_REDIRECT_HEAD = b"HTTP/1.1 302 Found\r\nlocation: "
+_REDIRECT_REST = b"".join(name + b": " + value + b"\r\n" for name, value in _REDIRECT_TAIL)
+
+
+def _redirect(location: bytes) -> Answer:
+    return Answer(
+        302,
+        [(b"location", location), *_REDIRECT_TAIL],
+        b"",
+        _REDIRECT_HEAD + location + b"\r\n" + _REDIRECT_REST,
+    )
+
+
 class HotPaths:
     """What the two routes need, read once from the app's state at start."""
 
@@ -78,26 +114,43 @@ class HotPaths:
     def handles(scope: Scope) -> bool:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD"):
             return False
-        path: str = scope["path"]
+        return HotPaths.is_hot(scope["path"])
+
+    @staticmethod
+    def is_hot(path: str) -> bool:
+        """``/o/<token>.gif`` and ``/c/<token>`` (the path without its query)."""
         return (path.startswith("/o/") and path.endswith(".gif")) or path.startswith("/c/")
 
     async def __call__(self, scope: Scope, send: Send) -> None:
-        headers = _headers(scope)
+        """The ASGI form (a request pipelined behind a slower one, in-process tests)."""
+        client = scope.get("client")
+        answer = self.answer(
+            scope["method"], scope["path"], scope["headers"], client[0] if client else ""
+        )
+        await send(
+            {"type": "http.response.start", "status": answer.status, "headers": answer.headers}
+        )
+        await send({"type": "http.response.body", "body": answer.body})
+
+    def answer(
+        self, method: str, path: str, raw_headers: list[tuple[bytes, bytes]], peer: str
+    ) -> Answer:
+        """Verify, record (a GET, into the publisher's buffer) and answer: no I/O, nothing
+        awaited, so the HTTP protocol can answer from its parser callback."""
+        headers = _headers(raw_headers)
         traceparent = headers.get("traceparent", "")
         if traceparent.endswith("-01") or (self._sample and random.random() < self._sample):
             token = context.attach(propagate.extract(headers))
             try:
                 with tracer.start_as_current_span(
-                    f"GET {scope['path'][:3]}{{token}}", kind=trace.SpanKind.SERVER
+                    f"GET {path[:3]}{{token}}", kind=trace.SpanKind.SERVER
                 ):
-                    await self._answer(scope, headers, send)
+                    return self._answer(method, path, headers, peer)
             finally:
                 context.detach(token)
-        else:
-            await self._answer(scope, headers, send)
+        return self._answer(method, path, headers, peer)
 
-    async def _answer(self, scope: Scope, headers: dict[str, str], send: Send) -> None:
-        path: str = scope["path"]
+    def _answer(self, method: str, path: str, headers: dict[str, str], peer: str) -> Answer:
         is_open = path.startswith("/o/")
         token = path[3:-4] if is_open else path[3:]
         kind = LinkKind.OPEN if is_open else LinkKind.CLICK
@@ -106,24 +159,17 @@ class HotPaths:
         except InvalidLink as err:
             # Cheap on purpose: no Kafka, no I/O, the same answer whatever is wrong.
             log.debug("rejected a %s link: %s", kind.name.lower(), err)
-            await _respond(send, 404, _NOT_FOUND_HEADERS, _NOT_FOUND)
-            return
-        if scope["method"] == "GET":  # a HEAD is a link checker's, not a reader's
-            self._record(scope, headers, claims, is_open)
+            return _NOT_FOUND_ANSWER
+        if method == "GET":  # a HEAD is a link checker's, not a reader's
+            self._record(peer, headers, claims, is_open)
         if is_open:
-            await _respond(send, 200, _PIXEL_HEADERS, PIXEL)
-        else:
-            location = claims.url.encode()  # is_web_url() held: printable, no CR/LF
-            await _respond(
-                send, 302, [(b"location", location), (b"content-length", b"0"), *_NO_STORE], b""
-            )
+            return _PIXEL_ANSWER
+        return _redirect(claims.url.encode())  # is_web_url() held: printable, no CR/LF
 
     def _record(
-        self, scope: Scope, headers: dict[str, str], claims: LinkClaims, is_open: bool
+        self, peer: str, headers: dict[str, str], claims: LinkClaims, is_open: bool
     ) -> None:
         try:
-            client = scope.get("client")
-            peer = client[0] if client else ""
             forwarded = headers.get("x-forwarded-for", "")
             hit = handlers.hit(
                 headers.get("user-agent", ""), client_address(peer, forwarded, self._trusted)
@@ -137,18 +183,20 @@ class HotPaths:
             log.exception("could not record a hit on message %s", claims.message_id)
 
 
-def _headers(scope: Scope) -> dict[str, str]:
-    wanted = ("user-agent", "x-forwarded-for", "traceparent", "tracestate")
+_WANTED = {
+    b"user-agent": "user-agent",
+    b"x-forwarded-for": "x-forwarded-for",
+    b"traceparent": "traceparent",
+    b"tracestate": "tracestate",
+}
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The four headers the hot paths read (names are lower-case: ASGI's rule, and the
+    protocol's)."""
     out: dict[str, str] = {}
-    for name, value in scope["headers"]:
-        key = name.decode("latin-1").lower()
-        if key in wanted:
+    for name, value in raw:
+        key = _WANTED.get(name)
+        if key is not None:
             out[key] = value.decode("latin-1")
     return out
-
-
-async def _respond(
-    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes
-) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})

@@ -12,6 +12,7 @@ from services.tracking.domain.machine_opens import (
     PREFETCH_PROXY,
     SCANNER_NETWORK,
     SCANNER_USER_AGENT,
+    SEEN_ADDRESSES,
     TOO_SOON,
     MachineRules,
     client_address,
@@ -179,3 +180,15 @@ def test_the_client_address_believes_x_forwarded_for_only_from_trusted_proxies(
     peer: str, forwarded: str, expected: str
 ) -> None:
     assert client_address(peer, forwarded, LOOPBACK) == expected
+
+
+def test_the_network_rule_remembers_addresses_within_a_bound_and_answers_the_same() -> None:
+    rules = MachineRules.build(["198.51.100.0/24"])
+    assert rules.network_reason("198.51.100.7") == SCANNER_NETWORK
+    assert rules.network_reason("198.51.100.7") == SCANNER_NETWORK  # remembered
+    assert rules.network_reason("not an address") == ""
+    for n in range(SEEN_ADDRESSES + 100):  # more distinct clients than it keeps
+        assert rules.network_reason(f"10.{n >> 16 & 255}.{n >> 8 & 255}.{n & 255}") == ""
+    assert len(rules._seen) <= SEEN_ADDRESSES
+    assert rules.network_reason("198.51.100.7") == SCANNER_NETWORK
+    assert rules.network_reason("17.58.1.1") == APPLE_MPP
