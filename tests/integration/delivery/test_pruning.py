@@ -26,6 +26,7 @@ from tests.support import eventually, free_port, unique
 
 S = delivery_pb2
 HOUR = timedelta(hours=1)
+LATE_RETRY = timedelta(days=7)  # a retry this late must still be recognised
 
 
 @dataclass(frozen=True)
@@ -163,8 +164,9 @@ async def test_a_retry_inside_the_horizon_is_replayed_and_one_after_it_never_sen
             lambda m=answer.message_id: status_is(m, S.MESSAGE_STATUS_SENT), timeout=60
         )
         assert sink.copies(answer.message_id) == 1
-    # One key an hour inside its horizon, the other an hour past it; then a round of pruning.
-    for key, age in ((inside, KEY_HORIZON - HOUR), (past, KEY_HORIZON + HOUR)):
+    # One key a week old (a caller's retry comes within hours: a week is far beyond it), the
+    # other an hour past the horizon; then a round of pruning.
+    for key, age in ((inside, LATE_RETRY), (past, KEY_HORIZON + HOUR)):
         await pool.execute(
             "UPDATE transactional_keys SET created_at = now() - $3::interval"
             " WHERE workspace_id = $1 AND idempotency_key = $2",
