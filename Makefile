@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run infra kafka mail proto lint fmt test test-unit test-tansu bench up down clean clean-data
+.PHONY: help venv run infra kafka mail proto lint fmt test test-slow test-unit test-tansu bench up down clean clean-data
 
 help: ## list the targets
 	@if [ -t 1 ] && [ -z "$$NO_COLOR" ]; then on=$$'\033[36m'; off=$$'\033[0m'; else on=; off=; fi; \
@@ -51,6 +51,12 @@ fmt: $(STAMP) ## format and autofix
 
 test: lint ## lint, type-check and run the whole suite on Apache Kafka (Tansu without Java)
 	$(BIN)/python -m pytest -q tests
+
+# The tests marked slow at full size: the delivery kill test sends the 20,000 messages issue
+# 14 asks for (make test runs it with 2,300, to keep the suite near its budget).
+NUDGE_KILL_MESSAGES ?= 20000
+test-slow: $(STAMP) ## the tests marked slow at full size (delivery kill test: 20,000 messages)
+	NUDGE_KILL_MESSAGES=$(NUDGE_KILL_MESSAGES) $(BIN)/python -m pytest -q -s -m slow tests
 
 test-unit: $(STAMP) ## the unit tests only (no infrastructure)
 	$(BIN)/python -m pytest -q tests/unit

@@ -36,7 +36,11 @@ async def claim_event(conn: asyncpg.Connection, consumer: str, event_id: str) ->
 # an ingested event (contacts' ``ingested_events``) come within hours, not weeks.
 HORIZON = timedelta(days=30)
 PRUNE_EVERY_S = 3600.0
-_PRUNABLE = {"processed_events": "processed_at", "ingested_events": "created_at"}
+_PRUNABLE = {
+    "processed_events": "processed_at",
+    "ingested_events": "created_at",
+    "transactional_keys": "created_at",  # delivery's SendTransactional keys (delivery/pruning.py)
+}
 
 
 async def prune_claims(

@@ -50,6 +50,7 @@ from services.delivery.entrypoints.grpc import DeliveryServicer
 from services.delivery.entrypoints.grpc_guard import GUARD_POLICY
 from services.delivery.inbound import start_inbound
 from services.delivery.mail_auth import mail_auth
+from services.delivery.pruning import prune_forever
 
 log = logging.getLogger(__name__)
 NAME = "delivery"
@@ -113,6 +114,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(publisher.stop)
     await publisher.start()
     service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
+    service.spawn(prune_forever(pool), "prune-claims")  # idempotency keys and claims: pruning.py
     await start_inbound(service, settings, pool, auth)  # bounces and complaints, when a port is set
     await guard.start(service, settings, pool)
 

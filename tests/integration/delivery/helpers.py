@@ -121,6 +121,14 @@ async def execute(query: str, *args: object) -> str:
         await conn.close()
 
 
+async def fetchval(query: str, *args: object) -> object:
+    conn = await asyncpg.connect(os.environ["DATABASE_URL"])
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
 async def is_suppressed(contacts: RunningService, ws: Workspace, contact_id: str) -> bool:
     async with grpc.aio.insecure_channel(contacts.address) as channel:
         answer = await contacts_pb2_grpc.ConsentServiceStub(channel).CheckEligibility(

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import grpc
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -28,6 +29,7 @@ from tests.integration.delivery.helpers import (
     address,
     automation_request,
     execute,
+    fetchval,
     is_suppressed,
     new_contact,
     request_mail,
@@ -39,6 +41,13 @@ from tests.support import eventually, free_port, unique
 
 S = delivery_pb2  # MessageStatus values, as the ledger stores them
 MAX_ATTEMPTS = 3
+# A deferred message is due again no sooner than half this (backoff with jitter): far beyond
+# any test's wait, so that a deferral provably waits in ``pending_sends`` until the test
+# releases it (:func:`release`), however slow the machine.
+RETRY_BASE_DELAY_S = 600.0
+# So long a backoff also means a hand-off that timed out (a loaded machine) would wait minutes:
+# the SMTP timeout is generous, the sink being local (no test here needs it to expire).
+SMTP_TIMEOUT_S = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +65,10 @@ async def delivery(contacts_service: RunningService, sink: Sink) -> AsyncIterato
     settings = Settings(
         grpc_port=port,
         smtp_url=sink.url,
-        smtp_timeout_s=3.0,
+        smtp_timeout_s=SMTP_TIMEOUT_S,
         retry_max_attempts=MAX_ATTEMPTS,
-        retry_base_delay_s=0.2,
-        retry_max_delay_s=0.5,
+        retry_base_delay_s=RETRY_BASE_DELAY_S,
+        retry_max_delay_s=RETRY_BASE_DELAY_S * 4,
         retry_poll_interval_s=0.2,
         sweep_interval_s=0.5,
     )
@@ -85,6 +94,18 @@ async def events(infra: dict[str, str]) -> AsyncIterator[Events]:
 
 def payload(found: list[tuple[str, object]], name: str) -> object:
     return next(p for n, p in found if n == name)
+
+
+async def release(message_id: str) -> bool:
+    """Make the next attempt of a message DEFERRED now due now (the retry loop takes it on
+    its next round); False when it is not waiting (being tried, or finished)."""
+    done = await execute(
+        "UPDATE delivery.pending_sends p SET due_at = now() FROM delivery.messages m"
+        " WHERE p.message_id = $1::uuid AND m.message_id = p.message_id AND m.status = $2",
+        message_id,
+        S.MESSAGE_STATUS_DEFERRED,
+    )
+    return done != "UPDATE 0"
 
 
 async def test_a_refused_recipient_is_a_hard_bounce_recorded_once_and_suppressed(
@@ -151,24 +172,26 @@ async def test_a_deferred_message_waits_in_postgres_not_in_the_partition(
     contact = await new_contact(contacts_service, workspace, address("defer1-451"))
     message_id = await request_mail(producer, workspace, contact.id)
     deferred = await eventually(
-        lambda: status_is(message_id, S.MESSAGE_STATUS_DEFERRED), timeout=60, interval=0.02
+        lambda: status_is(message_id, S.MESSAGE_STATUS_DEFERRED), timeout=60
     )
     assert deferred["detail"].startswith("451 4.3.0"), deferred["detail"]
-    # Move its next attempt an hour away: the test, not the machine's speed, decides order.
-    pushed = await execute(
-        "UPDATE delivery.pending_sends SET due_at = now() + interval '1 hour'"
-        " WHERE message_id = $1::uuid AND due_at IS NOT NULL",
+    # Its next attempt waits in PostgreSQL, minutes away (the backoff of this instance).
+    waits = await fetchval(
+        "SELECT due_at > now() + make_interval(secs => $2) FROM delivery.pending_sends"
+        " WHERE message_id = $1::uuid",
         message_id,
+        RETRY_BASE_DELAY_S / 2 - 60,
     )
-    if pushed == "UPDATE 0":  # retried already (a slow test machine): the order test is moot
-        pytest.skip("the retry came before the test could hold it")
-    # A later request on the same key (same partition, same contact) is mailed meanwhile.
+    assert waits is True, "the deferred message is not waiting minutes in pending_sends"
+    # A later request on the same key (same partition, same contact) is mailed meanwhile:
+    # the deferral holds neither the partition nor the contact's order.
     later = await request_mail(producer, workspace, contact.id)
     await eventually(lambda: status_is(later, S.MESSAGE_STATUS_SENT), timeout=60)
+    assert sink.copies(later) == 1
     assert (await row(message_id))["status"] == S.MESSAGE_STATUS_DEFERRED  # type: ignore[index]
-    await execute(
-        "UPDATE delivery.pending_sends SET due_at = now() WHERE message_id = $1::uuid", message_id
-    )
+    assert sink.copies(message_id) == 0
+    # Released (due now), the retry loop hands it over again: the sink takes it this time.
+    assert await release(message_id)
     sent = await eventually(lambda: status_is(message_id, S.MESSAGE_STATUS_SENT), timeout=60)
     assert sent["attempts"] == 2
     assert sink.copies(message_id) == 1
@@ -196,7 +219,11 @@ async def test_a_message_deferred_until_out_of_attempts_fails(
     contact = await new_contact(contacts_service, workspace, address("deferdata-452"))
     message_id = await request_mail(producer, workspace, contact.id)
 
-    failed = await eventually(lambda: status_is(message_id, S.MESSAGE_STATUS_FAILED), timeout=60)
+    async def failed_at_last() -> asyncpg.Record | None:
+        await release(message_id)  # each deferral due now, not minutes away
+        return await status_is(message_id, S.MESSAGE_STATUS_FAILED)
+
+    failed = await eventually(failed_at_last, timeout=60, interval=0.2)
     assert failed["attempts"] == MAX_ATTEMPTS
     assert failed["detail"].startswith(f"gave up after {MAX_ATTEMPTS} attempt(s): 452 4.2.2")
     found = await eventually(lambda: events.has(message_id, "message_failed"), timeout=30)
