@@ -45,14 +45,18 @@ def test_development_empty_and_short_secrets_are_named_by_their_variable() -> No
     good = "x" * MIN_SECRET_LENGTH
     settings = DeliverySettings(internal_token="dev-internal-token", link_secret="")
     assert insecure_secrets(settings) == [
+        "NUDGE_DATA_KEY is a known development value",
         "NUDGE_INTERNAL_TOKEN is a known development value",
         "NUDGE_LINK_SECRET is empty",
     ]
-    settings = DeliverySettings(internal_token=good, link_secret=good[1:])
+    settings = DeliverySettings(internal_token=good, link_secret=good[1:], data_key=good)
     assert insecure_secrets(settings) == [
         f"NUDGE_LINK_SECRET is shorter than {MIN_SECRET_LENGTH} characters"
     ]
-    assert insecure_secrets(DeliverySettings(internal_token=good, link_secret=good)) == []
+    assert (
+        insecure_secrets(DeliverySettings(internal_token=good, link_secret=good, data_key=good))
+        == []
+    )
 
 
 def test_the_admin_token_may_be_empty_which_turns_create_workspace_off() -> None:
