@@ -178,3 +178,90 @@ async def find(
         uuid.UUID(workspace_id),
         message_id,
     )
+
+
+# -- many rows in one statement (services/delivery/writes.py, the group commit) -----------
+
+ClaimRow = tuple[
+    str, str, str, int, str, str
+]  # message, workspace, contact, kind, campaign, workflow
+
+
+async def claim_many(
+    conn: asyncpg.Connection, rows: Sequence[ClaimRow], now: datetime
+) -> dict[str, Claim]:
+    """:func:`claim` for many messages at once (distinct ids; only a QUEUED row is claimed
+    again): message id -> the claim taken; a message missing from the answer was handled,
+    or may have been (never twice)."""
+    if not rows:
+        return {}
+    found = await conn.fetch(
+        "INSERT INTO messages (message_id, workspace_id, contact_id, kind, campaign_id,"
+        " workflow_id, status, claimed_at, updated_at)"
+        " SELECT m, w, c, k, ca, wf, $7, $8, $8"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],"
+        "   $6::text[]) AS r(m, w, c, k, ca, wf)"
+        " ON CONFLICT (message_id) DO UPDATE SET status = $7, attempts = messages.attempts + 1,"
+        "   updated_at = $8"
+        f" WHERE messages.status = {int(Status.QUEUED)}"
+        " RETURNING message_id, (xmax = 0) AS new, attempts, claimed_at",
+        [uuid.UUID(r[0]) for r in rows],
+        [uuid.UUID(r[1]) for r in rows],
+        [uuid.UUID(r[2]) for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+        [r[5] for r in rows],
+        Status.CLAIMED,
+        now,
+    )
+    return {
+        str(row["message_id"]): Claim(
+            new=row["new"], attempts=row["attempts"], first_claimed_at=row["claimed_at"]
+        )
+        for row in found
+    }
+
+
+PendingRow = tuple[str, str, str, datetime, bytes]  # message, workspace, contact, first, request
+
+
+async def save_pending_many(conn: asyncpg.Connection, rows: Sequence[PendingRow]) -> None:
+    """:func:`save_pending` with no ``due_at`` (kept in case it is reported UNKNOWN)."""
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO pending_sends (message_id, workspace_id, contact_id, first_attempt_at,"
+        " envelope) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::uuid[],"
+        "   $4::timestamptz[], $5::bytea[])"
+        " ON CONFLICT (message_id) DO UPDATE SET due_at = EXCLUDED.due_at",
+        [uuid.UUID(r[0]) for r in rows],
+        [uuid.UUID(r[1]) for r in rows],
+        [uuid.UUID(r[2]) for r in rows],
+        [r[3] for r in rows],
+        [r[4] for r in rows],
+    )
+
+
+async def record_many(
+    conn: asyncpg.Connection,
+    outcomes: Sequence[tuple[str, Status, str]],
+    drop_pending: Sequence[str],
+    now: datetime,
+) -> None:
+    """:func:`set_status` for many messages (message id, status, detail) in one UPDATE, and
+    :func:`drop_pending` for ``drop_pending`` in one DELETE."""
+    if outcomes:
+        await conn.execute(
+            "UPDATE messages SET status = u.status, detail = u.detail, updated_at = $4"
+            " FROM unnest($1::uuid[], $2::smallint[], $3::text[]) AS u(id, status, detail)"
+            " WHERE messages.message_id = u.id",
+            [uuid.UUID(m) for m, _, _ in outcomes],
+            [int(s) for _, s, _ in outcomes],
+            [d[:1000] for _, _, d in outcomes],
+            now,
+        )
+    if drop_pending:
+        await conn.execute(
+            "DELETE FROM pending_sends WHERE message_id = ANY($1::uuid[])",
+            [uuid.UUID(m) for m in drop_pending],
+        )
