@@ -30,6 +30,7 @@ Guarantees, unchanged from the one-by-one writes:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -41,7 +42,6 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from services.common import clock
 from services.common.consumer import is_dependency_outage
 from services.common.errors import Unavailable
-from services.common.outbox import add_many_to_outbox
 from services.common.topics import DELIVERY_EVENTS
 from services.delivery.adapters import postgres as db
 from services.delivery.domain.ledger import Status
@@ -213,43 +213,25 @@ class Writes:
         # In message id order: two groups that share a message (a redelivered record) lock
         # its row in the same order, and wait for each other rather than deadlock.
         unique = sorted(firsts.values(), key=lambda i: i.message_id)
-        async with self._pool.acquire() as conn, conn.transaction():
-            taken = await db.claim_many(
-                conn,
-                [
-                    (
-                        i.message_id,
-                        i.workspace_id,
-                        i.contact_id,
-                        i.kind,
-                        i.campaign_id,
-                        i.workflow_id,
-                    )
-                    for i in unique
-                ],
-                clock.now(),
-            )
-            new = [i for i in unique if (c := taken.get(i.message_id)) is not None and c.new]
-            await add_many_to_outbox(
-                conn,
-                db.SCHEMA,
-                DELIVERY_EVENTS,
-                [(i.contact_id, i.queued, i.trace) for i in new],
-            )
-            await db.save_pending_many(
-                conn,
-                [
-                    (
-                        i.message_id,
-                        i.workspace_id,
-                        i.contact_id,
-                        taken[i.message_id].first_claimed_at,
-                        i.pending,
-                    )
-                    for i in new
-                    if i.pending is not None
-                ],
-            )
+        taken = await db.claim_many(
+            self._pool,
+            [
+                db.ClaimRow(
+                    i.message_id,
+                    i.workspace_id,
+                    i.contact_id,
+                    i.kind,
+                    i.campaign_id,
+                    i.workflow_id,
+                    i.queued.SerializeToString(),
+                    json.dumps(i.trace),
+                    i.pending,
+                )
+                for i in unique
+            ],
+            DELIVERY_EVENTS,
+            clock.now(),
+        )
         answers: list[db.Claim | None] = []
         for item in items:
             # A second request for a message in the same group: already claimed by the first.
@@ -283,19 +265,23 @@ class Writes:
         delay = 0.1
         while True:
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await db.record_many(
-                        conn,
-                        [(i.message_id, i.status, i.detail) for i in items],
-                        [i.message_id for i in items if i.drop_pending],
-                        clock.now(),
-                    )
-                    await add_many_to_outbox(
-                        conn,
-                        db.SCHEMA,
-                        DELIVERY_EVENTS,
-                        [(i.contact_id, i.event, i.trace) for i in items],
-                    )
+                await db.record_many(
+                    self._pool,
+                    [
+                        db.OutcomeRow(
+                            i.message_id,
+                            i.status,
+                            i.detail,
+                            i.drop_pending,
+                            i.contact_id,
+                            i.event.SerializeToString(),
+                            json.dumps(i.trace),
+                        )
+                        for i in items
+                    ],
+                    DELIVERY_EVENTS,
+                    clock.now(),
+                )
                 return
             except Exception as err:
                 if not is_outage(err):

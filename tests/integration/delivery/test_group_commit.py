@@ -180,7 +180,7 @@ async def test_an_outcome_group_is_written_again_after_an_outage(pool: asyncpg.P
             return bool(
                 await admin.fetchval(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE messages%'"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE '%UPDATE messages%'"
                     " AND pid <> pg_backend_pid()"
                 )
             )
