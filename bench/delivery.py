@@ -13,6 +13,8 @@ until every mail is in the sink and every message is SENT in delivery's ledger. 
 - ``latency_p50_ms`` / ``p99``: each message's publish to its receipt by the sink (the
   sink's ``X-Nudge-Received-At``), which under a burst is mostly queueing;
 - ``ledger_sent`` and ``duplicates`` (mails in the sink beyond one per message);
+- ``claim_groups`` / ``outcome_groups``: how many groups the claims and the outcomes were
+  written in (services/delivery/writes.py; N when written one by one);
 - ``delivery_cpu_ms_per_mail`` / ``contacts_cpu_ms_per_mail``: CPU time of each process per
   mail, from the first publish to the last mail: on a machine shared with other work
   (``load_average_1m``) the rate is what the cores allow, the CPU per mail what the code
@@ -446,6 +448,14 @@ async def main(
                     if ledger_sent >= scale or time.monotonic() > deadline:
                         break
                     await asyncio.sleep(0.2)
+                # A group of claims (of outcomes) is written with one clock reading: the
+                # distinct times are the groups (one per mail when written one by one).
+                groups = await db.fetchrow(
+                    "SELECT count(DISTINCT claimed_at) AS claims,"
+                    " count(DISTINCT updated_at) AS outcomes"
+                    " FROM delivery.messages WHERE workspace_id = $1",
+                    uuid.UUID(workspace_id),
+                )
             finally:
                 await db.close()
             mails = [(m, t, signed) for m, t, signed in sink.received() if m in published]
@@ -467,6 +477,8 @@ async def main(
                 "mails": len(mails),
                 "duplicates": len(mails) - len({m for m, _, _ in mails}),
                 "dkim_signed": sum(1 for _, _, signed in mails if signed),
+                "claim_groups": groups["claims"],
+                "outcome_groups": groups["outcomes"],
                 # The ceiling of one delivery process on a core of its own.
                 "delivery_cpu_ms_per_mail": round(cpu_ms["delivery"], 2),
                 "contacts_cpu_ms_per_mail": round(cpu_ms["contacts"], 2),
