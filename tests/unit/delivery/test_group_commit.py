@@ -93,3 +93,38 @@ async def test_a_caller_that_went_away_does_not_stop_the_others() -> None:
     with pytest.raises(asyncio.CancelledError):
         await lanes[1]
     assert await asyncio.wait_for(commit.submit(5), timeout=5) == 50  # still writing
+
+
+async def test_lanes_asking_about_a_suspension_at_once_share_one_query(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The guard's refusal lookup (services/delivery/guard.py): when its cache runs out, the
+    lanes that ask at that moment share one query rather than each sending its own."""
+    import asyncpg
+
+    from services.delivery import guard
+    from services.delivery.adapters import guard_store
+
+    queries = 0
+    answer = asyncio.Event()
+
+    async def active_suspension(db: object, workspace_id: str) -> None:
+        nonlocal queries
+        queries += 1
+        await answer.wait()
+
+    class Pool(asyncpg.Pool):  # type: ignore[misc]
+        def __init__(self) -> None:  # a stand-in: the lookup is replaced above
+            pass
+
+    monkeypatch.setattr(guard_store, "active_suspension", active_suspension)
+    guard._cache.clear()
+    guard._lookups.clear()
+    workspace = "8b669f4c-a833-4653-8b38-11a59bf0cd21"
+    lanes = [asyncio.create_task(guard.refusal(Pool(), workspace)) for _ in range(64)]
+    await eventually(lambda: queries >= 1)
+    answer.set()
+    assert await asyncio.gather(*lanes) == [None] * 64
+    assert queries == 1
+    assert await guard.refusal(Pool(), workspace) is None and queries == 1  # cached now
+    guard._cache.clear()
