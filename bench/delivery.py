@@ -1,6 +1,7 @@
 """How many mails a second delivery hands to the SMTP sink, from delivery.requests.v1.
 
-    .venv/bin/python bench/delivery.py [--scale N] [--no-tracking] [--profile] [--spans]
+    .venv/bin/python bench/delivery.py [--scale N] [--track] [--dkim] [--sink maildir|mailpit]
+                                       [--processes N] [--profile] [--spans]
 
 Starts the local stack (PostgreSQL, Redis, Kafka, the aiosmtpd sink) and the contacts and
 delivery services as processes (bench/_system.py), imports N contacts with marketing consent
@@ -12,19 +13,29 @@ until every mail is in the sink and every message is SENT in delivery's ledger. 
 - ``latency_p50_ms`` / ``p99``: each message's publish to its receipt by the sink (the
   sink's ``X-Nudge-Received-At``), which under a burst is mostly queueing;
 - ``ledger_sent`` and ``duplicates`` (mails in the sink beyond one per message);
+- ``claim_groups`` / ``outcome_groups``: how many groups the claims and the outcomes were
+  written in (services/delivery/writes.py; N when written one by one);
 - ``delivery_cpu_ms_per_mail`` / ``contacts_cpu_ms_per_mail``: CPU time of each process per
   mail, from the first publish to the last mail: on a machine shared with other work
   (``load_average_1m``) the rate is what the cores allow, the CPU per mail what the code
   costs (1000 / it is one process's ceiling on a core of its own).
 
-``--no-tracking`` turns the open pixel and tracked links off (DELIVERY_TRACK_OPENS_AND_CLICKS).
+``--track`` turns the open pixel and tracked links on (DELIVERY_TRACK_OPENS_AND_CLICKS; off
+by default, ``--no-tracking`` is accepted for older command lines). ``--dkim`` sets a DKIM
+key for the sending domain with the SetDkimKey RPC before the send, so every mail is signed
+(``dkim_signed`` counts the mails in the sink with a DKIM-Signature). ``--processes N`` runs
+N delivery processes in one consumer group (delivery.requests.v1 has 4 partitions); the CPU
+per mail is then the sum over them. ``--sink mailpit`` hands the mail to Mailpit
+(``mailpit`` on PATH or /root/go/bin/mailpit, in memory, counted through its API) rather
+than the project's sink.
 ``--spans`` has the services write their traces to files (``NUDGE_TRACES_DIR``) and sums
 the wall time of each traced step (consumer record, eligibility RPC, SMTP hand-off...).
 ``--profile`` samples the delivery process with py-spy during the send (install it in the
 venv: ``pip install py-spy``) and prints the functions where it spends its time.
 
-The sink (deploy/local/smtp_sink.py) writes one Maildir file per mail and accepts ~550
-mails/s on this machine: a faster delivery is capped by it, not measured.
+The default sink (deploy/local/smtp_sink.py) writes one Maildir file per mail and accepts
+~550 mails/s on this machine: a faster delivery is capped by it, not measured; Mailpit
+took ~1,350 mails/s.
 The last line is one JSON object.
 """
 
@@ -36,10 +47,12 @@ import collections
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from datetime import datetime
 from email.parser import BytesHeaderParser
@@ -52,7 +65,7 @@ from _system import percentile, running_system
 from aiokafka import AIOKafkaProducer
 from contacts_import import ready
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc, imports_pb2, imports_pb2_grpc
-from nudge.delivery.v1 import delivery_pb2
+from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
 from services.common.events import new_envelope
 from services.common.topics import DELIVERY_REQUESTS
@@ -67,9 +80,9 @@ def contacts_csv(scale: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-async def import_contacts(env: dict[str, str], scale: int) -> tuple[str, dict[str, str]]:
-    """A workspace and its N contacts, each with marketing consent: workspace id and contact
-    id -> e-mail."""
+async def import_contacts(env: dict[str, str], scale: int) -> tuple[str, str, dict[str, str]]:
+    """A workspace and its N contacts, each with marketing consent: workspace id, its API
+    key, and contact id -> e-mail."""
     async with grpc.aio.insecure_channel(env["NUDGE_CONTACTS_ADDR"]) as channel:
         created = await contacts_pb2_grpc.WorkspaceServiceStub(channel).CreateWorkspace(
             contacts_pb2.CreateWorkspaceRequest(name="Bench shop", slug="bench-delivery"),
@@ -109,7 +122,7 @@ async def import_contacts(env: dict[str, str], scale: int) -> tuple[str, dict[st
         await db.close()
     if len(rows) != scale:
         raise RuntimeError(f"imported {len(rows)} contacts of {scale}")
-    return created.workspace_id, {str(r["id"]): r["email"] for r in rows}
+    return created.workspace_id, created.api_key, {str(r["id"]): r["email"] for r in rows}
 
 
 async def publish(
@@ -152,27 +165,151 @@ async def publish(
     return published
 
 
-def maildir_count(maildir: Path) -> int:
-    try:
-        return len(os.listdir(maildir / "new"))
-    except FileNotFoundError:
-        return 0
+class MaildirSink:
+    """The project's sink (deploy/local/smtp_sink.py), started by the local stack."""
 
+    def __init__(self, maildir: Path) -> None:
+        self.maildir = maildir
 
-def received(maildir: Path) -> list[tuple[str, float]]:
-    """(message id, received at) of every mail in the sink, from the headers alone."""
-    parser = BytesHeaderParser()
-    found = []
-    for name in os.listdir(maildir / "new"):
-        with open(maildir / "new" / name, "rb") as f:
-            headers = parser.parse(f)
-        found.append(
-            (
-                str(headers["X-Nudge-Message-Id"]),
-                datetime.fromisoformat(str(headers["X-Nudge-Received-At"])).timestamp(),
+    def count(self) -> int:
+        try:
+            return len(os.listdir(self.maildir / "new"))
+        except FileNotFoundError:
+            return 0
+
+    def received(self) -> list[tuple[str, float, bool]]:
+        """(message id, received at, DKIM-signed) of every mail, from the headers alone."""
+        parser = BytesHeaderParser()
+        found = []
+        for name in os.listdir(self.maildir / "new"):
+            with open(self.maildir / "new" / name, "rb") as f:
+                headers = parser.parse(f)
+            found.append(
+                (
+                    str(headers["X-Nudge-Message-Id"]),
+                    datetime.fromisoformat(str(headers["X-Nudge-Received-At"])).timestamp(),
+                    "DKIM-Signature" in headers,
+                )
             )
-        )
+        return found
+
+
+def mailpit_binary() -> str | None:
+    found = shutil.which("mailpit")
+    if found is None and Path("/root/go/bin/mailpit").exists():
+        found = "/root/go/bin/mailpit"
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class MailpitSink:
+    """Mailpit (in memory, no message limit) on free ports, read through its HTTP API."""
+
+    def __init__(self, binary: str, log: Path) -> None:
+        self.smtp_port, self.http_port = free_port(), free_port()
+        self.api = f"http://127.0.0.1:{self.http_port}/api/v1"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                *("--smtp", f"127.0.0.1:{self.smtp_port}"),
+                *("--listen", f"127.0.0.1:{self.http_port}"),
+                *("--max", "0", "--quiet", "--smtp-auth-accept-any"),
+                "--smtp-auth-allow-insecure",
+                "--disable-version-check",
+            ],
+            stdout=log.open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.count()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError(f"mailpit did not start (see {log})") from None
+                time.sleep(0.1)
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.smtp_port}"
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.api + path, timeout=30) as answer:
+            return json.load(answer)
+
+    def count(self) -> int:
+        return int(self._get("/messages?limit=1")["total"])
+
+    def received(self) -> list[tuple[str, float, bool]]:
+        """(message id, received at, DKIM-signed): Mailpit lists the Message-ID header
+        (``<message id>@<domain>``) and when it took the mail; signed is read from the
+        first mail's headers only (one request per mail would take minutes)."""
+        found = []
+        start = 0
+        first_id = ""
+        while True:
+            page = self._get(f"/messages?start={start}&limit=5000")["messages"]
+            for m in page:
+                first_id = first_id or m["ID"]
+                created = datetime.fromisoformat(m["Created"].replace("Z", "+00:00"))
+                found.append((m["MessageID"].partition("@")[0], created.timestamp(), False))
+            if len(page) < 5000:
+                break
+            start += len(page)
+        if first_id:
+            signed = "DKIM-Signature" in self._get(f"/message/{first_id}/headers")
+            found = [(m, t, signed) for m, t, _ in found]
+        return found
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+async def set_dkim_key(env: dict[str, str], api_key: str) -> str:
+    """A DKIM key for the domain of delivery's From address, through the RPC: every mail of
+    the bench is then signed. Returns the domain."""
+    domain = env.get("DELIVERY_FROM_ADDRESS", "no-reply@nudge.localhost").rpartition("@")[2]
+    async with grpc.aio.insecure_channel(env["NUDGE_DELIVERY_ADDR"]) as channel:
+        await delivery_pb2_grpc.DeliveryServiceStub(channel).SetDkimKey(
+            delivery_pb2.SetDkimKeyRequest(domain=domain, selector="bench"),
+            metadata=(("authorization", f"Bearer {api_key}"),),
+        )
+    return domain
+
+
+def start_delivery(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """One more delivery process in the same consumer group, on a port of its own; returns
+    once the group gave it partitions of delivery.requests.v1 (it logs the assignment)."""
+    port = free_port()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "services.delivery"],
+        env={
+            **env,
+            "DELIVERY_GRPC_PORT": str(port),
+            "NUDGE_LOG_LEVEL": "INFO",
+            "NUDGE_LOG_FORMAT": "text",
+        },
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 120
+    while not any(
+        "assigned" in line and DELIVERY_REQUESTS in line
+        for line in log.read_text(errors="replace").splitlines()
+    ):
+        if child.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the extra delivery process did not start (see {log})")
+        time.sleep(0.2)
+    return child
 
 
 def cpu_s(pid: int) -> float:
@@ -241,87 +378,148 @@ def span_costs(traces_dir: Path) -> dict[str, dict[str, float]]:
     }
 
 
-async def main(scale: int, tracking: bool, profile: bool, spans: bool) -> dict[str, Any]:
+async def main(
+    scale: int,
+    tracking: bool,
+    profile: bool,
+    spans: bool,
+    *,
+    dkim: bool = False,
+    sink_kind: str = "maildir",
+    processes: int = 1,
+) -> dict[str, Any]:
     services = ("contacts", "delivery")
     os.environ["DELIVERY_TRACK_OPENS_AND_CLICKS"] = "true" if tracking else "false"
     traces_dir = Path(tempfile.mkdtemp(prefix="nudge-bench-spans-"))
+    logs = Path(tempfile.mkdtemp(prefix="nudge-bench-delivery-"))
     if spans:
         os.environ["NUDGE_TRACES_DIR"] = str(traces_dir)
-    with running_system(services=services, ready=ready(services)) as system:
-        env = system.env
-        maildir = Path(env["NUDGE_MAILDIR"])
-        workspace_id, contacts = await import_contacts(env, scale)
-        before = maildir_count(maildir)
-        delivery_pid = system.group._services["delivery"].child.pid  # type: ignore[union-attr]
-        contacts_pid = system.group._services["contacts"].child.pid  # type: ignore[union-attr]
-        cpu_before = {"delivery": cpu_s(delivery_pid), "contacts": cpu_s(contacts_pid)}
-        profiler = None
-        profile_out = Path(tempfile.mkdtemp(prefix="nudge-profile-")) / "delivery.txt"
-        started = time.time()
-        published = await publish(env, workspace_id, contacts)
-        published_s = time.time() - started
-        if profile:
-            profiler = start_profile(delivery_pid, 20, profile_out)
-        deadline = time.monotonic() + max(120, scale / 10)
-        while maildir_count(maildir) - before < scale:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{maildir_count(maildir) - before} mails of {scale}")
-            await asyncio.sleep(0.2)
-        cpu_ms = {
-            "delivery": (cpu_s(delivery_pid) - cpu_before["delivery"]) * 1000 / scale,
-            "contacts": (cpu_s(contacts_pid) - cpu_before["contacts"]) * 1000 / scale,
-        }
-        db = await asyncpg.connect(env["DATABASE_URL"])
-        try:
-            while True:
-                ledger_sent = await db.fetchval(
-                    "SELECT count(*) FROM delivery.messages WHERE workspace_id = $1"
-                    " AND status = $2",
-                    uuid.UUID(workspace_id),
-                    SENT,
-                )
-                if ledger_sent >= scale or time.monotonic() > deadline:
-                    break
+    mailpit: MailpitSink | None = None
+    if sink_kind == "mailpit":
+        binary = mailpit_binary()
+        if binary is None:
+            raise SystemExit("--sink mailpit: no mailpit on PATH nor /root/go/bin/mailpit")
+        mailpit = MailpitSink(binary, logs / "mailpit.log")
+        os.environ["SMTP_URL"] = mailpit.url  # the stack then starts no sink of its own
+    extra: list[subprocess.Popen[bytes]] = []
+    try:
+        with running_system(services=services, ready=ready(services)) as system:
+            env = system.env
+            sink: MaildirSink | MailpitSink = mailpit or MaildirSink(Path(env["NUDGE_MAILDIR"]))
+            workspace_id, api_key, contacts = await import_contacts(env, scale)
+            if dkim:
+                await set_dkim_key(env, api_key)
+            for n in range(processes - 1):
+                extra.append(start_delivery(env, logs / f"delivery-{n + 2}.log"))
+            before = sink.count()
+            delivery_pid = system.group._services["delivery"].child.pid  # type: ignore[union-attr]
+            contacts_pid = system.group._services["contacts"].child.pid  # type: ignore[union-attr]
+            delivery_pids = [delivery_pid, *(p.pid for p in extra)]
+            cpu_before = {
+                "delivery": sum(cpu_s(pid) for pid in delivery_pids),
+                "contacts": cpu_s(contacts_pid),
+            }
+            profiler = None
+            profile_out = Path(tempfile.mkdtemp(prefix="nudge-profile-")) / "delivery.txt"
+            started = time.time()
+            published = await publish(env, workspace_id, contacts)
+            published_s = time.time() - started
+            if profile:
+                profiler = start_profile(delivery_pid, 20, profile_out)
+            deadline = time.monotonic() + max(120, scale / 10)
+            while sink.count() - before < scale:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{sink.count() - before} mails of {scale}")
                 await asyncio.sleep(0.2)
-        finally:
-            await db.close()
-        mails = [(m, t) for m, t in received(maildir) if m in published]
-        times = sorted(t for _, t in mails)
-        latencies = [(t - published[m]) * 1000 for m, t in mails]
-        figures: dict[str, Any] = {
-            "tracking": tracking,
-            "kafka_kind": env["NUDGE_KAFKA_KIND"],
-            "scale": scale,
-            "published_per_s": round(scale / published_s),
-            "mails_per_s": round((len(times) - 1) / (times[-1] - times[0]), 1),
-            "end_to_end_per_s": round(len(times) / (times[-1] - started), 1),
-            "latency_p50_ms": round(percentile(latencies, 50), 1),
-            "latency_p99_ms": round(percentile(latencies, 99), 1),
-            "ledger_sent": ledger_sent,
-            "mails": len(mails),
-            "duplicates": len(mails) - len({m for m, _ in mails}),
-            # The ceiling of one delivery process on a core of its own.
-            "delivery_cpu_ms_per_mail": round(cpu_ms["delivery"], 2),
-            "contacts_cpu_ms_per_mail": round(cpu_ms["contacts"], 2),
-            "load_average_1m": round(os.getloadavg()[0], 1),
-        }
-        if spans:
-            await asyncio.sleep(6)  # the span processors export in batches
-            figures["spans"] = span_costs(traces_dir)
-        if profiler is not None:
-            profiler.wait(timeout=60)
-            if profile_out.exists():
-                figures["profile"] = top_of_profile(profile_out)
-        return figures
+            cpu_delivery = sum(cpu_s(pid) for pid in delivery_pids) - cpu_before["delivery"]
+            cpu_ms = {
+                "delivery": cpu_delivery * 1000 / scale,
+                "contacts": (cpu_s(contacts_pid) - cpu_before["contacts"]) * 1000 / scale,
+            }
+            db = await asyncpg.connect(env["DATABASE_URL"])
+            try:
+                while True:
+                    ledger_sent = await db.fetchval(
+                        "SELECT count(*) FROM delivery.messages WHERE workspace_id = $1"
+                        " AND status = $2",
+                        uuid.UUID(workspace_id),
+                        SENT,
+                    )
+                    if ledger_sent >= scale or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+                # A group of claims (of outcomes) is written with one clock reading: the
+                # distinct times are the groups (one per mail when written one by one).
+                groups = await db.fetchrow(
+                    "SELECT count(DISTINCT claimed_at) AS claims,"
+                    " count(DISTINCT updated_at) AS outcomes"
+                    " FROM delivery.messages WHERE workspace_id = $1",
+                    uuid.UUID(workspace_id),
+                )
+            finally:
+                await db.close()
+            mails = [(m, t, signed) for m, t, signed in sink.received() if m in published]
+            times = sorted(t for _, t, _ in mails)
+            latencies = [(t - published[m]) * 1000 for m, t, _ in mails]
+            figures: dict[str, Any] = {
+                "tracking": tracking,
+                "dkim": dkim,
+                "sink": sink_kind,
+                "delivery_processes": processes,
+                "kafka_kind": env["NUDGE_KAFKA_KIND"],
+                "scale": scale,
+                "published_per_s": round(scale / published_s),
+                "mails_per_s": round((len(times) - 1) / (times[-1] - times[0]), 1),
+                "end_to_end_per_s": round(len(times) / (times[-1] - started), 1),
+                "latency_p50_ms": round(percentile(latencies, 50), 1),
+                "latency_p99_ms": round(percentile(latencies, 99), 1),
+                "ledger_sent": ledger_sent,
+                "mails": len(mails),
+                "duplicates": len(mails) - len({m for m, _, _ in mails}),
+                "dkim_signed": sum(1 for _, _, signed in mails if signed),
+                "claim_groups": groups["claims"],
+                "outcome_groups": groups["outcomes"],
+                # The ceiling of one delivery process on a core of its own.
+                "delivery_cpu_ms_per_mail": round(cpu_ms["delivery"], 2),
+                "contacts_cpu_ms_per_mail": round(cpu_ms["contacts"], 2),
+                "load_average_1m": round(os.getloadavg()[0], 1),
+            }
+            if spans:
+                await asyncio.sleep(6)  # the span processors export in batches
+                figures["spans"] = span_costs(traces_dir)
+            if profiler is not None:
+                profiler.wait(timeout=60)
+                if profile_out.exists():
+                    figures["profile"] = top_of_profile(profile_out)
+            return figures
+    finally:
+        for child in extra:
+            child.terminate()
+            child.wait(timeout=30)
+        if mailpit is not None:
+            mailpit.stop()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=20_000, help="messages (and contacts)")
-    parser.add_argument(
-        "--no-tracking", action="store_true", help="no open pixel, no tracked links"
-    )
+    parser.add_argument("--track", action="store_true", help="open pixel and tracked links")
+    parser.add_argument("--no-tracking", action="store_true", help="the default (older runs)")
+    parser.add_argument("--dkim", action="store_true", help="a DKIM key: every mail signed")
+    parser.add_argument("--sink", choices=("maildir", "mailpit"), default="maildir")
+    parser.add_argument("--processes", type=int, default=1, help="delivery processes")
     parser.add_argument("--profile", action="store_true", help="py-spy the delivery process")
     parser.add_argument("--spans", action="store_true", help="time each traced step")
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.scale, not args.no_tracking, args.profile, args.spans))))
+    figures = asyncio.run(
+        main(
+            args.scale,
+            args.track and not args.no_tracking,
+            args.profile,
+            args.spans,
+            dkim=args.dkim,
+            sink_kind=args.sink,
+            processes=args.processes,
+        )
+    )
+    print(json.dumps(figures))

@@ -105,6 +105,8 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         ),
         auth=auth,
         track=settings.track_opens_and_clicks,
+        group_max=settings.write_group_max,
+        groups_in_flight=settings.write_groups_in_flight,
     )
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,

@@ -42,6 +42,11 @@ class Settings(
 
     # Requests handled at once, across contacts; one contact's requests stay in order.
     concurrency: int = Field(64, ge=1, le=1024)
+    # Claims and outcomes of concurrent requests are written in groups (one statement per
+    # group, services/delivery/writes.py): at most write_group_max in a group, at most
+    # write_groups_in_flight groups being written at once (others gather meanwhile).
+    write_group_max: int = Field(500, ge=1, le=10_000)
+    write_groups_in_flight: int = Field(4, ge=1, le=64)
     # Deferred mail (4xx, a connection broken before the data): tried again with exponential
     # backoff and jitter, from retry_base_delay_s up to retry_max_delay_s, at most
     # retry_max_attempts attempts in all and never after retry_max_age_s; then FAILED.

@@ -124,6 +124,7 @@ class _Config:
 # paths through :func:`refusal`, which must stay a one-line call for them.
 _config = _Config()
 _cache: dict[str, tuple[float, str | None]] = {}
+_lookups: dict[str, asyncio.Task[str | None]] = {}  # the query in flight per workspace
 
 
 def configure(settings: GuardSettings) -> None:
@@ -135,6 +136,7 @@ def configure(settings: GuardSettings) -> None:
         settings.guard_judge_every_s,
     )
     _cache.clear()
+    _lookups.clear()
 
 
 def _remember(workspace_id: str, reason: str | None) -> None:
@@ -143,12 +145,29 @@ def _remember(workspace_id: str, reason: str | None) -> None:
 
 async def refusal(db: asyncpg.Pool | asyncpg.Connection, workspace_id: str) -> str | None:
     """Why the workspace may not send now (the suspension's reason), or None: the one check
-    every send path makes before mailing."""
+    every send path makes before mailing.
+
+    Cached :attr:`GuardSettings.guard_cache_s` per workspace, so a send costs no query: a
+    suspension made by another process takes effect here within that time. When the cache
+    runs out, the lanes that ask at that moment share one query (through a pool) rather
+    than sending 64 at once."""
     cached = _cache.get(workspace_id)
     if cached is not None and cached[0] > time.monotonic():
         return cached[1]
     if not is_uuid(workspace_id):
         return None
+    if not isinstance(db, asyncpg.Pool):  # a caller's connection is not shared with others
+        return await _look_up(db, workspace_id)
+    loop = asyncio.get_running_loop()
+    lookup = _lookups.get(workspace_id)
+    if lookup is None or lookup.done() or lookup.get_loop() is not loop:
+        lookup = loop.create_task(_look_up(db, workspace_id))
+        _lookups[workspace_id] = lookup
+    # Shielded: a caller cancelled (its deadline) does not cancel the others' answer.
+    return await asyncio.shield(lookup)
+
+
+async def _look_up(db: asyncpg.Pool | asyncpg.Connection, workspace_id: str) -> str | None:
     suspension = await store.active_suspension(db, workspace_id)
     reason = suspension.reason if suspension else None
     _remember(workspace_id, reason)

@@ -40,7 +40,6 @@ from nudge.delivery.v1 import delivery_pb2, events_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import clock, links
-from services.common.consumer import is_dependency_outage
 from services.common.errors import (
     FieldViolation,
     InvalidArgument,
@@ -52,6 +51,7 @@ from services.common.events import deterministic_id, new_envelope
 from services.common.ids import is_uuid
 from services.common.outbox import add_to_outbox
 from services.common.topics import DELIVERY_EVENTS, DELIVERY_REQUESTS
+from services.common.tracing import current_traceparent
 from services.delivery import guard
 from services.delivery.adapters import postgres as db
 from services.delivery.adapters.smtp import failure_of
@@ -67,6 +67,7 @@ from services.delivery.domain.rendering import (
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
 from services.delivery.domain.tracking_links import add_tracking
 from services.delivery.mail_auth import MailAuth
+from services.delivery.writes import ClaimItem, OutcomeItem, Writes, is_outage
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,16 @@ class Deps:
     probe: Callable[[], Awaitable[None]] | None = None
     auth: MailAuth | None = None  # DKIM and VERP (services/delivery/mail_auth.py)
     track: bool = True  # open pixel and click links in non-transactional mail
+    # Group commit of claims and final outcomes (services/delivery/writes.py): at most
+    # group_max per transaction, at most groups_in_flight transactions at once.
+    group_max: int = 500
+    groups_in_flight: int = 4
+    writes: Writes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.writes = Writes(
+            self.pool, max_batch=self.group_max, max_in_flight=self.groups_in_flight
+        )
 
 
 async def deliver(deps: Deps, envelope: Envelope) -> None:
@@ -257,11 +268,7 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
         await _after_failure(deps, envelope, taken, outcome, reclaimable)
         return
     deps.sending.resume()
-    await _write_outcome(
-        deps,
-        request.message_id,
-        lambda conn: _record_in(conn, envelope, Status.SENT, reply, drop_pending=taken.pending),
-    )
+    await _record_final(deps, envelope, Status.SENT, reply, drop_pending=taken.pending)
 
 
 async def _probe(deps: Deps) -> None:
@@ -290,10 +297,34 @@ class _Taken:
 
 async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) -> _Taken | None:
     """Claim the message; on the first claim publish MessageQueued and, for a kind that is
-    resent when UNKNOWN, keep the request (all in one transaction)."""
+    resent when UNKNOWN, keep the request (all in one transaction). A first attempt (from
+    Kafka) joins a group commit with the other lanes' claims (services/delivery/writes.py)."""
     request = envelope.delivery_requested
-    now = clock.now()
     retrying = Status.DEFERRED in reclaimable
+    keep = request.kind in deps.resend_kinds
+    if tuple(reclaimable) == (Status.QUEUED,):
+        claim = await deps.writes.claims.submit(
+            ClaimItem(
+                request.message_id,
+                envelope.workspace_id,
+                request.contact_id,
+                request.kind,
+                request.campaign_id,
+                request.workflow_id,
+                queued=new_envelope(
+                    envelope.workspace_id,
+                    _queued(request),
+                    event_id=deterministic_id("delivery-queued", request.message_id),
+                ),
+                pending=envelope.SerializeToString() if keep else None,
+                trace=current_traceparent(),
+            )
+        )
+        if claim is None:
+            log.info("message %s already claimed; not sending it again", request.message_id)
+            return None
+        return _Taken(claim, pending=keep)
+    now = clock.now()
     async with deps.pool.acquire() as conn, conn.transaction():
         taken = await db.claim(
             conn,
@@ -313,18 +344,11 @@ async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) 
                 await db.drop_pending(conn, request.message_id)
             log.info("message %s already claimed; not sending it again", request.message_id)
             return None
-        keep = request.kind in deps.resend_kinds
         if taken.new:
             await _publish(
                 conn,
                 envelope,
-                events_pb2.MessageQueued(
-                    message_id=request.message_id,
-                    contact_id=request.contact_id,
-                    kind=request.kind,
-                    campaign_id=request.campaign_id,
-                    workflow_id=request.workflow_id,
-                ),
+                _queued(request),
                 deterministic_id("delivery-queued", request.message_id),
             )
             if keep:
@@ -338,6 +362,16 @@ async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) 
                     envelope.SerializeToString(),
                 )
     return _Taken(taken, pending=keep or retrying)
+
+
+def _queued(request: delivery_pb2.DeliveryRequested) -> events_pb2.MessageQueued:
+    return events_pb2.MessageQueued(
+        message_id=request.message_id,
+        contact_id=request.contact_id,
+        kind=request.kind,
+        campaign_id=request.campaign_id,
+        workflow_id=request.workflow_id,
+    )
 
 
 async def _after_failure(
@@ -364,12 +398,8 @@ async def _after_failure(
     deps.sending.resume()  # the server answered about this message: the session works
     if outcome.kind is Kind.BOUNCED:
         log.info("message %s bounced: %s", message_id, outcome.reason)
-        await _write_outcome(
-            deps,
-            message_id,
-            lambda conn: _record_in(
-                conn, envelope, Status.BOUNCED, outcome.reason, outcome, drop_pending=taken.pending
-            ),
+        await _record_final(
+            deps, envelope, Status.BOUNCED, outcome.reason, outcome, drop_pending=taken.pending
         )
     elif outcome.kind is Kind.DEFERRED:
         await _write_outcome(
@@ -562,7 +592,7 @@ async def _write_outcome(
                 await write(conn)
             return
         except Exception as err:
-            if not is_dependency_outage(err):
+            if not is_outage(err):
                 # The write itself is wrong (a bug, invalid data): retrying cannot help. The
                 # row stays CLAIMED and the sweeper reports the message UNKNOWN.
                 raise
@@ -657,6 +687,52 @@ async def _record_in(
     await db.set_status(conn, request.message_id, status, detail, clock.now())
     if drop_pending:
         await db.drop_pending(conn, request.message_id)
+    event = _outcome_event(request, status, detail, outcome, attempts)
+    await _publish(conn, envelope, event, deterministic_id("delivery-outcome", request.message_id))
+
+
+async def _record_final(
+    deps: Deps,
+    envelope: Envelope,
+    status: Status,
+    detail: str,
+    outcome: Outcome | None = None,
+    *,
+    drop_pending: bool = False,
+) -> None:
+    """:func:`_record_in` after the hand-off, in a group commit with other lanes' outcomes:
+    retried until PostgreSQL takes it (services/delivery/writes.py)."""
+    request = envelope.delivery_requested
+    event = _outcome_event(request, status, detail, outcome, 0)
+    await deps.writes.outcomes.submit(
+        OutcomeItem(
+            request.message_id,
+            status,
+            detail,
+            drop_pending,
+            request.contact_id,
+            new_envelope(
+                envelope.workspace_id,
+                event,
+                event_id=deterministic_id("delivery-outcome", request.message_id),
+            ),
+            current_traceparent(),
+        )
+    )
+
+
+def _outcome_event(
+    request: delivery_pb2.DeliveryRequested,
+    status: Status,
+    detail: str,
+    outcome: Outcome | None,
+    attempts: int,
+) -> (
+    events_pb2.MessageSent
+    | events_pb2.MessageBounced
+    | events_pb2.MessageFailed
+    | events_pb2.MessageSkipped
+):
     ids = {
         "message_id": request.message_id,
         "contact_id": request.contact_id,
@@ -683,7 +759,7 @@ async def _record_in(
         event = events_pb2.MessageFailed(**ids, reason=detail, attempts=attempts)
     else:
         event = events_pb2.MessageSkipped(**ids, reason=detail)
-    await _publish(conn, envelope, event, deterministic_id("delivery-outcome", request.message_id))
+    return event
 
 
 async def _publish(

@@ -178,3 +178,121 @@ async def find(
         uuid.UUID(workspace_id),
         message_id,
     )
+
+
+# -- many rows in one statement (services/delivery/writes.py, the group commit) -----------
+#
+# Each is ONE statement (data-modifying CTEs): atomic without BEGIN and COMMIT, so a group
+# costs one round trip. The outbox rows are written as services/common/outbox.py
+# add_many_to_outbox writes them (its statement trigger notifies the relay at commit).
+
+
+@dataclass(frozen=True)
+class ClaimRow:
+    message_id: str
+    workspace_id: str
+    contact_id: str
+    kind: int
+    campaign_id: str
+    workflow_id: str
+    queued: bytes  # the MessageQueued envelope, queued on the first claim only
+    trace: str  # its outbox headers (JSON)
+    pending: bytes | None  # the request, kept on the first claim (kinds resent when UNKNOWN)
+
+
+async def claim_many(
+    conn: asyncpg.Connection | asyncpg.Pool, rows: Sequence[ClaimRow], topic: str, now: datetime
+) -> dict[str, Claim]:
+    """:func:`claim` for many messages at once (distinct ids; only a QUEUED row is claimed
+    again), with the MessageQueued outbox row and the kept request of each first claim:
+    message id -> the claim taken; a message missing from the answer was handled, or may
+    have been (never twice)."""
+    if not rows:
+        return {}
+    found = await conn.fetch(
+        "WITH claimed AS ("
+        "  INSERT INTO messages (message_id, workspace_id, contact_id, kind, campaign_id,"
+        "   workflow_id, status, claimed_at, updated_at)"
+        "  SELECT m, w, c, k, ca, wf, $7, $8, $8"
+        "  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],"
+        "   $6::text[]) AS r(m, w, c, k, ca, wf)"
+        "  ON CONFLICT (message_id) DO UPDATE SET status = $7,"
+        "   attempts = messages.attempts + 1, updated_at = $8"
+        f"  WHERE messages.status = {int(Status.QUEUED)}"
+        "  RETURNING message_id, (xmax = 0) AS new, attempts, claimed_at"
+        "), queued AS ("
+        "  INSERT INTO outbox (topic, key, value, headers)"
+        "  SELECT $9, q.k, q.v, q.h::jsonb"
+        "  FROM unnest($1::uuid[], $10::bytea[], $11::bytea[], $12::text[])"
+        "   WITH ORDINALITY AS q(m, k, v, h, n)"
+        "  JOIN claimed ON claimed.message_id = q.m AND claimed.new ORDER BY q.n"
+        "), kept AS ("
+        "  INSERT INTO pending_sends (message_id, workspace_id, contact_id, first_attempt_at,"
+        "   envelope)"
+        "  SELECT p.m, p.w, p.c, claimed.claimed_at, p.e"
+        "  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $13::bytea[]) AS p(m, w, c, e)"
+        "  JOIN claimed ON claimed.message_id = p.m AND claimed.new WHERE p.e IS NOT NULL"
+        "  ON CONFLICT (message_id) DO UPDATE SET due_at = EXCLUDED.due_at"
+        ") SELECT message_id, new, attempts, claimed_at FROM claimed",
+        [uuid.UUID(r.message_id) for r in rows],
+        [uuid.UUID(r.workspace_id) for r in rows],
+        [uuid.UUID(r.contact_id) for r in rows],
+        [r.kind for r in rows],
+        [r.campaign_id for r in rows],
+        [r.workflow_id for r in rows],
+        Status.CLAIMED,
+        now,
+        topic,
+        [r.contact_id.encode() for r in rows],
+        [r.queued for r in rows],
+        [r.trace for r in rows],
+        [r.pending for r in rows],
+    )
+    return {
+        str(row["message_id"]): Claim(
+            new=row["new"], attempts=row["attempts"], first_claimed_at=row["claimed_at"]
+        )
+        for row in found
+    }
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    message_id: str
+    status: Status
+    detail: str
+    drop_pending: bool
+    key: str  # the event's key (the contact id)
+    event: bytes  # the outcome's envelope
+    trace: str  # its outbox headers (JSON)
+
+
+async def record_many(
+    conn: asyncpg.Connection | asyncpg.Pool, rows: Sequence[OutcomeRow], topic: str, now: datetime
+) -> None:
+    """:func:`set_status` for many messages in one UPDATE, :func:`drop_pending` for those
+    that say so, and each outcome's event in the outbox."""
+    if not rows:
+        return
+    await conn.execute(
+        "WITH done AS ("
+        "  UPDATE messages SET status = u.status, detail = u.detail, updated_at = $4"
+        "  FROM unnest($1::uuid[], $2::smallint[], $3::text[]) AS u(id, status, detail)"
+        "  WHERE messages.message_id = u.id"
+        "), dropped AS ("
+        "  DELETE FROM pending_sends WHERE message_id = ANY($5::uuid[])"
+        "), events AS ("
+        "  INSERT INTO outbox (topic, key, value, headers)"
+        "  SELECT $6, k, v, h::jsonb FROM unnest($7::bytea[], $8::bytea[], $9::text[])"
+        "   WITH ORDINALITY AS r(k, v, h, n) ORDER BY n"
+        ") SELECT 1",
+        [uuid.UUID(r.message_id) for r in rows],
+        [int(r.status) for r in rows],
+        [r.detail[:1000] for r in rows],
+        now,
+        [uuid.UUID(r.message_id) for r in rows if r.drop_pending],
+        topic,
+        [r.key.encode() for r in rows],
+        [r.event for r in rows],
+        [r.trace for r in rows],
+    )
