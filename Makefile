@@ -49,8 +49,9 @@ fmt: $(STAMP) ## format and autofix
 	$(BIN)/ruff format services deploy tests bench
 	$(BIN)/ruff check --fix services deploy tests bench
 
+# --durations: the slowest tests printed at the end of every run, to keep .ci/run in budget.
 test: lint ## lint, type-check and run the whole suite on Apache Kafka (Tansu without Java)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=15 tests
 
 # The tests marked slow at full size: the delivery kill test sends the 20,000 messages issue
 # 14 asks for (make test runs it with 2,300, to keep the suite near its budget).
