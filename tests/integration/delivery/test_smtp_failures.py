@@ -9,6 +9,7 @@ for transactional mail only; a claim left by a crash is found by the sweeper.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -294,25 +295,32 @@ async def crashed_claim(ws: Workspace, contact_id: str, kind: int) -> str:
         envelope.delivery_requested.purpose = contacts_pb2.CONSENT_PURPOSE_TRANSACTIONAL
     envelope = new_envelope(ws.id, envelope.delivery_requested, event_id=message_id)
     hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    await execute(
-        "INSERT INTO delivery.messages (message_id, workspace_id, contact_id, kind, status,"
-        " claimed_at, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $5)",
-        uuid.UUID(message_id),
-        uuid.UUID(ws.id),
-        uuid.UUID(contact_id),
-        kind,
-        hour_ago,
-    )
-    if kind == delivery_pb2.MESSAGE_KIND_TRANSACTIONAL:
-        await execute(
-            "INSERT INTO delivery.pending_sends (message_id, workspace_id, contact_id,"
-            " first_attempt_at, envelope) VALUES ($1, $2, $3, $4, $5)",
-            uuid.UUID(message_id),
-            uuid.UUID(ws.id),
-            uuid.UUID(contact_id),
-            hour_ago,
-            envelope.SerializeToString(),
-        )
+    # One transaction, as the claim writes them: the sweeper running between a ledger row
+    # and its kept request would find nothing to resend and leave the receipt UNKNOWN.
+    conn = await asyncpg.connect(os.environ["DATABASE_URL"])
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "INSERT INTO delivery.messages (message_id, workspace_id, contact_id, kind,"
+                " status, claimed_at, updated_at) VALUES ($1, $2, $3, $4, 1, $5, $5)",
+                uuid.UUID(message_id),
+                uuid.UUID(ws.id),
+                uuid.UUID(contact_id),
+                kind,
+                hour_ago,
+            )
+            if kind == delivery_pb2.MESSAGE_KIND_TRANSACTIONAL:
+                await conn.execute(
+                    "INSERT INTO delivery.pending_sends (message_id, workspace_id, contact_id,"
+                    " first_attempt_at, envelope) VALUES ($1, $2, $3, $4, $5)",
+                    uuid.UUID(message_id),
+                    uuid.UUID(ws.id),
+                    uuid.UUID(contact_id),
+                    hour_ago,
+                    envelope.SerializeToString(),
+                )
+    finally:
+        await conn.close()
     return message_id
 
 
