@@ -34,6 +34,7 @@ class Status(IntEnum):
     SENDING = 3
     SENT = 4
     CANCELLED = 5
+    PAUSED = 6
 
 
 @dataclass(frozen=True)

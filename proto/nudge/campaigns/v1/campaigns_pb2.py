@@ -22,32 +22,105 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from nudge.contacts.v1 import contacts_pb2 as nudge_dot_contacts_dot_v1_dot_contacts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nudge/campaigns/v1/campaigns.proto\x12\x12nudge.campaigns.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x89\x02\n\x08\x43\x61mpaign\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0bsegment_ids\x18\x04 \x03(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x11\n\tbody_text\x18\x06 \x01(\t\x12\x32\n\x06status\x18\x07 \x01(\x0e\x32\".nudge.campaigns.v1.CampaignStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cscheduled_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"^\n\x15\x43reateCampaignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsegment_ids\x18\x02 \x03(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x11\n\tbody_text\x18\x04 \x01(\t\"H\n\x16\x43reateCampaignResponse\x12.\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x1c.nudge.campaigns.v1.Campaign\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"E\n\x13GetCampaignResponse\x12.\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x1c.nudge.campaigns.v1.Campaign\"=\n\x14ListCampaignsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x15ListCampaignsResponse\x12/\n\tcampaigns\x18\x01 \x03(\x0b\x32\x1c.nudge.campaigns.v1.Campaign\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xc1\x01\n\x0e\x43\x61mpaignStatus\x12\x1f\n\x1b\x43\x41MPAIGN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41MPAIGN_STATUS_DRAFT\x10\x01\x12\x1d\n\x19\x43\x41MPAIGN_STATUS_SCHEDULED\x10\x02\x12\x1b\n\x17\x43\x41MPAIGN_STATUS_SENDING\x10\x03\x12\x18\n\x14\x43\x41MPAIGN_STATUS_SENT\x10\x04\x12\x1d\n\x19\x43\x41MPAIGN_STATUS_CANCELLED\x10\x05\x32\xc0\x02\n\x0f\x43\x61mpaignService\x12g\n\x0e\x43reateCampaign\x12).nudge.campaigns.v1.CreateCampaignRequest\x1a*.nudge.campaigns.v1.CreateCampaignResponse\x12^\n\x0bGetCampaign\x12&.nudge.campaigns.v1.GetCampaignRequest\x1a\'.nudge.campaigns.v1.GetCampaignResponse\x12\x64\n\rListCampaigns\x12(.nudge.campaigns.v1.ListCampaignsRequest\x1a).nudge.campaigns.v1.ListCampaignsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"nudge/campaigns/v1/campaigns.proto\x12\x12nudge.campaigns.v1\x1a\x1egoogle/protobuf/duration.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nudge/contacts/v1/contacts.proto\"\xd5\x01\n\x06\x41\x62Test\x12\x10\n\x08subjects\x18\x01 \x03(\t\x12\x16\n\x0esample_percent\x18\x02 \x01(\x05\x12\x30\n\x06metric\x18\x03 \x01(\x0e\x32 .nudge.campaigns.v1.WinnerMetric\x12/\n\x0c\x64\x65\x63ide_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06winner\x18\x05 \x01(\x05\x12.\n\ndecided_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xf0\x05\n\x08\x43\x61mpaign\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0cworkspace_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x13\n\x0bsegment_ids\x18\x04 \x03(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x11\n\tbody_text\x18\x06 \x01(\t\x12\x32\n\x06status\x18\x07 \x01(\x0e\x32\".nudge.campaigns.v1.CampaignStatus\x12.\n\ncreated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cscheduled_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1b\n\x13\x65xclude_segment_ids\x18\n \x03(\t\x12\x10\n\x08tags_any\x18\x0b \x03(\t\x12\x11\n\tbody_html\x18\x0c \x01(\t\x12\x15\n\rbody_markdown\x18\r \x01(\t\x12\x10\n\x08reply_to\x18\x0e \x01(\t\x12\x32\n\x07purpose\x18\x0f \x01(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x31\n\ncap_action\x18\x10 \x01(\x0e\x32\x1d.nudge.campaigns.v1.CapAction\x12\x12\n\nlocal_time\x18\x11 \x01(\x08\x12\x11\n\ttime_zone\x18\x12 \x01(\t\x12+\n\x07\x61\x62_test\x18\x13 \x01(\x0b\x32\x1a.nudge.campaigns.v1.AbTest\x12\x17\n\x0fholdout_percent\x18\x14 \x01(\x05\x12.\n\nupdated_at\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\x16 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rstatus_reason\x18\x18 \x01(\t\"\x8e\x01\n\x15\x43reateCampaignRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bsegment_ids\x18\x02 \x03(\t\x12\x0f\n\x07subject\x18\x03 \x01(\t\x12\x11\n\tbody_text\x18\x04 \x01(\t\x12.\n\x08\x63\x61mpaign\x18\x05 \x01(\x0b\x32\x1c.nudge.campaigns.v1.Campaign\"H\n\x16\x43reateCampaignResponse\x12.\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x1c.nudge.campaigns.v1.Campaign\")\n\x12GetCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"E\n\x13GetCampaignResponse\x12.\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x1c.nudge.campaigns.v1.Campaign\"=\n\x14ListCampaignsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"a\n\x15ListCampaignsResponse\x12/\n\tcampaigns\x18\x01 \x03(\x0b\x32\x1c.nudge.campaigns.v1.Campaign\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"x\n\x15UpdateCampaignRequest\x12.\n\x08\x63\x61mpaign\x18\x01 \x01(\x0b\x32\x1c.nudge.campaigns.v1.Campaign\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\".\n\rExcludedCount\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"N\n\x0cSegmentShare\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0f\n\x07members\x18\x02 \x01(\x03\x12\x1d\n\x15\x61lso_in_other_sources\x18\x03 \x01(\x03\"\xca\x02\n\x0f\x41udiencePreview\x12\x0f\n\x07members\x18\x01 \x01(\x03\x12\x10\n\x08\x65ligible\x18\x02 \x01(\x03\x12\x33\n\x08\x65xcluded\x18\x03 \x03(\x0b\x32!.nudge.campaigns.v1.ExcludedCount\x12\x31\n\x07sources\x18\x04 \x03(\x0b\x32 .nudge.campaigns.v1.SegmentShare\x12\x16\n\x0eonly_consented\x18\x05 \x01(\x08\x12\x15\n\rnot_consented\x18\x06 \x01(\x03\x12\x1d\n\x15\x63onfirmation_required\x18\x07 \x01(\x08\x12\x19\n\x11sending_suspended\x18\x08 \x01(\x08\x12\x18\n\x10suspended_reason\x18\t \x01(\t\x12)\n\x05\x61s_of\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x16PreviewAudienceRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\">\n\x0e\x43ontentWarning\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\"*\n\x13\x43heckContentRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"L\n\x14\x43heckContentResponse\x12\x34\n\x08warnings\x18\x01 \x03(\x0b\x32\".nudge.campaigns.v1.ContentWarning\"Q\n\x15PreviewMessageRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\x05\"o\n\x16PreviewMessageResponse\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tbody_text\x18\x02 \x01(\t\x12\x11\n\tbody_html\x18\x03 \x01(\t\x12\x0c\n\x04\x66rom\x18\x04 \x01(\t\x12\x10\n\x08reply_to\x18\x05 \x01(\t\"a\n\x16SendTestMessageRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\x05\"-\n\x17SendTestMessageResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"v\n\x13SendCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12+\n\x07send_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1d\n\x15\x63onfirm_not_consented\x18\x03 \x01(\x03\"9\n\x14PauseCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\":\n\x15ResumeCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\":\n\x15\x43\x61ncelCampaignRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"\xc1\x01\n\nTransition\x12\x37\n\x0b\x66rom_status\x18\x01 \x01(\x0e\x32\".nudge.campaigns.v1.CampaignStatus\x12\x35\n\tto_status\x18\x02 \x01(\x0e\x32\".nudge.campaigns.v1.CampaignStatus\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04note\x18\x04 \x01(\t\x12&\n\x02\x61t\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"-\n\x16ListTransitionsRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"N\n\x17ListTransitionsResponse\x12\x33\n\x0btransitions\x18\x01 \x03(\x0b\x32\x1e.nudge.campaigns.v1.Transition\"a\n\x10\x43\x61mpaignSettings\x12\x1e\n\x16\x66requency_cap_messages\x18\x01 \x01(\x05\x12\x1a\n\x12\x66requency_cap_days\x18\x02 \x01(\x05\x12\x11\n\ttime_zone\x18\x03 \x01(\t\"\x1c\n\x1aGetCampaignSettingsRequest\"\x88\x01\n\x1dUpdateCampaignSettingsRequest\x12\x36\n\x08settings\x18\x01 \x01(\x0b\x32$.nudge.campaigns.v1.CampaignSettings\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"\x81\x01\n\nEngagement\x12\x14\n\x0cunique_human\x18\x01 \x01(\x03\x12\x16\n\x0eunique_machine\x18\x02 \x01(\x03\x12\x13\n\x0btotal_human\x18\x03 \x01(\x03\x12\x15\n\rtotal_machine\x18\x04 \x01(\x03\x12\x19\n\x11unique_human_rate\x18\x05 \x01(\x01\"/\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"I\n\x0b\x41ttribution\x12\x0e\n\x06orders\x18\x01 \x01(\x03\x12*\n\x07revenue\x18\x02 \x03(\x0b\x32\x19.nudge.campaigns.v1.Money\"\xe4\x01\n\rVariantReport\x12\x0f\n\x07variant\x18\x01 \x01(\x05\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\x0c\n\x04sent\x18\x03 \x01(\x03\x12\x11\n\tdelivered\x18\x04 \x01(\x03\x12.\n\x06opened\x18\x05 \x01(\x0b\x32\x1e.nudge.campaigns.v1.Engagement\x12/\n\x07\x63licked\x18\x06 \x01(\x0b\x32\x1e.nudge.campaigns.v1.Engagement\x12/\n\x06orders\x18\x07 \x01(\x0b\x32\x1f.nudge.campaigns.v1.Attribution\"t\n\rHoldoutReport\x12\x10\n\x08\x63ontacts\x18\x01 \x01(\x03\x12/\n\x06orders\x18\x02 \x01(\x0b\x32\x1f.nudge.campaigns.v1.Attribution\x12\x12\n\norder_rate\x18\x03 \x01(\x01\x12\x0c\n\x04lift\x18\x04 \x01(\x01\"\xef\x05\n\x0e\x43\x61mpaignReport\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x32\n\x06status\x18\x02 \x01(\x0e\x32\".nudge.campaigns.v1.CampaignStatus\x12\x10\n\x08\x61udience\x18\x03 \x01(\x03\x12\x33\n\x08\x65xcluded\x18\x04 \x03(\x0b\x32!.nudge.campaigns.v1.ExcludedCount\x12\x0c\n\x04sent\x18\x05 \x01(\x03\x12\x11\n\tdelivered\x18\x06 \x01(\x03\x12\x10\n\x08\x64\x65\x66\x65rred\x18\x07 \x01(\x03\x12\x0f\n\x07\x62ounced\x18\x08 \x01(\x03\x12\x12\n\ncomplained\x18\t \x01(\x03\x12\x0f\n\x07unknown\x18\n \x01(\x03\x12\x0e\n\x06\x66\x61iled\x18\x0b \x01(\x03\x12\x0f\n\x07skipped\x18\x0c \x01(\x03\x12.\n\x06opened\x18\r \x01(\x0b\x32\x1e.nudge.campaigns.v1.Engagement\x12/\n\x07\x63licked\x18\x0e \x01(\x0b\x32\x1e.nudge.campaigns.v1.Engagement\x12\x14\n\x0cunsubscribed\x18\x0f \x01(\x03\x12\x15\n\rdelivery_rate\x18\x10 \x01(\x01\x12\x13\n\x0b\x62ounce_rate\x18\x11 \x01(\x01\x12\x16\n\x0e\x63omplaint_rate\x18\x12 \x01(\x01\x12\x18\n\x10unsubscribe_rate\x18\x13 \x01(\x01\x12\x1a\n\x12\x63lick_to_open_rate\x18\x14 \x01(\x01\x12/\n\x06orders\x18\x15 \x01(\x0b\x32\x1f.nudge.campaigns.v1.Attribution\x12\x33\n\x08variants\x18\x16 \x03(\x0b\x32!.nudge.campaigns.v1.VariantReport\x12\x32\n\x07holdout\x18\x17 \x01(\x0b\x32!.nudge.campaigns.v1.HoldoutReport\x12\r\n\x05\x66inal\x18\x18 \x01(\x08\x12)\n\x05\x61s_of\x18\x19 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"/\n\x18GetCampaignReportRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\"Y\n\x1bListEngagedNonBuyersRequest\x12\x13\n\x0b\x63\x61mpaign_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\xd5\x01\n\x0e\x45ngagedContact\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12\r\n\x05\x65mail\x18\x02 \x01(\t\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x11\n\tlast_name\x18\x04 \x01(\t\x12\x33\n\x0f\x66irst_opened_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10\x66irst_clicked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63licks\x18\x07 \x01(\x03\"m\n\x1cListEngagedNonBuyersResponse\x12\x34\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\".nudge.campaigns.v1.EngagedContact\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*\xdd\x01\n\x0e\x43\x61mpaignStatus\x12\x1f\n\x1b\x43\x41MPAIGN_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41MPAIGN_STATUS_DRAFT\x10\x01\x12\x1d\n\x19\x43\x41MPAIGN_STATUS_SCHEDULED\x10\x02\x12\x1b\n\x17\x43\x41MPAIGN_STATUS_SENDING\x10\x03\x12\x18\n\x14\x43\x41MPAIGN_STATUS_SENT\x10\x04\x12\x1d\n\x19\x43\x41MPAIGN_STATUS_CANCELLED\x10\x05\x12\x1a\n\x16\x43\x41MPAIGN_STATUS_PAUSED\x10\x06*R\n\tCapAction\x12\x1a\n\x16\x43\x41P_ACTION_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x43\x41P_ACTION_SKIP\x10\x01\x12\x14\n\x10\x43\x41P_ACTION_DEFER\x10\x02*o\n\x0cWinnerMetric\x12\x1d\n\x19WINNER_METRIC_UNSPECIFIED\x10\x00\x12%\n!WINNER_METRIC_UNIQUE_HUMAN_CLICKS\x10\x01\x12\x19\n\x15WINNER_METRIC_REVENUE\x10\x02\x32\xcb\r\n\x0f\x43\x61mpaignService\x12g\n\x0e\x43reateCampaign\x12).nudge.campaigns.v1.CreateCampaignRequest\x1a*.nudge.campaigns.v1.CreateCampaignResponse\x12^\n\x0bGetCampaign\x12&.nudge.campaigns.v1.GetCampaignRequest\x1a\'.nudge.campaigns.v1.GetCampaignResponse\x12\x64\n\rListCampaigns\x12(.nudge.campaigns.v1.ListCampaignsRequest\x1a).nudge.campaigns.v1.ListCampaignsResponse\x12Y\n\x0eUpdateCampaign\x12).nudge.campaigns.v1.UpdateCampaignRequest\x1a\x1c.nudge.campaigns.v1.Campaign\x12\x62\n\x0fPreviewAudience\x12*.nudge.campaigns.v1.PreviewAudienceRequest\x1a#.nudge.campaigns.v1.AudiencePreview\x12\x61\n\x0c\x43heckContent\x12\'.nudge.campaigns.v1.CheckContentRequest\x1a(.nudge.campaigns.v1.CheckContentResponse\x12g\n\x0ePreviewMessage\x12).nudge.campaigns.v1.PreviewMessageRequest\x1a*.nudge.campaigns.v1.PreviewMessageResponse\x12j\n\x0fSendTestMessage\x12*.nudge.campaigns.v1.SendTestMessageRequest\x1a+.nudge.campaigns.v1.SendTestMessageResponse\x12U\n\x0cSendCampaign\x12\'.nudge.campaigns.v1.SendCampaignRequest\x1a\x1c.nudge.campaigns.v1.Campaign\x12W\n\rPauseCampaign\x12(.nudge.campaigns.v1.PauseCampaignRequest\x1a\x1c.nudge.campaigns.v1.Campaign\x12Y\n\x0eResumeCampaign\x12).nudge.campaigns.v1.ResumeCampaignRequest\x1a\x1c.nudge.campaigns.v1.Campaign\x12Y\n\x0e\x43\x61ncelCampaign\x12).nudge.campaigns.v1.CancelCampaignRequest\x1a\x1c.nudge.campaigns.v1.Campaign\x12j\n\x0fListTransitions\x12*.nudge.campaigns.v1.ListTransitionsRequest\x1a+.nudge.campaigns.v1.ListTransitionsResponse\x12k\n\x13GetCampaignSettings\x12..nudge.campaigns.v1.GetCampaignSettingsRequest\x1a$.nudge.campaigns.v1.CampaignSettings\x12q\n\x16UpdateCampaignSettings\x12\x31.nudge.campaigns.v1.UpdateCampaignSettingsRequest\x1a$.nudge.campaigns.v1.CampaignSettings\x12\x65\n\x11GetCampaignReport\x12,.nudge.campaigns.v1.GetCampaignReportRequest\x1a\".nudge.campaigns.v1.CampaignReport\x12y\n\x14ListEngagedNonBuyers\x12/.nudge.campaigns.v1.ListEngagedNonBuyersRequest\x1a\x30.nudge.campaigns.v1.ListEngagedNonBuyersResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nudge.campaigns.v1.campaigns_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CAMPAIGNSTATUS']._serialized_start=806
-  _globals['_CAMPAIGNSTATUS']._serialized_end=999
-  _globals['_CAMPAIGN']._serialized_start=92
-  _globals['_CAMPAIGN']._serialized_end=357
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=359
-  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=453
-  _globals['_CREATECAMPAIGNRESPONSE']._serialized_start=455
-  _globals['_CREATECAMPAIGNRESPONSE']._serialized_end=527
-  _globals['_GETCAMPAIGNREQUEST']._serialized_start=529
-  _globals['_GETCAMPAIGNREQUEST']._serialized_end=570
-  _globals['_GETCAMPAIGNRESPONSE']._serialized_start=572
-  _globals['_GETCAMPAIGNRESPONSE']._serialized_end=641
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=643
-  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=704
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=706
-  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=803
-  _globals['_CAMPAIGNSERVICE']._serialized_start=1002
-  _globals['_CAMPAIGNSERVICE']._serialized_end=1322
+  _globals['_CAMPAIGNSTATUS']._serialized_start=5532
+  _globals['_CAMPAIGNSTATUS']._serialized_end=5753
+  _globals['_CAPACTION']._serialized_start=5755
+  _globals['_CAPACTION']._serialized_end=5837
+  _globals['_WINNERMETRIC']._serialized_start=5839
+  _globals['_WINNERMETRIC']._serialized_end=5950
+  _globals['_ABTEST']._serialized_start=192
+  _globals['_ABTEST']._serialized_end=405
+  _globals['_CAMPAIGN']._serialized_start=408
+  _globals['_CAMPAIGN']._serialized_end=1160
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_start=1163
+  _globals['_CREATECAMPAIGNREQUEST']._serialized_end=1305
+  _globals['_CREATECAMPAIGNRESPONSE']._serialized_start=1307
+  _globals['_CREATECAMPAIGNRESPONSE']._serialized_end=1379
+  _globals['_GETCAMPAIGNREQUEST']._serialized_start=1381
+  _globals['_GETCAMPAIGNREQUEST']._serialized_end=1422
+  _globals['_GETCAMPAIGNRESPONSE']._serialized_start=1424
+  _globals['_GETCAMPAIGNRESPONSE']._serialized_end=1493
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_start=1495
+  _globals['_LISTCAMPAIGNSREQUEST']._serialized_end=1556
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_start=1558
+  _globals['_LISTCAMPAIGNSRESPONSE']._serialized_end=1655
+  _globals['_UPDATECAMPAIGNREQUEST']._serialized_start=1657
+  _globals['_UPDATECAMPAIGNREQUEST']._serialized_end=1777
+  _globals['_EXCLUDEDCOUNT']._serialized_start=1779
+  _globals['_EXCLUDEDCOUNT']._serialized_end=1825
+  _globals['_SEGMENTSHARE']._serialized_start=1827
+  _globals['_SEGMENTSHARE']._serialized_end=1905
+  _globals['_AUDIENCEPREVIEW']._serialized_start=1908
+  _globals['_AUDIENCEPREVIEW']._serialized_end=2238
+  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_start=2240
+  _globals['_PREVIEWAUDIENCEREQUEST']._serialized_end=2285
+  _globals['_CONTENTWARNING']._serialized_start=2287
+  _globals['_CONTENTWARNING']._serialized_end=2349
+  _globals['_CHECKCONTENTREQUEST']._serialized_start=2351
+  _globals['_CHECKCONTENTREQUEST']._serialized_end=2393
+  _globals['_CHECKCONTENTRESPONSE']._serialized_start=2395
+  _globals['_CHECKCONTENTRESPONSE']._serialized_end=2471
+  _globals['_PREVIEWMESSAGEREQUEST']._serialized_start=2473
+  _globals['_PREVIEWMESSAGEREQUEST']._serialized_end=2554
+  _globals['_PREVIEWMESSAGERESPONSE']._serialized_start=2556
+  _globals['_PREVIEWMESSAGERESPONSE']._serialized_end=2667
+  _globals['_SENDTESTMESSAGEREQUEST']._serialized_start=2669
+  _globals['_SENDTESTMESSAGEREQUEST']._serialized_end=2766
+  _globals['_SENDTESTMESSAGERESPONSE']._serialized_start=2768
+  _globals['_SENDTESTMESSAGERESPONSE']._serialized_end=2813
+  _globals['_SENDCAMPAIGNREQUEST']._serialized_start=2815
+  _globals['_SENDCAMPAIGNREQUEST']._serialized_end=2933
+  _globals['_PAUSECAMPAIGNREQUEST']._serialized_start=2935
+  _globals['_PAUSECAMPAIGNREQUEST']._serialized_end=2992
+  _globals['_RESUMECAMPAIGNREQUEST']._serialized_start=2994
+  _globals['_RESUMECAMPAIGNREQUEST']._serialized_end=3052
+  _globals['_CANCELCAMPAIGNREQUEST']._serialized_start=3054
+  _globals['_CANCELCAMPAIGNREQUEST']._serialized_end=3112
+  _globals['_TRANSITION']._serialized_start=3115
+  _globals['_TRANSITION']._serialized_end=3308
+  _globals['_LISTTRANSITIONSREQUEST']._serialized_start=3310
+  _globals['_LISTTRANSITIONSREQUEST']._serialized_end=3355
+  _globals['_LISTTRANSITIONSRESPONSE']._serialized_start=3357
+  _globals['_LISTTRANSITIONSRESPONSE']._serialized_end=3435
+  _globals['_CAMPAIGNSETTINGS']._serialized_start=3437
+  _globals['_CAMPAIGNSETTINGS']._serialized_end=3534
+  _globals['_GETCAMPAIGNSETTINGSREQUEST']._serialized_start=3536
+  _globals['_GETCAMPAIGNSETTINGSREQUEST']._serialized_end=3564
+  _globals['_UPDATECAMPAIGNSETTINGSREQUEST']._serialized_start=3567
+  _globals['_UPDATECAMPAIGNSETTINGSREQUEST']._serialized_end=3703
+  _globals['_ENGAGEMENT']._serialized_start=3706
+  _globals['_ENGAGEMENT']._serialized_end=3835
+  _globals['_MONEY']._serialized_start=3837
+  _globals['_MONEY']._serialized_end=3884
+  _globals['_ATTRIBUTION']._serialized_start=3886
+  _globals['_ATTRIBUTION']._serialized_end=3959
+  _globals['_VARIANTREPORT']._serialized_start=3962
+  _globals['_VARIANTREPORT']._serialized_end=4190
+  _globals['_HOLDOUTREPORT']._serialized_start=4192
+  _globals['_HOLDOUTREPORT']._serialized_end=4308
+  _globals['_CAMPAIGNREPORT']._serialized_start=4311
+  _globals['_CAMPAIGNREPORT']._serialized_end=5062
+  _globals['_GETCAMPAIGNREPORTREQUEST']._serialized_start=5064
+  _globals['_GETCAMPAIGNREPORTREQUEST']._serialized_end=5111
+  _globals['_LISTENGAGEDNONBUYERSREQUEST']._serialized_start=5113
+  _globals['_LISTENGAGEDNONBUYERSREQUEST']._serialized_end=5202
+  _globals['_ENGAGEDCONTACT']._serialized_start=5205
+  _globals['_ENGAGEDCONTACT']._serialized_end=5418
+  _globals['_LISTENGAGEDNONBUYERSRESPONSE']._serialized_start=5420
+  _globals['_LISTENGAGEDNONBUYERSRESPONSE']._serialized_end=5529
+  _globals['_CAMPAIGNSERVICE']._serialized_start=5953
+  _globals['_CAMPAIGNSERVICE']._serialized_end=7692
 # @@protoc_insertion_point(module_scope)

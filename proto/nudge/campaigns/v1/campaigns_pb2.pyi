@@ -7,10 +7,13 @@ Served by services/campaigns.
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from nudge.contacts.v1 import contacts_pb2 as _contacts_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -34,8 +37,12 @@ class _CampaignStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Campai
     CAMPAIGN_STATUS_SENDING: _CampaignStatus.ValueType  # 3
     CAMPAIGN_STATUS_SENT: _CampaignStatus.ValueType  # 4
     CAMPAIGN_STATUS_CANCELLED: _CampaignStatus.ValueType  # 5
+    CAMPAIGN_STATUS_PAUSED: _CampaignStatus.ValueType  # 6
 
-class CampaignStatus(_CampaignStatus, metaclass=_CampaignStatusEnumTypeWrapper): ...
+class CampaignStatus(_CampaignStatus, metaclass=_CampaignStatusEnumTypeWrapper):
+    """Draft -> scheduled -> sending -> sent; sending <-> paused; draft, scheduled, sending and
+    paused -> cancelled. Every transition is recorded with who made it (ListTransitions).
+    """
 
 CAMPAIGN_STATUS_UNSPECIFIED: CampaignStatus.ValueType  # 0
 CAMPAIGN_STATUS_DRAFT: CampaignStatus.ValueType  # 1
@@ -43,7 +50,99 @@ CAMPAIGN_STATUS_SCHEDULED: CampaignStatus.ValueType  # 2
 CAMPAIGN_STATUS_SENDING: CampaignStatus.ValueType  # 3
 CAMPAIGN_STATUS_SENT: CampaignStatus.ValueType  # 4
 CAMPAIGN_STATUS_CANCELLED: CampaignStatus.ValueType  # 5
+CAMPAIGN_STATUS_PAUSED: CampaignStatus.ValueType  # 6
 Global___CampaignStatus: _TypeAlias = CampaignStatus  # noqa: Y015
+
+class _CapAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CapActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CapAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CAP_ACTION_UNSPECIFIED: _CapAction.ValueType  # 0
+    """= SKIP"""
+    CAP_ACTION_SKIP: _CapAction.ValueType  # 1
+    """left out, counted as excluded "frequency_cap" """
+    CAP_ACTION_DEFER: _CapAction.ValueType  # 2
+    """sent when the cap allows (the campaign stays SENDING until then)"""
+
+class CapAction(_CapAction, metaclass=_CapActionEnumTypeWrapper):
+    """What happens to a contact the frequency cap holds back."""
+
+CAP_ACTION_UNSPECIFIED: CapAction.ValueType  # 0
+"""= SKIP"""
+CAP_ACTION_SKIP: CapAction.ValueType  # 1
+"""left out, counted as excluded "frequency_cap" """
+CAP_ACTION_DEFER: CapAction.ValueType  # 2
+"""sent when the cap allows (the campaign stays SENDING until then)"""
+Global___CapAction: _TypeAlias = CapAction  # noqa: Y015
+
+class _WinnerMetric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WinnerMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WinnerMetric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WINNER_METRIC_UNSPECIFIED: _WinnerMetric.ValueType  # 0
+    """= UNIQUE_HUMAN_CLICKS"""
+    WINNER_METRIC_UNIQUE_HUMAN_CLICKS: _WinnerMetric.ValueType  # 1
+    WINNER_METRIC_REVENUE: _WinnerMetric.ValueType  # 2
+
+class WinnerMetric(_WinnerMetric, metaclass=_WinnerMetricEnumTypeWrapper): ...
+
+WINNER_METRIC_UNSPECIFIED: WinnerMetric.ValueType  # 0
+"""= UNIQUE_HUMAN_CLICKS"""
+WINNER_METRIC_UNIQUE_HUMAN_CLICKS: WinnerMetric.ValueType  # 1
+WINNER_METRIC_REVENUE: WinnerMetric.ValueType  # 2
+Global___WinnerMetric: _TypeAlias = WinnerMetric  # noqa: Y015
+
+@_typing.final
+class AbTest(_message.Message):
+    """A/B test of subjects: variant i (from 0) has subjects[i]; each variant goes to
+    sample_percent / len(subjects) of the audience; after decide_after the variant with the
+    most unique human clicks (or revenue) wins and goes to the rest.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECTS_FIELD_NUMBER: _builtins.int
+    SAMPLE_PERCENT_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    DECIDE_AFTER_FIELD_NUMBER: _builtins.int
+    WINNER_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    sample_percent: _builtins.int
+    """2-50, the whole sample across variants"""
+    metric: Global___WinnerMetric.ValueType
+    winner: _builtins.int
+    """Set once decided; -1 before."""
+    @_builtins.property
+    def subjects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """2-5 variants"""
+
+    @_builtins.property
+    def decide_after(self) -> _duration_pb2.Duration:
+        """10 min - 7 days"""
+
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        subjects: _abc.Iterable[_builtins.str] | None = ...,
+        sample_percent: _builtins.int = ...,
+        metric: Global___WinnerMetric.ValueType = ...,
+        decide_after: _duration_pb2.Duration | None = ...,
+        winner: _builtins.int = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decide_after", b"decide_after", "decided_at", b"decided_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decide_after", b"decide_after", "decided_at", b"decided_at", "metric", b"metric", "sample_percent", b"sample_percent", "subjects", b"subjects", "winner", b"winner"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbTest: _TypeAlias = AbTest  # noqa: Y015
 
 @_typing.final
 class Campaign(_message.Message):
@@ -58,18 +157,69 @@ class Campaign(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     CREATED_AT_FIELD_NUMBER: _builtins.int
     SCHEDULED_AT_FIELD_NUMBER: _builtins.int
+    EXCLUDE_SEGMENT_IDS_FIELD_NUMBER: _builtins.int
+    TAGS_ANY_FIELD_NUMBER: _builtins.int
+    BODY_HTML_FIELD_NUMBER: _builtins.int
+    BODY_MARKDOWN_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    CAP_ACTION_FIELD_NUMBER: _builtins.int
+    LOCAL_TIME_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    AB_TEST_FIELD_NUMBER: _builtins.int
+    HOLDOUT_PERCENT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    STARTED_AT_FIELD_NUMBER: _builtins.int
+    FINISHED_AT_FIELD_NUMBER: _builtins.int
+    STATUS_REASON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     workspace_id: _builtins.str
     name: _builtins.str
     subject: _builtins.str
     body_text: _builtins.str
     status: Global___CampaignStatus.ValueType
+    body_html: _builtins.str
+    """Optional HTML body. Or body_markdown instead of body_text and body_html: rendered to both."""
+    body_markdown: _builtins.str
+    reply_to: _builtins.str
+    """the manager's address; the sender is always the platform's no-reply"""
+    purpose: _contacts_pb2.ConsentPurpose.ValueType
+    """TARGETED_MESSAGES when unset"""
+    cap_action: Global___CapAction.ValueType
+    local_time: _builtins.bool
+    """Scheduled at the same wall-clock time in each contact's own time zone (contacts without
+    one use time_zone) rather than at one instant.
+    """
+    time_zone: _builtins.str
+    """IANA; the workspace's campaign setting when unset"""
+    holdout_percent: _builtins.int
+    """0-50: a random share of the audience receives nothing"""
+    status_reason: _builtins.str
+    """why it is paused or was cancelled, in a manager's words"""
     @_builtins.property
-    def segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Audience: the union of these segments (built-in or custom ids) and of the contacts with
+        any of tags_any, minus the members of exclude_segment_ids; each contact once.
+        """
+
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def scheduled_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def exclude_segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def tags_any(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def ab_test(self) -> Global___AbTest:
+        """absent: no A/B test"""
+
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def started_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -82,10 +232,25 @@ class Campaign(_message.Message):
         status: Global___CampaignStatus.ValueType = ...,
         created_at: _timestamp_pb2.Timestamp | None = ...,
         scheduled_at: _timestamp_pb2.Timestamp | None = ...,
+        exclude_segment_ids: _abc.Iterable[_builtins.str] | None = ...,
+        tags_any: _abc.Iterable[_builtins.str] | None = ...,
+        body_html: _builtins.str = ...,
+        body_markdown: _builtins.str = ...,
+        reply_to: _builtins.str = ...,
+        purpose: _contacts_pb2.ConsentPurpose.ValueType = ...,
+        cap_action: Global___CapAction.ValueType = ...,
+        local_time: _builtins.bool = ...,
+        time_zone: _builtins.str = ...,
+        ab_test: Global___AbTest | None = ...,
+        holdout_percent: _builtins.int = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        started_at: _timestamp_pb2.Timestamp | None = ...,
+        finished_at: _timestamp_pb2.Timestamp | None = ...,
+        status_reason: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "scheduled_at", b"scheduled_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ab_test", b"ab_test", "created_at", b"created_at", "finished_at", b"finished_at", "scheduled_at", b"scheduled_at", "started_at", b"started_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_text", b"body_text", "created_at", b"created_at", "id", b"id", "name", b"name", "scheduled_at", b"scheduled_at", "segment_ids", b"segment_ids", "status", b"status", "subject", b"subject", "workspace_id", b"workspace_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ab_test", b"ab_test", "body_html", b"body_html", "body_markdown", b"body_markdown", "body_text", b"body_text", "cap_action", b"cap_action", "created_at", b"created_at", "exclude_segment_ids", b"exclude_segment_ids", "finished_at", b"finished_at", "holdout_percent", b"holdout_percent", "id", b"id", "local_time", b"local_time", "name", b"name", "purpose", b"purpose", "reply_to", b"reply_to", "scheduled_at", b"scheduled_at", "segment_ids", b"segment_ids", "started_at", b"started_at", "status", b"status", "status_reason", b"status_reason", "subject", b"subject", "tags_any", b"tags_any", "time_zone", b"time_zone", "updated_at", b"updated_at", "workspace_id", b"workspace_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -99,11 +264,19 @@ class CreateCampaignRequest(_message.Message):
     SEGMENT_IDS_FIELD_NUMBER: _builtins.int
     SUBJECT_FIELD_NUMBER: _builtins.int
     BODY_TEXT_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     subject: _builtins.str
     body_text: _builtins.str
     @_builtins.property
     def segment_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def campaign(self) -> Global___Campaign:
+        """The other fields a manager may set (exclusions, tags, bodies, reply_to, purpose,
+        cap_action, time zone, local_time, A/B test, hold-out). Its name, segment_ids, subject and
+        body_text are ignored: the fields above carry them. id, status and times are ignored.
+        """
+
     def __init__(
         self,
         *,
@@ -111,10 +284,11 @@ class CreateCampaignRequest(_message.Message):
         segment_ids: _abc.Iterable[_builtins.str] | None = ...,
         subject: _builtins.str = ...,
         body_text: _builtins.str = ...,
+        campaign: Global___Campaign | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_text", b"body_text", "name", b"name", "segment_ids", b"segment_ids", "subject", b"subject"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_text", b"body_text", "campaign", b"campaign", "name", b"name", "segment_ids", b"segment_ids", "subject", b"subject"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,3 +397,949 @@ class ListCampaignsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListCampaignsResponse: _TypeAlias = ListCampaignsResponse  # noqa: Y015
+
+@_typing.final
+class UpdateCampaignRequest(_message.Message):
+    """Drafts only (FAILED_PRECONDITION otherwise)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def campaign(self) -> Global___Campaign:
+        """campaign.id names it"""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def __init__(
+        self,
+        *,
+        campaign: Global___Campaign | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign", b"campaign", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateCampaignRequest: _TypeAlias = UpdateCampaignRequest  # noqa: Y015
+
+@_typing.final
+class ExcludedCount(_message.Message):
+    """---------------------------------------------------------------- audience"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REASON_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    reason: _builtins.str
+    """"no_consent", "consent_withdrawn", "consent_pending", "suppressed", "no_email",
+    "frequency_cap", "excluded_segment", "holdout", "not_found"
+    """
+    count: _builtins.int
+    def __init__(
+        self,
+        *,
+        reason: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExcludedCount: _TypeAlias = ExcludedCount  # noqa: Y015
+
+@_typing.final
+class SegmentShare(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    ALSO_IN_OTHER_SOURCES_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """a segment id, or "tags" """
+    members: _builtins.int
+    also_in_other_sources: _builtins.int
+    """members also in another chosen source (sent once)"""
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        members: _builtins.int = ...,
+        also_in_other_sources: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["also_in_other_sources", b"also_in_other_sources", "members", b"members", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SegmentShare: _TypeAlias = SegmentShare  # noqa: Y015
+
+@_typing.final
+class AudiencePreview(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    ONLY_CONSENTED_FIELD_NUMBER: _builtins.int
+    NOT_CONSENTED_FIELD_NUMBER: _builtins.int
+    CONFIRMATION_REQUIRED_FIELD_NUMBER: _builtins.int
+    SENDING_SUSPENDED_FIELD_NUMBER: _builtins.int
+    SUSPENDED_REASON_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    members: _builtins.int
+    """distinct contacts in the chosen segments and tags, before exclusions"""
+    eligible: _builtins.int
+    """who would be mailed now"""
+    only_consented: _builtins.bool
+    """The workspace's "only consented" setting (contacts' consent_required_for_campaigns)."""
+    not_consented: _builtins.int
+    """With only_consented off: members without consent for the purpose who would be mailed;
+    SendCampaign must then carry confirm_not_consented equal to this number.
+    """
+    confirmation_required: _builtins.bool
+    sending_suspended: _builtins.bool
+    """the anti-spam guard: SendCampaign is refused"""
+    suspended_reason: _builtins.str
+    @_builtins.property
+    def excluded(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExcludedCount]:
+        """each contact counted once, under its first reason"""
+
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___SegmentShare]: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        members: _builtins.int = ...,
+        eligible: _builtins.int = ...,
+        excluded: _abc.Iterable[Global___ExcludedCount] | None = ...,
+        sources: _abc.Iterable[Global___SegmentShare] | None = ...,
+        only_consented: _builtins.bool = ...,
+        not_consented: _builtins.int = ...,
+        confirmation_required: _builtins.bool = ...,
+        sending_suspended: _builtins.bool = ...,
+        suspended_reason: _builtins.str = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "confirmation_required", b"confirmation_required", "eligible", b"eligible", "excluded", b"excluded", "members", b"members", "not_consented", b"not_consented", "only_consented", b"only_consented", "sending_suspended", b"sending_suspended", "sources", b"sources", "suspended_reason", b"suspended_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AudiencePreview: _TypeAlias = AudiencePreview  # noqa: Y015
+
+@_typing.final
+class PreviewAudienceRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewAudienceRequest: _TypeAlias = PreviewAudienceRequest  # noqa: Y015
+
+@_typing.final
+class ContentWarning(_message.Message):
+    """---------------------------------------------------------------- content"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CODE_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    code: _builtins.str
+    """"too_many_lines", "subject_without_workspace_name", "spam_like", "broken_personalisation",
+    "bad_link", "missing_default"
+    """
+    field: _builtins.str
+    """"subject", "body_text", "body_html", "body_markdown", "ab_test.subjects[1]" """
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        code: _builtins.str = ...,
+        field: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContentWarning: _TypeAlias = ContentWarning  # noqa: Y015
+
+@_typing.final
+class CheckContentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckContentRequest: _TypeAlias = CheckContentRequest  # noqa: Y015
+
+@_typing.final
+class CheckContentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WARNINGS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContentWarning]: ...
+    def __init__(
+        self,
+        *,
+        warnings: _abc.Iterable[Global___ContentWarning] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["warnings", b"warnings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckContentResponse: _TypeAlias = CheckContentResponse  # noqa: Y015
+
+@_typing.final
+class PreviewMessageRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    contact_id: _builtins.str
+    """empty: a sample contact with every field missing"""
+    variant: _builtins.int
+    """the A/B variant, from 0"""
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        variant: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewMessageRequest: _TypeAlias = PreviewMessageRequest  # noqa: Y015
+
+@_typing.final
+class PreviewMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    BODY_TEXT_FIELD_NUMBER: _builtins.int
+    BODY_HTML_FIELD_NUMBER: _builtins.int
+    FROM_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    body_text: _builtins.str
+    body_html: _builtins.str
+    reply_to: _builtins.str
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        body_text: _builtins.str = ...,
+        body_html: _builtins.str = ...,
+        reply_to: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body_html", b"body_html", "body_text", b"body_text", "from", b"from", "reply_to", b"reply_to", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PreviewMessageResponse: _TypeAlias = PreviewMessageResponse  # noqa: Y015
+
+@_typing.final
+class SendTestMessageRequest(_message.Message):
+    """To the manager's own address; marked as a test ("[Test]" subject), counted nowhere."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    VARIANT_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    email: _builtins.str
+    contact_id: _builtins.str
+    """whose data personalises it; empty: the sample contact"""
+    variant: _builtins.int
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        contact_id: _builtins.str = ...,
+        variant: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "email", b"email", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendTestMessageRequest: _TypeAlias = SendTestMessageRequest  # noqa: Y015
+
+@_typing.final
+class SendTestMessageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendTestMessageResponse: _TypeAlias = SendTestMessageResponse  # noqa: Y015
+
+@_typing.final
+class SendCampaignRequest(_message.Message):
+    """---------------------------------------------------------------- lifecycle
+
+    Draft -> scheduled (send_at set) or sending (send_at empty: now).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    SEND_AT_FIELD_NUMBER: _builtins.int
+    CONFIRM_NOT_CONSENTED_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    confirm_not_consented: _builtins.int
+    """Required when AudiencePreview.confirmation_required: the not_consented count the manager
+    saw. A different number is refused (the audience changed: look again).
+    """
+    @_builtins.property
+    def send_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        send_at: _timestamp_pb2.Timestamp | None = ...,
+        confirm_not_consented: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["send_at", b"send_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "confirm_not_consented", b"confirm_not_consented", "send_at", b"send_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SendCampaignRequest: _TypeAlias = SendCampaignRequest  # noqa: Y015
+
+@_typing.final
+class PauseCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PauseCampaignRequest: _TypeAlias = PauseCampaignRequest  # noqa: Y015
+
+@_typing.final
+class ResumeCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResumeCampaignRequest: _TypeAlias = ResumeCampaignRequest  # noqa: Y015
+
+@_typing.final
+class CancelCampaignRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CancelCampaignRequest: _TypeAlias = CancelCampaignRequest  # noqa: Y015
+
+@_typing.final
+class Transition(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FROM_STATUS_FIELD_NUMBER: _builtins.int
+    TO_STATUS_FIELD_NUMBER: _builtins.int
+    ACTOR_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    from_status: Global___CampaignStatus.ValueType
+    to_status: Global___CampaignStatus.ValueType
+    actor: _builtins.str
+    """"api_key:<key id>", "manager:<id>", "system:scheduler", ..."""
+    note: _builtins.str
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        from_status: Global___CampaignStatus.ValueType = ...,
+        to_status: Global___CampaignStatus.ValueType = ...,
+        actor: _builtins.str = ...,
+        note: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "from_status", b"from_status", "note", b"note", "to_status", b"to_status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Transition: _TypeAlias = Transition  # noqa: Y015
+
+@_typing.final
+class ListTransitionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransitionsRequest: _TypeAlias = ListTransitionsRequest  # noqa: Y015
+
+@_typing.final
+class ListTransitionsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSITIONS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transitions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Transition]:
+        """oldest first"""
+
+    def __init__(
+        self,
+        *,
+        transitions: _abc.Iterable[Global___Transition] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["transitions", b"transitions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListTransitionsResponse: _TypeAlias = ListTransitionsResponse  # noqa: Y015
+
+@_typing.final
+class CampaignSettings(_message.Message):
+    """Per workspace."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FREQUENCY_CAP_MESSAGES_FIELD_NUMBER: _builtins.int
+    FREQUENCY_CAP_DAYS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    frequency_cap_messages: _builtins.int
+    """at most this many targeted messages per contact..."""
+    frequency_cap_days: _builtins.int
+    """...per this many days; default 1 per 30"""
+    time_zone: _builtins.str
+    """IANA; default "UTC" """
+    def __init__(
+        self,
+        *,
+        frequency_cap_messages: _builtins.int = ...,
+        frequency_cap_days: _builtins.int = ...,
+        time_zone: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["frequency_cap_days", b"frequency_cap_days", "frequency_cap_messages", b"frequency_cap_messages", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignSettings: _TypeAlias = CampaignSettings  # noqa: Y015
+
+@_typing.final
+class GetCampaignSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCampaignSettingsRequest: _TypeAlias = GetCampaignSettingsRequest  # noqa: Y015
+
+@_typing.final
+class UpdateCampaignSettingsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SETTINGS_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def settings(self) -> Global___CampaignSettings: ...
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def __init__(
+        self,
+        *,
+        settings: Global___CampaignSettings | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["settings", b"settings", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateCampaignSettingsRequest: _TypeAlias = UpdateCampaignSettingsRequest  # noqa: Y015
+
+@_typing.final
+class Engagement(_message.Message):
+    """---------------------------------------------------------------- report"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UNIQUE_HUMAN_FIELD_NUMBER: _builtins.int
+    UNIQUE_MACHINE_FIELD_NUMBER: _builtins.int
+    TOTAL_HUMAN_FIELD_NUMBER: _builtins.int
+    TOTAL_MACHINE_FIELD_NUMBER: _builtins.int
+    UNIQUE_HUMAN_RATE_FIELD_NUMBER: _builtins.int
+    unique_human: _builtins.int
+    unique_machine: _builtins.int
+    total_human: _builtins.int
+    total_machine: _builtins.int
+    unique_human_rate: _builtins.float
+    """unique_human / delivered"""
+    def __init__(
+        self,
+        *,
+        unique_human: _builtins.int = ...,
+        unique_machine: _builtins.int = ...,
+        total_human: _builtins.int = ...,
+        total_machine: _builtins.int = ...,
+        unique_human_rate: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["total_human", b"total_human", "total_machine", b"total_machine", "unique_human", b"unique_human", "unique_human_rate", b"unique_human_rate", "unique_machine", b"unique_machine"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Engagement: _TypeAlias = Engagement  # noqa: Y015
+
+@_typing.final
+class Money(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_MINOR_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    amount_minor: _builtins.int
+    currency: _builtins.str
+    def __init__(
+        self,
+        *,
+        amount_minor: _builtins.int = ...,
+        currency: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_minor", b"amount_minor", "currency", b"currency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Money: _TypeAlias = Money  # noqa: Y015
+
+@_typing.final
+class Attribution(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDERS_FIELD_NUMBER: _builtins.int
+    REVENUE_FIELD_NUMBER: _builtins.int
+    orders: _builtins.int
+    """orders placed within 5 days of an open or click of the campaign's mail"""
+    @_builtins.property
+    def revenue(self) -> _containers.RepeatedCompositeFieldContainer[Global___Money]:
+        """one per currency"""
+
+    def __init__(
+        self,
+        *,
+        orders: _builtins.int = ...,
+        revenue: _abc.Iterable[Global___Money] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders", "revenue", b"revenue"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attribution: _TypeAlias = Attribution  # noqa: Y015
+
+@_typing.final
+class VariantReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VARIANT_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    CLICKED_FIELD_NUMBER: _builtins.int
+    ORDERS_FIELD_NUMBER: _builtins.int
+    variant: _builtins.int
+    """-1: the winner's send to the rest"""
+    subject: _builtins.str
+    sent: _builtins.int
+    delivered: _builtins.int
+    @_builtins.property
+    def opened(self) -> Global___Engagement: ...
+    @_builtins.property
+    def clicked(self) -> Global___Engagement: ...
+    @_builtins.property
+    def orders(self) -> Global___Attribution: ...
+    def __init__(
+        self,
+        *,
+        variant: _builtins.int = ...,
+        subject: _builtins.str = ...,
+        sent: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        opened: Global___Engagement | None = ...,
+        clicked: Global___Engagement | None = ...,
+        orders: Global___Attribution | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["clicked", b"clicked", "opened", b"opened", "orders", b"orders"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clicked", b"clicked", "delivered", b"delivered", "opened", b"opened", "orders", b"orders", "sent", b"sent", "subject", b"subject", "variant", b"variant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VariantReport: _TypeAlias = VariantReport  # noqa: Y015
+
+@_typing.final
+class HoldoutReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    ORDERS_FIELD_NUMBER: _builtins.int
+    ORDER_RATE_FIELD_NUMBER: _builtins.int
+    LIFT_FIELD_NUMBER: _builtins.int
+    contacts: _builtins.int
+    order_rate: _builtins.float
+    """orders / contacts (a holdout contact's orders within the window)"""
+    lift: _builtins.float
+    """recipients' order rate / holdout's - 1; 0 when undefined"""
+    @_builtins.property
+    def orders(self) -> Global___Attribution: ...
+    def __init__(
+        self,
+        *,
+        contacts: _builtins.int = ...,
+        orders: Global___Attribution | None = ...,
+        order_rate: _builtins.float = ...,
+        lift: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["orders", b"orders"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "lift", b"lift", "order_rate", b"order_rate", "orders", b"orders"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HoldoutReport: _TypeAlias = HoldoutReport  # noqa: Y015
+
+@_typing.final
+class CampaignReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    AUDIENCE_FIELD_NUMBER: _builtins.int
+    EXCLUDED_FIELD_NUMBER: _builtins.int
+    SENT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    DEFERRED_FIELD_NUMBER: _builtins.int
+    BOUNCED_FIELD_NUMBER: _builtins.int
+    COMPLAINED_FIELD_NUMBER: _builtins.int
+    UNKNOWN_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    OPENED_FIELD_NUMBER: _builtins.int
+    CLICKED_FIELD_NUMBER: _builtins.int
+    UNSUBSCRIBED_FIELD_NUMBER: _builtins.int
+    DELIVERY_RATE_FIELD_NUMBER: _builtins.int
+    BOUNCE_RATE_FIELD_NUMBER: _builtins.int
+    COMPLAINT_RATE_FIELD_NUMBER: _builtins.int
+    UNSUBSCRIBE_RATE_FIELD_NUMBER: _builtins.int
+    CLICK_TO_OPEN_RATE_FIELD_NUMBER: _builtins.int
+    ORDERS_FIELD_NUMBER: _builtins.int
+    VARIANTS_FIELD_NUMBER: _builtins.int
+    HOLDOUT_FIELD_NUMBER: _builtins.int
+    FINAL_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    status: Global___CampaignStatus.ValueType
+    audience: _builtins.int
+    sent: _builtins.int
+    """requested from delivery"""
+    delivered: _builtins.int
+    """accepted by the SMTP server"""
+    deferred: _builtins.int
+    """waiting for another attempt now"""
+    bounced: _builtins.int
+    complained: _builtins.int
+    unknown: _builtins.int
+    failed: _builtins.int
+    skipped: _builtins.int
+    """refused by delivery's own check (withdrawn since the fan-out)"""
+    unsubscribed: _builtins.int
+    delivery_rate: _builtins.float
+    bounce_rate: _builtins.float
+    complaint_rate: _builtins.float
+    unsubscribe_rate: _builtins.float
+    click_to_open_rate: _builtins.float
+    final: _builtins.bool
+    """sent, and no message is still waiting for an outcome"""
+    @_builtins.property
+    def excluded(self) -> _containers.RepeatedCompositeFieldContainer[Global___ExcludedCount]: ...
+    @_builtins.property
+    def opened(self) -> Global___Engagement: ...
+    @_builtins.property
+    def clicked(self) -> Global___Engagement: ...
+    @_builtins.property
+    def orders(self) -> Global___Attribution: ...
+    @_builtins.property
+    def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantReport]: ...
+    @_builtins.property
+    def holdout(self) -> Global___HoldoutReport: ...
+    @_builtins.property
+    def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        status: Global___CampaignStatus.ValueType = ...,
+        audience: _builtins.int = ...,
+        excluded: _abc.Iterable[Global___ExcludedCount] | None = ...,
+        sent: _builtins.int = ...,
+        delivered: _builtins.int = ...,
+        deferred: _builtins.int = ...,
+        bounced: _builtins.int = ...,
+        complained: _builtins.int = ...,
+        unknown: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        skipped: _builtins.int = ...,
+        opened: Global___Engagement | None = ...,
+        clicked: Global___Engagement | None = ...,
+        unsubscribed: _builtins.int = ...,
+        delivery_rate: _builtins.float = ...,
+        bounce_rate: _builtins.float = ...,
+        complaint_rate: _builtins.float = ...,
+        unsubscribe_rate: _builtins.float = ...,
+        click_to_open_rate: _builtins.float = ...,
+        orders: Global___Attribution | None = ...,
+        variants: _abc.Iterable[Global___VariantReport] | None = ...,
+        holdout: Global___HoldoutReport | None = ...,
+        final: _builtins.bool = ...,
+        as_of: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "clicked", b"clicked", "holdout", b"holdout", "opened", b"opened", "orders", b"orders"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "audience", b"audience", "bounce_rate", b"bounce_rate", "bounced", b"bounced", "campaign_id", b"campaign_id", "click_to_open_rate", b"click_to_open_rate", "clicked", b"clicked", "complained", b"complained", "complaint_rate", b"complaint_rate", "deferred", b"deferred", "delivered", b"delivered", "delivery_rate", b"delivery_rate", "excluded", b"excluded", "failed", b"failed", "final", b"final", "holdout", b"holdout", "opened", b"opened", "orders", b"orders", "sent", b"sent", "skipped", b"skipped", "status", b"status", "unknown", b"unknown", "unsubscribe_rate", b"unsubscribe_rate", "unsubscribed", b"unsubscribed", "variants", b"variants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignReport: _TypeAlias = CampaignReport  # noqa: Y015
+
+@_typing.final
+class GetCampaignReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCampaignReportRequest: _TypeAlias = GetCampaignReportRequest  # noqa: Y015
+
+@_typing.final
+class ListEngagedNonBuyersRequest(_message.Message):
+    """Seed 003's call list: contacts who opened or clicked (human) and placed no order within
+    the attribution window. Keyset pages in contact id order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    page_size: _builtins.int
+    """1-5,000; 500 when unset"""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEngagedNonBuyersRequest: _TypeAlias = ListEngagedNonBuyersRequest  # noqa: Y015
+
+@_typing.final
+class EngagedContact(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    FIRST_NAME_FIELD_NUMBER: _builtins.int
+    LAST_NAME_FIELD_NUMBER: _builtins.int
+    FIRST_OPENED_AT_FIELD_NUMBER: _builtins.int
+    FIRST_CLICKED_AT_FIELD_NUMBER: _builtins.int
+    CLICKS_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    email: _builtins.str
+    first_name: _builtins.str
+    last_name: _builtins.str
+    clicks: _builtins.int
+    @_builtins.property
+    def first_opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def first_clicked_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        first_name: _builtins.str = ...,
+        last_name: _builtins.str = ...,
+        first_opened_at: _timestamp_pb2.Timestamp | None = ...,
+        first_clicked_at: _timestamp_pb2.Timestamp | None = ...,
+        clicks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_clicked_at", b"first_clicked_at", "first_opened_at", b"first_opened_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["clicks", b"clicks", "contact_id", b"contact_id", "email", b"email", "first_clicked_at", b"first_clicked_at", "first_name", b"first_name", "first_opened_at", b"first_opened_at", "last_name", b"last_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EngagedContact: _TypeAlias = EngagedContact  # noqa: Y015
+
+@_typing.final
+class ListEngagedNonBuyersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def contacts(self) -> _containers.RepeatedCompositeFieldContainer[Global___EngagedContact]: ...
+    def __init__(
+        self,
+        *,
+        contacts: _abc.Iterable[Global___EngagedContact] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contacts", b"contacts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEngagedNonBuyersResponse: _TypeAlias = ListEngagedNonBuyersResponse  # noqa: Y015

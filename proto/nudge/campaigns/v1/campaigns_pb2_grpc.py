@@ -49,6 +49,76 @@ class CampaignServiceStub:
                 request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsRequest.SerializeToString,
                 response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsResponse.FromString,
                 _registered_method=True)
+        self.UpdateCampaign = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/UpdateCampaign',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.PreviewAudience = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/PreviewAudience',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewAudienceRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.AudiencePreview.FromString,
+                _registered_method=True)
+        self.CheckContent = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/CheckContent',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CheckContentRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CheckContentResponse.FromString,
+                _registered_method=True)
+        self.PreviewMessage = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/PreviewMessage',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewMessageRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewMessageResponse.FromString,
+                _registered_method=True)
+        self.SendTestMessage = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/SendTestMessage',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.FromString,
+                _registered_method=True)
+        self.SendCampaign = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/SendCampaign',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendCampaignRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.PauseCampaign = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/PauseCampaign',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PauseCampaignRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.ResumeCampaign = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/ResumeCampaign',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ResumeCampaignRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.CancelCampaign = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/CancelCampaign',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CancelCampaignRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+                _registered_method=True)
+        self.ListTransitions = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/ListTransitions',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTransitionsRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTransitionsResponse.FromString,
+                _registered_method=True)
+        self.GetCampaignSettings = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/GetCampaignSettings',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignSettingsRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignSettings.FromString,
+                _registered_method=True)
+        self.UpdateCampaignSettings = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/UpdateCampaignSettings',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignSettingsRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignSettings.FromString,
+                _registered_method=True)
+        self.GetCampaignReport = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/GetCampaignReport',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignReportRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReport.FromString,
+                _registered_method=True)
+        self.ListEngagedNonBuyers = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/ListEngagedNonBuyers',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersResponse.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -72,6 +142,90 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewAudience(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckContent(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PreviewMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendTestMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SendCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelCampaign(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTransitions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCampaignSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateCampaignSettings(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCampaignReport(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEngagedNonBuyers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -89,6 +243,76 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.ListCampaigns,
                     request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsRequest.FromString,
                     response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsResponse.SerializeToString,
+            ),
+            'UpdateCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCampaign,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'PreviewAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewAudience,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewAudienceRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.AudiencePreview.SerializeToString,
+            ),
+            'CheckContent': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckContent,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CheckContentRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CheckContentResponse.SerializeToString,
+            ),
+            'PreviewMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewMessage,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewMessageRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewMessageResponse.SerializeToString,
+            ),
+            'SendTestMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendTestMessage,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.SerializeToString,
+            ),
+            'SendCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendCampaign,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendCampaignRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'PauseCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseCampaign,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PauseCampaignRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'ResumeCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeCampaign,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ResumeCampaignRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'CancelCampaign': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelCampaign,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CancelCampaignRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.SerializeToString,
+            ),
+            'ListTransitions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTransitions,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTransitionsRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTransitionsResponse.SerializeToString,
+            ),
+            'GetCampaignSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaignSettings,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignSettingsRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignSettings.SerializeToString,
+            ),
+            'UpdateCampaignSettings': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateCampaignSettings,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignSettingsRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignSettings.SerializeToString,
+            ),
+            'GetCampaignReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaignReport,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignReportRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReport.SerializeToString,
+            ),
+            'ListEngagedNonBuyers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEngagedNonBuyers,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -172,6 +396,384 @@ class CampaignService:
             '/nudge.campaigns.v1.CampaignService/ListCampaigns',
             nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsRequest.SerializeToString,
             nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListCampaignsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/UpdateCampaign',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/PreviewAudience',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewAudienceRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.AudiencePreview.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckContent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/CheckContent',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CheckContentRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CheckContentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/PreviewMessage',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewMessageRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PreviewMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendTestMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/SendTestMessage',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendTestMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/SendCampaign',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.SendCampaignRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/PauseCampaign',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.PauseCampaignRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/ResumeCampaign',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ResumeCampaignRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelCampaign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/CancelCampaign',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CancelCampaignRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.Campaign.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTransitions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/ListTransitions',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTransitionsRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListTransitionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaignSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/GetCampaignSettings',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignSettingsRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateCampaignSettings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/UpdateCampaignSettings',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.UpdateCampaignSettingsRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignSettings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaignReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/GetCampaignReport',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignReportRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignReport.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEngagedNonBuyers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/ListEngagedNonBuyers',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -36,6 +36,20 @@ class CampaignServiceStub:
     CreateCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.CreateCampaignRequest, _campaigns_pb2.CreateCampaignResponse]
     GetCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignRequest, _campaigns_pb2.GetCampaignResponse]
     ListCampaigns: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ListCampaignsRequest, _campaigns_pb2.ListCampaignsResponse]
+    UpdateCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.UpdateCampaignRequest, _campaigns_pb2.Campaign]
+    PreviewAudience: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.PreviewAudienceRequest, _campaigns_pb2.AudiencePreview]
+    CheckContent: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.CheckContentRequest, _campaigns_pb2.CheckContentResponse]
+    PreviewMessage: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.PreviewMessageRequest, _campaigns_pb2.PreviewMessageResponse]
+    SendTestMessage: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.SendTestMessageRequest, _campaigns_pb2.SendTestMessageResponse]
+    SendCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.SendCampaignRequest, _campaigns_pb2.Campaign]
+    PauseCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.PauseCampaignRequest, _campaigns_pb2.Campaign]
+    ResumeCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ResumeCampaignRequest, _campaigns_pb2.Campaign]
+    CancelCampaign: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.CancelCampaignRequest, _campaigns_pb2.Campaign]
+    ListTransitions: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ListTransitionsRequest, _campaigns_pb2.ListTransitionsResponse]
+    GetCampaignSettings: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignSettingsRequest, _campaigns_pb2.CampaignSettings]
+    UpdateCampaignSettings: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.UpdateCampaignSettingsRequest, _campaigns_pb2.CampaignSettings]
+    GetCampaignReport: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignReportRequest, _campaigns_pb2.CampaignReport]
+    ListEngagedNonBuyers: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ListEngagedNonBuyersRequest, _campaigns_pb2.ListEngagedNonBuyersResponse]
 
 @_typing.type_check_only
 class CampaignServiceAsyncStub(CampaignServiceStub):
@@ -43,6 +57,20 @@ class CampaignServiceAsyncStub(CampaignServiceStub):
     CreateCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.CreateCampaignRequest, _campaigns_pb2.CreateCampaignResponse]  # type: ignore[assignment]
     GetCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignRequest, _campaigns_pb2.GetCampaignResponse]  # type: ignore[assignment]
     ListCampaigns: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ListCampaignsRequest, _campaigns_pb2.ListCampaignsResponse]  # type: ignore[assignment]
+    UpdateCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.UpdateCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    PreviewAudience: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.PreviewAudienceRequest, _campaigns_pb2.AudiencePreview]  # type: ignore[assignment]
+    CheckContent: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.CheckContentRequest, _campaigns_pb2.CheckContentResponse]  # type: ignore[assignment]
+    PreviewMessage: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.PreviewMessageRequest, _campaigns_pb2.PreviewMessageResponse]  # type: ignore[assignment]
+    SendTestMessage: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.SendTestMessageRequest, _campaigns_pb2.SendTestMessageResponse]  # type: ignore[assignment]
+    SendCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.SendCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    PauseCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.PauseCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    ResumeCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ResumeCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    CancelCampaign: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.CancelCampaignRequest, _campaigns_pb2.Campaign]  # type: ignore[assignment]
+    ListTransitions: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ListTransitionsRequest, _campaigns_pb2.ListTransitionsResponse]  # type: ignore[assignment]
+    GetCampaignSettings: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignSettingsRequest, _campaigns_pb2.CampaignSettings]  # type: ignore[assignment]
+    UpdateCampaignSettings: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.UpdateCampaignSettingsRequest, _campaigns_pb2.CampaignSettings]  # type: ignore[assignment]
+    GetCampaignReport: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignReportRequest, _campaigns_pb2.CampaignReport]  # type: ignore[assignment]
+    ListEngagedNonBuyers: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ListEngagedNonBuyersRequest, _campaigns_pb2.ListEngagedNonBuyersResponse]  # type: ignore[assignment]
 
 class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -65,5 +93,103 @@ class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _campaigns_pb2.ListCampaignsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_campaigns_pb2.ListCampaignsResponse, _abc.Awaitable[_campaigns_pb2.ListCampaignsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateCampaign(
+        self,
+        request: _campaigns_pb2.UpdateCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]: ...
+
+    @_abc_1.abstractmethod
+    def PreviewAudience(
+        self,
+        request: _campaigns_pb2.PreviewAudienceRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.AudiencePreview, _abc.Awaitable[_campaigns_pb2.AudiencePreview]]: ...
+
+    @_abc_1.abstractmethod
+    def CheckContent(
+        self,
+        request: _campaigns_pb2.CheckContentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.CheckContentResponse, _abc.Awaitable[_campaigns_pb2.CheckContentResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PreviewMessage(
+        self,
+        request: _campaigns_pb2.PreviewMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.PreviewMessageResponse, _abc.Awaitable[_campaigns_pb2.PreviewMessageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendTestMessage(
+        self,
+        request: _campaigns_pb2.SendTestMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.SendTestMessageResponse, _abc.Awaitable[_campaigns_pb2.SendTestMessageResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def SendCampaign(
+        self,
+        request: _campaigns_pb2.SendCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]: ...
+
+    @_abc_1.abstractmethod
+    def PauseCampaign(
+        self,
+        request: _campaigns_pb2.PauseCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]: ...
+
+    @_abc_1.abstractmethod
+    def ResumeCampaign(
+        self,
+        request: _campaigns_pb2.ResumeCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]: ...
+
+    @_abc_1.abstractmethod
+    def CancelCampaign(
+        self,
+        request: _campaigns_pb2.CancelCampaignRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.Campaign, _abc.Awaitable[_campaigns_pb2.Campaign]]: ...
+
+    @_abc_1.abstractmethod
+    def ListTransitions(
+        self,
+        request: _campaigns_pb2.ListTransitionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.ListTransitionsResponse, _abc.Awaitable[_campaigns_pb2.ListTransitionsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCampaignSettings(
+        self,
+        request: _campaigns_pb2.GetCampaignSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.CampaignSettings, _abc.Awaitable[_campaigns_pb2.CampaignSettings]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateCampaignSettings(
+        self,
+        request: _campaigns_pb2.UpdateCampaignSettingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.CampaignSettings, _abc.Awaitable[_campaigns_pb2.CampaignSettings]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCampaignReport(
+        self,
+        request: _campaigns_pb2.GetCampaignReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.CampaignReport, _abc.Awaitable[_campaigns_pb2.CampaignReport]]: ...
+
+    @_abc_1.abstractmethod
+    def ListEngagedNonBuyers(
+        self,
+        request: _campaigns_pb2.ListEngagedNonBuyersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.ListEngagedNonBuyersResponse, _abc.Awaitable[_campaigns_pb2.ListEngagedNonBuyersResponse]]: ...
 
 def add_CampaignServiceServicer_to_server(servicer: CampaignServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -76,6 +76,10 @@ class _MessageKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageKi
     MESSAGE_KIND_TRANSACTIONAL: _MessageKind.ValueType  # 1
     MESSAGE_KIND_CAMPAIGN: _MessageKind.ValueType  # 2
     MESSAGE_KIND_AUTOMATION: _MessageKind.ValueType  # 3
+    MESSAGE_KIND_TEST: _MessageKind.ValueType  # 4
+    """A campaign's test send to the manager's own address (test_recipient): no consent check,
+    no tracking, "[Test]" before the subject, counted nowhere.
+    """
 
 class MessageKind(_MessageKind, metaclass=_MessageKindEnumTypeWrapper): ...
 
@@ -83,6 +87,10 @@ MESSAGE_KIND_UNSPECIFIED: MessageKind.ValueType  # 0
 MESSAGE_KIND_TRANSACTIONAL: MessageKind.ValueType  # 1
 MESSAGE_KIND_CAMPAIGN: MessageKind.ValueType  # 2
 MESSAGE_KIND_AUTOMATION: MessageKind.ValueType  # 3
+MESSAGE_KIND_TEST: MessageKind.ValueType  # 4
+"""A campaign's test send to the manager's own address (test_recipient): no consent check,
+no tracking, "[Test]" before the subject, counted nowhere.
+"""
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
 @_typing.final
@@ -271,6 +279,9 @@ class DeliveryRequested(_message.Message):
     VARS_FIELD_NUMBER: _builtins.int
     CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
     WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    TEST_RECIPIENT_FIELD_NUMBER: _builtins.int
+    FROM_NAME_FIELD_NUMBER: _builtins.int
+    REPLY_TO_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Deterministic (uuid5 of what caused it), so a replayed cause asks for the same message."""
     contact_id: _builtins.str
@@ -278,6 +289,13 @@ class DeliveryRequested(_message.Message):
     purpose: _contacts_pb2.ConsentPurpose.ValueType
     campaign_id: _builtins.str
     workflow_id: _builtins.str
+    test_recipient: _builtins.str
+    """MESSAGE_KIND_TEST only: the address to send to"""
+    from_name: _builtins.str
+    """The sender's display name and Reply-To (campaigns: the workspace's name and the manager's
+    address); empty: the workspace's name and none.
+    """
+    reply_to: _builtins.str
     @_builtins.property
     def content(self) -> Global___MessageContent: ...
     @_builtins.property
@@ -293,10 +311,13 @@ class DeliveryRequested(_message.Message):
         vars: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         campaign_id: _builtins.str = ...,
         workflow_id: _builtins.str = ...,
+        test_recipient: _builtins.str = ...,
+        from_name: _builtins.str = ...,
+        reply_to: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "content", b"content", "kind", b"kind", "message_id", b"message_id", "purpose", b"purpose", "vars", b"vars", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "content", b"content", "from_name", b"from_name", "kind", b"kind", "message_id", b"message_id", "purpose", b"purpose", "reply_to", b"reply_to", "test_recipient", b"test_recipient", "vars", b"vars", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
