@@ -1,8 +1,9 @@
-"""The composition root of the campaigns service: pool, segmentation client, gRPC server.
+"""The composition root of the campaigns service: pool, channels, the parts' background work,
+gRPC server.
 
-Nothing is published yet (sending is a later issue), so there is no Kafka client or outbox
-relay here; they arrive with ``delivery.requests.v1``, started with ``service.spawn`` so
-that the service stops when one of them dies, as the other services do.
+Each part (fan-out, scheduler, report consumers) starts its own background work from
+``Ports`` in its ``start_*`` function below, with ``service.spawn`` so that the service stops
+when one of them dies, as the other services do.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from services.campaigns.adapters.postgres import SCHEMA
 from services.campaigns.adapters.segmentation import SegmentCatalogue
 from services.campaigns.config import Settings
 from services.campaigns.entrypoints.grpc import CampaignServicer
+from services.campaigns.ports import Ports
 from services.common import runtime
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
@@ -44,12 +46,22 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(contacts.close)
     segmentation = channel(settings.segmentation_addr)
     service.push(segmentation.close)
+    delivery = channel(settings.delivery_addr)
+    service.push(delivery.close)
+    ports = Ports(
+        settings=settings,
+        pool=pool,
+        contacts=contacts,
+        segmentation=segmentation,
+        delivery=delivery,
+        segments=SegmentCatalogue(segmentation, settings.internal_token),
+    )
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
             (
                 campaigns_pb2_grpc.add_CampaignServiceServicer_to_server,
-                CampaignServicer(pool, SegmentCatalogue(segmentation, settings.internal_token)),
+                CampaignServicer(ports),  # type: ignore[abstract]  # until every part lands (issue 15)
                 SERVICE_NAME,
             ),
             (

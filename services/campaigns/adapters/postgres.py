@@ -84,3 +84,53 @@ async def list_campaigns(
         after.id,
         limit,
     )
+
+
+async def transition(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    campaign_id: uuid.UUID,
+    allowed_from: tuple[Status, ...],
+    to: Status,
+    actor: str,
+    note: str,
+    now: datetime,
+    *,
+    status_reason: str = "",
+) -> Status | None:
+    """Moves the campaign to ``to`` if its status is one of ``allowed_from`` (compare and set,
+    so two callers racing cannot both move it) and records who did it; the status it left, or
+    None when it was not in ``allowed_from`` (nothing written). Run it inside the caller's
+    transaction when other writes must commit with the move."""
+    async with conn.transaction():
+        row = await conn.fetchrow(
+            "SELECT status FROM campaigns WHERE workspace_id = $1 AND id = $2 FOR UPDATE",
+            uuid.UUID(workspace_id),
+            campaign_id,
+        )
+        if row is None or row["status"] not in allowed_from:
+            return None
+        before = Status(row["status"])
+        await conn.execute(
+            "UPDATE campaigns SET status = $3, status_reason = $4, updated_at = $5,"
+            " started_at = CASE WHEN $3 = 3 THEN coalesce(started_at, $5) ELSE started_at END,"
+            " finished_at = CASE WHEN $3 IN (4, 5) THEN $5 ELSE finished_at END"
+            " WHERE workspace_id = $1 AND id = $2",
+            uuid.UUID(workspace_id),
+            campaign_id,
+            int(to),
+            status_reason,
+            now,
+        )
+        await conn.execute(
+            "INSERT INTO transitions (workspace_id, campaign_id, from_status, to_status, actor,"
+            " note, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            uuid.UUID(workspace_id),
+            campaign_id,
+            int(before),
+            int(to),
+            actor,
+            note,
+            now,
+        )
+        return before

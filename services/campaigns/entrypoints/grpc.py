@@ -1,22 +1,37 @@
-"""gRPC servicer of the campaigns service: decode, call a handler, encode. No rules here."""
+"""gRPC servicer of the campaigns service: decode, call a handler, encode. No rules here.
+
+The methods live in one mixin per part of the service (drafts here; audience, content,
+lifecycle and report in their ``*_rpc.py`` modules), so that each part's transport sits next
+to the others' without one file growing without bound."""
 
 from __future__ import annotations
 
-import asyncpg
 import grpc
 from nudge.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from services.campaigns import handlers
 from services.campaigns.domain.model import NewCampaign
+from services.campaigns.entrypoints.audience_rpc import AudienceRpcs
+from services.campaigns.entrypoints.content_rpc import ContentRpcs
+from services.campaigns.entrypoints.lifecycle_rpc import LifecycleRpcs
+from services.campaigns.entrypoints.report_rpc import ReportRpcs
+from services.campaigns.ports import Ports
 from services.common.auth import current_workspace
 
 
-class CampaignServicer(campaigns_pb2_grpc.CampaignServiceServicer):
-    """Drafts of the caller's workspace: create, read, list."""
+class CampaignServicer(
+    AudienceRpcs,
+    ContentRpcs,
+    LifecycleRpcs,
+    ReportRpcs,
+    campaigns_pb2_grpc.CampaignServiceServicer,
+):
+    """Campaigns of the caller's workspace."""
 
-    def __init__(self, pool: asyncpg.Pool, segments: handlers.SegmentCatalogue) -> None:
-        self.pool = pool
-        self.segments = segments
+    def __init__(self, ports: Ports) -> None:
+        self.ports = ports
+        self.pool = ports.pool
+        self.segments = ports.segments
 
     async def CreateCampaign(
         self, request: campaigns_pb2.CreateCampaignRequest, context: grpc.aio.ServicerContext

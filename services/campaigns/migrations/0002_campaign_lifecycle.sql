@@ -44,7 +44,8 @@ CREATE TABLE settings (
 );
 
 -- One row per (campaign, contact) the fan-out reached: mailed (excluded IS NULL, message_id
--- is the deterministic id sent to delivery) or left out (excluded names the reason). The
+-- is the deterministic id sent to delivery) or left out (excluded names the reason, the
+-- hold-out included: excluded = 'holdout'). The
 -- frequency cap counts a contact's mailed rows; the report's counters are columns added by
 -- the report's migrations, updated idempotently from delivery and tracking events.
 CREATE TABLE recipients (
@@ -52,7 +53,7 @@ CREATE TABLE recipients (
     campaign_id   uuid        NOT NULL,
     contact_id    uuid        NOT NULL,
     message_id    uuid        NOT NULL,
-    variant       smallint    NOT NULL DEFAULT 0,  -- A/B variant from 0; -1 the hold-out
+    variant       smallint    NOT NULL DEFAULT 0,  -- A/B variant from 0; -1 the rest (winner)
     excluded      text,                            -- ExcludedCount.reason; NULL: mailed
     due_at        timestamptz,                     -- deferred (frequency cap, local time)
     requested_at  timestamptz,                     -- handed to delivery.requests.v1
