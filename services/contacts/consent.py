@@ -500,6 +500,7 @@ def _eligibility_answer(
         last_name=facts["last_name"],
         locale=facts["locale"],
         workspace_name=facts["workspace_name"],
+        time_zone=facts["time_zone"],
     )
 
 

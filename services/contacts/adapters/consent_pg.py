@@ -132,8 +132,8 @@ async def eligibility_facts(
     """What CheckEligibility decides on, in one query: the contact, its consent for
     ``purpose``, whether its address is suppressed (by keyed hash) and the workspace's rule."""
     return await conn.fetchrow(
-        "SELECT c.email, c.first_name, c.last_name, c.locale, w.name AS workspace_name,"
-        " w.consent_required_for_campaigns,"
+        "SELECT c.email, c.first_name, c.last_name, c.locale, c.time_zone,"
+        " w.name AS workspace_name, w.consent_required_for_campaigns,"
         " (SELECT s.status FROM consents s WHERE s.workspace_id = c.workspace_id"
         "   AND s.contact_id = c.id AND s.purpose = $3) AS consent,"
         f" {suppressed_reason_sql('c', 'w')} AS suppressed_reason"
@@ -155,7 +155,8 @@ async def eligibility_facts_many(
     order given (None where the contact is not in this workspace): the pairs are joined as
     an ``unnest`` with their position, so a batch costs one round trip and one plan."""
     rows = await conn.fetch(
-        "SELECT q.n, c.email, c.first_name, c.last_name, c.locale, w.name AS workspace_name,"
+        "SELECT q.n, c.email, c.first_name, c.last_name, c.locale, c.time_zone,"
+        " w.name AS workspace_name,"
         " w.consent_required_for_campaigns,"
         " (SELECT s.status FROM consents s WHERE s.workspace_id = c.workspace_id"
         "   AND s.contact_id = c.id AND s.purpose = q.purpose) AS consent,"

@@ -644,6 +644,7 @@ class CheckEligibilityResponse(_message.Message):
     LAST_NAME_FIELD_NUMBER: _builtins.int
     LOCALE_FIELD_NUMBER: _builtins.int
     WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
     eligible: _builtins.bool
     reason: _builtins.str
     """why not: "suppressed:hard_bounce", "no_consent:marketing", "no_email" """
@@ -652,6 +653,8 @@ class CheckEligibilityResponse(_message.Message):
     last_name: _builtins.str
     locale: _builtins.str
     workspace_name: _builtins.str
+    time_zone: _builtins.str
+    """the contact's IANA zone, empty when unknown (campaigns' local time)"""
     def __init__(
         self,
         *,
@@ -662,10 +665,11 @@ class CheckEligibilityResponse(_message.Message):
         last_name: _builtins.str = ...,
         locale: _builtins.str = ...,
         workspace_name: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "email", b"email", "first_name", b"first_name", "last_name", b"last_name", "locale", b"locale", "reason", b"reason", "workspace_name", b"workspace_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "email", b"email", "first_name", b"first_name", "last_name", b"last_name", "locale", b"locale", "reason", b"reason", "time_zone", b"time_zone", "workspace_name", b"workspace_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
