@@ -27,3 +27,31 @@ def message_templates(
     if body_markdown:
         return MessageTemplates(subject, body_markdown, _markdown.render(body_markdown))
     return MessageTemplates(subject, body_text, body_html)
+
+
+def send_blockers(
+    subject: str,
+    body_text: str,
+    body_html: str,
+    body_markdown: str,
+    ab_subjects: tuple[str, ...] = (),
+) -> list[tuple[str, str]]:
+    """What stops the campaign from being sent, as (field, message) pairs: SendCampaign
+    refuses it with these as field violations. Today: templates that do not compile in the
+    sandbox. (The CONTENT part of issue 15 adds a trial render within limits and contact
+    fields output without a default, so that no mail ever shows a blank.)"""
+    from jinja2 import TemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    env = ImmutableSandboxedEnvironment(autoescape=False)
+    fields = {"subject": subject, "body_text": body_text, "body_html": body_html}
+    fields["body_markdown"] = body_markdown
+    for i, s in enumerate(ab_subjects):
+        fields[f"ab_test.subjects[{i}]"] = s
+    problems: list[tuple[str, str]] = []
+    for field, source in fields.items():
+        try:
+            env.parse(source)
+        except (TemplateError, RecursionError) as err:
+            problems.append((field, f"not a valid template: {err}"))
+    return problems
