@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -63,23 +63,36 @@ async def prune_claims(
             return total
 
 
+async def prune_once(
+    pool: asyncpg.Pool, horizons: Mapping[str, timedelta], now: datetime
+) -> dict[str, int]:
+    """Delete the rows of each table older than its horizon before ``now``; how many went,
+    by table. A table that fails is logged and left for the next round."""
+    deleted: dict[str, int] = {}
+    for table, horizon in horizons.items():
+        before = now - horizon
+        try:
+            deleted[table] = await prune_claims(pool, table, before)
+        except Exception:
+            log.exception("pruning %s failed; trying again later", table)
+            continue
+        if deleted[table]:
+            log.info("pruned %s rows of %s older than %s", deleted[table], table, before)
+    return deleted
+
+
 async def prune_forever(
     pool: asyncpg.Pool,
     tables: Sequence[str] = ("processed_events",),
     *,
     horizon: timedelta = HORIZON,
+    horizons: Mapping[str, timedelta] | None = None,
     every_s: float = PRUNE_EVERY_S,
 ) -> None:
-    """Prune ``tables`` of the pool's schema past ``horizon`` now and every ``every_s``. A
-    replay inside the horizon still finds its claim and stays a no-op."""
+    """Prune ``tables`` of the pool's schema past ``horizon`` (or each table of ``horizons``
+    past its own) now and every ``every_s``. A replay inside the horizon still finds its
+    claim and stays a no-op."""
+    kept = dict(horizons) if horizons is not None else dict.fromkeys(tables, horizon)
     while True:
-        before = clock.now() - horizon
-        for table in tables:
-            try:
-                deleted = await prune_claims(pool, table, before)
-            except Exception:
-                log.exception("pruning %s failed; trying again later", table)
-            else:
-                if deleted:
-                    log.info("pruned %s claims of %s older than %s", deleted, table, before)
+        await prune_once(pool, kept, clock.now())
         await asyncio.sleep(every_s)

@@ -27,6 +27,7 @@ from services.common.dependencies import (
     smtp_check,
 )
 from services.common.grpc_client import channel
+from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
 from services.common.outbox import OutboxRelay
@@ -50,7 +51,7 @@ from services.delivery.entrypoints.grpc import DeliveryServicer
 from services.delivery.entrypoints.grpc_guard import GUARD_POLICY
 from services.delivery.inbound import start_inbound
 from services.delivery.mail_auth import mail_auth
-from services.delivery.pruning import prune_forever
+from services.delivery.pruning import HORIZONS
 
 log = logging.getLogger(__name__)
 NAME = "delivery"
@@ -116,7 +117,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(publisher.stop)
     await publisher.start()
     service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
-    service.spawn(prune_forever(pool), "prune-claims")  # idempotency keys and claims: pruning.py
+    service.spawn(prune_forever(pool, horizons=HORIZONS), "prune-claims")  # see pruning.py
     await start_inbound(service, settings, pool, auth)  # bounces and complaints, when a port is set
     await guard.start(service, settings, pool)
 

@@ -13,21 +13,18 @@
   ledger (``messages``, not pruned here) holds that id's claim, so delivery drops the request.
 
 Both are deleted in short batches (:func:`services.common.idempotency.prune_claims`), now and
-every hour, by the task delivery's bootstrap spawns (:func:`prune_forever`).
+every hour, by the task delivery's bootstrap spawns
+(:func:`services.common.idempotency.prune_forever` with :data:`HORIZONS`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.common import clock
-from services.common.idempotency import HORIZON, PRUNE_EVERY_S, prune_claims
-
-log = logging.getLogger(__name__)
+from services.common import idempotency
+from services.common.idempotency import HORIZON
 
 # How long SendTransactional's idempotency keys are kept (see the module's docstring).
 KEY_HORIZON = timedelta(days=30)
@@ -36,23 +33,5 @@ HORIZONS = {"processed_events": HORIZON, "transactional_keys": KEY_HORIZON}
 
 
 async def prune_once(pool: asyncpg.Pool, now: datetime) -> dict[str, int]:
-    """Delete the rows of each table older than its horizon before ``now``; how many went,
-    by table. A table that fails is logged and left for the next round."""
-    deleted: dict[str, int] = {}
-    for table, horizon in HORIZONS.items():
-        before = now - horizon
-        try:
-            deleted[table] = await prune_claims(pool, table, before)
-        except Exception:
-            log.exception("pruning %s failed; trying again later", table)
-            continue
-        if deleted[table]:
-            log.info("pruned %s rows of %s older than %s", deleted[table], table, before)
-    return deleted
-
-
-async def prune_forever(pool: asyncpg.Pool, every_s: float = PRUNE_EVERY_S) -> None:
-    """Prune now, then every ``every_s`` (an hour): a start-up prunes at once."""
-    while True:
-        await prune_once(pool, clock.now())
-        await asyncio.sleep(every_s)
+    """One round over delivery's tables (what the hourly task does): rows deleted, by table."""
+    return await idempotency.prune_once(pool, HORIZONS, now)
