@@ -130,12 +130,17 @@ def is_dependency_outage(err: BaseException) -> bool:
     and resource exhaustion (``_DATABASE_OUTAGE``); retriable Kafka errors, connection
     errors and timeouts; gRPC ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED``; Redis connection
     errors and timeouts; and :class:`Unavailable`, our own word for all of these. An error
-    raised ``from`` one of them counts too (a client wrapping its transport error).
+    raised ``from`` one of them counts too (a client wrapping its transport error), and so
+    does asyncpg's complaint that a transaction cannot end on a connection that broke inside
+    it (an ``InterfaceError`` raised *during* the handling of the outage: the server shut the
+    connection, the network dropped it).
     """
     seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, _OUTAGES):
             return True
+        if isinstance(seen, asyncpg.InterfaceError) and seen.__context__ is not None:
+            return is_dependency_outage(seen.__context__)
         if isinstance(seen, KafkaError) and seen.retriable:
             return True
         if isinstance(seen, grpc.aio.AioRpcError) and seen.code() in _GRPC_OUTAGE:

@@ -52,18 +52,9 @@ OUTCOME_MAX_BACKOFF_S = 5.0
 
 
 def is_outage(err: BaseException) -> bool:
-    """:func:`is_dependency_outage`, and asyncpg's complaint that a transaction cannot end on
-    a connection that broke inside it (the server shut it down, the network dropped it): the
-    error that reaches the caller is that ``InterfaceError``, with the outage as its context.
-    """
-    if is_dependency_outage(err):
-        return True
-    context = err.__context__
-    return (
-        isinstance(err, asyncpg.InterfaceError)
-        and context is not None
-        and is_dependency_outage(context)
-    )
+    """Delivery's name for :func:`services.common.consumer.is_dependency_outage` (which
+    counts a transaction ended on a connection the outage broke)."""
+    return is_dependency_outage(err)
 
 
 Item = TypeVar("Item")

@@ -40,6 +40,20 @@ class Wrapped(Exception):
     pass
 
 
+def ended_on_a_broken_connection(outage: BaseException) -> Exception:
+    """What asyncpg raises when a transaction's end meets the connection the outage broke:
+    an InterfaceError with the outage as its context, not its cause."""
+    try:
+        try:
+            raise outage
+        except type(outage):
+            raise asyncpg.InterfaceError(  # noqa: B904 (the context is what asyncpg leaves)
+                "cannot call Transaction.rollback(): the underlying connection is closed"
+            )
+    except asyncpg.InterfaceError as err:
+        return err
+
+
 def wrapped(cause: BaseException) -> Exception:
     try:
         raise Wrapped("while talking to a dependency") from cause
@@ -65,6 +79,7 @@ def wrapped(cause: BaseException) -> Exception:
         redis.exceptions.ConnectionError(),
         Unavailable("contacts does not answer"),
         wrapped(ConnectionRefusedError()),
+        ended_on_a_broken_connection(asyncpg.AdminShutdownError("terminating connection")),
     ],
     ids=type,
 )
@@ -96,6 +111,8 @@ def test_what_the_record_itself_causes_is_permanent(err: BaseException) -> None:
         MessageSizeTooLargeError(),
         rpc_error(grpc.StatusCode.INVALID_ARGUMENT),
         wrapped(RuntimeError("a bug")),
+        ended_on_a_broken_connection(RuntimeError("a bug inside the transaction")),
+        asyncpg.InterfaceError("cannot perform operation: another operation is in progress"),
     ],
     ids=type,
 )
