@@ -7,6 +7,7 @@ or uuids, and a contact id's text orders as its uuid does (lower-case hex, fixed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -94,5 +95,6 @@ class MemberStreams:
         self, target: segmentation_pb2.SegmentTarget, after: str | None, label: str
     ) -> AsyncIterator[list[str]]:
         """Only the contact ids of :meth:`members` (exclusion segments)."""
-        async for batch in self.members(target, after, label):
-            yield [contact_id for contact_id, _ in batch]
+        async with contextlib.aclosing(self.members(target, after, label)) as members:
+            async for batch in members:
+                yield [contact_id for contact_id, _ in batch]
