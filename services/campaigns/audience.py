@@ -52,6 +52,7 @@ from services.campaigns.adapters import eligibility as elig
 from services.campaigns.adapters import members as mem
 from services.campaigns.ports import Ports
 from services.common import clock
+from services.common.errors import NotFound
 from services.common.events import deterministic_id
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ TAGS_SOURCE = "tags"
 # is bound by contacts' throughput rather than by a call's latency, few enough not to hog
 # contacts' pool.
 IN_FLIGHT_CHECKS = 8_000
+# The preview's batches: the most segmentation sends in one message.
+PREVIEW_BATCH = mem.STREAM_BATCH
 
 # ExcludedCount.reason, in the order a contact's first reason is taken (contacts' own reasons,
 # "no_consent", "consent_withdrawn", "consent_pending", "suppressed", come between
@@ -525,3 +528,114 @@ class _Decider:
                 )
             )
         return out
+
+
+# ---------------------------------------------------------------- the preview
+
+# The order excluded counts are listed in: the order a contact's first reason is taken.
+REASON_ORDER = (
+    EXCLUDED_SEGMENT,
+    NOT_FOUND,
+    "suppressed",
+    "consent_withdrawn",
+    "consent_pending",
+    "no_consent",
+    NO_EMAIL,
+    FREQUENCY_CAP,
+    HOLDOUT,
+)
+
+
+@dataclass
+class AudienceCounts:
+    """What the preview counts while the stream goes by (each contact once)."""
+
+    sources: list[str]
+    members: int = 0
+    eligible: int = 0
+    not_consented: int = 0
+
+    def __post_init__(self) -> None:
+        self.excluded: dict[str, int] = {}
+        self.in_source = [0] * len(self.sources)
+        self.also_elsewhere = [0] * len(self.sources)
+
+    def add(self, batch: Sequence[Recipient]) -> None:
+        bits = [(i, 1 << i) for i in range(len(self.sources))]
+        excluded = self.excluded
+        for r in batch:
+            mask = r.sources
+            for i, bit in bits:
+                if mask & bit:
+                    self.in_source[i] += 1
+                    if mask != bit:
+                        self.also_elsewhere[i] += 1
+            if r.excluded is None:
+                self.eligible += 1
+                if not r.consented:
+                    self.not_consented += 1
+            else:
+                excluded[r.excluded] = excluded.get(r.excluded, 0) + 1
+        self.members += len(batch)
+
+    def excluded_in_order(self) -> list[tuple[str, int]]:
+        rank = {reason: n for n, reason in enumerate(REASON_ORDER)}
+        return sorted(
+            self.excluded.items(), key=lambda item: (rank.get(item[0], len(rank)), item[0])
+        )
+
+
+async def preview_audience(
+    ports: Ports, workspace_id: str, campaign_id: str
+) -> campaigns_pb2.AudiencePreview:
+    """The campaign's audience as the send would see it now (the stream in phase "all",
+    nothing written): members, eligible, excluded by first reason, the share of each source,
+    the consent confirmation the send will need and whether sending is suspended.
+
+    Another workspace's campaign, or an id that is none, is NOT_FOUND."""
+    try:
+        key = uuid.UUID(campaign_id)
+    except ValueError as err:
+        raise NotFound("campaign not found") from err
+    spec = await load_spec(ports, workspace_id, key)
+    if spec is None:
+        raise NotFound("campaign not found")
+    token = ports.settings.internal_token
+    as_of = clock.now()
+    # The workspace's consent rule and the guard are asked while the stream runs.
+    consent_rule = asyncio.create_task(elig.only_consented(ports.contacts, token, workspace_id))
+    sending = asyncio.create_task(elig.sending_status(ports.delivery, token, workspace_id))
+    try:
+        counts = AudienceCounts(sources(spec))
+        async for batch in stream_recipients(
+            ports, spec, phase="all", as_of=as_of, batch_size=PREVIEW_BATCH
+        ):
+            counts.add(batch)
+        only_consented = await consent_rule
+        status = await sending
+    finally:
+        for task in (consent_rule, sending):
+            task.cancel()
+        await asyncio.gather(consent_rule, sending, return_exceptions=True)
+    not_consented = 0 if only_consented else counts.not_consented
+    preview = campaigns_pb2.AudiencePreview(
+        members=counts.members,
+        eligible=counts.eligible,
+        excluded=[
+            campaigns_pb2.ExcludedCount(reason=reason, count=n)
+            for reason, n in counts.excluded_in_order()
+        ],
+        sources=[
+            campaigns_pb2.SegmentShare(source=source, members=n, also_in_other_sources=also)
+            for source, n, also in zip(
+                counts.sources, counts.in_source, counts.also_elsewhere, strict=True
+            )
+        ],
+        only_consented=only_consented,
+        not_consented=not_consented,
+        confirmation_required=not only_consented and not_consented > 0,
+        sending_suspended=status.suspended,
+        suspended_reason=status.reason,
+    )
+    preview.as_of.FromDatetime(as_of)
+    return preview

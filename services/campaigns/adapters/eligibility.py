@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 import asyncpg
 import grpc
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
 from services.common.auth import internal_metadata
 from services.common.errors import Unavailable
@@ -179,3 +180,23 @@ def ab_test_of(raw: object) -> dict[str, object] | None:
         return None
     value = json.loads(raw) if isinstance(raw, str | bytes) else raw
     return value if isinstance(value, dict) else None
+
+
+async def sending_status(
+    channel: grpc.aio.Channel, internal_token: str, workspace_id: str
+) -> delivery_pb2.SendingStatus:
+    """Delivery's anti-spam guard for the workspace (services/delivery/guard.py): while it is
+    suspended, SendCampaign is refused, so the preview says so before the manager tries."""
+    try:
+        status: delivery_pb2.SendingStatus = await delivery_pb2_grpc.DeliveryServiceStub(
+            channel
+        ).GetSendingStatus(
+            delivery_pb2.GetSendingStatusRequest(),
+            metadata=internal_metadata(internal_token, workspace_id),
+            timeout=TIMEOUT_S,
+        )
+    except grpc.aio.AioRpcError as err:
+        if err.code() not in _NOT_ANSWERING:
+            raise
+        raise Unavailable(f"cannot read the sending status now: {err.code().name}") from err
+    return status

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from datetime import datetime
 
 import grpc
@@ -64,7 +64,7 @@ class MemberStreams:
 
     async def members(
         self, target: segmentation_pb2.SegmentTarget, after: str | None, label: str
-    ) -> AsyncIterator[list[Member]]:
+    ) -> AsyncGenerator[list[Member], None]:
         """The target's members after ``after``, a batch at a time (ascending contact id).
 
         A segment deleted since the campaign was written (NOT_FOUND) or a tag rule
