@@ -332,6 +332,16 @@ async def test_the_preview_counts_each_member_once_under_its_first_reason(
     assert p.only_consented and p.not_consented == 0 and not p.confirmation_required
     assert not p.sending_suspended and p.suspended_reason == ""
     assert before <= p.as_of.ToDatetime(tzinfo=UTC) <= datetime.now(UTC)
+    # Asked again: the same answer, and nothing was written (only the row the cast made).
+    again = await preview(stub, workspace, cast.campaign_id)
+    again.ClearField("as_of")
+    p.ClearField("as_of")
+    assert again == p
+    written = await db.fetchval(
+        "SELECT count(*) FROM campaigns.recipients WHERE campaign_id = $1",
+        uuid.UUID(cast.campaign_id),
+    )
+    assert written == 1
 
     # Without the "only consented" rule, the contact who never answered would be mailed: the
     # preview says so, and the send must be confirmed with that number.
