@@ -483,6 +483,7 @@ class _Decider:
                     conn, spec.workspace_id, spec.campaign_id, mailable, self.cap, now
                 )
         out: list[Recipient] = []
+        local_time = spec.local_time
         for (contact_id, email, mask, _), b, answer, reason in decided:
             due: datetime | None = None
             if reason is None:
@@ -492,9 +493,10 @@ class _Decider:
                         due = until
                     else:
                         reason = FREQUENCY_CAP
-            if reason is None and plan.is_holdout(b):
+            if reason is None and b < plan.holdout_end:
                 reason = HOLDOUT
-            if answer is None:
+            if reason is not None or answer is None:
+                # Left out: what the fan-out records and the preview counts, no more.
                 out.append(
                     Recipient(
                         contact_id=uuid.UUID(contact_id),
@@ -503,11 +505,13 @@ class _Decider:
                         variant=plan.variant(b),
                         due_at=None,
                         sources=mask,
+                        consented=answer.consented if answer is not None else False,
                     )
                 )
                 continue
-            if reason is None and spec.local_time:
-                local = plan.local_due(answer.time_zone)
+            zone = answer.time_zone
+            if local_time:
+                local = plan.local_due(zone)
                 if due is None or local > due:
                     due = local
             if due is not None and due <= now:
@@ -515,14 +519,14 @@ class _Decider:
             out.append(
                 Recipient(
                     contact_id=uuid.UUID(contact_id),
-                    email=answer.email or email,
-                    excluded=reason,
+                    email=answer.email,
+                    excluded=None,
                     variant=plan.variant(b),
-                    due_at=due if reason is None else None,
+                    due_at=due,
                     first_name=answer.first_name,
                     last_name=answer.last_name,
                     locale=answer.locale,
-                    time_zone=answer.time_zone,
+                    time_zone=zone,
                     sources=mask,
                     consented=answer.consented,
                 )
