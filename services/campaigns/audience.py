@@ -111,7 +111,10 @@ class AudienceSpec:
     ab: AbSpec | None
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass's __init__ sets each field through object.__setattr__, about
+# six times the cost of plain slots, once per contact of a million-contact audience. Treat it
+# as immutable all the same (hashable by value, as it was frozen).
+@dataclass(slots=True, unsafe_hash=True)
 class Recipient:
     contact_id: uuid.UUID
     email: str
@@ -499,13 +502,17 @@ class _Decider:
                 # Left out: what the fan-out records and the preview counts, no more.
                 out.append(
                     Recipient(
-                        contact_id=uuid.UUID(contact_id),
-                        email=email,
-                        excluded=reason,
-                        variant=plan.variant(b),
-                        due_at=None,
-                        sources=mask,
-                        consented=answer.consented if answer is not None else False,
+                        uuid.UUID(contact_id),
+                        email,
+                        reason,
+                        plan.variant(b),
+                        None,
+                        "",
+                        "",
+                        "",
+                        "",
+                        mask,
+                        answer.consented if answer is not None else False,
                     )
                 )
                 continue
@@ -517,18 +524,18 @@ class _Decider:
             if due is not None and due <= now:
                 due = None
             out.append(
-                Recipient(
-                    contact_id=uuid.UUID(contact_id),
-                    email=answer.email,
-                    excluded=None,
-                    variant=plan.variant(b),
-                    due_at=due,
-                    first_name=answer.first_name,
-                    last_name=answer.last_name,
-                    locale=answer.locale,
-                    time_zone=zone,
-                    sources=mask,
-                    consented=answer.consented,
+                Recipient(  # positional: the fields' order (cheaper than keywords)
+                    uuid.UUID(contact_id),
+                    answer.email,
+                    None,
+                    plan.variant(b),
+                    due,
+                    answer.first_name,
+                    answer.last_name,
+                    answer.locale,
+                    zone,
+                    mask,
+                    answer.consented,
                 )
             )
         return out
