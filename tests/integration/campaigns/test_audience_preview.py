@@ -132,7 +132,7 @@ async def make_cast(
     stub: campaigns_pb2_grpc.CampaignServiceStub,
     db: asyncpg.Connection,
 ) -> Cast:
-    """Segments A (tag a) and B (tag b), exclusion X (tag x), tags_any ["t"]; one contact per
+    """Segments A (tag a) and B (tag b), exclusion X (tag x), tags_any ["t", "t2"]; one contact per
     role. Every contact has consent for targeted messages unless its role says otherwise."""
     roles: dict[str, tuple[list[str], bool, str]] = {
         "a": (["a"], True, ""),
@@ -140,6 +140,7 @@ async def make_cast(
         "b": (["b"], True, "Asia/Tokyo"),
         "ax": (["a", "x"], True, ""),
         "t": (["t"], True, ""),
+        "t2": (["t2"], True, ""),
         "bt": (["b", "t"], True, ""),
         "withdrawn": (["a"], True, ""),
         "suppressed": (["b"], True, ""),
@@ -220,11 +221,11 @@ async def make_cast(
             """Segmentation's read model has every tagged contact (it follows Kafka)."""
             answer = await segments.CountSegment(
                 segmentation_pb2.CountSegmentRequest(
-                    target=segmentation_pb2.SegmentTarget(rule=rule("a", "b", "t", "x"))
+                    target=segmentation_pb2.SegmentTarget(rule=rule("a", "b", "t", "t2", "x"))
                 ),
                 metadata=md,
             )
-            return answer.count == 12
+            return answer.count == 13
 
         await eventually(followed, timeout=60, interval=0.2)
 
@@ -242,7 +243,7 @@ async def make_cast(
         uuid.UUID(ws.id),
         uuid.UUID(campaign.id),
         [x],
-        ["t"],
+        ["t", "t2"],
     )
     now = datetime.now(UTC)
     other = uuid.uuid4()
@@ -313,9 +314,9 @@ async def test_the_preview_counts_each_member_once_under_its_first_reason(
 ) -> None:
     before = datetime.now(UTC)
     p = await preview(stub, workspace, cast.campaign_id)
-    # a, ab, b, ax, t, bt, withdrawn, suppressed, no_consent, capped, no_email.
-    assert p.members == 11
-    assert p.eligible == 5  # a, ab, b, t, bt
+    # a, ab, b, ax, t, t2, bt, withdrawn, suppressed, no_consent, capped, no_email.
+    assert p.members == 12
+    assert p.eligible == 6  # a, ab, b, t, t2, bt
     assert [(e.reason, e.count) for e in p.excluded] == [
         ("excluded_segment", 1),
         ("suppressed", 1),
@@ -327,7 +328,7 @@ async def test_the_preview_counts_each_member_once_under_its_first_reason(
     assert [(s.source, s.members, s.also_in_other_sources) for s in p.sources] == [
         (cast.segment_a, 7, 1),  # a ab ax withdrawn no_consent capped no_email; ab
         (cast.segment_b, 4, 2),  # ab b bt suppressed; ab, bt
-        ("tags", 2, 1),  # t bt; bt
+        ("tags", 3, 1),  # t t2 bt; bt
     ]
     assert p.only_consented and p.not_consented == 0 and not p.confirmation_required
     assert not p.sending_suspended and p.suspended_reason == ""
@@ -347,7 +348,7 @@ async def test_the_preview_counts_each_member_once_under_its_first_reason(
     # preview says so, and the send must be confirmed with that number.
     await set_consent_required(contacts_service, workspace, False)
     p = await preview(stub, workspace, cast.campaign_id)
-    assert (p.members, p.eligible) == (11, 6)
+    assert (p.members, p.eligible) == (12, 7)
     assert "no_consent" not in excluded(p)
     assert not p.only_consented and p.not_consented == 1 and p.confirmation_required
 
@@ -359,7 +360,7 @@ async def test_the_preview_counts_each_member_once_under_its_first_reason(
     )
     p = await preview(stub, workspace, cast.campaign_id)
     assert p.sending_suspended and p.suspended_reason == "Too many complaints"
-    assert p.eligible == 6  # nothing else changes
+    assert p.eligible == 7  # nothing else changes
 
 
 async def test_another_workspaces_or_unknown_campaign_is_not_found(
@@ -461,7 +462,7 @@ async def test_the_stream_defers_capped_contacts_and_resumes_after_a_contact(
     assert spec is not None
     everyone = await read_all(ports, spec, "all", batch_size=3)
     ids = [str(r.contact_id) for r in everyone]
-    assert ids == sorted(ids) and len(ids) == 11
+    assert ids == sorted(ids) and len(ids) == 12
     by_role = roles_of(cast, everyone)
     capped = by_role["capped"]
     assert capped.excluded is None
