@@ -501,6 +501,7 @@ def _eligibility_answer(
         locale=facts["locale"],
         workspace_name=facts["workspace_name"],
         time_zone=facts["time_zone"],
+        consented=facts["consent"] == GRANTED,
     )
 
 

@@ -645,6 +645,7 @@ class CheckEligibilityResponse(_message.Message):
     LOCALE_FIELD_NUMBER: _builtins.int
     WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    CONSENTED_FIELD_NUMBER: _builtins.int
     eligible: _builtins.bool
     reason: _builtins.str
     """why not: "suppressed:hard_bounce", "no_consent:marketing", "no_email" """
@@ -655,6 +656,11 @@ class CheckEligibilityResponse(_message.Message):
     workspace_name: _builtins.str
     time_zone: _builtins.str
     """the contact's IANA zone, empty when unknown (campaigns' local time)"""
+    consented: _builtins.bool
+    """The contact has consent for the purpose (granted). An eligible contact without it is
+    mailed only because the workspace does not require consent (campaigns' preview counts
+    them as not_consented).
+    """
     def __init__(
         self,
         *,
@@ -666,10 +672,11 @@ class CheckEligibilityResponse(_message.Message):
         locale: _builtins.str = ...,
         workspace_name: _builtins.str = ...,
         time_zone: _builtins.str = ...,
+        consented: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eligible", b"eligible", "email", b"email", "first_name", b"first_name", "last_name", b"last_name", "locale", b"locale", "reason", b"reason", "time_zone", b"time_zone", "workspace_name", b"workspace_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consented", b"consented", "eligible", b"eligible", "email", b"email", "first_name", b"first_name", "last_name", b"last_name", "locale", b"locale", "reason", b"reason", "time_zone", b"time_zone", "workspace_name", b"workspace_name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
