@@ -418,10 +418,11 @@ class _CampaignRun:
         rows: list[tuple[str, str, int]],
     ) -> None:
         """Produce (contact id, message id, variant) ``rows`` and wait for every ack."""
-        records: list[tuple[bytes, bytes]] = []
-        for contact, message, variant in rows:
-            template = await self._template(row, ab, as_of, variant)
-            records.append((contact.encode(), template.encode(message, contact)))
+        templates = {v: await self._template(row, ab, as_of, v) for v in {r[2] for r in rows}}
+        records = [
+            (contact.encode(), templates[variant].encode(message, contact))
+            for contact, message, variant in rows
+        ]
         try:
             await self.driver.writer.write(records)
         except RecordTooLarge as err:

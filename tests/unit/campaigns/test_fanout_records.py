@@ -3,10 +3,13 @@ would serialise: delivery reads them as ordinary envelopes, and a replay is iden
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import UTC, datetime
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2 as aiokafka_murmur2
 from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
@@ -14,6 +17,8 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from services.campaigns.adapters.requests_out import (
     RequestTemplate,
     campaign_message_id,
+    murmur2,
+    partition_of,
     request_event_id,
     request_template,
 )
@@ -97,3 +102,14 @@ def test_a_replay_is_identical_and_another_contact_differs() -> None:
     first = built.encode(campaign_message_id(CAMPAIGN, contact), contact)
     assert first == again.encode(campaign_message_id(CAMPAIGN, contact), contact)
     assert first != built.encode(campaign_message_id(CAMPAIGN, other), other)
+
+
+@pytest.mark.parametrize("length", [0, 1, 2, 3, 4, 7, 36, 40, 128, 200])
+def test_the_fast_murmur2_is_kafkas_so_every_producer_of_a_contact_picks_its_partition(
+    length: int,
+) -> None:
+    for n in range(300):
+        key = os.urandom(length) if n else str(uuid.uuid4()).encode()[:length]
+        assert murmur2(key) == aiokafka_murmur2(key)
+        partitions = list(range(1 + n % 7))
+        assert partition_of(key, partitions) == DefaultPartitioner()(key, partitions, partitions)
