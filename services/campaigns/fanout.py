@@ -35,7 +35,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,6 +94,24 @@ class Checkpoint:
     excluded: int
     deferred: int
     done: bool
+
+
+@dataclass
+class _Batch:
+    """One audience batch as the fan-out writes it: rows as columns, and what to produce."""
+
+    now: datetime
+    last: uuid.UUID
+    size: int
+    contacts: list[uuid.UUID] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+    variants: list[int] = field(default_factory=list)
+    excluded: list[str | None] = field(default_factory=list)
+    due: list[datetime | None] = field(default_factory=list)
+    requested: list[datetime | None] = field(default_factory=list)
+    produce: list[tuple[str, str, int]] = field(default_factory=list)
+    excluded_count: int = 0
+    deferred_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -457,7 +475,12 @@ class _CampaignRun:
         self, row: asyncpg.Record, ab: dict[str, Any] | None, checkpoint: Checkpoint
     ) -> bool:
         """Every batch of the phase after its checkpoint; False when the campaign stopped
-        being SENDING (the checkpoint stays at the last whole batch)."""
+        being SENDING (the checkpoint stays at the last whole batch).
+
+        Two batches overlap: while the records of one are in flight (and its checkpoint is
+        written), the next is read from the audience and its rows inserted. Each batch keeps
+        its own order (rows, records acked, checkpoint) and checkpoints follow each other,
+        so a crash still replays only what no checkpoint covers."""
         spec = self._spec(row, ab)
         stream = audience.stream_recipients(
             self.driver.ports,
@@ -467,18 +490,33 @@ class _CampaignRun:
             after=checkpoint.after,
             batch_size=self.driver.batch_size,
         )
+        in_flight: asyncio.Task[None] | None = None
         try:
             async for batch in stream:
                 if await self._status() != Status.SENDING:
                     return False
-                if batch:
-                    await self._fan_out_batch(row, ab, checkpoint, batch)
+                if not batch:
+                    continue
+                prepared = self._prepare(batch)
+                await self._insert_rows(prepared)
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.create_task(
+                    self._send_and_checkpoint(row, ab, checkpoint, prepared)
+                )
+            if in_flight is not None:
+                await in_flight
+                in_flight = None
         except grpc.aio.AioRpcError as err:
             if err.code() in PERMANENT_CODES:
                 raise PermanentFailure(f"audience: {err.details()}") from err
             raise
         finally:
-            # Leaving early (paused) ends the segmentation stream now, not at collection.
+            if in_flight is not None:
+                # Stopped (paused, cancelled) or failed: the batch in flight completes (or
+                # fails) before the run ends, so its checkpoint is all or nothing.
+                await asyncio.gather(in_flight, return_exceptions=True)
+            # Leaving early ends the segmentation stream now, not at collection.
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
                 await aclose()
@@ -495,41 +533,31 @@ class _CampaignRun:
         checkpoint.done = True
         return True
 
-    async def _fan_out_batch(
-        self,
-        row: asyncpg.Record,
-        ab: dict[str, Any] | None,
-        checkpoint: Checkpoint,
-        batch: list[audience.Recipient],
-    ) -> None:
-        """Rows, then records (acked), then the checkpoint: see the module docstring."""
+    def _prepare(self, batch: list[audience.Recipient]) -> _Batch:
+        """The batch's rows as columns, and which of them are due now."""
         now = clock.now()
-        contacts: list[str] = []
-        messages: list[str] = []
-        variants: list[int] = []
-        excluded: list[str | None] = []
-        due: list[datetime | None] = []
-        requested: list[datetime | None] = []
-        produce: list[tuple[str, str, int]] = []
-        excluded_count = deferred_count = 0
+        b = _Batch(now=now, last=batch[-1].contact_id, size=len(batch))
         campaign = self.campaign_text
         for r in batch:
             contact = str(r.contact_id)
             message = campaign_message_id(campaign, contact)
-            contacts.append(contact)
-            messages.append(message)
-            variants.append(r.variant)
-            excluded.append(r.excluded)
-            due.append(r.due_at)
+            b.contacts.append(r.contact_id)
+            b.messages.append(message)
+            b.variants.append(r.variant)
+            b.excluded.append(r.excluded)
+            b.due.append(r.due_at)
             if r.excluded is not None:
-                excluded_count += 1
-                requested.append(None)
+                b.excluded_count += 1
+                b.requested.append(None)
             elif r.due_at is not None and r.due_at > now:
-                deferred_count += 1
-                requested.append(None)
+                b.deferred_count += 1
+                b.requested.append(None)
             else:
-                requested.append(now)
-                produce.append((contact, message, r.variant))
+                b.requested.append(now)
+                b.produce.append((contact, message, r.variant))
+        return b
+
+    async def _insert_rows(self, b: _Batch) -> None:
         await self.pool.execute(
             "INSERT INTO recipients (workspace_id, campaign_id, contact_id, message_id, variant,"
             " excluded, due_at, requested_at)"
@@ -538,15 +566,23 @@ class _CampaignRun:
             " AS t(c, m, v, e, d, r) ON CONFLICT DO NOTHING",
             self.workspace,
             self.campaign_id,
-            contacts,
-            messages,
-            variants,
-            excluded,
-            due,
-            requested,
+            b.contacts,
+            b.messages,
+            b.variants,
+            b.excluded,
+            b.due,
+            b.requested,
         )
-        await self._produce(row, ab, checkpoint.as_of, produce)
-        last = batch[-1].contact_id
+
+    async def _send_and_checkpoint(
+        self,
+        row: asyncpg.Record,
+        ab: dict[str, Any] | None,
+        checkpoint: Checkpoint,
+        b: _Batch,
+    ) -> None:
+        """The batch's records (every ack awaited), then its checkpoint."""
+        await self._produce(row, ab, checkpoint.as_of, b.produce)
         await self.pool.execute(
             "UPDATE fanouts SET after_contact_id = $4, reached = reached + $5,"
             " requested = requested + $6, excluded = excluded + $7, deferred = deferred + $8,"
@@ -554,18 +590,18 @@ class _CampaignRun:
             self.workspace,
             self.campaign_id,
             checkpoint.phase,
-            last,
-            len(batch),
-            len(produce),
-            excluded_count,
-            deferred_count,
-            now,
+            b.last,
+            b.size,
+            len(b.produce),
+            b.excluded_count,
+            b.deferred_count,
+            b.now,
         )
-        checkpoint.after = last
-        checkpoint.reached += len(batch)
-        checkpoint.requested += len(produce)
-        checkpoint.excluded += excluded_count
-        checkpoint.deferred += deferred_count
+        checkpoint.after = b.last
+        checkpoint.reached += b.size
+        checkpoint.requested += len(b.produce)
+        checkpoint.excluded += b.excluded_count
+        checkpoint.deferred += b.deferred_count
 
     async def _send_due(self, row: asyncpg.Record, ab: dict[str, Any] | None) -> bool:
         """The waiting rows whose time has come, a batch at a time; False when the campaign
