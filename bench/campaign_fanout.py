@@ -72,6 +72,40 @@ def tree_cpu_s(pid: int | None) -> float:
     return total
 
 
+def listening_pid(port: int) -> int | None:
+    """The process listening on 127.0.0.1:``port`` (its socket's inode in /proc/net/tcp,
+    then the process holding that inode)."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # LISTEN
+            inode = fields[9]
+            break
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == target:
+                    return int(proc.name)
+    return None
+
+
+def infra_pids(env: dict[str, str]) -> dict[str, int | None]:
+    """PostgreSQL's postmaster (its backends are its children) and the Kafka broker."""
+    from urllib.parse import urlsplit
+
+    pg_port = urlsplit(env["DATABASE_URL"]).port
+    kafka_port = int(env["KAFKA_BOOTSTRAP_SERVERS"].split(",")[0].rsplit(":", 1)[1])
+    return {
+        "postgres": listening_pid(pg_port) if pg_port else None,
+        "kafka": listening_pid(kafka_port),
+    }
+
+
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of every core since boot."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -183,15 +217,17 @@ async def records_on_topic(bootstrap: str) -> int:
 
     from services.common.topics import DELIVERY_REQUESTS
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    # Subscribed (no group): the consumer fetches the topic's metadata as it starts.
+    consumer = AIOKafkaConsumer(
+        DELIVERY_REQUESTS, bootstrap_servers=bootstrap, enable_auto_commit=False
+    )
     await consumer.start()
     try:
-        await consumer.topics()  # fetches the cluster's metadata
         partitions = [
             TopicPartition(DELIVERY_REQUESTS, p)
             for p in sorted(consumer.partitions_for_topic(DELIVERY_REQUESTS) or [])
         ]
-        consumer.assign(partitions)
+        assert partitions, "no metadata for the topic"
         ends = await consumer.end_offsets(partitions)
         return sum(ends.values())
     finally:
@@ -233,6 +269,21 @@ def top_of_profile(path: Path, top: int = 20) -> list[tuple[str, float]]:
     return [(frame, round(n / max(total, 1), 3)) for frame, n in ranked]
 
 
+def leaves_of_profile(path: Path, top: int = 20) -> list[tuple[str, float]]:
+    """Functions by the share of samples spent in them themselves (the innermost frame)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [(frame, round(n / max(total, 1), 3)) for frame, n in ranked]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["CAMPAIGNS_FANOUT_BATCH_SIZE"] = str(args.batch)
     result: dict[str, Any] = {"scale": args.scale, "batch": args.batch}
@@ -246,7 +297,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             asyncio.run(stream_rate(env, workspace_id, args.batch))
         )
         campaign_id = asyncio.run(new_campaign(env["DATABASE_URL"], workspace_id))
-        pids = {name: system.group.pid(name) for name in SERVICES}
+        pids: dict[str, int | None] = {name: system.group.pid(name) for name in SERVICES}
+        pids.update(infra_pids(env))
         cpu_before = {name: tree_cpu_s(pid) for name, pid in pids.items()}
         busy_before, total_before = machine_jiffies()
         profiler = None
@@ -278,6 +330,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             profiler.wait(timeout=60)
             if profile.exists():
                 result["profile_top"] = top_of_profile(profile)
+                result["profile_self"] = leaves_of_profile(profile)
         result["seconds"] = round(seconds, 2)
         result["recipients_per_s"] = round(args.scale / seconds)
         sys.stderr.write(json.dumps(result) + "\n")  # the figures, should the count fail
