@@ -18,7 +18,8 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     grpc_port: int = 50053
     # The fan-out (services/campaigns/fanout.py): contacts per batch (one checkpoint each;
     # segmentation streams at most 5,000), how often it looks for SENDING campaigns, and how
-    # many campaigns one process fans out at once.
+    # many campaigns one process fans out at once (each holds up to three of the pool's ten
+    # connections: its advisory lock, a batch's rows, the batch before's checkpoint).
     fanout_batch_size: int = Field(2000, ge=1, le=5000)
     fanout_poll_interval_s: float = Field(0.5, gt=0)
-    fanout_concurrency: int = Field(4, ge=1)
+    fanout_concurrency: int = Field(2, ge=1)

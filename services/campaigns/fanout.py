@@ -71,6 +71,7 @@ PERMANENT_CODES = (
     grpc.StatusCode.PERMISSION_DENIED,
 )
 MAX_BACKOFF_S = 30.0
+WAITING_RECHECK_S = 2.0
 
 CAMPAIGN_COLUMNS = (
     "c.status, c.segment_ids, c.exclude_segment_ids, c.tags_any, c.subject, c.body_text,"
@@ -136,7 +137,7 @@ class FanoutDriver:
         *,
         poll_interval_s: float = 0.5,
         batch_size: int = 2000,
-        concurrency: int = 4,
+        concurrency: int = 2,
         on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.ports = ports
@@ -189,6 +190,9 @@ class FanoutDriver:
         try:
             outcome = await self.run_campaign(workspace_id, campaign_id)
             self._failures.pop(campaign_id, None)
+            if outcome.result == "waiting":
+                # For the winner or rows due later: look again soon, not at every poll.
+                self._failures[campaign_id] = (0, time.monotonic() + WAITING_RECHECK_S)
             log.info("fan-out of campaign %s: %s", campaign_id, outcome.result)
             if self.on_outcome is not None:
                 self.on_outcome(outcome)

@@ -16,7 +16,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -446,3 +446,76 @@ async def test_an_ab_campaign_sends_the_sample_waits_for_the_winner_then_the_res
     assert message_ids(records) == {message_id(campaign, c) for c in contacts}
     rest = [r for r in records if r.delivery_requested.contact_id not in sampled]
     assert rest and {r.delivery_requested.content.subject for r in rest} == {"Subject B"}
+
+
+async def test_excluded_rows_are_recorded_unsent_and_deferred_ones_go_out_when_due(
+    campaigns_service: RunningService, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The audience (a wrapper here, as the placeholder excludes and defers nobody) leaves
+    every third contact out and defers every third after it by 30 s."""
+    contacts = await vip_members(workspace.id, 2 * BATCH + 10)
+    due_at = datetime.now(UTC) + timedelta(seconds=30)
+    real = audience.stream_recipients
+
+    async def with_exclusions(
+        ports: Ports, spec: audience.AudienceSpec, **kw: Any
+    ) -> AsyncIterator[list[audience.Recipient]]:
+        async for batch in real(ports, spec, **kw):
+            out = []
+            for r in batch:
+                i = contacts.index(str(r.contact_id))
+                if i % 3 == 0:
+                    out.append(dataclasses.replace(r, excluded="no_consent"))
+                elif i % 3 == 1:
+                    out.append(dataclasses.replace(r, due_at=due_at))
+                else:
+                    out.append(r)
+            yield out
+
+    monkeypatch.setattr(audience, "stream_recipients", with_exclusions)
+    left_out = {c for i, c in enumerate(contacts) if i % 3 == 0}
+    deferred = {c for i, c in enumerate(contacts) if i % 3 == 1}
+    now_sent = {c for i, c in enumerate(contacts) if i % 3 == 2}
+    campaign = await new_campaign(workspace.id)
+    await move(workspace.id, campaign, (Status.DRAFT,), Status.SENDING)
+
+    async def phase_done() -> bool:
+        return bool(
+            await fetchval(
+                os.environ["DATABASE_URL"],
+                "SELECT done_at IS NOT NULL FROM campaigns.fanouts WHERE campaign_id = $1",
+                campaign,
+            )
+        )
+
+    await eventually(phase_done, timeout=15)
+    assert datetime.now(UTC) < due_at, "the machine was too slow to see the deferral"
+    assert await status(campaign) == Status.SENDING
+    rows = {r["contact_id"]: r for r in await recipient_rows(campaign)}
+    assert set(rows) == set(contacts)
+    assert {c for c, r in rows.items() if r["excluded"] == "no_consent"} == left_out
+    assert {c for c, r in rows.items() if r["requested_at"] is None} == left_out | deferred
+    assert message_ids(await requested_records(campaign)) == {
+        message_id(campaign, c) for c in now_sent
+    }
+
+    async def sent() -> bool:
+        return await status(campaign) == Status.SENT
+
+    await eventually(sent, timeout=90)
+    assert datetime.now(UTC) >= due_at
+    rows = {r["contact_id"]: r for r in await recipient_rows(campaign)}
+    assert {c for c, r in rows.items() if r["requested_at"] is None} == left_out
+    assert message_ids(await requested_records(campaign)) == {
+        message_id(campaign, c) for c in now_sent | deferred
+    }
+    conn = await connect()
+    try:
+        counts = await conn.fetchrow(
+            "SELECT reached, requested, excluded, deferred FROM fanouts WHERE campaign_id = $1",
+            campaign,
+        )
+    finally:
+        await conn.close()
+    assert counts is not None
+    assert tuple(counts) == (len(contacts), len(now_sent), len(left_out), len(deferred))
