@@ -154,7 +154,7 @@ class FanoutDriver:
             while True:
                 try:
                     await self.tick()
-                except (OSError, asyncpg.PostgresError):
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
                     log.warning("fan-out: could not look for sending campaigns", exc_info=True)
                 await asyncio.sleep(self.poll_interval_s)
         finally:
@@ -562,6 +562,21 @@ class _CampaignRun:
         return b
 
     async def _insert_rows(self, b: _Batch) -> None:
+        if len(b.produce) == b.size and len(set(b.variants)) == 1:
+            # The usual batch: everyone mailed now, one variant. Two arrays to encode, not
+            # six (asyncpg's encoding of the arrays is a tenth of the fan-out's time).
+            await self.pool.execute(
+                "INSERT INTO recipients (workspace_id, campaign_id, contact_id, message_id,"
+                " variant, requested_at) SELECT $1, $2, c, m, $5, $6"
+                " FROM unnest($3::uuid[], $4::uuid[]) AS t(c, m) ON CONFLICT DO NOTHING",
+                self.workspace,
+                self.campaign_id,
+                b.contacts,
+                b.messages,
+                b.variants[0],
+                b.now,
+            )
+            return
         await self.pool.execute(
             "INSERT INTO recipients (workspace_id, campaign_id, contact_id, message_id, variant,"
             " excluded, due_at, requested_at)"
@@ -622,7 +637,7 @@ class _CampaignRun:
                 " AND f.phase = CASE WHEN r.variant < 0 THEN 'rest'"
                 " WHEN $4 THEN 'sample' ELSE 'all' END"
                 " WHERE r.workspace_id = $1 AND r.campaign_id = $2 AND r.excluded IS NULL"
-                " AND r.requested_at IS NULL AND r.due_at <= $3"
+                " AND r.requested_at IS NULL AND (r.due_at IS NULL OR r.due_at <= $3)"
                 " ORDER BY r.due_at, r.contact_id LIMIT $5",
                 self.workspace,
                 self.campaign_id,
