@@ -519,3 +519,39 @@ async def test_excluded_rows_are_recorded_unsent_and_deferred_ones_go_out_when_d
         await conn.close()
     assert counts is not None
     assert tuple(counts) == (len(contacts), len(now_sent), len(left_out), len(deferred))
+
+
+async def test_a_campaign_locked_by_another_fan_out_is_left_to_it(
+    campaigns_service: RunningService, workspace: Workspace
+) -> None:
+    """Another campaigns process holds the campaign's advisory lock (the test, here): this
+    process's driver leaves the campaign alone, and takes it once the lock is released."""
+    contacts = await vip_members(workspace.id, BATCH)
+    campaign = await new_campaign(workspace.id)
+    other = await connect()
+    try:
+        assert await other.fetchval(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))", LOCK_CLASS, str(campaign)
+        )
+        await move(workspace.id, campaign, (Status.DRAFT,), Status.SENDING)
+        # A campaign sent from start to end meanwhile: the driver has polled many times.
+        later = await new_campaign(workspace.id)
+        await move(workspace.id, later, (Status.DRAFT,), Status.SENDING)
+
+        async def later_sent() -> bool:
+            return await status(later) == Status.SENT
+
+        await eventually(later_sent, timeout=60)
+        assert await status(campaign) == Status.SENDING
+        assert await recipient_rows(campaign) == []
+        assert await checkpoint(campaign) == 0
+    finally:
+        await other.close()  # releases the lock, as a process that dies does
+
+    async def sent() -> bool:
+        return await status(campaign) == Status.SENT
+
+    await eventually(sent, timeout=60)
+    assert message_ids(await requested_records(campaign)) == {
+        message_id(campaign, c) for c in contacts
+    }
