@@ -34,7 +34,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -117,7 +116,7 @@ class _Batch:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one run of a campaign ended with (logged; tests read it too)."""
+    """What one run of a campaign ended with (logged)."""
 
     campaign_id: uuid.UUID
     result: str  # "sent", "stopped" (not SENDING), "waiting" (winner or due rows), "busy"
@@ -138,14 +137,12 @@ class FanoutDriver:
         poll_interval_s: float = 0.5,
         batch_size: int = 2000,
         concurrency: int = 2,
-        on_outcome: Callable[[Outcome], None] | None = None,
     ) -> None:
         self.ports = ports
         self.writer = writer
         self.poll_interval_s = poll_interval_s
         self.batch_size = batch_size
         self.concurrency = concurrency
-        self.on_outcome = on_outcome
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._failures: dict[uuid.UUID, tuple[int, float]] = {}  # attempts, retry at
 
@@ -193,9 +190,13 @@ class FanoutDriver:
             if outcome.result == "waiting":
                 # For the winner or rows due later: look again soon, not at every poll.
                 self._failures[campaign_id] = (0, time.monotonic() + WAITING_RECHECK_S)
-            log.info("fan-out of campaign %s: %s", campaign_id, outcome.result)
-            if self.on_outcome is not None:
-                self.on_outcome(outcome)
+            quiet = outcome.result in ("waiting", "busy")  # again and again while it waits
+            log.log(
+                logging.DEBUG if quiet else logging.INFO,
+                "fan-out of campaign %s: %s",
+                campaign_id,
+                outcome.result,
+            )
         except asyncio.CancelledError:
             raise
         except PermanentFailure as err:
