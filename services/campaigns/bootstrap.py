@@ -19,15 +19,18 @@ from nudge.privacy.v1 import privacy_pb2_grpc
 
 from services.campaigns import privacy
 from services.campaigns.adapters.postgres import SCHEMA
+from services.campaigns.adapters.requests_out import DeliveryRequestWriter
 from services.campaigns.adapters.segmentation import SegmentCatalogue
 from services.campaigns.config import Settings
 from services.campaigns.entrypoints.grpc import CampaignServicer
+from services.campaigns.fanout import FanoutDriver
 from services.campaigns.ports import Ports
 from services.common import runtime
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.dependencies import postgres_check, redis_check
 from services.common.grpc_client import channel
+from services.common.kafka import supports_idempotence
 from services.common.privacy import CONTACT_DATA_POLICY, CONTACT_DATA_SERVICE, ContactDataServicer
 
 log = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         delivery=delivery,
         segments=SegmentCatalogue(segmentation, settings.internal_token),
     )
+    await start_fanout(service, ports)
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
@@ -78,6 +82,24 @@ async def start(service: runtime.Service, settings: Settings) -> None:
             "redis": redis_check(redis),
         },
     )
+
+
+async def start_fanout(service: runtime.Service, ports: Ports) -> None:
+    """The fan-out driver (services/campaigns/fanout.py) and its Kafka writer."""
+    settings = ports.settings
+    writer = DeliveryRequestWriter(
+        settings.kafka_bootstrap_servers, idempotent=supports_idempotence(settings.kafka_kind)
+    )
+    await writer.start()
+    service.push(writer.stop)
+    driver = FanoutDriver(
+        ports,
+        writer,
+        poll_interval_s=settings.fanout_poll_interval_s,
+        batch_size=settings.fanout_batch_size,
+        concurrency=settings.fanout_concurrency,
+    )
+    service.spawn(driver.run(), "campaigns-fanout")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

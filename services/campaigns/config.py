@@ -1,5 +1,6 @@
 """Settings of the campaigns service (env prefix ``CAMPAIGNS_``)."""
 
+from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import (
@@ -10,8 +11,15 @@ from services.common.config import (
 )
 
 
-# Kafka: read already, for delivery.requests.v1 (a later issue; see bootstrap.py).
+# Kafka: the fan-out writes delivery.requests.v1 (services/campaigns/fanout.py).
 class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSettings):
     model_config = SettingsConfigDict(env_prefix="CAMPAIGNS_", extra="ignore", frozen=True)
 
     grpc_port: int = 50053
+    # The fan-out (services/campaigns/fanout.py): contacts per batch (one checkpoint each;
+    # segmentation streams at most 5,000), how often it looks for SENDING campaigns, and how
+    # many campaigns one process fans out at once (each holds up to three of the pool's ten
+    # connections: its advisory lock, a batch's rows, the batch before's checkpoint).
+    fanout_batch_size: int = Field(2000, ge=1, le=5000)
+    fanout_poll_interval_s: float = Field(0.5, gt=0)
+    fanout_concurrency: int = Field(2, ge=1)

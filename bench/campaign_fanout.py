@@ -1,0 +1,354 @@
+"""A campaign's fan-out at scale: from SENDING to every record on delivery.requests.v1.
+
+    .venv/bin/python bench/campaign_fanout.py [--scale N] [--batch B] [--profile]
+
+Starts PostgreSQL, Redis and Kafka (the local stack on free ports, durable PostgreSQL
+settings as ``make run``) and the contacts, segmentation and campaigns services as
+processes (bench/_system.py), creates a workspace, loads ``--scale`` VIP profiles into
+segmentation's read model with COPY, writes a draft campaign on the built-in "vip" segment
+and moves it to SENDING (as SendCampaign does). It then times, from that commit:
+
+- ``seconds``: until the campaign is SENT (the fan-out's last checkpoint and transition);
+- ``recipients_per_s``: ``--scale`` / ``seconds``;
+- ``records``: the records on delivery.requests.v1 (the sum of its end offsets: the topic is
+  new, so every record is this campaign's; more than ``--scale`` would mean replays);
+- ``cpu_s``: CPU seconds used meanwhile by each service process and by the whole machine
+  (``machine_busy``: the share of both cores busy), to tell what limits the rate;
+- ``stream_contacts_per_s``: segmentation's StreamMembers of the same segment alone, the
+  audience's ceiling.
+
+``--profile`` records the campaigns process with py-spy (``.venv/bin/pip install py-spy``)
+and prints its hottest functions. The last line is one JSON object with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import asyncpg  # noqa: E402
+import grpc  # noqa: E402
+from _system import running_system  # noqa: E402
+from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc  # noqa: E402
+from nudge.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc  # noqa: E402
+
+from services.common.auth import internal_metadata  # noqa: E402
+
+SERVICES = ("contacts", "segmentation", "campaigns")
+
+
+def cpu_s(pid: int | None) -> float:
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int | None) -> float:
+    """CPU seconds of ``pid`` and its children (a service may run helpers)."""
+    if pid is None:
+        return 0.0
+    total = cpu_s(pid)
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        for child in children.read_text().split():
+            with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+                total += tree_cpu_s(int(child))
+    return total
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on 127.0.0.1:``port`` (its socket's inode in /proc/net/tcp,
+    then the process holding that inode)."""
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # LISTEN
+            inode = fields[9]
+            break
+    if inode is None:
+        return None
+    target = f"socket:[{inode}]"
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) == target:
+                    return int(proc.name)
+    return None
+
+
+def infra_pids(env: dict[str, str]) -> dict[str, int | None]:
+    """PostgreSQL's postmaster (its backends are its children) and the Kafka broker."""
+    from urllib.parse import urlsplit
+
+    pg_port = urlsplit(env["DATABASE_URL"]).port
+    kafka_port = int(env["KAFKA_BOOTSTRAP_SERVERS"].split(",")[0].rsplit(":", 1)[1])
+    return {
+        "postgres": listening_pid(pg_port) if pg_port else None,
+        "kafka": listening_pid(kafka_port),
+    }
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of every core since boot."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]
+    return sum(values) - idle, sum(values)
+
+
+def ready(env: dict[str, str]) -> None:
+    from services.common.healthcheck import check_grpc
+
+    deadline = time.monotonic() + 180
+    for name in SERVICES:
+        address = env[f"NUDGE_{name.upper()}_ADDR"]
+        while check_grpc(address, "", timeout=1) is not None:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not become healthy")
+            time.sleep(0.3)
+
+
+async def new_workspace(env: dict[str, str]) -> str:
+    async with grpc.aio.insecure_channel(env["NUDGE_CONTACTS_ADDR"]) as channel:
+        created = await contacts_pb2_grpc.WorkspaceServiceStub(channel).CreateWorkspace(
+            contacts_pb2.CreateWorkspaceRequest(name="Bench shop", slug="bench-fanout"),
+            metadata=(("authorization", f"Admin {env['NUDGE_ADMIN_TOKEN']}"),),
+        )
+    return str(created.workspace_id)
+
+
+async def load_profiles(database_url: str, workspace_id: str, scale: int) -> float:
+    """``scale`` VIP profiles in segmentation's read model, with COPY; seconds taken."""
+    started = time.perf_counter()
+    now = datetime.now(UTC)
+    ws = uuid.UUID(workspace_id)
+    conn = await asyncpg.connect(database_url)
+    try:
+        chunk = 100_000
+        for start in range(0, scale, chunk):
+            rows = [
+                (ws, uuid.uuid4(), f"bench{n}@example.com", True, now, now)
+                for n in range(start, min(scale, start + chunk))
+            ]
+            await conn.copy_records_to_table(
+                "profiles",
+                schema_name="segmentation",
+                records=rows,
+                columns=("workspace_id", "contact_id", "email", "vip", "created_at", "updated_at"),
+            )
+        await conn.execute("VACUUM (ANALYZE) segmentation.profiles")
+    finally:
+        await conn.close()
+    return time.perf_counter() - started
+
+
+async def new_campaign(database_url: str, workspace_id: str) -> uuid.UUID:
+    campaign_id = uuid.uuid4()
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "campaigns"})
+    try:
+        await conn.execute(
+            "INSERT INTO campaigns (id, workspace_id, name, segment_ids, subject, body_text,"
+            " body_html, status, created_at, updated_at, reply_to)"
+            " VALUES ($1, $2, 'Bench', '{vip}', 'Spring tea, {{ contact.first_name }}', $3,"
+            " $4, 1, $5, $5, 'manager@example.com')",
+            campaign_id,
+            uuid.UUID(workspace_id),
+            "Hello {{ contact.first_name }},\nnew tea has arrived.\nCome and taste it.\nAda",
+            "<p>Hello {{ contact.first_name }},</p><p>new tea has arrived.</p>",
+            datetime.now(UTC),
+        )
+    finally:
+        await conn.close()
+    return campaign_id
+
+
+async def send_and_wait(
+    database_url: str, workspace_id: str, campaign_id: uuid.UUID, timeout: float
+) -> float:
+    """SENDING now (as SendCampaign does); seconds until the fan-out marks it SENT."""
+    from services.campaigns.adapters.postgres import transition
+    from services.campaigns.domain.model import Status
+
+    conn = await asyncpg.connect(database_url, server_settings={"search_path": "campaigns"})
+    try:
+        moved = await transition(
+            conn,
+            workspace_id,
+            campaign_id,
+            (Status.DRAFT,),
+            Status.SENDING,
+            "bench",
+            "",
+            datetime.now(UTC),
+        )
+        assert moved is not None
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout
+        while True:
+            status = await conn.fetchval("SELECT status FROM campaigns WHERE id = $1", campaign_id)
+            if status == Status.SENT:
+                return time.perf_counter() - started
+            if status != Status.SENDING or time.monotonic() > deadline:
+                raise RuntimeError(f"campaign status {status} after {timeout} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.close()
+
+
+async def records_on_topic(bootstrap: str) -> int:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    from services.common.topics import DELIVERY_REQUESTS
+
+    # Subscribed (no group): the consumer fetches the topic's metadata as it starts.
+    consumer = AIOKafkaConsumer(
+        DELIVERY_REQUESTS, bootstrap_servers=bootstrap, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(DELIVERY_REQUESTS, p)
+            for p in sorted(consumer.partitions_for_topic(DELIVERY_REQUESTS) or [])
+        ]
+        assert partitions, "no metadata for the topic"
+        ends = await consumer.end_offsets(partitions)
+        return sum(ends.values())
+    finally:
+        # aiokafka's stop of a group-less consumer may end in a CancelledError of its own
+        # committed-offsets task: nothing of ours is lost.
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
+
+
+async def stream_rate(env: dict[str, str], workspace_id: str, batch: int) -> float:
+    metadata = internal_metadata(env["NUDGE_INTERNAL_TOKEN"], workspace_id)
+    async with grpc.aio.insecure_channel(env["NUDGE_SEGMENTATION_ADDR"]) as channel:
+        stub = segmentation_pb2_grpc.SegmentServiceStub(channel)
+        started = time.perf_counter()
+        members = 0
+        async for message in stub.StreamMembers(
+            segmentation_pb2.StreamMembersRequest(
+                target=segmentation_pb2.SegmentTarget(segment_id="vip"), batch_size=batch
+            ),
+            metadata=metadata,
+            timeout=600,
+        ):
+            members += len(message.members)
+        return members / (time.perf_counter() - started)
+
+
+def top_of_profile(path: Path, top: int = 20) -> list[tuple[str, float]]:
+    """Functions by the share of samples they appear in (py-spy's raw format)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        for frame in set(stack.split(";")):
+            counts[frame] = counts.get(frame, 0) + int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [(frame, round(n / max(total, 1), 3)) for frame, n in ranked]
+
+
+def leaves_of_profile(path: Path, top: int = 20) -> list[tuple[str, float]]:
+    """Functions by the share of samples spent in them themselves (the innermost frame)."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        total += int(n)
+        leaf = stack.split(";")[-1]
+        counts[leaf] = counts.get(leaf, 0) + int(n)
+    ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+    return [(frame, round(n / max(total, 1), 3)) for frame, n in ranked]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    os.environ["CAMPAIGNS_FANOUT_BATCH_SIZE"] = str(args.batch)
+    result: dict[str, Any] = {"scale": args.scale, "batch": args.batch}
+    with running_system(services=SERVICES, ready=ready) as system:
+        env = system.env
+        workspace_id = asyncio.run(new_workspace(env))
+        result["load_s"] = round(
+            asyncio.run(load_profiles(env["DATABASE_URL"], workspace_id, args.scale)), 1
+        )
+        result["stream_contacts_per_s"] = round(
+            asyncio.run(stream_rate(env, workspace_id, args.batch))
+        )
+        campaign_id = asyncio.run(new_campaign(env["DATABASE_URL"], workspace_id))
+        pids: dict[str, int | None] = {name: system.group.pid(name) for name in SERVICES}
+        pids.update(infra_pids(env))
+        cpu_before = {name: tree_cpu_s(pid) for name, pid in pids.items()}
+        busy_before, total_before = machine_jiffies()
+        profiler = None
+        profile = Path(tempfile.mkdtemp(prefix="nudge-fanout-")) / "campaigns.txt"
+        if args.profile:
+            py_spy = Path(sys.executable).parent / "py-spy"
+            profiler = subprocess.Popen(
+                [
+                    *(str(py_spy), "record", "--pid", str(pids["campaigns"])),
+                    *("--rate", "100", "--format", "raw", "--output", str(profile)),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1)
+        seconds = asyncio.run(
+            send_and_wait(env["DATABASE_URL"], workspace_id, campaign_id, args.timeout)
+        )
+        busy_after, total_after = machine_jiffies()
+        result["cpu_s"] = {
+            name: round(tree_cpu_s(pid) - cpu_before[name], 1) for name, pid in pids.items()
+        }
+        result["machine_busy"] = round(
+            (busy_after - busy_before) / max(1, total_after - total_before), 2
+        )
+        if profiler is not None:
+            profiler.send_signal(2)  # SIGINT: py-spy writes what it has
+            profiler.wait(timeout=60)
+            if profile.exists():
+                result["profile_top"] = top_of_profile(profile)
+                result["profile_self"] = leaves_of_profile(profile)
+        result["seconds"] = round(seconds, 2)
+        result["recipients_per_s"] = round(args.scale / seconds)
+        sys.stderr.write(json.dumps(result) + "\n")  # the figures, should the count fail
+        result["records"] = asyncio.run(records_on_topic(env["KAFKA_BOOTSTRAP_SERVERS"]))
+        result["target_per_s"] = 50_000
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=1_000_000, help="recipients")
+    parser.add_argument("--batch", type=int, default=2000, help="fan-out batch (max 5000)")
+    parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for SENT")
+    parser.add_argument("--profile", action="store_true", help="py-spy the campaigns process")
+    args = parser.parse_args()
+    result = run(args)
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
