@@ -15,3 +15,9 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     model_config = SettingsConfigDict(env_prefix="CAMPAIGNS_", extra="ignore", frozen=True)
 
     grpc_port: int = 50053
+
+    # Content (issue 15): the platform's sender address, as delivery's ``from_address`` (the
+    # same default), which previews show as "Workspace name <address>"; and how many test
+    # sends a campaign may make in an hour (RESOURCE_EXHAUSTED beyond).
+    from_address: str = "no-reply@nudge.localhost"
+    test_sends_per_hour: int = 20
