@@ -381,7 +381,7 @@ def render(template: Template, context: Mapping[str, Any]) -> str:
     try:
         parts: list[str] = []
         size = 0
-        for part in template.generate(dict(context)):
+        for part in template.generate(context):
             size += len(part)
             if size > MAX_OUTPUT:
                 raise LimitExceeded(f"the rendered text is longer than {MAX_OUTPUT} characters")

@@ -7,7 +7,7 @@ from typing import Literal, get_args
 
 from pydantic import Field
 
-from services.gateway.schemas import ResponseModel, StrictModel
+from services.gateway.schemas import PATTERN_MESSAGES, Email, ResponseModel, StrictModel
 
 WarningCode = Literal[
     "too_many_lines",
@@ -18,6 +18,11 @@ WarningCode = Literal[
     "missing_default",
 ]
 MAX_VARIANT = 4  # A/B tests have 2-5 variants
+# A contact id, or empty for the sample contact.
+CONTACT_ID_PATTERN = (
+    "^(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})?$"
+)
+PATTERN_MESSAGES[CONTACT_ID_PATTERN] = "not a contact id"
 
 
 class ContentWarningOut(ResponseModel):
@@ -35,11 +40,18 @@ class ContentCheckOut(ResponseModel):
 class PreviewIn(StrictModel):
     contact_id: str = Field(
         "",
-        max_length=64,
+        max_length=36,
+        pattern=CONTACT_ID_PATTERN,
         description="Whose data personalises it; empty: a sample contact with every field "
         "missing (what the defaults show).",
     )
-    variant: int = Field(0, ge=0, le=MAX_VARIANT, description="The A/B variant, from 0.")
+    variant: int = Field(
+        0,
+        ge=0,
+        le=MAX_VARIANT,
+        description="The A/B variant, from 0; below the campaign's number of subjects"
+        " (0 without an A/B test).",
+    )
 
 
 class PreviewOut(ResponseModel):
@@ -51,9 +63,7 @@ class PreviewOut(ResponseModel):
 
 
 class TestSendIn(PreviewIn):
-    email: str = Field(
-        min_length=1, max_length=254, description="Where to send the test: your own address."
-    )
+    email: Email = Field(description="Where to send the test: your own address.")
 
 
 class TestSendOut(ResponseModel):

@@ -225,3 +225,37 @@ async def test_a_campaign_mail_carries_the_senders_name_and_reply_to(
     assert mail["Subject"] == "Hello"
     assert mail["X-Nudge-Test"] is None
     assert mail["List-Unsubscribe"] is not None
+
+
+async def test_a_campaign_mail_whose_template_fails_for_its_contact_is_failed_and_the_next_sent(
+    delivery_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    """Not only Jinja2's errors: an arithmetic or type error of the template for this
+    contact finishes the message as FAILED rather than stopping the consumer."""
+    contact = await new_contact(
+        contacts_service, workspace, [contacts_pb2.CONSENT_PURPOSE_TARGETED_MESSAGES]
+    )
+
+    def campaign_request(body: str) -> delivery_pb2.DeliveryRequested:
+        return delivery_pb2.DeliveryRequested(
+            message_id=str(uuid.uuid4()),
+            contact_id=contact.id,
+            kind=delivery_pb2.MESSAGE_KIND_CAMPAIGN,
+            purpose=contacts_pb2.CONSENT_PURPOSE_TARGETED_MESSAGES,
+            campaign_id=str(uuid.uuid4()),
+            content=delivery_pb2.MessageContent(subject="Hello", body_text=body),
+        )
+
+    broken = [campaign_request("{{ 1 / 0 }}"), campaign_request("{{ contact.first_name + 1 }}")]
+    good = campaign_request("Hi {{ contact.first_name }}")
+    for request in (*broken, good):
+        await publish(producer, workspace, request)
+    for request in broken:
+        await eventually(
+            lambda r=request: _is(delivery_service, workspace, r.message_id, FAILED), timeout=30
+        )
+    await eventually(lambda: mails_for(good.message_id), timeout=30)
+    assert all(mails_for(r.message_id) == [] for r in broken)
