@@ -18,10 +18,12 @@ from nudge.campaigns.v1 import campaigns_pb2_grpc
 from nudge.privacy.v1 import privacy_pb2_grpc
 
 from services.campaigns import privacy
+from services.campaigns.adapters.content import ContactsFacts, TestSendPublisher
 from services.campaigns.adapters.postgres import SCHEMA
 from services.campaigns.adapters.requests_out import DeliveryRequestWriter
 from services.campaigns.adapters.segmentation import SegmentCatalogue
 from services.campaigns.config import Settings
+from services.campaigns.content_handlers import ContentDeps
 from services.campaigns.entrypoints.grpc import CampaignServicer
 from services.campaigns.fanout import FanoutDriver
 from services.campaigns.ports import Ports
@@ -30,7 +32,7 @@ from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.dependencies import postgres_check, redis_check
 from services.common.grpc_client import channel
-from services.common.kafka import supports_idempotence
+from services.common.kafka import KafkaPublisher, supports_idempotence
 from services.common.privacy import CONTACT_DATA_POLICY, CONTACT_DATA_SERVICE, ContactDataServicer
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,14 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         segments=SegmentCatalogue(segmentation, settings.internal_token),
     )
     await start_fanout(service, ports)
+    servicer = CampaignServicer(ports)  # type: ignore[abstract]  # until every part lands (issue 15)
+    servicer.content = await start_content(service, ports)
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
             (
                 campaigns_pb2_grpc.add_CampaignServiceServicer_to_server,
-                CampaignServicer(ports),  # type: ignore[abstract]  # until every part lands (issue 15)
+                servicer,
                 SERVICE_NAME,
             ),
             (
@@ -100,6 +104,26 @@ async def start_fanout(service: runtime.Service, ports: Ports) -> None:
         concurrency=settings.fanout_concurrency,
     )
     service.spawn(driver.run(), "campaigns-fanout")
+
+
+async def start_content(service: runtime.Service, ports: Ports) -> ContentDeps:
+    """The content part: contacts' facts for previews, and a Kafka producer for test sends
+    (delivery.requests.v1)."""
+    settings = ports.settings
+    producer = KafkaPublisher(
+        settings.kafka_bootstrap_servers,
+        "campaigns-content",
+        idempotent=supports_idempotence(settings.kafka_kind),
+    )
+    await producer.start()
+    service.push(producer.stop)
+    return ContentDeps(
+        pool=ports.pool,
+        contacts=ContactsFacts(ports.contacts, settings.internal_token),
+        publisher=TestSendPublisher(producer),
+        from_address=settings.from_address,
+        test_sends_per_hour=settings.test_sends_per_hour,
+    )
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -23,3 +23,9 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     fanout_batch_size: int = Field(2000, ge=1, le=5000)
     fanout_poll_interval_s: float = Field(0.5, gt=0)
     fanout_concurrency: int = Field(2, ge=1)
+
+    # Content (issue 15): the platform's sender address, as delivery's ``from_address`` (the
+    # same default), which previews show as "Workspace name <address>"; and how many test
+    # sends a campaign may make in an hour (RESOURCE_EXHAUSTED beyond).
+    from_address: str = "no-reply@nudge.localhost"
+    test_sends_per_hour: int = 20

@@ -35,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Protocol
 
 import asyncpg
+from email_validator import EmailNotValidError, validate_email
 from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2, events_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
@@ -56,7 +57,7 @@ from services.delivery import guard
 from services.delivery.adapters import postgres as db
 from services.delivery.adapters.smtp import failure_of
 from services.delivery.domain.ledger import Kind, Outcome, RetryPolicy, Status, classify, retry_plan
-from services.delivery.domain.mime import OutgoingMail, ascii_address, to_bytes
+from services.delivery.domain.mime import MailError, OutgoingMail, ascii_address, to_bytes
 from services.delivery.domain.rendering import (
     MailLinks,
     Rendered,
@@ -176,6 +177,9 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
         return
     request = envelope.delivery_requested
     workspace_id = envelope.workspace_id
+    if request.kind == delivery_pb2.MESSAGE_KIND_TEST:
+        await deliver_test(deps, envelope)
+        return
     if not (is_uuid(request.message_id) and is_uuid(request.contact_id) and is_uuid(workspace_id)):
         log.error("dropping a delivery request with malformed ids: %s", request.message_id)
         return
@@ -246,10 +250,11 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
         request.message_id,
         workspace_id,
         deps.from_address,
-        facts.workspace_name,
+        request.from_name or facts.workspace_name,
         (f"{facts.first_name} {facts.last_name}".strip(), facts.email),
         rendered,
         unsubscribe,
+        reply_to=reply_to_address(request.reply_to),
     )
     sender = deps.from_address
     if deps.auth is not None:  # DKIM signature and VERP envelope sender, last of all
@@ -603,6 +608,133 @@ async def _write_outcome(
             delay = min(delay * 2, OUTCOME_MAX_BACKOFF_S)
 
 
+TEST_SUBJECT_PREFIX = "[Test] "
+NO_CONTACT = "00000000-0000-0000-0000-000000000000"  # the ledger's contact of a sample test
+
+
+async def deliver_test(deps: Deps, envelope: Envelope) -> None:
+    """A campaign's test send (MESSAGE_KIND_TEST) to the manager's own address
+    (``test_recipient``), personalised with the chosen contact's data (or the sample
+    contact's, every field empty, without one).
+
+    What differs from a campaign mail, and why:
+
+    - No consent or suppression check: the recipient is the manager, not the contact whose
+      data fills it in (campaigns limits test sends per campaign and hour, so this cannot be
+      used to spam). The anti-spam guard's suspension still applies: a suspended workspace
+      sends nothing.
+    - No tracking: no open pixel, no rewritten links, no preference footer, no
+      List-Unsubscribe headers (a manager's clicks are nobody's engagement).
+    - "[Test] " before the subject and an ``X-Nudge-Test: yes`` header.
+    - Counted nowhere: the message id is claimed in the ledger (a redelivered request is not
+      mailed twice, and GetMessageStatus answers its status) but no event is published on
+      delivery.events.v1, which is what the campaign report and the guard count; the
+      envelope sender is the plain no-reply address, not a VERP one, so a bounce of a test
+      is never read back as a contact's bounce. It is sent once: no retry, no resend.
+    """
+    request = envelope.delivery_requested
+    workspace_id = envelope.workspace_id
+    recipient = _test_recipient(request.test_recipient)
+    if not (
+        is_uuid(request.message_id)
+        and is_uuid(workspace_id)
+        and (not request.contact_id or is_uuid(request.contact_id))
+        and recipient
+    ):
+        log.error("dropping a malformed test send request: %s", request.message_id)
+        return
+    if await guard.refusal(deps.pool, workspace_id) is not None:
+        log.warning("test send %s not sent: the workspace is suspended", request.message_id)
+        return
+    facts = None
+    if request.contact_id:
+        facts = await deps.eligibility.check(workspace_id, request.contact_id, request.purpose)
+    contact = {"first_name": "", "last_name": "", "email": "", "locale": ""}
+    if facts is not None:
+        contact = {
+            "first_name": facts.first_name,
+            "last_name": facts.last_name,
+            "email": facts.email,
+            "locale": facts.locale,
+        }
+    workspace_name = facts.workspace_name if facts is not None else request.from_name
+    context: dict[str, object] = {
+        "contact": contact,
+        "workspace": {"name": workspace_name},
+        "vars": dict(request.vars),
+    }
+    raw = b""
+    status, detail = Status.SENT, ""
+    try:
+        rendered = render(
+            request.content.subject, request.content.body_text, request.content.body_html, context
+        )
+        raw = build_email(
+            request.message_id,
+            workspace_id,
+            deps.from_address,
+            request.from_name or workspace_name,
+            ("", recipient),
+            Rendered(
+                TEST_SUBJECT_PREFIX + rendered.subject, rendered.body_text, rendered.body_html
+            ),
+            reply_to=reply_to_address(request.reply_to),
+            test=True,
+        )
+        if deps.auth is not None:  # signed like the real mail, so the test shows the same
+            raw = await deps.auth.sign(workspace_id, deps.from_address, raw)
+    except (RenderError, MailError) as err:
+        status, detail = Status.FAILED, f"test send failed: {err}"[:1000]
+
+    async with deps.pool.acquire() as conn, conn.transaction():
+        claimed = await db.claim(
+            conn,
+            request.message_id,
+            workspace_id,
+            request.contact_id or NO_CONTACT,
+            request.kind,
+            request.campaign_id,
+            request.workflow_id,
+            clock.now(),
+        )
+    if claimed is None:
+        log.info("test send %s already handled; not sending it again", request.message_id)
+        return
+    if status == Status.SENT:
+        try:
+            detail = await deps.smtp.send(raw, deps.from_address, recipient, request.message_id)
+        except Exception as err:
+            if failure_of(err) is None:
+                log.exception("test send %s failed", request.message_id)
+            status, detail = Status.FAILED, f"test send failed: {err}"[:1000]
+
+    async def record(conn: asyncpg.Connection) -> None:
+        await db.set_status(conn, request.message_id, status, detail, clock.now())
+
+    await _write_outcome(deps, request.message_id, record)
+
+
+def _test_recipient(address: str) -> str:
+    if not address:
+        return ""
+    try:
+        return validate_email(address, check_deliverability=False).ascii_email or ""
+    except EmailNotValidError:
+        return ""
+
+
+def reply_to_address(address: str) -> str:
+    """The Reply-To of a mail: ``address`` when it is one (ASCII form), else none (a bad one
+    is left out rather than failing the mail; campaigns validates it when it is set)."""
+    if not address:
+        return ""
+    try:
+        return validate_email(address, check_deliverability=False).ascii_email or ""
+    except EmailNotValidError:
+        log.warning("leaving out a Reply-To that is not an address: %r", address[:200])
+        return ""
+
+
 def mail_links(deps: Deps, workspace_id: str, request: delivery_pb2.DeliveryRequested) -> MailLinks:
     """The preference page link of a non-transactional mail; the confirmation link of a double
     opt-in mail (contacts asks for one with the ``confirm_expires_at`` var)."""
@@ -624,6 +756,9 @@ def build_email(
     to: tuple[str, str],
     rendered: Rendered,
     list_unsubscribe: str = "",
+    *,
+    reply_to: str = "",
+    test: bool = False,
 ) -> bytes:
     """The mail's bytes as they go into SMTP DATA (domain/mime.py: tens of microseconds,
     where ``EmailMessage`` and ``as_bytes()`` took ~3.7 ms). ``list_unsubscribe`` is the
@@ -642,6 +777,8 @@ def build_email(
             body_html=rendered.body_html,
             date=clock.now(),
             list_unsubscribe=list_unsubscribe,
+            reply_to=reply_to,
+            test=test,
         )
     )
 

@@ -29,6 +29,7 @@ from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.config import Settings
 from services.gateway.entrypoints import (
     campaign_audience,
+    campaign_content,
     campaigns,
     consent,
     contacts,
@@ -105,6 +106,7 @@ def create_app(
         events,
         segments,
         campaigns,
+        campaign_content,  # issue 15: content check, preview, test send
         messages,
         dkim,
         keys,

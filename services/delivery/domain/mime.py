@@ -10,8 +10,9 @@ library and compares every header and body with what went in and with what
 
 What is written, and the rules it keeps:
 
-- Headers From, To, Subject, Date, Message-ID, X-Nudge-Message-Id, X-Nudge-Workspace-Id,
-  List-Unsubscribe and List-Unsubscribe-Post (RFC 8058, when a one-click URL is given),
+- Headers From, To, Reply-To (when given), Subject, Date, Message-ID, X-Nudge-Message-Id,
+  X-Nudge-Workspace-Id, X-Nudge-Test (a campaign's test send), List-Unsubscribe and
+  List-Unsubscribe-Post (RFC 8058, when a one-click URL is given),
   MIME-Version, Content-Type, Content-Transfer-Encoding. CRLF line ends throughout.
 - Addresses with an internationalised domain are written with its A-labels (xn--).
 - No header injection: a CR or LF in a subject or a display name is folded away (replaced
@@ -87,6 +88,8 @@ class OutgoingMail:
     body_html: str
     date: datetime
     list_unsubscribe: str = ""
+    reply_to: str = ""  # an address, or empty: no Reply-To header
+    test: bool = False  # a campaign's test send: an X-Nudge-Test header
 
 
 def to_bytes(mail: OutgoingMail) -> bytes:
@@ -98,12 +101,18 @@ def to_bytes(mail: OutgoingMail) -> bytes:
     headers = [
         "From: " + _mailbox(mail.from_name, from_address),
         "To: " + _mailbox(mail.to_name, ascii_address(_structural("to_address", mail.to_address))),
+    ]
+    if mail.reply_to:
+        headers.append("Reply-To: " + ascii_address(_structural("reply_to", mail.reply_to)))
+    headers += [
         "Subject: " + _unstructured("Subject: ", mail.subject),
         "Date: " + format_datetime(mail.date),
         f"Message-ID: <{_structural('message_id', mail.message_id)}@{domain}>",
         "X-Nudge-Message-Id: " + mail.message_id,
         "X-Nudge-Workspace-Id: " + _structural("workspace_id", mail.workspace_id),
     ]
+    if mail.test:
+        headers.append("X-Nudge-Test: yes")
     if mail.list_unsubscribe:
         url = _structural("list_unsubscribe", mail.list_unsubscribe)
         headers.append(f"List-Unsubscribe: <{url}>")

@@ -1,5 +1,7 @@
 """Personalisation: subject and bodies are Jinja2 templates run in the sandbox, so a template
-written by a manager cannot reach Python objects, files or attributes it was not given.
+written by a manager cannot reach Python objects, files or attributes it was not given. The
+sandbox, its filters and its limits (work, size) are services/common/templating.py's, the
+same campaigns previews and checks with, so what was checked is what is sent.
 
 Every mail but a transactional one ends with a link to the contact's preference page (beside
 the List-Unsubscribe header's one-click link), appended here so that no template can leave it
@@ -8,23 +10,11 @@ confirmation mail, ``links.confirm``."""
 
 from __future__ import annotations
 
-import functools
 import html
 from dataclasses import dataclass
 
-from jinja2 import Template, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-_env = ImmutableSandboxedEnvironment(autoescape=False)
-_html_env = ImmutableSandboxedEnvironment(autoescape=True)
-
-
-@functools.lru_cache(maxsize=128)
-def _compiled(source: str, html_escaped: bool) -> Template:
-    """A campaign sends the same subject and bodies to every contact: compiling them once
-    rather than for every mail saves ~2.5 ms of CPU a mail (bench/RESULTS.md, issue 14).
-    Compiled templates are immutable; a template that fails to compile is not cached."""
-    return (_html_env if html_escaped else _env).from_string(source)
+from services.common import templating
+from services.common.templating import compiled as _compiled
 
 
 @dataclass(frozen=True)
@@ -58,7 +48,7 @@ def check_templates(subject: str, body_text: str, body_html: str) -> None:
         _compiled(body_text, False)
         if body_html:
             _compiled(body_html, True)
-    except (TemplateError, RecursionError, SyntaxError) as err:
+    except templating.TEMPLATE_ERRORS as err:
         raise RenderError(f"{type(err).__name__}: {err}") from err
 
 
@@ -73,12 +63,13 @@ def render(
     context = {**context, "links": {"preferences": links.preferences, "confirm": links.confirm}}
     try:
         rendered = Rendered(
-            subject=" ".join(_compiled(subject, False).render(context).split()),
-            body_text=_compiled(body_text, False).render(context),
-            body_html=_compiled(body_html, True).render(context) if body_html else "",
+            subject=" ".join(templating.render(_compiled(subject, False), context).split()),
+            body_text=templating.render(_compiled(body_text, False), context),
+            body_html=templating.render(_compiled(body_html, True), context) if body_html else "",
         )
-    except (TemplateError, RecursionError, SyntaxError) as err:
-        # Deep nesting fails in Python's parser or compiler, not as a TemplateError.
+    except templating.TEMPLATE_ERRORS as err:
+        # Deep nesting fails in Python's parser or compiler, not as a TemplateError; a
+        # template may also divide by zero or add a number to a text for this contact.
         raise RenderError(f"{type(err).__name__}: {err}") from err
     if not links.preferences:
         return rendered

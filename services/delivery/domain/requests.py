@@ -24,6 +24,8 @@ KINDS = frozenset(
         delivery_pb2.MESSAGE_KIND_TRANSACTIONAL,
         delivery_pb2.MESSAGE_KIND_CAMPAIGN,
         delivery_pb2.MESSAGE_KIND_AUTOMATION,
+        # A campaign's test send: handled on its own path (handlers.deliver_test).
+        delivery_pb2.MESSAGE_KIND_TEST,
     }
 )
 

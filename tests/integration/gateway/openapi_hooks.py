@@ -13,7 +13,8 @@ The server answers 422 with the field otherwise. For data schemathesis generates
 (positive mode) only, segment ids become the workspace's own, page tokens are dropped,
 future instants move to the past, DKIM keys are left to delivery to generate, rules become
 a valid rule, overlap's segment ids the
-workspace's own, and bodies whose templates do not parse are dropped, so that
+workspace's own, a preview's or test send's A/B variant 0 (the run's campaigns have
+one), and bodies whose templates do not parse are dropped, so that
 a 422 for valid data still means a document looser than the server. Negative data is left
 alone. An erasure of an existing contact erases a spare contact instead (``before_call``),
 as a revocation of the run's own key revokes a spare key.
@@ -129,7 +130,14 @@ def map_case(context: Any, case: Any) -> Any:
         case.query.pop("attribute", None)
     _no_future(case.body)
     _no_attributes(case.body)
+    if case.operation.path in VARIANT_BODIES and isinstance(case.body, dict):
+        case.body["variant"] = 0  # the campaigns made here have no A/B test: one variant
     return case
+
+
+VARIANT_BODIES = frozenset(
+    {"/v1/campaigns/{campaign_id}/preview", "/v1/campaigns/{campaign_id}/test-send"}
+)
 
 
 def _no_attributes(value: Any) -> None:
