@@ -39,11 +39,12 @@ async def stub(
 
 
 async def new_contact(contacts: RunningService, ws: Workspace, first: str, last: str) -> str:
+    local = "".join(ch for ch in first.lower() if ch.isalnum()) or "x"
     async with grpc.aio.insecure_channel(contacts.address) as ch:
         answer = await contacts_pb2_grpc.ContactServiceStub(ch).CreateContact(
             contacts_pb2.CreateContactRequest(
                 contact=contacts_pb2.Contact(
-                    email=f"{first.lower()}-{uuid.uuid4().hex[:6]}@example.com",
+                    email=f"{local}-{uuid.uuid4().hex[:6]}@example.com",
                     first_name=first,
                     last_name=last,
                 )
