@@ -171,7 +171,7 @@ def csv_rows(contacts: list[campaigns_pb2.EngagedContact], header: bool) -> str:
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/csv": {"schema": {"type": "string"}}}},
-        **problems.responses(401, 404, 503),
+        **problems.responses(401, 404, 422, 503),
     },
 )
 async def export_engaged_non_buyers(
