@@ -351,3 +351,41 @@ async def test_an_empty_report_has_zero_rates(
     r = await report_of(stub, workspace, campaign_id)
     assert (r.audience, r.sent, r.delivery_rate, r.click_to_open_rate) == (0, 0, 0.0, 0.0)
     assert r.opened.unique_human_rate == 0.0
+
+
+async def test_an_order_counts_for_the_latest_engaged_campaign_and_stops_when_cancelled(
+    pool: asyncpg.Pool,
+    producer: AIOKafkaProducer,
+    admin: AIOKafkaAdminClient,
+    stub: campaigns_pb2_grpc.CampaignServiceStub,
+    workspace: Workspace,
+) -> None:
+    (buyer,) = ids(1)
+    w = workspace.id
+    older = await insert_campaign(pool, w, [Row(buyer)], started_at=STARTED)
+    newer = await insert_campaign(pool, w, [Row(buyer)], started_at=STARTED)
+    records = await publish(
+        producer,
+        [
+            clicked(w, buyer, Row(buyer).message_id(older), T),
+            opened(w, buyer, Row(buyer).message_id(newer), T + timedelta(days=1)),
+        ],
+    )
+    await consumed(admin, records)
+    await consumed(
+        admin, await publish(producer, [order(w, buyer, "o-x", T + timedelta(days=2), 4000)])
+    )
+    assert (await report_of(stub, workspace, newer)).orders.orders == 1
+    assert (await report_of(stub, workspace, older)).orders.orders == 0
+    cancel = shop_pb2.ShopEvent(
+        contact_id=buyer, order_cancelled=shop_pb2.OrderCancelled(order_id="o-x")
+    )
+    cancel.occurred_at.FromDatetime(T + timedelta(days=3))
+    await consumed(
+        admin,
+        await publish(
+            producer, [Published(SHOP_EVENTS, buyer, envelope(w, cancel, T + timedelta(days=3)))]
+        ),
+    )
+    r = await report_of(stub, workspace, newer)
+    assert r.orders.orders == 0 and list(r.orders.revenue) == []
