@@ -137,7 +137,8 @@ def observation_of(envelope: Envelope) -> Observation | None:
             contact_id=uuid.UUID(event.contact_id),
             placed_at=at,
             amount_minor=placed.total.amount_minor,
-            currency=placed.total.currency.upper()[:MAX_CURRENCY],
+            # PostgreSQL refuses a NUL in text: that one character would fail the batch.
+            currency=placed.total.currency.replace("\x00", "").upper()[:MAX_CURRENCY],
         )
     if order_kind in ("order_cancelled", "order_refunded"):
         order_id = getattr(event, order_kind).order_id

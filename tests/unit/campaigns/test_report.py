@@ -74,9 +74,11 @@ def test_an_order_is_named_by_its_id_or_else_by_its_event() -> None:
     observed = mark(event)
     assert observed == report.OrderPlaced(uuid.UUID(WS), "A-1", uuid.UUID(CONTACT), AT, 990, "EUR")
     event.order_placed.order_id = "x" * 500
+    event.order_placed.total.currency = "eu\x00r-very-long-currency"
     env = new_envelope(WS, event, event_id="ev-1", occurred_at=AT)
     placed = report.observation_of(env)
     assert isinstance(placed, report.OrderPlaced) and placed.order_id == "event:ev-1"
+    assert placed.currency == "EUR-VERY"  # no NUL, at most 8 characters
     voided = mark(shop_pb2.ShopEvent(order_refunded=shop_pb2.OrderRefunded(order_id="A-1")))
     assert voided == report.OrderVoided(uuid.UUID(WS), "A-1", AT)
 
