@@ -11,7 +11,8 @@ How an event counts, and why it never counts twice:
   nothing), and each total (opens, clicks, deferrals) is raised only for events whose
   ``processed_events`` claim is new, in the same statement: a redelivered event is a no-op.
 - Writes are batched: the records the consumer loop hands out concurrently are gathered (as
-  segmentation's ReadModelWriter does) and applied with one statement per kind a batch.
+  segmentation's ReadModelWriter does) and applied in one transaction a batch: two
+  statements for the message marks (claim, then fold), one for orders, one for voids.
 
 Orders (OrderPlaced) are attributed to the campaign whose mail the same contact opened or
 clicked (a human open or click) at most 5 days before the order: measured from the first or
@@ -274,7 +275,8 @@ WHERE a.workspace_id = v.workspace_id AND a.order_id = v.order_id
 
 
 async def apply_observations(conn: asyncpg.Connection, batch: list[Observation]) -> None:
-    """Apply a batch in one transaction: one statement per kind of observation."""
+    """Apply a batch in one transaction: claim and fold the message marks, attribute the
+    orders, void the cancelled ones."""
     marks = [o for o in batch if isinstance(o, MessageMark)]
     orders = [o for o in batch if isinstance(o, OrderPlaced)]
     voids = [o for o in batch if isinstance(o, OrderVoided)]
