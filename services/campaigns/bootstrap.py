@@ -14,10 +14,12 @@ import logging
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from aiokafka import ConsumerRecord
 from nudge.campaigns.v1 import campaigns_pb2_grpc
+from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.privacy.v1 import privacy_pb2_grpc
 
-from services.campaigns import privacy
+from services.campaigns import ab, privacy, report
 from services.campaigns.adapters.content import ContactsFacts, TestSendPublisher
 from services.campaigns.adapters.postgres import SCHEMA
 from services.campaigns.adapters.requests_out import DeliveryRequestWriter
@@ -32,8 +34,10 @@ from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.dependencies import postgres_check, redis_check
 from services.common.grpc_client import channel
-from services.common.kafka import KafkaPublisher, supports_idempotence
+from services.common.idempotency import prune_forever
+from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.privacy import CONTACT_DATA_POLICY, CONTACT_DATA_SERVICE, ContactDataServicer
+from services.common.topics import DELIVERY_EVENTS, SHOP_EVENTS, TRACKING_EVENTS
 
 log = logging.getLogger(__name__)
 NAME = "campaigns"
@@ -64,6 +68,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     await start_fanout(service, ports)
     servicer = CampaignServicer(ports)  # type: ignore[abstract]  # until every part lands (issue 15)
     servicer.content = await start_content(service, ports)
+    await start_report(service, ports)
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
@@ -124,6 +129,31 @@ async def start_content(service: runtime.Service, ports: Ports) -> ContentDeps:
         from_address=settings.from_address,
         test_sends_per_hour=settings.test_sends_per_hour,
     )
+
+
+async def start_report(service: runtime.Service, ports: Ports) -> None:
+    """The report's consumers (delivery, tracking and shop events into recipients rows and
+    attributions, services/campaigns/report.py) and the A/B decision loop (ab.py)."""
+    writer = report.ReportWriter(ports.pool)
+
+    async def on_event(envelope: Envelope, record: ConsumerRecord) -> None:
+        await report.on_event(writer, envelope, record)
+
+    consumer = KafkaConsumerLoop(
+        ports.settings.kafka_bootstrap_servers,
+        report.CONSUMER,
+        # All three keyed by contact id: one contact's events are applied one at a time.
+        [DELIVERY_EVENTS, TRACKING_EVENTS, SHOP_EVENTS],
+        on_event,
+        max_records=1000,
+        concurrency=2000,
+        max_in_flight=4000,
+    )
+    service.push(consumer.stop)
+    await consumer.start()
+    service.spawn(consumer.run(), "report-consumer")
+    service.spawn(prune_forever(ports.pool), "report-prune-claims")
+    service.spawn(ab.decide_forever(ports.pool), "ab-decisions")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:

@@ -30,6 +30,7 @@ from services.gateway.config import Settings
 from services.gateway.entrypoints import (
     campaign_audience,
     campaign_content,
+    campaign_report,
     campaigns,
     consent,
     contacts,
@@ -116,6 +117,7 @@ def create_app(
     app.include_router(contacts.attributes_router)
     app.include_router(sending.router)  # issue 14: the anti-spam guard
     app.include_router(campaign_audience.router)  # issue 15: audience
+    app.include_router(campaign_report.router)  # issue 15: the report
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
     app.add_exception_handler(HTTPException, problems.handle_http_exception)

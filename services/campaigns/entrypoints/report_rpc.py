@@ -5,8 +5,34 @@ Mixed into :class:`services.campaigns.entrypoints.grpc.CampaignServicer`, which 
 
 from __future__ import annotations
 
+import grpc
+from nudge.campaigns.v1 import campaigns_pb2
+
+from services.campaigns import stats
 from services.campaigns.ports import Ports
+from services.common import clock
+from services.common.auth import current_workspace
 
 
 class ReportRpcs:
     ports: Ports
+
+    async def GetCampaignReport(
+        self, request: campaigns_pb2.GetCampaignReportRequest, context: grpc.aio.ServicerContext
+    ) -> campaigns_pb2.CampaignReport:
+        return await stats.campaign_report(
+            self.ports.pool, current_workspace(), request.campaign_id, clock.now()
+        )
+
+    async def ListEngagedNonBuyers(
+        self,
+        request: campaigns_pb2.ListEngagedNonBuyersRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> campaigns_pb2.ListEngagedNonBuyersResponse:
+        return await stats.engaged_non_buyers(
+            self.ports.pool,
+            self.ports.contacts,
+            self.ports.settings.internal_token,
+            current_workspace(),
+            request,
+        )
