@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from nudge.campaigns.v1 import campaigns_pb2_grpc
 from nudge.privacy.v1 import privacy_pb2_grpc
 
-from services.campaigns import privacy
+from services.campaigns import privacy, scheduler
 from services.campaigns.adapters.postgres import SCHEMA
 from services.campaigns.adapters.segmentation import SegmentCatalogue
 from services.campaigns.config import Settings
@@ -56,6 +56,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         delivery=delivery,
         segments=SegmentCatalogue(segmentation, settings.internal_token),
     )
+    service.spawn(scheduler.run_forever(pool, scheduler.INTERVAL_S), "campaigns-scheduler")
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[
