@@ -311,9 +311,12 @@ async def transition(
             return None
         before = Status(row["status"])
         await conn.execute(
-            "UPDATE campaigns SET status = $3, status_reason = $4, updated_at = $5,"
-            " started_at = CASE WHEN $3 = 3 THEN coalesce(started_at, $5) ELSE started_at END,"
-            " finished_at = CASE WHEN $3 IN (4, 5) THEN $5 ELSE finished_at END"
+            # $3 typed once (smallint, as the column): PostgreSQL refuses a parameter it
+            # deduces as both smallint and integer.
+            "UPDATE campaigns SET status = $3::smallint, status_reason = $4, updated_at = $5,"
+            " started_at = CASE WHEN $3::smallint = 3 THEN coalesce(started_at, $5)"
+            " ELSE started_at END,"
+            " finished_at = CASE WHEN $3::smallint IN (4, 5) THEN $5 ELSE finished_at END"
             " WHERE workspace_id = $1 AND id = $2",
             uuid.UUID(workspace_id),
             campaign_id,
