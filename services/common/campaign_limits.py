@@ -14,7 +14,7 @@ MAX_PAGE_SIZE = 100
 MAX_PAGE_TOKEN = 200
 
 # Issue 15: the rest of a campaign.
-MAX_BODY_HTML = 100_000
+MAX_BODY_HTML = 50_000  # the gateway takes bodies up to 64 KiB
 MAX_BODY_MARKDOWN = 10_000
 MAX_EXCLUDE_SEGMENTS = 20
 MAX_TAGS_ANY = 20

@@ -28,6 +28,7 @@ from services.gateway.adapters.health import CachedChecks, DependencyChecks, Hea
 from services.gateway.body_limit import BodyLimitMiddleware
 from services.gateway.config import Settings
 from services.gateway.entrypoints import (
+    campaign_lifecycle,
     campaigns,
     consent,
     contacts,
@@ -104,6 +105,7 @@ def create_app(
         events,
         segments,
         campaigns,
+        campaign_lifecycle,
         messages,
         dkim,
         keys,
