@@ -18,6 +18,7 @@ from services.gateway.schemas import (
     ResponseModel,
     Rfc3339,
     StrictModel,
+    TimeZone,
 )
 
 Note = Annotated[str, StringConstraints(max_length=limits.MAX_NOTE, pattern=r"^[^\x00]*$")]
@@ -98,9 +99,7 @@ class CampaignSettingsPatchIn(StrictModel):
     frequency_cap_days: int = Field(
         30, ge=limits.MIN_CAP_DAYS, le=limits.MAX_CAP_DAYS, description="...per this many days."
     )
-    time_zone: Annotated[
-        str, StringConstraints(min_length=1, max_length=limits.MAX_TIME_ZONE, pattern=r"^[^\x00]*$")
-    ] = Field("UTC", description="IANA zone of the workspace's campaigns.")
+    time_zone: TimeZone = Field("UTC", description="IANA zone of the workspace's campaigns.")
 
     @model_validator(mode="after")
     def _not_empty(self) -> CampaignSettingsPatchIn:

@@ -886,6 +886,28 @@ CampaignStatus = Literal[
 Purpose = Literal["targeted_messages", "marketing"]
 CapAction = Literal["skip", "defer"]
 WinnerMetric = Literal["unique_human_clicks", "revenue"]
+# The IANA zones this machine's zoneinfo knows: the campaigns service's check, stated as an
+# enum so that the document is exactly as strict as the server.
+TIME_ZONES = sorted(z for z in zoneinfo.available_timezones() if "/" in z or z == "UTC")
+
+
+def _known_zone(value: str) -> str:
+    if value and value not in TIME_ZONES_SET:
+        raise ValueError("is not an IANA time zone (e.g. Europe/Berlin)")
+    return value
+
+
+TIME_ZONES_SET = frozenset(TIME_ZONES)
+TimeZone = Annotated[
+    str,
+    AfterValidator(_known_zone),
+    WithJsonSchema({"type": "string", "enum": TIME_ZONES}),
+]
+OptionalTimeZone = Annotated[
+    str,
+    AfterValidator(_known_zone),
+    WithJsonSchema({"type": "string", "enum": ["", *TIME_ZONES]}),
+]
 
 
 class AbTestIn(StrictModel):
@@ -941,7 +963,7 @@ class CampaignFieldsIn(StrictModel):
         description="Instead of `body_text` and `body_html` (both must then be empty): "
         "rendered to both.",
     )
-    reply_to: Annotated[str, _text(campaign_rules.MAX_REPLY_TO)] = Field(
+    reply_to: Email | Literal[""] = Field(
         "", description="The manager's address for replies; the sender is always no-reply."
     )
     purpose: Purpose = "targeted_messages"
@@ -951,16 +973,50 @@ class CampaignFieldsIn(StrictModel):
     local_time: bool = Field(
         False, description="Scheduled at the same wall-clock time in each contact's zone."
     )
-    time_zone: Annotated[str, _text(campaign_rules.MAX_TIME_ZONE)] = Field(
+    time_zone: OptionalTimeZone = Field(
         "", description="IANA zone (`Europe/Berlin`); empty: the workspace's setting."
     )
     ab_test: AbTestIn | None = None
     holdout_percent: int = Field(0, ge=0, le=campaign_rules.MAX_HOLDOUT_PERCENT)
 
 
+_FILLED = {"minLength": 1, "pattern": f"[^{WHITE_SPACE}]"}
+_EMPTY = {"maxLength": 0}
+# What JSON Schema can say of the rules across members: segments or tags (at least one), and
+# body_text (with an optional body_html) or body_markdown alone.
+_CAMPAIGN_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "anyOf": [
+                {"required": ["segment_ids"], "properties": {"segment_ids": {"minItems": 1}}},
+                {"required": ["tags_any"], "properties": {"tags_any": {"minItems": 1}}},
+            ]
+        },
+        {
+            "oneOf": [
+                {
+                    "required": ["body_text"],
+                    "properties": {"body_text": _FILLED, "body_markdown": _EMPTY},
+                },
+                {
+                    "required": ["body_markdown"],
+                    "properties": {
+                        "body_markdown": _FILLED,
+                        "body_text": _EMPTY,
+                        "body_html": _EMPTY,
+                    },
+                },
+            ]
+        },
+    ]
+}
+
+
 class CampaignIn(CampaignFieldsIn):
-    """A targeted message: segments (or tags), a subject and a short text. The limits are the
-    campaigns service's own (services/common/campaign_limits.py)."""
+    """A targeted message: segments (or tags), a subject and a short text (or Markdown). The
+    limits are the campaigns service's own (services/common/campaign_limits.py)."""
+
+    model_config = ConfigDict(json_schema_extra=_CAMPAIGN_RULES)
 
     name: Annotated[str, _filled_text(campaign_rules.MAX_NAME)]
     # uniqueItems is the service's check (it names the repeated item, `segment_ids[1]`).
