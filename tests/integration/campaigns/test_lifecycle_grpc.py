@@ -311,16 +311,30 @@ async def test_a_scheduled_campaign_starts_when_the_moved_clock_reaches_it(
         S.SendCampaignRequest(campaign_id=later.id, send_at=ts(now + timedelta(hours=5))),  # type: ignore[arg-type]
         metadata=md,
     )
+    # Local time: 15 hours from now as a wall-clock time in UTC comes first in UTC+14, one
+    # hour from now; the same time as one instant (later_instant) is far off.
+    local = await create(stub, workspace, local_time=True, time_zone="UTC")
+    later_instant = await create(stub, workspace, time_zone="UTC")
+    for campaign in (local, later_instant):
+        await stub.SendCampaign(
+            S.SendCampaignRequest(campaign_id=campaign.id, send_at=ts(now + timedelta(hours=15))),  # type: ignore[arg-type]
+            metadata=md,
+        )
     clock.set_clock(clock.SystemClock(offset=timedelta(hours=2)))
 
     async def started() -> bool:
-        got = await stub.GetCampaign(S.GetCampaignRequest(campaign_id=c.id), metadata=md)
-        return got.campaign.status == S.CAMPAIGN_STATUS_SENDING
+        for campaign in (c, local):
+            got = await stub.GetCampaign(S.GetCampaignRequest(campaign_id=campaign.id), metadata=md)
+            if got.campaign.status != S.CAMPAIGN_STATUS_SENDING:
+                return False
+        return True
 
     await eventually(started, timeout=30)
     assert (await statuses(stub, workspace, c.id))[-1] == (2, 3, "system:scheduler")
-    still = await stub.GetCampaign(S.GetCampaignRequest(campaign_id=later.id), metadata=md)
-    assert still.campaign.status == S.CAMPAIGN_STATUS_SCHEDULED  # its time has not come
+    assert (await statuses(stub, workspace, local.id))[-1] == (2, 3, "system:scheduler")
+    for waiting in (later, later_instant):  # their time has not come
+        still = await stub.GetCampaign(S.GetCampaignRequest(campaign_id=waiting.id), metadata=md)
+        assert still.campaign.status == S.CAMPAIGN_STATUS_SCHEDULED
 
 
 async def test_a_send_in_the_past_is_refused_and_nothing_moves(
