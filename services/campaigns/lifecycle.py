@@ -35,7 +35,7 @@ from nudge.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 from services.campaigns import settings as campaign_settings
 from services.campaigns.adapters import postgres as db
 from services.campaigns.domain import content
-from services.campaigns.domain.model import Status, allowed_from
+from services.campaigns.domain.model import PURPOSE_MARKETING, Status, allowed_from
 from services.campaigns.handlers import campaign_key
 from services.campaigns.ports import Ports
 from services.common import campaign_limits as limits
@@ -252,7 +252,7 @@ async def send_campaign(
 
 
 def _purpose_name(purpose: int) -> str:
-    return "marketing" if purpose == 1 else "targeted messages"
+    return "marketing" if purpose == PURPOSE_MARKETING else "targeted messages"
 
 
 # The refusal of each manager's move, by the status it finds (any other: "is <status>").

@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     Strict,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -1026,13 +1027,37 @@ class CampaignIn(CampaignFieldsIn):
         description="Who receives it (a union): ids of segments the workspace has "
         "(`GET /v1/segments`), each once. At least one, or `tags_any`.",
         json_schema_extra={"uniqueItems": True},
+        validate_default=True,
     )
     subject: Annotated[str, _filled_text(campaign_rules.MAX_SUBJECT, one_line=True)] = Field(
         description="One line; a template (`{{ first_name }}`) that must parse."
     )
     body_text: Annotated[str, _text(campaign_rules.MAX_BODY_TEXT)] = Field(
-        "", description="A template that must parse; required unless `body_markdown` is given."
+        "",
+        description="A template that must parse; required (not blank) unless "
+        "`body_markdown` is given, and then empty.",
+        validate_default=True,
     )
+
+    # The rules across members (stated in the document by _CAMPAIGN_RULES), checked here so
+    # that the caller hears of them with the other field errors, before any call. tags_any
+    # and body_markdown (CampaignFieldsIn) are validated before these.
+    @field_validator("segment_ids")
+    @classmethod
+    def _segments_or_tags(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value and not info.data.get("tags_any"):
+            raise ValueError("at least one segment id is required (or tags_any)")
+        return value
+
+    @field_validator("body_text")
+    @classmethod
+    def _text_or_markdown(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("body_markdown"):
+            if value:
+                raise ValueError("must be empty when body_markdown is given")
+        elif not value.strip():
+            raise ValueError("is required and must not be blank (or give body_markdown)")
+        return value
 
 
 class CampaignOut(ResponseModel):

@@ -45,10 +45,13 @@ class Status(IntEnum):
 # nudge.contacts.v1.ConsentPurpose and nudge.campaigns.v1 enums, mirrored (see Status).
 PURPOSE_MARKETING = 1
 PURPOSE_TARGETED_MESSAGES = 2
-PURPOSES = (PURPOSE_MARKETING, PURPOSE_TARGETED_MESSAGES)
+UNSET = 0  # proto3's unset enum: the field's documented default applies
+PURPOSES = (UNSET, PURPOSE_MARKETING, PURPOSE_TARGETED_MESSAGES)
 CAP_ACTION_SKIP = 1
 CAP_ACTION_DEFER = 2
-WINNER_METRICS = (1, 2)  # UNIQUE_HUMAN_CLICKS, REVENUE
+CAP_ACTIONS = (UNSET, CAP_ACTION_SKIP, CAP_ACTION_DEFER)
+METRIC_UNIQUE_HUMAN_CLICKS = 1
+WINNER_METRICS = (UNSET, METRIC_UNIQUE_HUMAN_CLICKS, 2)  # 2: REVENUE
 
 
 # Every move a campaign may make, and who makes it: SendCampaign (draft -> scheduled or
@@ -88,7 +91,7 @@ class AbTestSpec:
         return {
             "subjects": list(self.subjects),
             "sample_percent": self.sample_percent,
-            "metric": self.metric or 1,
+            "metric": self.metric or METRIC_UNIQUE_HUMAN_CLICKS,
             "decide_after_s": self.decide_after_s,
             "winner": -1,
             "decided_at": None,
@@ -216,10 +219,8 @@ def check_new_campaign(v: Validator, c: NewCampaign) -> None:
     if c.reply_to:
         _, problem = check_email(c.reply_to)
         v.check(not problem, "reply_to", f"not an e-mail address: {problem}")
-    v.check(
-        c.purpose in (0, *PURPOSES), "purpose", "must be TARGETED_MESSAGES (default) or MARKETING"
-    )
-    v.check(c.cap_action in (0, CAP_ACTION_SKIP, CAP_ACTION_DEFER), "cap_action", "unknown")
+    v.check(c.purpose in PURPOSES, "purpose", "must be TARGETED_MESSAGES (default) or MARKETING")
+    v.check(c.cap_action in CAP_ACTIONS, "cap_action", "unknown")
     v.check(
         not c.time_zone or is_time_zone(c.time_zone),
         "time_zone",
@@ -247,7 +248,7 @@ def _check_ab_test(v: Validator, ab: AbTestSpec) -> None:
         seen.add(subject)
     lo, hi = limits.MIN_AB_SAMPLE_PERCENT, limits.MAX_AB_SAMPLE_PERCENT
     v.check(lo <= ab.sample_percent <= hi, "ab_test.sample_percent", f"must be {lo}-{hi}")
-    v.check(ab.metric in (0, *WINNER_METRICS), "ab_test.metric", "unknown")
+    v.check(ab.metric in WINNER_METRICS, "ab_test.metric", "unknown")
     v.check(
         limits.MIN_AB_DECIDE_AFTER_S <= ab.decide_after_s <= limits.MAX_AB_DECIDE_AFTER_S,
         "ab_test.decide_after",

@@ -128,6 +128,18 @@ async def test_every_field_goes_through_create_patch_and_get(http: httpx.AsyncCl
     )
     got = await http.get(f"/v1/campaigns/{c['id']}")
     assert got.json() == p
+    # Tags alone are an audience, Markdown alone a body.
+    answer = await http.post(
+        "/v1/campaigns",
+        json={"name": "Tagged", "tags_any": ["vip"], "subject": "Hi", "body_markdown": "# Hi"},
+    )
+    assert answer.status_code == 201, answer.text
+    assert (answer.json()["segment_ids"], answer.json()["body_text"]) == ([], "")
+    both = await http.post(
+        "/v1/campaigns",
+        json={"name": "n", "subject": "s", "body_markdown": "# Hi", "body_text": "Hi"},
+    )
+    assert [e["field"] for e in problem(both, 422)["errors"]] == ["segment_ids", "body_text"]
 
 
 async def test_bad_fields_are_422_with_the_json_names(http: httpx.AsyncClient) -> None:
