@@ -19,7 +19,7 @@ from nudge.campaigns.v1 import campaigns_pb2_grpc
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.privacy.v1 import privacy_pb2_grpc
 
-from services.campaigns import ab, privacy, report
+from services.campaigns import ab, privacy, report, scheduler
 from services.campaigns.adapters.content import ContactsFacts, TestSendPublisher
 from services.campaigns.adapters.postgres import SCHEMA
 from services.campaigns.adapters.requests_out import DeliveryRequestWriter
@@ -66,9 +66,10 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         segments=SegmentCatalogue(segmentation, settings.internal_token),
     )
     await start_fanout(service, ports)
-    servicer = CampaignServicer(ports)  # type: ignore[abstract]  # until every part lands (issue 15)
+    servicer = CampaignServicer(ports)
     servicer.content = await start_content(service, ports)
     await start_report(service, ports)
+    service.spawn(scheduler.run_forever(pool, scheduler.INTERVAL_S), "campaigns-scheduler")
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[

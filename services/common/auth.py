@@ -46,7 +46,7 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from redis.exceptions import RedisError
 
 from services.common import clock
-from services.common.context import workspace_id_var
+from services.common.context import key_id_var, workspace_id_var
 from services.common.errors import Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,15 @@ def current_workspace() -> str:
     if not workspace_id:
         raise Unauthenticated("no workspace in context")
     return workspace_id
+
+
+def current_actor() -> str:
+    """Who makes the call being handled, as recorded beside a change: ``api_key:<key id>``
+    for a manager's key, ``internal`` for another service."""
+    key_id = key_id_var.get()
+    if not key_id or key_id == "internal":
+        return "internal"
+    return f"api_key:{key_id}"
 
 
 def internal_metadata(token: str, workspace_id: str | None = None) -> tuple[tuple[str, str], ...]:

@@ -29,7 +29,7 @@ from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from services.common import errors, reflection_v1
 from services.common.auth import WORKSPACE_HEADER, ApiKeyVerifier, Principal
-from services.common.context import workspace_id_var
+from services.common.context import key_id_var, workspace_id_var
 from services.common.ids import is_uuid
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,11 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     principal = await guard(request, context)
                     token = workspace_id_var.set(principal.workspace_id if principal else "")
+                    key_token = key_id_var.set(principal.key_id if principal else "")
                     try:
                         return await inner(request, context)
                     finally:
+                        key_id_var.reset(key_token)
                         workspace_id_var.reset(token)
                 except errors.NudgeError as err:
                     await abort_with_error(context, err)

@@ -30,6 +30,7 @@ from services.gateway.config import Settings
 from services.gateway.entrypoints import (
     campaign_audience,
     campaign_content,
+    campaign_lifecycle,
     campaign_report,
     campaigns,
     consent,
@@ -108,6 +109,7 @@ def create_app(
         segments,
         campaigns,
         campaign_content,  # issue 15: content check, preview, test send
+        campaign_lifecycle,
         messages,
         dkim,
         keys,

@@ -498,16 +498,71 @@ def overlap_json(answer: segmentation_pb2.SegmentOverlapResponse) -> schemas.Ove
 # --- campaigns ----------------------------------------------------------------------------
 
 
+_PURPOSES = {"marketing": 1, "targeted_messages": 2}
+_CAP_ACTIONS = {"skip": 1, "defer": 2}
+_METRICS = {"unique_human_clicks": 1, "revenue": 2}
+
+
+def ab_test_proto(ab: schemas.AbTestIn) -> campaigns_pb2.AbTest:
+    out = campaigns_pb2.AbTest(
+        subjects=ab.subjects,
+        sample_percent=ab.sample_percent,
+        metric=_METRICS[ab.metric],  # type: ignore[arg-type]
+    )
+    out.decide_after.FromSeconds(ab.decide_after_s)
+    return out
+
+
+def campaign_fields_proto(body: schemas.CampaignFieldsIn) -> campaigns_pb2.Campaign:
+    """The Campaign message carrying the fields of ``body`` beyond name, segments, subject
+    and text (CreateCampaignRequest.campaign, UpdateCampaignRequest.campaign)."""
+    c = campaigns_pb2.Campaign(
+        exclude_segment_ids=body.exclude_segment_ids,
+        tags_any=body.tags_any,
+        body_html=body.body_html,
+        body_markdown=body.body_markdown,
+        reply_to=body.reply_to,
+        purpose=_PURPOSES[body.purpose],  # type: ignore[arg-type]
+        cap_action=_CAP_ACTIONS[body.cap_action],  # type: ignore[arg-type]
+        local_time=body.local_time,
+        time_zone=body.time_zone,
+        holdout_percent=body.holdout_percent,
+    )
+    if body.ab_test is not None:
+        c.ab_test.CopyFrom(ab_test_proto(body.ab_test))
+    return c
+
+
 def create_campaign_request(body: schemas.CampaignIn) -> campaigns_pb2.CreateCampaignRequest:
     return campaigns_pb2.CreateCampaignRequest(
         name=body.name,
         segment_ids=body.segment_ids,
         subject=body.subject,
         body_text=body.body_text,
+        campaign=campaign_fields_proto(body),
     )
 
 
+def campaign_field(field: str) -> str:
+    """The campaigns service names its fields as the JSON does, but for the A/B test's
+    duration (``decide_after``, seconds in the JSON) and the Campaign message of an update."""
+    field = field.removeprefix("campaign.")
+    if field == "ab_test.decide_after":
+        return "ab_test.decide_after_s"
+    return field
+
+
 def campaign_json(c: campaigns_pb2.Campaign) -> schemas.CampaignOut:
+    ab = None
+    if c.HasField("ab_test"):
+        ab = schemas.AbTestOut(
+            subjects=list(c.ab_test.subjects),
+            sample_percent=c.ab_test.sample_percent,
+            metric=_enum_name(campaigns_pb2.WinnerMetric, "WINNER_METRIC_", c.ab_test.metric),
+            decide_after_s=c.ab_test.decide_after.seconds,
+            winner=c.ab_test.winner,
+            decided_at=_time(c.ab_test.decided_at, c.ab_test.HasField("decided_at")),
+        )
     return schemas.CampaignOut(
         id=c.id,
         workspace_id=c.workspace_id,
@@ -518,6 +573,21 @@ def campaign_json(c: campaigns_pb2.Campaign) -> schemas.CampaignOut:
         status=_enum_name(campaigns_pb2.CampaignStatus, "CAMPAIGN_STATUS_", c.status),
         created_at=_time(c.created_at, c.HasField("created_at")),
         scheduled_at=_time(c.scheduled_at, c.HasField("scheduled_at")),
+        exclude_segment_ids=list(c.exclude_segment_ids),
+        tags_any=list(c.tags_any),
+        body_html=c.body_html,
+        body_markdown=c.body_markdown,
+        reply_to=c.reply_to,
+        purpose=_enum_name(contacts_pb2.ConsentPurpose, "CONSENT_PURPOSE_", c.purpose),
+        cap_action=_enum_name(campaigns_pb2.CapAction, "CAP_ACTION_", c.cap_action),
+        local_time=c.local_time,
+        time_zone=c.time_zone,
+        ab_test=ab,
+        holdout_percent=c.holdout_percent,
+        updated_at=_time(c.updated_at, c.HasField("updated_at")),
+        started_at=_time(c.started_at, c.HasField("started_at")),
+        finished_at=_time(c.finished_at, c.HasField("finished_at")),
+        status_reason=c.status_reason,
     )
 
 

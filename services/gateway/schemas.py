@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     Strict,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
@@ -880,28 +881,183 @@ class OverlapOut(ResponseModel):
 
 # --- campaigns ----------------------------------------------------------------------------
 
-CampaignStatus = Literal["draft", "scheduled", "sending", "sent", "cancelled", "unspecified"]
+CampaignStatus = Literal[
+    "draft", "scheduled", "sending", "sent", "cancelled", "paused", "unspecified"
+]
+Purpose = Literal["targeted_messages", "marketing"]
+CapAction = Literal["skip", "defer"]
+WinnerMetric = Literal["unique_human_clicks", "revenue"]
+# The IANA zones this machine's zoneinfo knows: the campaigns service's check, stated as an
+# enum so that the document is exactly as strict as the server.
+TIME_ZONES = sorted(z for z in zoneinfo.available_timezones() if "/" in z or z == "UTC")
 
 
-class CampaignIn(StrictModel):
-    """A targeted message: a segment, a subject and a short text. The limits are the
-    campaigns service's own (services/common/campaign_limits.py)."""
+def _known_zone(value: str) -> str:
+    if value and value not in TIME_ZONES_SET:
+        raise ValueError("is not an IANA time zone (e.g. Europe/Berlin)")
+    return value
+
+
+TIME_ZONES_SET = frozenset(TIME_ZONES)
+TimeZone = Annotated[
+    str,
+    AfterValidator(_known_zone),
+    WithJsonSchema({"type": "string", "enum": TIME_ZONES}),
+]
+OptionalTimeZone = Annotated[
+    str,
+    AfterValidator(_known_zone),
+    WithJsonSchema({"type": "string", "enum": ["", *TIME_ZONES]}),
+]
+
+
+class AbTestIn(StrictModel):
+    """An A/B test of subjects: each variant goes to `sample_percent / len(subjects)` % of
+    the audience; after `decide_after_s` the best (by `metric`) goes to the rest."""
+
+    # Distinct subjects: the service names the repeated one (`ab_test.subjects[1]`).
+    subjects: list[Annotated[str, _filled_text(campaign_rules.MAX_SUBJECT, one_line=True)]] = Field(
+        min_length=campaign_rules.MIN_AB_SUBJECTS,
+        max_length=campaign_rules.MAX_AB_SUBJECTS,
+        json_schema_extra={"uniqueItems": True},
+    )
+    sample_percent: int = Field(
+        ge=campaign_rules.MIN_AB_SAMPLE_PERCENT, le=campaign_rules.MAX_AB_SAMPLE_PERCENT
+    )
+    metric: WinnerMetric = "unique_human_clicks"
+    decide_after_s: int = Field(
+        ge=campaign_rules.MIN_AB_DECIDE_AFTER_S,
+        le=campaign_rules.MAX_AB_DECIDE_AFTER_S,
+        description="Seconds after the sample is sent: 10 minutes to 7 days.",
+    )
+
+
+class AbTestOut(ResponseModel):
+    subjects: list[str]
+    sample_percent: int
+    metric: WinnerMetric | Literal["unspecified"]
+    decide_after_s: int
+    winner: int = Field(description="The winning variant (from 0); -1 until decided.")
+    decided_at: datetime | None
+
+
+class CampaignFieldsIn(StrictModel):
+    """What a manager may set on a campaign besides its name, segments, subject and text."""
+
+    exclude_segment_ids: list[Id] = Field(
+        [],
+        max_length=campaign_rules.MAX_EXCLUDE_SEGMENTS,
+        description="Members of these segments receive nothing.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    tags_any: list[Tag] = Field(
+        [],
+        max_length=campaign_rules.MAX_TAGS_ANY,
+        description="Also every contact with any of these tags.",
+        json_schema_extra={"uniqueItems": True},
+    )
+    body_html: Annotated[str, _text(campaign_rules.MAX_BODY_HTML)] = Field(
+        "", description="Optional HTML body (a template)."
+    )
+    body_markdown: Annotated[str, _text(campaign_rules.MAX_BODY_MARKDOWN)] = Field(
+        "",
+        description="Instead of `body_text` and `body_html` (both must then be empty): "
+        "rendered to both.",
+    )
+    reply_to: Email | Literal[""] = Field(
+        "", description="The manager's address for replies; the sender is always no-reply."
+    )
+    purpose: Purpose = "targeted_messages"
+    cap_action: CapAction = Field(
+        "skip", description="Contacts the frequency cap holds back: left out, or sent later."
+    )
+    local_time: bool = Field(
+        False, description="Scheduled at the same wall-clock time in each contact's zone."
+    )
+    time_zone: OptionalTimeZone = Field(
+        "", description="IANA zone (`Europe/Berlin`); empty: the workspace's setting."
+    )
+    ab_test: AbTestIn | None = None
+    holdout_percent: int = Field(0, ge=0, le=campaign_rules.MAX_HOLDOUT_PERCENT)
+
+
+_FILLED = {"minLength": 1, "pattern": f"[^{WHITE_SPACE}]"}
+_EMPTY = {"maxLength": 0}
+# What JSON Schema can say of the rules across members: segments or tags (at least one), and
+# body_text (with an optional body_html) or body_markdown alone.
+_CAMPAIGN_RULES: dict[str, Any] = {
+    "allOf": [
+        {
+            "anyOf": [
+                {"required": ["segment_ids"], "properties": {"segment_ids": {"minItems": 1}}},
+                {"required": ["tags_any"], "properties": {"tags_any": {"minItems": 1}}},
+            ]
+        },
+        {
+            "oneOf": [
+                {
+                    "required": ["body_text"],
+                    "properties": {"body_text": _FILLED, "body_markdown": _EMPTY},
+                },
+                {
+                    "required": ["body_markdown"],
+                    "properties": {
+                        "body_markdown": _FILLED,
+                        "body_text": _EMPTY,
+                        "body_html": _EMPTY,
+                    },
+                },
+            ]
+        },
+    ]
+}
+
+
+class CampaignIn(CampaignFieldsIn):
+    """A targeted message: segments (or tags), a subject and a short text (or Markdown). The
+    limits are the campaigns service's own (services/common/campaign_limits.py)."""
+
+    model_config = ConfigDict(json_schema_extra=_CAMPAIGN_RULES)
 
     name: Annotated[str, _filled_text(campaign_rules.MAX_NAME)]
     # uniqueItems is the service's check (it names the repeated item, `segment_ids[1]`).
     segment_ids: list[Id] = Field(
-        min_length=1,
+        [],
         max_length=campaign_rules.MAX_SEGMENTS,
         description="Who receives it (a union): ids of segments the workspace has "
-        "(`GET /v1/segments`), each once.",
+        "(`GET /v1/segments`), each once. At least one, or `tags_any`.",
         json_schema_extra={"uniqueItems": True},
+        validate_default=True,
     )
     subject: Annotated[str, _filled_text(campaign_rules.MAX_SUBJECT, one_line=True)] = Field(
         description="One line; a template (`{{ first_name }}`) that must parse."
     )
-    body_text: Annotated[str, _filled_text(campaign_rules.MAX_BODY_TEXT)] = Field(
-        description="A template that must parse."
+    body_text: Annotated[str, _text(campaign_rules.MAX_BODY_TEXT)] = Field(
+        "",
+        description="A template that must parse; required (not blank) unless "
+        "`body_markdown` is given, and then empty.",
+        validate_default=True,
     )
+
+    # The rules across members (stated in the document by _CAMPAIGN_RULES), checked here so
+    # that the caller hears of them with the other field errors, before any call. tags_any
+    # and body_markdown (CampaignFieldsIn) are validated before these.
+    @field_validator("segment_ids")
+    @classmethod
+    def _segments_or_tags(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        if not value and not info.data.get("tags_any"):
+            raise ValueError("at least one segment id is required (or tags_any)")
+        return value
+
+    @field_validator("body_text")
+    @classmethod
+    def _text_or_markdown(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("body_markdown"):
+            if value:
+                raise ValueError("must be empty when body_markdown is given")
+        elif not value.strip():
+            raise ValueError("is required and must not be blank (or give body_markdown)")
+        return value
 
 
 class CampaignOut(ResponseModel):
@@ -914,6 +1070,21 @@ class CampaignOut(ResponseModel):
     status: CampaignStatus
     created_at: datetime | None
     scheduled_at: datetime | None
+    exclude_segment_ids: list[str] = []
+    tags_any: list[str] = []
+    body_html: str = ""
+    body_markdown: str = ""
+    reply_to: str = ""
+    purpose: Purpose | Literal["unspecified"] = "targeted_messages"
+    cap_action: CapAction | Literal["unspecified"] = "skip"
+    local_time: bool = False
+    time_zone: str = ""
+    ab_test: AbTestOut | None = None
+    holdout_percent: int = 0
+    updated_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    status_reason: str = Field("", description="Why it is paused or was cancelled.")
 
 
 class CampaignList(ResponseModel):

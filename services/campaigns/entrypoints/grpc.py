@@ -10,10 +10,9 @@ import grpc
 from nudge.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 
 from services.campaigns import handlers
-from services.campaigns.domain.model import NewCampaign
 from services.campaigns.entrypoints.audience_rpc import AudienceRpcs
 from services.campaigns.entrypoints.content_rpc import ContentRpcs
-from services.campaigns.entrypoints.lifecycle_rpc import LifecycleRpcs
+from services.campaigns.entrypoints.lifecycle_rpc import LifecycleRpcs, fields_of
 from services.campaigns.entrypoints.report_rpc import ReportRpcs
 from services.campaigns.ports import Ports
 from services.common.auth import current_workspace
@@ -36,9 +35,10 @@ class CampaignServicer(
     async def CreateCampaign(
         self, request: campaigns_pb2.CreateCampaignRequest, context: grpc.aio.ServicerContext
     ) -> campaigns_pb2.CreateCampaignResponse:
-        new = NewCampaign(
+        new = fields_of(
+            request.campaign,
             name=request.name,
-            segment_ids=tuple(request.segment_ids),
+            segment_ids=list(request.segment_ids),
             subject=request.subject,
             body_text=request.body_text,
         )

@@ -38,6 +38,7 @@ async def create_campaign(
         backends.campaigns.CreateCampaign,
         convert.create_campaign_request(body),
         service="campaigns",
+        fields=convert.campaign_field,
     )
     campaign = convert.campaign_json(answer.campaign)
     response.headers["Location"] = request.app.url_path_for("get_campaign", campaign_id=campaign.id)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import os
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -107,9 +107,34 @@ def _parses(text: Any) -> bool:
 
 @schemathesis.hook
 def filter_case(context: Any, case: Any) -> bool:
-    if _creates_campaign(case) and _positive(case) and isinstance(case.body, dict):
-        return _parses(case.body.get("subject", "")) and _parses(case.body.get("body_text", ""))
+    if _campaign_body(case) and _positive(case) and isinstance(case.body, dict):
+        texts = [case.body.get(f, "") for f in ("subject", "body_text", "body_html")]
+        texts.append(case.body.get("body_markdown", ""))
+        ab_test = case.body.get("ab_test")
+        if isinstance(ab_test, dict) and isinstance(ab_test.get("subjects"), list):
+            texts.extend(ab_test["subjects"])
+        return all(_parses(t) for t in texts)
     return True
+
+
+CAMPAIGN_BODIES = frozenset({("POST", "/v1/campaigns"), ("PATCH", "/v1/campaigns/{campaign_id}")})
+
+
+def _campaign_body(case: Any) -> bool:
+    """Bodies with a campaign's templates (subject, bodies, A/B subjects): they must parse."""
+    return (case.operation.method.upper(), case.operation.path) in CAMPAIGN_BODIES
+
+
+def _campaign_references(case: Any) -> None:
+    """Excluded segments become none (the workspace's ids are not known to the document, and
+    one also chosen is refused); a send time becomes one to come (a time in the past, or more
+    than a year away, is refused: said in words)."""
+    if not isinstance(case.body, dict):
+        return
+    if _campaign_body(case) and "exclude_segment_ids" in case.body:
+        case.body["exclude_segment_ids"] = []
+    if case.operation.path == "/v1/campaigns/{campaign_id}/send" and case.body.get("send_at"):
+        case.body["send_at"] = (datetime.now(UTC) + timedelta(days=1)).isoformat()
 
 
 @schemathesis.hook
@@ -123,6 +148,7 @@ def map_case(context: Any, case: Any) -> Any:
             case.body["segment_ids"] = list(known[: min(len(wanted), len(known))])
     _valid_rule(case)
     _as_of_in_range(case)
+    _campaign_references(case)
     if case.operation.path == "/v1/dkim-keys/{domain}" and isinstance(case.body, dict):
         case.body.pop("private_key_pem", None)  # random text is never a key: delivery makes one
     if isinstance(case.query, dict):

@@ -353,13 +353,20 @@ async def test_openapi_states_the_services_limits(gateway: Gateway) -> None:
     for field, limit in (
         ("name", campaign_rules.MAX_NAME),
         ("subject", campaign_rules.MAX_SUBJECT),
-        ("body_text", campaign_rules.MAX_BODY_TEXT),
     ):
         assert (campaign[field]["minLength"], campaign[field]["maxLength"]) == (1, limit)
-    assert campaign["segment_ids"]["minItems"] == 1
+    assert campaign["body_text"]["maxLength"] == campaign_rules.MAX_BODY_TEXT
     assert campaign["segment_ids"]["maxItems"] == campaign_rules.MAX_SEGMENTS
     assert campaign["segment_ids"]["uniqueItems"] is True
-    assert set(schemas["CampaignIn"]["required"]) == {"name", "segment_ids", "subject", "body_text"}
+    assert set(schemas["CampaignIn"]["required"]) == {"name", "subject"}
+    # Issue 15: segments or tags (at least one), body_text (filled) or body_markdown alone.
+    audience, body = schemas["CampaignIn"]["allOf"]
+    assert [b["properties"] for b in audience["anyOf"]] == [
+        {"segment_ids": {"minItems": 1}},
+        {"tags_any": {"minItems": 1}},
+    ]
+    assert [b["required"] for b in body["oneOf"]] == [["body_text"], ["body_markdown"]]
+    assert body["oneOf"][0]["properties"]["body_text"]["minLength"] == 1
     ref = schemas["ContactRefIn"]
     assert [branch["required"] for branch in ref["oneOf"]] == [["id"], ["external_id"], ["email"]]
 
