@@ -17,21 +17,18 @@ SendCampaign refuses, before any write:
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from datetime import datetime, timedelta, timezone
-from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from nudge.campaigns.v1 import campaigns_pb2
-from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
-from nudge.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
 
+from services.campaigns import audience
 from services.campaigns import settings as campaign_settings
 from services.campaigns.adapters import postgres as db
 from services.campaigns.domain import content
@@ -57,9 +54,6 @@ log = logging.getLogger(__name__)
 EARLIEST_ZONE = timezone(timedelta(hours=14))
 _NOT_ANSWERING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _TIMEOUT_S = 10.0
-_STREAM_TIMEOUT_S = 300.0
-# Members per CountEligible call (contacts takes at most 10,000 contact ids).
-_COUNT_BATCH = 5000
 
 
 def local_start(scheduled_at: datetime, time_zone: str) -> datetime:
@@ -93,65 +87,20 @@ async def suspension_reason(ports: Ports, workspace_id: str) -> str | None:
     return (status.reason or "suspended") if status.suspended else None
 
 
-def audience_rule(campaign: campaigns_pb2.Campaign) -> dict[str, Any]:
-    """The campaign's audience as one segmentation rule: any chosen segment or tag, and none
-    of the excluded segments, so that segmentation streams each contact once."""
-    chosen: list[dict[str, Any]] = [{"segment": s} for s in campaign.segment_ids]
-    chosen += [{"tag": t} for t in campaign.tags_any]
-    rule: dict[str, Any] = {"any": chosen}
-    if campaign.exclude_segment_ids:
-        excluded = [{"segment": s} for s in campaign.exclude_segment_ids]
-        rule = {"all": [rule, {"not": {"any": excluded}}]}
-    return rule
-
-
 async def needs_confirmation(ports: Ports, campaign: campaigns_pb2.Campaign) -> int:
     """How many contacts without consent for the campaign's purpose it would mail: the number
     SendCampaign's confirm_not_consented must repeat; 0 when none, or when the workspace's
     "only consented" setting leaves them out (no confirmation is needed then).
 
-    The audience (segments and tags, minus exclusions) is streamed from segmentation as one
-    rule, in batches (constant memory), and contacts counts, batch by batch, the members who
-    were never asked for consent and would still be mailed (not suppressed). AUDIENCE's
-    preview computes the same number from the audience stream: the lead may switch this one
-    function to it at merge."""
-    metadata = internal_metadata(ports.settings.internal_token, campaign.workspace_id)
-    consent = contacts_pb2_grpc.ConsentServiceStub(ports.contacts)
-    workspaces = contacts_pb2_grpc.WorkspaceServiceStub(ports.contacts)
-    members = segmentation_pb2_grpc.SegmentServiceStub(ports.segmentation)
+    It is the audience preview's own ``not_consented`` (services/campaigns/audience.py,
+    the stream the fan-out reads), so the number a manager confirms is the number the
+    preview showed, counted the same way."""
     try:
-        ws: contacts_pb2.WorkspaceSettings = await workspaces.GetWorkspaceSettings(
-            contacts_pb2.GetWorkspaceSettingsRequest(), metadata=metadata, timeout=_TIMEOUT_S
-        )
-        if ws.consent_required_for_campaigns:
-            return 0
-        request = segmentation_pb2.StreamMembersRequest(
-            target=segmentation_pb2.SegmentTarget(rule=json.dumps(audience_rule(campaign))),
-            batch_size=_COUNT_BATCH,
-        )
-        never_asked = contacts_pb2.ConsentFilter(
-            purpose=campaign.purpose, state=contacts_pb2.CONSENT_STATE_NEVER_ASKED
-        )
-        total = 0
-        async for answer in members.StreamMembers(
-            request, metadata=metadata, timeout=_STREAM_TIMEOUT_S
-        ):
-            ids = [m.contact_id for m in answer.members]
-            if not ids:
-                continue
-            counted: contacts_pb2.CountEligibleResponse = await consent.CountEligible(
-                contacts_pb2.CountEligibleRequest(
-                    purpose=campaign.purpose,
-                    filter=contacts_pb2.ContactFilter(contact_ids=ids, consent=never_asked),
-                ),
-                metadata=metadata,
-                timeout=_TIMEOUT_S,
-            )
-            total += counted.eligible
+        preview = await audience.preview_audience(ports, campaign.workspace_id, campaign.id)
     except grpc.aio.AioRpcError as err:
-        await _rpc_failed(err, "contacts or segmentation")
+        await _rpc_failed(err, "contacts, segmentation or delivery")
         raise
-    return total
+    return preview.not_consented
 
 
 async def _find(ports: Ports, workspace_id: str, campaign_id: str) -> campaigns_pb2.Campaign:
