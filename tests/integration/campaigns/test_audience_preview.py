@@ -145,6 +145,7 @@ async def make_cast(
         "withdrawn": (["a"], True, ""),
         "suppressed": (["b"], True, ""),
         "no_consent": (["a"], False, ""),
+        "pending": (["b"], False, ""),
         "capped": (["a"], True, ""),
         "no_email": (["a"], True, ""),
         "x_only": (["x"], True, ""),
@@ -152,7 +153,7 @@ async def make_cast(
     }
     ids: dict[str, str] = {}
     md = ws.metadata
-    await set_consent_required(contacts_service, ws, True)
+    await set_workspace(contacts_service, ws, consent_required_for_campaigns=True)
     async with grpc.aio.insecure_channel(contacts_service.address) as ch:
         contacts = contacts_pb2_grpc.ContactServiceStub(ch)
         consent = contacts_pb2_grpc.ConsentServiceStub(ch)
@@ -179,6 +180,18 @@ async def make_cast(
             ),
             metadata=md,
         )
+        # A grant under double opt-in stays pending until the contact confirms it.
+        await set_workspace(contacts_service, ws, double_opt_in=True)
+        await consent.RecordConsent(
+            contacts_pb2.RecordConsentRequest(
+                contact=contacts_pb2.ContactRef(contact_id=ids["pending"]),
+                purpose=TARGETED,
+                status=contacts_pb2.CONSENT_STATUS_GRANTED,
+                source=contacts_pb2.CONSENT_SOURCE_FORM,
+            ),
+            metadata=md,
+        )
+        await set_workspace(contacts_service, ws, double_opt_in=False)
         suppressed = await contacts.GetContact(
             contacts_pb2.GetContactRequest(
                 contact=contacts_pb2.ContactRef(contact_id=ids["suppressed"])
@@ -225,7 +238,7 @@ async def make_cast(
                 ),
                 metadata=md,
             )
-            return answer.count == 13
+            return answer.count == 14
 
         await eventually(followed, timeout=60, interval=0.2)
 
@@ -292,14 +305,12 @@ def excluded(p: campaigns_pb2.AudiencePreview) -> dict[str, int]:
     return {e.reason: e.count for e in p.excluded}
 
 
-async def set_consent_required(
-    contacts_service: RunningService, ws: Workspace, required: bool
-) -> None:
+async def set_workspace(contacts_service: RunningService, ws: Workspace, **fields: bool) -> None:
     async with grpc.aio.insecure_channel(contacts_service.address) as ch:
         await contacts_pb2_grpc.WorkspaceServiceStub(ch).UpdateWorkspaceSettings(
             contacts_pb2.UpdateWorkspaceSettingsRequest(
-                settings=contacts_pb2.WorkspaceSettings(consent_required_for_campaigns=required),
-                update_mask=FieldMask(paths=["consent_required_for_campaigns"]),
+                settings=contacts_pb2.WorkspaceSettings(**fields),  # type: ignore[arg-type]
+                update_mask=FieldMask(paths=list(fields)),
             ),
             metadata=ws.metadata,
         )
@@ -314,20 +325,21 @@ async def test_the_preview_counts_each_member_once_under_its_first_reason(
 ) -> None:
     before = datetime.now(UTC)
     p = await preview(stub, workspace, cast.campaign_id)
-    # a, ab, b, ax, t, t2, bt, withdrawn, suppressed, no_consent, capped, no_email.
-    assert p.members == 12
+    # a, ab, b, ax, t, t2, bt, withdrawn, suppressed, no_consent, pending, capped, no_email.
+    assert p.members == 13
     assert p.eligible == 6  # a, ab, b, t, t2, bt
     assert [(e.reason, e.count) for e in p.excluded] == [
         ("excluded_segment", 1),
         ("suppressed", 1),
         ("consent_withdrawn", 1),
+        ("consent_pending", 1),
         ("no_consent", 1),
         ("no_email", 1),
         ("frequency_cap", 1),
     ]
     assert [(s.source, s.members, s.also_in_other_sources) for s in p.sources] == [
         (cast.segment_a, 7, 1),  # a ab ax withdrawn no_consent capped no_email; ab
-        (cast.segment_b, 4, 2),  # ab b bt suppressed; ab, bt
+        (cast.segment_b, 5, 2),  # ab b bt suppressed pending; ab, bt
         ("tags", 3, 1),  # t t2 bt; bt
     ]
     assert p.only_consented and p.not_consented == 0 and not p.confirmation_required
@@ -346,10 +358,11 @@ async def test_the_preview_counts_each_member_once_under_its_first_reason(
 
     # Without the "only consented" rule, the contact who never answered would be mailed: the
     # preview says so, and the send must be confirmed with that number.
-    await set_consent_required(contacts_service, workspace, False)
+    await set_workspace(contacts_service, workspace, consent_required_for_campaigns=False)
     p = await preview(stub, workspace, cast.campaign_id)
-    assert (p.members, p.eligible) == (12, 7)
+    assert (p.members, p.eligible) == (13, 7)
     assert "no_consent" not in excluded(p)
+    assert excluded(p)["consent_pending"] == 1  # a pending grant is never consent
     assert not p.only_consented and p.not_consented == 1 and p.confirmation_required
 
     # The guard suspended the workspace: the preview says why before the send is refused.
@@ -462,7 +475,7 @@ async def test_the_stream_defers_capped_contacts_and_resumes_after_a_contact(
     assert spec is not None
     everyone = await read_all(ports, spec, "all", batch_size=3)
     ids = [str(r.contact_id) for r in everyone]
-    assert ids == sorted(ids) and len(ids) == 12
+    assert ids == sorted(ids) and len(ids) == 13
     by_role = roles_of(cast, everyone)
     capped = by_role["capped"]
     assert capped.excluded is None
