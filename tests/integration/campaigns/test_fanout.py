@@ -11,6 +11,7 @@ cancel, SIGKILL in test_fanout_kill.py) happens at a known point.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -213,11 +214,14 @@ class Blocker:
             await self.conn.close()
 
 
-async def requested_records(campaign_id: uuid.UUID) -> list[Envelope]:
+async def requested_records(campaign_id: uuid.UUID, timeout: float = 60) -> list[Envelope]:
     """Every record of the campaign on delivery.requests.v1, from the start of the topic to
     its end now, copies included."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"], enable_auto_commit=False
+        DELIVERY_REQUESTS,  # subscribed without a group: every partition, metadata at start
+        bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:
@@ -225,28 +229,25 @@ async def requested_records(campaign_id: uuid.UUID) -> list[Envelope]:
             TopicPartition(DELIVERY_REQUESTS, p)
             for p in sorted(consumer.partitions_for_topic(DELIVERY_REQUESTS) or [])
         ]
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = [
-                TopicPartition(DELIVERY_REQUESTS, p)
-                for p in sorted(consumer.partitions_for_topic(DELIVERY_REQUESTS) or [])
-            ]
-        consumer.assign(partitions)
+        assert partitions, "no metadata for delivery.requests.v1"
         ends = await consumer.end_offsets(partitions)
-        await consumer.seek_to_beginning(*partitions)
         found: list[Envelope] = []
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
+        deadline = asyncio.get_running_loop().time() + timeout
+
+        async def behind() -> dict[TopicPartition, tuple[int, int]]:
+            positions = {tp: await consumer.position(tp) for tp in partitions}
+            return {tp: (positions[tp], ends[tp]) for tp in partitions if positions[tp] < ends[tp]}
+
+        while lagging := await behind():
+            assert asyncio.get_running_loop().time() < deadline, f"topic not read: {lagging}"
+            batches = await consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():
                 for record in records:
                     if record.offset < ends[tp]:
-                        env = Envelope.FromString(record.value)
+                        env = Envelope.FromString(record.value or b"")
                         if env.delivery_requested.campaign_id == str(campaign_id):
                             assert record.key == env.delivery_requested.contact_id.encode()
                             found.append(env)
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
         return found
     finally:
         await consumer.stop()
