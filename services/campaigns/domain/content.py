@@ -27,6 +27,8 @@ never renders as a blank or an error in a sent mail" holds:
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -77,8 +79,32 @@ def message_templates(
     """The templates delivery renders for each contact. With ``body_markdown``: its HTML
     rendering and the Markdown itself as the text body (Markdown reads as plain text)."""
     if body_markdown:
-        return MessageTemplates(subject, body_markdown, _markdown.render(body_markdown))
+        return MessageTemplates(subject, body_markdown, markdown_to_html(body_markdown))
     return MessageTemplates(subject, body_text, body_html)
+
+
+# Jinja2's expressions, statements and comments, kept whole through the Markdown rendering.
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.DOTALL)
+
+
+def markdown_to_html(body_markdown: str) -> str:
+    """The HTML of a Markdown template, its Jinja2 tags left as they were written: rendered
+    as they are, Markdown would escape the quotes of ``default("there")`` into ``&quot;``
+    (no longer a template) or read ``*`` and ``_`` inside a tag as emphasis. Each tag is
+    swapped for a letters-and-digits placeholder Markdown leaves alone, and put back after."""
+    tags: list[str] = []
+
+    def hide(match: re.Match[str]) -> str:
+        tags.append(match.group(0))
+        return f"nudgetag{len(tags) - 1}x{nonce}"
+
+    nonce = secrets.token_hex(4)
+    while nonce in body_markdown:
+        nonce = secrets.token_hex(4)
+    html: str = _markdown.render(_JINJA.sub(hide, body_markdown))
+    for i, tag in enumerate(tags):
+        html = html.replace(f"nudgetag{i}x{nonce}", tag, 1)
+    return html
 
 
 def context_for(
