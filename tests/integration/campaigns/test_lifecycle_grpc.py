@@ -528,3 +528,25 @@ async def test_another_workspaces_campaign_is_not_found_by_every_rpc(
         S.GetCampaignRequest(campaign_id=c.id), metadata=workspace.metadata
     )
     assert got.campaign == c and await statuses(stub, workspace, c.id) == []
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [(), (("authorization", "Bearer not-a-key"),), (("authorization", "Internal wrong-token"),)],
+)
+async def test_lifecycle_calls_without_a_valid_key_are_unauthenticated(
+    stub: Stub, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    some_id = str(uuid.uuid4())
+    for call in [
+        stub.UpdateCampaign(S.UpdateCampaignRequest(), metadata=metadata),
+        stub.SendCampaign(S.SendCampaignRequest(campaign_id=some_id), metadata=metadata),
+        stub.PauseCampaign(S.PauseCampaignRequest(campaign_id=some_id), metadata=metadata),
+        stub.ResumeCampaign(S.ResumeCampaignRequest(campaign_id=some_id), metadata=metadata),
+        stub.CancelCampaign(S.CancelCampaignRequest(campaign_id=some_id), metadata=metadata),
+        stub.ListTransitions(S.ListTransitionsRequest(campaign_id=some_id), metadata=metadata),
+        stub.GetCampaignSettings(S.GetCampaignSettingsRequest(), metadata=metadata),
+        stub.UpdateCampaignSettings(S.UpdateCampaignSettingsRequest(), metadata=metadata),
+    ]:
+        err = await refused(call)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
