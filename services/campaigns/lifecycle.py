@@ -58,6 +58,14 @@ EARLIEST_ZONE = timezone(timedelta(hours=14))
 _NOT_ANSWERING = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 _TIMEOUT_S = 10.0
 _STREAM_TIMEOUT_S = 300.0
+# Segmentation's answers for a rule naming a segment that no longer exists.
+_AUDIENCE_GONE = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+    }
+)
 # Members per CountEligible call (contacts takes at most 10,000 contact ids).
 _COUNT_BATCH = 5000
 
@@ -149,6 +157,11 @@ async def needs_confirmation(ports: Ports, campaign: campaigns_pb2.Campaign) -> 
             )
             total += counted.eligible
     except grpc.aio.AioRpcError as err:
+        if err.code() in _AUDIENCE_GONE:
+            # A chosen segment deleted since the draft was written: the manager's to fix.
+            raise FailedPrecondition(
+                f"the audience cannot be counted: {err.details()} (change the segments)"
+            ) from err
         await _rpc_failed(err, "contacts or segmentation")
         raise
     return total

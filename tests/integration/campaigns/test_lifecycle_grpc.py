@@ -550,3 +550,26 @@ async def test_lifecycle_calls_without_a_valid_key_are_unauthenticated(
     ]:
         err = await refused(call)
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_segment_deleted_since_the_draft_is_a_precise_refusal(
+    stub: Stub, workspace: Workspace, segmentation_for_campaigns: RunningService
+) -> None:
+    from nudge.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
+
+    md = workspace.metadata
+    async with grpc.aio.insecure_channel(segmentation_for_campaigns.address) as ch:
+        segments = segmentation_pb2_grpc.SegmentServiceStub(ch)
+        ours = await segments.CreateSegment(
+            segmentation_pb2.CreateSegmentRequest(name=unique("s"), rule='{"tag": "gone"}'),
+            metadata=md,
+        )
+        request = draft(segment_ids=[ours.id])
+        c = (await stub.CreateCampaign(request, metadata=md)).campaign
+        await segments.DeleteSegment(
+            segmentation_pb2.DeleteSegmentRequest(segment_id=ours.id), metadata=md
+        )
+    err = await refused(stub.SendCampaign(S.SendCampaignRequest(campaign_id=c.id), metadata=md))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert "the audience cannot be counted" in str(err.details())
+    assert await statuses(stub, workspace, c.id) == []
