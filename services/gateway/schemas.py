@@ -911,6 +911,26 @@ OptionalTimeZone = Annotated[
 ]
 
 
+def _optional_email(value: str) -> str:
+    return value if value == "" else _email(value)
+
+
+# An address as contacts takes it, or "" for none; one type (not a union) so that an error
+# names the member alone.
+ReplyTo = Annotated[
+    str,
+    StringConstraints(max_length=contact_rules.MAX_EMAIL),
+    AfterValidator(_optional_email),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": contact_rules.MAX_EMAIL,
+            "anyOf": [{"maxLength": 0}, {"minLength": 6, "pattern": EMAIL_PATTERN}],
+        }
+    ),
+]
+
+
 class AbTestIn(StrictModel):
     """An A/B test of subjects: each variant goes to `sample_percent / len(subjects)` % of
     the audience; after `decide_after_s` the best (by `metric`) goes to the rest."""
@@ -964,7 +984,7 @@ class CampaignFieldsIn(StrictModel):
         description="Instead of `body_text` and `body_html` (both must then be empty): "
         "rendered to both.",
     )
-    reply_to: Email | Literal[""] = Field(
+    reply_to: ReplyTo = Field(
         "", description="The manager's address for replies; the sender is always no-reply."
     )
     purpose: Purpose = "targeted_messages"

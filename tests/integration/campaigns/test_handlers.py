@@ -118,3 +118,64 @@ async def test_another_workspaces_campaign_is_not_found(pool: asyncpg.Pool, ws: 
     with pytest.raises(NotFound):
         await handlers.get_campaign(pool, str(uuid.uuid4()), campaign.id)
     assert await names(pool, str(uuid.uuid4())) == []
+
+
+async def test_update_applies_the_mask_and_checks_segments_again(
+    pool: asyncpg.Pool, ws: str
+) -> None:
+    from dataclasses import replace
+
+    segments = FakeCatalogue()
+    campaign = await handlers.create_campaign(pool, segments, ws, GOOD)
+    changes = replace(GOOD, name="ignored", exclude_segment_ids=("big_spenders",))
+    with pytest.raises(InvalidArgument) as err:
+        await handlers.update_campaign(
+            pool, segments, ws, campaign.id, ["exclude_segment_ids"], changes
+        )
+    assert [v.field for v in err.value.violations] == ["exclude_segment_ids[0]"]
+    assert await handlers.get_campaign(pool, ws, campaign.id) == campaign  # nothing written
+    changes = replace(GOOD, name="ignored", exclude_segment_ids=("lost",))
+    updated = await handlers.update_campaign(
+        pool, segments, ws, campaign.id, ["exclude_segment_ids"], changes
+    )
+    assert (updated.name, list(updated.exclude_segment_ids)) == ("Spring sale", ["lost"])
+    with pytest.raises(NotFound):
+        await handlers.update_campaign(
+            pool, segments, str(uuid.uuid4()), campaign.id, ["name"], changes
+        )
+
+
+async def test_the_scheduler_starts_only_what_is_due_once(pool: asyncpg.Pool, ws: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.campaigns import scheduler
+    from services.campaigns.adapters import postgres as db
+    from services.campaigns.domain.model import Status
+
+    now = datetime.now(UTC)
+    due = await handlers.create_campaign(pool, FakeCatalogue(), ws, GOOD)
+    later = await handlers.create_campaign(pool, FakeCatalogue(), ws, GOOD)
+    async with pool.acquire() as conn:
+        for campaign, at in [(due, now), (later, now + timedelta(hours=1))]:
+            key = uuid.UUID(campaign.id)
+            moved = await db.transition(
+                conn, ws, key, (Status.DRAFT,), Status.SCHEDULED, "test", "", now
+            )
+            assert moved == Status.DRAFT
+            await db.set_schedule(conn, ws, key, scheduled_at=at, starts_at=at, time_zone="UTC")
+    await scheduler.start_due(pool, now - timedelta(seconds=1))
+    page = await handlers.list_campaigns(pool, ws, 0, "")
+    assert {c.status for c in page.campaigns} == {campaigns_pb2.CAMPAIGN_STATUS_SCHEDULED}
+    await scheduler.start_due(pool, now)
+    await scheduler.start_due(pool, now)  # a second tick (or replica) moves nothing again
+    page = await handlers.list_campaigns(pool, ws, 0, "")
+    assert sorted(c.status for c in page.campaigns) == [
+        campaigns_pb2.CAMPAIGN_STATUS_SCHEDULED,
+        campaigns_pb2.CAMPAIGN_STATUS_SENDING,
+    ]
+    async with pool.acquire() as conn:
+        actors = await conn.fetch(
+            "SELECT actor FROM transitions WHERE workspace_id = $1 AND to_status = 3",
+            uuid.UUID(ws),
+        )
+    assert [a["actor"] for a in actors] == ["system:scheduler"]

@@ -528,3 +528,48 @@ async def test_another_workspaces_campaign_is_not_found_by_every_rpc(
         S.GetCampaignRequest(campaign_id=c.id), metadata=workspace.metadata
     )
     assert got.campaign == c and await statuses(stub, workspace, c.id) == []
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [(), (("authorization", "Bearer not-a-key"),), (("authorization", "Internal wrong-token"),)],
+)
+async def test_lifecycle_calls_without_a_valid_key_are_unauthenticated(
+    stub: Stub, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    some_id = str(uuid.uuid4())
+    for call in [
+        stub.UpdateCampaign(S.UpdateCampaignRequest(), metadata=metadata),
+        stub.SendCampaign(S.SendCampaignRequest(campaign_id=some_id), metadata=metadata),
+        stub.PauseCampaign(S.PauseCampaignRequest(campaign_id=some_id), metadata=metadata),
+        stub.ResumeCampaign(S.ResumeCampaignRequest(campaign_id=some_id), metadata=metadata),
+        stub.CancelCampaign(S.CancelCampaignRequest(campaign_id=some_id), metadata=metadata),
+        stub.ListTransitions(S.ListTransitionsRequest(campaign_id=some_id), metadata=metadata),
+        stub.GetCampaignSettings(S.GetCampaignSettingsRequest(), metadata=metadata),
+        stub.UpdateCampaignSettings(S.UpdateCampaignSettingsRequest(), metadata=metadata),
+    ]:
+        err = await refused(call)
+        assert err.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_a_segment_deleted_since_the_draft_is_a_precise_refusal(
+    stub: Stub, workspace: Workspace, segmentation_for_campaigns: RunningService
+) -> None:
+    from nudge.segmentation.v1 import segmentation_pb2, segmentation_pb2_grpc
+
+    md = workspace.metadata
+    async with grpc.aio.insecure_channel(segmentation_for_campaigns.address) as ch:
+        segments = segmentation_pb2_grpc.SegmentServiceStub(ch)
+        ours = await segments.CreateSegment(
+            segmentation_pb2.CreateSegmentRequest(name=unique("s"), rule='{"tag": "gone"}'),
+            metadata=md,
+        )
+        request = draft(segment_ids=[ours.id])
+        c = (await stub.CreateCampaign(request, metadata=md)).campaign
+        await segments.DeleteSegment(
+            segmentation_pb2.DeleteSegmentRequest(segment_id=ours.id), metadata=md
+        )
+    err = await refused(stub.SendCampaign(S.SendCampaignRequest(campaign_id=c.id), metadata=md))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION, err.details()
+    assert "cannot be read" in str(err.details()) and ours.id in str(err.details())
+    assert await statuses(stub, workspace, c.id) == []

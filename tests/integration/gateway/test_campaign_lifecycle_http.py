@@ -156,6 +156,17 @@ async def test_bad_fields_are_422_with_the_json_names(http: httpx.AsyncClient) -
     assert fields == ["exclude_segment_ids[0]", "tags_any[1]", "exclude_segment_ids[1]"]
     answer = await http.patch(f"/v1/campaigns/{c['id']}", json={"name": None})
     problem(answer, 422)
+    # Wrong types and oversized values never reach the service.
+    for patch, field in [
+        ({"holdout_percent": "10"}, "holdout_percent"),
+        ({"local_time": "yes"}, "local_time"),
+        ({"body_html": "x" * 50_001}, "body_html"),
+        ({"reply_to": "not-an-address"}, "reply_to"),
+    ]:
+        answer = await http.patch(f"/v1/campaigns/{c['id']}", json=patch)
+        assert field in [e["field"] for e in problem(answer, 422)["errors"]], patch
+    answer = await http.post(f"/v1/campaigns/{c['id']}/pause", json={"note": "x" * 501})
+    assert [e["field"] for e in problem(answer, 422)["errors"]] == ["note"]
     answer = await http.patch(f"/v1/campaigns/{c['id']}", json={})
     problem(answer, 422)
     answer = await http.post(
