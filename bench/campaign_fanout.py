@@ -134,8 +134,13 @@ async def new_workspace(env: dict[str, str]) -> str:
     return str(created.workspace_id)
 
 
+TARGETED_MESSAGES = contacts_pb2.CONSENT_PURPOSE_TARGETED_MESSAGES
+GRANTED = contacts_pb2.CONSENT_STATUS_GRANTED
+
+
 async def load_profiles(database_url: str, workspace_id: str, scale: int) -> float:
-    """``scale`` VIP profiles in segmentation's read model, with COPY; seconds taken."""
+    """``scale`` VIP profiles in segmentation's read model and as consenting contacts in
+    contacts, with COPY; seconds taken."""
     started = time.perf_counter()
     now = datetime.now(UTC)
     ws = uuid.UUID(workspace_id)
@@ -153,7 +158,23 @@ async def load_profiles(database_url: str, workspace_id: str, scale: int) -> flo
                 records=rows,
                 columns=("workspace_id", "contact_id", "email", "vip", "created_at", "updated_at"),
             )
+            # The same people in contacts, consenting to targeted messages: the audience asks
+            # contacts whether each may be mailed.
+            await conn.copy_records_to_table(
+                "contacts",
+                schema_name="contacts",
+                records=[(w, c, e, v, t, u) for w, c, e, v, t, u in rows],
+                columns=("workspace_id", "id", "email", "vip", "created_at", "updated_at"),
+            )
+            await conn.copy_records_to_table(
+                "consents",
+                schema_name="contacts",
+                records=[(w, c, TARGETED_MESSAGES, GRANTED, t) for w, c, _, _, t, _ in rows],
+                columns=("workspace_id", "contact_id", "purpose", "status", "updated_at"),
+            )
         await conn.execute("VACUUM (ANALYZE) segmentation.profiles")
+        await conn.execute("VACUUM (ANALYZE) contacts.contacts")
+        await conn.execute("VACUUM (ANALYZE) contacts.consents")
     finally:
         await conn.close()
     return time.perf_counter() - started

@@ -115,7 +115,7 @@ async def report(http: httpx.AsyncClient, campaign_id: str) -> dict[str, Any]:
 
 
 async def test_seed_000_three_segments_one_mail_each_and_the_report(system: System) -> None:
-    workspace_id, api_key = await new_workspace(system)  # "Bottega Ada"
+    _, api_key = await new_workspace(system)  # "Bottega Ada"
     run = uuid.uuid4().hex[:8]
     addr = {n: f"{n}-{run}@example.com" for n in ("ann", "bob", "vic", "nia", "joe")}
     async with manager(system, api_key) as http:
@@ -151,7 +151,9 @@ async def test_seed_000_three_segments_one_mail_each_and_the_report(system: Syst
         audience = (await http.get(f"/v1/campaigns/{campaign_id}/audience")).json()
         assert (audience["members"], audience["eligible"]) == (4, 3), audience
         assert audience["excluded"] == [{"reason": "no_consent", "count": 1}]
-        shares = {s["source"]: (s["members"], s["also_in_other_sources"]) for s in audience["sources"]}
+        shares = {
+            s["source"]: (s["members"], s["also_in_other_sources"]) for s in audience["sources"]
+        }
         assert shares == {"activation": (1, 0), "reactivation": (2, 1), "vip": (2, 2)}
         assert audience["confirmation_required"] is False
 

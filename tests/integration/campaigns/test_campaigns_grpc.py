@@ -40,7 +40,7 @@ def draft(**fields: object) -> campaigns_pb2.CreateCampaignRequest:
         "name": "Spring sale",
         "segment_ids": ["vip", "loyal"],
         "subject": "{{ workspace.name }}: spring is here",
-        "body_text": "Hello {{ contact.first_name | default(\"there\") }},\nnew tea has arrived.",
+        "body_text": 'Hello {{ contact.first_name | default("there") }},\nnew tea has arrived.',
     }
     values.update(fields)
     return campaigns_pb2.CreateCampaignRequest(**values)  # type: ignore[arg-type]
