@@ -15,10 +15,12 @@ from services.gateway.schemas import (
     CampaignFieldsIn,
     CampaignStatus,
     Id,
+    Integral,
     ResponseModel,
     Rfc3339,
     StrictModel,
     TimeZone,
+    _filled_text,
 )
 
 Note = Annotated[str, StringConstraints(max_length=limits.MAX_NOTE, pattern=r"^[^\x00]*$")]
@@ -30,11 +32,12 @@ class CampaignPatchIn(CampaignFieldsIn):
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
-    name: Annotated[str, StringConstraints(max_length=limits.MAX_NAME)] = ""
+    # Given, a name and a subject are as on creation (not blank); absent, they stay.
+    name: Annotated[str, _filled_text(limits.MAX_NAME)] = ""
     segment_ids: list[Id] = Field(
         [], max_length=limits.MAX_SEGMENTS, json_schema_extra={"uniqueItems": True}
     )
-    subject: Annotated[str, StringConstraints(max_length=limits.MAX_SUBJECT)] = ""
+    subject: Annotated[str, _filled_text(limits.MAX_SUBJECT, one_line=True)] = ""
     body_text: Annotated[str, StringConstraints(max_length=limits.MAX_BODY_TEXT)] = ""
 
     @model_validator(mode="before")
@@ -55,7 +58,7 @@ class CampaignPatchIn(CampaignFieldsIn):
 
 class SendIn(StrictModel):
     send_at: Rfc3339 | None = Field(None, description="When to send (in the future); absent: now.")
-    confirm_not_consented: int = Field(
+    confirm_not_consented: Integral = Field(
         0,
         ge=0,
         description="Required when the audience preview asks for a confirmation: the number "
@@ -90,13 +93,13 @@ class CampaignSettingsPatchIn(StrictModel):
 
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
 
-    frequency_cap_messages: int = Field(
+    frequency_cap_messages: Integral = Field(
         1,
         ge=limits.MIN_CAP_MESSAGES,
         le=limits.MAX_CAP_MESSAGES,
         description="At most this many targeted messages per contact...",
     )
-    frequency_cap_days: int = Field(
+    frequency_cap_days: Integral = Field(
         30, ge=limits.MIN_CAP_DAYS, le=limits.MAX_CAP_DAYS, description="...per this many days."
     )
     time_zone: TimeZone = Field("UTC", description="IANA zone of the workspace's campaigns.")

@@ -887,6 +887,8 @@ CampaignStatus = Literal[
 Purpose = Literal["targeted_messages", "marketing"]
 CapAction = Literal["skip", "defer"]
 WinnerMetric = Literal["unique_human_clicks", "revenue"]
+# JSON Schema counts 3600.0 as an integer: so do the campaign routes.
+Integral = Annotated[int, BeforeValidator(_integral_float)]
 # The IANA zones this machine's zoneinfo knows: the campaigns service's check, stated as an
 # enum so that the document is exactly as strict as the server.
 TIME_ZONES = sorted(z for z in zoneinfo.available_timezones() if "/" in z or z == "UTC")
@@ -941,11 +943,11 @@ class AbTestIn(StrictModel):
         max_length=campaign_rules.MAX_AB_SUBJECTS,
         json_schema_extra={"uniqueItems": True},
     )
-    sample_percent: int = Field(
+    sample_percent: Integral = Field(
         ge=campaign_rules.MIN_AB_SAMPLE_PERCENT, le=campaign_rules.MAX_AB_SAMPLE_PERCENT
     )
     metric: WinnerMetric = "unique_human_clicks"
-    decide_after_s: int = Field(
+    decide_after_s: Integral = Field(
         ge=campaign_rules.MIN_AB_DECIDE_AFTER_S,
         le=campaign_rules.MAX_AB_DECIDE_AFTER_S,
         description="Seconds after the sample is sent: 10 minutes to 7 days.",
@@ -998,7 +1000,7 @@ class CampaignFieldsIn(StrictModel):
         "", description="IANA zone (`Europe/Berlin`); empty: the workspace's setting."
     )
     ab_test: AbTestIn | None = None
-    holdout_percent: int = Field(0, ge=0, le=campaign_rules.MAX_HOLDOUT_PERCENT)
+    holdout_percent: Integral = Field(0, ge=0, le=campaign_rules.MAX_HOLDOUT_PERCENT)
 
 
 _FILLED = {"minLength": 1, "pattern": f"[^{WHITE_SPACE}]"}

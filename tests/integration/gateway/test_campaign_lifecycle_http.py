@@ -105,7 +105,7 @@ async def test_every_field_goes_through_create_patch_and_get(http: httpx.AsyncCl
         cap_action="defer",
         time_zone="Europe/Berlin",
         holdout_percent=10,
-        ab_test={"subjects": ["A", "B"], "sample_percent": 20, "decide_after_s": 3600},
+        ab_test={"subjects": ["A", "B"], "sample_percent": 20, "decide_after_s": 3600.0},
     )
     assert (c["status"], c["purpose"], c["cap_action"], c["holdout_percent"]) == (
         "draft",
