@@ -98,7 +98,9 @@ async def start_fanout(service: runtime.Service, ports: Ports) -> None:
     """The fan-out driver (services/campaigns/fanout.py) and its Kafka writer."""
     settings = ports.settings
     writer = DeliveryRequestWriter(
-        settings.kafka_bootstrap_servers, idempotent=supports_idempotence(settings.kafka_kind)
+        settings.kafka_bootstrap_servers,
+        idempotent=supports_idempotence(settings.kafka_kind),
+        topic=settings.fanout_topic,
     )
     await writer.start()
     service.push(writer.stop)

@@ -9,6 +9,7 @@ from services.common.config import (
     KafkaSettings,
     RedisSettings,
 )
+from services.common.topics import DELIVERY_REQUESTS
 
 
 # Kafka: the fan-out writes delivery.requests.v1 (services/campaigns/fanout.py).
@@ -23,6 +24,9 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     fanout_batch_size: int = Field(2000, ge=1, le=5000)
     fanout_poll_interval_s: float = Field(0.5, gt=0)
     fanout_concurrency: int = Field(2, ge=1)
+    # Where the fan-out writes. Only the fan-out's own tests change it: their thousands of
+    # records stay off the topic that other tests' delivery services consume.
+    fanout_topic: str = DELIVERY_REQUESTS
 
     # Content (issue 15): the platform's sender address, as delivery's ``from_address`` (the
     # same default), which previews show as "Workspace name <address>"; and how many test

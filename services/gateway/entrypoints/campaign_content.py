@@ -57,7 +57,7 @@ async def check_content(
     "/{campaign_id}/preview",
     response_model=PreviewOut,
     summary="Preview a campaign's message",
-    responses=problems.responses(401, 404, 409, 413, 422, 503),
+    responses=problems.responses(400, 401, 404, 409, 413, 422, 503),
 )
 async def preview_message(
     campaign_id: CampaignId, body: PreviewIn, caller: CallerDep, backends: BackendsDep
@@ -87,7 +87,7 @@ async def preview_message(
     status_code=202,
     response_model=TestSendOut,
     summary="Send a test of a campaign's message",
-    responses=problems.responses(401, 404, 409, 413, 422, 429, 503),
+    responses=problems.responses(400, 401, 404, 409, 413, 422, 429, 503),
 )
 async def send_test_message(
     campaign_id: CampaignId, body: TestSendIn, caller: CallerDep, backends: BackendsDep

@@ -27,18 +27,29 @@ from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from deploy.local.topics import ensure_topics
 from services.campaigns import audience
 from services.campaigns.adapters.postgres import transition
 from services.campaigns.audience import bucket, message_id
 from services.campaigns.domain.model import Status
 from services.campaigns.fanout import LOCK_CLASS
 from services.campaigns.ports import Ports
-from services.common.topics import DELIVERY_REQUESTS
+from services.common.topics import DELIVERY_REQUESTS, TOPICS
 from tests.integration.conftest import RunningService, Workspace, run_in_process
 from tests.integration.segmentation.queries_support import bulk_seed
 from tests.support import eventually, fetchval, free_port
 
 BATCH = 50
+# The fan-out's records go to a topic of these tests' own, as delivery.requests.v1 (same
+# partitions): thousands of them on the real topic would be a backlog for every delivery
+# service the later tests start.
+FANOUT_TOPIC = "test.campaigns.fanout.v1"
+
+
+async def ensure_fanout_topic() -> None:
+    await ensure_topics(
+        os.environ["KAFKA_BOOTSTRAP_SERVERS"], {FANOUT_TOPIC: TOPICS[DELIVERY_REQUESTS]}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,12 +61,14 @@ async def campaigns_service(
     from services.campaigns.bootstrap import serve
     from services.campaigns.config import Settings
 
+    await ensure_fanout_topic()
     port = free_port()
     settings = Settings(
         grpc_port=port,
         segmentation_addr=segmentation_for_campaigns.address,
         fanout_batch_size=BATCH,
         fanout_poll_interval_s=0.1,
+        fanout_topic=FANOUT_TOPIC,
     )
     async with run_in_process(serve, settings, port) as running:
         yield running
@@ -232,10 +245,10 @@ class Blocker:
 
 
 async def requested_records(campaign_id: uuid.UUID, timeout: float = 60) -> list[Envelope]:
-    """Every record of the campaign on delivery.requests.v1, from the start of the topic to
+    """Every record of the campaign on the fan-out's topic, from the start of the topic to
     its end now, copies included."""
     consumer = AIOKafkaConsumer(
-        DELIVERY_REQUESTS,  # subscribed without a group: every partition, metadata at start
+        FANOUT_TOPIC,  # subscribed without a group: every partition, metadata at start
         bootstrap_servers=os.environ["KAFKA_BOOTSTRAP_SERVERS"],
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -243,10 +256,10 @@ async def requested_records(campaign_id: uuid.UUID, timeout: float = 60) -> list
     await consumer.start()
     try:
         partitions = [
-            TopicPartition(DELIVERY_REQUESTS, p)
-            for p in sorted(consumer.partitions_for_topic(DELIVERY_REQUESTS) or [])
+            TopicPartition(FANOUT_TOPIC, p)
+            for p in sorted(consumer.partitions_for_topic(FANOUT_TOPIC) or [])
         ]
-        assert partitions, "no metadata for delivery.requests.v1"
+        assert partitions, f"no metadata for {FANOUT_TOPIC}"
         ends = await consumer.end_offsets(partitions)
         found: list[Envelope] = []
         deadline = asyncio.get_running_loop().time() + timeout

@@ -23,9 +23,11 @@ from services.campaigns.audience import message_id
 from services.campaigns.domain.model import Status
 from services.common.healthcheck import check_grpc
 from tests.integration.campaigns.test_fanout import (
+    FANOUT_TOPIC,
     Blocker,
     checkpoint,
     checkpoint_is,
+    ensure_fanout_topic,
     insert_blocked,
     message_ids,
     move,
@@ -53,6 +55,7 @@ class Campaigns:
             CAMPAIGNS_GRPC_PORT=str(self.port),
             CAMPAIGNS_FANOUT_BATCH_SIZE=str(BATCH),
             CAMPAIGNS_FANOUT_POLL_INTERVAL_S="0.1",
+            CAMPAIGNS_FANOUT_TOPIC=FANOUT_TOPIC,
             NUDGE_SEGMENTATION_ADDR=segmentation,
             NUDGE_LOG_FORMAT="text",
         )
@@ -89,6 +92,7 @@ async def test_killed_mid_fan_out_then_restarted_nobody_twice_nobody_left_out(
     children: list[Campaigns],
     tmp_path: Path,
 ) -> None:
+    await ensure_fanout_topic()
     first = Campaigns(tmp_path, segmentation_for_campaigns.address)  # migrates its schema
     children.append(first)
     contacts = await vip_members(workspace.id, CONTACTS)
