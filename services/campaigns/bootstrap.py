@@ -36,8 +36,13 @@ from services.common.dependencies import postgres_check, redis_check
 from services.common.grpc_client import channel
 from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
-from services.common.privacy import CONTACT_DATA_POLICY, CONTACT_DATA_SERVICE, ContactDataServicer
-from services.common.topics import DELIVERY_EVENTS, SHOP_EVENTS, TRACKING_EVENTS
+from services.common.privacy import (
+    CONTACT_DATA_POLICY,
+    CONTACT_DATA_SERVICE,
+    ContactDataServicer,
+    ContactErasedConsumer,
+)
+from services.common.topics import CONTACTS_EVENTS, DELIVERY_EVENTS, SHOP_EVENTS, TRACKING_EVENTS
 
 log = logging.getLogger(__name__)
 NAME = "campaigns"
@@ -70,6 +75,16 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     servicer.content = await start_content(service, ports)
     await start_report(service, ports)
     service.spawn(scheduler.run_forever(pool, scheduler.INTERVAL_S), "campaigns-scheduler")
+    # Erasure follows ContactErased (docs/privacy.md), in a group of its own, as delivery's.
+    erasures = KafkaConsumerLoop(
+        settings.kafka_bootstrap_servers,
+        privacy.CONSUMER,
+        [CONTACTS_EVENTS],
+        ContactErasedConsumer(pool, privacy.CONSUMER, privacy.erase_contact),
+    )
+    service.push(erasures.stop)
+    await erasures.start()
+    service.spawn(erasures.run(), "erasure-consumer")
     await service.serve_grpc(
         port=settings.grpc_port,
         servicers=[

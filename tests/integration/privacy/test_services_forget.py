@@ -1,6 +1,6 @@
 """The other services' share of privacy, on real PostgreSQL, Kafka and SMTP: delivery and
 triggers export what they hold about a contact (ContactDataService, internal callers only)
-and forget it on ContactErased; campaigns holds nothing and says so."""
+and forget it on ContactErased; so does campaigns (its recipients and attributions rows)."""
 
 from __future__ import annotations
 
@@ -214,13 +214,86 @@ async def test_triggers_forgets_the_runs_and_pending_events_of_an_erased_contact
         await pool.close()
 
 
-async def test_campaigns_holds_nothing_about_a_contact(
+async def test_campaigns_exports_its_recipient_rows_and_pseudonymises_them_on_contact_erased(
     contacts_service: RunningService, workspace: Workspace
 ) -> None:
     from services.campaigns.bootstrap import serve
     from services.campaigns.config import Settings
 
+    contact = await new_contact(
+        contacts_service, workspace, [contacts_pb2.CONSENT_PURPOSE_TARGETED_MESSAGES]
+    )
+    other = await new_contact(
+        contacts_service, workspace, [contacts_pb2.CONSENT_PURPOSE_TARGETED_MESSAGES]
+    )
     port = free_port()
     async with run_in_process(serve, Settings(grpc_port=port), port) as campaigns:
-        answer = await export_from(campaigns.address, workspace.id, str(uuid.uuid4()))
-    assert answer == {}
+        conn = await asyncpg.connect(
+            os.environ["DATABASE_URL"], server_settings={"search_path": "campaigns"}
+        )
+        try:
+            # A sent campaign reached both contacts; one ordered after a click.
+            campaign = uuid.uuid4()
+            ws = uuid.UUID(workspace.id)
+            await conn.execute(
+                "INSERT INTO campaigns (id, workspace_id, name, segment_ids, subject, body_text,"
+                " status, created_at, updated_at) VALUES ($1, $2, 'Spring', '{vip}', 's', 't',"
+                " 4, now(), now())",
+                campaign,
+                ws,
+            )
+            for who in (contact.id, other.id):
+                await conn.execute(
+                    "INSERT INTO recipients (workspace_id, campaign_id, contact_id, message_id,"
+                    " requested_at) VALUES ($1, $2, $3, $4, now())",
+                    ws,
+                    campaign,
+                    uuid.UUID(who),
+                    uuid.uuid4(),
+                )
+            await conn.execute(
+                "INSERT INTO attributions (workspace_id, order_id, campaign_id, contact_id,"
+                " variant, holdout, amount_minor, currency, placed_at)"
+                " VALUES ($1, 'o-1', $2, $3, 0, false, 1200, 'EUR', now())",
+                ws,
+                campaign,
+                uuid.UUID(contact.id),
+            )
+            held = await export_from(campaigns.address, workspace.id, contact.id)
+            assert [r["campaign_id"] for r in held["recipients"]] == [str(campaign)]
+            assert [a["order_id"] for a in held["attributions"]] == ["o-1"]
+
+            async with grpc.aio.insecure_channel(contacts_service.address) as channel:
+                await contacts_pb2_grpc.PrivacyServiceStub(channel).EraseContact(
+                    contacts_pb2.EraseContactRequest(
+                        contact=contacts_pb2.ContactRef(contact_id=contact.id)
+                    ),
+                    metadata=workspace.metadata,
+                )
+
+            async def forgotten() -> bool:
+                return not await conn.fetchval(
+                    "SELECT count(*) FROM recipients WHERE contact_id = $1",
+                    uuid.UUID(contact.id),
+                )
+
+            await eventually(forgotten, timeout=60)
+            # Still two recipients and one order: the report does not change after the fact,
+            # and the pseudonym is the same in both tables.
+            aliases = await conn.fetch(
+                "SELECT contact_id FROM recipients WHERE campaign_id = $1 AND contact_id <> $2",
+                campaign,
+                uuid.UUID(other.id),
+            )
+            assert len(aliases) == 1
+            assert (
+                await conn.fetchval(
+                    "SELECT contact_id FROM attributions WHERE order_id = 'o-1' AND workspace_id = $1",
+                    ws,
+                )
+                == aliases[0]["contact_id"]
+            )
+            assert await export_from(campaigns.address, workspace.id, contact.id) == {}
+            assert await export_from(campaigns.address, workspace.id, other.id) != {}
+        finally:
+            await conn.close()
