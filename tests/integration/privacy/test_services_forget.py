@@ -286,13 +286,11 @@ async def test_campaigns_exports_its_recipient_rows_and_pseudonymises_them_on_co
                 uuid.UUID(other.id),
             )
             assert len(aliases) == 1
-            assert (
-                await conn.fetchval(
-                    "SELECT contact_id FROM attributions WHERE order_id = 'o-1' AND workspace_id = $1",
-                    ws,
-                )
-                == aliases[0]["contact_id"]
+            attributed_to = await conn.fetchval(
+                "SELECT contact_id FROM attributions WHERE workspace_id = $1 AND order_id = 'o-1'",
+                ws,
             )
+            assert attributed_to == aliases[0]["contact_id"]
             assert await export_from(campaigns.address, workspace.id, contact.id) == {}
             assert await export_from(campaigns.address, workspace.id, other.id) != {}
         finally:
