@@ -1,7 +1,7 @@
 """The campaigns service: targeted messages a manager writes for segments of their contacts.
 
-The walking skeleton stores drafts and reads them back (``CreateCampaign``, ``GetCampaign``,
-``ListCampaigns``). Sending (audience from segmentation, eligibility, ``sends`` and
-``delivery.requests.v1`` through the outbox), scheduling and per-campaign stats are later
-issues; they add tables and a relay to this service without changing what is here.
+Drafts and their lifecycle (lifecycle.py, scheduler.py), the audience as a stream
+(audience.py), content and its checks (domain/content.py, domain/checks.py), the fan-out
+to ``delivery.requests.v1`` (fanout.py) and the report from delivery, tracking and shop
+events (report.py, stats.py, ab.py). docs/campaigns.md tells each part.
 """
