@@ -22,23 +22,82 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n nudge/triggers/v1/triggers.proto\x12\x11nudge.triggers.v1\"y\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32!.nudge.triggers.v1.WorkflowStatus\x12\x0f\n\x07version\x18\x05 \x01(\x05\"\x16\n\x14ListWorkflowsRequest\"G\n\x15ListWorkflowsResponse\x12.\n\tworkflows\x18\x01 \x03(\x0b\x32\x1b.nudge.triggers.v1.Workflow*\x84\x01\n\x0eWorkflowStatus\x12\x1f\n\x1bWORKFLOW_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKFLOW_STATUS_DRAFT\x10\x01\x12\x1a\n\x16WORKFLOW_STATUS_ACTIVE\x10\x02\x12\x1a\n\x16WORKFLOW_STATUS_PAUSED\x10\x03\x32u\n\x0fWorkflowService\x12\x62\n\rListWorkflows\x12\'.nudge.triggers.v1.ListWorkflowsRequest\x1a(.nudge.triggers.v1.ListWorkflowsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n nudge/triggers/v1/triggers.proto\x12\x11nudge.triggers.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe3\x02\n\x08Workflow\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0f\n\x07trigger\x18\x03 \x01(\t\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32!.nudge.triggers.v1.WorkflowStatus\x12\x0f\n\x07version\x18\x05 \x01(\x05\x12\x12\n\ndraft_json\x18\x06 \x01(\t\x12\x16\n\x0e\x64raft_revision\x18\x07 \x01(\x05\x12\x15\n\rdraft_changed\x18\x08 \x01(\x08\x12\x13\n\x0btemplate_id\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cpublished_at\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"S\n\x15\x43reateWorkflowRequest\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x01 \x01(\t\x12\x13\n\x0btemplate_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\")\n\x12GetWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"p\n\x14ListWorkflowsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x31\n\x06status\x18\x03 \x01(\x0e\x32!.nudge.triggers.v1.WorkflowStatus\"`\n\x15ListWorkflowsResponse\x12.\n\tworkflows\x18\x01 \x03(\x0b\x32\x1b.nudge.triggers.v1.Workflow\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"`\n\x15UpdateWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x02 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x03 \x01(\x05\",\n\x15\x44\x65leteWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65leteWorkflowResponse\"2\n\x17ValidateWorkflowRequest\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x01 \x01(\t\"/\n\tViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\x8b\x01\n\x18ValidateWorkflowResponse\x12\r\n\x05valid\x18\x01 \x01(\x08\x12\x30\n\nviolations\x18\x02 \x03(\x0b\x32\x1c.nudge.triggers.v1.Violation\x12.\n\x08warnings\x18\x03 \x03(\x0b\x32\x1c.nudge.triggers.v1.Violation\"H\n\x16PublishWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x19\n\x11\x65xpected_revision\x18\x02 \x01(\x05\"+\n\x14PauseWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\",\n\x15ResumeWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"\x83\x01\n\x0fWorkflowVersion\x12\x0f\n\x07version\x18\x01 \x01(\x05\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x02 \x01(\t\x12\x30\n\x0cpublished_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cpublished_by\x18\x04 \x01(\t\"2\n\x1bListWorkflowVersionsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\"T\n\x1cListWorkflowVersionsResponse\x12\x34\n\x08versions\x18\x01 \x03(\x0b\x32\".nudge.triggers.v1.WorkflowVersion\"=\n\x15\x45xportWorkflowRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"1\n\x16\x45xportWorkflowResponse\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x01 \x01(\t\"E\n\x15ImportWorkflowRequest\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\"R\n\x08Template\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x17\n\x0f\x64\x65\x66inition_json\x18\x04 \x01(\t\"\x16\n\x14ListTemplatesRequest\"G\n\x15ListTemplatesResponse\x12.\n\ttemplates\x18\x01 \x03(\x0b\x32\x1b.nudge.triggers.v1.Template\"\xc8\x02\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x05\x12\x12\n\ncontact_id\x18\x04 \x01(\t\x12*\n\x05state\x18\x05 \x01(\x0e\x32\x1b.nudge.triggers.v1.RunState\x12\x10\n\x08position\x18\x06 \x01(\t\x12.\n\nstarted_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cnext_wake_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nded_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nend_reason\x18\n \x01(\t\x12\x0c\n\x04test\x18\x0b \x01(\x08\x12\x0b\n\x03key\x18\x0c \x01(\t\"\x8d\x01\n\x0fListRunsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.nudge.triggers.v1.RunState\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"Q\n\x10ListRunsResponse\x12$\n\x04runs\x18\x01 \x03(\x0b\x32\x16.nudge.triggers.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"{\n\tStepStats\x12\x0f\n\x07step_id\x18\x01 \x01(\t\x12\x0f\n\x07\x65ntered\x18\x02 \x01(\x03\x12\x11\n\tcompleted\x18\x03 \x01(\x03\x12\x0f\n\x07waiting\x18\x04 \x01(\x03\x12\x0b\n\x03yes\x18\x05 \x01(\x03\x12\n\n\x02no\x18\x06 \x01(\x03\x12\x0f\n\x07skipped\x18\x07 \x01(\x03\"?\n\x17GetWorkflowStatsRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"\x9f\x01\n\x18GetWorkflowStatsResponse\x12+\n\x05steps\x18\x01 \x03(\x0b\x32\x1c.nudge.triggers.v1.StepStats\x12\x14\n\x0cruns_started\x18\x02 \x01(\x03\x12\x13\n\x0bruns_active\x18\x03 \x01(\x03\x12\x16\n\x0eruns_completed\x18\x04 \x01(\x03\x12\x13\n\x0bruns_exited\x18\x05 \x01(\x03\"d\n\x13StartTestRunRequest\x12\x13\n\x0bworkflow_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x11\n\trecipient\x18\x03 \x01(\t\x12\x11\n\tuse_draft\x18\x04 \x01(\x08*\x84\x01\n\x0eWorkflowStatus\x12\x1f\n\x1bWORKFLOW_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15WORKFLOW_STATUS_DRAFT\x10\x01\x12\x1a\n\x16WORKFLOW_STATUS_ACTIVE\x10\x02\x12\x1a\n\x16WORKFLOW_STATUS_PAUSED\x10\x03*\x9a\x01\n\x08RunState\x12\x19\n\x15RUN_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10RUN_STATE_ACTIVE\x10\x01\x12\x15\n\x11RUN_STATE_WAITING\x10\x02\x12\x17\n\x13RUN_STATE_COMPLETED\x10\x03\x12\x14\n\x10RUN_STATE_EXITED\x10\x04\x12\x17\n\x13RUN_STATE_CANCELLED\x10\x05\x32\xd2\x0c\n\x0fWorkflowService\x12W\n\x0e\x43reateWorkflow\x12(.nudge.triggers.v1.CreateWorkflowRequest\x1a\x1b.nudge.triggers.v1.Workflow\x12Q\n\x0bGetWorkflow\x12%.nudge.triggers.v1.GetWorkflowRequest\x1a\x1b.nudge.triggers.v1.Workflow\x12\x62\n\rListWorkflows\x12\'.nudge.triggers.v1.ListWorkflowsRequest\x1a(.nudge.triggers.v1.ListWorkflowsResponse\x12W\n\x0eUpdateWorkflow\x12(.nudge.triggers.v1.UpdateWorkflowRequest\x1a\x1b.nudge.triggers.v1.Workflow\x12\x65\n\x0e\x44\x65leteWorkflow\x12(.nudge.triggers.v1.DeleteWorkflowRequest\x1a).nudge.triggers.v1.DeleteWorkflowResponse\x12k\n\x10ValidateWorkflow\x12*.nudge.triggers.v1.ValidateWorkflowRequest\x1a+.nudge.triggers.v1.ValidateWorkflowResponse\x12Y\n\x0fPublishWorkflow\x12).nudge.triggers.v1.PublishWorkflowRequest\x1a\x1b.nudge.triggers.v1.Workflow\x12U\n\rPauseWorkflow\x12\'.nudge.triggers.v1.PauseWorkflowRequest\x1a\x1b.nudge.triggers.v1.Workflow\x12W\n\x0eResumeWorkflow\x12(.nudge.triggers.v1.ResumeWorkflowRequest\x1a\x1b.nudge.triggers.v1.Workflow\x12w\n\x14ListWorkflowVersions\x12..nudge.triggers.v1.ListWorkflowVersionsRequest\x1a/.nudge.triggers.v1.ListWorkflowVersionsResponse\x12\x65\n\x0e\x45xportWorkflow\x12(.nudge.triggers.v1.ExportWorkflowRequest\x1a).nudge.triggers.v1.ExportWorkflowResponse\x12W\n\x0eImportWorkflow\x12(.nudge.triggers.v1.ImportWorkflowRequest\x1a\x1b.nudge.triggers.v1.Workflow\x12\x62\n\rListTemplates\x12\'.nudge.triggers.v1.ListTemplatesRequest\x1a(.nudge.triggers.v1.ListTemplatesResponse\x12S\n\x08ListRuns\x12\".nudge.triggers.v1.ListRunsRequest\x1a#.nudge.triggers.v1.ListRunsResponse\x12H\n\tCancelRun\x12#.nudge.triggers.v1.CancelRunRequest\x1a\x16.nudge.triggers.v1.Run\x12k\n\x10GetWorkflowStats\x12*.nudge.triggers.v1.GetWorkflowStatsRequest\x1a+.nudge.triggers.v1.GetWorkflowStatsResponse\x12N\n\x0cStartTestRun\x12&.nudge.triggers.v1.StartTestRunRequest\x1a\x16.nudge.triggers.v1.Runb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nudge.triggers.v1.triggers_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WORKFLOWSTATUS']._serialized_start=276
-  _globals['_WORKFLOWSTATUS']._serialized_end=408
-  _globals['_WORKFLOW']._serialized_start=55
-  _globals['_WORKFLOW']._serialized_end=176
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=178
-  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=200
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=202
-  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=273
-  _globals['_WORKFLOWSERVICE']._serialized_start=410
-  _globals['_WORKFLOWSERVICE']._serialized_end=527
+  _globals['_WORKFLOWSTATUS']._serialized_start=3051
+  _globals['_WORKFLOWSTATUS']._serialized_end=3183
+  _globals['_RUNSTATE']._serialized_start=3186
+  _globals['_RUNSTATE']._serialized_end=3340
+  _globals['_WORKFLOW']._serialized_start=89
+  _globals['_WORKFLOW']._serialized_end=444
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_start=446
+  _globals['_CREATEWORKFLOWREQUEST']._serialized_end=529
+  _globals['_GETWORKFLOWREQUEST']._serialized_start=531
+  _globals['_GETWORKFLOWREQUEST']._serialized_end=572
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_start=574
+  _globals['_LISTWORKFLOWSREQUEST']._serialized_end=686
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_start=688
+  _globals['_LISTWORKFLOWSRESPONSE']._serialized_end=784
+  _globals['_UPDATEWORKFLOWREQUEST']._serialized_start=786
+  _globals['_UPDATEWORKFLOWREQUEST']._serialized_end=882
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_start=884
+  _globals['_DELETEWORKFLOWREQUEST']._serialized_end=928
+  _globals['_DELETEWORKFLOWRESPONSE']._serialized_start=930
+  _globals['_DELETEWORKFLOWRESPONSE']._serialized_end=954
+  _globals['_VALIDATEWORKFLOWREQUEST']._serialized_start=956
+  _globals['_VALIDATEWORKFLOWREQUEST']._serialized_end=1006
+  _globals['_VIOLATION']._serialized_start=1008
+  _globals['_VIOLATION']._serialized_end=1055
+  _globals['_VALIDATEWORKFLOWRESPONSE']._serialized_start=1058
+  _globals['_VALIDATEWORKFLOWRESPONSE']._serialized_end=1197
+  _globals['_PUBLISHWORKFLOWREQUEST']._serialized_start=1199
+  _globals['_PUBLISHWORKFLOWREQUEST']._serialized_end=1271
+  _globals['_PAUSEWORKFLOWREQUEST']._serialized_start=1273
+  _globals['_PAUSEWORKFLOWREQUEST']._serialized_end=1316
+  _globals['_RESUMEWORKFLOWREQUEST']._serialized_start=1318
+  _globals['_RESUMEWORKFLOWREQUEST']._serialized_end=1362
+  _globals['_WORKFLOWVERSION']._serialized_start=1365
+  _globals['_WORKFLOWVERSION']._serialized_end=1496
+  _globals['_LISTWORKFLOWVERSIONSREQUEST']._serialized_start=1498
+  _globals['_LISTWORKFLOWVERSIONSREQUEST']._serialized_end=1548
+  _globals['_LISTWORKFLOWVERSIONSRESPONSE']._serialized_start=1550
+  _globals['_LISTWORKFLOWVERSIONSRESPONSE']._serialized_end=1634
+  _globals['_EXPORTWORKFLOWREQUEST']._serialized_start=1636
+  _globals['_EXPORTWORKFLOWREQUEST']._serialized_end=1697
+  _globals['_EXPORTWORKFLOWRESPONSE']._serialized_start=1699
+  _globals['_EXPORTWORKFLOWRESPONSE']._serialized_end=1748
+  _globals['_IMPORTWORKFLOWREQUEST']._serialized_start=1750
+  _globals['_IMPORTWORKFLOWREQUEST']._serialized_end=1819
+  _globals['_TEMPLATE']._serialized_start=1821
+  _globals['_TEMPLATE']._serialized_end=1903
+  _globals['_LISTTEMPLATESREQUEST']._serialized_start=1905
+  _globals['_LISTTEMPLATESREQUEST']._serialized_end=1927
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_start=1929
+  _globals['_LISTTEMPLATESRESPONSE']._serialized_end=2000
+  _globals['_RUN']._serialized_start=2003
+  _globals['_RUN']._serialized_end=2331
+  _globals['_LISTRUNSREQUEST']._serialized_start=2334
+  _globals['_LISTRUNSREQUEST']._serialized_end=2475
+  _globals['_LISTRUNSRESPONSE']._serialized_start=2477
+  _globals['_LISTRUNSRESPONSE']._serialized_end=2558
+  _globals['_CANCELRUNREQUEST']._serialized_start=2560
+  _globals['_CANCELRUNREQUEST']._serialized_end=2594
+  _globals['_STEPSTATS']._serialized_start=2596
+  _globals['_STEPSTATS']._serialized_end=2719
+  _globals['_GETWORKFLOWSTATSREQUEST']._serialized_start=2721
+  _globals['_GETWORKFLOWSTATSREQUEST']._serialized_end=2784
+  _globals['_GETWORKFLOWSTATSRESPONSE']._serialized_start=2787
+  _globals['_GETWORKFLOWSTATSRESPONSE']._serialized_end=2946
+  _globals['_STARTTESTRUNREQUEST']._serialized_start=2948
+  _globals['_STARTTESTRUNREQUEST']._serialized_end=3048
+  _globals['_WORKFLOWSERVICE']._serialized_start=3343
+  _globals['_WORKFLOWSERVICE']._serialized_end=4961
 # @@protoc_insertion_point(module_scope)

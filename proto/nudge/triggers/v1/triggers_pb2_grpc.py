@@ -34,17 +34,195 @@ class WorkflowServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.CreateWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/CreateWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.CreateWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.GetWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/GetWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+                _registered_method=True)
         self.ListWorkflows = channel.unary_unary(
                 '/nudge.triggers.v1.WorkflowService/ListWorkflows',
                 request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowsRequest.SerializeToString,
                 response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowsResponse.FromString,
+                _registered_method=True)
+        self.UpdateWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/UpdateWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.UpdateWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.DeleteWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/DeleteWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.DeleteWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.DeleteWorkflowResponse.FromString,
+                _registered_method=True)
+        self.ValidateWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/ValidateWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ValidateWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ValidateWorkflowResponse.FromString,
+                _registered_method=True)
+        self.PublishWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/PublishWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.PublishWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.PauseWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/PauseWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.PauseWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.ResumeWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/ResumeWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ResumeWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.ListWorkflowVersions = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/ListWorkflowVersions',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowVersionsRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowVersionsResponse.FromString,
+                _registered_method=True)
+        self.ExportWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/ExportWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ExportWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ExportWorkflowResponse.FromString,
+                _registered_method=True)
+        self.ImportWorkflow = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/ImportWorkflow',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ImportWorkflowRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+                _registered_method=True)
+        self.ListTemplates = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/ListTemplates',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListTemplatesRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListTemplatesResponse.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/ListRuns',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.CancelRun = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/CancelRun',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.CancelRunRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Run.FromString,
+                _registered_method=True)
+        self.GetWorkflowStats = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/GetWorkflowStats',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowStatsRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowStatsResponse.FromString,
+                _registered_method=True)
+        self.StartTestRun = channel.unary_unary(
+                '/nudge.triggers.v1.WorkflowService/StartTestRun',
+                request_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.StartTestRunRequest.SerializeToString,
+                response_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Run.FromString,
                 _registered_method=True)
 
 
 class WorkflowServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
+    def CreateWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListWorkflows(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteWorkflow(self, request, context):
+        """Drafts never published are deleted; a published workflow is paused instead
+        (FAILED_PRECONDITION), its runs and history stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PauseWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListWorkflowVersions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExportWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ImportWorkflow(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListTemplates(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelRun(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetWorkflowStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartTestRun(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -53,10 +231,90 @@ class WorkflowServiceServicer:
 
 def add_WorkflowServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'CreateWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.CreateWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.SerializeToString,
+            ),
+            'GetWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.SerializeToString,
+            ),
             'ListWorkflows': grpc.unary_unary_rpc_method_handler(
                     servicer.ListWorkflows,
                     request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowsRequest.FromString,
                     response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowsResponse.SerializeToString,
+            ),
+            'UpdateWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.UpdateWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.SerializeToString,
+            ),
+            'DeleteWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.DeleteWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.DeleteWorkflowResponse.SerializeToString,
+            ),
+            'ValidateWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ValidateWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ValidateWorkflowResponse.SerializeToString,
+            ),
+            'PublishWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.PublishWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.SerializeToString,
+            ),
+            'PauseWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.PauseWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.PauseWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.SerializeToString,
+            ),
+            'ResumeWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ResumeWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.SerializeToString,
+            ),
+            'ListWorkflowVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkflowVersions,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowVersionsRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowVersionsResponse.SerializeToString,
+            ),
+            'ExportWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExportWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ExportWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ExportWorkflowResponse.SerializeToString,
+            ),
+            'ImportWorkflow': grpc.unary_unary_rpc_method_handler(
+                    servicer.ImportWorkflow,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ImportWorkflowRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.SerializeToString,
+            ),
+            'ListTemplates': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTemplates,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListTemplatesRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListTemplatesResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListRunsRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'CancelRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelRun,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.CancelRunRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Run.SerializeToString,
+            ),
+            'GetWorkflowStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetWorkflowStats,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowStatsRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowStatsResponse.SerializeToString,
+            ),
+            'StartTestRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartTestRun,
+                    request_deserializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.StartTestRunRequest.FromString,
+                    response_serializer=nudge_dot_triggers_dot_v1_dot_triggers__pb2.Run.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -68,6 +326,60 @@ def add_WorkflowServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class WorkflowService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def CreateWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/CreateWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.CreateWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/GetWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def ListWorkflows(request,
@@ -86,6 +398,384 @@ class WorkflowService:
             '/nudge.triggers.v1.WorkflowService/ListWorkflows',
             nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowsRequest.SerializeToString,
             nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/UpdateWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.UpdateWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/DeleteWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.DeleteWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.DeleteWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/ValidateWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ValidateWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ValidateWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/PublishWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.PublishWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PauseWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/PauseWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.PauseWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/ResumeWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ResumeWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkflowVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/ListWorkflowVersions',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowVersionsRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListWorkflowVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/ExportWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ExportWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ExportWorkflowResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportWorkflow(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/ImportWorkflow',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ImportWorkflowRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Workflow.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTemplates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/ListTemplates',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListTemplatesRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListTemplatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/ListRuns',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListRunsRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/CancelRun',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.CancelRunRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Run.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetWorkflowStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/GetWorkflowStats',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowStatsRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.GetWorkflowStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartTestRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.triggers.v1.WorkflowService/StartTestRun',
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.StartTestRunRequest.SerializeToString,
+            nudge_dot_triggers_dot_v1_dot_triggers__pb2.Run.FromString,
             options,
             channel_credentials,
             insecure,
