@@ -304,9 +304,14 @@ async def start_run(
     vars: Mapping[str, str],
     key: str,
     now: datetime,
+    test_recipient: str = "",
 ) -> str | None:
     """Start a run under the workflow's entry rules and advance it at once; its id, or None
-    when the rules (or an earlier copy of the same trigger) start nothing."""
+    when the rules (or an earlier copy of the same trigger) start nothing.
+
+    A test run (``test_recipient``, the manager's address) ignores the entry rules, does
+    not count for them, waits for nothing and mails every send to that address only
+    (``MESSAGE_KIND_TEST``); it changes no tags or scores."""
     entry = compiled.program.definition.entry
     ws, contact, workflow = (
         uuid.UUID(workspace_id),
@@ -318,26 +323,30 @@ async def start_run(
         "SELECT 1 FROM runs WHERE workspace_id = $1 AND id = $2", ws, uuid.UUID(run_id)
     ):
         return None  # this trigger already started its run
-    if entry.concurrency == "single":
+    if entry.concurrency == "single" and not test_recipient:
         slot = ""
-    elif entry.concurrency == "per_key":
+    elif entry.concurrency == "per_key" and not test_recipient:
         slot = key
     else:
         slot = run_id
-    live = await conn.fetchrow(
-        "SELECT id FROM runs WHERE workspace_id = $1 AND workflow_id = $2 AND contact_id = $3"
-        " AND run_key = $4 AND ended_at IS NULL AND test_recipient = '' FOR UPDATE",
-        ws,
-        workflow,
-        contact,
-        slot,
+    live = (
+        None
+        if test_recipient
+        else await conn.fetchrow(
+            "SELECT id FROM runs WHERE workspace_id = $1 AND workflow_id = $2 AND contact_id = $3"
+            " AND run_key = $4 AND ended_at IS NULL AND test_recipient = '' FOR UPDATE",
+            ws,
+            workflow,
+            contact,
+            slot,
+        )
     )
     replaced: list[uuid.UUID] = []
     if live is not None:
         if entry.on_retrigger == "ignore":
             return None
         replaced.append(live["id"])
-    if entry.reentry == "once" or entry.reentry_after is not None:
+    if not test_recipient and (entry.reentry == "once" or entry.reentry_after is not None):
         last = await conn.fetchval(
             "SELECT max(started_at) FROM runs WHERE workspace_id = $1 AND workflow_id = $2"
             " AND contact_id = $3 AND test_recipient = '' AND NOT id = ANY($4::uuid[])",
@@ -354,8 +363,8 @@ async def start_run(
         await end_run(conn, workspace_id, str(old), "cancelled", "restarted", now)
     inserted = await conn.fetchval(
         "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, run_key,"
-        " entry_key, state, vars, trigger_event_id, started_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8::jsonb, $9, $10, $11)"
+        " entry_key, state, vars, trigger_event_id, started_at, updated_at, test_recipient)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8::jsonb, $9, $10, $11, $12)"
         " ON CONFLICT DO NOTHING RETURNING 1",
         ws,
         uuid.UUID(run_id),
@@ -368,6 +377,7 @@ async def start_run(
         trigger_event_id,
         occurred_at,
         now,
+        test_recipient,
     )
     if inserted is None:
         return None
