@@ -251,42 +251,48 @@ async def end_runs_of_contact(
     conn: asyncpg.Connection, workspace_id: str, contact_id: str, reason: str, now: datetime
 ) -> None:
     """End every live run of the contact (it was deleted: nothing more is sent to it)."""
-    rows = await conn.fetch(
-        "SELECT id FROM runs WHERE workspace_id = $1 AND contact_id = $2 AND ended_at IS NULL"
-        " ORDER BY id FOR UPDATE",
-        uuid.UUID(workspace_id),
-        uuid.UUID(contact_id),
-    )
-    for row in rows:
+    for row in await lock_live_runs(conn, workspace_id, contact_id):
         await end_run(conn, workspace_id, str(row["id"]), "cancelled", reason, now)
 
 
-async def end_runs_exited_by(
-    conn: asyncpg.Connection,
-    engine: Engine,
-    workspace_id: str,
-    contact_id: str,
-    event_id: str,
-    seen: SeenEvent,
-    now: datetime,
-) -> int:
-    """End the contact's live runs whose workflow exits on ``seen``. An event from before a
-    run began does not end it (a late order of yesterday ends no cart run started today)."""
-    rows = await conn.fetch(
+async def lock_live_runs(
+    conn: asyncpg.Connection, workspace_id: str, contact_id: str
+) -> list[asyncpg.Record]:
+    """Lock the contact's live runs, first thing in an event's transaction.
+
+    The order of locks is the same everywhere: runs, then the contact's facts, then
+    timers. The timer loop locks runs (skipping those held) and then writes facts (a tag
+    step); an event that wrote facts before waiting for a run could deadlock with it."""
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT * FROM runs WHERE workspace_id = $1 AND contact_id = $2 AND ended_at IS NULL"
         " ORDER BY id FOR UPDATE",
         uuid.UUID(workspace_id),
         uuid.UUID(contact_id),
     )
+    return rows
+
+
+async def end_runs_exited_by(
+    conn: asyncpg.Connection,
+    engine: Engine,
+    live: list[asyncpg.Record],
+    event_id: str,
+    seen: SeenEvent,
+    now: datetime,
+) -> int:
+    """End the runs of ``live`` (:func:`lock_live_runs`) whose workflow exits on ``seen``.
+    An event from before a run began does not end it (a late order of yesterday ends no
+    cart run started today)."""
+    rows = live
     ended = 0
     for row in rows:
         run = Run.of(row)
         if seen.occurred_at < run.started_at or run.trigger_event_id == event_id:
             continue
-        compiled = await engine.version(conn, workspace_id, run.workflow_id, run.version)
+        compiled = await engine.version(conn, run.workspace_id, run.workflow_id, run.version)
         reason = exits(compiled, run.entry_key, seen)
         if reason is not None:
-            await end_run(conn, workspace_id, run.id, "exited", reason, now)
+            await end_run(conn, run.workspace_id, run.id, "exited", reason, now)
             ended += 1
             log.info("run %s of workflow %s ended by %s", run.id, run.workflow_id, reason)
     return ended
