@@ -11,6 +11,7 @@ even a replay without the claim (another consumer group) starts and sends nothin
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import datetime
 
 import asyncpg
@@ -43,6 +44,8 @@ async def on_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> li
         if not await claim_event(conn, CONSUMER, envelope.event_id):
             return []
         ws, contact, seen = observation.workspace_id, observation.contact_id, observation.seen
+        if await erased(conn, ws, contact):
+            return []
         live = await runs.lock_live_runs(conn, ws, contact)  # runs first (deadlocks)
         await facts.apply_observation(conn, observation)
         await runs.end_runs_exited_by(conn, engine, live, envelope.event_id, seen, now)
@@ -79,8 +82,10 @@ async def _on_contact_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelo
         if not await claim_event(conn, CONSUMER, envelope.event_id):
             return []
         contact_id = facts.contact_of(envelope)
-        if contact_id:  # runs before facts, as everywhere (runs.lock_live_runs)
-            await runs.lock_live_runs(conn, envelope.workspace_id, contact_id)
+        if not contact_id or await erased(conn, envelope.workspace_id, contact_id):
+            return []
+        # Runs before facts, as everywhere (runs.lock_live_runs).
+        await runs.lock_live_runs(conn, envelope.workspace_id, contact_id)
         contact = await facts.apply_contact_event(conn, envelope)
         if contact is None:
             return []  # older than what is held: nothing changed
@@ -92,6 +97,17 @@ async def _on_contact_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelo
             conn, ws, contact, "contact_updated", event_time(envelope), now
         )
         return await _start_derived(conn, engine, ws, starts, now)
+
+
+async def erased(conn: asyncpg.Connection, workspace_id: str, contact_id: str) -> bool:
+    """The contact was erased: nothing about it is recorded again (services/triggers/privacy.py)."""
+    return bool(
+        await conn.fetchval(
+            "SELECT 1 FROM erased_contacts WHERE workspace_id = $1 AND erased_contact = $2",
+            uuid.UUID(workspace_id),
+            uuid.UUID(contact_id),
+        )
+    )
 
 
 async def _start_derived(

@@ -37,3 +37,11 @@ async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id:
     caller's transaction (with the consumer's claim of the ``ContactErased``)."""
     await delete_contact_rows(conn, workspace_id, contact_id)
     await forget_pending_events(conn, contact_id)
+    # Later events about the contact (segmentation's REMOVAL exits...) must not write its
+    # facts back: the event path skips erased contacts.
+    await conn.execute(
+        "INSERT INTO erased_contacts (workspace_id, erased_contact) VALUES ($1, $2)"
+        " ON CONFLICT DO NOTHING",
+        uuid.UUID(workspace_id),
+        contact_id,
+    )
