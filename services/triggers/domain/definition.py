@@ -176,13 +176,17 @@ def parse(text: str | bytes | Mapping[str, Any]) -> Definition:
 def _decode(text: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(text, Mapping):
         return text
-    size = len(text.encode() if isinstance(text, str) else text)
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > MAX_JSON_BYTES:
         raise DefinitionInvalid(
             [Violation("definition", f"{size} bytes: a definition is at most {MAX_JSON_BYTES}")]
         )
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise DefinitionInvalid(
+            [Violation("definition", f"the key {err.key!r} appears twice in one object")]
+        ) from None
     except json.JSONDecodeError as err:
         where = f"line {err.lineno}, column {err.colno}"
         raise DefinitionInvalid(
@@ -199,6 +203,23 @@ def _decode(text: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
             [Violation("definition", f"a JSON object is expected, not {_json_type(doc)}")]
         )
     return doc
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(key)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON allows a key twice and the last one wins: a definition edited by hand with two
+    "duration"s would silently lose one, so it is refused instead."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _check_nesting(doc: object) -> None:

@@ -60,6 +60,11 @@ def test_malformed_json_says_where() -> None:
     assert "line 3, column 13" in found["definition"]
 
 
+def test_a_key_given_twice_is_refused_rather_than_one_silently_dropped() -> None:
+    text = '{"name": "a", "trigger": {"event": "signed_up", "event": "searched"}, "steps": []}'
+    assert violations(text) == {"definition": "the key 'event' appears twice in one object"}
+
+
 def test_a_json_list_is_not_a_definition() -> None:
     assert violations("[1, 2]") == {"definition": "a JSON object is expected, not a list"}
 
