@@ -542,9 +542,11 @@ class _Checker:
                     self.bad((*loc, "segment_id"), "must not be blank")
             case HasTag(tag=tag):
                 self.tag((*loc, "tag"), tag)
-            case AttributeIs(attribute=attribute):
+            case AttributeIs(attribute=attribute, op=op, value=value):
                 if not attribute.strip():
                     self.bad((*loc, "attribute"), "must not be blank")
+                if op != "exists" and not value.strip():
+                    self.bad((*loc, "value"), f'required with op "{op}": what to compare with')
             case HappenedSinceStart():
                 self.event_filter((*loc, "filter"), condition.event, condition.filter)
                 if condition.same_key:

@@ -371,6 +371,20 @@ def test_filters_of_exit_rules_and_conditions_are_checked_too() -> None:
     }
 
 
+def test_an_attribute_condition_needs_a_value_to_compare_with() -> None:
+    def branch(condition: dict[str, Any]) -> dict[str, Any]:
+        return doc(steps=[{"id": "b", "type": "branch", "condition": condition}])
+
+    found = violations(branch({"type": "attribute", "attribute": "plan", "op": "gt"}))
+    assert found == {
+        "definition.steps[0].condition.value": 'required with op "gt": what to compare with'
+    }
+    D.parse(branch({"type": "attribute", "attribute": "plan", "op": "exists"}))
+    assert list(violations(branch({"type": "attribute", "attribute": " ", "op": "exists"}))) == [
+        "definition.steps[0].condition.attribute"
+    ]
+
+
 def test_filter_values_are_sane() -> None:
     found = violations(
         doc(
