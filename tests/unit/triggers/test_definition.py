@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.triggers.domain import definition as D
-from services.triggers.domain.model import Definition
+from services.triggers.domain.model import Definition, EventName
 from services.triggers.domain.templates import TEMPLATES
 
 
@@ -742,3 +742,10 @@ def test_any_changed_template_is_refused_with_violations_or_round_trips(
         return
     D.warnings(parsed)
     assert D.parse(D.export(parsed)) == parsed
+
+
+def test_every_event_has_its_run_vars_listed() -> None:
+    """A new event in the model must say which vars its runs carry, or every message of a
+    workflow it starts would be refused for naming unknown vars."""
+    assert set(D.RUN_VARS) == set(get_args(EventName))
+    assert set(D.TRANSACTIONAL_TRIGGERS) <= set(get_args(EventName))
