@@ -218,6 +218,23 @@ async def test_a_fired_birthday_starts_one_run_with_the_years_and_sets_next_year
     assert nxt[0].trigger_event_id != start.trigger_event_id
 
 
+async def test_a_fired_timer_still_in_place_is_replaced_by_next_years(
+    conn: asyncpg.Connection,
+) -> None:
+    ws, contact = new_id(), new_id()
+    wf = await publish(conn, ws, BIRTHDAY)
+    key = f"date/{wf}/{contact}"
+    await set_facts(conn, ws, contact, birthday=date(1990, 3, 14))
+    await changed(conn, ws, contact)
+    row = await timer(conn, key)  # claimed by a lock only: the row is still there
+    assert row is not None
+    async with conn.transaction():
+        starts = await on_timer(conn, row, datetime(2026, 3, 14, 9, 0, tzinfo=UTC))
+    assert len(starts) == 1
+    row = await timer(conn, key)
+    assert row is not None and row["due_at"] == datetime(2027, 3, 14, 9, 0, tzinfo=UTC)
+
+
 async def test_a_leaplings_birthday_fires_on_28_february_in_a_common_year(
     conn: asyncpg.Connection,
 ) -> None:
@@ -375,6 +392,22 @@ async def test_an_activity_the_timer_missed_postpones_it_instead_of_starting(
     assert await fire(conn, key, NOW + 90 * DAY) == []
     row = await timer(conn, key)
     assert row is not None and row["due_at"] == later + 90 * DAY
+
+
+async def test_a_silence_lengthened_by_republishing_is_waited_out(
+    conn: asyncpg.Connection,
+) -> None:
+    ws, contact = new_id(), new_id()
+    wf = await publish(conn, ws, {**WIN_BACK, "inactive_for": "P30D"})
+    key = f"inactive/{wf}/{contact}"
+    await set_facts(conn, ws, contact)
+    await changed(conn, ws, contact, "order_placed", occurred_at=NOW)
+    await publish(conn, ws, WIN_BACK, workflow_id=wf, version=2)
+    assert await fire(conn, key, NOW + 30 * DAY) == []
+    row = await timer(conn, key)
+    assert row is not None and row["due_at"] == NOW + 90 * DAY
+    starts = await fire(conn, key, NOW + 90 * DAY)
+    assert [(s.version, s.vars["days"]) for s in starts] == [(2, "90")]
 
 
 async def test_publishing_a_win_back_schedules_contacts_from_their_last_activity(

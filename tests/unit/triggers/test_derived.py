@@ -77,6 +77,17 @@ def test_zone_ahead_of_utc_fires_on_the_local_day_already_begun() -> None:
     assert new_year.due_at == datetime(2027, 1, 1, 0, 0, tzinfo=UTC)
 
 
+def test_zone_behind_utc_fires_on_the_local_day_not_yet_over() -> None:
+    honolulu = ZoneInfo("Pacific/Honolulu")
+    # 1 January 2027, 03:00 UTC is still 31 December 2026, 17:00, in Honolulu: this year's
+    # 18:00 there is an hour on, not next year's.
+    occurrence = next_occurrence(
+        date(1990, 12, 31), time(18, 0), honolulu, datetime(2027, 1, 1, 3, 0, tzinfo=UTC)
+    )
+    assert occurrence.day == date(2026, 12, 31)
+    assert occurrence.due_at == datetime(2027, 1, 1, 4, 0, tzinfo=UTC)
+
+
 def test_time_skipped_by_dst_happens_just_after_the_jump() -> None:
     # New York jumps from 02:00 EST to 03:00 EDT on 8 March 2026: 02:30 does not exist that
     # day; it is read with the offset before the jump (07:30 UTC = 03:30 EDT).
