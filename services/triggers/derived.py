@@ -480,6 +480,12 @@ async def _swap_seen_total(
         workspace_id,
         contact_id,
     )
+    if (
+        row is not None
+        and row["total_spent_minor"] == facts.total_spent_minor
+        and row["currency"] == facts.currency
+    ):
+        return int(row["total_spent_minor"]), str(row["currency"])  # most events: no change
     await conn.execute(
         "INSERT INTO contact_value_seen (workspace_id, contact_id, total_spent_minor, currency,"
         " seen_at) VALUES ($1, $2, $3, $4, $5)"
