@@ -156,6 +156,7 @@ class DatePlan:
 
     basis: str
     occurrence: Occurrence
+    source: date  # the date it comes round from (its year counts the years)
 
 
 def date_source(trigger: Trigger, facts: ContactFacts, tz: tzinfo) -> date | None:
@@ -184,7 +185,7 @@ def plan_date(trigger: Trigger, facts: ContactFacts, after: datetime) -> DatePla
     occurrence = next_occurrence(source, trigger.at, tz, after, min_years=min_years)
     zone_name = facts.time_zone if tz is not UTC else "UTC"
     basis = f"{trigger.date_field}|{source.isoformat()}|{trigger.at.isoformat()}|{zone_name}"
-    return DatePlan(basis=basis, occurrence=occurrence)
+    return DatePlan(basis=basis, occurrence=occurrence, source=source)
 
 
 def years_since(source_year: int, occurrence: Occurrence) -> int:
@@ -335,7 +336,8 @@ _FACTS_COLUMNS = (
 
 
 def _facts_of(row: Mapping[str, Any]) -> ContactFacts:
-    attributes = _json(row["attributes"])
+    text = row["attributes"]
+    attributes = {} if text in (None, "{}") else _json(text)
     return ContactFacts(
         time_zone=row["time_zone"] or "",
         birthday=row["birthday"],
@@ -422,9 +424,7 @@ def _date_timers(
         if plan is None:
             dateless.append(contact_id)
             continue
-        source = date_source(trigger, facts, zone(facts.time_zone))
-        assert source is not None
-        timers.append(_DateTimer(contact_id, plan, source.year))
+        timers.append(_DateTimer(contact_id, plan, plan.source.year))
     return timers, dateless
 
 
