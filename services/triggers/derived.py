@@ -45,6 +45,7 @@ from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 
 import asyncpg
+from pydantic import ValidationError
 
 from services.common.events import deterministic_id
 from services.triggers.domain.engine import zone
@@ -322,7 +323,13 @@ async def _definition(
     )
     if text is None:
         return None
-    definition = Definition.model_validate(_json(text))
+    try:
+        definition = Definition.model_validate(_json(text))
+    except ValidationError:
+        # Published versions were validated by the API; one that no longer parses (a model
+        # change) must not fail every event of the workspace: it is left out, loudly.
+        log.exception("workflow %s version %s does not parse; ignored", workflow_id, version)
+        return None
     if len(_definitions) >= _DEFINITIONS_KEPT:
         _definitions.clear()
     _definitions[key] = definition

@@ -299,6 +299,23 @@ async def test_another_workspaces_workflow_schedules_nothing_for_this_contact(
     assert await conn.fetchval("SELECT count(*) FROM timers WHERE workflow_id = $1", wf) == 0
 
 
+async def test_a_published_version_that_no_longer_parses_is_left_out_not_fatal(
+    conn: asyncpg.Connection,
+) -> None:
+    ws, contact = new_id(), new_id()
+    broken = await publish(conn, ws, BIRTHDAY)
+    await conn.execute(
+        'UPDATE workflow_versions SET definition = definition || \'{"format": "v0"}\''
+        " WHERE workflow_id = $1",
+        broken,
+    )
+    wf = await publish(conn, ws, BIRTHDAY)
+    await set_facts(conn, ws, contact, birthday=date(1990, 3, 14))
+    await changed(conn, ws, contact)
+    assert await timer(conn, f"date/{wf}/{contact}") is not None
+    assert await timer(conn, f"date/{broken}/{contact}") is None
+
+
 async def test_publishing_schedules_every_known_contact_with_the_date_in_batches(
     conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
