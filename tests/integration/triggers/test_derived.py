@@ -514,3 +514,28 @@ async def test_a_paused_value_workflow_starts_nothing_but_keeps_the_baseline(
     await conn.execute("UPDATE workflows SET status = 'active' WHERE id = $1", wf)
     await set_facts(conn, ws, contact, total_spent_minor=120_000)
     assert await changed(conn, ws, contact, "order_placed") == []  # crossed while paused
+
+
+async def test_an_erased_contacts_seen_total_and_timers_are_forgotten(
+    conn: asyncpg.Connection,
+) -> None:
+    from services.triggers import privacy
+
+    ws, contact, other = new_id(), new_id(), new_id()
+    await publish(conn, ws, VALUE)
+    await publish(conn, ws, BIRTHDAY)
+    for someone in (contact, other):
+        await set_facts(
+            conn, ws, someone, total_spent_minor=500, currency="EUR", birthday=date(1990, 3, 14)
+        )
+        await changed(conn, ws, someone, "order_placed")
+    exported = await privacy.export_contact(conn, ws, uuid.UUID(contact))
+    assert [r["total_spent_minor"] for r in exported["contact_value_seen"]] == [500]
+
+    async with conn.transaction():
+        await privacy.erase_contact(conn, ws, uuid.UUID(contact))
+
+    for table in ("contact_value_seen", "timers"):
+        count = f"SELECT count(*) FROM {table} WHERE workspace_id = $1 AND contact_id = $2"
+        assert await conn.fetchval(count, ws, contact) == 0
+        assert await conn.fetchval(count, ws, other) == 1
