@@ -684,7 +684,7 @@ async def schedule_workflow(
     """Prepare a just-published ``date_reached``, ``inactive`` or ``value_crossed`` workflow
     for the contacts already known (``contact_facts``), in batches; returns how many rows
     were written. The API calls it in the publication's transaction (or just after it: it
-    is idempotent). Any other trigger: 0.
+    is idempotent; also on resuming a paused workflow). Any other trigger: 0.
 
     - date_reached: each contact with the date gets its timer;
     - inactive: each contact with a recorded activity gets a timer at that activity plus
