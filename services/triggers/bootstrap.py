@@ -102,7 +102,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                WorkflowServicer(),
+                WorkflowServicer(pool),
                 SERVICE_NAME,
             ),
             (
