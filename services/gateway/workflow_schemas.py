@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
-from pydantic.json_schema import SkipJsonSchema
 
 from services.gateway.schemas import NO_NUL, ResponseModel, StrictModel, _filled_text
 
@@ -53,27 +52,18 @@ class WorkflowIn(StrictModel):
         }
     )
 
-    # Absent, not null: SkipJsonSchema keeps the document as strict as _no_nulls.
-    definition: Definition | SkipJsonSchema[None] = None
-    template_id: TemplateId | SkipJsonSchema[None] = Field(
-        None, description="A template of `GET /v1/workflow-templates`."
+    # Absent rather than null (members given are in model_fields_set): no union in the
+    # document, and a wrong type is one error naming the member.
+    definition: Definition = Field(default_factory=dict)
+    template_id: TemplateId = Field("", description="A template of `GET /v1/workflow-templates`.")
+    name: Annotated[str, _filled_text(MAX_NAME)] = Field(
+        "", description="Replaces the definition's name."
     )
-    name: Annotated[str, _filled_text(MAX_NAME)] | SkipJsonSchema[None] = Field(
-        None, description="Replaces the definition's name."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_nulls(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            nulls = sorted(k for k, v in data.items() if v is None)
-            if nulls:
-                raise ValueError(f"must not be null: {', '.join(nulls)}")
-        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> WorkflowIn:
-        if (self.definition is None) == (self.template_id is None):
+        given = {"definition", "template_id"} & self.model_fields_set
+        if len(given) != 1:
             raise ValueError("give either definition or template_id")
         return self
 

@@ -137,10 +137,10 @@ async def create_workflow(
         backends.workflows.CreateWorkflow,
         triggers_pb2.CreateWorkflowRequest(
             definition_json=(
-                _definition_text(body.definition) if body.definition is not None else ""
+                _definition_text(body.definition) if "definition" in body.model_fields_set else ""
             ),
-            template_id=body.template_id or "",
-            name=body.name or "",
+            template_id=body.template_id,
+            name=body.name,
         ),
         service=SERVICE,
         fields=definition_field,
