@@ -159,7 +159,9 @@ class TemplateList(ResponseModel):
 class RunOut(ResponseModel):
     id: str
     workflow_id: str
-    version: int = Field(description="The version it runs; 0 for a test run of the draft.")
+    version: int = Field(
+        description="The version it runs; -N for a test run of the draft at revision N."
+    )
     contact_id: str
     state: RunState | Literal["unspecified"]
     position: str = Field(description="The step it runs next; empty once it ended.")

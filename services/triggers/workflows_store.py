@@ -240,7 +240,8 @@ async def list_versions(
     return list(
         await conn.fetch(
             "SELECT version, definition, published_at, published_by FROM workflow_versions"
-            " WHERE workspace_id = $1 AND workflow_id = $2 ORDER BY version DESC",
+            " WHERE workspace_id = $1 AND workflow_id = $2 AND version > 0"
+            " ORDER BY version DESC",
             uuid.UUID(workspace_id),
             workflow_id,
         )
@@ -257,6 +258,37 @@ async def get_version(
         workflow_id,
         version,
     )
+
+
+async def snapshot_draft(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    workflow_id: uuid.UUID,
+    *,
+    revision: int,
+    definition: dict[str, Any],
+    by: str,
+    now: datetime,
+) -> int:
+    """The draft at ``revision`` as the version a test run of the draft runs: ``-revision``.
+
+    The engine loads a run's definition by (workflow, version) and may cache it, so a test
+    run cannot point at the draft itself, which changes; every revision of a draft is
+    immutable, so its snapshot is too, and the same revision tested twice shares one row.
+    Negative versions are never published ones: versions lists, exports and publishes
+    only positive ones."""
+    await conn.execute(
+        "INSERT INTO workflow_versions (workspace_id, workflow_id, version, definition,"
+        " published_at, published_by) VALUES ($1, $2, $3, $4::jsonb, $5, $6)"
+        " ON CONFLICT DO NOTHING",
+        uuid.UUID(workspace_id),
+        workflow_id,
+        -revision,
+        _jsonb(definition),
+        now,
+        by,
+    )
+    return -revision
 
 
 # --- runs -----------------------------------------------------------------------------------

@@ -673,9 +673,16 @@ class WorkflowServicer(triggers_pb2_grpc.WorkflowServiceServicer):
             if row is None:
                 raise NotFound(f"no workflow {request.workflow_id!r}")
             if request.use_draft:
-                # Version 0 is the draft: the engine reads workflows.draft for it.
-                version = 0
                 defn = parse_definition(json.dumps(store.document(row["draft"])), "definition")
+                version = await store.snapshot_draft(
+                    conn,
+                    workspace_id,
+                    workflow_id,
+                    revision=row["draft_revision"],
+                    definition=stored(defn),
+                    by=current_actor(),
+                    now=clock.now(),
+                )
             else:
                 version = row["published_version"]
                 if version == 0:

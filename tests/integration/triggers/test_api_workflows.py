@@ -607,7 +607,8 @@ async def test_a_test_run_is_queued_for_the_timer_loop_with_its_recipient(
             use_draft=True,
         )
     )
-    assert run.test and run.version == 0 and run.contact_id == contact
+    # The draft at revision 1, as a version of its own that no edit changes.
+    assert run.test and run.version == -1 and run.contact_id == contact
     row = await api.pool.fetchrow(
         "SELECT r.test_recipient, r.vars, t.kind, t.due_at <= now() AS due FROM runs r"
         " JOIN timers t ON t.timer_key = 'run/' || r.id::text WHERE r.id = $1",
@@ -616,6 +617,15 @@ async def test_a_test_run_is_queued_for_the_timer_loop_with_its_recipient(
     assert row is not None
     assert (row["test_recipient"], row["kind"], row["due"]) == ("manager@example.com", "run", True)
     assert json.loads(row["vars"])["cart_items"]
+    snapshot = await api.pool.fetchval(
+        "SELECT definition FROM workflow_versions WHERE workflow_id = $1 AND version = -1",
+        uuid.UUID(created.id),
+    )
+    assert json.loads(snapshot)["steps"][0]["id"] == "wait_3h"
+    listed = await client.ListWorkflowVersions(
+        triggers_pb2.ListWorkflowVersionsRequest(workflow_id=created.id)
+    )
+    assert list(listed.versions) == []  # a snapshot is no published version
     err = await refused(
         client.StartTestRun(
             triggers_pb2.StartTestRunRequest(
