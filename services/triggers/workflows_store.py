@@ -39,7 +39,7 @@ _WORKFLOW_FROM = """
         AND v.workflow_id = w.id AND v.version = w.published_version
 """
 _RUN_COLUMNS = """
-    id, workflow_id, version, contact_id, run_key, state, position, started_at,
+    id, workflow_id, version, contact_id, entry_key, state, position, started_at,
     next_wake_at, ended_at, end_reason, test_recipient
 """
 

@@ -184,7 +184,7 @@ def run_message(row: asyncpg.Record) -> triggers_pb2.Run:
         ended_at=_timestamp(row["ended_at"]),
         end_reason=row["end_reason"],
         test=bool(row["test_recipient"]),
-        key=row["run_key"],
+        key=row["entry_key"],
     )
 
 

@@ -1,0 +1,89 @@
+"""A test run started through the API is carried out by the engine itself: the triggers
+service in-process (its gRPC API, its timer loop, its outbox relay) on real PostgreSQL and
+Kafka. Its mail reaches delivery.requests.v1 as a test message for the manager, at once
+(no waits), filled with sample run variables; a test run of the draft runs the draft."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from nudge.delivery.v1 import delivery_pb2
+from nudge.triggers.v1 import triggers_pb2, triggers_pb2_grpc
+
+from tests.integration.conftest import RunningService, Workspace
+from tests.integration.triggers.support import bootstrap_servers, database_url, delivery_requests
+from tests.integration.triggers.test_api_workflows import cart_definition
+from tests.support import eventually, fetchval
+
+
+@pytest.fixture
+async def stub(
+    contacts_service: RunningService, triggers_engine: RunningService
+) -> AsyncIterator[triggers_pb2_grpc.WorkflowServiceStub]:
+    async with grpc.aio.insecure_channel(triggers_engine.address) as channel:
+        yield triggers_pb2_grpc.WorkflowServiceStub(channel)
+
+
+async def test_a_test_run_of_the_draft_mails_the_manager_at_once(
+    stub: triggers_pb2_grpc.WorkflowServiceStub, workspace: Workspace
+) -> None:
+    md = workspace.metadata
+    published = cart_definition("Published text")
+    created = await stub.CreateWorkflow(
+        triggers_pb2.CreateWorkflowRequest(definition_json=json.dumps(published)), metadata=md
+    )
+    await stub.PublishWorkflow(
+        triggers_pb2.PublishWorkflowRequest(workflow_id=created.id), metadata=md
+    )
+    draft = cart_definition("Draft text")
+    draft["steps"][1]["message"]["subject"] = "Draft subject at {{ workspace.name }}"
+    await stub.UpdateWorkflow(
+        triggers_pb2.UpdateWorkflowRequest(
+            workflow_id=created.id, definition_json=json.dumps(draft)
+        ),
+        metadata=md,
+    )
+    contact = str(uuid.uuid4())
+    run = await stub.StartTestRun(
+        triggers_pb2.StartTestRunRequest(
+            workflow_id=created.id,
+            contact_id=contact,
+            recipient="manager@example.com",
+            use_draft=True,
+        ),
+        metadata=md,
+    )
+
+    async def completed() -> bool:
+        state = await fetchval(
+            database_url(), "SELECT state FROM triggers.runs WHERE id = $1", uuid.UUID(run.id)
+        )
+        return state == "completed"
+
+    # The 3-hour wait is skipped: no clock moves, the run ends on its own.
+    await eventually(completed, timeout=30)
+
+    async def mailed() -> list[delivery_pb2.DeliveryRequested]:
+        return [
+            r
+            for r in await delivery_requests(bootstrap_servers(), workspace.id)
+            if r.workflow_id == created.id
+        ]
+
+    requests = await eventually(mailed, timeout=30)
+    assert len(requests) == 1
+    request = requests[0]
+    assert request.kind == delivery_pb2.MESSAGE_KIND_TEST
+    assert request.test_recipient == "manager@example.com"
+    assert request.contact_id == contact
+    assert request.content.subject == "Draft subject at {{ workspace.name }}"  # the draft's
+    assert request.vars["cart_items"]  # sample variables, since no cart started it
+    # A test run counts in no statistics.
+    stats = await stub.GetWorkflowStats(
+        triggers_pb2.GetWorkflowStatsRequest(workflow_id=created.id), metadata=md
+    )
+    assert stats.runs_started == 0
