@@ -14,7 +14,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, StringConstraints, model_validator
 
-from services.gateway.schemas import NO_NUL, ResponseModel, StrictModel, _filled_text
+from services.gateway.schemas import (
+    NO_NUL,
+    ContactUuid,
+    Integral,
+    ResponseModel,
+    StrictModel,
+    _filled_text,
+)
 
 WorkflowStatus = Literal["draft", "active", "paused"]
 RunState = Literal["active", "waiting", "completed", "exited", "cancelled"]
@@ -72,7 +79,7 @@ class DraftIn(StrictModel):
     """The whole new draft."""
 
     definition: Definition
-    expected_revision: int = Field(
+    expected_revision: Integral = Field(
         0,
         ge=0,
         le=2**31 - 1,
@@ -81,7 +88,7 @@ class DraftIn(StrictModel):
 
 
 class PublishIn(StrictModel):
-    expected_revision: int = Field(
+    expected_revision: Integral = Field(
         0,
         ge=0,
         le=2**31 - 1,
@@ -94,9 +101,7 @@ class ValidationIn(StrictModel):
 
 
 class TestRunIn(StrictModel):
-    contact_id: Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=NO_NUL)] = (
-        Field(description="The contact whose data fills the messages.")
-    )
+    contact_id: ContactUuid = Field(description="The contact whose data fills the messages.")
     recipient: Annotated[str, StringConstraints(min_length=3, max_length=MAX_RECIPIENT)] = Field(
         description="Where every message of the test run goes, marked [Test]."
     )

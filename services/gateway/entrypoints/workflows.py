@@ -21,6 +21,7 @@ from nudge.triggers.v1 import triggers_pb2
 
 from services.gateway import convert, problems
 from services.gateway.deps import BackendsDep, CallerDep
+from services.gateway.schemas import UUID_PATTERN
 from services.gateway.workflow_schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -455,7 +456,9 @@ async def list_runs(
     caller: CallerDep,
     backends: BackendsDep,
     state: Annotated[RunState | None, Query(description="Only runs in this state.")] = None,
-    contact_id: Annotated[str, Query(max_length=64, description="Only this contact's.")] = "",
+    contact_id: Annotated[
+        str, Query(pattern=f"^$|{UUID_PATTERN}", description="Only this contact's runs.")
+    ] = "",
     page_size: Annotated[
         int, Query(ge=1, le=MAX_PAGE_SIZE, description="At most this many.")
     ] = DEFAULT_PAGE_SIZE,

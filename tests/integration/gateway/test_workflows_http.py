@@ -306,6 +306,14 @@ async def test_runs_stats_test_runs_and_cancellation_over_http(
     )
     problem(await http.post(f"/v1/workflow-runs/{test_run.json()['id']}/cancel"), 409)
     body = problem(
-        await http.post(f"{url}/test-runs", json={"contact_id": "x", "recipient": "nobody"}), 422
+        await http.post(f"{url}/test-runs", json={"contact_id": "x", "recipient": "m@example.com"}),
+        422,
     )
-    assert fields(body) == {"contact_id", "recipient"}
+    assert fields(body) == {"contact_id"}
+    body = problem(
+        await http.post(
+            f"{url}/test-runs", json={"contact_id": str(uuid.uuid4()), "recipient": "nobody"}
+        ),
+        422,
+    )
+    assert fields(body) == {"recipient"}
