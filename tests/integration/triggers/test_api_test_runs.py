@@ -15,9 +15,16 @@ from nudge.delivery.v1 import delivery_pb2
 from nudge.triggers.v1 import triggers_pb2, triggers_pb2_grpc
 
 from tests.integration.conftest import RunningService, Workspace
-from tests.integration.triggers.support import bootstrap_servers, database_url, delivery_requests
+from tests.integration.triggers.support import (
+    EventProducer,
+    MovableClock,
+    bootstrap_servers,
+    cart,
+    database_url,
+    delivery_requests,
+)
 from tests.integration.triggers.test_api_workflows import cart_definition
-from tests.support import eventually, fetchval
+from tests.support import eventually, fetchval, triggers_consumed
 
 
 @pytest.fixture
@@ -87,3 +94,55 @@ async def test_a_test_run_of_the_draft_mails_the_manager_at_once(
         triggers_pb2.GetWorkflowStatsRequest(workflow_id=created.id), metadata=md
     )
     assert stats.runs_started == 0
+
+
+async def test_a_workflow_published_through_the_api_starts_runs_until_it_is_paused(
+    stub: triggers_pb2_grpc.WorkflowServiceStub,
+    workspace: Workspace,
+    producer: EventProducer,
+    engine_clock: MovableClock,
+) -> None:
+    """What the API writes on publish and pause is what the engine reads: a cart starts a
+    run of version 1 that the API lists, counts and cancels; once paused, carts start none."""
+    md = workspace.metadata
+    created = await stub.CreateWorkflow(
+        triggers_pb2.CreateWorkflowRequest(definition_json=json.dumps(cart_definition())),
+        metadata=md,
+    )
+    await stub.PublishWorkflow(
+        triggers_pb2.PublishWorkflowRequest(workflow_id=created.id), metadata=md
+    )
+    engine_clock.advance(seconds=5)  # past the engine's cache of live workflows
+    contact = str(uuid.uuid4())
+    await producer.shop(workspace.id, contact, cart("cart-1", ("p1", "Blue mug", 2, 1200)))
+
+    async def waiting_runs() -> list[triggers_pb2.Run]:
+        answer = await stub.ListRuns(
+            triggers_pb2.ListRunsRequest(
+                workflow_id=created.id, state=triggers_pb2.RUN_STATE_WAITING
+            ),
+            metadata=md,
+        )
+        return list(answer.runs)
+
+    runs = await eventually(waiting_runs, timeout=30)
+    assert [(r.contact_id, r.version, r.position, r.key) for r in runs] == [
+        (contact, 1, "reminder", "cart-1")
+    ]
+    stats = await stub.GetWorkflowStats(
+        triggers_pb2.GetWorkflowStatsRequest(workflow_id=created.id), metadata=md
+    )
+    by_step = {s.step_id: s for s in stats.steps}
+    assert (by_step["wait_3h"].entered, by_step["reminder"].waiting) == (1, 1)
+    assert (stats.runs_started, stats.runs_active) == (1, 1)
+
+    cancelled = await stub.CancelRun(triggers_pb2.CancelRunRequest(run_id=runs[0].id), metadata=md)
+    assert cancelled.state == triggers_pb2.RUN_STATE_CANCELLED
+
+    await stub.PauseWorkflow(triggers_pb2.PauseWorkflowRequest(workflow_id=created.id), metadata=md)
+    engine_clock.advance(seconds=5)
+    other = str(uuid.uuid4())
+    event_id = await producer.shop(workspace.id, other, cart("cart-2", ("p1", "Blue mug", 1, 1200)))
+    await eventually(lambda: triggers_consumed(database_url(), event_id), timeout=30)
+    every = await stub.ListRuns(triggers_pb2.ListRunsRequest(workflow_id=created.id), metadata=md)
+    assert [r.contact_id for r in every.runs] == [contact]
