@@ -229,6 +229,21 @@ async def test_a_workflow_from_a_template_is_a_draft_of_that_template(client: Cl
     assert published.version == 1
 
 
+async def test_every_template_is_publishable_through_the_api(client: Client) -> None:
+    listed = await client.ListTemplates(triggers_pb2.ListTemplatesRequest())
+    assert len(listed.templates) >= 11
+    for t in listed.templates:
+        created = await client.CreateWorkflow(triggers_pb2.CreateWorkflowRequest(template_id=t.id))
+        published = await client.PublishWorkflow(
+            triggers_pb2.PublishWorkflowRequest(workflow_id=created.id)
+        )
+        assert (published.version, published.template_id) == (1, t.id), t.id
+        exported = await client.ExportWorkflow(
+            triggers_pb2.ExportWorkflowRequest(workflow_id=created.id, version=1)
+        )
+        assert exported.definition_json == t.definition_json, t.id
+
+
 async def test_export_then_import_gives_the_same_definition(client: Client) -> None:
     created = await create(client)
     await client.PublishWorkflow(triggers_pb2.PublishWorkflowRequest(workflow_id=created.id))
