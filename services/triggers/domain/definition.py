@@ -273,14 +273,12 @@ def _describe(error: Mapping[str, Any], loc: tuple[str | int, ...]) -> str:
     kind: str = error["type"]
     ctx: Mapping[str, Any] = error.get("ctx") or {}
     last = loc[-1] if loc else ""
-    if kind == "union_tag_invalid":
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
         what = "condition" if last == "condition" or _in_conditions(loc) else "step"
-        allowed = CONDITION_TYPES if what == "condition" else STEP_TYPES
-        return f"unknown {what} type {ctx.get('tag')!r}: use one of {', '.join(allowed)}"
-    if kind == "union_tag_not_found":
-        what = "condition" if last == "condition" or _in_conditions(loc) else "step"
-        allowed = CONDITION_TYPES if what == "condition" else STEP_TYPES
-        return f'the {what} has no "type": use one of {", ".join(allowed)}'
+        allowed = ", ".join(CONDITION_TYPES if what == "condition" else STEP_TYPES)
+        if kind == "union_tag_not_found":
+            return f'the {what} has no "type": use one of {allowed}'
+        return f"unknown {what} type {ctx.get('tag')!r}: use one of {allowed}"
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":

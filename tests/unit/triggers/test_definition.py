@@ -7,9 +7,12 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.triggers.domain import definition as D
 from services.triggers.domain.model import Definition
+from services.triggers.domain.templates import TEMPLATES
 
 
 def send(step_id: str = "mail", **message: Any) -> dict[str, Any]:
@@ -122,8 +125,10 @@ def test_an_unknown_condition_type_lists_the_condition_types() -> None:
 
 
 def test_a_step_without_type_says_so() -> None:
-    found = violations(doc(steps=[{"id": "x"}]))
+    found = violations(doc(steps=[{"id": "x"}, ["wait"], 3]))
     assert found["definition.steps[0]"].startswith('the step has no "type"')
+    assert found["definition.steps[1]"] == "must be an object"
+    assert found["definition.steps[2]"] == "must be an object"
 
 
 def test_wrong_types_and_unknown_fields_each_have_their_path() -> None:
@@ -666,3 +671,55 @@ def test_export_leaves_defaults_out_but_keeps_format_and_type() -> None:
             {"id": "mail", "type": "send", "message": copy.deepcopy(send()["message"])},
         ],
     }
+
+
+# ---------------------------------------------------------------- any input
+
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(["PT1H", "P1D", "10:00", "{{", "{{ vars.x }}", "wait", "branch", "tag"]),
+    st.lists(st.text(max_size=5), max_size=2),
+    st.fixed_dictionaries({"type": st.sampled_from(["wait", "not", "send", "x"])}),
+)
+
+
+def mutated(data: st.DataObject, node: Any) -> Any:
+    """``node`` with one value somewhere inside replaced by an odd one."""
+    if isinstance(node, dict) and node and data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(node)))
+        return {**node, key: mutated(data, node[key])}
+    if isinstance(node, list) and node and data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(node) - 1))
+        return [*node[:i], mutated(data, node[i]), *node[i + 1 :]]
+    return data.draw(ODD_VALUES)
+
+
+@settings(
+    max_examples=100,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.data())
+def test_any_changed_template_is_refused_with_violations_or_round_trips(
+    data: st.DataObject,
+) -> None:
+    """Whatever a manager sends, parse answers with violations (each with a path under
+    "definition") or a definition that exports and imports unchanged: never a crash."""
+    info = data.draw(st.sampled_from(TEMPLATES))
+    document = json.loads(D.export(info.definition))
+    for _ in range(data.draw(st.integers(1, 3))):
+        document = mutated(data, document)
+    try:
+        parsed = D.parse(json.dumps(document))
+    except D.DefinitionInvalid as err:
+        assert err.violations
+        assert all(v.field.startswith("definition") and v.description for v in err.violations)
+        return
+    D.warnings(parsed)
+    assert D.parse(D.export(parsed)) == parsed
