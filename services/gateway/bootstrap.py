@@ -44,6 +44,7 @@ from services.gateway.entrypoints import (
     privacy,
     segments,
     sending,
+    workflows,
 )
 
 NAME = "gateway"
@@ -63,6 +64,10 @@ TAGS = [
     {"name": "events", "description": "What customers did in the shop."},
     {"name": "segments", "description": "Built-in and custom segments."},
     {"name": "campaigns", "description": "Targeted messages to segments."},
+    {
+        "name": "workflows",
+        "description": "Automations: drafts, published versions, runs, test runs, templates.",
+    },
     {"name": "messages", "description": "Delivery status of single messages."},
     {"name": "dkim", "description": "DKIM keys of the workspace's sending domains."},
     {"name": "api-keys", "description": "The workspace's API keys: create, revoke, rotate."},
@@ -120,6 +125,7 @@ def create_app(
     app.include_router(sending.router)  # issue 14: the anti-spam guard
     app.include_router(campaign_audience.router)  # issue 15: audience
     app.include_router(campaign_report.router)  # issue 15: the report
+    app.include_router(workflows.router)  # issue 16: workflows
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
     app.add_exception_handler(HTTPException, problems.handle_http_exception)

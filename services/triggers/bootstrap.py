@@ -116,9 +116,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                # The contract's RPCs are served by the workflow API's servicer (its own
-                # part of issue 16); until it lands the placeholder answers UNIMPLEMENTED.
-                WorkflowServicer(),  # type: ignore[abstract]
+                WorkflowServicer(pool),
                 SERVICE_NAME,
             ),
             (

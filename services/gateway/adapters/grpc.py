@@ -16,6 +16,7 @@ from nudge.contacts.v1 import contacts_pb2_grpc, imports_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2_grpc
 from nudge.segmentation.v1 import segmentation_pb2_grpc
 from nudge.shop.v1 import shop_pb2_grpc
+from nudge.triggers.v1 import triggers_pb2_grpc
 
 from services.common.grpc_client import channel
 from services.gateway.config import Settings
@@ -32,6 +33,7 @@ class Backends:
     segments: segmentation_pb2_grpc.SegmentServiceStub
     campaigns: campaigns_pb2_grpc.CampaignServiceStub
     delivery: delivery_pb2_grpc.DeliveryServiceStub
+    workflows: triggers_pb2_grpc.WorkflowServiceStub
     # grpc.health.v1 of every service the gateway depends on, by service name.
     health: dict[str, health_pb2_grpc.HealthStub]
     channels: list[grpc.aio.Channel] = field(default_factory=list)
@@ -59,6 +61,7 @@ def open_backends(settings: Settings) -> Backends:
         segments=segmentation_pb2_grpc.SegmentServiceStub(channels["segmentation"]),
         campaigns=campaigns_pb2_grpc.CampaignServiceStub(channels["campaigns"]),
         delivery=delivery_pb2_grpc.DeliveryServiceStub(channels["delivery"]),
+        workflows=triggers_pb2_grpc.WorkflowServiceStub(channels["triggers"]),
         health={name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()},
         channels=list(channels.values()),
     )

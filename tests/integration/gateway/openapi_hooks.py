@@ -24,6 +24,7 @@ as a revocation of the run's own key revokes a spare key.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -165,12 +166,50 @@ def map_case(context: Any, case: Any) -> Any:
         case.query.pop("attribute", None)
     _no_future(case.body)
     _no_attributes(case.body)
+    _valid_workflow(case)
     if case.operation.path in VARIANT_BODIES and isinstance(case.body, dict):
         case.body["variant"] = 0  # the campaigns made here have no A/B test: one variant
         # A random contact id names nobody: the 404 is the contact's, which the stateful
         # phase would read as the campaign just created missing (ST302). The sample contact.
         case.body["contact_id"] = ""
     return case
+
+
+# A workflow definition the triggers service publishes: a random object is almost never one
+# (the format's grammar is described in words, docs/triggers.md).
+VALID_WORKFLOW = {
+    "format": "nudge.workflow/v1",
+    "name": "Cart reminder",
+    "trigger": {"event": "cart_updated", "filter": {"min_items": 1}},
+    "entry": {"concurrency": "per_key", "key": "cart_id", "on_retrigger": "restart"},
+    "exit_on": [{"event": "order_placed"}],
+    "steps": [
+        {"id": "wait", "type": "wait", "duration": "PT3H"},
+        {
+            "id": "reminder",
+            "type": "send",
+            "message": {"subject": "Your cart at {{ workspace.name }}", "body_text": "Hi!"},
+        },
+    ],
+}
+WORKFLOW_BODIES = frozenset({("POST", "/v1/workflows"), ("PUT", "/v1/workflows/{workflow_id}")})
+
+
+def _valid_workflow(case: Any) -> None:
+    """A positive case's definition becomes a valid one, a template id a template's, a test
+    run's recipient an address (said in words: the service checks it is one)."""
+    operation = (case.operation.method.upper(), case.operation.path)
+    if operation == ("POST", "/v1/workflows/import"):
+        case.body = json.loads(json.dumps(VALID_WORKFLOW))
+        return
+    if not isinstance(case.body, dict):
+        return
+    if operation in WORKFLOW_BODIES and "definition" in case.body:
+        case.body["definition"] = json.loads(json.dumps(VALID_WORKFLOW))
+    if operation == ("POST", "/v1/workflows") and "template_id" in case.body:
+        case.body["template_id"] = "abandoned_cart"
+    if operation == ("POST", "/v1/workflows/{workflow_id}/test-runs"):
+        case.body["recipient"] = "manager@example.com"
 
 
 VARIANT_BODIES = frozenset(

@@ -63,6 +63,7 @@ def fake_backends() -> Backends:
         segments=FakeStub(),  # type: ignore[arg-type]
         campaigns=FakeStub(),  # type: ignore[arg-type]
         delivery=FakeStub(),  # type: ignore[arg-type]
+        workflows=FakeStub(),  # type: ignore[arg-type]
         health={},
     )
 
