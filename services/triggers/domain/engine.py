@@ -71,6 +71,8 @@ def matches(flt: EventFilter, event: SeenEvent) -> bool:
         return False
     if flt.min_total_minor is not None and event.total_minor < flt.min_total_minor:
         return False
+    if flt.has_product and not event.product_ids:
+        return False
     return flt.query_contains is None or flt.query_contains.casefold() in event.query.casefold()
 
 

@@ -71,6 +71,9 @@ class EventFilter(_Model):
     product_id: str | None = None
     min_total_minor: int | None = None  # order/cart total, in minor units
     query_contains: str | None = None  # searched
+    # page_viewed (and cart/order): the event names a product (a product page, not the home
+    # page); browse abandonment starts only on those.
+    has_product: bool = False
 
 
 class Trigger(_Model):
