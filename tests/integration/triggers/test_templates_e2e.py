@@ -9,6 +9,7 @@ of truth for it): several thank-yous a day are what these tests are about, not t
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -27,9 +28,9 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 
 from tests.integration.conftest import RunningService, Workspace, run_in_process
-from tests.integration.triggers.support import MovableClock, publish
+from tests.integration.triggers.support import MovableClock, publish, run_steps
 from tests.mail import mails
-from tests.support import eventually, fetchval, free_port, unique
+from tests.support import eventually, fetchval, free_port, triggers_consumed, unique
 
 TEMPLATES = Path(__file__).resolve().parents[3] / "services" / "triggers" / "templates"
 
@@ -447,3 +448,80 @@ async def test_without_automations_consent_no_marketing_mail_goes_out_but_transa
     assert await eventually(skipped, timeout=60)
     assert subjects(person.email) == [s for s in subjects(person.email) if s.startswith("Your")]
     assert len(mail_to(person.email)) == 1
+
+
+async def test_browse_abandonment_reminds_of_a_product_page_unless_it_went_into_the_cart(
+    shop: Shop,
+) -> None:
+    await publish(os.environ["DATABASE_URL"], shop.ws.id, template("browse_abandonment"))
+    browser, shopper = [await shop.customer() for _ in range(2)]
+    teapot = shop_pb2.ShopEvent(
+        page_viewed=shop_pb2.PageViewed(
+            url="https://shop.example/p/teapot", product_id="teapot", category="tea"
+        )
+    )
+    for person in (browser, shopper):
+        await shop.report(person.id, teapot)
+    for person in (browser, shopper):
+        await eventually(runs_like(shop.ws.id, person.id, [("waiting", "")]), timeout=60)
+    # A page without a product starts nothing; the product again while the run waits neither.
+    await shop.report(browser.id, shop_pb2.ShopEvent(page_viewed=shop_pb2.PageViewed(url="/")))
+    await shop.report(browser.id, teapot)
+    await shop.cart(shopper.id, f"cart-{shopper.id}", TEA)
+
+    shop.move(hours=2, minutes=5)
+    await eventually(has_mail(browser.email, "Still thinking it over?"), timeout=60)
+    assert "Still thinking it over?" in subjects(browser.email)[0]
+    await eventually(runs_like(shop.ws.id, shopper.id, [("completed", "completed")]), timeout=60)
+    [shopper_run] = await runs(shop.ws.id, shopper.id)
+    assert await run_steps(os.environ["DATABASE_URL"], shop.ws.id, shopper_run["id"]) == [
+        ("wait_2h", "done"),
+        ("no_cart", "no"),
+    ]
+    assert mail_to(shopper.email) == []
+    assert [(r["state"]) for r in await runs(shop.ws.id, browser.id)] == ["completed"]
+    assert len(mail_to(browser.email)) == 1
+
+
+async def test_search_follow_up_asks_an_hour_later_unless_the_searcher_ordered(
+    shop: Shop,
+) -> None:
+    await publish(os.environ["DATABASE_URL"], shop.ws.id, template("search_follow_up"))
+    searcher, buyer = [await shop.customer() for _ in range(2)]
+    search = shop_pb2.ShopEvent(searched=shop_pb2.Searched(query="cast iron teapot"))
+    for person in (searcher, buyer):
+        await shop.report(person.id, search)
+    for person in (searcher, buyer):
+        await eventually(runs_like(shop.ws.id, person.id, [("waiting", "")]), timeout=60)
+    await shop.order(buyer.id, TEA)
+    await eventually(
+        runs_like(shop.ws.id, buyer.id, [("exited", "exit_rule:order_placed")]), timeout=60
+    )
+
+    shop.move(hours=1, minutes=5)
+    await eventually(has_mail(searcher.email, "Did you find it at"), timeout=60)
+    assert 'you searched for "cast iron teapot"' in body(mail_to(searcher.email)[0])
+    assert mail_to(buyer.email) == []
+
+
+async def test_a_failed_login_gets_help_at_once_even_without_consent_at_most_once_an_hour(
+    shop: Shop,
+) -> None:
+    database_url = os.environ["DATABASE_URL"]
+    await publish(database_url, shop.ws.id, template("password_reminder"))
+    person = await shop.customer(consents=False)
+    failed = shop_pb2.ShopEvent(login_failed=shop_pb2.LoginFailed())
+    await shop.report(person.id, failed)
+    await eventually(has_mail(person.email, "Trouble signing in to"), timeout=60)
+    # Twenty minutes later, again: the hour is not over, no second run.
+    shop.move(minutes=20)
+    again = await shop.report(person.id, failed)
+    await eventually(functools.partial(triggers_consumed, database_url, again), timeout=60)
+    assert [r["state"] for r in await runs(shop.ws.id, person.id)] == ["completed"]
+    # An hour after the first, again: a second mail.
+    shop.move(minutes=45)
+    later = await shop.report(person.id, failed)
+    await eventually(functools.partial(triggers_consumed, database_url, later), timeout=60)
+    await eventually(has_mail(person.email, "Trouble signing in to", 2), timeout=60)
+    assert [r["state"] for r in await runs(shop.ws.id, person.id)] == ["completed"] * 2
+    assert len(mail_to(person.email)) == 2
