@@ -165,7 +165,11 @@ class Shop:
         self.clock.advance(**delta)
 
     async def customer(
-        self, *, consents: bool = True, time_zone: str = "UTC"
+        self,
+        *,
+        consents: bool = True,
+        time_zone: str = "UTC",
+        birthday: contacts_pb2.Date | None = None,
     ) -> contacts_pb2.Contact:
         answer = await self._contacts.CreateContact(
             contacts_pb2.CreateContactRequest(
@@ -173,6 +177,7 @@ class Shop:
                     email=f"{unique('shopper')}@example.com",
                     first_name="Ada",
                     time_zone=time_zone,
+                    birthday=birthday,
                 ),
                 consents=[contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS] if consents else [],
             ),
@@ -525,3 +530,54 @@ async def test_a_failed_login_gets_help_at_once_even_without_consent_at_most_onc
     await eventually(has_mail(person.email, "Trouble signing in to", 2), timeout=60)
     assert [r["state"] for r in await runs(shop.ws.id, person.id)] == ["completed"] * 2
     assert len(mail_to(person.email)) == 2
+
+
+async def test_passing_a_thousand_euros_in_orders_thanks_a_best_customer_once(
+    shop: Shop,
+) -> None:
+    database_url = os.environ["DATABASE_URL"]
+    await publish(database_url, shop.ws.id, template("value_threshold"))
+    person = await shop.customer()
+    big = line("kettle", "Copper kettle", "kitchen", 1, 60000)
+    await shop.order(person.id, big)
+    shop.move(hours=1)
+    await shop.order(person.id, line("pot", "Cast iron pot", "kitchen", 1, 50000))
+    await eventually(has_mail(person.email, "Thank you from all of us at"), timeout=60)
+    assert "with 1,100.00 EUR of orders" in body(mail_to(person.email)[0])
+    # Passing it again (a later order) thanks nobody twice: once per contact.
+    shop.move(hours=1)
+    again = await shop.order(person.id, big)
+    await eventually(functools.partial(triggers_consumed, database_url, again), timeout=60)
+    assert [r["state"] for r in await runs(shop.ws.id, person.id)] == ["completed"]
+    assert len(mail_to(person.email)) == 1
+
+
+async def test_birthday_wishes_go_out_at_nine_in_the_contacts_zone_on_the_day(
+    shop: Shop,
+) -> None:
+    await publish(os.environ["DATABASE_URL"], shop.ws.id, template("birthday"))
+    tomorrow = shop.clock.now().date() + timedelta(days=1)
+    # 09:00 in Rome (UTC+1 in winter) is 08:00 UTC.
+    person = await shop.customer(
+        time_zone="Europe/Rome",
+        birthday=contacts_pb2.Date(year=1990, month=tomorrow.month, day=tomorrow.day),
+    )
+    nine = datetime.combine(tomorrow, time(8, 0), tzinfo=UTC)
+
+    async def timer_set() -> bool:
+        due = await fetchval(
+            os.environ["DATABASE_URL"],
+            "SELECT due_at FROM triggers.timers WHERE workspace_id = $1::uuid"
+            " AND contact_id = $2::uuid AND kind = 'date'",
+            shop.ws.id,
+            person.id,
+        )
+        assert due == nine
+        return True
+
+    await eventually(timer_set, timeout=60)
+    assert mail_to(person.email) == []
+    shop.move_to_next(time(8, 1))
+    await eventually(has_mail(person.email, "Happy birthday from"), timeout=60)
+    [wishes] = mail_to(person.email)
+    assert parsedate_to_datetime(str(wishes["Date"])) >= nine
