@@ -581,3 +581,42 @@ async def test_birthday_wishes_go_out_at_nine_in_the_contacts_zone_on_the_day(
     await eventually(has_mail(person.email, "Happy birthday from"), timeout=60)
     [wishes] = mail_to(person.email)
     assert parsedate_to_datetime(str(wishes["Date"])) >= nine
+
+
+async def test_win_back_mails_after_ninety_silent_days_counted_from_the_last_activity(
+    shop: Shop,
+) -> None:
+    """Last in this module: it moves every process's clock five months on."""
+    database_url = os.environ["DATABASE_URL"]
+    await publish(database_url, shop.ws.id, template("win_back"))
+    person = await shop.customer()
+
+    async def silence_ends_at(expected: datetime) -> bool:
+        due = await fetchval(
+            database_url,
+            "SELECT due_at FROM triggers.timers WHERE workspace_id = $1::uuid"
+            " AND contact_id = $2::uuid AND kind = 'inactive'",
+            shop.ws.id,
+            person.id,
+        )
+        assert due is not None and abs((due - expected).total_seconds()) < 5, due
+        return True
+
+    ordered_at = shop.clock.now()
+    ordered = await shop.order(person.id, MUGS)
+    await eventually(functools.partial(triggers_consumed, database_url, ordered), timeout=60)
+    await eventually(lambda: silence_ends_at(ordered_at + timedelta(days=90)), timeout=60)
+
+    # Sixty days on, a visit: the silence counts again from there.
+    shop.move(hours=24 * 60)
+    visited_at = shop.clock.now()
+    await shop.report(person.id, shop_pb2.ShopEvent(page_viewed=shop_pb2.PageViewed(url="/")))
+    await eventually(lambda: silence_ends_at(visited_at + timedelta(days=90)), timeout=60)
+
+    shop.move(hours=24 * 31)  # 91 days after the order, 31 after the visit: still nothing
+    await eventually(lambda: silence_ends_at(visited_at + timedelta(days=90)), timeout=10)
+    assert [r for r in await runs(shop.ws.id, person.id)] == []
+
+    shop.move(hours=24 * 60)  # 91 days after the visit
+    await eventually(has_mail(person.email, "We miss you at"), timeout=60)
+    assert len(mail_to(person.email)) == 1
