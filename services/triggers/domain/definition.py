@@ -176,13 +176,17 @@ def parse(text: str | bytes | Mapping[str, Any]) -> Definition:
 def _decode(text: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
     if isinstance(text, Mapping):
         return text
-    size = len(text.encode() if isinstance(text, str) else text)
+    size = len(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
     if size > MAX_JSON_BYTES:
         raise DefinitionInvalid(
             [Violation("definition", f"{size} bytes: a definition is at most {MAX_JSON_BYTES}")]
         )
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as err:
+        raise DefinitionInvalid(
+            [Violation("definition", f"the key {err.key!r} appears twice in one object")]
+        ) from None
     except json.JSONDecodeError as err:
         where = f"line {err.lineno}, column {err.colno}"
         raise DefinitionInvalid(
@@ -199,6 +203,23 @@ def _decode(text: str | bytes | Mapping[str, Any]) -> Mapping[str, Any]:
             [Violation("definition", f"a JSON object is expected, not {_json_type(doc)}")]
         )
     return doc
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(key)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """JSON allows a key twice and the last one wins: a definition edited by hand with two
+    "duration"s would silently lose one, so it is refused instead."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _check_nesting(doc: object) -> None:
@@ -273,14 +294,12 @@ def _describe(error: Mapping[str, Any], loc: tuple[str | int, ...]) -> str:
     kind: str = error["type"]
     ctx: Mapping[str, Any] = error.get("ctx") or {}
     last = loc[-1] if loc else ""
-    if kind == "union_tag_invalid":
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
         what = "condition" if last == "condition" or _in_conditions(loc) else "step"
-        allowed = CONDITION_TYPES if what == "condition" else STEP_TYPES
-        return f"unknown {what} type {ctx.get('tag')!r}: use one of {', '.join(allowed)}"
-    if kind == "union_tag_not_found":
-        what = "condition" if last == "condition" or _in_conditions(loc) else "step"
-        allowed = CONDITION_TYPES if what == "condition" else STEP_TYPES
-        return f'the {what} has no "type": use one of {", ".join(allowed)}'
+        allowed = ", ".join(CONDITION_TYPES if what == "condition" else STEP_TYPES)
+        if kind == "union_tag_not_found":
+            return f'the {what} has no "type": use one of {allowed}'
+        return f"unknown {what} type {ctx.get('tag')!r}: use one of {allowed}"
     if kind == "missing":
         return "required"
     if kind == "extra_forbidden":
@@ -523,9 +542,11 @@ class _Checker:
                     self.bad((*loc, "segment_id"), "must not be blank")
             case HasTag(tag=tag):
                 self.tag((*loc, "tag"), tag)
-            case AttributeIs(attribute=attribute):
+            case AttributeIs(attribute=attribute, op=op, value=value):
                 if not attribute.strip():
                     self.bad((*loc, "attribute"), "must not be blank")
+                if op != "exists" and not value.strip():
+                    self.bad((*loc, "value"), f'required with op "{op}": what to compare with')
             case HappenedSinceStart():
                 self.event_filter((*loc, "filter"), condition.event, condition.filter)
                 if condition.same_key:

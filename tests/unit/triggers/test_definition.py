@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import json
-from typing import Any
+from typing import Any, get_args
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from services.triggers.domain import definition as D
-from services.triggers.domain.model import Definition
+from services.triggers.domain.model import Definition, EventName
+from services.triggers.domain.templates import TEMPLATES
 
 
 def send(step_id: str = "mail", **message: Any) -> dict[str, Any]:
@@ -55,6 +58,11 @@ def test_malformed_json_says_where() -> None:
     found = violations('{\n  "name": "x",\n  "steps": [,]\n}')
     assert list(found) == ["definition"]
     assert "line 3, column 13" in found["definition"]
+
+
+def test_a_key_given_twice_is_refused_rather_than_one_silently_dropped() -> None:
+    text = '{"name": "a", "trigger": {"event": "signed_up", "event": "searched"}, "steps": []}'
+    assert violations(text) == {"definition": "the key 'event' appears twice in one object"}
 
 
 def test_a_json_list_is_not_a_definition() -> None:
@@ -122,8 +130,10 @@ def test_an_unknown_condition_type_lists_the_condition_types() -> None:
 
 
 def test_a_step_without_type_says_so() -> None:
-    found = violations(doc(steps=[{"id": "x"}]))
+    found = violations(doc(steps=[{"id": "x"}, ["wait"], 3]))
     assert found["definition.steps[0]"].startswith('the step has no "type"')
+    assert found["definition.steps[1]"] == "must be an object"
+    assert found["definition.steps[2]"] == "must be an object"
 
 
 def test_wrong_types_and_unknown_fields_each_have_their_path() -> None:
@@ -359,6 +369,20 @@ def test_filters_of_exit_rules_and_conditions_are_checked_too() -> None:
         "definition.exit_on[0].filter.category",
         "definition.steps[0].condition.condition.filter.min_items",
     }
+
+
+def test_an_attribute_condition_needs_a_value_to_compare_with() -> None:
+    def branch(condition: dict[str, Any]) -> dict[str, Any]:
+        return doc(steps=[{"id": "b", "type": "branch", "condition": condition}])
+
+    found = violations(branch({"type": "attribute", "attribute": "plan", "op": "gt"}))
+    assert found == {
+        "definition.steps[0].condition.value": 'required with op "gt": what to compare with'
+    }
+    D.parse(branch({"type": "attribute", "attribute": "plan", "op": "exists"}))
+    assert list(violations(branch({"type": "attribute", "attribute": " ", "op": "exists"}))) == [
+        "definition.steps[0].condition.attribute"
+    ]
 
 
 def test_filter_values_are_sane() -> None:
@@ -666,3 +690,62 @@ def test_export_leaves_defaults_out_but_keeps_format_and_type() -> None:
             {"id": "mail", "type": "send", "message": copy.deepcopy(send()["message"])},
         ],
     }
+
+
+# ---------------------------------------------------------------- any input
+
+
+ODD_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True),
+    st.text(max_size=20),
+    st.sampled_from(["PT1H", "P1D", "10:00", "{{", "{{ vars.x }}", "wait", "branch", "tag"]),
+    st.lists(st.text(max_size=5), max_size=2),
+    st.fixed_dictionaries({"type": st.sampled_from(["wait", "not", "send", "x"])}),
+)
+
+
+def mutated(data: st.DataObject, node: Any) -> Any:
+    """``node`` with one value somewhere inside replaced by an odd one."""
+    if isinstance(node, dict) and node and data.draw(st.booleans()):
+        key = data.draw(st.sampled_from(sorted(node)))
+        return {**node, key: mutated(data, node[key])}
+    if isinstance(node, list) and node and data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(node) - 1))
+        return [*node[:i], mutated(data, node[i]), *node[i + 1 :]]
+    return data.draw(ODD_VALUES)
+
+
+@settings(
+    max_examples=100,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+@given(st.data())
+def test_any_changed_template_is_refused_with_violations_or_round_trips(
+    data: st.DataObject,
+) -> None:
+    """Whatever a manager sends, parse answers with violations (each with a path under
+    "definition") or a definition that exports and imports unchanged: never a crash."""
+    info = data.draw(st.sampled_from(TEMPLATES))
+    document = json.loads(D.export(info.definition))
+    for _ in range(data.draw(st.integers(1, 3))):
+        document = mutated(data, document)
+    try:
+        parsed = D.parse(json.dumps(document))
+    except D.DefinitionInvalid as err:
+        assert err.violations
+        assert all(v.field.startswith("definition") and v.description for v in err.violations)
+        return
+    D.warnings(parsed)
+    assert D.parse(D.export(parsed)) == parsed
+
+
+def test_every_event_has_its_run_vars_listed() -> None:
+    """A new event in the model must say which vars its runs carry, or every message of a
+    workflow it starts would be refused for naming unknown vars."""
+    assert set(D.RUN_VARS) == set(get_args(EventName))
+    assert set(D.TRANSACTIONAL_TRIGGERS) <= set(get_args(EventName))

@@ -140,6 +140,8 @@ def test_the_triggers_and_entry_rules_the_issue_asks_for() -> None:
     browse = BY_ID["browse_abandonment"].definition.trigger
     assert (browse.event, browse.filter.has_product) == ("page_viewed", True)
     assert BY_ID["search_follow_up"].definition.trigger.event == "searched"
+    post_purchase = compile_definition(BY_ID["post_purchase"].definition).steps.values()
+    assert all(step.repeat for step, _ in post_purchase)  # seed 002: "run multiple times"
 
 
 # ---------------------------------------------------------------- walks through the interpreter
