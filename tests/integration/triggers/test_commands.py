@@ -4,7 +4,10 @@ however often a row is relayed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,7 +23,7 @@ from services.triggers import handlers
 from services.triggers.bootstrap import MIGRATIONS
 from services.triggers.commands import CommandRelay
 from tests.integration.conftest import RunningService, Workspace
-from tests.support import free_port, unique
+from tests.support import eventually, free_port, unique
 
 
 @pytest.fixture
@@ -220,3 +223,30 @@ async def test_a_command_contacts_cannot_take_now_is_retried_later_and_holds_bac
     await relay_until_empty(relay, triggers_db, workspace)
     assert list((await contact(contacts_channel, workspace, person.id)).tags) == []
     assert (await contact(contacts_channel, workspace, person.id)).version > person.version + 1
+
+
+async def test_the_relay_waits_out_a_database_that_does_not_answer(
+    contacts_channel: grpc.aio.Channel, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A PostgreSQL outage is retried with backoff, not the end of the relay (which would
+    stop the whole triggers service)."""
+    # Nothing listens there; min_size 0 so that the pool connects only when asked.
+    nowhere = await asyncpg.create_pool(
+        f"postgresql://nudge@127.0.0.1:{free_port()}/nudge", min_size=0
+    )
+    assert nowhere is not None
+    relay = CommandRelay(nowhere, contacts_channel, internal_token())
+    caplog.set_level(logging.WARNING, logger="services.triggers.commands")
+    task = asyncio.create_task(relay.run())
+    try:
+
+        def retried() -> bool:
+            assert not task.done(), task
+            return sum("command round failed" in r.getMessage() for r in caplog.records) >= 2
+
+        await eventually(retried, timeout=30)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await nowhere.close()
