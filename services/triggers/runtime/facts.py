@@ -48,6 +48,18 @@ def _birthday(contact: contacts_pb2.Contact) -> datetime | None:
         return None
 
 
+def contact_of(envelope: Envelope) -> str:
+    """The contact a contacts.events.v1 envelope is about ('' if none or not one we read)."""
+    kind = envelope.WhichOneof("payload")
+    if kind == "contact_created":
+        return envelope.contact_created.contact.id
+    if kind == "contact_updated":
+        return envelope.contact_updated.contact.id
+    if kind in ("tags_changed", "score_changed", "contact_deleted"):
+        return str(getattr(envelope, kind).contact_id)
+    return ""
+
+
 async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> str | None:
     """Apply a contacts.events.v1 envelope to ``contact_facts``; the contact id when it
     changed something (the event was newer than what is held), else None."""
