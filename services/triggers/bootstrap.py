@@ -44,6 +44,7 @@ from services.common.privacy import (
 from services.common.topics import CONTACTS_EVENTS
 from services.triggers import handlers, privacy
 from services.triggers.app import create_app
+from services.triggers.commands import CommandRelay
 from services.triggers.config import Settings
 from services.triggers.entrypoints.grpc import WorkflowServicer
 from services.triggers.runtime.caps import FrequencyCaps
@@ -107,6 +108,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)
     service.push(contacts.close)
+    service.spawn(CommandRelay(pool, contacts, settings.internal_token).run(), "command-relay")
     probe = BrokerProbe(
         settings.kafka_bootstrap_servers, "nudge-triggers-health", settings.dependency_timeout_s
     )
