@@ -73,7 +73,8 @@ MAX_BACKOFF_S = 30.0
 WAITING_RECHECK_S = 2.0
 
 CAMPAIGN_COLUMNS = (
-    "c.status, c.segment_ids, c.exclude_segment_ids, c.tags_any, c.subject, c.body_text,"
+    "c.workspace_id, c.id, c.status, c.segment_ids, c.exclude_segment_ids, c.tags_any,"
+    " c.subject, c.body_text,"
     " c.body_html, c.body_markdown, c.reply_to, c.purpose, c.cap_action, c.local_time,"
     " coalesce(nullif(c.time_zone, ''), s.time_zone, 'UTC') AS time_zone, c.scheduled_at,"
     " c.holdout_percent, c.ab_test"
@@ -453,29 +454,6 @@ class _CampaignRun:
 
     # -- the phases ----------------------------------------------------------------------
 
-    def _spec(self, row: asyncpg.Record, ab: dict[str, Any] | None) -> audience.AudienceSpec:
-        return audience.AudienceSpec(
-            workspace_id=self.workspace_id,
-            campaign_id=self.campaign_id,
-            segment_ids=tuple(row["segment_ids"]),
-            exclude_segment_ids=tuple(row["exclude_segment_ids"]),
-            tags_any=tuple(row["tags_any"]),
-            purpose=row["purpose"],
-            cap_action=row["cap_action"],
-            local_time=row["local_time"],
-            time_zone=row["time_zone"],
-            scheduled_at=row["scheduled_at"],
-            holdout_percent=row["holdout_percent"],
-            ab=(
-                audience.AbSpec(
-                    variants=len(ab.get("subjects") or []),
-                    sample_percent=int(ab.get("sample_percent", 0)),
-                )
-                if ab
-                else None
-            ),
-        )
-
     async def _stream_phase(
         self, row: asyncpg.Record, ab: dict[str, Any] | None, checkpoint: Checkpoint
     ) -> bool:
@@ -486,7 +464,8 @@ class _CampaignRun:
         written), the next is read from the audience and its rows inserted. Each batch keeps
         its own order (rows, records acked, checkpoint) and checkpoints follow each other,
         so a crash still replays only what no checkpoint covers."""
-        spec = self._spec(row, ab)
+        # The row's time zone already falls back to the workspace's (CAMPAIGN_COLUMNS).
+        spec = audience.spec_from_row(row, default_time_zone="UTC")
         stream = audience.stream_recipients(
             self.driver.ports,
             spec,

@@ -13,7 +13,7 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.delivery.v1 import delivery_pb2
 
 from services.common.auth import internal_metadata
-from services.common.errors import NotFound, Unavailable
+from services.common.errors import FieldViolation, InvalidArgument, Unavailable
 from services.common.events import new_envelope
 from services.common.kafka import KafkaPublisher
 from services.common.topics import DELIVERY_REQUESTS
@@ -105,7 +105,9 @@ class ContactsFacts:
     async def contact(
         self, workspace_id: str, contact_id: str, purpose: int
     ) -> contacts_pb2.CheckEligibilityResponse:
-        """Raises NotFound for a contact that does not exist in ``workspace_id``."""
+        """Raises InvalidArgument on ``contact_id`` for a contact that does not exist in
+        ``workspace_id``: the campaign is there, the request names nobody (HTTP 422, not a
+        404 that would read as the campaign missing)."""
         try:
             answer: contacts_pb2.CheckEligibilityResponse = await self._consent.CheckEligibility(
                 contacts_pb2.CheckEligibilityRequest(contact_id=contact_id, purpose=purpose),  # type: ignore[arg-type]
@@ -114,7 +116,9 @@ class ContactsFacts:
             )
         except grpc.aio.AioRpcError as err:
             if err.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound("contact not found") from err
+                raise InvalidArgument(
+                    FieldViolation("contact_id", "no such contact in this workspace")
+                ) from err
             raise Unavailable(f"contacts did not answer: {err.code().name}") from err
         return answer
 

@@ -1,8 +1,8 @@
 """A campaign's content before it is sent (issue 15, CONTENT): its warnings, a preview for
 a contact, a test send to the manager's own address (CampaignService CheckContent,
 PreviewMessage, SendTestMessage). Errors are the service's, as problem+json: 404 for
-another workspace's campaign or contact, 422 naming the field, 409 for content that
-cannot be rendered, 429 past the test sends' hourly limit."""
+another workspace's campaign, 422 naming the field (an unknown `contact_id` too), 409 for
+content that cannot be rendered, 429 past the test sends' hourly limit."""
 
 from __future__ import annotations
 

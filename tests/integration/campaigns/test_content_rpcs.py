@@ -238,10 +238,6 @@ async def test_another_workspaces_campaign_or_contact_is_not_found(
             metadata=other.metadata,
         ),
         stub.PreviewMessage(
-            campaigns_pb2.PreviewMessageRequest(campaign_id=campaign_id, contact_id=stranger.id),
-            metadata=workspace.metadata,
-        ),
-        stub.PreviewMessage(
             campaigns_pb2.PreviewMessageRequest(campaign_id="not-a-uuid"),
             metadata=workspace.metadata,
         ),
@@ -250,6 +246,24 @@ async def test_another_workspaces_campaign_or_contact_is_not_found(
         with pytest.raises(grpc.aio.AioRpcError) as err:
             await call
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    # A contact named in the request that is not the workspace's: the campaign exists, the
+    # request is what is wrong (HTTP 422 naming the field, not a 404 of the campaign).
+    for call in (
+        stub.PreviewMessage(
+            campaigns_pb2.PreviewMessageRequest(campaign_id=campaign_id, contact_id=stranger.id),
+            metadata=workspace.metadata,
+        ),
+        stub.SendTestMessage(
+            campaigns_pb2.SendTestMessageRequest(
+                campaign_id=campaign_id, email="me@example.com", contact_id=stranger.id
+            ),
+            metadata=workspace.metadata,
+        ),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert violations(err.value) == ["contact_id"]
 
 
 async def test_a_test_send_is_queued_for_delivery_as_a_test(
