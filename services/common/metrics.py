@@ -174,36 +174,51 @@ FAMILIES.update(
 )
 
 
+class LatencyHistogram:
+    """A histogram by one label, for paths too hot for prometheus_client's per-call locks
+    and label lookups: plain integers, read at scrape time."""
+
+    def __init__(self, family: str, label: str) -> None:
+        self._family = family
+        self._label = label
+        # value of the label -> (count per bucket, not cumulative; the last is +Inf), [sum]
+        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        watch(self)
+
+    def observe(self, key: str, seconds: float) -> None:
+        latency = self._latency.get(key)
+        if latency is None:
+            latency = self._latency[key] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
+        latency[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency[1][0] += seconds
+
+    def metric_samples(self) -> Iterator[tuple[str, dict[str, str], Any]]:
+        for key, (counts, total) in list(self._latency.items()):
+            cumulative, buckets = 0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
+                cumulative += count
+                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
+            yield self._family, {self._label: key}, (buckets, total[0])
+
+
 class RequestStats:
-    """Counts and a latency histogram for a path too hot for prometheus_client's per-call
-    locks and label lookups: plain integers, read at scrape time."""
+    """Counts by route and status, and a latency histogram by route, for a path too hot
+    for prometheus_client (tracking's pixel and redirect)."""
 
     def __init__(self, counter: str, histogram: str) -> None:
         self._counter = counter
-        self._histogram = histogram
         self._counts: dict[tuple[str, str], int] = {}
-        # route -> (count per bucket, not cumulative; the last is +Inf), sum of seconds
-        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self._latency = LatencyHistogram(histogram, "route")
         watch(self)
 
     def observe(self, route: str, status: str, seconds: float) -> None:
         key = (route, status)
         self._counts[key] = self._counts.get(key, 0) + 1
-        latency = self._latency.get(route)
-        if latency is None:
-            latency = self._latency[route] = ([0] * (len(LATENCY_BUCKETS) + 1), [0.0])
-        latency[0][bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
-        latency[1][0] += seconds
+        self._latency.observe(route, seconds)
 
     def metric_samples(self) -> Iterator[tuple[str, dict[str, str], Any]]:
         for (route, status), count in list(self._counts.items()):
             yield self._counter, {"route": route, "status": status}, count
-        for route, (counts, total) in list(self._latency.items()):
-            cumulative, buckets = 0, []
-            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts, strict=True):
-                cumulative += count
-                buckets.append((floatToGoString(bound), cumulative))  # type: ignore[no-untyped-call]
-            yield self._histogram, {"route": route}, (buckets, total[0])
 
 
 FAMILIES["nudge_delivery_workspaces_suspended"] = (
