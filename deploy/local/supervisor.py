@@ -64,6 +64,14 @@ DEFAULT_PORTS: dict[str, int] = {
     "DELIVERY_GRPC_PORT": 50055,
     "GATEWAY_HTTP_PORT": 8080,
     "TRACKING_HTTP_PORT": 8081,
+    # Prometheus metrics, one port per service (services/common/metrics.py).
+    "CONTACTS_METRICS_PORT": 9101,
+    "SEGMENTATION_METRICS_PORT": 9102,
+    "CAMPAIGNS_METRICS_PORT": 9103,
+    "TRIGGERS_METRICS_PORT": 9104,
+    "DELIVERY_METRICS_PORT": 9105,
+    "TRACKING_METRICS_PORT": 9106,
+    "GATEWAY_METRICS_PORT": 9107,
 }
 # Where the clients of each service find it, from the port it serves on.
 GRPC_ADDRESSES = {

@@ -76,6 +76,9 @@ class BaseServiceSettings(BaseSettings):
     campaigns_addr: str = Field("127.0.0.1:50053", validation_alias=_env("NUDGE_CAMPAIGNS_ADDR"))
     triggers_addr: str = Field("127.0.0.1:50054", validation_alias=_env("NUDGE_TRIGGERS_ADDR"))
     delivery_addr: str = Field("127.0.0.1:50055", validation_alias=_env("NUDGE_DELIVERY_ADDR"))
+    # Prometheus metrics (services/common/metrics.py) on this port, per service through its
+    # prefix (CONTACTS_METRICS_PORT...; make run and the tests give each one); 0: none.
+    metrics_port: int = 0
     # Shifts the clock of every component, so an operator can replay or a test can jump ahead.
     clock_offset_s: float = Field(0.0, validation_alias=_env("NUDGE_CLOCK_OFFSET_S"))
     # How often a service checks its own dependencies for its health report.

@@ -45,7 +45,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -65,6 +65,7 @@ from google.protobuf.message import DecodeError
 from nudge.events.v1.envelope_pb2 import Envelope
 from opentelemetry import context, trace
 
+from services.common import metrics
 from services.common.context import event_id_var, workspace_id_var
 from services.common.errors import PermanentError, Unavailable
 from services.common.topics import DEAD_LETTER
@@ -353,6 +354,27 @@ class KafkaConsumerLoop:
         self.retries = 0
         self.outage_retries = 0
         self.assignments = 0
+        metrics.watch(self)
+
+    def metric_samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """What Prometheus reads of this loop (services/common/metrics.py)."""
+        group = {"group": self.group_id}
+        for outcome, value in (
+            ("handled", self.handled),
+            ("dead_lettered", self.dead_lettered),
+            ("retried", self.retries),
+            ("outage_retried", self.outage_retries),
+        ):
+            yield "nudge_consumer_records", {**group, "outcome": outcome}, value
+        yield "nudge_consumer_in_flight", group, self._in_flight
+        yield "nudge_consumer_paused", group, float(self._paused)
+        for tp, progress in list(self._progress.items()):
+            highwater = self._consumer.highwater(tp)
+            done = progress.committed if progress.committed is not None else progress.next_offset
+            if highwater is None or done is None:
+                continue
+            labels = {**group, "topic": tp.topic, "partition": str(tp.partition)}
+            yield "nudge_consumer_lag", labels, max(0, highwater - done)
 
     @property
     def paused(self) -> bool:

@@ -21,12 +21,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol, cast
 from urllib.parse import urlsplit
 
 from grpc_health.v1 import health_pb2
 
+from services.common import metrics
 from services.common.kafka_probe import BrokerProbe, describe
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,15 @@ class DependencyMonitor:
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._down: dict[str, str] = {}
+        self._checked = False
+        metrics.watch(self)
+
+    def metric_samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """1 per dependency that answered its last check, 0 per one that did not."""
+        if not self._checked:
+            return
+        for name in self._checks:
+            yield "nudge_dependency_up", {"dependency": name}, float(name not in self._down)
 
     async def check_once(self) -> dict[str, str | None]:
         """One round: every check concurrently; returns, by name, None or why it failed."""
@@ -85,6 +95,7 @@ class DependencyMonitor:
             elif problem is None and name in self._down:
                 log.info("dependency %s is back", name)
         self._down = {name: problem for name, problem in report.items() if problem is not None}
+        self._checked = True
         overall = NOT_SERVING if self._down else SERVING
         for name in self._served:
             await self._health.set(name, overall)

@@ -31,6 +31,7 @@ from services.common import errors, reflection_v1
 from services.common.auth import WORKSPACE_HEADER, ApiKeyVerifier, Principal
 from services.common.context import key_id_var, workspace_id_var
 from services.common.ids import is_uuid
+from services.common.metrics import GrpcMetricsInterceptor
 
 log = logging.getLogger(__name__)
 
@@ -317,6 +318,7 @@ def build_server(
     verifier: ApiKeyVerifier,
     internal_token: str,
     policy: AuthPolicy | None = None,
+    service: str = "",
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """A server with every servicer registered, health (Check and Watch) and reflection
     (``grpc.reflection.v1`` and ``v1alpha``) on. Health knows no service (Check answers
@@ -326,6 +328,8 @@ def build_server(
     """
     server = grpc.aio.server(
         interceptors=[
+            # Outermost: it counts the status the client gets (services/common/metrics.py).
+            GrpcMetricsInterceptor(service or "unnamed"),
             ShieldInterceptor(),
             aio_server_interceptor(filter_=_TRACED),  # type: ignore[no-untyped-call]
             GuardInterceptor(verifier, internal_token, policy),
@@ -384,13 +388,18 @@ async def start_server_with_health(
     internal_token: str,
     policy: AuthPolicy | None = None,
     host: str = "127.0.0.1",
+    service: str = "",
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """:func:`build_server`, listening on ``host:port`` (loopback unless the settings'
     ``bind_host`` opens it) and reporting SERVING for every service; the health servicer is
     returned so the service can report its dependencies (services/common/dependencies.py).
     Raises OSError when the address cannot be bound, rather than serving nowhere."""
     server, health_servicer = build_server(
-        servicers=servicers, verifier=verifier, internal_token=internal_token, policy=policy
+        servicers=servicers,
+        verifier=verifier,
+        internal_token=internal_token,
+        policy=policy,
+        service=service,
     )
     address = listen_address(host, port)
     try:

@@ -24,13 +24,15 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import asyncpg
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from services.common import metrics
 from services.common.kafka import PRODUCER_BROKEN, RECORD_REFUSED, KafkaPublisher, OutRecord
 from services.common.tracing import current_traceparent
 
@@ -40,6 +42,8 @@ log = logging.getLogger(__name__)
 # partition whatever its size, so bigger rounds drain a backlog (a bulk import's million
 # events) several times faster; 5,000 rows of ~300 bytes are ~1.5 MB in memory.
 BATCH = 5000
+# How often the relay holding the lock measures the backlog for the metrics.
+MEASURE_S = 5.0
 
 
 def _channel(schema: str) -> str:
@@ -131,6 +135,34 @@ class OutboxRelay:
         self.waiting = False
         self._singly: set[int] = set()  # rows of a refused batch: sent one per batch
         self._in_flight: dict[tuple[str, int], asyncio.Future[object]] = {}
+        # What waits, as the relay holding the lock last measured it (None: not measured).
+        self.backlog: int | None = None
+        self.oldest_age_s: float | None = None
+        self._measured_at = 0.0
+        metrics.watch(self)
+
+    def metric_samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
+        """What Prometheus reads of this relay (services/common/metrics.py)."""
+        labels = {"schema": self._schema}
+        yield "nudge_outbox_published", labels, self.published
+        yield "nudge_outbox_dead_lettered", labels, self.dead_lettered
+        if self.backlog is not None and self.oldest_age_s is not None:
+            yield "nudge_outbox_backlog", labels, self.backlog
+            yield "nudge_outbox_oldest_age_seconds", labels, self.oldest_age_s
+
+    async def _measure(self, conn: asyncpg.Connection) -> None:
+        """The backlog and its oldest row's age, at most every MEASURE_S. Both from the
+        primary key's ends (no count of a large table): ids are taken in commit order
+        roughly, so max - min + 1 is the backlog give or take rows still in transactions."""
+        if time.monotonic() - self._measured_at < MEASURE_S:
+            return
+        self._measured_at = time.monotonic()
+        row = await conn.fetchrow(
+            "SELECT max(id) - min(id) + 1 AS backlog, extract(epoch FROM clock_timestamp() -"
+            " (SELECT created_at FROM outbox ORDER BY id LIMIT 1))::float8 AS age FROM outbox"
+        )
+        self.backlog = int(row["backlog"] or 0)
+        self.oldest_age_s = max(0.0, float(row["age"] or 0.0))
 
     async def run(self) -> None:
         failures = 0
@@ -171,10 +203,12 @@ class OutboxRelay:
             while not lost.is_set():
                 # Drain first: rows committed while nobody listened got no wake-up.
                 try:
+                    await self._measure(conn)
                     while await self._drain():
-                        pass
+                        await self._measure(conn)
+                    await self._measure(conn)
                     failures = 0
-                    await self._idle(self._poll_s)
+                    await self._idle(min(self._poll_s, MEASURE_S))
                 except Exception:
                     if lost.is_set() or conn.is_closed():
                         raise

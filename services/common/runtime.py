@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import grpc
 import uvloop
 
-from services.common import clock
+from services.common import clock, metrics
 from services.common.auth import ApiKeyVerifier
 from services.common.config import BaseServiceSettings, insecure_secrets
 from services.common.dependencies import Check, DependencyMonitor
@@ -127,6 +127,7 @@ class Service:
             internal_token=internal_token,
             policy=policy,
             host=self.settings.bind_host,
+            service=self.name,
         )
         self.push(server.stop, GRPC_GRACE_S)
         monitor = DependencyMonitor(
@@ -140,6 +141,12 @@ class Service:
         self.spawn(monitor.run(), "dependency-monitor")
         log.info("%s serving gRPC on %s:%d", self.name, self.settings.bind_host, port)
         return server
+
+    async def serve_metrics(self, port: int) -> None:
+        """Prometheus' text format on ``bind_host:port`` (services/common/metrics.py)."""
+        server = await metrics.serve_metrics(self.settings.bind_host, port)
+        self.push(_close_server, server)
+        log.info("%s serving metrics on %s:%d", self.name, self.settings.bind_host, port)
 
     async def serve_http(
         self, app: Any, port: int, *, proxy_headers: bool = True, http: Any = "auto"
@@ -209,6 +216,12 @@ async def _close_socket(sock: socket.socket) -> None:
     sock.close()
 
 
+async def _close_server(server: asyncio.Server) -> None:
+    server.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(server.wait_closed(), 5)
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -248,7 +261,13 @@ async def serve(
     ended: asyncio.Task[None] | None = None
     async with contextlib.AsyncExitStack() as stack:
         service = Service(name, settings, stack)
-        await start(service)
+        if settings.metrics_port:
+            await service.serve_metrics(settings.metrics_port)
+        token = metrics.current_service.set(name)
+        try:
+            await start(service)
+        finally:
+            metrics.current_service.reset(token)
         log.info("%s started", name)
         ended = await until_stopped(stop, service.tasks)
         log.info("%s stopping", name)

@@ -30,6 +30,7 @@ from services.common.grpc_client import channel
 from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
+from services.common.metrics import PolledGauges
 from services.common.outbox import OutboxRelay
 from services.common.privacy import (
     CONTACT_DATA_POLICY,
@@ -118,6 +119,14 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     await publisher.start()
     service.spawn(OutboxRelay(pool, SCHEMA, publisher).run(), "outbox-relay")
     service.spawn(prune_forever(pool, horizons=HORIZONS), "prune-claims")  # see pruning.py
+
+    async def suspended() -> dict[str, float]:
+        count = await pool.fetchval(
+            "SELECT count(*) FROM guard_suspensions WHERE lifted_at IS NULL"
+        )
+        return {"nudge_delivery_workspaces_suspended": float(count)}
+
+    service.spawn(PolledGauges(suspended).run(), "guard-gauge")  # services/common/metrics.py
     await start_inbound(service, settings, pool, auth)  # bounces and complaints, when a port is set
     await guard.start(service, settings, pool)
 

@@ -22,6 +22,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException
 
 from services.common import runtime
+from services.common.metrics import HttpMetricsMiddleware
 from services.gateway import problems
 from services.gateway.adapters.grpc import Backends, open_backends
 from services.gateway.adapters.health import CachedChecks, DependencyChecks, HealthChecks
@@ -142,6 +143,8 @@ def create_app(
         },
         streamed_paths=frozenset({"/v1/contacts/imports"}),
     )
+    # Every request counted and timed by its route template (services/common/metrics.py).
+    app.add_middleware(HttpMetricsMiddleware, service="gateway")
     # Outermost: the request's span is the root of the trace, gRPC calls continue it. No
     # span per ASGI send/receive message: two more spans a request, ~10 % of its CPU.
     FastAPIInstrumentor.instrument_app(

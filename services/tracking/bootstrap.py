@@ -19,6 +19,7 @@ from redis.asyncio import Redis
 from starlette.exceptions import HTTPException
 
 from services.common import grpc_client, runtime
+from services.common.metrics import HttpMetricsMiddleware
 from services.tracking.adapters.bursts import BurstDetector
 from services.tracking.adapters.contacts import ConsentClient, GrpcConsentClient
 from services.tracking.adapters.kafka import KafkaTrackingPublisher
@@ -114,6 +115,9 @@ def create_app(
     app.state.trusted_proxies = tuple(ipaddress.ip_network(c) for c in settings.trusted_proxies)
     app.include_router(http.router)
     app.add_exception_handler(HTTPException, _http_problem)
+    # The pages (unsubscribe, preferences, confirmation); the pixel and the redirect count
+    # in nudge_tracking_hits (entrypoints/fast.py).
+    app.add_middleware(HttpMetricsMiddleware, service="tracking")
     FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz")
     return app
 

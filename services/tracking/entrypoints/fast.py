@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 from opentelemetry import context, propagate, trace
 
 from services.common.links import InvalidLink, LinkClaims, LinkKind, verify
+from services.common.metrics import RequestStats
 from services.tracking import handlers
 from services.tracking.domain.machine_opens import MachineRules, Network, client_address
 
@@ -93,6 +95,11 @@ def _redirect(location: bytes) -> Answer:
     )
 
 
+_OPEN_ROUTE = "/o/{token}.gif"
+_CLICK_ROUTE = "/c/{token}"
+_STATUS_TEXT = {status.value: str(status.value) for status in HTTPStatus}
+
+
 class HotPaths:
     """What the two routes need, read once from the app's state at start."""
 
@@ -109,6 +116,8 @@ class HotPaths:
         self._rules = rules
         self._trusted = trusted_proxies
         self._sample = trace_sample_rate
+        # Hits by route and status, and the time to answer them (the scrape reads them).
+        self.stats = RequestStats("nudge_tracking_hits", "nudge_tracking_hit_seconds")
 
     @staticmethod
     def handles(scope: Scope) -> bool:
@@ -137,6 +146,18 @@ class HotPaths:
     ) -> Answer:
         """Verify, record (a GET, into the publisher's buffer) and answer: no I/O, nothing
         awaited, so the HTTP protocol can answer from its parser callback."""
+        started = time.perf_counter()
+        answer = self._traced_answer(method, path, raw_headers, peer)
+        self.stats.observe(
+            _OPEN_ROUTE if path.startswith("/o/") else _CLICK_ROUTE,
+            _STATUS_TEXT[answer.status],
+            time.perf_counter() - started,
+        )
+        return answer
+
+    def _traced_answer(
+        self, method: str, path: str, raw_headers: list[tuple[bytes, bytes]], peer: str
+    ) -> Answer:
         headers = _headers(raw_headers)
         traceparent = headers.get("traceparent", "")
         if traceparent.endswith("-01") or (self._sample and random.random() < self._sample):
