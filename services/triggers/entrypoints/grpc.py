@@ -38,6 +38,7 @@ from services.common.errors import (
     NotFound,
     Validator,
 )
+from services.triggers import derived
 from services.triggers import workflows_store as store
 from services.triggers.domain import definition as definitions
 from services.triggers.domain import templates
@@ -423,6 +424,12 @@ class WorkflowServicer(triggers_pb2_grpc.WorkflowServiceServicer):
                 published_by=current_actor(),
                 now=clock.now(),
             )
+            # Date, silence and value triggers: timers and baselines for the contacts known
+            # already, in this transaction, so that no event between the publication and
+            # them can start a run the new version would not (a total crossed long ago).
+            await derived.schedule_workflow(
+                conn, workspace_id, str(workflow_id), version, clock.now()
+            )
             row = await store.get_workflow(conn, workspace_id, workflow_id)
         assert row is not None
         log.info("published workflow %s version %d", workflow_id, version)
@@ -451,6 +458,10 @@ class WorkflowServicer(triggers_pb2_grpc.WorkflowServiceServicer):
                     + (" (publish it first)" if row["status"] == "draft" else "")
                 )
             await store.set_status(conn, workspace_id, workflow_id, target, clock.now())
+            if target == "active":  # timers moved on while paused: bring them up to date
+                await derived.schedule_workflow(
+                    conn, workspace_id, str(workflow_id), row["published_version"], clock.now()
+                )
             row = await store.get_workflow(conn, workspace_id, workflow_id)
         assert row is not None
         log.info("workflow %s is %s", workflow_id, target)

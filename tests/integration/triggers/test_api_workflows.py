@@ -244,6 +244,33 @@ async def test_every_template_is_publishable_through_the_api(client: Client) -> 
         assert exported.definition_json == t.definition_json, t.id
 
 
+async def test_publishing_a_birthday_workflow_schedules_the_contacts_known_already(
+    client: Client, api: WorkflowServer
+) -> None:
+    """A date trigger needs a timer per contact; the contacts the engine knew before the
+    publication get theirs with it (derived.schedule_workflow), not at their next event.
+    Resuming brings them up to date again."""
+    contact = uuid.uuid4()
+    await api.pool.execute(
+        "INSERT INTO contact_facts (workspace_id, contact_id, birthday, time_zone)"
+        " VALUES ($1, $2, '1990-03-14', 'Europe/Rome')",
+        uuid.UUID(client.ws.id),
+        contact,
+    )
+    created = await client.CreateWorkflow(
+        triggers_pb2.CreateWorkflowRequest(template_id="birthday")
+    )
+    await client.PublishWorkflow(triggers_pb2.PublishWorkflowRequest(workflow_id=created.id))
+    key = f"date/{created.id}/{contact}"
+    due = await api.pool.fetchval("SELECT due_at FROM timers WHERE timer_key = $1", key)
+    assert due is not None
+    assert (due.month, due.day) == (3, 14)
+    await api.pool.execute("DELETE FROM timers WHERE timer_key = $1", key)
+    await client.PauseWorkflow(triggers_pb2.PauseWorkflowRequest(workflow_id=created.id))
+    await client.ResumeWorkflow(triggers_pb2.ResumeWorkflowRequest(workflow_id=created.id))
+    assert await api.pool.fetchval("SELECT count(*) FROM timers WHERE timer_key = $1", key) == 1
+
+
 async def test_export_then_import_gives_the_same_definition(client: Client) -> None:
     created = await create(client)
     await client.PublishWorkflow(triggers_pb2.PublishWorkflowRequest(workflow_id=created.id))
