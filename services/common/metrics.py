@@ -178,11 +178,15 @@ class LatencyHistogram:
     """A histogram by one label, for paths too hot for prometheus_client's per-call locks
     and label lookups: plain integers, read at scrape time."""
 
-    def __init__(self, family: str, label: str) -> None:
+    def __init__(self, family: str, label: str, known: tuple[str, ...] = ()) -> None:
+        """``known``: values of the label served at 0 from the start (Prometheus' advice: a
+        series that exists before its first event gives rate() and alerts something to read)."""
         self._family = family
         self._label = label
         # value of the label -> (count per bucket, not cumulative; the last is +Inf), [sum]
-        self._latency: dict[str, tuple[list[int], list[float]]] = {}
+        self._latency: dict[str, tuple[list[int], list[float]]] = {
+            key: ([0] * (len(LATENCY_BUCKETS) + 1), [0.0]) for key in known
+        }
         watch(self)
 
     def observe(self, key: str, seconds: float) -> None:

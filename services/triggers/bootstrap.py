@@ -26,7 +26,7 @@ from nudge.campaigns.v1 import campaigns_pb2_grpc
 from nudge.privacy.v1 import privacy_pb2_grpc
 from nudge.triggers.v1 import triggers_pb2_grpc
 
-from services.common import runtime
+from services.common import clock, runtime
 from services.common.auth import RemoteApiKeyVerifier
 from services.common.db import create_pool, migrate
 from services.common.dependencies import kafka_check, postgres_check, redis_check
@@ -34,6 +34,7 @@ from services.common.grpc_client import channel
 from services.common.idempotency import prune_forever
 from services.common.kafka import KafkaConsumerLoop, KafkaPublisher, supports_idempotence
 from services.common.kafka_probe import BrokerProbe
+from services.common.metrics import PolledGauges
 from services.common.outbox import OutboxRelay
 from services.common.privacy import (
     CONTACT_DATA_POLICY,
@@ -103,6 +104,15 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     timers = TimerLoop(pool, engine, poll_s=settings.timer_poll_s)
     engine.wake = timers.wake
     service.spawn(timers.run(), "timer-loop")
+
+    async def timer_counts() -> dict[str, float]:
+        row = await pool.fetchrow(
+            "SELECT count(*) FILTER (WHERE due_at <= $1) AS due, count(*) AS pending FROM timers",
+            clock.now(),
+        )
+        return {"nudge_timers_due": row["due"], "nudge_timers_pending": row["pending"]}
+
+    service.spawn(PolledGauges(timer_counts).run(), "timer-gauges")  # common/metrics.py
     service.spawn(prune_events_forever(pool), "prune-contact-events")
     redis = aioredis.from_url(settings.redis_url)
     service.push(redis.aclose)

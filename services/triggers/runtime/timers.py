@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.common import clock
+from services.common import clock, metrics
 from services.common.consumer import is_dependency_outage
 from services.triggers import derived
 from services.triggers.runtime import runs
@@ -55,6 +55,10 @@ class TimerLoop:
         self._next_round_at: datetime | None = None
         self.fired = 0  # timers fired (for tests and metrics)
         self.rounds = 0
+        # How late each claimed timer was handled (committed minus due), by kind.
+        self.lateness = metrics.LatencyHistogram(
+            "nudge_timer_lateness_seconds", "kind", known=("run", "date", "inactive")
+        )
 
     def wake(self, due_at: datetime) -> None:
         """A timer due at ``due_at`` was written (committed or about to be): fire it on time."""
@@ -119,6 +123,9 @@ class TimerLoop:
                     await self._put_back(conn, [timer], now + RETRY, failed=True)
         self.rounds += 1
         self.fired += len(due)
+        committed = clock.now()
+        for timer in due:
+            self.lateness.observe(timer["kind"], (committed - timer["due_at"]).total_seconds())
         return len(due)
 
     async def _fire(self, conn: asyncpg.Connection, timer: asyncpg.Record, now: datetime) -> None:
