@@ -1,11 +1,13 @@
 """The Faust stream processor of the trigger engine.
 
-The agent reads shop.events.v1 and hands each envelope to :mod:`services.triggers.handlers`,
-which keeps every exact fact in PostgreSQL (runs, processed events, the outbox). Faust gives
-partitioned, ordered, at-least-once consumption and a home for the later timers and
-windows; nothing in a Faust table is needed for correctness (Tansu loses table updates,
-DESIGN.md). The app is started by services/triggers/bootstrap.py, after the pool it uses
-is open, like any other resource of the service.
+One agent per topic the engine reads (shop.events.v1, contacts.events.v1,
+segments.membership.v1, tracking.events.v1), all keyed by contact, so one contact's events
+reach one worker in order. Each hands every envelope to :mod:`services.triggers.handlers`,
+which keeps every exact fact in PostgreSQL (runs, facts, processed events, the outbox) in
+one transaction per event. Faust gives partitioned, ordered, at-least-once consumption;
+nothing in a Faust table is needed for correctness (Tansu loses table updates, DESIGN.md).
+The app is started by services/triggers/bootstrap.py, after the pool it uses is open, like
+any other resource of the service.
 """
 
 from __future__ import annotations
@@ -23,17 +25,23 @@ from opentelemetry import context, trace
 
 from services.common.context import event_id_var, workspace_id_var
 from services.common.kafka import PERMANENT
-from services.common.topics import SHOP_EVENTS
+from services.common.topics import (
+    CONTACTS_EVENTS,
+    SEGMENT_MEMBERSHIP,
+    SHOP_EVENTS,
+    TRACKING_EVENTS,
+)
 from services.common.tracing import extract_headers
 from services.triggers import handlers
 from services.triggers.config import Settings
+from services.triggers.runtime.runs import Engine
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
 
 
-def create_app(settings: Settings, pool: asyncpg.Pool) -> Any:
-    """The Faust app; its agent records what it decides through ``pool``."""
+def create_app(settings: Settings, pool: asyncpg.Pool, engine: Engine) -> Any:
+    """The Faust app; its agents record what they decide through ``pool``."""
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
@@ -52,22 +60,42 @@ def create_app(settings: Settings, pool: asyncpg.Pool) -> Any:
         broker_rebalance_timeout=20,
         producer_linger_ms=0,
     )
-    shop_events = app.topic(SHOP_EVENTS, key_serializer="raw", value_serializer="raw")
 
-    @app.agent(shop_events)
+    def topic(name: str) -> Any:
+        return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(topic(SHOP_EVENTS))
     async def evaluate_shop_events(stream: StreamT[Any]) -> None:
-        """Start the workflows each shop event triggers."""
+        """Start, advance and end the runs each shop event concerns."""
         async for event in stream.events():
-            await _handle(pool, event)
+            await _handle(pool, engine, SHOP_EVENTS, event)
+
+    @app.agent(topic(CONTACTS_EVENTS))
+    async def follow_contacts(stream: StreamT[Any]) -> None:
+        """Keep the engine's facts of each contact (tags, attributes, time zone...)."""
+        async for event in stream.events():
+            await _handle(pool, engine, CONTACTS_EVENTS, event)
+
+    @app.agent(topic(SEGMENT_MEMBERSHIP))
+    async def follow_segments(stream: StreamT[Any]) -> None:
+        """Segment entries and exits: facts, and the workflows they trigger."""
+        async for event in stream.events():
+            await _handle(pool, engine, SEGMENT_MEMBERSHIP, event)
+
+    @app.agent(topic(TRACKING_EVENTS))
+    async def follow_engagement(stream: StreamT[Any]) -> None:
+        """Opens and clicks: activity, exit rules and the workflows they trigger."""
+        async for event in stream.events():
+            await _handle(pool, engine, TRACKING_EVENTS, event)
 
     return app
 
 
-async def _handle(pool: asyncpg.Pool, event: Any) -> None:
+async def _handle(pool: asyncpg.Pool, engine: Engine, topic: str, event: Any) -> None:
     try:
         envelope = Envelope.FromString(event.value)
     except DecodeError:
-        log.error("skipping an undecodable record on %s", SHOP_EVENTS)
+        log.error("skipping an undecodable record on %s", topic)
         return
     token = context.attach(extract_headers((event.headers or {}).items()))
     ws_token = workspace_id_var.set(envelope.workspace_id)
@@ -81,17 +109,17 @@ async def _handle(pool: asyncpg.Pool, event: Any) -> None:
                     kind=trace.SpanKind.CONSUMER,
                     attributes={
                         "messaging.system": "kafka",
-                        "messaging.destination.name": SHOP_EVENTS,
+                        "messaging.destination.name": topic,
                         "messaging.message.id": envelope.event_id,
                         "nudge.workspace_id": envelope.workspace_id,
                     },
                 ):
-                    await handlers.on_shop_event(pool, envelope)
+                    await handlers.on_event(pool, engine, envelope)
                 return
             except asyncio.CancelledError:
                 raise
-            except PERMANENT as err:
-                log.error("skipping a shop event no retry can handle: %r", err)
+            except (*PERMANENT, ValueError) as err:  # a malformed id, an invalid definition
+                log.error("skipping an event of %s no retry can handle: %r", topic, err)
                 return
             except Exception:
                 # Retried, not skipped: an event is acked (and its offset committed) only

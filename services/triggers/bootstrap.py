@@ -1,5 +1,5 @@
-"""The composition root of the trigger engine: pool, outbox relay, gRPC server, then the
-Faust worker, opened in that order by :func:`start` and closed in reverse by the common
+"""The composition root of the trigger engine: pool, outbox relay, timer loop, gRPC server,
+then the Faust worker, opened in that order by :func:`start` and closed in reverse by the common
 runtime (services/common/runtime.py), like every other service.
 
 Faust would rather own the process (``faust worker`` / ``Worker.execute_from_commandline``
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import faust
 import redis.asyncio as aioredis
+from nudge.campaigns.v1 import campaigns_pb2_grpc
 from nudge.privacy.v1 import privacy_pb2_grpc
 from nudge.triggers.v1 import triggers_pb2_grpc
 
@@ -45,6 +46,9 @@ from services.triggers import handlers, privacy
 from services.triggers.app import create_app
 from services.triggers.config import Settings
 from services.triggers.entrypoints.grpc import WorkflowServicer
+from services.triggers.runtime.caps import FrequencyCaps
+from services.triggers.runtime.runs import Engine
+from services.triggers.runtime.timers import TimerLoop
 
 log = logging.getLogger(__name__)
 NAME = "triggers"
@@ -89,6 +93,14 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(erasures.stop)
     await erasures.start()
     service.spawn(erasures.run(), "erasure-consumer")
+    campaigns = channel(settings.campaigns_addr)
+    service.push(campaigns.close)
+    caps = FrequencyCaps(campaigns_pb2_grpc.CampaignServiceStub(campaigns), settings.internal_token)
+    engine = Engine(caps, live_ttl_s=settings.live_workflows_ttl_s)
+    # The timer loop is supervised: if it dies the service stops with exit 1, never silently.
+    timers = TimerLoop(pool, engine, poll_s=settings.timer_poll_s)
+    engine.wake = timers.wake
+    service.spawn(timers.run(), "timer-loop")
     redis = aioredis.from_url(settings.redis_url)
     service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)
@@ -102,7 +114,9 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                WorkflowServicer(),
+                # The contract's RPCs are served by the workflow API's servicer (its own
+                # part of issue 16); until it lands the placeholder answers UNIMPLEMENTED.
+                WorkflowServicer(),  # type: ignore[abstract]
                 SERVICE_NAME,
             ),
             (
@@ -121,7 +135,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         },
     )
     worker = EmbeddedWorker(
-        create_app(settings, pool),
+        create_app(settings, pool, engine),
         loop=asyncio.get_running_loop(),
         loglevel=settings.log_level,
         redirect_stdouts=False,

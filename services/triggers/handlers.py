@@ -1,71 +1,114 @@
-"""What the trigger engine does with each event: start runs and queue their messages."""
+"""What the trigger engine does with each event, in one PostgreSQL transaction per event:
+claim it (a redelivery is a no-op), update what is known of the contact, record the event,
+end the runs it exits, start the runs it triggers (and those the derived triggers return),
+and write what their first steps decided.
+
+Idempotent end to end: the claim makes a redelivered envelope a no-op; a run's id is
+derived from its workflow and trigger, and every effect's id from its run and step, so
+even a replay without the claim (another consumer group) starts and sends nothing twice.
+"""
 
 from __future__ import annotations
 
 import logging
-import uuid
+from datetime import datetime
 
 import asyncpg
-from nudge.contacts.v1 import contacts_pb2
-from nudge.delivery.v1 import delivery_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import clock
-from services.common.events import deterministic_id, new_envelope
 from services.common.idempotency import claim_event
-from services.common.outbox import add_to_outbox
-from services.common.topics import DELIVERY_REQUESTS
-from services.triggers.domain.workflows import runs_started_by
+from services.triggers import derived
+from services.triggers.runtime import facts, runs
+from services.triggers.runtime.observed import entry_key, event_time, observe
+from services.triggers.runtime.runs import Engine
 
 log = logging.getLogger(__name__)
 
-SCHEMA = "triggers"
+SCHEMA = runs.SCHEMA
 CONSUMER = "triggers"
 
 
-async def on_shop_event(pool: asyncpg.Pool, envelope: Envelope) -> int:
-    """Start the runs this event triggers; returns how many started. Idempotent on event_id,
-    and on the run key: the same signup reported twice welcomes once."""
-    if envelope.WhichOneof("payload") != "shop_event":
-        return 0
-    event = envelope.shop_event
-    started = 0
+async def on_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> list[str]:
+    """Handle one envelope of any topic the engine reads; the ids of the runs it started."""
+    kind = envelope.WhichOneof("payload")
+    if kind in facts.CONTACT_PAYLOADS:
+        return await _on_contact_event(pool, engine, envelope)
+    observation = observe(envelope)
+    if observation is None:
+        return []
+    now = clock.now()
+    started: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
         if not await claim_event(conn, CONSUMER, envelope.event_id):
-            return 0
-        for run in runs_started_by(event, envelope.event_id):
-            inserted = await conn.fetchval(
-                "INSERT INTO workflow_runs (workspace_id, run_key, workflow_id, contact_id,"
-                " cause_event_id, started_at) VALUES ($1, $2, $3, $4, $5, $6)"
-                " ON CONFLICT DO NOTHING RETURNING 1",
-                uuid.UUID(envelope.workspace_id),
-                run.run_key,
-                run.workflow.id,
-                uuid.UUID(event.contact_id),
-                envelope.event_id,
-                clock.now(),
-            )
-            if inserted is None:
-                continue
-            message_id = deterministic_id(envelope.workspace_id, run.run_key, "send")
-            request = delivery_pb2.DeliveryRequested(
-                message_id=message_id,
-                contact_id=event.contact_id,
-                kind=delivery_pb2.MESSAGE_KIND_AUTOMATION,
-                purpose=contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS,
-                content=delivery_pb2.MessageContent(
-                    subject=run.workflow.template.subject,
-                    body_text=run.workflow.template.body_text,
-                ),
-                workflow_id=run.workflow.id,
-            )
-            await add_to_outbox(
-                conn,
-                SCHEMA,
-                DELIVERY_REQUESTS,
-                event.contact_id,
-                new_envelope(envelope.workspace_id, request, event_id=message_id),
-            )
-            started += 1
-            log.info("started %s for contact %s", run.run_key, event.contact_id)
+            return []
+        ws, contact, seen = observation.workspace_id, observation.contact_id, observation.seen
+        await facts.apply_observation(conn, observation)
+        await runs.end_runs_exited_by(conn, engine, ws, contact, envelope.event_id, seen, now)
+        if seen.occurred_at >= now - runs.TRIGGER_LATENESS:
+            for compiled in await engine.live(conn, ws, seen.event, now):
+                if not runs.triggered(compiled, seen):
+                    continue
+                run_id = await runs.start_run(
+                    conn,
+                    engine,
+                    compiled,
+                    workspace_id=ws,
+                    contact_id=contact,
+                    trigger_event_id=envelope.event_id,
+                    occurred_at=seen.occurred_at,
+                    vars=observation.vars,
+                    key=entry_key(compiled.program.definition.entry.key, observation),
+                    now=now,
+                )
+                if run_id is not None:
+                    started.append(run_id)
+        else:
+            log.info("event %s is too old to start runs (%s)", envelope.event_id, seen.occurred_at)
+        starts = await derived.on_contact_changed(
+            conn, ws, contact, seen.event, seen.occurred_at, now
+        )
+        started += await _start_derived(conn, engine, ws, starts, now)
+    return started
+
+
+async def _on_contact_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> list[str]:
+    now = clock.now()
+    async with pool.acquire() as conn, conn.transaction():
+        if not await claim_event(conn, CONSUMER, envelope.event_id):
+            return []
+        contact = await facts.apply_contact_event(conn, envelope)
+        if contact is None:
+            return []  # older than what is held: nothing changed
+        ws = envelope.workspace_id
+        starts = await derived.on_contact_changed(
+            conn, ws, contact, "contact_updated", event_time(envelope), now
+        )
+        return await _start_derived(conn, engine, ws, starts, now)
+
+
+async def _start_derived(
+    conn: asyncpg.Connection,
+    engine: Engine,
+    workspace_id: str,
+    starts: list[derived.Start],
+    now: datetime,
+) -> list[str]:
+    started = []
+    for start in starts:
+        compiled = await engine.version(conn, workspace_id, start.workflow_id, start.version)
+        run_id = await runs.start_run(
+            conn,
+            engine,
+            compiled,
+            workspace_id=workspace_id,
+            contact_id=start.contact_id,
+            trigger_event_id=start.trigger_event_id,
+            occurred_at=now,
+            vars=start.vars,
+            key=start.key,
+            now=now,
+        )
+        if run_id is not None:
+            started.append(run_id)
     return started

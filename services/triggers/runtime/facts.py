@@ -1,0 +1,202 @@
+"""What the engine knows of each contact (``contact_facts``) and its recent events
+(``contact_events``), written in the transaction of the event that taught it.
+
+Contacts' events carry the contact's version: a profile, tag or score event is applied
+only when newer than the version held, so a redelivered or reordered copy changes nothing.
+Shop, segment and tracking events move what contacts does not know (money spent, last
+activity, segments); they are guarded by the event's claim (processed_events) instead.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from nudge.contacts.v1 import contacts_pb2
+from nudge.events.v1.envelope_pb2 import Envelope
+
+from services.triggers.domain.engine import Facts, SeenEvent
+from services.triggers.runtime.observed import Observation, seen_from_row, seen_to_json
+
+# contacts.events.v1 payloads that change facts, and their event name for the derived hooks.
+CONTACT_PAYLOADS = ("contact_created", "contact_updated", "tags_changed", "score_changed")
+# How far back ``happened`` conditions and late exit rules look (contact_events is pruned
+# past it; a run longer than that sees only its last 90 days of events).
+EVENTS_KEPT_DAYS = 90
+
+
+def _birthday(contact: contacts_pb2.Contact) -> datetime | None:
+    b = contact.birthday
+    if not contact.HasField("birthday") or not (b.month and b.day):
+        return None
+    try:
+        return datetime(b.year or 2000, b.month, b.day, tzinfo=UTC)
+    except ValueError:
+        return None
+
+
+async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> str | None:
+    """Apply a contacts.events.v1 envelope to ``contact_facts``; the contact id when it
+    changed something (the event was newer than what is held), else None."""
+    kind = envelope.WhichOneof("payload")
+    ws = uuid.UUID(envelope.workspace_id)
+    if kind in ("contact_created", "contact_updated"):
+        contact = (
+            envelope.contact_created.contact
+            if kind == "contact_created"
+            else envelope.contact_updated.contact
+        )
+        birthday = _birthday(contact)
+        signed_up = (
+            contact.signed_up_at.ToDatetime(tzinfo=UTC)
+            if contact.HasField("signed_up_at")
+            else None
+        )
+        row = await conn.fetchval(
+            "INSERT INTO contact_facts AS f (workspace_id, contact_id, version, tags, attributes,"
+            " time_zone, birthday, signed_up_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)"
+            " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET version = EXCLUDED.version,"
+            " tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,"
+            " time_zone = EXCLUDED.time_zone, birthday = EXCLUDED.birthday,"
+            " signed_up_at = EXCLUDED.signed_up_at WHERE f.version < EXCLUDED.version"
+            " RETURNING 1",
+            ws,
+            uuid.UUID(contact.id),
+            contact.version,
+            sorted(contact.tags),
+            json.dumps(dict(contact.attributes)),
+            contact.time_zone,
+            birthday.date() if birthday else None,
+            signed_up,
+        )
+        return contact.id if row else None
+    if kind == "tags_changed":
+        tags = envelope.tags_changed
+        row = await conn.fetchval(
+            "INSERT INTO contact_facts AS f (workspace_id, contact_id, version, tags)"
+            " VALUES ($1, $2, $3, $4) ON CONFLICT (workspace_id, contact_id) DO UPDATE"
+            " SET version = EXCLUDED.version, tags = EXCLUDED.tags"
+            " WHERE f.version < EXCLUDED.version RETURNING 1",
+            ws,
+            uuid.UUID(tags.contact_id),
+            tags.version,
+            sorted(tags.tags),
+        )
+        return tags.contact_id if row else None
+    if kind == "score_changed":
+        score = envelope.score_changed
+        row = await conn.fetchval(
+            "INSERT INTO contact_facts AS f (workspace_id, contact_id, version)"
+            " VALUES ($1, $2, $3) ON CONFLICT (workspace_id, contact_id) DO UPDATE"
+            " SET version = EXCLUDED.version WHERE f.version < EXCLUDED.version RETURNING 1",
+            ws,
+            uuid.UUID(score.contact_id),
+            score.version,
+        )
+        return score.contact_id if row else None
+    return None
+
+
+async def apply_observation(conn: asyncpg.Connection, obs: Observation) -> None:
+    """Record the event in ``contact_events`` and move the contact's facts by it."""
+    ws, contact = uuid.UUID(obs.workspace_id), uuid.UUID(obs.contact_id)
+    seen = obs.seen
+    await conn.execute(
+        "INSERT INTO contact_events (workspace_id, contact_id, event_id, event, occurred_at,"
+        " event_key, data) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT DO NOTHING",
+        ws,
+        contact,
+        obs.event_id,
+        seen.event,
+        seen.occurred_at,
+        seen.key,
+        json.dumps(seen_to_json(seen)),
+    )
+    await conn.execute(
+        "INSERT INTO contact_facts AS f (workspace_id, contact_id, total_spent_minor, currency,"
+        " last_activity_at, segments) VALUES ($1, $2, $3, $4, $5,"
+        " CASE WHEN $6 = '' THEN '{}'::text[] ELSE ARRAY[$6] END)"
+        " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET"
+        " total_spent_minor = f.total_spent_minor + EXCLUDED.total_spent_minor,"
+        " currency = CASE WHEN EXCLUDED.currency = '' THEN f.currency ELSE EXCLUDED.currency END,"
+        " last_activity_at = GREATEST(f.last_activity_at, EXCLUDED.last_activity_at),"
+        " segments = CASE WHEN $6 <> '' AND NOT $6 = ANY(f.segments) THEN f.segments || $6"
+        "   WHEN $7 <> '' THEN array_remove(f.segments, $7) ELSE f.segments END",
+        ws,
+        contact,
+        obs.spent_minor,
+        obs.currency,
+        seen.occurred_at if obs.activity else None,
+        obs.segment_entered,
+        obs.segment_exited,
+    )
+
+
+async def write_through_tags(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    contact_id: str,
+    add: tuple[str, ...],
+    remove: tuple[str, ...],
+) -> None:
+    """The engine's own tag change, seen at once by the contact's next event (seed 002);
+    contacts' TagsChanged, newer, overwrites it with the truth later."""
+    await conn.execute(
+        "INSERT INTO contact_facts AS f (workspace_id, contact_id, tags) VALUES ($1, $2, $3)"
+        " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET tags = ARRAY("
+        "  SELECT DISTINCT t FROM unnest(f.tags || $3::text[]) AS t"
+        "  WHERE NOT t = ANY($4::text[]) ORDER BY t)",
+        uuid.UUID(workspace_id),
+        uuid.UUID(contact_id),
+        sorted(set(add) - set(remove)),
+        list(remove),
+    )
+
+
+async def load_facts(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    contact_id: str,
+    since: datetime,
+    *,
+    exclude_event_id: str = "",
+) -> tuple[Facts, list[SeenEvent]]:
+    """The contact's facts and its events since ``since`` (oldest first), but
+    ``exclude_event_id`` (the run's trigger did not happen *since* the run began)."""
+    ws, contact = uuid.UUID(workspace_id), uuid.UUID(contact_id)
+    row = await conn.fetchrow(
+        "SELECT tags, attributes, segments, time_zone FROM contact_facts"
+        " WHERE workspace_id = $1 AND contact_id = $2",
+        ws,
+        contact,
+    )
+    rows = await conn.fetch(
+        "SELECT event, occurred_at, event_key, data FROM contact_events"
+        " WHERE workspace_id = $1 AND contact_id = $2 AND occurred_at >= $3 AND event_id <> $4"
+        " ORDER BY occurred_at, event_id LIMIT 1000",
+        ws,
+        contact,
+        since,
+        exclude_event_id,
+    )
+    seen = [
+        seen_from_row(r["event"], r["occurred_at"], r["event_key"], json.loads(r["data"]))
+        for r in rows
+    ]
+    if row is None:
+        return Facts(events_since_start=tuple(seen)), seen
+    attributes: Mapping[str, Any] = json.loads(row["attributes"])
+    return (
+        Facts(
+            tags=frozenset(row["tags"]),
+            attributes={k: str(v) for k, v in attributes.items()},
+            segments=frozenset(row["segments"]),
+            time_zone=row["time_zone"],
+            events_since_start=tuple(seen),
+        ),
+        seen,
+    )
