@@ -27,6 +27,8 @@ import httpx
 from _system import percentile, running_system
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
+from tests.integration.triggers.support import publish_welcome
+
 RECEIVED_AT = "X-Nudge-Received-At"
 
 
@@ -46,6 +48,8 @@ async def main(scale: int) -> dict[str, object]:
                 contacts_pb2.CreateWorkspaceRequest(name="Bench shop", slug="bench"),
                 metadata=(("authorization", f"Admin {env['NUDGE_ADMIN_TOKEN']}"),),
             )
+        # The welcome letter is a published workflow now (issue 16), no longer hard-coded.
+        await publish_welcome(env["DATABASE_URL"], created.workspace_id)
         headers = {"Authorization": f"Bearer {created.api_key}"}
         limits = httpx.Limits(max_connections=16)
         async with httpx.AsyncClient(

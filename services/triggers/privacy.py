@@ -1,9 +1,11 @@
 """What the trigger engine holds about a contact, and how it forgets it (issue 12,
-docs/privacy.md): its workflow runs (which workflow, what started it, when) and whatever
-per-contact state a later issue adds beside them (pending timers, run steps). Every table
-of the triggers schema with a ``workspace_id`` and a ``contact_id`` is exported, and on
-``ContactErased`` emptied of the contact's rows: the runs end, their timers are cancelled
-(deleted, so they never fire), and messages not yet published for the contact are dropped.
+docs/privacy.md): its runs and the steps they took, their pending timers, what the engine
+knows of the contact (``contact_facts``: tags, attributes, segments, money spent), its
+recent events, the mail sent to it (``contact_sends``) and the tag and score commands not
+yet carried out. Every table of the triggers schema with a ``workspace_id`` and a
+``contact_id`` is exported, and on ``ContactErased`` emptied of the contact's rows: the runs
+end, their timers are cancelled (deleted, so they never fire), pending commands are
+dropped, and messages not yet published for the contact are dropped too.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ SERVICE = "triggers"
 async def export_contact(
     conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID
 ) -> dict[str, Any]:
-    """``{table: [rows]}`` about the contact (``workflow_runs``...), empty when none."""
+    """``{table: [rows]}`` about the contact (``runs``, ``timers``...), empty when none."""
     return await export_contact_tables(conn, workspace_id, contact_id)
 
 

@@ -17,7 +17,7 @@ import httpx
 
 from tests.e2e.conftest import System
 from tests.e2e.test_welcome_path import new_workspace, platform_signup
-from tests.support import eventually, unique
+from tests.support import eventually, fetchval, unique
 
 SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 
@@ -76,6 +76,13 @@ async def test_an_erased_contact_with_mail_a_profile_and_a_run_is_nowhere_in_pos
     system: System,
 ) -> None:
     workspace_id, api_key = await new_workspace(system)
+    welcome_id = str(
+        await fetchval(
+            database_url(system),
+            "SELECT id FROM triggers.workflows WHERE workspace_id = $1::uuid",
+            workspace_id,
+        )
+    )
     # Mixed case: the scan and the erasure must both ignore case.
     email = f"Erase.Me-{secrets.token_hex(6)}@Example.COM"
     contact_id = await platform_signup(system, api_key, email, unique("signup"))
@@ -93,7 +100,7 @@ async def test_an_erased_contact_with_mail_a_profile_and_a_run_is_nowhere_in_pos
         )
         await eventually(
             lambda: conn.fetchval(
-                "SELECT count(*) FROM triggers.workflow_runs WHERE contact_id = $1::uuid",
+                "SELECT count(*) FROM triggers.runs WHERE contact_id = $1::uuid",
                 contact_id,
             ),
             timeout=30,
@@ -125,7 +132,7 @@ async def test_an_erased_contact_with_mail_a_profile_and_a_run_is_nowhere_in_pos
         assert set(services) == {"contacts", "segmentation", "delivery", "triggers", "campaigns"}
         assert services["contacts"]["contact"]["email"].lower() == email.lower()
         assert [m["message_id"] for m in services["delivery"]["messages"]] == [str(sent)]
-        assert [r["workflow_id"] for r in services["triggers"]["workflow_runs"]] == ["welcome"]
+        assert [r["workflow_id"] for r in services["triggers"]["runs"]] == [welcome_id]
         assert email.lower() in json.dumps(services["segmentation"]).lower()
 
         erased = await client.post(f"/v1/contacts/{contact_id}/erasure")
@@ -145,7 +152,7 @@ async def test_an_erased_contact_with_mail_a_profile_and_a_run_is_nowhere_in_pos
         )
         await eventually(
             lambda: conn.fetchval(
-                "SELECT count(*) = 0 FROM triggers.workflow_runs WHERE contact_id = $1::uuid",
+                "SELECT count(*) = 0 FROM triggers.runs WHERE contact_id = $1::uuid",
                 contact_id,
             ),
             timeout=60,

@@ -24,6 +24,7 @@ from services.common.events import deterministic_id, new_envelope
 from services.common.topics import DELIVERY_REQUESTS
 from tests.e2e.conftest import System
 from tests.integration.conftest import wait_grpc_serving
+from tests.integration.triggers.support import publish_welcome
 from tests.markers import settle
 from tests.support import eventually, fetchval, unique
 
@@ -36,6 +37,8 @@ async def new_workspace(system: System) -> tuple[str, str]:
             contacts_pb2.CreateWorkspaceRequest(name="Bottega Ada", slug=unique("shop")),
             metadata=system.admin,
         )
+    # Workflows are published rows now: the welcome letter is this workspace's workflow.
+    await publish_welcome(system.env["DATABASE_URL"], answer.workspace_id)
     return answer.workspace_id, answer.api_key
 
 

@@ -173,14 +173,33 @@ async def test_triggers_forgets_the_runs_and_pending_events_of_an_erased_contact
     workspace_id = str(uuid.uuid4())
     erased, kept = uuid.uuid4(), uuid.uuid4()
     try:
+        welcome, winback, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+        ws = uuid.UUID(workspace_id)
         async with pool.acquire() as conn:
-            for contact_id, workflow in ((erased, "welcome"), (erased, "winback"), (kept, "x")):
+            for contact_id, workflow in ((erased, welcome), (erased, winback), (kept, other)):
+                run_id = uuid.uuid4()
                 await conn.execute(
-                    "INSERT INTO workflow_runs (workspace_id, run_key, workflow_id, contact_id,"
-                    " cause_event_id, started_at) VALUES ($1, $2, $3, $4, 'e', now())",
-                    uuid.UUID(workspace_id),
-                    f"{workflow}/{contact_id}",
+                    "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, state,"
+                    " trigger_event_id, started_at, updated_at)"
+                    " VALUES ($1, $2, $3, 1, $4, 'waiting', 'e', now(), now())",
+                    ws,
+                    run_id,
                     workflow,
+                    contact_id,
+                )
+                await conn.execute(
+                    "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, run_id,"
+                    " kind, due_at) VALUES ($1, $2, $3, $4, $5, 'run', now())",
+                    f"run/{run_id}",
+                    ws,
+                    contact_id,
+                    workflow,
+                    run_id,
+                )
+                await conn.execute(
+                    "INSERT INTO contact_facts (workspace_id, contact_id, tags) VALUES ($1, $2,"
+                    " '{vip}') ON CONFLICT DO NOTHING",
+                    ws,
                     contact_id,
                 )
             await conn.execute(
@@ -190,10 +209,11 @@ async def test_triggers_forgets_the_runs_and_pending_events_of_an_erased_contact
                 str(erased).encode(),
             )
             before = await privacy.export_contact(conn, workspace_id, erased)
-            assert sorted(r["workflow_id"] for r in before["workflow_runs"]) == [
-                "welcome",
-                "winback",
-            ]
+            assert sorted(r["workflow_id"] for r in before["runs"]) == sorted(
+                [str(welcome), str(winback)]
+            )
+            assert len(before["timers"]) == 2
+            assert before["contact_facts"][0]["tags"] == ["vip"]
 
         consumer = ContactErasedConsumer(pool, privacy.CONSUMER, privacy.erase_contact)
         event = new_envelope(
@@ -206,7 +226,10 @@ async def test_triggers_forgets_the_runs_and_pending_events_of_an_erased_contact
 
         async with pool.acquire() as conn:
             assert await privacy.export_contact(conn, workspace_id, erased) == {}
-            assert (await privacy.export_contact(conn, workspace_id, kept))["workflow_runs"]
+            assert (await privacy.export_contact(conn, workspace_id, kept))["runs"]
+            assert not await conn.fetchval(
+                "SELECT count(*) FROM timers WHERE contact_id = $1", erased
+            )
             assert not await conn.fetchval(
                 "SELECT count(*) FROM outbox_dead_letters WHERE key = $1", str(erased).encode()
             )

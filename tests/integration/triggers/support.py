@@ -51,6 +51,31 @@ from services.common.topics import (
 )
 from services.triggers.domain.model import Definition
 
+# The welcome letter the skeleton hard-coded, as a published workflow: a signup mails it once
+# per contact, at any hour (the window is open all day but a microsecond), uncapped.
+WELCOME: dict[str, Any] = {
+    "format": "nudge.workflow/v1",
+    "name": "Welcome letter",
+    "trigger": {"event": "signed_up"},
+    "entry": {"concurrency": "single", "reentry": "once"},
+    "send_window": {"start": "12:00:00", "end": "11:59:59.999999"},
+    "steps": [
+        {
+            "id": "welcome",
+            "type": "send",
+            "message": {
+                "kind": "marketing",
+                "subject": "Welcome to {{ workspace.name }}",
+                "body_text": (
+                    "Hi {{ contact.first_name or 'there' }},\n\n"
+                    "thank you for signing up at {{ workspace.name }}. We are glad you are here.\n"
+                ),
+                "respect_frequency_cap": False,
+            },
+        }
+    ],
+}
+
 TOPIC_OF_PAYLOAD = {
     "shop_event": SHOP_EVENTS,
     "segment_membership_changed": SEGMENT_MEMBERSHIP,
@@ -99,6 +124,11 @@ async def publish(
         now,
     )
     return workflow_id
+
+
+async def publish_welcome(pool_or_dsn: asyncpg.Pool | str, workspace_id: str) -> str:
+    """Publish :data:`WELCOME` for the workspace (what the skeleton's signups expected)."""
+    return await publish(pool_or_dsn, workspace_id, WELCOME)
 
 
 async def set_status(

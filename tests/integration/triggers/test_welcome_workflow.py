@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     run_in_process,
     wait_grpc_serving,
 )
+from tests.integration.triggers.support import publish_welcome
 from tests.mail import mails
 from tests.markers import one_per_partition, settle
 from tests.support import eventually, fetchval, free_port, unique
@@ -151,7 +152,7 @@ async def processed_signups(database_url: str, ws: Workspace) -> int:
     try:
         return int(
             await conn.fetchval(
-                "SELECT count(*) FROM triggers.workflow_runs WHERE workspace_id = $1::uuid", ws.id
+                "SELECT count(*) FROM triggers.runs WHERE workspace_id = $1::uuid", ws.id
             )
         )
     finally:
@@ -164,6 +165,7 @@ async def test_a_signup_reported_twice_is_welcomed_once(
     contacts_service: RunningService,
     workspace: Workspace,
 ) -> None:
+    await publish_welcome(os.environ["DATABASE_URL"], workspace.id)
     async with grpc.aio.insecure_channel(contacts_service.address) as channel:
         [contact] = await signed_up_contacts(channel, workspace, 1)
         # Two different platform events for one signup (a retry with a new key, say).
@@ -196,11 +198,12 @@ async def test_killing_the_worker_mid_stream_loses_and_repeats_nothing(
     """The worker is killed while it handles an event, with part of the stream done.
 
     To land the kill mid-stream whatever the machine's speed, the test lets the first
-    ``before`` signups through, then takes a lock on ``triggers.workflow_runs`` and reports
+    ``before`` signups through, then takes a lock on ``triggers.runs`` and reports
     the rest: the worker blocks inside the transaction of its next event (its
     processed-event record written, its run not yet). SIGKILL then, release, restart."""
     database_url = infra["DATABASE_URL"]
     total, before = 150, 50
+    await publish_welcome(database_url, workspace.id)
     async with grpc.aio.insecure_channel(contacts_service.address) as channel:
         contacts = await signed_up_contacts(channel, workspace, total)
         await report_signups(channel, workspace, contacts[:before])
@@ -211,10 +214,10 @@ async def test_killing_the_worker_mid_stream_loses_and_repeats_nothing(
         try:
             lock = blocker.transaction()
             await lock.start()
-            await blocker.execute("LOCK TABLE triggers.workflow_runs IN EXCLUSIVE MODE")
+            await blocker.execute("LOCK TABLE triggers.runs IN EXCLUSIVE MODE")
             await report_signups(channel, workspace, contacts[before:])
             await eventually(
-                lambda: waiting_on_lock(database_url, "triggers.workflow_runs"), timeout=60
+                lambda: waiting_on_lock(database_url, "triggers.runs"), timeout=60
             )
             done_at_kill = await processed_signups(database_url, workspace)
             assert 0 < done_at_kill < total, done_at_kill
