@@ -154,6 +154,21 @@ POST_PURCHASE: dict[str, Any] = {
 }
 
 
+TEMPLATES = ROOT / "services" / "triggers" / "templates"
+
+
+def workflow(template: str, inline: dict[str, Any]) -> dict[str, Any]:
+    """The product's template of that name where it exists (services/triggers/templates),
+    else the inline definition above; either way sending all day."""
+    path = TEMPLATES / f"{template}.json"
+    doc = json.loads(path.read_text()) if path.exists() else dict(inline)
+    return {**doc, "send_window": WHOLE_DAY}
+
+
+def definitions_source() -> str:
+    return "templates" if (TEMPLATES / "abandoned_cart.json").exists() else "inline"
+
+
 # -- set-up -------------------------------------------------------------------------------
 
 
@@ -453,8 +468,8 @@ def measure_events(
     async def set_up() -> float:
         conn = await connect(env)
         try:
-            await publish(conn, workspace_id, ABANDONED_CART)
-            await publish(conn, workspace_id, POST_PURCHASE)
+            await publish(conn, workspace_id, workflow("abandoned_cart", ABANDONED_CART))
+            await publish(conn, workspace_id, workflow("post_purchase", POST_PURCHASE))
         finally:
             await conn.close()
         records = shop_events(str(workspace_id), contacts, count)
@@ -636,7 +651,9 @@ def measure_timers(system: RunningSystem, args: argparse.Namespace) -> dict[str,
     async def load_far() -> tuple[uuid.UUID, float]:
         conn = await connect(env)
         try:
-            workflow_id = await publish(conn, workspace_id, ABANDONED_CART)
+            workflow_id = await publish(
+                conn, workspace_id, workflow("abandoned_cart", ABANDONED_CART)
+            )
             began = time.perf_counter()
             base = datetime.now(UTC) + timedelta(days=1)
             far = pending - due_count
@@ -673,8 +690,9 @@ def measure_timers(system: RunningSystem, args: argparse.Namespace) -> dict[str,
         due_of = dict(zip(run_ids, due, strict=True))
         kill_at = due[0] + timedelta(seconds=args.due_seconds * args.kill_at)
         # Steady state, until the kill.
-        while datetime.now(UTC) < kill_at:
-            time.sleep(0.2)
+        with profiling(system.group.pid("triggers"), args.profile) as top:
+            while datetime.now(UTC) < kill_at:
+                time.sleep(0.2)
         killed_wall = datetime.now(UTC)
         system.group.kill("triggers")
         time.sleep(args.down_s)
@@ -700,6 +718,8 @@ def measure_timers(system: RunningSystem, args: argparse.Namespace) -> dict[str,
         result["fired_per_s"] = round((len(fired_at) - 1) / span) if span else None
     result["worker_rss_idle_mib"] = round(idle_rss)
     result["worker_rss_max_mib"] = round(max(rss, default=0.0))
+    if top:
+        result["profile_self"] = top[1]
     result["reminders_repeated"] = asyncio.run(fired_twice(env, workspace_id))
 
     def lateness(run_id: uuid.UUID) -> float:
@@ -815,7 +835,9 @@ def measure_mail(args: argparse.Namespace) -> dict[str, Any]:
         async def load_due() -> list[datetime]:
             conn = await connect(env)
             try:
-                workflow_id = await publish(conn, workspace_id, ABANDONED_CART)
+                workflow_id = await publish(
+                    conn, workspace_id, workflow("abandoned_cart", ABANDONED_CART)
+                )
                 first = datetime.now(UTC) + timedelta(seconds=3)
                 due = [first + timedelta(seconds=i / args.mail_rate) for i in range(args.mails)]
                 await waiting_runs(conn, workspace_id, workflow_id, due, contacts=people)
@@ -864,7 +886,7 @@ async def commit_without_flush(env: dict[str, str]) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     parts = set(args.only.split(","))
-    result: dict[str, Any] = {"scale": args.scale}
+    result: dict[str, Any] = {"scale": args.scale, "definitions": definitions_source()}
     if parts & {"events", "timers"}:
         # The worker is started by each part once its data is in place.
         with running_system(services=(), ready=lambda env: None) as system:
