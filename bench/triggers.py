@@ -627,17 +627,72 @@ async def waiting_runs(
     return run_ids
 
 
-async def fired(env: dict[str, str], workspace_id: uuid.UUID) -> dict[uuid.UUID, datetime]:
-    """Run id -> when its reminder step was taken."""
+# A probe, not part of the engine: every reminder step written is noted, in the writer's
+# transaction, so that the poller below sees it the moment that transaction commits.
+PROBE = """
+CREATE TABLE IF NOT EXISTS triggers.bench_fired (
+    run_id uuid PRIMARY KEY, step_at timestamptz NOT NULL, seen_at timestamptz);
+CREATE OR REPLACE FUNCTION triggers.bench_note_fired() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.step_id = 'reminder' THEN
+        INSERT INTO triggers.bench_fired (run_id, step_at) VALUES (NEW.run_id, NEW.at)
+            ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE OR REPLACE TRIGGER bench_note_fired AFTER INSERT ON triggers.run_steps
+    FOR EACH ROW EXECUTE FUNCTION triggers.bench_note_fired();
+"""
+
+
+@contextlib.contextmanager
+def watching_commits(env: dict[str, str], every_s: float = 0.1) -> Iterator[None]:
+    """Stamp each noted reminder with the time its transaction became visible (to within
+    ``every_s``): ``run_steps.at`` is when the engine began the step (the start of its
+    round), and a batch may commit long after; a mail can leave only after the commit."""
+    stop = threading.Event()
+
+    async def poll() -> None:
+        conn = await connect(env)
+        try:
+            await conn.execute(PROBE)
+            ready.set()
+            while not stop.is_set():
+                await conn.execute(
+                    "UPDATE bench_fired SET seen_at = clock_timestamp() WHERE seen_at IS NULL"
+                )
+                await asyncio.sleep(every_s)
+            await conn.execute(
+                "UPDATE bench_fired SET seen_at = clock_timestamp() WHERE seen_at IS NULL"
+            )
+        finally:
+            await conn.close()
+
+    ready = threading.Event()
+    thread = threading.Thread(target=lambda: asyncio.run(poll()), daemon=True)
+    thread.start()
+    if not ready.wait(30):
+        raise RuntimeError("the commit probe did not start")
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+async def fired(
+    env: dict[str, str], run_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, tuple[datetime, datetime]]:
+    """Run id -> (when its reminder step was taken, when that was seen committed)."""
     conn = await connect(env)
     try:
         rows = await conn.fetch(
-            "SELECT run_id, at FROM run_steps WHERE workspace_id = $1 AND step_id = 'reminder'",
-            workspace_id,
+            "SELECT run_id, step_at, coalesce(seen_at, clock_timestamp()) AS seen_at"
+            " FROM bench_fired"
         )
     finally:
         await conn.close()
-    return {row["run_id"]: row["at"] for row in rows}
+    return {r["run_id"]: (r["step_at"], r["seen_at"]) for r in rows if r["run_id"] in run_ids}
 
 
 def measure_timers(system: RunningSystem, args: argparse.Namespace) -> dict[str, Any]:
@@ -685,9 +740,10 @@ def measure_timers(system: RunningSystem, args: argparse.Namespace) -> dict[str,
         finally:
             await conn.close()
 
-    with sampling_rss(system) as rss, machine_load() as load:
+    with sampling_rss(system) as rss, machine_load() as load, watching_commits(env):
         run_ids, due = asyncio.run(load_due())
         due_of = dict(zip(run_ids, due, strict=True))
+        wanted = set(run_ids)
         kill_at = due[0] + timedelta(seconds=args.due_seconds * args.kill_at)
         # Steady state, until the kill.
         with profiling(system.group.pid("triggers"), args.profile) as top:
@@ -702,44 +758,54 @@ def measure_timers(system: RunningSystem, args: argparse.Namespace) -> dict[str,
         # cannot keep up is measured as far as it got (its lateness then a lower bound).
         deadline = time.monotonic() + (due[-1] - datetime.now(UTC)).total_seconds() + args.timeout
         while True:
-            got = asyncio.run(fired(env, workspace_id))
+            got = asyncio.run(fired(env, wanted))
             if len(got) >= due_count or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
+    got = asyncio.run(fired(env, wanted))  # every last one stamped
     ended = datetime.now(UTC)
     if len(got) < due_count:
         sys.stderr.write(f"{len(got)} of {due_count} due timers fired\n{worker_tail(system)}\n")
     result.update(load)
     result["due_timers"] = due_count
     result["due_timers_fired"] = len(got)
-    fired_at = sorted(got.values())
-    if len(fired_at) > 1:
-        span = (fired_at[-1] - fired_at[0]).total_seconds()
-        result["fired_per_s"] = round((len(fired_at) - 1) / span) if span else None
+    seen_at = sorted(seen for _, seen in got.values())
+    if len(seen_at) > 1:
+        span = (seen_at[-1] - seen_at[0]).total_seconds()
+        result["fired_per_s"] = round((len(seen_at) - 1) / span) if span else None
     result["worker_rss_idle_mib"] = round(idle_rss)
     result["worker_rss_max_mib"] = round(max(rss, default=0.0))
     if top:
         result["profile_self"] = top[1]
     result["reminders_repeated"] = asyncio.run(fired_twice(env, workspace_id))
 
-    def lateness(run_id: uuid.UUID) -> float:
-        """Seconds late; for a timer that never fired, how late it was when we stopped."""
-        return ((got.get(run_id) or ended) - due_of[run_id]).total_seconds()
+    def lateness(run_id: uuid.UUID, committed: bool = True) -> float:
+        """Seconds late, by the step's commit (default) or by its ``run_steps.at``; for a
+        timer that never fired, how late it was when we stopped."""
+        times = got.get(run_id)
+        at = ended if times is None else times[1] if committed else times[0]
+        return (at - due_of[run_id]).total_seconds()
 
-    steady = [
-        lateness(r)
+    steady_runs = [
+        r
         for r in run_ids
         # Not the first second (the stream's start), nor anything due within 1 s of the kill.
         if due[0] + timedelta(seconds=1) <= due_of[r] < killed_wall - timedelta(seconds=1)
     ]
+    steady = [lateness(r) for r in steady_runs]
+    by_step_at = [lateness(r, committed=False) for r in steady_runs]
     result["steady_timers"] = len(steady)
     result["lateness_is_lower_bound"] = len(got) < due_count
     result["lateness_p50_ms"] = ms(percentile(steady, 50))
     result["lateness_p99_ms"] = ms(percentile(steady, 99))
     result["lateness_max_ms"] = ms(max(steady, default=float("nan")))
+    result["step_at_lateness_p50_ms"] = ms(percentile(by_step_at, 50))
+    result["step_at_lateness_p99_ms"] = ms(percentile(by_step_at, 99))
     result["target_lateness_p99_ms"] = 1000
 
-    after = sorted((got[r], lateness(r)) for r in run_ids if r in got and got[r] > killed_wall)
+    after = sorted(
+        (got[r][1], lateness(r)) for r in run_ids if r in got and got[r][1] > killed_wall
+    )
     first_fire = after[0][0] if after else None
     late = [at for at, lateness in after if lateness >= 1.0]
     # Never back under 1 s while timers due before the end are still waiting.
