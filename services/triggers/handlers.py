@@ -81,6 +81,9 @@ async def _on_contact_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelo
         if contact is None:
             return []  # older than what is held: nothing changed
         ws = envelope.workspace_id
+        if envelope.WhichOneof("payload") == "contact_deleted":
+            await runs.end_runs_of_contact(conn, ws, contact, "contact_deleted", now)
+            return []
         starts = await derived.on_contact_changed(
             conn, ws, contact, "contact_updated", event_time(envelope), now
         )

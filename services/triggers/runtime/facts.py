@@ -23,7 +23,13 @@ from services.triggers.domain.engine import Facts, SeenEvent
 from services.triggers.runtime.observed import Observation, seen_from_row, seen_to_json
 
 # contacts.events.v1 payloads that change facts, and their event name for the derived hooks.
-CONTACT_PAYLOADS = ("contact_created", "contact_updated", "tags_changed", "score_changed")
+CONTACT_PAYLOADS = (
+    "contact_created",
+    "contact_updated",
+    "tags_changed",
+    "score_changed",
+    "contact_deleted",
+)
 # How far back ``happened`` conditions and late exit rules look (contact_events is pruned
 # past it; a run longer than that sees only its last 90 days of events).
 EVENTS_KEPT_DAYS = 90
@@ -87,6 +93,17 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             sorted(tags.tags),
         )
         return tags.contact_id if row else None
+    if kind == "contact_deleted":
+        deleted = envelope.contact_deleted
+        row = await conn.fetchval(
+            "INSERT INTO contact_facts AS f (workspace_id, contact_id, version)"
+            " VALUES ($1, $2, $3) ON CONFLICT (workspace_id, contact_id) DO UPDATE"
+            " SET version = EXCLUDED.version WHERE f.version < EXCLUDED.version RETURNING 1",
+            ws,
+            uuid.UUID(deleted.contact_id),
+            deleted.version,
+        )
+        return deleted.contact_id if row else None
     if kind == "score_changed":
         score = envelope.score_changed
         row = await conn.fetchval(

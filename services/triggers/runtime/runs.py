@@ -244,6 +244,20 @@ async def end_run(
     await conn.execute("DELETE FROM timers WHERE timer_key = $1", f"run/{run_id}")
 
 
+async def end_runs_of_contact(
+    conn: asyncpg.Connection, workspace_id: str, contact_id: str, reason: str, now: datetime
+) -> None:
+    """End every live run of the contact (it was deleted: nothing more is sent to it)."""
+    rows = await conn.fetch(
+        "SELECT id FROM runs WHERE workspace_id = $1 AND contact_id = $2 AND ended_at IS NULL"
+        " ORDER BY id FOR UPDATE",
+        uuid.UUID(workspace_id),
+        uuid.UUID(contact_id),
+    )
+    for row in rows:
+        await end_run(conn, workspace_id, str(row["id"]), "cancelled", reason, now)
+
+
 async def end_runs_exited_by(
     conn: asyncpg.Connection,
     engine: Engine,

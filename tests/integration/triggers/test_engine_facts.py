@@ -1,0 +1,259 @@
+"""What the engine knows of a contact, on real Kafka and PostgreSQL: contacts' events applied
+only when newer, its own tag changes seen by the contact's next event (seed 002), segment
+entries starting runs, and the frequency cap skipping a second marketing mail."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from nudge.contacts.v1 import contacts_pb2
+from nudge.contacts.v1 import events_pb2 as contacts_events
+from nudge.segmentation.v1 import events_pb2 as segmentation_events
+
+from tests.integration.conftest import RunningService
+from tests.integration.triggers.support import (
+    EventProducer,
+    MovableClock,
+    bootstrap_servers,
+    database_url,
+    delivery_requests,
+    envelope,
+    new_ids,
+    order,
+    publish,
+    run_rows,
+    run_steps,
+)
+from tests.support import eventually, fetchval, outbox_drained
+
+ALL_DAY = {"start": "12:00:00", "end": "11:59:59.999999"}
+
+
+def transactional(subject: str) -> dict[str, Any]:
+    return {"kind": "transactional", "subject": subject, "body_text": "x"}
+
+
+async def consumed(event_id: str) -> bool:
+    return bool(
+        await fetchval(
+            database_url(),
+            "SELECT 1 FROM triggers.processed_events WHERE consumer = 'triggers' AND event_id = $1",
+            event_id,
+        )
+    )
+
+
+async def facts_of(workspace_id: str, contact_id: str) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(database_url())
+    try:
+        return await conn.fetchrow(
+            "SELECT * FROM triggers.contact_facts WHERE workspace_id = $1 AND contact_id = $2",
+            uuid.UUID(workspace_id),
+            uuid.UUID(contact_id),
+        )
+    finally:
+        await conn.close()
+
+
+async def test_contact_events_are_applied_only_when_newer(
+    triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
+) -> None:
+    ws, contact = new_ids()
+
+    def updated(version: int, tags: list[str], tz: str) -> Any:
+        person = contacts_pb2.Contact(
+            id=contact, workspace_id=ws, version=version, tags=tags, time_zone=tz
+        )
+        person.attributes["city"] = "Rome"
+        return envelope(ws, contacts_events.ContactUpdated(contact=person))
+
+    await producer.send(contact, updated(2, ["vip"], "Europe/Rome"))
+    stale = await producer.send(contact, updated(1, [], "UTC"))  # older, arriving later
+    await eventually(lambda: consumed(stale), timeout=60)
+    row = await facts_of(ws, contact)
+    assert (row["version"], row["tags"], row["time_zone"]) == (2, ["vip"], "Europe/Rome")
+    assert '"city": "Rome"' in row["attributes"]
+
+    tags = await producer.send(
+        contact,
+        envelope(
+            ws,
+            contacts_events.TagsChanged(
+                contact_id=contact, added=["gold"], tags=["gold", "vip"], version=3
+            ),
+        ),
+    )
+    await eventually(lambda: consumed(tags), timeout=60)
+    row = await facts_of(ws, contact)
+    assert (row["version"], row["tags"]) == (3, ["gold", "vip"])
+
+
+async def test_a_tag_set_by_a_run_is_seen_by_the_contacts_next_order(
+    triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
+) -> None:
+    """Seed 002: the first order tags the buyer; the second order's run already sees it."""
+    ws, contact = new_ids()
+    await publish(
+        database_url(),
+        ws,
+        {
+            "name": "Thanks for the order",
+            "trigger": {"event": "order_placed"},
+            "entry": {"concurrency": "unlimited"},
+            "steps": [
+                {
+                    "id": "returning",
+                    "type": "branch",
+                    "condition": {"type": "has_tag", "tag": "buyer"},
+                    "then": [{"id": "again", "type": "send", "message": transactional("Again")}],
+                    "else": [
+                        {"id": "tag", "type": "tag", "add": ["buyer"]},
+                        {"id": "first", "type": "send", "message": transactional("First")},
+                    ],
+                }
+            ],
+        },
+    )
+    await producer.shop(ws, contact, order("o-1", total_minor=1000))
+    await producer.shop(ws, contact, order("o-2", total_minor=2500))
+
+    async def two_completed() -> list[Any]:
+        rows = await run_rows(database_url(), ws)
+        return rows if len(rows) == 2 and all(r["state"] == "completed" for r in rows) else []
+
+    first, second = await eventually(two_completed, timeout=60)
+    assert await run_steps(database_url(), ws, first["id"]) == [
+        ("first", "done"),
+        ("returning", "no"),
+        ("tag", "done"),
+    ]
+    assert ("returning", "yes") in await run_steps(database_url(), ws, second["id"])
+    command = await fetchval(
+        database_url(),
+        "SELECT payload::text FROM triggers.commands WHERE workspace_id = $1::uuid"
+        " AND kind = 'tags'",
+        ws,
+    )
+    assert command == '{"add": ["buyer"], "remove": []}'
+    row = await facts_of(ws, contact)
+    assert row["tags"] == ["buyer"]
+    assert row["total_spent_minor"] == 3500
+    await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
+    subjects = sorted(r.content.subject for r in await delivery_requests(bootstrap_servers(), ws))
+    assert subjects == ["Again", "First"]
+
+
+async def test_entering_a_segment_starts_its_workflow_with_the_segment_in_the_facts(
+    triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
+) -> None:
+    ws, contact = new_ids()
+    await publish(
+        database_url(),
+        ws,
+        {
+            "name": "VIP welcome",
+            "trigger": {"event": "segment_entered", "segment_id": "vip"},
+            "steps": [{"id": "hello", "type": "send", "message": transactional("VIP")}],
+        },
+    )
+
+    def change(segment: str, kind: int) -> Any:
+        return envelope(
+            ws,
+            segmentation_events.SegmentMembershipChanged(
+                segment_id=segment,
+                contact_id=contact,
+                change=kind,  # type: ignore[arg-type]
+            ),
+        )
+
+    entered = segmentation_events.MEMBERSHIP_CHANGE_ENTERED
+    await producer.send(contact, change("other", entered))
+    last = await producer.send(contact, change("vip", entered))
+    await eventually(lambda: consumed(last), timeout=60)
+    [run] = await run_rows(database_url(), ws)
+    assert run["state"] == "completed"
+    assert '"segment_id": "vip"' in run["vars"]
+    row = await facts_of(ws, contact)
+    assert sorted(row["segments"]) == ["other", "vip"]
+
+    left = await producer.send(
+        contact, change("other", segmentation_events.MEMBERSHIP_CHANGE_EXITED)
+    )
+    await eventually(lambda: consumed(left), timeout=60)
+    assert (await facts_of(ws, contact))["segments"] == ["vip"]
+
+
+async def test_a_second_marketing_mail_within_the_cap_is_skipped(
+    triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
+) -> None:
+    """The default cap (campaigns does not answer here): one marketing mail per 30 days."""
+    ws, contact = new_ids()
+    await publish(
+        database_url(),
+        ws,
+        {
+            "name": "Order follow-up",
+            "trigger": {"event": "order_placed"},
+            "entry": {"concurrency": "unlimited"},
+            "send_window": ALL_DAY,
+            "steps": [
+                {
+                    "id": "offer",
+                    "type": "send",
+                    "message": {"subject": "An offer", "body_text": "x"},
+                }
+            ],
+        },
+    )
+    await producer.shop(ws, contact, order("o-1"))
+    await producer.shop(ws, contact, order("o-2"))
+
+    async def two_completed() -> list[Any]:
+        rows = await run_rows(database_url(), ws)
+        return rows if len(rows) == 2 and all(r["state"] == "completed" for r in rows) else []
+
+    first, second = await eventually(two_completed, timeout=60)
+    assert await run_steps(database_url(), ws, first["id"]) == [("offer", "done")]
+    assert await run_steps(database_url(), ws, second["id"]) == [("offer", "skipped:frequency_cap")]
+    await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
+    assert len(await delivery_requests(bootstrap_servers(), ws)) == 1
+
+
+async def test_a_deleted_contacts_runs_end_and_send_nothing(
+    triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
+) -> None:
+    ws, contact = new_ids()
+    await publish(
+        database_url(),
+        ws,
+        {
+            "name": "Follow-up",
+            "trigger": {"event": "order_placed"},
+            "steps": [
+                {"id": "wait", "type": "wait", "duration": "PT1H"},
+                {"id": "later", "type": "send", "message": transactional("Later")},
+            ],
+        },
+    )
+    await producer.shop(ws, contact, order("o-1"))
+
+    async def waiting() -> list[Any]:
+        return [r for r in await run_rows(database_url(), ws) if r["state"] == "waiting"]
+
+    [run] = await eventually(waiting, timeout=60)
+    await producer.send(
+        contact, envelope(ws, contacts_events.ContactDeleted(contact_id=contact, version=5))
+    )
+
+    async def cancelled() -> list[Any]:
+        return [r for r in await run_rows(database_url(), ws) if r["state"] == "cancelled"]
+
+    [ended] = await eventually(cancelled, timeout=60)
+    assert ended["end_reason"] == "contact_deleted"
+    assert not await fetchval(
+        database_url(), "SELECT 1 FROM triggers.timers WHERE timer_key = $1", f"run/{run['id']}"
+    )
