@@ -62,6 +62,7 @@ from deploy.local.supervisor import migrate  # noqa: E402
 from services.common.events import new_envelope  # noqa: E402
 from services.common.topics import SHOP_EVENTS  # noqa: E402
 from services.triggers.domain.model import Definition  # noqa: E402
+from services.triggers.handlers import CONSUMER  # noqa: E402
 
 SCHEMA = "triggers"
 WHOLE_DAY = {"start": "00:00:00", "end": "23:59:59"}
@@ -450,7 +451,8 @@ async def processed(env: dict[str, str]) -> tuple[int, float]:
     try:
         row = await conn.fetchrow(
             "SELECT count(*) AS n, EXTRACT(EPOCH FROM max(processed_at) - min(processed_at))"
-            " AS span FROM processed_events WHERE consumer NOT LIKE '%erase%'"
+            " AS span FROM processed_events WHERE consumer = $1",
+            CONSUMER,
         )
     finally:
         await conn.close()
