@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
 
 import asyncpg
 from nudge.contacts.v1 import contacts_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
-from services.triggers.domain.engine import Facts, SeenEvent
-from services.triggers.runtime.observed import Observation, seen_from_row, seen_to_json
+from services.triggers.runtime.observed import Observation, seen_to_json
 
 # contacts.events.v1 payloads that change facts, and their event name for the derived hooks.
 CONTACT_PAYLOADS = (
@@ -171,49 +168,4 @@ async def write_through_tags(
         uuid.UUID(contact_id),
         sorted(set(add) - set(remove)),
         list(remove),
-    )
-
-
-async def load_facts(
-    conn: asyncpg.Connection,
-    workspace_id: str,
-    contact_id: str,
-    since: datetime,
-    *,
-    exclude_event_id: str = "",
-) -> tuple[Facts, list[SeenEvent]]:
-    """The contact's facts and its events since ``since`` (oldest first), but
-    ``exclude_event_id`` (the run's trigger did not happen *since* the run began)."""
-    ws, contact = uuid.UUID(workspace_id), uuid.UUID(contact_id)
-    row = await conn.fetchrow(
-        "SELECT tags, attributes, segments, time_zone FROM contact_facts"
-        " WHERE workspace_id = $1 AND contact_id = $2",
-        ws,
-        contact,
-    )
-    rows = await conn.fetch(
-        "SELECT event, occurred_at, event_key, data FROM contact_events"
-        " WHERE workspace_id = $1 AND contact_id = $2 AND occurred_at >= $3 AND event_id <> $4"
-        " ORDER BY occurred_at, event_id LIMIT 1000",
-        ws,
-        contact,
-        since,
-        exclude_event_id,
-    )
-    seen = [
-        seen_from_row(r["event"], r["occurred_at"], r["event_key"], json.loads(r["data"]))
-        for r in rows
-    ]
-    if row is None:
-        return Facts(events_since_start=tuple(seen)), seen
-    attributes: Mapping[str, Any] = json.loads(row["attributes"])
-    return (
-        Facts(
-            tags=frozenset(row["tags"]),
-            attributes={k: str(v) for k, v in attributes.items()},
-            segments=frozenset(row["segments"]),
-            time_zone=row["time_zone"],
-            events_since_start=tuple(seen),
-        ),
-        seen,
     )

@@ -15,17 +15,19 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import asyncpg
 from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2
+from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common.events import deterministic_id, new_envelope
-from services.common.outbox import add_to_outbox
+from services.common.outbox import add_many_to_outbox
 from services.common.topics import DELIVERY_REQUESTS
+from services.common.tracing import current_traceparent
 from services.triggers.domain.engine import (
     AdjustScore,
     Advance,
@@ -42,6 +44,7 @@ from services.triggers.domain.engine import (
 from services.triggers.domain.model import Branch, Definition, Send, Step
 from services.triggers.runtime import facts as facts_store
 from services.triggers.runtime.caps import FrequencyCaps
+from services.triggers.runtime.observed import seen_from_row
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +237,7 @@ async def end_run(
     await conn.execute(
         "UPDATE runs SET state = $3, end_reason = $4, ended_at = $5, updated_at = $5,"
         " position = NULL, next_wake_at = NULL"
-        " WHERE workspace_id = $1 AND id = $2 AND ended_at IS NULL",
+        " WHERE workspace_id = $1 AND id = $2",  # locked and live (the callers' FOR UPDATE)
         uuid.UUID(workspace_id),
         uuid.UUID(run_id),
         state,
@@ -375,8 +378,17 @@ async def start_run(
     # The first steps run at the event's time (a 3-hour wait counts from the cart change),
     # never earlier than the allowed lateness, never in the future.
     first_now = max(min(occurred_at, now), now - TRIGGER_LATENESS)
-    await advance_run(conn, engine, compiled, Run.of(row), first_now, wall_now=now)
+    await advance_many(conn, engine, [Pending(compiled, Run.of(row), first_now)], now)
     return run_id
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A live run to advance at ``now``."""
+
+    compiled: Compiled
+    run: Run
+    now: datetime
 
 
 async def advance_run(
@@ -388,195 +400,281 @@ async def advance_run(
     *,
     wall_now: datetime | None = None,
 ) -> Advance | None:
-    """Advance a live run from its position and write the result; None when an exit rule
-    ended it instead (an exit event recorded since it began, even one that arrived out of
-    order with the trigger)."""
-    wall = wall_now or now
-    facts, seen = await facts_store.load_facts(
-        conn,
-        run.workspace_id,
-        run.contact_id,
-        run.started_at,
-        exclude_event_id=run.trigger_event_id,
-    )
-    for event in seen:
-        reason = exits(compiled, run.entry_key, event)
-        if reason is not None:
-            await end_run(conn, run.workspace_id, run.id, "exited", reason, wall)
-            return None
-    capped = False
-    if compiled.needs_cap and not run.test_recipient:
-        cap = await engine.caps.cap(run.workspace_id)
-        sent = await conn.fetchval(
-            "SELECT count(*) FROM contact_sends WHERE workspace_id = $1 AND contact_id = $2"
-            " AND sent_at > $3",
-            uuid.UUID(run.workspace_id),
-            uuid.UUID(run.contact_id),
-            now - timedelta(days=cap.days),
-        )
-        capped = sent >= cap.messages
-    done: frozenset[str] = frozenset()
-    if compiled.needs_history:
-        rows = await conn.fetch(
-            "SELECT DISTINCT step_id FROM run_steps WHERE workspace_id = $1 AND contact_id = $2"
-            " AND workflow_id = $3 AND run_id <> $4 AND outcome IN ('done', 'yes', 'no')",
-            uuid.UUID(run.workspace_id),
-            uuid.UUID(run.contact_id),
-            uuid.UUID(run.workflow_id),
-            uuid.UUID(run.id),
-        )
-        done = frozenset(r["step_id"] for r in rows)
-    facts = Facts(
-        tags=facts.tags,
-        attributes=facts.attributes,
-        segments=facts.segments,
-        time_zone=facts.time_zone,
-        frequency_capped=capped,
-        events_since_start=tuple(seen),
-        done_in_earlier_runs=done,
-    )
-    result = advance(compiled.program, run.state(), facts, now)
-    await apply_advance(conn, engine, run, result, now)
+    """Advance one live run and write the result (see :func:`advance_many`)."""
+    [result] = await advance_many(conn, engine, [Pending(compiled, run, now)], wall_now or now)
     return result
 
 
-async def apply_advance(
-    conn: asyncpg.Connection, engine: Engine, run: Run, adv: Advance, now: datetime
-) -> None:
-    ws, contact, run_uuid = (
-        uuid.UUID(run.workspace_id),
-        uuid.UUID(run.contact_id),
-        uuid.UUID(run.id),
-    )
-    if adv.steps:
-        await conn.execute(
-            "INSERT INTO run_steps (workspace_id, run_id, step_id, iteration, workflow_id,"
-            " version, contact_id, outcome, at)"
-            " SELECT $1, $2, s, i, $3, $4, $5, o, $6"
-            " FROM unnest($7::text[], $8::int[], $9::text[]) AS t(s, i, o)"
-            " ON CONFLICT DO NOTHING",
-            ws,
-            run_uuid,
-            uuid.UUID(run.workflow_id),
-            run.version,
-            contact,
-            now,
-            [s.step_id for s in adv.steps],
-            [s.iteration for s in adv.steps],
-            [s.outcome for s in adv.steps],
-        )
-    for effect in adv.effects:
-        if isinstance(effect, SendMail):
-            await _send(conn, run, effect, now)
-        elif isinstance(effect, ModifyTags):
-            if run.test_recipient:
-                continue  # a test run changes no real contact
-            payload = {"add": list(effect.add), "remove": list(effect.remove)}
-            await _command(conn, run, effect.command_id, "tags", payload, now)
-            await facts_store.write_through_tags(
-                conn, run.workspace_id, run.contact_id, effect.add, effect.remove
-            )
-        elif isinstance(effect, AdjustScore):
-            if run.test_recipient:
-                continue
-            await _command(conn, run, effect.command_id, "score", {"delta": effect.delta}, now)
-    timer_key = f"run/{run.id}"
-    if adv.end_reason is not None:
-        state = "completed" if adv.end_reason == "completed" else "exited"
-        await conn.execute(
-            "UPDATE runs SET state = $3, position = NULL, executed = $4::jsonb,"
-            " next_wake_at = NULL, ended_at = $5, updated_at = $5, end_reason = $6"
-            " WHERE workspace_id = $1 AND id = $2",
-            ws,
-            run_uuid,
-            state,
-            json.dumps(dict(adv.executed)),
-            now,
-            adv.end_reason,
-        )
-        await conn.execute("DELETE FROM timers WHERE timer_key = $1", timer_key)
-        return
-    assert adv.wake_at is not None
-    await conn.execute(
-        "UPDATE runs SET state = 'waiting', position = $3, executed = $4::jsonb,"
-        " next_wake_at = $5, updated_at = $6 WHERE workspace_id = $1 AND id = $2",
+async def advance_many(
+    conn: asyncpg.Connection, engine: Engine, pending: Sequence[Pending], wall_now: datetime
+) -> list[Advance | None]:
+    """Advance live runs from their positions and write the results, with a fixed number of
+    statements whatever their number (the timer loop advances hundreds at once). None for
+    a run that an exit rule ended instead: an exit event recorded since it began, even one
+    that arrived out of order with its trigger (another topic), ends it before its next
+    step."""
+    if not pending:
+        return []
+    inputs = await _load_inputs(conn, engine, pending)
+    writes = Writes()
+    results: list[Advance | None] = []
+    for p, (facts, seen) in zip(pending, inputs, strict=True):
+        reason = next((r for r in (exits(p.compiled, p.run.entry_key, e) for e in seen) if r), None)
+        if reason is not None:
+            writes.end(p.run, "exited", reason, wall_now)
+            results.append(None)
+            continue
+        result = advance(p.compiled.program, p.run.state(), facts, p.now)
+        writes.add(p.run, result, p.now)
+        results.append(result)
+    await writes.flush(conn, engine)
+    return results
+
+
+async def _load_inputs(
+    conn: asyncpg.Connection, engine: Engine, pending: Sequence[Pending]
+) -> list[tuple[Facts, list[SeenEvent]]]:
+    """Each run's facts: the contact's, its events since the run began (but its trigger),
+    whether the frequency cap is reached, and the steps done in earlier runs."""
+    n = range(len(pending))
+    ws = [uuid.UUID(p.run.workspace_id) for p in pending]
+    contacts = [uuid.UUID(p.run.contact_id) for p in pending]
+    rows = await conn.fetch(
+        "SELECT q.i, f.tags, f.attributes, f.segments, f.time_zone"
+        " FROM unnest($1::int[], $2::uuid[], $3::uuid[]) AS q(i, w, c)"
+        " JOIN contact_facts f ON f.workspace_id = q.w AND f.contact_id = q.c",
+        list(n),
         ws,
-        run_uuid,
-        adv.position,
-        json.dumps(dict(adv.executed)),
-        adv.wake_at,
-        now,
+        contacts,
     )
-    await schedule(conn, run, adv.wake_at)
-    engine.wake(adv.wake_at)
-
-
-async def schedule(conn: asyncpg.Connection, run: Run, due_at: datetime) -> None:
-    await conn.execute(
-        "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, run_id, kind,"
-        " due_at) VALUES ($1, $2, $3, $4, $5, 'run', $6)"
-        " ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at",
-        f"run/{run.id}",
-        uuid.UUID(run.workspace_id),
-        uuid.UUID(run.contact_id),
-        uuid.UUID(run.workflow_id),
-        uuid.UUID(run.id),
-        due_at,
+    known = {r["i"]: r for r in rows}
+    events = await conn.fetch(
+        "SELECT q.i, e.event, e.occurred_at, e.event_key, e.data"
+        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[])"
+        "  AS q(i, w, c, since, trigger)"
+        " CROSS JOIN LATERAL (SELECT event, occurred_at, event_key, data, event_id"
+        "  FROM contact_events e WHERE e.workspace_id = q.w AND e.contact_id = q.c"
+        "  AND e.occurred_at >= q.since AND e.event_id <> q.trigger"
+        "  ORDER BY e.occurred_at, e.event_id LIMIT 1000) e"
+        " ORDER BY q.i, e.occurred_at, e.event_id",
+        list(n),
+        ws,
+        contacts,
+        [p.run.started_at for p in pending],
+        [p.run.trigger_event_id for p in pending],
     )
-
-
-async def _send(conn: asyncpg.Connection, run: Run, mail: SendMail, now: datetime) -> None:
-    message = mail.message
-    request = delivery_pb2.DeliveryRequested(
-        message_id=mail.message_id,
-        contact_id=run.contact_id,
-        content=delivery_pb2.MessageContent(
-            subject=message.subject, body_text=message.body_text, body_html=message.body_html
-        ),
-        vars=dict(run.vars),
-        workflow_id=run.workflow_id,
-    )
-    if run.test_recipient:
-        request.kind = delivery_pb2.MESSAGE_KIND_TEST
-        request.test_recipient = run.test_recipient
-    elif message.kind == "transactional":
-        request.kind = delivery_pb2.MESSAGE_KIND_TRANSACTIONAL
-        request.purpose = contacts_pb2.CONSENT_PURPOSE_TRANSACTIONAL
-    else:
-        request.kind = delivery_pb2.MESSAGE_KIND_AUTOMATION
-        request.purpose = contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
-        await conn.execute(
-            "INSERT INTO contact_sends (workspace_id, contact_id, message_id, sent_at)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            uuid.UUID(run.workspace_id),
-            uuid.UUID(run.contact_id),
-            mail.message_id,
-            now,
+    seen: dict[int, list[SeenEvent]] = {}
+    for e in events:
+        seen.setdefault(e["i"], []).append(
+            seen_from_row(e["event"], e["occurred_at"], e["event_key"], json.loads(e["data"]))
         )
-    await add_to_outbox(
-        conn,
-        SCHEMA,
-        DELIVERY_REQUESTS,
-        run.contact_id,
-        new_envelope(run.workspace_id, request, event_id=mail.message_id, occurred_at=now),
-    )
+    capped = await _capped(conn, engine, pending)
+    done = await _done_before(conn, pending)
+    out: list[tuple[Facts, list[SeenEvent]]] = []
+    for i in n:
+        row = known.get(i)
+        events_i = seen.get(i, [])
+        attributes: Mapping[str, object] = json.loads(row["attributes"]) if row else {}
+        out.append(
+            (
+                Facts(
+                    tags=frozenset(row["tags"]) if row else frozenset(),
+                    attributes={k: str(v) for k, v in attributes.items()},
+                    segments=frozenset(row["segments"]) if row else frozenset(),
+                    time_zone=row["time_zone"] if row else "",
+                    frequency_capped=i in capped,
+                    events_since_start=tuple(events_i),
+                    done_in_earlier_runs=done.get(i, frozenset()),
+                ),
+                events_i,
+            )
+        )
+    return out
 
 
-async def _command(
-    conn: asyncpg.Connection,
-    run: Run,
-    command_id: str,
-    kind: str,
-    payload: Mapping[str, object],
-    now: datetime,
-) -> None:
-    await conn.execute(
-        "INSERT INTO commands (id, workspace_id, contact_id, kind, payload, created_at,"
-        " next_try_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $6) ON CONFLICT DO NOTHING",
-        command_id,
-        uuid.UUID(run.workspace_id),
-        uuid.UUID(run.contact_id),
-        kind,
-        json.dumps(payload),
-        now,
+async def _capped(conn: asyncpg.Connection, engine: Engine, pending: Sequence[Pending]) -> set[int]:
+    """The runs whose contact got as many marketing mails as the workspace's cap allows."""
+    asked = [
+        (i, p) for i, p in enumerate(pending) if p.compiled.needs_cap and not p.run.test_recipient
+    ]
+    if not asked:
+        return set()
+    caps = [await engine.caps.cap(p.run.workspace_id) for _, p in asked]
+    rows = await conn.fetch(
+        "SELECT q.i, q.cap <= (SELECT count(*) FROM contact_sends s WHERE s.workspace_id = q.w"
+        " AND s.contact_id = q.c AND s.sent_at > q.since) AS capped"
+        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::int[])"
+        " AS q(i, w, c, since, cap)",
+        [i for i, _ in asked],
+        [uuid.UUID(p.run.workspace_id) for _, p in asked],
+        [uuid.UUID(p.run.contact_id) for _, p in asked],
+        [p.now - timedelta(days=cap.days) for (_, p), cap in zip(asked, caps, strict=True)],
+        [cap.messages for cap in caps],
     )
+    return {r["i"] for r in rows if r["capped"]}
+
+
+async def _done_before(
+    conn: asyncpg.Connection, pending: Sequence[Pending]
+) -> dict[int, frozenset[str]]:
+    """For runs of workflows with a step that is not repeated: the steps the contact went
+    through in earlier runs of the same workflow."""
+    asked = [(i, p) for i, p in enumerate(pending) if p.compiled.needs_history]
+    if not asked:
+        return {}
+    rows = await conn.fetch(
+        "SELECT q.i, s.step_id FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::uuid[],"
+        " $5::uuid[]) AS q(i, w, c, f, r) JOIN run_steps s ON s.workspace_id = q.w"
+        " AND s.contact_id = q.c AND s.workflow_id = q.f AND s.run_id <> q.r"
+        " AND s.outcome IN ('done', 'yes', 'no')",
+        [i for i, _ in asked],
+        [uuid.UUID(p.run.workspace_id) for _, p in asked],
+        [uuid.UUID(p.run.contact_id) for _, p in asked],
+        [uuid.UUID(p.run.workflow_id) for _, p in asked],
+        [uuid.UUID(p.run.id) for _, p in asked],
+    )
+    done: dict[int, set[str]] = {}
+    for r in rows:
+        done.setdefault(r["i"], set()).add(r["step_id"])
+    return {i: frozenset(steps) for i, steps in done.items()}
+
+
+class Writes:
+    """What advances decided, gathered and then written with one statement per table."""
+
+    def __init__(self) -> None:
+        self.steps: list[tuple[Run, str, int, str, datetime]] = []
+        self.mails: list[tuple[str, Envelope, dict[str, str]]] = []
+        self.sends: list[tuple[Run, str, datetime]] = []
+        self.commands: list[tuple[Run, str, str, str, datetime]] = []
+        self.tags: list[tuple[Run, tuple[str, ...], tuple[str, ...]]] = []
+        # run, state, position, executed, next wake, ended at, end reason, now
+        self.runs: list[
+            tuple[Run, str, str | None, str, datetime | None, datetime | None, str, datetime]
+        ] = []
+
+    def end(self, run: Run, state: str, reason: str, now: datetime) -> None:
+        self.runs.append((run, state, None, json.dumps(dict(run.executed)), None, now, reason, now))
+
+    def add(self, run: Run, adv: Advance, now: datetime) -> None:
+        self.steps += [(run, s.step_id, s.iteration, s.outcome, now) for s in adv.steps]
+        for effect in adv.effects:
+            if isinstance(effect, SendMail):
+                self._mail(run, effect, now)
+            elif run.test_recipient:
+                continue  # a test run changes no real contact
+            elif isinstance(effect, ModifyTags):
+                payload = {"add": list(effect.add), "remove": list(effect.remove)}
+                self.commands.append((run, effect.command_id, "tags", json.dumps(payload), now))
+                self.tags.append((run, effect.add, effect.remove))
+            elif isinstance(effect, AdjustScore):
+                payload_s = json.dumps({"delta": effect.delta})
+                self.commands.append((run, effect.command_id, "score", payload_s, now))
+        executed = json.dumps(dict(adv.executed))
+        if adv.end_reason is not None:
+            state = "completed" if adv.end_reason == "completed" else "exited"
+            self.runs.append((run, state, None, executed, None, now, adv.end_reason, now))
+        else:
+            assert adv.wake_at is not None
+            self.runs.append((run, "waiting", adv.position, executed, adv.wake_at, None, "", now))
+
+    def _mail(self, run: Run, mail: SendMail, now: datetime) -> None:
+        message = mail.message
+        request = delivery_pb2.DeliveryRequested(
+            message_id=mail.message_id,
+            contact_id=run.contact_id,
+            content=delivery_pb2.MessageContent(
+                subject=message.subject, body_text=message.body_text, body_html=message.body_html
+            ),
+            vars=dict(run.vars),
+            workflow_id=run.workflow_id,
+        )
+        if run.test_recipient:
+            request.kind = delivery_pb2.MESSAGE_KIND_TEST
+            request.test_recipient = run.test_recipient
+        elif message.kind == "transactional":
+            request.kind = delivery_pb2.MESSAGE_KIND_TRANSACTIONAL
+            request.purpose = contacts_pb2.CONSENT_PURPOSE_TRANSACTIONAL
+        else:
+            request.kind = delivery_pb2.MESSAGE_KIND_AUTOMATION
+            request.purpose = contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
+            self.sends.append((run, mail.message_id, now))
+        envelope = new_envelope(
+            run.workspace_id, request, event_id=mail.message_id, occurred_at=now
+        )
+        self.mails.append((run.contact_id, envelope, current_traceparent()))
+
+    async def flush(self, conn: asyncpg.Connection, engine: Engine) -> None:
+        if self.steps:
+            await conn.execute(
+                "INSERT INTO run_steps (workspace_id, run_id, step_id, iteration, workflow_id,"
+                " version, contact_id, outcome, at) SELECT * FROM unnest($1::uuid[],"
+                " $2::uuid[], $3::text[], $4::int[], $5::uuid[], $6::int[], $7::uuid[],"
+                " $8::text[], $9::timestamptz[]) ON CONFLICT DO NOTHING",
+                [uuid.UUID(r.workspace_id) for r, *_ in self.steps],
+                [uuid.UUID(r.id) for r, *_ in self.steps],
+                [s for _, s, _, _, _ in self.steps],
+                [i for _, _, i, _, _ in self.steps],
+                [uuid.UUID(r.workflow_id) for r, *_ in self.steps],
+                [r.version for r, *_ in self.steps],
+                [uuid.UUID(r.contact_id) for r, *_ in self.steps],
+                [o for _, _, _, o, _ in self.steps],
+                [at for *_, at in self.steps],
+            )
+        await add_many_to_outbox(conn, SCHEMA, DELIVERY_REQUESTS, self.mails)
+        if self.sends:
+            await conn.execute(
+                "INSERT INTO contact_sends (workspace_id, contact_id, message_id, sent_at)"
+                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])"
+                " ON CONFLICT DO NOTHING",
+                [uuid.UUID(r.workspace_id) for r, _, _ in self.sends],
+                [uuid.UUID(r.contact_id) for r, _, _ in self.sends],
+                [m for _, m, _ in self.sends],
+                [at for _, _, at in self.sends],
+            )
+        if self.commands:
+            await conn.execute(
+                "INSERT INTO commands (id, workspace_id, contact_id, kind, payload, created_at,"
+                " next_try_at) SELECT i, w, c, k, p::jsonb, at, at FROM unnest($1::text[],"
+                " $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[])"
+                " AS q(i, w, c, k, p, at) ON CONFLICT DO NOTHING",
+                [i for _, i, _, _, _ in self.commands],
+                [uuid.UUID(r.workspace_id) for r, *_ in self.commands],
+                [uuid.UUID(r.contact_id) for r, *_ in self.commands],
+                [k for _, _, k, _, _ in self.commands],
+                [p for _, _, _, p, _ in self.commands],
+                [at for *_, at in self.commands],
+            )
+        for run, add, remove in self.tags:
+            await facts_store.write_through_tags(
+                conn, run.workspace_id, run.contact_id, add, remove
+            )
+        if not self.runs:
+            return
+        # Pipelined row by row on the primary key, and only on it: the caller holds these
+        # runs locked and live, and a condition on ended_at could lead the planner to the
+        # partial index of a workspace's live runs, scanned whole for every row.
+        await conn.executemany(
+            "UPDATE runs SET state = $3, position = $4, executed = $5::jsonb,"
+            " next_wake_at = $6, ended_at = $7, end_reason = $8, updated_at = $9"
+            " WHERE workspace_id = $1 AND id = $2",
+            [(uuid.UUID(run.workspace_id), uuid.UUID(run.id), *rest) for run, *rest in self.runs],
+        )
+        ended = [f"run/{row[0].id}" for row in self.runs if row[5] is not None]
+        if ended:
+            await conn.execute("DELETE FROM timers WHERE timer_key = ANY($1::text[])", ended)
+        waking = [(row[0], row[4]) for row in self.runs if row[4] is not None]
+        if waking:
+            await conn.execute(
+                "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, run_id,"
+                " kind, due_at) SELECT 'run/' || r::text, w, c, f, r, 'run', d"
+                " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
+                " $5::timestamptz[]) AS q(w, c, f, r, d)"
+                " ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at",
+                [uuid.UUID(r.workspace_id) for r, _ in waking],
+                [uuid.UUID(r.contact_id) for r, _ in waking],
+                [uuid.UUID(r.workflow_id) for r, _ in waking],
+                [uuid.UUID(r.id) for r, _ in waking],
+                [d for _, d in waking],
+            )
+            engine.wake(min(d for _, d in waking if d is not None))

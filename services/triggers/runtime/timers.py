@@ -85,7 +85,11 @@ class TimerLoop:
             self._next_round_at = None
 
     async def round(self) -> int:
-        """Claim and fire the timers due now, in one transaction; how many were claimed."""
+        """Claim and fire the timers due now, in one transaction; how many were claimed.
+
+        The run timers of the batch are advanced together (a fixed number of statements per
+        batch, :func:`~services.triggers.runtime.runs.advance_many`); if that fails, each is
+        tried alone so that one bad timer cannot hold the others back."""
         now = clock.now()
         async with self._pool.acquire() as conn, conn.transaction():
             due = await conn.fetch(
@@ -95,83 +99,128 @@ class TimerLoop:
                 now,
                 self._batch,
             )
-            for timer in due:
+            run_timers = [t for t in due if t["kind"] == "run"]
+            alone = [t for t in due if t["kind"] != "run"]
+            if run_timers:
+                try:
+                    async with conn.transaction():  # a savepoint
+                        await self._fire_runs(conn, run_timers, now)
+                except Exception:
+                    log.exception(
+                        "a batch of %s run timers failed; firing each alone", len(run_timers)
+                    )
+                    alone += run_timers
+            for timer in alone:
                 try:
                     async with conn.transaction():  # a savepoint: one bad timer fails alone
                         await self._fire(conn, timer, now)
                 except Exception:
                     log.exception("timer %s failed; trying again later", timer["timer_key"])
-                    await self._put_back(conn, timer, now + RETRY, failed=True)
+                    await self._put_back(conn, [timer], now + RETRY, failed=True)
         self.rounds += 1
         self.fired += len(due)
         return len(due)
 
     async def _fire(self, conn: asyncpg.Connection, timer: asyncpg.Record, now: datetime) -> None:
+        if timer["kind"] == "run":
+            await self._fire_runs(conn, [timer], now)
+            return
         workspace_id = str(timer["workspace_id"])
-        if timer["kind"] != "run":
-            for start in await derived.on_timer(conn, timer, now):
-                compiled = await self._engine.version(
-                    conn, workspace_id, start.workflow_id, start.version
-                )
-                await runs.start_run(
-                    conn,
-                    self._engine,
-                    compiled,
-                    workspace_id=workspace_id,
-                    contact_id=start.contact_id,
-                    trigger_event_id=start.trigger_event_id,
-                    occurred_at=now,
-                    vars=start.vars,
-                    key=start.key,
-                    now=now,
-                )
-            return
-        row = await conn.fetchrow(
-            "SELECT r.*, w.status AS workflow_status FROM runs r JOIN workflows w"
-            " ON w.workspace_id = r.workspace_id AND w.id = r.workflow_id"
-            " WHERE r.workspace_id = $1 AND r.id = $2 FOR UPDATE OF r SKIP LOCKED",
-            timer["workspace_id"],
-            timer["run_id"],
-        )
-        if row is None:
-            exists = await conn.fetchval(
-                "SELECT 1 FROM runs WHERE workspace_id = $1 AND id = $2 AND ended_at IS NULL",
-                timer["workspace_id"],
-                timer["run_id"],
+        for start in await derived.on_timer(conn, timer, now):
+            compiled = await self._engine.version(
+                conn, workspace_id, start.workflow_id, start.version
             )
-            if exists:  # an event holds the run: look again in a moment
-                await self._put_back(conn, timer, now + BUSY_RETRY)
-            return
-        run = Run.of(row)
-        if run.ended:
-            return
-        if row["workflow_status"] == "paused" and not run.test_recipient:
-            await self._put_back(conn, timer, now + runs.PAUSED_HOLD)
-            return
-        compiled = await self._engine.version(conn, workspace_id, run.workflow_id, run.version)
-        await runs.advance_run(conn, self._engine, compiled, run, now)
+            await runs.start_run(
+                conn,
+                self._engine,
+                compiled,
+                workspace_id=workspace_id,
+                contact_id=start.contact_id,
+                trigger_event_id=start.trigger_event_id,
+                occurred_at=now,
+                vars=start.vars,
+                key=start.key,
+                now=now,
+            )
+
+    async def _fire_runs(
+        self, conn: asyncpg.Connection, timers: list[asyncpg.Record], now: datetime
+    ) -> None:
+        ws = [t["workspace_id"] for t in timers]
+        ids = [t["run_id"] for t in timers]
+        rows = await conn.fetch(
+            "SELECT * FROM runs WHERE (workspace_id, id) IN"
+            " (SELECT * FROM unnest($1::uuid[], $2::uuid[])) FOR UPDATE SKIP LOCKED",
+            ws,
+            ids,
+        )
+        statuses = {
+            (r["workspace_id"], r["id"]): r["status"]
+            for r in await conn.fetch(
+                "SELECT workspace_id, id, status FROM workflows WHERE (workspace_id, id) IN"
+                " (SELECT DISTINCT * FROM unnest($1::uuid[], $2::uuid[]))",
+                [r["workspace_id"] for r in rows],
+                [r["workflow_id"] for r in rows],
+            )
+        }
+        locked = {row["id"] for row in rows}
+        unlocked = [t for t in timers if t["run_id"] not in locked]
+        if unlocked:
+            busy = await conn.fetch(
+                "SELECT r.id FROM unnest($1::uuid[], $2::uuid[]) AS q(w, id)"
+                " JOIN runs r ON r.workspace_id = q.w AND r.id = q.id WHERE r.ended_at IS NULL",
+                [t["workspace_id"] for t in unlocked],
+                [t["run_id"] for t in unlocked],
+            )
+            held = {r["id"] for r in busy}  # an event holds the run: look again in a moment
+            await self._put_back(
+                conn, [t for t in unlocked if t["run_id"] in held], now + BUSY_RETRY
+            )
+        timer_of = {t["run_id"]: t for t in timers}
+        paused: list[asyncpg.Record] = []
+        pending: list[runs.Pending] = []
+        for row in rows:
+            run = Run.of(row)
+            if run.ended:
+                continue
+            status = statuses.get((row["workspace_id"], row["workflow_id"]))
+            if status == "paused" and not run.test_recipient:
+                paused.append(timer_of[row["id"]])
+                continue
+            compiled = await self._engine.version(
+                conn, run.workspace_id, run.workflow_id, run.version
+            )
+            pending.append(runs.Pending(compiled, run, now))
+        await self._put_back(conn, paused, now + runs.PAUSED_HOLD)
+        await runs.advance_many(conn, self._engine, pending, now)
 
     async def _put_back(
         self,
         conn: asyncpg.Connection,
-        timer: asyncpg.Record,
+        timers: list[asyncpg.Record],
         due_at: datetime,
         *,
         failed: bool = False,
     ) -> None:
-        payload = json.loads(timer["payload"])
-        if failed:
-            payload["attempts"] = int(payload.get("attempts", 0)) + 1
+        if not timers:
+            return
+        payloads = []
+        for timer in timers:
+            payload = json.loads(timer["payload"])
+            if failed:
+                payload["attempts"] = int(payload.get("attempts", 0)) + 1
+            payloads.append(json.dumps(payload))
         await conn.execute(
             "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, run_id, kind,"
-            " due_at, payload) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb)"
-            " ON CONFLICT (timer_key) DO NOTHING",
-            timer["timer_key"],
-            timer["workspace_id"],
-            timer["contact_id"],
-            timer["workflow_id"],
-            timer["run_id"],
-            timer["kind"],
+            " due_at, payload) SELECT k, w, c, f, r, kind, $7, p::jsonb FROM unnest($1::text[],"
+            " $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $8::text[])"
+            " AS q(k, w, c, f, r, kind, p) ON CONFLICT (timer_key) DO NOTHING",
+            [t["timer_key"] for t in timers],
+            [t["workspace_id"] for t in timers],
+            [t["contact_id"] for t in timers],
+            [t["workflow_id"] for t in timers],
+            [t["run_id"] for t in timers],
+            [t["kind"] for t in timers],
             due_at,
-            json.dumps(payload),
+            payloads,
         )
