@@ -1001,7 +1001,7 @@ def main() -> None:
         "--async-commit", action="store_true", help="synchronous_commit off (diagnosis)"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the worker (events)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for a part")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a part")
     result = run(parser.parse_args())
     sys.stdout.write(json.dumps(result) + "\n")
 
