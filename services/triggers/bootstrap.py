@@ -47,6 +47,7 @@ from services.triggers.app import create_app
 from services.triggers.config import Settings
 from services.triggers.entrypoints.grpc import WorkflowServicer
 from services.triggers.runtime.caps import FrequencyCaps
+from services.triggers.runtime.facts import prune_events_forever
 from services.triggers.runtime.runs import Engine
 from services.triggers.runtime.timers import TimerLoop
 
@@ -101,6 +102,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     timers = TimerLoop(pool, engine, poll_s=settings.timer_poll_s)
     engine.wake = timers.wake
     service.spawn(timers.run(), "timer-loop")
+    service.spawn(prune_events_forever(pool), "prune-contact-events")
     redis = aioredis.from_url(settings.redis_url)
     service.push(redis.aclose)
     contacts = channel(settings.contacts_addr)

@@ -43,8 +43,9 @@ async def on_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> li
         if not await claim_event(conn, CONSUMER, envelope.event_id):
             return []
         ws, contact, seen = observation.workspace_id, observation.contact_id, observation.seen
+        live = await runs.lock_live_runs(conn, ws, contact)  # runs first (deadlocks)
         await facts.apply_observation(conn, observation)
-        await runs.end_runs_exited_by(conn, engine, ws, contact, envelope.event_id, seen, now)
+        await runs.end_runs_exited_by(conn, engine, live, envelope.event_id, seen, now)
         if seen.occurred_at >= now - runs.TRIGGER_LATENESS:
             for compiled in await engine.live(conn, ws, seen.event, now):
                 if not runs.triggered(compiled, seen):
@@ -77,6 +78,9 @@ async def _on_contact_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelo
     async with pool.acquire() as conn, conn.transaction():
         if not await claim_event(conn, CONSUMER, envelope.event_id):
             return []
+        contact_id = facts.contact_of(envelope)
+        if contact_id:  # runs before facts, as everywhere (runs.lock_live_runs)
+            await runs.lock_live_runs(conn, envelope.workspace_id, contact_id)
         contact = await facts.apply_contact_event(conn, envelope)
         if contact is None:
             return []  # older than what is held: nothing changed

@@ -9,15 +9,21 @@ activity, segments); they are guarded by the event's claim (processed_events) in
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from nudge.contacts.v1 import contacts_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from services.common import clock
+from services.common.consumer import is_dependency_outage
 from services.triggers.runtime.observed import Observation, seen_to_json
+
+log = logging.getLogger(__name__)
 
 # contacts.events.v1 payloads that change facts, and their event name for the derived hooks.
 CONTACT_PAYLOADS = (
@@ -40,6 +46,18 @@ def _birthday(contact: contacts_pb2.Contact) -> datetime | None:
         return datetime(b.year or 2000, b.month, b.day, tzinfo=UTC)
     except ValueError:
         return None
+
+
+def contact_of(envelope: Envelope) -> str:
+    """The contact a contacts.events.v1 envelope is about ('' if none or not one we read)."""
+    kind = envelope.WhichOneof("payload")
+    if kind == "contact_created":
+        return envelope.contact_created.contact.id
+    if kind == "contact_updated":
+        return envelope.contact_updated.contact.id
+    if kind in ("tags_changed", "score_changed", "contact_deleted"):
+        return str(getattr(envelope, kind).contact_id)
+    return ""
 
 
 async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> str | None:
@@ -169,3 +187,36 @@ async def write_through_tags(
         sorted(set(add) - set(remove)),
         list(remove),
     )
+
+
+async def prune_events(pool: asyncpg.Pool, before: datetime, *, batch: int = 10_000) -> int:
+    """Delete the contact events that happened before ``before``, in short transactions of
+    ``batch`` rows; how many went."""
+    total = 0
+    while True:
+        status = await pool.execute(
+            "DELETE FROM contact_events WHERE ctid = ANY(ARRAY("
+            "SELECT ctid FROM contact_events WHERE occurred_at < $1 LIMIT $2))",
+            before,
+            batch,
+        )
+        deleted = int(status.split()[-1])
+        total += deleted
+        if deleted < batch:
+            return total
+
+
+async def prune_events_forever(pool: asyncpg.Pool, every_s: float = 3600.0) -> None:
+    """Keep ``contact_events`` to the last :data:`EVENTS_KEPT_DAYS` days, pruned hourly. A
+    run older than that sees only the events of its last 90 days (docs/triggers.md)."""
+    while True:
+        try:
+            before = clock.now() - timedelta(days=EVENTS_KEPT_DAYS)
+            deleted = await prune_events(pool, before)
+            if deleted:
+                log.info("pruned %s contact events older than %s", deleted, before)
+        except Exception as err:
+            if not is_dependency_outage(err):
+                raise
+            log.warning("pruning contact events failed (%r); trying again later", err)
+        await asyncio.sleep(every_s)

@@ -251,42 +251,48 @@ async def end_runs_of_contact(
     conn: asyncpg.Connection, workspace_id: str, contact_id: str, reason: str, now: datetime
 ) -> None:
     """End every live run of the contact (it was deleted: nothing more is sent to it)."""
-    rows = await conn.fetch(
-        "SELECT id FROM runs WHERE workspace_id = $1 AND contact_id = $2 AND ended_at IS NULL"
-        " ORDER BY id FOR UPDATE",
-        uuid.UUID(workspace_id),
-        uuid.UUID(contact_id),
-    )
-    for row in rows:
+    for row in await lock_live_runs(conn, workspace_id, contact_id):
         await end_run(conn, workspace_id, str(row["id"]), "cancelled", reason, now)
 
 
-async def end_runs_exited_by(
-    conn: asyncpg.Connection,
-    engine: Engine,
-    workspace_id: str,
-    contact_id: str,
-    event_id: str,
-    seen: SeenEvent,
-    now: datetime,
-) -> int:
-    """End the contact's live runs whose workflow exits on ``seen``. An event from before a
-    run began does not end it (a late order of yesterday ends no cart run started today)."""
-    rows = await conn.fetch(
+async def lock_live_runs(
+    conn: asyncpg.Connection, workspace_id: str, contact_id: str
+) -> list[asyncpg.Record]:
+    """Lock the contact's live runs, first thing in an event's transaction.
+
+    The order of locks is the same everywhere: runs, then the contact's facts, then
+    timers. The timer loop locks runs (skipping those held) and then writes facts (a tag
+    step); an event that wrote facts before waiting for a run could deadlock with it."""
+    rows: list[asyncpg.Record] = await conn.fetch(
         "SELECT * FROM runs WHERE workspace_id = $1 AND contact_id = $2 AND ended_at IS NULL"
         " ORDER BY id FOR UPDATE",
         uuid.UUID(workspace_id),
         uuid.UUID(contact_id),
     )
+    return rows
+
+
+async def end_runs_exited_by(
+    conn: asyncpg.Connection,
+    engine: Engine,
+    live: list[asyncpg.Record],
+    event_id: str,
+    seen: SeenEvent,
+    now: datetime,
+) -> int:
+    """End the runs of ``live`` (:func:`lock_live_runs`) whose workflow exits on ``seen``.
+    An event from before a run began does not end it (a late order of yesterday ends no
+    cart run started today)."""
+    rows = live
     ended = 0
     for row in rows:
         run = Run.of(row)
         if seen.occurred_at < run.started_at or run.trigger_event_id == event_id:
             continue
-        compiled = await engine.version(conn, workspace_id, run.workflow_id, run.version)
+        compiled = await engine.version(conn, run.workspace_id, run.workflow_id, run.version)
         reason = exits(compiled, run.entry_key, seen)
         if reason is not None:
-            await end_run(conn, workspace_id, run.id, "exited", reason, now)
+            await end_run(conn, run.workspace_id, run.id, "exited", reason, now)
             ended += 1
             log.info("run %s of workflow %s ended by %s", run.id, run.workflow_id, reason)
     return ended
@@ -304,9 +310,14 @@ async def start_run(
     vars: Mapping[str, str],
     key: str,
     now: datetime,
+    test_recipient: str = "",
 ) -> str | None:
     """Start a run under the workflow's entry rules and advance it at once; its id, or None
-    when the rules (or an earlier copy of the same trigger) start nothing."""
+    when the rules (or an earlier copy of the same trigger) start nothing.
+
+    A test run (``test_recipient``, the manager's address) ignores the entry rules, does
+    not count for them, waits for nothing and mails every send to that address only
+    (``MESSAGE_KIND_TEST``); it changes no tags or scores."""
     entry = compiled.program.definition.entry
     ws, contact, workflow = (
         uuid.UUID(workspace_id),
@@ -318,26 +329,30 @@ async def start_run(
         "SELECT 1 FROM runs WHERE workspace_id = $1 AND id = $2", ws, uuid.UUID(run_id)
     ):
         return None  # this trigger already started its run
-    if entry.concurrency == "single":
+    if entry.concurrency == "single" and not test_recipient:
         slot = ""
-    elif entry.concurrency == "per_key":
+    elif entry.concurrency == "per_key" and not test_recipient:
         slot = key
     else:
         slot = run_id
-    live = await conn.fetchrow(
-        "SELECT id FROM runs WHERE workspace_id = $1 AND workflow_id = $2 AND contact_id = $3"
-        " AND run_key = $4 AND ended_at IS NULL AND test_recipient = '' FOR UPDATE",
-        ws,
-        workflow,
-        contact,
-        slot,
+    live = (
+        None
+        if test_recipient
+        else await conn.fetchrow(
+            "SELECT id FROM runs WHERE workspace_id = $1 AND workflow_id = $2 AND contact_id = $3"
+            " AND run_key = $4 AND ended_at IS NULL AND test_recipient = '' FOR UPDATE",
+            ws,
+            workflow,
+            contact,
+            slot,
+        )
     )
     replaced: list[uuid.UUID] = []
     if live is not None:
         if entry.on_retrigger == "ignore":
             return None
         replaced.append(live["id"])
-    if entry.reentry == "once" or entry.reentry_after is not None:
+    if not test_recipient and (entry.reentry == "once" or entry.reentry_after is not None):
         last = await conn.fetchval(
             "SELECT max(started_at) FROM runs WHERE workspace_id = $1 AND workflow_id = $2"
             " AND contact_id = $3 AND test_recipient = '' AND NOT id = ANY($4::uuid[])",
@@ -354,8 +369,8 @@ async def start_run(
         await end_run(conn, workspace_id, str(old), "cancelled", "restarted", now)
     inserted = await conn.fetchval(
         "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, run_key,"
-        " entry_key, state, vars, trigger_event_id, started_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8::jsonb, $9, $10, $11)"
+        " entry_key, state, vars, trigger_event_id, started_at, updated_at, test_recipient)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8::jsonb, $9, $10, $11, $12)"
         " ON CONFLICT DO NOTHING RETURNING 1",
         ws,
         uuid.UUID(run_id),
@@ -368,6 +383,7 @@ async def start_run(
         trigger_event_id,
         occurred_at,
         now,
+        test_recipient,
     )
     if inserted is None:
         return None

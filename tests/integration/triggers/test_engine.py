@@ -251,3 +251,76 @@ async def test_a_paused_workflow_holds_its_runs_until_resumed(
     engine_clock.advance(minutes=1)
     await eventually(lambda: runs_where(ws, state="completed"), timeout=30)
     assert len(await requests_settled(ws, contact)) == 1
+
+
+async def test_a_test_run_waits_for_nothing_and_mails_only_the_manager(
+    triggers_engine: RunningService, engine_clock: MovableClock
+) -> None:
+    """What the API's test run relies on: runs.start_run with a test recipient."""
+    from services.common import clock
+    from services.common.db import create_pool
+    from services.triggers.runtime.caps import FrequencyCaps
+    from services.triggers.runtime.runs import Engine, start_run
+
+    ws, contact = new_ids()
+    definition = abandoned_cart()
+    definition["steps"].insert(1, {"id": "tag", "type": "tag", "add": ["reminded"]})
+    workflow_id = await publish(database_url(), ws, definition)
+    pool = await create_pool(database_url(), "triggers", max_size=1)
+    try:
+        engine = Engine(FrequencyCaps(None, ""))
+        async with pool.acquire() as conn, conn.transaction():
+            compiled = await engine.version(conn, ws, workflow_id, 1)
+            run_id = await start_run(
+                conn,
+                engine,
+                compiled,
+                workspace_id=ws,
+                contact_id=contact,
+                trigger_event_id="test/1",
+                occurred_at=clock.now(),
+                vars={"cart_items": "1 x Mug"},
+                key="",
+                now=clock.now(),
+                test_recipient="manager@example.com",
+            )
+    finally:
+        await pool.close()
+    [run] = await run_rows(database_url(), ws)
+    assert (str(run["id"]), run["state"]) == (run_id, "completed")
+    commands = await fetchval(
+        database_url(),
+        "SELECT count(*) FROM triggers.commands WHERE workspace_id = $1::uuid",
+        ws,
+    )
+    assert commands == 0
+    [request] = await requests_settled(ws, contact)
+    assert request.kind == delivery_pb2.MESSAGE_KIND_TEST
+    assert request.test_recipient == "manager@example.com"
+
+
+async def test_an_exit_event_that_arrived_before_its_trigger_still_ends_the_run(
+    triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
+) -> None:
+    """Two topics, no order between them: the contact left the segment a second after the
+    cart change, but the engine saw the segment change first."""
+    from nudge.segmentation.v1 import events_pb2 as segmentation_events
+
+    ws, contact = new_ids()
+    definition = abandoned_cart()
+    definition["exit_on"] = [{"event": "segment_exited"}]
+    await publish(database_url(), ws, definition)
+    changed_at = engine_clock.now()
+    left = segmentation_events.SegmentMembershipChanged(
+        segment_id="shoppers",
+        contact_id=contact,
+        change=segmentation_events.MEMBERSHIP_CHANGE_EXITED,
+    )
+    left.effective_at.FromDatetime(changed_at + timedelta(seconds=1))
+    exit_id = await producer.send(contact, envelope(ws, left))
+    await eventually(lambda: consumed(exit_id), timeout=60)
+    await producer.shop(ws, contact, cart("cart-x", ("p1", "Mug", 1, 500)), occurred_at=changed_at)
+    [run] = await eventually(lambda: runs_where(ws, state="exited"), timeout=60)
+    assert run["end_reason"] == "exit_rule:segment_exited"
+    assert await timer_of(database_url(), run["id"]) is None
+    assert await run_steps(database_url(), ws, run["id"]) == []

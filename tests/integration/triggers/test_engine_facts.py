@@ -257,3 +257,33 @@ async def test_a_deleted_contacts_runs_end_and_send_nothing(
     assert not await fetchval(
         database_url(), "SELECT 1 FROM triggers.timers WHERE timer_key = $1", f"run/{run['id']}"
     )
+
+
+async def test_contact_events_older_than_the_horizon_are_pruned(
+    triggers_engine: RunningService,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from services.common.db import create_pool
+    from services.triggers.runtime.facts import prune_events
+
+    ws, contact = new_ids()
+    pool = await create_pool(database_url(), "triggers", max_size=1)
+    cut = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        for event_id, at in (("old", cut - timedelta(seconds=1)), ("new", cut)):
+            await pool.execute(
+                "INSERT INTO contact_events (workspace_id, contact_id, event_id, event,"
+                " occurred_at) VALUES ($1, $2, $3, 'page_viewed', $4)",
+                uuid.UUID(ws),
+                uuid.UUID(contact),
+                event_id,
+                at,
+            )
+        assert await prune_events(pool, cut, batch=1) >= 1
+        left = await pool.fetch(
+            "SELECT event_id FROM contact_events WHERE workspace_id = $1", uuid.UUID(ws)
+        )
+        assert [r["event_id"] for r in left] == ["new"]
+    finally:
+        await pool.close()

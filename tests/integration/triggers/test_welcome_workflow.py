@@ -216,9 +216,7 @@ async def test_killing_the_worker_mid_stream_loses_and_repeats_nothing(
             await lock.start()
             await blocker.execute("LOCK TABLE triggers.runs IN EXCLUSIVE MODE")
             await report_signups(channel, workspace, contacts[before:])
-            await eventually(
-                lambda: waiting_on_lock(database_url, "triggers.runs"), timeout=60
-            )
+            await eventually(lambda: waiting_on_lock(database_url, "triggers.runs"), timeout=60)
             done_at_kill = await processed_signups(database_url, workspace)
             assert 0 < done_at_kill < total, done_at_kill
             triggers_worker.kill()  # SIGKILL: no commit, no goodbye
