@@ -4,10 +4,21 @@ One agent per topic the engine reads (shop.events.v1, contacts.events.v1,
 segments.membership.v1, tracking.events.v1), all keyed by contact, so one contact's events
 reach one worker in order. Each hands every envelope to :mod:`services.triggers.handlers`,
 which keeps every exact fact in PostgreSQL (runs, facts, processed events, the outbox) in
-one transaction per event. Faust gives partitioned, ordered, at-least-once consumption;
-nothing in a Faust table is needed for correctness (Tansu loses table updates, DESIGN.md).
-The app is started by services/triggers/bootstrap.py, after the pool it uses is open, like
-any other resource of the service.
+one transaction per event.
+
+An event costs a few statements and a commit, mostly waiting for PostgreSQL; handled one
+after the other, an agent made ~100 events/s (bench/RESULTS.md). So each agent takes the
+events that arrived together (``noack_take``: up to ``batch_max``, or what came within
+``batch_within_s``), splits them by key (the contact) keeping their order, and handles the
+contacts concurrently, up to ``concurrency`` at a time, each contact's events one after
+the other. The events are acknowledged only once the whole batch is handled, so a crash
+or a stop mid-batch redelivers them (and the claims make that harmless); Faust commits an
+offset only when every event before it is acknowledged.
+
+Faust gives partitioned, ordered, at-least-once consumption; nothing in a Faust table is
+needed for correctness (Tansu loses table updates, DESIGN.md). The app is started by
+services/triggers/bootstrap.py, after the pool it uses is open, like any other resource of
+the service.
 """
 
 from __future__ import annotations
@@ -67,28 +78,50 @@ def create_app(settings: Settings, pool: asyncpg.Pool, engine: Engine) -> Any:
     @app.agent(topic(SHOP_EVENTS))
     async def evaluate_shop_events(stream: StreamT[Any]) -> None:
         """Start, advance and end the runs each shop event concerns."""
-        async for event in stream.events():
-            await _handle(pool, engine, SHOP_EVENTS, event)
+        await _consume(stream, pool, engine, SHOP_EVENTS, settings)
 
     @app.agent(topic(CONTACTS_EVENTS))
     async def follow_contacts(stream: StreamT[Any]) -> None:
         """Keep the engine's facts of each contact (tags, attributes, time zone...)."""
-        async for event in stream.events():
-            await _handle(pool, engine, CONTACTS_EVENTS, event)
+        await _consume(stream, pool, engine, CONTACTS_EVENTS, settings)
 
     @app.agent(topic(SEGMENT_MEMBERSHIP))
     async def follow_segments(stream: StreamT[Any]) -> None:
         """Segment entries and exits: facts, and the workflows they trigger."""
-        async for event in stream.events():
-            await _handle(pool, engine, SEGMENT_MEMBERSHIP, event)
+        await _consume(stream, pool, engine, SEGMENT_MEMBERSHIP, settings)
 
     @app.agent(topic(TRACKING_EVENTS))
     async def follow_engagement(stream: StreamT[Any]) -> None:
         """Opens and clicks: activity, exit rules and the workflows they trigger."""
-        async for event in stream.events():
-            await _handle(pool, engine, TRACKING_EVENTS, event)
+        await _consume(stream, pool, engine, TRACKING_EVENTS, settings)
 
     return app
+
+
+async def _consume(
+    stream: Any,  # a faust Stream: noack_take is not in its StreamT protocol
+    pool: asyncpg.Pool,
+    engine: Engine,
+    topic: str,
+    settings: Settings,
+) -> None:
+    """Batches of events, each contact's in order, contacts concurrently; acked after."""
+    limit = asyncio.Semaphore(settings.concurrency)
+
+    async def lane(events: list[Any]) -> None:
+        async with limit:
+            for event in events:
+                await _handle(pool, engine, topic, event)
+
+    async for batch in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
+        lanes: dict[object, list[Any]] = {}
+        for event in batch:
+            message = event.message
+            key = message.key if message.key is not None else (message.partition, None)
+            lanes.setdefault(key, []).append(event)
+        await asyncio.gather(*(lane(events) for events in lanes.values()))
+        for event in batch:
+            await stream.ack(event)
 
 
 async def _handle(pool: asyncpg.Pool, engine: Engine, topic: str, event: Any) -> None:

@@ -74,7 +74,10 @@ async def _until_stopped(worker: faust.Worker) -> None:
 
 async def start(service: runtime.Service, settings: Settings) -> None:
     await migrate(settings.database_url, handlers.SCHEMA, MIGRATIONS)
-    pool = await create_pool(settings.database_url, handlers.SCHEMA, max_size=10)
+    # The agents' concurrent transactions (app.py), the timer loop, the relays, the API.
+    pool = await create_pool(
+        settings.database_url, handlers.SCHEMA, max_size=settings.concurrency + 10
+    )
     service.push(pool.close)
     publisher = KafkaPublisher(
         settings.kafka_bootstrap_servers,

@@ -24,3 +24,9 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     live_workflows_ttl_s: float = 2.0
     # The timer loop's round interval (a timer written in-process wakes it earlier).
     timer_poll_s: float = 0.15
+    # The agents take up to `batch_max` events at once (or what came within
+    # `batch_within_s`) and handle different contacts' events concurrently, up to
+    # `concurrency` transactions at a time, one contact's strictly in order (app.py).
+    batch_max: int = 500
+    batch_within_s: float = 0.05
+    concurrency: int = 16
