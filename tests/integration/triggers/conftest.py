@@ -8,8 +8,16 @@ import os
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common import clock
+from services.common.topics import (
+    CONTACTS_EVENTS,
+    SEGMENT_MEMBERSHIP,
+    SHOP_EVENTS,
+    TOPICS,
+    TRACKING_EVENTS,
+)
 from tests.integration.conftest import RunningService, run_in_process
 from tests.integration.triggers.support import EventProducer, MovableClock
 from tests.support import free_port, unique
@@ -36,18 +44,42 @@ def engine_clock(
             os.environ["NUDGE_CLOCK_FILE"] = saved_env
 
 
+async def start_group_at_end(bootstrap_servers: str, group: str) -> None:
+    """Commit, for the new consumer group ``group``, the current end of every topic the
+    engine reads: it starts with this module's events, not with the whole session's history
+    (thousands of records other tests published, which it would otherwise work through
+    before the first event of this module, at its own rate, past a test's deadline)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(topic, p)
+            for topic in (SHOP_EVENTS, CONTACTS_EVENTS, SEGMENT_MEMBERSHIP, TRACKING_EVENTS)
+            for p in range(TOPICS[topic])
+        ]
+        consumer.assign(partitions)
+        await consumer.commit(await consumer.end_offsets(partitions))
+    finally:
+        await consumer.stop()
+
+
 @pytest.fixture(scope="module")
 async def triggers_engine(
-    engine_clock: MovableClock, tmp_path_factory: pytest.TempPathFactory
+    engine_clock: MovableClock, tmp_path_factory: pytest.TempPathFactory, infra: dict[str, str]
 ) -> AsyncIterator[RunningService]:
-    """``services.triggers`` in-process, with a consumer group of its own."""
+    """``services.triggers`` in-process, with a consumer group of its own that starts at
+    the topics' current end."""
     from services.triggers.bootstrap import serve
     from services.triggers.config import Settings
 
     port = free_port()
+    app_id = unique("triggers-test")
+    await start_group_at_end(infra["KAFKA_BOOTSTRAP_SERVERS"], app_id)
     settings = Settings(
         grpc_port=port,
-        app_id=unique("triggers-test"),
+        app_id=app_id,
         data_dir=str(tmp_path_factory.mktemp("faust")),
         live_workflows_ttl_s=0.5,
     )
