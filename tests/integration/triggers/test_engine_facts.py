@@ -131,13 +131,10 @@ async def test_a_tag_set_by_a_run_is_seen_by_the_contacts_next_order(
         ("tag", "done"),
     ]
     assert ("returning", "yes") in await run_steps(database_url(), ws, second["id"])
-    command = await fetchval(
-        database_url(),
-        "SELECT payload::text FROM triggers.commands WHERE workspace_id = $1::uuid"
-        " AND kind = 'tags'",
-        ws,
-    )
-    assert command == '{"add": ["buyer"], "remove": []}'
+    # The tag command itself is the command relay's to carry (it may be gone already: this
+    # contact exists only here, so contacts answers NOT_FOUND and the relay drops it;
+    # test_commands.py checks the commands); the written-through facts are what the next
+    # order read.
     row = await facts_of(ws, contact)
     assert row["tags"] == ["buyer"]
     assert row["total_spent_minor"] == 3500
