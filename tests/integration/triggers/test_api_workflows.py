@@ -92,7 +92,7 @@ def violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
     return out
 
 
-async def refused(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+async def assert_refused(call: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call
     assert info.value.code() == code, info.value.details()
@@ -165,7 +165,7 @@ async def test_a_workflow_goes_from_draft_to_published_versions_paused_and_resum
 
     paused = await client.PauseWorkflow(triggers_pb2.PauseWorkflowRequest(workflow_id=created.id))
     assert paused.status == triggers_pb2.WORKFLOW_STATUS_PAUSED
-    await refused(
+    await assert_refused(
         client.PauseWorkflow(triggers_pb2.PauseWorkflowRequest(workflow_id=created.id)),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
@@ -173,12 +173,12 @@ async def test_a_workflow_goes_from_draft_to_published_versions_paused_and_resum
         triggers_pb2.ResumeWorkflowRequest(workflow_id=created.id)
     )
     assert resumed.status == triggers_pb2.WORKFLOW_STATUS_ACTIVE
-    await refused(
+    await assert_refused(
         client.ResumeWorkflow(triggers_pb2.ResumeWorkflowRequest(workflow_id=created.id)),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
     # Published: kept with its runs and history, never deleted.
-    await refused(
+    await assert_refused(
         client.DeleteWorkflow(triggers_pb2.DeleteWorkflowRequest(workflow_id=created.id)),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
@@ -192,13 +192,13 @@ async def test_a_draft_cannot_be_paused_or_resumed(client: Client) -> None:
         client.PauseWorkflow(triggers_pb2.PauseWorkflowRequest(workflow_id=created.id)),
         client.ResumeWorkflow(triggers_pb2.ResumeWorkflowRequest(workflow_id=created.id)),
     ):
-        await refused(call, grpc.StatusCode.FAILED_PRECONDITION)
+        await assert_refused(call, grpc.StatusCode.FAILED_PRECONDITION)
 
 
 async def test_a_never_published_draft_is_deleted(client: Client, api: WorkflowServer) -> None:
     created = await create(client)
     await client.DeleteWorkflow(triggers_pb2.DeleteWorkflowRequest(workflow_id=created.id))
-    await refused(
+    await assert_refused(
         client.GetWorkflow(triggers_pb2.GetWorkflowRequest(workflow_id=created.id)),
         grpc.StatusCode.NOT_FOUND,
     )
@@ -287,7 +287,7 @@ async def test_export_then_import_gives_the_same_definition(client: Client) -> N
     assert imported.status == triggers_pb2.WORKFLOW_STATUS_DRAFT
     again = await client.ExportWorkflow(triggers_pb2.ExportWorkflowRequest(workflow_id=imported.id))
     assert again.definition_json == v1.definition_json
-    await refused(
+    await assert_refused(
         client.ExportWorkflow(
             triggers_pb2.ExportWorkflowRequest(workflow_id=created.id, version=7)
         ),
@@ -327,12 +327,12 @@ async def test_workflows_are_listed_newest_first_a_page_at_a_time(client: Client
         triggers_pb2.ListWorkflowsRequest(status=triggers_pb2.WORKFLOW_STATUS_ACTIVE)
     )
     assert [w.id for w in active.workflows] == [made[0].id]
-    err = await refused(
+    err = await assert_refused(
         client.ListWorkflows(triggers_pb2.ListWorkflowsRequest(page_token="not-a-token")),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     assert "page_token" in violations(err)
-    err = await refused(
+    err = await assert_refused(
         client.ListWorkflows(triggers_pb2.ListWorkflowsRequest(page_size=201)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -345,7 +345,7 @@ async def test_workflows_are_listed_newest_first_a_page_at_a_time(client: Client
 async def test_malformed_json_is_refused_with_its_place_and_nothing_is_written(
     client: Client, api: WorkflowServer
 ) -> None:
-    err = await refused(
+    err = await assert_refused(
         client.CreateWorkflow(triggers_pb2.CreateWorkflowRequest(definition_json='{"name": ')),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -358,7 +358,7 @@ async def test_a_wrong_type_is_refused_with_the_path_of_the_field(
 ) -> None:
     doc = cart_definition()
     doc["steps"][0]["duration"] = ["three hours"]
-    err = await refused(create(client, doc), grpc.StatusCode.INVALID_ARGUMENT)
+    err = await assert_refused(create(client, doc), grpc.StatusCode.INVALID_ARGUMENT)
     assert "definition.steps[0].duration" in violations(err)
     assert await count_workflows(api, client.ws) == 0
 
@@ -366,7 +366,7 @@ async def test_a_wrong_type_is_refused_with_the_path_of_the_field(
 async def test_duplicate_step_ids_are_refused(client: Client) -> None:
     doc = cart_definition()
     doc["steps"][1]["id"] = "wait_3h"
-    err = await refused(create(client, doc), grpc.StatusCode.INVALID_ARGUMENT)
+    err = await assert_refused(create(client, doc), grpc.StatusCode.INVALID_ARGUMENT)
     assert any(field.startswith("definition.steps[1]") for field in violations(err))
 
 
@@ -375,10 +375,10 @@ async def test_an_oversized_definition_is_refused_before_parsing(
 ) -> None:
     doc = cart_definition()
     doc["description"] = "x" * (257 * 1024)
-    err = await refused(create(client, doc), grpc.StatusCode.INVALID_ARGUMENT)
+    err = await assert_refused(create(client, doc), grpc.StatusCode.INVALID_ARGUMENT)
     assert list(violations(err)) == ["definition_json"]
     created = await create(client)
-    err = await refused(
+    err = await assert_refused(
         client.UpdateWorkflow(
             triggers_pb2.UpdateWorkflowRequest(workflow_id=created.id, definition_json=text(doc))
         ),
@@ -396,9 +396,9 @@ async def test_create_needs_exactly_one_of_definition_and_template(client: Clien
             definition_json=text(cart_definition()), template_id="abandoned_cart"
         ),
     ):
-        err = await refused(client.CreateWorkflow(request), grpc.StatusCode.INVALID_ARGUMENT)
+        err = await assert_refused(client.CreateWorkflow(request), grpc.StatusCode.INVALID_ARGUMENT)
         assert "definition_json" in violations(err)
-    err = await refused(
+    err = await assert_refused(
         client.CreateWorkflow(triggers_pb2.CreateWorkflowRequest(template_id="no_such")),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -415,7 +415,7 @@ async def test_a_stale_revision_is_aborted_and_the_draft_is_kept(client: Client)
         )
     )
     # A second editor who read revision 1 too.
-    await refused(
+    await assert_refused(
         client.UpdateWorkflow(
             triggers_pb2.UpdateWorkflowRequest(
                 workflow_id=created.id,
@@ -425,7 +425,7 @@ async def test_a_stale_revision_is_aborted_and_the_draft_is_kept(client: Client)
         ),
         grpc.StatusCode.ABORTED,
     )
-    await refused(
+    await assert_refused(
         client.PublishWorkflow(
             triggers_pb2.PublishWorkflowRequest(workflow_id=created.id, expected_revision=1)
         ),
@@ -441,7 +441,7 @@ async def test_a_replayed_publish_makes_no_second_version(
     created = await create(client)
     request = triggers_pb2.PublishWorkflowRequest(workflow_id=created.id, expected_revision=1)
     await client.PublishWorkflow(request)
-    await refused(client.PublishWorkflow(request), grpc.StatusCode.FAILED_PRECONDITION)
+    await assert_refused(client.PublishWorkflow(request), grpc.StatusCode.FAILED_PRECONDITION)
     versions = await api.pool.fetchval(
         "SELECT count(*) FROM workflow_versions WHERE workspace_id = $1 AND workflow_id = $2",
         uuid.UUID(client.ws.id),
@@ -491,7 +491,7 @@ async def test_another_workspace_sees_nothing_of_a_workflow(
         client.CancelRun(triggers_pb2.CancelRunRequest(run_id="not-a-uuid")),
     ]
     for call in calls:
-        await refused(call, grpc.StatusCode.NOT_FOUND)
+        await assert_refused(call, grpc.StatusCode.NOT_FOUND)
     assert (await other.ListWorkflows(triggers_pb2.ListWorkflowsRequest())).workflows == []
     got = await client.GetWorkflow(triggers_pb2.GetWorkflowRequest(workflow_id=wid))
     assert (got.status, got.draft_revision) == (triggers_pb2.WORKFLOW_STATUS_ACTIVE, 1)
@@ -562,7 +562,7 @@ async def test_runs_are_listed_by_state_and_contact_a_page_at_a_time(
         triggers_pb2.ListRunsRequest(workflow_id=wf.id, contact_id=contact)
     )
     assert [r.id for r in by_contact.runs] == [waiting]
-    err = await refused(
+    err = await assert_refused(
         client.ListRuns(triggers_pb2.ListRunsRequest(workflow_id=wf.id, contact_id="nope")),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -622,7 +622,7 @@ async def test_stats_count_steps_and_runs_of_real_runs_only(
         1,
         1,
     )
-    await refused(
+    await assert_refused(
         client.GetWorkflowStats(triggers_pb2.GetWorkflowStatsRequest(workflow_id=wf.id, version=9)),
         grpc.StatusCode.NOT_FOUND,
     )
@@ -633,7 +633,7 @@ async def test_a_test_run_is_queued_for_the_timer_loop_with_its_recipient(
 ) -> None:
     created = await create(client)
     contact = str(uuid.uuid4())
-    await refused(
+    await assert_refused(
         client.StartTestRun(
             triggers_pb2.StartTestRunRequest(
                 workflow_id=created.id, contact_id=contact, recipient="manager@example.com"
@@ -668,7 +668,7 @@ async def test_a_test_run_is_queued_for_the_timer_loop_with_its_recipient(
         triggers_pb2.ListWorkflowVersionsRequest(workflow_id=created.id)
     )
     assert list(listed.versions) == []  # a snapshot is no published version
-    err = await refused(
+    err = await assert_refused(
         client.StartTestRun(
             triggers_pb2.StartTestRunRequest(
                 workflow_id=created.id, contact_id="x", recipient="not an address", use_draft=True
@@ -693,7 +693,7 @@ async def test_a_cancelled_run_ends_and_its_timer_goes(client: Client, api: Work
         "SELECT count(*) FROM timers WHERE timer_key = $1", f"run/{run.id}"
     )
     assert timers == 0
-    await refused(
+    await assert_refused(
         client.CancelRun(triggers_pb2.CancelRunRequest(run_id=run.id)),
         grpc.StatusCode.FAILED_PRECONDITION,
     )

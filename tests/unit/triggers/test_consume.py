@@ -54,13 +54,19 @@ async def test_one_contacts_events_stay_in_order_while_contacts_run_at_once(
         ]
     )
 
+    b_started = asyncio.Event()
+
     async def handle(pool: Any, engine: Any, topic: str, event: Event) -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
         acked_when_handled.append(len(stream.acked))
-        # A contact's later event would overtake an earlier one if lanes were not kept.
-        await asyncio.sleep(0.01 if event.n == 0 else 0)
+        if event.message.key == b"b":
+            b_started.set()
+        if event.n == 0:
+            # Contact a's first event holds until contact b's lane runs: only lanes side by
+            # side let it go on, and a's later events must still wait behind it.
+            await asyncio.wait_for(b_started.wait(), timeout=5)
         handled.append((event.message.key, event.n))
         running -= 1
 
@@ -82,11 +88,17 @@ async def test_concurrency_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     running = 0
     most = 0
 
+    full = asyncio.Event()
+
     async def handle(pool: Any, engine: Any, topic: str, event: Event) -> None:
         nonlocal running, most
         running += 1
         most = max(most, running)
-        await asyncio.sleep(0.001)
+        if running == 3:
+            full.set()
+        # Every handler holds until three run at once: without the bound all fifty would
+        # have started by then.
+        await asyncio.wait_for(full.wait(), timeout=5)
         running -= 1
 
     monkeypatch.setattr(app, "_handle", handle)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from datetime import timedelta
 from typing import Any, get_args
 
 import pytest
@@ -213,7 +214,8 @@ def test_durations_are_positive_and_at_most_a_year(duration: str, expected: str)
 
 
 def test_a_year_is_the_longest_wait() -> None:
-    D.parse(doc(steps=[{"id": "w", "type": "wait", "duration": "P365D"}, send()]))
+    parsed = D.parse(doc(steps=[{"id": "w", "type": "wait", "duration": "P365D"}, send()]))
+    assert parsed.steps[0].duration == timedelta(days=365)  # type: ignore[union-attr]
 
 
 def test_day_offset_is_0_to_7() -> None:
@@ -297,7 +299,8 @@ def test_segment_id_is_required_for_segment_events_and_only_there() -> None:
 
 @pytest.mark.parametrize("field", ["birthday", "signed_up_at", "attributes.renewal_date"])
 def test_date_fields_that_exist(field: str) -> None:
-    D.parse(doc(trigger={"event": "date_reached", "date_field": field, "at": "09:00"}))
+    parsed = D.parse(doc(trigger={"event": "date_reached", "date_field": field, "at": "09:00"}))
+    assert parsed.trigger.date_field == field
 
 
 def test_date_reached_needs_a_known_date_field() -> None:
@@ -480,7 +483,8 @@ def test_names_a_template_defines_itself_are_fine() -> None:
         "{% set n = contact.first_name | default('you') %}"
         "{% for c in 'ab' %}{{ c }}{% endfor %}{{ n }}"
     )
-    D.parse(doc(steps=[send(body_text=body, body_html="<p>{{ links.preferences }}</p>")]))
+    parsed = D.parse(doc(steps=[send(body_text=body, body_html="<p>{{ links.preferences }}</p>")]))
+    assert parsed.steps[0].message.body_text == body  # type: ignore[union-attr]
 
 
 def test_templates_must_compile_and_render() -> None:
