@@ -38,7 +38,7 @@ from services.common.privacy import (
     ContactDataServicer,
     ContactErasedConsumer,
 )
-from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS
+from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS, TRACKING_EVENTS
 from services.delivery import guard, handlers, privacy
 from services.delivery.adapters.contacts import EligibilityBatcher, EligibilityClient
 from services.delivery.adapters.dkim_keys import KeyCache
@@ -53,6 +53,8 @@ from services.delivery.entrypoints.grpc_guard import GUARD_POLICY
 from services.delivery.inbound import start_inbound
 from services.delivery.mail_auth import mail_auth
 from services.delivery.pruning import HORIZONS
+from services.delivery.tracking_log import CONSUMER as TRACKING_LOG_CONSUMER
+from services.delivery.tracking_log import TrackingLog
 
 log = logging.getLogger(__name__)
 NAME = "delivery"
@@ -174,6 +176,16 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(erasures.stop)
     await erasures.start()
     service.spawn(erasures.run(), "erasure-consumer")
+    # What tracking saw of each mail, for its story (tracking_log.py), in a group of its own.
+    tracking_log = KafkaConsumerLoop(
+        settings.kafka_bootstrap_servers,
+        TRACKING_LOG_CONSUMER,
+        [TRACKING_EVENTS],
+        TrackingLog(pool),
+    )
+    service.push(tracking_log.stop)
+    await tracking_log.start()
+    service.spawn(tracking_log.run(), "tracking-log-consumer")
     probe = BrokerProbe(
         settings.kafka_bootstrap_servers, "nudge-delivery-health", settings.dependency_timeout_s
     )

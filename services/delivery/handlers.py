@@ -68,6 +68,7 @@ from services.delivery.domain.rendering import (
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
 from services.delivery.domain.tracking_links import add_tracking
 from services.delivery.mail_auth import MailAuth
+from services.delivery.story import current_trace_id
 from services.delivery.writes import ClaimItem, OutcomeItem, Writes, is_outage
 
 log = logging.getLogger(__name__)
@@ -323,6 +324,7 @@ async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) 
                 ),
                 pending=envelope.SerializeToString() if keep else None,
                 trace=current_traceparent(),
+                origin=origin_of(request),
             )
         )
         if claim is None:
@@ -341,6 +343,7 @@ async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) 
             request.workflow_id,
             now,
             reclaimable,
+            origin_of(request),
         )
         if taken is None:
             if retrying and await db.status_of(conn, request.message_id) != Status.CLAIMED:
@@ -367,6 +370,12 @@ async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) 
                     envelope.SerializeToString(),
                 )
     return _Taken(taken, pending=keep or retrying)
+
+
+def origin_of(request: delivery_pb2.DeliveryRequested) -> db.Origin:
+    """What the ledger keeps of the request for the story of the mail (story.py), with the
+    trace id of the span current at the claim (the consumer's per-record span)."""
+    return db.Origin(current_trace_id(), request.purpose, request.run_id, request.step_id)
 
 
 def _queued(request: delivery_pb2.DeliveryRequested) -> events_pb2.MessageQueued:
@@ -438,7 +447,7 @@ async def _defer_in(
             conn, envelope, Status.FAILED, reason, attempts=attempts, drop_pending=True
         )
         return
-    await db.set_status(conn, request.message_id, Status.DEFERRED, outcome.reason, now)
+    await db.set_status(conn, request.message_id, Status.DEFERRED, outcome.reason, now, due)
     await db.save_pending(
         conn,
         request.message_id,
@@ -696,6 +705,7 @@ async def deliver_test(deps: Deps, envelope: Envelope) -> None:
             request.campaign_id,
             request.workflow_id,
             clock.now(),
+            origin=origin_of(request),
         )
     if claimed is None:
         log.info("test send %s already handled; not sending it again", request.message_id)
@@ -802,6 +812,7 @@ async def _finish_unsent(
             request.workflow_id,
             clock.now(),
             reclaimable,
+            origin_of(request),
         )
         if claimed:
             await _record_in(

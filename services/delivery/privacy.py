@@ -49,6 +49,14 @@ async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id:
         uuid.UUID(workspace_id),
         contact_id,
     )
+    # The history's SMTP answers may quote the address too (migrations/0070).
+    await conn.execute(
+        "UPDATE message_history SET detail = $3 WHERE message_id IN ("
+        " SELECT message_id FROM messages WHERE workspace_id = $1 AND contact_id = $2)",
+        uuid.UUID(workspace_id),
+        contact_id,
+        ERASED_DETAIL,
+    )
     await conn.execute(
         "UPDATE messages SET contact_id = $3, detail = $4"
         " WHERE workspace_id = $1 AND contact_id = $2",

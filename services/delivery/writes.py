@@ -33,7 +33,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import asyncpg
@@ -80,6 +80,9 @@ class ClaimItem:
     queued: Envelope  # MessageQueued, published on the first claim only
     pending: bytes | None  # the request, kept in pending_sends on the first claim (resent kinds)
     trace: dict[str, str]  # the caller's trace context, for the outbox row
+    origin: db.Origin = field(
+        default_factory=db.Origin
+    )  # kept on the ledger row, for the story of the mail
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,7 @@ class Writes:
                     i.queued.SerializeToString(),
                     json.dumps(i.trace),
                     i.pending,
+                    i.origin,
                 )
                 for i in unique
             ],

@@ -1,5 +1,6 @@
 """Settings of the gateway (env prefix ``GATEWAY_``)."""
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
 from services.common.config import BaseServiceSettings
@@ -24,3 +25,7 @@ class Settings(BaseServiceSettings):
     # Where /healthz asks tracking, from inside the network; not the public base of the links
     # in the mail (NUDGE_TRACKING_URL, delivery's), which the reader's browser opens.
     tracking_url: str = "http://127.0.0.1:8081"
+    # Jaeger's UI, for the trace link in the story of a mail (GET /v1/messages/{id}?explain=true).
+    jaeger_url: str = Field(
+        "http://127.0.0.1:16686", validation_alias=AliasChoices("NUDGE_JAEGER_URL")
+    )

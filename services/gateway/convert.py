@@ -600,6 +600,63 @@ def list_campaigns_field(field: str) -> str:
 # --- messages -----------------------------------------------------------------------------
 
 
+def message_story_json(
+    story: delivery_pb2.MessageStory, jaeger_url: str
+) -> schemas.MessageStoryOut:
+    """The story of a mail (DeliveryService.ExplainMessage), with the link to its trace."""
+    status = _enum_name(delivery_pb2.MessageStatus, "MESSAGE_STATUS_", story.status)
+    trace_url = f"{jaeger_url.rstrip('/')}/trace/{story.trace_id}" if story.trace_id else ""
+    return schemas.MessageStoryOut(
+        message_id=story.message_id,
+        status=status,
+        detail=story.detail,
+        updated_at=_time(story.updated_at, story.HasField("updated_at")),
+        contact_id=story.contact_id,
+        origin=schemas.MessageOriginOut(
+            kind=_enum_name(delivery_pb2.MessageKind, "MESSAGE_KIND_", story.kind),
+            campaign_id=story.campaign_id,
+            workflow_id=story.workflow_id,
+            run_id=story.run_id,
+            step_id=story.step_id,
+        ),
+        eligibility=schemas.EligibilityOut(
+            checked=story.eligibility.checked,
+            eligible=story.eligibility.eligible,
+            purpose=_enum_name(contacts_pb2.ConsentPurpose, "CONSENT_PURPOSE_", story.purpose),
+            reason=story.eligibility.reason,
+            at=_time(story.eligibility.at, story.eligibility.HasField("at")),
+        ),
+        attempts=story.attempts,
+        claimed_at=_time(story.claimed_at, story.HasField("claimed_at")),
+        next_attempt_at=_time(story.next_attempt_at, story.HasField("next_attempt_at")),
+        stages=[
+            schemas.MessageStageOut(
+                at=_time(s.at, s.HasField("at")),
+                status=_enum_name(delivery_pb2.MessageStatus, "MESSAGE_STATUS_", s.status),
+                detail=s.detail,
+                attempt=s.attempt,
+                next_attempt_at=_time(s.next_attempt_at, s.HasField("next_attempt_at")),
+            )
+            for s in story.stages
+        ],
+        tracking=[
+            schemas.TrackingEventOut(
+                at=_time(t.at, t.HasField("at")),
+                kind=_enum_name(delivery_pb2.TrackingEventKind, "TRACKING_EVENT_KIND_", t.kind),
+                machine=t.machine,
+                machine_reason=t.machine_reason,
+                url=t.url,
+            )
+            for t in story.tracking
+        ],
+        trace=schemas.MessageTraceOut(
+            trace_id=story.trace_id,
+            url=trace_url,
+            command=f"nudge trace {story.trace_id}" if story.trace_id else "",
+        ),
+    )
+
+
 def message_status_json(answer: delivery_pb2.GetMessageStatusResponse) -> schemas.MessageStatusOut:
     return schemas.MessageStatusOut(
         message_id=answer.message_id,

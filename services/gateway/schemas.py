@@ -1136,6 +1136,61 @@ class MessageStatusOut(ResponseModel):
     updated_at: datetime | None
 
 
+# The story of a mail (issue 17): GET /v1/messages/{id}?explain=true.
+
+
+class MessageOriginOut(ResponseModel):
+    kind: Literal["transactional", "campaign", "automation", "test", "unspecified"]
+    campaign_id: str = Field(description="The campaign that asked for it; empty if none.")
+    workflow_id: str = Field(description="The workflow that asked for it; empty if none.")
+    run_id: str = Field(description="The workflow run; empty if none.")
+    step_id: str = Field(description="The workflow step (`step#iteration` when repeated).")
+
+
+class EligibilityOut(ResponseModel):
+    checked: bool = Field(description="False: a test send, or the request never got that far.")
+    eligible: bool
+    purpose: str = Field(description="The consent purpose contacts was asked about.")
+    reason: str = Field(description="Why not (unsubscribed, suppressed...); empty if eligible.")
+    at: datetime | None
+
+
+class MessageStageOut(ResponseModel):
+    at: datetime | None
+    status: MessageStatus
+    detail: str = Field(description="The SMTP server's answer, or why (skipped, failed).")
+    attempt: int
+    next_attempt_at: datetime | None = Field(description="Deferred: when it is tried again.")
+
+
+class TrackingEventOut(ResponseModel):
+    at: datetime | None
+    kind: Literal["open", "click", "unsubscribe", "preferences", "unspecified"]
+    machine: bool = Field(description="A scanner or a privacy proxy, not a person.")
+    machine_reason: str
+    url: str = Field(description="A click's target; empty otherwise.")
+
+
+class MessageTraceOut(ResponseModel):
+    trace_id: str = Field(description="The trace the message was claimed in; empty if none.")
+    url: str = Field(description="The trace in Jaeger's UI; empty without a trace id.")
+    command: str = Field(description="The terminal command printing the trace.")
+
+
+class MessageStoryOut(MessageStatusOut):
+    """Where a mail is, in one answer: the status fields of the plain GET, and its story."""
+
+    contact_id: str
+    origin: MessageOriginOut
+    eligibility: EligibilityOut
+    attempts: int
+    claimed_at: datetime | None
+    next_attempt_at: datetime | None = Field(description="A kept request's next attempt.")
+    stages: list[MessageStageOut] = Field(description="Every status it took, oldest first.")
+    tracking: list[TrackingEventOut] = Field(description="Opens, clicks..., oldest first.")
+    trace: MessageTraceOut
+
+
 # --- health -------------------------------------------------------------------------------
 
 

@@ -25,6 +25,18 @@ class Claim:
     first_claimed_at: datetime
 
 
+@dataclass(frozen=True)
+class Origin:
+    """What the ledger keeps of a request at its first claim, for the story of the mail: the
+    trace id current at the claim, the consent purpose asked about, and the workflow run and
+    step of an automation mail."""
+
+    trace_id: str = ""
+    purpose: int = 0
+    run_id: str = ""
+    step_id: str = ""
+
+
 async def claim(
     conn: asyncpg.Connection,
     message_id: str,
@@ -35,17 +47,20 @@ async def claim(
     workflow_id: str,
     now: datetime,
     reclaimable: Sequence[Status] = (Status.QUEUED,),
+    origin: Origin | None = None,
 ) -> Claim | None:
     """Claim the message id; a :class:`Claim` when this attempt may hand the message to SMTP.
 
     A row in one of the ``reclaimable`` statuses may be claimed again (QUEUED: paused before
     the hand-off; DEFERRED and UNKNOWN: by the retry loop only); any other existing row means
-    the message was handled, or may have been: never twice.
+    the message was handled, or may have been: never twice. ``origin`` is written on the
+    first claim only (the story of the mail, services/delivery/story.py).
     """
+    origin = origin or Origin()
     row = await conn.fetchrow(
         "INSERT INTO messages (message_id, workspace_id, contact_id, kind, campaign_id,"
-        " workflow_id, status, claimed_at, updated_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)"
+        " workflow_id, status, claimed_at, updated_at, trace_id, purpose, run_id, step_id)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $10, $11, $12, $13)"
         " ON CONFLICT (message_id) DO UPDATE SET status = $7, attempts = messages.attempts + 1,"
         "   updated_at = $8"
         " WHERE messages.status = ANY($9::smallint[])"
@@ -59,6 +74,10 @@ async def claim(
         Status.CLAIMED,
         now,
         [int(s) for s in reclaimable],
+        origin.trace_id,
+        origin.purpose,
+        origin.run_id,
+        origin.step_id,
     )
     if row is None:
         return None
@@ -73,14 +92,22 @@ async def status_of(conn: asyncpg.Connection, message_id: str) -> Status | None:
 
 
 async def set_status(
-    conn: asyncpg.Connection, message_id: str, status: Status, detail: str, now: datetime
+    conn: asyncpg.Connection,
+    message_id: str,
+    status: Status,
+    detail: str,
+    now: datetime,
+    next_attempt_at: datetime | None = None,
 ) -> None:
+    """``next_attempt_at``: a DEFERRED message's next attempt (kept in its history)."""
     await conn.execute(
-        "UPDATE messages SET status = $2, detail = $3, updated_at = $4 WHERE message_id = $1",
+        "UPDATE messages SET status = $2, detail = $3, updated_at = $4, next_attempt_at = $5"
+        " WHERE message_id = $1",
         uuid.UUID(message_id),
         status,
         detail[:1000],
         now,
+        next_attempt_at,
     )
 
 
@@ -198,6 +225,7 @@ class ClaimRow:
     queued: bytes  # the MessageQueued envelope, queued on the first claim only
     trace: str  # its outbox headers (JSON)
     pending: bytes | None  # the request, kept on the first claim (kinds resent when UNKNOWN)
+    origin: Origin = Origin()  # kept on the first claim, for the story of the mail
 
 
 async def claim_many(
@@ -212,10 +240,11 @@ async def claim_many(
     found = await conn.fetch(
         "WITH claimed AS ("
         "  INSERT INTO messages (message_id, workspace_id, contact_id, kind, campaign_id,"
-        "   workflow_id, status, claimed_at, updated_at)"
-        "  SELECT m, w, c, k, ca, wf, $7, $8, $8"
+        "   workflow_id, status, claimed_at, updated_at, trace_id, purpose, run_id, step_id)"
+        "  SELECT m, w, c, k, ca, wf, $7, $8, $8, tr, pu, ru, st"
         "  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],"
-        "   $6::text[]) AS r(m, w, c, k, ca, wf)"
+        "   $6::text[], $14::text[], $15::smallint[], $16::text[], $17::text[])"
+        "   AS r(m, w, c, k, ca, wf, tr, pu, ru, st)"
         "  ON CONFLICT (message_id) DO UPDATE SET status = $7,"
         "   attempts = messages.attempts + 1, updated_at = $8"
         f"  WHERE messages.status = {int(Status.QUEUED)}"
@@ -247,6 +276,10 @@ async def claim_many(
         [r.queued for r in rows],
         [r.trace for r in rows],
         [r.pending for r in rows],
+        [r.origin.trace_id for r in rows],
+        [r.origin.purpose for r in rows],
+        [r.origin.run_id for r in rows],
+        [r.origin.step_id for r in rows],
     )
     return {
         str(row["message_id"]): Claim(

@@ -7,7 +7,7 @@ import grpc
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
 from services.common.auth import current_workspace
-from services.delivery import guard, handlers
+from services.delivery import guard, handlers, story
 from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.domain.sealing import Sealer
 from services.delivery.entrypoints.grpc_dkim import DkimKeysMixin
@@ -38,3 +38,9 @@ class DeliveryServicer(DkimKeysMixin, GuardRpcs, delivery_pb2_grpc.DeliveryServi
         self, request: delivery_pb2.GetMessageStatusRequest, context: grpc.aio.ServicerContext
     ) -> delivery_pb2.GetMessageStatusResponse:
         return await handlers.message_status(self.pool, current_workspace(), request.message_id)
+
+    async def ExplainMessage(
+        self, request: delivery_pb2.ExplainMessageRequest, context: grpc.aio.ServicerContext
+    ) -> delivery_pb2.MessageStory:
+        """The story of a mail (services/delivery/story.py)."""
+        return await story.explain(self.pool, current_workspace(), request.message_id)

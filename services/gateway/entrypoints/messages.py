@@ -1,31 +1,51 @@
-"""``/v1/messages``: what became of one message (DeliveryService.GetMessageStatus)."""
+"""``/v1/messages``: what became of one message (DeliveryService.GetMessageStatus), and with
+``?explain=true`` its whole story (DeliveryService.ExplainMessage, issue 17)."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Query
 from nudge.delivery.v1 import delivery_pb2
 
 from services.gateway import convert, problems
-from services.gateway.deps import BackendsDep, CallerDep
-from services.gateway.schemas import MessageStatusOut
+from services.gateway.deps import BackendsDep, CallerDep, SettingsDep
+from services.gateway.schemas import MessageStatusOut, MessageStoryOut
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 
 MessageId = Annotated[str, Path(min_length=1, max_length=200, description="The message's id.")]
+Explain = Annotated[
+    bool,
+    Query(
+        description="Answer the message's story too: its origin, eligibility, every status"
+        " with times, tracking events, and its trace (the same as `nudge message ID`)."
+    ),
+]
 
 
 @router.get(
     "/{message_id}",
-    response_model=MessageStatusOut,
-    summary="Get a message's delivery status",
+    response_model=MessageStoryOut | MessageStatusOut,
+    summary="Get a message's delivery status, or its whole story",
     responses=problems.responses(401, 404, 422, 503),
 )
 async def get_message_status(
-    message_id: MessageId, caller: CallerDep, backends: BackendsDep
-) -> MessageStatusOut:
-    """Claimed, sent, skipped (and why), bounced or failed."""
+    message_id: MessageId,
+    caller: CallerDep,
+    backends: BackendsDep,
+    settings: SettingsDep,
+    explain: Explain = False,
+) -> MessageStoryOut | MessageStatusOut:
+    """Claimed, sent, skipped (and why), bounced or failed. With `explain=true`, where the
+    mail is and how it got there; a malformed id is then refused (422, `message_id`)."""
+    if explain:
+        story: delivery_pb2.MessageStory = await caller.call(
+            backends.delivery.ExplainMessage,
+            delivery_pb2.ExplainMessageRequest(message_id=message_id),
+            service="delivery",
+        )
+        return convert.message_story_json(story, settings.jaeger_url)
     answer: delivery_pb2.GetMessageStatusResponse = await caller.call(
         backends.delivery.GetMessageStatus,
         delivery_pb2.GetMessageStatusRequest(message_id=message_id),

@@ -604,6 +604,9 @@ class Writes:
             ),
             vars=dict(run.vars),
             workflow_id=run.workflow_id,
+            # For the story of the mail (delivery keeps them on its ledger row).
+            run_id=run.id,
+            step_id=mail.step_id if mail.iteration == 0 else f"{mail.step_id}#{mail.iteration}",
         )
         if run.test_recipient:
             request.kind = delivery_pb2.MESSAGE_KIND_TEST

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nudge.contacts.v1 import contacts_pb2 as nudge_dot_contacts_dot_v1_dot_contacts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n nudge/delivery/v1/delivery.proto\x12\x11nudge.delivery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nudge/contacts/v1/contacts.proto\"G\n\x0eMessageContent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tbody_text\x18\x02 \x01(\t\x12\x11\n\tbody_html\x18\x03 \x01(\t\"\xed\x01\n\x18SendTransactionalRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x32\n\x07\x63ontent\x18\x03 \x01(\x0b\x32!.nudge.delivery.v1.MessageContent\x12\x43\n\x04vars\x18\x04 \x03(\x0b\x32\x35.nudge.delivery.v1.SendTransactionalRequest.VarsEntry\x1a+\n\tVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x19SendTransactionalResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"-\n\x17GetMessageStatusRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\xa0\x01\n\x18GetMessageStatusResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .nudge.delivery.v1.MessageStatus\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x03\n\x11\x44\x65liveryRequested\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.nudge.delivery.v1.MessageKind\x12\x32\n\x07purpose\x18\x04 \x01(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x32\n\x07\x63ontent\x18\x05 \x01(\x0b\x32!.nudge.delivery.v1.MessageContent\x12<\n\x04vars\x18\x06 \x03(\x0b\x32..nudge.delivery.v1.DeliveryRequested.VarsEntry\x12\x13\n\x0b\x63\x61mpaign_id\x18\x07 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x08 \x01(\t\x12\x16\n\x0etest_recipient\x18\t \x01(\t\x12\x11\n\tfrom_name\x18\n \x01(\t\x12\x10\n\x08reply_to\x18\x0b \x01(\t\x1a+\n\tVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x19\n\x17GetSendingStatusRequest\"\xfb\x01\n\rSendingStatus\x12\x11\n\tsuspended\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x30\n\x0csuspended_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ewindow_seconds\x18\x04 \x01(\x03\x12\x13\n\x0bwindow_sent\x18\x05 \x01(\x03\x12\x1b\n\x13window_hard_bounces\x18\x06 \x01(\x03\x12\x19\n\x11window_complaints\x18\x07 \x01(\x03\x12\x18\n\x10hard_bounce_rate\x18\x08 \x01(\x01\x12\x16\n\x0e\x63omplaint_rate\x18\t \x01(\x01\";\n\x15LiftSuspensionRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"N\n\x11SetDkimKeyRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x10\n\x08selector\x18\x02 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x03 \x01(\t\"\x8e\x01\n\x07\x44kimKey\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x10\n\x08selector\x18\x02 \x01(\t\x12\x17\n\x0f\x64ns_record_name\x18\x03 \x01(\t\x12\x18\n\x10\x64ns_record_value\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x13ListDkimKeysRequest\"@\n\x14ListDkimKeysResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.nudge.delivery.v1.DkimKey\"&\n\x14\x44\x65leteDkimKeyRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDkimKeyResponse*\x8b\x02\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16MESSAGE_STATUS_CLAIMED\x10\x01\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x02\x12\x1a\n\x16MESSAGE_STATUS_SKIPPED\x10\x03\x12\x1a\n\x16MESSAGE_STATUS_BOUNCED\x10\x04\x12\x19\n\x15MESSAGE_STATUS_FAILED\x10\x05\x12\x1b\n\x17MESSAGE_STATUS_DEFERRED\x10\x06\x12\x1a\n\x16MESSAGE_STATUS_UNKNOWN\x10\x07\x12\x19\n\x15MESSAGE_STATUS_QUEUED\x10\x08*\x9a\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_KIND_TRANSACTIONAL\x10\x01\x12\x19\n\x15MESSAGE_KIND_CAMPAIGN\x10\x02\x12\x1b\n\x17MESSAGE_KIND_AUTOMATION\x10\x03\x12\x15\n\x11MESSAGE_KIND_TEST\x10\x04\x32\xc3\x05\n\x0f\x44\x65liveryService\x12n\n\x11SendTransactional\x12+.nudge.delivery.v1.SendTransactionalRequest\x1a,.nudge.delivery.v1.SendTransactionalResponse\x12k\n\x10GetMessageStatus\x12*.nudge.delivery.v1.GetMessageStatusRequest\x1a+.nudge.delivery.v1.GetMessageStatusResponse\x12`\n\x10GetSendingStatus\x12*.nudge.delivery.v1.GetSendingStatusRequest\x1a .nudge.delivery.v1.SendingStatus\x12\\\n\x0eLiftSuspension\x12(.nudge.delivery.v1.LiftSuspensionRequest\x1a .nudge.delivery.v1.SendingStatus\x12N\n\nSetDkimKey\x12$.nudge.delivery.v1.SetDkimKeyRequest\x1a\x1a.nudge.delivery.v1.DkimKey\x12_\n\x0cListDkimKeys\x12&.nudge.delivery.v1.ListDkimKeysRequest\x1a\'.nudge.delivery.v1.ListDkimKeysResponse\x12\x62\n\rDeleteDkimKey\x12\'.nudge.delivery.v1.DeleteDkimKeyRequest\x1a(.nudge.delivery.v1.DeleteDkimKeyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n nudge/delivery/v1/delivery.proto\x12\x11nudge.delivery.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nudge/contacts/v1/contacts.proto\"G\n\x0eMessageContent\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\x11\n\tbody_text\x18\x02 \x01(\t\x12\x11\n\tbody_html\x18\x03 \x01(\t\"\xed\x01\n\x18SendTransactionalRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12\x32\n\x07\x63ontent\x18\x03 \x01(\x0b\x32!.nudge.delivery.v1.MessageContent\x12\x43\n\x04vars\x18\x04 \x03(\x0b\x32\x35.nudge.delivery.v1.SendTransactionalRequest.VarsEntry\x1a+\n\tVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"A\n\x19SendTransactionalResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x10\n\x08replayed\x18\x02 \x01(\x08\"-\n\x17GetMessageStatusRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\xa0\x01\n\x18GetMessageStatusResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .nudge.delivery.v1.MessageStatus\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc4\x03\n\x11\x44\x65liveryRequested\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontact_id\x18\x02 \x01(\t\x12,\n\x04kind\x18\x03 \x01(\x0e\x32\x1e.nudge.delivery.v1.MessageKind\x12\x32\n\x07purpose\x18\x04 \x01(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x32\n\x07\x63ontent\x18\x05 \x01(\x0b\x32!.nudge.delivery.v1.MessageContent\x12<\n\x04vars\x18\x06 \x03(\x0b\x32..nudge.delivery.v1.DeliveryRequested.VarsEntry\x12\x13\n\x0b\x63\x61mpaign_id\x18\x07 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x08 \x01(\t\x12\x16\n\x0etest_recipient\x18\t \x01(\t\x12\x11\n\tfrom_name\x18\n \x01(\t\x12\x10\n\x08reply_to\x18\x0b \x01(\t\x12\x0e\n\x06run_id\x18\x0c \x01(\t\x12\x0f\n\x07step_id\x18\r \x01(\t\x1a+\n\tVarsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x19\n\x17GetSendingStatusRequest\"\xfb\x01\n\rSendingStatus\x12\x11\n\tsuspended\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x30\n\x0csuspended_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0ewindow_seconds\x18\x04 \x01(\x03\x12\x13\n\x0bwindow_sent\x18\x05 \x01(\x03\x12\x1b\n\x13window_hard_bounces\x18\x06 \x01(\x03\x12\x19\n\x11window_complaints\x18\x07 \x01(\x03\x12\x18\n\x10hard_bounce_rate\x18\x08 \x01(\x01\x12\x16\n\x0e\x63omplaint_rate\x18\t \x01(\x01\";\n\x15LiftSuspensionRequest\x12\x14\n\x0cworkspace_id\x18\x01 \x01(\t\x12\x0c\n\x04note\x18\x02 \x01(\t\"N\n\x11SetDkimKeyRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x10\n\x08selector\x18\x02 \x01(\t\x12\x17\n\x0fprivate_key_pem\x18\x03 \x01(\t\"\x8e\x01\n\x07\x44kimKey\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\x12\x10\n\x08selector\x18\x02 \x01(\t\x12\x17\n\x0f\x64ns_record_name\x18\x03 \x01(\t\x12\x18\n\x10\x64ns_record_value\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x15\n\x13ListDkimKeysRequest\"@\n\x14ListDkimKeysResponse\x12(\n\x04keys\x18\x01 \x03(\x0b\x32\x1a.nudge.delivery.v1.DkimKey\"&\n\x14\x44\x65leteDkimKeyRequest\x12\x0e\n\x06\x64omain\x18\x01 \x01(\t\"\x17\n\x15\x44\x65leteDkimKeyResponse\"+\n\x15\x45xplainMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\xbe\x01\n\x0cMessageStage\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .nudge.delivery.v1.MessageStatus\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x05\x12\x33\n\x0fnext_attempt_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"p\n\x13\x45ligibilityDecision\x12\x0f\n\x07\x63hecked\x18\x01 \x01(\x08\x12\x10\n\x08\x65ligible\x18\x02 \x01(\x08\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12&\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa1\x01\n\rTrackingEvent\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x04kind\x18\x02 \x01(\x0e\x32$.nudge.delivery.v1.TrackingEventKind\x12\x0f\n\x07machine\x18\x03 \x01(\x08\x12\x16\n\x0emachine_reason\x18\x04 \x01(\t\x12\x0b\n\x03url\x18\x05 \x01(\t\"\x80\x05\n\x0cMessageStory\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x30\n\x06status\x18\x02 \x01(\x0e\x32 .nudge.delivery.v1.MessageStatus\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12.\n\nupdated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x04kind\x18\x05 \x01(\x0e\x32\x1e.nudge.delivery.v1.MessageKind\x12\x12\n\ncontact_id\x18\x06 \x01(\t\x12\x13\n\x0b\x63\x61mpaign_id\x18\x07 \x01(\t\x12\x13\n\x0bworkflow_id\x18\x08 \x01(\t\x12\x0e\n\x06run_id\x18\t \x01(\t\x12\x0f\n\x07step_id\x18\n \x01(\t\x12\x32\n\x07purpose\x18\x0b \x01(\x0e\x32!.nudge.contacts.v1.ConsentPurpose\x12\x10\n\x08\x61ttempts\x18\x0c \x01(\x05\x12.\n\nclaimed_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08trace_id\x18\x0e \x01(\t\x12;\n\x0b\x65ligibility\x18\x0f \x01(\x0b\x32&.nudge.delivery.v1.EligibilityDecision\x12/\n\x06stages\x18\x10 \x03(\x0b\x32\x1f.nudge.delivery.v1.MessageStage\x12\x32\n\x08tracking\x18\x11 \x03(\x0b\x32 .nudge.delivery.v1.TrackingEvent\x12\x33\n\x0fnext_attempt_at\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\x8b\x02\n\rMessageStatus\x12\x1e\n\x1aMESSAGE_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16MESSAGE_STATUS_CLAIMED\x10\x01\x12\x17\n\x13MESSAGE_STATUS_SENT\x10\x02\x12\x1a\n\x16MESSAGE_STATUS_SKIPPED\x10\x03\x12\x1a\n\x16MESSAGE_STATUS_BOUNCED\x10\x04\x12\x19\n\x15MESSAGE_STATUS_FAILED\x10\x05\x12\x1b\n\x17MESSAGE_STATUS_DEFERRED\x10\x06\x12\x1a\n\x16MESSAGE_STATUS_UNKNOWN\x10\x07\x12\x19\n\x15MESSAGE_STATUS_QUEUED\x10\x08*\x9a\x01\n\x0bMessageKind\x12\x1c\n\x18MESSAGE_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1aMESSAGE_KIND_TRANSACTIONAL\x10\x01\x12\x19\n\x15MESSAGE_KIND_CAMPAIGN\x10\x02\x12\x1b\n\x17MESSAGE_KIND_AUTOMATION\x10\x03\x12\x15\n\x11MESSAGE_KIND_TEST\x10\x04*\xbf\x01\n\x11TrackingEventKind\x12#\n\x1fTRACKING_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TRACKING_EVENT_KIND_OPEN\x10\x01\x12\x1d\n\x19TRACKING_EVENT_KIND_CLICK\x10\x02\x12#\n\x1fTRACKING_EVENT_KIND_UNSUBSCRIBE\x10\x03\x12#\n\x1fTRACKING_EVENT_KIND_PREFERENCES\x10\x04\x32\xa0\x06\n\x0f\x44\x65liveryService\x12n\n\x11SendTransactional\x12+.nudge.delivery.v1.SendTransactionalRequest\x1a,.nudge.delivery.v1.SendTransactionalResponse\x12k\n\x10GetMessageStatus\x12*.nudge.delivery.v1.GetMessageStatusRequest\x1a+.nudge.delivery.v1.GetMessageStatusResponse\x12`\n\x10GetSendingStatus\x12*.nudge.delivery.v1.GetSendingStatusRequest\x1a .nudge.delivery.v1.SendingStatus\x12\\\n\x0eLiftSuspension\x12(.nudge.delivery.v1.LiftSuspensionRequest\x1a .nudge.delivery.v1.SendingStatus\x12N\n\nSetDkimKey\x12$.nudge.delivery.v1.SetDkimKeyRequest\x1a\x1a.nudge.delivery.v1.DkimKey\x12_\n\x0cListDkimKeys\x12&.nudge.delivery.v1.ListDkimKeysRequest\x1a\'.nudge.delivery.v1.ListDkimKeysResponse\x12\x62\n\rDeleteDkimKey\x12\'.nudge.delivery.v1.DeleteDkimKeyRequest\x1a(.nudge.delivery.v1.DeleteDkimKeyResponse\x12[\n\x0e\x45xplainMessage\x12(.nudge.delivery.v1.ExplainMessageRequest\x1a\x1f.nudge.delivery.v1.MessageStoryb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SENDTRANSACTIONALREQUEST_VARSENTRY']._serialized_options = b'8\001'
   _globals['_DELIVERYREQUESTED_VARSENTRY']._loaded_options = None
   _globals['_DELIVERYREQUESTED_VARSENTRY']._serialized_options = b'8\001'
-  _globals['_MESSAGESTATUS']._serialized_start=1856
-  _globals['_MESSAGESTATUS']._serialized_end=2123
-  _globals['_MESSAGEKIND']._serialized_start=2126
-  _globals['_MESSAGEKIND']._serialized_end=2280
+  _globals['_MESSAGESTATUS']._serialized_start=3048
+  _globals['_MESSAGESTATUS']._serialized_end=3315
+  _globals['_MESSAGEKIND']._serialized_start=3318
+  _globals['_MESSAGEKIND']._serialized_end=3472
+  _globals['_TRACKINGEVENTKIND']._serialized_start=3475
+  _globals['_TRACKINGEVENTKIND']._serialized_end=3666
   _globals['_MESSAGECONTENT']._serialized_start=122
   _globals['_MESSAGECONTENT']._serialized_end=193
   _globals['_SENDTRANSACTIONALREQUEST']._serialized_start=196
@@ -54,27 +56,37 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMESSAGESTATUSRESPONSE']._serialized_start=550
   _globals['_GETMESSAGESTATUSRESPONSE']._serialized_end=710
   _globals['_DELIVERYREQUESTED']._serialized_start=713
-  _globals['_DELIVERYREQUESTED']._serialized_end=1132
+  _globals['_DELIVERYREQUESTED']._serialized_end=1165
   _globals['_DELIVERYREQUESTED_VARSENTRY']._serialized_start=390
   _globals['_DELIVERYREQUESTED_VARSENTRY']._serialized_end=433
-  _globals['_GETSENDINGSTATUSREQUEST']._serialized_start=1134
-  _globals['_GETSENDINGSTATUSREQUEST']._serialized_end=1159
-  _globals['_SENDINGSTATUS']._serialized_start=1162
-  _globals['_SENDINGSTATUS']._serialized_end=1413
-  _globals['_LIFTSUSPENSIONREQUEST']._serialized_start=1415
-  _globals['_LIFTSUSPENSIONREQUEST']._serialized_end=1474
-  _globals['_SETDKIMKEYREQUEST']._serialized_start=1476
-  _globals['_SETDKIMKEYREQUEST']._serialized_end=1554
-  _globals['_DKIMKEY']._serialized_start=1557
-  _globals['_DKIMKEY']._serialized_end=1699
-  _globals['_LISTDKIMKEYSREQUEST']._serialized_start=1701
-  _globals['_LISTDKIMKEYSREQUEST']._serialized_end=1722
-  _globals['_LISTDKIMKEYSRESPONSE']._serialized_start=1724
-  _globals['_LISTDKIMKEYSRESPONSE']._serialized_end=1788
-  _globals['_DELETEDKIMKEYREQUEST']._serialized_start=1790
-  _globals['_DELETEDKIMKEYREQUEST']._serialized_end=1828
-  _globals['_DELETEDKIMKEYRESPONSE']._serialized_start=1830
-  _globals['_DELETEDKIMKEYRESPONSE']._serialized_end=1853
-  _globals['_DELIVERYSERVICE']._serialized_start=2283
-  _globals['_DELIVERYSERVICE']._serialized_end=2990
+  _globals['_GETSENDINGSTATUSREQUEST']._serialized_start=1167
+  _globals['_GETSENDINGSTATUSREQUEST']._serialized_end=1192
+  _globals['_SENDINGSTATUS']._serialized_start=1195
+  _globals['_SENDINGSTATUS']._serialized_end=1446
+  _globals['_LIFTSUSPENSIONREQUEST']._serialized_start=1448
+  _globals['_LIFTSUSPENSIONREQUEST']._serialized_end=1507
+  _globals['_SETDKIMKEYREQUEST']._serialized_start=1509
+  _globals['_SETDKIMKEYREQUEST']._serialized_end=1587
+  _globals['_DKIMKEY']._serialized_start=1590
+  _globals['_DKIMKEY']._serialized_end=1732
+  _globals['_LISTDKIMKEYSREQUEST']._serialized_start=1734
+  _globals['_LISTDKIMKEYSREQUEST']._serialized_end=1755
+  _globals['_LISTDKIMKEYSRESPONSE']._serialized_start=1757
+  _globals['_LISTDKIMKEYSRESPONSE']._serialized_end=1821
+  _globals['_DELETEDKIMKEYREQUEST']._serialized_start=1823
+  _globals['_DELETEDKIMKEYREQUEST']._serialized_end=1861
+  _globals['_DELETEDKIMKEYRESPONSE']._serialized_start=1863
+  _globals['_DELETEDKIMKEYRESPONSE']._serialized_end=1886
+  _globals['_EXPLAINMESSAGEREQUEST']._serialized_start=1888
+  _globals['_EXPLAINMESSAGEREQUEST']._serialized_end=1931
+  _globals['_MESSAGESTAGE']._serialized_start=1934
+  _globals['_MESSAGESTAGE']._serialized_end=2124
+  _globals['_ELIGIBILITYDECISION']._serialized_start=2126
+  _globals['_ELIGIBILITYDECISION']._serialized_end=2238
+  _globals['_TRACKINGEVENT']._serialized_start=2241
+  _globals['_TRACKINGEVENT']._serialized_end=2402
+  _globals['_MESSAGESTORY']._serialized_start=2405
+  _globals['_MESSAGESTORY']._serialized_end=3045
+  _globals['_DELIVERYSERVICE']._serialized_start=3669
+  _globals['_DELIVERYSERVICE']._serialized_end=4469
 # @@protoc_insertion_point(module_scope)

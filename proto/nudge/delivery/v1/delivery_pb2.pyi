@@ -93,6 +93,27 @@ no tracking, "[Test]" before the subject, counted nowhere.
 """
 Global___MessageKind: _TypeAlias = MessageKind  # noqa: Y015
 
+class _TrackingEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TrackingEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TrackingEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TRACKING_EVENT_KIND_UNSPECIFIED: _TrackingEventKind.ValueType  # 0
+    TRACKING_EVENT_KIND_OPEN: _TrackingEventKind.ValueType  # 1
+    TRACKING_EVENT_KIND_CLICK: _TrackingEventKind.ValueType  # 2
+    TRACKING_EVENT_KIND_UNSUBSCRIBE: _TrackingEventKind.ValueType  # 3
+    TRACKING_EVENT_KIND_PREFERENCES: _TrackingEventKind.ValueType  # 4
+
+class TrackingEventKind(_TrackingEventKind, metaclass=_TrackingEventKindEnumTypeWrapper): ...
+
+TRACKING_EVENT_KIND_UNSPECIFIED: TrackingEventKind.ValueType  # 0
+TRACKING_EVENT_KIND_OPEN: TrackingEventKind.ValueType  # 1
+TRACKING_EVENT_KIND_CLICK: TrackingEventKind.ValueType  # 2
+TRACKING_EVENT_KIND_UNSUBSCRIBE: TrackingEventKind.ValueType  # 3
+TRACKING_EVENT_KIND_PREFERENCES: TrackingEventKind.ValueType  # 4
+Global___TrackingEventKind: _TypeAlias = TrackingEventKind  # noqa: Y015
+
 @_typing.final
 class MessageContent(_message.Message):
     """What to send. Subject and bodies are Jinja2 templates rendered in a sandbox with
@@ -282,6 +303,8 @@ class DeliveryRequested(_message.Message):
     TEST_RECIPIENT_FIELD_NUMBER: _builtins.int
     FROM_NAME_FIELD_NUMBER: _builtins.int
     REPLY_TO_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     """Deterministic (uuid5 of what caused it), so a replayed cause asks for the same message."""
     contact_id: _builtins.str
@@ -296,6 +319,11 @@ class DeliveryRequested(_message.Message):
     address); empty: the workspace's name and none.
     """
     reply_to: _builtins.str
+    run_id: _builtins.str
+    """MESSAGE_KIND_AUTOMATION: the workflow run and the step (its id, "#iteration" when the
+    step ran more than once) that asked for the mail; kept on the ledger for its story.
+    """
+    step_id: _builtins.str
     @_builtins.property
     def content(self) -> Global___MessageContent: ...
     @_builtins.property
@@ -314,10 +342,12 @@ class DeliveryRequested(_message.Message):
         test_recipient: _builtins.str = ...,
         from_name: _builtins.str = ...,
         reply_to: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["content", b"content"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "content", b"content", "from_name", b"from_name", "kind", b"kind", "message_id", b"message_id", "purpose", b"purpose", "reply_to", b"reply_to", "test_recipient", b"test_recipient", "vars", b"vars", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id", "contact_id", b"contact_id", "content", b"content", "from_name", b"from_name", "kind", b"kind", "message_id", b"message_id", "purpose", b"purpose", "reply_to", b"reply_to", "run_id", b"run_id", "step_id", b"step_id", "test_recipient", b"test_recipient", "vars", b"vars", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -544,3 +574,216 @@ class DeleteDkimKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DeleteDkimKeyResponse: _TypeAlias = DeleteDkimKeyResponse  # noqa: Y015
+
+@_typing.final
+class ExplainMessageRequest(_message.Message):
+    """The story of a mail (issue 17, `nudge message ID`): where the request came from, what
+    contacts answered, every status the ledger went through with times, what tracking saw,
+    and the trace the message was claimed in.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplainMessageRequest: _TypeAlias = ExplainMessageRequest  # noqa: Y015
+
+@_typing.final
+class MessageStage(_message.Message):
+    """One status the message took, when, and why (the SMTP answer, the skip reason...)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    status: Global___MessageStatus.ValueType
+    detail: _builtins.str
+    attempt: _builtins.int
+    """the ledger's attempt count at this stage"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """DEFERRED: when it is tried again"""
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        status: Global___MessageStatus.ValueType = ...,
+        detail: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "next_attempt_at", b"next_attempt_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "attempt", b"attempt", "detail", b"detail", "next_attempt_at", b"next_attempt_at", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageStage: _TypeAlias = MessageStage  # noqa: Y015
+
+@_typing.final
+class EligibilityDecision(_message.Message):
+    """Delivery's consent and suppression check just before the hand-off."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKED_FIELD_NUMBER: _builtins.int
+    ELIGIBLE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    checked: _builtins.bool
+    """false: a test send (no check), or never got as far"""
+    eligible: _builtins.bool
+    reason: _builtins.str
+    """why not (unsubscribed, suppressed, workspace_suspended...)"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        checked: _builtins.bool = ...,
+        eligible: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "checked", b"checked", "eligible", b"eligible", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EligibilityDecision: _TypeAlias = EligibilityDecision  # noqa: Y015
+
+@_typing.final
+class TrackingEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    MACHINE_FIELD_NUMBER: _builtins.int
+    MACHINE_REASON_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    kind: Global___TrackingEventKind.ValueType
+    machine: _builtins.bool
+    """a scanner or a privacy proxy, not a person"""
+    machine_reason: _builtins.str
+    url: _builtins.str
+    """a click's target"""
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___TrackingEventKind.ValueType = ...,
+        machine: _builtins.bool = ...,
+        machine_reason: _builtins.str = ...,
+        url: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "kind", b"kind", "machine", b"machine", "machine_reason", b"machine_reason", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrackingEvent: _TypeAlias = TrackingEvent  # noqa: Y015
+
+@_typing.final
+class MessageStory(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    STEP_ID_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CLAIMED_AT_FIELD_NUMBER: _builtins.int
+    TRACE_ID_FIELD_NUMBER: _builtins.int
+    ELIGIBILITY_FIELD_NUMBER: _builtins.int
+    STAGES_FIELD_NUMBER: _builtins.int
+    TRACKING_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    status: Global___MessageStatus.ValueType
+    """the ledger's current status, as GetMessageStatus answers it"""
+    detail: _builtins.str
+    kind: Global___MessageKind.ValueType
+    contact_id: _builtins.str
+    campaign_id: _builtins.str
+    workflow_id: _builtins.str
+    run_id: _builtins.str
+    step_id: _builtins.str
+    purpose: _contacts_pb2.ConsentPurpose.ValueType
+    attempts: _builtins.int
+    trace_id: _builtins.str
+    """32 hex digits; empty when the claim had no trace"""
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def claimed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def eligibility(self) -> Global___EligibilityDecision: ...
+    @_builtins.property
+    def stages(self) -> _containers.RepeatedCompositeFieldContainer[Global___MessageStage]:
+        """oldest first"""
+
+    @_builtins.property
+    def tracking(self) -> _containers.RepeatedCompositeFieldContainer[Global___TrackingEvent]:
+        """oldest first"""
+
+    @_builtins.property
+    def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
+        """a kept request's due time, if any"""
+
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        status: Global___MessageStatus.ValueType = ...,
+        detail: _builtins.str = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        kind: Global___MessageKind.ValueType = ...,
+        contact_id: _builtins.str = ...,
+        campaign_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        run_id: _builtins.str = ...,
+        step_id: _builtins.str = ...,
+        purpose: _contacts_pb2.ConsentPurpose.ValueType = ...,
+        attempts: _builtins.int = ...,
+        claimed_at: _timestamp_pb2.Timestamp | None = ...,
+        trace_id: _builtins.str = ...,
+        eligibility: Global___EligibilityDecision | None = ...,
+        stages: _abc.Iterable[Global___MessageStage] | None = ...,
+        tracking: _abc.Iterable[Global___TrackingEvent] | None = ...,
+        next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claimed_at", b"claimed_at", "eligibility", b"eligibility", "next_attempt_at", b"next_attempt_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "campaign_id", b"campaign_id", "claimed_at", b"claimed_at", "contact_id", b"contact_id", "detail", b"detail", "eligibility", b"eligibility", "kind", b"kind", "message_id", b"message_id", "next_attempt_at", b"next_attempt_at", "purpose", b"purpose", "run_id", b"run_id", "stages", b"stages", "status", b"status", "step_id", b"step_id", "trace_id", b"trace_id", "tracking", b"tracking", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageStory: _TypeAlias = MessageStory  # noqa: Y015

@@ -69,6 +69,11 @@ class DeliveryServiceStub:
                 request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyRequest.SerializeToString,
                 response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyResponse.FromString,
                 _registered_method=True)
+        self.ExplainMessage = channel.unary_unary(
+                '/nudge.delivery.v1.DeliveryService/ExplainMessage',
+                request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ExplainMessageRequest.SerializeToString,
+                response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.MessageStory.FromString,
+                _registered_method=True)
 
 
 class DeliveryServiceServicer:
@@ -116,6 +121,12 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExplainMessage(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +164,11 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     servicer.DeleteDkimKey,
                     request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyRequest.FromString,
                     response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyResponse.SerializeToString,
+            ),
+            'ExplainMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExplainMessage,
+                    request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ExplainMessageRequest.FromString,
+                    response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.MessageStory.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +360,33 @@ class DeliveryService:
             '/nudge.delivery.v1.DeliveryService/DeleteDkimKey',
             nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyRequest.SerializeToString,
             nudge_dot_delivery_dot_v1_dot_delivery__pb2.DeleteDkimKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExplainMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.delivery.v1.DeliveryService/ExplainMessage',
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.ExplainMessageRequest.SerializeToString,
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.MessageStory.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,7 @@ class DeliveryServiceStub:
     SetDkimKey: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.SetDkimKeyRequest, _delivery_pb2.DkimKey]
     ListDkimKeys: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ListDkimKeysRequest, _delivery_pb2.ListDkimKeysResponse]
     DeleteDkimKey: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.DeleteDkimKeyRequest, _delivery_pb2.DeleteDkimKeyResponse]
+    ExplainMessage: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ExplainMessageRequest, _delivery_pb2.MessageStory]
 
 @_typing.type_check_only
 class DeliveryServiceAsyncStub(DeliveryServiceStub):
@@ -49,6 +50,7 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     SetDkimKey: _aio.UnaryUnaryMultiCallable[_delivery_pb2.SetDkimKeyRequest, _delivery_pb2.DkimKey]  # type: ignore[assignment]
     ListDkimKeys: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ListDkimKeysRequest, _delivery_pb2.ListDkimKeysResponse]  # type: ignore[assignment]
     DeleteDkimKey: _aio.UnaryUnaryMultiCallable[_delivery_pb2.DeleteDkimKeyRequest, _delivery_pb2.DeleteDkimKeyResponse]  # type: ignore[assignment]
+    ExplainMessage: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ExplainMessageRequest, _delivery_pb2.MessageStory]  # type: ignore[assignment]
 
 class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -99,5 +101,12 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _delivery_pb2.DeleteDkimKeyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_pb2.DeleteDkimKeyResponse, _abc.Awaitable[_delivery_pb2.DeleteDkimKeyResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExplainMessage(
+        self,
+        request: _delivery_pb2.ExplainMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.MessageStory, _abc.Awaitable[_delivery_pb2.MessageStory]]: ...
 
 def add_DeliveryServiceServicer_to_server(servicer: DeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
