@@ -6,6 +6,11 @@
 
 The address and the API key come from ``--addr``/``NUDGE_CONTACTS_ADDR`` (default
 127.0.0.1:50051) and ``--api-key``/``NUDGE_API_KEY``.
+
+    nudge message ID [--json] [--gateway-url URL] [--api-key KEY]
+
+The story of one mail (services/cli/messages.py), over the gateway's HTTP API
+(``NUDGE_GATEWAY_URL``, default http://127.0.0.1:8080).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from services.cli import contacts_import
+from services.cli import contacts_import, messages
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--api-key", default=os.environ.get("NUDGE_API_KEY", ""))
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.set_defaults(run=contacts_import.run)
+    messages.register(areas)
     return root
 
 

@@ -31,7 +31,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 import asyncpg
@@ -324,7 +324,7 @@ async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) 
                 ),
                 pending=envelope.SerializeToString() if keep else None,
                 trace=current_traceparent(),
-                origin=origin_of(request),
+                origin=origin_of(envelope),
             )
         )
         if claim is None:
@@ -343,7 +343,7 @@ async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) 
             request.workflow_id,
             now,
             reclaimable,
-            origin_of(request),
+            origin_of(envelope),
         )
         if taken is None:
             if retrying and await db.status_of(conn, request.message_id) != Status.CLAIMED:
@@ -372,10 +372,17 @@ async def _claim(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]) 
     return _Taken(taken, pending=keep or retrying)
 
 
-def origin_of(request: delivery_pb2.DeliveryRequested) -> db.Origin:
+def origin_of(envelope: Envelope) -> db.Origin:
     """What the ledger keeps of the request for the story of the mail (story.py), with the
     trace id of the span current at the claim (the consumer's per-record span)."""
-    return db.Origin(current_trace_id(), request.purpose, request.run_id, request.step_id)
+    request = envelope.delivery_requested
+    return db.Origin(
+        current_trace_id(),
+        request.purpose,
+        request.run_id,
+        request.step_id,
+        envelope.occurred_at.ToDatetime(tzinfo=UTC) if envelope.HasField("occurred_at") else None,
+    )
 
 
 def _queued(request: delivery_pb2.DeliveryRequested) -> events_pb2.MessageQueued:
@@ -705,7 +712,7 @@ async def deliver_test(deps: Deps, envelope: Envelope) -> None:
             request.campaign_id,
             request.workflow_id,
             clock.now(),
-            origin=origin_of(request),
+            origin=origin_of(envelope),
         )
     if claimed is None:
         log.info("test send %s already handled; not sending it again", request.message_id)
@@ -812,7 +819,7 @@ async def _finish_unsent(
             request.workflow_id,
             clock.now(),
             reclaimable,
-            origin_of(request),
+            origin_of(envelope),
         )
         if claimed:
             await _record_in(

@@ -90,7 +90,7 @@ async def explain(
         row = await conn.fetchrow(
             "SELECT m.message_id, m.contact_id, m.kind, m.campaign_id, m.workflow_id, m.status,"
             " m.detail, m.attempts, m.claimed_at, m.updated_at, m.trace_id, m.purpose,"
-            " m.run_id, m.step_id, p.due_at"
+            " m.run_id, m.step_id, m.requested_at, p.due_at"
             " FROM messages m LEFT JOIN pending_sends p ON p.message_id = m.message_id"
             " WHERE m.workspace_id = $1 AND m.message_id = $2",
             uuid.UUID(workspace_id),
@@ -129,6 +129,8 @@ async def explain(
     )
     story.updated_at.FromDatetime(row["updated_at"])
     story.claimed_at.FromDatetime(row["claimed_at"])
+    if row["requested_at"] is not None:
+        story.requested_at.FromDatetime(row["requested_at"])
     if row["due_at"] is not None:
         story.next_attempt_at.FromDatetime(row["due_at"])
     decision = eligibility_of(row["kind"], stages)

@@ -612,6 +612,7 @@ def message_story_json(
         detail=story.detail,
         updated_at=_time(story.updated_at, story.HasField("updated_at")),
         contact_id=story.contact_id,
+        requested_at=_time(story.requested_at, story.HasField("requested_at")),
         origin=schemas.MessageOriginOut(
             kind=_enum_name(delivery_pb2.MessageKind, "MESSAGE_KIND_", story.kind),
             campaign_id=story.campaign_id,

@@ -1182,6 +1182,7 @@ class MessageStoryOut(MessageStatusOut):
 
     contact_id: str
     origin: MessageOriginOut
+    requested_at: datetime | None = Field(description="When the request was made.")
     eligibility: EligibilityOut
     attempts: int
     claimed_at: datetime | None

@@ -35,6 +35,7 @@ class Origin:
     purpose: int = 0
     run_id: str = ""
     step_id: str = ""
+    requested_at: datetime | None = None  # the request envelope's occurred_at
 
 
 async def claim(
@@ -59,8 +60,8 @@ async def claim(
     origin = origin or Origin()
     row = await conn.fetchrow(
         "INSERT INTO messages (message_id, workspace_id, contact_id, kind, campaign_id,"
-        " workflow_id, status, claimed_at, updated_at, trace_id, purpose, run_id, step_id)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $10, $11, $12, $13)"
+        " workflow_id, status, claimed_at, updated_at, trace_id, purpose, run_id, step_id,"
+        " requested_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $10, $11, $12, $13, $14)"
         " ON CONFLICT (message_id) DO UPDATE SET status = $7, attempts = messages.attempts + 1,"
         "   updated_at = $8"
         " WHERE messages.status = ANY($9::smallint[])"
@@ -78,6 +79,7 @@ async def claim(
         origin.purpose,
         origin.run_id,
         origin.step_id,
+        origin.requested_at,
     )
     if row is None:
         return None
@@ -240,11 +242,12 @@ async def claim_many(
     found = await conn.fetch(
         "WITH claimed AS ("
         "  INSERT INTO messages (message_id, workspace_id, contact_id, kind, campaign_id,"
-        "   workflow_id, status, claimed_at, updated_at, trace_id, purpose, run_id, step_id)"
-        "  SELECT m, w, c, k, ca, wf, $7, $8, $8, tr, pu, ru, st"
+        "   workflow_id, status, claimed_at, updated_at, trace_id, purpose, run_id, step_id,"
+        "   requested_at)"
+        "  SELECT m, w, c, k, ca, wf, $7, $8, $8, tr, pu, ru, st, ra"
         "  FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::smallint[], $5::text[],"
-        "   $6::text[], $14::text[], $15::smallint[], $16::text[], $17::text[])"
-        "   AS r(m, w, c, k, ca, wf, tr, pu, ru, st)"
+        "   $6::text[], $14::text[], $15::smallint[], $16::text[], $17::text[],"
+        "   $18::timestamptz[]) AS r(m, w, c, k, ca, wf, tr, pu, ru, st, ra)"
         "  ON CONFLICT (message_id) DO UPDATE SET status = $7,"
         "   attempts = messages.attempts + 1, updated_at = $8"
         f"  WHERE messages.status = {int(Status.QUEUED)}"
@@ -280,6 +283,7 @@ async def claim_many(
         [r.origin.purpose for r in rows],
         [r.origin.run_id for r in rows],
         [r.origin.step_id for r in rows],
+        [r.origin.requested_at for r in rows],
     )
     return {
         str(row["message_id"]): Claim(

@@ -3,7 +3,7 @@
 -- The ledger row kept only the latest status; the story needs where the request came from,
 -- the trace it was claimed in, and every status the message went through, with times.
 
--- Written at the claim, from the request and the consumer's span: the trace id of the span
+-- Written at the first claim, from the request and the consumer's span: the trace id of the span
 -- current when delivery claimed the message (the per-record span, which continues the
 -- producer's trace), the consent purpose contacts was asked about, and for automation mail
 -- the workflow run and step that asked for it.
@@ -12,6 +12,8 @@ ALTER TABLE messages
     ADD COLUMN purpose         smallint    NOT NULL DEFAULT 0,
     ADD COLUMN run_id          text        NOT NULL DEFAULT '',
     ADD COLUMN step_id         text        NOT NULL DEFAULT '',
+    -- When the request was made (its envelope's occurred_at): the wait before the claim.
+    ADD COLUMN requested_at    timestamptz,
     -- The next attempt planned by the latest DEFERRED outcome (copied into the history).
     ADD COLUMN next_attempt_at timestamptz;
 

@@ -183,6 +183,10 @@ async def test_a_deferred_then_sent_mail_tells_every_stage_with_its_origin_and_t
     assert story.purpose == contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
     assert story.eligibility.checked and story.eligibility.eligible
     assert story.eligibility.at == story.stages[0].at
+    # When it was asked for (the request's envelope), before the first claim.
+    assert story.HasField("requested_at")
+    assert story.requested_at.ToDatetime() <= story.claimed_at.ToDatetime()
+    assert story.claimed_at == story.stages[0].at
     # The trace of the claim: the consumer's per-record span, in the producer's trace.
     assert story.trace_id == PRODUCER_TRACE_ID
 

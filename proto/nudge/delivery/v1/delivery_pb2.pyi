@@ -726,6 +726,7 @@ class MessageStory(_message.Message):
     STAGES_FIELD_NUMBER: _builtins.int
     TRACKING_FIELD_NUMBER: _builtins.int
     NEXT_ATTEMPT_AT_FIELD_NUMBER: _builtins.int
+    REQUESTED_AT_FIELD_NUMBER: _builtins.int
     message_id: _builtins.str
     status: Global___MessageStatus.ValueType
     """the ledger's current status, as GetMessageStatus answers it"""
@@ -758,6 +759,10 @@ class MessageStory(_message.Message):
     def next_attempt_at(self) -> _timestamp_pb2.Timestamp:
         """a kept request's due time, if any"""
 
+    @_builtins.property
+    def requested_at(self) -> _timestamp_pb2.Timestamp:
+        """when the request was made (campaign, workflow...)"""
+
     def __init__(
         self,
         *,
@@ -779,10 +784,11 @@ class MessageStory(_message.Message):
         stages: _abc.Iterable[Global___MessageStage] | None = ...,
         tracking: _abc.Iterable[Global___TrackingEvent] | None = ...,
         next_attempt_at: _timestamp_pb2.Timestamp | None = ...,
+        requested_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["claimed_at", b"claimed_at", "eligibility", b"eligibility", "next_attempt_at", b"next_attempt_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claimed_at", b"claimed_at", "eligibility", b"eligibility", "next_attempt_at", b"next_attempt_at", "requested_at", b"requested_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "campaign_id", b"campaign_id", "claimed_at", b"claimed_at", "contact_id", b"contact_id", "detail", b"detail", "eligibility", b"eligibility", "kind", b"kind", "message_id", b"message_id", "next_attempt_at", b"next_attempt_at", "purpose", b"purpose", "run_id", b"run_id", "stages", b"stages", "status", b"status", "step_id", b"step_id", "trace_id", b"trace_id", "tracking", b"tracking", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "campaign_id", b"campaign_id", "claimed_at", b"claimed_at", "contact_id", b"contact_id", "detail", b"detail", "eligibility", b"eligibility", "kind", b"kind", "message_id", b"message_id", "next_attempt_at", b"next_attempt_at", "purpose", b"purpose", "requested_at", b"requested_at", "run_id", b"run_id", "stages", b"stages", "status", b"status", "step_id", b"step_id", "trace_id", b"trace_id", "tracking", b"tracking", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
