@@ -6,11 +6,13 @@ What is proven: a mail the sink defers once and then accepts tells every stage w
 origin kept at the claim (workflow, run, step, purpose) and the trace id of the claim; what
 tracking saw of it (tracking.events.v1) joins the story; a contact without consent reads as
 "not eligible" with contacts' reason; another workspace's message and an unknown id are
-NOT_FOUND, a malformed id INVALID_ARGUMENT naming ``message_id``.
+NOT_FOUND, a malformed id INVALID_ARGUMENT naming ``message_id``; an erasure clears the
+SMTP answers of the history too.
 """
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 
@@ -40,6 +42,7 @@ from tests.support import eventually, free_port, unique
 S = delivery_pb2
 # A deferral waits far beyond any test's wait: the test makes it due (release) when it wants.
 RETRY_BASE_DELAY_S = 600.0
+SEARCH_PATH = {"search_path": "delivery"}  # as delivery's own connections have it
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -264,3 +267,30 @@ async def test_another_workspaces_message_or_an_unknown_one_is_not_found_and_a_b
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     assert [v.field for v in bad.field_violations] == ["message_id"]
+
+
+async def test_an_erasure_clears_the_smtp_answers_of_the_history_too(
+    delivery: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    import asyncpg
+
+    from services.delivery import privacy
+
+    contact = await new_contact(contacts_service, workspace, address("defer1-451"))
+    message_id = await request_automation_mail(producer, workspace, contact.id, "")
+    await eventually(lambda: status_is(message_id, S.MESSAGE_STATUS_DEFERRED), timeout=60)
+    before = await explain(delivery, workspace, message_id)
+    assert any(s.detail.startswith("451") for s in before.stages)
+
+    conn = await asyncpg.connect(os.environ["DATABASE_URL"], server_settings=SEARCH_PATH)
+    try:
+        async with conn.transaction():
+            await privacy.erase_contact(conn, workspace.id, uuid.UUID(contact.id))
+    finally:
+        await conn.close()
+    after = await explain(delivery, workspace, message_id)
+    assert [s.status for s in after.stages] == [s.status for s in before.stages]  # no new stage
+    assert {s.detail for s in after.stages if s.detail} == {privacy.ERASED_DETAIL}
