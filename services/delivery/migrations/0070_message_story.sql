@@ -22,7 +22,7 @@ ALTER TABLE messages
 -- (services/delivery/writes.py) and every other path record their history without a round
 -- trip of their own, and no path can forget to.
 CREATE TABLE message_history (
-    message_id       uuid        NOT NULL REFERENCES messages (message_id) ON DELETE CASCADE,
+    message_id       uuid        NOT NULL,
     seq              bigserial,
     at               timestamptz NOT NULL,
     status           smallint    NOT NULL,
@@ -45,9 +45,10 @@ BEGIN
 END $$;
 
 -- Only a change of status or of attempt is a stage: an erasure (which rewrites the contact
--- and the detail) is not.
+-- and the detail) is not. The transition tables have no statistics: without a hint the
+-- planner joins them with a nested loop, which cost a group of 500 outcomes 35 ms.
 CREATE FUNCTION message_history_updated() RETURNS trigger
-LANGUAGE plpgsql SET search_path FROM CURRENT AS $$
+LANGUAGE plpgsql SET search_path FROM CURRENT SET enable_nestloop = off AS $$
 BEGIN
     INSERT INTO message_history (message_id, at, status, detail, attempt, next_attempt_at)
     SELECT n.message_id, n.updated_at, n.status, n.detail, n.attempts,
