@@ -19,7 +19,7 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
 from tests.e2e.conftest import System
 from tests.e2e.test_welcome_path import platform_signup
-from tests.integration.triggers.support import WELCOME, publish
+from tests.integration.triggers.support import WELCOME, publish, run_rows
 from tests.support import eventually, fetchval, unique
 
 DEFERRED = 6  # delivery.messages.status
@@ -96,7 +96,9 @@ async def test_a_deferred_then_sent_and_opened_mail_tells_its_story(system: Syst
     assert story["next_attempt_at"] == story["stages"][1]["next_attempt_at"]
     # The request that caused it: the workflow's run and its send step.
     assert story["origin"]["kind"] == "automation"
-    assert story["origin"]["workflow_id"] and story["origin"]["run_id"]
+    [run] = await run_rows(system.env["DATABASE_URL"], workspace_id)
+    assert story["origin"]["workflow_id"] == str(run["workflow_id"])
+    assert story["origin"]["run_id"] == str(run["id"])
     assert story["origin"]["step_id"] == "welcome"
     assert story["eligibility"]["checked"] and story["eligibility"]["eligible"]
     assert story["eligibility"]["purpose"] == "automations"
