@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from deploy.local import jaeger
+from deploy.local import jaeger, supervisor
 from deploy.local.procs import pick_range
 
 FAKE_GO = """#!/bin/sh
@@ -102,3 +102,34 @@ def test_a_default_port_taken_is_replaced_by_a_free_one(monkeypatch: pytest.Monk
         ports = jaeger.choose_ports()
     low, high = pick_range()
     assert ports["ui"] != taken and low <= ports["ui"] <= high
+
+
+# -- make run's part (deploy/local/supervisor.py) -------------------------------------------
+
+
+def test_traces_is_jaeger_or_nothing() -> None:
+    assert supervisor.traces_choice({}) == ""
+    assert supervisor.traces_choice({"NUDGE_TRACES": " Jaeger "}) == "jaeger"
+    with pytest.raises(ValueError, match="TRACES='zipkin': expected 'jaeger'"):
+        supervisor.traces_choice({"NUDGE_TRACES": "zipkin"})
+
+
+def test_each_make_run_starts_with_an_empty_traces_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "traces"
+    folder.mkdir()
+    (folder / "delivery.1.jsonl").write_text("{}\n")
+    (folder / "notes.txt").write_text("mine\n")
+    assert supervisor.fresh_traces_dir(tmp_path) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["notes.txt"]
+
+
+def test_the_banner_says_where_the_traces_are(tmp_path: Path) -> None:
+    env = {
+        "NUDGE_GATEWAY_URL": "http://127.0.0.1:8080",
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092",
+        "NUDGE_TRACES_DIR": str(tmp_path / "traces"),
+    }
+    with_jaeger = supervisor.banner(env, {}, tmp_path, jaeger_url="http://127.0.0.1:16686")
+    assert "traces      Jaeger http://127.0.0.1:16686" in with_jaeger
+    files_only = supervisor.banner(env, {}, tmp_path)
+    assert f"traces      JSON lines in {tmp_path / 'traces'}" in files_only
