@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 
+from services.common.links import sign_open
 from tests.e2e.conftest import System
 from tests.e2e.test_welcome_path import new_workspace
 from tests.support import eventually, unique
@@ -109,3 +110,21 @@ async def test_nudge_trace_prints_a_signups_trace_as_a_tree_with_the_contact(
     code, out, err = await nudge("trace", "--contact", contact_id, *files)
     assert code == 0, err
     assert trace_id in out
+
+    # The mail opened, in a sampled trace of its own: tracking's span names the mail.
+    message_id = smtp[-1]["attributes"]["nudge.message_id"]
+    workspace_id = smtp[-1]["attributes"]["nudge.workspace_id"]
+    secret = system.env["NUDGE_LINK_SECRET"]
+    pixel = sign_open(secret, workspace_id, message_id, contact_id)
+    opened_trace = secrets.token_hex(16)
+    sampled = {"traceparent": f"00-{opened_trace}-{secrets.token_hex(8)}-01"}
+    async with httpx.AsyncClient(base_url=system.env["NUDGE_TRACKING_URL"]) as http:
+        assert (await http.get(pixel, headers=sampled)).status_code == 200
+    await eventually(lambda: any(s["trace_id"] == opened_trace for s in system.spans()))
+    code, out, err = await nudge("trace", opened_trace, *files)
+    assert code == 0, err
+    [hit] = [line for line in out.splitlines() if line.startswith("nudge-tracking  GET /o/")]
+    assert f"contact={contact_id}" in hit and f"message={message_id}" in hit, out
+    code, out, err = await nudge("trace", "--message", message_id, *files)
+    assert code == 0, err
+    assert trace_id in out and opened_trace in out
