@@ -49,9 +49,11 @@ async def test_nudge_trace_prints_a_signups_trace_as_a_tree_with_the_contact(
     email = f"{unique('grace')}@example.com"
     auth = {"Authorization": f"Bearer {api_key}"}
     async with httpx.AsyncClient(base_url=system.gateway, headers=auth, timeout=10) as http:
+        created_trace = secrets.token_hex(16)
         created = await http.post(
             "/v1/contacts",
             json={"email": email, "first_name": "Grace", "consents": ["automations"]},
+            headers={"traceparent": f"00-{created_trace}-{secrets.token_hex(8)}-01"},
         )
         assert created.status_code == 201, created.text
         contact_id = created.json()["id"]
@@ -106,10 +108,15 @@ async def test_nudge_trace_prints_a_signups_trace_as_a_tree_with_the_contact(
     indent = len(lines[delivered]) - len(lines[delivered].lstrip(" │├└─"))
     assert indent > len(lines[gateway]) - len(lines[gateway].lstrip(" │├└─"))
 
-    # Found again from the contact alone.
+    # Found again from the contact alone, with the request that created it (whose span
+    # names the contact from the answer of the call the gateway made).
     code, out, err = await nudge("trace", "--contact", contact_id, *files)
     assert code == 0, err
-    assert trace_id in out
+    assert trace_id in out and created_trace in out
+    code, out, err = await nudge("trace", created_trace, *files)
+    assert code == 0, err
+    root = out.splitlines()[1]
+    assert root.startswith("nudge-gateway  POST /v1/contacts") and f"contact={contact_id}" in root
 
     # The mail opened, in a sampled trace of its own: tracking's span names the mail.
     message_id = smtp[-1]["attributes"]["nudge.message_id"]
