@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 PROTOS := $(shell find proto -name '*.proto' | sort)
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run infra kafka mail proto lint fmt test test-slow test-unit test-tansu bench up down clean clean-data
+.PHONY: help venv run jaeger infra kafka mail proto lint fmt test test-slow test-unit test-tansu bench up down clean clean-data
 
 help: ## list the targets
 	@if [ -t 1 ] && [ -z "$$NO_COLOR" ]; then on=$$'\033[36m'; off=$$'\033[0m'; else on=; off=; fi; \
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP) ## create .venv and install Nudge with its dev tools
 
-run: $(STAMP) ## start infrastructure and every service (Ctrl-C stops all)
-	$(BIN)/python -m deploy.local run
+# TRACES=jaeger: Jaeger too (built once with Go: make jaeger), every service's spans sent to it.
+run: $(STAMP) ## start infrastructure and every service (Ctrl-C stops all); TRACES=jaeger adds Jaeger
+	NUDGE_TRACES='$(TRACES)' $(BIN)/python -m deploy.local run
+
+jaeger: $(STAMP) ## build Jaeger v2 once with Go into .nudge/cache/jaeger (about 6 minutes)
+	$(BIN)/python -m deploy.local jaeger
 
 infra: $(STAMP) ## start only the infrastructure (PostgreSQL, Redis, Kafka, SMTP sink) in the foreground
 	$(BIN)/python -m deploy.local up

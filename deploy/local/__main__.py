@@ -4,6 +4,7 @@ python -m deploy.local run            # make run: infrastructure + every service
 python -m deploy.local up             # make infra: infrastructure only, in the foreground
 python -m deploy.local kafka          # make kafka: Kafka alone
 python -m deploy.local mail [--last N]  # make mail: what the SMTP sink received
+python -m deploy.local jaeger         # make jaeger: build Jaeger once (Go), print its path
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import shlex
 import sys
 
-from deploy.local import paths
+from deploy.local import jaeger, paths
 from deploy.local.smtp_sink import MaildirReader, mail_reader, text_body
 from deploy.local.stack import PARTS, LocalStack, fixed_ports, run_sync
 from deploy.local.supervisor import (
@@ -71,6 +72,24 @@ def mail(last: int) -> int:
     return 0
 
 
+def build_jaeger() -> int:
+    """``make jaeger``: the one-off build (minutes), or the cached binary's path at once."""
+    stop_on_signals()
+    try:
+        binary = jaeger.build_jaeger(
+            paths.cache_dir(), paths.logs_dir() / "jaeger-build.log", out=sys.stderr
+        )
+    except Interrupted:
+        print("nudge: the Jaeger build was interrupted; the next one starts over", file=sys.stderr)
+        return 130
+    except (jaeger.GoMissing, RuntimeError, OSError) as err:
+        print(f"nudge: {err}", file=sys.stderr)
+        return 1
+    print(f"Jaeger {jaeger.JAEGER_VERSION}: {binary}")
+    print("start it with the rest: make run TRACES=jaeger")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m deploy.local",
@@ -83,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "kafka", help="Kafka only: Apache Kafka with Java 17+ and Maven, else Tansu (make kafka)"
     )
+    commands.add_parser("jaeger", help="build Jaeger v2 once with Go (make jaeger)")
     reading = commands.add_parser("mail", help="print the mail the SMTP sink received")
     reading.add_argument("--last", type=int, default=10, help="how many (0: all)")
     args = parser.parse_args(argv)
@@ -92,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return infra(PARTS)
     if args.command == "kafka":
         return infra(("kafka",))
+    if args.command == "jaeger":
+        return build_jaeger()
     return mail(args.last)
 
 

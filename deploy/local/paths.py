@@ -28,3 +28,9 @@ def data_dir(part: str, base: Path | None = None) -> Path:
 
 def logs_dir(base: Path | None = None) -> Path:
     return (base or state_dir()) / "logs"
+
+
+def traces_dir(base: Path | None = None) -> Path:
+    """Where ``make run``'s services write their spans as JSON lines (``NUDGE_TRACES_DIR``),
+    which ``nudge trace`` reads when no Jaeger knows a trace."""
+    return (base or state_dir()) / "traces"

@@ -40,6 +40,7 @@ from typing import Any, TextIO
 
 import httpx
 
+from deploy.local import jaeger as jaeger_mod
 from deploy.local import paths
 from deploy.local.procs import (
     Child,
@@ -519,13 +520,58 @@ def demo_workspace(state_dir: Path, env: Mapping[str, str]) -> dict[str, Any]:
     return {**kept, **answer, "api_key": kept.get("api_key")}
 
 
+def traces_choice(environ: Mapping[str, str]) -> str:
+    """``make run TRACES=jaeger`` (``NUDGE_TRACES``): "jaeger", else "" (the JSON files)."""
+    value = environ.get("NUDGE_TRACES", "").strip().lower()
+    if value not in ("", "jaeger"):
+        raise ValueError(f"TRACES={value!r}: expected 'jaeger', or nothing for the JSON files")
+    return value
+
+
+def start_traces(
+    state_dir: Path, registry: ProcessRegistry
+) -> tuple[jaeger_mod.Jaeger | None, list[str]]:
+    """``make run TRACES=jaeger``: build Jaeger if needed (minutes, once, with progress),
+    then start it. Without Go, or when the build fails, say so and go on without it: the
+    spans stay in the JSON files. Returns Jaeger (or None) and the banner's warnings."""
+    registry_record = registry.record
+    if registry_record is not None:
+        reap_stale(registry_record)
+    binary = jaeger_mod.build_or_explain(
+        paths.cache_dir(state_dir), paths.logs_dir(state_dir), registry.stopping
+    )
+    if binary is None:
+        return None, ["no Jaeger (see above): spans are only in the JSON files (nudge trace)"]
+    jaeger = jaeger_mod.start_jaeger(
+        registry,
+        binary=binary,
+        data_dir=paths.data_dir("jaeger", state_dir),
+        log_dir=paths.logs_dir(state_dir),
+    )
+    return jaeger, []
+
+
+def fresh_traces_dir(state_dir: Path) -> Path:
+    """The JSON-lines folder of this run, emptied of the last run's files (the files grow
+    with every span; like Jaeger's memory, they keep one run)."""
+    folder = paths.traces_dir(state_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.jsonl"):
+        old.unlink(missing_ok=True)
+    return folder
+
+
 def banner(
     env: Mapping[str, str],
     demo: Mapping[str, Any],
     state_dir: Path,
     warnings: Sequence[str] = (),
+    jaeger_url: str = "",
 ) -> str:
     gateway = env["NUDGE_GATEWAY_URL"]
+    files = env.get("NUDGE_TRACES_DIR", "")
+    viewer = f"Jaeger {jaeger_url}" if jaeger_url else f"JSON lines in {files}"
+    traces = f"    traces      {viewer}   (nudge trace TRACE_ID)\n" if jaeger_url or files else ""
     key = demo.get("api_key") or f"(unknown: delete {state_dir / 'demo.json'} and the data)"
     warned = "".join(f"  WARNING: {warning}\n" for warning in warnings)
     return f"""
@@ -537,7 +583,7 @@ def banner(
     try         curl -X POST {gateway}/v1/contacts -H "Authorization: Bearer {key}" \\
                      -H "Content-Type: application/json" -d '{{"email": "ada@example.com"}}'
     mail        make mail            (every message the local SMTP sink received)
-    logs        {paths.logs_dir(state_dir)}
+{traces}    logs        {paths.logs_dir(state_dir)}
     stop        Ctrl-C
 {warned}"""
 
@@ -577,11 +623,20 @@ def run(names: Sequence[str] = SERVICES) -> int:
     group = ServiceGroup(
         output=sys.stdout, log_dir=None, record=state_dir / "run" / "services.json"
     )
+    tracing = ProcessRegistry(record=state_dir / "run" / "jaeger.json")
+    jaeger: jaeger_mod.Jaeger | None = None
+    warnings: list[str] = []
     began = time.monotonic()
     try:
+        # Jaeger first: its one-off build takes minutes, better before than amid the rest.
+        if traces_choice(os.environ) == "jaeger":
+            jaeger, warnings = start_traces(state_dir, tracing)
         stack_env = stack.start()
         run_sync(ensure_topics(stack_env["KAFKA_BOOTSTRAP_SERVERS"]))
-        base = {"NUDGE_LOG_FORMAT": "text", **os.environ}
+        traces_dir = os.environ.get("NUDGE_TRACES_DIR") or str(fresh_traces_dir(state_dir))
+        base = {"NUDGE_LOG_FORMAT": "text", **os.environ, "NUDGE_TRACES_DIR": traces_dir}
+        if jaeger is not None:
+            base["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.otlp_endpoint
         env = service_env(
             stack_env,
             service_ports(),
@@ -600,7 +655,8 @@ def run(names: Sequence[str] = SERVICES) -> int:
                 # Keep running: the output above shows which service fails, and why.
                 print(f"nudge: NOT HEALTHY: {err}", file=sys.stderr)
         demo = demo_workspace(state_dir, env) if "contacts" in names else {}
-        print(banner(env, demo, state_dir, stack.warnings), flush=True)
+        jaeger_url = jaeger.ui_url if jaeger is not None else ""
+        print(banner(env, demo, state_dir, [*stack.warnings, *warnings], jaeger_url), flush=True)
         wait_forever()
     except Interrupted:
         pass
@@ -611,6 +667,7 @@ def run(names: Sequence[str] = SERVICES) -> int:
         ignore_signals()
         print("\nnudge: stopping the services, then the infrastructure", file=sys.stderr)
         group.stop()
+        tracing.stop_all()  # after the services, whose last spans it still takes
         stack.stop()
         print("nudge: stopped", file=sys.stderr)
     return 0

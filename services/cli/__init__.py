@@ -4,8 +4,12 @@
         [--map COLUMN=FIELD ...] [--consent COLUMN=PURPOSE[:WORDING] ...] [--tag TAG ...]
         [--key KEY] [--addr HOST:PORT] [--api-key KEY]
 
+    nudge trace TRACE_ID [--json] [--jaeger URL] [--traces-dir DIR]
+    nudge trace --contact ID | --message ID
+
 The address and the API key come from ``--addr``/``NUDGE_CONTACTS_ADDR`` (default
-127.0.0.1:50051) and ``--api-key``/``NUDGE_API_KEY``.
+127.0.0.1:50051) and ``--api-key``/``NUDGE_API_KEY``. ``nudge trace`` reads Jaeger's API
+or the services' JSON-lines span files (services/cli/traces.py).
 
     nudge message ID [--json] [--gateway-url URL] [--api-key KEY]
 
@@ -20,7 +24,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from services.cli import contacts_import, messages
+from services.cli import contacts_import, messages, traces
 
 
 def parser() -> argparse.ArgumentParser:
@@ -46,6 +50,7 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.set_defaults(run=contacts_import.run)
     messages.register(areas)
+    traces.add_parser(areas)
     return root
 
 

@@ -69,7 +69,13 @@ from services.common import metrics
 from services.common.context import event_id_var, workspace_id_var
 from services.common.errors import PermanentError, Unavailable
 from services.common.topics import DEAD_LETTER
-from services.common.tracing import KafkaHeaders, extract_headers
+from services.common.tracing import (
+    OFFSET,
+    PARTITION,
+    KafkaHeaders,
+    envelope_ids,
+    extract_headers,
+)
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
@@ -190,6 +196,9 @@ async def handle_record(record: ConsumerRecord, handler: Handler, consumer_name:
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 **_span_attributes(record.topic, envelope),
+                **envelope_ids(envelope),
+                PARTITION: record.partition,
+                OFFSET: record.offset,
                 "messaging.consumer.group.name": consumer_name,
             },
         ):

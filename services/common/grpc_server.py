@@ -22,9 +22,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from services.common import errors, reflection_v1
@@ -32,6 +33,7 @@ from services.common.auth import WORKSPACE_HEADER, ApiKeyVerifier, Principal
 from services.common.context import key_id_var, workspace_id_var
 from services.common.ids import is_uuid
 from services.common.metrics import GrpcMetricsInterceptor
+from services.common.tracing import WORKSPACE, message_ids
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +194,19 @@ _TRACED = filters.negate(
 )
 
 
+def _name_ids(principal: Principal | None, *messages: Any) -> None:
+    """Name the workspace, and the contact and message a request or its answer names, on
+    the call's span (OpenTelemetry's, current here), so the trace is found by those ids."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    if principal is not None and principal.workspace_id:
+        span.set_attribute(WORKSPACE, principal.workspace_id)
+    for message in messages:
+        if isinstance(message, Message):
+            span.set_attributes(message_ids(message))
+
+
 class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def __init__(
         self, verifier: ApiKeyVerifier, internal_token: str, policy: AuthPolicy | None = None
@@ -230,7 +245,9 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     token = workspace_id_var.set(principal.workspace_id if principal else "")
                     key_token = key_id_var.set(principal.key_id if principal else "")
                     try:
-                        return await inner(request, context)
+                        response = await inner(request, context)
+                        _name_ids(principal, request, response)
+                        return response
                     finally:
                         key_id_var.reset(key_token)
                         workspace_id_var.reset(token)
@@ -251,6 +268,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     principal = await guard(request, context)
                     token = workspace_id_var.set(principal.workspace_id if principal else "")
+                    _name_ids(principal, request)
                     try:
                         result = inner_stream(request, context)
                         if hasattr(result, "__aiter__"):
@@ -279,6 +297,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     principal = await guard(None, context)
                     token = workspace_id_var.set(principal.workspace_id if principal else "")
+                    _name_ids(principal)
                     try:
                         return await inner_client_stream(_well_formed(requests), context)
                     finally:

@@ -29,7 +29,7 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from opentelemetry import trace
 
 from services.common.consumer import PERMANENT, Handler, KafkaConsumerLoop, handle_record
-from services.common.tracing import KafkaHeaders, inject_headers
+from services.common.tracing import OFFSET, PARTITION, KafkaHeaders, envelope_ids, inject_headers
 
 # The consumer side moved to services.common.consumer; these names stay importable here.
 __all__ = [
@@ -98,13 +98,16 @@ class KafkaPublisher:
         """Send one envelope and wait for the broker's ack, with the current trace context."""
         with tracer.start_as_current_span(
             f"{topic} publish", kind=trace.SpanKind.PRODUCER, attributes=_attrs(topic, envelope)
-        ):
-            await self._producer.send_and_wait(
+        ) as span:
+            sent = await self._producer.send_and_wait(
                 topic,
                 envelope.SerializeToString(),
                 key=key.encode(),
                 headers=inject_headers(headers),
             )
+            if span.is_recording():
+                span.set_attribute(PARTITION, sent.partition)
+                span.set_attribute(OFFSET, sent.offset)
 
     async def partition_for(self, topic: str, key: bytes | None) -> int:
         """The partition :meth:`publish` would choose for ``key`` (the producer's default
@@ -170,4 +173,5 @@ def _attrs(topic: str, envelope: Envelope) -> dict[str, str]:
         "messaging.message.id": envelope.event_id,
         "nudge.workspace_id": envelope.workspace_id,
         "nudge.event_type": envelope.type,
+        **envelope_ids(envelope),
     }

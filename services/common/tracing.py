@@ -1,18 +1,27 @@
 """OpenTelemetry setup and W3C trace-context propagation over Kafka headers.
 
-Spans go to OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (Jaeger in docker compose), and
-to JSON-lines files under ``NUDGE_TRACES_DIR`` when that is set (the tests read them to check
-that one trace spans HTTP, gRPC, Kafka, Faust and SMTP).
+Spans go to OTLP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set (Jaeger in docker compose, or
+``make run TRACES=jaeger``), and to JSON-lines files under ``NUDGE_TRACES_DIR`` when that is
+set (``nudge trace`` reads them; the tests too, to check that one trace spans HTTP, gRPC,
+Kafka, Faust and SMTP).
+
+Every span that handles a contact or a message names them with :data:`WORKSPACE`,
+:data:`CONTACT` and :data:`MESSAGE`, so that a trace can be found from either id
+(``nudge trace --contact ID``). The helpers below only read fields the message already has
+(no new spans, no lookups), because they run on the consumers' hot paths.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from google.protobuf.descriptor import Descriptor
+from google.protobuf.message import Message
 from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -24,6 +33,70 @@ from opentelemetry.sdk.trace.export import (
 )
 
 KafkaHeaders = list[tuple[str, bytes]]
+
+WORKSPACE = "nudge.workspace_id"
+CONTACT = "nudge.contact_id"
+MESSAGE = "nudge.message_id"
+# OpenTelemetry's semantic conventions for Kafka.
+TOPIC = "messaging.destination.name"
+PARTITION = "messaging.kafka.destination.partition"
+OFFSET = "messaging.kafka.message.offset"
+
+
+@functools.cache
+def _id_fields(descriptor: Descriptor) -> tuple[str, str, bool]:
+    """Where a message type keeps its ids, worked out once per type: the field holding the
+    contact (``contact_id``, or ``contact``), the contact's own id field inside that
+    (``contact_id`` of a ``ContactRef``, ``id`` of a ``Contact``; "" when the first is the
+    id itself), and whether it has a ``message_id``."""
+    fields = descriptor.fields_by_name
+    outer, inner = "", ""
+    if "contact_id" in fields:
+        outer = "contact_id"
+    elif "contact" in fields and (sub := fields["contact"].message_type) is not None:
+        names = sub.fields_by_name
+        inner = "contact_id" if "contact_id" in names else "id" if "id" in names else ""
+        outer = "contact" if inner else ""
+    return outer, inner, "message_id" in fields
+
+
+def _text(message: Message, name: str) -> str:
+    value = getattr(message, name)
+    return value if isinstance(value, str) else ""
+
+
+def message_ids(message: Message) -> dict[str, str]:
+    """The contact and message ids a protobuf message names itself: a ``contact_id``, a
+    ``contact`` (a ``ContactRef`` by id, or a ``Contact`` with its ``id``) and a
+    ``message_id`` field; empty values are left out. Which fields to read is known per
+    type (:func:`_id_fields`), so a message without ids costs one cached look-up."""
+    found: dict[str, str] = {}
+    outer, inner, has_message = _id_fields(message.DESCRIPTOR)
+    if outer:
+        value = getattr(message, outer)
+        contact = _text(value, inner) if inner else _text(message, outer)
+        if contact:
+            found[CONTACT] = contact
+    if has_message and (sent := _text(message, "message_id")):
+        found[MESSAGE] = sent
+    return found
+
+
+def envelope_ids(envelope: Message) -> dict[str, str]:
+    """:func:`message_ids` of an envelope's payload (``nudge.events.v1.Envelope``)."""
+    kind = envelope.WhichOneof("payload")
+    return message_ids(getattr(envelope, kind)) if kind else {}
+
+
+def annotate(span: trace.Span | None = None, **ids: str) -> None:
+    """Set ``nudge.<name>`` attributes (``workspace_id=``, ``contact_id=``,
+    ``message_id=``) on ``span`` (default: the current span), leaving out empty values; a
+    span that does not record costs nothing more."""
+    span = span or trace.get_current_span()
+    if span.is_recording():
+        for name, value in ids.items():
+            if value:
+                span.set_attribute(f"nudge.{name}", value)
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -48,6 +121,9 @@ class JsonLinesSpanExporter(SpanExporter):
                             "span_id": format(ctx.span_id, "016x") if ctx else "",
                             "parent_id": format(parent.span_id, "016x") if parent else "",
                             "kind": span.kind.name,
+                            # UNSET (the default), OK or ERROR; an ERROR's description.
+                            "status": span.status.status_code.name,
+                            "status_message": span.status.description or "",
                             "start_ns": span.start_time,
                             "end_ns": span.end_time,
                             "attributes": {k: str(v) for k, v in (span.attributes or {}).items()},

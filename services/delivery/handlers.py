@@ -89,9 +89,11 @@ class Eligibility(Protocol):
 class Sender(Protocol):
     """The SMTP hand-off (adapters/smtp.py ``SmtpSender``, or a pooled one) of a mail's bytes
     (domain/mime.py, signed): returns the server's reply, raises aiosmtplib's errors or
-    ``AmbiguousHandoff``. ``message_id`` only names the mail in traces."""
+    ``AmbiguousHandoff``. ``message_id`` and ``contact_id`` only name the mail in traces."""
 
-    async def send(self, raw: bytes, sender: str, recipient: str, message_id: str = "") -> str: ...
+    async def send(
+        self, raw: bytes, sender: str, recipient: str, message_id: str = "", *, contact_id: str = ""
+    ) -> str: ...
 
 
 class SendingPaused(Unavailable):
@@ -265,7 +267,9 @@ async def _deliver(deps: Deps, envelope: Envelope, reclaimable: Sequence[Status]
         # An internationalised domain in its ASCII form, as in the To header: a relay without
         # SMTPUTF8 refuses the Unicode one.
         recipient = ascii_address(facts.email)
-        reply = await deps.smtp.send(raw, sender, recipient, request.message_id)
+        reply = await deps.smtp.send(
+            raw, sender, recipient, request.message_id, contact_id=request.contact_id
+        )
     except Exception as err:
         failure = failure_of(err)
         if failure is None:
@@ -719,7 +723,13 @@ async def deliver_test(deps: Deps, envelope: Envelope) -> None:
         return
     if status == Status.SENT:
         try:
-            detail = await deps.smtp.send(raw, deps.from_address, recipient, request.message_id)
+            detail = await deps.smtp.send(
+                raw,
+                deps.from_address,
+                recipient,
+                request.message_id,
+                contact_id=request.contact_id,
+            )
         except Exception as err:
             if failure_of(err) is None:
                 log.exception("test send %s failed", request.message_id)

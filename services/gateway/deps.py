@@ -16,7 +16,9 @@ import grpc
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from google.protobuf.message import Message
+from opentelemetry import trace
 
+from services.common.tracing import message_ids
 from services.gateway import problems
 from services.gateway.adapters.grpc import Backends
 from services.gateway.adapters.health import HealthChecks
@@ -51,9 +53,21 @@ class Caller:
         """``method(request)`` on behalf of the caller; a failure becomes a :class:`Problem`
         whose field errors are renamed by ``fields`` into the caller's JSON paths."""
         try:
-            return await method(request, metadata=self.metadata, timeout=self.timeout_s)
+            answer = await method(request, metadata=self.metadata, timeout=self.timeout_s)
         except grpc.aio.AioRpcError as err:
             raise problems.from_rpc_error(err, service, fields) from err
+        name_ids(request, answer)
+        return answer
+
+
+def name_ids(*messages: object) -> None:
+    """Name the contact and message a call's request or answer names on the HTTP request's
+    span (current in a route), so that its trace is found by those ids."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        for message in messages:
+            if isinstance(message, Message):
+                span.set_attributes(message_ids(message))
 
 
 async def get_settings(request: Request) -> Settings:

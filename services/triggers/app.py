@@ -42,7 +42,7 @@ from services.common.topics import (
     SHOP_EVENTS,
     TRACKING_EVENTS,
 )
-from services.common.tracing import extract_headers
+from services.common.tracing import OFFSET, PARTITION, envelope_ids, extract_headers
 from services.triggers import handlers
 from services.triggers.config import Settings
 from services.triggers.runtime.runs import Engine
@@ -145,6 +145,9 @@ async def _handle(pool: asyncpg.Pool, engine: Engine, topic: str, event: Any) ->
                         "messaging.destination.name": topic,
                         "messaging.message.id": envelope.event_id,
                         "nudge.workspace_id": envelope.workspace_id,
+                        PARTITION: event.message.partition,
+                        OFFSET: event.message.offset,
+                        **envelope_ids(envelope),
                     },
                 ):
                     await handlers.on_event(pool, engine, envelope)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 
 import asyncpg
 import grpc
@@ -13,7 +14,7 @@ from opentelemetry.context import Context
 
 from services.common.auth import KeyCache, current_workspace
 from services.common.errors import Unauthenticated, Validator
-from services.common.tracing import current_traceparent
+from services.common.tracing import annotate, current_traceparent
 from services.contacts import consent, handlers, keys
 from services.contacts.consent import SegmentMembers
 from services.contacts.domain import model
@@ -397,12 +398,16 @@ class ShopEventServicer(shop_pb2_grpc.ShopEventServiceServicer):
                 submitted.append(
                     handlers.SubmittedEvent(workspace_id, event, current_traceparent())
                 )
+        answered: list[shop_pb2.TrackEventResult] = []
         try:
-            results = await handlers.track_events(self.pool, submitted)
+            answered = await handlers.track_events(self.pool, submitted)
         finally:
-            for span in spans:
+            # The contact each event resolved to names its span (nothing on a failure).
+            for span, result in itertools.zip_longest(spans, answered):
+                contact_id = result.contact_id if result is not None else ""
+                annotate(span, workspace_id=workspace_id, contact_id=contact_id)
                 span.end()
-        return shop_pb2.TrackEventsResponse(results=results)
+        return shop_pb2.TrackEventsResponse(results=answered)
 
 
 EVENT_TRACEPARENTS = "nudge-event-traceparents"

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import aiosmtplib
 from opentelemetry import trace
 
+from services.common.context import workspace_id_var
 from services.delivery.domain.ledger import Stage
 
 tracer = trace.get_tracer(__name__)
@@ -54,10 +55,12 @@ class SmtpSender:
         self._target = target
         self._timeout = timeout_s
 
-    async def send(self, raw: bytes, sender: str, recipient: str, message_id: str = "") -> str:
+    async def send(
+        self, raw: bytes, sender: str, recipient: str, message_id: str = "", *, contact_id: str = ""
+    ) -> str:
         """Hand the mail over (its bytes, CRLF line ends: aiosmtplib dot-stuffs them); returns
         the server's reply. Raises aiosmtplib errors, or :class:`AmbiguousHandoff` when the
-        outcome is unknown. ``message_id`` names the span."""
+        outcome is unknown. ``message_id`` and ``contact_id`` name the span."""
         with tracer.start_as_current_span(
             "smtp send",
             kind=trace.SpanKind.CLIENT,
@@ -65,6 +68,8 @@ class SmtpSender:
                 "server.address": self._target.host,
                 "server.port": self._target.port,
                 "nudge.message_id": message_id,
+                "nudge.contact_id": contact_id,
+                "nudge.workspace_id": workspace_id_var.get(),
             },
         ):
             client = aiosmtplib.SMTP(

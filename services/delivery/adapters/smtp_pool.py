@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 import aiosmtplib
 from opentelemetry import trace
 
+from services.common.context import workspace_id_var
 from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpTarget, envelope
 from services.delivery.domain.domain_limits import DomainLimits, RateSchedule
 
@@ -104,10 +105,12 @@ class SmtpPool:
 
     # ------------------------------------------------------------------------------ sending
 
-    async def send(self, raw: bytes, sender: str, recipient: str, message_id: str = "") -> str:
+    async def send(
+        self, raw: bytes, sender: str, recipient: str, message_id: str = "", *, contact_id: str = ""
+    ) -> str:
         """Hand the mail's bytes over; returns the server's reply. Raises aiosmtplib errors,
         or :class:`AmbiguousHandoff` when the outcome is unknown (see the module's
-        docstring). ``message_id`` names the span."""
+        docstring). ``message_id`` and ``contact_id`` name the span."""
         key, limit = self._settings.limits.for_recipient(recipient)
         gate = self._gates.get(key)
         if gate is None:
@@ -121,6 +124,8 @@ class SmtpPool:
                 "server.address": self._target.host,
                 "server.port": self._target.port,
                 "nudge.message_id": message_id,
+                "nudge.contact_id": contact_id,
+                "nudge.workspace_id": workspace_id_var.get(),
                 "nudge.recipient_domain": key,
             },
         ):

@@ -12,7 +12,7 @@ from pydantic import TypeAdapter, ValidationError
 from services.gateway import convert, problems
 from services.gateway.adapters.grpc import Backends
 from services.gateway.adapters.ingest_batcher import IngestBatcher
-from services.gateway.deps import BackendsDep, CallerDep
+from services.gateway.deps import BackendsDep, CallerDep, name_ids
 from services.gateway.event_schemas import EventBatchIn, EventBatchOut, EventResult
 from services.gateway.schemas import EventAccepted, EventIn
 
@@ -48,6 +48,7 @@ async def track_event(
     answer = await ingest_batcher(request).track(
         caller.metadata, caller.timeout_s, convert.track_event_request(body)
     )
+    name_ids(answer)  # the contact the event resolved to, on this request's span
     return convert.event_accepted_json(answer)
 
 

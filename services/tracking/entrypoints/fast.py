@@ -28,6 +28,7 @@ from opentelemetry import context, propagate, trace
 
 from services.common.links import InvalidLink, LinkClaims, LinkKind, verify
 from services.common.metrics import RequestStats
+from services.common.tracing import annotate
 from services.tracking import handlers
 from services.tracking.domain.machine_opens import MachineRules, Network, client_address
 
@@ -165,13 +166,22 @@ class HotPaths:
             try:
                 with tracer.start_as_current_span(
                     f"GET {path[:3]}{{token}}", kind=trace.SpanKind.SERVER
-                ):
-                    return self._answer(method, path, headers, peer)
+                ) as span:
+                    return self._answer(method, path, headers, peer, span)
             finally:
                 context.detach(token)
         return self._answer(method, path, headers, peer)
 
-    def _answer(self, method: str, path: str, headers: dict[str, str], peer: str) -> Answer:
+    def _answer(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        peer: str,
+        span: trace.Span | None = None,
+    ) -> Answer:
+        """``span``: the sampled hit's span, named with the link's ids (unsampled hits pay
+        nothing for that)."""
         is_open = path.startswith("/o/")
         token = path[3:-4] if is_open else path[3:]
         kind = LinkKind.OPEN if is_open else LinkKind.CLICK
@@ -181,6 +191,13 @@ class HotPaths:
             # Cheap on purpose: no Kafka, no I/O, the same answer whatever is wrong.
             log.debug("rejected a %s link: %s", kind.name.lower(), err)
             return _NOT_FOUND_ANSWER
+        if span is not None:
+            annotate(
+                span,
+                workspace_id=claims.workspace_id,
+                contact_id=claims.contact_id,
+                message_id=claims.message_id,
+            )
         if method == "GET":  # a HEAD is a link checker's, not a reader's
             self._record(peer, headers, claims, is_open)
         if is_open:
