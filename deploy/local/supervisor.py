@@ -637,6 +637,9 @@ def run(names: Sequence[str] = SERVICES) -> int:
         base = {"NUDGE_LOG_FORMAT": "text", **os.environ, "NUDGE_TRACES_DIR": traces_dir}
         if jaeger is not None:
             base["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.otlp_endpoint
+            # The gateway's message stories link to the trace in this Jaeger, on whatever
+            # port it got.
+            base["NUDGE_JAEGER_URL"] = jaeger.ui_url
         env = service_env(
             stack_env,
             service_ports(),
