@@ -31,7 +31,16 @@ from tests.support import eventually, free_port, unique
 
 S = delivery_pb2
 MAX_ATTEMPTS = 3
-OUTCOMES = ("sent", "deferred", "bounced_hard", "bounced_soft", "failed", "unknown", "skipped")
+OUTCOMES = (
+    "sent",
+    "deferred",
+    "bounced_hard",
+    "bounced_soft",
+    "complained",
+    "failed",
+    "unknown",
+    "skipped",
+)
 KINDS = ("campaign", "automation", "transactional", "test", "other")
 REASONS = ("", "no_consent", "suppressed", "other")
 
