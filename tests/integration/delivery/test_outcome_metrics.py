@@ -4,13 +4,19 @@ recipient's address (tests/integration/delivery/helpers.py): each outcome once, 
 kind of mail, a skip under its reason, and nothing counted twice.
 
 The counts are the test process's (delivery runs in it); every test waits for the counts
-to reach what it expects, since a count follows its transaction's commit."""
+to reach what it expects, since a count follows its transaction's commit. This delivery
+keeps its ledger in a database of its own: its retry loop and sweeper then find no other
+test's messages, whose outcomes would move the counts too."""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 from nudge.contacts.v1 import contacts_pb2
@@ -20,13 +26,7 @@ from services.common.events import deterministic_id, new_envelope
 from services.common.topics import DELIVERY_REQUESTS
 from services.delivery.outcome_metrics import OUTCOME_COUNTS
 from tests.integration.conftest import RunningService, Workspace, run_in_process
-from tests.integration.delivery.helpers import (
-    Sink,
-    address,
-    execute,
-    new_contact,
-    running_sink,
-)
+from tests.integration.delivery.helpers import Sink, address, new_contact, running_sink
 from tests.support import eventually, free_port, unique
 
 S = delivery_pb2
@@ -52,19 +52,37 @@ async def sink(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Sink]:
 
 
 @pytest.fixture(scope="module")
-async def delivery(contacts_service: RunningService, sink: Sink) -> AsyncIterator[RunningService]:
+async def ledger_url(infra: dict[str, str]) -> AsyncIterator[str]:
+    """A database of this module's own on the session's PostgreSQL."""
+    name = f"nudge_metrics_{uuid.uuid4().hex[:10]}"
+    shared = os.environ["DATABASE_URL"]
+    conn = await asyncpg.connect(shared)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        yield urlsplit(shared)._replace(path=f"/{name}").geturl()
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+@pytest.fixture(scope="module")
+async def delivery(
+    contacts_service: RunningService, sink: Sink, ledger_url: str
+) -> AsyncIterator[RunningService]:
     from services.delivery.bootstrap import serve
     from services.delivery.config import Settings
 
     port = free_port()
     settings = Settings(
         grpc_port=port,
+        database_url=ledger_url,
         smtp_url=sink.url,
         smtp_timeout_s=30.0,
         retry_max_attempts=MAX_ATTEMPTS,
         retry_base_delay_s=600.0,  # a deferral waits until the test releases it
         retry_max_delay_s=2400.0,
         retry_poll_interval_s=0.2,
+        sweep_interval_s=0.5,
     )
     async with run_in_process(serve, settings, port) as running:
         yield running
@@ -90,6 +108,7 @@ async def request(
     contact_id: str,
     kind: int = S.MESSAGE_KIND_AUTOMATION,
     purpose: int = contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS,
+    test_recipient: str = "",
 ) -> str:
     message_id = deterministic_id(ws.id, unique("m"))
     envelope = new_envelope(
@@ -100,6 +119,7 @@ async def request(
             kind=kind,  # type: ignore[arg-type]
             purpose=purpose,  # type: ignore[arg-type]
             workflow_id="wf-metrics",
+            test_recipient=test_recipient,
             content=delivery_pb2.MessageContent(subject="Hello", body_text="Hi"),
         ),
         event_id=message_id,
@@ -179,6 +199,7 @@ async def test_a_mail_deferred_until_out_of_attempts_counts_each_deferral_then_f
     contacts_service: RunningService,
     workspace: Workspace,
     producer: AIOKafkaProducer,
+    ledger_url: str,
 ) -> None:
     before = counts()
     contact = await new_contact(contacts_service, workspace, address("deferdata-452"))
@@ -186,12 +207,17 @@ async def test_a_mail_deferred_until_out_of_attempts_counts_each_deferral_then_f
 
     async def released_until_failed() -> bool:
         # Each deferral due now rather than minutes away.
-        await execute(
-            "UPDATE delivery.pending_sends p SET due_at = now() FROM delivery.messages m"
-            " WHERE p.message_id = $1::uuid AND m.message_id = p.message_id AND m.status = $2",
-            message_id,
-            S.MESSAGE_STATUS_DEFERRED,
-        )
+        conn = await asyncpg.connect(ledger_url)
+        try:
+            await conn.execute(
+                "UPDATE delivery.pending_sends p SET due_at = now() FROM delivery.messages m"
+                " WHERE p.message_id = $1::uuid AND m.message_id = p.message_id"
+                " AND m.status = $2",
+                uuid.UUID(message_id),
+                S.MESSAGE_STATUS_DEFERRED,
+            )
+        finally:
+            await conn.close()
         return OUTCOME_COUNTS.value("failed", "automation") > before[("failed", "automation", "")]
 
     await eventually(released_until_failed, timeout=60, interval=0.2)
@@ -199,3 +225,38 @@ async def test_a_mail_deferred_until_out_of_attempts_counts_each_deferral_then_f
         before,
         {("deferred", "automation", ""): MAX_ATTEMPTS - 1, ("failed", "automation", ""): 1},
     )
+
+
+async def test_a_claim_left_by_a_crash_and_a_test_send_are_counted(
+    delivery: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+    ledger_url: str,
+) -> None:
+    """The sweeper's UNKNOWN counts under the claim's kind; a test send under ``test``."""
+    before = counts()
+    contact = await new_contact(contacts_service, workspace, address())
+    conn = await asyncpg.connect(ledger_url)
+    try:  # a ledger row as a SIGKILL between the claim and the answer leaves it, hours old
+        await conn.execute(
+            "INSERT INTO delivery.messages (message_id, workspace_id, contact_id, kind,"
+            " status, claimed_at, updated_at) VALUES ($1, $2, $3, $4, $5, now() - interval"
+            " '1 hour', now() - interval '1 hour')",
+            uuid.uuid4(),
+            uuid.UUID(workspace.id),
+            uuid.UUID(contact.id),
+            S.MESSAGE_KIND_CAMPAIGN,
+            S.MESSAGE_STATUS_CLAIMED,
+        )
+    finally:
+        await conn.close()
+    await request(
+        producer,
+        workspace,
+        contact.id,
+        kind=S.MESSAGE_KIND_TEST,
+        purpose=contacts_pb2.CONSENT_PURPOSE_MARKETING,
+        test_recipient="manager@example.com",
+    )
+    await counted(before, {("unknown", "campaign", ""): 1, ("sent", "test", ""): 1})
