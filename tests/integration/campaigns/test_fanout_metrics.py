@@ -57,10 +57,14 @@ def of_campaign(campaign_id: uuid.UUID) -> dict[str, float]:
 
 
 def requested_total() -> float:
+    """Every driver's counter in this process summed: a driver of an earlier module not
+    collected yet serves its own (constant) count beside the running one's."""
+    text = generate_latest(REGISTRY).decode()
     return sum(
-        value
-        for (name, _), value in scraped().items()
-        if name == "nudge_campaign_fanout_requested_total"
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "nudge_campaign_fanout_requested_total"
     )
 
 

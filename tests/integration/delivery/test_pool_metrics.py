@@ -13,7 +13,7 @@ import pytest
 from services.delivery.adapters.smtp_pool import SmtpPool
 from tests.integration.delivery.test_pool import FAST, CountingSmtp, pool_for, send
 from tests.smtp_server import ScriptedSmtp
-from tests.support import eventually, unique
+from tests.support import eventually, free_port, unique
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ async def test_failed_hand_offs_are_counted_by_stage_and_reply_class(
 
 
 async def test_a_refused_connection_is_counted_as_a_connect_error() -> None:
-    pool = pool_for("smtp://127.0.0.1:9")  # discard port: nothing listens
+    pool = pool_for(f"smtp://127.0.0.1:{free_port()}")  # nothing listens there
     with pytest.raises((OSError, aiosmtplib.SMTPException)):
         await send(pool, f"{unique('r')}@shop.example")
     assert sample(pool, "nudge_smtp_errors", stage="connect", reply="none") == 1
