@@ -599,7 +599,8 @@ async def _write_outcome(
 ) -> Written:
     """Run ``write`` in a transaction until PostgreSQL takes it (while it is away: any
     dependency outage): after the hand-off the outcome must not be lost (its event id is
-    deterministic, so a retry is harmless)."""
+    deterministic, so a retry is harmless). Answers what the write that committed answered
+    (the status it wrote, for the outcome counter)."""
     delay = 0.1
     while True:
         try:

@@ -73,7 +73,7 @@ class _Connection:
 class _DomainGate:
     permits: asyncio.Semaphore
     schedule: RateSchedule
-    group: str  # the metrics' domain_group: bounded (see SmtpPool._group)
+    group: str  # the metrics' domain_group: bounded (see SmtpPool._groups)
     in_flight: int = 0
     waiting: int = 0  # sends waiting for a permit or a rate slot
     waited_for_permit: int = 0
