@@ -204,6 +204,9 @@ class FanoutDriver:
             " ORDER BY updated_at LIMIT 200",
             int(Status.SENDING),
         )
+        sending = {row["id"] for row in rows}
+        for gone in [c for c in self.progress if c not in sending and c not in self._running]:
+            del self.progress[gone]  # sent or stopped by another process since it ran here
         now = time.monotonic()
         for row in rows:
             if len(self._running) >= self.concurrency:
@@ -224,8 +227,9 @@ class FanoutDriver:
         try:
             outcome = await self.run_campaign(workspace_id, campaign_id)
             self._failures.pop(campaign_id, None)
-            if outcome.result in ("sent", "stopped"):
-                self.progress.pop(campaign_id, None)  # its series end with it
+            if outcome.result in ("sent", "stopped", "busy"):
+                # Its series end with it; a campaign another process holds is that one's.
+                self.progress.pop(campaign_id, None)
             if outcome.result == "waiting":
                 # For the winner or rows due later: look again soon, not at every poll.
                 self._failures[campaign_id] = (0, time.monotonic() + WAITING_RECHECK_S)
