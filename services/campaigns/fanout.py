@@ -34,6 +34,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -54,7 +55,7 @@ from services.campaigns.adapters.requests_out import (
 from services.campaigns.domain.content import message_templates
 from services.campaigns.domain.model import Status
 from services.campaigns.ports import Ports
-from services.common import clock
+from services.common import clock, metrics
 from services.common.auth import internal_metadata
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,27 @@ class _Batch:
     deferred_count: int = 0
 
 
+@dataclass
+class _Progress:
+    """A campaign's fan-out as metrics read it: the checkpoints of its phases (the very
+    objects the run moves forward, so a scrape reads them as they are, for nothing), and
+    the rows due later this process requested since."""
+
+    phases: dict[str, Checkpoint] = field(default_factory=dict)
+    due_requested: int = 0
+
+    def samples(self) -> Iterator[tuple[str, int]]:
+        checkpoints = list(self.phases.values())
+        yield "reached", sum(c.reached for c in checkpoints)
+        yield "requested", sum(c.requested for c in checkpoints) + self.due_requested
+        yield "excluded", sum(c.excluded for c in checkpoints)
+        yield "deferred", sum(c.deferred for c in checkpoints)
+
+    @property
+    def streaming(self) -> bool:
+        return any(not c.done for c in self.phases.values())
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What one run of a campaign ended with (logged)."""
@@ -146,6 +168,20 @@ class FanoutDriver:
         self.concurrency = concurrency
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._failures: dict[uuid.UUID, tuple[int, float]] = {}  # attempts, retry at
+        # Metrics (docs/operating.md): the campaigns this process fans out, from their first
+        # run here until sent, stopped or paused (so the campaign_id label stays bounded by
+        # the campaigns sending now), and every recipient handed to delivery.
+        self.progress: dict[uuid.UUID, _Progress] = {}
+        self.requested = 0
+        metrics.watch(self)
+
+    def metric_samples(self) -> Iterator[tuple[str, dict[str, str], Any]]:
+        yield "nudge_campaign_fanout_requested", {}, self.requested
+        for campaign_id, progress in list(self.progress.items()):
+            campaign = {"campaign_id": str(campaign_id)}
+            for state, value in progress.samples():
+                yield "nudge_campaign_fanout_recipients", {**campaign, "state": state}, value
+            yield "nudge_campaign_fanout_streaming", campaign, int(progress.streaming)
 
     async def run(self) -> None:
         try:
@@ -168,6 +204,9 @@ class FanoutDriver:
             " ORDER BY updated_at LIMIT 200",
             int(Status.SENDING),
         )
+        sending = {row["id"] for row in rows}
+        for gone in [c for c in self.progress if c not in sending and c not in self._running]:
+            del self.progress[gone]  # sent or stopped by another process since it ran here
         now = time.monotonic()
         for row in rows:
             if len(self._running) >= self.concurrency:
@@ -188,6 +227,9 @@ class FanoutDriver:
         try:
             outcome = await self.run_campaign(workspace_id, campaign_id)
             self._failures.pop(campaign_id, None)
+            if outcome.result in ("sent", "stopped", "busy"):
+                # Its series end with it; a campaign another process holds is that one's.
+                self.progress.pop(campaign_id, None)
             if outcome.result == "waiting":
                 # For the winner or rows due later: look again soon, not at every poll.
                 self._failures[campaign_id] = (0, time.monotonic() + WAITING_RECHECK_S)
@@ -202,6 +244,7 @@ class FanoutDriver:
             raise
         except PermanentFailure as err:
             log.error("fan-out of campaign %s cannot go on: %s", campaign_id, err)
+            self.progress.pop(campaign_id, None)
             await self._pause_for(workspace_id, campaign_id, str(err))
         except Exception:
             attempts = self._failures.get(campaign_id, (0, 0.0))[0] + 1
@@ -263,6 +306,7 @@ class _CampaignRun:
         self.campaign_text = str(campaign_id)
         self._from_name: str | None = None
         self._templates: dict[tuple[datetime, int], RequestTemplate] = {}
+        self.progress = _Progress()
 
     async def run(self) -> Outcome:
         row = await self._campaign()
@@ -270,8 +314,11 @@ class _CampaignRun:
             return Outcome(self.campaign_id, "stopped")
         ab = json.loads(row["ab_test"]) if row["ab_test"] else None
         phases: tuple[audience.Phase, ...] = ("sample", "rest") if ab else ("all",)
+        self.progress = self.driver.progress.setdefault(self.campaign_id, _Progress())
         for phase in phases:
             checkpoint = await self._checkpoint(phase)
+            if checkpoint is not None:
+                self.progress.phases[phase] = checkpoint
             if checkpoint is not None and checkpoint.done:
                 continue
             if phase == "rest":
@@ -281,6 +328,7 @@ class _CampaignRun:
                     return Outcome(self.campaign_id, "waiting")  # REPORT decides
             if checkpoint is None:
                 checkpoint = await self._start_phase(phase)
+                self.progress.phases[phase] = checkpoint
             if not await self._stream_phase(row, ab, checkpoint):
                 return Outcome(self.campaign_id, "stopped")
             if phase == "sample":
@@ -601,6 +649,7 @@ class _CampaignRun:
         checkpoint.requested += len(b.produce)
         checkpoint.excluded += b.excluded_count
         checkpoint.deferred += b.deferred_count
+        self.driver.requested += len(b.produce)
 
     async def _send_due(self, row: asyncpg.Record, ab: dict[str, Any] | None) -> bool:
         """The waiting rows whose time has come, a batch at a time; False when the campaign
@@ -634,6 +683,8 @@ class _CampaignRun:
                 )
             for as_of, rows in by_as_of.items():
                 await self._produce(row, ab, as_of, rows)
+                self.progress.due_requested += len(rows)
+                self.driver.requested += len(rows)
             await self.pool.execute(
                 "UPDATE recipients SET requested_at = $4 WHERE workspace_id = $1"
                 " AND campaign_id = $2 AND contact_id = ANY($3::uuid[])",

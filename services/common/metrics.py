@@ -232,6 +232,98 @@ FAMILIES["nudge_delivery_workspaces_suspended"] = (
 )
 
 
+# Delivery (services/delivery/outcome_metrics.py, adapters/smtp_pool.py), the campaigns'
+# fan-out (services/campaigns/fanout.py): plain integers kept by the components, read here.
+FAMILIES.update(
+    {
+        "nudge_delivery_outcomes": (
+            "counter",
+            "Outcomes delivery recorded, by outcome (sent, deferred, bounced_hard, "
+            "bounced_soft, complained, failed, unknown, skipped) and kind of mail (campaign, "
+            "automation, transactional, test, other); reason: why a mail was skipped (its "
+            "first word: suppressed, no_consent...), empty otherwise.",
+            ("service", "outcome", "kind", "reason"),
+        ),
+        "nudge_smtp_connections": (
+            "gauge",
+            "Connections of the SMTP pool to the relay: idle, or in_use by a send.",
+            ("service", "state"),
+        ),
+        "nudge_smtp_connections_max": (
+            "gauge",
+            "The most connections the SMTP pool may hold open (SMTP_MAX_CONNECTIONS).",
+            ("service",),
+        ),
+        "nudge_smtp_connections_opened": (
+            "counter",
+            "SMTP connections the pool opened.",
+            ("service",),
+        ),
+        "nudge_smtp_connections_closed": (
+            "counter",
+            "SMTP connections the pool closed: retired (message cap or idle too long, with a "
+            "QUIT) or discarded (failed, or in an unknown state).",
+            ("service", "reason"),
+        ),
+        "nudge_smtp_send_seconds": (
+            "histogram",
+            "Time of an SMTP hand-off once its domain's permit was given: a connection, "
+            "MAIL, RCPT, DATA and the relay's answer; by result (ok, refused, error).",
+            ("service", "result"),
+        ),
+        "nudge_smtp_errors": (
+            "counter",
+            "SMTP hand-offs that failed, by the stage they stopped at (connect, tls, auth, "
+            "helo, mail, rcpt, data, disconnected, no_answer) and the reply's class (4xx, "
+            "5xx, none).",
+            ("service", "stage", "reply"),
+        ),
+        "nudge_smtp_throttle_waiting": (
+            "gauge",
+            "Sends waiting for their recipient domain's permit or rate slot, by domain group "
+            "(a provider or a domain named in DELIVERY_DOMAIN_LIMITS; other for the rest).",
+            ("service", "domain_group"),
+        ),
+        "nudge_smtp_throttle_in_flight": (
+            "gauge",
+            "Sends holding their recipient domain's permit, by domain group.",
+            ("service", "domain_group"),
+        ),
+        "nudge_smtp_throttle_waits": (
+            "counter",
+            "Sends that had to wait for their domain: for a permit (cause=connections, the "
+            "domain's max_connections all in flight) or for the rate (cause=rate).",
+            ("service", "domain_group", "cause"),
+        ),
+        "nudge_smtp_throttle_wait_seconds": (
+            "counter",
+            "Seconds sends spent waiting for their domain's permit and rate slot.",
+            ("service", "domain_group"),
+        ),
+        "nudge_campaign_fanout_recipients": (
+            "gauge",
+            "Recipients of a campaign this process is fanning out, by state: reached (read "
+            "from the audience, row written), requested (handed to delivery), excluded, "
+            "deferred (written with a due time ahead). Served from the campaign's start in "
+            "this process until it is sent, paused or cancelled.",
+            ("service", "campaign_id", "state"),
+        ),
+        "nudge_campaign_fanout_streaming": (
+            "gauge",
+            "1 while a campaign's audience is being streamed (a phase begun and not done), "
+            "0 while it waits (an A/B winner, recipients due later).",
+            ("service", "campaign_id"),
+        ),
+        "nudge_campaign_fanout_requested": (
+            "counter",
+            "Recipients this process handed to delivery (records acknowledged by Kafka), "
+            "every campaign together: its rate is the fan-out's rate.",
+            ("service",),
+        ),
+    }
+)
+
+
 class PolledGauges:
     """Gauges that cost a query (a count of a table), refreshed every ``interval_s`` by
     :meth:`run` (a supervised task of the service) rather than at each scrape, so that

@@ -39,7 +39,7 @@ from services.common.privacy import (
     ContactErasedConsumer,
 )
 from services.common.topics import CONTACTS_EVENTS, DELIVERY_REQUESTS, TRACKING_EVENTS
-from services.delivery import guard, handlers, privacy
+from services.delivery import guard, handlers, outcome_metrics, privacy
 from services.delivery.adapters.contacts import EligibilityBatcher, EligibilityClient
 from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.adapters.postgres import SCHEMA
@@ -87,6 +87,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         ),
     )
     service.push(smtp.close)
+    outcome_metrics.watch()  # nudge_delivery_outcomes_total, counted by handlers and inbound
     deps = handlers.Deps(
         pool=pool,
         # Concurrent requests' checks go to contacts as one CheckEligibilityBatch, asked

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import asyncpg
 from email_validator import EmailNotValidError, validate_email
@@ -68,6 +68,7 @@ from services.delivery.domain.rendering import (
 from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
 from services.delivery.domain.tracking_links import add_tracking
 from services.delivery.mail_auth import MailAuth
+from services.delivery.outcome_metrics import OUTCOME_COUNTS
 from services.delivery.story import current_trace_id
 from services.delivery.writes import ClaimItem, OutcomeItem, Writes, is_outage
 
@@ -427,9 +428,10 @@ async def _after_failure(
             deps, envelope, Status.BOUNCED, outcome.reason, outcome, drop_pending=taken.pending
         )
     elif outcome.kind is Kind.DEFERRED:
-        await _write_outcome(
+        written = await _write_outcome(
             deps, message_id, lambda conn: _defer_in(conn, deps, envelope, taken, outcome)
         )
+        OUTCOME_COUNTS.status(written, request.kind)
     else:
         log.warning("message %s: unknown SMTP outcome: %s", message_id, outcome.reason)
 
@@ -443,11 +445,13 @@ async def _after_failure(
             )
 
         await _write_outcome(deps, message_id, unknown)
+        OUTCOME_COUNTS.count("unknown", request.kind)
 
 
 async def _defer_in(
     conn: asyncpg.Connection, deps: Deps, envelope: Envelope, taken: _Taken, outcome: Outcome
-) -> None:
+) -> Status:
+    """DEFERRED with a due time, or FAILED when out of attempts: the status written."""
     request = envelope.delivery_requested
     now = clock.now()
     attempts = taken.claim.attempts
@@ -457,7 +461,7 @@ async def _defer_in(
         await _record_in(
             conn, envelope, Status.FAILED, reason, attempts=attempts, drop_pending=True
         )
-        return
+        return Status.FAILED
     await db.set_status(conn, request.message_id, Status.DEFERRED, outcome.reason, now, due)
     await db.save_pending(
         conn,
@@ -483,6 +487,7 @@ async def _defer_in(
         event,
         deterministic_id("delivery-deferred", request.message_id, str(attempts)),
     )
+    return Status.DEFERRED
 
 
 @dataclass(frozen=True)
@@ -568,6 +573,8 @@ async def sweep_stale_claims(deps: Deps, older_than: timedelta) -> int:
                     f"claimed at {row['updated_at'].isoformat()} and no outcome recorded:"
                     " interrupted between the claim and the server's answer",
                 )
+        for row in rows:
+            OUTCOME_COUNTS.count("unknown", row["kind"])
         reported += len(rows)
         if len(rows) < SWEEP_BATCH:
             if reported:
@@ -604,18 +611,22 @@ async def deliver_due(deps: Deps) -> int:
     return len(due)
 
 
+Written = TypeVar("Written")
+
+
 async def _write_outcome(
-    deps: Deps, message_id: str, write: Callable[[asyncpg.Connection], Awaitable[None]]
-) -> None:
+    deps: Deps, message_id: str, write: Callable[[asyncpg.Connection], Awaitable[Written]]
+) -> Written:
     """Run ``write`` in a transaction until PostgreSQL takes it (while it is away: any
     dependency outage): after the hand-off the outcome must not be lost (its event id is
-    deterministic, so a retry is harmless)."""
+    deterministic, so a retry is harmless). Answers what the write that committed answered
+    (the status it wrote, for the outcome counter)."""
     delay = 0.1
     while True:
         try:
             async with deps.pool.acquire() as conn, conn.transaction():
-                await write(conn)
-            return
+                written = await write(conn)
+            return written
         except Exception as err:
             if not is_outage(err):
                 # The write itself is wrong (a bug, invalid data): retrying cannot help. The
@@ -739,6 +750,7 @@ async def deliver_test(deps: Deps, envelope: Envelope) -> None:
         await db.set_status(conn, request.message_id, status, detail, clock.now())
 
     await _write_outcome(deps, request.message_id, record)
+    OUTCOME_COUNTS.status(status, request.kind)
 
 
 def _test_recipient(address: str) -> str:
@@ -835,6 +847,8 @@ async def _finish_unsent(
             await _record_in(
                 conn, envelope, status, reason, drop_pending=Status.DEFERRED in reclaimable
             )
+    if claimed:
+        OUTCOME_COUNTS.status(status, request.kind, reason)
 
 
 async def _record_in(
@@ -884,6 +898,7 @@ async def _record_final(
             current_traceparent(),
         )
     )
+    OUTCOME_COUNTS.status(status, request.kind, permanent=outcome.permanent if outcome else True)
 
 
 def _outcome_event(

@@ -37,6 +37,7 @@ from services.delivery.config import Settings
 from services.delivery.domain import reports, verp
 from services.delivery.domain.ledger import Status
 from services.delivery.mail_auth import MailAuth
+from services.delivery.outcome_metrics import OUTCOME_COUNTS
 from services.delivery.privacy import ERASED_DETAIL
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,13 @@ class LedgerMessage:
     campaign_id: str
     workflow_id: str
     erased: bool  # its contact was erased (services/delivery/privacy.py)
+    kind: int = 0  # its MessageKind (nudge_delivery_outcomes_total)
 
 
 async def find_message(pool: asyncpg.Pool, message_id: str) -> LedgerMessage | None:
     async with pool.acquire() as conn:
         row = await conn.fetchrow(
-            "SELECT workspace_id, contact_id, campaign_id, workflow_id, detail FROM messages"
+            "SELECT workspace_id, contact_id, campaign_id, workflow_id, detail, kind FROM messages"
             " WHERE message_id = $1",
             uuid.UUID(message_id),
         )
@@ -69,6 +71,7 @@ async def find_message(pool: asyncpg.Pool, message_id: str) -> LedgerMessage | N
         campaign_id=row["campaign_id"],
         workflow_id=row["workflow_id"],
         erased=row["detail"] == ERASED_DETAIL,
+        kind=row["kind"],
     )
 
 
@@ -145,6 +148,10 @@ async def record(
             message.contact_id,
             new_envelope(message.workspace_id, payload, event_id=event_id),
         )
+    if isinstance(report, reports.Complaint):
+        OUTCOME_COUNTS.count("complained", message.kind)
+    else:
+        OUTCOME_COUNTS.count("bounced_hard" if report.permanent else "bounced_soft", message.kind)
     return True
 
 

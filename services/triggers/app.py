@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
@@ -34,6 +35,7 @@ from google.protobuf.message import DecodeError
 from nudge.events.v1.envelope_pb2 import Envelope
 from opentelemetry import context, trace
 
+from services.common import metrics
 from services.common.context import event_id_var, workspace_id_var
 from services.common.kafka import PERMANENT
 from services.common.topics import (
@@ -95,7 +97,47 @@ def create_app(settings: Settings, pool: asyncpg.Pool, engine: Engine) -> Any:
         """Opens and clicks: activity, exit rules and the workflows they trigger."""
         await _consume(stream, pool, engine, TRACKING_EVENTS, settings)
 
+    # Lives as long as the app (the collector holds components weakly).
+    app.nudge_agent_lag = AgentLag(app, settings.app_id)  # type: ignore[attr-defined]
     return app
+
+
+class AgentLag:
+    """``nudge_consumer_lag`` of the agents' partitions, as services/common/consumer.py
+    serves it for the other services' groups (the same family and labels, ``group`` being
+    the app id, Faust's consumer group): the partition's high watermark minus the offset
+    Faust last committed, read from Faust's consumer when Prometheus scrapes, nothing per
+    event. A partition is left out until its high watermark is known (its first fetch) and,
+    unless it is empty, until the group has committed on it."""
+
+    def __init__(self, app: Any, group: str) -> None:
+        self._app = app
+        self._group = group
+        metrics.watch(self)
+
+    def metric_samples(self) -> Iterator[tuple[str, dict[str, str], Any]]:
+        # app.consumer would create a consumer: read the one the worker started, if any.
+        consumer = getattr(self._app, "_consumer", None)
+        if consumer is None:
+            return
+        try:
+            assignment = consumer.assignment()
+        except Exception:  # not started yet (faust's ConsumerNotStarted), or stopping
+            return
+        committed = consumer._committed_offset  # faust keeps no public view of it
+        for tp in sorted(assignment):
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:
+                continue
+            if highwater is None:
+                continue
+            # Faust stores a commit at offset 0 as None: on an empty partition, no lag.
+            done = committed.get(tp)
+            if done is None and highwater > 0:
+                continue
+            labels = {"group": self._group, "topic": tp.topic, "partition": str(tp.partition)}
+            yield "nudge_consumer_lag", labels, max(0, highwater - (done or 0))
 
 
 async def _consume(

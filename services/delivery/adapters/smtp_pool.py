@@ -35,14 +35,16 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiosmtplib
 from opentelemetry import trace
 
+from services.common import metrics
 from services.common.context import workspace_id_var
-from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpTarget, envelope
+from services.delivery.adapters.smtp import AmbiguousHandoff, SmtpTarget, envelope, failure_of
 from services.delivery.domain.domain_limits import DomainLimits, RateSchedule
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,12 @@ class _Connection:
 class _DomainGate:
     permits: asyncio.Semaphore
     schedule: RateSchedule
+    group: str  # the metrics' domain_group: bounded (see SmtpPool._groups)
     in_flight: int = 0
+    waiting: int = 0  # sends waiting for a permit or a rate slot
+    waited_for_permit: int = 0
+    waited_for_rate: int = 0
+    wait_seconds: float = 0.0
 
 
 @dataclass
@@ -102,6 +109,17 @@ class SmtpPool:
         self._gates: dict[str, _DomainGate] = {}
         self._quitting: set[asyncio.Future[None]] = set()
         self.counters = PoolCounters()
+        # Metrics (docs/operating.md), plain integers read at scrape time: sends holding a
+        # connection now, failures by (stage, reply class), and the hand-off's latency.
+        self._in_use = 0
+        self._errors: dict[tuple[str, str], int] = {}
+        self._send_seconds = metrics.LatencyHistogram(
+            "nudge_smtp_send_seconds", "result", known=("ok", "refused", "error")
+        )
+        # The configured limiters' keys (providers, named domains): the only domain_group
+        # values besides "other", so one label per configured limit, never one per domain.
+        self._groups = frozenset(key for key, _ in self._settings.limits.by_domain.values())
+        metrics.watch(self)
 
     # ------------------------------------------------------------------------------ sending
 
@@ -115,7 +133,9 @@ class SmtpPool:
         gate = self._gates.get(key)
         if gate is None:
             gate = self._gates[key] = _DomainGate(
-                asyncio.Semaphore(limit.max_connections), RateSchedule(limit)
+                asyncio.Semaphore(limit.max_connections),
+                RateSchedule(limit),
+                key if key in self._groups else "other",
             )
         with tracer.start_as_current_span(
             "smtp send",
@@ -129,16 +149,57 @@ class SmtpPool:
                 "nudge.recipient_domain": key,
             },
         ):
-            async with gate.permits:
+            asked = self._clock()
+            if gate.permits.locked():
+                gate.waited_for_permit += 1
+            gate.waiting += 1
+            try:
+                await gate.permits.acquire()
+            except BaseException:
+                gate.waiting -= 1
+                raise
+            try:
                 delay = gate.schedule.reserve(self._clock())
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    gate.waited_for_rate += 1
+                    try:
+                        await asyncio.sleep(delay)
+                    finally:
+                        gate.waiting -= 1
+                else:
+                    gate.waiting -= 1
+                gate.wait_seconds += self._clock() - asked
                 gate.in_flight += 1
                 try:
                     async with self._slots:
-                        return await self._send_on_a_connection(raw, sender, recipient)
+                        return await self._timed_send(raw, sender, recipient)
                 finally:
                     gate.in_flight -= 1
+            finally:
+                gate.permits.release()
+
+    async def _timed_send(self, raw: bytes, sender: str, recipient: str) -> str:
+        """The hand-off on a connection, timed and its failure counted (metrics)."""
+        started = self._clock()
+        self._in_use += 1
+        result = "error"
+        try:
+            reply = await self._send_on_a_connection(raw, sender, recipient)
+            result = "ok"
+            return reply
+        except Exception as err:
+            failure = failure_of(err)
+            if failure is not None:
+                code = failure.code
+                reply_class = f"{code // 100}xx" if code and 400 <= code < 600 else "none"
+                if reply_class != "none":
+                    result = "refused"
+                key = (failure.stage.value, reply_class)
+                self._errors[key] = self._errors.get(key, 0) + 1
+            raise
+        finally:
+            self._in_use -= 1
+            self._send_seconds.observe(result, self._clock() - started)
 
     def in_flight(self, recipient_domain: str) -> int:
         """Sends to the limiter of ``recipient_domain`` holding a permit now."""
@@ -285,3 +346,29 @@ class SmtpPool:
     @property
     def idle_connections(self) -> int:
         return len(self._idle)
+
+    def metric_samples(self) -> Iterator[tuple[str, dict[str, str], Any]]:
+        """What Prometheus reads of the pool (services/common/metrics.py)."""
+        yield "nudge_smtp_connections", {"state": "idle"}, len(self._idle)
+        yield "nudge_smtp_connections", {"state": "in_use"}, self._in_use
+        yield "nudge_smtp_connections_max", {}, self._settings.max_connections
+        yield "nudge_smtp_connections_opened", {}, self.counters.opened
+        yield "nudge_smtp_connections_closed", {"reason": "retired"}, self.counters.retired
+        yield "nudge_smtp_connections_closed", {"reason": "discarded"}, self.counters.discarded
+        for (stage, reply), count in list(self._errors.items()):
+            yield "nudge_smtp_errors", {"stage": stage, "reply": reply}, count
+        groups: dict[str, list[float]] = {}
+        for gate in list(self._gates.values()):
+            g = groups.setdefault(gate.group, [0, 0, 0, 0, 0.0])
+            g[0] += gate.waiting
+            g[1] += gate.in_flight
+            g[2] += gate.waited_for_permit
+            g[3] += gate.waited_for_rate
+            g[4] += gate.wait_seconds
+        for group, (waiting, in_flight, permit, rate, seconds) in groups.items():
+            labels = {"domain_group": group}
+            yield "nudge_smtp_throttle_waiting", labels, waiting
+            yield "nudge_smtp_throttle_in_flight", labels, in_flight
+            yield "nudge_smtp_throttle_waits", {**labels, "cause": "connections"}, permit
+            yield "nudge_smtp_throttle_waits", {**labels, "cause": "rate"}, rate
+            yield "nudge_smtp_throttle_wait_seconds", labels, seconds
