@@ -4,6 +4,8 @@
         [--map COLUMN=FIELD ...] [--consent COLUMN=PURPOSE[:WORDING] ...] [--tag TAG ...]
         [--key KEY] [--addr HOST:PORT] [--api-key KEY]
 
+    nudge managers create|list|remove ...   (the web console's accounts: services/cli/managers.py)
+
 The address and the API key come from ``--addr``/``NUDGE_CONTACTS_ADDR`` (default
 127.0.0.1:50051) and ``--api-key``/``NUDGE_API_KEY``.
 """
@@ -15,7 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from services.cli import contacts_import
+from services.cli import contacts_import, managers
 
 
 def parser() -> argparse.ArgumentParser:
@@ -40,6 +42,7 @@ def parser() -> argparse.ArgumentParser:
     imp.add_argument("--api-key", default=os.environ.get("NUDGE_API_KEY", ""))
     imp.add_argument("--no-progress", action="store_true", help="no progress bar")
     imp.set_defaults(run=contacts_import.run)
+    managers.add_parser(areas)  # issue 18: nudge managers create|list|remove
     return root
 
 
