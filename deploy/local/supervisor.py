@@ -519,6 +519,34 @@ def demo_workspace(state_dir: Path, env: Mapping[str, str]) -> dict[str, Any]:
     return {**kept, **answer, "api_key": kept.get("api_key")}
 
 
+DEMO_OWNER = "owner@example.com"
+
+
+def demo_owner(state_dir: Path, env: Mapping[str, str], demo: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo workspace's first console owner (issue 18), created once by ``nudge managers
+    create``. The generated password is kept beside the API key in ``state_dir/demo.json``
+    (only its hash is in the database), so every banner can show it."""
+    if not demo.get("workspace_id"):
+        return {}
+    password = demo.get("console_password") or secrets.token_urlsafe(12)
+    command = [sys.executable, "-m", "services.cli", "managers", "create", "--if-missing"]
+    command += ["--workspace", str(demo["workspace_id"]), "--email", DEMO_OWNER, "--role", "owner"]
+    done = _run_step("console", command, {**env, "NUDGE_MANAGER_PASSWORD": password})
+    answer: dict[str, Any] = {}
+    for line in reversed(done.stdout.splitlines()):
+        with contextlib.suppress(ValueError):
+            answer = json.loads(line)
+            break
+    if done.returncode != 0 or not answer:
+        print(f"nudge: could not create the console's owner: {done.stdout}", file=sys.stderr)
+        return {}
+    if answer.get("exists"):
+        return {"console_email": DEMO_OWNER, "console_password": demo.get("console_password")}
+    owner = {"console_email": DEMO_OWNER, "console_password": password}
+    write_private(state_dir / "demo.json", json.dumps({**demo, **owner}, indent=1) + "\n")
+    return owner
+
+
 def banner(
     env: Mapping[str, str],
     demo: Mapping[str, Any],
@@ -527,10 +555,14 @@ def banner(
 ) -> str:
     gateway = env["NUDGE_GATEWAY_URL"]
     key = demo.get("api_key") or f"(unknown: delete {state_dir / 'demo.json'} and the data)"
+    console = f"{demo.get('console_email', '?')} / " + (
+        demo.get("console_password") or "(unknown: nudge managers create ...)"
+    )
     warned = "".join(f"  WARNING: {warning}\n" for warning in warnings)
     return f"""
   Nudge is running.
     gateway     {gateway}        API docs: {gateway}/docs
+    console     {gateway}/console   sign in: {console}
     Kafka       {env["KAFKA_BOOTSTRAP_SERVERS"]} ({env.get("NUDGE_KAFKA_KIND", "?")})
     API key     {key}   (workspace "demo")
     admin token {env.get("NUDGE_ADMIN_TOKEN", "")}
@@ -600,6 +632,7 @@ def run(names: Sequence[str] = SERVICES) -> int:
                 # Keep running: the output above shows which service fails, and why.
                 print(f"nudge: NOT HEALTHY: {err}", file=sys.stderr)
         demo = demo_workspace(state_dir, env) if "contacts" in names else {}
+        demo = {**demo, **demo_owner(state_dir, env, demo)}
         print(banner(env, demo, state_dir, stack.warnings), flush=True)
         wait_forever()
     except Interrupted:
