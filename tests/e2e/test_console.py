@@ -15,6 +15,7 @@ failed sign-ins in Redis, so the per-address throttle of one test never blocks t
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -192,12 +193,21 @@ async def sign_in(page: Page, system: System, email: str, password: str = PASSWO
     await page.get_by_role("button", name="Sign in").click()
 
 
+async def screenshot(page: Page, name: str) -> None:
+    """With NUDGE_CONSOLE_SCREENSHOTS=DIR, the page as the README shows it (docs/console/;
+    Playwright makes the directory)."""
+    folder = os.environ.get("NUDGE_CONSOLE_SCREENSHOTS")
+    if folder:
+        await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize(("width", "label"), [(1280, "desktop"), (360, "mobile")])
 async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_signs_out(
-    system: System, http: httpx.AsyncClient, browser: Browser
+    system: System, http: httpx.AsyncClient, browser: Browser, width: int, label: str
 ) -> None:
     shop = await new_shop(system, http)
     await fill_shop(http, shop, "Thursday's producers", "Bottega Ada: three new producers")
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    context = await browser.new_context(viewport={"width": width, "height": 800})
     page = await context.new_page()
     watched = watch(page)
 
@@ -205,6 +215,7 @@ async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_s
     await expect(page.locator("#login-error")).to_have_text(
         "Wrong e-mail or password.", timeout=WAIT_MS
     )
+    await screenshot(page, f"login-{label}")
     await page.fill("#login-password", PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
 
@@ -221,6 +232,11 @@ async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_s
     cookie = next(c for c in await context.cookies() if c["name"] == "nudge_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert await page.evaluate("document.cookie") == ""  # scripts cannot read the session
+    # Every lifecycle segment gets its count and its change (none still loading, none failed).
+    await expect(page.locator(".segment .count", has_text="…")).to_have_count(0, timeout=WAIT_MS)
+    await expect(page.locator(".segment .count", has_text="\u2013")).to_have_count(0)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= width
+    await screenshot(page, f"overview-{label}")
 
     await page.locator("#sign-out").click()
     await expect(page.get_by_role("heading", name="Sign in to Nudge")).to_be_visible(
