@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,9 +373,18 @@ async def test_what_managers_typed_is_shown_as_text_and_never_runs(
     await context.close()
 
 
-async def test_make_runs_demo_workspace_has_an_owner_who_signs_in(
-    system: System, http: httpx.AsyncClient, tmp_path: Path
-) -> None:
+def cli(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``nudge ...`` as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_runs_demo_workspace_has_an_owner_who_signs_in(system: System, tmp_path: Path) -> None:
     """deploy/local/supervisor.py: the demo workspace's owner, created by `nudge managers
     create`, printed in the banner, kept across runs (its password in demo.json)."""
     demo = demo_workspace(tmp_path, system.env)
@@ -386,8 +397,17 @@ async def test_make_runs_demo_workspace_has_an_owner_who_signs_in(
     # The next `make run` finds the account and shows the same password.
     again = demo_owner(tmp_path, system.env, {**demo_workspace(tmp_path, system.env)})
     assert again["console_password"] == owner["console_password"]
-    signed_in = await http.post(
-        "/v1/session", json={"email": DEMO_OWNER, "password": owner["console_password"]}
+    signed_in = httpx.post(
+        f"{system.gateway}/v1/session",
+        json={"email": DEMO_OWNER, "password": owner["console_password"]},
+        timeout=30,
     )
     assert signed_in.status_code == 200, signed_in.text
     assert signed_in.json()["manager"]["role"] == "owner"
+    # The operator's CLI lists the account (internal token and --workspace, from the env).
+    listed = cli(system.env, "managers", "list", "--workspace", str(demo["workspace_id"]))
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["email"], r["role"]) for r in rows] == [(DEMO_OWNER, "owner")]
+    lost = cli({**system.env, "NUDGE_API_KEY": ""}, "managers", "list")
+    assert lost.returncode == 2 and "--workspace" in lost.stderr
