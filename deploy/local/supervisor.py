@@ -561,6 +561,34 @@ def fresh_traces_dir(state_dir: Path) -> Path:
     return folder
 
 
+DEMO_OWNER = "owner@example.com"
+
+
+def demo_owner(state_dir: Path, env: Mapping[str, str], demo: Mapping[str, Any]) -> dict[str, Any]:
+    """The demo workspace's first console owner (issue 18), created once by ``nudge managers
+    create``. The generated password is kept beside the API key in ``state_dir/demo.json``
+    (only its hash is in the database), so every banner can show it."""
+    if not demo.get("workspace_id"):
+        return {}
+    password = demo.get("console_password") or secrets.token_urlsafe(12)
+    command = [sys.executable, "-m", "services.cli", "managers", "create", "--if-missing"]
+    command += ["--workspace", str(demo["workspace_id"]), "--email", DEMO_OWNER, "--role", "owner"]
+    done = _run_step("console", command, {**env, "NUDGE_MANAGER_PASSWORD": password})
+    answer: dict[str, Any] = {}
+    for line in reversed(done.stdout.splitlines()):
+        with contextlib.suppress(ValueError):
+            answer = json.loads(line)
+            break
+    if done.returncode != 0 or not answer:
+        print(f"nudge: could not create the console's owner: {done.stdout}", file=sys.stderr)
+        return {}
+    if answer.get("exists"):
+        return {"console_email": DEMO_OWNER, "console_password": demo.get("console_password")}
+    owner = {"console_email": DEMO_OWNER, "console_password": password}
+    write_private(state_dir / "demo.json", json.dumps({**demo, **owner}, indent=1) + "\n")
+    return owner
+
+
 def banner(
     env: Mapping[str, str],
     demo: Mapping[str, Any],
@@ -573,10 +601,14 @@ def banner(
     viewer = f"Jaeger {jaeger_url}" if jaeger_url else f"JSON lines in {files}"
     traces = f"    traces      {viewer}   (nudge trace TRACE_ID)\n" if jaeger_url or files else ""
     key = demo.get("api_key") or f"(unknown: delete {state_dir / 'demo.json'} and the data)"
+    console = f"{demo.get('console_email', '?')} / " + (
+        demo.get("console_password") or "(unknown: nudge managers create ...)"
+    )
     warned = "".join(f"  WARNING: {warning}\n" for warning in warnings)
     return f"""
   Nudge is running.
     gateway     {gateway}        API docs: {gateway}/docs
+    console     {gateway}/console   sign in: {console}
     Kafka       {env["KAFKA_BOOTSTRAP_SERVERS"]} ({env.get("NUDGE_KAFKA_KIND", "?")})
     API key     {key}   (workspace "demo")
     admin token {env.get("NUDGE_ADMIN_TOKEN", "")}
@@ -658,6 +690,7 @@ def run(names: Sequence[str] = SERVICES) -> int:
                 # Keep running: the output above shows which service fails, and why.
                 print(f"nudge: NOT HEALTHY: {err}", file=sys.stderr)
         demo = demo_workspace(state_dir, env) if "contacts" in names else {}
+        demo = {**demo, **demo_owner(state_dir, env, demo)}
         jaeger_url = jaeger.ui_url if jaeger is not None else ""
         print(banner(env, demo, state_dir, [*stack.warnings, *warnings], jaeger_url), flush=True)
         wait_forever()

@@ -6,6 +6,7 @@
 
     nudge trace TRACE_ID [--json] [--jaeger URL] [--traces-dir DIR]
     nudge trace --contact ID | --message ID
+    nudge managers create|list|remove ...   (the web console's accounts: services/cli/managers.py)
 
 The address and the API key come from ``--addr``/``NUDGE_CONTACTS_ADDR`` (default
 127.0.0.1:50051) and ``--api-key``/``NUDGE_API_KEY``. ``nudge trace`` reads Jaeger's API
@@ -24,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from services.cli import contacts_import, messages, traces
+from services.cli import contacts_import, managers, messages, traces
 
 
 def parser() -> argparse.ArgumentParser:
@@ -51,6 +52,7 @@ def parser() -> argparse.ArgumentParser:
     imp.set_defaults(run=contacts_import.run)
     messages.register(areas)
     traces.add_parser(areas)
+    managers.add_parser(areas)  # issue 18: nudge managers create|list|remove
     return root
 
 

@@ -124,6 +124,16 @@ CACHE_TTL_S = 60
 NEGATIVE_TTL_S = 5
 
 
+# A removed console manager (services/contacts/managers.py writes it, the gateway's
+# sessions read it): their sessions end at once. Kept longer than a session may live.
+MANAGER_REMOVED_PREFIX = "nudge:manager-removed:"
+MANAGER_REMOVED_TTL_S = 13 * 3600
+
+
+def manager_removed_key(manager_id: str) -> str:
+    return f"{MANAGER_REMOVED_PREFIX}{manager_id}"
+
+
 def cache_key(key_id: str) -> str:
     return f"{CACHE_PREFIX}{key_id}"
 

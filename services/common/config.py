@@ -4,9 +4,10 @@ Every service has one ``Settings`` class that extends :class:`BaseServiceSetting
 own prefixed variables (``CONTACTS_GRPC_PORT``...) and with the mixins of what it uses
 (:class:`DatabaseSettings`, :class:`RedisSettings`, :class:`KafkaSettings`,
 :class:`InternalAuthSettings`). A service reads only the credentials it needs: the gateway,
-which faces the internet, holds no database, Redis, Kafka or SMTP settings and no internal
-token. The variables services share (``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``...) are
-read without a prefix, under the names the operators already know from docker-compose and
+which faces the internet, holds no database, Kafka or SMTP settings (since the web console
+it reads Redis for its sessions, and the internal token a session's calls carry). The
+variables services share (``DATABASE_URL``, ``KAFKA_BOOTSTRAP_SERVERS``...) are read
+without a prefix, under the names the operators already know from docker-compose and
 the README.
 
 Secrets are the fields declared ``repr=False``. :func:`insecure_secrets` names those holding

@@ -33,6 +33,8 @@ from services.contacts.entrypoints.grpc import (
     WorkspaceServicer,
 )
 from services.contacts.entrypoints.grpc_imports import ImportServicer
+from services.contacts.entrypoints.grpc_managers import AUTH_POLICY as MANAGER_AUTH_POLICY
+from services.contacts.entrypoints.grpc_managers import ManagerServicer
 from services.contacts.entrypoints.grpc_privacy import PrivacyServicer
 from services.contacts.entrypoints.kafka import TrackingConsumer
 from services.contacts.handlers import CONSUMER
@@ -51,6 +53,7 @@ SERVICE_NAMES = [
     "nudge.shop.v1.ShopEventService",
     "nudge.contacts.v1.PrivacyService",
     "nudge.contacts.v1.ImportService",
+    "nudge.contacts.v1.ManagerService",  # issue 18: the console's manager accounts
 ]
 
 
@@ -135,10 +138,15 @@ async def start(service: runtime.Service, settings: Settings) -> None:
                 ImportServicer(pool, batch_rows=settings.import_batch_rows),
                 SERVICE_NAMES[5],
             ),
+            (
+                contacts_pb2_grpc.add_ManagerServiceServicer_to_server,
+                ManagerServicer(pool, redis),
+                SERVICE_NAMES[6],
+            ),
         ],
         verifier=LocalApiKeyVerifier(pool, redis, recorder=key_use),
         internal_token=settings.internal_token,
-        policy=AUTH_POLICY,
+        policy={**AUTH_POLICY, **MANAGER_AUTH_POLICY},
         dependencies={
             "postgres": postgres_check(pool, settings.dependency_timeout_s),
             "kafka": kafka_check(probe),

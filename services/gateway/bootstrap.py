@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
@@ -47,14 +48,19 @@ from services.gateway.entrypoints import (
     sending,
     workflows,
 )
+from services.gateway.entrypoints import console as console_pages
+from services.gateway.entrypoints import session as console_session
+from services.gateway.sessions import LoginThrottle, SessionStore
 
 NAME = "gateway"
 
 DESCRIPTION = """The HTTP API of Nudge for managers and frontends.
 
-Every `/v1` route needs a workspace API key: `Authorization: Bearer nk_...`. A key sees only
-its own workspace; another workspace's ids are *not found*. Errors are RFC 9457 problem
-details (`application/problem+json`) with a field list for invalid requests."""
+Every `/v1` route needs a workspace API key: `Authorization: Bearer nk_...`, or the session
+cookie of the web console (`POST /v1/session`; then every unsafe method needs the session's
+`X-CSRF-Token`). A key sees only its own workspace; another workspace's ids are *not found*.
+Errors are RFC 9457 problem details (`application/problem+json`) with a field list for
+invalid requests."""
 
 TAGS = [
     {"name": "contacts", "description": "Contacts and their consent history."},
@@ -72,6 +78,7 @@ TAGS = [
     {"name": "messages", "description": "Delivery status of single messages."},
     {"name": "dkim", "description": "DKIM keys of the workspace's sending domains."},
     {"name": "api-keys", "description": "The workspace's API keys: create, revoke, rotate."},
+    {"name": "session", "description": "The web console's sign-in, and its managers."},
     {"name": "health", "description": "Dependency checks."},
 ]
 
@@ -95,6 +102,7 @@ def create_app(
                 stack.push_async_callback(dependency_checks.close)
                 run_checks = dependency_checks
             app.state.checks = CachedChecks(run_checks, settings.health_cache_s)
+            stack.push_async_callback(redis.aclose)
             yield
 
     app = FastAPI(
@@ -105,6 +113,18 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.settings = settings
+    # The console's sessions and sign-in throttle (sessions.py). The client connects on first
+    # use, so apps that never see a cookie (unit tests, API-key traffic) never reach Redis.
+    redis = aioredis.from_url(settings.redis_url, socket_timeout=2, socket_connect_timeout=2)
+    app.state.sessions = SessionStore(
+        redis, idle_s=settings.session_idle_s, max_s=settings.session_max_s
+    )
+    app.state.login_throttle = LoginThrottle(
+        redis,
+        max_failures=settings.login_max_failures,
+        max_failures_per_address=settings.login_max_failures_per_address,
+        window_s=settings.login_window_s,
+    )
     # imports first: /v1/contacts/imports must not be taken for a contact id.
     routers = (
         imports,
@@ -127,6 +147,9 @@ def create_app(
     app.include_router(campaign_audience.router)  # issue 15: audience
     app.include_router(campaign_report.router)  # issue 15: the report
     app.include_router(workflows.router)  # issue 16: workflows
+    app.include_router(console_session.router)  # issue 18: the console's sessions
+    app.include_router(console_session.managers_router)
+    app.include_router(console_pages.router)
     app.add_exception_handler(problems.Problem, problems.handle_problem)
     app.add_exception_handler(RequestValidationError, problems.handle_validation_error)
     app.add_exception_handler(HTTPException, problems.handle_http_exception)

@@ -1,12 +1,17 @@
-"""Settings of the gateway (env prefix ``GATEWAY_``)."""
+"""Settings of the gateway (env prefix ``GATEWAY_``).
+
+Since the web console (issue 18) the gateway reads Redis (its sessions and the login
+throttle, sessions.py) and the internal token (a session's calls act for its workspace with
+it, as services do for each other); it still holds no database, Kafka or SMTP settings.
+"""
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from services.common.config import BaseServiceSettings
+from services.common.config import InternalAuthSettings, RedisSettings
 
 
-class Settings(BaseServiceSettings):
+class Settings(RedisSettings, InternalAuthSettings):
     model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
 
     http_port: int = 8080
@@ -29,3 +34,14 @@ class Settings(BaseServiceSettings):
     jaeger_url: str = Field(
         "http://127.0.0.1:16686", validation_alias=AliasChoices("NUDGE_JAEGER_URL")
     )
+    # The console's sessions (sessions.py): they end after this long without a request, and
+    # in any case this long after sign-in (at most 12 h: contacts' "manager removed" marker
+    # outlives every session by an hour, services/common/auth.py).
+    session_idle_s: int = 1800
+    session_max_s: int = 43200
+    # Sign-in throttle: this many failures for one e-mail, or from one client address (an
+    # office's managers share theirs), within the window, and sign-in answers 429 until the
+    # window ends.
+    login_max_failures: int = 5
+    login_max_failures_per_address: int = 20
+    login_window_s: int = 900

@@ -37,6 +37,8 @@ class Backends:
     # grpc.health.v1 of every service the gateway depends on, by service name.
     health: dict[str, health_pb2_grpc.HealthStub]
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    # The console's manager accounts (issue 18); None in unit tests that do not need them.
+    managers: contacts_pb2_grpc.ManagerServiceStub | None = None
 
     async def close(self) -> None:
         await asyncio.gather(*(c.close() for c in self.channels))
@@ -64,4 +66,5 @@ def open_backends(settings: Settings) -> Backends:
         workflows=triggers_pb2_grpc.WorkflowServiceStub(channels["triggers"]),
         health={name: health_pb2_grpc.HealthStub(ch) for name, ch in channels.items()},
         channels=list(channels.values()),
+        managers=contacts_pb2_grpc.ManagerServiceStub(channels["contacts"]),
     )

@@ -65,8 +65,13 @@ def test_the_admin_token_may_be_empty_which_turns_create_workspace_off() -> None
     assert insecure_secrets(ContactsSettings(internal_token=good, admin_token="dev-admin-token"))
 
 
-def test_the_gateway_holds_no_infrastructure_credentials_nor_the_internal_token() -> None:
+def test_the_gateway_holds_redis_and_the_internal_token_but_no_other_credential() -> None:
+    """Since the web console (issue 18): Redis for its sessions, and the internal token that a
+    session's calls carry; still no database, Kafka or SMTP."""
     fields = set(GatewaySettings.model_fields)
-    assert not fields & {"database_url", "redis_url", "kafka_bootstrap_servers", "smtp_url"}
-    assert "internal_token" not in fields
-    assert insecure_secrets(GatewaySettings()) == []
+    assert not fields & {"database_url", "kafka_bootstrap_servers", "smtp_url"}
+    assert {"redis_url", "internal_token"} <= fields
+    assert insecure_secrets(GatewaySettings()) == [
+        "NUDGE_INTERNAL_TOKEN is a known development value"
+    ]
+    assert insecure_secrets(GatewaySettings(internal_token="x" * 32)) == []

@@ -180,6 +180,34 @@ ATTRIBUTE_TYPE_DATE: AttributeType.ValueType  # 4
 """"YYYY-MM-DD" """
 Global___AttributeType: _TypeAlias = AttributeType  # noqa: Y015
 
+class _ManagerRole:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ManagerRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ManagerRole.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MANAGER_ROLE_UNSPECIFIED: _ManagerRole.ValueType  # 0
+    MANAGER_ROLE_OWNER: _ManagerRole.ValueType  # 1
+    """everything, including managers and API keys"""
+    MANAGER_ROLE_MANAGER: _ManagerRole.ValueType  # 2
+    """everything but managers and API keys"""
+    MANAGER_ROLE_VIEWER: _ManagerRole.ValueType  # 3
+    """reads only"""
+
+class ManagerRole(_ManagerRole, metaclass=_ManagerRoleEnumTypeWrapper):
+    """The people who use the web console (issue 18): an e-mail and a password per workspace,
+    with a role the gateway enforces on the console's session.
+    """
+
+MANAGER_ROLE_UNSPECIFIED: ManagerRole.ValueType  # 0
+MANAGER_ROLE_OWNER: ManagerRole.ValueType  # 1
+"""everything, including managers and API keys"""
+MANAGER_ROLE_MANAGER: ManagerRole.ValueType  # 2
+"""everything but managers and API keys"""
+MANAGER_ROLE_VIEWER: ManagerRole.ValueType  # 3
+"""reads only"""
+Global___ManagerRole: _TypeAlias = ManagerRole  # noqa: Y015
+
 @_typing.final
 class Date(_message.Message):
     """A calendar date without a time zone (birthdays)."""
@@ -2291,3 +2319,202 @@ class EraseContactResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EraseContactResponse: _TypeAlias = EraseContactResponse  # noqa: Y015
+
+@_typing.final
+class Manager(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    WORKSPACE_ID_FIELD_NUMBER: _builtins.int
+    EMAIL_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    workspace_id: _builtins.str
+    email: _builtins.str
+    role: Global___ManagerRole.ValueType
+    @_builtins.property
+    def created_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        workspace_id: _builtins.str = ...,
+        email: _builtins.str = ...,
+        role: Global___ManagerRole.ValueType = ...,
+        created_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "email", b"email", "id", b"id", "role", b"role", "workspace_id", b"workspace_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Manager: _TypeAlias = Manager  # noqa: Y015
+
+@_typing.final
+class CreateManagerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    password: _builtins.str
+    """At least 12 characters; stored only as an argon2id hash."""
+    role: Global___ManagerRole.ValueType
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        password: _builtins.str = ...,
+        role: Global___ManagerRole.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "password", b"password", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateManagerRequest: _TypeAlias = CreateManagerRequest  # noqa: Y015
+
+@_typing.final
+class CreateManagerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def manager(self) -> Global___Manager: ...
+    def __init__(
+        self,
+        *,
+        manager: Global___Manager | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateManagerResponse: _TypeAlias = CreateManagerResponse  # noqa: Y015
+
+@_typing.final
+class AuthenticateManagerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EMAIL_FIELD_NUMBER: _builtins.int
+    PASSWORD_FIELD_NUMBER: _builtins.int
+    email: _builtins.str
+    password: _builtins.str
+    def __init__(
+        self,
+        *,
+        email: _builtins.str = ...,
+        password: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["email", b"email", "password", b"password"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthenticateManagerRequest: _TypeAlias = AuthenticateManagerRequest  # noqa: Y015
+
+@_typing.final
+class AuthenticateManagerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGER_FIELD_NUMBER: _builtins.int
+    WORKSPACE_NAME_FIELD_NUMBER: _builtins.int
+    workspace_name: _builtins.str
+    @_builtins.property
+    def manager(self) -> Global___Manager: ...
+    def __init__(
+        self,
+        *,
+        manager: Global___Manager | None = ...,
+        workspace_name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager", "workspace_name", b"workspace_name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuthenticateManagerResponse: _TypeAlias = AuthenticateManagerResponse  # noqa: Y015
+
+@_typing.final
+class ListManagersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListManagersRequest: _TypeAlias = ListManagersRequest  # noqa: Y015
+
+@_typing.final
+class ListManagersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def managers(self) -> _containers.RepeatedCompositeFieldContainer[Global___Manager]:
+        """by e-mail"""
+
+    def __init__(
+        self,
+        *,
+        managers: _abc.Iterable[Global___Manager] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["managers", b"managers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListManagersResponse: _TypeAlias = ListManagersResponse  # noqa: Y015
+
+@_typing.final
+class RemoveManagerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGER_ID_FIELD_NUMBER: _builtins.int
+    manager_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        manager_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_id", b"manager_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveManagerRequest: _TypeAlias = RemoveManagerRequest  # noqa: Y015
+
+@_typing.final
+class RemoveManagerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def manager(self) -> Global___Manager: ...
+    def __init__(
+        self,
+        *,
+        manager: Global___Manager | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveManagerResponse: _TypeAlias = RemoveManagerResponse  # noqa: Y015

@@ -1521,3 +1521,215 @@ class PrivacyService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class ManagerServiceStub:
+    """Scoped to the caller's workspace (an API key, or the internal token with the workspace
+    header: the gateway for a console session, the `nudge managers` CLI), except
+    AuthenticateManager: internal only, since e-mails are unique across workspaces.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.CreateManager = channel.unary_unary(
+                '/nudge.contacts.v1.ManagerService/CreateManager',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateManagerRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateManagerResponse.FromString,
+                _registered_method=True)
+        self.AuthenticateManager = channel.unary_unary(
+                '/nudge.contacts.v1.ManagerService/AuthenticateManager',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateManagerRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateManagerResponse.FromString,
+                _registered_method=True)
+        self.ListManagers = channel.unary_unary(
+                '/nudge.contacts.v1.ManagerService/ListManagers',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListManagersRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListManagersResponse.FromString,
+                _registered_method=True)
+        self.RemoveManager = channel.unary_unary(
+                '/nudge.contacts.v1.ManagerService/RemoveManager',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerResponse.FromString,
+                _registered_method=True)
+
+
+class ManagerServiceServicer:
+    """Scoped to the caller's workspace (an API key, or the internal token with the workspace
+    header: the gateway for a console session, the `nudge managers` CLI), except
+    AuthenticateManager: internal only, since e-mails are unique across workspaces.
+    """
+
+    def CreateManager(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AuthenticateManager(self, request, context):
+        """Unknown e-mail and wrong password give the same UNAUTHENTICATED answer, in the same time.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListManagers(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveManager(self, request, context):
+        """The last owner of a workspace cannot be removed (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ManagerServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'CreateManager': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateManager,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateManagerRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateManagerResponse.SerializeToString,
+            ),
+            'AuthenticateManager': grpc.unary_unary_rpc_method_handler(
+                    servicer.AuthenticateManager,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateManagerRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateManagerResponse.SerializeToString,
+            ),
+            'ListManagers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListManagers,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListManagersRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListManagersResponse.SerializeToString,
+            ),
+            'RemoveManager': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveManager,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nudge.contacts.v1.ManagerService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nudge.contacts.v1.ManagerService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ManagerService:
+    """Scoped to the caller's workspace (an API key, or the internal token with the workspace
+    header: the gateway for a console session, the `nudge managers` CLI), except
+    AuthenticateManager: internal only, since e-mails are unique across workspaces.
+    """
+
+    @staticmethod
+    def CreateManager(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ManagerService/CreateManager',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateManagerRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.CreateManagerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AuthenticateManager(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ManagerService/AuthenticateManager',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateManagerRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.AuthenticateManagerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListManagers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ManagerService/ListManagers',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListManagersRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.ListManagersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveManager(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ManagerService/RemoveManager',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

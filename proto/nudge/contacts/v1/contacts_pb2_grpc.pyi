@@ -382,3 +382,73 @@ class PrivacyServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_contacts_pb2.EraseContactResponse, _abc.Awaitable[_contacts_pb2.EraseContactResponse]]: ...
 
 def add_PrivacyServiceServicer_to_server(servicer: PrivacyServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ManagerServiceStub:
+    """Scoped to the caller's workspace (an API key, or the internal token with the workspace
+    header: the gateway for a console session, the `nudge managers` CLI), except
+    AuthenticateManager: internal only, since e-mails are unique across workspaces.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ManagerServiceAsyncStub: ...
+    CreateManager: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.CreateManagerRequest, _contacts_pb2.CreateManagerResponse]
+    AuthenticateManager: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.AuthenticateManagerRequest, _contacts_pb2.AuthenticateManagerResponse]
+    """Unknown e-mail and wrong password give the same UNAUTHENTICATED answer, in the same time."""
+    ListManagers: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ListManagersRequest, _contacts_pb2.ListManagersResponse]
+    RemoveManager: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.RemoveManagerRequest, _contacts_pb2.RemoveManagerResponse]
+    """The last owner of a workspace cannot be removed (FAILED_PRECONDITION)."""
+
+@_typing.type_check_only
+class ManagerServiceAsyncStub(ManagerServiceStub):
+    """Scoped to the caller's workspace (an API key, or the internal token with the workspace
+    header: the gateway for a console session, the `nudge managers` CLI), except
+    AuthenticateManager: internal only, since e-mails are unique across workspaces.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    CreateManager: _aio.UnaryUnaryMultiCallable[_contacts_pb2.CreateManagerRequest, _contacts_pb2.CreateManagerResponse]  # type: ignore[assignment]
+    AuthenticateManager: _aio.UnaryUnaryMultiCallable[_contacts_pb2.AuthenticateManagerRequest, _contacts_pb2.AuthenticateManagerResponse]  # type: ignore[assignment]
+    """Unknown e-mail and wrong password give the same UNAUTHENTICATED answer, in the same time."""
+    ListManagers: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ListManagersRequest, _contacts_pb2.ListManagersResponse]  # type: ignore[assignment]
+    RemoveManager: _aio.UnaryUnaryMultiCallable[_contacts_pb2.RemoveManagerRequest, _contacts_pb2.RemoveManagerResponse]  # type: ignore[assignment]
+    """The last owner of a workspace cannot be removed (FAILED_PRECONDITION)."""
+
+class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Scoped to the caller's workspace (an API key, or the internal token with the workspace
+    header: the gateway for a console session, the `nudge managers` CLI), except
+    AuthenticateManager: internal only, since e-mails are unique across workspaces.
+    """
+
+    @_abc_1.abstractmethod
+    def CreateManager(
+        self,
+        request: _contacts_pb2.CreateManagerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.CreateManagerResponse, _abc.Awaitable[_contacts_pb2.CreateManagerResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def AuthenticateManager(
+        self,
+        request: _contacts_pb2.AuthenticateManagerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.AuthenticateManagerResponse, _abc.Awaitable[_contacts_pb2.AuthenticateManagerResponse]]:
+        """Unknown e-mail and wrong password give the same UNAUTHENTICATED answer, in the same time."""
+
+    @_abc_1.abstractmethod
+    def ListManagers(
+        self,
+        request: _contacts_pb2.ListManagersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.ListManagersResponse, _abc.Awaitable[_contacts_pb2.ListManagersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RemoveManager(
+        self,
+        request: _contacts_pb2.RemoveManagerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.RemoveManagerResponse, _abc.Awaitable[_contacts_pb2.RemoveManagerResponse]]:
+        """The last owner of a workspace cannot be removed (FAILED_PRECONDITION)."""
+
+def add_ManagerServiceServicer_to_server(servicer: ManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
