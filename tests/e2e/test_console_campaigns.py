@@ -179,6 +179,19 @@ async def test_compose_warnings_audience_confirmation_send_and_report(
     href = await page.locator("#call-list-csv").get_attribute("href")
     csv = await page.evaluate("async (href) => (await fetch(href)).text()", href)
     assert csv.startswith("contact_id,email") and to(reader_mail) in csv
+
+    # A second campaign to them within the frequency cap (1 in 30 days): the warning says
+    # how many the cap leaves out.
+    second = await post(
+        http,
+        shop,
+        "/v1/campaigns",
+        {"name": "Again", "segment_ids": ["vip"], "subject": "Bottega Ada", "body_text": "Hi"},
+    )
+    await page.goto(f"{system.gateway}/console#/campaigns/{second['id']}")
+    await expect(warning(page, "frequency_cap")).to_contain_text(
+        "3 of this audience", timeout=WAIT_MS
+    )
     assert watched.exceptions == [] and watched.csp_violations() == []
     await page.context.close()
 
