@@ -34,6 +34,7 @@ from services.gateway.entrypoints import (
     campaign_content,
     campaign_lifecycle,
     campaign_report,
+    campaign_timeline,
     campaigns,
     consent,
     contacts,
@@ -146,6 +147,7 @@ def create_app(
     app.include_router(sending.router)  # issue 14: the anti-spam guard
     app.include_router(campaign_audience.router)  # issue 15: audience
     app.include_router(campaign_report.router)  # issue 15: the report
+    app.include_router(campaign_timeline.router)  # issue 18: the report over time
     app.include_router(workflows.router)  # issue 16: workflows
     app.include_router(console_session.router)  # issue 18: the console's sessions
     app.include_router(console_session.managers_router)

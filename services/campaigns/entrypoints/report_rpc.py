@@ -8,7 +8,7 @@ from __future__ import annotations
 import grpc
 from nudge.campaigns.v1 import campaigns_pb2
 
-from services.campaigns import stats
+from services.campaigns import stats, timeline
 from services.campaigns.ports import Ports
 from services.common import clock
 from services.common.auth import current_workspace
@@ -35,4 +35,11 @@ class ReportRpcs:
             self.ports.settings.internal_token,
             current_workspace(),
             request,
+        )
+
+    async def GetCampaignTimeline(
+        self, request: campaigns_pb2.GetCampaignTimelineRequest, context: grpc.aio.ServicerContext
+    ) -> campaigns_pb2.CampaignTimeline:
+        return await timeline.campaign_timeline(
+            self.ports.pool, current_workspace(), request.campaign_id
         )

@@ -3,11 +3,15 @@
 // so the gateway serves one document and needs no route per page.
 import { api, ApiError, setCsrfToken } from './api.js';
 import { h } from './dom.js';
+import { renderCampaigns } from './campaigns.js';
 import { renderLogin } from './login.js';
 import { renderOverview } from './overview.js';
 
 const root = document.getElementById('app');
-const PAGES = { overview: { title: 'Overview', render: renderOverview } };
+const PAGES = {
+  overview: { title: 'Overview', render: renderOverview },
+  campaigns: { title: 'Campaigns', render: renderCampaigns },
+};
 let session = null;
 
 function signedIn(answer) {
@@ -77,7 +81,8 @@ function show() {
     renderLogin(root, signedIn);
     return;
   }
-  const name = location.hash.replace(/^#\//, '') || 'overview';
+  // A page's own sub-paths (#/campaigns/<id>) stay with it: the page reads them itself.
+  const name = location.hash.replace(/^#\//, '').split('/')[0] || 'overview';
   const page = PAGES[name] ? name : 'overview';
   document.title = `${PAGES[page].title} · Nudge`;
   PAGES[page].render(shell(page));

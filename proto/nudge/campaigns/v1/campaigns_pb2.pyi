@@ -1253,6 +1253,93 @@ class GetCampaignReportRequest(_message.Message):
 Global___GetCampaignReportRequest: _TypeAlias = GetCampaignReportRequest  # noqa: Y015
 
 @_typing.final
+class GetCampaignTimelineRequest(_message.Message):
+    """The report over time (the console's charts): by the end of each interval, how many of the
+    campaign's contacts had been delivered (and not bounced since), had opened and had
+    clicked, people and machines apart (each contact once, at its first time: the report's
+    unique counts). Equal intervals from the first of these events to the last, at most 49
+    points; none before the first delivery.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    campaign_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        campaign_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["campaign_id", b"campaign_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCampaignTimelineRequest: _TypeAlias = GetCampaignTimelineRequest  # noqa: Y015
+
+@_typing.final
+class CampaignTimelinePoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    DELIVERED_FIELD_NUMBER: _builtins.int
+    OPENED_HUMAN_FIELD_NUMBER: _builtins.int
+    OPENED_MACHINE_FIELD_NUMBER: _builtins.int
+    CLICKED_HUMAN_FIELD_NUMBER: _builtins.int
+    CLICKED_MACHINE_FIELD_NUMBER: _builtins.int
+    delivered: _builtins.int
+    opened_human: _builtins.int
+    opened_machine: _builtins.int
+    clicked_human: _builtins.int
+    clicked_machine: _builtins.int
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """the end of the interval"""
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        delivered: _builtins.int = ...,
+        opened_human: _builtins.int = ...,
+        opened_machine: _builtins.int = ...,
+        clicked_human: _builtins.int = ...,
+        clicked_machine: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "clicked_human", b"clicked_human", "clicked_machine", b"clicked_machine", "delivered", b"delivered", "opened_human", b"opened_human", "opened_machine", b"opened_machine"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignTimelinePoint: _TypeAlias = CampaignTimelinePoint  # noqa: Y015
+
+@_typing.final
+class CampaignTimeline(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INTERVAL_FIELD_NUMBER: _builtins.int
+    POINTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def interval(self) -> _duration_pb2.Duration: ...
+    @_builtins.property
+    def points(self) -> _containers.RepeatedCompositeFieldContainer[Global___CampaignTimelinePoint]: ...
+    def __init__(
+        self,
+        *,
+        interval: _duration_pb2.Duration | None = ...,
+        points: _abc.Iterable[Global___CampaignTimelinePoint] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["interval", b"interval", "points", b"points"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CampaignTimeline: _TypeAlias = CampaignTimeline  # noqa: Y015
+
+@_typing.final
 class ListEngagedNonBuyersRequest(_message.Message):
     """Seed 003's call list: contacts who opened or clicked (human) and placed no order within
     the attribution window. Keyset pages in contact id order.

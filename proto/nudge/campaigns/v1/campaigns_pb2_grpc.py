@@ -119,6 +119,11 @@ class CampaignServiceStub:
                 request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersRequest.SerializeToString,
                 response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersResponse.FromString,
                 _registered_method=True)
+        self.GetCampaignTimeline = channel.unary_unary(
+                '/nudge.campaigns.v1.CampaignService/GetCampaignTimeline',
+                request_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignTimelineRequest.SerializeToString,
+                response_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignTimeline.FromString,
+                _registered_method=True)
 
 
 class CampaignServiceServicer:
@@ -226,6 +231,12 @@ class CampaignServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetCampaignTimeline(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CampaignServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -313,6 +324,11 @@ def add_CampaignServiceServicer_to_server(servicer, server):
                     servicer.ListEngagedNonBuyers,
                     request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersRequest.FromString,
                     response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersResponse.SerializeToString,
+            ),
+            'GetCampaignTimeline': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCampaignTimeline,
+                    request_deserializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignTimelineRequest.FromString,
+                    response_serializer=nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignTimeline.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -774,6 +790,33 @@ class CampaignService:
             '/nudge.campaigns.v1.CampaignService/ListEngagedNonBuyers',
             nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersRequest.SerializeToString,
             nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.ListEngagedNonBuyersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCampaignTimeline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.campaigns.v1.CampaignService/GetCampaignTimeline',
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.GetCampaignTimelineRequest.SerializeToString,
+            nudge_dot_campaigns_dot_v1_dot_campaigns__pb2.CampaignTimeline.FromString,
             options,
             channel_credentials,
             insecure,

@@ -50,6 +50,7 @@ class CampaignServiceStub:
     UpdateCampaignSettings: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.UpdateCampaignSettingsRequest, _campaigns_pb2.CampaignSettings]
     GetCampaignReport: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignReportRequest, _campaigns_pb2.CampaignReport]
     ListEngagedNonBuyers: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.ListEngagedNonBuyersRequest, _campaigns_pb2.ListEngagedNonBuyersResponse]
+    GetCampaignTimeline: _grpc.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignTimelineRequest, _campaigns_pb2.CampaignTimeline]
 
 @_typing.type_check_only
 class CampaignServiceAsyncStub(CampaignServiceStub):
@@ -71,6 +72,7 @@ class CampaignServiceAsyncStub(CampaignServiceStub):
     UpdateCampaignSettings: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.UpdateCampaignSettingsRequest, _campaigns_pb2.CampaignSettings]  # type: ignore[assignment]
     GetCampaignReport: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignReportRequest, _campaigns_pb2.CampaignReport]  # type: ignore[assignment]
     ListEngagedNonBuyers: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.ListEngagedNonBuyersRequest, _campaigns_pb2.ListEngagedNonBuyersResponse]  # type: ignore[assignment]
+    GetCampaignTimeline: _aio.UnaryUnaryMultiCallable[_campaigns_pb2.GetCampaignTimelineRequest, _campaigns_pb2.CampaignTimeline]  # type: ignore[assignment]
 
 class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -191,5 +193,12 @@ class CampaignServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _campaigns_pb2.ListEngagedNonBuyersRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_campaigns_pb2.ListEngagedNonBuyersResponse, _abc.Awaitable[_campaigns_pb2.ListEngagedNonBuyersResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def GetCampaignTimeline(
+        self,
+        request: _campaigns_pb2.GetCampaignTimelineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_campaigns_pb2.CampaignTimeline, _abc.Awaitable[_campaigns_pb2.CampaignTimeline]]: ...
 
 def add_CampaignServiceServicer_to_server(servicer: CampaignServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
