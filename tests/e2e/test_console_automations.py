@@ -13,22 +13,26 @@ from typing import Any
 import httpx
 from playwright.async_api import Browser, Page, expect
 
+from tests.e2e import test_console
 from tests.e2e.conftest import System
 from tests.e2e.test_console import (
     IMG,
     SCRIPT,
     WAIT_MS,
     Shop,
-    browser,  # noqa: F401 - the module's fixture
-    fresh_address_throttle,  # noqa: F401 - autouse fixture
-    http,  # noqa: F401 - fixture
     new_manager,
     new_shop,
     post,
-    pytestmark,  # noqa: F401 - skipped without Chromium or Playwright
     sign_in,
     watch,
 )
+
+# test_console.py's fixtures (the browser, an HTTP client, the throttle forgotten) and its
+# skip markers (no Chromium, no Playwright), shared rather than copied.
+browser = test_console.browser
+http = test_console.http
+fresh_address_throttle = test_console.fresh_address_throttle
+pytestmark = test_console.pytestmark
 
 FIRST_DELAY = '[data-path="definition.steps[0].duration"]'
 FIRST_SUBJECT = '[data-path="definition.steps[1].message.subject"]'
@@ -58,7 +62,7 @@ async def open_automations(page: Page, system: System, email: str) -> None:
 async def test_an_owner_switches_on_the_abandoned_cart_changes_a_delay_and_a_subject_and_publishes(
     system: System,
     http: httpx.AsyncClient,
-    browser: Browser,  # noqa: F811
+    browser: Browser,
 ) -> None:
     shop = await new_shop(system, http)
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
@@ -115,7 +119,9 @@ async def test_an_owner_switches_on_the_abandoned_cart_changes_a_delay_and_a_sub
 
 
 async def switched_on(http: httpx.AsyncClient, shop: Shop, name: str) -> dict[str, Any]:
-    workflow = await post(http, shop, "/v1/workflows", {"template_id": "abandoned_cart", "name": name})
+    workflow = await post(
+        http, shop, "/v1/workflows", {"template_id": "abandoned_cart", "name": name}
+    )
     published = await post(
         http,
         shop,
@@ -128,7 +134,7 @@ async def switched_on(http: httpx.AsyncClient, shop: Shop, name: str) -> dict[st
 async def test_a_viewer_sees_an_automation_but_cannot_publish_it(
     system: System,
     http: httpx.AsyncClient,
-    browser: Browser,  # noqa: F811
+    browser: Browser,
 ) -> None:
     shop = await new_shop(system, http)
     workflow = await switched_on(http, shop, "Carts left behind")
@@ -166,7 +172,7 @@ async def test_a_viewer_sees_an_automation_but_cannot_publish_it(
 async def test_workflow_texts_are_shown_as_text_and_never_run(
     system: System,
     http: httpx.AsyncClient,
-    browser: Browser,  # noqa: F811
+    browser: Browser,
 ) -> None:
     shop = await new_shop(system, http)
     workflow = await switched_on(http, shop, f"Carts {SCRIPT}")

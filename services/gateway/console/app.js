@@ -5,9 +5,15 @@ import { api, ApiError, setCsrfToken } from './api.js';
 import { h } from './dom.js';
 import { renderLogin } from './login.js';
 import { renderOverview } from './overview.js';
+import { renderSegments } from './segments.js';
+import { renderAutomations } from './automations.js';
 
 const root = document.getElementById('app');
-const PAGES = { overview: { title: 'Overview', render: renderOverview } };
+const PAGES = {
+  overview: { title: 'Overview', render: renderOverview },
+  segments: { title: 'Segments', render: renderSegments },
+  automations: { title: 'Automations', render: renderAutomations },
+};
 let session = null;
 
 function signedIn(answer) {
