@@ -57,6 +57,17 @@ OWNER, MANAGER, VIEWER = "owner", "manager", "viewer"
 ROLES = (OWNER, MANAGER, VIEWER)
 # Paths only an owner may use, whatever the method: the team and the API keys.
 OWNER_PATHS = ("/v1/managers", "/v1/api-keys")
+# POSTs that change nothing (a rule counted or checked, a definition checked): a viewer may
+# make them, so the console's rule builder counts and its workflow form checks for a viewer
+# too. Exact paths: nothing under them.
+READ_ONLY_POSTS = frozenset(
+    {
+        "/v1/segments:count",
+        "/v1/segments:validate",
+        "/v1/segments:overlap",
+        "/v1/workflows:validate",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -239,7 +250,8 @@ def role_refusal(method: str, path: str, role: str) -> str | None:
     """Why ``role`` may not make this request, or None when it may."""
     if path.startswith(OWNER_PATHS) and role != OWNER:
         return "only the workspace's owner manages managers and API keys"
-    if method not in SAFE_METHODS and role == VIEWER:
+    read_only = method in SAFE_METHODS or (method == "POST" and path in READ_ONLY_POSTS)
+    if not read_only and role == VIEWER:
         return "a viewer may only read"
     if role not in ROLES:
         return "unknown role"

@@ -6,11 +6,15 @@ import { h } from './dom.js';
 import { renderCampaigns } from './campaigns.js';
 import { renderLogin } from './login.js';
 import { renderOverview } from './overview.js';
+import { renderSegments } from './segments.js';
+import { renderAutomations } from './automations.js';
 
 const root = document.getElementById('app');
 const PAGES = {
   overview: { title: 'Overview', render: renderOverview },
   campaigns: { title: 'Campaigns', render: renderCampaigns },
+  segments: { title: 'Segments', render: renderSegments },
+  automations: { title: 'Automations', render: renderAutomations },
 };
 let session = null;
 
