@@ -4,10 +4,14 @@
 import { api, ApiError, setCsrfToken } from './api.js';
 import { h } from './dom.js';
 import { renderLogin } from './login.js';
+import { renderContacts } from './contacts.js';
 import { renderOverview } from './overview.js';
 
 const root = document.getElementById('app');
-const PAGES = { overview: { title: 'Overview', render: renderOverview } };
+const PAGES = {
+  overview: { title: 'Overview', render: renderOverview },
+  contacts: { title: 'Contacts', render: renderContacts },
+};
 let session = null;
 
 function signedIn(answer) {
@@ -77,7 +81,7 @@ function show() {
     renderLogin(root, signedIn);
     return;
   }
-  const name = location.hash.replace(/^#\//, '') || 'overview';
+  const name = location.hash.replace(/^#\//, '').split(/[/?]/)[0] || 'overview';
   const page = PAGES[name] ? name : 'overview';
   document.title = `${PAGES[page].title} · Nudge`;
   PAGES[page].render(shell(page));
