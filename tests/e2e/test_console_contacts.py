@@ -272,6 +272,11 @@ async def test_a_contacts_page_shows_consent_history_a_sent_messages_outcome_and
     await expect(vip.locator(".membership")).to_have_text("in", timeout=WAIT_MS)
     await vip.get_by_role("button", name="Why in?").click()
     await expect(vip.locator(".rule-node").first).to_contain_text("✓ holds", timeout=WAIT_MS)
+    # And a segment it is not in (a lifecycle one: it has bought nothing) says why not.
+    out = page.locator("#contact-segments .segment-row.out").first
+    await expect(out.locator(".membership")).to_have_text("not in")
+    await out.get_by_role("button", name="Why not?").click()
+    await expect(out.locator(".rule-node").first).to_contain_text("✗ fails", timeout=WAIT_MS)
     # Back to the list it came from.
     await page.locator("#back-to-list").click()
     await expect(rows(page)).to_have_count(1, timeout=WAIT_MS)
