@@ -472,7 +472,7 @@ function renderActivity(events, messages, exported) {
           );
         }))
       : h('p', { class: 'muted', id: 'contact-messages' }, 'No messages yet.'),
-    incomplete,
+    ...(incomplete ? [incomplete] : []), // replaceChildren would show a null as "null"
   );
   if (incomplete) events.append(incomplete.cloneNode(true));
 }
