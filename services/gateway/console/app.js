@@ -5,6 +5,7 @@ import { api, ApiError, setCsrfToken } from './api.js';
 import { h } from './dom.js';
 import { renderCampaigns } from './campaigns.js';
 import { renderLogin } from './login.js';
+import { renderContacts } from './contacts.js';
 import { renderOverview } from './overview.js';
 import { renderSegments } from './segments.js';
 import { renderAutomations } from './automations.js';
@@ -12,8 +13,9 @@ import { renderAutomations } from './automations.js';
 const root = document.getElementById('app');
 const PAGES = {
   overview: { title: 'Overview', render: renderOverview },
-  campaigns: { title: 'Campaigns', render: renderCampaigns },
+  contacts: { title: 'Contacts', render: renderContacts },
   segments: { title: 'Segments', render: renderSegments },
+  campaigns: { title: 'Campaigns', render: renderCampaigns },
   automations: { title: 'Automations', render: renderAutomations },
 };
 let session = null;
@@ -85,8 +87,9 @@ function show() {
     renderLogin(root, signedIn);
     return;
   }
-  // A page's own sub-paths (#/campaigns/<id>) stay with it: the page reads them itself.
-  const name = location.hash.replace(/^#\//, '').split('/')[0] || 'overview';
+  // A page's own sub-paths (#/campaigns/<id>) and filters (#/contacts?tag=) stay with it:
+  // the page reads them itself.
+  const name = location.hash.replace(/^#\//, '').split(/[/?]/)[0] || 'overview';
   const page = PAGES[name] ? name : 'overview';
   document.title = `${PAGES[page].title} · Nudge`;
   PAGES[page].render(shell(page));
