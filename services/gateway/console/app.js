@@ -5,9 +5,13 @@ import { api, ApiError, setCsrfToken } from './api.js';
 import { h } from './dom.js';
 import { renderLogin } from './login.js';
 import { renderOverview } from './overview.js';
+import { renderSettings } from './settings.js';
 
 const root = document.getElementById('app');
-const PAGES = { overview: { title: 'Overview', render: renderOverview } };
+const PAGES = {
+  overview: { title: 'Overview', render: renderOverview },
+  settings: { title: 'Settings', render: renderSettings },
+};
 let session = null;
 
 function signedIn(answer) {
