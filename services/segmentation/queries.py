@@ -151,8 +151,8 @@ async def count_with_history(
     pool: asyncpg.Pool, workspace_id: str, target: Target, as_of: datetime | None
 ) -> tuple[int, datetime, Earlier | None]:
     """:func:`count`, and for a stored segment counted at now: keep it as the day's count
-    (the last of the day wins) and answer the one kept about 30 days ago. A rule or a past ``as_of`` keeps nothing
-    (neither is the segment's count of today)."""
+    (the last of the day wins) and answer the one kept about 30 days ago. A rule or a past
+    ``as_of`` keeps nothing (neither is the segment's count of today)."""
     total, at = await count(pool, workspace_id, target, as_of)
     if as_of is not None or target.rule is not None:
         return total, at, None
