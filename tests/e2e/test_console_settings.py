@@ -138,6 +138,25 @@ async def test_an_api_key_is_shown_once_and_refused_once_revoked(
     await eventually(refused, timeout=30)
     # The workspace's own key still works: only the revoked one stopped.
     assert (await http.get("/v1/workspace/settings", headers=shop.auth)).status_code == 200
+
+    # Rotating shows the new key once; the old one keeps working through the overlap.
+    await page.fill("#key-name", "Nightly export")
+    await page.locator("#key-create").click()
+    await expect(secret).to_have_text(re.compile(r"^nk_[0-9a-f]{16}"), timeout=WAIT_MS)
+    old = await secret.inner_text()
+    await page.get_by_role("button", name="I have copied it").click()
+    await expect(secret).to_have_count(0)
+    export = page.locator(".api-key", has_text="Nightly export")
+    await export.get_by_role("button", name="Rotate").click()
+    await expect(secret).to_have_text(re.compile(r"^nk_[0-9a-f]{16}"), timeout=WAIT_MS)
+    new = await secret.inner_text()
+    assert new != old
+    await expect(export.filter(has_text="replaced; works until")).to_have_count(1)
+    for working in (old, new):
+        answer = await http.get(
+            "/v1/workspace/settings", headers={"Authorization": f"Bearer {working}"}
+        )
+        assert answer.status_code == 200
     await context.close()
 
 
