@@ -15,7 +15,10 @@ failed sign-ins in Redis, so the per-address throttle of one test never blocks t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,12 +195,21 @@ async def sign_in(page: Page, system: System, email: str, password: str = PASSWO
     await page.get_by_role("button", name="Sign in").click()
 
 
+async def screenshot(page: Page, name: str) -> None:
+    """With NUDGE_CONSOLE_SCREENSHOTS=DIR, the page as the README shows it (docs/console/;
+    Playwright makes the directory)."""
+    folder = os.environ.get("NUDGE_CONSOLE_SCREENSHOTS")
+    if folder:
+        await page.screenshot(path=str(Path(folder) / f"{name}.png"), full_page=True)
+
+
+@pytest.mark.parametrize(("width", "label"), [(1280, "desktop"), (360, "mobile")])
 async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_signs_out(
-    system: System, http: httpx.AsyncClient, browser: Browser
+    system: System, http: httpx.AsyncClient, browser: Browser, width: int, label: str
 ) -> None:
     shop = await new_shop(system, http)
     await fill_shop(http, shop, "Thursday's producers", "Bottega Ada: three new producers")
-    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    context = await browser.new_context(viewport={"width": width, "height": 800})
     page = await context.new_page()
     watched = watch(page)
 
@@ -205,6 +217,7 @@ async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_s
     await expect(page.locator("#login-error")).to_have_text(
         "Wrong e-mail or password.", timeout=WAIT_MS
     )
+    await screenshot(page, f"login-{label}")
     await page.fill("#login-password", PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
 
@@ -221,6 +234,11 @@ async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_s
     cookie = next(c for c in await context.cookies() if c["name"] == "nudge_session")
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
     assert await page.evaluate("document.cookie") == ""  # scripts cannot read the session
+    # Every lifecycle segment gets its count and its change (none still loading, none failed).
+    await expect(page.locator(".segment .count", has_text="…")).to_have_count(0, timeout=WAIT_MS)
+    await expect(page.locator(".segment .count", has_text="\u2013")).to_have_count(0)
+    assert await page.evaluate("document.documentElement.scrollWidth") <= width
+    await screenshot(page, f"overview-{label}")
 
     await page.locator("#sign-out").click()
     await expect(page.get_by_role("heading", name="Sign in to Nudge")).to_be_visible(
@@ -355,9 +373,18 @@ async def test_what_managers_typed_is_shown_as_text_and_never_runs(
     await context.close()
 
 
-async def test_make_runs_demo_workspace_has_an_owner_who_signs_in(
-    system: System, http: httpx.AsyncClient, tmp_path: Path
-) -> None:
+def cli(env: dict[str, str], *arguments: str) -> subprocess.CompletedProcess[str]:
+    """``nudge ...`` as an operator runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *arguments],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_make_runs_demo_workspace_has_an_owner_who_signs_in(system: System, tmp_path: Path) -> None:
     """deploy/local/supervisor.py: the demo workspace's owner, created by `nudge managers
     create`, printed in the banner, kept across runs (its password in demo.json)."""
     demo = demo_workspace(tmp_path, system.env)
@@ -370,8 +397,17 @@ async def test_make_runs_demo_workspace_has_an_owner_who_signs_in(
     # The next `make run` finds the account and shows the same password.
     again = demo_owner(tmp_path, system.env, {**demo_workspace(tmp_path, system.env)})
     assert again["console_password"] == owner["console_password"]
-    signed_in = await http.post(
-        "/v1/session", json={"email": DEMO_OWNER, "password": owner["console_password"]}
+    signed_in = httpx.post(
+        f"{system.gateway}/v1/session",
+        json={"email": DEMO_OWNER, "password": owner["console_password"]},
+        timeout=30,
     )
     assert signed_in.status_code == 200, signed_in.text
     assert signed_in.json()["manager"]["role"] == "owner"
+    # The operator's CLI lists the account (internal token and --workspace, from the env).
+    listed = cli(system.env, "managers", "list", "--workspace", str(demo["workspace_id"]))
+    assert listed.returncode == 0, listed.stderr
+    rows = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(r["email"], r["role"]) for r in rows] == [(DEMO_OWNER, "owner")]
+    lost = cli({**system.env, "NUDGE_API_KEY": ""}, "managers", "list")
+    assert lost.returncode == 2 and "--workspace" in lost.stderr

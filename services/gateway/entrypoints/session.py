@@ -29,7 +29,7 @@ from services.gateway.deps import (
     forbidden,
     sessions_unavailable,
 )
-from services.gateway.schemas import ResponseModel, StrictModel
+from services.gateway.schemas import PATTERN_MESSAGES, Email, ResponseModel, StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ async def sign_out(
 
 
 class ManagerIn(StrictModel):
-    email: Annotated[str, StringConstraints(min_length=1, max_length=320)]
+    email: Email = Field(description="Signs in with it; one account per e-mail in Nudge.")
     password: Annotated[str, StringConstraints(min_length=12, max_length=1024)] = Field(
         description="At least 12 characters."
     )
@@ -219,7 +219,12 @@ def manager_json(manager: contacts_pb2.Manager) -> ManagerOut:
     )
 
 
-ManagerId = Annotated[str, Path(description="The manager's id (a UUID).")]
+# A UUID (spelled apart from schemas.UUID_PATTERN, whose message names a contact id).
+MANAGER_ID_PATTERN = r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"
+PATTERN_MESSAGES[MANAGER_ID_PATTERN] = "not a manager id (a UUID)"
+ManagerId = Annotated[
+    str, Path(pattern=MANAGER_ID_PATTERN, description="The manager's id (a UUID).")
+]
 
 
 @managers_router.get(
