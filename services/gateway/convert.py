@@ -428,6 +428,10 @@ def segment_count_json(
         segment_id=segment_id,
         count=answer.count,
         as_of=_time(answer.as_of, answer.HasField("as_of")),
+        count_30_days_ago=answer.earlier_count if answer.HasField("earlier_count") else None,
+        count_30_days_ago_day=(
+            answer.earlier_day.ToDatetime(UTC).date() if answer.HasField("earlier_day") else None
+        ),
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -799,6 +799,15 @@ class SegmentCount(ResponseModel):
     segment_id: str
     count: int
     as_of: datetime | None = Field(description="The evaluation time.")
+    count_30_days_ago: int | None = Field(
+        None,
+        description="Counted at now: the segment's count kept about 30 days ago (on"
+        " `count_30_days_ago_day`, the latest day 30 to 37 days back on which it was counted;"
+        " Nudge keeps each day's last count). Null when none was kept then, or with `as_of`.",
+    )
+    count_30_days_ago_day: date | None = Field(
+        None, description="The day (UTC) `count_30_days_ago` was kept."
+    )
 
 
 class MoneyOut(ResponseModel):

@@ -21,7 +21,7 @@ import json
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -122,6 +122,54 @@ async def count(
             *values,
         )
     return int(total), at
+
+
+# The Overview's "change over 30 days" (migration 0060): the count kept on the latest day
+# between HISTORY_DAYS and HISTORY_DAYS + HISTORY_SLACK_DAYS ago. Counts are kept on read, so
+# a day nobody looked has no row: a week of slack finds the nearest one before.
+HISTORY_DAYS, HISTORY_SLACK_DAYS = 30, 7
+_KEEP_COUNT = (
+    "INSERT INTO segment_count_snapshots (workspace_id, segment_id, day, count)"
+    " VALUES ($1, $2, $3, $4) ON CONFLICT (workspace_id, segment_id, day)"
+    " DO UPDATE SET count = EXCLUDED.count"
+    " WHERE segment_count_snapshots.count IS DISTINCT FROM EXCLUDED.count"
+)
+_EARLIER_COUNT = (
+    "SELECT day, count FROM segment_count_snapshots"
+    " WHERE workspace_id = $1 AND segment_id = $2 AND day BETWEEN $3 AND $4"
+    " ORDER BY day DESC LIMIT 1"
+)
+
+
+@dataclass(frozen=True)
+class Earlier:
+    day: date
+    count: int
+
+
+async def count_with_history(
+    pool: asyncpg.Pool, workspace_id: str, target: Target, as_of: datetime | None
+) -> tuple[int, datetime, Earlier | None]:
+    """:func:`count`, and for a stored segment counted at now: keep it as the day's count
+    (the last of the day wins) and answer the one kept about 30 days ago. A rule or a past
+    ``as_of`` keeps nothing (neither is the segment's count of today)."""
+    total, at = await count(pool, workspace_id, target, as_of)
+    if as_of is not None or target.rule is not None:
+        return total, at, None
+    today = at.astimezone(UTC).date()
+    latest = today - timedelta(days=HISTORY_DAYS)
+    workspace = uuid.UUID(workspace_id)
+    async with pool.acquire() as conn:
+        await conn.execute(_KEEP_COUNT, workspace, target.segment_id, today, total)
+        row = await conn.fetchrow(
+            _EARLIER_COUNT,
+            workspace,
+            target.segment_id,
+            latest - timedelta(days=HISTORY_SLACK_DAYS),
+            latest,
+        )
+    earlier = Earlier(row["day"], int(row["count"])) if row is not None else None
+    return total, at, earlier
 
 
 @dataclass(frozen=True)

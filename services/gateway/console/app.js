@@ -9,6 +9,7 @@ import { renderContacts } from './contacts.js';
 import { renderOverview } from './overview.js';
 import { renderSegments } from './segments.js';
 import { renderAutomations } from './automations.js';
+import { renderSettings } from './settings.js';
 
 const root = document.getElementById('app');
 const PAGES = {
@@ -17,6 +18,7 @@ const PAGES = {
   segments: { title: 'Segments', render: renderSegments },
   campaigns: { title: 'Campaigns', render: renderCampaigns },
   automations: { title: 'Automations', render: renderAutomations },
+  settings: { title: 'Settings', render: renderSettings },
 };
 let session = null;
 

@@ -25,26 +25,32 @@ function pending() {
   return h('p', { class: 'muted' }, 'Loading…');
 }
 
-async function counts(segment, monthAgo) {
-  const id = encodeURIComponent(segment.id);
-  const [now, before] = await Promise.all([
-    api('GET', `/v1/segments/${id}/count`),
-    api('GET', `/v1/segments/${id}/count?as_of=${encodeURIComponent(monthAgo)}`),
-  ]);
-  return { now: now.count, change: now.count - before.count };
+// The change is against the count segmentation kept about 30 days ago (a past `as_of`
+// would see past orders but today's tags and flags: not the segment as it was then).
+async function counts(segment) {
+  const answer = await api('GET', `/v1/segments/${encodeURIComponent(segment.id)}/count`);
+  const kept = answer.count_30_days_ago;
+  return {
+    now: answer.count,
+    change: kept === null || kept === undefined ? null : answer.count - kept,
+    since: answer.count_30_days_ago_day,
+  };
 }
 
-function change(value) {
-  if (value === 0) return h('span', { class: 'change flat' }, 'no change in 30 days');
+function change(value, since) {
+  if (value === null) return h('span', { class: 'change none' }, 'no count from 30 days ago yet');
+  const days = since ? Math.floor((Date.now() - Date.parse(`${since}T00:00:00Z`)) / DAY_MS) : 30;
+  const period = `in ${days} days`;
+  if (value === 0) return h('span', { class: 'change flat' }, `no change ${period}`);
   const sign = value > 0 ? '+' : '−';
   return h(
     'span',
     { class: `change ${value > 0 ? 'up' : 'down'}` },
-    `${sign}${formatNumber(Math.abs(value))} in 30 days`,
+    `${sign}${formatNumber(Math.abs(value))} ${period}`,
   );
 }
 
-function segmentCard(segment, monthAgo) {
+function segmentCard(segment) {
   const figure = h('p', { class: 'count' }, '…');
   const delta = h('p', { class: 'delta' });
   const card = h(
@@ -54,10 +60,10 @@ function segmentCard(segment, monthAgo) {
     figure,
     delta,
   );
-  counts(segment, monthAgo).then(
-    ({ now, change: moved }) => {
+  counts(segment).then(
+    ({ now, change: moved, since }) => {
       figure.textContent = formatNumber(now);
-      delta.replaceChildren(change(moved));
+      delta.replaceChildren(change(moved, since));
     },
     (error) => {
       figure.textContent = '–';
@@ -68,17 +74,16 @@ function segmentCard(segment, monthAgo) {
 }
 
 function renderSegments(body, list) {
-  const monthAgo = new Date(Date.now() - 30 * DAY_MS).toISOString();
   const builtIn = list.segments.filter((s) => s.kind === 'built_in');
   const custom = list.segments.filter((s) => s.kind === 'custom');
   body.lifecycle.replaceChildren(
     builtIn.length
-      ? h('ul', { class: 'grid' }, builtIn.map((s) => segmentCard(s, monthAgo)))
+      ? h('ul', { class: 'grid' }, builtIn.map((s) => segmentCard(s)))
       : h('p', { class: 'muted' }, 'No lifecycle segments.'),
   );
   body.custom.replaceChildren(
     custom.length
-      ? h('ul', { class: 'grid' }, custom.map((s) => segmentCard(s, monthAgo)))
+      ? h('ul', { class: 'grid' }, custom.map((s) => segmentCard(s)))
       : h('p', { class: 'muted' }, 'No segments of your own yet.'),
   );
 }

@@ -152,8 +152,16 @@ class SegmentServicer(segmentation_pb2_grpc.SegmentServiceServicer):
         self, request: pb.CountSegmentRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountSegmentResponse:
         target = _target(request.target, fallback_id=request.segment_id)
-        count, as_of = await queries.count(self.pool, current_workspace(), target, _time(request))
-        return pb.CountSegmentResponse(count=count, as_of=_stamp(as_of))
+        count, as_of, earlier = await queries.count_with_history(
+            self.pool, current_workspace(), target, _time(request)
+        )
+        answer = pb.CountSegmentResponse(count=count, as_of=_stamp(as_of))
+        if earlier is not None:
+            answer.earlier_count = earlier.count
+            answer.earlier_day.FromDatetime(
+                datetime.combine(earlier.day, datetime.min.time(), tzinfo=UTC)
+            )
+        return answer
 
     async def PreviewSegment(
         self, request: pb.PreviewSegmentRequest, context: grpc.aio.ServicerContext

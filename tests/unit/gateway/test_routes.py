@@ -133,7 +133,13 @@ async def test_a_count_as_of_a_time_is_asked_in_utc(gateway: Gateway) -> None:
         "/v1/segments/vip/count", params={"as_of": "2026-03-01T12:00:00+02:00"}, headers=AUTH
     )
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"segment_id": "vip", "count": 42, "as_of": "2026-03-01T09:59:58Z"}
+    assert answer.json() == {
+        "segment_id": "vip",
+        "count": 42,
+        "as_of": "2026-03-01T09:59:58Z",
+        "count_30_days_ago": None,
+        "count_30_days_ago_day": None,
+    }
     method, request, _ = gateway.segments.calls[0]
     assert method == "CountSegment"
     assert isinstance(request, segmentation_pb2.CountSegmentRequest)
@@ -145,7 +151,13 @@ async def test_a_count_without_as_of_leaves_it_to_segmentation(gateway: Gateway)
     gateway.segments.answers["CountSegment"] = segmentation_pb2.CountSegmentResponse(count=3)
     answer = await gateway.http.get("/v1/segments/vip/count", headers=AUTH)
     assert answer.status_code == 200, answer.text
-    assert answer.json() == {"segment_id": "vip", "count": 3, "as_of": None}
+    assert answer.json() == {
+        "segment_id": "vip",
+        "count": 3,
+        "as_of": None,
+        "count_30_days_ago": None,
+        "count_30_days_ago_day": None,
+    }
     request = gateway.segments.calls[0][1]
     assert isinstance(request, segmentation_pb2.CountSegmentRequest)
     assert not request.HasField("as_of")

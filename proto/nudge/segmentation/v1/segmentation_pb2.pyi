@@ -395,20 +395,35 @@ class CountSegmentResponse(_message.Message):
 
     COUNT_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    EARLIER_COUNT_FIELD_NUMBER: _builtins.int
+    EARLIER_DAY_FIELD_NUMBER: _builtins.int
     count: _builtins.int
+    earlier_count: _builtins.int
+    """A stored segment counted at now: the count kept on the latest day between 37 and 30
+    days before today (UTC; segmentation keeps each segment's last count at now of a
+    day). Unset when none was kept then, or for a rule or a past as_of.
+    """
     @_builtins.property
     def as_of(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def earlier_day(self) -> _timestamp_pb2.Timestamp:
+        """that day, at midnight UTC"""
+
     def __init__(
         self,
         *,
         count: _builtins.int = ...,
         as_of: _timestamp_pb2.Timestamp | None = ...,
+        earlier_count: _builtins.int | None = ...,
+        earlier_day: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_earlier_count", b"_earlier_count", "as_of", b"as_of", "earlier_count", b"earlier_count", "earlier_day", b"earlier_day"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "count", b"count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_earlier_count", b"_earlier_count", "as_of", b"as_of", "count", b"count", "earlier_count", b"earlier_count", "earlier_day", b"earlier_day"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__earlier_count: _TypeAlias = _typing.Literal["earlier_count"]  # noqa: Y015
+    _WhichOneofArgType__earlier_count: _TypeAlias = _typing.Literal["_earlier_count", b"_earlier_count"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__earlier_count) -> _WhichOneofReturnType__earlier_count | None: ...
 
 Global___CountSegmentResponse: _TypeAlias = CountSegmentResponse  # noqa: Y015
 
