@@ -101,7 +101,7 @@ def _too_many(retry_after: int) -> problems.Problem:
     "",
     response_model=SessionOut,
     summary="Sign in to the console",
-    responses=problems.responses(401, 422, 429, 503),
+    responses=problems.responses(400, 401, 413, 422, 429, 503),
 )
 async def sign_in(
     body: SignIn,
@@ -247,7 +247,7 @@ async def list_managers(caller: CallerDep, backends: BackendsDep) -> ManagerList
     status_code=201,
     response_model=ManagerOut,
     summary="Create a console account",
-    responses=problems.responses(401, 403, 409, 422, 503),
+    responses=problems.responses(400, 401, 403, 409, 413, 422, 503),
 )
 async def create_manager(body: ManagerIn, caller: CallerDep, backends: BackendsDep) -> ManagerOut:
     """A new manager of the workspace, who signs in with this e-mail and password. An e-mail
