@@ -450,5 +450,6 @@ def run(
     for found in traces:
         began = datetime.fromtimestamp(found["start_us"] / 1e6, UTC).strftime("%Y-%m-%d %H:%M:%S")
         out.write(f"{found['trace_id']}  {began}  {found['spans']:>3} spans  {found['root']}\n")
+    out.flush()  # the list before the summary, when both go to one file or terminal
     err.write(f"{len(traces)} trace(s) naming {kind} {value}, from {source}\n")
     return 0
