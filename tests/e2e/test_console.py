@@ -279,6 +279,8 @@ async def test_the_browser_shows_the_throttle_after_five_failed_sign_ins(
     await page.get_by_role("button", name="Sign in").click()
     await expect(error).to_contain_text("Too many failed sign-ins", timeout=WAIT_MS)
     await expect(page.get_by_role("heading", name="Overview")).to_have_count(0)
+    # Throttled, even the right password opens no session.
+    assert not [c for c in await context.cookies() if c["name"].endswith("nudge_session")]
     await context.close()
 
 

@@ -117,3 +117,4 @@ async def test_a_paused_campaign_leaves_the_metrics(
         await blocker.release()
     await eventually(lambda: driver_idle(campaign), timeout=30)
     await eventually(lambda: of_campaign(campaign) == {}, timeout=30)
+    assert of_campaign(campaign) == {}, "a paused campaign's series must be dropped"

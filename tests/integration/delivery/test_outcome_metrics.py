@@ -130,7 +130,7 @@ async def request(
     return message_id
 
 
-async def counted(
+async def assert_counted(
     before: Counter[tuple[str, str, str]], expected: dict[tuple[str, ...], int]
 ) -> None:
     """Wait until the counts moved by ``expected`` exactly, and by nothing else."""
@@ -164,7 +164,7 @@ async def test_each_smtp_outcome_is_counted_once_under_its_kind(
         kind=S.MESSAGE_KIND_TRANSACTIONAL,
         purpose=contacts_pb2.CONSENT_PURPOSE_TRANSACTIONAL,
     )
-    await counted(
+    await assert_counted(
         before,
         {
             ("sent", "automation", ""): 1,
@@ -188,7 +188,7 @@ async def test_skipped_and_invalid_requests_are_counted_with_a_bounded_reason(
     await request(producer, workspace, no_consent.id)
     # A request of no kind: no retry can fix it, it FAILS (counted under kind "other").
     await request(producer, workspace, no_consent.id, kind=S.MESSAGE_KIND_UNSPECIFIED)
-    await counted(
+    await assert_counted(
         before,
         {("skipped", "automation", "no_consent"): 1, ("failed", "other", ""): 1},
     )
@@ -221,7 +221,7 @@ async def test_a_mail_deferred_until_out_of_attempts_counts_each_deferral_then_f
         return OUTCOME_COUNTS.value("failed", "automation") > before[("failed", "automation", "")]
 
     await eventually(released_until_failed, timeout=60, interval=0.2)
-    await counted(
+    await assert_counted(
         before,
         {("deferred", "automation", ""): MAX_ATTEMPTS - 1, ("failed", "automation", ""): 1},
     )
@@ -259,4 +259,4 @@ async def test_a_claim_left_by_a_crash_and_a_test_send_are_counted(
         purpose=contacts_pb2.CONSENT_PURPOSE_MARKETING,
         test_recipient="manager@example.com",
     )
-    await counted(before, {("unknown", "campaign", ""): 1, ("sent", "test", ""): 1})
+    await assert_counted(before, {("unknown", "campaign", ""): 1, ("sent", "test", ""): 1})
