@@ -173,7 +173,7 @@ async def test_a_deferred_then_sent_and_opened_mail_tells_its_story(system: Syst
     bad = await explain(system, api_key, "not-a-message")
     assert bad.status_code == 422
     assert bad.headers["content-type"].startswith("application/problem+json")
-    assert [e["field"] for e in bad.json()["errors"]] == ["message_id"]
+    assert [e["field"] for e in bad.json()["errors"]] == ["path.message_id"]
     # Without explain, the plain status as before.
     async with httpx.AsyncClient(timeout=15) as http:
         plain = await http.get(

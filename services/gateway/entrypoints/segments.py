@@ -14,15 +14,19 @@ the same moment. Campaigns' fan-out streams over gRPC directly.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import grpc
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from nudge.segmentation.v1 import segmentation_pb2
 
 from services.gateway import convert, problems
-from services.gateway.deps import BackendsDep, CallerDep
+from services.gateway.adapters.grpc import Backends
+from services.gateway.deps import BackendsDep, Caller, CallerDep
 from services.gateway.paths import CONTACT_ID_PATTERN, ContactId
 from services.gateway.schemas import (
     AS_OF_DESCRIPTION,
@@ -67,6 +71,57 @@ IfMatch = Annotated[
     ),
 ]
 SEGMENTATION = "segmentation"
+R = TypeVar("R")
+
+# A new contact reaches segmentation through contacts.events.v1, a moment after contacts
+# answered its creation. A client that creates a contact and at once asks for its segments
+# (as schemathesis's stateful phase does) must not be told that it does not exist: when
+# segmentation does not know the contact but contacts does, the gateway waits for
+# segmentation to catch up, then answers 503 with Retry-After rather than a false 404.
+CATCH_UP_S = 5.0
+CATCH_UP_POLL_S = 0.1
+
+
+def _unknown_contact(problem: problems.Problem) -> bool:
+    return problem.status == 404 and problem.details.detail.startswith("contact ")
+
+
+async def _about_contact(
+    call: Callable[[], Awaitable[R]], contact_id: str, caller: Caller, backends: Backends
+) -> R:
+    """``call()`` (a segmentation RPC about ``contact_id``), read-your-writes: see above."""
+    try:
+        return await call()
+    except problems.Problem as problem:
+        if not _unknown_contact(problem):
+            raise
+        unknown = problem
+    try:  # contacts owns the contact: a 404 there is the true answer
+        await caller.call(
+            backends.contacts.GetContact,
+            convert.get_contact_request(contact_id),
+            service="contacts",
+        )
+    except problems.Problem as problem:
+        if problem.status == 404:
+            raise unknown from None
+        raise
+    deadline = time.monotonic() + CATCH_UP_S
+    while time.monotonic() < deadline:
+        await asyncio.sleep(CATCH_UP_POLL_S)
+        try:
+            return await call()
+        except problems.Problem as problem:
+            if not _unknown_contact(problem):
+                raise
+    raise problems.Problem(
+        503,
+        "unavailable",
+        "Service unavailable",
+        f"contact {contact_id[:100]!r} exists but segmentation has not received it yet;"
+        " retry shortly",
+        headers={"Retry-After": "1"},
+    )
 
 
 def _etag(response: Response, segment: segmentation_pb2.Segment) -> None:
@@ -359,8 +414,11 @@ async def explain_membership(
     )
     if as_of is not None:
         request.as_of.FromDatetime(as_of)
-    answer: segmentation_pb2.ExplainMembershipResponse = await caller.call(
-        backends.segments.ExplainMembership, request, service=SEGMENTATION
+    answer: segmentation_pb2.ExplainMembershipResponse = await _about_contact(
+        lambda: caller.call(backends.segments.ExplainMembership, request, service=SEGMENTATION),
+        contact_id,
+        caller,
+        backends,
     )
     return MembershipExplanation(
         member=answer.member,
@@ -383,8 +441,11 @@ async def contact_segments(
     request = segmentation_pb2.ListContactSegmentsRequest(contact_id=contact_id)
     if as_of is not None:
         request.as_of.FromDatetime(as_of)
-    answer: segmentation_pb2.ListContactSegmentsResponse = await caller.call(
-        backends.segments.ListContactSegments, request, service=SEGMENTATION
+    answer: segmentation_pb2.ListContactSegmentsResponse = await _about_contact(
+        lambda: caller.call(backends.segments.ListContactSegments, request, service=SEGMENTATION),
+        contact_id,
+        caller,
+        backends,
     )
     return ContactSegments(
         contact_id=contact_id,

@@ -366,29 +366,38 @@ async def test_a_campaign_of_nobody_is_404(gateway: Gateway) -> None:
 
 async def test_a_messages_status_reads_like_the_json(gateway: Gateway) -> None:
     answer_pb = delivery_pb2.GetMessageStatusResponse(
-        message_id="m-1",
+        message_id="0b6c3f5e-1d2a-4c1e-9f00-000000000001",
         status=delivery_pb2.MessageStatus.Value("MESSAGE_STATUS_SKIPPED"),
         detail="no consent",
     )
     answer_pb.updated_at.FromSeconds(1_700_000_000)
     gateway.delivery.answers["GetMessageStatus"] = answer_pb
-    answer = await gateway.http.get("/v1/messages/m-1", headers=AUTH)
+    answer = await gateway.http.get(
+        "/v1/messages/0b6c3f5e-1d2a-4c1e-9f00-000000000001", headers=AUTH
+    )
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
-        "message_id": "m-1",
+        "message_id": "0b6c3f5e-1d2a-4c1e-9f00-000000000001",
         "status": "skipped",
         "detail": "no consent",
         "updated_at": "2023-11-14T22:13:20Z",
     }
-    assert gateway.delivery.calls[0][1] == delivery_pb2.GetMessageStatusRequest(message_id="m-1")
+    assert gateway.delivery.calls[0][1] == delivery_pb2.GetMessageStatusRequest(
+        message_id="0b6c3f5e-1d2a-4c1e-9f00-000000000001"
+    )
 
 
-async def test_an_unknown_message_is_404_and_a_long_id_is_422(gateway: Gateway) -> None:
+async def test_an_unknown_message_is_404_and_a_malformed_id_is_422(gateway: Gateway) -> None:
     gateway.delivery.answers["GetMessageStatus"] = rpc_error(
         grpc.StatusCode.NOT_FOUND, "message not found"
     )
-    missing = await gateway.http.get("/v1/messages/m-2", headers=AUTH)
+    missing = await gateway.http.get(
+        "/v1/messages/0b6c3f5e-1d2a-4c1e-9f00-000000000002", headers=AUTH
+    )
     assert (missing.status_code, missing.headers["content-type"]) == (404, PROBLEM)
-    long = await gateway.http.get(f"/v1/messages/{'m' * 201}", headers=AUTH)
-    assert long.status_code == 422
-    assert field_errors(long) == ["path.message_id"]
+    for malformed in ("m" * 201, "not-a-message", "0b6c3f5e-1d2a-4c1e-9f00-0000000000020"):
+        refused = await gateway.http.get(f"/v1/messages/{malformed}?explain=true", headers=AUTH)
+        assert refused.status_code == 422, malformed
+        assert field_errors(refused) == ["path.message_id"]
+        assert refused.json()["errors"][0]["message"] == "not a message id (a UUID)"
+    assert len(gateway.delivery.calls) == 1  # only the unknown one reached delivery
