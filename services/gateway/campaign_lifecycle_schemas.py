@@ -61,6 +61,9 @@ class SendIn(StrictModel):
     confirm_not_consented: Integral = Field(
         0,
         ge=0,
+        # Within the RPC's int64 (a larger number was a 500: schemathesis found it), and
+        # within what a JSON client's double holds exactly (2**63 - 1 is no bound there).
+        le=2**53 - 1,
         description="Required when the audience preview asks for a confirmation: the number "
         "of contacts without consent it showed.",
     )

@@ -322,3 +322,16 @@ def _spare_the_contact(parameters: dict[str, Any]) -> None:
         return
     if exists:
         parameters["contact_id"] = spare_contact_id()
+
+
+DEGRADED_HEALTH = "degraded-health.jsonl"
+
+
+@schemathesis.hook
+def after_call(context: Any, case: Any, response: Any) -> None:
+    """A 503 from ``/healthz`` is schemathesis's "server error", and its report cuts the body
+    short: keep the whole report (which check failed, and why) for the test's message, in
+    the run's working directory."""
+    if case.operation.path == "/healthz" and response.status_code == 503:
+        with open(DEGRADED_HEALTH, "a", encoding="utf-8") as out:
+            out.write(response.text + "\n")

@@ -25,6 +25,7 @@ import pytest
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
 from deploy.local.supervisor import SERVICES, ServiceGroup, free_service_ports, service_env
+from tests.integration.gateway import openapi_hooks
 from tests.support import unique
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -110,6 +111,8 @@ def test_the_gateway_keeps_every_promise_of_its_openapi_document(
     run = subprocess.run(
         command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=MAX_TIME_S + 120
     )
+    degraded = tmp_path / openapi_hooks.DEGRADED_HEALTH
+    health = f"\n/healthz answered 503 with:\n{degraded.read_text()}" if degraded.exists() else ""
     assert run.returncode == 0, (
-        f"schemathesis found failures:\n{run.stdout[-20000:]}{run.stderr[-5000:]}"
+        f"schemathesis found failures:\n{run.stdout[-20000:]}{run.stderr[-5000:]}{health}"
     )

@@ -401,3 +401,16 @@ async def test_an_unknown_message_is_404_and_a_malformed_id_is_422(gateway: Gate
         assert field_errors(refused) == ["path.message_id"]
         assert refused.json()["errors"][0]["message"] == "not a message id (a UUID)"
     assert len(gateway.delivery.calls) == 1  # only the unknown one reached delivery
+
+
+async def test_a_confirmation_beyond_int64_is_422_not_a_500(gateway: Gateway) -> None:
+    """Schemathesis sent 96995991023757274644480: the RPC's int64 could not hold it."""
+    campaign = "56d1dd49-35db-43d6-9386-47245a4ef776"
+    answer = await gateway.http.post(
+        f"/v1/campaigns/{campaign}/send",
+        json={"send_at": None, "confirm_not_consented": 96995991023757274644480},
+        headers=AUTH,
+    )
+    assert answer.status_code == 422, answer.text
+    assert field_errors(answer) == ["confirm_not_consented"]
+    assert gateway.campaigns.calls == []
