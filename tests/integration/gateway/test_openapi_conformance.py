@@ -17,6 +17,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[3]
 MAX_EXAMPLES = int(os.environ.get("NUDGE_OPENAPI_EXAMPLES", "25"))
 MAX_TIME_S = int(os.environ.get("NUDGE_OPENAPI_TIME_S", "60"))
 SEED = os.environ.get("NUDGE_OPENAPI_SEED", "11")
+# Where a 503 is an honest answer rather than a server error (see the file).
+CONFIG = Path(__file__).with_name("schemathesis.toml")
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +76,8 @@ def test_the_gateway_keeps_every_promise_of_its_openapi_document(
         sys.executable,
         "-m",
         "schemathesis.cli",
+        "--config-file",
+        str(CONFIG),
         "run",
         f"{gateway}/openapi.json",
         "--checks",
@@ -113,6 +118,8 @@ def test_the_gateway_keeps_every_promise_of_its_openapi_document(
     )
     degraded = tmp_path / openapi_hooks.DEGRADED_HEALTH
     health = f"\n/healthz answered 503 with:\n{degraded.read_text()}" if degraded.exists() else ""
+    if health:  # allowed (schemathesis.toml), but worth a look: which check failed, and why
+        warnings.warn(health, stacklevel=1)
     assert run.returncode == 0, (
         f"schemathesis found failures:\n{run.stdout[-20000:]}{run.stderr[-5000:]}{health}"
     )
