@@ -132,7 +132,7 @@ function renderRuns(target, list) {
   target.replaceChildren(
     h(
       'table',
-      { class: 'table runs' },
+      { class: 'table runs', tabindex: 0 },
       h('thead', {}, h('tr', {}, ['Contact', 'State', 'Next step', 'Version', 'Started']
         .map((t) => h('th', { scope: 'col' }, t)))),
       h(
@@ -165,7 +165,7 @@ function renderStats(target, stats, names) {
     stats.steps.length
       ? h(
           'table',
-          { class: 'table stats' },
+          { class: 'table stats', tabindex: 0 },
           h('thead', {}, h('tr', {}, ['Step', 'Reached', 'Done', 'Waiting', 'Yes / no', 'Skipped']
             .map((t) => h('th', { scope: 'col' }, t)))),
           h(

@@ -401,7 +401,7 @@ function sendPanel(getCampaign, getAudience, settings, onSent) {
   const zone = settings.time_zone || 'UTC';
   const now = h('input', { type: 'radio', name: 'when', value: 'now', id: 'when-now', checked: true });
   const later = h('input', { type: 'radio', name: 'when', value: 'later', id: 'when-later' });
-  const at = h('input', { type: 'datetime-local', id: 'send-at', name: 'send_at' });
+  const at = h('input', { type: 'datetime-local', id: 'send-at', name: 'send_at', 'aria-label': `Send at (${zone})` });
   const local = h('input', { type: 'checkbox', id: 'local-time', name: 'local_time' });
   const consentBox = h('div', { id: 'consent' });
   const confirm = h('input', { type: 'checkbox', id: 'confirm-consent' });
@@ -640,7 +640,7 @@ function renderCallList(target, campaignId, list) {
   target.replaceChildren(
     h('p', { class: 'muted' }, 'Who opened or clicked and has not ordered: worth a call.'),
     list.contacts.length
-      ? h('div', { class: 'table-scroll' }, h(
+      ? h('div', { class: 'table-scroll', tabindex: 0 }, h(
         'table',
         { id: 'call-list' },
         h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'E-mail'), h('th', {}, 'Opened'), h('th', {}, 'Clicks'))),
