@@ -185,7 +185,7 @@ function renderStats(target, stats, names) {
             ),
           ),
         )
-      : null,
+      : '',
   );
 }
 
@@ -273,8 +273,8 @@ function renderEditor(target, workflow, ctx) {
       { class: 'meta' },
       `${workflow.status} · version ${workflow.version} · starts on ${workflow.trigger}`,
     ),
-    ctx.notice ? h('p', { class: 'notice', role: 'status' }, ctx.notice) : null,
-    readOnly ? h('p', { class: 'muted' }, 'A viewer can look at automations but not change them.') : null,
+    ctx.notice ? h('p', { class: 'notice', role: 'status' }, ctx.notice) : '',
+    readOnly ? h('p', { class: 'muted' }, 'A viewer can look at automations but not change them.') : '',
     form,
     h('h3', {}, 'Per step'),
     stats,
