@@ -224,7 +224,6 @@ async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_s
     await expect(page.locator("#login-error")).to_have_text(
         "Wrong e-mail or password.", timeout=WAIT_MS
     )
-    await screenshot(page, f"login-{label}")
     await page.fill("#login-password", PASSWORD)
     await page.get_by_role("button", name="Sign in").click()
 
@@ -245,7 +244,6 @@ async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_s
     await expect(page.locator(".segment .count", has_text="…")).to_have_count(0, timeout=WAIT_MS)
     await expect(page.locator(".segment .count", has_text="\u2013")).to_have_count(0)
     assert await page.evaluate("document.documentElement.scrollWidth") <= width
-    await screenshot(page, f"overview-{label}")
 
     await page.locator("#sign-out").click()
     await expect(page.get_by_role("heading", name="Sign in to Nudge")).to_be_visible(

@@ -27,7 +27,6 @@ from tests.e2e.test_console import (
     new_manager,
     new_shop,
     post,
-    screenshot,
     sign_in,
     vip_count,
     watch,
@@ -134,7 +133,6 @@ async def test_search_and_filters_narrow_the_list_and_pages_go_on(
     assert await shown() == {ada["id"], bob["id"]}
     # The filters are in the address: a reload shows the same list.
     assert "tag=spring" in page.url
-    await screenshot(page, "contacts-desktop")
     await page.reload()
     await expect(rows(page)).to_have_count(2, timeout=WAIT_MS)
     # A consent state.
@@ -194,7 +192,6 @@ async def test_select_all_matching_adds_a_tag_to_every_match_and_no_other(
     await expect(rows(page).first.locator(".tag", has_text="call-back")).to_be_visible(
         timeout=WAIT_MS
     )
-    await screenshot(page, "contacts-mobile")
 
     # And taken off them all again.
     await page.locator("#bulk-remove").click()
@@ -281,7 +278,6 @@ async def test_a_contacts_page_shows_consent_history_a_sent_messages_outcome_and
     await expect(out.locator(".membership")).to_have_text("not in")
     await out.get_by_role("button", name="Why not?").click()
     await expect(out.locator(".rule-node").first).to_contain_text("✗ fails", timeout=WAIT_MS)
-    await screenshot(page, "contact-desktop")
     # Back to the list it came from.
     await page.locator("#back-to-list").click()
     await expect(rows(page)).to_have_count(1, timeout=WAIT_MS)

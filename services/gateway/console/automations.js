@@ -132,7 +132,7 @@ function renderRuns(target, list) {
   target.replaceChildren(
     h(
       'table',
-      { class: 'table runs' },
+      { class: 'table runs', tabindex: 0 },
       h('thead', {}, h('tr', {}, ['Contact', 'State', 'Next step', 'Version', 'Started']
         .map((t) => h('th', { scope: 'col' }, t)))),
       h(
@@ -165,7 +165,7 @@ function renderStats(target, stats, names) {
     stats.steps.length
       ? h(
           'table',
-          { class: 'table stats' },
+          { class: 'table stats', tabindex: 0 },
           h('thead', {}, h('tr', {}, ['Step', 'Reached', 'Done', 'Waiting', 'Yes / no', 'Skipped']
             .map((t) => h('th', { scope: 'col' }, t)))),
           h(
@@ -185,7 +185,7 @@ function renderStats(target, stats, names) {
             ),
           ),
         )
-      : null,
+      : '',
   );
 }
 
@@ -273,8 +273,8 @@ function renderEditor(target, workflow, ctx) {
       { class: 'meta' },
       `${workflow.status} · version ${workflow.version} · starts on ${workflow.trigger}`,
     ),
-    ctx.notice ? h('p', { class: 'notice', role: 'status' }, ctx.notice) : null,
-    readOnly ? h('p', { class: 'muted' }, 'A viewer can look at automations but not change them.') : null,
+    ctx.notice ? h('p', { class: 'notice', role: 'status' }, ctx.notice) : '',
+    readOnly ? h('p', { class: 'muted' }, 'A viewer can look at automations but not change them.') : '',
     form,
     h('h3', {}, 'Per step'),
     stats,

@@ -340,12 +340,12 @@ function renderAudience(target, a, names) {
         h('span', { class: 'segment-name' }, s.source === 'tags' ? 'Tagged contacts' : (names[s.source] || s.source)),
         `: ${formatNumber(s.members)} members, ${formatNumber(s.also_in_other_sources)} also in another chosen segment (mailed once)`,
       )))
-      : null,
-    a.only_consented ? h('p', { class: 'muted' }, 'Only contacts who consented are mailed (workspace setting).') : null,
+      : '',
+    a.only_consented ? h('p', { class: 'muted' }, 'Only contacts who consented are mailed (workspace setting).') : '',
     a.sending_suspended
       ? h('p', { class: 'error', id: 'audience-suspended' }, `Sending is suspended: ${a.suspended_reason}`)
-      : null,
-    a.as_of ? h('p', { class: 'meta' }, `As of ${formatDate(a.as_of)}`) : null,
+      : '',
+    a.as_of ? h('p', { class: 'meta' }, `As of ${formatDate(a.as_of)}`) : '',
   );
 }
 
@@ -364,7 +364,7 @@ function previewPanel(campaignId, contacts) {
         h('p', { class: 'meta' }, 'From: ', h('span', { id: 'preview-from' }, p.from)),
         h('p', { class: 'preview-subject', id: 'preview-subject' }, p.subject),
         h('pre', { class: 'preview-text', id: 'preview-text' }, p.body_text),
-        p.body_html ? h('details', {}, h('summary', {}, 'HTML source'), h('pre', { class: 'preview-text' }, p.body_html)) : null,
+        p.body_html ? h('details', {}, h('summary', {}, 'HTML source'), h('pre', { class: 'preview-text' }, p.body_html)) : '',
       );
     } catch (error) {
       out.replaceChildren(h('p', { class: 'error', role: 'alert' }, error.message));
@@ -401,7 +401,7 @@ function sendPanel(getCampaign, getAudience, settings, onSent) {
   const zone = settings.time_zone || 'UTC';
   const now = h('input', { type: 'radio', name: 'when', value: 'now', id: 'when-now', checked: true });
   const later = h('input', { type: 'radio', name: 'when', value: 'later', id: 'when-later' });
-  const at = h('input', { type: 'datetime-local', id: 'send-at', name: 'send_at' });
+  const at = h('input', { type: 'datetime-local', id: 'send-at', name: 'send_at', 'aria-label': `Send at (${zone})` });
   const local = h('input', { type: 'checkbox', id: 'local-time', name: 'local_time' });
   const consentBox = h('div', { id: 'consent' });
   const confirm = h('input', { type: 'checkbox', id: 'confirm-consent' });
@@ -628,7 +628,7 @@ function renderReport(target, r, timeline) {
       { key: 'clicked-machine', label: 'Clicked, machines', value: r.clicked.unique_machine, kind: 'machine' },
     ]),
     h('p', { class: 'muted' }, 'Machines are mail scanners and privacy proxies opening on their own: they are not counted as people.'),
-    timeline ? timelineChart(timeline) : null,
+    timeline ? timelineChart(timeline) : '',
   );
 }
 
@@ -640,7 +640,7 @@ function renderCallList(target, campaignId, list) {
   target.replaceChildren(
     h('p', { class: 'muted' }, 'Who opened or clicked and has not ordered: worth a call.'),
     list.contacts.length
-      ? h('div', { class: 'table-scroll' }, h(
+      ? h('div', { class: 'table-scroll', tabindex: 0 }, h(
         'table',
         { id: 'call-list' },
         h('thead', {}, h('tr', {}, h('th', {}, 'Name'), h('th', {}, 'E-mail'), h('th', {}, 'Opened'), h('th', {}, 'Clicks'))),
@@ -654,7 +654,7 @@ function renderCallList(target, campaignId, list) {
         ))),
       ))
       : h('p', { class: 'muted', id: 'call-list-empty' }, 'Nobody yet.'),
-    list.next_page_token ? h('p', { class: 'muted' }, 'More in the CSV.') : null,
+    list.next_page_token ? h('p', { class: 'muted' }, 'More in the CSV.') : '',
     csv,
   );
 }

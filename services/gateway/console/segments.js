@@ -346,7 +346,7 @@ async function showPreview(target, segment) {
       answer.members.length
         ? h(
             'table',
-            { class: 'table members' },
+            { class: 'table members', tabindex: 0 },
             h('thead', {}, h('tr', {}, ['E-mail', 'Name', 'Orders', 'Spent', 'Last order', 'Tags']
               .map((t) => h('th', { scope: 'col' }, t)))),
             h('tbody', {}, answer.members.map((m) => h(
