@@ -20,7 +20,6 @@ tests/e2e/test_campaign_seeds.py.
 from __future__ import annotations
 
 import re
-import time
 import uuid
 from collections import Counter
 from email.message import EmailMessage
@@ -100,7 +99,6 @@ def campaign_id_of(page: Page) -> str:
 async def test_seed_000_three_overlapping_segments_four_lines_one_mail_each_and_the_report(
     system: System, http: httpx.AsyncClient, browser: Browser
 ) -> None:
-    started = time.monotonic()
     shop = await new_shop(system, http, name=SHOP)
     run = uuid.uuid4().hex[:8]
     addr = {n: f"{n}-{run}@example.com" for n in ("ann", "bob", "vic", "joe")}
@@ -190,7 +188,6 @@ async def test_seed_000_three_overlapping_segments_four_lines_one_mail_each_and_
         assert parseaddr(str(mail["From"])) == (SHOP, SENDER), mail["From"]
         assert parseaddr(str(mail["Reply-To"]))[1] == shop.owner, mail["Reply-To"]
     assert watched.exceptions == [] and watched.csp_violations() == []
-    print(f"seed 000 in the console: {time.monotonic() - started:.1f} s")
 
 
 async def tagged(api: httpx.AsyncClient, tag: str, count: int) -> None:
@@ -208,7 +205,6 @@ async def tagged(api: httpx.AsyncClient, tag: str, count: int) -> None:
 async def test_seed_001_tag_all_matching_then_a_campaign_to_the_tag_confirmed_for_consent(
     system: System, http: httpx.AsyncClient, browser: Browser
 ) -> None:
-    started = time.monotonic()
     shop = await new_shop(system, http, name=SHOP)
     run = uuid.uuid4().hex[:8]
     async with manager(system, shop.api_key) as api:
@@ -282,4 +278,3 @@ async def test_seed_001_tag_all_matching_then_a_campaign_to_the_tag_confirmed_fo
         "the three tagged, the one without consent too (confirmed); not the others"
     )
     assert watched.exceptions == [] and watched.csp_violations() == []
-    print(f"seed 001 in the console: {time.monotonic() - started:.1f} s")
