@@ -195,10 +195,12 @@ function segmentChoices(name, legend, segments, chosen) {
 
 /** The compose form. `campaign` is null for a new one. onSaved(campaign) after each save. */
 function editor(campaign, segments, onSaved) {
-  const c = campaign || { name: '', subject: '', body_text: '', body_html: '', body_markdown: '', segment_ids: [], exclude_segment_ids: [], local_time: false };
+  const c = campaign || { name: '', subject: '', body_text: '', body_html: '', body_markdown: '', segment_ids: [], exclude_segment_ids: [], tags_any: [], reply_to: '', local_time: false };
   const format = c.body_markdown ? 'markdown' : c.body_html ? 'html' : 'text';
   const name = h('input', { id: 'campaign-name', name: 'name', value: c.name, maxlength: 200 });
   const subject = h('input', { id: 'campaign-subject', name: 'subject', value: c.subject });
+  const replyTo = h('input', { id: 'campaign-reply-to', name: 'reply_to', type: 'email', value: c.reply_to || '', autocomplete: 'email' });
+  const tags = h('input', { id: 'campaign-tags', name: 'tags_any', value: (c.tags_any || []).join(', '), autocomplete: 'off' });
   const kind = h(
     'select',
     { id: 'campaign-format', name: 'format' },
@@ -224,9 +226,12 @@ function editor(campaign, segments, onSaved) {
     { class: 'compose', id: 'compose', novalidate: true },
     field('campaign-name', 'Name (for you)', name),
     field('campaign-subject', 'Subject', subject, 'Name your shop in it.'),
+    field('campaign-reply-to', 'Replies go to (optional)', replyTo, 'Your address: the mail itself comes from the no-reply address, with your shop\'s name.'),
     field('campaign-format', 'Format', kind),
     textField, htmlField, markdownField,
-    include, exclude,
+    include,
+    field('campaign-tags', 'And contacts with any of these tags', tags, 'Comma-separated, for instance spring, market. A contact both tagged and in a chosen segment gets one mail.'),
+    exclude,
     state, general,
   );
 
@@ -249,18 +254,20 @@ function editor(campaign, segments, onSaved) {
       body_html: kind.value === 'html' ? html.value : '',
       body_markdown: md ? markdown.value : '',
       segment_ids: checked(include),
+      tags_any: tags.value.split(',').map((t) => t.trim()).filter(Boolean),
       exclude_segment_ids: checked(exclude),
+      reply_to: replyTo.value.trim(),
     };
   }
   function ready(b) {
-    return b.name.trim() && b.subject.trim() && (b.body_text.trim() || b.body_markdown.trim()) && b.segment_ids.length;
+    return b.name.trim() && b.subject.trim() && (b.body_text.trim() || b.body_markdown.trim()) && (b.segment_ids.length || b.tags_any.length);
   }
 
   let id = campaign ? campaign.id : null;
   let timer = null;
   let saving = false;
   let again = false;
-  if (!id) state.textContent = 'Fill in a name, a subject, a text and a segment: the draft then saves itself as you type.';
+  if (!id) state.textContent = 'Fill in a name, a subject, a text and a segment or a tag: the draft then saves itself as you type.';
 
   async function save() {
     if (saving) { again = true; return; }
@@ -710,6 +717,7 @@ async function renderSent(main, campaign, me) {
       campaign.scheduled_at ? h('p', { class: 'meta' }, `Scheduled for ${formatDate(campaign.scheduled_at)}${campaign.local_time ? ' in each contact\'s time zone' : ''}`) : null,
       h('p', { class: 'subject', id: 'campaign-subject-line' }, campaign.subject),
       h('ul', { class: 'tags', 'aria-label': 'segments' }, campaign.segment_ids.map((s) => h('li', { class: 'segment-name' }, names[s] || s))),
+      campaign.tags_any.length ? h('ul', { class: 'tags', 'aria-label': 'and contacts with any of these tags' }, campaign.tags_any.map((t) => h('li', { class: 'tag' }, t))) : null,
       lifecycle(campaign, me, (moved) => renderCampaign(main, moved.id)),
     ),
     section('report', 'Report', report),
