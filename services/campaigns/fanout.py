@@ -76,7 +76,9 @@ WAITING_RECHECK_S = 2.0
 CAMPAIGN_COLUMNS = (
     "c.workspace_id, c.id, c.status, c.segment_ids, c.exclude_segment_ids, c.tags_any,"
     " c.subject, c.body_text,"
-    " c.body_html, c.body_markdown, c.reply_to, c.purpose, c.cap_action, c.local_time,"
+    " c.body_html, c.body_markdown,"
+    " coalesce(nullif(c.reply_to, ''), s.default_reply_to, '') AS reply_to,"
+    " c.purpose, c.cap_action, c.local_time,"
     " coalesce(nullif(c.time_zone, ''), s.time_zone, 'UTC') AS time_zone, c.scheduled_at,"
     " c.holdout_percent, c.ab_test"
 )

@@ -1,9 +1,11 @@
-"""A workspace's campaign settings: the frequency cap and the default time zone.
+"""A workspace's campaign settings: the frequency cap, the default time zone and the default
+Reply-To.
 
 Stored in ``campaigns.settings``, one row per workspace once it changes them; a workspace
 without a row has the defaults (1 targeted message per contact per 30 days, UTC), so nothing
 has to be written when a workspace is made. The fan-out reads the cap from here; SendCampaign
-reads the time zone for a campaign that names none.
+reads the time zone for a campaign that names none, and the fan-out and test sends the
+Reply-To (fanout.py ``CAMPAIGN_COLUMNS``, content_handlers.py) for a campaign that names none.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from services.campaigns.adapters import postgres as db
 from services.campaigns.domain.model import is_time_zone
 from services.common import campaign_limits as limits
 from services.common import clock
+from services.common.contact_limits import check_email
 from services.common.errors import Validator
 
-UPDATABLE = ("frequency_cap_messages", "frequency_cap_days", "time_zone")
+UPDATABLE = ("frequency_cap_messages", "frequency_cap_days", "time_zone", "default_reply_to")
 
 
 @dataclass(frozen=True)
@@ -27,12 +30,14 @@ class CampaignSettings:
     frequency_cap_messages: int = 1
     frequency_cap_days: int = 30
     time_zone: str = "UTC"
+    default_reply_to: str = ""
 
     def to_proto(self) -> campaigns_pb2.CampaignSettings:
         return campaigns_pb2.CampaignSettings(
             frequency_cap_messages=self.frequency_cap_messages,
             frequency_cap_days=self.frequency_cap_days,
             time_zone=self.time_zone,
+            default_reply_to=self.default_reply_to,
         )
 
 
@@ -49,6 +54,7 @@ async def read(db_: asyncpg.Pool | asyncpg.Connection, workspace_id: str) -> Cam
         frequency_cap_messages=row["frequency_cap_messages"],
         frequency_cap_days=row["frequency_cap_days"],
         time_zone=row["time_zone"],
+        default_reply_to=row["default_reply_to"],
     )
 
 
@@ -85,6 +91,7 @@ async def update(
             "settings.time_zone",
             "not an IANA time zone (e.g. Europe/Berlin)",
         )
+    reply_to = _default_reply_to(v, wanted.default_reply_to) if "default_reply_to" in paths else ""
     v.raise_if_any()
     async with pool.acquire() as conn, conn.transaction():
         # Serialises two updates of one workspace so neither loses the other's fields.
@@ -98,6 +105,7 @@ async def update(
             if "frequency_cap_days" in paths
             else current.frequency_cap_days,
             time_zone=wanted.time_zone if "time_zone" in paths else current.time_zone,
+            default_reply_to=reply_to if "default_reply_to" in paths else current.default_reply_to,
         )
         await db.put_settings(
             conn,
@@ -105,6 +113,17 @@ async def update(
             new.frequency_cap_messages,
             new.frequency_cap_days,
             new.time_zone,
+            new.default_reply_to,
             clock.now(),
         )
     return new
+
+
+def _default_reply_to(v: Validator, given: str) -> str:
+    """The address in its normal form, or "" for none; checked as a campaign's reply_to is
+    (domain/model.py), so whatever a campaign could name, the default can be."""
+    if not given:
+        return ""
+    normalized, problem = check_email(given)
+    v.check(not problem, "settings.default_reply_to", f"not an e-mail address: {problem}")
+    return normalized

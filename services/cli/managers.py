@@ -3,6 +3,7 @@
     nudge managers create --workspace ID --email E --role owner|manager|viewer [--if-missing]
     nudge managers list --workspace ID
     nudge managers remove --workspace ID MANAGER_ID
+    nudge managers role --workspace ID MANAGER_ID owner|manager|viewer
 
 This is how a workspace gets its first owner (who then adds the others in the console). The
 password of ``create`` comes from ``NUDGE_MANAGER_PASSWORD``, else from a prompt (asked
@@ -13,7 +14,9 @@ workspace's API key (``--api-key``/``NUDGE_API_KEY``) when one is given, else as
 with the internal token (``NUDGE_INTERNAL_TOKEN``) on behalf of ``--workspace``. ``create``
 prints the new manager as one JSON line; with ``--if-missing`` an e-mail that already has
 an account is not an error (``{"exists": true, ...}``), so a start-up script can run it
-every time (deploy/local/supervisor.py does, for the demo workspace).
+every time (deploy/local/supervisor.py does, for the demo workspace). ``role`` changes a
+manager's role and ends their console sessions (they sign in again with the new one); the
+last owner cannot be demoted.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ def add_parser(areas: Any) -> None:
         ("create", "create a manager (the password from NUDGE_MANAGER_PASSWORD or a prompt)"),
         ("list", "list the workspace's managers"),
         ("remove", "remove a manager and end their sessions"),
+        ("role", "change a manager's role and end their sessions"),
     ):
         command = commands.add_parser(name, help=helps)
         command.add_argument("--workspace", default="", help="the workspace id (operator)")
@@ -72,8 +76,10 @@ def add_parser(areas: Any) -> None:
             command.add_argument(
                 "--if-missing", action="store_true", help="an existing account is not an error"
             )
-        if name == "remove":
+        if name in ("remove", "role"):
             command.add_argument("manager_id")
+        if name == "role":
+            command.add_argument("role", choices=list(ROLES))
         command.set_defaults(run=run)
 
 
@@ -131,6 +137,15 @@ async def _run(arguments: argparse.Namespace) -> int:
                 )
                 for manager in found.managers:
                     say(json.dumps(_manager_json(manager)))
+            elif arguments.command == "role":
+                updated: contacts_pb2.UpdateManagerResponse = await stub.UpdateManager(
+                    contacts_pb2.UpdateManagerRequest(
+                        manager_id=arguments.manager_id, role=ROLES[arguments.role]
+                    ),
+                    metadata=metadata,
+                    timeout=10,
+                )
+                say(json.dumps(_manager_json(updated.manager)))
             else:
                 removed: contacts_pb2.RemoveManagerResponse = await stub.RemoveManager(
                     contacts_pb2.RemoveManagerRequest(manager_id=arguments.manager_id),

@@ -134,6 +134,28 @@ def manager_removed_key(manager_id: str) -> str:
     return f"{MANAGER_REMOVED_PREFIX}{manager_id}"
 
 
+# A console manager whose role changed (services/contacts/managers.py writes it, the
+# gateway's sessions read it): every session of theirs signed in at or before this instant
+# ends, so they sign in again and get the new role. The instant is Redis's own clock in
+# microseconds, read by the script below when the change has committed; the gateway reads
+# the same clock before it checks a password (services/gateway/sessions.py), so a sign-in
+# that could have read the old role is always at or before the mark, and one after it
+# read the new role. Kept as long as MANAGER_REMOVED_TTL_S, longer than a session may live.
+SESSIONS_ENDED_PREFIX = "nudge:manager-sessions-ended:"
+# Redis's TIME as one integer of microseconds, built as a string: Lua's numbers would print
+# it in exponent notation and lose digits.
+MARK_SESSIONS_ENDED_SCRIPT = """
+local t = redis.call('TIME')
+local now = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+redis.call('SET', KEYS[1], now, 'EX', ARGV[1])
+return now
+"""
+
+
+def sessions_ended_key(manager_id: str) -> str:
+    return f"{SESSIONS_ENDED_PREFIX}{manager_id}"
+
+
 def cache_key(key_id: str) -> str:
     return f"{CACHE_PREFIX}{key_id}"
 

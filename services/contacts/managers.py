@@ -17,7 +17,12 @@ everything else; a viewer only reads. The gateway enforces them on the console's
 
 Removing a manager also ends their console sessions at once: the removal writes
 ``nudge:manager-removed:<id>`` to Redis (:data:`services.common.auth.MANAGER_REMOVED_PREFIX`),
-which the gateway reads with every session it accepts.
+which the gateway reads with every session it accepts. Changing a manager's role ends
+their sessions too (they sign in again and get the new role): rather than re-reading the
+role from here on every console request, the change marks an instant in Redis
+(:data:`services.common.auth.SESSIONS_ENDED_PREFIX`) and the gateway ends every session of
+that manager signed in at or before it. A role is kept in the session, so this is the one
+way a demotion takes effect at once without a call to contacts per request.
 """
 
 from __future__ import annotations
@@ -36,7 +41,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from nudge.contacts.v1 import contacts_pb2
 from redis.exceptions import RedisError
 
-from services.common.auth import MANAGER_REMOVED_TTL_S, manager_removed_key
+from services.common.auth import (
+    MANAGER_REMOVED_TTL_S,
+    MARK_SESSIONS_ENDED_SCRIPT,
+    manager_removed_key,
+    sessions_ended_key,
+)
 from services.common.contact_limits import check_email
 from services.common.errors import (
     AlreadyExists,
@@ -186,35 +196,96 @@ async def list_managers(pool: asyncpg.Pool, workspace_id: str) -> list[contacts_
     return [manager_to_proto(row) for row in rows]
 
 
+def _manager_id(v: Validator, manager_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(manager_id)
+    except ValueError:
+        v.check(False, "manager_id", "not a manager id (a UUID)")
+        return None
+
+
+async def _locked_manager(
+    conn: asyncpg.Connection, workspace_id: str, wanted: uuid.UUID
+) -> asyncpg.Record:
+    """The manager's row, under the workspace's lock (taken here, held to the commit)."""
+    await _lock_workspace(conn, workspace_id)
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM managers WHERE id = $1 AND workspace_id = $2",
+        wanted,
+        _workspace(workspace_id),
+    )
+    if row is None:
+        raise NotFound(f"no manager {wanted} in this workspace")
+    return row
+
+
+async def _check_not_last_owner(
+    conn: asyncpg.Connection, workspace_id: str, row: asyncpg.Record, what: str
+) -> None:
+    if row["role"] != Role.MANAGER_ROLE_OWNER:
+        return
+    owners = await conn.fetchval(
+        "SELECT count(*) FROM managers WHERE workspace_id = $1 AND role = $2",
+        _workspace(workspace_id),
+        Role.MANAGER_ROLE_OWNER,
+    )
+    if owners <= 1:
+        raise FailedPrecondition(f"the workspace's last owner cannot be {what}")
+
+
+async def update_manager(
+    pool: asyncpg.Pool, redis: aioredis.Redis, workspace_id: str, manager_id: str, role: int
+) -> contacts_pb2.Manager:
+    """Gives the manager ``role`` and ends their sessions; never demotes the workspace's
+    last owner. The same role again changes nothing (and ends no session). Another
+    workspace's manager is NOT_FOUND, like an unknown one."""
+    v = Validator()
+    wanted = _manager_id(v, manager_id)
+    v.check(role in ROLES, "role", "must be MANAGER_ROLE_OWNER, _MANAGER or _VIEWER")
+    v.raise_if_any()
+    assert wanted is not None
+    async with pool.acquire() as conn, conn.transaction():
+        row = await _locked_manager(conn, workspace_id, wanted)
+        if row["role"] == role:
+            return manager_to_proto(row)
+        if role != Role.MANAGER_ROLE_OWNER:
+            await _check_not_last_owner(conn, workspace_id, row, "demoted")
+        row = await conn.fetchrow(
+            f"UPDATE managers SET role = $2 WHERE id = $1 RETURNING {_COLUMNS}", wanted, role
+        )
+    assert row is not None
+    await _end_sessions(redis, str(wanted))
+    return manager_to_proto(row)
+
+
+async def _end_sessions(redis: aioredis.Redis, manager_id: str) -> None:
+    """After the commit, unlike a removal's marker: the mark must come after the change, so
+    that a sign-in later than the mark reads the new role (services/common/auth.py). Without
+    Redis the change still stands, and the old sessions end at their idle expiry."""
+    try:
+        await redis.eval(  # type: ignore[misc]
+            MARK_SESSIONS_ENDED_SCRIPT, 1, sessions_ended_key(manager_id), MANAGER_REMOVED_TTL_S
+        )
+    except RedisError:
+        log.error(
+            "Redis unavailable: the sessions of manager %s keep their old role until they expire",
+            manager_id,
+            exc_info=True,
+        )
+
+
 async def remove_manager(
     pool: asyncpg.Pool, redis: aioredis.Redis, workspace_id: str, manager_id: str
 ) -> contacts_pb2.Manager:
     """Removes the manager and ends their sessions; never the workspace's last owner.
     Another workspace's manager is NOT_FOUND, like an unknown one."""
     v = Validator()
-    try:
-        wanted = uuid.UUID(manager_id)
-    except ValueError:
-        wanted = None
-    v.check(wanted is not None, "manager_id", "not a manager id (a UUID)")
+    wanted = _manager_id(v, manager_id)
     v.raise_if_any()
+    assert wanted is not None
     async with pool.acquire() as conn, conn.transaction():
-        await _lock_workspace(conn, workspace_id)
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM managers WHERE id = $1 AND workspace_id = $2",
-            wanted,
-            _workspace(workspace_id),
-        )
-        if row is None:
-            raise NotFound(f"no manager {manager_id} in this workspace")
-        if row["role"] == Role.MANAGER_ROLE_OWNER:
-            owners = await conn.fetchval(
-                "SELECT count(*) FROM managers WHERE workspace_id = $1 AND role = $2",
-                _workspace(workspace_id),
-                Role.MANAGER_ROLE_OWNER,
-            )
-            if owners <= 1:
-                raise FailedPrecondition("the workspace's last owner cannot be removed")
+        row = await _locked_manager(conn, workspace_id, wanted)
+        await _check_not_last_owner(conn, workspace_id, row, "removed")
         await conn.execute("DELETE FROM managers WHERE id = $1", wanted)
         # Before the commit, like an API key's tombstone: once the call returns, no session
         # of this manager is accepted any more. Without Redis the removal still commits,

@@ -16,6 +16,7 @@ from services.gateway.schemas import (
     CampaignStatus,
     Id,
     Integral,
+    ReplyTo,
     ResponseModel,
     Rfc3339,
     StrictModel,
@@ -89,6 +90,9 @@ class CampaignSettingsOut(ResponseModel):
     frequency_cap_messages: int
     frequency_cap_days: int
     time_zone: str
+    default_reply_to: str = Field(
+        description="The Reply-To of a campaign that names none; empty for none."
+    )
 
 
 class CampaignSettingsPatchIn(StrictModel):
@@ -106,6 +110,11 @@ class CampaignSettingsPatchIn(StrictModel):
         30, ge=limits.MIN_CAP_DAYS, le=limits.MAX_CAP_DAYS, description="...per this many days."
     )
     time_zone: TimeZone = Field("UTC", description="IANA zone of the workspace's campaigns.")
+    default_reply_to: ReplyTo = Field(
+        "",
+        description="The Reply-To of a campaign whose `reply_to` is empty (an e-mail address,"
+        " checked as a campaign's is); empty for none.",
+    )
 
     @model_validator(mode="after")
     def _not_empty(self) -> CampaignSettingsPatchIn:

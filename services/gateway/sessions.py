@@ -21,6 +21,11 @@ Why it is built this way:
   any service is called: a viewer may only read; managers and API keys are the owner's.
 - A removed manager's sessions end at once: contacts writes a marker to Redis when it
   removes one (services/contacts/managers.py), read here with every session accepted.
+- So do the sessions of a manager whose role changed (the role is kept in the session, and
+  asking contacts for it on every request would cost a call each): contacts marks the
+  instant of the change on Redis's clock, and a session signed in at or before it ends.
+  The sign-in reads that clock before the password is checked (:meth:`SessionStore.now_us`),
+  so a session that may hold the old role is never newer than the mark.
 - Sign-in is throttled per e-mail and per client address (:class:`LoginThrottle`): after
   ``max_failures`` failures for one e-mail within ``window_s`` (or
   ``max_failures_per_address`` from one address: an office behind one NAT address has
@@ -42,7 +47,7 @@ from dataclasses import asdict, dataclass
 import redis.asyncio as aioredis
 from fastapi import Request, Response
 
-from services.common.auth import manager_removed_key
+from services.common.auth import manager_removed_key, sessions_ended_key
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +85,9 @@ class Session:
     csrf_token: str
     created_at: float  # time.time() at sign-in
     expires_at: float  # created_at + session_max_s
+    # Redis's clock (microseconds) before the password was checked; 0 in sessions made
+    # before it was kept, which a role change therefore ends too.
+    signed_in_us: int = 0
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -106,8 +114,20 @@ class SessionStore:
         self.idle_s = idle_s
         self.max_s = max_s
 
+    async def now_us(self) -> int:
+        """Redis's clock in microseconds: the one a role change marks its instant with."""
+        seconds, micros = await self.redis.time()
+        return int(seconds) * 1_000_000 + int(micros)
+
     async def create(
-        self, *, manager_id: str, email: str, role: str, workspace_id: str, workspace_name: str
+        self,
+        *,
+        manager_id: str,
+        email: str,
+        role: str,
+        workspace_id: str,
+        workspace_name: str,
+        signed_in_us: int,
     ) -> tuple[str, Session]:
         """A new session and the id its cookie carries (shown only here)."""
         session_id = secrets.token_urlsafe(32)
@@ -121,6 +141,7 @@ class SessionStore:
             csrf_token=secrets.token_urlsafe(32),
             created_at=now,
             expires_at=now + self.max_s,
+            signed_in_us=signed_in_us,
         )
         await self.redis.set(session_key(session_id), session.encode(), ex=self._ttl(session))
         return session_id, session
@@ -131,7 +152,7 @@ class SessionStore:
 
     async def get(self, session_id: str) -> Session | None:
         """The live session of the cookie's id, renewed for another idle period; None when it
-        is unknown, ended, or its manager was removed."""
+        is unknown, ended, or its manager was removed or given another role since."""
         key = session_key(session_id)
         raw = await self.redis.get(key)
         session = Session.decode(raw) if raw is not None else None
@@ -142,9 +163,10 @@ class SessionStore:
             return None
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.exists(manager_removed_key(session.manager_id))
+            pipe.get(sessions_ended_key(session.manager_id))
             pipe.expire(key, self._ttl(session))
-            removed, _ = await pipe.execute()
-        if removed:
+            removed, ended_us, _ = await pipe.execute()
+        if removed or (ended_us is not None and session.signed_in_us <= int(ended_us)):
             await self.redis.delete(key)
             return None
         return session

@@ -2,7 +2,9 @@
 mode and frequency cap saved from the page and read back through the API (a field error next
 to its field), the sender name, DKIM keys with their DNS record, API keys (the secret shown
 once, revoked, then refused), the team (a viewer created from the page signs in and has
-nothing to change), and what managers typed shown as text, never run.
+nothing to change; a manager made a viewer from the page is signed out and then refused),
+the default Reply-To (set on the page, carried by a campaign that names none to the SMTP
+sink), and what managers typed shown as text, never run.
 
 Fixtures and helpers are test_console.py's (Debian's chromium through Playwright).
 """
@@ -375,3 +377,119 @@ async def test_the_overview_shows_each_segments_change_against_the_count_kept_30
         "no count from 30 days ago yet", timeout=WAIT_MS
     )
     await context.close()
+
+
+async def test_the_owner_makes_a_manager_a_viewer_whose_next_post_is_refused(
+    system: System, http: httpx.AsyncClient, browser: Browser
+) -> None:
+    shop = await new_shop(system, http)
+    manager = await console.new_manager(http, shop.api_key, "manager")
+    team = (await http.get("/v1/managers", headers=shop.auth)).json()["managers"]
+    manager_id = {m["email"]: m["id"] for m in team}[manager]
+
+    manager_context = await browser.new_context()
+    manager_page = await manager_context.new_page()
+    await open_settings(manager_page, system, manager)
+    await expect(manager_page.locator("#cap-save")).to_be_visible(timeout=WAIT_MS)
+
+    owner_context = await browser.new_context()
+    page = await owner_context.new_page()
+    watched = watch(page)
+    await open_settings(page, system, shop.owner)
+    role = page.locator(f"#manager-{manager_id}-role")
+    await expect(role).to_have_value("manager", timeout=WAIT_MS)
+    await role.select_option("viewer")
+    await expect(page.locator(".manager", has_text=manager)).to_contain_text(
+        "viewer", timeout=WAIT_MS
+    )
+    await expect(page.locator(f"#manager-{manager_id}-role")).to_have_value("viewer")
+    team = (await http.get("/v1/managers", headers=shop.auth)).json()["managers"]
+    assert {m["email"]: m["role"] for m in team}[manager] == "viewer"
+
+    # The page the manager still has open: its next change is refused (the session ended,
+    # back to sign-in), and once signed in again the viewer may only read.
+    await manager_page.fill("#cap-messages", "4")
+    await manager_page.locator("#cap-save").click()
+    await expect(manager_page.locator("#login-email")).to_be_visible(timeout=WAIT_MS)
+    await open_settings(manager_page, system, manager)
+    await expect(manager_page.locator("#read-only")).to_be_visible(timeout=WAIT_MS)
+    status = await manager_page.evaluate(
+        """async () => {
+            const token = (await (await fetch('/v1/session')).json()).csrf_token;
+            const r = await fetch('/v1/campaign-settings', {method: 'PATCH',
+                headers: {'Content-Type': 'application/json', 'X-CSRF-Token': token},
+                body: JSON.stringify({frequency_cap_messages: 4})});
+            return r.status;
+        }"""
+    )
+    assert status == 403
+    cap = (await http.get("/v1/campaign-settings", headers=shop.auth)).json()
+    assert cap["frequency_cap_messages"] == 1
+    # The last owner has no select of their own: another owner changes it.
+    assert await page.locator(".manager", has_text=shop.owner).locator("select").count() == 0
+    assert watched.exceptions == [] and watched.errors == []
+    await owner_context.close()
+    await manager_context.close()
+
+
+async def test_a_default_reply_to_set_on_settings_answers_campaigns_that_name_none(
+    system: System, http: httpx.AsyncClient, browser: Browser
+) -> None:
+    shop = await new_shop(system, http)
+    default = f"{unique('replies')}@shop.example"
+    context = await browser.new_context()
+    page = await context.new_page()
+    watched = watch(page)
+    await open_settings(page, system, shop.owner)
+    await page.fill("#default-reply-to", "not an address")
+    await page.locator("#reply-to-save").click()
+    await expect(page.locator("#default-reply-to-error")).not_to_be_empty(timeout=WAIT_MS)
+    await page.fill("#default-reply-to", default)
+    await page.locator("#reply-to-save").click()
+    await expect(page.locator("#reply-to-status")).to_have_text("Saved.", timeout=WAIT_MS)
+    await page.reload()
+    await expect(page.locator("#default-reply-to")).to_have_value(default, timeout=WAIT_MS)
+    assert watched.exceptions == [] and watched.errors == []
+    await context.close()
+
+    # Two campaigns to one VIP (a cap that lets both through): one names no Reply-To.
+    for path, body in (
+        ("/v1/workspace/settings", {"consent_required_for_campaigns": True}),
+        ("/v1/campaign-settings", {"frequency_cap_messages": 5}),
+    ):
+        patched = await http.patch(path, json=body, headers=shop.auth)
+        assert patched.status_code == 200, patched.text
+    vip = f"{unique('vip')}@example.com"
+    await post(
+        http, shop, "/v1/contacts", {"email": vip, "vip": True, "consents": ["targeted_messages"]}
+    )
+
+    async def counted() -> bool:
+        answer = await http.get("/v1/segments/vip/count", headers=shop.auth)
+        return answer.status_code == 200 and answer.json()["count"] == 1
+
+    await eventually(counted, timeout=60, interval=0.3)
+    run = uuid.uuid4().hex[:8]
+    subjects = {"": f"Default reply {run}", "own@shop.example": f"Own reply {run}"}
+    for reply_to, subject in subjects.items():
+        made = await post(
+            http,
+            shop,
+            "/v1/campaigns",
+            {
+                "name": subject,
+                "segment_ids": ["vip"],
+                "subject": subject,
+                "body_text": "Hello.",
+                "reply_to": reply_to,
+            },
+        )
+        await post(http, shop, f"/v1/campaigns/{made['id']}/send", {})
+
+    def mails() -> dict[str, str] | None:
+        found = {str(m["Subject"]): str(m["Reply-To"]) for m in system.mails()}
+        wanted = {subject: found.get(subject) for subject in subjects.values()}
+        return wanted if None not in wanted.values() else None  # type: ignore[return-value]
+
+    arrived = await eventually(mails, timeout=90, interval=0.3)
+    assert arrived == {subjects[""]: default, subjects["own@shop.example"]: "own@shop.example"}

@@ -37,9 +37,12 @@ async def find_content(
     conn: asyncpg.Connection, workspace_id: str, campaign_id: uuid.UUID, *, lock: bool = False
 ) -> CampaignContent | None:
     """The campaign's content; ``lock`` takes its row (test sends of a campaign, one at a
-    time, so that two concurrent ones cannot both pass the hourly limit)."""
+    time, so that two concurrent ones cannot both pass the hourly limit). Its Reply-To is the
+    workspace's default when it names none, as the fan-out sends it (fanout.py)."""
     row = await conn.fetchrow(
-        "SELECT id, subject, body_text, body_html, body_markdown, reply_to, purpose,"
+        "SELECT id, subject, body_text, body_html, body_markdown, purpose,"
+        " coalesce(nullif(reply_to, ''), (SELECT s.default_reply_to FROM settings s"
+        " WHERE s.workspace_id = campaigns.workspace_id), '') AS reply_to,"
         " ARRAY(SELECT jsonb_array_elements_text(ab_test -> 'subjects')) AS ab_subjects"
         " FROM campaigns WHERE workspace_id = $1 AND id = $2" + (" FOR UPDATE" if lock else ""),
         uuid.UUID(workspace_id),

@@ -226,7 +226,8 @@ async def list_transitions(
 
 async def get_settings(conn: asyncpg.Connection, workspace_id: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
-        "SELECT frequency_cap_messages, frequency_cap_days, time_zone FROM settings"
+        "SELECT frequency_cap_messages, frequency_cap_days, time_zone, default_reply_to"
+        " FROM settings"
         " WHERE workspace_id = $1",
         uuid.UUID(workspace_id),
     )
@@ -238,17 +239,19 @@ async def put_settings(
     cap_messages: int,
     cap_days: int,
     time_zone: str,
+    default_reply_to: str,
     now: datetime,
 ) -> None:
     await conn.execute(
         "INSERT INTO settings (workspace_id, frequency_cap_messages, frequency_cap_days,"
-        " time_zone, updated_at) VALUES ($1, $2, $3, $4, $5)"
+        " time_zone, default_reply_to, updated_at) VALUES ($1, $2, $3, $4, $5, $6)"
         " ON CONFLICT (workspace_id) DO UPDATE SET frequency_cap_messages = $2,"
-        " frequency_cap_days = $3, time_zone = $4, updated_at = $5",
+        " frequency_cap_days = $3, time_zone = $4, default_reply_to = $5, updated_at = $6",
         uuid.UUID(workspace_id),
         cap_messages,
         cap_days,
         time_zone,
+        default_reply_to,
         now,
     )
 

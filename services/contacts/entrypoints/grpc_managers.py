@@ -59,3 +59,11 @@ class ManagerServicer(contacts_pb2_grpc.ManagerServiceServicer):
             self.pool, self.redis, current_workspace(), request.manager_id
         )
         return contacts_pb2.RemoveManagerResponse(manager=manager)
+
+    async def UpdateManager(
+        self, request: contacts_pb2.UpdateManagerRequest, context: grpc.aio.ServicerContext
+    ) -> contacts_pb2.UpdateManagerResponse:
+        manager = await managers.update_manager(
+            self.pool, self.redis, current_workspace(), request.manager_id, request.role
+        )
+        return contacts_pb2.UpdateManagerResponse(manager=manager)

@@ -38,7 +38,8 @@ export async function api(method, path, body) {
   }
   if (!response.ok) {
     const error = new ApiError(response.status, data, response.headers.get('Retry-After'));
-    // A session that ended (idle, signed out elsewhere, manager removed): back to sign-in.
+    // A session that ended (idle, signed out elsewhere, manager removed or given another
+    // role): back to sign-in.
     if (response.status === 401 && path !== '/v1/session') {
       window.dispatchEvent(new CustomEvent('nudge:signed-out'));
     }

@@ -1,8 +1,9 @@
 // The Settings page: sending status (shown only: lifting a suspension is an operator's act),
-// the sender's name, consent and the frequency cap, sending domains with their DKIM records,
-// and, for the owner, the API keys and the team. Everything goes through the public /v1 API
-// (api.js); a viewer sees the values with nothing to change, an owner-only part is not even
-// asked for by others (the gateway refuses it anyway). Every value is rendered as text.
+// the sender's name and default Reply-To, consent and the frequency cap, sending domains with
+// their DKIM records, and, for the owner, the API keys and the team (add, change a role,
+// remove). Everything goes through the public /v1 API (api.js); a viewer sees the values with
+// nothing to change, an owner-only part is not even asked for by others (the gateway refuses
+// it anyway). Every value is rendered as text.
 import { api, ApiError } from './api.js';
 import { formatDate, formatNumber, h } from './dom.js';
 
@@ -120,7 +121,6 @@ function renderWorkspace(target, settings, canEdit) {
     'form',
     { id: 'workspace-form', class: 'settings-form', novalidate: true },
     field('sender-name', 'Sender name (the From name of every mail)', name, 'name'),
-    h('p', { class: 'muted' }, 'Replies go to the Reply-To address each campaign names.'),
     consent.row,
     doubleOptIn.row,
     canEdit ? h('button', { type: 'submit', class: 'primary', id: 'workspace-save' }, 'Save') : null,
@@ -175,6 +175,31 @@ function renderCap(target, settings, canEdit) {
     });
     messages.value = saved.frequency_cap_messages;
     days.value = saved.frequency_cap_days;
+    return 'Saved.';
+  });
+  target.replaceChildren(form);
+}
+
+// The workspace's default Reply-To: one of its campaign settings (PATCH /v1/campaign-settings),
+// shown beside the sender name since both say who a mail is from and where answers go.
+function renderReplyTo(target, settings, canEdit) {
+  const address = h('input', {
+    id: 'default-reply-to', type: 'email', maxlength: 320, value: settings.default_reply_to,
+    placeholder: 'replies@shop.example', disabled: !canEdit,
+  });
+  const alert = statusLine('reply-to-status');
+  const form = h(
+    'form',
+    { id: 'reply-to-form', class: 'settings-form', novalidate: true },
+    field('default-reply-to', 'Default Reply-To', address, 'default_reply_to'),
+    h('p', { class: 'muted' }, 'Replies go to the Reply-To address a campaign names; '
+      + 'a campaign that names none uses this one (empty: none).'),
+    canEdit ? h('button', { type: 'submit', class: 'primary', id: 'reply-to-save' }, 'Save') : null,
+    alert,
+  );
+  handle(form, alert, async () => {
+    const saved = await api('PATCH', '/v1/campaign-settings', { default_reply_to: address.value.trim() });
+    address.value = saved.default_reply_to;
     return 'Saved.';
   });
   target.replaceChildren(form);
@@ -353,6 +378,38 @@ function renderKeys(target, list) {
 
 // ------------------------------------------------------------------ team (owner)
 
+const ROLE_CHOICES = [
+  ['viewer', 'Viewer: reads everything, changes nothing'],
+  ['manager', 'Manager: runs campaigns and automations'],
+  ['owner', 'Owner: also the team and the API keys'],
+];
+
+function roleOptions(selected) {
+  return ROLE_CHOICES.map(([value, label]) => h('option', { value, selected: value === selected }, label));
+}
+
+/** A team member's role, changed as soon as another is picked (back to the stored one on refusal). */
+function roleSelect(m, alert, reload) {
+  const select = h('select', {
+    class: 'manager-role', id: `manager-${m.id}-role`, 'aria-label': `Role of ${m.email}`,
+  }, roleOptions(m.role));
+  select.addEventListener('change', async () => {
+    select.disabled = true;
+    alert.textContent = '';
+    alert.className = 'form-status';
+    try {
+      await api('PATCH', `/v1/managers/${encodeURIComponent(m.id)}`, { role: select.value });
+      await reload();
+    } catch (error) {
+      alert.textContent = error.message;
+      alert.className = 'form-status error';
+      select.value = m.role;
+      select.disabled = false;
+    }
+  });
+  return select;
+}
+
 function renderTeam(target, list, me) {
   const reload = () => api('GET', '/v1/managers')
     .then((fresh) => renderTeam(target, fresh, me))
@@ -368,6 +425,7 @@ function renderTeam(target, list, me) {
         h('p', { class: 'row-title manager-email' }, m.email),
         h('p', { class: 'meta' }, `${m.role}${m.id === me.id ? ' · you' : ''}`
           + (m.created_at ? ` · since ${formatDate(m.created_at)}` : '')),
+        m.id === me.id ? null : roleSelect(m, alert, reload),
         m.id === me.id
           ? null
           : h('button', {
@@ -393,13 +451,7 @@ function renderTeam(target, list, me) {
   const password = h('input', {
     id: 'manager-new-password', type: 'password', minlength: 12, autocomplete: 'new-password', required: true,
   });
-  const role = h(
-    'select',
-    { id: 'manager-new-role' },
-    h('option', { value: 'viewer' }, 'Viewer: reads everything, changes nothing'),
-    h('option', { value: 'manager' }, 'Manager: runs campaigns and automations'),
-    h('option', { value: 'owner' }, 'Owner: also the team and the API keys'),
-  );
+  const role = h('select', { id: 'manager-new-role' }, roleOptions('viewer'));
   const alert = statusLine('manager-status');
   const form = h(
     'form',
@@ -420,7 +472,8 @@ function renderTeam(target, list, me) {
   });
   target.replaceChildren(
     rows,
-    h('p', { class: 'muted' }, 'A role cannot be changed: remove the account and create it again.'),
+    h('p', { class: 'muted' }, 'A new role signs that person out: they sign in again and have it. '
+      + 'Your own role another owner changes.'),
     form,
   );
 }
@@ -446,13 +499,14 @@ function show(main, session) {
   const owner = role === 'owner';
   const sending = h('div', {}, pending());
   const workspace = h('div', {}, pending());
+  const replyTo = h('div', {}, pending());
   const cap = h('div', {}, pending());
   const dkim = h('div', {}, pending());
   const parts = [
     h('h1', {}, 'Settings'),
     canEdit ? null : h('p', { class: 'muted read-only', id: 'read-only' }, 'You can read these settings; a viewer changes nothing.'),
     section('settings-sending', 'Sending status', sending),
-    section('settings-sender', 'Sender and consent', workspace),
+    section('settings-sender', 'Sender and consent', workspace, replyTo),
     section('settings-cap', 'Frequency cap', cap),
     section('settings-dkim', 'Sending domains (DKIM)', dkim),
   ];
@@ -472,7 +526,9 @@ function show(main, session) {
   main.replaceChildren(...parts.filter(Boolean));
   load(api('GET', '/v1/sending-status'), sending, renderSending);
   load(api('GET', '/v1/workspace/settings'), workspace, (t, s) => renderWorkspace(t, s, canEdit));
-  load(api('GET', '/v1/campaign-settings'), cap, (t, s) => renderCap(t, s, canEdit));
+  const campaignSettings = api('GET', '/v1/campaign-settings');
+  load(campaignSettings, cap, (t, s) => renderCap(t, s, canEdit));
+  load(campaignSettings, replyTo, (t, s) => renderReplyTo(t, s, canEdit));
   load(api('GET', '/v1/dkim-keys'), dkim, (t, s) => renderDkim(t, s, canEdit));
   if (owner) {
     load(api('GET', '/v1/api-keys'), keys, renderKeys);

@@ -188,6 +188,7 @@ def _settings_json(s: campaigns_pb2.CampaignSettings) -> CampaignSettingsOut:
         frequency_cap_messages=s.frequency_cap_messages,
         frequency_cap_days=s.frequency_cap_days,
         time_zone=s.time_zone,
+        default_reply_to=s.default_reply_to,
     )
 
 
@@ -198,7 +199,8 @@ def _settings_json(s: campaigns_pb2.CampaignSettings) -> CampaignSettingsOut:
     responses=problems.responses(401, 503),
 )
 async def get_campaign_settings(caller: CallerDep, backends: BackendsDep) -> CampaignSettingsOut:
-    """The frequency cap (default 1 message per 30 days) and time zone (default UTC)."""
+    """The frequency cap (default 1 message per 30 days), the time zone (default UTC) and the
+    default Reply-To (default none)."""
     answer: campaigns_pb2.CampaignSettings = await caller.call(
         backends.campaigns.GetCampaignSettings,
         campaigns_pb2.GetCampaignSettingsRequest(),
@@ -218,7 +220,9 @@ async def patch_campaign_settings(
     caller: CallerDep,
     backends: BackendsDep,
 ) -> CampaignSettingsOut:
-    """Sets the members given; the time zone must be an IANA zone (`Europe/Berlin`)."""
+    """Sets the members given; the time zone must be an IANA zone (`Europe/Berlin`), the
+    default Reply-To an e-mail address or empty. A campaign's own `reply_to` wins over the
+    default, which is read when the campaign is sent (and by its test sends)."""
     answer: campaigns_pb2.CampaignSettings = await caller.call(
         backends.campaigns.UpdateCampaignSettings,
         campaigns_pb2.UpdateCampaignSettingsRequest(
@@ -226,6 +230,7 @@ async def patch_campaign_settings(
                 frequency_cap_messages=body.frequency_cap_messages,
                 frequency_cap_days=body.frequency_cap_days,
                 time_zone=body.time_zone,
+                default_reply_to=body.default_reply_to,
             ),
             update_mask=field_mask_pb2.FieldMask(paths=sorted(body.model_fields_set)),
         ),

@@ -122,6 +122,8 @@ async def sign_in(
         wait = await throttle.retry_after(body.email, address)
         if wait:
             raise _too_many(wait)
+        # Before the password check: see sessions.py on role changes.
+        signed_in_us = await store.now_us()
         try:
             answer: contacts_pb2.AuthenticateManagerResponse = (
                 await backends.managers.AuthenticateManager(
@@ -145,6 +147,7 @@ async def sign_in(
             role=_ROLE_FROM_PROTO.get(manager.role, "viewer"),
             workspace_id=manager.workspace_id,
             workspace_name=answer.workspace_name,
+            signed_in_us=signed_in_us,
         )
     except RedisError as err:
         log.warning("console sessions unavailable: Redis does not answer", exc_info=True)
@@ -258,6 +261,31 @@ async def create_manager(body: ManagerIn, caller: CallerDep, backends: BackendsD
         contacts_pb2.CreateManagerRequest(
             email=body.email, password=body.password, role=_ROLE_TO_PROTO[body.role]
         ),
+        service="contacts",
+    )
+    return manager_json(answer.manager)
+
+
+class ManagerPatchIn(StrictModel):
+    role: RoleName = Field(description="The new role.")
+
+
+@managers_router.patch(
+    "/{manager_id}",
+    response_model=ManagerOut,
+    summary="Change a console account's role",
+    responses=problems.responses(400, 401, 403, 404, 409, 413, 422, 503),
+)
+async def update_manager(
+    manager_id: ManagerId, body: ManagerPatchIn, caller: CallerDep, backends: BackendsDep
+) -> ManagerOut:
+    """Gives the manager another role and ends their sessions at once: they sign in again
+    and get the new role (the same role changes nothing). The last owner cannot be demoted
+    (409)."""
+    assert backends.managers is not None
+    answer: contacts_pb2.UpdateManagerResponse = await caller.call(
+        backends.managers.UpdateManager,
+        contacts_pb2.UpdateManagerRequest(manager_id=manager_id, role=_ROLE_TO_PROTO[body.role]),
         service="contacts",
     )
     return manager_json(answer.manager)

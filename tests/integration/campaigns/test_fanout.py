@@ -330,6 +330,37 @@ async def test_a_sending_campaign_reaches_every_member_once_then_is_sent(
     assert (done["reached"], done["requested"], done["excluded"]) == (len(contacts),) * 2 + (0,)
 
 
+async def test_a_campaign_without_reply_to_gets_the_workspaces_default_and_one_with_keeps_its(
+    campaigns_service: RunningService, workspace: Workspace
+) -> None:
+    contacts = await vip_members(workspace.id, 3)
+    conn = await connect()
+    try:
+        # As UpdateCampaignSettings writes it; a cap high enough for both campaigns.
+        await conn.execute(
+            "INSERT INTO settings (workspace_id, frequency_cap_messages, default_reply_to,"
+            " updated_at) VALUES ($1, 10, 'replies@shop.example', now())",
+            uuid.UUID(workspace.id),
+        )
+    finally:
+        await conn.close()
+    plain = await new_campaign(workspace.id)
+    own = await new_campaign(workspace.id, reply_to="manager@example.com")
+    for campaign in (plain, own):
+        await move(workspace.id, campaign, (Status.DRAFT,), Status.SENDING)
+    reply_tos = {}
+    for campaign in (plain, own):
+
+        async def sent(campaign: uuid.UUID = campaign) -> bool:
+            return await status(campaign) == Status.SENT
+
+        await eventually(sent, timeout=60)
+        records = await requested_records(campaign)
+        assert len(records) == len(contacts)
+        reply_tos[campaign] = {r.delivery_requested.reply_to for r in records}
+    assert reply_tos == {plain: {"replies@shop.example"}, own: {"manager@example.com"}}
+
+
 async def test_pause_stops_at_a_batch_boundary_and_resume_finishes(
     campaigns_service: RunningService, workspace: Workspace
 ) -> None:

@@ -482,6 +482,11 @@ async def test_settings_default_update_by_mask_and_refuse_bad_values(
             ["settings.frequency_cap_days"],
         ),
         (S.CampaignSettings(time_zone="Berlin"), ["time_zone"], ["settings.time_zone"]),
+        (
+            S.CampaignSettings(default_reply_to="not an address"),
+            ["default_reply_to"],
+            ["settings.default_reply_to"],
+        ),
         (S.CampaignSettings(), [], ["update_mask"]),
         (S.CampaignSettings(), ["cap"], ["update_mask.paths[0]"]),
     ]:
@@ -494,6 +499,17 @@ async def test_settings_default_update_by_mask_and_refuse_bad_values(
             )
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and violations(err) == fields
+    # The default Reply-To: stored in its normal form, kept by other changes, "" clears it.
+    reply = await stub.UpdateCampaignSettings(
+        S.UpdateCampaignSettingsRequest(
+            settings=S.CampaignSettings(default_reply_to="Replies@Shop.Example"),
+            update_mask=FieldMask(paths=["default_reply_to"]),
+        ),
+        metadata=md,
+    )
+    assert (reply.default_reply_to, reply.time_zone) == ("Replies@shop.example", "Asia/Tokyo")
+    got = await stub.GetCampaignSettings(S.GetCampaignSettingsRequest(), metadata=md)
+    assert got.default_reply_to == "Replies@shop.example"
     # A campaign without a zone is sent in the workspace's (frozen at send time).
     c = await create(stub, workspace)
     sent = await stub.SendCampaign(S.SendCampaignRequest(campaign_id=c.id), metadata=md)

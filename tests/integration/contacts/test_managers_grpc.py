@@ -3,7 +3,11 @@ PostgreSQL and Redis. Who may call what, what is stored, and each refusal."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sys
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -13,12 +17,13 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
-from services.common.auth import internal_metadata, manager_removed_key
+from services.common.auth import internal_metadata, manager_removed_key, sessions_ended_key
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.gateway.conftest import new_workspace
 from tests.support import fetchval, unique
 
 OWNER = contacts_pb2.ManagerRole.MANAGER_ROLE_OWNER
+MANAGER = contacts_pb2.ManagerRole.MANAGER_ROLE_MANAGER
 VIEWER = contacts_pb2.ManagerRole.MANAGER_ROLE_VIEWER
 PASSWORD = "correct horse battery staple"
 INTERNAL = internal_metadata("dev-internal-token")
@@ -207,3 +212,135 @@ async def test_the_last_owner_stays_and_a_removed_manager_is_marked_for_the_sess
         assert not await redis.exists(manager_removed_key(owner.id))
     finally:
         await redis.aclose()
+
+
+async def update(
+    stub: contacts_pb2_grpc.ManagerServiceStub, workspace: Workspace, manager_id: str, role: int
+) -> contacts_pb2.Manager:
+    answer = await stub.UpdateManager(
+        contacts_pb2.UpdateManagerRequest(manager_id=manager_id, role=role),  # type: ignore[arg-type]
+        metadata=workspace.metadata,
+    )
+    return answer.manager
+
+
+async def test_a_role_change_is_stored_and_marks_the_managers_sessions_ended(
+    stub: contacts_pb2_grpc.ManagerServiceStub, workspace: Workspace
+) -> None:
+    await create(stub, workspace, new_email())
+    email = new_email()
+    manager = await create(stub, workspace, email, MANAGER)
+    redis = aioredis.from_url(os.environ["REDIS_URL"])
+    try:
+        seconds, micros = await redis.time()
+        changed = await update(stub, workspace, manager.id, VIEWER)
+        marked = await redis.get(sessions_ended_key(manager.id))
+        assert await redis.ttl(sessions_ended_key(manager.id)) > 0
+    finally:
+        await redis.aclose()
+    assert changed.role == VIEWER and changed.id == manager.id
+    assert marked is not None and int(marked) >= seconds * 1_000_000 + micros
+    answer = await stub.AuthenticateManager(
+        contacts_pb2.AuthenticateManagerRequest(email=email, password=PASSWORD),
+        metadata=INTERNAL,
+    )
+    assert answer.manager.role == VIEWER
+
+
+async def test_the_last_owner_cannot_be_demoted_but_one_of_two_can(
+    stub: contacts_pb2_grpc.ManagerServiceStub, workspace: Workspace
+) -> None:
+    owner = await create(stub, workspace, new_email())
+    err = await refused(update(stub, workspace, owner.id, MANAGER))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "last owner" in err.details()
+    assert (await update(stub, workspace, owner.id, OWNER)).role == OWNER  # no change: fine
+    second = await create(stub, workspace, new_email(), VIEWER)
+    assert (await update(stub, workspace, second.id, OWNER)).role == OWNER
+    assert (await update(stub, workspace, owner.id, VIEWER)).role == VIEWER
+    err = await refused(update(stub, workspace, second.id, VIEWER))
+    assert err.code() == grpc.StatusCode.FAILED_PRECONDITION
+    listed = await stub.ListManagers(
+        contacts_pb2.ListManagersRequest(), metadata=workspace.metadata
+    )
+    assert {m.id: m.role for m in listed.managers} == {owner.id: VIEWER, second.id: OWNER}
+
+
+async def test_owners_demoting_each_other_at_once_leave_one_owner(
+    stub: contacts_pb2_grpc.ManagerServiceStub, workspace: Workspace
+) -> None:
+    owners = [await create(stub, workspace, new_email()) for _ in range(8)]
+    outcomes = await asyncio.gather(
+        *(update(stub, workspace, owner.id, VIEWER) for owner in owners),
+        return_exceptions=True,
+    )
+    refusals = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert [r.code() for r in refusals] == [grpc.StatusCode.FAILED_PRECONDITION]
+    listed = await stub.ListManagers(
+        contacts_pb2.ListManagersRequest(), metadata=workspace.metadata
+    )
+    assert [m.role for m in listed.managers].count(OWNER) == 1
+
+
+async def test_a_bad_role_change_is_refused_field_by_field(
+    stub: contacts_pb2_grpc.ManagerServiceStub, workspace: Workspace
+) -> None:
+    err = await refused(update(stub, workspace, "not-a-uuid", 7))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert set(violations(err)) == {"manager_id", "role"}
+
+
+async def test_another_workspaces_manager_is_not_found_and_keeps_its_role(
+    stub: contacts_pb2_grpc.ManagerServiceStub,
+    workspace: Workspace,
+    contacts_service: RunningService,
+) -> None:
+    theirs = await create(stub, workspace, new_email(), MANAGER)
+    other = await new_workspace(contacts_service)
+    err = await refused(update(stub, other, theirs.id, VIEWER))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    err = await refused(update(stub, workspace, str(uuid.uuid4()), VIEWER))
+    assert err.code() == grpc.StatusCode.NOT_FOUND
+    listed = await stub.ListManagers(
+        contacts_pb2.ListManagersRequest(), metadata=workspace.metadata
+    )
+    assert [m.role for m in listed.managers if m.id == theirs.id] == [MANAGER]
+
+
+async def test_the_cli_changes_a_role_and_says_why_it_cannot(
+    contacts_service: RunningService, workspace: Workspace
+) -> None:
+    async def nudge(*arguments: str) -> tuple[int, str, str]:
+        """``nudge managers ...`` as a process (asyncio's, since contacts runs on this loop)."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "services.cli",
+            "managers",
+            *arguments,
+            "--addr",
+            contacts_service.address,
+            "--api-key",
+            workspace.api_key,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "NUDGE_MANAGER_PASSWORD": PASSWORD},
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    made = [
+        await nudge("create", "--email", new_email(), "--role", r) for r in ("owner", "manager")
+    ]
+    assert [code for code, _, _ in made] == [0, 0], made[0][2]
+    owner, manager = (json.loads(out) for _, out, _ in made)
+    code, out, err = await nudge("role", manager["id"], "viewer")
+    assert code == 0, err
+    assert json.loads(out)["role"] == "viewer"
+    code, _, err = await nudge("role", owner["id"], "manager")
+    assert code == 1
+    assert "FAILED_PRECONDITION" in err and "last owner" in err
+    _, out, _ = await nudge("list")
+    listed = [json.loads(line) for line in out.splitlines()]
+    assert {m["id"]: m["role"] for m in listed} == {owner["id"]: "owner", manager["id"]: "viewer"}

@@ -279,17 +279,34 @@ async def test_another_workspaces_campaign_is_404_on_every_route(
 
 async def test_settings_read_and_patch(http: httpx.AsyncClient) -> None:
     got = await http.get("/v1/campaign-settings")
-    assert got.json() == {"frequency_cap_messages": 1, "frequency_cap_days": 30, "time_zone": "UTC"}
+    assert got.json() == {
+        "frequency_cap_messages": 1,
+        "frequency_cap_days": 30,
+        "time_zone": "UTC",
+        "default_reply_to": "",
+    }
     patched = await http.patch("/v1/campaign-settings", json={"frequency_cap_days": 7})
     assert patched.json() == {
         "frequency_cap_messages": 1,
         "frequency_cap_days": 7,
         "time_zone": "UTC",
+        "default_reply_to": "",
     }
+    replies = await http.patch(
+        "/v1/campaign-settings", json={"default_reply_to": "replies@shop.example"}
+    )
+    assert replies.json()["default_reply_to"] == "replies@shop.example"
+    assert replies.json()["frequency_cap_days"] == 7
+    answer = problem(
+        await http.patch("/v1/campaign-settings", json={"default_reply_to": "not-an-address"}),
+        422,
+    )
+    assert [e["field"] for e in answer["errors"]] == ["default_reply_to"]
     answer = problem(
         await http.patch("/v1/campaign-settings", json={"time_zone": "Mars/Base"}), 422
     )
     assert [e["field"] for e in answer["errors"]] == ["time_zone"]
     problem(await http.patch("/v1/campaign-settings", json={"frequency_cap_messages": 0}), 422)
     problem(await http.patch("/v1/campaign-settings", json={}), 422)
-    assert (await http.get("/v1/campaign-settings")).json()["frequency_cap_days"] == 7
+    kept = (await http.get("/v1/campaign-settings")).json()
+    assert (kept["frequency_cap_days"], kept["default_reply_to"]) == (7, "replies@shop.example")

@@ -286,3 +286,66 @@ async def test_a_removed_managers_session_ends_at_once(
         assert removed.status_code == 200, removed.text
         assert (await viewer_client.get("/v1/contacts")).status_code == 401
         assert (await viewer_client.get("/v1/session")).status_code == 401
+
+
+async def test_a_demoted_manager_signs_in_again_and_gets_the_new_role(
+    http: httpx.AsyncClient, browser: Browser, workspace: Workspace
+) -> None:
+    owner = await new_manager(http, workspace, "owner")
+    manager = await new_manager(http, workspace, "manager")
+    async with browser() as owner_client, browser() as manager_client:
+        token = await sign_in(owner_client, owner)
+        manager_token = await sign_in(manager_client, manager)
+        team = (await owner_client.get("/v1/managers")).json()["managers"]
+        manager_id = next(m["id"] for m in team if m["email"] == manager)
+        changed = await owner_client.patch(
+            f"/v1/managers/{manager_id}", json={"role": "viewer"}, headers={"X-CSRF-Token": token}
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json()["role"] == "viewer"
+        ended = await manager_client.post(
+            "/v1/contacts", json={"email": new_email()}, headers={"X-CSRF-Token": manager_token}
+        )
+        assert ended.status_code == 401
+        manager_token = await sign_in(manager_client, manager)
+        assert (await manager_client.get("/v1/session")).json()["manager"]["role"] == "viewer"
+        refused = await manager_client.post(
+            "/v1/contacts", json={"email": new_email()}, headers={"X-CSRF-Token": manager_token}
+        )
+        assert refused.status_code == 403
+        # The owner's own session is untouched.
+        assert (await owner_client.get("/v1/managers")).status_code == 200
+
+
+async def test_a_role_change_refused_with_problems(
+    http: httpx.AsyncClient, browser: Browser, workspace: Workspace
+) -> None:
+    owner = await new_manager(http, workspace, "owner")
+    manager = await new_manager(http, workspace, "manager")
+    async with browser() as client:
+        token = await sign_in(client, owner)
+        me = (await client.get("/v1/session")).json()["manager"]["id"]
+        csrf = {"X-CSRF-Token": token}
+        last_owner = await client.patch(f"/v1/managers/{me}", json={"role": "viewer"}, headers=csrf)
+        unknown = await client.patch(
+            "/v1/managers/00000000-0000-4000-8000-000000000000",
+            json={"role": "viewer"},
+            headers=csrf,
+        )
+        bad_role = await client.patch(f"/v1/managers/{me}", json={"role": "admin"}, headers=csrf)
+        bad_id = await client.patch("/v1/managers/nope", json={"role": "viewer"}, headers=csrf)
+        for answer in (last_owner, unknown, bad_role, bad_id):
+            assert answer.headers["content-type"] == PROBLEM, answer.text
+        assert last_owner.status_code == 409
+        assert "last owner" in last_owner.json()["detail"]
+        assert unknown.status_code == 404
+        assert bad_role.status_code == 422
+        assert [e["field"] for e in bad_role.json()["errors"]] == ["role"]
+        assert bad_id.status_code == 422
+        assert (await client.get("/v1/session")).json()["manager"]["role"] == "owner"
+    async with browser() as client:
+        token = await sign_in(client, manager)
+        team = await client.patch(
+            f"/v1/managers/{me}", json={"role": "viewer"}, headers={"X-CSRF-Token": token}
+        )
+        assert team.status_code == 403  # only an owner changes roles

@@ -11,7 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from services.common.auth import manager_removed_key
+from services.common.auth import (
+    MARK_SESSIONS_ENDED_SCRIPT,
+    manager_removed_key,
+    sessions_ended_key,
+)
 from services.gateway.sessions import LoginThrottle, Session, SessionStore, session_key
 from tests.support import unique
 
@@ -32,6 +36,7 @@ async def new_session(store: SessionStore) -> tuple[str, Session]:
         role="owner",
         workspace_id=unique("ws"),
         workspace_name="Shop",
+        signed_in_us=await store.now_us(),
     )
 
 
@@ -70,6 +75,28 @@ async def test_a_removed_managers_session_is_refused_and_deleted(redis: aioredis
     await redis.set(manager_removed_key(session.manager_id), b"1", ex=60)
     assert await store.get(session_id) is None
     assert await redis.exists(session_key(session_id)) == 0
+
+
+async def test_a_role_change_ends_the_sessions_signed_in_before_it_and_no_later_one(
+    redis: aioredis.Redis,
+) -> None:
+    store = SessionStore(redis, idle_s=600, max_s=3600)
+    before_id, before = await new_session(store)
+    # As contacts marks a role change (services/contacts/managers.py), on Redis's clock.
+    await redis.eval(  # type: ignore[misc]
+        MARK_SESSIONS_ENDED_SCRIPT, 1, sessions_ended_key(before.manager_id), 60
+    )
+    after_id, after = await store.create(
+        manager_id=before.manager_id,
+        email=before.email,
+        role="viewer",
+        workspace_id=before.workspace_id,
+        workspace_name=before.workspace_name,
+        signed_in_us=await store.now_us(),
+    )
+    assert await store.get(before_id) is None
+    assert await redis.exists(session_key(before_id)) == 0
+    assert await store.get(after_id) == after
 
 
 async def test_the_throttle_window_starts_at_the_first_failure_and_a_success_clears_the_email(

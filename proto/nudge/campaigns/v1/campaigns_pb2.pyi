@@ -916,22 +916,26 @@ class CampaignSettings(_message.Message):
     FREQUENCY_CAP_MESSAGES_FIELD_NUMBER: _builtins.int
     FREQUENCY_CAP_DAYS_FIELD_NUMBER: _builtins.int
     TIME_ZONE_FIELD_NUMBER: _builtins.int
+    DEFAULT_REPLY_TO_FIELD_NUMBER: _builtins.int
     frequency_cap_messages: _builtins.int
     """at most this many targeted messages per contact..."""
     frequency_cap_days: _builtins.int
     """...per this many days; default 1 per 30"""
     time_zone: _builtins.str
     """IANA; default "UTC" """
+    default_reply_to: _builtins.str
+    """The Reply-To of a campaign that names none; "" for none (the default)."""
     def __init__(
         self,
         *,
         frequency_cap_messages: _builtins.int = ...,
         frequency_cap_days: _builtins.int = ...,
         time_zone: _builtins.str = ...,
+        default_reply_to: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["frequency_cap_days", b"frequency_cap_days", "frequency_cap_messages", b"frequency_cap_messages", "time_zone", b"time_zone"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_reply_to", b"default_reply_to", "frequency_cap_days", b"frequency_cap_days", "frequency_cap_messages", b"frequency_cap_messages", "time_zone", b"time_zone"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -2518,3 +2518,46 @@ class RemoveManagerResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RemoveManagerResponse: _TypeAlias = RemoveManagerResponse  # noqa: Y015
+
+@_typing.final
+class UpdateManagerRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGER_ID_FIELD_NUMBER: _builtins.int
+    ROLE_FIELD_NUMBER: _builtins.int
+    manager_id: _builtins.str
+    role: Global___ManagerRole.ValueType
+    """the new role"""
+    def __init__(
+        self,
+        *,
+        manager_id: _builtins.str = ...,
+        role: Global___ManagerRole.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager_id", b"manager_id", "role", b"role"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateManagerRequest: _TypeAlias = UpdateManagerRequest  # noqa: Y015
+
+@_typing.final
+class UpdateManagerResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANAGER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def manager(self) -> Global___Manager: ...
+    def __init__(
+        self,
+        *,
+        manager: Global___Manager | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["manager", b"manager"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateManagerResponse: _TypeAlias = UpdateManagerResponse  # noqa: Y015

@@ -1555,6 +1555,11 @@ class ManagerServiceStub:
                 request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerRequest.SerializeToString,
                 response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerResponse.FromString,
                 _registered_method=True)
+        self.UpdateManager = channel.unary_unary(
+                '/nudge.contacts.v1.ManagerService/UpdateManager',
+                request_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateManagerRequest.SerializeToString,
+                response_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateManagerResponse.FromString,
+                _registered_method=True)
 
 
 class ManagerServiceServicer:
@@ -1589,6 +1594,14 @@ class ManagerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateManager(self, request, context):
+        """Changes the manager's role and ends their console sessions (they sign in again with
+        the new role). The last owner cannot be demoted (FAILED_PRECONDITION).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ManagerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -1611,6 +1624,11 @@ def add_ManagerServiceServicer_to_server(servicer, server):
                     servicer.RemoveManager,
                     request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerRequest.FromString,
                     response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerResponse.SerializeToString,
+            ),
+            'UpdateManager': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateManager,
+                    request_deserializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateManagerRequest.FromString,
+                    response_serializer=nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateManagerResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1724,6 +1742,33 @@ class ManagerService:
             '/nudge.contacts.v1.ManagerService/RemoveManager',
             nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerRequest.SerializeToString,
             nudge_dot_contacts_dot_v1_dot_contacts__pb2.RemoveManagerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateManager(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.contacts.v1.ManagerService/UpdateManager',
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateManagerRequest.SerializeToString,
+            nudge_dot_contacts_dot_v1_dot_contacts__pb2.UpdateManagerResponse.FromString,
             options,
             channel_credentials,
             insecure,

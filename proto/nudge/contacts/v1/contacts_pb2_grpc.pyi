@@ -399,6 +399,10 @@ class ManagerServiceStub:
     ListManagers: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.ListManagersRequest, _contacts_pb2.ListManagersResponse]
     RemoveManager: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.RemoveManagerRequest, _contacts_pb2.RemoveManagerResponse]
     """The last owner of a workspace cannot be removed (FAILED_PRECONDITION)."""
+    UpdateManager: _grpc.UnaryUnaryMultiCallable[_contacts_pb2.UpdateManagerRequest, _contacts_pb2.UpdateManagerResponse]
+    """Changes the manager's role and ends their console sessions (they sign in again with
+    the new role). The last owner cannot be demoted (FAILED_PRECONDITION).
+    """
 
 @_typing.type_check_only
 class ManagerServiceAsyncStub(ManagerServiceStub):
@@ -414,6 +418,10 @@ class ManagerServiceAsyncStub(ManagerServiceStub):
     ListManagers: _aio.UnaryUnaryMultiCallable[_contacts_pb2.ListManagersRequest, _contacts_pb2.ListManagersResponse]  # type: ignore[assignment]
     RemoveManager: _aio.UnaryUnaryMultiCallable[_contacts_pb2.RemoveManagerRequest, _contacts_pb2.RemoveManagerResponse]  # type: ignore[assignment]
     """The last owner of a workspace cannot be removed (FAILED_PRECONDITION)."""
+    UpdateManager: _aio.UnaryUnaryMultiCallable[_contacts_pb2.UpdateManagerRequest, _contacts_pb2.UpdateManagerResponse]  # type: ignore[assignment]
+    """Changes the manager's role and ends their console sessions (they sign in again with
+    the new role). The last owner cannot be demoted (FAILED_PRECONDITION).
+    """
 
 class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
     """Scoped to the caller's workspace (an API key, or the internal token with the workspace
@@ -450,5 +458,15 @@ class ManagerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_contacts_pb2.RemoveManagerResponse, _abc.Awaitable[_contacts_pb2.RemoveManagerResponse]]:
         """The last owner of a workspace cannot be removed (FAILED_PRECONDITION)."""
+
+    @_abc_1.abstractmethod
+    def UpdateManager(
+        self,
+        request: _contacts_pb2.UpdateManagerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_contacts_pb2.UpdateManagerResponse, _abc.Awaitable[_contacts_pb2.UpdateManagerResponse]]:
+        """Changes the manager's role and ends their console sessions (they sign in again with
+        the new role). The last owner cannot be demoted (FAILED_PRECONDITION).
+        """
 
 def add_ManagerServiceServicer_to_server(servicer: ManagerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
