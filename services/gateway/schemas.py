@@ -787,6 +787,12 @@ class AdHocCountIn(StrictModel):
     as_of: Rfc3339 | None = Field(None, description=AS_OF_DESCRIPTION)
 
 
+class AdHocPreviewIn(AdHocCountIn):
+    """The first members a rule picks without saving it (the rule builder's preview)."""
+
+    limit: int = Field(20, ge=1, le=100, description="Members shown (1-100).")
+
+
 class RuleCount(ResponseModel):
     """An ad-hoc rule's count. No segment id: there is none, and an empty one would be read as
     a link to `/v1/segments/{segment_id}`."""

@@ -62,12 +62,13 @@ OWNER, MANAGER, VIEWER = "owner", "manager", "viewer"
 ROLES = (OWNER, MANAGER, VIEWER)
 # Paths only an owner may use, whatever the method: the team and the API keys.
 OWNER_PATHS = ("/v1/managers", "/v1/api-keys")
-# POSTs that change nothing (a rule counted or checked, a definition checked): a viewer may
-# make them, so the console's rule builder counts and its workflow form checks for a viewer
-# too. Exact paths: nothing under them.
+# POSTs that change nothing (a rule counted, previewed or checked, a definition checked): a
+# viewer may make them, so the console's rule builder counts and previews and its workflow
+# form checks for a viewer too. Exact paths: nothing under them.
 READ_ONLY_POSTS = frozenset(
     {
         "/v1/segments:count",
+        "/v1/segments:preview",
         "/v1/segments:validate",
         "/v1/segments:overlap",
         "/v1/workflows:validate",

@@ -97,6 +97,13 @@ async def test_the_rule_builders_count_is_the_apis_and_a_saved_segment_is_previe
     shown = json.loads(await builder.locator("#rule-json").text_content() or "null")
     assert shown == {"field": "vip", "op": "eq", "value": True}
     assert await api_count(http, shop, shown) == 2
+    # The rule, not yet saved, is previewed too: its first contacts are the two VIPs.
+    sample = builder.locator("#rule-sample .email")
+    await expect(sample).to_have_count(2, timeout=WAIT_MS)
+    picked = await http.post("/v1/segments:preview", json={"rule": shown}, headers=shop.auth)
+    assert sorted(await sample.all_text_contents()) == sorted(
+        m["email"] for m in picked.json()["members"]
+    )
 
     # Two conditions under "any": the count follows, and is the API's count of the JSON shown.
     await builder.get_by_role("button", name="Add a condition").click()

@@ -1,7 +1,8 @@
 // Segments: the built-in and custom segments with their counts, a preview of a segment's
 // first members, deleting a custom one, and a rule builder: conditions combined by "all" or
-// "any", producing the rule JSON of docs/segment-rules.md, counted live (POST
-// /v1/segments:count, debounced) and saved as a custom segment. A viewer sees everything
+// "any", producing the rule JSON of docs/segment-rules.md, counted and previewed live (POST
+// /v1/segments:preview, debounced: the number and the first few it picks) and saved as a
+// custom segment. A viewer sees everything
 // with the changing controls disabled: the gateway refuses their unsafe requests anyway.
 // Every value from the server is rendered as text (dom.js).
 import { api, ApiError } from './api.js';
@@ -9,6 +10,7 @@ import { formatDate, formatNumber, h } from './dom.js';
 
 const COUNT_DELAY_MS = 400;
 const PREVIEW_SIZE = 20;
+const SAMPLE_SIZE = 5; // the rule builder's live preview
 
 // The builder's vocabulary: a subset of services/segmentation/domain/rules.py (FIELDS, OPS).
 const FIELDS = {
@@ -214,6 +216,7 @@ function builder(state, target) {
   const list = h('ol', { class: 'conditions', id: 'conditions' });
   const json = h('pre', { id: 'rule-json', class: 'rule-json' });
   const count = h('p', { id: 'rule-count', class: 'count', 'aria-live': 'polite' }, '–');
+  const sample = h('ul', { id: 'rule-sample', class: 'rule-sample', 'aria-label': 'Some of them' });
   const ruleErrors = h('div', { class: 'form-errors', id: 'rule-errors', role: 'alert' });
   const name = h('input', { id: 'segment-name', type: 'text', maxlength: 200, disabled: !state.canEdit });
   const nameError = h('p', { class: 'error field-error', id: 'segment-name-error' });
@@ -254,18 +257,25 @@ function builder(state, target) {
     json.textContent = current ? JSON.stringify(current, null, 2) : '';
     if (!current) {
       count.textContent = '–';
+      sample.replaceChildren();
       showErrors([]);
       return;
     }
     const mine = (asked += 1);
     try {
-      const answer = await api('POST', '/v1/segments:count', { rule: current });
+      const answer = await api('POST', '/v1/segments:preview', { rule: current, limit: SAMPLE_SIZE });
       if (mine !== asked) return; // a later change is being counted: its answer wins
       count.textContent = formatNumber(answer.count);
+      sample.replaceChildren(...answer.members.map((m) => h(
+        'li', { class: 'sample-member' },
+        h('a', { href: `#/contacts/${encodeURIComponent(m.contact_id)}`, class: 'email' }, m.email || m.contact_id),
+        [m.first_name, m.last_name].filter(Boolean).length ? ` ${[m.first_name, m.last_name].filter(Boolean).join(' ')}` : '',
+      )));
       showErrors([]);
     } catch (error) {
       if (mine !== asked) return;
       count.textContent = '–';
+      sample.replaceChildren();
       showErrors(problemErrors(error));
     }
   }
@@ -289,6 +299,7 @@ function builder(state, target) {
     list,
     add,
     h('div', { class: 'live' }, h('span', { class: 'muted' }, 'Contacts now: '), count),
+    sample,
     ruleErrors,
     h('details', {}, h('summary', {}, 'The rule as JSON'), json),
     h('label', { for: 'segment-name' }, 'Name'),

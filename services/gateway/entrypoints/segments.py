@@ -31,6 +31,7 @@ from services.gateway.paths import CONTACT_ID_PATTERN, ContactId
 from services.gateway.schemas import (
     AS_OF_DESCRIPTION,
     AdHocCountIn,
+    AdHocPreviewIn,
     ContactSegments,
     MemberOut,
     MemberPage,
@@ -213,6 +214,30 @@ async def count_rule(body: AdHocCountIn, caller: CallerDep, backends: BackendsDe
     )
     counted = convert.segment_count_json("", answer)
     return RuleCount(count=counted.count, as_of=counted.as_of)
+
+
+@router.post(
+    "/v1/segments:preview",
+    response_model=SegmentPreview,
+    summary="The first members a rule picks (not saved)",
+    responses=problems.responses(400, 401, 413, 422, 503),
+)
+async def preview_rule(
+    body: AdHocPreviewIn, caller: CallerDep, backends: BackendsDep
+) -> SegmentPreview:
+    """The first `limit` contacts the rule picks at `as_of` by contact id, with what a manager
+    needs to recognise them, and the number of all: the rule builder's preview, without
+    saving the rule (as `GET /v1/segments/{segment_id}/preview` for a saved one)."""
+    request = segmentation_pb2.PreviewSegmentRequest(
+        target=segmentation_pb2.SegmentTarget(rule=convert.rule_text(body.rule)),
+        limit=body.limit,
+    )
+    if body.as_of is not None:
+        request.as_of.FromDatetime(body.as_of)
+    answer: segmentation_pb2.PreviewSegmentResponse = await caller.call(
+        backends.segments.PreviewSegment, request, service=SEGMENTATION
+    )
+    return convert.preview_json(answer)
 
 
 @router.post(

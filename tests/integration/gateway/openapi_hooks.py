@@ -63,6 +63,7 @@ RULE_BODIES = frozenset(
         ("PATCH", "/v1/segments/{segment_id}"),
         ("POST", "/v1/segments:validate"),
         ("POST", "/v1/segments:count"),
+        ("POST", "/v1/segments:preview"),
     }
 )
 # Any valid rule: a random JSON object is almost never one (the rule language is a grammar

@@ -170,6 +170,16 @@ async def test_validate_and_count_an_ad_hoc_rule(
     ) == ["as_of"]
     vip = await http.get("/v1/segments/vip/count", params={"as_of": NOW.isoformat()})
     assert vip.json()["count"] == 0
+
+    # The rule builder's preview: the first members of a rule not saved, and all their number.
+    previewed = await http.post("/v1/segments:preview", json={"rule": NEWSLETTER, "limit": 1})
+    assert previewed.status_code == 200, previewed.text
+    assert previewed.json()["count"] == 2 and len(previewed.json()["members"]) == 1
+    assert "newsletter" in previewed.json()["members"][0]["tags"]
+    assert error_fields(await http.post("/v1/segments:preview", json={"rule": {"tag": 7}}))
+    assert error_fields(
+        await http.post("/v1/segments:preview", json={"rule": NEWSLETTER, "limit": 101})
+    ) == ["limit"]
     problem(await http.get(f"/v1/segments/{uuid.uuid4()}/count"), 404)
 
 
