@@ -54,6 +54,13 @@ T = TypeVar("T")
 
 KEY_PATTERN = re.compile(r"^nk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 WORKSPACE_HEADER = "x-nudge-workspace-id"
+# A service-to-service call made for a signed-in console manager (the gateway's sessions)
+# names them, so that a change they make is recorded as theirs, not as "internal". Read only
+# beside the internal token: an API key's caller is its key.
+ACTOR_HEADER = "x-nudge-actor"
+MANAGER_ACTOR = re.compile(
+    r"^manager:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+)
 
 
 @dataclass(frozen=True)
@@ -93,18 +100,30 @@ def current_workspace() -> str:
 
 def current_actor() -> str:
     """Who makes the call being handled, as recorded beside a change: ``api_key:<key id>``
-    for a manager's key, ``internal`` for another service."""
+    for a key, ``manager:<manager id>`` for a console manager (through the gateway's
+    session), ``internal`` for another service."""
     key_id = key_id_var.get()
     if not key_id or key_id == "internal":
         return "internal"
+    if MANAGER_ACTOR.match(key_id):
+        return key_id
     return f"api_key:{key_id}"
 
 
-def internal_metadata(token: str, workspace_id: str | None = None) -> tuple[tuple[str, str], ...]:
-    """gRPC metadata of a service-to-service call on behalf of ``workspace_id``."""
+def manager_actor(manager_id: str) -> str:
+    return f"manager:{manager_id.lower()}"
+
+
+def internal_metadata(
+    token: str, workspace_id: str | None = None, actor: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata of a service-to-service call on behalf of ``workspace_id`` (and of the
+    manager ``actor`` names, :func:`manager_actor`)."""
     md: tuple[tuple[str, str], ...] = (("authorization", f"Internal {token}"),)
     if workspace_id:
         md += ((WORKSPACE_HEADER, workspace_id),)
+    if actor:
+        md += ((ACTOR_HEADER, actor),)
     return md
 
 

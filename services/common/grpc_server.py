@@ -29,7 +29,13 @@ from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import aio_server_interceptor, filters
 
 from services.common import errors, reflection_v1
-from services.common.auth import WORKSPACE_HEADER, ApiKeyVerifier, Principal
+from services.common.auth import (
+    ACTOR_HEADER,
+    MANAGER_ACTOR,
+    WORKSPACE_HEADER,
+    ApiKeyVerifier,
+    Principal,
+)
 from services.common.context import key_id_var, workspace_id_var
 from services.common.ids import is_uuid
 from services.common.metrics import GrpcMetricsInterceptor
@@ -323,7 +329,12 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             workspace_id = str(metadata.get(WORKSPACE_HEADER, ""))
             if workspace_id and not is_uuid(workspace_id):
                 raise errors.Unauthenticated(f"{WORKSPACE_HEADER} is not a workspace id")
-            return Principal(workspace_id=workspace_id, key_id="internal")
+            actor = str(metadata.get(ACTOR_HEADER, ""))
+            if actor and not MANAGER_ACTOR.match(actor):
+                raise errors.Unauthenticated(f"{ACTOR_HEADER} is not a manager:<id>")
+            # The manager the gateway acts for stands in the key id's place: what the call
+            # changes is recorded as theirs (auth.current_actor).
+            return Principal(workspace_id=workspace_id, key_id=actor or "internal")
         if policy == "internal":
             raise errors.Unauthenticated("this method is for Nudge's own services")
         if scheme != "Bearer" or not credential:

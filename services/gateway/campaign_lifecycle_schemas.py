@@ -77,7 +77,10 @@ class NoteIn(StrictModel):
 class TransitionOut(ResponseModel):
     from_status: CampaignStatus
     to_status: CampaignStatus
-    actor: str = Field(description='"api_key:<key id>", "system:scheduler", ...')
+    actor: str = Field(
+        description='"api_key:<key id>", "manager:<manager id>" (the console),'
+        ' "system:scheduler", ...'
+    )
     note: str
     at: datetime | None
 

@@ -24,7 +24,7 @@ from google.protobuf.message import Message
 from opentelemetry import trace
 from redis.exceptions import RedisError
 
-from services.common.auth import internal_metadata
+from services.common.auth import internal_metadata, manager_actor
 from services.common.tracing import message_ids
 from services.gateway import problems, sessions
 from services.gateway.adapters.grpc import Backends
@@ -152,7 +152,9 @@ async def get_caller(
             )
         check_session(request, session)
         return Caller(
-            metadata=internal_metadata(settings.internal_token, session.workspace_id),
+            metadata=internal_metadata(
+                settings.internal_token, session.workspace_id, manager_actor(session.manager_id)
+            ),
             timeout_s=settings.rpc_timeout_s,
         )
     if not _CREDENTIAL.match(credentials.credentials):

@@ -178,7 +178,13 @@ async def test_seed_000_three_overlapping_segments_four_lines_one_mail_each_and_
         await expect(
             page.locator('#chart-engagement [data-series="opened-human"]')
         ).to_have_attribute("data-value", "1")
+        # The send is recorded as the manager's, not as the gateway's: the page says "by you".
+        me = await page.evaluate("async () => (await (await fetch('/v1/session')).json()).manager")
+        sent_by = page.locator(".transitions .transition").first
+        await expect(sent_by).to_contain_text("by you", timeout=WAIT_MS)
+        moves = (await api.get(f"/v1/campaigns/{campaign_id}/transitions")).json()
         await page.context.close()
+    assert moves["transitions"][0]["actor"] == f"manager:{me['id']}", moves
 
     mails = campaign_mails(system, subject)
     assert Counter(to(m) for m in mails) == Counter(

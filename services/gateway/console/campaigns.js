@@ -694,9 +694,20 @@ function lifecycle(campaign, me, onMoved) {
   return box;
 }
 
-function renderTransitions(target, list) {
+/** Who moved a campaign, in words: the transitions name "manager:<id>" for a console
+ * manager, "api_key:<id>" for a key, "system:..." for Nudge itself. */
+function actorWords(actor, me) {
+  if (actor === `manager:${me.manager.id}`) return 'by you';
+  if (actor.startsWith('manager:')) return 'by a team member';
+  if (actor.startsWith('api_key:')) return `by the API key ${actor.slice('api_key:'.length)}`;
+  return 'by Nudge';
+}
+
+function renderTransitions(target, list, me) {
   target.replaceChildren(h('ol', { class: 'transitions' }, list.transitions.map((t) => h(
-    'li', {}, `${formatDate(t.at)}: ${t.from_status} → ${t.to_status}`, t.note ? ` (“${t.note}”)` : '',
+    'li', { class: 'transition', 'data-actor': t.actor },
+    `${formatDate(t.at)}: ${t.from_status} → ${t.to_status}, ${actorWords(t.actor, me)}`,
+    t.note ? ` (“${t.note}”)` : '',
   ))));
 }
 
@@ -724,7 +735,7 @@ async function renderSent(main, campaign, me) {
     section('calls', 'Opened but did not buy', calls),
     section('history', 'History', history_),
   );
-  api('GET', `/v1/campaigns/${id}/transitions`).then((t) => renderTransitions(history_, t), (e) => history_.replaceChildren(failed(e)));
+  api('GET', `/v1/campaigns/${id}/transitions`).then((t) => renderTransitions(history_, t, me), (e) => history_.replaceChildren(failed(e)));
   async function load() {
     if (!main.isConnected || !location.hash.startsWith(`#/campaigns/${id}`)) return;
     let done = false;

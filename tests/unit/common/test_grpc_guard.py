@@ -8,7 +8,7 @@ import grpc
 import pytest
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
-from services.common.auth import Principal, internal_metadata
+from services.common.auth import ACTOR_HEADER, Principal, current_actor, internal_metadata
 from services.common.context import workspace_id_var
 from services.common.errors import NotFound, Unauthenticated
 from services.common.grpc_server import start_server
@@ -34,7 +34,9 @@ class Servicer(contacts_pb2_grpc.ContactServiceServicer):
         if request.contact.email == "missing@example.com":
             raise NotFound("contact not found")
         return contacts_pb2.GetContactResponse(
-            contact=contacts_pb2.Contact(workspace_id=workspace_id_var.get())
+            contact=contacts_pb2.Contact(
+                workspace_id=workspace_id_var.get(), external_id=current_actor()
+            )
         )
 
 
@@ -94,3 +96,37 @@ async def test_an_internal_call_must_name_a_real_workspace_id(
             by_email("a@example.com"), metadata=internal_metadata(TOKEN, "'; drop table x")
         )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+WORKSPACE = "11111111-1111-1111-1111-111111111111"
+MANAGER = "manager:0b6c3f5e-1d2a-4c1e-9f00-000000000001"
+
+
+async def test_a_change_is_recorded_as_the_manager_the_gateway_acts_for(
+    stub: contacts_pb2_grpc.ContactServiceStub,
+) -> None:
+    """The console's session calls carry the internal token and the manager: what they change
+    is the manager's (campaign transitions, published workflows), not "internal"."""
+    asked = by_email("a@example.com")
+    acting = await stub.GetContact(asked, metadata=internal_metadata(TOKEN, WORKSPACE, MANAGER))
+    assert acting.contact.external_id == MANAGER
+    assert acting.contact.workspace_id == WORKSPACE
+    service = await stub.GetContact(asked, metadata=internal_metadata(TOKEN, WORKSPACE))
+    assert service.contact.external_id == "internal"
+    # Beside an API key the header means nothing: the key is the caller.
+    keyed = await stub.GetContact(
+        asked, metadata=(("authorization", f"Bearer {KEY}"), (ACTOR_HEADER, MANAGER))
+    )
+    assert keyed.contact.external_id == "api_key:k"
+
+
+@pytest.mark.parametrize("actor", ["manager:", "manager:not-an-id", "internal", "api_key:k"])
+async def test_an_internal_call_must_name_a_manager_as_its_actor(
+    stub: contacts_pb2_grpc.ContactServiceStub, actor: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.GetContact(
+            by_email("a@example.com"), metadata=internal_metadata(TOKEN, WORKSPACE, actor)
+        )
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert ACTOR_HEADER in (err.value.details() or "")
