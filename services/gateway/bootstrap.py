@@ -149,6 +149,7 @@ def create_app(
     app.include_router(campaign_report.router)  # issue 15: the report
     app.include_router(campaign_timeline.router)  # issue 18: the report over time
     app.include_router(workflows.router)  # issue 16: workflows
+    app.include_router(messages.contact_router)  # issue 18: a contact's messages
     app.include_router(console_session.router)  # issue 18: the console's sessions
     app.include_router(console_session.managers_router)
     app.include_router(console_pages.router)

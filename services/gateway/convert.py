@@ -662,6 +662,34 @@ def message_story_json(
     )
 
 
+def contact_messages_json(
+    answer: delivery_pb2.ListContactMessagesResponse,
+) -> schemas.ContactMessageList:
+    """A page of a contact's messages (DeliveryService.ListContactMessages), with statuses
+    and kinds spelled as the message routes spell them."""
+    return schemas.ContactMessageList(
+        messages=[
+            schemas.ContactMessageOut(
+                message_id=m.message_id,
+                kind=_enum_name(delivery_pb2.MessageKind, "MESSAGE_KIND_", m.kind),
+                campaign_id=m.campaign_id,
+                workflow_id=m.workflow_id,
+                status=_enum_name(delivery_pb2.MessageStatus, "MESSAGE_STATUS_", m.status),
+                detail=m.detail,
+                attempts=m.attempts,
+                claimed_at=_time(m.claimed_at, m.HasField("claimed_at")),
+                updated_at=_time(m.updated_at, m.HasField("updated_at")),
+                human_opens=m.human_opens,
+                machine_opens=m.machine_opens,
+                human_clicks=m.human_clicks,
+                machine_clicks=m.machine_clicks,
+            )
+            for m in answer.messages
+        ],
+        next_page_token=answer.next_page_token,
+    )
+
+
 def message_status_json(answer: delivery_pb2.GetMessageStatusResponse) -> schemas.MessageStatusOut:
     return schemas.MessageStatusOut(
         message_id=answer.message_id,

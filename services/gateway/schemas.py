@@ -1207,6 +1207,30 @@ class MessageStoryOut(MessageStatusOut):
     trace: MessageTraceOut
 
 
+# A contact's messages (issue 18): GET /v1/contacts/{id}/messages, the console's contact page.
+
+
+class ContactMessageOut(ResponseModel):
+    message_id: str
+    kind: Literal["transactional", "campaign", "automation", "test", "unspecified"]
+    campaign_id: str = Field(description="The campaign that sent it; empty if none.")
+    workflow_id: str = Field(description="The workflow (automation) that sent it; empty if none.")
+    status: MessageStatus
+    detail: str = Field(description="The SMTP server's answer, or why (skipped, failed).")
+    attempts: int
+    claimed_at: datetime | None = Field(description="When delivery took it (the list's order).")
+    updated_at: datetime | None
+    human_opens: int = Field(description="Opens tracking saw by people.")
+    machine_opens: int = Field(description="Opens by scanners and privacy proxies.")
+    human_clicks: int
+    machine_clicks: int
+
+
+class ContactMessageList(ResponseModel):
+    messages: list[ContactMessageOut] = Field(description="Newest first.")
+    next_page_token: str = Field(description="Pass as `page_token` for more; empty at the end.")
+
+
 # --- health -------------------------------------------------------------------------------
 
 

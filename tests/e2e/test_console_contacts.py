@@ -14,9 +14,13 @@ from typing import Any
 
 import grpc
 import httpx
+from aiokafka import AIOKafkaProducer
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
+from nudge.tracking.v1 import events_pb2 as tracking_pb2
 from playwright.async_api import Browser, Page, expect
 
+from services.common.events import new_envelope
+from services.common.topics import TRACKING_EVENTS
 from tests.e2e import test_console as console
 from tests.e2e.conftest import System
 from tests.e2e.test_console import (
@@ -219,6 +223,38 @@ async def send_transactional(system: System, shop: Shop, contact_id: str) -> str
     return str(answer.message_id)
 
 
+async def seen_by_tracking(system: System, shop: Shop, contact_id: str, message_id: str) -> None:
+    """A person opens the mail twice and a link scanner clicks it, as tracking reports them
+    on tracking.events.v1 (delivery keeps them for the mail's story and the contact's page)."""
+    opened = tracking_pb2.MessageOpened(message_id=message_id, contact_id=contact_id)
+    scanned = tracking_pb2.LinkClicked(
+        message_id=message_id,
+        contact_id=contact_id,
+        url="https://shop.example/order",
+        machine_click=True,
+        machine_reason="scanner",
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=system.env["KAFKA_BOOTSTRAP_SERVERS"])
+    await producer.start()
+    try:
+        for event in (opened, opened, scanned):
+            envelope = new_envelope(shop.workspace_id, event)
+            await producer.send_and_wait(
+                TRACKING_EVENTS, envelope.SerializeToString(), key=contact_id.encode()
+            )
+    finally:
+        await producer.stop()
+
+
+async def tracking_counted(http: httpx.AsyncClient, shop: Shop, contact_id: str, n: int) -> bool:
+    answer = await http.get(f"/v1/contacts/{contact_id}/messages", headers=shop.auth)
+    m = answer.json()["messages"][0] if answer.status_code == 200 else {}
+    return (
+        sum(m.get(k, 0) for k in ("human_opens", "human_clicks", "machine_opens", "machine_clicks"))
+        == n
+    )
+
+
 async def message_sent(http: httpx.AsyncClient, shop: Shop, message_id: str) -> bool:
     answer = await http.get(f"/v1/messages/{message_id}", headers=shop.auth)
     return answer.status_code == 200 and answer.json()["status"] == "sent"
@@ -245,11 +281,15 @@ async def test_a_contacts_page_shows_consent_history_a_sent_messages_outcome_and
     await post(http, shop, consents, {"purpose": "marketing", "status": "withdrawn"})
     message_id = await send_transactional(system, shop, someone["id"])
     await eventually(lambda: message_sent(http, shop, message_id), timeout=60)
+    await seen_by_tracking(system, shop, someone["id"], message_id)
+    await eventually(lambda: tracking_counted(http, shop, someone["id"], 3), timeout=60)
     await eventually(lambda: _equals(vip_count(http, shop), 1), timeout=60)
 
     context = await browser.new_context(viewport={"width": 1280, "height": 900})
     page = await context.new_page()
     watched = watch(page)
+    requested: list[str] = []
+    page.on("request", lambda request: requested.append(request.url))
     await open_contacts(page, system, shop.owner)
     await page.get_by_role("link", name="Dora").click()
     await expect(page.locator("#contact-name")).to_have_text("Dora", timeout=WAIT_MS)
@@ -266,9 +306,16 @@ async def test_a_contacts_page_shows_consent_history_a_sent_messages_outcome_and
     await expect(history.nth(1)).to_contain_text("marketing: granted")
     await expect(history.nth(1)).to_contain_text("Send me the shop's news")
     await expect(history.nth(1)).to_contain_text("192.0.2.7")
+    # The messages come from GET /v1/contacts/{id}/messages (the export has no counts):
+    # the outcome, and what tracking saw, people apart from machines.
     sent = page.locator(f'#contact-messages [data-message-id="{message_id}"]')
     await expect(sent.locator(".outcome")).to_have_text("sent", timeout=WAIT_MS)
+    await expect(sent.locator(".tracking")).to_have_text(
+        "2 opens, 0 clicks by people · 0 opens, 1 click by machines", timeout=WAIT_MS
+    )
+    await expect(sent.locator(".origin")).to_have_text("transactional")
     await expect(page.locator("#contact-messages-card")).not_to_contain_text("null")
+    assert any(f"/v1/contacts/{someone['id']}/messages?" in url for url in requested)
     vip = page.locator('#contact-segments [data-segment-id="vip"]')
     await expect(vip.locator(".membership")).to_have_text("in", timeout=WAIT_MS)
     await vip.get_by_role("button", name="Why in?").click()
@@ -351,4 +398,43 @@ async def test_a_viewer_sees_contacts_but_cannot_tag_them(
     assert status == 403
     assert await all_with_tag(http, shop, "hacked") == set()
     assert someone["id"] in await all_with_tag(http, shop, "spring")
+    await context.close()
+
+
+async def listed_messages(http: httpx.AsyncClient, shop: Shop, contact_id: str) -> set[str]:
+    answer = await http.get(
+        f"/v1/contacts/{contact_id}/messages", params={"page_size": 100}, headers=shop.auth
+    )
+    assert answer.status_code == 200, answer.text
+    return {m["message_id"] for m in answer.json()["messages"]}
+
+
+async def test_a_viewer_reads_a_contacts_messages_a_page_at_a_time_with_more(
+    system: System, http: httpx.AsyncClient, browser: Browser
+) -> None:
+    """More than a page (20) of messages: "More" appends the next page, every message once,
+    and goes away at the end. A viewer may read them (a GET)."""
+    shop = await new_shop(system, http)
+    someone = await contact(http, shop, "m", first_name="Mo")
+    sent = {await send_transactional(system, shop, someone["id"]) for _ in range(23)}
+
+    async def all_claimed() -> bool:
+        return await listed_messages(http, shop, someone["id"]) == sent
+
+    await eventually(all_claimed, timeout=60)
+    viewer = await new_manager(http, shop.api_key, "viewer")
+    context = await browser.new_context()
+    page = await context.new_page()
+    watched = watch(page)
+    await open_contacts(page, system, viewer)
+    await page.get_by_role("link", name="Mo").click()
+    shown = page.locator("#contact-messages .message")
+    await expect(shown).to_have_count(20, timeout=WAIT_MS)
+    more = page.locator("#contact-messages-more")
+    await more.click()
+    await expect(shown).to_have_count(23, timeout=WAIT_MS)
+    await expect(more).to_have_count(0)
+    ids = [await shown.nth(i).get_attribute("data-message-id") for i in range(23)]
+    assert len(set(ids)) == 23 and set(ids) == sent
+    assert watched.exceptions == [] and watched.errors == []
     await context.close()

@@ -7,7 +7,7 @@ import grpc
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 
 from services.common.auth import current_workspace
-from services.delivery import guard, handlers, story
+from services.delivery import contact_messages, guard, handlers, story
 from services.delivery.adapters.dkim_keys import KeyCache
 from services.delivery.domain.sealing import Sealer
 from services.delivery.entrypoints.grpc_dkim import DkimKeysMixin
@@ -44,3 +44,9 @@ class DeliveryServicer(DkimKeysMixin, GuardRpcs, delivery_pb2_grpc.DeliveryServi
     ) -> delivery_pb2.MessageStory:
         """The story of a mail (services/delivery/story.py)."""
         return await story.explain(self.pool, current_workspace(), request.message_id)
+
+    async def ListContactMessages(
+        self, request: delivery_pb2.ListContactMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> delivery_pb2.ListContactMessagesResponse:
+        """A contact's messages, newest first (services/delivery/contact_messages.py)."""
+        return await contact_messages.list_page(self.pool, current_workspace(), request)

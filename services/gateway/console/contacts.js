@@ -10,9 +10,10 @@
 // segmentation's, not contacts': a segment filter reads the segment's members
 // (GET /v1/segments/{id}/members) and passes their ids as the contact_ids filter (at most
 // MAX_SEGMENT contacts, the bulk filter's limit; a larger segment is refused in words
-// rather than cut short). Events and messages come from the contact's export
-// (GET /v1/contacts/{id}/export), the one route that holds segmentation's activity and
-// delivery's ledger for a contact. Everything from the server is shown as text (dom.js).
+// rather than cut short). Messages come from GET /v1/contacts/{id}/messages (delivery's
+// ledger, newest first, a page at a time, with tracking's counts). Events still come from the
+// contact's export (GET /v1/contacts/{id}/export): no other route serves segmentation's
+// activity and orders for one contact. Everything from the server is shown as text (dom.js).
 import { api, ApiError } from './api.js';
 import { formatDate, formatNumber, h } from './dom.js';
 
@@ -23,14 +24,9 @@ const MEMBER_PAGE = 5000;
 const CONSENTS = ['marketing', 'targeted_messages', 'automations'].flatMap((purpose) =>
   ['granted', 'withdrawn', 'pending', 'never_asked'].map((state) => `${purpose}:${state}`),
 );
-const MESSAGE_STATUS = {
-  1: 'handing over',
-  2: 'sent',
-  3: 'skipped',
-  4: 'bounced',
-  5: 'failed',
-  6: 'retrying',
-};
+const MESSAGES_PAGE = 20;
+// The message routes' statuses, in the manager's words where the API's are the ledger's.
+const MESSAGE_OUTCOME = { claimed: 'handing over', deferred: 'retrying' };
 const FILTER_KEYS = ['q', 'tag', 'consent', 'segment'];
 
 let role = null;
@@ -438,7 +434,7 @@ function renderConsents(target, history) {
   );
 }
 
-function renderActivity(events, messages, exported) {
+function renderEvents(events, exported) {
   const seg = exported.services.segmentation || {};
   const activity = [
     ...(seg.activity || []).map((a) => ({ at: a.at, text: `${words(a.kind)}${a.subject ? `: ${a.subject}` : ''}` })),
@@ -453,28 +449,65 @@ function renderActivity(events, messages, exported) {
           h('li', { class: 'event' }, h('p', {}, e.text), h('p', { class: 'meta' }, formatDate(e.at)))))
       : h('p', { class: 'muted', id: 'contact-events' }, 'No events.'),
   );
-  const delivery = exported.services.delivery || {};
-  const rows = [...(delivery.messages || [])].sort((a, b) =>
-    String(b.claimed_at).localeCompare(String(a.claimed_at)));
-  const incomplete = exported.incomplete.length
-    ? h('p', { class: 'error' }, `Not shown, as it did not answer in time: ${exported.incomplete.join(', ')}.`)
-    : null;
-  messages.replaceChildren(
-    rows.length
-      ? h('ol', { class: 'rows', id: 'contact-messages' }, rows.map((m) => {
-          const outcome = MESSAGE_STATUS[m.status] || `status ${m.status}`;
-          const origin = m.campaign_id ? `campaign ${m.campaign_id}` : m.workflow_id ? `automation ${m.workflow_id}` : 'transactional';
-          return h(
-            'li',
-            { class: 'message', 'data-message-id': m.message_id },
-            h('p', {}, h('span', { class: `outcome outcome-${outcome.replace(' ', '-')}` }, outcome), ` · ${origin}`),
-            h('p', { class: 'meta' }, `${formatDate(m.updated_at || m.claimed_at)}${m.detail ? ` · ${m.detail}` : ''}`),
-          );
-        }))
-      : h('p', { class: 'muted', id: 'contact-messages' }, 'No messages yet.'),
-    ...(incomplete ? [incomplete] : []), // replaceChildren would show a null as "null"
+  if (exported.incomplete.includes('segmentation')) {
+    events.append(h('p', { class: 'error' }, 'Not shown, as segmentation did not answer in time.'));
+  }
+}
+
+function counted(n, one) {
+  return `${formatNumber(n)} ${one}${n === 1 ? '' : 's'}`;
+}
+
+function messageOrigin(m) {
+  if (m.campaign_id) return h('a', { href: `#/campaigns/${encodeURIComponent(m.campaign_id)}`, class: 'origin' }, `campaign ${m.campaign_id}`);
+  if (m.workflow_id) return h('a', { href: '#/automations', class: 'origin' }, `automation ${m.workflow_id}`);
+  return h('span', { class: 'origin' }, words(m.kind === 'test' ? 'test send' : m.kind));
+}
+
+function messageRow(m) {
+  const outcome = MESSAGE_OUTCOME[m.status] || words(m.status);
+  const seen = m.human_opens + m.human_clicks + m.machine_opens + m.machine_clicks
+    ? `${counted(m.human_opens, 'open')}, ${counted(m.human_clicks, 'click')} by people · `
+      + `${counted(m.machine_opens, 'open')}, ${counted(m.machine_clicks, 'click')} by machines`
+    : 'No opens or clicks seen.';
+  return h(
+    'li',
+    { class: 'message', 'data-message-id': m.message_id },
+    h('p', {}, h('span', { class: `outcome outcome-${m.status}` }, outcome), ' · ', messageOrigin(m)),
+    h('p', { class: 'meta' }, `${formatDate(m.updated_at || m.claimed_at)}${m.detail ? ` · ${m.detail}` : ''}`),
+    h('p', { class: 'meta tracking' }, seen),
   );
-  if (incomplete) events.append(incomplete.cloneNode(true));
+}
+
+// A page of the contact's messages at a time, newest first; "More" appends the next one.
+function renderMessages(target, contactId) {
+  const list = h('ol', { class: 'rows', id: 'contact-messages' });
+  const more = h('button', { type: 'button', id: 'contact-messages-more' }, 'More');
+  const problem = h('p', { class: 'error', role: 'alert' });
+  let token = '';
+  async function next() {
+    more.disabled = true;
+    problem.textContent = '';
+    const query = new URLSearchParams({ page_size: String(MESSAGES_PAGE) });
+    if (token) query.set('page_token', token);
+    try {
+      const page = await api('GET', `/v1/contacts/${encodeURIComponent(contactId)}/messages?${query}`);
+      if (!token && !page.messages.length) {
+        target.replaceChildren(h('p', { class: 'muted', id: 'contact-messages' }, 'No messages yet.'));
+        return;
+      }
+      list.append(...page.messages.map(messageRow));
+      token = page.next_page_token;
+      target.replaceChildren(list, ...(token ? [more] : []), problem);
+    } catch (error) {
+      if (token) problem.textContent = `Could not load more: ${error.message}`;
+      else target.replaceChildren(failed(error));
+    } finally {
+      more.disabled = false;
+    }
+  }
+  more.addEventListener('click', next);
+  next();
 }
 
 function explanationTree(node) {
@@ -554,12 +587,10 @@ function renderContact(main, contactId) {
   Promise.all([api('GET', '/v1/segments'), api('GET', `/v1/contacts/${id}/segments`)])
     .then(([all, member]) => renderSegments(segments, contactId, all, member))
     .catch((error) => segments.replaceChildren(failed(error)));
+  renderMessages(messages, contactId);
   api('GET', `/v1/contacts/${id}/export`)
-    .then((exported) => renderActivity(events, messages, exported))
-    .catch((error) => {
-      events.replaceChildren(failed(error));
-      messages.replaceChildren(failed(error));
-    });
+    .then((exported) => renderEvents(events, exported))
+    .catch((error) => events.replaceChildren(failed(error)));
 }
 
 export function renderContacts(main) {

@@ -403,6 +403,74 @@ async def test_an_unknown_message_is_404_and_a_malformed_id_is_422(gateway: Gate
     assert len(gateway.delivery.calls) == 1  # only the unknown one reached delivery
 
 
+async def test_a_contacts_messages_read_like_the_json_a_page_at_a_time(gateway: Gateway) -> None:
+    """GET /v1/contacts/{id}/messages (issue 18): statuses and kinds as the message routes
+    spell them, the counts and the token passed through, the paging asked of delivery."""
+    page = delivery_pb2.ListContactMessagesResponse(next_page_token="tok-2")
+    sent = page.messages.add(
+        message_id="0b6c3f5e-1d2a-4c1e-9f00-000000000003",
+        kind=delivery_pb2.MESSAGE_KIND_CAMPAIGN,
+        campaign_id="camp-1",
+        status=delivery_pb2.MESSAGE_STATUS_SENT,
+        detail="250 ok",
+        attempts=1,
+        human_opens=2,
+        machine_opens=1,
+        human_clicks=1,
+        machine_clicks=3,
+    )
+    sent.claimed_at.FromSeconds(1_700_000_000)
+    sent.updated_at.FromSeconds(1_700_000_060)
+    gateway.delivery.answers["ListContactMessages"] = page
+    answer = await gateway.http.get(
+        "/v1/contacts/c-1/messages", params={"page_size": 5, "page_token": "tok-1"}, headers=AUTH
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {
+        "messages": [
+            {
+                "message_id": "0b6c3f5e-1d2a-4c1e-9f00-000000000003",
+                "kind": "campaign",
+                "campaign_id": "camp-1",
+                "workflow_id": "",
+                "status": "sent",
+                "detail": "250 ok",
+                "attempts": 1,
+                "claimed_at": "2023-11-14T22:13:20Z",
+                "updated_at": "2023-11-14T22:14:20Z",
+                "human_opens": 2,
+                "machine_opens": 1,
+                "human_clicks": 1,
+                "machine_clicks": 3,
+            }
+        ],
+        "next_page_token": "tok-2",
+    }
+    assert gateway.delivery.calls[0][1] == delivery_pb2.ListContactMessagesRequest(
+        contact_id="c-1", page_size=5, page_token="tok-1"
+    )
+    default = await gateway.http.get("/v1/contacts/c-1/messages", headers=AUTH)
+    assert default.status_code == 200, default.text
+    assert gateway.delivery.calls[1][1].page_size == 20
+
+
+async def test_a_contacts_messages_name_the_bad_field_of_the_path_or_the_query(
+    gateway: Gateway,
+) -> None:
+    for query, field in (("page_size=0", "query.page_size"), ("page_size=101", "query.page_size")):
+        refused = await gateway.http.get(f"/v1/contacts/c-1/messages?{query}", headers=AUTH)
+        assert refused.status_code == 422, query
+        assert field_errors(refused) == [field]
+    assert gateway.delivery.calls == []  # refused before delivery
+    for violation, field in (("contact_id", "path.contact_id"), ("page_token", "query.page_token")):
+        gateway.delivery.answers["ListContactMessages"] = rpc_error(
+            grpc.StatusCode.INVALID_ARGUMENT, "invalid", {violation: "bad"}
+        )
+        refused = await gateway.http.get("/v1/contacts/c-1/messages?page_token=x", headers=AUTH)
+        assert (refused.status_code, refused.headers["content-type"]) == (422, PROBLEM)
+        assert field_errors(refused) == [field]
+
+
 async def test_a_confirmation_beyond_int64_is_422_not_a_500(gateway: Gateway) -> None:
     """Schemathesis sent 96995991023757274644480: the RPC's int64 could not hold it."""
     campaign = "56d1dd49-35db-43d6-9386-47245a4ef776"

@@ -793,3 +793,120 @@ class MessageStory(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___MessageStory: _TypeAlias = MessageStory  # noqa: Y015
+
+@_typing.final
+class ListContactMessagesRequest(_message.Message):
+    """A contact's messages, newest first, a page at a time (issue 18, the console's contact
+    page): each with its outcome and what tracking saw of it, counted. An unknown contact has
+    no messages (delivery does not own contacts).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTACT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    contact_id: _builtins.str
+    page_size: _builtins.int
+    """1-100; 0: 20"""
+    page_token: _builtins.str
+    """a next_page_token, unchanged; empty: the newest messages"""
+    def __init__(
+        self,
+        *,
+        contact_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["contact_id", b"contact_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContactMessagesRequest: _TypeAlias = ListContactMessagesRequest  # noqa: Y015
+
+@_typing.final
+class ContactMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    CAMPAIGN_ID_FIELD_NUMBER: _builtins.int
+    WORKFLOW_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    CLAIMED_AT_FIELD_NUMBER: _builtins.int
+    UPDATED_AT_FIELD_NUMBER: _builtins.int
+    HUMAN_OPENS_FIELD_NUMBER: _builtins.int
+    MACHINE_OPENS_FIELD_NUMBER: _builtins.int
+    HUMAN_CLICKS_FIELD_NUMBER: _builtins.int
+    MACHINE_CLICKS_FIELD_NUMBER: _builtins.int
+    message_id: _builtins.str
+    kind: Global___MessageKind.ValueType
+    campaign_id: _builtins.str
+    workflow_id: _builtins.str
+    status: Global___MessageStatus.ValueType
+    detail: _builtins.str
+    attempts: _builtins.int
+    human_opens: _builtins.int
+    """tracking's opens by people"""
+    machine_opens: _builtins.int
+    """by scanners and privacy proxies"""
+    human_clicks: _builtins.int
+    machine_clicks: _builtins.int
+    @_builtins.property
+    def claimed_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        message_id: _builtins.str = ...,
+        kind: Global___MessageKind.ValueType = ...,
+        campaign_id: _builtins.str = ...,
+        workflow_id: _builtins.str = ...,
+        status: Global___MessageStatus.ValueType = ...,
+        detail: _builtins.str = ...,
+        attempts: _builtins.int = ...,
+        claimed_at: _timestamp_pb2.Timestamp | None = ...,
+        updated_at: _timestamp_pb2.Timestamp | None = ...,
+        human_opens: _builtins.int = ...,
+        machine_opens: _builtins.int = ...,
+        human_clicks: _builtins.int = ...,
+        machine_clicks: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claimed_at", b"claimed_at", "updated_at", b"updated_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "campaign_id", b"campaign_id", "claimed_at", b"claimed_at", "detail", b"detail", "human_clicks", b"human_clicks", "human_opens", b"human_opens", "kind", b"kind", "machine_clicks", b"machine_clicks", "machine_opens", b"machine_opens", "message_id", b"message_id", "status", b"status", "updated_at", b"updated_at", "workflow_id", b"workflow_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ContactMessage: _TypeAlias = ContactMessage  # noqa: Y015
+
+@_typing.final
+class ListContactMessagesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty on the last page"""
+    @_builtins.property
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ContactMessage]:
+        """newest claim first"""
+
+    def __init__(
+        self,
+        *,
+        messages: _abc.Iterable[Global___ContactMessage] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListContactMessagesResponse: _TypeAlias = ListContactMessagesResponse  # noqa: Y015

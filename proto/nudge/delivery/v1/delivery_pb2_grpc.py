@@ -74,6 +74,11 @@ class DeliveryServiceStub:
                 request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ExplainMessageRequest.SerializeToString,
                 response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.MessageStory.FromString,
                 _registered_method=True)
+        self.ListContactMessages = channel.unary_unary(
+                '/nudge.delivery.v1.DeliveryService/ListContactMessages',
+                request_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListContactMessagesRequest.SerializeToString,
+                response_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListContactMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class DeliveryServiceServicer:
@@ -127,6 +132,12 @@ class DeliveryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListContactMessages(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DeliveryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -169,6 +180,11 @@ def add_DeliveryServiceServicer_to_server(servicer, server):
                     servicer.ExplainMessage,
                     request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ExplainMessageRequest.FromString,
                     response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.MessageStory.SerializeToString,
+            ),
+            'ListContactMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListContactMessages,
+                    request_deserializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListContactMessagesRequest.FromString,
+                    response_serializer=nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListContactMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -387,6 +403,33 @@ class DeliveryService:
             '/nudge.delivery.v1.DeliveryService/ExplainMessage',
             nudge_dot_delivery_dot_v1_dot_delivery__pb2.ExplainMessageRequest.SerializeToString,
             nudge_dot_delivery_dot_v1_dot_delivery__pb2.MessageStory.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListContactMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nudge.delivery.v1.DeliveryService/ListContactMessages',
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListContactMessagesRequest.SerializeToString,
+            nudge_dot_delivery_dot_v1_dot_delivery__pb2.ListContactMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,7 @@ class DeliveryServiceStub:
     ListDkimKeys: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ListDkimKeysRequest, _delivery_pb2.ListDkimKeysResponse]
     DeleteDkimKey: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.DeleteDkimKeyRequest, _delivery_pb2.DeleteDkimKeyResponse]
     ExplainMessage: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ExplainMessageRequest, _delivery_pb2.MessageStory]
+    ListContactMessages: _grpc.UnaryUnaryMultiCallable[_delivery_pb2.ListContactMessagesRequest, _delivery_pb2.ListContactMessagesResponse]
 
 @_typing.type_check_only
 class DeliveryServiceAsyncStub(DeliveryServiceStub):
@@ -51,6 +52,7 @@ class DeliveryServiceAsyncStub(DeliveryServiceStub):
     ListDkimKeys: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ListDkimKeysRequest, _delivery_pb2.ListDkimKeysResponse]  # type: ignore[assignment]
     DeleteDkimKey: _aio.UnaryUnaryMultiCallable[_delivery_pb2.DeleteDkimKeyRequest, _delivery_pb2.DeleteDkimKeyResponse]  # type: ignore[assignment]
     ExplainMessage: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ExplainMessageRequest, _delivery_pb2.MessageStory]  # type: ignore[assignment]
+    ListContactMessages: _aio.UnaryUnaryMultiCallable[_delivery_pb2.ListContactMessagesRequest, _delivery_pb2.ListContactMessagesResponse]  # type: ignore[assignment]
 
 class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -108,5 +110,12 @@ class DeliveryServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _delivery_pb2.ExplainMessageRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_delivery_pb2.MessageStory, _abc.Awaitable[_delivery_pb2.MessageStory]]: ...
+
+    @_abc_1.abstractmethod
+    def ListContactMessages(
+        self,
+        request: _delivery_pb2.ListContactMessagesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_delivery_pb2.ListContactMessagesResponse, _abc.Awaitable[_delivery_pb2.ListContactMessagesResponse]]: ...
 
 def add_DeliveryServiceServicer_to_server(servicer: DeliveryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
