@@ -99,7 +99,7 @@ def create_app(
                 stack.push_async_callback(app.state.backends.close)
             run_checks = checks
             if run_checks is None:
-                dependency_checks = DependencyChecks(settings, app.state.backends.health)
+                dependency_checks = DependencyChecks(settings, app.state.backends.health, redis)
                 stack.push_async_callback(dependency_checks.close)
                 run_checks = dependency_checks
             app.state.checks = CachedChecks(run_checks, settings.health_cache_s)

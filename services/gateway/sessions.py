@@ -30,8 +30,9 @@ Why it is built this way:
   ``max_failures`` failures for one e-mail within ``window_s`` (or
   ``max_failures_per_address`` from one address: an office behind one NAT address has
   several managers, so it gets more room), 429 with ``Retry-After`` until the window ends,
-  whether or not the password is right. The address is the TCP peer's (a proxy in front
-  must pass the client's through uvicorn's ``--forwarded-allow-ips``).
+  whether or not the password is right. The address is the client's as uvicorn reports it:
+  the TCP peer's, or the ``X-Forwarded-For`` of a proxy named in ``FORWARDED_ALLOW_IPS``
+  (uvicorn's setting, 127.0.0.1 by default; the README says so to operators).
 """
 
 from __future__ import annotations

@@ -250,6 +250,7 @@ async def test_healthz_reports_every_dependency_and_the_broker(system: System) -
         "triggers",
         "delivery",
         "tracking",
+        "gateway",  # its own Redis: the console's sessions
     }
     assert all(check["ok"] for check in checks.values())
     # Each service's own dependencies, as it reports them.

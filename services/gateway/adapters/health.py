@@ -1,15 +1,18 @@
 """What ``GET /healthz`` reports: each service behind the gateway, and each service's own
 dependencies as that service sees them.
 
-The gateway holds no database, Redis, Kafka or SMTP credentials (it faces the internet).
-Each gRPC service checks its own dependencies and reports them over ``grpc.health.v1``
-(services/common/dependencies.py): the gateway asks every service for its overall status
-and for ``dependency.<name>`` of each known dependency, concurrently, each with a short
-deadline; a name a service does not use answers NOT_FOUND and is left out. Tracking serves
-HTTP only, so its own ``/healthz`` is read instead (it reports Kafka, with the broker
-software and count). :class:`CachedChecks` keeps a report for ``health_cache_s`` (a second
-by default), so a flood of ``/healthz`` (which needs no credentials) cannot hammer the
-services: one round of checks at a time, and at most one per period.
+The gateway holds no database, Kafka or SMTP credentials (it faces the internet); its one
+dependency of its own is Redis, for the console's sessions and the sign-in throttle, which
+it reports as ``gateway`` (``{"dependencies": {"redis": ...}}``): API keys work without it,
+signing in does not. Each gRPC service checks its own dependencies and reports them over
+``grpc.health.v1`` (services/common/dependencies.py): the gateway asks every service for
+its overall status and for ``dependency.<name>`` of each known dependency, concurrently,
+each with a short deadline; a name a service does not use answers NOT_FOUND and is left
+out. Tracking serves HTTP only, so its own ``/healthz`` is read instead (it reports Kafka,
+with the broker software and count). :class:`CachedChecks` keeps a report for
+``health_cache_s`` (a second by default), so a flood of ``/healthz`` (which needs no
+credentials) cannot hammer the services: one round of checks at a time, and at most one per
+period.
 
 Each service answers ``{"ok", "latency_ms", "detail"?, "dependencies"?}``, where
 ``dependencies`` maps a name to ``{"ok", ...}``. A failed check says why in ``detail``,
@@ -27,7 +30,7 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.common.dependencies import KNOWN, health_name
+from services.common.dependencies import KNOWN, health_name, redis_check
 from services.common.kafka_probe import describe
 from services.gateway.config import Settings
 
@@ -69,8 +72,14 @@ class CachedChecks:
 class DependencyChecks:
     """Asks each service how it and its dependencies are (module docstring)."""
 
-    def __init__(self, settings: Settings, grpc_health: dict[str, health_pb2_grpc.HealthStub]):
+    def __init__(
+        self,
+        settings: Settings,
+        grpc_health: dict[str, health_pb2_grpc.HealthStub],
+        redis: Any = None,
+    ):
         self._settings = settings
+        self._redis = redis
         self._timeout = settings.health_timeout_s
         self._grpc_health = grpc_health
         self._http = httpx.AsyncClient(timeout=self._timeout)
@@ -83,6 +92,8 @@ class DependencyChecks:
             **{name: self._grpc(stub) for name, stub in self._grpc_health.items()},
             "tracking": self._tracking,
         }
+        if self._redis is not None:
+            checks["gateway"] = self._gateway
         results = await asyncio.gather(*(self._timed(check) for check in checks.values()))
         return dict(zip(checks, results, strict=True))
 
@@ -127,6 +138,18 @@ class DependencyChecks:
             return result
 
         return check
+
+    async def _gateway(self) -> dict[str, Any]:
+        """The gateway's own Redis: sessions and the sign-in throttle live there."""
+        try:
+            await redis_check(self._redis)()
+            redis: dict[str, Any] = {"ok": True}
+        except Exception as err:
+            redis = {"ok": False, "detail": describe(err)}
+        result: dict[str, Any] = {"ok": redis["ok"], "dependencies": {"redis": redis}}
+        if not redis["ok"]:
+            result["detail"] = "down: redis (console sign-in and sessions fail; API keys work)"
+        return result
 
     async def _tracking(self) -> dict[str, Any]:
         answer = await self._http.get(f"{self._settings.tracking_url.rstrip('/')}/healthz")

@@ -329,4 +329,5 @@ async def test_healthz_is_ok_when_everything_answers(
         "triggers",
         "delivery",
         "tracking",
+        "gateway",  # its own Redis: the console's sessions
     }

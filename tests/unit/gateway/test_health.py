@@ -122,3 +122,41 @@ async def test_a_services_dependencies_are_read_from_its_grpc_health() -> None:
     assert up["ok"] and up["dependencies"] == {"postgres": {"ok": True}, "redis": {"ok": True}}
     assert not down["ok"] and down["detail"] == "down: postgres"
     assert down["dependencies"] == {"postgres": {"ok": False}, "redis": {"ok": True}}
+
+
+class Redis:
+    """The gateway's Redis as health sees it: a PING that answers or fails."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+        self.pings = 0
+
+    async def ping(self) -> bool:
+        self.pings += 1
+        if self.error is not None:
+            raise self.error
+        return True
+
+
+async def gateway_report(redis: Redis | None) -> dict[str, Any] | None:
+    """The gateway's own entry of a round of checks (none answer but the Redis)."""
+    checks = DependencyChecks(
+        Settings(health_timeout_s=1, tracking_url="http://127.0.0.1:9"), {}, redis
+    )
+    try:
+        return (await checks.run()).get("gateway")
+    finally:
+        await checks.close()
+
+
+async def test_the_gateways_own_redis_is_reported_and_its_loss_degrades_the_report() -> None:
+    """Sessions and the sign-in throttle live in the gateway's Redis: without it nobody can
+    sign in to the console, so /healthz says so (API keys still work)."""
+    up, down = Redis(), Redis(ConnectionError("Connection refused"))
+    fine, lost = await gateway_report(up), await gateway_report(down)
+    assert fine is not None and fine["ok"] and fine["dependencies"] == {"redis": {"ok": True}}
+    assert lost is not None and not lost["ok"] and lost["detail"].startswith("down: redis")
+    assert lost["dependencies"]["redis"]["ok"] is False
+    assert up.pings == 1 and down.pings == 1
+    # Without a Redis of its own (apps in unit tests), no gateway entry at all.
+    assert await gateway_report(None) is None
