@@ -168,9 +168,24 @@ def _required(session: sessions.Session | None) -> sessions.Session:
     summary="Who is signed in",
     responses=problems.responses(401, 503),
 )
-async def who_am_i(session: SessionDep) -> SessionOut:
-    """The session of the cookie: the manager, the workspace and the CSRF token."""
-    return _session_json(_required(session))
+async def who_am_i(session: SessionDep, backends: BackendsDep, settings: SettingsDep) -> SessionOut:
+    """The session of the cookie: the manager, the workspace and the CSRF token. The
+    workspace's name is read again (another manager may have renamed it since this one signed
+    in); when contacts does not answer, the name kept at sign-in stands."""
+    current = _required(session)
+    answer = _session_json(current)
+    try:
+        workspace: contacts_pb2.WorkspaceSettings = await backends.workspaces.GetWorkspaceSettings(
+            contacts_pb2.GetWorkspaceSettingsRequest(),
+            metadata=internal_metadata(settings.internal_token, current.workspace_id),
+            timeout=settings.rpc_timeout_s,
+        )
+    except grpc.aio.AioRpcError as err:
+        log.warning("the workspace's name kept at sign-in stands: %s", err.code().name)
+        return answer
+    return answer.model_copy(
+        update={"workspace": WorkspaceOut(id=current.workspace_id, name=workspace.name)}
+    )
 
 
 @router.delete(

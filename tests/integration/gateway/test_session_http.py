@@ -95,6 +95,15 @@ async def test_signing_in_sets_a_strict_httponly_cookie_and_answers_who_and_the_
         )
         assert created.status_code == 201, created.text
         assert created.json()["workspace_id"] == workspace.id
+        # Renamed since sign-in (by anyone): the session answers the name of now.
+        renamed = await http.patch(
+            "/v1/workspace/settings",
+            json={"name": "Bottega renamed"},
+            headers={"Authorization": f"Bearer {workspace.api_key}"},
+        )
+        assert renamed.status_code == 200, renamed.text
+        again = await client.get("/v1/session")
+        assert again.json()["workspace"] == {"id": workspace.id, "name": "Bottega renamed"}
 
 
 async def test_a_wrong_password_and_an_unknown_email_get_the_same_401(
