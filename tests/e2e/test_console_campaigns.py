@@ -98,6 +98,12 @@ async def test_compose_warnings_audience_confirmation_send_and_report(
     shop = await new_shop(system, http, name=SHOP)
     await consent_not_required(http, shop)
     emails = await vips(http, shop, consented=2, not_consented=1)
+    zelda = await post(
+        http,
+        shop,
+        "/v1/contacts",
+        {"email": f"{unique('zelda')}@example.com", "first_name": "Zelda"},
+    )
     page = await signed_in_page(system, browser, shop.owner)
     watched = watch(page)
 
@@ -126,6 +132,13 @@ async def test_compose_warnings_audience_confirmation_send_and_report(
     # The preview for a chosen contact.
     await expect(page.locator("#preview-subject")).to_have_text(SUBJECT, timeout=WAIT_MS)
     await expect(page.locator("#preview-text")).to_contain_text("Hello there,")
+    # Any contact, found by name (the list holds only the first ones): the preview greets her.
+    await page.fill("#preview-search", "zeld")
+    options = page.locator("#preview-contact option")
+    await expect(options).to_have_count(2, timeout=WAIT_MS)  # the sample, and Zelda alone
+    await page.select_option("#preview-contact", zelda["id"])
+    await expect(page.locator("#preview-text")).to_contain_text("Hello Zelda,", timeout=WAIT_MS)
+    assert await options.nth(1).get_attribute("value") == zelda["id"]
 
     # Seed 001: one of the three has not consented; sending needs that number confirmed.
     await expect(page.locator("#audience-members")).to_have_text("3", timeout=WAIT_MS)

@@ -356,13 +356,36 @@ function renderAudience(target, a, names) {
   );
 }
 
+/** The preview for a chosen contact: the first contacts to begin with, and a search (name
+ * or e-mail, GET /v1/contacts?q=) to find any other among thousands. */
 function previewPanel(campaignId, contacts) {
-  const who = h(
-    'select',
-    { id: 'preview-contact', name: 'contact_id' },
-    h('option', { value: '' }, 'A sample contact (every field missing)'),
-    contacts.map((c) => h('option', { value: c.id }, [c.first_name, c.last_name].filter(Boolean).join(' ') ? `${[c.first_name, c.last_name].filter(Boolean).join(' ')} <${c.email}>` : c.email)),
-  );
+  const label = (c) => {
+    const name = [c.first_name, c.last_name].filter(Boolean).join(' ');
+    return name ? `${name} <${c.email}>` : c.email;
+  };
+  const who = h('select', { id: 'preview-contact', name: 'contact_id' });
+  function fill(list) {
+    const kept = who.value;
+    who.replaceChildren(
+      h('option', { value: '' }, 'A sample contact (every field missing)'),
+      ...list.map((c) => h('option', { value: c.id }, label(c))),
+    );
+    if ([...who.options].some((o) => o.value === kept)) who.value = kept;
+  }
+  fill(contacts);
+  const search = h('input', { id: 'preview-search', type: 'search', autocomplete: 'off', placeholder: 'Name or e-mail' });
+  let timer = null;
+  let asked = 0;
+  search.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = setTimeout(async () => {
+      const mine = (asked += 1);
+      const query = new URLSearchParams({ page_size: '20' });
+      if (search.value.trim()) query.set('q', search.value.trim());
+      const page = await api('GET', `/v1/contacts?${query}`).catch(() => null);
+      if (page && mine === asked) fill(page.contacts);
+    }, 300);
+  });
   const out = h('div', { id: 'preview-output' });
   async function show() {
     try {
@@ -378,7 +401,14 @@ function previewPanel(campaignId, contacts) {
     }
   }
   who.addEventListener('change', show);
-  return { element: h('div', {}, h('label', { for: 'preview-contact' }, 'Preview for'), who, out), refresh: show };
+  return {
+    element: h(
+      'div', {},
+      h('label', { for: 'preview-search' }, 'Find a contact'), search,
+      h('label', { for: 'preview-contact' }, 'Preview for'), who, out,
+    ),
+    refresh: show,
+  };
 }
 
 function testSendPanel(campaignId, email) {
