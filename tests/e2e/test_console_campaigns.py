@@ -295,6 +295,31 @@ async def test_a_viewer_reads_campaigns_but_cannot_send(
     await page.context.close()
 
 
+async def test_the_campaign_list_goes_on_with_more_each_campaign_once_newest_first(
+    system: System, http: httpx.AsyncClient, browser: Browser
+) -> None:
+    shop = await new_shop(system, http, name=SHOP)
+    made = [
+        await post(
+            http,
+            shop,
+            "/v1/campaigns",
+            {"name": f"Week {i}", "segment_ids": ["vip"], "subject": SHOP, "body_text": "Hi"},
+        )
+        for i in range(27)
+    ]
+    page = await signed_in_page(system, browser, shop.owner)
+    await page.goto(f"{system.gateway}/console#/campaigns")
+    rows = page.locator(".campaign-row")
+    await expect(rows).to_have_count(25, timeout=WAIT_MS)
+    await page.locator("#more-campaigns").click()
+    await expect(rows).to_have_count(27, timeout=WAIT_MS)
+    await expect(page.locator("#more-campaigns")).to_be_hidden()
+    shown = [await row.get_attribute("data-campaign-id") for row in await rows.all()]
+    assert shown == [c["id"] for c in reversed(made)], "each once, newest first"
+    await page.context.close()
+
+
 @pytest.mark.parametrize("width", [360, 1280])
 async def test_campaign_names_subjects_and_segment_names_are_shown_as_text(
     system: System, http: httpx.AsyncClient, browser: Browser, width: int

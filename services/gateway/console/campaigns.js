@@ -125,40 +125,62 @@ function counts(campaign, target) {
   );
 }
 
+const LIST_PAGE = 25;
+
+function campaignRow(c) {
+  const figures = h('p', { class: 'meta figures' });
+  counts(c, figures);
+  return h(
+    'li',
+    { class: 'campaign-row', 'data-campaign-id': c.id },
+    h('a', { class: 'row-title', href: `#/campaigns/${encodeURIComponent(c.id)}` }, c.name),
+    h('p', { class: 'subject' }, c.subject),
+    h(
+      'p',
+      { class: 'meta' },
+      h('span', { class: `status status-${c.status}` }, c.status),
+      c.scheduled_at && c.status === 'scheduled' ? ` · for ${formatDate(c.scheduled_at)}` : '',
+      c.created_at ? ` · created ${formatDate(c.created_at)}` : '',
+    ),
+    figures,
+  );
+}
+
+/** Newest first (the API's order), a page at a time with "More": each row asks for its
+ * report, so a long history is not read all at once. */
 async function renderList(main) {
   const body = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const actions = h('p', { class: 'actions' });
   main.replaceChildren(h('h1', {}, 'Campaigns'), h('section', { class: 'card wide', id: 'campaign-list' }, actions, body));
+  const page = (token) => api('GET', `/v1/campaigns?${new URLSearchParams(token ? { page_size: String(LIST_PAGE), page_token: token } : { page_size: String(LIST_PAGE) })}`);
   try {
-    const [me, list] = await Promise.all([session(), api('GET', '/v1/campaigns?page_size=100')]);
+    const [me, first] = await Promise.all([session(), page('')]);
     if (me.manager.role !== 'viewer') {
       actions.replaceChildren(h('a', { class: 'button primary', href: '#/campaigns/new', id: 'new-campaign' }, 'New campaign'));
     }
-    const campaigns = [...list.campaigns].sort((a, b) => String(b.created_at || '').localeCompare(String(a.created_at || '')));
-    if (!campaigns.length) {
+    if (!first.campaigns.length) {
       body.replaceChildren(h('p', { class: 'muted' }, 'No campaigns yet.'));
       return;
     }
-    body.replaceChildren(
-      h('ul', { class: 'rows' }, campaigns.map((c) => {
-        const figures = h('p', { class: 'meta figures' });
-        counts(c, figures);
-        return h(
-          'li',
-          { class: 'campaign-row', 'data-campaign-id': c.id },
-          h('a', { class: 'row-title', href: `#/campaigns/${encodeURIComponent(c.id)}` }, c.name),
-          h('p', { class: 'subject' }, c.subject),
-          h(
-            'p',
-            { class: 'meta' },
-            h('span', { class: `status status-${c.status}` }, c.status),
-            c.scheduled_at && c.status === 'scheduled' ? ` · for ${formatDate(c.scheduled_at)}` : '',
-            c.created_at ? ` · created ${formatDate(c.created_at)}` : '',
-          ),
-          figures,
-        );
-      })),
-    );
+    const rows = h('ul', { class: 'rows' }, first.campaigns.map(campaignRow));
+    const more = h('button', { type: 'button', id: 'more-campaigns', hidden: !first.next_page_token }, 'More');
+    const error = h('p', { class: 'error', role: 'alert' });
+    let token = first.next_page_token;
+    more.addEventListener('click', async () => {
+      more.disabled = true;
+      error.textContent = '';
+      try {
+        const next = await page(token);
+        rows.append(...next.campaigns.map(campaignRow));
+        token = next.next_page_token;
+        more.hidden = !token;
+      } catch (failure) {
+        error.textContent = failure.message;
+      } finally {
+        more.disabled = false;
+      }
+    });
+    body.replaceChildren(rows, more, error);
   } catch (error) {
     body.replaceChildren(failed(error));
   }
