@@ -26,6 +26,7 @@ from tests.e2e.test_console import (
     sign_in,
     watch,
 )
+from tests.support import eventually, unique
 
 # test_console.py's fixtures (the browser, an HTTP client, the throttle forgotten) and its
 # skip markers (no Chromium, no Playwright), shared rather than copied.
@@ -209,4 +210,50 @@ async def test_workflow_texts_are_shown_as_text_and_never_run(
     assert await page.locator("script").count() == 1  # our own module, nothing else
     assert watched.csp_violations() == [] and watched.errors == [] and watched.exceptions == []
     assert await page.evaluate("document.documentElement.scrollWidth") <= 360
+    await context.close()
+
+
+async def test_the_runs_go_on_with_more_each_run_once(
+    system: System,
+    http: httpx.AsyncClient,
+    browser: Browser,
+) -> None:
+    """52 carts left behind by one customer: 52 runs (one per cart), the latest 50 first."""
+    shop = await new_shop(system, http)
+    workflow = await switched_on(http, shop, "Carts left behind")
+    contact = await post(http, shop, "/v1/contacts", {"email": f"{unique('cart')}@example.com"})
+    carts = [
+        {
+            "idempotency_key": unique("cart"),
+            "contact": {"id": contact["id"]},
+            "type": "cart_updated",
+            "data": {
+                "cart_id": f"cart-{i}",
+                "items": [{"product_id": "p1", "quantity": 1}],
+                "total": {"amount_minor": 1000, "currency": "EUR"},
+            },
+        }
+        for i in range(52)
+    ]
+    accepted = await http.post("/v1/events:batch", json={"events": carts}, headers=shop.auth)
+    assert accepted.status_code == 200 and accepted.json()["accepted"] == 52, accepted.text
+    runs_path = f"/v1/workflows/{workflow['id']}/runs?page_size=100"
+
+    async def all_started() -> bool:
+        return len((await get(http, shop, runs_path))["runs"]) == 52
+
+    await eventually(all_started, timeout=120)
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    await open_automations(page, system, shop.owner)
+    row = page.locator(f'[data-workflow-id="{workflow["id"]}"]')
+    await row.get_by_role("button", name="Open").click()
+    shown = page.locator("#workflow-editor .run")
+    await expect(shown).to_have_count(50, timeout=WAIT_MS)
+    await page.locator("#more-runs").click()
+    await expect(shown).to_have_count(52, timeout=WAIT_MS)
+    await expect(page.locator("#more-runs")).to_be_hidden()
+    ids = [await r.get_attribute("data-run-id") for r in await shown.all()]
+    assert sorted(ids) == sorted(r["id"] for r in (await get(http, shop, runs_path))["runs"])
+    assert len(set(ids)) == 52
     await context.close()

@@ -124,33 +124,52 @@ function problemErrors(error) {
 
 // --- one workflow ------------------------------------------------------------------------------
 
-function renderRuns(target, list) {
+function runRow(r) {
+  return h(
+    'tr',
+    { class: 'run', 'data-run-id': r.id },
+    h('td', { class: 'mono' }, h('a', { href: `#/contacts/${encodeURIComponent(r.contact_id)}` }, r.contact_id)),
+    h('td', { class: `state state-${r.state}` }, r.state, r.test ? ' (test)' : ''),
+    h('td', { class: 'position' }, r.position || r.end_reason || '–'),
+    h('td', {}, String(r.version)),
+    h('td', {}, formatDate(r.started_at)),
+  );
+}
+
+/** The latest runs, RUNS_SHOWN at a time with "More" (`more(token)` reads the next page). */
+function renderRuns(target, list, more) {
   if (!list.runs.length) {
     target.replaceChildren(h('p', { class: 'muted' }, 'No runs yet.'));
     return;
   }
+  const body = h('tbody', {}, list.runs.map(runRow));
+  const button = h('button', { type: 'button', id: 'more-runs', hidden: !list.next_page_token }, 'More runs');
+  const error = h('p', { class: 'error', role: 'alert' });
+  let token = list.next_page_token;
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    error.textContent = '';
+    try {
+      const next = await more(token);
+      body.append(...next.runs.map(runRow));
+      token = next.next_page_token;
+      button.hidden = !token;
+    } catch (failure) {
+      error.textContent = failure.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
   target.replaceChildren(
     h(
       'table',
       { class: 'table runs', tabindex: 0 },
       h('thead', {}, h('tr', {}, ['Contact', 'State', 'Next step', 'Version', 'Started']
         .map((t) => h('th', { scope: 'col' }, t)))),
-      h(
-        'tbody',
-        {},
-        list.runs.map((r) =>
-          h(
-            'tr',
-            { class: 'run', 'data-run-id': r.id },
-            h('td', { class: 'mono' }, r.contact_id),
-            h('td', { class: `state state-${r.state}` }, r.state, r.test ? ' (test)' : ''),
-            h('td', { class: 'position' }, r.position || r.end_reason || '–'),
-            h('td', {}, String(r.version)),
-            h('td', {}, formatDate(r.started_at)),
-          ),
-        ),
-      ),
+      body,
     ),
+    button,
+    error,
   );
 }
 
@@ -259,8 +278,9 @@ function renderEditor(target, workflow, ctx) {
   const runs = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const stats = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const id = encodeURIComponent(workflow.id);
-  api('GET', `/v1/workflows/${id}/runs?page_size=${RUNS_SHOWN}`)
-    .then((list) => renderRuns(runs, list))
+  const runsPage = (token) => api('GET', `/v1/workflows/${id}/runs?${new URLSearchParams(token ? { page_size: String(RUNS_SHOWN), page_token: token } : { page_size: String(RUNS_SHOWN) })}`);
+  runsPage('')
+    .then((list) => renderRuns(runs, list, runsPage))
     .catch((error) => runs.replaceChildren(failed(error)));
   api('GET', `/v1/workflows/${id}/stats`)
     .then((answer) => renderStats(stats, answer, names))
