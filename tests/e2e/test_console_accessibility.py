@@ -193,6 +193,18 @@ def pages(system: System, seeded: Seeded) -> list[tuple[str, Callable[[Page], Aw
         await condition.locator(".field-name").select_option("vip")
         await expect(page.locator("#rule-count")).to_have_text("2", timeout=WAIT_MS)
 
+    async def editor(page: Page) -> None:
+        await visit(page, system, "segments", "Segments")
+        await (
+            page.locator("#custom-segment-list .segment-row")
+            .get_by_role("button", name="Edit")
+            .click()
+        )
+        await expect(page.locator("#rule-builder-title")).to_have_text(
+            "Edit “Spring VIPs”", timeout=WAIT_MS
+        )
+        await expect(page.locator("#rule-count")).to_have_text("2", timeout=WAIT_MS)
+
     async def report(page: Page) -> None:
         await visit(page, system, f"campaigns/{seeded.sent_id}", "Thursday's producers")
         await expect(page.locator("#report-delivered")).to_contain_text("2", timeout=WAIT_MS)
@@ -224,6 +236,7 @@ def pages(system: System, seeded: Seeded) -> list[tuple[str, Callable[[Page], Aw
         ),
         ("segments", segments),
         ("segment-builder", builder),
+        ("segment-edit", editor),
         ("campaigns", lambda page: visit(page, system, "campaigns", "Campaigns")),
         (
             "campaign-compose",
@@ -261,13 +274,13 @@ async def test_axe_finds_no_serious_or_critical_violation_on_any_console_page(
         await opened(page)
         reports[name] = await audit(page)
         stray[name] = await page.evaluate(STRAY_WORDS)
-        if name == "segment-builder":
+        if name in ("segment-builder", "segment-edit"):
             await section_screenshot(page, "#rule-builder", f"{name}-{label}")
         else:
             await screenshot(page, f"{name}-{label}")
     await context.close()
     failures = {name: report for name, report in reports.items() if report}
     assert not failures, "\n\n".join(f"== {name} ({label}) ==\n{r}" for name, r in failures.items())
-    assert len(reports) == 12  # every page was audited
+    assert len(reports) == 13  # every page was audited
     shown = {name: words for name, words in stray.items() if words}
     assert not shown, f"pages that show a missing value as a word: {shown}"

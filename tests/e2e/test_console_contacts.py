@@ -10,17 +10,19 @@ go into what can: names, the consent's wording and actor, a segment's name.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import grpc
 import httpx
 from aiokafka import AIOKafkaProducer
+from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2, delivery_pb2_grpc
 from nudge.tracking.v1 import events_pb2 as tracking_pb2
 from playwright.async_api import Browser, Page, expect
 
 from services.common.events import new_envelope
-from services.common.topics import TRACKING_EVENTS
+from services.common.topics import DELIVERY_REQUESTS, TRACKING_EVENTS
 from tests.e2e import test_console as console
 from tests.e2e.conftest import System
 from tests.e2e.test_console import (
@@ -223,6 +225,39 @@ async def send_transactional(system: System, shop: Shop, contact_id: str) -> str
     return str(answer.message_id)
 
 
+async def request_campaign_message(
+    system: System, shop: Shop, contact_id: str, campaign_id: str
+) -> str:
+    """A campaign's message for the contact, requested as campaigns requests it (on
+    delivery.requests.v1)."""
+    message_id = str(uuid.uuid4())
+    requested = delivery_pb2.DeliveryRequested(
+        message_id=message_id,
+        contact_id=contact_id,
+        kind=delivery_pb2.MESSAGE_KIND_CAMPAIGN,
+        purpose=contacts_pb2.CONSENT_PURPOSE_MARKETING,
+        campaign_id=campaign_id,
+        content=delivery_pb2.MessageContent(subject="Spring news", body_text="Hello"),
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=system.env["KAFKA_BOOTSTRAP_SERVERS"])
+    await producer.start()
+    try:
+        envelope = new_envelope(shop.workspace_id, requested, event_id=message_id)
+        await producer.send_and_wait(
+            DELIVERY_REQUESTS, envelope.SerializeToString(), key=contact_id.encode()
+        )
+    finally:
+        await producer.stop()
+    return message_id
+
+
+async def listed(http: httpx.AsyncClient, shop: Shop, contact_id: str, message_id: str) -> bool:
+    answer = await http.get(f"/v1/contacts/{contact_id}/messages", headers=shop.auth)
+    return answer.status_code == 200 and any(
+        m["message_id"] == message_id for m in answer.json()["messages"]
+    )
+
+
 async def seen_by_tracking(system: System, shop: Shop, contact_id: str, message_id: str) -> None:
     """A person opens the mail twice and a link scanner clicks it, as tracking reports them
     on tracking.events.v1 (delivery keeps them for the mail's story and the contact's page)."""
@@ -279,6 +314,16 @@ async def test_a_contacts_page_shows_consent_history_a_sent_messages_outcome_and
         },
     )
     await post(http, shop, consents, {"purpose": "marketing", "status": "withdrawn"})
+    # A campaign's message first (skipped: marketing was withdrawn), so that the transactional
+    # one is the newest.
+    campaign = await post(
+        http,
+        shop,
+        "/v1/campaigns",
+        {"name": "Spring news", "segment_ids": ["vip"], "subject": "Spring", "body_text": "Hi"},
+    )
+    from_campaign = await request_campaign_message(system, shop, someone["id"], campaign["id"])
+    await eventually(lambda: listed(http, shop, someone["id"], from_campaign), timeout=60)
     message_id = await send_transactional(system, shop, someone["id"])
     await eventually(lambda: message_sent(http, shop, message_id), timeout=60)
     await seen_by_tracking(system, shop, someone["id"], message_id)
@@ -314,6 +359,11 @@ async def test_a_contacts_page_shows_consent_history_a_sent_messages_outcome_and
         "2 opens, 0 clicks by people · 0 opens, 1 click by machines", timeout=WAIT_MS
     )
     await expect(sent.locator(".origin")).to_have_text("transactional")
+    # A campaign's message names the campaign (GET /v1/campaigns/{id}, once for the page).
+    by_campaign = page.locator(f'#contact-messages [data-message-id="{from_campaign}"] .origin')
+    await expect(by_campaign).to_have_text("campaign “Spring news”", timeout=WAIT_MS)
+    assert await by_campaign.get_attribute("href") == f"#/campaigns/{campaign['id']}"
+    assert sum(url.endswith(f"/v1/campaigns/{campaign['id']}") for url in requested) == 1
     await expect(page.locator("#contact-messages-card")).not_to_contain_text("null")
     assert any(f"/v1/contacts/{someone['id']}/messages?" in url for url in requested)
     vip = page.locator('#contact-segments [data-segment-id="vip"]')

@@ -205,3 +205,101 @@ async def test_segment_names_are_shown_as_text_and_a_viewer_cannot_save_or_delet
         await context.close()
     # The segment is still there.
     assert (await http.get(f"/v1/segments/{made['id']}", headers=shop.auth)).status_code == 200
+
+
+async def test_a_custom_segment_is_edited_with_if_match_and_a_change_made_meanwhile_is_kept(
+    system: System,
+    http: httpx.AsyncClient,
+    browser: Browser,
+) -> None:
+    shop = await shop_with_vips(system, http, vips=2, others=1)
+    made = await post(
+        http,
+        shop,
+        "/v1/segments",
+        {"name": "Starred", "rule": {"field": "vip", "op": "eq", "value": True}},
+    )
+    odd_rule = {"attribute": "plan", "op": "ci_eq", "value": "gold"}
+    odd = await post(http, shop, "/v1/segments", {"name": "Gold plan", "rule": odd_rule})
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    watched = watch(page)
+    await open_segments(page, system, shop.owner)
+    builder = page.locator("#rule-builder")
+    row = page.locator(f'#custom-segment-list [data-segment-id="{made["id"]}"]')
+    await expect(row.locator(".count")).to_have_text("2", timeout=WAIT_MS)
+    await expect(page.locator("#builtin-segments .segment-row").first).to_be_visible()
+    assert await page.locator("#builtin-segments button.edit").count() == 0
+
+    # The saved rule in the builder: its condition, its name, its live count.
+    await row.get_by_role("button", name="Edit").click()
+    await expect(page.locator("#rule-builder-title")).to_have_text(
+        "Edit “Starred”", timeout=WAIT_MS
+    )
+    await expect(builder.locator("#segment-name")).to_have_value("Starred")
+    condition = builder.locator('.condition[data-index="0"]')
+    await expect(condition.locator(".field-name")).to_have_value("vip")
+    await expect(condition.locator(".value")).to_have_value("true")
+    await expect(builder.locator("#rule-count")).to_have_text("2", timeout=WAIT_MS)
+
+    await condition.locator(".value").select_option("false")
+    await expect(builder.locator("#rule-count")).to_have_text("1", timeout=WAIT_MS)
+    await builder.get_by_role("button", name="Save changes").click()
+    await expect(builder.locator("#save-status")).to_have_text(
+        "Saved changes to “Starred”.", timeout=WAIT_MS
+    )
+    read = (await http.get(f"/v1/segments/{made['id']}", headers=shop.auth)).json()
+    assert read["rule"] == {"field": "vip", "op": "eq", "value": False}
+    assert read["version"] == made["version"] + 1
+    await expect(row.locator(".count")).to_have_text("1", timeout=WAIT_MS)
+
+    # Someone changes it through the API meanwhile: saving is refused in words, and the
+    # other change stays.
+    theirs = await http.patch(
+        f"/v1/segments/{made['id']}",
+        json={"name": "Stars", "rule": {"field": "vip", "op": "eq", "value": True}},
+        headers={**shop.auth, "If-Match": f'"{read["version"]}"'},
+    )
+    assert theirs.status_code == 200, theirs.text
+    await builder.locator("#segment-name").fill("Mine")
+    await builder.get_by_role("button", name="Save changes").click()
+    await expect(builder.locator("#edit-conflict")).to_contain_text(
+        "Someone else changed this segment", timeout=WAIT_MS
+    )
+    kept = (await http.get(f"/v1/segments/{made['id']}", headers=shop.auth)).json()
+    assert (kept["name"], kept["rule"]["value"], kept["version"]) == (
+        "Stars",
+        True,
+        read["version"] + 1,
+    )
+    await builder.get_by_role("button", name="Reload it").click()
+    await expect(builder.locator("#segment-name")).to_have_value("Stars", timeout=WAIT_MS)
+    await expect(condition.locator(".value")).to_have_value("true")
+    await expect(builder.locator("#edit-conflict")).to_be_empty()
+
+    # A rule the builder cannot show is shown read-only, whole; Cancel is a new segment again.
+    odd_row = page.locator(f'#custom-segment-list [data-segment-id="{odd["id"]}"]')
+    await odd_row.get_by_role("button", name="Edit").click()
+    await expect(builder.locator("#rule-unsupported")).to_be_visible(timeout=WAIT_MS)
+    assert (
+        json.loads(await builder.locator("#rule-json-readonly").text_content() or "null")
+        == odd_rule
+    )
+    await expect(builder.get_by_role("button", name="Save changes")).to_have_count(0)
+    await builder.get_by_role("button", name="Cancel").click()
+    await expect(page.locator("#rule-builder-title")).to_have_text("New segment", timeout=WAIT_MS)
+    await expect(builder.locator("#segment-name")).to_have_value("")
+    await expect(builder.get_by_role("button", name="Save segment")).to_be_enabled()
+    assert watched.exceptions == [] and watched.csp_violations() == []
+    await context.close()
+
+    viewer = await new_manager(http, shop.api_key, "viewer")
+    context = await browser.new_context(viewport={"width": 360, "height": 740})
+    page = await context.new_page()
+    await open_segments(page, system, viewer)
+    edits = page.locator("#custom-segment-list button.edit")
+    await expect(edits).to_have_count(2, timeout=WAIT_MS)
+    for index in range(2):
+        await expect(edits.nth(index)).to_be_disabled()
+    assert await page.locator("#custom-segment-list button.edit:enabled").count() == 0
+    await context.close()

@@ -19,8 +19,9 @@ export class ApiError extends Error {
 
 const SAFE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
-export async function api(method, path, body) {
-  const headers = { Accept: 'application/json' };
+/** extra: more request headers, such as If-Match for a change meant for one version. */
+export async function api(method, path, body, extra = {}) {
+  const headers = { Accept: 'application/json', ...extra };
   if (body !== undefined) headers['Content-Type'] = 'application/json';
   if (!SAFE.has(method) && csrfToken) headers['X-CSRF-Token'] = csrfToken;
   const response = await fetch(path, {

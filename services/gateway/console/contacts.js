@@ -11,7 +11,8 @@
 // (GET /v1/segments/{id}/members) and passes their ids as the contact_ids filter (at most
 // MAX_SEGMENT contacts, the bulk filter's limit; a larger segment is refused in words
 // rather than cut short). Messages come from GET /v1/contacts/{id}/messages (delivery's
-// ledger, newest first, a page at a time, with tracking's counts). Events still come from the
+// ledger, newest first, a page at a time, with tracking's counts), each campaign named by
+// GET /v1/campaigns/{id}, once per campaign for the page. Events still come from the
 // contact's export (GET /v1/contacts/{id}/export): no other route serves segmentation's
 // activity and orders for one contact. Everything from the server is shown as text (dom.js).
 import { api, ApiError } from './api.js';
@@ -458,13 +459,33 @@ function counted(n, one) {
   return `${formatNumber(n)} ${one}${n === 1 ? '' : 's'}`;
 }
 
-function messageOrigin(m) {
-  if (m.campaign_id) return h('a', { href: `#/campaigns/${encodeURIComponent(m.campaign_id)}`, class: 'origin' }, `campaign ${m.campaign_id}`);
+/** A campaign's name, asked once per campaign for the page (every id at once, not one after
+ *  another); null when it cannot be had, and the id is shown instead. */
+function campaignNames() {
+  const asked = new Map();
+  return (id) => {
+    if (!asked.has(id)) {
+      asked.set(id, api('GET', `/v1/campaigns/${encodeURIComponent(id)}`).then((c) => c.name || null, () => null));
+    }
+    return asked.get(id);
+  };
+}
+
+function campaignLink(id, nameOf) {
+  const link = h('a', { href: `#/campaigns/${encodeURIComponent(id)}`, class: 'origin' }, `campaign ${id}`);
+  nameOf(id).then((name) => {
+    if (name) link.textContent = `campaign “${name}”`;
+  });
+  return link;
+}
+
+function messageOrigin(m, nameOf) {
+  if (m.campaign_id) return campaignLink(m.campaign_id, nameOf);
   if (m.workflow_id) return h('a', { href: '#/automations', class: 'origin' }, `automation ${m.workflow_id}`);
   return h('span', { class: 'origin' }, words(m.kind === 'test' ? 'test send' : m.kind));
 }
 
-function messageRow(m) {
+function messageRow(m, nameOf) {
   const outcome = MESSAGE_OUTCOME[m.status] || words(m.status);
   const seen = m.human_opens + m.human_clicks + m.machine_opens + m.machine_clicks
     ? `${counted(m.human_opens, 'open')}, ${counted(m.human_clicks, 'click')} by people · `
@@ -473,7 +494,7 @@ function messageRow(m) {
   return h(
     'li',
     { class: 'message', 'data-message-id': m.message_id },
-    h('p', {}, h('span', { class: `outcome outcome-${m.status}` }, outcome), ' · ', messageOrigin(m)),
+    h('p', {}, h('span', { class: `outcome outcome-${m.status}` }, outcome), ' · ', messageOrigin(m, nameOf)),
     h('p', { class: 'meta' }, `${formatDate(m.updated_at || m.claimed_at)}${m.detail ? ` · ${m.detail}` : ''}`),
     h('p', { class: 'meta tracking' }, seen),
   );
@@ -484,6 +505,7 @@ function renderMessages(target, contactId) {
   const list = h('ol', { class: 'rows', id: 'contact-messages' });
   const more = h('button', { type: 'button', id: 'contact-messages-more' }, 'More');
   const problem = h('p', { class: 'error', role: 'alert' });
+  const nameOf = campaignNames();
   let token = '';
   async function next() {
     more.disabled = true;
@@ -496,7 +518,7 @@ function renderMessages(target, contactId) {
         target.replaceChildren(h('p', { class: 'muted', id: 'contact-messages' }, 'No messages yet.'));
         return;
       }
-      list.append(...page.messages.map(messageRow));
+      list.append(...page.messages.map((m) => messageRow(m, nameOf)));
       token = page.next_page_token;
       target.replaceChildren(list, ...(token ? [more] : []), problem);
     } catch (error) {

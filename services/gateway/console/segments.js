@@ -2,7 +2,9 @@
 // first members, deleting a custom one, and a rule builder: conditions combined by "all" or
 // "any", producing the rule JSON of docs/segment-rules.md, counted and previewed live (POST
 // /v1/segments:preview, debounced: the number and the first few it picks) and saved as a
-// custom segment. A viewer sees everything
+// custom segment, or loaded with a custom segment's rule to change it (PATCH with If-Match:
+// a change someone else made meanwhile is said, never overwritten; a rule the builder cannot
+// show is shown read-only instead of losing parts). A viewer sees everything
 // with the changing controls disabled: the gateway refuses their unsafe requests anyway.
 // Every value from the server is rendered as text (dom.js).
 import { api, ApiError } from './api.js';
@@ -119,6 +121,54 @@ function rule(conditions, combinator) {
   return { [combinator]: conditions.map(node) };
 }
 
+function isObject(value) {
+  return value !== null && typeof value === 'object' && !Array.isArray(value);
+}
+
+function typed(value) {
+  return value === undefined || value === null ? '' : String(value);
+}
+
+/** JSON text with the keys sorted: the server stores rules normalized, keys in order. */
+function canonical(value) {
+  if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
+  if (isObject(value)) {
+    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical(value[k])}`).join(',')}}`;
+  }
+  return JSON.stringify(value);
+}
+
+/** The condition node() would build n from, or null when n is no node the builder makes. */
+function guessCondition(n) {
+  if (!isObject(n)) return null;
+  const base = newCondition();
+  if ('tag' in n) return { ...base, kind: 'tag', value: typed(n.tag) };
+  if (isObject(n.not) && 'tag' in n.not) return { ...base, kind: 'no_tag', value: typed(n.not.tag) };
+  if ('segment' in n) return { ...base, kind: 'segment', value: typed(n.segment) };
+  if ('consent' in n) return { ...base, kind: 'consent', value: typed(n.consent) };
+  if (n.events === 'order') {
+    return { ...base, kind: 'orders', value: typed(n.count?.value), days: typed(n.within?.days) };
+  }
+  const type = FIELDS[n.field];
+  if (!type || !OPS[type].includes(n.op)) return null;
+  const value = type === 'time' ? n.value?.ago?.days : n.value;
+  return { kind: 'field', field: n.field, op: n.op, value: typed(value), currency: typed(n.currency ?? 'EUR') };
+}
+
+/** The inverse of rule(): {combinator, conditions} for a saved rule, or null when the
+ *  builder cannot show all of it. Each guess is checked by building its node again and
+ *  comparing: a rule with anything the conditions cannot hold (a nested "any", months, an
+ *  attribute, an event's "where") is refused rather than shown with parts silently lost. */
+function conditionsOf(saved) {
+  const keys = isObject(saved) ? Object.keys(saved) : [];
+  const combined = keys.length === 1 && ['all', 'any'].includes(keys[0]) && Array.isArray(saved[keys[0]]);
+  const combinator = combined ? keys[0] : 'all';
+  const children = combined ? saved[combinator] : [saved];
+  const conditions = children.map(guessCondition);
+  const exact = conditions.every((c, i) => c && canonical(node(c)) === canonical(children[i]));
+  return children.length && exact ? { combinator, conditions } : null;
+}
+
 /** The path of condition i in the rule, as the server's errors name it. */
 function conditionPath(i, count, combinator) {
   return count === 1 ? 'rule' : `rule.${combinator}[${i}]`;
@@ -208,7 +258,15 @@ function conditionRow(c, index, state) {
   );
 }
 
+function cancelButton(state) {
+  return h('button', { type: 'button', id: 'cancel-edit', onclick: () => state.openNew() }, 'Cancel');
+}
+
+/** The builder for a new segment (state.editing null) or for changing state.editing. */
 function builder(state, target) {
+  const editing = state.editing;
+  state.stop();
+  state.title.textContent = editing ? `Edit “${editing.name}”` : 'New segment';
   const combinator = select({ all: 'all of these', any: 'any of these' }, state.combinator, (v) => {
     state.combinator = v;
     state.changed();
@@ -220,8 +278,14 @@ function builder(state, target) {
   const ruleErrors = h('div', { class: 'form-errors', id: 'rule-errors', role: 'alert' });
   const name = h('input', { id: 'segment-name', type: 'text', maxlength: 200, disabled: !state.canEdit });
   const nameError = h('p', { class: 'error field-error', id: 'segment-name-error' });
+  name.value = editing ? editing.name : '';
   const saved = h('p', { class: 'meta', id: 'save-status', role: 'status' });
-  const save = h('button', { type: 'submit', class: 'primary', id: 'save-segment', disabled: !state.canEdit }, 'Save segment');
+  const conflict = h('div', { class: 'form-errors', id: 'edit-conflict', role: 'alert' });
+  const save = h(
+    'button',
+    { type: 'submit', class: 'primary', id: 'save-segment', disabled: !state.canEdit },
+    editing ? 'Save changes' : 'Save segment',
+  );
   const add = h('button', {
     type: 'button', id: 'add-condition',
     onclick: () => { state.conditions.push(newCondition()); state.redraw(); },
@@ -280,6 +344,7 @@ function builder(state, target) {
     }
   }
 
+  state.stop = () => clearTimeout(timer);
   state.changed = () => {
     const current = rule(state.conditions, state.combinator);
     json.textContent = current ? JSON.stringify(current, null, 2) : '';
@@ -305,7 +370,9 @@ function builder(state, target) {
     h('label', { for: 'segment-name' }, 'Name'),
     name,
     nameError,
+    conflict,
     save,
+    editing ? cancelButton(state) : null,
     saved,
   );
   form.addEventListener('submit', async (event) => {
@@ -317,19 +384,61 @@ function builder(state, target) {
       return;
     }
     save.disabled = true;
+    conflict.replaceChildren();
     try {
-      const made = await api('POST', '/v1/segments', { name: name.value, rule: current });
-      saved.textContent = `Saved “${made.name}”.`;
-      name.value = '';
+      if (state.editing) {
+        const made = await api(
+          'PATCH',
+          `/v1/segments/${encodeURIComponent(state.editing.id)}`,
+          { name: name.value, rule: current },
+          { 'If-Match': `"${state.editing.version}"` },
+        );
+        state.editing = made;
+        state.title.textContent = `Edit “${made.name}”`;
+        saved.textContent = `Saved changes to “${made.name}”.`;
+      } else {
+        const made = await api('POST', '/v1/segments', { name: name.value, rule: current });
+        saved.textContent = `Saved “${made.name}”.`;
+        name.value = '';
+      }
       state.reload();
     } catch (error) {
-      showErrors(problemErrors(error));
+      if (isChangedMeanwhile(error)) conflict.replaceChildren(...changedMeanwhile(state));
+      else showErrors(problemErrors(error));
     } finally {
       save.disabled = !state.canEdit;
     }
   });
   target.replaceChildren(form);
   state.redraw();
+}
+
+/** A 409 for a stale If-Match ("conflict"), not for a name taken ("already-exists"). */
+function isChangedMeanwhile(error) {
+  return error instanceof ApiError && error.status === 409
+    && String(error.problem?.type || '').endsWith('/conflict');
+}
+
+function changedMeanwhile(state) {
+  const id = state.editing.id;
+  return [
+    h('p', { class: 'error' }, 'Someone else changed this segment after you opened it, so your '
+      + 'changes were not saved. Reload it to see the current rule (your changes here are then lost).'),
+    h('button', { type: 'button', id: 'reload-segment', onclick: () => state.edit(id) }, 'Reload it'),
+  ];
+}
+
+/** A saved rule the builder cannot show: said so, and the rule shown read-only. */
+function readOnly(state, segment, target) {
+  state.stop();
+  state.title.textContent = `Edit “${segment.name}”`;
+  target.replaceChildren(
+    h('p', { id: 'rule-unsupported' }, 'This rule uses parts the builder cannot show, so it cannot be '
+      + 'changed here without losing them. Here it is, read-only; the API '
+      + '(PATCH /v1/segments/{id}) can change it.'),
+    h('pre', { class: 'rule-json', id: 'rule-json-readonly', tabindex: 0 }, JSON.stringify(segment.rule, null, 2)),
+    cancelButton(state),
+  );
 }
 
 function problemErrors(error) {
@@ -386,8 +495,10 @@ function segmentRow(segment, state) {
   );
   const error = h('p', { class: 'error' });
   let armed = false;
-  const remove = segment.kind === 'custom'
-    ? h('button', { type: 'button', class: 'delete', disabled: !state.canEdit }, 'Delete')
+  const custom = segment.kind === 'custom';
+  const remove = custom ? h('button', { type: 'button', class: 'delete', disabled: !state.canEdit }, 'Delete') : null;
+  const edit = custom
+    ? h('button', { type: 'button', class: 'edit', disabled: !state.canEdit, onclick: () => state.edit(segment.id) }, 'Edit')
     : null;
   if (remove) {
     remove.addEventListener('click', async () => {
@@ -416,6 +527,7 @@ function segmentRow(segment, state) {
       'div',
       { class: 'actions' },
       h('button', { type: 'button', class: 'preview', onclick: () => showPreview(state.preview, segment) }, 'Preview'),
+      edit,
       remove,
     ),
     error,
@@ -434,8 +546,40 @@ export function renderSegments(main) {
     preview,
     section('rule-builder', 'New segment', builderBox),
   );
-  const state = { canEdit: false, conditions: [newCondition()], combinator: 'all', segments: [], preview };
+  const state = {
+    canEdit: false,
+    conditions: [newCondition()],
+    combinator: 'all',
+    editing: null,
+    segments: [],
+    preview,
+    title: main.querySelector('#rule-builder-title'),
+    stop: () => {},
+  };
   let built = false;
+
+  state.openNew = () => {
+    Object.assign(state, { editing: null, conditions: [newCondition()], combinator: 'all' });
+    builder(state, builderBox);
+  };
+  // The segment as it is now (its rule and version), into the builder when it can show it.
+  state.edit = async (id) => {
+    state.stop();
+    builderBox.replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+    builderBox.scrollIntoView({ block: 'nearest' });
+    try {
+      const segment = await api('GET', `/v1/segments/${encodeURIComponent(id)}`);
+      const shown = conditionsOf(segment.rule);
+      if (!shown) {
+        readOnly(state, segment, builderBox);
+        return;
+      }
+      Object.assign(state, { editing: segment, ...shown });
+      builder(state, builderBox);
+    } catch (error) {
+      builderBox.replaceChildren(failed(error), cancelButton(state));
+    }
+  };
 
   state.reload = async () => {
     try {
