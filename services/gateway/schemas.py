@@ -787,12 +787,6 @@ class AdHocCountIn(StrictModel):
     as_of: Rfc3339 | None = Field(None, description=AS_OF_DESCRIPTION)
 
 
-class AdHocPreviewIn(AdHocCountIn):
-    """The first members a rule picks without saving it (the rule builder's preview)."""
-
-    limit: int = Field(20, ge=1, le=100, description="Members shown (1-100).")
-
-
 class RuleCount(ResponseModel):
     """An ad-hoc rule's count. No segment id: there is none, and an empty one would be read as
     a link to `/v1/segments/{segment_id}`."""
@@ -904,6 +898,14 @@ CapAction = Literal["skip", "defer"]
 WinnerMetric = Literal["unique_human_clicks", "revenue"]
 # JSON Schema counts 3600.0 as an integer: so do the campaign routes.
 Integral = Annotated[int, BeforeValidator(_integral_float)]
+
+
+class AdHocPreviewIn(AdHocCountIn):
+    """The first members a rule picks without saving it (the rule builder's preview)."""
+
+    limit: Integral = Field(20, ge=1, le=100, description="Members shown (1-100).")
+
+
 # The IANA zones this machine's zoneinfo knows: the campaigns service's check, stated as an
 # enum so that the document is exactly as strict as the server.
 TIME_ZONES = sorted(z for z in zoneinfo.available_timezones() if "/" in z or z == "UTC")

@@ -403,6 +403,9 @@ async def test_an_unknown_message_is_404_and_a_malformed_id_is_422(gateway: Gate
     assert len(gateway.delivery.calls) == 1  # only the unknown one reached delivery
 
 
+CONTACT = "0b6c3f5e-1d2a-4c1e-9f00-00000000c001"
+
+
 async def test_a_contacts_messages_read_like_the_json_a_page_at_a_time(gateway: Gateway) -> None:
     """GET /v1/contacts/{id}/messages (issue 18): statuses and kinds as the message routes
     spell them, the counts and the token passed through, the paging asked of delivery."""
@@ -423,7 +426,9 @@ async def test_a_contacts_messages_read_like_the_json_a_page_at_a_time(gateway: 
     sent.updated_at.FromSeconds(1_700_000_060)
     gateway.delivery.answers["ListContactMessages"] = page
     answer = await gateway.http.get(
-        "/v1/contacts/c-1/messages", params={"page_size": 5, "page_token": "tok-1"}, headers=AUTH
+        f"/v1/contacts/{CONTACT}/messages",
+        params={"page_size": 5, "page_token": "tok-1"},
+        headers=AUTH,
     )
     assert answer.status_code == 200, answer.text
     assert answer.json() == {
@@ -447,9 +452,9 @@ async def test_a_contacts_messages_read_like_the_json_a_page_at_a_time(gateway: 
         "next_page_token": "tok-2",
     }
     assert gateway.delivery.calls[0][1] == delivery_pb2.ListContactMessagesRequest(
-        contact_id="c-1", page_size=5, page_token="tok-1"
+        contact_id=CONTACT, page_size=5, page_token="tok-1"
     )
-    default = await gateway.http.get("/v1/contacts/c-1/messages", headers=AUTH)
+    default = await gateway.http.get(f"/v1/contacts/{CONTACT}/messages", headers=AUTH)
     assert default.status_code == 200, default.text
     assert gateway.delivery.calls[1][1].page_size == 20
 
@@ -458,15 +463,21 @@ async def test_a_contacts_messages_name_the_bad_field_of_the_path_or_the_query(
     gateway: Gateway,
 ) -> None:
     for query, field in (("page_size=0", "query.page_size"), ("page_size=101", "query.page_size")):
-        refused = await gateway.http.get(f"/v1/contacts/c-1/messages?{query}", headers=AUTH)
+        refused = await gateway.http.get(f"/v1/contacts/{CONTACT}/messages?{query}", headers=AUTH)
         assert refused.status_code == 422, query
         assert field_errors(refused) == [field]
+    # Not a UUID: the document says contact ids are, and delivery would refuse it.
+    malformed = await gateway.http.get("/v1/contacts/c-1/messages", headers=AUTH)
+    assert (malformed.status_code, field_errors(malformed)) == (422, ["path.contact_id"])
+    assert malformed.json()["errors"][0]["message"] == "not a contact id (a UUID)"
     assert gateway.delivery.calls == []  # refused before delivery
     for violation, field in (("contact_id", "path.contact_id"), ("page_token", "query.page_token")):
         gateway.delivery.answers["ListContactMessages"] = rpc_error(
             grpc.StatusCode.INVALID_ARGUMENT, "invalid", {violation: "bad"}
         )
-        refused = await gateway.http.get("/v1/contacts/c-1/messages?page_token=x", headers=AUTH)
+        refused = await gateway.http.get(
+            f"/v1/contacts/{CONTACT}/messages?page_token=x", headers=AUTH
+        )
         assert (refused.status_code, refused.headers["content-type"]) == (422, PROBLEM)
         assert field_errors(refused) == [field]
 
@@ -482,3 +493,18 @@ async def test_a_confirmation_beyond_int64_is_422_not_a_500(gateway: Gateway) ->
     assert answer.status_code == 422, answer.text
     assert field_errors(answer) == ["confirm_not_consented"]
     assert gateway.campaigns.calls == []
+
+
+async def test_a_rule_preview_takes_a_limit_written_as_a_whole_float(gateway: Gateway) -> None:
+    """JSON Schema counts 44.0 as an integer, and so does the route (schemathesis sent it)."""
+    gateway.segments.answers["PreviewSegment"] = segmentation_pb2.PreviewSegmentResponse(count=0)
+    rule = {"tag": "newsletter"}
+    answer = await gateway.http.post(
+        "/v1/segments:preview", json={"rule": rule, "limit": 44.0}, headers=AUTH
+    )
+    assert answer.status_code == 200, answer.text
+    assert gateway.segments.calls[0][1].limit == 44
+    refused = await gateway.http.post(
+        "/v1/segments:preview", json={"rule": rule, "limit": 4.5}, headers=AUTH
+    )
+    assert (refused.status_code, field_errors(refused)) == (422, ["limit"])
