@@ -175,15 +175,20 @@ async def authenticate_manager(pool: asyncpg.Pool, email: str, password: str) ->
     if row is None or not matches:
         raise Unauthenticated(WRONG_CREDENTIALS)
     if _hasher.check_needs_rehash(stored):
-        await _rehash(pool, row["id"], password)
+        await _rehash(pool, row["workspace_id"], row["id"], password)
     return SignedIn(manager_to_proto(row), row["name"])
 
 
-async def _rehash(pool: asyncpg.Pool, manager_id: uuid.UUID, password: str) -> None:
+async def _rehash(
+    pool: asyncpg.Pool, workspace_id: uuid.UUID, manager_id: uuid.UUID, password: str
+) -> None:
     new_hash = await asyncio.to_thread(_hasher.hash, password)
     async with pool.acquire() as conn:
         await conn.execute(
-            "UPDATE managers SET password_hash = $2 WHERE id = $1", manager_id, new_hash
+            "UPDATE managers SET password_hash = $3 WHERE workspace_id = $1 AND id = $2",
+            workspace_id,
+            manager_id,
+            new_hash,
         )
 
 
@@ -251,7 +256,11 @@ async def update_manager(
         if role != Role.MANAGER_ROLE_OWNER:
             await _check_not_last_owner(conn, workspace_id, row, "demoted")
         row = await conn.fetchrow(
-            f"UPDATE managers SET role = $2 WHERE id = $1 RETURNING {_COLUMNS}", wanted, role
+            f"UPDATE managers SET role = $3 WHERE workspace_id = $1 AND id = $2"
+            f" RETURNING {_COLUMNS}",
+            _workspace(workspace_id),
+            wanted,
+            role,
         )
     assert row is not None
     await _end_sessions(redis, str(wanted))
@@ -286,7 +295,11 @@ async def remove_manager(
     async with pool.acquire() as conn, conn.transaction():
         row = await _locked_manager(conn, workspace_id, wanted)
         await _check_not_last_owner(conn, workspace_id, row, "removed")
-        await conn.execute("DELETE FROM managers WHERE id = $1", wanted)
+        await conn.execute(
+            "DELETE FROM managers WHERE workspace_id = $1 AND id = $2",
+            _workspace(workspace_id),
+            wanted,
+        )
         # Before the commit, like an API key's tombstone: once the call returns, no session
         # of this manager is accepted any more. Without Redis the removal still commits,
         # and the sessions end at their idle expiry.
