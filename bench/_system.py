@@ -1,5 +1,6 @@
 """Start the whole system for a benchmark, as the tests do: the local stack on free ports
-(or the URLs in the environment), then every service as a process. Stops it all after."""
+(or the URLs in the environment), then every service as a process. Stops it all after.
+:func:`postgres_url` starts PostgreSQL alone, for the benchmarks that need nothing else."""
 
 from __future__ import annotations
 
@@ -24,6 +25,28 @@ from deploy.local.supervisor import (  # noqa: E402
     service_env,
 )
 from deploy.local.topics import ensure_topics  # noqa: E402
+
+
+@contextlib.contextmanager
+def postgres_url() -> Iterator[str]:
+    """``DATABASE_URL`` when set; else PostgreSQL alone from the local stack on a free port,
+    stopped after."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
+        stack = LocalStack(
+            state_dir=Path(tmp) / "state",
+            ports="free",
+            persistent=False,
+            cache_dir=paths.cache_dir(),
+            environ=os.environ,
+            parts=("postgres",),
+        )
+        try:
+            yield stack.start()["DATABASE_URL"]
+        finally:
+            stack.stop()
 
 
 @dataclass

@@ -20,7 +20,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -31,8 +30,8 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.local import paths  # noqa: E402
-from deploy.local.stack import LocalStack  # noqa: E402
+from _system import postgres_url  # noqa: E402
+
 from services.common.db import create_pool, migrate  # noqa: E402
 from services.delivery.adapters.postgres import ClaimRow, claim_many  # noqa: E402
 
@@ -111,24 +110,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()
-    run = (args.groups, args.size, args.rounds)
-    if os.environ.get("DATABASE_URL"):
-        result = asyncio.run(measure(os.environ["DATABASE_URL"], *run))
-    else:
-        with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
-            stack = LocalStack(
-                state_dir=Path(tmp) / "state",
-                ports="free",
-                persistent=False,
-                cache_dir=paths.cache_dir(),
-                environ=os.environ,
-                parts=("postgres",),
-            )
-            try:
-                env = stack.start()
-                result = asyncio.run(measure(env["DATABASE_URL"], *run))
-            finally:
-                stack.stop()
+    with postgres_url() as url:
+        result = asyncio.run(measure(url, args.groups, args.size, args.rounds))
     print(json.dumps(result))
 
 

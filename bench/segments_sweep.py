@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -37,8 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from deploy.local import paths  # noqa: E402
-from deploy.local.stack import LocalStack  # noqa: E402
+from _system import postgres_url  # noqa: E402
 
 DAY_START = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -136,22 +133,8 @@ def main() -> None:
     def run(url: str) -> dict[str, Any]:
         return asyncio.run(sweep_day(url, args.contacts, sweepers=args.sweepers, batch=args.batch))
 
-    if os.environ.get("DATABASE_URL"):
-        figures = run(os.environ["DATABASE_URL"])
-    else:
-        with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
-            stack = LocalStack(
-                state_dir=Path(tmp) / "state",
-                ports="free",
-                persistent=False,
-                cache_dir=paths.cache_dir(),
-                environ=os.environ,
-                parts=("postgres",),
-            )
-            try:
-                figures = run(stack.start()["DATABASE_URL"])
-            finally:
-                stack.stop()
+    with postgres_url() as url:
+        figures = run(url)
     print(json.dumps(figures))
 
 
