@@ -48,3 +48,11 @@ export async function api(method, path, body, extra = {}) {
   }
   return data;
 }
+
+/** The query of one page of a keyset-paged list: `page_size`, and `page_token` after the
+ * first page. */
+export function pageQuery(size, token) {
+  const query = new URLSearchParams({ page_size: String(size) });
+  if (token) query.set('page_token', token);
+  return query;
+}

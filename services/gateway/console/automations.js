@@ -4,8 +4,8 @@
 // each error shown at its step, published as a new version; its runs and per-step counts.
 // A viewer sees everything with the changing controls disabled: the gateway refuses their
 // unsafe requests anyway. Every value from the server is rendered as text (dom.js).
-import { api } from './api.js';
-import { formatDate, formatNumber, h } from './dom.js';
+import { api, pageQuery } from './api.js';
+import { formatDate, formatNumber, h, moreButton } from './dom.js';
 
 const LIST_SIZE = 100;
 const RUNS_SHOWN = 50;
@@ -143,23 +143,7 @@ function renderRuns(target, list, more) {
     return;
   }
   const body = h('tbody', {}, list.runs.map(runRow));
-  const button = h('button', { type: 'button', id: 'more-runs', hidden: !list.next_page_token }, 'More runs');
-  const error = h('p', { class: 'error', role: 'alert' });
-  let token = list.next_page_token;
-  button.addEventListener('click', async () => {
-    button.disabled = true;
-    error.textContent = '';
-    try {
-      const next = await more(token);
-      body.append(...next.runs.map(runRow));
-      token = next.next_page_token;
-      button.hidden = !token;
-    } catch (failure) {
-      error.textContent = failure.message;
-    } finally {
-      button.disabled = false;
-    }
-  });
+  const [button, error] = moreButton('more-runs', 'More runs', list.next_page_token, more, (next) => body.append(...next.runs.map(runRow)));
   target.replaceChildren(
     h(
       'table',
@@ -278,7 +262,7 @@ function renderEditor(target, workflow, ctx) {
   const runs = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const stats = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const id = encodeURIComponent(workflow.id);
-  const runsPage = (token) => api('GET', `/v1/workflows/${id}/runs?${new URLSearchParams(token ? { page_size: String(RUNS_SHOWN), page_token: token } : { page_size: String(RUNS_SHOWN) })}`);
+  const runsPage = (token) => api('GET', `/v1/workflows/${id}/runs?${pageQuery(RUNS_SHOWN, token)}`);
   runsPage('')
     .then((list) => renderRuns(runs, list, runsPage))
     .catch((error) => runs.replaceChildren(failed(error)));

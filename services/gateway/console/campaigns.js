@@ -5,8 +5,8 @@
 // judge. Past the draft the page shows the lifecycle (pause, resume, cancel), the report
 // with its charts and the call list of seed 003. Viewers see everything and change nothing
 // (the gateway refuses them anyway). Every value from the server is rendered as text.
-import { api, ApiError } from './api.js';
-import { formatDate, formatNumber, h } from './dom.js';
+import { api, ApiError, pageQuery } from './api.js';
+import { formatDate, formatNumber, h, moreButton } from './dom.js';
 
 const SAVE_DELAY_MS = 600;
 const REPORT_REFRESH_MS = 5000;
@@ -152,7 +152,7 @@ async function renderList(main) {
   const body = h('div', {}, h('p', { class: 'muted' }, 'Loading…'));
   const actions = h('p', { class: 'actions' });
   main.replaceChildren(h('h1', {}, 'Campaigns'), h('section', { class: 'card wide', id: 'campaign-list' }, actions, body));
-  const page = (token) => api('GET', `/v1/campaigns?${new URLSearchParams(token ? { page_size: String(LIST_PAGE), page_token: token } : { page_size: String(LIST_PAGE) })}`);
+  const page = (token) => api('GET', `/v1/campaigns?${pageQuery(LIST_PAGE, token)}`);
   try {
     const [me, first] = await Promise.all([session(), page('')]);
     if (me.manager.role !== 'viewer') {
@@ -163,24 +163,8 @@ async function renderList(main) {
       return;
     }
     const rows = h('ul', { class: 'rows' }, first.campaigns.map(campaignRow));
-    const more = h('button', { type: 'button', id: 'more-campaigns', hidden: !first.next_page_token }, 'More');
-    const error = h('p', { class: 'error', role: 'alert' });
-    let token = first.next_page_token;
-    more.addEventListener('click', async () => {
-      more.disabled = true;
-      error.textContent = '';
-      try {
-        const next = await page(token);
-        rows.append(...next.campaigns.map(campaignRow));
-        token = next.next_page_token;
-        more.hidden = !token;
-      } catch (failure) {
-        error.textContent = failure.message;
-      } finally {
-        more.disabled = false;
-      }
-    });
-    body.replaceChildren(rows, more, error);
+    const more = moreButton('more-campaigns', 'More', first.next_page_token, page, (next) => rows.append(...next.campaigns.map(campaignRow)));
+    body.replaceChildren(rows, ...more);
   } catch (error) {
     body.replaceChildren(failed(error));
   }

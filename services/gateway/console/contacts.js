@@ -15,7 +15,7 @@
 // GET /v1/campaigns/{id}, once per campaign for the page. Events still come from the
 // contact's export (GET /v1/contacts/{id}/export): no other route serves segmentation's
 // activity and orders for one contact. Everything from the server is shown as text (dom.js).
-import { api, ApiError } from './api.js';
+import { api, ApiError, pageQuery } from './api.js';
 import { formatDate, formatNumber, h } from './dom.js';
 
 const PAGE_SIZE = 50;
@@ -510,10 +510,8 @@ function renderMessages(target, contactId) {
   async function next() {
     more.disabled = true;
     problem.textContent = '';
-    const query = new URLSearchParams({ page_size: String(MESSAGES_PAGE) });
-    if (token) query.set('page_token', token);
     try {
-      const page = await api('GET', `/v1/contacts/${encodeURIComponent(contactId)}/messages?${query}`);
+      const page = await api('GET', `/v1/contacts/${encodeURIComponent(contactId)}/messages?${pageQuery(MESSAGES_PAGE, token)}`);
       if (!token && !page.messages.length) {
         target.replaceChildren(h('p', { class: 'muted', id: 'contact-messages' }, 'No messages yet.'));
         return;

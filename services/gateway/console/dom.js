@@ -35,3 +35,29 @@ export function formatDate(value) {
   const date = new Date(value);
   return Number.isNaN(date.getTime()) ? '' : dates.format(date);
 }
+
+/**
+ * "More" under a paged list, and where its failure is said: `fetchPage(token)` answers the
+ * next page (`{ next_page_token }` and its rows), `append(page)` shows its rows. Hidden once
+ * there is no next page. Returns [button, error] to place after the list.
+ */
+export function moreButton(id, label, firstToken, fetchPage, append) {
+  const button = h('button', { type: 'button', id, hidden: !firstToken }, label);
+  const error = h('p', { class: 'error', role: 'alert' });
+  let token = firstToken;
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    error.textContent = '';
+    try {
+      const page = await fetchPage(token);
+      append(page);
+      token = page.next_page_token;
+      button.hidden = !token;
+    } catch (failure) {
+      error.textContent = failure.message;
+    } finally {
+      button.disabled = false;
+    }
+  });
+  return [button, error];
+}
