@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
@@ -31,7 +32,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -54,6 +55,8 @@ MODULE = "nudge-jaeger"
 BUILD_TIMEOUT_S = 3600.0
 PROGRESS_EVERY_S = 15.0
 DEFAULT_PORTS = {"otlp_grpc": 4317, "otlp_http": 4318, "ui": 16686, "query_grpc": 16685}
+# Served as Jaeger's UI (ui_assets): a trace viewer of our own on Jaeger's API.
+TRACEVIEW = Path(__file__).resolve().parent / "traceview"
 
 CONFIG = """\
 # Written by deploy/local/jaeger.py at every start: in-memory storage, loopback only.
@@ -81,6 +84,8 @@ extensions:
       traces: memstore
     http:
       endpoint: 127.0.0.1:{ui}
+    ui:
+      assets_path: {assets}
     grpc:
       endpoint: 127.0.0.1:{query_grpc}
 
@@ -322,8 +327,20 @@ def choose_ports() -> dict[str, int]:
     return ports
 
 
-def config_text(ports: dict[str, int]) -> str:
-    return CONFIG.format(**ports)
+def ui_assets(environ: Mapping[str, str] = os.environ) -> Path:
+    """What Jaeger serves as its UI: ``NUDGE_JAEGER_UI_ASSETS`` (a build of jaeger-ui, the
+    project's own React UI: ``index.html`` and ``static/``), else our viewer.
+
+    The Go module has no UI assets: they are built from jaeger-ui's repository, which no
+    registry this project may use serves, so a binary built here shows only Jaeger's "not
+    the UI you are looking for" page. deploy/local/traceview reads the same API instead."""
+    chosen = environ.get("NUDGE_JAEGER_UI_ASSETS", "").strip()
+    return Path(chosen).expanduser().resolve() if chosen else TRACEVIEW
+
+
+def config_text(ports: dict[str, int], assets: Path = TRACEVIEW) -> str:
+    # A JSON string is a YAML double-quoted scalar: any path, spaces and all.
+    return CONFIG.format(**ports, assets=json.dumps(str(assets)))
 
 
 def wait_jaeger_ready(url: str, child: Child, timeout: float, stop: threading.Event | None) -> None:
@@ -358,7 +375,12 @@ def start_jaeger(
     ports = choose_ports()
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "config.yaml"
-    config.write_text(config_text(ports))
+    assets = ui_assets()
+    if not (assets / "index.html").is_file():
+        raise RuntimeError(
+            f"NUDGE_JAEGER_UI_ASSETS={assets}: no index.html there (a jaeger-ui build)"
+        )
+    config.write_text(config_text(ports, assets))
     child = registry.spawn(
         "jaeger",
         [binary, "--config", config],

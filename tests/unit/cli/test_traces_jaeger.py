@@ -91,6 +91,19 @@ def test_the_configuration_listens_on_the_loopback_ports_chosen_with_memory_stor
     assert (query["http"]["endpoint"], query["grpc"]["endpoint"]) == ("127.0.0.1:3", "127.0.0.1:4")
     assert "memory" in config["extensions"]["jaeger_storage"]["backends"]["memstore"]
     assert config["service"]["telemetry"]["metrics"]["level"] == "none"  # no port 8888
+    # The UI is our viewer (the Go module has no jaeger-ui assets), with its index page.
+    assert query["ui"]["assets_path"] == str(jaeger.TRACEVIEW)
+    assert (Path(query["ui"]["assets_path"]) / "index.html").is_file()
+    assert (jaeger.TRACEVIEW / "static" / "traceview.js").is_file()
+
+
+def test_a_jaeger_ui_build_given_by_the_operator_is_served_instead(tmp_path: Path) -> None:
+    build = tmp_path / "jaeger ui's build"  # any path, spaces and quotes too
+    assert jaeger.ui_assets({}) == jaeger.TRACEVIEW
+    assert jaeger.ui_assets({"NUDGE_JAEGER_UI_ASSETS": str(build)}) == build
+    ports = {"otlp_grpc": 1, "otlp_http": 2, "ui": 3, "query_grpc": 4}
+    config = yaml.safe_load(jaeger.config_text(ports, build))
+    assert config["extensions"]["jaeger_query"]["ui"]["assets_path"] == str(build)
 
 
 def test_a_default_port_taken_is_replaced_by_a_free_one(monkeypatch: pytest.MonkeyPatch) -> None:
