@@ -5,9 +5,9 @@
 Steps: start :class:`LocalStack` (fixed ports, data kept in ``.nudge/data``), create the
 Kafka topics, apply every service's migrations, start each service as
 ``python -m services.<name>`` with its output prefixed by its name, wait for the gateway's
-``/healthz``, create (once) a demo workspace and print how to use it. A service that exits
-is restarted with a backoff (at most 5 times a minute), so a crash shows in the output but
-the system keeps going.
+``/healthz``, create (once) a demo workspace with its console owner and its Welcome
+workflow, and print how to use it. A service that exits is restarted with a backoff (at
+most 5 times a minute), so a crash shows in the output but the system keeps going.
 
 The pieces are reusable: the end-to-end tests start the whole system through
 :func:`service_env` and :class:`ServiceGroup`, on free ports.
@@ -589,6 +589,56 @@ def demo_owner(state_dir: Path, env: Mapping[str, str], demo: Mapping[str, Any])
     return owner
 
 
+DEMO_WORKFLOW = "welcome"
+DEMO_HTTP_TIMEOUT = 15.0
+
+
+def demo_welcome(
+    state_dir: Path, env: Mapping[str, str], demo: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The demo workspace's Welcome workflow, published once so that README's first path (a
+    signup becomes a welcome mail) works: since workflows are data (issue 16) a workspace
+    has none until one is published. Published through the gateway with the demo key, as a
+    user would; its id is kept in ``state_dir/demo.json``, and a later run that finds it
+    does nothing, so a user who paused or deleted it is not overridden. A failure is one
+    line on stderr: ``make run`` comes up without it."""
+    if demo.get("welcome_workflow_id"):
+        return {"welcome_workflow_id": demo["welcome_workflow_id"]}
+    if not demo.get("api_key"):
+        return {}
+    try:
+        workflow_id = publish_template(env["NUDGE_GATEWAY_URL"], demo["api_key"], DEMO_WORKFLOW)
+    except RuntimeError as err:
+        print(f"nudge: WARNING: no Welcome workflow in the demo workspace: {err}", file=sys.stderr)
+        return {}
+    published = {"welcome_workflow_id": workflow_id}
+    write_private(state_dir / "demo.json", json.dumps({**demo, **published}, indent=1) + "\n")
+    return published
+
+
+def publish_template(gateway: str, api_key: str, template_id: str) -> str:
+    """A workflow made from a template and published (``POST /v1/workflows``, then
+    ``/publish``); returns its id. Raises RuntimeError naming the call that failed."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    with httpx.Client(base_url=gateway, headers=auth, timeout=DEMO_HTTP_TIMEOUT) as client:
+        workflow_id = str(_post(client, "/v1/workflows", {"template_id": template_id})["id"])
+        _post(client, f"/v1/workflows/{workflow_id}/publish")
+    return workflow_id
+
+
+def _post(client: httpx.Client, path: str, body: Mapping[str, Any] | None = None) -> Any:
+    """The JSON answer of a successful POST, else RuntimeError with its method, path and why
+    (the status and the start of the problem+json, or the transport's error), on one line."""
+    try:
+        answer = client.post(path, json=body)
+        if answer.is_success:
+            return answer.json()
+        failure = f"{answer.status_code} {answer.text[:300]}"
+    except (httpx.HTTPError, ValueError) as err:
+        failure = repr(err)
+    raise RuntimeError(f"POST {path}: {' '.join(failure.split())}")
+
+
 def banner(
     env: Mapping[str, str],
     demo: Mapping[str, Any],
@@ -604,6 +654,13 @@ def banner(
     console = f"{demo.get('console_email', '?')} / " + (
         demo.get("console_password") or "(unknown: nudge managers create ...)"
     )
+    welcome = demo.get("welcome_workflow_id")
+    workflow = (
+        f"    workflow    Welcome {welcome}   (published once: a signup with the automations"
+        " consent gets a welcome mail)\n"
+        if welcome
+        else ""
+    )
     warned = "".join(f"  WARNING: {warning}\n" for warning in warnings)
     return f"""
   Nudge is running.
@@ -614,7 +671,7 @@ def banner(
     admin token {env.get("NUDGE_ADMIN_TOKEN", "")}
     try         curl -X POST {gateway}/v1/contacts -H "Authorization: Bearer {key}" \\
                      -H "Content-Type: application/json" -d '{{"email": "ada@example.com"}}'
-    mail        make mail            (every message the local SMTP sink received)
+{workflow}    mail        make mail            (every message the local SMTP sink received)
 {traces}    logs        {paths.logs_dir(state_dir)}
     stop        Ctrl-C
 {warned}"""
@@ -691,6 +748,8 @@ def run(names: Sequence[str] = SERVICES) -> int:
                 print(f"nudge: NOT HEALTHY: {err}", file=sys.stderr)
         demo = demo_workspace(state_dir, env) if "contacts" in names else {}
         demo = {**demo, **demo_owner(state_dir, env, demo)}
+        if {"gateway", "triggers"} <= set(names):
+            demo = {**demo, **demo_welcome(state_dir, env, demo)}
         jaeger_url = jaeger.ui_url if jaeger is not None else ""
         print(banner(env, demo, state_dir, [*stack.warnings, *warnings], jaeger_url), flush=True)
         wait_forever()
