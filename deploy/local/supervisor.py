@@ -607,13 +607,29 @@ def demo_welcome(
     if not demo.get("api_key"):
         return {}
     try:
-        workflow_id = publish_template(env["NUDGE_GATEWAY_URL"], demo["api_key"], DEMO_WORKFLOW)
+        gateway, key = env["NUDGE_GATEWAY_URL"], demo["api_key"]
+        # A demo from before this step may welcome signups already (published by hand):
+        # a second workflow would send two welcome mails.
+        workflow_id = signup_workflow(gateway, key) or publish_template(gateway, key, DEMO_WORKFLOW)
     except RuntimeError as err:
         print(f"nudge: WARNING: no Welcome workflow in the demo workspace: {err}", file=sys.stderr)
         return {}
     published = {"welcome_workflow_id": workflow_id}
     write_private(state_dir / "demo.json", json.dumps({**demo, **published}, indent=1) + "\n")
     return published
+
+
+def signup_workflow(gateway: str, api_key: str) -> str | None:
+    """The id of a workflow of the workspace that starts on a signup, in any state, if any
+    (``GET /v1/workflows``, its first page: a demo workspace has few)."""
+    auth = {"Authorization": f"Bearer {api_key}"}
+    try:
+        answer = httpx.get(f"{gateway}/v1/workflows", headers=auth, timeout=DEMO_HTTP_TIMEOUT)
+        answer.raise_for_status()
+        listed = answer.json()["workflows"]
+    except (httpx.HTTPError, ValueError, KeyError) as err:
+        raise RuntimeError(f"GET /v1/workflows: {' '.join(repr(err).split())}") from err
+    return next((str(w["id"]) for w in listed if w.get("trigger") == "signed_up"), None)
 
 
 def publish_template(gateway: str, api_key: str, template_id: str) -> str:

@@ -16,9 +16,17 @@ from deploy.local.supervisor import banner, demo_welcome
 
 
 class RefusesToPublish(BaseHTTPRequestHandler):
-    """Makes the draft, then answers its publish with a 503 problem on several lines."""
+    """Lists the workflows of ``LISTED``; makes the draft, then answers its publish with a
+    503 problem on several lines. Keeps the POSTs it saw."""
+
+    LISTED: list[dict[str, str]] = []
+    POSTED: list[str] = []
+
+    def do_GET(self) -> None:
+        self._answer(200, {"workflows": self.LISTED, "next_page_token": ""})
 
     def do_POST(self) -> None:
+        self.POSTED.append(self.path)
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.path == "/v1/workflows":
             self._answer(201, {"id": "w-1"})
@@ -39,6 +47,7 @@ class RefusesToPublish(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def gateway() -> Iterator[str]:
+    RefusesToPublish.LISTED, RefusesToPublish.POSTED = [], []
     server = ThreadingHTTPServer(("127.0.0.1", 0), RefusesToPublish)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -68,3 +77,20 @@ def test_a_recorded_workflow_is_left_alone(tmp_path: Path) -> None:
     assert demo_welcome(tmp_path, env, demo) == {"welcome_workflow_id": "w-1"}
     assert not (tmp_path / "demo.json").exists()
     assert "Welcome w-1" in banner(env, demo, tmp_path)
+
+
+def test_a_demo_that_welcomes_signups_already_gets_no_second_workflow(
+    gateway: str, tmp_path: Path
+) -> None:
+    """A demo workspace from before this step, its welcome published by hand: a second one
+    would send two welcome mails. Its workflow is recorded instead, and nothing posted."""
+    RefusesToPublish.LISTED = [
+        {"id": "w-order", "trigger": "order_placed", "status": "active"},
+        {"id": "w-hand", "trigger": "signed_up", "status": "active"},
+    ]
+    demo = {"workspace_id": "ws", "api_key": "nk_x"}
+    assert demo_welcome(tmp_path, {"NUDGE_GATEWAY_URL": gateway}, demo) == {
+        "welcome_workflow_id": "w-hand"
+    }
+    assert RefusesToPublish.POSTED == []
+    assert json.loads((tmp_path / "demo.json").read_text())["welcome_workflow_id"] == "w-hand"
