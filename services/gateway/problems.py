@@ -22,7 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
 
-from services.gateway.schemas import EVENT_TYPES, PATTERN_MESSAGES
+from services.gateway.schemas import EVENT_TYPES, PATTERN_MESSAGES, UUID_PATTERN, uuid_message
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,11 @@ def validation_problem(errors: Sequence[Any]) -> Problem:
             loc.append(str((error.get("ctx") or {}).get("discriminator", "type")).strip("'\""))
         message = str(error.get("msg")).removeprefix("Value error, ")
         if error.get("type") == "string_pattern_mismatch":
-            pattern = (error.get("ctx") or {}).get("pattern")
-            message = PATTERN_MESSAGES.get(str(pattern), message)
+            pattern = str((error.get("ctx") or {}).get("pattern"))
+            if pattern == UUID_PATTERN:
+                message = uuid_message(loc)
+            else:
+                message = PATTERN_MESSAGES.get(pattern, message)
         field_errors.append(FieldError(field=field_path(loc), message=message))
     count = len(field_errors)
     return Problem(

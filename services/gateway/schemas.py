@@ -16,6 +16,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import zoneinfo
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -367,8 +368,22 @@ class TagsChangedOut(ResponseModel):
 
 
 ConsentState = Literal["granted", "withdrawn", "pending", "never_asked"]
+# Every id the services keep as a UUID, in the path, the query or a body. A mismatch is said
+# with the id's name, from its field (uuid_message): one pattern, whatever the id.
 UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
-PATTERN_MESSAGES[UUID_PATTERN] = "not a contact id"
+
+
+def uuid_message(loc: Sequence[object]) -> str:
+    """``contact_id`` (or an item of ``contact_ids``) → "not a contact id (a UUID)"; a field
+    not named for an id → "not a UUID"."""
+    name = next((part for part in reversed(loc) if isinstance(part, str)), "")
+    name = name.removesuffix("s") if name.endswith("_ids") else name
+    if name.endswith("_id"):
+        noun = name.removesuffix("_id").replace("_", " ")
+        return f"not {'an' if noun[:1] in 'aeiou' else 'a'} {noun} id (a UUID)"
+    return "not a UUID"
+
+
 ContactUuid = Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
 
 

@@ -13,7 +13,7 @@ from nudge.delivery.v1 import delivery_pb2
 from services.gateway import convert, problems
 from services.gateway.deps import BackendsDep, CallerDep, SettingsDep
 from services.gateway.schemas import (
-    PATTERN_MESSAGES,
+    UUID_PATTERN,
     ContactMessageList,
     MessageStatusOut,
     MessageStoryOut,
@@ -21,13 +21,8 @@ from services.gateway.schemas import (
 
 router = APIRouter(prefix="/v1/messages", tags=["messages"])
 # Delivery keeps contact ids as UUIDs and refuses any other (422): the document says so
-# (schemathesis found an id the former pattern allowed and delivery refused). Spelled apart
-# from schemas.UUID_PATTERN, whose message is shorter.
-CONTACT_UUID_PATTERN = r"^[0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"
-PATTERN_MESSAGES[CONTACT_UUID_PATTERN] = "not a contact id (a UUID)"
-ContactUuid = Annotated[
-    str, Path(pattern=CONTACT_UUID_PATTERN, description="The contact's id (a UUID).")
-]
+# (schemathesis found an id the former pattern allowed and delivery refused).
+ContactUuid = Annotated[str, Path(pattern=UUID_PATTERN, description="The contact's id (a UUID).")]
 contact_router = APIRouter(prefix="/v1/contacts", tags=["messages"])
 
 MAX_PAGE_SIZE = 100  # as delivery's ListContactMessages allows
@@ -36,12 +31,8 @@ _FIELDS = {"contact_id": "path.contact_id"}
 
 # Every message id is a UUID (deterministic per campaign and contact, or a transactional
 # send's), so the document says so: schemathesis found a "schema-valid" id that `explain=true`
-# refused. Spelled apart from the other UUID patterns, whose messages name other ids.
-MESSAGE_ID_PATTERN = r"^[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}$"
-PATTERN_MESSAGES[MESSAGE_ID_PATTERN] = "not a message id (a UUID)"
-MessageId = Annotated[
-    str, Path(pattern=MESSAGE_ID_PATTERN, description="The message's id (a UUID).")
-]
+# refused.
+MessageId = Annotated[str, Path(pattern=UUID_PATTERN, description="The message's id (a UUID).")]
 Explain = Annotated[
     bool,
     Query(

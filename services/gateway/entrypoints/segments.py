@@ -30,6 +30,7 @@ from services.gateway.deps import BackendsDep, Caller, CallerDep
 from services.gateway.paths import CONTACT_ID_PATTERN, ContactId
 from services.gateway.schemas import (
     AS_OF_DESCRIPTION,
+    UUID_PATTERN,
     AdHocCountIn,
     AdHocPreviewIn,
     ContactSegments,
@@ -381,7 +382,7 @@ async def list_members(
     after: Annotated[
         str | None,
         Query(
-            pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
+            pattern=UUID_PATTERN,
             description="The previous page's `next_after`: members after this contact id.",
         ),
     ] = None,

@@ -29,7 +29,7 @@ from services.gateway.deps import (
     forbidden,
     sessions_unavailable,
 )
-from services.gateway.schemas import PATTERN_MESSAGES, Email, ResponseModel, StrictModel
+from services.gateway.schemas import UUID_PATTERN, Email, ResponseModel, StrictModel
 
 log = logging.getLogger(__name__)
 
@@ -237,12 +237,7 @@ def manager_json(manager: contacts_pb2.Manager) -> ManagerOut:
     )
 
 
-# A UUID (spelled apart from schemas.UUID_PATTERN, whose message names a contact id).
-MANAGER_ID_PATTERN = r"^[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}$"
-PATTERN_MESSAGES[MANAGER_ID_PATTERN] = "not a manager id (a UUID)"
-ManagerId = Annotated[
-    str, Path(pattern=MANAGER_ID_PATTERN, description="The manager's id (a UUID).")
-]
+ManagerId = Annotated[str, Path(pattern=UUID_PATTERN, description="The manager's id (a UUID).")]
 
 
 @managers_router.get(

@@ -3,6 +3,7 @@ edges of what a protobuf Timestamp can hold."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 
 import grpc
@@ -17,6 +18,7 @@ from nudge.shop.v1 import shop_pb2
 
 from services.campaigns.domain import model as campaign_rules
 from services.campaigns.domain import paging
+from services.gateway.schemas import uuid_message
 from tests.unit.gateway.conftest import AUTH, Gateway
 from tests.unit.gateway.fakes import rpc_error
 
@@ -508,3 +510,22 @@ async def test_a_rule_preview_takes_a_limit_written_as_a_whole_float(gateway: Ga
         "/v1/segments:preview", json={"rule": rule, "limit": 4.5}, headers=AUTH
     )
     assert (refused.status_code, field_errors(refused)) == (422, ["limit"])
+
+
+async def test_a_malformed_uuid_is_said_with_the_name_of_its_id_wherever_it_is(
+    gateway: Gateway,
+) -> None:
+    """One UUID pattern for every id (schemas.UUID_PATTERN); the message names the id from
+    its field: in the path, the query, a body field, an item of a body list."""
+    manager = await gateway.http.patch("/v1/managers/m-1", json={"role": "viewer"}, headers=AUTH)
+    after = await gateway.http.get(f"/v1/segments/{uuid.uuid4()}/members?after=x", headers=AUTH)
+    cases = [
+        (manager, "path.manager_id", "not a manager id (a UUID)"),
+        (after, "query.after", "not a UUID"),
+    ]
+    for answer, field, message in cases:
+        assert answer.status_code == 422, answer.text
+        [error] = answer.json()["errors"]
+        assert (error["field"], error["message"]) == (field, message)
+    assert uuid_message(("body", "contact_ids", 3)) == "not a contact id (a UUID)"
+    assert uuid_message(("body", "audit_event_id")) == "not an audit event id (a UUID)"
