@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from argon2 import PasswordHasher
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
@@ -91,6 +92,52 @@ async def test_a_manager_signs_in_with_the_password_kept_only_as_an_argon2id_has
     )
     assert isinstance(stored, str) and stored.startswith("$argon2id$")
     assert PASSWORD not in stored
+
+
+async def test_a_hash_of_weaker_parameters_is_replaced_at_sign_in_for_that_manager_only(
+    stub: contacts_pb2_grpc.ManagerServiceStub,
+    workspace: Workspace,
+    contacts_service: RunningService,
+) -> None:
+    """argon2's parameters rise over the years: a hash made with older (weaker) ones is
+    rehashed with today's at the next successful sign-in, in the manager's own row."""
+    weak = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(PASSWORD)
+    email, other_email = new_email(), new_email()
+    other_workspace = await new_workspace(contacts_service)
+    manager = await create(stub, workspace, email)
+    other = await create(stub, other_workspace, other_email)
+    dsn = os.environ["DATABASE_URL"]
+    for row in (manager, other):
+        await fetchval(
+            dsn,
+            "UPDATE contacts.managers SET password_hash = $2 WHERE id = $1::uuid RETURNING 1",
+            row.id,
+            weak,
+        )
+    assert PasswordHasher().check_needs_rehash(weak)  # today's parameters are stronger
+
+    answer = await stub.AuthenticateManager(
+        contacts_pb2.AuthenticateManagerRequest(email=email, password=PASSWORD),
+        metadata=INTERNAL,
+    )
+    assert answer.manager.id == manager.id
+    stored = await fetchval(
+        dsn, "SELECT password_hash FROM contacts.managers WHERE id = $1::uuid", manager.id
+    )
+    assert isinstance(stored, str) and stored != weak
+    assert not PasswordHasher().check_needs_rehash(stored)
+    assert PasswordHasher().verify(stored, PASSWORD)
+    # The other workspace's manager, same weak hash, did not sign in: untouched.
+    kept = await fetchval(
+        dsn, "SELECT password_hash FROM contacts.managers WHERE id = $1::uuid", other.id
+    )
+    assert kept == weak
+    # And the new hash signs in as well.
+    again = await stub.AuthenticateManager(
+        contacts_pb2.AuthenticateManagerRequest(email=email, password=PASSWORD),
+        metadata=INTERNAL,
+    )
+    assert again.manager.id == manager.id
 
 
 async def test_an_unknown_email_and_a_wrong_password_get_the_same_answer(
