@@ -606,11 +606,13 @@ def demo_welcome(
         return {"welcome_workflow_id": demo["welcome_workflow_id"]}
     if not demo.get("api_key"):
         return {}
+    auth = {"Authorization": f"Bearer {demo['api_key']}"}
+    gateway = env["NUDGE_GATEWAY_URL"]
     try:
-        gateway, key = env["NUDGE_GATEWAY_URL"], demo["api_key"]
-        # A demo from before this step may welcome signups already (published by hand):
-        # a second workflow would send two welcome mails.
-        workflow_id = signup_workflow(gateway, key) or publish_template(gateway, key, DEMO_WORKFLOW)
+        with httpx.Client(base_url=gateway, headers=auth, timeout=DEMO_HTTP_TIMEOUT) as client:
+            # A demo from before this step may welcome signups already (published by
+            # hand): a second workflow would send two welcome mails.
+            workflow_id = signup_workflow(client) or publish_template(client, DEMO_WORKFLOW)
     except RuntimeError as err:
         print(f"nudge: WARNING: no Welcome workflow in the demo workspace: {err}", file=sys.stderr)
         return {}
@@ -619,40 +621,34 @@ def demo_welcome(
     return published
 
 
-def signup_workflow(gateway: str, api_key: str) -> str | None:
+def signup_workflow(client: httpx.Client) -> str | None:
     """The id of a workflow of the workspace that starts on a signup, in any state, if any
     (``GET /v1/workflows``, its first page: a demo workspace has few)."""
-    auth = {"Authorization": f"Bearer {api_key}"}
-    try:
-        answer = httpx.get(f"{gateway}/v1/workflows", headers=auth, timeout=DEMO_HTTP_TIMEOUT)
-        answer.raise_for_status()
-        listed = answer.json()["workflows"]
-    except (httpx.HTTPError, ValueError, KeyError) as err:
-        raise RuntimeError(f"GET /v1/workflows: {' '.join(repr(err).split())}") from err
+    listed = _call(client, "GET", "/v1/workflows").get("workflows", [])
     return next((str(w["id"]) for w in listed if w.get("trigger") == "signed_up"), None)
 
 
-def publish_template(gateway: str, api_key: str, template_id: str) -> str:
+def publish_template(client: httpx.Client, template_id: str) -> str:
     """A workflow made from a template and published (``POST /v1/workflows``, then
     ``/publish``); returns its id. Raises RuntimeError naming the call that failed."""
-    auth = {"Authorization": f"Bearer {api_key}"}
-    with httpx.Client(base_url=gateway, headers=auth, timeout=DEMO_HTTP_TIMEOUT) as client:
-        workflow_id = str(_post(client, "/v1/workflows", {"template_id": template_id})["id"])
-        _post(client, f"/v1/workflows/{workflow_id}/publish")
+    workflow_id = str(_call(client, "POST", "/v1/workflows", {"template_id": template_id})["id"])
+    _call(client, "POST", f"/v1/workflows/{workflow_id}/publish")
     return workflow_id
 
 
-def _post(client: httpx.Client, path: str, body: Mapping[str, Any] | None = None) -> Any:
-    """The JSON answer of a successful POST, else RuntimeError with its method, path and why
+def _call(
+    client: httpx.Client, method: str, path: str, body: Mapping[str, Any] | None = None
+) -> Any:
+    """The JSON answer of a successful call, else RuntimeError with its method, path and why
     (the status and the start of the problem+json, or the transport's error), on one line."""
     try:
-        answer = client.post(path, json=body)
+        answer = client.request(method, path, json=body)
         if answer.is_success:
             return answer.json()
         failure = f"{answer.status_code} {answer.text[:300]}"
     except (httpx.HTTPError, ValueError) as err:
         failure = repr(err)
-    raise RuntimeError(f"POST {path}: {' '.join(failure.split())}")
+    raise RuntimeError(f"{method} {path}: {' '.join(failure.split())}")
 
 
 def banner(
