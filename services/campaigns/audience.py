@@ -315,6 +315,9 @@ class Plan:
         self.holdout_end = spec.holdout_percent * 100
         self.sample_end = self.holdout_end + (spec.ab.sample_percent * 100 if spec.ab else 0)
         self.variants = spec.ab.variants if spec.ab else 0
+        # Without a hold-out or an A/B sample every rule below gives all buckets the same
+        # answer, so no contact's SHA-256 needs computing.
+        self.bucketed = self.sample_end > 0
         self._prefix = f"{spec.campaign_id}/".encode()
         self.zone = _zone(spec.time_zone) or ZoneInfo("UTC")
         moment = spec.scheduled_at or as_of
@@ -431,10 +434,13 @@ async def stream_recipients(
     plan = decide.plan
     try:
         async for batch in merged:
-            for m in batch:
-                b = plan.bucket(m[0])
-                if plan.in_phase(b, phase):
-                    chosen.append((m, b))
+            if plan.bucketed:
+                for m in batch:
+                    b = plan.bucket(m[0])
+                    if plan.in_phase(b, phase):
+                        chosen.append((m, b))
+            else:
+                chosen.extend([(m, 0) for m in batch])  # every bucket decides alike
             while len(chosen) >= batch_size:
                 pending.append(asyncio.create_task(decide(chosen[:batch_size])))
                 chosen = chosen[batch_size:]
