@@ -116,7 +116,9 @@ class AudienceSpec:
 # as immutable all the same (hashable by value, as it was frozen).
 @dataclass(slots=True, unsafe_hash=True)
 class Recipient:
-    contact_id: uuid.UUID
+    # The id's text as segmentation streams it (lower-case, hyphenated: str() of its uuid),
+    # kept as text to the fan-out's insert and records, which need nothing else.
+    contact_id: str
     email: str
     # ExcludedCount.reason ("no_consent", "suppressed", "frequency_cap", "holdout", ...);
     # None: to be mailed.
@@ -508,7 +510,7 @@ class _Decider:
                 # Left out: what the fan-out records and the preview counts, no more.
                 out.append(
                     Recipient(
-                        uuid.UUID(contact_id),
+                        contact_id,
                         email,
                         reason,
                         plan.variant(b),
@@ -531,7 +533,7 @@ class _Decider:
                 due = None
             out.append(
                 Recipient(  # positional: the fields' order (cheaper than keywords)
-                    uuid.UUID(contact_id),
+                    contact_id,
                     answer.email,
                     None,
                     plan.variant(b),
