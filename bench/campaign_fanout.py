@@ -1,6 +1,6 @@
 """A campaign's fan-out at scale: from SENDING to every record on delivery.requests.v1.
 
-    .venv/bin/python bench/campaign_fanout.py [--scale N] [--batch B] [--profile]
+    .venv/bin/python bench/campaign_fanout.py [--scale N] [--batch B] [--profile [SERVICE]]
 
 Starts PostgreSQL, Redis and Kafka (the local stack on free ports, durable PostgreSQL
 settings as ``make run``) and the contacts, segmentation and campaigns services as
@@ -18,7 +18,8 @@ and moves it to SENDING (as SendCampaign does). It then times, from that commit:
   audience's ceiling.
 
 ``--profile`` records the campaigns process with py-spy (``.venv/bin/pip install py-spy``)
-and prints its hottest functions. The last line is one JSON object with the figures.
+and prints its hottest functions; ``--profile contacts`` (or ``segmentation``) records that
+service instead. The last line is one JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -323,12 +324,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         cpu_before = {name: tree_cpu_s(pid) for name, pid in pids.items()}
         busy_before, total_before = machine_jiffies()
         profiler = None
-        profile = Path(tempfile.mkdtemp(prefix="nudge-fanout-")) / "campaigns.txt"
+        profile = Path(tempfile.mkdtemp(prefix="nudge-fanout-")) / f"{args.profile}.txt"
         if args.profile:
             py_spy = Path(sys.executable).parent / "py-spy"
             profiler = subprocess.Popen(
                 [
-                    *(str(py_spy), "record", "--pid", str(pids["campaigns"])),
+                    *(str(py_spy), "record", "--pid", str(pids[args.profile])),
                     *("--rate", "100", "--format", "raw", "--output", str(profile)),
                     "--nonblocking",
                 ],
@@ -365,7 +366,13 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=1_000_000, help="recipients")
     parser.add_argument("--batch", type=int, default=2000, help="fan-out batch (max 5000)")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds to wait for SENT")
-    parser.add_argument("--profile", action="store_true", help="py-spy the campaigns process")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="campaigns",
+        choices=SERVICES,
+        help="py-spy a service's process (campaigns when none is named)",
+    )
     args = parser.parse_args()
     result = run(args)
     sys.stdout.write(json.dumps(result) + "\n")

@@ -116,7 +116,9 @@ class AudienceSpec:
 # as immutable all the same (hashable by value, as it was frozen).
 @dataclass(slots=True, unsafe_hash=True)
 class Recipient:
-    contact_id: uuid.UUID
+    # The id's text as segmentation streams it (lower-case, hyphenated: str() of its uuid),
+    # kept as text to the fan-out's insert and records, which need nothing else.
+    contact_id: str
     email: str
     # ExcludedCount.reason ("no_consent", "suppressed", "frequency_cap", "holdout", ...);
     # None: to be mailed.
@@ -315,6 +317,9 @@ class Plan:
         self.holdout_end = spec.holdout_percent * 100
         self.sample_end = self.holdout_end + (spec.ab.sample_percent * 100 if spec.ab else 0)
         self.variants = spec.ab.variants if spec.ab else 0
+        # Without a hold-out or an A/B sample every rule below gives all buckets the same
+        # answer, so no contact's SHA-256 needs computing.
+        self.bucketed = self.sample_end > 0
         self._prefix = f"{spec.campaign_id}/".encode()
         self.zone = _zone(spec.time_zone) or ZoneInfo("UTC")
         moment = spec.scheduled_at or as_of
@@ -431,10 +436,13 @@ async def stream_recipients(
     plan = decide.plan
     try:
         async for batch in merged:
-            for m in batch:
-                b = plan.bucket(m[0])
-                if plan.in_phase(b, phase):
-                    chosen.append((m, b))
+            if plan.bucketed:
+                for m in batch:
+                    b = plan.bucket(m[0])
+                    if plan.in_phase(b, phase):
+                        chosen.append((m, b))
+            else:
+                chosen.extend([(m, 0) for m in batch])  # every bucket decides alike
             while len(chosen) >= batch_size:
                 pending.append(asyncio.create_task(decide(chosen[:batch_size])))
                 chosen = chosen[batch_size:]
@@ -502,7 +510,7 @@ class _Decider:
                 # Left out: what the fan-out records and the preview counts, no more.
                 out.append(
                     Recipient(
-                        uuid.UUID(contact_id),
+                        contact_id,
                         email,
                         reason,
                         plan.variant(b),
@@ -525,7 +533,7 @@ class _Decider:
                 due = None
             out.append(
                 Recipient(  # positional: the fields' order (cheaper than keywords)
-                    uuid.UUID(contact_id),
+                    contact_id,
                     answer.email,
                     None,
                     plan.variant(b),

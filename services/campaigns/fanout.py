@@ -105,9 +105,11 @@ class _Batch:
     """One audience batch as the fan-out writes it: rows as columns, and what to produce."""
 
     now: datetime
-    last: uuid.UUID
+    last: str
     size: int
-    contacts: list[uuid.UUID] = field(default_factory=list)
+    # Contact and message ids as text: asyncpg parses a uuid's text in C, where a
+    # uuid.UUID's bytes come from a Python property.
+    contacts: list[str] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     variants: list[int] = field(default_factory=list)
     excluded: list[str | None] = field(default_factory=list)
@@ -573,9 +575,9 @@ class _CampaignRun:
         b = _Batch(now=now, last=batch[-1].contact_id, size=len(batch))
         campaign = self.campaign_text
         for r in batch:
-            contact = str(r.contact_id)
+            contact = r.contact_id
             message = campaign_message_id(campaign, contact)
-            b.contacts.append(r.contact_id)
+            b.contacts.append(contact)
             b.messages.append(message)
             b.variants.append(r.variant)
             b.excluded.append(r.excluded)
@@ -646,7 +648,7 @@ class _CampaignRun:
             b.deferred_count,
             b.now,
         )
-        checkpoint.after = b.last
+        checkpoint.after = uuid.UUID(b.last)
         checkpoint.reached += b.size
         checkpoint.requested += len(b.produce)
         checkpoint.excluded += b.excluded_count

@@ -56,12 +56,10 @@ class Eligibility:
 
     async def _check_chunk(self, contact_ids: Sequence[str]) -> list[Answer]:
         purpose = self._purpose
-        request = contacts_pb2.CheckEligibilityBatchRequest(
-            checks=[
-                contacts_pb2.CheckEligibilityRequest(contact_id=c, purpose=purpose)  # type: ignore[arg-type]
-                for c in contact_ids
-            ]
-        )
+        request = contacts_pb2.CheckEligibilityBatchRequest()
+        add = request.checks.add  # half the cost of a message object per check, then a list
+        for c in contact_ids:
+            add(contact_id=c, purpose=purpose)
         try:
             response: contacts_pb2.CheckEligibilityBatchResponse = (
                 await self._stub.CheckEligibilityBatch(

@@ -80,31 +80,48 @@ def _uuid5_text(prefix: hashlib._Hash, name: bytes) -> str:
 
 
 _M = 0x5BD1E995
-_WORDS = {n: struct.Struct(f"<{n}I") for n in range(1, 33)}
+_SEED = 0x9747B28C
 
 
-def murmur2(key: bytes) -> int:
-    """Kafka's murmur2 (the Java client's ``Utils.murmur2``, aiokafka's ``murmur2``) of
-    ``key``, four bytes at a time: aiokafka's byte-at-a-time version cost a fifth of the
-    fan-out's time. Keys whose length is not a multiple of 4 (never a contact id) go to
-    aiokafka's. tests/unit/campaigns/test_fanout_records.py holds the two equal."""
-    n = len(key)
-    words = _WORDS.get(n >> 2)
-    if n & 3 or words is None:
-        return int(_aiokafka_murmur2(key))
-    h = 0x9747B28C ^ n
-    for k in words.unpack(key):
-        k = (k * _M) & 0xFFFFFFFF
-        k ^= k >> 24
-        h = ((h * _M) & 0xFFFFFFFF) ^ ((k * _M) & 0xFFFFFFFF)
-    h ^= h >> 13
-    h = (h * _M) & 0xFFFFFFFF
-    return h ^ (h >> 15)
+def murmur2_many(keys: Sequence[bytes]) -> list[int]:
+    """Kafka's murmur2 (the Java client's ``Utils.murmur2``, aiokafka's ``murmur2``) of each
+    of ``keys``, all keys at once: aiokafka's byte-at-a-time version cost a fifth of the
+    fan-out's time, a word-at-a-time loop still a tenth.
+
+    Keys of one length, a multiple of 4 (contact ids, 36 bytes), are hashed side by side in
+    one Python integer of 64-bit lanes, one lane per key: lane i of ``k`` holds word j of key
+    i, so each step of the hash (multiply by ``_M`` modulo 2**32, xor-shift) is a handful of
+    integer operations on the whole batch, done in C. A product of two 32-bit values fits its
+    64-bit lane, and masking to the low 32 bits of each lane after every step is the modulo;
+    a right shift's bits from the next lane land in the masked-off half. Other keys go one
+    by one through aiokafka's. tests/unit/campaigns/test_fanout_records.py holds the result
+    equal to aiokafka's."""
+    n = len(keys)
+    length = len(keys[0]) if keys else 0
+    if not n or length & 3 or any(len(key) != length for key in keys):
+        return [int(_aiokafka_murmur2(key)) for key in keys]
+    packed = b"".join(keys)
+    lanes = bytearray(8 * n)
+    mask = int.from_bytes(b"\xff\xff\xff\xff\0\0\0\0" * n, "little")
+    h = (_SEED ^ length) * int.from_bytes(b"\1\0\0\0\0\0\0\0" * n, "little")
+    for word in range(0, length, 4):
+        for byte in range(4):  # word j of every key, little-endian, into the lanes
+            lanes[byte::8] = packed[word + byte :: length]
+        k = (int.from_bytes(lanes, "little") * _M) & mask
+        k ^= (k >> 24) & mask
+        k = (k * _M) & mask
+        h = ((h * _M) & mask) ^ k
+    h ^= (h >> 13) & mask
+    h = (h * _M) & mask
+    h ^= (h >> 15) & mask
+    return list(struct.unpack(f"<{2 * n}I", h.to_bytes(8 * n, "little"))[::2])
 
 
-def partition_of(key: bytes, partitions: Sequence[int]) -> int:
-    """The partition aiokafka's DefaultPartitioner gives ``key`` (``partitions`` sorted)."""
-    return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+def partitions_of(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]:
+    """The partition aiokafka's DefaultPartitioner gives each of ``keys`` (``partitions``
+    sorted)."""
+    count = len(partitions)
+    return [partitions[(h & 0x7FFFFFFF) % count] for h in murmur2_many(keys)]
 
 
 def campaign_message_id(campaign_id: str, contact_id: str) -> str:
@@ -228,8 +245,9 @@ class DeliveryRequestWriter:
         producer = self._producer
         partitions = sorted(await producer.partitions_for(self.topic))
         by_partition: dict[int, list[tuple[bytes, bytes]]] = {p: [] for p in partitions}
-        for key, value in records:
-            by_partition[partition_of(key, partitions)].append((key, value))
+        chosen = partitions_of([key for key, _ in records], partitions)
+        for record, partition in zip(records, chosen, strict=True):
+            by_partition[partition].append(record)
         headers = inject_headers()
         futures: list[asyncio.Future[object]] = []
         for partition, rows in by_partition.items():
@@ -267,8 +285,8 @@ __all__ = [
     "RecordTooLarge",
     "RequestTemplate",
     "campaign_message_id",
-    "murmur2",
-    "partition_of",
+    "murmur2_many",
+    "partitions_of",
     "record_key",
     "request_event_id",
     "request_template",

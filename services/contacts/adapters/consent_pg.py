@@ -148,7 +148,7 @@ async def eligibility_facts(
 async def eligibility_facts_many(
     conn: asyncpg.Connection,
     workspace_id: str,
-    contact_ids: Sequence[uuid.UUID],
+    contact_ids: Sequence[uuid.UUID | str],
     purposes: Sequence[int],
 ) -> list[asyncpg.Record | None]:
     """:func:`eligibility_facts` for many (contact, purpose) pairs in one statement, in the

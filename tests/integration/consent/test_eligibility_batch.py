@@ -218,6 +218,20 @@ async def test_batch_refuses_bad_checks_whole(
     assert await batch(channel, workspace, replayed) == await batch(channel, workspace, replayed)
 
 
+async def test_an_id_in_another_form_uuid_reads_is_the_same_contact(
+    channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    """Services send an id's canonical text, taken as it is; every other form of it that
+    uuid.UUID reads still finds the contact, and each answer names the id as it was asked."""
+    granted = await create_contact(channel, workspace, MARKETING)
+    key = uuid.UUID(granted)
+    forms = [granted, granted.upper(), key.hex, f"{{{granted}}}", key.urn]
+    answers = await batch(channel, workspace, [(f, MARKETING) for f in forms])
+    assert [a.contact_id for a in answers] == forms
+    assert all(a.found and a.eligibility == answers[0].eligibility for a in answers)
+    assert answers[0].eligibility.eligible
+
+
 async def test_batch_without_credentials_is_refused(channel: grpc.aio.Channel) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await consents(channel).CheckEligibilityBatch(

@@ -185,6 +185,20 @@ def test_without_an_ab_test_everyone_is_variant_0_and_in_the_phase_all() -> None
     assert sum(plan.is_holdout(b) for b in range(10_000)) == 500
 
 
+def test_without_a_hold_out_or_a_sample_no_bucket_is_needed_as_every_one_decides_alike() -> None:
+    """The stream skips the SHA-256 of each contact when :attr:`Plan.bucketed` is False: every
+    rule must then answer the same for every bucket, in every phase."""
+    ab_without_sample = AbSpec(variants=2, sample_percent=0)
+    for fields in ({}, {"ab": ab_without_sample}):
+        plan = Plan(spec(**fields), datetime.now(UTC))
+        assert not plan.bucketed
+        for phase in ("all", "sample", "rest"):
+            assert len({plan.in_phase(b, phase) for b in range(10_000)}) == 1
+        assert len({(plan.variant(b), plan.is_holdout(b)) for b in range(10_000)}) == 1
+    assert Plan(spec(holdout_percent=1), datetime.now(UTC)).bucketed
+    assert Plan(spec(ab=AbSpec(variants=2, sample_percent=10)), datetime.now(UTC)).bucketed
+
+
 def test_local_time_is_the_campaigns_wall_clock_in_the_contacts_zone() -> None:
     # 09:00 in Berlin on 2 June (CEST, UTC+2) is 07:00 UTC.
     at = datetime(2026, 6, 2, 7, 0, tzinfo=UTC)

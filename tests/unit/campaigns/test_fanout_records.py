@@ -17,8 +17,8 @@ from nudge.events.v1.envelope_pb2 import Envelope
 from services.campaigns.adapters.requests_out import (
     RequestTemplate,
     campaign_message_id,
-    murmur2,
-    partition_of,
+    murmur2_many,
+    partitions_of,
     request_event_id,
     request_template,
 )
@@ -108,8 +108,17 @@ def test_a_replay_is_identical_and_another_contact_differs() -> None:
 def test_the_fast_murmur2_is_kafkas_so_every_producer_of_a_contact_picks_its_partition(
     length: int,
 ) -> None:
-    for n in range(300):
-        key = os.urandom(length) if n else str(uuid.uuid4()).encode()[:length]
-        assert murmur2(key) == aiokafka_murmur2(key)
-        partitions = list(range(1 + n % 7))
-        assert partition_of(key, partitions) == DefaultPartitioner()(key, partitions, partitions)
+    extremes = [b"\xff" * length, b"\0" * length, str(uuid.uuid4()).encode()[:length]]
+    keys = extremes + [os.urandom(length) for _ in range(297)]
+    assert murmur2_many(keys) == [aiokafka_murmur2(key) for key in keys]
+    for count in range(1, 8):
+        partitions = list(range(count))
+        assert partitions_of(keys, partitions) == [
+            DefaultPartitioner()(key, partitions, partitions) for key in keys
+        ]
+
+
+def test_keys_of_mixed_lengths_are_hashed_one_by_one_all_the_same() -> None:
+    keys = [os.urandom(n % 41) for n in range(300)]
+    assert murmur2_many(keys) == [aiokafka_murmur2(key) for key in keys]
+    assert murmur2_many([]) == []
