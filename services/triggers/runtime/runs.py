@@ -234,8 +234,10 @@ async def end_run(
     reason: str,
     now: datetime,
 ) -> None:
+    # The run and its timer in one statement: a restart ends a run on every cart change.
     await conn.execute(
-        "UPDATE runs SET state = $3, end_reason = $4, ended_at = $5, updated_at = $5,"
+        "WITH timer AS (DELETE FROM timers WHERE timer_key = $6 AND workspace_id = $1)"
+        " UPDATE runs SET state = $3, end_reason = $4, ended_at = $5, updated_at = $5,"
         " position = NULL, next_wake_at = NULL"
         " WHERE workspace_id = $1 AND id = $2",  # locked and live (the callers' FOR UPDATE)
         uuid.UUID(workspace_id),
@@ -243,8 +245,8 @@ async def end_run(
         state,
         reason,
         now,
+        f"run/{run_id}",
     )
-    await conn.execute("DELETE FROM timers WHERE timer_key = $1", f"run/{run_id}")
 
 
 async def end_runs_of_contact(
