@@ -369,11 +369,13 @@ async def start_run(
             return None
     for old in replaced:
         await end_run(conn, workspace_id, str(old), "cancelled", "restarted", now)
-    inserted = await conn.fetchval(
+    # The new row itself comes back: advancing the run needs it, and reading it again would
+    # cost every start a round trip.
+    row = await conn.fetchrow(
         "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, run_key,"
         " entry_key, state, vars, trigger_event_id, started_at, updated_at, test_recipient)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8::jsonb, $9, $10, $11, $12)"
-        " ON CONFLICT DO NOTHING RETURNING 1",
+        " ON CONFLICT DO NOTHING RETURNING *",
         ws,
         uuid.UUID(run_id),
         workflow,
@@ -387,11 +389,8 @@ async def start_run(
         now,
         test_recipient,
     )
-    if inserted is None:
+    if row is None:
         return None
-    row = await conn.fetchrow(
-        "SELECT * FROM runs WHERE workspace_id = $1 AND id = $2", ws, uuid.UUID(run_id)
-    )
     log.info("started run %s of workflow %s for contact %s", run_id, compiled.workflow_id, contact)
     # The first steps run at the event's time (a 3-hour wait counts from the cart change),
     # never earlier than the allowed lateness, never in the future.
