@@ -68,7 +68,13 @@ async def on_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> li
         else:
             log.info("event %s is too old to start runs (%s)", envelope.event_id, seen.occurred_at)
         starts = await derived.on_contact_changed(
-            conn, ws, contact, seen.event, seen.occurred_at, now
+            conn,
+            ws,
+            contact,
+            seen.event,
+            seen.occurred_at,
+            now,
+            published=await engine.derived_workflows(conn, ws, now),
         )
         started += await _start_derived(conn, engine, ws, starts, now)
     return started
@@ -95,7 +101,13 @@ async def _on_contact_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelo
             await runs.end_runs_of_contact(conn, ws, contact, "contact_deleted", now)
             return []
         starts = await derived.on_contact_changed(
-            conn, ws, contact, "contact_updated", event_time(envelope), now
+            conn,
+            ws,
+            contact,
+            "contact_updated",
+            event_time(envelope),
+            now,
+            published=await engine.derived_workflows(conn, ws, now),
         )
         return await _start_derived(conn, engine, ws, starts, now)
 

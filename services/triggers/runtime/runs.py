@@ -28,6 +28,7 @@ from services.common.events import deterministic_id, new_envelope
 from services.common.outbox import add_many_to_outbox
 from services.common.topics import DELIVERY_REQUESTS
 from services.common.tracing import current_traceparent
+from services.triggers import derived
 from services.triggers.domain.engine import (
     AdjustScore,
     Advance,
@@ -145,9 +146,10 @@ class Run:
 
 class Engine:
     """What the event path and the timer loop share: compiled versions (immutable, so
-    cached for good), the live workflows of each workspace and event (cached for
-    ``live_ttl_s``: a publish or a pause reaches the engine within that), the frequency
-    caps, and ``wake``, told of every timer written so the loop can fire it on time."""
+    cached for good), the live workflows of each workspace and event and the workspace's
+    published workflows of derived triggers (both cached for ``live_ttl_s``: a publish or
+    a pause reaches the engine within that), the frequency caps, and ``wake``, told of
+    every timer written so the loop can fire it on time."""
 
     def __init__(
         self,
@@ -161,6 +163,7 @@ class Engine:
         self.live_ttl = timedelta(seconds=live_ttl_s)
         self._versions: dict[tuple[str, str, int], Compiled] = {}
         self._live: dict[tuple[str, str], tuple[datetime, list[Compiled]]] = {}
+        self._derived: dict[str, tuple[datetime, list[derived.PublishedWorkflow]]] = {}
 
     async def version(
         self, conn: asyncpg.Connection, workspace_id: str, workflow_id: str, version: int
@@ -204,6 +207,21 @@ class Engine:
         if len(self._live) > 10_000:
             self._live.clear()
         self._live[key] = (now + self.live_ttl, found)
+        return found
+
+    async def derived_workflows(
+        self, conn: asyncpg.Connection, workspace_id: str, now: datetime
+    ) -> list[derived.PublishedWorkflow]:
+        """The workspace's published workflows of a derived trigger (date, silence, value),
+        which every event hands to :func:`derived.on_contact_changed`; cached as
+        :meth:`live` is."""
+        hit = self._derived.get(workspace_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = await derived.published_derived(conn, workspace_id)
+        if len(self._derived) > 10_000:
+            self._derived.clear()
+        self._derived[workspace_id] = (now + self.live_ttl, found)
         return found
 
 
