@@ -345,33 +345,35 @@ async def start_run(
         uuid.UUID(compiled.workflow_id),
     )
     run_id = deterministic_id(workspace_id, compiled.workflow_id, trigger_event_id)
-    if await conn.fetchval(
-        "SELECT 1 FROM runs WHERE workspace_id = $1 AND id = $2", ws, uuid.UUID(run_id)
-    ):
-        return None  # this trigger already started its run
     if entry.concurrency == "single" and not test_recipient:
         slot = ""
     elif entry.concurrency == "per_key" and not test_recipient:
         slot = key
     else:
         slot = run_id
-    live = (
-        None
-        if test_recipient
-        else await conn.fetchrow(
-            "SELECT id FROM runs WHERE workspace_id = $1 AND workflow_id = $2 AND contact_id = $3"
-            " AND run_key = $4 AND ended_at IS NULL AND test_recipient = '' FOR UPDATE",
-            ws,
-            workflow,
-            contact,
-            slot,
-        )
+    # Both questions in one statement, as every start asks them: did this trigger start its
+    # run already, and which live run holds the slot (locked, as it is replaced or kept)? A
+    # test run holds no slot.
+    found = await conn.fetchrow(
+        "WITH live AS (SELECT id FROM runs WHERE $6 AND workspace_id = $1 AND workflow_id = $3"
+        " AND contact_id = $4 AND run_key = $5 AND ended_at IS NULL AND test_recipient = ''"
+        " FOR UPDATE)"
+        " SELECT EXISTS (SELECT 1 FROM runs WHERE workspace_id = $1 AND id = $2) AS started,"
+        " (SELECT id FROM live) AS live",
+        ws,
+        uuid.UUID(run_id),
+        workflow,
+        contact,
+        slot,
+        not test_recipient,
     )
+    if found["started"]:
+        return None  # this trigger already started its run
     replaced: list[uuid.UUID] = []
-    if live is not None:
+    if found["live"] is not None:
         if entry.on_retrigger == "ignore":
             return None
-        replaced.append(live["id"])
+        replaced.append(found["live"])
     if not test_recipient and (entry.reentry == "once" or entry.reentry_after is not None):
         last = await conn.fetchval(
             "SELECT max(started_at) FROM runs WHERE workspace_id = $1 AND workflow_id = $2"
