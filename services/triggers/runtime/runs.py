@@ -415,17 +415,19 @@ async def start_run(
     # The first steps run at the event's time (a 3-hour wait counts from the cart change),
     # never earlier than the allowed lateness, never in the future.
     first_now = max(min(occurred_at, now), now - TRIGGER_LATENESS)
-    await advance_many(conn, engine, [Pending(compiled, Run.of(row), first_now)], now)
+    await advance_many(conn, engine, [Pending(compiled, Run.of(row), first_now, new=True)], now)
     return run_id
 
 
 @dataclass(frozen=True)
 class Pending:
-    """A live run to advance at ``now``."""
+    """A live run to advance at ``now``; ``new`` when this transaction inserted it, so that
+    it has no timer yet (nothing to delete when it ends at once, as a thank-you does)."""
 
     compiled: Compiled
     run: Run
     now: datetime
+    new: bool = False
 
 
 async def advance_run(
@@ -455,6 +457,7 @@ async def advance_many(
     inputs = await _load_inputs(conn, engine, pending)
     writes = Writes()
     results: list[Advance | None] = []
+    writes.untimed.update(p.run.id for p in pending if p.new)
     for p, (facts, seen) in zip(pending, inputs, strict=True):
         reason = next((r for r in (exits(p.compiled, p.run.entry_key, e) for e in seen) if r), None)
         if reason is not None:
@@ -589,6 +592,7 @@ class Writes:
         self.runs: list[
             tuple[Run, str, str | None, str, datetime | None, datetime | None, str, datetime]
         ] = []
+        self.untimed: set[str] = set()  # the ids of runs known to have no timer
 
     def end(self, run: Run, state: str, reason: str, now: datetime) -> None:
         self.runs.append((run, state, None, json.dumps(dict(run.executed)), None, now, reason, now))
@@ -700,7 +704,11 @@ class Writes:
             " WHERE workspace_id = $1 AND id = $2",
             [(uuid.UUID(run.workspace_id), uuid.UUID(run.id), *rest) for run, *rest in self.runs],
         )
-        ended = [f"run/{row[0].id}" for row in self.runs if row[5] is not None]
+        ended = [
+            f"run/{row[0].id}"
+            for row in self.runs
+            if row[5] is not None and row[0].id not in self.untimed
+        ]
         if ended:
             await conn.execute("DELETE FROM timers WHERE timer_key = ANY($1::text[])", ended)
         waking = [(row[0], row[4]) for row in self.runs if row[4] is not None]
