@@ -44,7 +44,7 @@ from services.triggers.domain.engine import (
 )
 from services.triggers.domain.model import Branch, Definition, Send, Step
 from services.triggers.runtime import facts as facts_store
-from services.triggers.runtime.caps import FrequencyCaps
+from services.triggers.runtime.caps import Cap, FrequencyCaps
 from services.triggers.runtime.observed import seen_from_row
 
 log = logging.getLogger(__name__)
@@ -479,15 +479,28 @@ async def _load_inputs(
     n = range(len(pending))
     ws = [uuid.UUID(p.run.workspace_id) for p in pending]
     contacts = [uuid.UUID(p.run.contact_id) for p in pending]
+    caps = await _caps(engine, pending)
+    # The facts and the frequency cap in one statement (both one row per run); the mails
+    # are counted only for the runs that respect the cap (the others' cap is NULL).
     rows = await conn.fetch(
-        "SELECT q.i, f.tags, f.attributes, f.segments, f.time_zone"
-        " FROM unnest($1::int[], $2::uuid[], $3::uuid[]) AS q(i, w, c)"
-        " JOIN contact_facts f ON f.workspace_id = q.w AND f.contact_id = q.c",
+        "SELECT q.i, f.contact_id IS NOT NULL AS known, f.tags, f.attributes, f.segments,"
+        " f.time_zone, CASE WHEN q.cap IS NULL THEN false ELSE q.cap <= (SELECT count(*)"
+        " FROM contact_sends s WHERE s.workspace_id = q.w AND s.contact_id = q.c"
+        " AND s.sent_at > q.since) END AS capped"
+        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::int[])"
+        " AS q(i, w, c, since, cap)"
+        " LEFT JOIN contact_facts f ON f.workspace_id = q.w AND f.contact_id = q.c",
         list(n),
         ws,
         contacts,
+        [
+            p.now - timedelta(days=cap.days) if cap else None
+            for p, cap in zip(pending, caps, strict=True)
+        ],
+        [cap.messages if cap else None for cap in caps],
     )
-    known = {r["i"]: r for r in rows}
+    known = {r["i"]: r for r in rows if r["known"]}
+    capped = {r["i"] for r in rows if r["capped"]}
     events = await conn.fetch(
         "SELECT q.i, e.event, e.occurred_at, e.event_key, e.data"
         " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[])"
@@ -508,7 +521,6 @@ async def _load_inputs(
         seen.setdefault(e["i"], []).append(
             seen_from_row(e["event"], e["occurred_at"], e["event_key"], json.loads(e["data"]))
         )
-    capped = await _capped(conn, engine, pending)
     done = await _done_before(conn, pending)
     out: list[tuple[Facts, list[SeenEvent]]] = []
     for i in n:
@@ -532,26 +544,15 @@ async def _load_inputs(
     return out
 
 
-async def _capped(conn: asyncpg.Connection, engine: Engine, pending: Sequence[Pending]) -> set[int]:
-    """The runs whose contact got as many marketing mails as the workspace's cap allows."""
-    asked = [
-        (i, p) for i, p in enumerate(pending) if p.compiled.needs_cap and not p.run.test_recipient
+async def _caps(engine: Engine, pending: Sequence[Pending]) -> list[Cap | None]:
+    """Each run's workspace cap on marketing mail, None for a run that does not respect it
+    (no marketing send that does, or a test run)."""
+    return [
+        await engine.caps.cap(p.run.workspace_id)
+        if p.compiled.needs_cap and not p.run.test_recipient
+        else None
+        for p in pending
     ]
-    if not asked:
-        return set()
-    caps = [await engine.caps.cap(p.run.workspace_id) for _, p in asked]
-    rows = await conn.fetch(
-        "SELECT q.i, q.cap <= (SELECT count(*) FROM contact_sends s WHERE s.workspace_id = q.w"
-        " AND s.contact_id = q.c AND s.sent_at > q.since) AS capped"
-        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::int[])"
-        " AS q(i, w, c, since, cap)",
-        [i for i, _ in asked],
-        [uuid.UUID(p.run.workspace_id) for _, p in asked],
-        [uuid.UUID(p.run.contact_id) for _, p in asked],
-        [p.now - timedelta(days=cap.days) for (_, p), cap in zip(asked, caps, strict=True)],
-        [cap.messages for cap in caps],
-    )
-    return {r["i"] for r in rows if r["capped"]}
 
 
 async def _done_before(
