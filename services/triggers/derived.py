@@ -307,6 +307,13 @@ async def _published(
     return found
 
 
+async def published_derived(conn: asyncpg.Connection, workspace_id: str) -> list[PublishedWorkflow]:
+    """What :func:`on_contact_changed` looks through: the workspace's published workflows of
+    a derived trigger. The event path caches them (``Engine.derived_workflows``) as it
+    caches its live workflows, since every event of every workspace asks."""
+    return await _published(conn, workspace_id, DERIVED_TRIGGERS)
+
+
 async def _definition(
     conn: asyncpg.Connection, workspace_id: str, workflow_id: str, version: int
 ) -> Definition | None:
@@ -520,10 +527,14 @@ async def on_contact_changed(
     event: str,
     occurred_at: datetime,
     now: datetime,
+    *,
+    published: Sequence[PublishedWorkflow] | None = None,
 ) -> list[Start]:
     """``event`` is the EventName the contact's facts were just updated by (or
-    ``contact_updated`` for a profile change); ``occurred_at`` its event time."""
-    workflows = await _published(conn, workspace_id, DERIVED_TRIGGERS)
+    ``contact_updated`` for a profile change); ``occurred_at`` its event time.
+    ``published``: the workspace's :func:`published_derived` when the caller has them
+    (the engine's cache), else they are read."""
+    workflows = await published_derived(conn, workspace_id) if published is None else published
     if not workflows:
         return []
     facts = await _facts(conn, workspace_id, contact_id)

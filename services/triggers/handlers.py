@@ -41,10 +41,8 @@ async def on_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> li
     now = clock.now()
     started: list[str] = []
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim_event(conn, CONSUMER, envelope.event_id):
-            return []
         ws, contact, seen = observation.workspace_id, observation.contact_id, observation.seen
-        if await erased(conn, ws, contact):
+        if not await claim_unless_erased(conn, envelope.event_id, ws, contact):
             return []
         live = await runs.lock_live_runs(conn, ws, contact)  # runs first (deadlocks)
         await facts.apply_observation(conn, observation)
@@ -70,7 +68,13 @@ async def on_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> li
         else:
             log.info("event %s is too old to start runs (%s)", envelope.event_id, seen.occurred_at)
         starts = await derived.on_contact_changed(
-            conn, ws, contact, seen.event, seen.occurred_at, now
+            conn,
+            ws,
+            contact,
+            seen.event,
+            seen.occurred_at,
+            now,
+            published=await engine.derived_workflows(conn, ws, now),
         )
         started += await _start_derived(conn, engine, ws, starts, now)
     return started
@@ -79,10 +83,13 @@ async def on_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> li
 async def _on_contact_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelope) -> list[str]:
     now = clock.now()
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim_event(conn, CONSUMER, envelope.event_id):
-            return []
         contact_id = facts.contact_of(envelope)
-        if not contact_id or await erased(conn, envelope.workspace_id, contact_id):
+        if not contact_id:
+            await claim_event(conn, CONSUMER, envelope.event_id)
+            return []
+        if not await claim_unless_erased(
+            conn, envelope.event_id, envelope.workspace_id, contact_id
+        ):
             return []
         # Runs before facts, as everywhere (runs.lock_live_runs).
         await runs.lock_live_runs(conn, envelope.workspace_id, contact_id)
@@ -94,16 +101,32 @@ async def _on_contact_event(pool: asyncpg.Pool, engine: Engine, envelope: Envelo
             await runs.end_runs_of_contact(conn, ws, contact, "contact_deleted", now)
             return []
         starts = await derived.on_contact_changed(
-            conn, ws, contact, "contact_updated", event_time(envelope), now
+            conn,
+            ws,
+            contact,
+            "contact_updated",
+            event_time(envelope),
+            now,
+            published=await engine.derived_workflows(conn, ws, now),
         )
         return await _start_derived(conn, engine, ws, starts, now)
 
 
-async def erased(conn: asyncpg.Connection, workspace_id: str, contact_id: str) -> bool:
-    """The contact was erased: nothing about it is recorded again (services/triggers/privacy.py)."""
+async def claim_unless_erased(
+    conn: asyncpg.Connection, event_id: str, workspace_id: str, contact_id: str
+) -> bool:
+    """Claim the event (as :func:`~services.common.idempotency.claim_event`) and say whether
+    to handle it: True the first time, unless the contact was erased, when nothing about it
+    is recorded again (services/triggers/privacy.py). The claim is kept either way, so a
+    redelivery is a no-op; one statement for both, as every event asks both."""
     return bool(
         await conn.fetchval(
-            "SELECT 1 FROM erased_contacts WHERE workspace_id = $1 AND erased_contact = $2",
+            "WITH claim AS (INSERT INTO processed_events (consumer, event_id) VALUES ($1, $2)"
+            " ON CONFLICT DO NOTHING RETURNING 1)"
+            " SELECT EXISTS (SELECT 1 FROM claim) AND NOT EXISTS (SELECT 1 FROM erased_contacts"
+            " WHERE workspace_id = $3 AND erased_contact = $4)",
+            CONSUMER,
+            event_id,
             uuid.UUID(workspace_id),
             uuid.UUID(contact_id),
         )

@@ -137,19 +137,13 @@ async def apply_observation(conn: asyncpg.Connection, obs: Observation) -> None:
     """Record the event in ``contact_events`` and move the contact's facts by it."""
     ws, contact = uuid.UUID(obs.workspace_id), uuid.UUID(obs.contact_id)
     seen = obs.seen
+    # One statement for both tables (a round trip less on every event); they are different
+    # tables, so neither part needs to see what the other wrote.
     await conn.execute(
-        "INSERT INTO contact_events (workspace_id, contact_id, event_id, event, occurred_at,"
-        " event_key, data) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb) ON CONFLICT DO NOTHING",
-        ws,
-        contact,
-        obs.event_id,
-        seen.event,
-        seen.occurred_at,
-        seen.key,
-        json.dumps(seen_to_json(seen)),
-    )
-    await conn.execute(
-        "INSERT INTO contact_facts AS f (workspace_id, contact_id, total_spent_minor, currency,"
+        "WITH recorded AS (INSERT INTO contact_events (workspace_id, contact_id, event_id,"
+        " event, occurred_at, event_key, data) VALUES ($1, $2, $8, $9, $10, $11, $12::jsonb)"
+        " ON CONFLICT DO NOTHING)"
+        " INSERT INTO contact_facts AS f (workspace_id, contact_id, total_spent_minor, currency,"
         " last_activity_at, segments) VALUES ($1, $2, $3, $4, $5,"
         " CASE WHEN $6 = '' THEN '{}'::text[] ELSE ARRAY[$6] END)"
         " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET"
@@ -165,6 +159,11 @@ async def apply_observation(conn: asyncpg.Connection, obs: Observation) -> None:
         seen.occurred_at if obs.activity else None,
         obs.segment_entered,
         obs.segment_exited,
+        obs.event_id,
+        seen.event,
+        seen.occurred_at,
+        seen.key,
+        json.dumps(seen_to_json(seen)),
     )
 
 

@@ -28,6 +28,7 @@ from services.common.events import deterministic_id, new_envelope
 from services.common.outbox import add_many_to_outbox
 from services.common.topics import DELIVERY_REQUESTS
 from services.common.tracing import current_traceparent
+from services.triggers import derived
 from services.triggers.domain.engine import (
     AdjustScore,
     Advance,
@@ -43,7 +44,7 @@ from services.triggers.domain.engine import (
 )
 from services.triggers.domain.model import Branch, Definition, Send, Step
 from services.triggers.runtime import facts as facts_store
-from services.triggers.runtime.caps import FrequencyCaps
+from services.triggers.runtime.caps import Cap, FrequencyCaps
 from services.triggers.runtime.observed import seen_from_row
 
 log = logging.getLogger(__name__)
@@ -145,9 +146,10 @@ class Run:
 
 class Engine:
     """What the event path and the timer loop share: compiled versions (immutable, so
-    cached for good), the live workflows of each workspace and event (cached for
-    ``live_ttl_s``: a publish or a pause reaches the engine within that), the frequency
-    caps, and ``wake``, told of every timer written so the loop can fire it on time."""
+    cached for good), the live workflows of each workspace and event and the workspace's
+    published workflows of derived triggers (both cached for ``live_ttl_s``: a publish or
+    a pause reaches the engine within that), the frequency caps, and ``wake``, told of
+    every timer written so the loop can fire it on time."""
 
     def __init__(
         self,
@@ -161,6 +163,7 @@ class Engine:
         self.live_ttl = timedelta(seconds=live_ttl_s)
         self._versions: dict[tuple[str, str, int], Compiled] = {}
         self._live: dict[tuple[str, str], tuple[datetime, list[Compiled]]] = {}
+        self._derived: dict[str, tuple[datetime, list[derived.PublishedWorkflow]]] = {}
 
     async def version(
         self, conn: asyncpg.Connection, workspace_id: str, workflow_id: str, version: int
@@ -206,6 +209,21 @@ class Engine:
         self._live[key] = (now + self.live_ttl, found)
         return found
 
+    async def derived_workflows(
+        self, conn: asyncpg.Connection, workspace_id: str, now: datetime
+    ) -> list[derived.PublishedWorkflow]:
+        """The workspace's published workflows of a derived trigger (date, silence, value),
+        which every event hands to :func:`derived.on_contact_changed`; cached as
+        :meth:`live` is."""
+        hit = self._derived.get(workspace_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        found = await derived.published_derived(conn, workspace_id)
+        if len(self._derived) > 10_000:
+            self._derived.clear()
+        self._derived[workspace_id] = (now + self.live_ttl, found)
+        return found
+
 
 def triggered(compiled: Compiled, seen: SeenEvent) -> bool:
     trigger = compiled.program.definition.trigger
@@ -234,8 +252,10 @@ async def end_run(
     reason: str,
     now: datetime,
 ) -> None:
+    # The run and its timer in one statement: a restart ends a run on every cart change.
     await conn.execute(
-        "UPDATE runs SET state = $3, end_reason = $4, ended_at = $5, updated_at = $5,"
+        "WITH timer AS (DELETE FROM timers WHERE timer_key = $6 AND workspace_id = $1)"
+        " UPDATE runs SET state = $3, end_reason = $4, ended_at = $5, updated_at = $5,"
         " position = NULL, next_wake_at = NULL"
         " WHERE workspace_id = $1 AND id = $2",  # locked and live (the callers' FOR UPDATE)
         uuid.UUID(workspace_id),
@@ -243,8 +263,8 @@ async def end_run(
         state,
         reason,
         now,
+        f"run/{run_id}",
     )
-    await conn.execute("DELETE FROM timers WHERE timer_key = $1", f"run/{run_id}")
 
 
 async def end_runs_of_contact(
@@ -325,33 +345,35 @@ async def start_run(
         uuid.UUID(compiled.workflow_id),
     )
     run_id = deterministic_id(workspace_id, compiled.workflow_id, trigger_event_id)
-    if await conn.fetchval(
-        "SELECT 1 FROM runs WHERE workspace_id = $1 AND id = $2", ws, uuid.UUID(run_id)
-    ):
-        return None  # this trigger already started its run
     if entry.concurrency == "single" and not test_recipient:
         slot = ""
     elif entry.concurrency == "per_key" and not test_recipient:
         slot = key
     else:
         slot = run_id
-    live = (
-        None
-        if test_recipient
-        else await conn.fetchrow(
-            "SELECT id FROM runs WHERE workspace_id = $1 AND workflow_id = $2 AND contact_id = $3"
-            " AND run_key = $4 AND ended_at IS NULL AND test_recipient = '' FOR UPDATE",
-            ws,
-            workflow,
-            contact,
-            slot,
-        )
+    # Both questions in one statement, as every start asks them: did this trigger start its
+    # run already, and which live run holds the slot (locked, as it is replaced or kept)? A
+    # test run holds no slot.
+    found = await conn.fetchrow(
+        "WITH live AS (SELECT id FROM runs WHERE $6 AND workspace_id = $1 AND workflow_id = $3"
+        " AND contact_id = $4 AND run_key = $5 AND ended_at IS NULL AND test_recipient = ''"
+        " FOR UPDATE)"
+        " SELECT EXISTS (SELECT 1 FROM runs WHERE workspace_id = $1 AND id = $2) AS started,"
+        " (SELECT id FROM live) AS live",
+        ws,
+        uuid.UUID(run_id),
+        workflow,
+        contact,
+        slot,
+        not test_recipient,
     )
+    if found["started"]:
+        return None  # this trigger already started its run
     replaced: list[uuid.UUID] = []
-    if live is not None:
+    if found["live"] is not None:
         if entry.on_retrigger == "ignore":
             return None
-        replaced.append(live["id"])
+        replaced.append(found["live"])
     if not test_recipient and (entry.reentry == "once" or entry.reentry_after is not None):
         last = await conn.fetchval(
             "SELECT max(started_at) FROM runs WHERE workspace_id = $1 AND workflow_id = $2"
@@ -367,11 +389,13 @@ async def start_run(
             return None
     for old in replaced:
         await end_run(conn, workspace_id, str(old), "cancelled", "restarted", now)
-    inserted = await conn.fetchval(
+    # The new row itself comes back: advancing the run needs it, and reading it again would
+    # cost every start a round trip.
+    row = await conn.fetchrow(
         "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, run_key,"
         " entry_key, state, vars, trigger_event_id, started_at, updated_at, test_recipient)"
         " VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8::jsonb, $9, $10, $11, $12)"
-        " ON CONFLICT DO NOTHING RETURNING 1",
+        " ON CONFLICT DO NOTHING RETURNING *",
         ws,
         uuid.UUID(run_id),
         workflow,
@@ -385,26 +409,25 @@ async def start_run(
         now,
         test_recipient,
     )
-    if inserted is None:
+    if row is None:
         return None
-    row = await conn.fetchrow(
-        "SELECT * FROM runs WHERE workspace_id = $1 AND id = $2", ws, uuid.UUID(run_id)
-    )
     log.info("started run %s of workflow %s for contact %s", run_id, compiled.workflow_id, contact)
     # The first steps run at the event's time (a 3-hour wait counts from the cart change),
     # never earlier than the allowed lateness, never in the future.
     first_now = max(min(occurred_at, now), now - TRIGGER_LATENESS)
-    await advance_many(conn, engine, [Pending(compiled, Run.of(row), first_now)], now)
+    await advance_many(conn, engine, [Pending(compiled, Run.of(row), first_now, new=True)], now)
     return run_id
 
 
 @dataclass(frozen=True)
 class Pending:
-    """A live run to advance at ``now``."""
+    """A live run to advance at ``now``; ``new`` when this transaction inserted it, so that
+    it has no timer yet (nothing to delete when it ends at once, as a thank-you does)."""
 
     compiled: Compiled
     run: Run
     now: datetime
+    new: bool = False
 
 
 async def advance_run(
@@ -434,6 +457,7 @@ async def advance_many(
     inputs = await _load_inputs(conn, engine, pending)
     writes = Writes()
     results: list[Advance | None] = []
+    writes.untimed.update(p.run.id for p in pending if p.new)
     for p, (facts, seen) in zip(pending, inputs, strict=True):
         reason = next((r for r in (exits(p.compiled, p.run.entry_key, e) for e in seen) if r), None)
         if reason is not None:
@@ -455,15 +479,28 @@ async def _load_inputs(
     n = range(len(pending))
     ws = [uuid.UUID(p.run.workspace_id) for p in pending]
     contacts = [uuid.UUID(p.run.contact_id) for p in pending]
+    caps = await _caps(engine, pending)
+    # The facts and the frequency cap in one statement (both one row per run); the mails
+    # are counted only for the runs that respect the cap (the others' cap is NULL).
     rows = await conn.fetch(
-        "SELECT q.i, f.tags, f.attributes, f.segments, f.time_zone"
-        " FROM unnest($1::int[], $2::uuid[], $3::uuid[]) AS q(i, w, c)"
-        " JOIN contact_facts f ON f.workspace_id = q.w AND f.contact_id = q.c",
+        "SELECT q.i, f.contact_id IS NOT NULL AS known, f.tags, f.attributes, f.segments,"
+        " f.time_zone, CASE WHEN q.cap IS NULL THEN false ELSE q.cap <= (SELECT count(*)"
+        " FROM contact_sends s WHERE s.workspace_id = q.w AND s.contact_id = q.c"
+        " AND s.sent_at > q.since) END AS capped"
+        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::int[])"
+        " AS q(i, w, c, since, cap)"
+        " LEFT JOIN contact_facts f ON f.workspace_id = q.w AND f.contact_id = q.c",
         list(n),
         ws,
         contacts,
+        [
+            p.now - timedelta(days=cap.days) if cap else None
+            for p, cap in zip(pending, caps, strict=True)
+        ],
+        [cap.messages if cap else None for cap in caps],
     )
-    known = {r["i"]: r for r in rows}
+    known = {r["i"]: r for r in rows if r["known"]}
+    capped = {r["i"] for r in rows if r["capped"]}
     events = await conn.fetch(
         "SELECT q.i, e.event, e.occurred_at, e.event_key, e.data"
         " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[])"
@@ -484,7 +521,6 @@ async def _load_inputs(
         seen.setdefault(e["i"], []).append(
             seen_from_row(e["event"], e["occurred_at"], e["event_key"], json.loads(e["data"]))
         )
-    capped = await _capped(conn, engine, pending)
     done = await _done_before(conn, pending)
     out: list[tuple[Facts, list[SeenEvent]]] = []
     for i in n:
@@ -508,26 +544,15 @@ async def _load_inputs(
     return out
 
 
-async def _capped(conn: asyncpg.Connection, engine: Engine, pending: Sequence[Pending]) -> set[int]:
-    """The runs whose contact got as many marketing mails as the workspace's cap allows."""
-    asked = [
-        (i, p) for i, p in enumerate(pending) if p.compiled.needs_cap and not p.run.test_recipient
+async def _caps(engine: Engine, pending: Sequence[Pending]) -> list[Cap | None]:
+    """Each run's workspace cap on marketing mail, None for a run that does not respect it
+    (no marketing send that does, or a test run)."""
+    return [
+        await engine.caps.cap(p.run.workspace_id)
+        if p.compiled.needs_cap and not p.run.test_recipient
+        else None
+        for p in pending
     ]
-    if not asked:
-        return set()
-    caps = [await engine.caps.cap(p.run.workspace_id) for _, p in asked]
-    rows = await conn.fetch(
-        "SELECT q.i, q.cap <= (SELECT count(*) FROM contact_sends s WHERE s.workspace_id = q.w"
-        " AND s.contact_id = q.c AND s.sent_at > q.since) AS capped"
-        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::int[])"
-        " AS q(i, w, c, since, cap)",
-        [i for i, _ in asked],
-        [uuid.UUID(p.run.workspace_id) for _, p in asked],
-        [uuid.UUID(p.run.contact_id) for _, p in asked],
-        [p.now - timedelta(days=cap.days) for (_, p), cap in zip(asked, caps, strict=True)],
-        [cap.messages for cap in caps],
-    )
-    return {r["i"] for r in rows if r["capped"]}
 
 
 async def _done_before(
@@ -568,6 +593,7 @@ class Writes:
         self.runs: list[
             tuple[Run, str, str | None, str, datetime | None, datetime | None, str, datetime]
         ] = []
+        self.untimed: set[str] = set()  # the ids of runs known to have no timer
 
     def end(self, run: Run, state: str, reason: str, now: datetime) -> None:
         self.runs.append((run, state, None, json.dumps(dict(run.executed)), None, now, reason, now))
@@ -679,7 +705,11 @@ class Writes:
             " WHERE workspace_id = $1 AND id = $2",
             [(uuid.UUID(run.workspace_id), uuid.UUID(run.id), *rest) for run, *rest in self.runs],
         )
-        ended = [f"run/{row[0].id}" for row in self.runs if row[5] is not None]
+        ended = [
+            f"run/{row[0].id}"
+            for row in self.runs
+            if row[5] is not None and row[0].id not in self.untimed
+        ]
         if ended:
             await conn.execute("DELETE FROM timers WHERE timer_key = ANY($1::text[])", ended)
         waking = [(row[0], row[4]) for row in self.runs if row[4] is not None]
