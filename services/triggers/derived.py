@@ -443,11 +443,16 @@ def _date_timers(
 
 
 async def _drop_timers(
-    conn: asyncpg.Connection, kind: str, workflow_id: str, contact_ids: Sequence[str]
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    kind: str,
+    workflow_id: str,
+    contact_ids: Sequence[str],
 ) -> None:
     if contact_ids:
         await conn.execute(
-            "DELETE FROM timers WHERE timer_key = ANY($1::text[])",
+            "DELETE FROM timers WHERE workspace_id = $1::uuid AND timer_key = ANY($2::text[])",
+            workspace_id,
             [timer_key(kind, workflow_id, c) for c in contact_ids],
         )
 
@@ -545,7 +550,7 @@ async def on_contact_changed(
         if trigger.event == DATE_REACHED:
             timers, dateless = _date_timers(workflow, [(contact_id, facts)], now)
             await _put_date_timers(conn, workspace_id, workflow, timers)
-            await _drop_timers(conn, "date", workflow.id, dateless)
+            await _drop_timers(conn, workspace_id, "date", workflow.id, dateless)
         elif trigger.event == INACTIVE and event in trigger.activities:
             await _push_inactive_timer(conn, workspace_id, workflow, contact_id, occurred_at)
         elif trigger.event == VALUE_CROSSED:

@@ -706,12 +706,15 @@ class Writes:
             [(uuid.UUID(run.workspace_id), uuid.UUID(run.id), *rest) for run, *rest in self.runs],
         )
         ended = [
-            f"run/{row[0].id}"
-            for row in self.runs
-            if row[5] is not None and row[0].id not in self.untimed
+            row[0] for row in self.runs if row[5] is not None and row[0].id not in self.untimed
         ]
         if ended:
-            await conn.execute("DELETE FROM timers WHERE timer_key = ANY($1::text[])", ended)
+            await conn.execute(
+                "DELETE FROM timers t USING unnest($1::uuid[], $2::text[]) AS e(w, k)"
+                " WHERE t.timer_key = e.k AND t.workspace_id = e.w",
+                [uuid.UUID(run.workspace_id) for run in ended],
+                [f"run/{run.id}" for run in ended],
+            )
         waking = [(row[0], row[4]) for row in self.runs if row[4] is not None]
         if waking:
             await conn.execute(
