@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -84,3 +87,17 @@ async def outbox_drained(database_url: str, schema: str, key: str) -> bool:
     return not await fetchval(
         database_url, f"SELECT 1 FROM {schema}.outbox WHERE key = $1 LIMIT 1", key.encode()
     )
+
+
+@contextlib.contextmanager
+def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A real HTTP server on a free loopback port, answering with ``handler`` in a thread of
+    its own; yields its base URL (for tests of clients: a service's API acted out)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()

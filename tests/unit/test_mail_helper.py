@@ -10,9 +10,8 @@ import mailbox
 import shutil
 import smtplib
 import subprocess
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -21,7 +20,7 @@ import pytest
 
 from deploy.local.smtp_sink import ENVELOPE_TO, RECEIVED_AT
 from tests.mail import mails, mails_with
-from tests.support import free_port, wait_until
+from tests.support import free_port, http_server, wait_until
 
 
 def raw_mail(n: int) -> bytes:
@@ -68,14 +67,8 @@ class FakeMailpit(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def mailpit() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeMailpit)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(FakeMailpit) as url:
+        yield url
 
 
 def test_mailpit_mail_is_read_through_every_page_oldest_first(mailpit: str) -> None:

@@ -5,14 +5,14 @@ recorded workflow is left alone. The path that works: tests/e2e/test_demo_welcom
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
 from deploy.local.supervisor import banner, demo_welcome
+from tests.support import http_server
 
 
 class RefusesToPublish(BaseHTTPRequestHandler):
@@ -48,14 +48,8 @@ class RefusesToPublish(BaseHTTPRequestHandler):
 @pytest.fixture
 def gateway() -> Iterator[str]:
     RefusesToPublish.LISTED, RefusesToPublish.POSTED = [], []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), RefusesToPublish)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with http_server(RefusesToPublish) as url:
+        yield url
 
 
 def test_a_refused_publish_is_one_warning_and_nothing_recorded(
