@@ -1,6 +1,7 @@
 """Start the whole system for a benchmark, as the tests do: the local stack on free ports
 (or the URLs in the environment), then every service as a process. Stops it all after.
-:func:`postgres_url` starts PostgreSQL alone, for the benchmarks that need nothing else."""
+:func:`postgres_url` starts PostgreSQL alone, for the benchmarks that need nothing else, and
+:func:`local_infra` any parts of the local stack alone."""
 
 from __future__ import annotations
 
@@ -28,12 +29,10 @@ from deploy.local.topics import ensure_topics  # noqa: E402
 
 
 @contextlib.contextmanager
-def postgres_url() -> Iterator[str]:
-    """``DATABASE_URL`` when set; else PostgreSQL alone from the local stack on a free port,
-    stopped after."""
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"]
-        return
+def local_infra(parts: tuple[str, ...]) -> Iterator[tuple[dict[str, str], Path]]:
+    """The local stack's ``parts`` alone (``"postgres"``, ``"redis"``, ``"kafka"``...) on
+    free ports in a temporary folder, stopped after: their environment (the URLs), and the
+    folder, for a benchmark's own files (logs)."""
     with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
         stack = LocalStack(
             state_dir=Path(tmp) / "state",
@@ -41,12 +40,23 @@ def postgres_url() -> Iterator[str]:
             persistent=False,
             cache_dir=paths.cache_dir(),
             environ=os.environ,
-            parts=("postgres",),
+            parts=parts,
         )
         try:
-            yield stack.start()["DATABASE_URL"]
+            yield stack.start(), Path(tmp)
         finally:
             stack.stop()
+
+
+@contextlib.contextmanager
+def postgres_url() -> Iterator[str]:
+    """``DATABASE_URL`` when set; else PostgreSQL alone from the local stack on a free port,
+    stopped after."""
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    with local_infra(("postgres",)) as (env, _):
+        yield env["DATABASE_URL"]
 
 
 @dataclass

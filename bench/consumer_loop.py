@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +31,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _system import local_infra  # type: ignore[import-not-found]  # noqa: E402
 from aiokafka import (  # noqa: E402
     AIOKafkaConsumer,
     AIOKafkaProducer,
@@ -42,8 +41,6 @@ from aiokafka import (  # noqa: E402
 from nudge.events.v1.envelope_pb2 import Envelope  # noqa: E402
 from nudge.shop.v1 import shop_pb2  # noqa: E402
 
-from deploy.local import paths  # noqa: E402
-from deploy.local.stack import LocalStack  # noqa: E402
 from deploy.local.topics import ensure_topics  # noqa: E402
 from services.common.events import new_envelope  # noqa: E402
 from services.common.kafka import KafkaConsumerLoop, handle_record  # noqa: E402
@@ -207,27 +204,15 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=20000, help="records to produce")
     parser.add_argument("--concurrency", type=int, default=16, help="the loop's handlers")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
-        stack = LocalStack(
-            state_dir=Path(tmp) / "state",
-            ports="free",
-            persistent=False,
-            cache_dir=paths.cache_dir(),
-            environ=os.environ,
-            parts=("kafka",),
-        )
-        try:
-            env = stack.start()
-            figures = asyncio.run(
-                measure(
-                    env["KAFKA_BOOTSTRAP_SERVERS"],
-                    env.get("NUDGE_KAFKA_KIND", "?"),
-                    args.scale,
-                    args.concurrency,
-                )
+    with local_infra(("kafka",)) as (env, _):
+        figures = asyncio.run(
+            measure(
+                env["KAFKA_BOOTSTRAP_SERVERS"],
+                env.get("NUDGE_KAFKA_KIND", "?"),
+                args.scale,
+                args.concurrency,
             )
-        finally:
-            stack.stop()
+        )
     print(json.dumps(figures))
 
 

@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,10 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _system import local_infra  # type: ignore[import-not-found]  # noqa: E402
 from nudge.shop.v1 import shop_pb2  # noqa: E402
 
-from deploy.local import paths  # noqa: E402
-from deploy.local.stack import LocalStack  # noqa: E402
 from deploy.local.topics import ensure_topics  # noqa: E402
 from services.common.db import create_pool, migrate  # noqa: E402
 from services.common.events import new_envelope  # noqa: E402
@@ -77,20 +75,8 @@ def main() -> None:
     if os.environ.get("DATABASE_URL") and os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
         result = asyncio.run(measure(dict(os.environ), args.rows, args.keys))
     else:
-        with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
-            stack = LocalStack(
-                state_dir=Path(tmp) / "state",
-                ports="free",
-                persistent=False,
-                cache_dir=paths.cache_dir(),
-                environ=os.environ,
-                parts=("postgres", "kafka"),
-            )
-            try:
-                env = stack.start()
-                result = asyncio.run(measure(env, args.rows, args.keys))
-            finally:
-                stack.stop()
+        with local_infra(("postgres", "kafka")) as (env, _):
+            result = asyncio.run(measure(env, args.rows, args.keys))
     print(json.dumps(result))
 
 

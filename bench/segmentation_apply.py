@@ -37,7 +37,6 @@ import random
 import secrets
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,13 +48,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+from _system import local_infra, postgres_url  # type: ignore[import-not-found]  # noqa: E402
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
 from aiokafka.partitioner import DefaultPartitioner  # noqa: E402
 from nudge.contacts.v1 import contacts_pb2, events_pb2  # noqa: E402
 from nudge.shop.v1 import shop_pb2  # noqa: E402
 
-from deploy.local import paths  # noqa: E402
-from deploy.local.stack import LocalStack  # noqa: E402
 from deploy.local.topics import ensure_topics  # noqa: E402
 from services.common.events import new_envelope  # noqa: E402
 from services.common.topics import CONTACTS_EVENTS, SHOP_EVENTS, TOPICS  # noqa: E402
@@ -308,89 +306,63 @@ def main() -> None:
     parser.add_argument("--mix", choices=("realistic", "orders"), default="realistic")
     args = parser.parse_args()
     if args.writer_only:
-        with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
-            stack = LocalStack(
-                state_dir=Path(tmp) / "state",
-                ports="free",
-                persistent=False,
-                cache_dir=paths.cache_dir(),
-                environ=os.environ,
-                parts=("postgres",),
-            )
-            try:
-                infra = stack.start()
-                figures = asyncio.run(writer_only(infra["DATABASE_URL"], args.scale, args.batch))
-            finally:
-                stack.stop()
+        with postgres_url() as database_url:
+            figures = asyncio.run(writer_only(database_url, args.scale, args.batch))
         print(
             json.dumps(
                 {"scale": args.scale, "batch_max": args.batch, "writer_only": True, **figures}
             )
         )
         return
-    with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
-        stack = LocalStack(
-            state_dir=Path(tmp) / "state",
-            ports="free",
-            persistent=False,
-            cache_dir=paths.cache_dir(),
-            environ=os.environ,
-            parts=("postgres", "redis", "kafka"),
+    with local_infra(("postgres", "redis", "kafka")) as (infra, tmp):
+        bootstrap = infra["KAFKA_BOOTSTRAP_SERVERS"]
+        asyncio.run(ensure_topics(bootstrap, TOPICS))
+        workspace_id = str(uuid.uuid4())
+        produce_s = asyncio.run(produce(bootstrap, workspace_id, args.scale, args.kind, args.mix))
+        env = {
+            **os.environ,
+            **infra,
+            "NUDGE_LOG_LEVEL": "WARNING",
+            "SEGMENTATION_GRPC_PORT": str(free_port()),
+            "SEGMENTATION_APPLY_BATCH_MAX": str(args.batch),
+            "NUDGE_CONTACTS_ADDR": f"127.0.0.1:{free_port()}",  # not called here
+            "NUDGE_INTERNAL_TOKEN": secrets.token_urlsafe(32),
+        }
+        log = (Path(tmp) / "segmentation.log").open("wb")
+        service = subprocess.Popen(
+            [sys.executable, *_profiler(), "-m", "services.segmentation"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         try:
-            infra = stack.start()
-            bootstrap = infra["KAFKA_BOOTSTRAP_SERVERS"]
-            asyncio.run(ensure_topics(bootstrap, TOPICS))
-            workspace_id = str(uuid.uuid4())
-            produce_s = asyncio.run(
-                produce(bootstrap, workspace_id, args.scale, args.kind, args.mix)
-            )
-            env = {
-                **os.environ,
-                **infra,
-                "NUDGE_LOG_LEVEL": "WARNING",
-                "SEGMENTATION_GRPC_PORT": str(free_port()),
-                "SEGMENTATION_APPLY_BATCH_MAX": str(args.batch),
-                "NUDGE_CONTACTS_ADDR": f"127.0.0.1:{free_port()}",  # not called here
-                "NUDGE_INTERNAL_TOKEN": secrets.token_urlsafe(32),
-            }
-            log = (Path(tmp) / "segmentation.log").open("wb")
-            service = subprocess.Popen(
-                [sys.executable, *_profiler(), "-m", "services.segmentation"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                figures = asyncio.run(
-                    drain(
-                        infra["DATABASE_URL"],
-                        workspace_id,
-                        args.scale,
-                        service,
-                        args.kind,
-                        bootstrap,
-                    )
+            figures = asyncio.run(
+                drain(
+                    infra["DATABASE_URL"],
+                    workspace_id,
+                    args.scale,
+                    service,
+                    args.kind,
+                    bootstrap,
                 )
-                rss = peak_rss_mb(service.pid)
-            except RuntimeError:
-                sys.stderr.write((Path(tmp) / "segmentation.log").read_text()[-5000:])
-                raise
-            finally:
-                service.terminate()
-                try:
-                    service.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    service.kill()
-                    service.wait()
-                log.close()
-                if os.environ.get("BENCH_KEEP_LOG"):
-                    import shutil
-
-                    shutil.copy(Path(tmp) / "segmentation.log", os.environ["BENCH_KEEP_LOG"])
+            )
+            rss = peak_rss_mb(service.pid)
+        except RuntimeError:
+            sys.stderr.write((Path(tmp) / "segmentation.log").read_text()[-5000:])
+            raise
         finally:
-            stack.stop()
+            service.terminate()
+            try:
+                service.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                service.kill()
+                service.wait()
+            log.close()
+            if os.environ.get("BENCH_KEEP_LOG"):
+                import shutil
+
+                shutil.copy(Path(tmp) / "segmentation.log", os.environ["BENCH_KEEP_LOG"])
     result = {
         "scale": args.scale,
         "kind": args.kind,

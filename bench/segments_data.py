@@ -48,7 +48,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
@@ -512,8 +511,7 @@ async def _vacuum(database_url: str) -> None:
 
 
 def main() -> None:
-    from deploy.local import paths
-    from deploy.local.stack import LocalStack
+    from _system import local_infra  # type: ignore[import-not-found]
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1_000_000, help="contacts")
@@ -524,22 +522,10 @@ def main() -> None:
     if database_url:
         figures = load(database_url, scale=args.scale, seed=args.seed, workers=args.workers)
     else:
-        with tempfile.TemporaryDirectory(prefix="nudge-bench-") as tmp:
-            stack = LocalStack(
-                state_dir=Path(tmp) / "state",
-                ports="free",
-                persistent=False,
-                cache_dir=paths.cache_dir(),
-                environ=os.environ,
-                parts=("postgres",),
+        with local_infra(("postgres",)) as (infra, _):
+            figures = load(
+                infra["DATABASE_URL"], scale=args.scale, seed=args.seed, workers=args.workers
             )
-            try:
-                infra = stack.start()
-                figures = load(
-                    infra["DATABASE_URL"], scale=args.scale, seed=args.seed, workers=args.workers
-                )
-            finally:
-                stack.stop()
     print(json.dumps(figures))
 
 
