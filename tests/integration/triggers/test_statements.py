@@ -4,13 +4,16 @@ post-purchase run). The worker is bound by its round trips to PostgreSQL, one aw
 statement after another (bench/RESULTS.md, issue 16): each one added here costs every event.
 
 The handler runs in-process on one connection whose statements are logged; the live
-workflows are cached (the engine's usual state between two publications)."""
+workflows are cached (the engine's usual state between two publications). The clock is
+frozen at noon UTC: the post-purchase thank-you is marketing mail, which waits for its send
+window (08:00-21:00 local) at night, and the test must not depend on when it runs."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ import asyncpg
 import pytest
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from services.common import clock
 from services.common.db import migrate
 from services.triggers import handlers
 from services.triggers.bootstrap import MIGRATIONS
@@ -44,6 +48,18 @@ class Logged:
 
     def since(self, mark: int) -> list[str]:
         return self.queries[mark:]
+
+
+@pytest.fixture
+def noon() -> Iterator[None]:
+    """Today's noon UTC, tomorrow's once it has passed, as every component's clock."""
+    now = datetime.now(UTC)
+    today = datetime.combine(now.date(), time(12), tzinfo=UTC)
+    clock.set_clock(clock.FrozenClock(today if today > now else today + timedelta(days=1)))
+    try:
+        yield
+    finally:
+        clock.set_clock(clock.SystemClock())
 
 
 @pytest.fixture
@@ -78,7 +94,7 @@ async def handled(
 
 
 async def test_a_cart_restart_and_an_order_take_a_bounded_number_of_statements(
-    logged_pool: tuple[asyncpg.Pool, Logged],
+    logged_pool: tuple[asyncpg.Pool, Logged], noon: None
 ) -> None:
     pool, logged = logged_pool
     ws, contact, warm = str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4())
