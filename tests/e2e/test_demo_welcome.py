@@ -1,6 +1,10 @@
 """``make run``'s demo workspace has the Welcome workflow published (deploy/local/supervisor.py:
 ``demo_welcome``), so that README's first path works as written: a contact with the
-automations consent signs up, and ``make mail`` shows one welcome letter."""
+automations consent signs up, and ``make mail`` shows one welcome letter.
+
+The template's mail is marketing, sent only between 08:00 and 21:00 in the contact's zone: the
+contact lives where it is about noon now (``daytime_zone``), so the test holds at any hour,
+and the test waits until the engine knows that zone before the signup."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from services.common.db import create_pool
 from services.contacts import keys
 from tests.e2e.conftest import System
 from tests.e2e.test_welcome_path import settle_contact
-from tests.support import eventually, unique
+from tests.support import daytime_zone, eventually, fetchval, unique
 
 SUBJECT = "Welcome to Demo shop"  # services/triggers/templates/welcome.json, "Demo shop"'s name
 MARKER = "Marker"  # the transactional mail with which tests/markers.py's settle ends
@@ -57,11 +61,30 @@ async def test_make_run_publishes_the_demo_welcome_workflow_once(
 
         # README's first path, with the demo key.
         email = f"{unique('ada')}@example.com"
+        zone = daytime_zone()
         created = await http.post(
             "/v1/contacts",
-            json={"email": email, "first_name": "Ada", "consents": ["automations"]},
+            json={
+                "email": email,
+                "first_name": "Ada",
+                "consents": ["automations"],
+                "time_zone": zone,
+            },
         )
         assert created.status_code == 201, created.text
+        contact_id = created.json()["id"]
+
+        async def engine_knows_zone() -> bool:
+            known = await fetchval(
+                system.env["DATABASE_URL"],
+                "SELECT time_zone FROM triggers.contact_facts"
+                " WHERE workspace_id = $1::uuid AND contact_id = $2::uuid",
+                demo["workspace_id"],
+                contact_id,
+            )
+            return known == zone
+
+        await eventually(engine_knows_zone, timeout=60)
         signup = {"idempotency_key": unique("signup"), "type": "signed_up"}
         posted = await http.post("/v1/events", json={**signup, "contact": {"email": email}})
         assert posted.status_code == 202, posted.text
@@ -72,5 +95,5 @@ async def test_make_run_publishes_the_demo_welcome_workflow_once(
         return [subject for subject in to_her if subject != MARKER]
 
     await eventually(mails, timeout=60)
-    await settle_contact(system, demo["api_key"], created.json()["id"])
+    await settle_contact(system, demo["api_key"], contact_id)
     assert mails() == [SUBJECT]
