@@ -33,7 +33,7 @@ import faust
 from faust.types import StreamT
 from google.protobuf.message import DecodeError
 from nudge.events.v1.envelope_pb2 import Envelope
-from opentelemetry import context, trace
+from opentelemetry import context, propagate, trace
 
 from services.common import metrics
 from services.common.context import event_id_var, workspace_id_var
@@ -47,6 +47,7 @@ from services.common.topics import (
 from services.common.tracing import OFFSET, PARTITION, envelope_ids, extract_headers
 from services.triggers import handlers
 from services.triggers.config import Settings
+from services.triggers.runtime import runs
 from services.triggers.runtime.runs import Engine
 
 log = logging.getLogger(__name__)
@@ -147,31 +148,94 @@ async def _consume(
     topic: str,
     settings: Settings,
 ) -> None:
-    """Batches of events, each contact's in order, contacts concurrently; acked after."""
+    """Batches of events in rounds of different contacts, acked after the whole batch."""
     limit = asyncio.Semaphore(settings.concurrency)
 
-    async def lane(events: list[Any]) -> None:
+    async def chunk(events: list[Any]) -> None:
         async with limit:
-            for event in events:
-                await _handle(pool, engine, topic, event)
+            await _handle_round(pool, engine, topic, events)
 
     async for batch in stream.noack_take(settings.batch_max, within=settings.batch_within_s):
-        lanes: dict[object, list[Any]] = {}
-        for event in batch:
-            message = event.message
-            key = message.key if message.key is not None else (message.partition, None)
-            lanes.setdefault(key, []).append(event)
-        await asyncio.gather(*(lane(events) for events in lanes.values()))
+        # Round k holds the k-th event of each key (contact): the rounds in order keep each
+        # contact's events in order, and a round's contacts are all different.
+        for round_ in runs.waves(batch, _key):
+            size = max(settings.round_min, -(-len(round_) // settings.concurrency))
+            await asyncio.gather(
+                *(chunk(round_[i : i + size]) for i in range(0, len(round_), size))
+            )
         for event in batch:
             await stream.ack(event)
 
 
-async def _handle(pool: asyncpg.Pool, engine: Engine, topic: str, event: Any) -> None:
-    try:
-        envelope = Envelope.FromString(event.value)
-    except DecodeError:
-        log.error("skipping an undecodable record on %s", topic)
+def _key(event: Any) -> object:
+    message = event.message
+    return message.key if message.key is not None else (message.partition, None)
+
+
+async def _handle_round(pool: asyncpg.Pool, engine: Engine, topic: str, events: list[Any]) -> None:
+    """Events of different contacts in one transaction (handlers.on_events), each with its
+    own ``triggers evaluate`` span; if the round fails, its events one at a time, so that
+    one bad event (or a deadlock with another round) holds up only itself."""
+    decoded: list[tuple[Any, Envelope]] = []
+    for event in events:
+        try:
+            decoded.append((event, Envelope.FromString(event.value)))
+        except DecodeError:
+            log.error("skipping an undecodable record on %s", topic)
+    if len(decoded) == 1:
+        await _handle(pool, engine, topic, *decoded[0])
         return
+    spans = [_span(topic, event, envelope) for event, envelope in decoded]
+    try:
+        await handlers.on_events(
+            pool,
+            engine,
+            [envelope for _, envelope in decoded],
+            [_carrier(span) for span in spans],
+        )
+    except asyncio.CancelledError:
+        for span in spans:
+            span.end()
+        raise
+    except Exception as err:
+        log.warning("a round of %s events failed (%r); one at a time now", len(spans), err)
+        for span in spans:
+            span.record_exception(err)
+            span.end()
+        for event, envelope in decoded:
+            await _handle(pool, engine, topic, event, envelope)
+        return
+    for span in spans:
+        span.end()
+
+
+def _span(topic: str, event: Any, envelope: Envelope) -> trace.Span:
+    return tracer.start_span(
+        "triggers evaluate",
+        context=extract_headers((event.headers or {}).items()),
+        kind=trace.SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "kafka",
+            "messaging.destination.name": topic,
+            "messaging.message.id": envelope.event_id,
+            "nudge.workspace_id": envelope.workspace_id,
+            PARTITION: event.message.partition,
+            OFFSET: event.message.offset,
+            **envelope_ids(envelope),
+        },
+    )
+
+
+def _carrier(span: trace.Span) -> dict[str, str]:
+    """The trace context of the span, as the outbox's records carry it."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return carrier
+
+
+async def _handle(
+    pool: asyncpg.Pool, engine: Engine, topic: str, event: Any, envelope: Envelope
+) -> None:
     token = context.attach(extract_headers((event.headers or {}).items()))
     ws_token = workspace_id_var.set(envelope.workspace_id)
     ev_token = event_id_var.set(envelope.event_id)
@@ -179,19 +243,7 @@ async def _handle(pool: asyncpg.Pool, engine: Engine, topic: str, event: Any) ->
         delay = 0.1
         while True:
             try:
-                with tracer.start_as_current_span(
-                    "triggers evaluate",
-                    kind=trace.SpanKind.CONSUMER,
-                    attributes={
-                        "messaging.system": "kafka",
-                        "messaging.destination.name": topic,
-                        "messaging.message.id": envelope.event_id,
-                        "nudge.workspace_id": envelope.workspace_id,
-                        PARTITION: event.message.partition,
-                        OFFSET: event.message.offset,
-                        **envelope_ids(envelope),
-                    },
-                ):
+                with trace.use_span(_span(topic, event, envelope), end_on_exit=True):
                     await handlers.on_event(pool, engine, envelope)
                 return
             except asyncio.CancelledError:

@@ -25,8 +25,10 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     # The timer loop's round interval (a timer written in-process wakes it earlier).
     timer_poll_s: float = 0.15
     # The agents take up to `batch_max` events at once (or what came within
-    # `batch_within_s`) and handle different contacts' events concurrently, up to
-    # `concurrency` transactions at a time, one contact's strictly in order (app.py).
+    # `batch_within_s`), cut them in rounds of different contacts (one contact's events
+    # strictly in order), and handle a round in transactions of at least `round_min` events,
+    # up to `concurrency` transactions at a time (app.py).
     batch_max: int = 500
     batch_within_s: float = 0.05
-    concurrency: int = 16
+    concurrency: int = 4
+    round_min: int = 50

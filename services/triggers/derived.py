@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, tzinfo
@@ -364,12 +365,21 @@ def _facts_of(row: Mapping[str, Any]) -> ContactFacts:
 
 
 async def _facts(conn: asyncpg.Connection, workspace_id: str, contact_id: str) -> ContactFacts:
-    row = await conn.fetchrow(
-        f"SELECT {_FACTS_COLUMNS} FROM contact_facts WHERE workspace_id = $1 AND contact_id = $2",
+    return (await _facts_many(conn, workspace_id, [contact_id]))[contact_id]
+
+
+async def _facts_many(
+    conn: asyncpg.Connection, workspace_id: str, contact_ids: Sequence[str]
+) -> dict[str, ContactFacts]:
+    """Each contact's facts (empty ones for a contact the engine does not know)."""
+    rows = await conn.fetch(
+        f"SELECT {_FACTS_COLUMNS} FROM contact_facts"
+        " WHERE workspace_id = $1 AND contact_id = ANY($2::uuid[])",
         workspace_id,
-        contact_id,
+        list(contact_ids),
     )
-    return _facts_of(row) if row is not None else ContactFacts()
+    found = {row["contact_id"]: _facts_of(row) for row in rows}
+    return {c: found.get(str(uuid.UUID(c)), ContactFacts()) for c in contact_ids}
 
 
 # Writing timers ----------------------------------------------------------------------------
@@ -464,62 +474,76 @@ async def _push_inactive_timer(
     contact_id: str,
     activity_at: datetime,
 ) -> None:
-    """Due ``inactive_for`` after ``activity_at``; only ever later than it was."""
+    await _push_inactive_timers(conn, workspace_id, workflow, [(contact_id, activity_at)])
+
+
+async def _push_inactive_timers(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    workflow: PublishedWorkflow,
+    activities: Sequence[tuple[str, datetime]],
+) -> None:
+    """Each contact's timer due ``inactive_for`` after its activity; only ever later than
+    it was."""
     inactive_for = workflow.definition.trigger.inactive_for
-    if inactive_for is None:
+    if inactive_for is None or not activities:
         return
     await conn.execute(
         "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, kind, due_at,"
-        " payload) VALUES ($1, $2, $3, $4, 'inactive', $5, $6::text::jsonb)"
+        " payload) SELECT k, $1::uuid, c, $2::uuid, 'inactive', d, p::jsonb"
+        " FROM unnest($3::text[], $4::uuid[], $5::timestamptz[], $6::text[]) AS t(k, c, d, p)"
         " ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at,"
         " payload = EXCLUDED.payload WHERE timers.due_at < EXCLUDED.due_at",
-        timer_key(INACTIVE, workflow.id, contact_id),
         workspace_id,
-        contact_id,
         workflow.id,
-        activity_at + inactive_for,
-        json.dumps(
-            {"version": workflow.version, "activity_at": activity_at.astimezone(UTC).isoformat()}
-        ),
+        [timer_key(INACTIVE, workflow.id, c) for c, _ in activities],
+        [c for c, _ in activities],
+        [at + inactive_for for _, at in activities],
+        [
+            json.dumps({"version": workflow.version, "activity_at": at.astimezone(UTC).isoformat()})
+            for _, at in activities
+        ],
     )
 
 
-async def _swap_seen_total(
+async def _swap_seen_totals(
     conn: asyncpg.Connection,
     workspace_id: str,
-    contact_id: str,
-    facts: ContactFacts,
+    facts: Mapping[str, ContactFacts],
     now: datetime,
-) -> tuple[int, str]:
-    """The total last seen (0 and "" for a contact new since the publication), replaced by
-    the contact's current one."""
-    row = await conn.fetchrow(
-        "SELECT total_spent_minor, currency FROM contact_value_seen"
-        " WHERE workspace_id = $1 AND contact_id = $2 FOR UPDATE",
+) -> dict[str, tuple[int, str]]:
+    """Each contact's total last seen (0 and "" for a contact new since the publication),
+    replaced by its current one (``facts``)."""
+    contacts = list(facts)
+    rows = await conn.fetch(
+        "SELECT contact_id::text AS contact_id, total_spent_minor, currency"
+        " FROM contact_value_seen WHERE workspace_id = $1 AND contact_id = ANY($2::uuid[])"
+        " ORDER BY contact_id FOR UPDATE",
         workspace_id,
-        contact_id,
+        contacts,
     )
-    if (
-        row is not None
-        and row["total_spent_minor"] == facts.total_spent_minor
-        and row["currency"] == facts.currency
-    ):
-        return int(row["total_spent_minor"]), str(row["currency"])  # most events: no change
-    await conn.execute(
-        "INSERT INTO contact_value_seen (workspace_id, contact_id, total_spent_minor, currency,"
-        " seen_at) VALUES ($1, $2, $3, $4, $5)"
-        " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET"
-        " total_spent_minor = EXCLUDED.total_spent_minor, currency = EXCLUDED.currency,"
-        " seen_at = EXCLUDED.seen_at",
-        workspace_id,
-        contact_id,
-        facts.total_spent_minor,
-        facts.currency,
-        now,
+    seen = {r["contact_id"]: (int(r["total_spent_minor"]), str(r["currency"])) for r in rows}
+    before = {c: seen.get(str(uuid.UUID(c)), (0, "")) for c in contacts}
+    changed = sorted(
+        c
+        for c in contacts
+        if seen.get(str(uuid.UUID(c))) != (facts[c].total_spent_minor, facts[c].currency)
     )
-    if row is None:
-        return 0, ""
-    return int(row["total_spent_minor"]), str(row["currency"])
+    if changed:  # most events change no total
+        await conn.execute(
+            "INSERT INTO contact_value_seen (workspace_id, contact_id, total_spent_minor,"
+            " currency, seen_at) SELECT $1, c, t, cur, $5"
+            " FROM unnest($2::uuid[], $3::bigint[], $4::text[]) AS q(c, t, cur)"
+            " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET"
+            " total_spent_minor = EXCLUDED.total_spent_minor, currency = EXCLUDED.currency,"
+            " seen_at = EXCLUDED.seen_at",
+            workspace_id,
+            changed,
+            [facts[c].total_spent_minor for c in changed],
+            [facts[c].currency for c in changed],
+            now,
+        )
+    return before
 
 
 # The hooks ---------------------------------------------------------------------------------
@@ -539,36 +563,70 @@ async def on_contact_changed(
     ``contact_updated`` for a profile change); ``occurred_at`` its event time.
     ``published``: the workspace's :func:`published_derived` when the caller has them
     (the engine's cache), else they are read."""
+    return await on_contacts_changed(
+        conn, workspace_id, [Change(contact_id, event, occurred_at)], now, published=published
+    )
+
+
+@dataclass(frozen=True)
+class Change:
+    """A contact's facts updated by ``event`` (see :func:`on_contact_changed`)."""
+
+    contact_id: str
+    event: str
+    occurred_at: datetime
+
+
+async def on_contacts_changed(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    changes: Sequence[Change],
+    now: datetime,
+    *,
+    published: Sequence[PublishedWorkflow] | None = None,
+) -> list[Start]:
+    """:func:`on_contact_changed` for a round of events of different contacts of one
+    workspace, with a fixed number of statements whatever their number."""
     workflows = await published_derived(conn, workspace_id) if published is None else published
-    if not workflows:
+    if not workflows or not changes:
         return []
-    facts = await _facts(conn, workspace_id, contact_id)
+    facts = await _facts_many(conn, workspace_id, [c.contact_id for c in changes])
     starts: list[Start] = []
     values: list[PublishedWorkflow] = []
     for workflow in workflows:
         trigger = workflow.definition.trigger
         if trigger.event == DATE_REACHED:
-            timers, dateless = _date_timers(workflow, [(contact_id, facts)], now)
+            timers, dateless = _date_timers(workflow, facts.items(), now)
             await _put_date_timers(conn, workspace_id, workflow, timers)
             await _drop_timers(conn, workspace_id, "date", workflow.id, dateless)
-        elif trigger.event == INACTIVE and event in trigger.activities:
-            await _push_inactive_timer(conn, workspace_id, workflow, contact_id, occurred_at)
+        elif trigger.event == INACTIVE:
+            await _push_inactive_timers(
+                conn,
+                workspace_id,
+                workflow,
+                [(c.contact_id, c.occurred_at) for c in changes if c.event in trigger.activities],
+            )
         elif trigger.event == VALUE_CROSSED:
             values.append(workflow)
-    if values:
-        before, before_currency = await _swap_seen_total(conn, workspace_id, contact_id, facts, now)
+    if not values:
+        return starts
+    seen = await _swap_seen_totals(conn, workspace_id, facts, now)
+    for change in changes:
+        contact_id = change.contact_id
+        before, before_currency = seen[contact_id]
+        after = facts[contact_id]
         for workflow in values:
             trigger = workflow.definition.trigger
             if (
                 workflow.active
-                and event in ORDER_EVENTS
+                and change.event in ORDER_EVENTS
                 and trigger.threshold_minor is not None
                 and trigger.currency
                 and crossed(
                     before,
                     before_currency,
-                    facts.total_spent_minor,
-                    facts.currency,
+                    after.total_spent_minor,
+                    after.currency,
                     trigger.threshold_minor,
                     trigger.currency,
                 )
@@ -586,7 +644,7 @@ async def on_contact_changed(
                             trigger.threshold_minor,
                         ),
                         vars={
-                            "total_spent": format_money(facts.total_spent_minor, facts.currency),
+                            "total_spent": format_money(after.total_spent_minor, after.currency),
                             "threshold": format_money(trigger.threshold_minor, trigger.currency),
                         },
                     )

@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import asyncpg
 from nudge.contacts.v1 import contacts_pb2
@@ -48,6 +49,7 @@ from services.triggers.runtime.caps import Cap, FrequencyCaps
 from services.triggers.runtime.observed import seen_from_row
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 SCHEMA = "triggers"
 # An event older than this (by its own time, against the clock) updates facts and ends runs
@@ -244,6 +246,37 @@ def exits(compiled: Compiled, entry_key: str, seen: SeenEvent) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class Ending:
+    """A live run to end (locked by the caller), with the state and reason it ends with."""
+
+    workspace_id: str
+    run_id: str
+    state: str
+    reason: str
+
+
+async def end_runs(conn: asyncpg.Connection, ending: Sequence[Ending], now: datetime) -> None:
+    """End locked live runs and delete their timers: one statement for any number (a cart
+    change ends the contact's run, an order ends it; a round of events ends hundreds)."""
+    if not ending:
+        return
+    await conn.execute(
+        "WITH q AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])"
+        "  AS q(w, r, s, why)),"
+        " timer AS (DELETE FROM timers t USING q"
+        "  WHERE t.timer_key = 'run/' || q.r::text AND t.workspace_id = q.w)"
+        " UPDATE runs SET state = q.s, end_reason = q.why, ended_at = $5, updated_at = $5,"
+        " position = NULL, next_wake_at = NULL"
+        " FROM q WHERE runs.workspace_id = q.w AND runs.id = q.r",  # the callers' FOR UPDATE
+        [uuid.UUID(e.workspace_id) for e in ending],
+        [uuid.UUID(e.run_id) for e in ending],
+        [e.state for e in ending],
+        [e.reason for e in ending],
+        now,
+    )
+
+
 async def end_run(
     conn: asyncpg.Connection,
     workspace_id: str,
@@ -252,70 +285,104 @@ async def end_run(
     reason: str,
     now: datetime,
 ) -> None:
-    # The run and its timer in one statement: a restart ends a run on every cart change.
-    await conn.execute(
-        "WITH timer AS (DELETE FROM timers WHERE timer_key = $6 AND workspace_id = $1)"
-        " UPDATE runs SET state = $3, end_reason = $4, ended_at = $5, updated_at = $5,"
-        " position = NULL, next_wake_at = NULL"
-        " WHERE workspace_id = $1 AND id = $2",  # locked and live (the callers' FOR UPDATE)
-        uuid.UUID(workspace_id),
-        uuid.UUID(run_id),
-        state,
-        reason,
-        now,
-        f"run/{run_id}",
-    )
+    await end_runs(conn, [Ending(workspace_id, run_id, state, reason)], now)
 
 
 async def end_runs_of_contact(
     conn: asyncpg.Connection, workspace_id: str, contact_id: str, reason: str, now: datetime
 ) -> None:
     """End every live run of the contact (it was deleted: nothing more is sent to it)."""
-    for row in await lock_live_runs(conn, workspace_id, contact_id):
-        await end_run(conn, workspace_id, str(row["id"]), "cancelled", reason, now)
+    live = await lock_live_runs(conn, workspace_id, contact_id)
+    await end_runs(
+        conn, [Ending(workspace_id, str(r["id"]), "cancelled", reason) for r in live], now
+    )
 
 
 async def lock_live_runs(
     conn: asyncpg.Connection, workspace_id: str, contact_id: str
 ) -> list[asyncpg.Record]:
-    """Lock the contact's live runs, first thing in an event's transaction.
-
-    The order of locks is the same everywhere: runs, then the contact's facts, then
-    timers. The timer loop locks runs (skipping those held) and then writes facts (a tag
-    step); an event that wrote facts before waiting for a run could deadlock with it."""
-    rows: list[asyncpg.Record] = await conn.fetch(
-        "SELECT * FROM runs WHERE workspace_id = $1 AND contact_id = $2 AND ended_at IS NULL"
-        " ORDER BY id FOR UPDATE",
-        uuid.UUID(workspace_id),
-        uuid.UUID(contact_id),
+    """Lock the contact's live runs (:func:`lock_live_runs_of`)."""
+    return (await lock_live_runs_of(conn, [(workspace_id, contact_id)])).get(
+        (workspace_id, contact_id), []
     )
-    return rows
 
 
-async def end_runs_exited_by(
+async def lock_live_runs_of(
+    conn: asyncpg.Connection, contacts: Sequence[tuple[str, str]]
+) -> dict[tuple[str, str], list[asyncpg.Record]]:
+    """Lock the live runs of the (workspace, contact)s, first thing in an event's (or a
+    round of events') transaction; by contact, in order of run id.
+
+    The order of locks is the same everywhere: runs (by id, so two rounds sharing contacts
+    take them in one order), then the contacts' facts, then timers. The timer loop locks
+    runs (skipping those held) and then writes facts (a tag step); an event that wrote
+    facts before waiting for a run could deadlock with it."""
+    rows = await conn.fetch(
+        "SELECT r.* FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS q(w, c)"
+        " ON r.workspace_id = q.w AND r.contact_id = q.c WHERE r.ended_at IS NULL"
+        " ORDER BY r.id FOR UPDATE OF r",
+        [uuid.UUID(w) for w, _ in contacts],
+        [uuid.UUID(c) for _, c in contacts],
+    )
+    live: dict[tuple[str, str], list[asyncpg.Record]] = {}
+    for row in rows:
+        live.setdefault((str(row["workspace_id"]), str(row["contact_id"])), []).append(row)
+    return live
+
+
+async def exited_by(
     conn: asyncpg.Connection,
     engine: Engine,
-    live: list[asyncpg.Record],
+    live: Sequence[asyncpg.Record],
     event_id: str,
     seen: SeenEvent,
-    now: datetime,
-) -> int:
-    """End the runs of ``live`` (:func:`lock_live_runs`) whose workflow exits on ``seen``.
+) -> list[Ending]:
+    """The runs of ``live`` (:func:`lock_live_runs_of`) whose workflow exits on ``seen``.
     An event from before a run began does not end it (a late order of yesterday ends no
     cart run started today)."""
-    rows = live
-    ended = 0
-    for row in rows:
+    ending = []
+    for row in live:
         run = Run.of(row)
         if seen.occurred_at < run.started_at or run.trigger_event_id == event_id:
             continue
         compiled = await engine.version(conn, run.workspace_id, run.workflow_id, run.version)
         reason = exits(compiled, run.entry_key, seen)
         if reason is not None:
-            await end_run(conn, run.workspace_id, run.id, "exited", reason, now)
-            ended += 1
+            ending.append(Ending(run.workspace_id, run.id, "exited", reason))
             log.info("run %s of workflow %s ended by %s", run.id, run.workflow_id, reason)
-    return ended
+    return ending
+
+
+@dataclass(frozen=True)
+class Start:
+    """A run to start (:func:`start_runs`): a workflow's published version, for a contact,
+    by a trigger (an event, a timer, a crossing) whose id makes the run's."""
+
+    compiled: Compiled
+    workspace_id: str
+    contact_id: str
+    trigger_event_id: str
+    occurred_at: datetime
+    vars: Mapping[str, str]
+    key: str
+    test_recipient: str = ""
+    # The trace context its mails carry (None: the current span's).
+    trace: Mapping[str, str] | None = None
+
+    @property
+    def run_id(self) -> str:
+        return deterministic_id(self.workspace_id, self.compiled.workflow_id, self.trigger_event_id)
+
+    @property
+    def slot(self) -> str:
+        """The live-run slot it takes: '' for a single run, the key for one run per key,
+        its own id (no slot shared) for unlimited runs and test runs."""
+        concurrency = self.compiled.program.definition.entry.concurrency
+        if concurrency == "single" and not self.test_recipient:
+            return ""
+        if concurrency == "per_key" and not self.test_recipient:
+            return self.key
+        return self.run_id
 
 
 async def start_run(
@@ -332,91 +399,177 @@ async def start_run(
     now: datetime,
     test_recipient: str = "",
 ) -> str | None:
-    """Start a run under the workflow's entry rules and advance it at once; its id, or None
-    when the rules (or an earlier copy of the same trigger) start nothing.
+    """Start one run (:func:`start_runs`); its id, or None when nothing started.
 
     A test run (``test_recipient``, the manager's address) ignores the entry rules, does
     not count for them, waits for nothing and mails every send to that address only
     (``MESSAGE_KIND_TEST``); it changes no tags or scores."""
-    entry = compiled.program.definition.entry
-    ws, contact, workflow = (
-        uuid.UUID(workspace_id),
-        uuid.UUID(contact_id),
-        uuid.UUID(compiled.workflow_id),
+    start = Start(
+        compiled,
+        workspace_id,
+        contact_id,
+        trigger_event_id,
+        occurred_at,
+        vars,
+        key,
+        test_recipient,
     )
-    run_id = deterministic_id(workspace_id, compiled.workflow_id, trigger_event_id)
-    if entry.concurrency == "single" and not test_recipient:
-        slot = ""
-    elif entry.concurrency == "per_key" and not test_recipient:
-        slot = key
-    else:
-        slot = run_id
+    started = await start_runs(conn, engine, [start], now)
+    return started[0] if started else None
+
+
+def waves(items: Sequence[_T], key: Callable[[_T], object]) -> list[list[_T]]:
+    """``items`` in waves in which each key appears at most once: an item goes to the wave
+    after its key's previous item, so that handling the waves in order handles each key's
+    items in order, and each wave can be handled at once (one statement per kind)."""
+    out: list[list[_T]] = []
+    count: dict[object, int] = {}
+    for item in items:
+        k = key(item)
+        n = count.get(k, 0)
+        count[k] = n + 1
+        if n == len(out):
+            out.append([])
+        out[n].append(item)
+    return out
+
+
+async def start_runs(
+    conn: asyncpg.Connection, engine: Engine, starts: Sequence[Start], now: datetime
+) -> list[str]:
+    """Start runs under their workflows' entry rules and advance them at once; the ids of
+    those that started (the rules, or an earlier copy of the same trigger, start nothing).
+
+    A fixed number of statements for any number of runs of different contacts. Two runs of
+    one contact start in two waves, one after the other, as if one at a time: the second
+    sees the first's mail (the frequency cap) and tags."""
+    started: list[str] = []
+    for wave in waves(starts, lambda s: (s.workspace_id, s.contact_id)):
+        started += await _start_wave(conn, engine, wave, now)
+    return started
+
+
+async def _start_wave(
+    conn: asyncpg.Connection, engine: Engine, starts: Sequence[Start], now: datetime
+) -> list[str]:
     # Both questions in one statement, as every start asks them: did this trigger start its
     # run already, and which live run holds the slot (locked, as it is replaced or kept)? A
     # test run holds no slot.
-    found = await conn.fetchrow(
-        "WITH live AS (SELECT id FROM runs WHERE $6 AND workspace_id = $1 AND workflow_id = $3"
-        " AND contact_id = $4 AND run_key = $5 AND ended_at IS NULL AND test_recipient = ''"
-        " FOR UPDATE)"
-        " SELECT EXISTS (SELECT 1 FROM runs WHERE workspace_id = $1 AND id = $2) AS started,"
-        " (SELECT id FROM live) AS live",
-        ws,
-        uuid.UUID(run_id),
-        workflow,
-        contact,
-        slot,
-        not test_recipient,
+    found = await conn.fetch(
+        "SELECT q.i, EXISTS (SELECT 1 FROM runs r WHERE r.workspace_id = q.w AND r.id = q.r)"
+        " AS started, live.id AS live"
+        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[],"
+        "  $7::bool[]) AS q(i, w, r, f, c, k, slotted)"
+        " LEFT JOIN LATERAL (SELECT l.id FROM runs l WHERE q.slotted AND l.workspace_id = q.w"
+        "  AND l.workflow_id = q.f AND l.contact_id = q.c AND l.run_key = q.k"
+        "  AND l.ended_at IS NULL AND l.test_recipient = '' FOR UPDATE) live ON true"
+        " ORDER BY q.i",
+        list(range(len(starts))),
+        [uuid.UUID(s.workspace_id) for s in starts],
+        [uuid.UUID(s.run_id) for s in starts],
+        [uuid.UUID(s.compiled.workflow_id) for s in starts],
+        [uuid.UUID(s.contact_id) for s in starts],
+        [s.slot for s in starts],
+        [not s.test_recipient for s in starts],
     )
-    if found["started"]:
-        return None  # this trigger already started its run
-    replaced: list[uuid.UUID] = []
-    if found["live"] is not None:
-        if entry.on_retrigger == "ignore":
-            return None
-        replaced.append(found["live"])
-    if not test_recipient and (entry.reentry == "once" or entry.reentry_after is not None):
-        last = await conn.fetchval(
-            "SELECT max(started_at) FROM runs WHERE workspace_id = $1 AND workflow_id = $2"
-            " AND contact_id = $3 AND test_recipient = '' AND NOT id = ANY($4::uuid[])",
-            ws,
-            workflow,
-            contact,
-            replaced,
-        )
-        if last is not None and entry.reentry == "once":
-            return None
-        if last is not None and entry.reentry_after and occurred_at < last + entry.reentry_after:
-            return None
-    for old in replaced:
-        await end_run(conn, workspace_id, str(old), "cancelled", "restarted", now)
-    # The new row itself comes back: advancing the run needs it, and reading it again would
-    # cost every start a round trip.
-    row = await conn.fetchrow(
+    going: list[tuple[Start, uuid.UUID | None]] = []
+    for start, row in zip(starts, found, strict=True):
+        if row["started"]:
+            continue  # this trigger already started its run
+        if row["live"] is not None and start.compiled.program.definition.entry.on_retrigger == (
+            "ignore"
+        ):
+            continue
+        going.append((start, row["live"]))
+    going = await _reentry_allowed(conn, going)
+    await end_runs(
+        conn,
+        [Ending(s.workspace_id, str(old), "cancelled", "restarted") for s, old in going if old],
+        now,
+    )
+    if not going:
+        return []
+    # The new rows themselves come back: advancing the runs needs them, and reading them
+    # again would cost a round trip.
+    rows = await conn.fetch(
         "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, run_key,"
         " entry_key, state, vars, trigger_event_id, started_at, updated_at, test_recipient)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8::jsonb, $9, $10, $11, $12)"
+        " SELECT w, r, f, v, c, k, e, 'active', d::jsonb, t, o, $12, x"
+        " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::uuid[], $6::text[],"
+        "  $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[])"
+        "  AS q(w, r, f, v, c, k, e, d, t, o, x)"
         " ON CONFLICT DO NOTHING RETURNING *",
-        ws,
-        uuid.UUID(run_id),
-        workflow,
-        compiled.version,
-        contact,
-        slot,
-        key,
-        json.dumps(dict(vars)),
-        trigger_event_id,
-        occurred_at,
+        [uuid.UUID(s.workspace_id) for s, _ in going],
+        [uuid.UUID(s.run_id) for s, _ in going],
+        [uuid.UUID(s.compiled.workflow_id) for s, _ in going],
+        [s.compiled.version for s, _ in going],
+        [uuid.UUID(s.contact_id) for s, _ in going],
+        [s.slot for s, _ in going],
+        [s.key for s, _ in going],
+        [json.dumps(dict(s.vars)) for s, _ in going],
+        [s.trigger_event_id for s, _ in going],
+        [s.occurred_at for s, _ in going],
+        [s.test_recipient for s, _ in going],
         now,
-        test_recipient,
     )
-    if row is None:
-        return None
-    log.info("started run %s of workflow %s for contact %s", run_id, compiled.workflow_id, contact)
-    # The first steps run at the event's time (a 3-hour wait counts from the cart change),
-    # never earlier than the allowed lateness, never in the future.
-    first_now = max(min(occurred_at, now), now - TRIGGER_LATENESS)
-    await advance_many(conn, engine, [Pending(compiled, Run.of(row), first_now, new=True)], now)
-    return run_id
+    by_id = {s.run_id: s for s, _ in going}
+    pending = []
+    for row in rows:
+        run = Run.of(row)
+        start = by_id[run.id]
+        log.info(
+            "started run %s of workflow %s for contact %s",
+            run.id,
+            run.workflow_id,
+            run.contact_id,
+        )
+        # The first steps run at the event's time (a 3-hour wait counts from the cart
+        # change), never earlier than the allowed lateness, never in the future.
+        first_now = max(min(start.occurred_at, now), now - TRIGGER_LATENESS)
+        pending.append(Pending(start.compiled, run, first_now, new=True, trace=start.trace))
+    await advance_many(conn, engine, pending, now)
+    return [p.run.id for p in pending]
+
+
+async def _reentry_allowed(
+    conn: asyncpg.Connection, going: list[tuple[Start, uuid.UUID | None]]
+) -> list[tuple[Start, uuid.UUID | None]]:
+    """``going`` without the starts that the workflow's re-entry rule refuses ("once", or
+    not before ``reentry_after`` since the contact's last run; the run a start replaces
+    does not count, and a test run is never refused)."""
+
+    def ruled(start: Start) -> bool:
+        entry = start.compiled.program.definition.entry
+        return not start.test_recipient and (
+            entry.reentry == "once" or entry.reentry_after is not None
+        )
+
+    asked = [(i, s, old) for i, (s, old) in enumerate(going) if ruled(s)]
+    if not asked:
+        return going
+    rows = await conn.fetch(
+        "SELECT q.i, (SELECT max(started_at) FROM runs WHERE workspace_id = q.w"
+        " AND workflow_id = q.f AND contact_id = q.c AND test_recipient = ''"
+        " AND (q.old IS NULL OR id <> q.old)) AS last"
+        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[])"
+        " AS q(i, w, f, c, old)",
+        [i for i, _, _ in asked],
+        [uuid.UUID(s.workspace_id) for _, s, _ in asked],
+        [uuid.UUID(s.compiled.workflow_id) for _, s, _ in asked],
+        [uuid.UUID(s.contact_id) for _, s, _ in asked],
+        [old for _, _, old in asked],
+    )
+    refused = set()
+    for row in rows:
+        last = row["last"]
+        start = going[row["i"]][0]
+        entry = start.compiled.program.definition.entry
+        if last is not None and (
+            entry.reentry == "once"
+            or (entry.reentry_after and start.occurred_at < last + entry.reentry_after)
+        ):
+            refused.add(row["i"])
+    return [g for i, g in enumerate(going) if i not in refused]
 
 
 @dataclass(frozen=True)
@@ -428,6 +581,7 @@ class Pending:
     run: Run
     now: datetime
     new: bool = False
+    trace: Mapping[str, str] | None = None  # its mails' trace context (None: the current)
 
 
 async def advance_run(
@@ -465,7 +619,7 @@ async def advance_many(
             results.append(None)
             continue
         result = advance(p.compiled.program, p.run.state(), facts, p.now)
-        writes.add(p.run, result, p.now)
+        writes.add(p.run, result, p.now, p.trace)
         results.append(result)
     await writes.flush(conn, engine)
     return results
@@ -598,11 +752,13 @@ class Writes:
     def end(self, run: Run, state: str, reason: str, now: datetime) -> None:
         self.runs.append((run, state, None, json.dumps(dict(run.executed)), None, now, reason, now))
 
-    def add(self, run: Run, adv: Advance, now: datetime) -> None:
+    def add(
+        self, run: Run, adv: Advance, now: datetime, trace: Mapping[str, str] | None = None
+    ) -> None:
         self.steps += [(run, s.step_id, s.iteration, s.outcome, now) for s in adv.steps]
         for effect in adv.effects:
             if isinstance(effect, SendMail):
-                self._mail(run, effect, now)
+                self._mail(run, effect, now, trace)
             elif run.test_recipient:
                 continue  # a test run changes no real contact
             elif isinstance(effect, ModifyTags):
@@ -620,7 +776,9 @@ class Writes:
             assert adv.wake_at is not None
             self.runs.append((run, "waiting", adv.position, executed, adv.wake_at, None, "", now))
 
-    def _mail(self, run: Run, mail: SendMail, now: datetime) -> None:
+    def _mail(
+        self, run: Run, mail: SendMail, now: datetime, trace: Mapping[str, str] | None
+    ) -> None:
         message = mail.message
         request = delivery_pb2.DeliveryRequested(
             message_id=mail.message_id,
@@ -647,7 +805,8 @@ class Writes:
         envelope = new_envelope(
             run.workspace_id, request, event_id=mail.message_id, occurred_at=now
         )
-        self.mails.append((run.contact_id, envelope, current_traceparent()))
+        headers = dict(trace) if trace is not None else current_traceparent()
+        self.mails.append((run.contact_id, envelope, headers))
 
     async def flush(self, conn: asyncpg.Connection, engine: Engine) -> None:
         if self.steps:
@@ -690,20 +849,31 @@ class Writes:
                 [p for _, _, _, p, _ in self.commands],
                 [at for *_, at in self.commands],
             )
-        for run, add, remove in self.tags:
-            await facts_store.write_through_tags(
-                conn, run.workspace_id, run.contact_id, add, remove
-            )
+        await facts_store.write_through_tags(
+            conn, [(r.workspace_id, r.contact_id, add, remove) for r, add, remove in self.tags]
+        )
         if not self.runs:
             return
-        # Pipelined row by row on the primary key, and only on it: the caller holds these
-        # runs locked and live, and a condition on ended_at could lead the planner to the
-        # partial index of a workspace's live runs, scanned whole for every row.
-        await conn.executemany(
-            "UPDATE runs SET state = $3, position = $4, executed = $5::jsonb,"
-            " next_wake_at = $6, ended_at = $7, end_reason = $8, updated_at = $9"
-            " WHERE workspace_id = $1 AND id = $2",
-            [(uuid.UUID(run.workspace_id), uuid.UUID(run.id), *rest) for run, *rest in self.runs],
+        # Joined on the primary key only: the caller holds these runs locked and live, and a
+        # condition on ended_at could lead the planner to the partial index of a workspace's
+        # live runs, scanned whole for every row.
+        await conn.execute(
+            "UPDATE runs SET state = q.s, position = q.p, executed = q.x::jsonb,"
+            " next_wake_at = q.nw, ended_at = q.e, end_reason = q.why, updated_at = q.u"
+            " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],"
+            "  $6::timestamptz[], $7::timestamptz[], $8::text[], $9::timestamptz[])"
+            "  AS q(w, r, s, p, x, nw, e, why, u)"
+            " WHERE runs.workspace_id = q.w AND runs.id = q.r",
+            *(
+                list(column)
+                for column in zip(
+                    *(
+                        (uuid.UUID(run.workspace_id), uuid.UUID(run.id), *rest)
+                        for run, *rest in self.runs
+                    ),
+                    strict=True,
+                )
+            ),
         )
         ended = [
             row[0] for row in self.runs if row[5] is not None and row[0].id not in self.untimed

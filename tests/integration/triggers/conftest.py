@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, time, timedelta
+from typing import Any
 
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from services.common import clock
+from services.common.db import migrate
 from services.common.topics import (
     CONTACTS_EVENTS,
     SEGMENT_MEMBERSHIP,
@@ -18,6 +22,8 @@ from services.common.topics import (
     TOPICS,
     TRACKING_EVENTS,
 )
+from services.triggers import handlers
+from services.triggers.bootstrap import MIGRATIONS
 from tests.integration.conftest import RunningService, run_in_process
 from tests.integration.triggers.support import EventProducer, MovableClock
 from tests.support import free_port, unique
@@ -95,3 +101,51 @@ async def producer(infra: dict[str, str]) -> AsyncIterator[EventProducer]:
         yield events
     finally:
         await events.stop()
+
+
+class Logged:
+    """The statements of the pool's one connection, in order."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def __call__(self, record: Any) -> None:
+        self.queries.append(record.query)
+
+    def since(self, mark: int) -> list[str]:
+        return self.queries[mark:]
+
+
+@pytest.fixture
+def noon() -> Iterator[None]:
+    """Today's noon UTC, tomorrow's once it has passed, as every component's clock (the
+    engine in-process: marketing mail waits for its send window at night)."""
+    now = datetime.now(UTC)
+    today = datetime.combine(now.date(), time(12), tzinfo=UTC)
+    clock.set_clock(clock.FrozenClock(today if today > now else today + timedelta(days=1)))
+    try:
+        yield
+    finally:
+        clock.set_clock(clock.SystemClock())
+
+
+@pytest.fixture
+async def logged_pool(infra: dict[str, str]) -> AsyncIterator[tuple[asyncpg.Pool, Logged]]:
+    await migrate(infra["DATABASE_URL"], handlers.SCHEMA, MIGRATIONS)
+    logged = Logged()
+
+    async def log_queries(conn: asyncpg.Connection) -> None:
+        conn.add_query_logger(logged)
+
+    pool = await asyncpg.create_pool(
+        infra["DATABASE_URL"],
+        min_size=1,
+        max_size=1,
+        init=log_queries,
+        server_settings={"search_path": handlers.SCHEMA},
+    )
+    assert pool is not None
+    try:
+        yield pool, logged
+    finally:
+        await pool.close()

@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
 import asyncpg
-import pytest
 from nudge.events.v1.envelope_pb2 import Envelope
 
-from services.common import clock
-from services.common.db import migrate
 from services.triggers import handlers
-from services.triggers.bootstrap import MIGRATIONS
 from services.triggers.runtime.caps import FrequencyCaps
 from services.triggers.runtime.runs import Engine
+from tests.integration.triggers.conftest import Logged
 from tests.integration.triggers.support import cart, envelope, order, publish
 
 TEMPLATES = Path(__file__).parents[3] / "services" / "triggers" / "templates"
@@ -35,53 +30,6 @@ TEMPLATES = Path(__file__).parents[3] / "services" / "triggers" / "templates"
 CART_RESTART = 14
 ORDER = 17
 REDELIVERY = 4
-
-
-class Logged:
-    """The statements of the pool's one connection, in order."""
-
-    def __init__(self) -> None:
-        self.queries: list[str] = []
-
-    def __call__(self, record: Any) -> None:
-        self.queries.append(record.query)
-
-    def since(self, mark: int) -> list[str]:
-        return self.queries[mark:]
-
-
-@pytest.fixture
-def noon() -> Iterator[None]:
-    """Today's noon UTC, tomorrow's once it has passed, as every component's clock."""
-    now = datetime.now(UTC)
-    today = datetime.combine(now.date(), time(12), tzinfo=UTC)
-    clock.set_clock(clock.FrozenClock(today if today > now else today + timedelta(days=1)))
-    try:
-        yield
-    finally:
-        clock.set_clock(clock.SystemClock())
-
-
-@pytest.fixture
-async def logged_pool(infra: dict[str, str]) -> AsyncIterator[tuple[asyncpg.Pool, Logged]]:
-    await migrate(infra["DATABASE_URL"], handlers.SCHEMA, MIGRATIONS)
-    logged = Logged()
-
-    async def log_queries(conn: asyncpg.Connection) -> None:
-        conn.add_query_logger(logged)
-
-    pool = await asyncpg.create_pool(
-        infra["DATABASE_URL"],
-        min_size=1,
-        max_size=1,
-        init=log_queries,
-        server_settings={"search_path": handlers.SCHEMA},
-    )
-    assert pool is not None
-    try:
-        yield pool, logged
-    finally:
-        await pool.close()
 
 
 async def handled(
