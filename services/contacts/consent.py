@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from services.common.errors import (
 )
 from services.common.events import new_envelope
 from services.common.idempotency import claim_event
-from services.common.ids import is_uuid
+from services.common.ids import canonical_uuid, is_uuid
 from services.common.outbox import add_to_outbox
 from services.common.topics import DELIVERY_REQUESTS
 from services.contacts import changes, suppression
@@ -468,9 +467,6 @@ async def check_eligibility_batch(
     return response
 
 
-_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
 def _batch_keys(
     v: Validator, checks: Sequence[contacts_pb2.CheckEligibilityRequest]
 ) -> tuple[list[str], list[int]]:
@@ -480,17 +476,15 @@ def _batch_keys(
     into a uuid.UUID twice; any other form uuid.UUID accepts is still accepted."""
     ids: list[str] = []
     purposes: list[int] = []
-    canonical = _CANONICAL_UUID.fullmatch
     for n, check in enumerate(checks):
         contact_id, purpose = check.contact_id, check.purpose
         if purpose not in PURPOSES:
             v.check(False, f"checks[{n}].purpose", "is required")
-        if canonical(contact_id):
-            ids.append(contact_id)
+        canonical = canonical_uuid(contact_id)
+        if canonical is not None:
+            ids.append(canonical)
         elif not contact_id:
             v.check(False, f"checks[{n}].contact_id", "is required")
-        elif is_uuid(contact_id):
-            ids.append(str(uuid.UUID(contact_id)))
         else:
             v.check(False, f"checks[{n}].contact_id", "is not a contact id")
         purposes.append(purpose)

@@ -11,8 +11,8 @@ even a replay without the claim (another consumer group) starts and sends nothin
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -21,6 +21,7 @@ from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import clock
 from services.common.idempotency import claim_event
+from services.common.ids import canonical_uuid
 from services.triggers import derived
 from services.triggers.runtime import facts, runs
 from services.triggers.runtime.observed import Observation, entry_key, event_time, observe
@@ -61,8 +62,19 @@ async def on_events(
             started += await _on_contact_event(pool, engine, envelope)
             continue
         observation = observe(envelope)
-        if observation is not None:
-            observed.append((observation, trace))
+        if observation is None:
+            continue
+        # Canonical ids: a round groups and looks up its contacts by them.
+        ws, contact = (
+            canonical_uuid(observation.workspace_id),
+            canonical_uuid(observation.contact_id),
+        )
+        if ws is None or contact is None:
+            log.error("skipping event %s: its workspace or contact is no id", envelope.event_id)
+            continue
+        if (ws, contact) != (observation.workspace_id, observation.contact_id):
+            observation = dataclasses.replace(observation, workspace_id=ws, contact_id=contact)
+        observed.append((observation, trace))
     for wave in runs.waves(observed, lambda o: (o[0].workspace_id, o[0].contact_id)):
         started += await _on_observations(pool, engine, wave)
     return started
@@ -194,8 +206,8 @@ async def claim_unless_erased_many(
         "  WHERE x.workspace_id = q.w AND x.erased_contact = q.c) GROUP BY q.e",
         CONSUMER,
         [e for e, _, _ in events],
-        [uuid.UUID(w) for _, w, _ in events],
-        [uuid.UUID(c) for _, _, c in events],
+        [w for _, w, _ in events],
+        [c for _, _, c in events],
     )
     fresh = {row["n"] - 1 for row in rows}
     return [i in fresh for i in range(len(events))]

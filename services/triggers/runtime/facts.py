@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -65,7 +64,7 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
     """Apply a contacts.events.v1 envelope to ``contact_facts``; the contact id when it
     changed something (the event was newer than what is held), else None."""
     kind = envelope.WhichOneof("payload")
-    ws = uuid.UUID(envelope.workspace_id)
+    ws = envelope.workspace_id
     if kind in ("contact_created", "contact_updated"):
         contact = (
             envelope.contact_created.contact
@@ -87,7 +86,7 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             " signed_up_at = EXCLUDED.signed_up_at WHERE f.version < EXCLUDED.version"
             " RETURNING 1",
             ws,
-            uuid.UUID(contact.id),
+            contact.id,
             contact.version,
             sorted(contact.tags),
             json.dumps(dict(contact.attributes)),
@@ -104,7 +103,7 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             " SET version = EXCLUDED.version, tags = EXCLUDED.tags"
             " WHERE f.version < EXCLUDED.version RETURNING 1",
             ws,
-            uuid.UUID(tags.contact_id),
+            tags.contact_id,
             tags.version,
             sorted(tags.tags),
         )
@@ -116,7 +115,7 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             " VALUES ($1, $2, $3) ON CONFLICT (workspace_id, contact_id) DO UPDATE"
             " SET version = EXCLUDED.version WHERE f.version < EXCLUDED.version RETURNING 1",
             ws,
-            uuid.UUID(deleted.contact_id),
+            deleted.contact_id,
             deleted.version,
         )
         return deleted.contact_id if row else None
@@ -127,7 +126,7 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             " VALUES ($1, $2, $3) ON CONFLICT (workspace_id, contact_id) DO UPDATE"
             " SET version = EXCLUDED.version WHERE f.version < EXCLUDED.version RETURNING 1",
             ws,
-            uuid.UUID(score.contact_id),
+            score.contact_id,
             score.version,
         )
         return score.contact_id if row else None
@@ -136,7 +135,7 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
 
 async def apply_observation(conn: asyncpg.Connection, obs: Observation) -> None:
     """Record the event in ``contact_events`` and move the contact's facts by it."""
-    ws, contact = uuid.UUID(obs.workspace_id), uuid.UUID(obs.contact_id)
+    ws, contact = obs.workspace_id, obs.contact_id
     seen = obs.seen
     # One statement for both tables (a round trip less on every event); they are different
     # tables, so neither part needs to see what the other wrote.
@@ -195,8 +194,8 @@ async def apply_observations(conn: asyncpg.Connection, observations: list[Observ
         " total_spent_minor = f.total_spent_minor + EXCLUDED.total_spent_minor,"
         " currency = CASE WHEN EXCLUDED.currency = '' THEN f.currency ELSE EXCLUDED.currency END,"
         " last_activity_at = GREATEST(f.last_activity_at, EXCLUDED.last_activity_at)",
-        [uuid.UUID(o.workspace_id) for o in plain],
-        [uuid.UUID(o.contact_id) for o in plain],
+        [o.workspace_id for o in plain],
+        [o.contact_id for o in plain],
         [o.spent_minor for o in plain],
         [o.currency for o in plain],
         [o.seen.occurred_at if o.activity else None for o in plain],
@@ -232,8 +231,8 @@ async def write_through_tags(
         " FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::jsonb[]) AS q(w, c, a, r)"
         " WHERE f.workspace_id = q.w AND f.contact_id = q.c"
         " RETURNING f.workspace_id::text, f.contact_id::text",
-        [uuid.UUID(w) for w, _ in keys],
-        [uuid.UUID(c) for _, c in keys],
+        [w for w, _ in keys],
+        [c for _, c in keys],
         [json.dumps(sorted(folded[k][0])) for k in keys],
         [json.dumps(sorted(folded[k][1])) for k in keys],
     )
@@ -246,8 +245,8 @@ async def write_through_tags(
             " VALUES ($1, $2, $3) ON CONFLICT (workspace_id, contact_id) DO UPDATE SET"
             " tags = ARRAY(SELECT t FROM unnest(f.tags) AS t WHERE NOT t = ANY($4::text[])"
             "  UNION SELECT unnest($3::text[]) ORDER BY 1)",
-            uuid.UUID(key[0]),
-            uuid.UUID(key[1]),
+            key[0],
+            key[1],
             sorted(added),
             sorted(removed),
         )

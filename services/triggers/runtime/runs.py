@@ -12,6 +12,7 @@ facts; the run's position and its one timer ``run/<run id>`` follow.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import uuid
@@ -176,8 +177,8 @@ class Engine:
             doc = await conn.fetchval(
                 "SELECT definition FROM workflow_versions"
                 " WHERE workspace_id = $1 AND workflow_id = $2 AND version = $3",
-                uuid.UUID(workspace_id),
-                uuid.UUID(workflow_id),
+                workspace_id,
+                workflow_id,
                 version,
             )
             if doc is None:
@@ -199,7 +200,7 @@ class Engine:
         rows = await conn.fetch(
             "SELECT id, published_version FROM workflows WHERE workspace_id = $1"
             " AND trigger_event = $2 AND status = 'active' AND published_version > 0",
-            uuid.UUID(workspace_id),
+            workspace_id,
             event,
         )
         found = [
@@ -269,8 +270,8 @@ async def end_runs(conn: asyncpg.Connection, ending: Sequence[Ending], now: date
         " UPDATE runs SET state = q.s, end_reason = q.why, ended_at = $5, updated_at = $5,"
         " position = NULL, next_wake_at = NULL"
         " FROM q WHERE runs.workspace_id = q.w AND runs.id = q.r",  # the callers' FOR UPDATE
-        [uuid.UUID(e.workspace_id) for e in ending],
-        [uuid.UUID(e.run_id) for e in ending],
+        [e.workspace_id for e in ending],
+        [e.run_id for e in ending],
         [e.state for e in ending],
         [e.reason for e in ending],
         now,
@@ -321,8 +322,8 @@ async def lock_live_runs_of(
         "SELECT r.* FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS q(w, c)"
         " ON r.workspace_id = q.w AND r.contact_id = q.c WHERE r.ended_at IS NULL"
         " ORDER BY r.id FOR UPDATE OF r",
-        [uuid.UUID(w) for w, _ in contacts],
-        [uuid.UUID(c) for _, c in contacts],
+        [w for w, _ in contacts],
+        [c for _, c in contacts],
     )
     live: dict[tuple[str, str], list[asyncpg.Record]] = {}
     for row in rows:
@@ -369,11 +370,11 @@ class Start:
     # The trace context its mails carry (None: the current span's).
     trace: Mapping[str, str] | None = None
 
-    @property
+    @functools.cached_property
     def run_id(self) -> str:
         return deterministic_id(self.workspace_id, self.compiled.workflow_id, self.trigger_event_id)
 
-    @property
+    @functools.cached_property
     def slot(self) -> str:
         """The live-run slot it takes: '' for a single run, the key for one run per key,
         its own id (no slot shared) for unlimited runs and test runs."""
@@ -465,10 +466,10 @@ async def _start_wave(
         "  AND l.ended_at IS NULL AND l.test_recipient = '' FOR UPDATE) live ON true"
         " ORDER BY q.i",
         list(range(len(starts))),
-        [uuid.UUID(s.workspace_id) for s in starts],
-        [uuid.UUID(s.run_id) for s in starts],
-        [uuid.UUID(s.compiled.workflow_id) for s in starts],
-        [uuid.UUID(s.contact_id) for s in starts],
+        [s.workspace_id for s in starts],
+        [s.run_id for s in starts],
+        [s.compiled.workflow_id for s in starts],
+        [s.contact_id for s in starts],
         [s.slot for s in starts],
         [not s.test_recipient for s in starts],
     )
@@ -499,11 +500,11 @@ async def _start_wave(
         "  $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[])"
         "  AS q(w, r, f, v, c, k, e, d, t, o, x)"
         " ON CONFLICT DO NOTHING RETURNING *",
-        [uuid.UUID(s.workspace_id) for s, _ in going],
-        [uuid.UUID(s.run_id) for s, _ in going],
-        [uuid.UUID(s.compiled.workflow_id) for s, _ in going],
+        [s.workspace_id for s, _ in going],
+        [s.run_id for s, _ in going],
+        [s.compiled.workflow_id for s, _ in going],
         [s.compiled.version for s, _ in going],
-        [uuid.UUID(s.contact_id) for s, _ in going],
+        [s.contact_id for s, _ in going],
         [s.slot for s, _ in going],
         [s.key for s, _ in going],
         [json.dumps(dict(s.vars)) for s, _ in going],
@@ -554,9 +555,9 @@ async def _reentry_allowed(
         " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[])"
         " AS q(i, w, f, c, old)",
         [i for i, _, _ in asked],
-        [uuid.UUID(s.workspace_id) for _, s, _ in asked],
-        [uuid.UUID(s.compiled.workflow_id) for _, s, _ in asked],
-        [uuid.UUID(s.contact_id) for _, s, _ in asked],
+        [s.workspace_id for _, s, _ in asked],
+        [s.compiled.workflow_id for _, s, _ in asked],
+        [s.contact_id for _, s, _ in asked],
         [old for _, _, old in asked],
     )
     refused = set()
@@ -631,8 +632,8 @@ async def _load_inputs(
     """Each run's facts: the contact's, its events since the run began (but its trigger),
     whether the frequency cap is reached, and the steps done in earlier runs."""
     n = range(len(pending))
-    ws = [uuid.UUID(p.run.workspace_id) for p in pending]
-    contacts = [uuid.UUID(p.run.contact_id) for p in pending]
+    ws = [p.run.workspace_id for p in pending]
+    contacts = [p.run.contact_id for p in pending]
     caps = await _caps(engine, pending)
     # The facts and the frequency cap in one statement (both one row per run); the mails
     # are counted only for the runs that respect the cap (the others' cap is NULL).
@@ -723,10 +724,10 @@ async def _done_before(
         " AND s.contact_id = q.c AND s.workflow_id = q.f AND s.run_id <> q.r"
         " AND s.outcome IN ('done', 'yes', 'no')",
         [i for i, _ in asked],
-        [uuid.UUID(p.run.workspace_id) for _, p in asked],
-        [uuid.UUID(p.run.contact_id) for _, p in asked],
-        [uuid.UUID(p.run.workflow_id) for _, p in asked],
-        [uuid.UUID(p.run.id) for _, p in asked],
+        [p.run.workspace_id for _, p in asked],
+        [p.run.contact_id for _, p in asked],
+        [p.run.workflow_id for _, p in asked],
+        [p.run.id for _, p in asked],
     )
     done: dict[int, set[str]] = {}
     for r in rows:
@@ -815,13 +816,13 @@ class Writes:
                 " version, contact_id, outcome, at) SELECT * FROM unnest($1::uuid[],"
                 " $2::uuid[], $3::text[], $4::int[], $5::uuid[], $6::int[], $7::uuid[],"
                 " $8::text[], $9::timestamptz[]) ON CONFLICT DO NOTHING",
-                [uuid.UUID(r.workspace_id) for r, *_ in self.steps],
-                [uuid.UUID(r.id) for r, *_ in self.steps],
+                [r.workspace_id for r, *_ in self.steps],
+                [r.id for r, *_ in self.steps],
                 [s for _, s, _, _, _ in self.steps],
                 [i for _, _, i, _, _ in self.steps],
-                [uuid.UUID(r.workflow_id) for r, *_ in self.steps],
+                [r.workflow_id for r, *_ in self.steps],
                 [r.version for r, *_ in self.steps],
-                [uuid.UUID(r.contact_id) for r, *_ in self.steps],
+                [r.contact_id for r, *_ in self.steps],
                 [o for _, _, _, o, _ in self.steps],
                 [at for *_, at in self.steps],
             )
@@ -831,8 +832,8 @@ class Writes:
                 "INSERT INTO contact_sends (workspace_id, contact_id, message_id, sent_at)"
                 " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])"
                 " ON CONFLICT DO NOTHING",
-                [uuid.UUID(r.workspace_id) for r, _, _ in self.sends],
-                [uuid.UUID(r.contact_id) for r, _, _ in self.sends],
+                [r.workspace_id for r, _, _ in self.sends],
+                [r.contact_id for r, _, _ in self.sends],
                 [m for _, m, _ in self.sends],
                 [at for _, _, at in self.sends],
             )
@@ -843,8 +844,8 @@ class Writes:
                 " $2::uuid[], $3::uuid[], $4::text[], $5::text[], $6::timestamptz[])"
                 " AS q(i, w, c, k, p, at) ON CONFLICT DO NOTHING",
                 [i for _, i, _, _, _ in self.commands],
-                [uuid.UUID(r.workspace_id) for r, *_ in self.commands],
-                [uuid.UUID(r.contact_id) for r, *_ in self.commands],
+                [r.workspace_id for r, *_ in self.commands],
+                [r.contact_id for r, *_ in self.commands],
                 [k for _, _, k, _, _ in self.commands],
                 [p for _, _, _, p, _ in self.commands],
                 [at for *_, at in self.commands],
@@ -867,10 +868,7 @@ class Writes:
             *(
                 list(column)
                 for column in zip(
-                    *(
-                        (uuid.UUID(run.workspace_id), uuid.UUID(run.id), *rest)
-                        for run, *rest in self.runs
-                    ),
+                    *((run.workspace_id, run.id, *rest) for run, *rest in self.runs),
                     strict=True,
                 )
             ),
@@ -882,7 +880,7 @@ class Writes:
             await conn.execute(
                 "DELETE FROM timers t USING unnest($1::uuid[], $2::text[]) AS e(w, k)"
                 " WHERE t.timer_key = e.k AND t.workspace_id = e.w",
-                [uuid.UUID(run.workspace_id) for run in ended],
+                [run.workspace_id for run in ended],
                 [f"run/{run.id}" for run in ended],
             )
         waking = [(row[0], row[4]) for row in self.runs if row[4] is not None]
@@ -893,10 +891,10 @@ class Writes:
                 " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
                 " $5::timestamptz[]) AS q(w, c, f, r, d)"
                 " ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at",
-                [uuid.UUID(r.workspace_id) for r, _ in waking],
-                [uuid.UUID(r.contact_id) for r, _ in waking],
-                [uuid.UUID(r.workflow_id) for r, _ in waking],
-                [uuid.UUID(r.id) for r, _ in waking],
+                [r.workspace_id for r, _ in waking],
+                [r.contact_id for r, _ in waking],
+                [r.workflow_id for r, _ in waking],
+                [r.id for r, _ in waking],
                 [d for _, d in waking],
             )
             engine.wake(min(d for _, d in waking if d is not None))

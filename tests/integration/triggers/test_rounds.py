@@ -162,3 +162,36 @@ async def test_a_rounds_statements_do_not_grow_with_its_contacts(
         await handlers.on_events(pool, engine, events(ws, people))
         counts.append(len(logged.since(mark)))
     assert counts[0] == counts[1], counts
+
+
+async def test_a_round_reads_any_form_of_a_contact_id_and_skips_an_event_without_one(
+    logged_pool: tuple[asyncpg.Pool, Logged], noon: None
+) -> None:
+    pool, _ = logged_pool
+    engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
+    ws, flows = await workspace(pool)
+    contact, other = str(uuid.uuid4()), str(uuid.uuid4())
+    [started] = events(ws, [contact])[:1]
+    await handlers.on_events(pool, engine, [started])
+
+    placed = envelope(ws, order("order-1", "cart-0"))
+    placed.shop_event.contact_id = contact.upper().replace("-", "")  # the same contact
+    bad = envelope(ws, cart("cart-9", MUG))
+    bad.shop_event.contact_id = "not-a-contact-id"
+    [carted] = events(ws, [other])[:1]
+    await handlers.on_events(pool, engine, [bad, placed, carted])
+
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT contact_id::text, workflow_id::text, state, end_reason FROM runs"
+            " WHERE workspace_id = $1",
+            uuid.UUID(ws),
+        )
+    carts = {r["contact_id"]: (r["state"], r["end_reason"]) for r in rows}
+    cart_flow = flows["abandoned_cart"]
+    assert {
+        r["contact_id"]: (r["state"], r["end_reason"])
+        for r in rows
+        if r["workflow_id"] == cart_flow
+    } == {contact: ("exited", "exit_rule:order_placed"), other: ("waiting", "")}, carts
+    assert {r["contact_id"] for r in rows} == {contact, other}
