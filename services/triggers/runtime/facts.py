@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import asyncpg
 from nudge.contacts.v1 import contacts_pb2
@@ -168,43 +169,77 @@ async def apply_observation(conn: asyncpg.Connection, obs: Observation) -> None:
 
 
 async def apply_observations(conn: asyncpg.Connection, observations: list[Observation]) -> None:
-    """:func:`apply_observation` for a round of events of different contacts: one statement
-    for the events that change no segment (shop events, opens and clicks: nearly all), in
-    order of contact so that two rounds sharing contacts lock their facts in one order."""
-    plain = sorted(
-        (o for o in observations if not (o.segment_entered or o.segment_exited)),
-        key=lambda o: (o.workspace_id, o.contact_id),
-    )
-    for obs in observations:
-        if obs.segment_entered or obs.segment_exited:
-            await apply_observation(conn, obs)
-    if not plain:
+    """:func:`apply_observation` for a round of events of different contacts, in order of
+    contact so that two rounds sharing contacts lock their facts in one order: one statement
+    for the events that change no segment (shop events, opens and clicks), one for segment
+    entries and exits of contacts whose facts the engine holds (a contact it does not know
+    yet is written alone)."""
+    ordered = sorted(observations, key=lambda o: (o.workspace_id, o.contact_id))
+    plain = [o for o in ordered if not (o.segment_entered or o.segment_exited)]
+    moved = [o for o in ordered if o.segment_entered or o.segment_exited]
+    if plain:
+        await conn.execute(
+            "WITH q AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],"
+            "  $5::timestamptz[], $6::text[], $7::text[], $8::timestamptz[], $9::text[],"
+            "  $10::text[]) WITH ORDINALITY AS q(w, c, spent, cur, act, eid, ev, at, k, d, n)),"
+            f" {_RECORDED}"
+            " INSERT INTO contact_facts AS f (workspace_id, contact_id, total_spent_minor,"
+            " currency, last_activity_at, segments)"
+            " SELECT w, c, spent, cur, act, '{}'::text[] FROM q ORDER BY n"
+            " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET"
+            " total_spent_minor = f.total_spent_minor + EXCLUDED.total_spent_minor,"
+            " currency = CASE WHEN EXCLUDED.currency = '' THEN f.currency"
+            "  ELSE EXCLUDED.currency END,"
+            " last_activity_at = GREATEST(f.last_activity_at, EXCLUDED.last_activity_at)",
+            *_columns(plain),
+        )
+    if not moved:
         return
-    await conn.execute(
+    updated = await conn.fetch(
         "WITH q AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],"
-        "  $5::timestamptz[], $6::text[], $7::text[], $8::timestamptz[], $9::text[], $10::text[])"
-        "  WITH ORDINALITY AS q(w, c, spent, cur, act, eid, ev, at, k, d, n)),"
-        " recorded AS (INSERT INTO contact_events (workspace_id, contact_id, event_id, event,"
-        "  occurred_at, event_key, data) SELECT w, c, eid, ev, at, k, d::jsonb FROM q"
-        "  ON CONFLICT DO NOTHING)"
-        " INSERT INTO contact_facts AS f (workspace_id, contact_id, total_spent_minor, currency,"
-        " last_activity_at, segments) SELECT w, c, spent, cur, act, '{}'::text[] FROM q"
-        " ORDER BY n"
-        " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET"
-        " total_spent_minor = f.total_spent_minor + EXCLUDED.total_spent_minor,"
-        " currency = CASE WHEN EXCLUDED.currency = '' THEN f.currency ELSE EXCLUDED.currency END,"
-        " last_activity_at = GREATEST(f.last_activity_at, EXCLUDED.last_activity_at)",
-        [o.workspace_id for o in plain],
-        [o.contact_id for o in plain],
-        [o.spent_minor for o in plain],
-        [o.currency for o in plain],
-        [o.seen.occurred_at if o.activity else None for o in plain],
-        [o.event_id for o in plain],
-        [o.seen.event for o in plain],
-        [o.seen.occurred_at for o in plain],
-        [o.seen.key for o in plain],
-        [json.dumps(seen_to_json(o.seen)) for o in plain],
+        "  $5::timestamptz[], $6::text[], $7::text[], $8::timestamptz[], $9::text[],"
+        "  $10::text[], $11::text[], $12::text[]) AS q(w, c, spent, cur, act, eid, ev, at, k,"
+        "  d, ent, ex)),"
+        f" {_RECORDED}"
+        " UPDATE contact_facts f SET total_spent_minor = f.total_spent_minor + q.spent,"
+        " currency = CASE WHEN q.cur = '' THEN f.currency ELSE q.cur END,"
+        " last_activity_at = GREATEST(f.last_activity_at, q.act),"
+        " segments = CASE WHEN q.ent <> '' AND NOT q.ent = ANY(f.segments)"
+        "  THEN f.segments || q.ent WHEN q.ex <> '' THEN array_remove(f.segments, q.ex)"
+        "  ELSE f.segments END"
+        " FROM q WHERE f.workspace_id = q.w AND f.contact_id = q.c"
+        " RETURNING f.workspace_id::text, f.contact_id::text",
+        *_columns(moved),
+        [o.segment_entered for o in moved],
+        [o.segment_exited for o in moved],
     )
+    known = {(r[0], r[1]) for r in updated}
+    for obs in moved:
+        if (obs.workspace_id, obs.contact_id) not in known:
+            await apply_observation(conn, obs)
+
+
+# The event recorded in contact_events, from a CTE ``q`` of the columns of :func:`_columns`.
+_RECORDED = (
+    "recorded AS (INSERT INTO contact_events (workspace_id, contact_id, event_id, event,"
+    " occurred_at, event_key, data) SELECT w, c, eid, ev, at, k, d::jsonb FROM q"
+    " ON CONFLICT DO NOTHING)"
+)
+
+
+def _columns(observations: list[Observation]) -> list[list[Any]]:
+    return [
+        [o.workspace_id for o in observations],
+        [o.contact_id for o in observations],
+        [o.spent_minor for o in observations],
+        [o.currency for o in observations],
+        [o.seen.occurred_at if o.activity else None for o in observations],
+        [o.event_id for o in observations],
+        [o.seen.event for o in observations],
+        [o.seen.occurred_at for o in observations],
+        [o.seen.key for o in observations],
+        [json.dumps(seen_to_json(o.seen)) for o in observations],
+    ]
 
 
 async def write_through_tags(

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 from nudge.events.v1.envelope_pb2 import Envelope
+from nudge.segmentation.v1 import events_pb2 as segmentation_events
 
 from services.triggers import handlers
 from services.triggers.domain.templates import template
@@ -195,3 +196,46 @@ async def test_a_round_reads_any_form_of_a_contact_id_and_skips_an_event_without
         if r["workflow_id"] == cart_flow
     } == {contact: ("exited", "exit_rule:order_placed"), other: ("waiting", "")}, carts
     assert {r["contact_id"] for r in rows} == {contact, other}
+
+
+async def test_segment_entries_and_exits_in_a_round_move_facts_as_one_at_a_time(
+    logged_pool: tuple[asyncpg.Pool, Logged], noon: None
+) -> None:
+    """Known contacts (a cart change taught the engine of them) and unknown ones enter and
+    leave segments; the round's facts are those of the same events one at a time."""
+    pool, _ = logged_pool
+    engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
+    entered = segmentation_events.MEMBERSHIP_CHANGE_ENTERED
+    exited = segmentation_events.MEMBERSHIP_CHANGE_EXITED
+
+    def changes(ws: str, contacts: list[str]) -> list[Envelope]:
+        out = events(ws, contacts[:2])[:2]  # the first two are known
+        for segment, kind in (("s1", entered), ("s2", entered), ("s1", exited), ("s2", entered)):
+            for c in contacts:
+                out.append(
+                    envelope(
+                        ws,
+                        segmentation_events.SegmentMembershipChanged(
+                            segment_id=segment, contact_id=c, change=kind
+                        ),
+                    )
+                )
+        return out
+
+    async def segments(ws: str, contacts: list[str]) -> list[tuple[int, list[str]]]:
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT contact_id::text, segments FROM contact_facts WHERE workspace_id = $1",
+                uuid.UUID(ws),
+            )
+        return sorted((contacts.index(r["contact_id"]), sorted(r["segments"])) for r in rows)
+
+    alone_ws, alone = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(4)]
+    for event in changes(alone_ws, alone):
+        await handlers.on_event(pool, engine, event)
+    round_ws, together = str(uuid.uuid4()), [str(uuid.uuid4()) for _ in range(4)]
+    await handlers.on_events(pool, engine, changes(round_ws, together))
+
+    expected = [(i, ["s2"]) for i in range(4)]
+    assert await segments(alone_ws, alone) == expected
+    assert await segments(round_ws, together) == expected
