@@ -2,18 +2,20 @@
 
 One agent per topic the engine reads (shop.events.v1, contacts.events.v1,
 segments.membership.v1, tracking.events.v1), all keyed by contact, so one contact's events
-reach one worker in order. Each hands every envelope to :mod:`services.triggers.handlers`,
-which keeps every exact fact in PostgreSQL (runs, facts, processed events, the outbox) in
-one transaction per event.
+reach one worker in order. Each hands the envelopes to :mod:`services.triggers.handlers`,
+which keeps every exact fact in PostgreSQL (runs, facts, processed events, the outbox).
 
-An event costs a few statements and a commit, mostly waiting for PostgreSQL; handled one
-after the other, an agent made ~100 events/s (bench/RESULTS.md). So each agent takes the
-events that arrived together (``noack_take``: up to ``batch_max``, or what came within
-``batch_within_s``), splits them by key (the contact) keeping their order, and handles the
-contacts concurrently, up to ``concurrency`` at a time, each contact's events one after
-the other. The events are acknowledged only once the whole batch is handled, so a crash
-or a stop mid-batch redelivers them (and the claims make that harmless); Faust commits an
-offset only when every event before it is acknowledged.
+An event handled alone costs a dozen statements and a commit, mostly waiting for
+PostgreSQL (~550 events/s at best, bench/RESULTS.md). So each agent takes the events that
+arrived together (``noack_take``: up to ``batch_max``, or what came within
+``batch_within_s``) and cuts them in rounds: round k holds the k-th event of each key (the
+contact), so the rounds in order keep each contact's events in order and a round's
+contacts are all different. A round is handled in transactions of at least ``round_min``
+events, up to ``concurrency`` at a time, each with one statement per kind of write
+(handlers.on_events). A transaction that fails is handled again one event at a time. The
+events are acknowledged only once the whole batch is handled, so a crash or a stop
+mid-batch redelivers them (and the claims make that harmless); Faust commits an offset
+only when every event before it is acknowledged.
 
 Faust gives partitioned, ordered, at-least-once consumption; nothing in a Faust table is
 needed for correctness (Tansu loses table updates, DESIGN.md). The app is started by
