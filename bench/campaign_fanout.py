@@ -1,6 +1,7 @@
 """A campaign's fan-out at scale: from SENDING to every record on delivery.requests.v1.
 
     .venv/bin/python bench/campaign_fanout.py [--scale N] [--batch B] [--profile [SERVICE]]
+        [--pg-split]
 
 Starts PostgreSQL, Redis and Kafka (the local stack on free ports, durable PostgreSQL
 settings as ``make run``) and the contacts, segmentation and campaigns services as
@@ -19,7 +20,10 @@ and moves it to SENDING (as SendCampaign does). It then times, from that commit:
 
 ``--profile`` records the campaigns process with py-spy (``.venv/bin/pip install py-spy``)
 and prints its hottest functions; ``--profile contacts`` (or ``segmentation``) records that
-service instead. The last line is one JSON object with the figures.
+service instead. ``--pg-split`` logs every statement's duration in PostgreSQL and adds
+``pg_cpu_s`` (PostgreSQL's CPU by process: each service's backends, checkpointer, WAL
+writer, autovacuum) and ``pg_statements`` (the costliest statements). The last line is one
+JSON object with the figures.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -306,6 +311,88 @@ def leaves_of_profile(path: Path, top: int = 20) -> list[tuple[str, float]]:
     return [(frame, round(n / max(total, 1), 3)) for frame, n in ranked]
 
 
+# -- --pg-split: where PostgreSQL's time goes ------------------------------------------------
+
+_DURATION = re.compile(r"duration: ([0-9.]+) ms  (parse|bind|execute) [^:]*: (.*)")
+
+
+def _socket_owners(pids: dict[str, int | None]) -> dict[str, str]:
+    """Socket inode -> the service holding it."""
+    owners: dict[str, str] = {}
+    for name, pid in pids.items():
+        if pid is None:
+            continue
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    target = os.readlink(fd)
+                    if target.startswith("socket:["):
+                        owners[target[8:-1]] = name
+    return owners
+
+
+def pg_roles(postmaster: int, services: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds of PostgreSQL's processes by role: each client backend under the service
+    it serves (its client port's socket, /proc/net/tcp), each background process by its
+    title, and the exited children (autovacuum workers) from the postmaster's cutime."""
+    port_inode: dict[int, str] = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        port_inode[int(fields[1].split(":")[1], 16)] = fields[9]
+    owners = _socket_owners(services)
+    roles: dict[str, float] = {}
+    fields = Path(f"/proc/{postmaster}/stat").read_text().rpartition(")")[2].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    roles["postmaster"] = (int(fields[11]) + int(fields[12])) / tick
+    roles["exited children"] = (int(fields[13]) + int(fields[14])) / tick
+    children = Path(f"/proc/{postmaster}/task/{postmaster}/children").read_text().split()
+    for child in children:
+        with contextlib.suppress(OSError):
+            title = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            title = title.removeprefix("postgres: ").strip()
+            found = re.search(r"127\.0\.0\.1\((\d+)\)", title)
+            if found:
+                role = "backend: " + owners.get(port_inode.get(int(found[1]), ""), "other")
+            else:
+                role = re.sub(r" \d+$", "", title.split("  ")[0])
+            roles[role] = roles.get(role, 0.0) + cpu_s(int(child))
+    return roles
+
+
+async def log_every_statement(database_url: str, postmaster: int) -> str:
+    """Every statement's duration into PostgreSQL's log from now on; the log's path."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        for setting in (
+            "log_min_duration_statement = 0",
+            "log_autovacuum_min_duration = 0",
+            "log_checkpoints = on",
+        ):
+            await conn.execute(f"ALTER SYSTEM SET {setting}")
+        await conn.execute("SELECT pg_reload_conf()")
+    finally:
+        await conn.close()
+    return os.readlink(f"/proc/{postmaster}/fd/2")
+
+
+def statement_split(log: Path, offset: int, top: int = 15) -> list[tuple[str, float, int]]:
+    """(statement, seconds, executions) from the log after ``offset``, the costliest first
+    (parse, bind and execute together, by the statement's first 110 characters)."""
+    totals: dict[str, list[float]] = {}
+    with log.open("rb") as f:
+        f.seek(offset)
+        for raw in f:
+            found = _DURATION.search(raw.decode(errors="replace"))
+            if not found:
+                continue
+            key = found[3][:110]
+            entry = totals.setdefault(key, [0.0, 0])
+            entry[0] += float(found[1]) / 1000
+            entry[1] += found[2] == "execute"
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return [(sql, round(s, 2), int(n)) for sql, (s, n) in ranked]
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     os.environ["CAMPAIGNS_FANOUT_BATCH_SIZE"] = str(args.batch)
     result: dict[str, Any] = {"scale": args.scale, "batch": args.batch}
@@ -321,6 +408,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         campaign_id = asyncio.run(new_campaign(env["DATABASE_URL"], workspace_id))
         pids: dict[str, int | None] = {name: system.group.pid(name) for name in SERVICES}
         pids.update(infra_pids(env))
+        if args.pg_split:
+            pg_log = Path(
+                asyncio.run(log_every_statement(env["DATABASE_URL"], pids["postgres"] or 0))
+            )
+            log_offset = pg_log.stat().st_size
+            services = {name: pids[name] for name in SERVICES}
+            roles_before = pg_roles(pids["postgres"] or 0, services)
         cpu_before = {name: tree_cpu_s(pid) for name, pid in pids.items()}
         busy_before, total_before = machine_jiffies()
         profiler = None
@@ -344,6 +438,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result["cpu_s"] = {
             name: round(tree_cpu_s(pid) - cpu_before[name], 1) for name, pid in pids.items()
         }
+        if args.pg_split:
+            roles_after = pg_roles(pids["postgres"] or 0, services)
+            result["pg_cpu_s"] = {
+                role: round(cpu - roles_before.get(role, 0.0), 1)
+                for role, cpu in sorted(roles_after.items(), key=lambda kv: -kv[1])
+                if cpu - roles_before.get(role, 0.0) >= 0.05
+            }
+            result["pg_statements"] = statement_split(pg_log, log_offset)
         result["machine_busy"] = round(
             (busy_after - busy_before) / max(1, total_after - total_before), 2
         )
@@ -372,6 +474,11 @@ def main() -> None:
         const="campaigns",
         choices=SERVICES,
         help="py-spy a service's process (campaigns when none is named)",
+    )
+    parser.add_argument(
+        "--pg-split",
+        action="store_true",
+        help="PostgreSQL's CPU by process role and statement time (every statement logged)",
     )
     args = parser.parse_args()
     result = run(args)

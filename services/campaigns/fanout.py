@@ -11,12 +11,12 @@ How (issue 15, DESIGN.md "Delivery guarantees"):
   ``ab_test.winner``) with one. Each phase streams the audience
   (services/campaigns/audience.py) at an evaluation time fixed when the phase starts and
   kept in its checkpoint (``fanouts``), so a resumed phase continues the stream it began.
-- Per batch: the batch's ``recipients`` rows are inserted (``ON CONFLICT DO NOTHING``,
-  excluded rows too, with their reason), the records of the rows due now are produced and
-  every ack awaited, and only then is the checkpoint moved past the batch. A crash anywhere
-  replays at most the batch after the checkpoint; its records are byte for byte the same
-  (adapters/requests_out.py) and delivery claims a message id once: nobody twice, nobody
-  left out.
+- Per batch: the batch's ``recipients`` rows are inserted (excluded rows too, with their
+  reason; again with ``ON CONFLICT DO NOTHING`` if an earlier run wrote them), the records
+  of the rows due now are produced and every ack awaited, and only then is the checkpoint
+  moved past the batch. A crash anywhere replays at most the batch after the checkpoint;
+  its records are byte for byte the same (adapters/requests_out.py) and delivery claims a
+  message id once: nobody twice, nobody left out.
 - Between batches the status is read again: anything but SENDING (paused, cancelled) stops
   the phase at that batch boundary; SENDING again resumes from the checkpoint.
 - Rows written with a ``due_at`` ahead (frequency-cap DEFER, each contact's local time)
@@ -594,13 +594,25 @@ class _CampaignRun:
         return b
 
     async def _insert_rows(self, b: _Batch) -> None:
+        """The batch's rows. A batch conflicts only when a run before this one wrote it (a
+        crash or a stop after the insert, before the checkpoint), so it is inserted plainly
+        first and again with ``ON CONFLICT DO NOTHING`` only if that fails on a duplicate
+        (the failed statement wrote nothing). ON CONFLICT is a speculative insertion: each
+        row probes both unique indexes before it is inserted, and confirms its heap tuple
+        after, a third of the insert's cost for rows that almost never conflict."""
+        try:
+            await self._insert_statement(b, "")
+        except asyncpg.UniqueViolationError:
+            await self._insert_statement(b, " ON CONFLICT DO NOTHING")
+
+    async def _insert_statement(self, b: _Batch, on_conflict: str) -> None:
         if len(b.produce) == b.size and len(set(b.variants)) == 1:
             # The usual batch: everyone mailed now, one variant. Two arrays to encode, not
             # six (asyncpg's encoding of the arrays is a tenth of the fan-out's time).
             await self.pool.execute(
                 "INSERT INTO recipients (workspace_id, campaign_id, contact_id, message_id,"
                 " variant, requested_at) SELECT $1, $2, c, m, $5, $6"
-                " FROM unnest($3::uuid[], $4::uuid[]) AS t(c, m) ON CONFLICT DO NOTHING",
+                f" FROM unnest($3::uuid[], $4::uuid[]) AS t(c, m){on_conflict}",
                 self.workspace,
                 self.campaign_id,
                 b.contacts,
@@ -614,7 +626,7 @@ class _CampaignRun:
             " excluded, due_at, requested_at)"
             " SELECT $1, $2, c, m, v, e, d, r FROM unnest($3::uuid[], $4::uuid[],"
             " $5::smallint[], $6::text[], $7::timestamptz[], $8::timestamptz[])"
-            " AS t(c, m, v, e, d, r) ON CONFLICT DO NOTHING",
+            f" AS t(c, m, v, e, d, r){on_conflict}",
             self.workspace,
             self.campaign_id,
             b.contacts,

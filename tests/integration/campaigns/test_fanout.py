@@ -330,6 +330,43 @@ async def test_a_sending_campaign_reaches_every_member_once_then_is_sent(
     assert (done["reached"], done["requested"], done["excluded"]) == (len(contacts),) * 2 + (0,)
 
 
+async def test_rows_an_earlier_run_wrote_past_its_checkpoint_are_written_over_not_twice(
+    campaigns_service: RunningService, workspace: Workspace
+) -> None:
+    """A run that died after inserting a batch's rows and before its checkpoint leaves rows
+    the next run inserts again: the fan-out inserts plainly first, so it must fall back to
+    ON CONFLICT DO NOTHING there rather than fail the campaign over and over."""
+    contacts = await vip_members(workspace.id, 3 * BATCH + 7)
+    campaign = await new_campaign(workspace.id)
+    # Part of the second batch, as the dead run wrote it (mailed, requested), no checkpoint.
+    earlier = contacts[BATCH + 3 : BATCH + 20]
+    conn = await connect()
+    try:
+        await conn.execute(
+            "INSERT INTO recipients (workspace_id, campaign_id, contact_id, message_id,"
+            " variant, requested_at) SELECT $1, $2, c, m, 0, now()"
+            " FROM unnest($3::uuid[], $4::uuid[]) AS t(c, m)",
+            uuid.UUID(workspace.id),
+            campaign,
+            earlier,
+            [message_id(campaign, c) for c in earlier],
+        )
+    finally:
+        await conn.close()
+    await move(workspace.id, campaign, (Status.DRAFT,), Status.SENDING)
+
+    async def sent() -> bool:
+        return await status(campaign) == Status.SENT
+
+    await eventually(sent, timeout=60)
+    rows = await recipient_rows(campaign)
+    assert sorted(r["contact_id"] for r in rows) == contacts
+    expected = {message_id(campaign, c) for c in contacts}
+    assert {r["message_id"] for r in rows} == expected
+    assert message_ids(await requested_records(campaign)) == expected
+    assert await checkpoint(campaign) == len(contacts)
+
+
 async def test_a_campaign_without_reply_to_gets_the_workspaces_default_and_one_with_keeps_its(
     campaigns_service: RunningService, workspace: Workspace
 ) -> None:
