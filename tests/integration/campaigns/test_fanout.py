@@ -287,18 +287,23 @@ def message_ids(records: list[Envelope]) -> set[str]:
     return {r.delivery_requested.message_id for r in records}
 
 
-async def test_a_sending_campaign_reaches_every_member_once_then_is_sent(
-    campaigns_service: RunningService, workspace: Workspace
-) -> None:
-    contacts = await vip_members(workspace.id, 3 * BATCH + 7)
-    campaign = await new_campaign(workspace.id, reply_to="manager@example.com")
-    await move(workspace.id, campaign, (Status.DRAFT,), Status.SENDING)
+async def send_until_sent(workspace_id: str, campaign: uuid.UUID) -> list[asyncpg.Record]:
+    """Move the draft to SENDING, wait until the fan-out made it SENT: its recipients rows."""
+    await move(workspace_id, campaign, (Status.DRAFT,), Status.SENDING)
 
     async def sent() -> bool:
         return await status(campaign) == Status.SENT
 
     await eventually(sent, timeout=60)
-    rows = await recipient_rows(campaign)
+    return await recipient_rows(campaign)
+
+
+async def test_a_sending_campaign_reaches_every_member_once_then_is_sent(
+    campaigns_service: RunningService, workspace: Workspace
+) -> None:
+    contacts = await vip_members(workspace.id, 3 * BATCH + 7)
+    campaign = await new_campaign(workspace.id, reply_to="manager@example.com")
+    rows = await send_until_sent(workspace.id, campaign)
     assert sorted(r["contact_id"] for r in rows) == contacts
     assert all(r["excluded"] is None and r["requested_at"] is not None for r in rows)
     expected = {message_id(campaign, c) for c in contacts}
@@ -353,13 +358,7 @@ async def test_rows_an_earlier_run_wrote_past_its_checkpoint_are_written_over_no
         )
     finally:
         await conn.close()
-    await move(workspace.id, campaign, (Status.DRAFT,), Status.SENDING)
-
-    async def sent() -> bool:
-        return await status(campaign) == Status.SENT
-
-    await eventually(sent, timeout=60)
-    rows = await recipient_rows(campaign)
+    rows = await send_until_sent(workspace.id, campaign)
     assert sorted(r["contact_id"] for r in rows) == contacts
     expected = {message_id(campaign, c) for c in contacts}
     assert {r["message_id"] for r in rows} == expected

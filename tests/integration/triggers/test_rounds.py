@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import asyncpg
+import pytest
 from nudge.events.v1.envelope_pb2 import Envelope
 from nudge.segmentation.v1 import events_pb2 as segmentation_events
 
@@ -26,6 +27,12 @@ from tests.integration.triggers.support import cart, envelope, order, publish
 
 TEMPLATES = ("abandoned_cart", "post_purchase", "order_details", "value_threshold")
 MUG = ("p1", "Mug", 1, 1200)
+
+
+@pytest.fixture
+def engine() -> Engine:
+    """The engine with the live workflows cached, as between two publications."""
+    return Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
 
 
 async def workspace(pool: asyncpg.Pool) -> tuple[str, dict[str, str]]:
@@ -108,10 +115,9 @@ async def outcome(pool: asyncpg.Pool, ws: str, flows: dict[str, str], contacts: 
 
 
 async def test_a_round_decides_what_the_same_events_decide_one_at_a_time(
-    logged_pool: tuple[asyncpg.Pool, Logged], noon: None
+    logged_pool: tuple[asyncpg.Pool, Logged], noon: None, engine: Engine
 ) -> None:
     pool, _ = logged_pool
-    engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
 
     one_ws, one_flows = await workspace(pool)
     one_contacts = [str(uuid.uuid4()) for _ in range(5)]
@@ -149,10 +155,9 @@ async def test_a_round_decides_what_the_same_events_decide_one_at_a_time(
 
 
 async def test_a_rounds_statements_do_not_grow_with_its_contacts(
-    logged_pool: tuple[asyncpg.Pool, Logged], noon: None
+    logged_pool: tuple[asyncpg.Pool, Logged], noon: None, engine: Engine
 ) -> None:
     pool, logged = logged_pool
-    engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
     counts = []
     for contacts in (3, 30):
         ws, _ = await workspace(pool)
@@ -166,10 +171,9 @@ async def test_a_rounds_statements_do_not_grow_with_its_contacts(
 
 
 async def test_a_round_reads_any_form_of_a_contact_id_and_skips_an_event_without_one(
-    logged_pool: tuple[asyncpg.Pool, Logged], noon: None
+    logged_pool: tuple[asyncpg.Pool, Logged], noon: None, engine: Engine
 ) -> None:
     pool, _ = logged_pool
-    engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
     ws, flows = await workspace(pool)
     contact, other = str(uuid.uuid4()), str(uuid.uuid4())
     [started] = events(ws, [contact])[:1]
@@ -199,12 +203,11 @@ async def test_a_round_reads_any_form_of_a_contact_id_and_skips_an_event_without
 
 
 async def test_segment_entries_and_exits_in_a_round_move_facts_as_one_at_a_time(
-    logged_pool: tuple[asyncpg.Pool, Logged], noon: None
+    logged_pool: tuple[asyncpg.Pool, Logged], noon: None, engine: Engine
 ) -> None:
     """Known contacts (a cart change taught the engine of them) and unknown ones enter and
     leave segments; the round's facts are those of the same events one at a time."""
     pool, _ = logged_pool
-    engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
     entered = segmentation_events.MEMBERSHIP_CHANGE_ENTERED
     exited = segmentation_events.MEMBERSHIP_CHANGE_EXITED
 
