@@ -195,7 +195,12 @@ async def claim_unless_erased_many(
     claim_event`) and say whether to handle it: True the first time, unless the contact was
     erased, when nothing about it is recorded again (services/triggers/privacy.py). The
     claim is kept either way, so a redelivery is a no-op; one statement for all, as every
-    event asks both. An event id twice in ``events`` is handled once (the first)."""
+    event asks both. An event id twice in ``events`` is handled once (the first).
+
+    First the contacts' erasure locks are taken, shared (:func:`lock_against_erasure`), in a
+    statement of their own: the erasure check must see an erasure that committed while the
+    lock was awaited, and a statement sees what was committed when it began."""
+    await lock_against_erasure(conn, [(w, c) for _, w, c in events])
     rows = await conn.fetch(
         "WITH q AS (SELECT * FROM unnest($2::text[], $3::uuid[], $4::uuid[])"
         "  WITH ORDINALITY AS q(e, w, c, n)),"
@@ -211,6 +216,27 @@ async def claim_unless_erased_many(
     )
     fresh = {row["n"] - 1 for row in rows}
     return [i in fresh for i in range(len(events))]
+
+
+ERASURE_LOCK = "pg_advisory_xact_lock{}(hashtextextended(w::text || '/' || c::text, 0))"
+"""The advisory lock that orders a contact's erasure and the events recorded about it: shared
+by the event paths, which may hold it on many contacts at once, exclusive for the erasure
+(privacy.erase_contact). Without it, an event's transaction that began before the erasure
+committed could pass the erasure check and write the contact's facts back after the erasure
+deleted them (tests/integration/triggers/test_erasure_race.py)."""
+
+
+async def lock_against_erasure(
+    conn: asyncpg.Connection, contacts: Sequence[tuple[str, str]]
+) -> None:
+    """Hold each (workspace, contact)'s erasure lock, shared, until the transaction ends:
+    the contact is not erased meanwhile, and an erasure under way is waited for."""
+    await conn.execute(
+        f"SELECT count({ERASURE_LOCK.format('_shared')})"
+        " FROM (SELECT DISTINCT w, c FROM unnest($1::uuid[], $2::uuid[]) AS q(w, c)) AS q",
+        [w for w, _ in contacts],
+        [c for _, c in contacts],
+    )
 
 
 async def _derived_starts(

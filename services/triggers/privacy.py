@@ -20,6 +20,7 @@ from services.common.privacy import (
     export_contact_tables,
     forget_pending_events,
 )
+from services.triggers.handlers import ERASURE_LOCK
 
 CONSUMER = "triggers-privacy"
 SERVICE = "triggers"
@@ -34,7 +35,22 @@ async def export_contact(
 
 async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID) -> None:
     """Delete the contact's runs and per-contact state, and its pending events, in the
-    caller's transaction (with the consumer's claim of the ``ContactErased``)."""
+    caller's transaction (with the consumer's claim of the ``ContactErased``).
+
+    Events being recorded about the contact are waited for first (the erasure lock,
+    handlers.ERASURE_LOCK), and so are the runs being advanced (their row locks): what they
+    write is committed before the rows are deleted, and what comes after them sees the
+    erasure and writes nothing."""
+    await conn.execute(
+        f"SELECT {ERASURE_LOCK.format('')} FROM (VALUES ($1::uuid, $2::uuid)) AS q(w, c)",
+        workspace_id,
+        contact_id,
+    )
+    await conn.execute(
+        "SELECT 1 FROM runs WHERE workspace_id = $1 AND contact_id = $2 FOR UPDATE",
+        uuid.UUID(workspace_id),
+        contact_id,
+    )
     await delete_contact_rows(conn, workspace_id, contact_id)
     await forget_pending_events(conn, contact_id)
     # Later events about the contact (segmentation's REMOVAL exits...) must not write its

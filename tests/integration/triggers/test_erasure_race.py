@@ -1,0 +1,143 @@
+"""A contact's erasure and an event about it, in flight at the same time, leave nothing of
+the contact behind, whichever transaction began first (handlers.ERASURE_LOCK).
+
+Without the lock, an event whose transaction began before the erasure committed passed the
+erasure check and wrote the contact's facts back after the erasure had deleted them (the
+end-to-end erasure test found a ``segment_entered`` of the erased contact in
+``contact_events``). Each test holds one side's transaction open, starts the other, and
+waits until PostgreSQL shows that other side waiting for the lock before it lets the first
+commit: without the lock the wait never comes and the test fails."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from nudge.events.v1.envelope_pb2 import Envelope
+from nudge.segmentation.v1 import events_pb2 as segmentation_events
+
+from services.common.db import migrate
+from services.triggers import handlers, privacy
+from services.triggers.bootstrap import MIGRATIONS
+from services.triggers.runtime.caps import FrequencyCaps
+from services.triggers.runtime.runs import Engine
+from tests.integration.triggers.support import envelope
+from tests.support import eventually
+
+HELD = "SELECT count(*) FROM {} WHERE workspace_id = $1 AND contact_id = $2"
+
+
+@pytest.fixture
+async def dsn(infra: dict[str, str]) -> str:
+    await migrate(infra["DATABASE_URL"], handlers.SCHEMA, MIGRATIONS)
+    return infra["DATABASE_URL"]
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    return await asyncpg.connect(dsn, server_settings={"search_path": handlers.SCHEMA})
+
+
+@pytest.fixture
+async def pool(dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """One connection, whose backend can be watched (its pid) while it waits."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=1, max_size=1, server_settings={"search_path": handlers.SCHEMA}
+    )
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+def entered(ws: str, contact: str) -> Envelope:
+    return envelope(
+        ws,
+        segmentation_events.SegmentMembershipChanged(
+            segment_id="activation",
+            contact_id=contact,
+            change=segmentation_events.MEMBERSHIP_CHANGE_ENTERED,
+        ),
+    )
+
+
+async def waiting_for_a_lock(conn: asyncpg.Connection, pid: int) -> bool:
+    return bool(
+        await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE pid = $1 AND locktype = 'advisory'"
+            " AND NOT granted",
+            pid,
+        )
+    )
+
+
+async def held(conn: asyncpg.Connection, ws: str, contact: str) -> dict[str, int]:
+    w, c = uuid.UUID(ws), uuid.UUID(contact)
+    return {
+        table: await conn.fetchval(HELD.format(table), w, c)
+        for table in ("contact_facts", "contact_events")
+    }
+
+
+async def test_an_event_arriving_during_the_erasure_waits_and_records_nothing(
+    dsn: str, pool: asyncpg.Pool
+) -> None:
+    ws, contact = str(uuid.uuid4()), str(uuid.uuid4())
+    engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
+    async with pool.acquire() as conn:
+        pid = conn.get_server_pid()
+    erasing, watching = await connect(dsn), await connect(dsn)
+    try:
+        async with erasing.transaction():
+            await privacy.erase_contact(erasing, ws, uuid.UUID(contact))
+            recording = asyncio.create_task(
+                handlers.on_events(pool, engine, [entered(ws, contact)])
+            )
+            await eventually(lambda: waiting_for_a_lock(watching, pid), timeout=10)
+            assert not recording.done()
+        assert await asyncio.wait_for(recording, 10) == []
+        assert await held(watching, ws, contact) == {"contact_facts": 0, "contact_events": 0}
+    finally:
+        await erasing.close()
+        await watching.close()
+
+
+async def test_an_erasure_arriving_during_an_event_waits_and_deletes_what_it_wrote(
+    dsn: str, pool: asyncpg.Pool
+) -> None:
+    ws, contact = str(uuid.uuid4()), str(uuid.uuid4())
+    event = entered(ws, contact)
+    recording, erasing, watching = await connect(dsn), await connect(dsn), await connect(dsn)
+    pid = erasing.get_server_pid()
+
+    async def erase() -> None:
+        async with erasing.transaction():
+            await privacy.erase_contact(erasing, ws, uuid.UUID(contact))
+
+    try:
+        async with recording.transaction():
+            # What a round does first: the claim, past the erasure check; then a write.
+            assert await handlers.claim_unless_erased_many(
+                recording, [(event.event_id, ws, contact)]
+            ) == [True]
+            await recording.execute(
+                "INSERT INTO contact_facts (workspace_id, contact_id, segments)"
+                " VALUES ($1, $2, ARRAY['activation'])",
+                uuid.UUID(ws),
+                uuid.UUID(contact),
+            )
+            erasure = asyncio.create_task(erase())
+            await eventually(lambda: waiting_for_a_lock(watching, pid), timeout=10)
+            assert not erasure.done()
+        await asyncio.wait_for(erasure, 10)
+        assert await held(watching, ws, contact) == {"contact_facts": 0, "contact_events": 0}
+        # The event again (a redelivery, or a later one) records nothing.
+        engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
+        assert await handlers.on_events(pool, engine, [entered(ws, contact)]) == []
+        assert await held(watching, ws, contact) == {"contact_facts": 0, "contact_events": 0}
+    finally:
+        for conn in (recording, erasing, watching):
+            await conn.close()
