@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import zlib
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
@@ -80,3 +81,19 @@ async def migrate(database_url: str, schema: str, service_dir: Path | None) -> l
     finally:
         await conn.close()
     return applied
+
+
+def id_array(values: Iterable[object]) -> str:
+    """Ids or numbers as one text parameter, a PostgreSQL array literal (``{a,b,NULL}``),
+    for a statement that casts it: ``unnest($1::text::uuid[])``.
+
+    asyncpg encodes a list parameter element by element, and checks each element twice
+    against ``collections.abc`` classes first (is it an array itself?): for the trigger
+    engine's rounds, eighty elements an event, that was a tenth of its CPU (bench/
+    RESULTS.md, issue 16). Only for values whose text needs no quoting (UUIDs, integers):
+    a text with a comma or a brace would split or break the literal."""
+    values = list(values)
+    try:
+        return "{" + ",".join(values) + "}"  # type: ignore[arg-type]  # str, the usual case
+    except TypeError:
+        return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import zlib
@@ -32,7 +31,7 @@ from collections.abc import Iterator, Sequence
 import asyncpg
 from nudge.events.v1.envelope_pb2 import Envelope
 
-from services.common import metrics
+from services.common import fastjson, metrics
 from services.common.kafka import PRODUCER_BROKEN, RECORD_REFUSED, KafkaPublisher, OutRecord
 from services.common.tracing import current_traceparent
 
@@ -60,7 +59,7 @@ async def add_to_outbox(
         topic,
         key.encode(),
         envelope.SerializeToString(),
-        json.dumps(current_traceparent()),
+        fastjson.dumps(current_traceparent()),
     )
 
 
@@ -74,7 +73,7 @@ class _Row:
     def __init__(self, row: asyncpg.Record) -> None:
         self.id: int = row["id"]
         self.topic: str = row["topic"]
-        headers = [(k, v.encode()) for k, v in json.loads(row["headers"]).items()]
+        headers = [(k, v.encode()) for k, v in fastjson.loads(row["headers"]).items()]
         self.record = OutRecord(key=row["key"], value=row["value"], headers=headers)
 
 
@@ -97,7 +96,7 @@ async def add_many_to_outbox(
         topic,
         [key.encode() for key, _, _ in events],
         [envelope.SerializeToString() for _, envelope, _ in events],
-        [json.dumps(headers) for _, _, headers in events],
+        [fastjson.dumps(headers) for _, _, headers in events],
     )
 
 

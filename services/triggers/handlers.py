@@ -20,6 +20,7 @@ import asyncpg
 from nudge.events.v1.envelope_pb2 import Envelope
 
 from services.common import clock
+from services.common.db import id_array
 from services.common.idempotency import claim_event
 from services.common.ids import canonical_uuid
 from services.triggers import derived
@@ -202,7 +203,7 @@ async def claim_unless_erased_many(
     lock was awaited, and a statement sees what was committed when it began."""
     await lock_against_erasure(conn, [(w, c) for _, w, c in events])
     rows = await conn.fetch(
-        "WITH q AS (SELECT * FROM unnest($2::text[], $3::uuid[], $4::uuid[])"
+        "WITH q AS (SELECT * FROM unnest($2::text[], $3::text::uuid[], $4::text::uuid[])"
         "  WITH ORDINALITY AS q(e, w, c, n)),"
         " claim AS (INSERT INTO processed_events (consumer, event_id)"
         "  SELECT DISTINCT $1, e FROM q ON CONFLICT DO NOTHING RETURNING event_id)"
@@ -211,8 +212,8 @@ async def claim_unless_erased_many(
         "  WHERE x.workspace_id = q.w AND x.erased_contact = q.c) GROUP BY q.e",
         CONSUMER,
         [e for e, _, _ in events],
-        [w for _, w, _ in events],
-        [c for _, _, c in events],
+        id_array(w for _, w, _ in events),
+        id_array(c for _, _, c in events),
     )
     fresh = {row["n"] - 1 for row in rows}
     return [i in fresh for i in range(len(events))]
@@ -233,9 +234,10 @@ async def lock_against_erasure(
     the contact is not erased meanwhile, and an erasure under way is waited for."""
     await conn.execute(
         f"SELECT count({ERASURE_LOCK.format('_shared')})"
-        " FROM (SELECT DISTINCT w, c FROM unnest($1::uuid[], $2::uuid[]) AS q(w, c)) AS q",
-        [w for w, _ in contacts],
-        [c for _, c in contacts],
+        " FROM (SELECT DISTINCT w, c FROM unnest($1::text::uuid[], $2::text::uuid[]) AS q(w, c))"
+        " AS q",
+        id_array(w for w, _ in contacts),
+        id_array(c for _, c in contacts),
     )
 
 

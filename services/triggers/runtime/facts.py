@@ -10,7 +10,6 @@ activity, segments); they are guarded by the event's claim (processed_events) in
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,8 +19,9 @@ import asyncpg
 from nudge.contacts.v1 import contacts_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
-from services.common import clock
+from services.common import clock, fastjson
 from services.common.consumer import is_dependency_outage
+from services.common.db import id_array
 from services.triggers.runtime.observed import Observation, seen_to_json
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             contact.id,
             contact.version,
             sorted(contact.tags),
-            json.dumps(dict(contact.attributes)),
+            fastjson.dumps(dict(contact.attributes)),
             contact.time_zone,
             birthday.date() if birthday else None,
             signed_up,
@@ -164,7 +164,7 @@ async def apply_observation(conn: asyncpg.Connection, obs: Observation) -> None:
         seen.event,
         seen.occurred_at,
         seen.key,
-        json.dumps(seen_to_json(seen)),
+        fastjson.dumps(seen_to_json(seen)),
     )
 
 
@@ -179,9 +179,10 @@ async def apply_observations(conn: asyncpg.Connection, observations: list[Observ
     moved = [o for o in ordered if o.segment_entered or o.segment_exited]
     if plain:
         await conn.execute(
-            "WITH q AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],"
-            "  $5::timestamptz[], $6::text[], $7::text[], $8::timestamptz[], $9::text[],"
-            "  $10::text[]) WITH ORDINALITY AS q(w, c, spent, cur, act, eid, ev, at, k, d, n)),"
+            "WITH q AS (SELECT * FROM unnest($1::text::uuid[], $2::text::uuid[],"
+            "  $3::text::bigint[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],"
+            "  $8::timestamptz[], $9::text[], $10::text[])"
+            "  WITH ORDINALITY AS q(w, c, spent, cur, act, eid, ev, at, k, d, n)),"
             f" {_RECORDED}"
             " INSERT INTO contact_facts AS f (workspace_id, contact_id, total_spent_minor,"
             " currency, last_activity_at, segments)"
@@ -196,10 +197,10 @@ async def apply_observations(conn: asyncpg.Connection, observations: list[Observ
     if not moved:
         return
     updated = await conn.fetch(
-        "WITH q AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],"
-        "  $5::timestamptz[], $6::text[], $7::text[], $8::timestamptz[], $9::text[],"
-        "  $10::text[], $11::text[], $12::text[]) AS q(w, c, spent, cur, act, eid, ev, at, k,"
-        "  d, ent, ex)),"
+        "WITH q AS (SELECT * FROM unnest($1::text::uuid[], $2::text::uuid[],"
+        "  $3::text::bigint[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],"
+        "  $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[])"
+        "  AS q(w, c, spent, cur, act, eid, ev, at, k, d, ent, ex)),"
         f" {_RECORDED}"
         " UPDATE contact_facts f SET total_spent_minor = f.total_spent_minor + q.spent,"
         " currency = CASE WHEN q.cur = '' THEN f.currency ELSE q.cur END,"
@@ -227,18 +228,18 @@ _RECORDED = (
 )
 
 
-def _columns(observations: list[Observation]) -> list[list[Any]]:
+def _columns(observations: list[Observation]) -> list[Any]:
     return [
-        [o.workspace_id for o in observations],
-        [o.contact_id for o in observations],
-        [o.spent_minor for o in observations],
+        id_array(o.workspace_id for o in observations),
+        id_array(o.contact_id for o in observations),
+        id_array(str(o.spent_minor) for o in observations),
         [o.currency for o in observations],
         [o.seen.occurred_at if o.activity else None for o in observations],
         [o.event_id for o in observations],
         [o.seen.event for o in observations],
         [o.seen.occurred_at for o in observations],
         [o.seen.key for o in observations],
-        [json.dumps(seen_to_json(o.seen)) for o in observations],
+        [fastjson.dumps(seen_to_json(o.seen)) for o in observations],
     ]
 
 
@@ -263,13 +264,14 @@ async def write_through_tags(
         "UPDATE contact_facts f SET tags = ARRAY(SELECT t FROM unnest(f.tags) AS t"
         "  WHERE NOT t = ANY(ARRAY(SELECT jsonb_array_elements_text(q.r)))"
         "  UNION SELECT jsonb_array_elements_text(q.a) ORDER BY 1)"
-        " FROM unnest($1::uuid[], $2::uuid[], $3::jsonb[], $4::jsonb[]) AS q(w, c, a, r)"
+        " FROM unnest($1::text::uuid[], $2::text::uuid[], $3::jsonb[], $4::jsonb[])"
+        " AS q(w, c, a, r)"
         " WHERE f.workspace_id = q.w AND f.contact_id = q.c"
         " RETURNING f.workspace_id::text, f.contact_id::text",
-        [w for w, _ in keys],
-        [c for _, c in keys],
-        [json.dumps(sorted(folded[k][0])) for k in keys],
-        [json.dumps(sorted(folded[k][1])) for k in keys],
+        id_array(w for w, _ in keys),
+        id_array(c for _, c in keys),
+        [fastjson.dumps(sorted(folded[k][0])) for k in keys],
+        [fastjson.dumps(sorted(folded[k][1])) for k in keys],
     )
     # The contact's event made its facts row in the same transaction, so the update finds
     # it; a contact without one (no event kept) gets it here.

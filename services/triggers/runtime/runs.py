@@ -13,7 +13,6 @@ facts; the run's position and its one timer ``run/<run id>`` follow.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,6 +25,8 @@ from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2
 from nudge.events.v1.envelope_pb2 import Envelope
 
+from services.common import fastjson
+from services.common.db import id_array
 from services.common.events import deterministic_id, new_envelope
 from services.common.outbox import add_many_to_outbox
 from services.common.topics import DELIVERY_REQUESTS
@@ -126,8 +127,8 @@ class Run:
             contact_id=str(row["contact_id"]),
             entry_key=row["entry_key"],
             position=row["position"],
-            vars=json.loads(row["vars"]),
-            executed=json.loads(row["executed"]),
+            vars=fastjson.loads(row["vars"]),
+            executed=fastjson.loads(row["executed"]),
             trigger_event_id=row["trigger_event_id"],
             started_at=row["started_at"],
             ended=row["ended_at"] is not None,
@@ -263,15 +264,15 @@ async def end_runs(conn: asyncpg.Connection, ending: Sequence[Ending], now: date
     if not ending:
         return
     await conn.execute(
-        "WITH q AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])"
-        "  AS q(w, r, s, why)),"
+        "WITH q AS (SELECT * FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text[],"
+        "  $4::text[]) AS q(w, r, s, why)),"
         " timer AS (DELETE FROM timers t USING q"
         "  WHERE t.timer_key = 'run/' || q.r::text AND t.workspace_id = q.w)"
         " UPDATE runs SET state = q.s, end_reason = q.why, ended_at = $5, updated_at = $5,"
         " position = NULL, next_wake_at = NULL"
         " FROM q WHERE runs.workspace_id = q.w AND runs.id = q.r",  # the callers' FOR UPDATE
-        [e.workspace_id for e in ending],
-        [e.run_id for e in ending],
+        id_array(e.workspace_id for e in ending),
+        id_array(e.run_id for e in ending),
         [e.state for e in ending],
         [e.reason for e in ending],
         now,
@@ -319,11 +320,11 @@ async def lock_live_runs_of(
     runs (skipping those held) and then writes facts (a tag step); an event that wrote
     facts before waiting for a run could deadlock with it."""
     rows = await conn.fetch(
-        "SELECT r.* FROM runs r JOIN unnest($1::uuid[], $2::uuid[]) AS q(w, c)"
+        "SELECT r.* FROM runs r JOIN unnest($1::text::uuid[], $2::text::uuid[]) AS q(w, c)"
         " ON r.workspace_id = q.w AND r.contact_id = q.c WHERE r.ended_at IS NULL"
         " ORDER BY r.id FOR UPDATE OF r",
-        [w for w, _ in contacts],
-        [c for _, c in contacts],
+        id_array(w for w, _ in contacts),
+        id_array(c for _, c in contacts),
     )
     live: dict[tuple[str, str], list[asyncpg.Record]] = {}
     for row in rows:
@@ -350,7 +351,7 @@ async def exited_by(
         reason = exits(compiled, row["entry_key"], seen)
         if reason is not None:
             ending.append(Ending(ws, run_id, "exited", reason))
-            log.info("run %s of workflow %s ended by %s", run_id, workflow_id, reason)
+            log.debug("run %s of workflow %s ended by %s", run_id, workflow_id, reason)
     return ending
 
 
@@ -459,17 +460,17 @@ async def _start_wave(
     found = await conn.fetch(
         "SELECT q.i, EXISTS (SELECT 1 FROM runs r WHERE r.workspace_id = q.w AND r.id = q.r)"
         " AS started, live.id AS live"
-        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[],"
-        "  $7::bool[]) AS q(i, w, r, f, c, k, slotted)"
+        " FROM unnest($1::text::int[], $2::text::uuid[], $3::text::uuid[], $4::text::uuid[],"
+        "  $5::text::uuid[], $6::text[], $7::bool[]) AS q(i, w, r, f, c, k, slotted)"
         " LEFT JOIN LATERAL (SELECT l.id FROM runs l WHERE q.slotted AND l.workspace_id = q.w"
         "  AND l.workflow_id = q.f AND l.contact_id = q.c AND l.run_key = q.k"
         "  AND l.ended_at IS NULL AND l.test_recipient = '' FOR UPDATE) live ON true"
         " ORDER BY q.i",
-        list(range(len(starts))),
-        [s.workspace_id for s in starts],
-        [s.run_id for s in starts],
-        [s.compiled.workflow_id for s in starts],
-        [s.contact_id for s in starts],
+        id_array(map(str, range(len(starts)))),
+        id_array(s.workspace_id for s in starts),
+        id_array(s.run_id for s in starts),
+        id_array(s.compiled.workflow_id for s in starts),
+        id_array(s.contact_id for s in starts),
         [s.slot for s in starts],
         [not s.test_recipient for s in starts],
     )
@@ -496,18 +497,19 @@ async def _start_wave(
         "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, run_key,"
         " entry_key, state, vars, trigger_event_id, started_at, updated_at, test_recipient)"
         " SELECT w, r, f, v, c, k, e, 'active', d::jsonb, t, o, $12, x"
-        " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::int[], $5::uuid[], $6::text[],"
-        "  $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::text[])"
+        " FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text::uuid[], $4::text::int[],"
+        "  $5::text::uuid[], $6::text[], $7::text[], $8::text[], $9::text[],"
+        "  $10::timestamptz[], $11::text[])"
         "  AS q(w, r, f, v, c, k, e, d, t, o, x)"
         " ON CONFLICT DO NOTHING RETURNING *",
-        [s.workspace_id for s, _ in going],
-        [s.run_id for s, _ in going],
-        [s.compiled.workflow_id for s, _ in going],
-        [s.compiled.version for s, _ in going],
-        [s.contact_id for s, _ in going],
+        id_array(s.workspace_id for s, _ in going),
+        id_array(s.run_id for s, _ in going),
+        id_array(s.compiled.workflow_id for s, _ in going),
+        id_array(str(s.compiled.version) for s, _ in going),
+        id_array(s.contact_id for s, _ in going),
         [s.slot for s, _ in going],
         [s.key for s, _ in going],
-        [json.dumps(dict(s.vars)) for s, _ in going],
+        [fastjson.dumps(dict(s.vars)) for s, _ in going],
         [s.trigger_event_id for s, _ in going],
         [s.occurred_at for s, _ in going],
         [s.test_recipient for s, _ in going],
@@ -518,7 +520,10 @@ async def _start_wave(
     for row in rows:
         run = Run.of(row)
         start = by_id[run.id]
-        log.info(
+        # DEBUG, as every line per run or event on this path: a JSON log line costs ~30 µs,
+        # a tenth of what an event costs the worker (bench/RESULTS.md, issue 16), and the
+        # runs' story is in run_steps and the traces.
+        log.debug(
             "started run %s of workflow %s for contact %s",
             run.id,
             run.workflow_id,
@@ -642,46 +647,47 @@ async def _load_inputs(
         " f.time_zone, CASE WHEN q.cap IS NULL THEN false ELSE q.cap <= (SELECT count(*)"
         " FROM contact_sends s WHERE s.workspace_id = q.w AND s.contact_id = q.c"
         " AND s.sent_at > q.since) END AS capped"
-        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::int[])"
+        " FROM unnest($1::text::int[], $2::text::uuid[], $3::text::uuid[], $4::timestamptz[],"
+        "  $5::text::int[])"
         " AS q(i, w, c, since, cap)"
         " LEFT JOIN contact_facts f ON f.workspace_id = q.w AND f.contact_id = q.c",
-        list(n),
-        ws,
-        contacts,
+        id_array(map(str, n)),
+        id_array(ws),
+        id_array(contacts),
         [
             p.now - timedelta(days=cap.days) if cap else None
             for p, cap in zip(pending, caps, strict=True)
         ],
-        [cap.messages if cap else None for cap in caps],
+        id_array(cap.messages if cap else None for cap in caps),
     )
     known = {r["i"]: r for r in rows if r["known"]}
     capped = {r["i"] for r in rows if r["capped"]}
     events = await conn.fetch(
         "SELECT q.i, e.event, e.occurred_at, e.event_key, e.data"
-        " FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::timestamptz[], $5::text[])"
-        "  AS q(i, w, c, since, trigger)"
+        " FROM unnest($1::text::int[], $2::text::uuid[], $3::text::uuid[], $4::timestamptz[],"
+        "  $5::text[]) AS q(i, w, c, since, trigger)"
         " CROSS JOIN LATERAL (SELECT event, occurred_at, event_key, data, event_id"
         "  FROM contact_events e WHERE e.workspace_id = q.w AND e.contact_id = q.c"
         "  AND e.occurred_at >= q.since AND e.event_id <> q.trigger"
         "  ORDER BY e.occurred_at, e.event_id LIMIT 1000) e"
         " ORDER BY q.i, e.occurred_at, e.event_id",
-        list(n),
-        ws,
-        contacts,
+        id_array(map(str, n)),
+        id_array(ws),
+        id_array(contacts),
         [p.run.started_at for p in pending],
         [p.run.trigger_event_id for p in pending],
     )
     seen: dict[int, list[SeenEvent]] = {}
     for e in events:
         seen.setdefault(e["i"], []).append(
-            seen_from_row(e["event"], e["occurred_at"], e["event_key"], json.loads(e["data"]))
+            seen_from_row(e["event"], e["occurred_at"], e["event_key"], fastjson.loads(e["data"]))
         )
     done = await _done_before(conn, pending)
     out: list[tuple[Facts, list[SeenEvent]]] = []
     for i in n:
         row = known.get(i)
         events_i = seen.get(i, [])
-        attributes: Mapping[str, object] = json.loads(row["attributes"]) if row else {}
+        attributes: Mapping[str, object] = fastjson.loads(row["attributes"]) if row else {}
         out.append(
             (
                 Facts(
@@ -719,15 +725,16 @@ async def _done_before(
     if not asked:
         return {}
     rows = await conn.fetch(
-        "SELECT q.i, s.step_id FROM unnest($1::int[], $2::uuid[], $3::uuid[], $4::uuid[],"
-        " $5::uuid[]) AS q(i, w, c, f, r) JOIN run_steps s ON s.workspace_id = q.w"
+        "SELECT q.i, s.step_id FROM unnest($1::text::int[], $2::text::uuid[],"
+        " $3::text::uuid[], $4::text::uuid[], $5::text::uuid[]) AS q(i, w, c, f, r)"
+        " JOIN run_steps s ON s.workspace_id = q.w"
         " AND s.contact_id = q.c AND s.workflow_id = q.f AND s.run_id <> q.r"
         " AND s.outcome IN ('done', 'yes', 'no')",
-        [i for i, _ in asked],
-        [p.run.workspace_id for _, p in asked],
-        [p.run.contact_id for _, p in asked],
-        [p.run.workflow_id for _, p in asked],
-        [p.run.id for _, p in asked],
+        id_array(str(i) for i, _ in asked),
+        id_array(p.run.workspace_id for _, p in asked),
+        id_array(p.run.contact_id for _, p in asked),
+        id_array(p.run.workflow_id for _, p in asked),
+        id_array(p.run.id for _, p in asked),
     )
     done: dict[int, set[str]] = {}
     for r in rows:
@@ -751,7 +758,9 @@ class Writes:
         self.untimed: set[str] = set()  # the ids of runs known to have no timer
 
     def end(self, run: Run, state: str, reason: str, now: datetime) -> None:
-        self.runs.append((run, state, None, json.dumps(dict(run.executed)), None, now, reason, now))
+        self.runs.append(
+            (run, state, None, fastjson.dumps(dict(run.executed)), None, now, reason, now)
+        )
 
     def add(
         self, run: Run, adv: Advance, now: datetime, trace: Mapping[str, str] | None = None
@@ -764,12 +773,12 @@ class Writes:
                 continue  # a test run changes no real contact
             elif isinstance(effect, ModifyTags):
                 payload = {"add": list(effect.add), "remove": list(effect.remove)}
-                self.commands.append((run, effect.command_id, "tags", json.dumps(payload), now))
+                self.commands.append((run, effect.command_id, "tags", fastjson.dumps(payload), now))
                 self.tags.append((run, effect.add, effect.remove))
             elif isinstance(effect, AdjustScore):
-                payload_s = json.dumps({"delta": effect.delta})
+                payload_s = fastjson.dumps({"delta": effect.delta})
                 self.commands.append((run, effect.command_id, "score", payload_s, now))
-        executed = json.dumps(dict(adv.executed))
+        executed = fastjson.dumps(dict(adv.executed))
         if adv.end_reason is not None:
             state = "completed" if adv.end_reason == "completed" else "exited"
             self.runs.append((run, state, None, executed, None, now, adv.end_reason, now))
@@ -813,16 +822,17 @@ class Writes:
         if self.steps:
             await conn.execute(
                 "INSERT INTO run_steps (workspace_id, run_id, step_id, iteration, workflow_id,"
-                " version, contact_id, outcome, at) SELECT * FROM unnest($1::uuid[],"
-                " $2::uuid[], $3::text[], $4::int[], $5::uuid[], $6::int[], $7::uuid[],"
-                " $8::text[], $9::timestamptz[]) ON CONFLICT DO NOTHING",
-                [r.workspace_id for r, *_ in self.steps],
-                [r.id for r, *_ in self.steps],
+                " version, contact_id, outcome, at) SELECT * FROM unnest($1::text::uuid[],"
+                " $2::text::uuid[], $3::text[], $4::text::int[], $5::text::uuid[],"
+                " $6::text::int[], $7::text::uuid[], $8::text[], $9::timestamptz[])"
+                " ON CONFLICT DO NOTHING",
+                id_array(r.workspace_id for r, *_ in self.steps),
+                id_array(r.id for r, *_ in self.steps),
                 [s for _, s, _, _, _ in self.steps],
-                [i for _, _, i, _, _ in self.steps],
-                [r.workflow_id for r, *_ in self.steps],
-                [r.version for r, *_ in self.steps],
-                [r.contact_id for r, *_ in self.steps],
+                id_array(str(i) for _, _, i, _, _ in self.steps),
+                id_array(r.workflow_id for r, *_ in self.steps),
+                id_array(str(r.version) for r, *_ in self.steps),
+                id_array(r.contact_id for r, *_ in self.steps),
                 [o for _, _, _, o, _ in self.steps],
                 [at for *_, at in self.steps],
             )
@@ -861,26 +871,22 @@ class Writes:
         await conn.execute(
             "UPDATE runs SET state = q.s, position = q.p, executed = q.x::jsonb,"
             " next_wake_at = q.nw, ended_at = q.e, end_reason = q.why, updated_at = q.u"
-            " FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::text[],"
-            "  $6::timestamptz[], $7::timestamptz[], $8::text[], $9::timestamptz[])"
+            " FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text[], $4::text[],"
+            "  $5::text[], $6::timestamptz[], $7::timestamptz[], $8::text[], $9::timestamptz[])"
             "  AS q(w, r, s, p, x, nw, e, why, u)"
             " WHERE runs.workspace_id = q.w AND runs.id = q.r",
-            *(
-                list(column)
-                for column in zip(
-                    *((run.workspace_id, run.id, *rest) for run, *rest in self.runs),
-                    strict=True,
-                )
-            ),
+            id_array(run.workspace_id for run, *_ in self.runs),
+            id_array(run.id for run, *_ in self.runs),
+            *(list(column) for column in zip(*(rest for _, *rest in self.runs), strict=True)),
         )
         ended = [
             row[0] for row in self.runs if row[5] is not None and row[0].id not in self.untimed
         ]
         if ended:
             await conn.execute(
-                "DELETE FROM timers t USING unnest($1::uuid[], $2::text[]) AS e(w, k)"
+                "DELETE FROM timers t USING unnest($1::text::uuid[], $2::text[]) AS e(w, k)"
                 " WHERE t.timer_key = e.k AND t.workspace_id = e.w",
-                [run.workspace_id for run in ended],
+                id_array(run.workspace_id for run in ended),
                 [f"run/{run.id}" for run in ended],
             )
         waking = [(row[0], row[4]) for row in self.runs if row[4] is not None]
@@ -888,13 +894,13 @@ class Writes:
             await conn.execute(
                 "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, run_id,"
                 " kind, due_at) SELECT 'run/' || r::text, w, c, f, r, 'run', d"
-                " FROM unnest($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[],"
-                " $5::timestamptz[]) AS q(w, c, f, r, d)"
+                " FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text::uuid[],"
+                " $4::text::uuid[], $5::timestamptz[]) AS q(w, c, f, r, d)"
                 " ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at",
-                [r.workspace_id for r, _ in waking],
-                [r.contact_id for r, _ in waking],
-                [r.workflow_id for r, _ in waking],
-                [r.id for r, _ in waking],
+                id_array(r.workspace_id for r, _ in waking),
+                id_array(r.contact_id for r, _ in waking),
+                id_array(r.workflow_id for r, _ in waking),
+                id_array(r.id for r, _ in waking),
                 [d for _, d in waking],
             )
             engine.wake(min(d for _, d in waking if d is not None))
