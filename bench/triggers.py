@@ -268,6 +268,7 @@ def profiling(pid: int | None, enabled: bool) -> Iterator[list[Any]]:
     from campaign_fanout import leaves_of_profile, top_of_profile
 
     out = Path(tempfile.mkdtemp(prefix="nudge-triggers-")) / "worker.txt"
+    print(f"py-spy: {out}", file=sys.stderr)
     py_spy = Path(sys.executable).parent / "py-spy"
     argv = [str(py_spy), "record", "--pid", str(pid), "--rate", "100", "--format", "raw"]
     recorder = subprocess.Popen(
