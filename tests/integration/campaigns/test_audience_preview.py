@@ -544,3 +544,56 @@ async def test_local_time_sends_at_the_campaigns_wall_clock_in_each_contacts_zon
     assert by_role["b"].due_at == at.replace(hour=0)  # 09:00 in Tokyo
     assert by_role["a"].due_at == at  # no zone: the campaign's
     assert by_role["capped"].due_at is None  # excluded: not due at all
+
+
+async def test_the_cap_counts_other_campaigns_mail_in_the_window_and_names_the_nth_newest(
+    audience_service: RunningService, workspace: Workspace
+) -> None:
+    """elig.capped on campaigns' own table, with a cap of more than one message: only rows of
+    OTHER campaigns, mailed (not excluded), within the window count, and a capped contact is
+    let through when the cap's n-th newest of them leaves the window."""
+    from services.campaigns.adapters import eligibility as elig
+
+    conn = await asyncpg.connect(
+        os.environ["DATABASE_URL"], server_settings={"search_path": "campaigns"}
+    )
+    try:
+        ws, this, other = uuid.UUID(workspace.id), uuid.uuid4(), uuid.uuid4()
+        x, y, z = (str(uuid.uuid4()) for _ in range(3))
+        now = datetime.now(UTC)
+        rows = [
+            (x, other, now - timedelta(days=1), None),
+            (x, uuid.uuid4(), now - timedelta(days=3), None),
+            (x, uuid.uuid4(), now - timedelta(days=40), None),  # out of the window
+            (x, this, now - timedelta(hours=1), None),  # this send itself
+            (x, uuid.uuid4(), now - timedelta(hours=2), "holdout"),  # never mailed
+            (y, other, now - timedelta(days=5), None),
+        ]
+        for contact, campaign, at, excluded in rows:
+            await conn.execute(
+                "INSERT INTO recipients (workspace_id, campaign_id, contact_id, message_id,"
+                " excluded, requested_at) VALUES ($1, $2, $3, $4, $5, $6)",
+                ws,
+                campaign,
+                uuid.UUID(contact),
+                uuid.uuid4(),
+                excluded,
+                at,
+            )
+
+        async def held(messages: int) -> dict[str, datetime]:
+            cap = elig.CapSettings(messages=messages, days=30, time_zone="UTC")
+            return await elig.capped(conn, workspace.id, this, [x, y, z, x], cap, now)
+
+        assert await held(1) == {
+            x: now - timedelta(days=1) + timedelta(days=30),
+            y: now - timedelta(days=5) + timedelta(days=30),
+        }
+        assert await held(2) == {x: now - timedelta(days=3) + timedelta(days=30)}
+        assert await held(3) == {}
+        # Another workspace's rows are not this one's.
+        other_ws = str(uuid.uuid4())
+        cap = elig.CapSettings(messages=1, days=30, time_zone="UTC")
+        assert await elig.capped(conn, other_ws, this, [x, y], cap, now) == {}
+    finally:
+        await conn.close()
