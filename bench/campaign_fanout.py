@@ -79,13 +79,17 @@ def tree_cpu_s(pid: int | None) -> float:
 
 
 def listening_pid(port: int) -> int | None:
-    """The process listening on 127.0.0.1:``port`` (its socket's inode in /proc/net/tcp,
-    then the process holding that inode)."""
+    """The process listening on ``port`` (its socket's inode in /proc/net/tcp, or tcp6 for
+    a socket on every address as Java's Kafka opens it, then the process holding that
+    inode)."""
     inode = None
-    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        fields = line.split()
-        if int(fields[1].split(":")[1], 16) == port and fields[3] == "0A":  # LISTEN
-            inode = fields[9]
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inode = fields[9]
+                break
+        if inode is not None:
             break
     if inode is None:
         return None
