@@ -25,6 +25,7 @@ from services.common.idempotency import claim_event
 from services.common.ids import canonical_uuid
 from services.triggers import derived
 from services.triggers.runtime import facts, runs
+from services.triggers.runtime.erasure import ERASURE_LOCK
 from services.triggers.runtime.observed import Observation, entry_key, event_time, observe
 from services.triggers.runtime.runs import Engine
 
@@ -217,14 +218,6 @@ async def claim_unless_erased_many(
     )
     fresh = {row["n"] - 1 for row in rows}
     return [i in fresh for i in range(len(events))]
-
-
-ERASURE_LOCK = "pg_advisory_xact_lock{}(hashtextextended(w::text || '/' || c::text, 0))"
-"""The advisory lock that orders a contact's erasure and the events recorded about it: shared
-by the event paths, which may hold it on many contacts at once, exclusive for the erasure
-(privacy.erase_contact). Without it, an event's transaction that began before the erasure
-committed could pass the erasure check and write the contact's facts back after the erasure
-deleted them (tests/integration/triggers/test_erasure_race.py)."""
 
 
 async def lock_against_erasure(

@@ -20,7 +20,7 @@ from services.common.privacy import (
     export_contact_tables,
     forget_pending_events,
 )
-from services.triggers.handlers import ERASURE_LOCK
+from services.triggers.runtime.erasure import ERASURE_LOCK
 
 CONSUMER = "triggers-privacy"
 SERVICE = "triggers"
@@ -33,14 +33,11 @@ async def export_contact(
     return await export_contact_tables(conn, workspace_id, contact_id)
 
 
-async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID) -> None:
-    """Delete the contact's runs and per-contact state, and its pending events, in the
-    caller's transaction (with the consumer's claim of the ``ContactErased``).
-
-    Events being recorded about the contact are waited for first (the erasure lock,
-    handlers.ERASURE_LOCK), and so are the runs being advanced (their row locks): what they
-    write is committed before the rows are deleted, and what comes after them sees the
-    erasure and writes nothing."""
+async def hold_for_erasure(
+    conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID
+) -> None:
+    """The erasure's first step: its lock, exclusive (waiting for the events being recorded
+    about the contact), then the contact's runs, locked (waiting for those being advanced)."""
     await conn.execute(
         f"SELECT {ERASURE_LOCK.format('')} FROM (VALUES ($1::uuid, $2::uuid)) AS q(w, c)",
         workspace_id,
@@ -51,6 +48,18 @@ async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id:
         uuid.UUID(workspace_id),
         contact_id,
     )
+
+
+async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id: uuid.UUID) -> None:
+    """Delete the contact's runs and per-contact state, and its pending events, in the
+    caller's transaction (with the consumer's claim of the ``ContactErased``).
+
+    Events being recorded about the contact are waited for first (the erasure lock,
+    runtime/erasure.py), and so are the runs being advanced (their row locks): what they
+    write is committed before the rows are deleted, and what comes after them sees the
+    erasure and writes nothing; a timer of a run held here is dropped by the timer loop,
+    not put back behind the deletes (runtime/timers.py)."""
+    await hold_for_erasure(conn, workspace_id, contact_id)
     await delete_contact_rows(conn, workspace_id, contact_id)
     await forget_pending_events(conn, contact_id)
     # Later events about the contact (segmentation's REMOVAL exits...) must not write its

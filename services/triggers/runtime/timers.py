@@ -33,6 +33,7 @@ from services.common import clock, metrics
 from services.common.consumer import is_dependency_outage
 from services.triggers import derived
 from services.triggers.runtime import runs
+from services.triggers.runtime.erasure import try_erasure_lock_shared
 from services.triggers.runtime.runs import Engine, Run
 
 log = logging.getLogger(__name__)
@@ -173,13 +174,22 @@ class TimerLoop:
         locked = {row["id"] for row in rows}
         unlocked = [t for t in timers if t["run_id"] not in locked]
         if unlocked:
+            # A live run locked by someone else: an event holds it (look again in a moment),
+            # or the contact's erasure does, which is about to delete the run and its timers.
+            # Put back then, the timer would be a new row the erasure's delete (its snapshot
+            # taken before this commits) does not see: left behind. So the erasure lock is
+            # tried, never waited for (runtime/erasure.py): held exclusively, the timer is
+            # dropped. Should that erasure fail, its consumer retries it until the run goes.
             busy = await conn.fetch(
-                "SELECT r.id FROM unnest($1::uuid[], $2::uuid[]) AS q(w, id)"
+                f"SELECT r.id, {try_erasure_lock_shared('r.workspace_id', 'r.contact_id')}"
+                " AS not_erasing FROM unnest($1::uuid[], $2::uuid[]) AS q(w, id)"
                 " JOIN runs r ON r.workspace_id = q.w AND r.id = q.id WHERE r.ended_at IS NULL",
                 [t["workspace_id"] for t in unlocked],
                 [t["run_id"] for t in unlocked],
             )
-            held = {r["id"] for r in busy}  # an event holds the run: look again in a moment
+            held = {r["id"] for r in busy if r["not_erasing"]}
+            if len(held) < len(busy):
+                log.info("dropped %d timer(s) of runs being erased", len(busy) - len(held))
             await self._put_back(
                 conn, [t for t in unlocked if t["run_id"] in held], now + BUSY_RETRY
             )

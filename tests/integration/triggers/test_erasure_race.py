@@ -11,8 +11,11 @@ commit: without the lock the wait never comes and the test fails."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -24,6 +27,7 @@ from services.triggers import handlers, privacy
 from services.triggers.bootstrap import MIGRATIONS
 from services.triggers.runtime.caps import FrequencyCaps
 from services.triggers.runtime.runs import Engine
+from services.triggers.runtime.timers import TimerLoop
 from tests.integration.triggers.support import envelope
 from tests.support import eventually
 
@@ -140,4 +144,85 @@ async def test_an_erasure_arriving_during_an_event_waits_and_deletes_what_it_wro
         assert await held(watching, ws, contact) == {"contact_facts": 0, "contact_events": 0}
     finally:
         for conn in (recording, erasing, watching):
+            await conn.close()
+
+
+@pytest.fixture
+async def own_dsn(infra: dict[str, str]) -> AsyncIterator[str]:
+    """A database of the test's own: its timer round claims every due timer there is, and
+    must meet no other test's."""
+    name = f"nudge_erasure_{uuid.uuid4().hex[:10]}"
+    shared = os.environ["DATABASE_URL"]
+    conn = await asyncpg.connect(shared)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+        url = urlsplit(shared)._replace(path=f"/{name}").geturl()
+        await migrate(url, handlers.SCHEMA, MIGRATIONS)
+        yield url
+    finally:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.close()
+
+
+async def waiting_run(conn: asyncpg.Connection, ws: uuid.UUID, contact: uuid.UUID) -> uuid.UUID:
+    """A run of the contact waiting on a timer that is due: its id."""
+    run, workflow = uuid.uuid4(), uuid.uuid4()
+    now = datetime.now(UTC)
+    await conn.execute(
+        "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, state,"
+        " position, trigger_event_id, started_at, updated_at)"
+        " VALUES ($1, $2, $3, 1, $4, 'waiting', 'remind', 'e1', $5, $5)",
+        ws,
+        run,
+        workflow,
+        contact,
+        now - timedelta(hours=3),
+    )
+    await conn.execute(
+        "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, run_id,"
+        " kind, due_at) VALUES ($1, $2, $3, $4, $5, 'run', $6)",
+        f"run:{run}",
+        ws,
+        contact,
+        workflow,
+        run,
+        now - timedelta(seconds=1),
+    )
+    return run
+
+
+TIMERS = "SELECT count(*) FROM timers WHERE workspace_id = $1 AND contact_id = $2"
+
+
+async def test_a_timer_whose_run_an_erasure_holds_is_dropped_not_put_back(own_dsn: str) -> None:
+    """The timer loop meets a due timer whose run the contact's erasure has locked. Put back
+    for later, as a timer of a run an event holds is, it would be a row the erasure's delete
+    may not see (it commits after the delete's snapshot): the contact's timer left behind.
+    A run an event holds keeps its timer, put back for a moment later."""
+    ws, erased, busy = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    setup, erasing, recording, watching = [await connect(own_dsn) for _ in range(4)]
+    pool = await asyncpg.create_pool(
+        own_dsn, min_size=1, max_size=1, server_settings={"search_path": handlers.SCHEMA}
+    )
+    assert pool is not None
+    loop = TimerLoop(pool, Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0))
+    try:
+        run = await waiting_run(setup, ws, erased)
+        async with erasing.transaction():
+            await privacy.hold_for_erasure(erasing, str(ws), erased)
+            assert await asyncio.wait_for(loop.round(), 10) == 1  # claimed, never waited
+            assert await watching.fetchval(TIMERS, ws, erased) == 0  # dropped, not put back
+            await privacy.erase_contact(erasing, str(ws), erased)
+        assert await watching.fetchval(TIMERS, ws, erased) == 0
+        assert await watching.fetchval("SELECT count(*) FROM runs WHERE id = $1", run) == 0
+
+        run = await waiting_run(setup, ws, busy)
+        async with recording.transaction():  # what an event's round holds
+            await handlers.lock_against_erasure(recording, [(str(ws), str(busy))])
+            await recording.execute("SELECT 1 FROM runs WHERE id = $1 FOR UPDATE", run)
+            assert await asyncio.wait_for(loop.round(), 10) == 1
+            assert await watching.fetchval(TIMERS, ws, busy) == 1  # put back
+    finally:
+        await pool.close()
+        for conn in (setup, erasing, recording, watching):
             await conn.close()
