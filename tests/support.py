@@ -10,7 +10,6 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TypeVar
 
@@ -102,12 +101,3 @@ def http_server(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def daytime_zone(now: datetime | None = None) -> str:
-    """An IANA zone where it is now between noon and one: a contact who lives there gets
-    marketing mail at once, whenever the test runs (a workflow's send window is 08:00-21:00
-    local by default, and a mail due at night waits for the morning)."""
-    now = now or datetime.now(UTC)
-    east = 12 - now.hour  # hours east of UTC: from -11 to +12
-    return "Etc/GMT" if east == 0 else f"Etc/GMT{-east:+d}"  # Etc's signs are inverted

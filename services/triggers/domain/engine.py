@@ -295,7 +295,8 @@ def advance(program: Program, state: RunState, facts: Facts, now: datetime) -> A
                     nxt = chosen[0].id
             case Send(message=message):
                 marketing = message.kind == "marketing" and not state.test
-                if marketing and not in_window(now, definition.send_window, tz):
+                held = marketing and message.respect_send_window
+                if held and not in_window(now, definition.send_window, tz):
                     # Hold at this step until the window opens in the contact's time zone.
                     start = next_local_time(now, definition.send_window.start, tz)
                     return result(start, None, step.id)

@@ -129,6 +129,10 @@ class Message(_Model):
     body_text: str
     body_html: str = ""
     respect_frequency_cap: bool = True  # marketing only
+    # Marketing only. False for a mail in direct answer to what the contact just did (the
+    # welcome letter after a signup): they are awake, and a welcome at 08:00 the next day
+    # reads as a delay. A mail after a wait keeps the window.
+    respect_send_window: bool = True
 
 
 # Conditions (Branch.condition) --------------------------------------------------------

@@ -84,6 +84,13 @@ def test_a_transactional_mail_at_3_local_goes_at_once() -> None:
     assert result.end_reason == "completed"
 
 
+def test_a_marketing_mail_that_does_not_respect_the_window_goes_at_3_local() -> None:
+    steps = [send("welcome", respect_send_window=False), send("later")]
+    result = run(steps, local(14, 3), IN_ROME)
+    assert [e.step_id for e in result.effects if isinstance(e, SendMail)] == ["welcome"]
+    assert (result.position, result.wake_at) == ("later", local(14, 8))  # the next one waits
+
+
 def test_the_frequency_cap_skips_a_marketing_mail_and_the_run_goes_on() -> None:
     capped = Facts(frequency_capped=True)
     steps = [send("m"), send("uncapped", respect_frequency_cap=False), send("t", "transactional")]

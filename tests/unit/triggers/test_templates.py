@@ -275,3 +275,14 @@ def test_order_details_are_sent_at_once_and_the_cross_sell_two_to_three_days_lat
     third = walk("order_details", state("o", second.position), ROME, second.wake_at)
     assert summary(third) == [("send", "cross_sell")]
     assert "tea, cups" in render_body(BY_ID["order_details"], "cross_sell", categories="tea, cups")
+
+
+def test_the_welcome_letter_goes_at_once_even_at_night() -> None:
+    """The contact just signed up: a welcome held until 08:00 the next day would read as a
+    delay (and README's first path, run at night, would show no mail)."""
+    definition = BY_ID["welcome"].definition
+    night = datetime(2026, 1, 14, 3, 0, tzinfo=UTC)
+    state = RunState(run_id="r", workspace_id="w", contact_id="c", started_at=night, position=None)
+    result = advance(compile_definition(definition), state, Facts(time_zone="UTC"), night)
+    assert [e.step_id for e in result.effects if isinstance(e, SendMail)] == ["welcome"]
+    assert result.end_reason == "completed"
