@@ -57,8 +57,8 @@ async def erase_contact(conn: asyncpg.Connection, workspace_id: str, contact_id:
     Events being recorded about the contact are waited for first (the erasure lock,
     runtime/erasure.py), and so are the runs being advanced (their row locks): what they
     write is committed before the rows are deleted, and what comes after them sees the
-    erasure and writes nothing; a timer of a run held here is dropped by the timer loop,
-    not put back behind the deletes (runtime/timers.py)."""
+    erasure and writes nothing; the timer loop drops the timers of a contact held here
+    rather than fire them or put them back behind the deletes (runtime/timers.py)."""
     await hold_for_erasure(conn, workspace_id, contact_id)
     await delete_contact_rows(conn, workspace_id, contact_id)
     await forget_pending_events(conn, contact_id)

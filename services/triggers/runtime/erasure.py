@@ -4,9 +4,9 @@ contact (tests/integration/triggers/test_erasure_race.py).
 Shared by the event paths, which may hold it on many contacts at once, exclusive for the
 erasure (services/triggers/privacy.erase_contact). Without it, an event's transaction that
 began before the erasure committed could pass the erasure check and write the contact's
-facts back after the erasure deleted them. The timer loop only tries it (never waits): a
-timer whose run is held by an erasure is dropped, not put back for later
-(services/triggers/runtime/timers.py)."""
+facts back after the erasure deleted them. The timer loop only tries it (never waits) for
+the contacts of the timers it claimed: a timer of a contact being erased is dropped, neither
+fired nor put back (services/triggers/runtime/timers.py)."""
 
 from __future__ import annotations
 

@@ -28,9 +28,11 @@ import logging
 from datetime import datetime, timedelta
 
 import asyncpg
+from asyncpg.exceptions import TransactionRollbackError
 
 from services.common import clock, metrics
 from services.common.consumer import is_dependency_outage
+from services.common.db import id_array
 from services.triggers import derived
 from services.triggers.runtime import runs
 from services.triggers.runtime.erasure import try_erasure_lock_shared
@@ -67,14 +69,16 @@ class TimerLoop:
             self._woken.set()
 
     async def run(self) -> None:
-        """Forever. A database outage is waited out (logged, retried with backoff); any other
-        error ends the task, which stops the service with exit 1 (services/common/runtime.py)."""
+        """Forever. A database outage is waited out (logged, retried with backoff), and so is
+        a round PostgreSQL rolled back to break a deadlock or a serialization conflict (class
+        40: retrying the transaction is the answer); any other error ends the task, which
+        stops the service with exit 1 (services/common/runtime.py)."""
         backoff = 0.1
         while True:
             try:
                 claimed = await self.round()
             except Exception as err:
-                if not is_dependency_outage(err):
+                if not (is_dependency_outage(err) or isinstance(err, TransactionRollbackError)):
                     raise
                 log.warning("timer round failed (%r); retrying in %.1fs", err, backoff)
                 await asyncio.sleep(backoff)
@@ -104,8 +108,9 @@ class TimerLoop:
                 now,
                 self._batch,
             )
-            run_timers = [t for t in due if t["kind"] == "run"]
-            alone = [t for t in due if t["kind"] != "run"]
+            fire = await self._unless_erasing(conn, due)
+            run_timers = [t for t in fire if t["kind"] == "run"]
+            alone = [t for t in fire if t["kind"] != "run"]
             if run_timers:
                 try:
                     async with conn.transaction():  # a savepoint
@@ -128,6 +133,31 @@ class TimerLoop:
         for timer in due:
             self.lateness.observe(timer["kind"], (committed - timer["due_at"]).total_seconds())
         return len(due)
+
+    async def _unless_erasing(
+        self, conn: asyncpg.Connection, due: list[asyncpg.Record]
+    ) -> list[asyncpg.Record]:
+        """The claimed timers but those of contacts being erased, which are dropped.
+
+        Each contact's erasure lock (runtime/erasure.py) is tried, shared, never waited for,
+        and held until this round commits: an erasure that comes after waits for the round,
+        then deletes what it wrote. One that holds the lock already is deleting the contact's
+        runs and timers: a timer fired or put back now would write rows (the next date
+        timer, a new run, the timer again for a run it has locked) that its delete, its
+        snapshot taken before this round commits, does not see, and they would stay behind.
+        Should that erasure fail, its consumer retries it until it succeeds."""
+        if not due:
+            return due
+        rows = await conn.fetch(
+            f"SELECT n, {try_erasure_lock_shared('q.w', 'q.c')} AS free"
+            " FROM unnest($1::text::uuid[], $2::text::uuid[]) WITH ORDINALITY AS q(w, c, n)",
+            id_array(str(t["workspace_id"]) for t in due),
+            id_array(str(t["contact_id"]) for t in due),
+        )
+        free = {row["n"] - 1 for row in rows if row["free"]}
+        if len(free) < len(due):
+            log.info("dropped %d timer(s) of contacts being erased", len(due) - len(free))
+        return [t for n, t in enumerate(due) if n in free]
 
     async def _fire(self, conn: asyncpg.Connection, timer: asyncpg.Record, now: datetime) -> None:
         if timer["kind"] == "run":
@@ -174,22 +204,13 @@ class TimerLoop:
         locked = {row["id"] for row in rows}
         unlocked = [t for t in timers if t["run_id"] not in locked]
         if unlocked:
-            # A live run locked by someone else: an event holds it (look again in a moment),
-            # or the contact's erasure does, which is about to delete the run and its timers.
-            # Put back then, the timer would be a new row the erasure's delete (its snapshot
-            # taken before this commits) does not see: left behind. So the erasure lock is
-            # tried, never waited for (runtime/erasure.py): held exclusively, the timer is
-            # dropped. Should that erasure fail, its consumer retries it until the run goes.
             busy = await conn.fetch(
-                f"SELECT r.id, {try_erasure_lock_shared('r.workspace_id', 'r.contact_id')}"
-                " AS not_erasing FROM unnest($1::uuid[], $2::uuid[]) AS q(w, id)"
+                "SELECT r.id FROM unnest($1::uuid[], $2::uuid[]) AS q(w, id)"
                 " JOIN runs r ON r.workspace_id = q.w AND r.id = q.id WHERE r.ended_at IS NULL",
                 [t["workspace_id"] for t in unlocked],
                 [t["run_id"] for t in unlocked],
             )
-            held = {r["id"] for r in busy if r["not_erasing"]}
-            if len(held) < len(busy):
-                log.info("dropped %d timer(s) of runs being erased", len(busy) - len(held))
+            held = {r["id"] for r in busy}  # an event holds the run: look again in a moment
             await self._put_back(
                 conn, [t for t in unlocked if t["run_id"] in held], now + BUSY_RETRY
             )

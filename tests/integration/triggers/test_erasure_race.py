@@ -25,6 +25,7 @@ from nudge.segmentation.v1 import events_pb2 as segmentation_events
 from services.common.db import migrate
 from services.triggers import handlers, privacy
 from services.triggers.bootstrap import MIGRATIONS
+from services.triggers.runtime import timers as timers_module
 from services.triggers.runtime.caps import FrequencyCaps
 from services.triggers.runtime.runs import Engine
 from services.triggers.runtime.timers import TimerLoop
@@ -225,4 +226,46 @@ async def test_a_timer_whose_run_an_erasure_holds_is_dropped_not_put_back(own_ds
     finally:
         await pool.close()
         for conn in (setup, erasing, recording, watching):
+            await conn.close()
+
+
+async def test_a_date_timer_of_a_contact_being_erased_is_dropped_not_fired(
+    own_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A birthday or inactivity timer fired during the erasure would write the next year's
+    timer and start a run: rows the erasure's delete does not see. The round drops it."""
+    fired: list[uuid.UUID] = []
+
+    async def on_timer(conn: asyncpg.Connection, timer: asyncpg.Record, now: datetime) -> list:
+        fired.append(timer["contact_id"])
+        return []
+
+    monkeypatch.setattr(timers_module.derived, "on_timer", on_timer)
+    ws, erased, other = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    setup, erasing, watching = [await connect(own_dsn) for _ in range(3)]
+    pool = await asyncpg.create_pool(
+        own_dsn, min_size=1, max_size=1, server_settings={"search_path": handlers.SCHEMA}
+    )
+    assert pool is not None
+    loop = TimerLoop(pool, Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0))
+    try:
+        for contact in (erased, other):
+            await setup.execute(
+                "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, kind,"
+                " due_at) VALUES ($1, $2, $3, $4, 'date', $5)",
+                f"date/{contact}",
+                ws,
+                contact,
+                uuid.uuid4(),
+                datetime.now(UTC) - timedelta(seconds=1),
+            )
+        async with erasing.transaction():
+            await privacy.hold_for_erasure(erasing, str(ws), erased)
+            assert await asyncio.wait_for(loop.round(), 10) == 2
+            await privacy.erase_contact(erasing, str(ws), erased)
+        assert fired == [other]
+        assert await watching.fetchval(TIMERS, ws, erased) == 0
+    finally:
+        await pool.close()
+        for conn in (setup, erasing, watching):
             await conn.close()
