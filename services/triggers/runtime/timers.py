@@ -32,7 +32,6 @@ from asyncpg.exceptions import TransactionRollbackError
 
 from services.common import clock, metrics
 from services.common.consumer import is_dependency_outage
-from services.common.db import id_array
 from services.triggers import derived
 from services.triggers.runtime import runs
 from services.triggers.runtime.erasure import try_erasure_lock_shared
@@ -44,6 +43,22 @@ BATCH = 500
 POLL_S = 0.15
 RETRY = timedelta(seconds=60)
 BUSY_RETRY = timedelta(milliseconds=200)
+
+
+def unless_erasing(due: list[asyncpg.Record]) -> list[asyncpg.Record]:
+    """The claimed timers but those of contacts being erased, which are dropped.
+
+    The claim tries each timer's erasure lock (runtime/erasure.py), shared, never waiting
+    (``free``), and holds it until the round commits: an erasure that comes after waits for
+    the round, then deletes what it wrote. One that holds the lock already is deleting the
+    contact's runs and timers: a timer fired or put back now would write rows (the next date
+    timer, a new run, the timer again for a run it has locked) that its delete, its snapshot
+    taken before this round commits, does not see, and they would stay behind. Should that
+    erasure fail, its consumer retries it until it succeeds."""
+    fire = [t for t in due if t["free"]]
+    if len(fire) < len(due):
+        log.info("dropped %d timer(s) of contacts being erased", len(due) - len(fire))
+    return fire
 
 
 class TimerLoop:
@@ -104,11 +119,11 @@ class TimerLoop:
             due = await conn.fetch(
                 "DELETE FROM timers WHERE timer_key IN (SELECT timer_key FROM timers"
                 " WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED)"
-                " RETURNING *",
+                f" RETURNING *, {try_erasure_lock_shared('workspace_id', 'contact_id')} AS free",
                 now,
                 self._batch,
             )
-            fire = await self._unless_erasing(conn, due)
+            fire = unless_erasing(due)
             run_timers = [t for t in fire if t["kind"] == "run"]
             alone = [t for t in fire if t["kind"] != "run"]
             if run_timers:
@@ -133,31 +148,6 @@ class TimerLoop:
         for timer in due:
             self.lateness.observe(timer["kind"], (committed - timer["due_at"]).total_seconds())
         return len(due)
-
-    async def _unless_erasing(
-        self, conn: asyncpg.Connection, due: list[asyncpg.Record]
-    ) -> list[asyncpg.Record]:
-        """The claimed timers but those of contacts being erased, which are dropped.
-
-        Each contact's erasure lock (runtime/erasure.py) is tried, shared, never waited for,
-        and held until this round commits: an erasure that comes after waits for the round,
-        then deletes what it wrote. One that holds the lock already is deleting the contact's
-        runs and timers: a timer fired or put back now would write rows (the next date
-        timer, a new run, the timer again for a run it has locked) that its delete, its
-        snapshot taken before this round commits, does not see, and they would stay behind.
-        Should that erasure fail, its consumer retries it until it succeeds."""
-        if not due:
-            return due
-        rows = await conn.fetch(
-            f"SELECT n, {try_erasure_lock_shared('q.w', 'q.c')} AS free"
-            " FROM unnest($1::text::uuid[], $2::text::uuid[]) WITH ORDINALITY AS q(w, c, n)",
-            id_array(str(t["workspace_id"]) for t in due),
-            id_array(str(t["contact_id"]) for t in due),
-        )
-        free = {row["n"] - 1 for row in rows if row["free"]}
-        if len(free) < len(due):
-            log.info("dropped %d timer(s) of contacts being erased", len(due) - len(free))
-        return [t for n, t in enumerate(due) if n in free]
 
     async def _fire(self, conn: asyncpg.Connection, timer: asyncpg.Record, now: datetime) -> None:
         if timer["kind"] == "run":
