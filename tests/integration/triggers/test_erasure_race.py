@@ -1,12 +1,14 @@
-"""A contact's erasure and an event about it, in flight at the same time, leave nothing of
-the contact behind, whichever transaction began first (handlers.ERASURE_LOCK).
+"""A contact's erasure and an event or a timer about it, in flight at the same time, leave
+nothing of the contact behind, whichever transaction began first (runtime/erasure.py).
 
 Without the lock, an event whose transaction began before the erasure committed passed the
 erasure check and wrote the contact's facts back after the erasure had deleted them (the
 end-to-end erasure test found a ``segment_entered`` of the erased contact in
 ``contact_events``). Each test holds one side's transaction open, starts the other, and
 waits until PostgreSQL shows that other side waiting for the lock before it lets the first
-commit: without the lock the wait never comes and the test fails."""
+commit: without the lock the wait never comes and the test fails. A timer round never
+waits: the timer tests run a round inside the erasure's open transaction and check that it
+dropped the contact's timers instead of firing them or putting them back."""
 
 from __future__ import annotations
 
