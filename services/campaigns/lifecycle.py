@@ -167,13 +167,13 @@ async def send_campaign(
     if not_consented and request.confirm_not_consented != not_consented:
         if request.confirm_not_consented == 0:
             raise FailedPrecondition(
-                f"{not_consented} contacts of this audience have not consented to"
+                f"{_not_consented(not_consented)} consented to"
                 f" {_purpose_name(campaign.purpose)}: confirm by sending"
                 f" confirm_not_consented = {not_consented}"
             )
         raise FailedPrecondition(
             f"confirm_not_consented is {request.confirm_not_consented}, but"
-            f" {not_consented} contacts of this audience have not consented now: the audience"
+            f" {_not_consented(not_consented)} consented now: the audience"
             " changed, look again and confirm the new number"
         )
     time_zone = (
@@ -198,6 +198,13 @@ async def send_campaign(
         )
     log.info("campaign %s of %s: draft -> %s by %s", key, workspace_id, to.name, actor)
     return await _find(ports, workspace_id, campaign.id)
+
+
+def _not_consented(n: int) -> str:
+    """The warning's subject in the number's grammar ("1 contact ... has not")."""
+    if n == 1:
+        return "1 contact of this audience has not"
+    return f"{n} contacts of this audience have not"
 
 
 def _purpose_name(purpose: int) -> str:

@@ -65,7 +65,7 @@ from services.delivery.domain.rendering import (
     check_templates,
     render,
 )
-from services.delivery.domain.requests import TRANSACTIONAL_PURPOSE, is_actionable
+from services.delivery.domain.requests import PURPOSES, TRANSACTIONAL_PURPOSE, is_actionable
 from services.delivery.domain.tracking_links import add_tracking
 from services.delivery.mail_auth import MailAuth
 from services.delivery.outcome_metrics import OUTCOME_COUNTS
@@ -644,9 +644,9 @@ NO_CONTACT = "00000000-0000-0000-0000-000000000000"  # the ledger's contact of a
 
 
 async def deliver_test(deps: Deps, envelope: Envelope) -> None:
-    """A campaign's test send (MESSAGE_KIND_TEST) to the manager's own address
-    (``test_recipient``), personalised with the chosen contact's data (or the sample
-    contact's, every field empty, without one).
+    """A test send (MESSAGE_KIND_TEST: a campaign's, or a workflow's test run) to the
+    manager's own address (``test_recipient``), personalised with the chosen contact's data
+    (or the sample contact's, every field empty, without one).
 
     What differs from a campaign mail, and why:
 
@@ -679,7 +679,11 @@ async def deliver_test(deps: Deps, envelope: Envelope) -> None:
         return
     facts = None
     if request.contact_id:
-        facts = await deps.eligibility.check(workspace_id, request.contact_id, request.purpose)
+        # Only the contact's data is read here, never its consent: a request without a
+        # purpose (a workflow test run before 2026-12-04 sent none) asks as a transactional
+        # one, rather than being refused by contacts and dead-lettered.
+        purpose = request.purpose if request.purpose in PURPOSES else TRANSACTIONAL_PURPOSE
+        facts = await deps.eligibility.check(workspace_id, request.contact_id, purpose)
     contact = {"first_name": "", "last_name": "", "email": "", "locale": ""}
     if facts is not None:
         contact = {

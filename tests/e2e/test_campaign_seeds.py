@@ -313,7 +313,7 @@ async def test_seed_001_tags_the_consent_warning_and_the_anti_spam_block(
         unconfirmed = await http.post(f"/v1/campaigns/{campaign_id}/send", json={})
         assert unconfirmed.status_code == 409, unconfirmed.text
         assert unconfirmed.headers["content-type"].startswith("application/problem+json")
-        assert "1 contacts of this audience have not consented" in unconfirmed.json()["detail"]
+        assert "1 contact of this audience has not consented" in unconfirmed.json()["detail"]
         wrong = await http.post(
             f"/v1/campaigns/{campaign_id}/send", json={"confirm_not_consented": 2}
         )

@@ -144,7 +144,7 @@ async def test_compose_warnings_audience_confirmation_send_and_report(
     await expect(page.locator("#audience-members")).to_have_text("3", timeout=WAIT_MS)
     await expect(page.locator("#audience-eligible")).to_have_text("3")
     await expect(page.locator("#consent-warning")).to_have_text(
-        "1 contacts of this audience have not consented to targeted messages."
+        "1 contact of this audience has not consented to targeted messages."
     )
     await page.locator("#send").click()
     await expect(page.locator("#send-error")).to_contain_text("Confirm first", timeout=WAIT_MS)

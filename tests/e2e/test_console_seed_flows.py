@@ -256,16 +256,16 @@ async def test_seed_001_tag_all_matching_then_a_campaign_to_the_tag_confirmed_fo
         await expect(page.locator("#audience-members")).to_have_text("3", timeout=WAIT_MS)
         await expect(page.locator("#audience-eligible")).to_have_text("3")
         await expect(page.locator("#consent-warning")).to_have_text(
-            "1 contacts of this audience have not consented to targeted messages."
+            "1 contact of this audience has not consented to targeted messages."
         )
         await expect(page.locator('label[for="confirm-consent"]')).to_contain_text(
-            "I confirm sending to the 1 contacts who have not consented"
+            "I confirm sending to the 1 contact who has not consented"
         )
         campaign_id = campaign_id_of(page)
         # Not without the confirmation.
         await page.locator("#send").click()
         await expect(page.locator("#send-error")).to_contain_text(
-            "Confirm first: 1 contacts have not consented.", timeout=WAIT_MS
+            "Confirm first: 1 contact has not consented.", timeout=WAIT_MS
         )
         draft = (await api.get(f"/v1/campaigns/{campaign_id}")).json()
         assert draft["status"] == "draft" and draft["tags_any"] == ["thursday"], draft

@@ -471,8 +471,12 @@ function sendPanel(getCampaign, getAudience, settings, onSent) {
     if (a && a.confirmation_required) {
       const n = formatNumber(a.not_consented);
       consentBox.replaceChildren(
-        h('p', { class: 'warning', id: 'consent-warning' }, `${n} contacts of this audience have not consented to targeted messages.`),
-        h('label', { for: 'confirm-consent' }, confirm, ` I confirm sending to the ${n} contacts who have not consented`),
+        h('p', { class: 'warning', id: 'consent-warning' }, a.not_consented === 1
+          ? '1 contact of this audience has not consented to targeted messages.'
+          : `${n} contacts of this audience have not consented to targeted messages.`),
+        h('label', { for: 'confirm-consent' }, confirm, a.not_consented === 1
+          ? ' I confirm sending to the 1 contact who has not consented'
+          : ` I confirm sending to the ${n} contacts who have not consented`),
       );
     } else consentBox.replaceChildren();
   }
@@ -483,7 +487,9 @@ function sendPanel(getCampaign, getAudience, settings, onSent) {
     const body = {};
     if (a && a.confirmation_required) {
       if (!confirm.checked) {
-        error.textContent = `Confirm first: ${formatNumber(a.not_consented)} contacts have not consented.`;
+        error.textContent = a.not_consented === 1
+          ? 'Confirm first: 1 contact has not consented.'
+          : `Confirm first: ${formatNumber(a.not_consented)} contacts have not consented.`;
         return;
       }
       body.confirm_not_consented = a.not_consented;

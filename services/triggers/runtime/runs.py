@@ -802,15 +802,18 @@ class Writes:
             run_id=run.id,
             step_id=mail.step_id if mail.iteration == 0 else f"{mail.step_id}#{mail.iteration}",
         )
-        if run.test_recipient:
-            request.kind = delivery_pb2.MESSAGE_KIND_TEST
-            request.test_recipient = run.test_recipient
-        elif message.kind == "transactional":
+        if message.kind == "transactional":
             request.kind = delivery_pb2.MESSAGE_KIND_TRANSACTIONAL
             request.purpose = contacts_pb2.CONSENT_PURPOSE_TRANSACTIONAL
         else:
             request.kind = delivery_pb2.MESSAGE_KIND_AUTOMATION
             request.purpose = contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
+        if run.test_recipient:
+            # To the manager. The purpose stays the step's, as a campaign's test send keeps
+            # its campaign's: delivery reads the contact's data with it.
+            request.kind = delivery_pb2.MESSAGE_KIND_TEST
+            request.test_recipient = run.test_recipient
+        elif request.kind == delivery_pb2.MESSAGE_KIND_AUTOMATION:
             self.sends.append((run, mail.message_id, now))
         envelope = new_envelope(
             run.workspace_id, request, event_id=mail.message_id, occurred_at=now

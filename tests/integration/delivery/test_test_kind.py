@@ -1,8 +1,8 @@
-"""A campaign's test send (MESSAGE_KIND_TEST) through the real delivery service, Kafka,
-PostgreSQL and the SMTP sink: sent to the test recipient whatever the contact's consent,
-marked as a test, without tracking or unsubscribe headers, with the sender's name and
-Reply-To, once, and counted nowhere (no event on delivery.events.v1). Reply-To and the
-sender's name apply to every kind."""
+"""A test send (MESSAGE_KIND_TEST: a campaign's, or a workflow test run's) through the real
+delivery service, Kafka, PostgreSQL and the SMTP sink: sent to the test recipient whatever
+the contact's consent, marked as a test, without tracking or unsubscribe headers, with the
+sender's name and Reply-To, once, and counted nowhere (no event on delivery.events.v1).
+Reply-To and the sender's name apply to every kind."""
 
 from __future__ import annotations
 
@@ -177,6 +177,28 @@ async def test_a_test_send_with_the_sample_contact_renders_the_defaults(
     assert mail["Subject"] == "[Test] Test shop news for you"
     assert text_part(mail).startswith("Hi there:")
     assert mail["Reply-To"] is None
+
+
+async def test_a_test_send_without_a_purpose_still_reads_the_contact(
+    delivery_service: RunningService,
+    contacts_service: RunningService,
+    workspace: Workspace,
+    producer: AIOKafkaProducer,
+) -> None:
+    """A workflow's test run sent no purpose until 2026-12-04: contacts refused the data
+    lookup (``purpose: is required``) and the mail was dead-lettered after five attempts.
+    Requests already on the topic are still mailed, filled with the contact's data."""
+    contact = await new_contact(contacts_service, workspace, [])
+    request = make_test_request(
+        contact.id,
+        f"{unique('manager')}@example.com",
+        purpose=contacts_pb2.CONSENT_PURPOSE_UNSPECIFIED,
+        campaign_id="",
+        workflow_id=str(uuid.uuid4()),
+    )
+    await publish(producer, workspace, request)
+    mail = (await eventually(lambda: mails_for(request.message_id), timeout=30))[0]
+    assert mail["Subject"] == "[Test] Test shop news for Ada"
 
 
 async def test_a_test_send_whose_template_fails_is_failed_not_a_crash(

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
+from nudge.contacts.v1 import contacts_pb2
 from nudge.delivery.v1 import delivery_pb2
 from nudge.triggers.v1 import triggers_pb2, triggers_pb2_grpc
 
@@ -86,6 +87,9 @@ async def test_a_test_run_of_the_draft_mails_the_manager_at_once(
     request = requests[0]
     assert request.kind == delivery_pb2.MESSAGE_KIND_TEST
     assert request.test_recipient == "manager@example.com"
+    # The step's purpose, with which delivery reads the contact's data (without one, contacts
+    # refused the lookup and delivery dead-lettered the mail).
+    assert request.purpose == contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
     assert request.contact_id == contact
     assert request.content.subject == "Draft subject at {{ workspace.name }}"  # the draft's
     assert request.vars["cart_items"]  # sample variables, since no cart started it
