@@ -131,7 +131,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                WorkflowServicer(pool),
+                WorkflowServicer(pool, contacts, settings.internal_token),
                 SERVICE_NAME,
             ),
             (

@@ -535,8 +535,9 @@ async def workflow_stats(
 async def start_test_run(
     workflow_id: WorkflowId, body: TestRunIn, caller: CallerDep, backends: BackendsDep
 ) -> RunOut:
-    """Runs the published version (or the draft, `use_draft`) for one contact at once,
-    without waits; every message goes to `recipient`, marked [Test]."""
+    """Runs the published version (or the draft, `use_draft`) for one contact of the
+    workspace (404 for an id it does not have) at once, without waits; every message goes to
+    `recipient`, marked [Test]."""
     answer: triggers_pb2.Run = await caller.call(
         backends.workflows.StartTestRun,
         triggers_pb2.StartTestRunRequest(

@@ -26,16 +26,18 @@ import asyncpg
 import grpc
 from email_validator import EmailNotValidError, validate_email
 from google.protobuf.timestamp_pb2 import Timestamp
+from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.triggers.v1 import triggers_pb2, triggers_pb2_grpc
 
 from services.common import clock
-from services.common.auth import current_actor, current_workspace
+from services.common.auth import current_actor, current_workspace, internal_metadata
 from services.common.errors import (
     Aborted,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    Unavailable,
     Validator,
 )
 from services.triggers import derived
@@ -219,8 +221,27 @@ def step_order(defn: Definition) -> list[str]:
 class WorkflowServicer(triggers_pb2_grpc.WorkflowServiceServicer):
     """Workflows and runs of the caller's workspace."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, contacts: grpc.aio.Channel, internal_token: str) -> None:
         self.pool = pool
+        self._contacts = contacts_pb2_grpc.ContactServiceStub(contacts)
+        self._token = internal_token
+
+    async def _require_contact(self, workspace_id: str, contact_id: uuid.UUID) -> None:
+        """A test run's contact must be one of the workspace's: with an unknown id, delivery
+        would fill the mail with the sample contact's empty fields, and a typo would read as
+        personalisation that does not work (a campaign's test send refuses it the same way)."""
+        try:
+            await self._contacts.GetContact(
+                contacts_pb2.GetContactRequest(
+                    contact=contacts_pb2.ContactRef(contact_id=str(contact_id))
+                ),
+                metadata=internal_metadata(self._token, workspace_id),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(f"no contact {str(contact_id)!r} in this workspace") from None
+            raise Unavailable(f"contacts did not answer: {err.code().name}") from err
 
     # --- drafts -------------------------------------------------------------------------
 
@@ -679,6 +700,7 @@ class WorkflowServicer(triggers_pb2_grpc.WorkflowServiceServicer):
             v.check(False, "recipient", "not an e-mail address")
         v.raise_if_any()
         assert contact_id is not None
+        await self._require_contact(workspace_id, contact_id)
         async with self.pool.acquire() as conn, conn.transaction():
             row = await store.get_workflow(conn, workspace_id, workflow_id)
             if row is None:

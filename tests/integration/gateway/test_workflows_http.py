@@ -14,7 +14,12 @@ import pytest
 from tests.integration.conftest import RunningService, Workspace
 from tests.integration.gateway.conftest import new_workspace, nowhere
 from tests.integration.tracking.conftest import HttpService, run_http
-from tests.integration.triggers.api_support import WorkflowServer, insert_run, workflow_server
+from tests.integration.triggers.api_support import (
+    WorkflowServer,
+    insert_run,
+    new_contact,
+    workflow_server,
+)
 from tests.integration.triggers.test_api_workflows import cart_definition
 from tests.support import free_port
 
@@ -214,6 +219,7 @@ async def test_another_workspace_gets_404_for_a_workflow_and_its_runs(
         position="reminder",
     )
     other = await new_workspace(contacts_service)
+    others_contact = await new_contact(contacts_service.address, other)  # the workflow is unknown
     async with httpx.AsyncClient(
         base_url=gateway_with_workflows.base_url,
         headers={"Authorization": f"Bearer {other.api_key}"},
@@ -232,7 +238,7 @@ async def test_another_workspace_gets_404_for_a_workflow_and_its_runs(
             await stranger.get(f"{url}/stats"),
             await stranger.post(
                 f"{url}/test-runs",
-                json={"contact_id": str(uuid.uuid4()), "recipient": "m@example.com"},
+                json={"contact_id": others_contact, "recipient": "m@example.com"},
             ),
             await stranger.post(f"/v1/workflow-runs/{run_id}/cancel"),
             await stranger.post(
@@ -285,9 +291,17 @@ async def test_runs_stats_test_runs_and_cancellation_over_http(
         position="reminder",
         steps=(("wait_3h", "done"),),
     )
+    unknown = str(uuid.uuid4())
+    body = problem(
+        await http.post(
+            f"{url}/test-runs", json={"contact_id": unknown, "recipient": "manager@example.com"}
+        ),
+        404,
+    )
+    assert body["detail"] == f"no contact {unknown!r} in this workspace"
+    contact = await new_contact(workflows_api.contacts_address, workspace)
     test_run = await http.post(
-        f"{url}/test-runs",
-        json={"contact_id": str(uuid.uuid4()), "recipient": "manager@example.com"},
+        f"{url}/test-runs", json={"contact_id": contact, "recipient": "manager@example.com"}
     )
     assert test_run.status_code == 201, test_run.text
     assert test_run.json()["test"] is True and test_run.json()["state"] == "active"

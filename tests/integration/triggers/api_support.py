@@ -17,7 +17,9 @@ from datetime import datetime
 from pathlib import Path
 
 import asyncpg
+import grpc
 import redis.asyncio as aioredis
+from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.triggers.v1 import triggers_pb2_grpc
 
 import services.triggers
@@ -27,7 +29,8 @@ from services.common.grpc_client import channel
 from services.common.grpc_server import start_server
 from services.triggers.config import Settings
 from services.triggers.entrypoints.grpc import WorkflowServicer
-from tests.support import free_port
+from tests.integration.conftest import Workspace
+from tests.support import free_port, unique
 
 SCHEMA = "triggers"
 MIGRATIONS = Path(services.triggers.__file__).parent / "migrations"
@@ -38,6 +41,7 @@ SERVICE_NAME = "nudge.triggers.v1.WorkflowService"
 class WorkflowServer:
     address: str
     pool: asyncpg.Pool
+    contacts_address: str  # the contacts service it asks (API keys, a test run's contact)
 
 
 @contextlib.asynccontextmanager
@@ -53,7 +57,7 @@ async def workflow_server(contacts_address: str) -> AsyncIterator[WorkflowServer
         servicers=[
             (
                 triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                WorkflowServicer(pool),
+                WorkflowServicer(pool, contacts, settings.internal_token),
                 SERVICE_NAME,
             )
         ],
@@ -61,12 +65,26 @@ async def workflow_server(contacts_address: str) -> AsyncIterator[WorkflowServer
         internal_token=settings.internal_token,
     )
     try:
-        yield WorkflowServer(address=f"127.0.0.1:{port}", pool=pool)
+        yield WorkflowServer(
+            address=f"127.0.0.1:{port}", pool=pool, contacts_address=contacts_address
+        )
     finally:
         await server.stop(1)
         await contacts.close()
         await redis.aclose()
         await pool.close()
+
+
+async def new_contact(contacts_address: str, ws: Workspace) -> str:
+    """A contact of ``ws``: a test run needs one (the API refuses an id it does not know)."""
+    async with grpc.aio.insecure_channel(contacts_address) as channel:
+        answer = await contacts_pb2_grpc.ContactServiceStub(channel).CreateContact(
+            contacts_pb2.CreateContactRequest(
+                contact=contacts_pb2.Contact(email=f"{unique('run')}@example.com", first_name="Ada")
+            ),
+            metadata=ws.metadata,
+        )
+    return str(answer.contact.id)
 
 
 async def insert_run(

@@ -16,6 +16,7 @@ from nudge.delivery.v1 import delivery_pb2
 from nudge.triggers.v1 import triggers_pb2, triggers_pb2_grpc
 
 from tests.integration.conftest import RunningService, Workspace
+from tests.integration.triggers.api_support import new_contact
 from tests.integration.triggers.support import (
     EventProducer,
     MovableClock,
@@ -37,7 +38,9 @@ async def stub(
 
 
 async def test_a_test_run_of_the_draft_mails_the_manager_at_once(
-    stub: triggers_pb2_grpc.WorkflowServiceStub, workspace: Workspace
+    stub: triggers_pb2_grpc.WorkflowServiceStub,
+    workspace: Workspace,
+    contacts_service: RunningService,
 ) -> None:
     md = workspace.metadata
     published = cart_definition("Published text")
@@ -55,7 +58,7 @@ async def test_a_test_run_of_the_draft_mails_the_manager_at_once(
         ),
         metadata=md,
     )
-    contact = str(uuid.uuid4())
+    contact = await new_contact(contacts_service.address, workspace)
     run = await stub.StartTestRun(
         triggers_pb2.StartTestRunRequest(
             workflow_id=created.id,

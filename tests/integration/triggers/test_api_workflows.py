@@ -18,7 +18,12 @@ from grpc_status import rpc_status
 from nudge.triggers.v1 import triggers_pb2, triggers_pb2_grpc
 
 from tests.integration.conftest import RunningService, Workspace
-from tests.integration.triggers.api_support import WorkflowServer, insert_run, workflow_server
+from tests.integration.triggers.api_support import (
+    WorkflowServer,
+    insert_run,
+    new_contact,
+    workflow_server,
+)
 
 
 def cart_definition(name: str = "Cart reminder") -> dict[str, Any]:
@@ -461,6 +466,8 @@ async def test_another_workspace_sees_nothing_of_a_workflow(
         api.pool, client.ws.id, created.id, started_at=datetime.now(UTC), position="reminder"
     )
     other = Client(client.stub, await new_workspace(contacts_service))
+    # Its own contact: the workflow, not the contact, is what the test run cannot find.
+    others_contact = await new_contact(api.contacts_address, other.ws)
     wid = created.id
     calls = [
         other.GetWorkflow(triggers_pb2.GetWorkflowRequest(workflow_id=wid)),
@@ -483,7 +490,7 @@ async def test_another_workspace_sees_nothing_of_a_workflow(
         other.GetWorkflowStats(triggers_pb2.GetWorkflowStatsRequest(workflow_id=wid)),
         other.StartTestRun(
             triggers_pb2.StartTestRunRequest(
-                workflow_id=wid, contact_id=str(uuid.uuid4()), recipient="m@example.com"
+                workflow_id=wid, contact_id=others_contact, recipient="m@example.com"
             )
         ),
         other.CancelRun(triggers_pb2.CancelRunRequest(run_id=run_id)),
@@ -632,7 +639,7 @@ async def test_a_test_run_is_queued_for_the_timer_loop_with_its_recipient(
     client: Client, api: WorkflowServer
 ) -> None:
     created = await create(client)
-    contact = str(uuid.uuid4())
+    contact = await new_contact(api.contacts_address, client.ws)
     await assert_refused(
         client.StartTestRun(
             triggers_pb2.StartTestRunRequest(
@@ -679,11 +686,38 @@ async def test_a_test_run_is_queued_for_the_timer_loop_with_its_recipient(
     assert set(violations(err)) == {"contact_id", "recipient"}
 
 
+async def test_a_test_run_of_a_contact_the_workspace_does_not_have_is_not_found(
+    client: Client, api: WorkflowServer, contacts_service: RunningService
+) -> None:
+    from tests.integration.gateway.conftest import new_workspace
+
+    created = await create(client)
+    someone_elses = await new_contact(api.contacts_address, await new_workspace(contacts_service))
+    for contact in (str(uuid.uuid4()), someone_elses):
+        err = await assert_refused(
+            client.StartTestRun(
+                triggers_pb2.StartTestRunRequest(
+                    workflow_id=created.id,
+                    contact_id=contact,
+                    recipient="manager@example.com",
+                    use_draft=True,
+                )
+            ),
+            grpc.StatusCode.NOT_FOUND,
+        )
+        assert err.details() == f"no contact {contact!r} in this workspace"
+    runs = await api.pool.fetchval(
+        "SELECT count(*) FROM runs WHERE workflow_id = $1", uuid.UUID(created.id)
+    )
+    assert runs == 0
+
+
 async def test_a_cancelled_run_ends_and_its_timer_goes(client: Client, api: WorkflowServer) -> None:
     wf = await published(client)
+    contact = await new_contact(api.contacts_address, client.ws)
     run = await client.StartTestRun(
         triggers_pb2.StartTestRunRequest(
-            workflow_id=wf.id, contact_id=str(uuid.uuid4()), recipient="manager@example.com"
+            workflow_id=wf.id, contact_id=contact, recipient="manager@example.com"
         )
     )
     cancelled = await client.CancelRun(triggers_pb2.CancelRunRequest(run_id=run.id))

@@ -875,7 +875,7 @@ class StartTestRunRequest(_message.Message):
     USE_DRAFT_FIELD_NUMBER: _builtins.int
     workflow_id: _builtins.str
     contact_id: _builtins.str
-    """whose data fills the messages"""
+    """whose data fills the messages: a contact of the workspace (NOT_FOUND otherwise)"""
     recipient: _builtins.str
     """the manager's address: every send goes here, marked [Test]"""
     use_draft: _builtins.bool
