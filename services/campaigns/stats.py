@@ -8,6 +8,10 @@ every outcome is in. Definitions (docs/campaigns.md "## Report"):
 - audience: every contact the fan-out reached (mailed or excluded); sent: handed to
   delivery; delivered: accepted by the SMTP server and not bounced by a later DSN;
   deferred: waiting for another attempt now (a deferral and no outcome yet).
+- a person's click counts as their open too (unique human opens): a reader whose mail
+  client blocks images opens without the pixel, and a click is proof that they did. So the
+  open rate is not understated by blocked images, and click-to-open never passes 100 %.
+  Totals count pixels only; a machine's click (a link scanner) implies no open.
 - rates are 0 when their denominator is 0: delivery and bounce rates per sent, complaint,
   unsubscribe and unique-open/click rates per delivered, click-to-open = unique human
   clicks / unique human opens.
@@ -62,7 +66,9 @@ SELECT variant, excluded,
     count(unknown_at) AS unknown,
     count(failed_at) AS failed,
     count(skipped_at) AS skipped,
-    count(first_human_open_at) AS opened_unique_human,
+    count(*) FILTER (
+        WHERE first_human_open_at IS NOT NULL OR first_human_click_at IS NOT NULL
+    ) AS opened_unique_human,
     count(first_machine_open_at) AS opened_unique_machine,
     coalesce(sum(human_opens), 0) AS opened_total_human,
     coalesce(sum(machine_opens), 0) AS opened_total_machine,
