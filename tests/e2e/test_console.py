@@ -244,6 +244,11 @@ async def test_a_manager_signs_in_after_a_wrong_password_sees_the_overview_and_s
     await expect(page.locator(".segment .count", has_text="…")).to_have_count(0, timeout=WAIT_MS)
     await expect(page.locator(".segment .count", has_text="\u2013")).to_have_count(0)
     assert await page.evaluate("document.documentElement.scrollWidth") <= width
+    # A recent campaign's name opens it (a draft: its editor).
+    await page.locator(".campaign .row-title").click()
+    await expect(page.locator("#campaign-name")).to_have_value(
+        "Thursday's producers", timeout=WAIT_MS
+    )
 
     await page.locator("#sign-out").click()
     await expect(page.get_by_role("heading", name="Sign in to Nudge")).to_be_visible(

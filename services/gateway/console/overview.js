@@ -104,7 +104,7 @@ function renderCampaigns(target, list) {
         h(
           'li',
           { class: 'campaign', 'data-campaign-id': c.id },
-          h('p', { class: 'row-title' }, c.name),
+          h('p', {}, h('a', { class: 'row-title', href: `#/campaigns/${encodeURIComponent(c.id)}` }, c.name)),
           h('p', { class: 'subject' }, c.subject),
           h(
             'p',
@@ -134,7 +134,7 @@ function renderWorkflows(target, list) {
         h(
           'li',
           { class: 'workflow', 'data-workflow-id': w.id },
-          h('p', { class: 'row-title' }, w.name),
+          h('p', {}, h('a', { class: 'row-title', href: '#/automations' }, w.name)),
           h('p', { class: 'meta' }, `Starts on ${w.trigger} · version ${w.version}`),
         ),
       ),
