@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -52,6 +52,7 @@ from services.gateway.entrypoints import (
 from services.gateway.entrypoints import console as console_pages
 from services.gateway.entrypoints import session as console_session
 from services.gateway.sessions import LoginThrottle, SessionStore
+from services.gateway.strict_query import reject_unknown_query
 
 NAME = "gateway"
 
@@ -61,7 +62,8 @@ Every `/v1` route needs a workspace API key: `Authorization: Bearer nk_...`, or 
 cookie of the web console (`POST /v1/session`; then every unsafe method needs the session's
 `X-CSRF-Token`). A key sees only its own workspace; another workspace's ids are *not found*.
 Errors are RFC 9457 problem details (`application/problem+json`) with a field list for
-invalid requests."""
+invalid requests; a query parameter a route does not take is one of them (422), not
+ignored."""
 
 TAGS = [
     {"name": "contacts", "description": "Contacts and their consent history."},
@@ -112,6 +114,7 @@ def create_app(
         description=DESCRIPTION,
         openapi_tags=TAGS,
         lifespan=lifespan,
+        dependencies=[Depends(reject_unknown_query)],
     )
     app.state.settings = settings
     # The console's sessions and sign-in throttle (sessions.py). The client connects on first

@@ -199,6 +199,26 @@ async def test_unknown_routes_and_methods_are_problems_too(gateway: Gateway) -> 
     assert "GET" in wrong.headers["allow"]
 
 
+async def test_an_unknown_query_parameter_is_422_naming_it_and_no_call_is_made(
+    gateway: Gateway,
+) -> None:
+    """A misspelt filter is refused, not ignored: ``?email=`` listed every contact (the
+    filter is ``q``). The message names the route's own parameters."""
+    answer = await gateway.http.get(
+        "/v1/contacts", params={"email": "ada@example.com", "q": "ada"}, headers=AUTH
+    )
+    assert (answer.status_code, answer.headers["content-type"]) == (422, PROBLEM)
+    [error] = answer.json()["errors"]
+    assert error["field"] == "query.email"
+    assert "q," in error["message"] and "page_size" in error["message"]
+    assert gateway.contacts.calls == []
+    # A route without query parameters refuses every one.
+    gateway.contacts.answers["GetContact"] = lambda request: contacts_pb2.GetContactResponse()
+    got = await gateway.http.get("/v1/contacts/c-1", params={"verbose": "1"}, headers=AUTH)
+    assert got.status_code == 422
+    assert got.json()["errors"][0]["message"] == "unknown query parameter (this route takes: none)"
+
+
 async def test_an_event_is_202_and_reaches_track_event_as_protobuf(gateway: Gateway) -> None:
     gateway.contacts.answers["TrackEvent"] = shop_pb2.TrackEventResponse(
         event_id="e-1", duplicate=False, contact_id="c-1"
