@@ -1,6 +1,7 @@
 """The console's Automations page (issue 18) in a real Chromium over the whole system: switch
 a template on, edit its delays and texts with the errors shown at their step, publish a new
-version, pause it; a viewer cannot publish; workflow texts shown as text, never run.
+version, pause it; a test run to yourself; a viewer can do neither; workflow texts shown as
+text, never run.
 
 Fixtures and helpers come from tests/e2e/test_console.py (Debian's chromium through
 Playwright; skipped, saying why, without them).
@@ -132,6 +133,56 @@ async def switched_on(http: httpx.AsyncClient, shop: Shop, name: str) -> dict[st
     return dict(published)
 
 
+async def test_a_test_run_from_the_editor_mails_the_manager_each_step_at_once(
+    system: System,
+    http: httpx.AsyncClient,
+    browser: Browser,
+) -> None:
+    """The editor's test run: find a contact, send every step to yourself at once."""
+    shop = await new_shop(system, http)
+    workflow = await switched_on(http, shop, "Carts left behind")
+    zoe = f"{unique('zoe')}@example.com"
+    await post(http, shop, "/v1/contacts", {"email": zoe, "first_name": "Zoe"})
+    await post(http, shop, "/v1/contacts", {"email": f"{unique('yan')}@example.com"})
+    context = await browser.new_context(viewport={"width": 360, "height": 740})
+    page = await context.new_page()
+    watched = watch(page)
+    await open_automations(page, system, shop.owner)
+    await (
+        page.locator(f'[data-workflow-id="{workflow["id"]}"]')
+        .get_by_role("button", name="Open")
+        .click()
+    )
+    editor = page.locator("#workflow-editor")
+    # The manager's own address to begin with; the search narrows the contacts to Zoe.
+    await expect(editor.locator("#test-run-email")).to_have_value(shop.owner, timeout=WAIT_MS)
+    await editor.locator("#test-run-search").fill(zoe)
+    await expect(editor.locator("#test-run-contact option")).to_have_count(1, timeout=WAIT_MS)
+    manager = f"{unique('boss')}@example.com"
+    await editor.locator("#test-run-email").fill(manager)
+    await editor.get_by_role("button", name="Send me a test run").click()
+    await expect(editor.locator("#test-run-result")).to_have_text(
+        f"Every mail of this automation is on its way to {manager}, marked [Test].",
+        timeout=WAIT_MS,
+    )
+
+    def to(address: str) -> list[str]:
+        return sorted(str(m["Subject"]) for m in system.mails() if address in str(m["To"]))
+
+    subjects = await eventually(lambda: len(to(manager)) == 2 and to(manager), timeout=60)
+    assert subjects == [
+        "[Test] Free shipping today only at Bottega Ada",
+        "[Test] Zoe, your cart at Bottega Ada is waiting",
+    ]
+    assert to(zoe) == []
+    # Not an address: the problem is shown, nothing is sent.
+    await editor.locator("#test-run-email").fill("nobody")
+    await editor.get_by_role("button", name="Send me a test run").click()
+    await expect(editor.locator("#test-run-result")).to_contain_text("recipient", timeout=WAIT_MS)
+    assert watched.exceptions == [] and watched.csp_violations() == []
+    await context.close()
+
+
 async def test_a_viewer_sees_an_automation_but_cannot_publish_it(
     system: System,
     http: httpx.AsyncClient,
@@ -139,6 +190,7 @@ async def test_a_viewer_sees_an_automation_but_cannot_publish_it(
 ) -> None:
     shop = await new_shop(system, http)
     workflow = await switched_on(http, shop, "Carts left behind")
+    await post(http, shop, "/v1/contacts", {"email": f"{unique('zoe')}@example.com"})
     viewer = await new_manager(http, shop.api_key, "viewer")
     context = await browser.new_context(viewport={"width": 360, "height": 740})
     page = await context.new_page()
@@ -154,6 +206,9 @@ async def test_a_viewer_sees_an_automation_but_cannot_publish_it(
     await expect(editor.get_by_role("button", name="Publish")).to_be_disabled(timeout=WAIT_MS)
     await expect(editor.locator(FIRST_DELAY)).to_be_disabled()
     await expect(editor.locator(FIRST_DELAY)).to_have_value("PT3H")
+    # A contact is there to choose, and still a viewer sends no test run.
+    await expect(editor.locator("#test-run-contact option")).to_have_count(1, timeout=WAIT_MS)
+    await expect(editor.get_by_role("button", name="Send me a test run")).to_be_disabled()
 
     # And the gateway refuses it anyway, with the session's own CSRF token.
     status = await page.evaluate(

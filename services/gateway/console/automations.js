@@ -124,6 +124,67 @@ function problemErrors(error) {
 
 // --- one workflow ------------------------------------------------------------------------------
 
+/** A test run (POST /v1/workflows/{id}/test-runs): every step at once, no waits, filled with
+ * the chosen contact's data, every mail to the manager marked [Test]. The published version,
+ * or the saved draft of a workflow never published. A viewer cannot start one. */
+function testRunPanel(workflow, ctx) {
+  const label = (c) => {
+    const name = [c.first_name, c.last_name].filter(Boolean).join(' ');
+    return name ? `${name} <${c.email}>` : c.email;
+  };
+  const readOnly = !ctx.canEdit;
+  const who = h('select', { id: 'test-run-contact', name: 'contact_id' });
+  const search = h('input', {
+    id: 'test-run-search', type: 'search', autocomplete: 'off', placeholder: 'Name or e-mail',
+  });
+  const to = h('input', { id: 'test-run-email', name: 'recipient', type: 'email', value: ctx.email || '' });
+  const button = h('button', { type: 'button', id: 'test-run', disabled: true }, 'Send me a test run');
+  const result = h('p', { id: 'test-run-result', role: 'status' });
+  let asked = 0;
+  async function find(text) {
+    const mine = (asked += 1);
+    const query = new URLSearchParams({ page_size: '20' });
+    if (text) query.set('q', text);
+    const page = await api('GET', `/v1/contacts?${query}`).catch(() => null);
+    if (!page || mine !== asked) return;
+    who.replaceChildren(...page.contacts.map((c) => h('option', { value: c.id }, label(c))));
+    button.disabled = readOnly || !page.contacts.length;
+    if (!page.contacts.length) result.textContent = 'No contact found: a test run needs one.';
+    else if (result.textContent.startsWith('No contact')) result.textContent = '';
+  }
+  let timer = null;
+  search.addEventListener('input', () => {
+    clearTimeout(timer);
+    timer = setTimeout(() => find(search.value.trim()), 300);
+  });
+  find('');
+  button.addEventListener('click', async () => {
+    button.disabled = true;
+    result.textContent = '';
+    try {
+      await api('POST', `/v1/workflows/${encodeURIComponent(workflow.id)}/test-runs`, {
+        contact_id: who.value,
+        recipient: to.value,
+        use_draft: workflow.version === 0,
+      });
+      result.textContent = `Every mail of this automation is on its way to ${to.value}, marked [Test].`;
+    } catch (error) {
+      result.textContent = problemErrors(error).map((e) => (e.field ? `${e.field}: ${e.message}` : e.message)).join(' ');
+    } finally {
+      button.disabled = readOnly;
+    }
+  });
+  return h(
+    'div',
+    { class: 'test-run' },
+    h('p', { class: 'muted' }, 'Every step at once, without the waits, with a contact\'s data; every mail comes to you marked [Test].'),
+    h('label', { for: 'test-run-search' }, 'Find a contact'), search,
+    h('label', { for: 'test-run-contact' }, 'With the data of'), who,
+    h('label', { for: 'test-run-email' }, 'Send to'), to,
+    button, result,
+  );
+}
+
 function runRow(r) {
   return h(
     'tr',
@@ -280,6 +341,8 @@ function renderEditor(target, workflow, ctx) {
     ctx.notice ? h('p', { class: 'notice', role: 'status' }, ctx.notice) : '',
     readOnly ? h('p', { class: 'muted' }, 'A viewer can look at automations but not change them.') : '',
     form,
+    h('h3', {}, 'Test run'),
+    testRunPanel(workflow, ctx),
     h('h3', {}, 'Per step'),
     stats,
     h('h3', {}, 'Runs'),
@@ -410,7 +473,10 @@ export function renderAutomations(main) {
   };
 
   api('GET', '/v1/session')
-    .then((session) => { ctx.canEdit = session.manager.role !== 'viewer'; })
+    .then((session) => {
+      ctx.canEdit = session.manager.role !== 'viewer';
+      ctx.email = session.manager.email;
+    })
     .catch(() => { ctx.canEdit = false; })
     .finally(() => {
       loadList();
