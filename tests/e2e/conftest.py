@@ -45,6 +45,10 @@ class System:
         """The mail delivery handed over, oldest first."""
         return self.smtp.messages()
 
+    def subjects_to(self, address: str) -> list[str]:
+        """The subjects of the mail to ``address`` (its To names it), sorted."""
+        return sorted(str(m["Subject"]) for m in self.mails() if address in str(m["To"]))
+
     def spans(self) -> list[dict[str, Any]]:
         return [
             json.loads(line)

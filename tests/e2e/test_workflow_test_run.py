@@ -33,10 +33,8 @@ async def test_a_test_run_through_the_gateway_mails_the_manager_each_step(
         )
         assert started.status_code in (200, 201), started.text
 
-    def to(address: str) -> list[str]:
-        return sorted(str(m["Subject"]) for m in system.mails() if address in str(m["To"]))
-
     # The reminder, then (no order since the run began) the next day's offer.
+    to = system.subjects_to
     subjects = await eventually(lambda: len(to(owner)) == 2 and to(owner), timeout=60)
     assert subjects == [
         "[Test] Cara, your cart at Bottega Ada is waiting",
