@@ -728,7 +728,63 @@ def warnings(definition: Definition) -> list[Violation]:
                     f"{MAX_BODY_LINES}",
                 )
             )
+    found.extend(_tags_read_late(definition))
     return found
+
+
+def _tags_read_late(definition: Definition) -> Iterator[Violation]:
+    """A tag step after a marketing mail changes the tag only once that mail went out, and
+    the mail may wait for the send window (all night). Meanwhile another run of the same
+    workflow (the customer's next order at 23:00) reads the old tags in its conditions and
+    takes the wrong branch: seed 002's first/second/later purchases did, until its
+    template changed the tags before the thank-you."""
+    window = definition.send_window
+    read = {c.tag for c in _conditions(definition.steps) if isinstance(c, HasTag)}
+    if not read:
+        return
+
+    def walk(
+        loc: tuple[str | int, ...], steps: Sequence[Step], after: bool
+    ) -> Iterator[tuple[tuple[str | int, ...], ChangeTags]]:
+        for i, step in enumerate(steps):
+            if isinstance(step, ChangeTags) and after:
+                yield (*loc, i), step
+            elif isinstance(step, Branch):
+                yield from walk((*loc, i, "then"), step.then, after)
+                yield from walk((*loc, i, "else"), step.otherwise, after)
+            after = after or any(_waits_for_window(s) for _, s in _walk((), [step]))
+
+    for loc, step in walk(("steps",), definition.steps, False):
+        late = sorted(read & {*step.add, *step.remove})
+        if late:
+            names = ", ".join(f"'{t}'" for t in late)
+            yield Violation(
+                path(loc),
+                f"changes {names}, which this workflow's conditions read, only after a "
+                "marketing mail that may wait for the send window (until "
+                f"{window.start:%H:%M}): a run started meanwhile (the next order) reads the "
+                "old tags. Change the tags before the send",
+            )
+
+
+def _waits_for_window(step: Step) -> bool:
+    if not isinstance(step, Send):
+        return False
+    return step.message.kind == "marketing" and step.message.respect_send_window
+
+
+def _conditions(steps: Sequence[Step]) -> Iterator[Condition]:
+    """Every condition of every branch, nested conditions included."""
+    for _, step in _walk((), steps):
+        if isinstance(step, Branch):
+            pending: list[Condition] = [step.condition]
+            while pending:
+                cond = pending.pop()
+                yield cond
+                if isinstance(cond, AllOf | AnyOf):
+                    pending.extend(cond.conditions)
+                elif isinstance(cond, Not):
+                    pending.append(cond.condition)
 
 
 def _references(source: str) -> set[tuple[str, str | None]]:

@@ -384,6 +384,44 @@ async def test_post_purchase_thanks_first_second_and_later_orders_differently_an
     assert len(mail_to(person.email)) == 3
 
 
+async def test_post_purchase_counts_orders_placed_in_the_night_before_thanking_for_them(
+    shop: Shop,
+) -> None:
+    """Three orders between 03:00 and 05:00 local, while every thank-you waits for 08:00: the
+    second must already see first_purchase and the third repeat_customer. With the tags
+    changed after the thank-you (as the template first had them), the third order found no
+    tag at all and was thanked as a first purchase."""
+    database_url = os.environ["DATABASE_URL"]
+    post_purchase = await publish(database_url, shop.ws.id, template("post_purchase"))
+    person = await shop.customer(time_zone="Pacific/Gambier")  # 12:00 UTC is 03:00 there
+
+    async def counted(tags: list[str], score: int, waiting: int) -> bool:
+        contact = await shop.contact(person.id)
+        assert (sorted(contact.tags), contact.score) == (tags, score)
+        thanks = [r for r in await runs(shop.ws.id, person.id) if r["workflow_id"] == post_purchase]
+        assert [r["state"] for r in thanks] == ["waiting"] * waiting
+        return True
+
+    await shop.order(person.id, MUGS)
+    await eventually(lambda: counted(["first_purchase"], 0, 1), timeout=60)
+    shop.move(hours=1)
+    await shop.order(person.id, TEA)
+    await eventually(lambda: counted(["repeat_customer"], 0, 2), timeout=60)
+    shop.move(hours=1)
+    await shop.order(person.id, MUGS)
+    await eventually(lambda: counted(["repeat_customer"], 10, 3), timeout=60)
+    assert mail_to(person.email) == []
+
+    shop.move_to_next(time(17, 1))  # 08:01 local
+    await eventually(lambda: len(mail_to(person.email)) == 3, timeout=60)
+    thanks = sorted(subjects(person.email))
+    assert [s.split(" from ")[0].split(" at ")[0].split(" to ")[0] for s in thanks] == [
+        "Thank you again",
+        "Thank you for your first order",
+        "Welcome back",
+    ]
+
+
 async def test_order_details_go_out_at_once_and_the_cross_sell_two_days_later_at_ten(
     shop: Shop,
 ) -> None:

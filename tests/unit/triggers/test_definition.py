@@ -589,6 +589,42 @@ def test_more_than_four_lines_of_text_is_warned() -> None:
     assert list(found) == ["definition.steps[0].message.body_text"]
 
 
+def tag(step_id: str, **change: list[str]) -> dict[str, Any]:
+    return {"id": step_id, "type": "tag", **change}
+
+
+def test_a_tag_its_conditions_read_changed_after_a_mail_that_may_wait_is_warned() -> None:
+    """Seed 002 as first written: the second order's run removed first_purchase, then waited
+    for the window to thank, then added repeat_customer; a third order at night read
+    neither tag and was thanked as a first purchase."""
+    steps = [
+        {
+            "id": "b",
+            "type": "branch",
+            "condition": {"type": "not", "condition": {"type": "has_tag", "tag": "repeat"}},
+            "then": [tag("before", remove=["first"]), send("thanks"), tag("after", add=["repeat"])],
+            "else": [send("again"), tag("other", add=["unrelated"])],
+        },
+        tag("last", remove=["repeat"]),
+    ]
+    found = warned(doc(trigger={"event": "order_placed"}, steps=steps))
+    assert set(found) == {"definition.steps[0].then[2]", "definition.steps[1]"}
+    assert "'repeat'" in found["definition.steps[1]"]
+    assert "08:00" in found["definition.steps[1]"]
+
+
+def test_a_tag_after_a_mail_that_does_not_wait_for_the_window_is_not_warned() -> None:
+    condition = {"type": "has_tag", "tag": "t"}
+    for message in ({"kind": "transactional"}, {"respect_send_window": False}):
+        steps = [
+            {"id": "b", "type": "branch", "condition": condition, "then": [send(**message)]},
+            tag("t", add=["t"]),
+        ]
+        assert warned(doc(trigger={"event": "order_placed"}, steps=steps)) == {}
+    # Nothing reads the tag: changing it late harms nobody.
+    assert warned(doc(steps=[send(), tag("t", add=["t"])])) == {}
+
+
 # ---------------------------------------------------------------- export
 
 

@@ -191,8 +191,8 @@ def test_post_purchase_second_purchase_swaps_the_tags_and_thanks_for_coming_back
     result = walk("post_purchase", state("r2"), facts)
     assert summary(result) == [
         ("tags", ((), ("first_purchase",))),
-        ("send", "thank_you_for_coming_back"),
         ("tags", (("repeat_customer",), ())),
+        ("send", "thank_you_for_coming_back"),
     ]
     assert result.end_reason == "completed"
 
@@ -204,7 +204,7 @@ def test_post_purchase_every_later_purchase_thanks_and_adds_10_to_the_score(run:
     earlier = frozenset(compile_definition(BY_ID["post_purchase"].definition).steps)
     facts = Facts(tags=frozenset({"repeat_customer"}), done_in_earlier_runs=earlier)
     result = walk("post_purchase", state(run), facts)
-    assert summary(result) == [("send", "thank_you_again"), ("score", 10)]
+    assert summary(result) == [("score", 10), ("send", "thank_you_again")]
     assert result.end_reason == "completed"
 
 
