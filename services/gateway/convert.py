@@ -341,7 +341,9 @@ def _event_kind(body: schemas.EventIn) -> Message:
         case schemas.SearchedEvent():
             return shop_pb2.Searched(query=(body.data or schemas.SearchedData()).query)
         case schemas.LoginFailedEvent():
-            return shop_pb2.LoginFailed()
+            return shop_pb2.LoginFailed(
+                reset_url=(body.data or schemas.LoginFailedData()).reset_url
+            )
 
 
 def _money(money: schemas.Money | None) -> shop_pb2.Money | None:

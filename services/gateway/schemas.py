@@ -623,7 +623,12 @@ class SearchedData(StrictModel):
 
 
 class LoginFailedData(StrictModel):
-    pass
+    reset_url: Url = Field(
+        "",
+        description="A link to choose a new password, made by the shop for this customer"
+        " (short-lived, single-use): the password reminder mails it, never through click"
+        " tracking.",
+    )
 
 
 class _EventIn(StrictModel):

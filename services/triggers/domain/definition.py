@@ -82,7 +82,7 @@ RUN_VARS: Mapping[str, tuple[str, ...]] = {
     "order_refunded": (),
     "page_viewed": ("product_id", "category", "url"),
     "searched": ("query",),
-    "login_failed": (),
+    "login_failed": ("reset_url",),
     "message_opened": _TRACKING_VARS,
     "link_clicked": _TRACKING_VARS,
     "segment_entered": ("segment_id",),

@@ -93,6 +93,7 @@ SAMPLE_VARS: dict[str, dict[str, str]] = {
         "url": "https://shop.example/p/test-product",
     },
     "searched": {"query": "blue mug"},
+    "login_failed": {"reset_url": "https://shop.example/password/reset?token=test"},
     "segment_entered": {"segment_id": "test-segment"},
     "segment_exited": {"segment_id": "test-segment"},
     "date_reached": {"date_field": "birthday", "years": "1"},

@@ -190,7 +190,10 @@ def _shop(envelope: Envelope) -> Observation | None:
     if kind == "order_refunded":
         seen = SeenEvent(event=kind, occurred_at=at, key=event.order_refunded.order_id)
         return Observation(ws, contact, eid, seen, {"order_id": event.order_refunded.order_id})
-    # signed_up, login_failed: nothing but the fact.
+    if kind == "login_failed":
+        seen = SeenEvent(event=kind, occurred_at=at)
+        return Observation(ws, contact, eid, seen, {"reset_url": event.login_failed.reset_url})
+    # signed_up: nothing but the fact.
     return Observation(ws, contact, eid, SeenEvent(event=kind, occurred_at=at))
 
 

@@ -576,9 +576,14 @@ async def test_a_failed_login_gets_help_at_once_even_without_consent_at_most_onc
     database_url = os.environ["DATABASE_URL"]
     await publish(database_url, shop.ws.id, template("password_reminder"))
     person = await shop.customer(consents=False)
-    failed = shop_pb2.ShopEvent(login_failed=shop_pb2.LoginFailed())
-    await shop.report(person.id, failed)
+    reset = f"https://shop.example/password/reset?token={unique('t')}"
+    await shop.report(
+        person.id, shop_pb2.ShopEvent(login_failed=shop_pb2.LoginFailed(reset_url=reset))
+    )
     await eventually(has_mail(person.email, "Trouble signing in to"), timeout=60)
+    # The shop's reset link as given: transactional mail is never rewritten for tracking.
+    assert f"Choose a new password here: {reset}" in body(mail_to(person.email)[0]).splitlines()
+    failed = shop_pb2.ShopEvent(login_failed=shop_pb2.LoginFailed())
     # Twenty minutes later, again: the hour is not over, no second run.
     shop.move(minutes=20)
     again = await shop.report(person.id, failed)
@@ -591,6 +596,8 @@ async def test_a_failed_login_gets_help_at_once_even_without_consent_at_most_onc
     await eventually(has_mail(person.email, "Trouble signing in to", 2), timeout=60)
     assert [r["state"] for r in await runs(shop.ws.id, person.id)] == ["completed"] * 2
     assert len(mail_to(person.email)) == 2
+    # Without a link, the way to the shop's own "Forgot password".
+    assert '"Forgot password" on the sign-in page' in body(mail_to(person.email)[1])
 
 
 async def test_passing_a_thousand_euros_in_orders_thanks_a_best_customer_once(

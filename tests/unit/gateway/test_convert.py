@@ -42,6 +42,19 @@ def test_every_event_type_becomes_its_shop_event_member(kind: str) -> None:
     assert not request.event.HasField("occurred_at")
 
 
+def test_a_failed_login_carries_the_shops_reset_link() -> None:
+    link = "https://shop.example/password/reset?token=abc"
+    body = TypeAdapter(schemas.EventIn).validate_python(
+        {
+            "idempotency_key": "k",
+            "contact": {"email": "a@b.c"},
+            "type": "login_failed",
+            "data": {"reset_url": link},
+        }
+    )
+    assert convert.track_event_request(body).event.login_failed.reset_url == link
+
+
 @pytest.mark.parametrize(
     ("service_field", "json_field"),
     [

@@ -110,6 +110,17 @@ def test_signup_anniversary_counts_the_years() -> None:
     assert render_body(info, "anniversary", years="3").startswith("3 years with Tea House\n")
 
 
+def test_the_password_reminder_gives_the_shops_reset_link_when_the_event_has_one() -> None:
+    info = BY_ID["password_reminder"]
+    link = "https://tea.example/reset?token=abc"
+    with_link = render_body(info, "password_help", reset_url=link)
+    assert f"Choose a new password here: {link}\n" in with_link
+    assert "Forgot password" not in with_link
+    without = render_body(info, "password_help", reset_url="")
+    assert 'Choose a new one with "Forgot password" on the sign-in page.\n' in without
+    assert "Choose a new password here" not in without
+
+
 def test_the_triggers_and_entry_rules_the_issue_asks_for() -> None:
     cart = BY_ID["abandoned_cart"].definition
     assert (cart.trigger.event, cart.trigger.filter.min_items) == ("cart_updated", 1)

@@ -26,15 +26,15 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from nudge.contacts.v1 import contacts_pb2 as nudge_dot_contacts_dot_v1_dot_contacts__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18nudge/shop/v1/shop.proto\x12\rnudge.shop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nudge/contacts/v1/contacts.proto\"/\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"z\n\x08LineItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12(\n\nunit_price\x18\x05 \x01(\x0b\x32\x14.nudge.shop.v1.Money\"\n\n\x08SignedUp\"}\n\x0b\x43\x61rtUpdated\x12\x0f\n\x07\x63\x61rt_id\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.nudge.shop.v1.LineItem\x12#\n\x05total\x18\x03 \x01(\x0b\x32\x14.nudge.shop.v1.Money\x12\x10\n\x08\x63\x61rt_url\x18\x04 \x01(\t\"}\n\x0bOrderPlaced\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rt_id\x18\x02 \x01(\t\x12&\n\x05items\x18\x03 \x03(\x0b\x32\x17.nudge.shop.v1.LineItem\x12#\n\x05total\x18\x04 \x01(\x0b\x32\x14.nudge.shop.v1.Money\"\"\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\"!\n\rOrderRefunded\x12\x10\n\x08order_id\x18\x01 \x01(\t\"?\n\nPageViewed\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\"\x19\n\x08Searched\x12\r\n\x05query\x18\x01 \x01(\t\"\r\n\x0bLoginFailed\"\xf3\x03\n\tShopEvent\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\tsigned_up\x18\n \x01(\x0b\x32\x17.nudge.shop.v1.SignedUpH\x00\x12\x32\n\x0c\x63\x61rt_updated\x18\x0b \x01(\x0b\x32\x1a.nudge.shop.v1.CartUpdatedH\x00\x12\x32\n\x0corder_placed\x18\x0c \x01(\x0b\x32\x1a.nudge.shop.v1.OrderPlacedH\x00\x12\x38\n\x0forder_cancelled\x18\r \x01(\x0b\x32\x1d.nudge.shop.v1.OrderCancelledH\x00\x12\x36\n\x0eorder_refunded\x18\x0e \x01(\x0b\x32\x1c.nudge.shop.v1.OrderRefundedH\x00\x12\x30\n\x0bpage_viewed\x18\x0f \x01(\x0b\x32\x19.nudge.shop.v1.PageViewedH\x00\x12+\n\x08searched\x18\x10 \x01(\x0b\x32\x17.nudge.shop.v1.SearchedH\x00\x12\x32\n\x0clogin_failed\x18\x11 \x01(\x0b\x32\x1a.nudge.shop.v1.LoginFailedH\x00\x42\x06\n\x04kind\"\x85\x01\n\x11TrackEventRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12.\n\x07\x63ontact\x18\x02 \x01(\x0b\x32\x1d.nudge.contacts.v1.ContactRef\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x18.nudge.shop.v1.ShopEvent\"M\n\x12TrackEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x12\n\ncontact_id\x18\x03 \x01(\t\"F\n\x12TrackEventsRequest\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32 .nudge.shop.v1.TrackEventRequest\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xac\x01\n\x10TrackEventResult\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.nudge.shop.v1.TrackEventStatus\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x31\n\nviolations\x18\x04 \x03(\x0b\x32\x1d.nudge.shop.v1.FieldViolation\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"G\n\x13TrackEventsResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.nudge.shop.v1.TrackEventResult*\xe4\x01\n\x10TrackEventStatus\x12\"\n\x1eTRACK_EVENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTRACK_EVENT_STATUS_ACCEPTED\x10\x01\x12 \n\x1cTRACK_EVENT_STATUS_DUPLICATE\x10\x02\x12\x1f\n\x1bTRACK_EVENT_STATUS_CONFLICT\x10\x03\x12\x1e\n\x1aTRACK_EVENT_STATUS_INVALID\x10\x04\x12(\n$TRACK_EVENT_STATUS_CONTACT_NOT_FOUND\x10\x05\x32\xbb\x01\n\x10ShopEventService\x12Q\n\nTrackEvent\x12 .nudge.shop.v1.TrackEventRequest\x1a!.nudge.shop.v1.TrackEventResponse\x12T\n\x0bTrackEvents\x12!.nudge.shop.v1.TrackEventsRequest\x1a\".nudge.shop.v1.TrackEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18nudge/shop/v1/shop.proto\x12\rnudge.shop.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a nudge/contacts/v1/contacts.proto\"/\n\x05Money\x12\x14\n\x0c\x61mount_minor\x18\x01 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\"z\n\x08LineItem\x12\x12\n\nproduct_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x05\x12(\n\nunit_price\x18\x05 \x01(\x0b\x32\x14.nudge.shop.v1.Money\"\n\n\x08SignedUp\"}\n\x0b\x43\x61rtUpdated\x12\x0f\n\x07\x63\x61rt_id\x18\x01 \x01(\t\x12&\n\x05items\x18\x02 \x03(\x0b\x32\x17.nudge.shop.v1.LineItem\x12#\n\x05total\x18\x03 \x01(\x0b\x32\x14.nudge.shop.v1.Money\x12\x10\n\x08\x63\x61rt_url\x18\x04 \x01(\t\"}\n\x0bOrderPlaced\x12\x10\n\x08order_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61rt_id\x18\x02 \x01(\t\x12&\n\x05items\x18\x03 \x03(\x0b\x32\x17.nudge.shop.v1.LineItem\x12#\n\x05total\x18\x04 \x01(\x0b\x32\x14.nudge.shop.v1.Money\"\"\n\x0eOrderCancelled\x12\x10\n\x08order_id\x18\x01 \x01(\t\"!\n\rOrderRefunded\x12\x10\n\x08order_id\x18\x01 \x01(\t\"?\n\nPageViewed\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x12\n\nproduct_id\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x03 \x01(\t\"\x19\n\x08Searched\x12\r\n\x05query\x18\x01 \x01(\t\" \n\x0bLoginFailed\x12\x11\n\treset_url\x18\x01 \x01(\t\"\xf3\x03\n\tShopEvent\x12\x12\n\ncontact_id\x18\x01 \x01(\t\x12/\n\x0boccurred_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\tsigned_up\x18\n \x01(\x0b\x32\x17.nudge.shop.v1.SignedUpH\x00\x12\x32\n\x0c\x63\x61rt_updated\x18\x0b \x01(\x0b\x32\x1a.nudge.shop.v1.CartUpdatedH\x00\x12\x32\n\x0corder_placed\x18\x0c \x01(\x0b\x32\x1a.nudge.shop.v1.OrderPlacedH\x00\x12\x38\n\x0forder_cancelled\x18\r \x01(\x0b\x32\x1d.nudge.shop.v1.OrderCancelledH\x00\x12\x36\n\x0eorder_refunded\x18\x0e \x01(\x0b\x32\x1c.nudge.shop.v1.OrderRefundedH\x00\x12\x30\n\x0bpage_viewed\x18\x0f \x01(\x0b\x32\x19.nudge.shop.v1.PageViewedH\x00\x12+\n\x08searched\x18\x10 \x01(\x0b\x32\x17.nudge.shop.v1.SearchedH\x00\x12\x32\n\x0clogin_failed\x18\x11 \x01(\x0b\x32\x1a.nudge.shop.v1.LoginFailedH\x00\x42\x06\n\x04kind\"\x85\x01\n\x11TrackEventRequest\x12\x17\n\x0fidempotency_key\x18\x01 \x01(\t\x12.\n\x07\x63ontact\x18\x02 \x01(\x0b\x32\x1d.nudge.contacts.v1.ContactRef\x12\'\n\x05\x65vent\x18\x03 \x01(\x0b\x32\x18.nudge.shop.v1.ShopEvent\"M\n\x12TrackEventResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\x12\x12\n\ncontact_id\x18\x03 \x01(\t\"F\n\x12TrackEventsRequest\x12\x30\n\x06\x65vents\x18\x01 \x03(\x0b\x32 .nudge.shop.v1.TrackEventRequest\"4\n\x0e\x46ieldViolation\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xac\x01\n\x10TrackEventResult\x12/\n\x06status\x18\x01 \x01(\x0e\x32\x1f.nudge.shop.v1.TrackEventStatus\x12\x10\n\x08\x65vent_id\x18\x02 \x01(\t\x12\x12\n\ncontact_id\x18\x03 \x01(\t\x12\x31\n\nviolations\x18\x04 \x03(\x0b\x32\x1d.nudge.shop.v1.FieldViolation\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\"G\n\x13TrackEventsResponse\x12\x30\n\x07results\x18\x01 \x03(\x0b\x32\x1f.nudge.shop.v1.TrackEventResult*\xe4\x01\n\x10TrackEventStatus\x12\"\n\x1eTRACK_EVENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1bTRACK_EVENT_STATUS_ACCEPTED\x10\x01\x12 \n\x1cTRACK_EVENT_STATUS_DUPLICATE\x10\x02\x12\x1f\n\x1bTRACK_EVENT_STATUS_CONFLICT\x10\x03\x12\x1e\n\x1aTRACK_EVENT_STATUS_INVALID\x10\x04\x12(\n$TRACK_EVENT_STATUS_CONTACT_NOT_FOUND\x10\x05\x32\xbb\x01\n\x10ShopEventService\x12Q\n\nTrackEvent\x12 .nudge.shop.v1.TrackEventRequest\x1a!.nudge.shop.v1.TrackEventResponse\x12T\n\x0bTrackEvents\x12!.nudge.shop.v1.TrackEventsRequest\x1a\".nudge.shop.v1.TrackEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nudge.shop.v1.shop_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TRACKEVENTSTATUS']._serialized_start=1819
-  _globals['_TRACKEVENTSTATUS']._serialized_end=2047
+  _globals['_TRACKEVENTSTATUS']._serialized_start=1838
+  _globals['_TRACKEVENTSTATUS']._serialized_end=2066
   _globals['_MONEY']._serialized_start=110
   _globals['_MONEY']._serialized_end=157
   _globals['_LINEITEM']._serialized_start=159
@@ -54,21 +54,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SEARCHED']._serialized_start=685
   _globals['_SEARCHED']._serialized_end=710
   _globals['_LOGINFAILED']._serialized_start=712
-  _globals['_LOGINFAILED']._serialized_end=725
-  _globals['_SHOPEVENT']._serialized_start=728
-  _globals['_SHOPEVENT']._serialized_end=1227
-  _globals['_TRACKEVENTREQUEST']._serialized_start=1230
-  _globals['_TRACKEVENTREQUEST']._serialized_end=1363
-  _globals['_TRACKEVENTRESPONSE']._serialized_start=1365
-  _globals['_TRACKEVENTRESPONSE']._serialized_end=1442
-  _globals['_TRACKEVENTSREQUEST']._serialized_start=1444
-  _globals['_TRACKEVENTSREQUEST']._serialized_end=1514
-  _globals['_FIELDVIOLATION']._serialized_start=1516
-  _globals['_FIELDVIOLATION']._serialized_end=1568
-  _globals['_TRACKEVENTRESULT']._serialized_start=1571
-  _globals['_TRACKEVENTRESULT']._serialized_end=1743
-  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1745
-  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1816
-  _globals['_SHOPEVENTSERVICE']._serialized_start=2050
-  _globals['_SHOPEVENTSERVICE']._serialized_end=2237
+  _globals['_LOGINFAILED']._serialized_end=744
+  _globals['_SHOPEVENT']._serialized_start=747
+  _globals['_SHOPEVENT']._serialized_end=1246
+  _globals['_TRACKEVENTREQUEST']._serialized_start=1249
+  _globals['_TRACKEVENTREQUEST']._serialized_end=1382
+  _globals['_TRACKEVENTRESPONSE']._serialized_start=1384
+  _globals['_TRACKEVENTRESPONSE']._serialized_end=1461
+  _globals['_TRACKEVENTSREQUEST']._serialized_start=1463
+  _globals['_TRACKEVENTSREQUEST']._serialized_end=1533
+  _globals['_FIELDVIOLATION']._serialized_start=1535
+  _globals['_FIELDVIOLATION']._serialized_end=1587
+  _globals['_TRACKEVENTRESULT']._serialized_start=1590
+  _globals['_TRACKEVENTRESULT']._serialized_end=1762
+  _globals['_TRACKEVENTSRESPONSE']._serialized_start=1764
+  _globals['_TRACKEVENTSRESPONSE']._serialized_end=1835
+  _globals['_SHOPEVENTSERVICE']._serialized_start=2069
+  _globals['_SHOPEVENTSERVICE']._serialized_end=2256
 # @@protoc_insertion_point(module_scope)

@@ -274,12 +274,20 @@ Global___Searched: _TypeAlias = Searched  # noqa: Y015
 class LoginFailed(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    RESET_URL_FIELD_NUMBER: _builtins.int
+    reset_url: _builtins.str
+    """A link to choose a new password, made by the platform for this customer (optional).
+    Short-lived and single-use is the platform's part: Nudge mails it as given, in
+    transactional mail only, never through click tracking.
+    """
     def __init__(
         self,
+        *,
+        reset_url: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reset_url", b"reset_url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
