@@ -28,7 +28,7 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
 
 from tests.integration.conftest import RunningService, Workspace, run_in_process
-from tests.integration.triggers.support import MovableClock, publish, run_steps
+from tests.integration.triggers.support import MovableClock, publish
 from tests.mail import mails
 from tests.support import eventually, fetchval, free_port, triggers_consumed, unique
 
@@ -538,15 +538,57 @@ async def test_browse_abandonment_reminds_of_a_product_page_unless_it_went_into_
     shop.move(hours=2, minutes=5)
     await eventually(has_mail(browser.email, "Still thinking it over?"), timeout=60)
     assert "Still thinking it over?" in subjects(browser.email)[0]
-    await eventually(runs_like(shop.ws.id, shopper.id, [("completed", "completed")]), timeout=60)
-    [shopper_run] = await runs(shop.ws.id, shopper.id)
-    assert await run_steps(os.environ["DATABASE_URL"], shop.ws.id, shopper_run["id"]) == [
-        ("wait_2h", "done"),
-        ("no_cart", "no"),
-    ]
+    await eventually(
+        runs_like(shop.ws.id, shopper.id, [("exited", "exit_rule:cart_updated")]), timeout=60
+    )
     assert mail_to(shopper.email) == []
     assert [(r["state"]) for r in await runs(shop.ws.id, browser.id)] == ["completed"]
     assert len(mail_to(browser.email)) == 1
+
+
+async def test_what_went_into_a_cart_at_night_is_not_reminded_of_in_the_morning(
+    shop: Shop,
+) -> None:
+    """Browsing and searching at 20:00 local: the reminders fall due after 21:00 and wait for
+    08:00. A cart filled meanwhile ends them (as an order does): before the templates' exit
+    rule on cart_updated, their condition had been checked at 22:00 and the mail went out in
+    the morning anyway, next to the cart's own reminder."""
+    database_url = os.environ["DATABASE_URL"]
+    await publish(database_url, shop.ws.id, template("browse_abandonment"))
+    await publish(database_url, shop.ws.id, template("search_follow_up"))
+    # 12:00 UTC is 20:00 in Asia/Shanghai (UTC+8, no summer time); 08:00 there is 00:00 UTC.
+    idle, browser, searcher = [await shop.customer(time_zone="Asia/Shanghai") for _ in range(3)]
+    teapot = shop_pb2.ShopEvent(
+        page_viewed=shop_pb2.PageViewed(
+            url="https://shop.example/p/teapot", product_id="teapot", category="tea"
+        )
+    )
+    for person in (idle, browser):
+        await shop.report(person.id, teapot)
+    await shop.report(searcher.id, shop_pb2.ShopEvent(searched=shop_pb2.Searched(query="teapot")))
+    for person in (idle, browser, searcher):
+        await eventually(runs_like(shop.ws.id, person.id, [("waiting", "")]), timeout=60)
+
+    shop.move(hours=2, minutes=5)  # 22:05 local: due, and held by the send window
+    morning = datetime.combine(shop.clock.now().date() + timedelta(days=1), time(0), tzinfo=UTC)
+
+    async def held(person: contacts_pb2.Contact) -> bool:
+        assert [(r["state"], r["next_wake_at"]) for r in await runs(shop.ws.id, person.id)] == [
+            ("waiting", morning)
+        ]
+        return True
+
+    for person in (idle, browser, searcher):
+        await eventually(functools.partial(held, person), timeout=60)
+    for person in (browser, searcher):
+        await shop.cart(person.id, f"cart-{person.id}", TEA)
+        await eventually(
+            runs_like(shop.ws.id, person.id, [("exited", "exit_rule:cart_updated")]), timeout=60
+        )
+
+    shop.move_to_next(time(0, 5))  # 08:05 local
+    await eventually(has_mail(idle.email, "Still thinking it over?"), timeout=60)
+    assert mail_to(browser.email) == mail_to(searcher.email) == []
 
 
 async def test_search_follow_up_asks_an_hour_later_unless_the_searcher_ordered(
