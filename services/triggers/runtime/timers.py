@@ -220,7 +220,13 @@ class TimerLoop:
             )
             pending.append(runs.Pending(compiled, run, now))
         await self._put_back(conn, paused, now + runs.PAUSED_HOLD)
-        await runs.advance_many(conn, self._engine, pending, now)
+        # One contact's runs one after the other (in the order they fell due), as events
+        # advance them: the second must see the first's mail (the frequency cap) and tags.
+        # Advanced together, each read the facts from before the round.
+        due = {str(t["run_id"]): t["due_at"] for t in timers}
+        pending.sort(key=lambda p: (due[p.run.id], p.run.started_at))
+        for wave in runs.waves(pending, lambda p: (p.run.workspace_id, p.run.contact_id)):
+            await runs.advance_many(conn, self._engine, wave, now)
 
     async def _put_back(
         self,

@@ -220,6 +220,51 @@ async def test_a_second_marketing_mail_within_the_cap_is_skipped(
     assert len(await delivery_requests(bootstrap_servers(), ws)) == 1
 
 
+async def test_two_runs_of_one_contact_woken_in_one_round_respect_the_cap_together(
+    triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
+) -> None:
+    """Two orders, each run waiting an hour: the timer loop wakes both in one round. They
+    are advanced one after the other, as events are, so the second sees the first's mail:
+    advanced together, both read "no mail yet" and both went out past the cap (found by hand:
+    four thank-yous at 08:00 under a cap of one)."""
+    ws, contact = new_ids()
+    await publish(
+        database_url(),
+        ws,
+        {
+            "name": "Order follow-up",
+            "trigger": {"event": "order_placed"},
+            "entry": {"concurrency": "unlimited"},
+            "send_window": ALL_DAY,
+            "steps": [
+                {"id": "wait", "type": "wait", "duration": "PT1H"},
+                {
+                    "id": "offer",
+                    "type": "send",
+                    "message": {"subject": "An offer", "body_text": "x"},
+                },
+            ],
+        },
+    )
+    await producer.shop(ws, contact, order("o-1"))
+    await producer.shop(ws, contact, order("o-2"))
+
+    async def runs_in(state: str) -> list[Any]:
+        rows = await run_rows(database_url(), ws)
+        return rows if len(rows) == 2 and all(r["state"] == state for r in rows) else []
+
+    await eventually(lambda: runs_in("waiting"), timeout=60)
+    engine_clock.advance(hours=2)  # both timers fall due at once
+    runs = await eventually(lambda: runs_in("completed"), timeout=60)
+    outcomes = sorted([await run_steps(database_url(), ws, r["id"]) for r in runs])
+    assert outcomes == [
+        [("wait", "done"), ("offer", "done")],
+        [("wait", "done"), ("offer", "skipped:frequency_cap")],
+    ]
+    await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
+    assert len(await delivery_requests(bootstrap_servers(), ws)) == 1
+
+
 async def test_a_deleted_contacts_runs_end_and_send_nothing(
     triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
 ) -> None:
