@@ -193,7 +193,10 @@ async def test_a_connection_that_looks_alive_but_is_dead_is_replaced_before_data
 ) -> None:
     """The drop is not yet seen when the connection is taken (no NOOP, the check comes only
     after an idle spell): MAIL fails, the message goes on a new connection, once."""
-    pool = pool_for(proxy.url_through(smtp.url), max_connections=1, check_after_idle_s=3600)
+    # The paused transport never reads the close: its MAIL fails only by the timeout.
+    pool = pool_for(
+        proxy.url_through(smtp.url), timeout_s=3, max_connections=1, check_after_idle_s=3600
+    )
     await send(pool, f"{unique('r')}@shop.example")
     [kept] = pool._idle
     # The pool has not seen the close yet: the transport is still there when MAIL goes.
@@ -226,7 +229,8 @@ async def test_a_dead_connection_is_found_by_noop_after_an_idle_spell(
     smtp: CountingSmtp, proxy: Proxy
 ) -> None:
     clock = Clock()
-    pool = pool_for(proxy.url_through(smtp.url), clock=clock, check_after_idle_s=2)
+    # The paused transport never reads the close: its NOOP fails only by the timeout.
+    pool = pool_for(proxy.url_through(smtp.url), timeout_s=3, clock=clock, check_after_idle_s=2)
     await send(pool, f"{unique('r')}@shop.example")
     [kept] = pool._idle
     kept.client.transport.pause_reading()  # type: ignore[union-attr]
