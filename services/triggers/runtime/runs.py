@@ -641,15 +641,16 @@ async def _load_inputs(
     contacts = [p.run.contact_id for p in pending]
     caps = await _caps(engine, pending)
     # The facts and the frequency cap in one statement (both one row per run); the mails
-    # are counted only for the runs that respect the cap (the others' cap is NULL).
+    # are counted only for the runs that respect the cap (the others' cap is NULL), and only
+    # those of other runs: a run's own reminder does not hold back its next step.
     rows = await conn.fetch(
         "SELECT q.i, f.contact_id IS NOT NULL AS known, f.tags, f.attributes, f.segments,"
         " f.time_zone, CASE WHEN q.cap IS NULL THEN false ELSE q.cap <= (SELECT count(*)"
         " FROM contact_sends s WHERE s.workspace_id = q.w AND s.contact_id = q.c"
-        " AND s.sent_at > q.since) END AS capped"
+        " AND s.sent_at > q.since AND s.run_id IS DISTINCT FROM q.r) END AS capped"
         " FROM unnest($1::text::int[], $2::text::uuid[], $3::text::uuid[], $4::timestamptz[],"
-        "  $5::text::int[])"
-        " AS q(i, w, c, since, cap)"
+        "  $5::text::int[], $6::text::uuid[])"
+        " AS q(i, w, c, since, cap, r)"
         " LEFT JOIN contact_facts f ON f.workspace_id = q.w AND f.contact_id = q.c",
         id_array(map(str, n)),
         id_array(ws),
@@ -659,6 +660,7 @@ async def _load_inputs(
             for p, cap in zip(pending, caps, strict=True)
         ],
         id_array(cap.messages if cap else None for cap in caps),
+        id_array(p.run.id for p in pending),
     )
     known = {r["i"]: r for r in rows if r["known"]}
     capped = {r["i"] for r in rows if r["capped"]}
@@ -813,7 +815,9 @@ class Writes:
             # its campaign's: delivery reads the contact's data with it.
             request.kind = delivery_pb2.MESSAGE_KIND_TEST
             request.test_recipient = run.test_recipient
-        elif request.kind == delivery_pb2.MESSAGE_KIND_AUTOMATION:
+        elif request.kind == delivery_pb2.MESSAGE_KIND_AUTOMATION and message.respect_frequency_cap:
+            # Counted for the cap. A mail the workflow exempts from it (a direct answer:
+            # the welcome letter, an order's thank-you) neither waits for it nor uses it up.
             self.sends.append((run, mail.message_id, now))
         envelope = new_envelope(
             run.workspace_id, request, event_id=mail.message_id, occurred_at=now
@@ -842,13 +846,14 @@ class Writes:
         await add_many_to_outbox(conn, SCHEMA, DELIVERY_REQUESTS, self.mails)
         if self.sends:
             await conn.execute(
-                "INSERT INTO contact_sends (workspace_id, contact_id, message_id, sent_at)"
-                " SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])"
-                " ON CONFLICT DO NOTHING",
+                "INSERT INTO contact_sends (workspace_id, contact_id, message_id, sent_at,"
+                " run_id) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[],"
+                " $4::timestamptz[], $5::text::uuid[]) ON CONFLICT DO NOTHING",
                 [r.workspace_id for r, _, _ in self.sends],
                 [r.contact_id for r, _, _ in self.sends],
                 [m for _, m, _ in self.sends],
                 [at for _, _, at in self.sends],
+                id_array(r.id for r, _, _ in self.sends),
             )
         if self.commands:
             await conn.execute(

@@ -10,6 +10,7 @@ from typing import Any
 from nudge.contacts.v1 import contacts_pb2
 from nudge.contacts.v1 import events_pb2 as contacts_events
 from nudge.segmentation.v1 import events_pb2 as segmentation_events
+from nudge.shop.v1 import shop_pb2
 
 from tests.integration.conftest import RunningService
 from tests.integration.triggers.support import (
@@ -263,6 +264,70 @@ async def test_two_runs_of_one_contact_woken_in_one_round_respect_the_cap_togeth
     ]
     await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
     assert len(await delivery_requests(bootstrap_servers(), ws)) == 1
+
+
+async def test_a_runs_own_mail_does_not_cap_its_next_step_nor_an_exempt_mail_anyones(
+    triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
+) -> None:
+    """Under the default cap (one marketing mail per 30 days): the abandoned cart's reminder
+    and its offer the next day are one conversation, both go; a welcome letter exempt from
+    the cap does not use it up. Counted as before, the offer was always skipped, and after a
+    welcome the reminder too."""
+    ws, contact = new_ids()
+    await publish(
+        database_url(),
+        ws,
+        {
+            "name": "Welcome",
+            "trigger": {"event": "signed_up"},
+            "send_window": ALL_DAY,
+            "steps": [
+                {
+                    "id": "welcome",
+                    "type": "send",
+                    "message": {
+                        "subject": "Welcome",
+                        "body_text": "x",
+                        "respect_frequency_cap": False,
+                    },
+                }
+            ],
+        },
+    )
+    await publish(
+        database_url(),
+        ws,
+        {
+            "name": "Two mails",
+            "trigger": {"event": "order_placed"},
+            "entry": {"concurrency": "unlimited"},
+            "send_window": ALL_DAY,
+            "steps": [
+                {"id": "reminder", "type": "send", "message": {"subject": "1", "body_text": "x"}},
+                {"id": "wait", "type": "wait", "duration": "P1D"},
+                {"id": "offer", "type": "send", "message": {"subject": "2", "body_text": "x"}},
+            ],
+        },
+    )
+    await producer.shop(ws, contact, shop_pb2.ShopEvent(signed_up=shop_pb2.SignedUp()))
+    await producer.shop(ws, contact, order("o-1"))
+
+    async def states(expected: list[str]) -> list[Any]:
+        rows = await run_rows(database_url(), ws)
+        return rows if sorted(r["state"] for r in rows) == expected else []
+
+    await eventually(lambda: states(["completed", "waiting"]), timeout=60)
+    engine_clock.advance(hours=25)
+    await eventually(lambda: states(["completed", "completed"]), timeout=60)
+    # Another order, another run: the first run's two mails count against it.
+    await producer.shop(ws, contact, order("o-2"))
+    runs = await eventually(lambda: states(["completed", "completed", "waiting"]), timeout=60)
+    steps = sorted([await run_steps(database_url(), ws, r["id"]) for r in runs])
+    assert steps[0] == [("reminder", "done"), ("wait", "done"), ("offer", "done")]
+    assert steps[1][0] == ("reminder", "skipped:frequency_cap")
+    assert steps[2] == [("welcome", "done")]
+    await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
+    assert len(await delivery_requests(bootstrap_servers(), ws)) == 3
 
 
 async def test_a_deleted_contacts_runs_end_and_send_nothing(

@@ -42,10 +42,22 @@ async def workspace(pool: asyncpg.Pool) -> tuple[str, dict[str, str]]:
     for name in TEMPLATES:
         info = template(name)
         assert info is not None
-        flows[name] = await publish(
-            pool, ws, info.definition.model_dump(mode="json", by_alias=True)
-        )
+        definition = info.definition.model_dump(mode="json", by_alias=True)
+        if name == "post_purchase":
+            under_the_cap(definition["steps"])
+        flows[name] = await publish(pool, ws, definition)
     return ws, flows
+
+
+def under_the_cap(steps: list[dict[str, Any]]) -> None:
+    """The thank-yous counted by the frequency cap (the template exempts them), so that a
+    round must show the second wave seeing the first wave's mail."""
+    for step in steps:
+        if step["type"] == "send":
+            step["message"]["respect_frequency_cap"] = True
+        elif step["type"] == "branch":
+            under_the_cap(step["then"])
+            under_the_cap(step["else"])
 
 
 def events(ws: str, contacts: list[str]) -> list[Envelope]:
