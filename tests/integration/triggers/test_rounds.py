@@ -43,14 +43,14 @@ async def workspace(pool: asyncpg.Pool) -> tuple[str, dict[str, str]]:
         info = template(name)
         assert info is not None
         definition = info.definition.model_dump(mode="json", by_alias=True)
-        if name == "post_purchase":
+        if name in ("post_purchase", "value_threshold"):
             under_the_cap(definition["steps"])
         flows[name] = await publish(pool, ws, definition)
     return ws, flows
 
 
 def under_the_cap(steps: list[dict[str, Any]]) -> None:
-    """The thank-yous counted by the frequency cap (the template exempts them), so that a
+    """The thank-yous counted by the frequency cap (the templates exempt them), so that a
     round must show the second wave seeing the first wave's mail."""
     for step in steps:
         if step["type"] == "send":

@@ -121,6 +121,30 @@ def test_the_password_reminder_gives_the_shops_reset_link_when_the_event_has_one
     assert "Choose a new password here" not in without
 
 
+def test_nudges_respect_the_frequency_cap_answers_and_occasions_do_not() -> None:
+    """A reminder, an offer, a win-back are held back by the workspace's cap (one a month by
+    default); a mail that answers what the customer did (the welcome, an order's thank-yous)
+    or marks a personal occasion at most yearly is not, nor counted: under the default cap a
+    cart reminder would otherwise cost a customer their birthday wishes."""
+    marketing = {
+        info.id: {s.message.respect_frequency_cap for s in sends(info)}
+        for info in TEMPLATES
+        if any(s.message.kind == "marketing" for s in sends(info))
+    }
+    assert marketing == {
+        "abandoned_cart": {True},
+        "browse_abandonment": {True},
+        "search_follow_up": {True},
+        "win_back": {True},
+        "order_details": {True},  # the cross-sell; the order's details are transactional
+        "welcome": {False},
+        "post_purchase": {False},
+        "birthday": {False},
+        "signup_anniversary": {False},
+        "value_threshold": {False},
+    }
+
+
 def test_the_triggers_and_entry_rules_the_issue_asks_for() -> None:
     cart = BY_ID["abandoned_cart"].definition
     assert (cart.trigger.event, cart.trigger.filter.min_items) == ("cart_updated", 1)
