@@ -5,6 +5,7 @@ entries starting runs, and the frequency cap skipping a second marketing mail.""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from nudge.contacts.v1 import contacts_pb2
@@ -185,40 +186,54 @@ async def test_entering_a_segment_starts_its_workflow_with_the_segment_in_the_fa
     assert (await facts_of(ws, contact))["segments"] == ["vip"]
 
 
+def on_orders(*steps: dict[str, Any]) -> dict[str, Any]:
+    """A workflow each order starts a run of, sending all day."""
+    return {
+        "name": "Order follow-up",
+        "trigger": {"event": "order_placed"},
+        "entry": {"concurrency": "unlimited"},
+        "send_window": ALL_DAY,
+        "steps": list(steps),
+    }
+
+
+def mail(step_id: str, **message: Any) -> dict[str, Any]:
+    return {
+        "id": step_id,
+        "type": "send",
+        "message": {"subject": step_id, "body_text": "x", **message},
+    }
+
+
+def runs_in(ws: str, *states: str) -> Callable[[], Awaitable[list[Any]]]:
+    """A probe: the workspace's runs once their states are ``states`` (in any order)."""
+
+    async def probe() -> list[Any]:
+        rows = await run_rows(database_url(), ws)
+        return rows if sorted(r["state"] for r in rows) == sorted(states) else []
+
+    return probe
+
+
+async def mails_requested(ws: str, contact: str) -> int:
+    """The delivery requests of the workspace, once the engine's outbox has relayed them."""
+    await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
+    return len(await delivery_requests(bootstrap_servers(), ws))
+
+
 async def test_a_second_marketing_mail_within_the_cap_is_skipped(
     triggers_engine: RunningService, engine_clock: MovableClock, producer: EventProducer
 ) -> None:
     """The default cap (campaigns does not answer here): one marketing mail per 30 days."""
     ws, contact = new_ids()
-    await publish(
-        database_url(),
-        ws,
-        {
-            "name": "Order follow-up",
-            "trigger": {"event": "order_placed"},
-            "entry": {"concurrency": "unlimited"},
-            "send_window": ALL_DAY,
-            "steps": [
-                {
-                    "id": "offer",
-                    "type": "send",
-                    "message": {"subject": "An offer", "body_text": "x"},
-                }
-            ],
-        },
-    )
+    await publish(database_url(), ws, on_orders(mail("offer")))
     await producer.shop(ws, contact, order("o-1"))
     await producer.shop(ws, contact, order("o-2"))
 
-    async def two_completed() -> list[Any]:
-        rows = await run_rows(database_url(), ws)
-        return rows if len(rows) == 2 and all(r["state"] == "completed" for r in rows) else []
-
-    first, second = await eventually(two_completed, timeout=60)
+    first, second = await eventually(runs_in(ws, "completed", "completed"), timeout=60)
     assert await run_steps(database_url(), ws, first["id"]) == [("offer", "done")]
     assert await run_steps(database_url(), ws, second["id"]) == [("offer", "skipped:frequency_cap")]
-    await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
-    assert len(await delivery_requests(bootstrap_servers(), ws)) == 1
+    assert await mails_requested(ws, contact) == 1
 
 
 async def test_two_runs_of_one_contact_woken_in_one_round_respect_the_cap_together(
@@ -229,41 +244,20 @@ async def test_two_runs_of_one_contact_woken_in_one_round_respect_the_cap_togeth
     advanced together, both read "no mail yet" and both went out past the cap (found by hand:
     four thank-yous at 08:00 under a cap of one)."""
     ws, contact = new_ids()
-    await publish(
-        database_url(),
-        ws,
-        {
-            "name": "Order follow-up",
-            "trigger": {"event": "order_placed"},
-            "entry": {"concurrency": "unlimited"},
-            "send_window": ALL_DAY,
-            "steps": [
-                {"id": "wait", "type": "wait", "duration": "PT1H"},
-                {
-                    "id": "offer",
-                    "type": "send",
-                    "message": {"subject": "An offer", "body_text": "x"},
-                },
-            ],
-        },
-    )
+    wait = {"id": "wait", "type": "wait", "duration": "PT1H"}
+    await publish(database_url(), ws, on_orders(wait, mail("offer")))
     await producer.shop(ws, contact, order("o-1"))
     await producer.shop(ws, contact, order("o-2"))
 
-    async def runs_in(state: str) -> list[Any]:
-        rows = await run_rows(database_url(), ws)
-        return rows if len(rows) == 2 and all(r["state"] == state for r in rows) else []
-
-    await eventually(lambda: runs_in("waiting"), timeout=60)
+    await eventually(runs_in(ws, "waiting", "waiting"), timeout=60)
     engine_clock.advance(hours=2)  # both timers fall due at once
-    runs = await eventually(lambda: runs_in("completed"), timeout=60)
+    runs = await eventually(runs_in(ws, "completed", "completed"), timeout=60)
     outcomes = sorted([await run_steps(database_url(), ws, r["id"]) for r in runs])
     assert outcomes == [
         [("wait", "done"), ("offer", "done")],
         [("wait", "done"), ("offer", "skipped:frequency_cap")],
     ]
-    await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
-    assert len(await delivery_requests(bootstrap_servers(), ws)) == 1
+    assert await mails_requested(ws, contact) == 1
 
 
 async def test_a_runs_own_mail_does_not_cap_its_next_step_nor_an_exempt_mail_anyones(
@@ -274,60 +268,29 @@ async def test_a_runs_own_mail_does_not_cap_its_next_step_nor_an_exempt_mail_any
     the cap does not use it up. Counted as before, the offer was always skipped, and after a
     welcome the reminder too."""
     ws, contact = new_ids()
-    await publish(
-        database_url(),
-        ws,
-        {
-            "name": "Welcome",
-            "trigger": {"event": "signed_up"},
-            "send_window": ALL_DAY,
-            "steps": [
-                {
-                    "id": "welcome",
-                    "type": "send",
-                    "message": {
-                        "subject": "Welcome",
-                        "body_text": "x",
-                        "respect_frequency_cap": False,
-                    },
-                }
-            ],
-        },
-    )
-    await publish(
-        database_url(),
-        ws,
-        {
-            "name": "Two mails",
-            "trigger": {"event": "order_placed"},
-            "entry": {"concurrency": "unlimited"},
-            "send_window": ALL_DAY,
-            "steps": [
-                {"id": "reminder", "type": "send", "message": {"subject": "1", "body_text": "x"}},
-                {"id": "wait", "type": "wait", "duration": "P1D"},
-                {"id": "offer", "type": "send", "message": {"subject": "2", "body_text": "x"}},
-            ],
-        },
-    )
+    welcome = {
+        "name": "Welcome",
+        "trigger": {"event": "signed_up"},
+        "send_window": ALL_DAY,
+        "steps": [mail("welcome", respect_frequency_cap=False)],
+    }
+    await publish(database_url(), ws, welcome)
+    wait = {"id": "wait", "type": "wait", "duration": "P1D"}
+    await publish(database_url(), ws, on_orders(mail("reminder"), wait, mail("offer")))
     await producer.shop(ws, contact, shop_pb2.ShopEvent(signed_up=shop_pb2.SignedUp()))
     await producer.shop(ws, contact, order("o-1"))
 
-    async def states(expected: list[str]) -> list[Any]:
-        rows = await run_rows(database_url(), ws)
-        return rows if sorted(r["state"] for r in rows) == expected else []
-
-    await eventually(lambda: states(["completed", "waiting"]), timeout=60)
+    await eventually(runs_in(ws, "completed", "waiting"), timeout=60)
     engine_clock.advance(hours=25)
-    await eventually(lambda: states(["completed", "completed"]), timeout=60)
+    await eventually(runs_in(ws, "completed", "completed"), timeout=60)
     # Another order, another run: the first run's two mails count against it.
     await producer.shop(ws, contact, order("o-2"))
-    runs = await eventually(lambda: states(["completed", "completed", "waiting"]), timeout=60)
+    runs = await eventually(runs_in(ws, "completed", "completed", "waiting"), timeout=60)
     steps = sorted([await run_steps(database_url(), ws, r["id"]) for r in runs])
     assert steps[0] == [("reminder", "done"), ("wait", "done"), ("offer", "done")]
     assert steps[1][0] == ("reminder", "skipped:frequency_cap")
     assert steps[2] == [("welcome", "done")]
-    await eventually(lambda: outbox_drained(database_url(), "triggers", contact), timeout=30)
-    assert len(await delivery_requests(bootstrap_servers(), ws)) == 3
+    assert await mails_requested(ws, contact) == 3
 
 
 async def test_a_deleted_contacts_runs_end_and_send_nothing(

@@ -414,12 +414,8 @@ async def test_post_purchase_counts_orders_placed_in_the_night_before_thanking_f
 
     shop.move_to_next(time(17, 1))  # 08:01 local
     await eventually(lambda: len(mail_to(person.email)) == 3, timeout=60)
-    thanks = sorted(subjects(person.email))
-    assert [s.split(" from ")[0].split(" at ")[0].split(" to ")[0] for s in thanks] == [
-        "Thank you again",
-        "Thank you for your first order",
-        "Welcome back",
-    ]
+    for thanks in ("Thank you for your first order", "Welcome back to", "Thank you again"):
+        assert has_mail(person.email, thanks)(), thanks
 
 
 async def test_order_details_go_out_at_once_and_the_cross_sell_two_days_later_at_ten(
