@@ -51,6 +51,7 @@ from services.triggers.entrypoints.grpc import WorkflowServicer
 from services.triggers.runtime.caps import FrequencyCaps
 from services.triggers.runtime.facts import prune_events_forever
 from services.triggers.runtime.runs import Engine
+from services.triggers.runtime.schedules import ScheduleLoop
 from services.triggers.runtime.timers import TimerLoop
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     timers = TimerLoop(pool, engine, poll_s=settings.timer_poll_s)
     engine.wake = timers.wake
     service.spawn(timers.run(), "timer-loop")
+    # Date workflows' timers for the contacts known at publication, after it commits.
+    schedules = ScheduleLoop(pool)
+    service.spawn(schedules.run(), "schedule-loop")
 
     async def timer_counts() -> dict[str, float]:
         row = await pool.fetchrow(
@@ -131,7 +135,7 @@ async def start(service: runtime.Service, settings: Settings) -> None:
         servicers=[
             (
                 triggers_pb2_grpc.add_WorkflowServiceServicer_to_server,
-                WorkflowServicer(pool, contacts, settings.internal_token),
+                WorkflowServicer(pool, contacts, settings.internal_token, schedules.wake),
                 SERVICE_NAME,
             ),
             (

@@ -344,7 +344,7 @@ async def _definition(
     return definition
 
 
-_FACTS_COLUMNS = (
+FACTS_COLUMNS = (
     "contact_id::text AS contact_id, time_zone, birthday, signed_up_at,"
     " attributes::text AS attributes, total_spent_minor, currency, last_activity_at"
 )
@@ -373,7 +373,7 @@ async def _facts_many(
 ) -> dict[str, ContactFacts]:
     """Each contact's facts (empty ones for a contact the engine does not know)."""
     rows = await conn.fetch(
-        f"SELECT {_FACTS_COLUMNS} FROM contact_facts"
+        f"SELECT {FACTS_COLUMNS} FROM contact_facts"
         " WHERE workspace_id = $1 AND contact_id = ANY($2::uuid[])",
         workspace_id,
         list(contact_ids),
@@ -756,11 +756,14 @@ async def schedule_workflow(
     conn: asyncpg.Connection, workspace_id: str, workflow_id: str, version: int, now: datetime
 ) -> int:
     """Prepare a just-published ``date_reached``, ``inactive`` or ``value_crossed`` workflow
-    for the contacts already known (``contact_facts``), in batches; returns how many rows
-    were written. The API calls it in the publication's transaction (or just after it: it
-    is idempotent; also on resuming a paused workflow). Any other trigger: 0.
+    for the contacts already known (``contact_facts``); returns how many rows were written.
+    The API calls it in the publication's transaction (it is idempotent; also on resuming a
+    paused workflow). Any other trigger: 0.
 
-    - date_reached: each contact with the date gets its timer;
+    - date_reached: each contact with the date gets its timer, but not here: a job is
+      recorded (``schedule_jobs``, one per workflow, a later call restarting it) and the
+      workers' schedule loop writes the timers in batches after the commit
+      (runtime/schedules.py), as at 100,000 contacts it took 8 s (bench/RESULTS.md);
     - inactive: each contact with a recorded activity gets a timer at that activity plus
       ``inactive_for`` (``last_activity_at``: any kind of activity; already past for the
       long silent, who then start at once);
@@ -770,10 +773,19 @@ async def schedule_workflow(
     definition = await _definition(conn, workspace_id, workflow_id, version)
     if definition is None:
         return 0
-    workflow = PublishedWorkflow(workflow_id, version, "active", definition)
     trigger = definition.trigger
     if trigger.event == DATE_REACHED:
-        return await _schedule_dates(conn, workspace_id, workflow, now)
+        await conn.execute(
+            "INSERT INTO schedule_jobs (workspace_id, workflow_id, version, created_at)"
+            " VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT (workspace_id, workflow_id) DO UPDATE SET version = EXCLUDED.version,"
+            " after_contact = NULL, written = 0, created_at = EXCLUDED.created_at",
+            uuid.UUID(workspace_id),
+            uuid.UUID(workflow_id),
+            version,
+            now,
+        )
+        return 0
     if trigger.event == INACTIVE and trigger.inactive_for is not None:
         result = await conn.execute(
             "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, kind, due_at,"
@@ -809,22 +821,20 @@ async def schedule_workflow(
     return 0
 
 
-async def _schedule_dates(
-    conn: asyncpg.Connection, workspace_id: str, workflow: PublishedWorkflow, now: datetime
+async def schedule_dates_batch(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    workflow_id: str,
+    version: int,
+    rows: Sequence[Mapping[str, Any]],
+    now: datetime,
 ) -> int:
-    """Every known contact with the date, BATCH_SIZE at a time (keyset over contact ids)."""
-    written = 0
-    last: str | None = None
-    while True:
-        rows = await conn.fetch(
-            f"SELECT {_FACTS_COLUMNS} FROM contact_facts WHERE workspace_id = $1"
-            " AND ($2::uuid IS NULL OR contact_id > $2::uuid) ORDER BY contact_id LIMIT $3",
-            workspace_id,
-            last,
-            BATCH_SIZE,
-        )
-        if not rows:
-            return written
-        timers, _ = _date_timers(workflow, ((r["contact_id"], _facts_of(r)) for r in rows), now)
-        written += await _put_date_timers(conn, workspace_id, workflow, timers)
-        last = rows[-1]["contact_id"]
+    """The date timers of ``rows`` (contact_facts rows, :data:`FACTS_COLUMNS`) for a just
+    published or resumed workflow: a batch of the job :func:`schedule_workflow` leaves
+    (services/triggers/runtime/schedules.py); how many were written."""
+    definition = await _definition(conn, workspace_id, workflow_id, version)
+    if definition is None or definition.trigger.event != DATE_REACHED:
+        return 0
+    workflow = PublishedWorkflow(workflow_id, version, "active", definition)
+    timers, _ = _date_timers(workflow, ((r["contact_id"], _facts_of(r)) for r in rows), now)
+    return await _put_date_timers(conn, workspace_id, workflow, timers)

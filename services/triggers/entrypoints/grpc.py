@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -222,10 +223,19 @@ def step_order(defn: Definition) -> list[str]:
 class WorkflowServicer(triggers_pb2_grpc.WorkflowServiceServicer):
     """Workflows and runs of the caller's workspace."""
 
-    def __init__(self, pool: asyncpg.Pool, contacts: grpc.aio.Channel, internal_token: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        contacts: grpc.aio.Channel,
+        internal_token: str,
+        scheduled: Callable[[], None] = lambda: None,
+    ) -> None:
         self.pool = pool
         self._contacts = contacts_pb2_grpc.ContactServiceStub(contacts)
         self._token = internal_token
+        # Told once a publication or a resumption that left a scheduling job has committed
+        # (runtime/schedules.py ScheduleLoop.wake), so that it starts at once.
+        self._scheduled = scheduled
 
     async def _require_contact(self, workspace_id: str, contact_id: uuid.UUID) -> None:
         """A test run's contact must be one of the workspace's: with an unknown id, delivery
@@ -446,14 +456,16 @@ class WorkflowServicer(triggers_pb2_grpc.WorkflowServiceServicer):
                 published_by=current_actor(),
                 now=clock.now(),
             )
-            # Date, silence and value triggers: timers and baselines for the contacts known
+            # Silence and value triggers: timers and baselines for the contacts known
             # already, in this transaction, so that no event between the publication and
             # them can start a run the new version would not (a total crossed long ago).
+            # Date triggers: a job, whose timers the schedule loop writes after the commit.
             await derived.schedule_workflow(
                 conn, workspace_id, str(workflow_id), version, clock.now()
             )
             row = await store.get_workflow(conn, workspace_id, workflow_id)
         assert row is not None
+        self._scheduled()
         log.info("published workflow %s version %d", workflow_id, version)
         return workflow_message(row)
 
@@ -486,6 +498,8 @@ class WorkflowServicer(triggers_pb2_grpc.WorkflowServiceServicer):
                 )
             row = await store.get_workflow(conn, workspace_id, workflow_id)
         assert row is not None
+        if target == "active":
+            self._scheduled()
         log.info("workflow %s is %s", workflow_id, target)
         return workflow_message(row)
 

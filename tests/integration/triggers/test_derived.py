@@ -10,6 +10,7 @@ from a clock.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import uuid
@@ -24,6 +25,9 @@ from services.common.db import create_pool, migrate
 from services.triggers import derived
 from services.triggers.bootstrap import MIGRATIONS
 from services.triggers.derived import on_contact_changed, on_timer, schedule_workflow
+from services.triggers.runtime import schedules
+from services.triggers.runtime.erasure import ERASURE_LOCK
+from tests.support import eventually
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -316,9 +320,31 @@ async def test_a_published_version_that_no_longer_parses_is_left_out_not_fatal(
     assert await timer(conn, f"date/{broken}/{contact}") is None
 
 
-async def test_publishing_schedules_every_known_contact_with_the_date_in_batches(
+async def drain(conn: asyncpg.Connection) -> int:
+    """The schedule loop's work: every job to its end; how many batches it took."""
+    batches = 0
+    while await schedules.run_one_batch(conn, NOW):
+        batches += 1
+    return batches
+
+
+@pytest.fixture
+async def no_jobs_left(conn: asyncpg.Connection) -> None:
+    """The jobs other tests of the database left (an API test's publications), worked off
+    first, so that a test's batches are its own job's."""
+    await drain(conn)
+
+
+async def job_of(conn: asyncpg.Connection, workflow_id: str) -> asyncpg.Record | None:
+    return await conn.fetchrow("SELECT * FROM schedule_jobs WHERE workflow_id = $1", workflow_id)
+
+
+@pytest.mark.usefixtures("no_jobs_left")
+async def test_publishing_leaves_a_job_that_schedules_every_known_contact_in_batches(
     conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The publication's transaction records a job and writes no timer (at 100,000 contacts
+    writing them there took 8 s); the schedule loop writes them a batch at a time after."""
     monkeypatch.setattr(derived, "BATCH_SIZE", 3)
     ws = new_id()
     with_birthday = [new_id() for _ in range(7)]
@@ -331,17 +357,137 @@ async def test_publishing_schedules_every_known_contact_with_the_date_in_batches
     wf = await publish(conn, ws, BIRTHDAY)
 
     async with conn.transaction():
-        assert await schedule_workflow(conn, ws, wf, 1, NOW) == 7
+        assert await schedule_workflow(conn, ws, wf, 1, NOW) == 0
+    assert await conn.fetchval("SELECT count(*) FROM timers WHERE workflow_id = $1", wf) == 0
+    assert await job_of(conn, wf) is not None
 
+    assert await drain(conn) == 4  # 9 contacts of the workspace, 3 a batch, the last short
     rows = await conn.fetch(
         "SELECT contact_id::text, due_at FROM timers WHERE workflow_id = $1", wf
     )
     assert {r["contact_id"] for r in rows} == set(with_birthday)
     due = {r["contact_id"]: r["due_at"] for r in rows}
     assert due[with_birthday[3]] == datetime(2026, 3, 4, 9, 0, tzinfo=UTC)
-    # Published again (say the API retried): nothing to move.
+    assert await job_of(conn, wf) is None
+    # Published again (say the API retried): the job runs again and moves nothing.
     async with conn.transaction():
-        assert await schedule_workflow(conn, ws, wf, 1, NOW) == 0
+        await schedule_workflow(conn, ws, wf, 1, NOW)
+    await drain(conn)
+    again = await conn.fetch(
+        "SELECT contact_id::text, due_at FROM timers WHERE workflow_id = $1", wf
+    )
+    assert {r["contact_id"]: r["due_at"] for r in again} == due
+
+
+@pytest.mark.usefixtures("no_jobs_left")
+async def test_a_job_cut_short_resumes_after_the_last_batch_that_committed(
+    conn: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker killed mid-batch: that batch's transaction never commits, so neither its
+    timers nor its cursor exist; the next worker starts from the batch before."""
+    monkeypatch.setattr(derived, "BATCH_SIZE", 3)
+    ws = new_id()
+    contacts = sorted(new_id() for _ in range(7))
+    for contact in contacts:
+        await set_facts(conn, ws, contact, birthday=date(1990, 5, 5))
+    wf = await publish(conn, ws, BIRTHDAY)
+    async with conn.transaction():
+        await schedule_workflow(conn, ws, wf, 1, NOW)
+
+    assert await schedules.run_one_batch(conn, NOW)
+    with pytest.raises(RuntimeError):
+        async with conn.transaction():  # the second batch, killed before its commit
+            assert await schedules.run_one_batch(conn, NOW)
+            raise RuntimeError("killed")
+    job = await job_of(conn, wf)
+    assert job is not None and str(job["after_contact"]) == contacts[2]
+    written = await conn.fetch("SELECT contact_id::text FROM timers WHERE workflow_id = $1", wf)
+    assert sorted(r["contact_id"] for r in written) == contacts[:3]
+
+    await drain(conn)
+    written = await conn.fetch("SELECT contact_id::text FROM timers WHERE workflow_id = $1", wf)
+    assert sorted(r["contact_id"] for r in written) == contacts
+
+
+@pytest.mark.usefixtures("no_jobs_left")
+async def test_a_job_of_a_workflow_paused_or_published_again_stops_and_the_new_one_runs(
+    conn: asyncpg.Connection,
+) -> None:
+    ws, contact = new_id(), new_id()
+    await set_facts(conn, ws, contact, birthday=date(1990, 3, 14))
+    wf = await publish(conn, ws, BIRTHDAY)
+    async with conn.transaction():
+        await schedule_workflow(conn, ws, wf, 1, NOW)
+    await conn.execute("UPDATE workflows SET status = 'paused' WHERE id = $1", wf)
+    await drain(conn)
+    assert await timer(conn, f"date/{wf}/{contact}") is None
+    assert await job_of(conn, wf) is None
+
+    await publish(conn, ws, {**BIRTHDAY, "at": "10:00:00"}, workflow_id=wf, version=2)
+    async with conn.transaction():
+        await schedule_workflow(conn, ws, wf, 2, NOW)
+    await drain(conn)
+    row = await timer(conn, f"date/{wf}/{contact}")
+    assert row is not None and row["due_at"] == datetime(2026, 3, 14, 10, 0, tzinfo=UTC)
+    assert json.loads(row["payload"])["version"] == 2
+
+
+@pytest.mark.usefixtures("no_jobs_left")
+async def test_a_contact_changing_while_its_batch_is_read_gets_the_date_it_commits(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    """The batch reads the facts FOR SHARE: a change being written is waited for. Read
+    without it, the batch would write the old birthday's timer after the change's own."""
+    ws, contact = new_id(), new_id()
+    await set_facts(conn, ws, contact, birthday=date(1990, 3, 14))
+    wf = await publish(conn, ws, BIRTHDAY)
+    async with conn.transaction():
+        await schedule_workflow(conn, ws, wf, 1, NOW)
+    async with pool.acquire() as other:
+        change = other.transaction()
+        await change.start()
+        await other.execute(
+            "UPDATE contact_facts SET birthday = '1990-05-05' WHERE contact_id = $1", contact
+        )
+        batch = asyncio.ensure_future(schedules.run_one_batch(conn, NOW))
+
+        async def waiting_for_the_change() -> bool:
+            return (
+                await other.fetchval(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = $1",
+                    conn.get_server_pid(),
+                )
+                == "Lock"
+            )
+
+        await eventually(waiting_for_the_change, timeout=10)
+        assert not batch.done()
+        await change.commit()
+        assert await batch
+    await drain(conn)
+    row = await timer(conn, f"date/{wf}/{contact}")
+    assert row is not None and row["due_at"] == datetime(2026, 5, 5, 9, 0, tzinfo=UTC)
+
+
+@pytest.mark.usefixtures("no_jobs_left")
+async def test_a_contact_being_erased_is_skipped_by_the_batch(
+    conn: asyncpg.Connection, pool: asyncpg.Pool
+) -> None:
+    ws, kept, erased = new_id(), new_id(), new_id()
+    for contact in (kept, erased):
+        await set_facts(conn, ws, contact, birthday=date(1990, 3, 14))
+    wf = await publish(conn, ws, BIRTHDAY)
+    async with conn.transaction():
+        await schedule_workflow(conn, ws, wf, 1, NOW)
+    async with pool.acquire() as eraser, eraser.transaction():
+        await eraser.execute(
+            f"SELECT {ERASURE_LOCK.format('')} FROM (SELECT $1::uuid AS w, $2::uuid AS c) q",
+            ws,
+            erased,
+        )
+        await drain(conn)
+    assert await timer(conn, f"date/{wf}/{kept}") is not None
+    assert await timer(conn, f"date/{wf}/{erased}") is None
 
 
 # inactive ----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from google.protobuf import field_mask_pb2
 from nudge.campaigns.v1 import campaigns_pb2, campaigns_pb2_grpc
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.shop.v1 import shop_pb2, shop_pb2_grpc
+from nudge.triggers.v1 import triggers_pb2, triggers_pb2_grpc
 
 from tests.integration.conftest import RunningService, Workspace, run_in_process
 from tests.integration.triggers.support import MovableClock, publish
@@ -687,6 +688,43 @@ async def test_birthday_wishes_go_out_at_nine_in_the_contacts_zone_on_the_day(
     await eventually(has_mail(person.email, "Happy birthday from"), timeout=60)
     [wishes] = mail_to(person.email)
     assert parsedate_to_datetime(str(wishes["Date"])) >= nine
+
+
+async def test_a_birthday_workflow_published_after_the_contact_came_reaches_them(
+    shop: Shop, engine: RunningService
+) -> None:
+    """Published through the API once the contact is known: the publication leaves a job and
+    the worker's schedule loop writes the contact's timer after it (runtime/schedules.py)."""
+    tomorrow = shop.clock.now().date() + timedelta(days=1)
+    person = await shop.customer(
+        time_zone="Europe/Rome",
+        birthday=contacts_pb2.Date(year=1990, month=tomorrow.month, day=tomorrow.day),
+    )
+    async with grpc.aio.insecure_channel(engine.address) as channel:
+        api = triggers_pb2_grpc.WorkflowServiceStub(channel)
+        created = await api.CreateWorkflow(
+            triggers_pb2.CreateWorkflowRequest(template_id="birthday"), metadata=shop.ws.metadata
+        )
+        await api.PublishWorkflow(
+            triggers_pb2.PublishWorkflowRequest(workflow_id=created.id), metadata=shop.ws.metadata
+        )
+    nine = datetime.combine(tomorrow, time(8, 0), tzinfo=UTC)
+
+    async def timer_set() -> bool:
+        due = await fetchval(
+            os.environ["DATABASE_URL"],
+            "SELECT due_at FROM triggers.timers WHERE workspace_id = $1::uuid"
+            " AND contact_id = $2::uuid AND workflow_id = $3::uuid AND kind = 'date'",
+            shop.ws.id,
+            person.id,
+            created.id,
+        )
+        assert due == nine
+        return True
+
+    await eventually(timer_set, timeout=60)
+    shop.move_to_next(time(8, 1))
+    await eventually(has_mail(person.email, "Happy birthday from"), timeout=60)
 
 
 async def test_win_back_mails_after_ninety_silent_days_counted_from_the_last_activity(
