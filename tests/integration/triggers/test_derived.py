@@ -361,7 +361,7 @@ async def test_publishing_leaves_a_job_that_schedules_every_known_contact_in_bat
     assert await conn.fetchval("SELECT count(*) FROM timers WHERE workflow_id = $1", wf) == 0
     assert await job_of(conn, wf) is not None
 
-    assert await drain(conn) == 4  # 9 contacts of the workspace, 3 a batch, the last short
+    assert await drain(conn) == 4  # 9 contacts of the workspace: 3 batches of 3, an empty one
     rows = await conn.fetch(
         "SELECT contact_id::text, due_at FROM timers WHERE workflow_id = $1", wf
     )
