@@ -14,6 +14,11 @@ replayed step writes nothing new), and this relay calls contacts' gRPC API for i
 Delivery is at-least-once and the calls are idempotent, so the relay never needs to know
 whether a call it lost track of (a crash after the call, before the delete) went through.
 
+A tags command contacts accepted is not deleted at once: it is settled with the contact's
+version from the answer and stays an overlay on the engine's facts until the engine has
+applied contacts' event of that version (services/triggers/runtime/facts.py, "Tag
+overlays"); a settled row is never leased again.
+
 Claiming. A round leases due rows (``next_try_at <= now``) with ``FOR UPDATE SKIP LOCKED``
 by moving their ``next_try_at`` past the call's timeout, in a short statement: no database
 transaction stays open while contacts answers, and several workers' relays share the table
@@ -49,6 +54,7 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from services.common import clock
 from services.common.auth import internal_metadata
 from services.common.consumer import is_dependency_outage
+from services.triggers.runtime import facts
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +88,13 @@ UPDATE commands SET next_try_at = $2
 WHERE id IN (
     SELECT c.id FROM commands c
     WHERE c.next_try_at <= $1
+      AND c.settled_version IS NULL
       AND NOT EXISTS (
           SELECT 1 FROM commands e
           WHERE e.workspace_id = c.workspace_id AND e.contact_id = c.contact_id
             AND (e.created_at, e.id) < (c.created_at, c.id)
             AND e.next_try_at > $1
+            AND e.settled_version IS NULL
       )
     ORDER BY c.next_try_at
     LIMIT $3
@@ -195,7 +203,7 @@ class CommandRelay:
     async def _relay(self, command: Command) -> bool:
         """Send one command; True when it is settled (done or dropped for good)."""
         try:
-            await self._call(command)
+            version = await self._call(command)
         except grpc.aio.AioRpcError as err:
             if err.code() in _NEVER:
                 log.error(
@@ -216,14 +224,21 @@ class CommandRelay:
             log.error("dropping malformed %s command %s: %r", command.kind, command.id, err)
             await self._delete(command)
             return True
-        await self._delete(command)
+        if version is None:
+            await self._delete(command)
+        else:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await facts.settle_tags(
+                    conn, command.id, command.workspace_id, command.contact_id, version
+                )
         return True
 
-    async def _call(self, command: Command) -> None:
+    async def _call(self, command: Command) -> int | None:
+        """Carry ``command`` out; for a tags command, the contact's version in the answer."""
         metadata = internal_metadata(self._token, command.workspace_id)
         ref = contacts_pb2.ContactRef(contact_id=command.contact_id)
         if command.kind == "tags":
-            await self._stub.ModifyTags(
+            answer = await self._stub.ModifyTags(
                 contacts_pb2.ModifyTagsRequest(
                     contact=ref,
                     add=[str(t) for t in command.payload.get("add", [])],
@@ -232,7 +247,8 @@ class CommandRelay:
                 metadata=metadata,
                 timeout=CALL_TIMEOUT_S,
             )
-        elif command.kind == "score":
+            return int(answer.contact.version)
+        if command.kind == "score":
             await self._stub.AdjustScore(
                 contacts_pb2.AdjustScoreRequest(
                     contact=ref, delta=int(command.payload["delta"]), idempotency_key=command.id
@@ -240,8 +256,8 @@ class CommandRelay:
                 metadata=metadata,
                 timeout=CALL_TIMEOUT_S,
             )
-        else:
-            raise ValueError(f"unknown command kind {command.kind!r}")
+            return None
+        raise ValueError(f"unknown command kind {command.kind!r}")
 
     async def _delete(self, command: Command) -> None:
         await self._pool.execute("DELETE FROM commands WHERE id = $1", command.id)

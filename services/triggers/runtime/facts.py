@@ -5,13 +5,26 @@ Contacts' events carry the contact's version: a profile, tag or score event is a
 only when newer than the version held, so a redelivered or reordered copy changes nothing.
 Shop, segment and tracking events move what contacts does not know (money spent, last
 activity, segments); they are guarded by the event's claim (processed_events) instead.
+
+Tag overlays. A workflow's Tag step changes ``tags`` at once (the contact's next order must
+see it: seed 002) and leaves a ``commands`` row that the relay carries to contacts later
+(services/triggers/commands.py). Contacts' events, meanwhile, describe states from before
+that change: replacing ``tags`` by an event's would forget the engine's later changes until
+their own event came (order 1's TagsChanged arriving after order 2 was handled made order 3
+a "second purchase"). So ``base_tags`` holds contacts' tags as of ``version``, a tags
+command stays an overlay until an event at least as new as the version contacts answered it
+with (``commands.settled_version``) has been applied, and ``tags`` is always ``base_tags``
+with the live overlays applied in the order they were written (:func:`fold_tags`). A
+command contacts refused for good (the contact does not exist there) is dropped by the relay
+without touching ``tags``: contacts will never say otherwise, so the engine's word stands, as
+before overlays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -79,10 +92,12 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             else None
         )
         row = await conn.fetchval(
-            "INSERT INTO contact_facts AS f (workspace_id, contact_id, version, tags, attributes,"
-            " time_zone, birthday, signed_up_at) VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, $8)"
+            "INSERT INTO contact_facts AS f (workspace_id, contact_id, version, tags, base_tags,"
+            " attributes, time_zone, birthday, signed_up_at)"
+            " VALUES ($1, $2, $3, $4, $4, $5::jsonb, $6, $7, $8)"
             " ON CONFLICT (workspace_id, contact_id) DO UPDATE SET version = EXCLUDED.version,"
-            " tags = EXCLUDED.tags, attributes = EXCLUDED.attributes,"
+            " tags = EXCLUDED.tags, base_tags = EXCLUDED.base_tags,"
+            " attributes = EXCLUDED.attributes,"
             " time_zone = EXCLUDED.time_zone, birthday = EXCLUDED.birthday,"
             " signed_up_at = EXCLUDED.signed_up_at WHERE f.version < EXCLUDED.version"
             " RETURNING 1",
@@ -95,20 +110,26 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             birthday.date() if birthday else None,
             signed_up,
         )
-        return contact.id if row else None
+        if not row:
+            return None
+        await _overlay(conn, ws, contact.id, contact.version, sorted(contact.tags))
+        return contact.id
     if kind == "tags_changed":
         tags = envelope.tags_changed
         row = await conn.fetchval(
-            "INSERT INTO contact_facts AS f (workspace_id, contact_id, version, tags)"
-            " VALUES ($1, $2, $3, $4) ON CONFLICT (workspace_id, contact_id) DO UPDATE"
-            " SET version = EXCLUDED.version, tags = EXCLUDED.tags"
+            "INSERT INTO contact_facts AS f (workspace_id, contact_id, version, tags, base_tags)"
+            " VALUES ($1, $2, $3, $4, $4) ON CONFLICT (workspace_id, contact_id) DO UPDATE"
+            " SET version = EXCLUDED.version, tags = EXCLUDED.tags, base_tags = EXCLUDED.tags"
             " WHERE f.version < EXCLUDED.version RETURNING 1",
             ws,
             tags.contact_id,
             tags.version,
             sorted(tags.tags),
         )
-        return tags.contact_id if row else None
+        if not row:
+            return None
+        await _overlay(conn, ws, tags.contact_id, tags.version, sorted(tags.tags))
+        return str(tags.contact_id)
     if kind == "contact_deleted":
         deleted = envelope.contact_deleted
         row = await conn.fetchval(
@@ -119,7 +140,10 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             deleted.contact_id,
             deleted.version,
         )
-        return deleted.contact_id if row else None
+        if not row:
+            return None
+        await _overlay(conn, ws, deleted.contact_id, deleted.version, None)
+        return str(deleted.contact_id)
     if kind == "score_changed":
         score = envelope.score_changed
         row = await conn.fetchval(
@@ -130,8 +154,113 @@ async def apply_contact_event(conn: asyncpg.Connection, envelope: Envelope) -> s
             score.contact_id,
             score.version,
         )
-        return score.contact_id if row else None
+        if not row:
+            return None
+        await _overlay(conn, ws, score.contact_id, score.version, None)
+        return str(score.contact_id)
     return None
+
+
+def fold_tags(
+    base: Iterable[str], changes: Iterable[tuple[Iterable[str], Iterable[str]]]
+) -> list[str]:
+    """``base`` with each (added, removed) change applied in order, as contacts applies one
+    (``services.contacts.domain.model.modify_tags``: a tag in both is added)."""
+    tags = set(base)
+    for add, remove in changes:
+        tags.difference_update(remove)
+        tags.update(add)
+    return sorted(tags)
+
+
+def _change_of(payload: Any) -> tuple[list[str], list[str]]:
+    body = fastjson.loads(payload) if isinstance(payload, (str, bytes)) else payload
+    return [str(t) for t in body.get("add", [])], [str(t) for t in body.get("remove", [])]
+
+
+async def _overlay(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    contact_id: str,
+    version: int,
+    base: list[str] | None,
+) -> None:
+    """After contacts' event of ``version`` was applied to the (locked) facts row: drop the
+    overlays it covers and put the others back on top of its tags (``base``; None: the
+    event did not carry tags, ``base_tags`` stands). One statement when the contact has no
+    overlay, the usual case."""
+    rows = await conn.fetch(
+        "WITH covered AS (DELETE FROM commands WHERE workspace_id = $1 AND contact_id = $2"
+        " AND kind = 'tags' AND settled_version <= $3)"
+        " SELECT payload, settled_version FROM commands WHERE workspace_id = $1"
+        " AND contact_id = $2 AND kind = 'tags' ORDER BY created_at, id",
+        workspace_id,
+        contact_id,
+        version,
+    )
+    if not rows:
+        return
+    await _retag(conn, workspace_id, contact_id, version, base, rows)
+
+
+async def _retag(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    contact_id: str,
+    version: int,
+    base: list[str] | None,
+    commands: Sequence[asyncpg.Record],
+) -> None:
+    """Set ``tags`` to ``base`` (or the row's ``base_tags``) with the ``commands`` rows still
+    live at ``version`` applied in order (the rows' order)."""
+    live = [
+        _change_of(c["payload"])
+        for c in commands
+        if c["settled_version"] is None or c["settled_version"] > version
+    ]
+    if base is None:
+        base = await conn.fetchval(
+            "SELECT base_tags FROM contact_facts WHERE workspace_id = $1 AND contact_id = $2",
+            workspace_id,
+            contact_id,
+        )
+    await conn.execute(
+        "UPDATE contact_facts SET tags = $3 WHERE workspace_id = $1 AND contact_id = $2",
+        workspace_id,
+        contact_id,
+        fold_tags(base or [], live),
+    )
+
+
+async def settle_tags(
+    conn: asyncpg.Connection, command_id: str, workspace_id: str, contact_id: str, version: int
+) -> None:
+    """Contacts carried out the tags command ``command_id`` and answered with the contact at
+    ``version``. Until the engine has applied an event that new, the command stays an
+    overlay (settled, never sent again); once it has, the command goes and ``tags`` is
+    recomputed without it. In the caller's transaction; the facts row is locked first, as
+    the engine's transactions lock facts before commands."""
+    held = await conn.fetchval(
+        "SELECT version FROM contact_facts WHERE workspace_id = $1 AND contact_id = $2 FOR UPDATE",
+        workspace_id,
+        contact_id,
+    )
+    if held is None or held < version:
+        await conn.execute(
+            "UPDATE commands SET settled_version = $2, next_try_at = 'infinity' WHERE id = $1",
+            command_id,
+            version,
+        )
+        return
+    # The event came first and put this command back on top of it: take it off.
+    await conn.execute("DELETE FROM commands WHERE id = $1", command_id)
+    rows = await conn.fetch(
+        "SELECT payload, settled_version FROM commands WHERE workspace_id = $1"
+        " AND contact_id = $2 AND kind = 'tags' ORDER BY created_at, id",
+        workspace_id,
+        contact_id,
+    )
+    await _retag(conn, workspace_id, contact_id, held, None, rows)
 
 
 async def apply_observation(conn: asyncpg.Connection, obs: Observation) -> None:
@@ -254,9 +383,11 @@ async def write_through_tags(
     folded: dict[tuple[str, str], tuple[set[str], set[str]]] = {}
     for workspace_id, contact_id, add, remove in changes:
         added, removed = folded.setdefault((workspace_id, contact_id), (set(), set()))
+        # As contacts applies one change (and fold_tags): removed, then added.
         added.difference_update(remove)
         removed.update(remove)
-        added.update(set(add) - set(remove))
+        added.update(add)
+        removed.difference_update(add)
     if not folded:
         return
     keys = sorted(folded)  # one order of row locks for every transaction
@@ -315,6 +446,12 @@ async def prune_events_forever(pool: asyncpg.Pool, every_s: float = 3600.0) -> N
             deleted = await prune_events(pool, before)
             if deleted:
                 log.info("pruned %s contact events older than %s", deleted, before)
+            # Settled tag overlays whose event never came (contacts publishes one for every
+            # version, so none should be left): the change is in ``tags`` already.
+            await pool.execute(
+                "DELETE FROM commands WHERE settled_version IS NOT NULL AND created_at < $1",
+                before,
+            )
         except Exception as err:
             if not is_dependency_outage(err):
                 raise

@@ -16,12 +16,15 @@ import asyncpg
 import grpc
 import pytest
 from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from nudge.contacts.v1 import events_pb2 as contacts_events
 
 from services.common.config import InternalAuthSettings
 from services.common.db import migrate
+from services.common.events import new_envelope
 from services.triggers import handlers
 from services.triggers.bootstrap import MIGRATIONS
 from services.triggers.commands import CommandRelay
+from services.triggers.runtime import facts
 from tests.integration.conftest import RunningService, Workspace
 from tests.support import eventually, free_port, unique
 
@@ -97,8 +100,11 @@ async def write_command(
 
 
 async def pending(pool: asyncpg.Pool, ws: Workspace) -> list[asyncpg.Record]:
+    """The rows the relay has still to carry out (a settled tags row stays as an overlay)."""
     return await pool.fetch(
-        "SELECT * FROM commands WHERE workspace_id = $1::uuid ORDER BY created_at", ws.id
+        "SELECT * FROM commands WHERE workspace_id = $1::uuid AND settled_version IS NULL"
+        " ORDER BY created_at",
+        ws.id,
     )
 
 
@@ -250,3 +256,149 @@ async def test_the_relay_waits_out_a_database_that_does_not_answer(
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await nowhere.close()
+
+
+async def engine_tags(
+    pool: asyncpg.Pool,
+    ws: Workspace,
+    contact_id: str,
+    *,
+    add: tuple[str, ...] = (),
+    remove: tuple[str, ...] = (),
+) -> str:
+    """A Tag step as the runtime takes it: its command and its write-through to the facts, in
+    one transaction."""
+    command_id = unique("tag-step")
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(
+            "INSERT INTO commands (id, workspace_id, contact_id, kind, payload, created_at,"
+            " next_try_at) VALUES ($1, $2::uuid, $3::uuid, 'tags', $4::jsonb, clock_timestamp(),"
+            " clock_timestamp())",
+            command_id,
+            ws.id,
+            contact_id,
+            json.dumps({"add": list(add), "remove": list(remove)}),
+        )
+        await facts.write_through_tags(conn, [(ws.id, contact_id, add, remove)])
+    return command_id
+
+
+async def contacts_said(pool: asyncpg.Pool, ws: Workspace, person: contacts_pb2.Contact) -> None:
+    """Contacts' TagsChanged of ``person``'s state reaches the engine."""
+    event = contacts_events.TagsChanged(
+        contact_id=person.id, tags=list(person.tags), version=person.version
+    )
+    async with pool.acquire() as conn, conn.transaction():
+        await facts.apply_contact_event(conn, new_envelope(ws.id, event))
+
+
+async def facts_tags(pool: asyncpg.Pool, ws: Workspace, contact_id: str) -> list[str]:
+    return list(
+        await pool.fetchval(
+            "SELECT tags FROM contact_facts WHERE workspace_id = $1::uuid"
+            " AND contact_id = $2::uuid",
+            ws.id,
+            contact_id,
+        )
+    )
+
+
+async def overlays(pool: asyncpg.Pool, ws: Workspace, contact_id: str) -> int:
+    return int(
+        await pool.fetchval(
+            "SELECT count(*) FROM commands WHERE workspace_id = $1::uuid AND contact_id = $2::uuid",
+            ws.id,
+            contact_id,
+        )
+    )
+
+
+async def test_contacts_event_of_an_earlier_tag_does_not_undo_the_engines_later_one(
+    triggers_db: asyncpg.Pool, contacts_channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    """Seed 002 with contacts' events late: order 1 tags ``first_purchase``, order 2 is
+    handled before the engine hears of that tag, and swaps it for ``repeat_customer``. The
+    TagsChanged of order 1's tag, arriving then, must not bring ``first_purchase`` back (it
+    did: order 3 was then taken for a second purchase)."""
+    person = await new_contact(contacts_channel, workspace)
+    await contacts_said(triggers_db, workspace, person)
+    relay = CommandRelay(triggers_db, contacts_channel, internal_token())
+
+    await engine_tags(triggers_db, workspace, person.id, add=("first_purchase",))
+    await relay_until_empty(relay, triggers_db, workspace)
+    after_order_1 = await contact(contacts_channel, workspace, person.id)
+    assert list(after_order_1.tags) == ["first_purchase"]
+
+    await engine_tags(
+        triggers_db,
+        workspace,
+        person.id,
+        add=("repeat_customer",),
+        remove=("first_purchase",),
+    )
+    assert await facts_tags(triggers_db, workspace, person.id) == ["repeat_customer"]
+    await contacts_said(triggers_db, workspace, after_order_1)
+    assert await facts_tags(triggers_db, workspace, person.id) == ["repeat_customer"]
+
+    # Order 2's own change, carried out (the settled order-1 row does not hold it back), and
+    # its event: contacts and the engine agree, and no overlay is left.
+    await relay_until_empty(relay, triggers_db, workspace)
+    after_order_2 = await contact(contacts_channel, workspace, person.id)
+    assert list(after_order_2.tags) == ["repeat_customer"]
+    await contacts_said(triggers_db, workspace, after_order_2)
+    assert await facts_tags(triggers_db, workspace, person.id) == ["repeat_customer"]
+    assert await overlays(triggers_db, workspace, person.id) == 0
+
+
+async def test_a_tag_change_settled_after_its_event_leaves_contacts_later_state(
+    triggers_db: asyncpg.Pool, contacts_channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    """The events of a command's change and of a manager's later one are applied before the
+    relay records its answer: until then the engine keeps its own change on top (it cannot
+    know contacts has it); once recorded, the facts are contacts' latest state."""
+    person = await new_contact(contacts_channel, workspace)
+    await contacts_said(triggers_db, workspace, person)
+    command_id = await engine_tags(triggers_db, workspace, person.id, add=("vip",))
+    stub = contacts_pb2_grpc.ContactServiceStub(contacts_channel)
+    # The relay's call (as it makes it), then a manager taking the tag off again.
+    carried = await stub.ModifyTags(
+        contacts_pb2.ModifyTagsRequest(
+            contact=contacts_pb2.ContactRef(contact_id=person.id), add=["vip"]
+        ),
+        metadata=workspace.metadata,
+    )
+    removed = await stub.ModifyTags(
+        contacts_pb2.ModifyTagsRequest(
+            contact=contacts_pb2.ContactRef(contact_id=person.id), remove=["vip"]
+        ),
+        metadata=workspace.metadata,
+    )
+    await contacts_said(triggers_db, workspace, carried.contact)
+    await contacts_said(triggers_db, workspace, removed.contact)
+    assert await facts_tags(triggers_db, workspace, person.id) == ["vip"]
+
+    async with triggers_db.acquire() as conn, conn.transaction():
+        await facts.settle_tags(conn, command_id, workspace.id, person.id, carried.contact.version)
+    assert await facts_tags(triggers_db, workspace, person.id) == []
+    assert await overlays(triggers_db, workspace, person.id) == 0
+
+
+async def test_tag_changes_written_through_together_fold_as_contacts_applies_them(
+    triggers_db: asyncpg.Pool, workspace: Workspace
+) -> None:
+    """One round's Tag steps of a contact are folded into one write; the result must be the
+    overlays' (and contacts') reading of the same changes in order."""
+    contact_id = str(uuid.uuid4())
+    changes: list[tuple[tuple[str, ...], tuple[str, ...]]] = [
+        (("a", "b"), ()),
+        (("c",), ("a",)),
+        (("b",), ("b",)),  # in both: added, as contacts does
+        ((), ("c",)),
+        (("a",), ()),
+    ]
+    async with triggers_db.acquire() as conn, conn.transaction():
+        await facts.write_through_tags(
+            conn, [(workspace.id, contact_id, add, remove) for add, remove in changes]
+        )
+    assert await facts_tags(triggers_db, workspace, contact_id) == facts.fold_tags([], changes)
+    assert facts.fold_tags([], changes) == ["a", "b"]
