@@ -66,7 +66,8 @@ def mail(last: int) -> int:
         for header in ("Date", "From", "To", "Subject"):
             print(f"{header + ':':<9}{message.get(header, '')}")
         print()
-        print(text_body(message).strip())
+        # The body as sent has CRLF line ends (SMTP's); a terminal wants LF.
+        print(text_body(message).replace("\r\n", "\n").strip())
     print("=" * 78)
     print(f"{len(shown)} of {len(messages)} message(s)")
     return 0

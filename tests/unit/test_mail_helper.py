@@ -143,3 +143,19 @@ def test_a_real_mailpit_is_read_oldest_first(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+def test_make_mail_prints_bodies_with_lf_line_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sink keeps the mail as sent (CRLF); ``make mail`` prints it for a terminal."""
+    from deploy.local.__main__ import mail
+
+    box = mailbox.Maildir(tmp_path / "mail", create=True)
+    headers = f"{ENVELOPE_TO}: r1@example.com\r\n{RECEIVED_AT}: 2026-01-01T00:00:01\r\n"
+    box.add(headers.encode() + b"To: r1@example.com\r\nSubject: s\r\n\r\nline 1\r\nline 2\r\n")
+    monkeypatch.setenv("NUDGE_MAILDIR", str(tmp_path / "mail"))
+    assert mail(0) == 0
+    printed = capsys.readouterr().out
+    assert "line 1\nline 2\n" in printed
+    assert "\r" not in printed
