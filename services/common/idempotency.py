@@ -40,6 +40,7 @@ _PRUNABLE = {
     "processed_events": "processed_at",
     "ingested_events": "created_at",
     "transactional_keys": "created_at",  # delivery's SendTransactional keys (delivery/pruning.py)
+    "tag_changes": "created_at",  # contacts' ModifyTags keys (the trigger engine's relay)
 }
 
 

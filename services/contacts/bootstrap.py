@@ -78,7 +78,9 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(consumer.stop)
     await consumer.start()
     service.spawn(consumer.run(), "tracking-consumer")
-    service.spawn(prune_forever(pool, ("processed_events", "ingested_events")), "prune-claims")
+    service.spawn(
+        prune_forever(pool, ("processed_events", "ingested_events", "tag_changes")), "prune-claims"
+    )
     probe = BrokerProbe(
         settings.kafka_bootstrap_servers, "nudge-contacts-health", settings.dependency_timeout_s
     )

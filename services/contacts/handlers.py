@@ -296,6 +296,16 @@ async def list_contacts(
     return [db.contact_to_proto(r) for r in rows[:size]], token
 
 
+def _check_optional_key(v: Validator, key: str) -> None:
+    """An idempotency key a call may carry (AdjustScore, ModifyTags): empty or a short text."""
+    v.check(
+        len(key) <= model.MAX_IDEMPOTENCY_KEY,
+        "idempotency_key",
+        f"longer than {model.MAX_IDEMPOTENCY_KEY}",
+    )
+    v.check("\x00" not in key, "idempotency_key", "contains a NUL character")
+
+
 async def modify_tags(
     pool: asyncpg.Pool,
     workspace_id: str,
@@ -303,19 +313,45 @@ async def modify_tags(
     has_ref: bool,
     add: list[str],
     remove: list[str],
-) -> tuple[contacts_pb2.Contact, bool]:
-    """Add and remove tags on one contact; one TagsChanged when the tags changed."""
+    idempotency_key: str = "",
+) -> contacts_pb2.ModifyTagsResponse:
+    """Add and remove tags on one contact; one TagsChanged when the tags changed. With an
+    idempotency key, the same key again answers the first call's version (``duplicate``)
+    and applies nothing, whatever changed since; the key used for another contact or change
+    is a conflict."""
     v = Validator()
     _check_ref(v, ref, has_ref)
     model.check_tag_change(v, add, remove)
+    _check_optional_key(v, idempotency_key)
     v.raise_if_any()
     now = clock.now()
     async with pool.acquire() as conn, conn.transaction():
         row = await db.find_contact(conn, workspace_id, ref, for_update=True)
+        if idempotency_key:
+            first = await db.claim_tag_change(
+                conn, workspace_id, idempotency_key, row["id"], add, remove, now
+            )
+            if first is not None:
+                if (
+                    first["contact_id"] != row["id"]
+                    or list(first["add_tags"]) != sorted(set(add))
+                    or list(first["remove_tags"]) != sorted(set(remove))
+                ):
+                    raise AlreadyExists(
+                        f"idempotency key {idempotency_key!r} was used for another tag change;"
+                        " send a new key for a new change"
+                    )
+                return contacts_pb2.ModifyTagsResponse(
+                    contact=db.contact_to_proto(row), duplicate=True, version=first["version"]
+                )
         old = sorted(set(row["tags"]))
         new = model.modify_tags(old, add, remove)
         if new == old:
-            return db.contact_to_proto(row), False
+            if idempotency_key:
+                await db.record_tag_change(conn, workspace_id, idempotency_key, row["version"])
+            return contacts_pb2.ModifyTagsResponse(
+                contact=db.contact_to_proto(row), version=row["version"]
+            )
         v.check(
             len(new) <= model.MAX_TAGS,
             "add",
@@ -337,7 +373,13 @@ async def modify_tags(
             ),
             occurred_at=now,
         )
-        return db.contact_to_proto(await db.contact_by_id(conn, workspace_id, row["id"])), True
+        if idempotency_key:
+            await db.record_tag_change(conn, workspace_id, idempotency_key, version)
+        return contacts_pb2.ModifyTagsResponse(
+            contact=db.contact_to_proto(await db.contact_by_id(conn, workspace_id, row["id"])),
+            changed=True,
+            version=version,
+        )
 
 
 async def bulk_modify_tags(
@@ -408,12 +450,7 @@ async def adjust_score(
     v = Validator()
     _check_ref(v, ref, has_ref)
     v.check(delta != 0, "delta", "must not be 0")
-    v.check(
-        len(idempotency_key) <= model.MAX_IDEMPOTENCY_KEY,
-        "idempotency_key",
-        f"longer than {model.MAX_IDEMPOTENCY_KEY}",
-    )
-    v.check("\x00" not in idempotency_key, "idempotency_key", "contains a NUL character")
+    _check_optional_key(v, idempotency_key)
     v.raise_if_any()
     now = clock.now()
     async with pool.acquire() as conn, conn.transaction():

@@ -232,7 +232,12 @@ def contact_filter(f: schemas.ContactFilterIn) -> contacts_pb2.ContactFilter:
 
 
 def tags_json(answer: contacts_pb2.ModifyTagsResponse) -> schemas.TagsChangedOut:
-    return schemas.TagsChangedOut(contact=contact_json(answer.contact), changed=answer.changed)
+    return schemas.TagsChangedOut(
+        contact=contact_json(answer.contact),
+        changed=answer.changed,
+        duplicate=answer.duplicate,
+        version=answer.version,
+    )
 
 
 def attribute_json(a: contacts_pb2.AttributeDefinition) -> schemas.AttributeOut:

@@ -354,6 +354,13 @@ class TagsIn(StrictModel):
 
     add: list[Tag] = Field(default_factory=list, max_length=contact_rules.MAX_TAGS)
     remove: list[Tag] = Field(default_factory=list, max_length=contact_rules.MAX_TAGS)
+    idempotency_key: Id | None = Field(
+        None,
+        description="The same key again (same contact, same change) answers the first call's"
+        " version and applies nothing, even after later changes of the contact; the key used"
+        " for another change is 409 (the `Idempotency-Key` header does the same; this member"
+        " wins over it).",
+    )
 
     @model_validator(mode="after")
     def _something(self) -> TagsIn:
@@ -364,7 +371,12 @@ class TagsIn(StrictModel):
 
 class TagsChangedOut(ResponseModel):
     contact: ContactOut
-    changed: bool = Field(description="False when the tags were already so.")
+    changed: bool = Field(description="False when the tags were already so (or a duplicate).")
+    duplicate: bool = Field(description="True when this idempotency key was used before.")
+    version: int = Field(
+        description="The contact's version right after this change (the first call's, for a"
+        " duplicate)."
+    )
 
 
 ConsentState = Literal["granted", "withdrawn", "pending", "never_asked"]

@@ -429,6 +429,50 @@ async def record_score_adjustment(
     )
 
 
+async def claim_tag_change(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    key: str,
+    contact_id: uuid.UUID,
+    add: list[str],
+    remove: list[str],
+    now: datetime,
+) -> asyncpg.Record | None:
+    """Claim the idempotency key for this change (its version filled by
+    :func:`record_tag_change`): None when claimed now, else the first call's row. A
+    concurrent call with the same key waits here for the first to commit."""
+    inserted = await conn.fetchval(
+        "INSERT INTO tag_changes (workspace_id, idempotency_key, contact_id, add_tags,"
+        " remove_tags, version, created_at) VALUES ($1, $2, $3, $4, $5, 0, $6)"
+        " ON CONFLICT DO NOTHING RETURNING 1",
+        uuid.UUID(workspace_id),
+        key,
+        contact_id,
+        sorted(set(add)),
+        sorted(set(remove)),
+        now,
+    )
+    if inserted is not None:
+        return None
+    return await conn.fetchrow(
+        "SELECT contact_id, add_tags, remove_tags, version FROM tag_changes"
+        " WHERE workspace_id = $1 AND idempotency_key = $2",
+        uuid.UUID(workspace_id),
+        key,
+    )
+
+
+async def record_tag_change(
+    conn: asyncpg.Connection, workspace_id: str, key: str, version: int
+) -> None:
+    await conn.execute(
+        "UPDATE tag_changes SET version = $3 WHERE workspace_id = $1 AND idempotency_key = $2",
+        uuid.UUID(workspace_id),
+        key,
+        version,
+    )
+
+
 async def declared_attributes(conn: asyncpg.Connection, workspace_id: str) -> dict[str, int]:
     rows = await conn.fetch(
         "SELECT name, type FROM attribute_definitions WHERE workspace_id = $1",

@@ -135,15 +135,15 @@ class ContactServicer(contacts_pb2_grpc.ContactServiceServicer):
     async def ModifyTags(
         self, request: contacts_pb2.ModifyTagsRequest, context: grpc.aio.ServicerContext
     ) -> contacts_pb2.ModifyTagsResponse:
-        contact, changed = await handlers.modify_tags(
+        return await handlers.modify_tags(
             self.pool,
             current_workspace(),
             request.contact,
             request.HasField("contact"),
             list(request.add),
             list(request.remove),
+            request.idempotency_key,
         )
-        return contacts_pb2.ModifyTagsResponse(contact=contact, changed=changed)
 
     async def BulkModifyTags(
         self, request: contacts_pb2.BulkModifyTagsRequest, context: grpc.aio.ServicerContext

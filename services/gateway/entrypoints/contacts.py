@@ -307,17 +307,32 @@ async def upsert_contact(
     "/{contact_id}/tags",
     response_model=schemas.TagsChangedOut,
     summary="Add or remove tags on one contact",
-    responses=problems.responses(400, 401, 404, 413, 422, 503),
+    responses=problems.responses(400, 401, 404, 409, 413, 422, 503),
 )
 async def modify_tags(
-    contact_id: ContactId, body: schemas.TagsIn, caller: CallerDep, backends: BackendsDep
+    contact_id: ContactId,
+    body: schemas.TagsIn,
+    caller: CallerDep,
+    backends: BackendsDep,
+    idempotency_key: Annotated[
+        str,
+        Header(
+            max_length=200,
+            pattern=r"^[\x21-\x7e]*$",
+            description="As `idempotency_key` in the body (which wins).",
+        ),
+    ] = "",
 ) -> schemas.TagsChangedOut:
+    """A tag both added and removed is added. With an idempotency key, a repeat answers the
+    first call's version (`duplicate`) and applies nothing; the key used for another change
+    is 409."""
     answer: contacts_pb2.ModifyTagsResponse = await caller.call(
         backends.contacts.ModifyTags,
         contacts_pb2.ModifyTagsRequest(
             contact=contacts_pb2.ContactRef(contact_id=contact_id),
             add=body.add,
             remove=body.remove,
+            idempotency_key=body.idempotency_key or idempotency_key or "",
         ),
         service="contacts",
     )

@@ -524,6 +524,49 @@ async def test_a_replayed_score_key_answers_the_first_result_and_overflow_is_ref
     assert (ok.score, ok.duplicate) == (10, False)
 
 
+async def test_a_replayed_tags_key_answers_the_first_version_and_undoes_no_later_change(
+    stub: contacts_pb2_grpc.ContactServiceStub, workspace: Workspace
+) -> None:
+    """The trigger engine's relay retries a call it lost track of: its repeat must not put
+    back a tag a manager has taken off since."""
+    md = workspace.metadata
+    contact = await create(stub, workspace, "tag-idem@example.com")
+    ref = by_id(contact)
+    first = await stub.ModifyTags(
+        C.ModifyTagsRequest(contact=ref, add=["vip"], idempotency_key="t1"), metadata=md
+    )
+    assert (first.changed, first.duplicate, first.version) == (True, False, 2)
+    assert first.contact.version == 2
+    taken_off = await stub.ModifyTags(C.ModifyTagsRequest(contact=ref, remove=["vip"]), metadata=md)
+    assert taken_off.version == 3
+    replay = await stub.ModifyTags(
+        C.ModifyTagsRequest(contact=ref, add=["vip"], idempotency_key="t1"), metadata=md
+    )
+    assert (replay.changed, replay.duplicate, replay.version) == (False, True, 2)
+    assert (list(replay.contact.tags), replay.contact.version) == ([], 3)
+    # The same key for another change, or another contact, is a conflict.
+    other = await create(stub, workspace, "tag-idem-2@example.com")
+    for request in (
+        C.ModifyTagsRequest(contact=ref, add=["gold"], idempotency_key="t1"),
+        C.ModifyTagsRequest(contact=by_id(other), add=["vip"], idempotency_key="t1"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.ModifyTags(request, metadata=md)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.ModifyTags(
+            C.ModifyTagsRequest(contact=ref, add=["x"], idempotency_key="k" * 201), metadata=md
+        )
+    assert violations(err.value) == ["idempotency_key"]
+    # A change that makes no difference takes its key with the version it found.
+    same = await stub.ModifyTags(
+        C.ModifyTagsRequest(contact=ref, remove=["vip"], idempotency_key="t2"), metadata=md
+    )
+    assert (same.changed, same.duplicate, same.version) == (False, False, 3)
+    now = await stub.GetContact(C.GetContactRequest(contact=ref), metadata=md)
+    assert (list(now.contact.tags), now.contact.version) == ([], 3)
+
+
 async def test_attributes_are_declared_typed_and_checked_on_contacts(
     stub: contacts_pb2_grpc.ContactServiceStub,
     workspace: Workspace,

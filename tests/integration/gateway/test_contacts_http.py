@@ -243,6 +243,29 @@ async def test_score_with_an_idempotency_key_header(
     assert (text.status_code, fields_of(text)) == (422, ["delta"])
 
 
+async def test_tags_with_an_idempotency_key_header(
+    http: httpx.AsyncClient, workspace: Workspace
+) -> None:
+    contact = await create(http, workspace)
+    url = f"/v1/contacts/{contact['id']}/tags"
+    key = auth(workspace, **{"Idempotency-Key": "tag-1"})
+    first = await http.post(url, json={"add": ["vip"]}, headers=key)
+    assert (first.json()["changed"], first.json()["duplicate"], first.json()["version"]) == (
+        True,
+        False,
+        2,
+    )
+    await http.post(url, json={"remove": ["vip"]}, headers=auth(workspace))
+    replay = await http.post(url, json={"add": ["vip"]}, headers=key)
+    body = replay.json()
+    assert (body["changed"], body["duplicate"], body["version"]) == (False, True, 2)
+    assert (body["contact"]["tags"], body["contact"]["version"]) == ([], 3)
+    reused = await http.post(url, json={"add": ["gold"]}, headers=key)
+    assert reused.status_code == 409
+    in_body = await http.post(url, json={"add": ["gold"], "idempotency_key": "tag-2"}, headers=key)
+    assert (in_body.status_code, in_body.json()["duplicate"]) == (200, False)
+
+
 async def test_attributes_are_declared_once_with_a_type(
     http: httpx.AsyncClient, workspace: Workspace
 ) -> None:

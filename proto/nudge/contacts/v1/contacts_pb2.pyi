@@ -1129,10 +1129,19 @@ class ModifyTagsRequest(_message.Message):
     CONTACT_FIELD_NUMBER: _builtins.int
     ADD_FIELD_NUMBER: _builtins.int
     REMOVE_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    """When given, the same key again (same contact, same change) is answered with the first
+    call's version and applies nothing, even after other changes of the contact: a caller
+    retrying a call it lost track of never undoes a later change. The key used for another
+    contact or change is ALREADY_EXISTS. At most 200 characters; kept 30 days.
+    """
     @_builtins.property
     def contact(self) -> Global___ContactRef: ...
     @_builtins.property
-    def add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def add(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """a tag both added and removed is added"""
+
     @_builtins.property
     def remove(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -1141,10 +1150,11 @@ class ModifyTagsRequest(_message.Message):
         contact: Global___ContactRef | None = ...,
         add: _abc.Iterable[_builtins.str] | None = ...,
         remove: _abc.Iterable[_builtins.str] | None = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "contact", b"contact", "remove", b"remove"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add", b"add", "contact", b"contact", "idempotency_key", b"idempotency_key", "remove", b"remove"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1156,18 +1166,31 @@ class ModifyTagsResponse(_message.Message):
 
     CONTACT_FIELD_NUMBER: _builtins.int
     CHANGED_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
     changed: _builtins.bool
+    """this call changed the tags (false for a duplicate)"""
+    duplicate: _builtins.bool
+    """the idempotency key was seen before; nothing applied"""
+    version: _builtins.int
+    """The contact's version right after this change (the first call's, for a duplicate); the
+    version of the TagsChanged event that carries it, when it changed anything.
+    """
     @_builtins.property
-    def contact(self) -> Global___Contact: ...
+    def contact(self) -> Global___Contact:
+        """as it is now"""
+
     def __init__(
         self,
         *,
         contact: Global___Contact | None = ...,
         changed: _builtins.bool = ...,
+        duplicate: _builtins.bool = ...,
+        version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["contact", b"contact"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "contact", b"contact"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed", b"changed", "contact", b"contact", "duplicate", b"duplicate", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
