@@ -5,9 +5,9 @@ step: the contact belongs to the contacts service. The runtime therefore writes 
 ``commands`` in that transaction (its id is deterministic: run id + step + iteration, so a
 replayed step writes nothing new), and this relay calls contacts' gRPC API for it later:
 
-- ``kind = 'tags'``, ``payload = {"add": [...], "remove": [...]}``: ``ModifyTags``, which
-  is idempotent by nature (adding a tag the contact has, or removing one it lacks, changes
-  nothing);
+- ``kind = 'tags'``, ``payload = {"add": [...], "remove": [...]}``: ``ModifyTags`` with
+  the command id as ``idempotency_key`` (a repeat, after a manager took the tag off again,
+  must not put it back);
 - ``kind = 'score'``, ``payload = {"delta": n}``: ``AdjustScore`` with the command id as
   ``idempotency_key``, so contacts applies a command once however often it is sent.
 
@@ -243,11 +243,14 @@ class CommandRelay:
                     contact=ref,
                     add=[str(t) for t in command.payload.get("add", [])],
                     remove=[str(t) for t in command.payload.get("remove", [])],
+                    idempotency_key=command.id,
                 ),
                 metadata=metadata,
                 timeout=CALL_TIMEOUT_S,
             )
-            return int(answer.contact.version)
+            # The version of this change (the first call's when this was a repeat), not
+            # the contact's now: the overlay is covered by that version's event.
+            return int(answer.version or answer.contact.version)
         if command.kind == "score":
             await self._stub.AdjustScore(
                 contacts_pb2.AdjustScoreRequest(

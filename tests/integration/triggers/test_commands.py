@@ -402,3 +402,35 @@ async def test_tag_changes_written_through_together_fold_as_contacts_applies_the
         )
     assert await facts_tags(triggers_db, workspace, contact_id) == facts.fold_tags([], changes)
     assert facts.fold_tags([], changes) == ["a", "b"]
+
+
+async def test_a_tag_command_relayed_again_does_not_undo_a_managers_later_change(
+    triggers_db: asyncpg.Pool, contacts_channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    """A relay killed between contacts' answer and its own write leaves the row to be sent
+    again; meanwhile a manager took the tag off. The repeat must not put it back."""
+    person = await new_contact(contacts_channel, workspace)
+    await contacts_said(triggers_db, workspace, person)
+    command_id = await engine_tags(triggers_db, workspace, person.id, add=("vip",))
+    relay = CommandRelay(triggers_db, contacts_channel, internal_token())
+    await relay_until_empty(relay, triggers_db, workspace)
+    tagged = await contact(contacts_channel, workspace, person.id)
+    await contacts_pb2_grpc.ContactServiceStub(contacts_channel).ModifyTags(
+        contacts_pb2.ModifyTagsRequest(
+            contact=contacts_pb2.ContactRef(contact_id=person.id), remove=["vip"]
+        ),
+        metadata=workspace.metadata,
+    )
+    # The row as the killed relay left it: leased, its answer never recorded.
+    await triggers_db.execute(
+        "UPDATE commands SET settled_version = NULL, next_try_at = now() WHERE id = $1",
+        command_id,
+    )
+    await relay_until_empty(relay, triggers_db, workspace)
+    now = await contact(contacts_channel, workspace, person.id)
+    assert (list(now.tags), now.version) == ([], tagged.version + 1)
+    # Settled with the version of its own change, so that change's event covers it.
+    assert (
+        await triggers_db.fetchval("SELECT settled_version FROM commands WHERE id = $1", command_id)
+        == tagged.version
+    )
