@@ -53,7 +53,7 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
 from services.common import clock
 from services.common.auth import internal_metadata
-from services.common.consumer import is_dependency_outage
+from services.common.retrying import retrying
 from services.triggers.runtime import facts
 
 log = logging.getLogger(__name__)
@@ -143,19 +143,9 @@ class CommandRelay:
         """Relay forever; a round that finds nothing due waits :data:`IDLE_S` or a wake-up.
         PostgreSQL not answering is waited out (logged, retried with backoff); any other
         error ends the loop, and the service's supervisor stops the service (exit 1)."""
-        outage_backoff = 0.1
         while True:
             self.wake.clear()  # before the round: a wake-up during it is not lost
-            try:
-                done = await self.relay_once()
-            except Exception as err:
-                if not is_dependency_outage(err):
-                    raise
-                log.warning("command round failed (%r); retrying in %.1fs", err, outage_backoff)
-                await asyncio.sleep(outage_backoff)
-                outage_backoff = min(outage_backoff * 2, 5.0)
-                continue
-            outage_backoff = 0.1
+            done = await retrying(self.relay_once, "command round", log)
             if done < self._batch:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), timeout=IDLE_S)

@@ -40,10 +40,9 @@ import uuid
 from datetime import datetime
 
 import asyncpg
-from asyncpg.exceptions import TransactionRollbackError
 
 from services.common import clock
-from services.common.consumer import is_dependency_outage
+from services.common.retrying import retrying
 from services.triggers import derived
 from services.triggers.runtime.erasure import try_erasure_lock_shared
 
@@ -135,18 +134,8 @@ class ScheduleLoop:
         """Forever. A database outage, a deadlock or a serialization failure is waited out
         and the batch tried again; any other error ends the task, which stops the service
         with exit 1 (services/common/runtime.py), as the timer loop does."""
-        backoff = 0.1
         while True:
             self._woken.clear()
-            try:
-                await run_all(self._pool)
-            except Exception as err:
-                if not (is_dependency_outage(err) or isinstance(err, TransactionRollbackError)):
-                    raise
-                log.warning("scheduling a workflow failed (%r); retrying in %.1fs", err, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
+            await retrying(lambda: run_all(self._pool), "scheduling a workflow", log)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._woken.wait(), self._poll_s)

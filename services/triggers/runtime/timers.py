@@ -28,10 +28,9 @@ import logging
 from datetime import datetime, timedelta
 
 import asyncpg
-from asyncpg.exceptions import TransactionRollbackError
 
 from services.common import clock, metrics
-from services.common.consumer import is_dependency_outage
+from services.common.retrying import retrying
 from services.triggers import derived
 from services.triggers.runtime import runs
 from services.triggers.runtime.erasure import try_erasure_lock_shared
@@ -88,18 +87,8 @@ class TimerLoop:
         a round PostgreSQL rolled back to break a deadlock or a serialization conflict (class
         40: retrying the transaction is the answer); any other error ends the task, which
         stops the service with exit 1 (services/common/runtime.py)."""
-        backoff = 0.1
         while True:
-            try:
-                claimed = await self.round()
-            except Exception as err:
-                if not (is_dependency_outage(err) or isinstance(err, TransactionRollbackError)):
-                    raise
-                log.warning("timer round failed (%r); retrying in %.1fs", err, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
-                continue
-            backoff = 0.1
+            claimed = await retrying(self.round, "timer round", log)
             if claimed >= self._batch:
                 continue  # a backlog: drain it without sleeping
             self._next_round_at = clock.now() + timedelta(seconds=self._poll_s)
