@@ -70,7 +70,9 @@ SELECT variant, excluded,
         WHERE first_human_open_at IS NOT NULL OR first_human_click_at IS NOT NULL
     ) AS opened_unique_human,
     count(first_machine_open_at) AS opened_unique_machine,
-    coalesce(sum(human_opens), 0) AS opened_total_human,
+    coalesce(sum(human_opens), 0) + count(*) FILTER (
+        WHERE first_human_click_at IS NOT NULL AND first_human_open_at IS NULL
+    ) AS opened_total_human,
     coalesce(sum(machine_opens), 0) AS opened_total_machine,
     count(first_human_click_at) AS clicked_unique_human,
     count(first_machine_click_at) AS clicked_unique_machine,
@@ -393,8 +395,13 @@ async def engaged_non_buyers(
             last_name=person.last_name,
             clicks=row["human_clicks"],
         )
-        if row["first_human_open_at"] is not None:
-            entry.first_opened_at.FromDatetime(row["first_human_open_at"])
+        # A click without a pixel load is the open, at the click's time (as in the report).
+        opened = min(
+            (t for t in (row["first_human_open_at"], row["first_human_click_at"]) if t),
+            default=None,
+        )
+        if opened is not None:
+            entry.first_opened_at.FromDatetime(opened)
         if row["first_human_click_at"] is not None:
             entry.first_clicked_at.FromDatetime(row["first_human_click_at"])
     if len(rows) > size:

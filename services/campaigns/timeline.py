@@ -31,8 +31,9 @@ _EVENTS = """
 SELECT 'delivered' AS series, delivered_at AS at FROM recipients
     WHERE workspace_id = $1 AND campaign_id = $2 AND delivered_at IS NOT NULL
     AND bounced_at IS NULL
-UNION ALL SELECT 'opened_human', first_human_open_at FROM recipients
-    WHERE workspace_id = $1 AND campaign_id = $2 AND first_human_open_at IS NOT NULL
+UNION ALL SELECT 'opened_human', LEAST(first_human_open_at, first_human_click_at)
+    FROM recipients WHERE workspace_id = $1 AND campaign_id = $2
+    AND (first_human_open_at IS NOT NULL OR first_human_click_at IS NOT NULL)
 UNION ALL SELECT 'opened_machine', first_machine_open_at FROM recipients
     WHERE workspace_id = $1 AND campaign_id = $2 AND first_machine_open_at IS NOT NULL
 UNION ALL SELECT 'clicked_human', first_human_click_at FROM recipients

@@ -13,8 +13,11 @@ from services.gateway.schemas import ResponseModel
 class EngagementOut(ResponseModel):
     unique_human: int = Field(description="Contacts who opened (clicked) at least once.")
     unique_machine: int = Field(description="Contacts whose mail a proxy or scanner opened.")
-    total_human: int
-    total_machine: int
+    total_human: int = Field(
+        description="Events; for opens, pixel loads plus one for each person who clicked and"
+        " never loaded the pixel (a click proves the open), so never below unique_human."
+    )
+    total_machine: int = Field(description="Events.")
     unique_human_rate: float = Field(description="unique_human / delivered; 0 when none.")
 
 
@@ -83,7 +86,9 @@ class EngagedContactOut(ResponseModel):
     email: str
     first_name: str
     last_name: str
-    first_opened_at: datetime | None
+    first_opened_at: datetime | None = Field(
+        description="The first pixel load or click, the earlier (a click proves the open)."
+    )
     first_clicked_at: datetime | None
     clicks: int
 

@@ -982,7 +982,13 @@ Global___UpdateCampaignSettingsRequest: _TypeAlias = UpdateCampaignSettingsReque
 
 @_typing.final
 class Engagement(_message.Message):
-    """---------------------------------------------------------------- report"""
+    """---------------------------------------------------------------- report
+
+    Opens or clicks of a campaign. A person's click is also their open (the pixel was
+    blocked, the click proves the mail was opened): counted once among the unique opens, and
+    as one open in the total when they never loaded the pixel, so total >= unique. A
+    machine's click (a link scanner) implies no open.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -992,8 +998,10 @@ class Engagement(_message.Message):
     TOTAL_MACHINE_FIELD_NUMBER: _builtins.int
     UNIQUE_HUMAN_RATE_FIELD_NUMBER: _builtins.int
     unique_human: _builtins.int
+    """contacts"""
     unique_machine: _builtins.int
     total_human: _builtins.int
+    """events"""
     total_machine: _builtins.int
     unique_human_rate: _builtins.float
     """unique_human / delivered"""
@@ -1390,7 +1398,9 @@ class EngagedContact(_message.Message):
     last_name: _builtins.str
     clicks: _builtins.int
     @_builtins.property
-    def first_opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    def first_opened_at(self) -> _timestamp_pb2.Timestamp:
+        """first pixel load or click, the earlier"""
+
     @_builtins.property
     def first_clicked_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
