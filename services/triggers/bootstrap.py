@@ -50,6 +50,7 @@ from services.triggers.config import Settings
 from services.triggers.entrypoints.grpc import WorkflowServicer
 from services.triggers.runtime.caps import FrequencyCaps
 from services.triggers.runtime.facts import prune_events_forever
+from services.triggers.runtime.live_changes import ChangeListener
 from services.triggers.runtime.runs import Engine
 from services.triggers.runtime.schedules import ScheduleLoop
 from services.triggers.runtime.timers import TimerLoop
@@ -104,6 +105,8 @@ async def start(service: runtime.Service, settings: Settings) -> None:
     service.push(campaigns.close)
     caps = FrequencyCaps(campaigns_pb2_grpc.CampaignServiceStub(campaigns), settings.internal_token)
     engine = Engine(caps, live_ttl_s=settings.live_workflows_ttl_s)
+    # Publications, pauses and resumptions of any worker reach this one's cache at once.
+    service.spawn(ChangeListener(settings.database_url, engine).run(), "workflow-changes")
     # The timer loop is supervised: if it dies the service stops with exit 1, never silently.
     timers = TimerLoop(pool, engine, poll_s=settings.timer_poll_s)
     engine.wake = timers.wake

@@ -19,8 +19,8 @@ class Settings(DatabaseSettings, RedisSettings, KafkaSettings, InternalAuthSetti
     # Faust keeps a little local state (its table stores); nothing in it is needed for
     # correctness, so a temporary directory is fine.
     data_dir: str = "/tmp/nudge-triggers"
-    # How long the live workflows of a workspace are cached: a publish or a pause reaches
-    # the event path within this (a run already started follows its own version).
+    # How long the live workflows of a workspace are cached should the notification of a
+    # publish or a pause be lost (it drops them at once: runtime/live_changes.py).
     live_workflows_ttl_s: float = 2.0
     # The timer loop's round interval (a timer written in-process wakes it earlier).
     timer_poll_s: float = 0.15

@@ -23,6 +23,8 @@ from typing import Any
 
 import asyncpg
 
+from services.triggers.runtime import live_changes
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 # A page token longer than this is not one this service made.
@@ -203,6 +205,7 @@ async def publish(
         trigger_event,
         now,
     )
+    await live_changes.announce(conn, workspace_id)
 
 
 async def set_status(
@@ -215,6 +218,7 @@ async def set_status(
         status,
         now,
     )
+    await live_changes.announce(conn, workspace_id)
 
 
 async def delete_workflow(

@@ -151,9 +151,11 @@ class Run:
 class Engine:
     """What the event path and the timer loop share: compiled versions (immutable, so
     cached for good), the live workflows of each workspace and event and the workspace's
-    published workflows of derived triggers (both cached for ``live_ttl_s``: a publish or
-    a pause reaches the engine within that), the frequency caps, and ``wake``, told of
-    every timer written so the loop can fire it on time."""
+    published workflows of derived triggers (both cached, and dropped by :meth:`forget`
+    when a workflow of the workspace is published, paused, resumed or archived in any
+    worker: runtime/live_changes.py; ``live_ttl_s`` bounds how stale they can be should
+    that word be lost), the frequency caps, and ``wake``, told of every timer written so
+    the loop can fire it on time."""
 
     def __init__(
         self,
@@ -168,6 +170,20 @@ class Engine:
         self._versions: dict[tuple[str, str, int], Compiled] = {}
         self._live: dict[tuple[str, str], tuple[datetime, list[Compiled]]] = {}
         self._derived: dict[str, tuple[datetime, list[derived.PublishedWorkflow]]] = {}
+        # Moved by every forget: a list read before it is not cached after it (it may be
+        # from before the change).
+        self._generation = 0
+
+    def forget(self, workspace_id: str | None = None) -> None:
+        """Drop the cached live workflows of ``workspace_id`` (None: of every workspace)."""
+        self._generation += 1
+        if workspace_id is None:
+            self._live.clear()
+            self._derived.clear()
+            return
+        for key in [k for k in self._live if k[0] == workspace_id]:
+            del self._live[key]
+        self._derived.pop(workspace_id, None)
 
     async def version(
         self, conn: asyncpg.Connection, workspace_id: str, workflow_id: str, version: int
@@ -198,6 +214,7 @@ class Engine:
         hit = self._live.get(key)
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         rows = await conn.fetch(
             "SELECT id, published_version FROM workflows WHERE workspace_id = $1"
             " AND trigger_event = $2 AND status = 'active' AND published_version > 0",
@@ -208,6 +225,8 @@ class Engine:
             await self.version(conn, workspace_id, str(r["id"]), r["published_version"])
             for r in rows
         ]
+        if generation != self._generation:
+            return found  # a change came in meanwhile: the next event reads it again
         if len(self._live) > 10_000:
             self._live.clear()
         self._live[key] = (now + self.live_ttl, found)
@@ -222,7 +241,10 @@ class Engine:
         hit = self._derived.get(workspace_id)
         if hit is not None and hit[0] > now:
             return hit[1]
+        generation = self._generation
         found = await derived.published_derived(conn, workspace_id)
+        if generation != self._generation:
+            return found
         if len(self._derived) > 10_000:
             self._derived.clear()
         self._derived[workspace_id] = (now + self.live_ttl, found)
