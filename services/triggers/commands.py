@@ -14,8 +14,8 @@ replayed step writes nothing new), and this relay calls contacts' gRPC API for i
 Delivery is at-least-once and the calls are idempotent, so the relay never needs to know
 whether a call it lost track of (a crash after the call, before the delete) went through.
 
-A tags command contacts accepted is not deleted at once: it is settled with the contact's
-version from the answer and stays an overlay on the engine's facts until the engine has
+A tags command contacts accepted is not deleted at once: it is settled with the version of
+its change from the answer and stays an overlay on the engine's facts until the engine has
 applied contacts' event of that version (services/triggers/runtime/facts.py, "Tag
 overlays"); a settled row is never leased again.
 
@@ -23,8 +23,8 @@ Claiming. A round leases due rows (``next_try_at <= now``) with ``FOR UPDATE SKI
 by moving their ``next_try_at`` past the call's timeout, in a short statement: no database
 transaction stays open while contacts answers, and several workers' relays share the table
 without calling twice for one row (a lease that expires, because the worker died, hands the
-row to the next round, which is safe since the calls are idempotent). A row is deleted when
-contacts accepts it, backed off exponentially (``attempts``, ``next_try_at``,
+row to the next round, which is safe since the calls are idempotent). A row is deleted (a
+tags row settled) when contacts accepts it, backed off exponentially (``attempts``, ``next_try_at``,
 ``last_error``) when contacts cannot answer, and dropped with a log when no retry can
 succeed (the contact is gone: ``NOT_FOUND``; the change is refused: ``INVALID_ARGUMENT``,
 ``ALREADY_EXISTS``).
