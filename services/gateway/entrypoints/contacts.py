@@ -303,6 +303,17 @@ async def upsert_contact(
     return convert.contact_json(answer.contact)
 
 
+# The `Idempotency-Key` header of a change that takes one (its body's member wins).
+IdempotencyKeyHeader = Annotated[
+    str,
+    Header(
+        max_length=200,
+        pattern=r"^[\x21-\x7e]*$",
+        description="As `idempotency_key` in the body (which wins).",
+    ),
+]
+
+
 @router.post(
     "/{contact_id}/tags",
     response_model=schemas.TagsChangedOut,
@@ -314,14 +325,7 @@ async def modify_tags(
     body: schemas.TagsIn,
     caller: CallerDep,
     backends: BackendsDep,
-    idempotency_key: Annotated[
-        str,
-        Header(
-            max_length=200,
-            pattern=r"^[\x21-\x7e]*$",
-            description="As `idempotency_key` in the body (which wins).",
-        ),
-    ] = "",
+    idempotency_key: IdempotencyKeyHeader = "",
 ) -> schemas.TagsChangedOut:
     """A tag both added and removed is added. With an idempotency key, a repeat answers the
     first call's version (`duplicate`) and applies nothing; the key used for another change
@@ -350,14 +354,7 @@ async def adjust_score(
     body: schemas.ScoreIn,
     caller: CallerDep,
     backends: BackendsDep,
-    idempotency_key: Annotated[
-        str,
-        Header(
-            max_length=200,
-            pattern=r"^[\x21-\x7e]*$",
-            description="As `idempotency_key` in the body (which wins).",
-        ),
-    ] = "",
+    idempotency_key: IdempotencyKeyHeader = "",
 ) -> schemas.ScoreOut:
     """Atomic: concurrent deltas all count. With an idempotency key, a repeat answers the
     first result (`duplicate`), and the key used with another delta is 409."""

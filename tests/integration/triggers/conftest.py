@@ -149,3 +149,18 @@ async def logged_pool(infra: dict[str, str]) -> AsyncIterator[tuple[asyncpg.Pool
         yield pool, logged
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def triggers_db(infra: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
+    """The engine's schema, migrated, and a pool on it (for tests that play the runtime's
+    part with its own functions, no worker running)."""
+    await migrate(infra["DATABASE_URL"], handlers.SCHEMA, MIGRATIONS)
+    pool = await asyncpg.create_pool(
+        infra["DATABASE_URL"], server_settings={"search_path": handlers.SCHEMA}
+    )
+    assert pool is not None
+    try:
+        yield pool
+    finally:
+        await pool.close()

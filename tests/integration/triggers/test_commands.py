@@ -19,27 +19,11 @@ from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from nudge.contacts.v1 import events_pb2 as contacts_events
 
 from services.common.config import InternalAuthSettings
-from services.common.db import migrate
 from services.common.events import new_envelope
-from services.triggers import handlers
-from services.triggers.bootstrap import MIGRATIONS
 from services.triggers.commands import CommandRelay
 from services.triggers.runtime import facts
 from tests.integration.conftest import RunningService, Workspace
 from tests.support import eventually, free_port, unique
-
-
-@pytest.fixture
-async def triggers_db(infra: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(infra["DATABASE_URL"], handlers.SCHEMA, MIGRATIONS)
-    pool = await asyncpg.create_pool(
-        infra["DATABASE_URL"], server_settings={"search_path": handlers.SCHEMA}
-    )
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @pytest.fixture

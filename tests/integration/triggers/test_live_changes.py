@@ -11,11 +11,8 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import asyncpg
-import pytest
 
-from services.common.db import migrate
-from services.triggers import handlers, workflows_store
-from services.triggers.bootstrap import MIGRATIONS
+from services.triggers import workflows_store
 from services.triggers.runtime.caps import FrequencyCaps
 from services.triggers.runtime.live_changes import ChangeListener
 from services.triggers.runtime.runs import Engine
@@ -23,19 +20,6 @@ from tests.integration.triggers.support import WELCOME
 from tests.support import eventually
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-async def pool(infra: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
-    await migrate(infra["DATABASE_URL"], handlers.SCHEMA, MIGRATIONS)
-    pool = await asyncpg.create_pool(
-        infra["DATABASE_URL"], server_settings={"search_path": handlers.SCHEMA}
-    )
-    assert pool is not None
-    try:
-        yield pool
-    finally:
-        await pool.close()
 
 
 @contextlib.asynccontextmanager
@@ -89,7 +73,7 @@ async def publish(pool: asyncpg.Pool, ws: str, *, committed: bool = True) -> str
 
 
 async def test_a_publication_and_a_pause_reach_every_workers_cache_at_once(
-    pool: asyncpg.Pool, infra: dict[str, str]
+    triggers_db: asyncpg.Pool, infra: dict[str, str]
 ) -> None:
     ws = str(uuid.uuid4())
     workers = [Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0) for _ in range(2)]
@@ -98,52 +82,52 @@ async def test_a_publication_and_a_pause_reach_every_workers_cache_at_once(
         listening(infra["DATABASE_URL"], workers[1]),
     ):
         for engine in workers:
-            assert await live_ids(pool, engine, ws) == []  # cached: nothing live
-        await publish(pool, ws, committed=False)
-        workflow_id = await publish(pool, ws)
+            assert await live_ids(triggers_db, engine, ws) == []  # cached: nothing live
+        await publish(triggers_db, ws, committed=False)
+        workflow_id = await publish(triggers_db, ws)
         for engine in workers:
-            await eventually(lambda e=engine: live_ids(pool, e, ws), timeout=10)  # type: ignore[misc]
-            assert await live_ids(pool, engine, ws) == [workflow_id]
+            await eventually(lambda e=engine: live_ids(triggers_db, e, ws), timeout=10)  # type: ignore[misc]
+            assert await live_ids(triggers_db, engine, ws) == [workflow_id]
 
-        async with pool.acquire() as conn, conn.transaction():
+        async with triggers_db.acquire() as conn, conn.transaction():
             await workflows_store.set_status(conn, ws, uuid.UUID(workflow_id), "paused", NOW)
 
         async def paused_everywhere() -> bool:
-            return all([await live_ids(pool, e, ws) == [] for e in workers])
+            return all([await live_ids(triggers_db, e, ws) == [] for e in workers])
 
         await eventually(paused_everywhere, timeout=10)
 
 
 async def test_what_changed_before_a_listener_listened_is_read_again(
-    pool: asyncpg.Pool, infra: dict[str, str]
+    triggers_db: asyncpg.Pool, infra: dict[str, str]
 ) -> None:
     """A worker (re)connecting did not hear what changed before: it starts afresh."""
     engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
     ws = str(uuid.uuid4())
-    assert await live_ids(pool, engine, ws) == []
-    published = await publish(pool, ws)  # nobody listens yet
-    assert await live_ids(pool, engine, ws) == []  # the cache, stale
+    assert await live_ids(triggers_db, engine, ws) == []
+    published = await publish(triggers_db, ws)  # nobody listens yet
+    assert await live_ids(triggers_db, engine, ws) == []  # the cache, stale
     async with listening(infra["DATABASE_URL"], engine):
-        assert await live_ids(pool, engine, ws) == [published]
+        assert await live_ids(triggers_db, engine, ws) == [published]
 
 
 async def test_a_listener_whose_connection_is_cut_listens_again(
-    pool: asyncpg.Pool, infra: dict[str, str]
+    triggers_db: asyncpg.Pool, infra: dict[str, str]
 ) -> None:
     engine = Engine(FrequencyCaps(None, ""), live_ttl_s=3600.0)
     ws = str(uuid.uuid4())
     async with listening(infra["DATABASE_URL"], engine) as listener:
         before = listener.backend_pid
-        assert await pool.fetchval("SELECT pg_terminate_backend($1)", before)
+        assert await triggers_db.fetchval("SELECT pg_terminate_backend($1)", before)
 
         async def listening_again() -> bool:
             return listener.listening.is_set() and listener.backend_pid != before
 
         await eventually(listening_again, timeout=30)
-        assert await live_ids(pool, engine, ws) == []
-        published = await publish(pool, ws)
+        assert await live_ids(triggers_db, engine, ws) == []
+        published = await publish(triggers_db, ws)
 
         async def heard() -> bool:
-            return await live_ids(pool, engine, ws) == [published]
+            return await live_ids(triggers_db, engine, ws) == [published]
 
         await eventually(heard, timeout=10)
