@@ -659,6 +659,31 @@ async def test_passing_a_thousand_euros_in_orders_thanks_a_best_customer_once(
     assert len(mail_to(person.email)) == 1
 
 
+async def timer_due(
+    shop: Shop, contact_id: str, kind: str, *, workflow_id: str | None = None
+) -> datetime | None:
+    """When the contact's pending timer of ``kind`` (of ``workflow_id``, if given) falls due."""
+    due: datetime | None = await fetchval(
+        os.environ["DATABASE_URL"],
+        "SELECT due_at FROM triggers.timers WHERE workspace_id = $1::uuid"
+        " AND contact_id = $2::uuid AND kind = $3"
+        " AND ($4::uuid IS NULL OR workflow_id = $4::uuid)",
+        shop.ws.id,
+        contact_id,
+        kind,
+        workflow_id,
+    )
+    return due
+
+
+async def timer_due_is(
+    shop: Shop, contact_id: str, kind: str, expected: datetime, *, workflow_id: str | None = None
+) -> bool:
+    """For ``eventually``: the timer is there, due at ``expected`` (else it says when)."""
+    assert await timer_due(shop, contact_id, kind, workflow_id=workflow_id) == expected
+    return True
+
+
 async def test_birthday_wishes_go_out_at_nine_in_the_contacts_zone_on_the_day(
     shop: Shop,
 ) -> None:
@@ -670,19 +695,7 @@ async def test_birthday_wishes_go_out_at_nine_in_the_contacts_zone_on_the_day(
         birthday=contacts_pb2.Date(year=1990, month=tomorrow.month, day=tomorrow.day),
     )
     nine = datetime.combine(tomorrow, time(8, 0), tzinfo=UTC)
-
-    async def timer_set() -> bool:
-        due = await fetchval(
-            os.environ["DATABASE_URL"],
-            "SELECT due_at FROM triggers.timers WHERE workspace_id = $1::uuid"
-            " AND contact_id = $2::uuid AND kind = 'date'",
-            shop.ws.id,
-            person.id,
-        )
-        assert due == nine
-        return True
-
-    await eventually(timer_set, timeout=60)
+    await eventually(lambda: timer_due_is(shop, person.id, "date", nine), timeout=60)
     assert mail_to(person.email) == []
     shop.move_to_next(time(8, 1))
     await eventually(has_mail(person.email, "Happy birthday from"), timeout=60)
@@ -709,20 +722,9 @@ async def test_a_birthday_workflow_published_after_the_contact_came_reaches_them
             triggers_pb2.PublishWorkflowRequest(workflow_id=created.id), metadata=shop.ws.metadata
         )
     nine = datetime.combine(tomorrow, time(8, 0), tzinfo=UTC)
-
-    async def timer_set() -> bool:
-        due = await fetchval(
-            os.environ["DATABASE_URL"],
-            "SELECT due_at FROM triggers.timers WHERE workspace_id = $1::uuid"
-            " AND contact_id = $2::uuid AND workflow_id = $3::uuid AND kind = 'date'",
-            shop.ws.id,
-            person.id,
-            created.id,
-        )
-        assert due == nine
-        return True
-
-    await eventually(timer_set, timeout=60)
+    await eventually(
+        lambda: timer_due_is(shop, person.id, "date", nine, workflow_id=created.id), timeout=60
+    )
     shop.move_to_next(time(8, 1))
     await eventually(has_mail(person.email, "Happy birthday from"), timeout=60)
 
@@ -736,13 +738,7 @@ async def test_win_back_mails_after_ninety_silent_days_counted_from_the_last_act
     person = await shop.customer()
 
     async def silence_ends_at(expected: datetime) -> bool:
-        due = await fetchval(
-            database_url,
-            "SELECT due_at FROM triggers.timers WHERE workspace_id = $1::uuid"
-            " AND contact_id = $2::uuid AND kind = 'inactive'",
-            shop.ws.id,
-            person.id,
-        )
+        due = await timer_due(shop, person.id, "inactive")
         assert due is not None and abs((due - expected).total_seconds()) < 5, due
         return True
 
