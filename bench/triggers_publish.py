@@ -68,19 +68,17 @@ async def measure(url: str, count: int) -> dict[str, Any]:
         doc = json.loads(TEMPLATE.read_text())
         definition = Definition.model_validate(doc)
         stored = definition.model_dump(mode="json", by_alias=True)
-        workflow_id = uuid.uuid4()
         now = datetime.now(UTC)
-        await conn.execute(
-            "INSERT INTO workflows (workspace_id, id, name, status, draft, published_version,"
-            " trigger_event, created_at, updated_at) VALUES ($1, $2, $3, 'draft', $4::jsonb, 0,"
-            " $5, $6, $6)",
-            ws,
-            workflow_id,
-            definition.name,
-            json.dumps(stored),
-            definition.trigger.event,
-            now,
+        draft = await store.insert_workflow(
+            conn,
+            str(ws),
+            name=definition.name,
+            draft=stored,
+            trigger_event=definition.trigger.event,
+            template_id="birthday",
+            now=now,
         )
+        workflow_id = draft["id"]
         started = time.perf_counter()
         async with conn.transaction():
             await store.publish(
