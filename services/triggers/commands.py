@@ -24,10 +24,10 @@ by moving their ``next_try_at`` past the call's timeout, in a short statement: n
 transaction stays open while contacts answers, and several workers' relays share the table
 without calling twice for one row (a lease that expires, because the worker died, hands the
 row to the next round, which is safe since the calls are idempotent). A row is deleted (a
-tags row settled) when contacts accepts it, backed off exponentially (``attempts``, ``next_try_at``,
-``last_error``) when contacts cannot answer, and dropped with a log when no retry can
-succeed (the contact is gone: ``NOT_FOUND``; the change is refused: ``INVALID_ARGUMENT``,
-``ALREADY_EXISTS``).
+tags row settled) when contacts accepts it, backed off exponentially (``attempts``,
+``next_try_at``, ``last_error``) when contacts cannot answer, and dropped with a log when no
+retry can succeed (the contact is gone: ``NOT_FOUND``; the change is refused:
+``INVALID_ARGUMENT``, ``ALREADY_EXISTS``).
 
 Order. Seed 002 adds "first purchase" on the first order and removes it on the second: the
 two commands of one contact must reach contacts in the order they were written. A row is
@@ -224,7 +224,8 @@ class CommandRelay:
         return True
 
     async def _call(self, command: Command) -> int | None:
-        """Carry ``command`` out; for a tags command, the contact's version in the answer."""
+        """Carry ``command`` out; for a tags command, the version of its change (contacts'
+        answer)."""
         metadata = internal_metadata(self._token, command.workspace_id)
         ref = contacts_pb2.ContactRef(contact_id=command.contact_id)
         if command.kind == "tags":
