@@ -5,6 +5,8 @@ dies; and the dependency monitor's health statuses."""
 from __future__ import annotations
 
 import asyncio
+import gc
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -88,6 +90,52 @@ async def test_a_background_task_that_ends_stops_the_service() -> None:
             runtime.serve("test", BaseServiceSettings(), asyncio.Event(), start), timeout=10
         )
     assert journal.entries == ["close pool"]
+
+
+async def test_started_runs_once_everything_has_started_and_before_the_stop() -> None:
+    journal, stop = Journal(), asyncio.Event()
+
+    async def start(service: runtime.Service) -> None:
+        service.push(journal.closer("pool"))
+        journal.entries.append("started the server")
+
+    def started() -> None:
+        journal.entries.append("settled")
+        stop.set()
+
+    await runtime.serve("test", BaseServiceSettings(), stop, start, started=started)
+    assert journal.entries == ["started the server", "settled", "close pool"]
+
+
+@pytest.fixture
+def collector() -> Iterator[None]:
+    """The collector's thresholds and frozen objects put back as they were."""
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_settle_heap_freezes_what_start_up_left_and_collects_young_objects_less_often(
+    collector: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NUDGE_GC_DEFAULTS", raising=False)
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    runtime.settle_heap()
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == (runtime.GC_YOUNG_THRESHOLD, 10, 10)
+
+
+def test_settle_heap_leaves_pythons_defaults_when_told_to(
+    collector: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("NUDGE_GC_DEFAULTS", "1")
+    gc.unfreeze()
+    gc.set_threshold(700, 10, 10)
+    runtime.settle_heap()
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 def test_development_secrets_are_refused_unless_in_development_mode() -> None:
