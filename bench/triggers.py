@@ -13,7 +13,13 @@ triggers service as a process (``python -m services.triggers``, one worker):
    agent that does nothing (a process of its own, same Faust settings as the engine's app,
    its own group) reads them all, and then the triggers worker handles them all. Rates run
    from the first event handled to the last (the engine's from its ``processed_events``
-   claims, polled), so start-up and the group join do not count.
+   claims, polled), so start-up and the group join do not count. The contacts service
+   runs beside the worker with the shop's contacts in its tables, so that the
+   post-purchase workflow's tag commands are carried out (ModifyTags, then contacts'
+   TagsChanged back to the engine), as in production; ``tagged_when_events_handled`` and
+   ``tags_done_s_after_events`` say how far the command relay trailed the events.
+   ``--no-contacts`` runs without it (every tag call then fails and is retried: the
+   figures of stops before 2026-12-04 night).
 2. ``timers``: ``N`` pending timers of abandoned-cart runs waiting for their reminder, with
    their ``runs`` rows, written with COPY; all but a stream of ``--due-rate`` per second
    over ``--due-seconds`` are due days ahead. Lateness is ``run_steps.at`` of the
@@ -467,9 +473,10 @@ def measure_events(
     env = system.env
     count = max(5_000, scale // 10)
     contacts = max(100, scale // 50)
-    workspace_id = uuid.uuid4()
+    with_contacts = "contacts" in system.group._services
 
-    async def set_up() -> float:
+    async def set_up() -> tuple[uuid.UUID, float]:
+        workspace_id = await create_workspace(env) if with_contacts else uuid.uuid4()
         conn = await connect(env)
         try:
             await publish(conn, workspace_id, workflow("abandoned_cart", ABANDONED_CART))
@@ -477,9 +484,13 @@ def measure_events(
         finally:
             await conn.close()
         records = shop_events(str(workspace_id), contacts, count)
-        return await produce(env["KAFKA_BOOTSTRAP_SERVERS"], records)
+        if with_contacts:
+            await add_contacts(
+                env, workspace_id, sorted({uuid.UUID(k.decode()) for k, _ in records})
+            )
+        return workspace_id, await produce(env["KAFKA_BOOTSTRAP_SERVERS"], records)
 
-    produce_s = asyncio.run(set_up())
+    workspace_id, produce_s = asyncio.run(set_up())
     # Faust writes to stdout as it likes: the agent's figures come back in a file.
     with tempfile.NamedTemporaryFile("r", suffix=".json") as figures:
         bare = subprocess.run(
@@ -519,6 +530,18 @@ def measure_events(
         sys.stderr.write(f"the engine handled {n} of {count} events\n{worker_tail(system)}\n")
     wall_s = time.monotonic() - started
     ours = (n - 1) / span if span else float("nan")
+    # The tag commands are carried out after their events, by the relay: how far behind it
+    # was when the last event was handled, and how long it took to catch up.
+    tag_figures: dict[str, Any] = {}
+    if with_contacts:
+        done_at = time.monotonic()
+        tag_figures["tagged_when_events_handled"] = asyncio.run(tagged(env, workspace_id))
+        while (got := asyncio.run(tagged(env, workspace_id))) < contacts:
+            if time.monotonic() > done_at + timeout:
+                break
+            time.sleep(0.2)
+        tag_figures["tagged"] = got
+        tag_figures["tags_done_s_after_events"] = round(time.monotonic() - done_at, 1)
     runs = asyncio.run(count_runs(env, workspace_id))
     return {
         "events": count,
@@ -530,11 +553,60 @@ def measure_events(
         "engine_to_bare_ratio": round(ours / bare_rate, 3),
         "engine_wall_s_from_start": round(wall_s, 1),
         "runs_started": runs,
+        **tag_figures,
         "worker_cpu_share_of_a_core": round(worker_share, 2),
         "target_events_per_s": 5_000,
         **load,
         **({"profile_top": top[0], "profile_self": top[1]} if top else {}),
     }
+
+
+async def create_workspace(env: dict[str, str]) -> uuid.UUID:
+    import grpc
+    from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+
+    async with grpc.aio.insecure_channel(env["NUDGE_CONTACTS_ADDR"]) as channel:
+        created = await contacts_pb2_grpc.WorkspaceServiceStub(channel).CreateWorkspace(
+            contacts_pb2.CreateWorkspaceRequest(name="Bench shop", slug="bench-triggers-events"),
+            metadata=(("authorization", f"Admin {env['NUDGE_ADMIN_TOKEN']}"),),
+        )
+    return uuid.UUID(created.workspace_id)
+
+
+async def add_contacts(
+    env: dict[str, str], workspace_id: uuid.UUID, people: list[uuid.UUID]
+) -> None:
+    """The shop events' contacts in contacts' own tables, so that the post-purchase tag
+    commands the engine sends (ModifyTags) are carried out, not refused."""
+    now = datetime.now(UTC)
+    conn = await connect(env, "contacts")
+    try:
+        await conn.copy_records_to_table(
+            "contacts",
+            records=[
+                (workspace_id, c, f"shopper{i}@bench.example", now, now)
+                for i, c in enumerate(people)
+            ],
+            columns=("workspace_id", "id", "email", "created_at", "updated_at"),
+        )
+    finally:
+        await conn.close()
+
+
+async def tagged(env: dict[str, str], workspace_id: uuid.UUID) -> int:
+    """Contacts whose post-purchase tag contacts has applied (each bench contact orders
+    once: ``first_purchase``)."""
+    conn = await connect(env, "contacts")
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(*) FROM contacts WHERE workspace_id = $1"
+                " AND 'first_purchase' = ANY(tags)",
+                workspace_id,
+            )
+        )
+    finally:
+        await conn.close()
 
 
 async def count_runs(env: dict[str, str], workspace_id: uuid.UUID) -> int:
@@ -975,7 +1047,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for part in ("events", "timers"):
         if part not in parts:
             continue
-        with running_system(services=(), ready=lambda env: None) as system:
+        # The events run beside contacts (unless --no-contacts), which carries out the
+        # post-purchase workflow's tag commands as it would in production.
+        services = ("contacts",) if part == "events" and not args.no_contacts else ()
+        with running_system(services=services, ready=ready_grpc(*services)) as system:
             migrate(system.env)
             if args.async_commit:
                 asyncio.run(commit_without_flush(system.env))
@@ -1015,6 +1090,11 @@ def main() -> None:
         "--async-commit", action="store_true", help="synchronous_commit off (diagnosis)"
     )
     parser.add_argument("--profile", action="store_true", help="py-spy the worker (events)")
+    parser.add_argument(
+        "--no-contacts",
+        action="store_true",
+        help="events without the contacts service: every tag command fails and is retried",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for a part")
     result = run(parser.parse_args())
     sys.stdout.write(json.dumps(result) + "\n")
