@@ -27,7 +27,8 @@ row to the next round, which is safe since the calls are idempotent). A row is d
 tags row settled) when contacts accepts it, backed off exponentially (``attempts``,
 ``next_try_at``, ``last_error``) when contacts cannot answer, and dropped with a log when no
 retry can succeed (the contact is gone: ``NOT_FOUND``; the change is refused:
-``INVALID_ARGUMENT``, ``ALREADY_EXISTS``).
+``INVALID_ARGUMENT``, ``ALREADY_EXISTS``); a dropped tags row also takes its change out of
+the engine's ``tags`` (facts.drop_tags), which had it from the step that wrote the row.
 
 Order. Seed 002 adds "first purchase" on the first order and removes it on the second: the
 two commands of one contact must reach contacts in the order they were written. A row is
@@ -206,7 +207,13 @@ class CommandRelay:
                     err.code().name,
                     err.details(),
                 )
-                await self._delete(command)
+                if command.kind == "tags":
+                    async with self._pool.acquire() as conn, conn.transaction():
+                        await facts.drop_tags(
+                            conn, command.id, command.workspace_id, command.contact_id
+                        )
+                else:
+                    await self._delete(command)
                 return True
             await self._back_off(command, f"{err.code().name}: {err.details()}")
             return False

@@ -253,6 +253,32 @@ async def settle_tags(
         )
         return
     # The event came first and put this command back on top of it: take it off.
+    await _take_off(conn, command_id, workspace_id, contact_id, held)
+
+
+async def drop_tags(
+    conn: asyncpg.Connection, command_id: str, workspace_id: str, contact_id: str
+) -> None:
+    """Contacts refused the tags command ``command_id`` for good (a tag it does not accept,
+    a contact it does not know): the command goes, and ``tags`` is recomputed without it,
+    so that no condition goes on reading a tag the contact never got. In the caller's
+    transaction, the facts row locked first, as in :func:`settle_tags`."""
+    held = await conn.fetchval(
+        "SELECT version FROM contact_facts WHERE workspace_id = $1 AND contact_id = $2 FOR UPDATE",
+        workspace_id,
+        contact_id,
+    )
+    if held is None:
+        await conn.execute("DELETE FROM commands WHERE id = $1", command_id)
+        return
+    await _take_off(conn, command_id, workspace_id, contact_id, held)
+
+
+async def _take_off(
+    conn: asyncpg.Connection, command_id: str, workspace_id: str, contact_id: str, version: int
+) -> None:
+    """Delete the tags command and put contacts' tags as of ``version`` back, with the
+    other overlays still live on top."""
     await conn.execute("DELETE FROM commands WHERE id = $1", command_id)
     rows = await conn.fetch(
         "SELECT payload, settled_version FROM commands WHERE workspace_id = $1"
@@ -260,7 +286,7 @@ async def settle_tags(
         workspace_id,
         contact_id,
     )
-    await _retag(conn, workspace_id, contact_id, held, None, rows)
+    await _retag(conn, workspace_id, contact_id, version, None, rows)
 
 
 async def apply_observation(conn: asyncpg.Connection, obs: Observation) -> None:

@@ -418,3 +418,23 @@ async def test_a_tag_command_relayed_again_does_not_undo_a_managers_later_change
         await triggers_db.fetchval("SELECT settled_version FROM commands WHERE id = $1", command_id)
         == tagged.version
     )
+
+
+async def test_a_tag_change_contacts_refuses_is_taken_out_of_the_engines_tags(
+    triggers_db: asyncpg.Pool, contacts_channel: grpc.aio.Channel, workspace: Workspace
+) -> None:
+    """The step's tag was written through to the engine's facts; contacts refuses it for
+    good (not a tag it accepts): the engine must not go on reading a tag the contact never
+    got, and keeps the other change of the same contact."""
+    person = await new_contact(contacts_channel, workspace)
+    await contacts_said(triggers_db, workspace, person)
+    await engine_tags(triggers_db, workspace, person.id, add=("Not A Tag",))
+    await engine_tags(triggers_db, workspace, person.id, add=("vip",))
+    assert await facts_tags(triggers_db, workspace, person.id) == ["Not A Tag", "vip"]
+    await relay_until_empty(
+        CommandRelay(triggers_db, contacts_channel, internal_token()), triggers_db, workspace
+    )
+    assert list((await contact(contacts_channel, workspace, person.id)).tags) == ["vip"]
+    assert await facts_tags(triggers_db, workspace, person.id) == ["vip"]
+    # The refused row is gone; the carried-out one stays an overlay until its event.
+    assert await overlays(triggers_db, workspace, person.id) == 1
