@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from services.common.db import id_array
 from services.contacts.suppression import address_hash_sql, suppressed_reason_sql
 
 
@@ -161,12 +162,14 @@ async def eligibility_facts_many(
         " (SELECT s.status FROM consents s WHERE s.workspace_id = c.workspace_id"
         "   AND s.contact_id = c.id AND s.purpose = q.purpose) AS consent,"
         f" {suppressed_reason_sql('c', 'w')} AS suppressed_reason"
-        " FROM unnest($2::uuid[], $3::int[]) WITH ORDINALITY AS q(contact_id, purpose, n)"
+        " FROM unnest($2::text::uuid[], $3::text::int[]) WITH ORDINALITY"
+        "  AS q(contact_id, purpose, n)"
         " JOIN contacts c ON c.workspace_id = $1 AND c.id = q.contact_id"
         " JOIN workspaces w ON w.id = c.workspace_id",
         uuid.UUID(workspace_id),
-        list(contact_ids),
-        list(purposes),
+        # One text parameter each: asyncpg checks every element of a list (id_array).
+        id_array(contact_ids),
+        id_array(map(str, purposes)),
     )
     found: list[asyncpg.Record | None] = [None] * len(contact_ids)
     for row in rows:
