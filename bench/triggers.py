@@ -468,15 +468,16 @@ async def processed(env: dict[str, str]) -> tuple[int, float]:
 
 
 def measure_events(
-    system: RunningSystem, scale: int, timeout: float, profile: bool
+    system: RunningSystem, scale: int, timeout: float, profile: bool, with_contacts: bool
 ) -> dict[str, Any]:
     env = system.env
     count = max(5_000, scale // 10)
     contacts = max(100, scale // 50)
-    with_contacts = "contacts" in system.group._services
 
     async def set_up() -> tuple[uuid.UUID, float]:
-        workspace_id = await create_workspace(env) if with_contacts else uuid.uuid4()
+        workspace_id = (
+            await create_workspace(env, "bench-triggers-events") if with_contacts else uuid.uuid4()
+        )
         conn = await connect(env)
         try:
             await publish(conn, workspace_id, workflow("abandoned_cart", ABANDONED_CART))
@@ -485,9 +486,9 @@ def measure_events(
             await conn.close()
         records = shop_events(str(workspace_id), contacts, count)
         if with_contacts:
-            await add_contacts(
-                env, workspace_id, sorted({uuid.UUID(k.decode()) for k, _ in records})
-            )
+            people = sorted({uuid.UUID(k.decode()) for k, _ in records})
+            emails = [f"shopper{i}@bench.example" for i in range(len(people))]
+            await add_contacts(env, workspace_id, people, emails)
         return workspace_id, await produce(env["KAFKA_BOOTSTRAP_SERVERS"], records)
 
     workspace_id, produce_s = asyncio.run(set_up())
@@ -561,34 +562,45 @@ def measure_events(
     }
 
 
-async def create_workspace(env: dict[str, str]) -> uuid.UUID:
+async def create_workspace(env: dict[str, str], slug: str) -> uuid.UUID:
     import grpc
     from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
 
     async with grpc.aio.insecure_channel(env["NUDGE_CONTACTS_ADDR"]) as channel:
         created = await contacts_pb2_grpc.WorkspaceServiceStub(channel).CreateWorkspace(
-            contacts_pb2.CreateWorkspaceRequest(name="Bench shop", slug="bench-triggers-events"),
+            contacts_pb2.CreateWorkspaceRequest(name="Bench shop", slug=slug),
             metadata=(("authorization", f"Admin {env['NUDGE_ADMIN_TOKEN']}"),),
         )
     return uuid.UUID(created.workspace_id)
 
 
 async def add_contacts(
-    env: dict[str, str], workspace_id: uuid.UUID, people: list[uuid.UUID]
+    env: dict[str, str],
+    workspace_id: uuid.UUID,
+    people: list[uuid.UUID],
+    emails: list[str],
+    *,
+    consent: int | None = None,
 ) -> None:
-    """The shop events' contacts in contacts' own tables, so that the post-purchase tag
-    commands the engine sends (ModifyTags) are carried out, not refused."""
+    """``people`` in contacts' own tables (COPY), each granted ``consent`` (a purpose) when
+    given: for tag commands contacts carries out, and mail delivery lets through."""
+    from nudge.contacts.v1 import contacts_pb2
+
     now = datetime.now(UTC)
     conn = await connect(env, "contacts")
     try:
         await conn.copy_records_to_table(
             "contacts",
-            records=[
-                (workspace_id, c, f"shopper{i}@bench.example", now, now)
-                for i, c in enumerate(people)
-            ],
+            records=[(workspace_id, c, e, now, now) for c, e in zip(people, emails, strict=True)],
             columns=("workspace_id", "id", "email", "created_at", "updated_at"),
         )
+        if consent is not None:
+            granted = contacts_pb2.CONSENT_STATUS_GRANTED
+            await conn.copy_records_to_table(
+                "consents",
+                records=[(workspace_id, c, consent, granted, now) for c in people],
+                columns=("workspace_id", "contact_id", "purpose", "status", "updated_at"),
+            )
     finally:
         await conn.close()
 
@@ -942,46 +954,19 @@ def received(maildir: str) -> dict[str, float]:
 def measure_mail(args: argparse.Namespace) -> dict[str, Any]:
     """Figure 4: due reminder -> mail in the SMTP sink, through the outbox, Kafka, delivery
     (eligibility from contacts) and SMTP."""
-    import grpc
-    from nudge.contacts.v1 import contacts_pb2, contacts_pb2_grpc
+    from nudge.contacts.v1 import contacts_pb2
 
     services = ("contacts", "delivery", "triggers")
     with running_system(services=services, ready=ready_grpc(*services)) as system:
         env = system.env
 
         async def set_up() -> tuple[uuid.UUID, list[uuid.UUID], list[str]]:
-            async with grpc.aio.insecure_channel(env["NUDGE_CONTACTS_ADDR"]) as channel:
-                created = await contacts_pb2_grpc.WorkspaceServiceStub(channel).CreateWorkspace(
-                    contacts_pb2.CreateWorkspaceRequest(name="Bench shop", slug="bench-triggers"),
-                    metadata=(("authorization", f"Admin {env['NUDGE_ADMIN_TOKEN']}"),),
-                )
-            ws = uuid.UUID(created.workspace_id)
+            ws = await create_workspace(env, "bench-triggers")
             people = [uuid.uuid4() for _ in range(args.mails)]
             emails = [f"cart{i}@bench.example" for i in range(args.mails)]
-            now = datetime.now(UTC)
-            conn = await connect(env, "contacts")
-            try:
-                await conn.copy_records_to_table(
-                    "contacts",
-                    records=[(ws, c, e, now, now) for c, e in zip(people, emails, strict=True)],
-                    columns=("workspace_id", "id", "email", "created_at", "updated_at"),
-                )
-                await conn.copy_records_to_table(
-                    "consents",
-                    records=[
-                        (
-                            ws,
-                            c,
-                            contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS,
-                            contacts_pb2.CONSENT_STATUS_GRANTED,
-                            now,
-                        )
-                        for c in people
-                    ],
-                    columns=("workspace_id", "contact_id", "purpose", "status", "updated_at"),
-                )
-            finally:
-                await conn.close()
+            await add_contacts(
+                env, ws, people, emails, consent=contacts_pb2.CONSENT_PURPOSE_AUTOMATIONS
+            )
             return ws, people, emails
 
         workspace_id, people, emails = asyncio.run(set_up())
@@ -1056,7 +1041,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 asyncio.run(commit_without_flush(system.env))
             result["kafka_kind"] = system.env["NUDGE_KAFKA_KIND"]
             if part == "events":
-                result["events"] = measure_events(system, args.scale, args.timeout, args.profile)
+                result["events"] = measure_events(
+                    system, args.scale, args.timeout, args.profile, not args.no_contacts
+                )
             else:
                 result["timers"] = measure_timers(system, args)
         sys.stderr.write(json.dumps(result) + "\n")

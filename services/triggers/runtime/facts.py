@@ -240,11 +240,7 @@ async def settle_tags(
     overlay (settled, never sent again); once it has, the command goes and ``tags`` is
     recomputed without it. In the caller's transaction; the facts row is locked first, as
     the engine's transactions lock facts before commands."""
-    held = await conn.fetchval(
-        "SELECT version FROM contact_facts WHERE workspace_id = $1 AND contact_id = $2 FOR UPDATE",
-        workspace_id,
-        contact_id,
-    )
+    held = await _lock_facts(conn, workspace_id, contact_id)
     if held is None or held < version:
         await conn.execute(
             "UPDATE commands SET settled_version = $2, next_try_at = 'infinity' WHERE id = $1",
@@ -263,15 +259,22 @@ async def drop_tags(
     a contact it does not know): the command goes, and ``tags`` is recomputed without it,
     so that no condition goes on reading a tag the contact never got. In the caller's
     transaction, the facts row locked first, as in :func:`settle_tags`."""
-    held = await conn.fetchval(
-        "SELECT version FROM contact_facts WHERE workspace_id = $1 AND contact_id = $2 FOR UPDATE",
-        workspace_id,
-        contact_id,
-    )
+    held = await _lock_facts(conn, workspace_id, contact_id)
     if held is None:
         await conn.execute("DELETE FROM commands WHERE id = $1", command_id)
         return
     await _take_off(conn, command_id, workspace_id, contact_id, held)
+
+
+async def _lock_facts(conn: asyncpg.Connection, workspace_id: str, contact_id: str) -> int | None:
+    """Lock the contact's facts row (before its commands, as the engine's transactions do);
+    the contacts version it holds, None when there is no row."""
+    held: int | None = await conn.fetchval(
+        "SELECT version FROM contact_facts WHERE workspace_id = $1 AND contact_id = $2 FOR UPDATE",
+        workspace_id,
+        contact_id,
+    )
+    return held
 
 
 async def _take_off(
