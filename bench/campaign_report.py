@@ -128,6 +128,7 @@ async def main(url: str, recipients: int, runs: int, events: int) -> None:
         report.MessageMark(
             str(uuid.uuid4()),
             ws,
+            row["contact_id"],
             uuid.UUID(message_id(campaign, row["contact_id"])),
             "open_human",
             T,

@@ -3,8 +3,9 @@ campaign's `recipients` rows and the `attributions` table.
 
 How an event counts, and why it never counts twice:
 
-- A delivery or tracking event names a message id. Campaign messages have a `recipients` row
-  with that id (``recipients_by_message``) in the event's workspace; every other message
+- A delivery or tracking event names a message id and its contact. Campaign messages have a
+  mailed `recipients` row with that id in the event's workspace, found through the contact's
+  rows (``recipients_by_contact``, the message id checked in the index); every other message
   (automation, transactional, tests, another workspace's) matches no row and is dropped
   inside the same statement, without a claim.
 - Each outcome is a first-time timestamp on the row (``LEAST``: replays and reordering change
@@ -69,6 +70,7 @@ class MessageMark:
 
     event_id: str
     workspace_id: uuid.UUID
+    contact_id: uuid.UUID
     message_id: uuid.UUID
     kind: str  # queued, delivered, ..., open_human, open_machine, click_human, ...
     at: datetime
@@ -118,10 +120,17 @@ def observation_of(envelope: Envelope) -> Observation | None:
     elif payload == "unsubscribe_requested":
         kind = "unsubscribed"
     if kind is not None:
-        message_id = getattr(envelope, payload).message_id
-        if not is_uuid(message_id):
-            return None  # campaign message ids are uuids (audience.message_id)
-        return MessageMark(envelope.event_id, workspace_id, uuid.UUID(message_id), kind, at)
+        event = getattr(envelope, payload)
+        if not (is_uuid(event.message_id) and is_uuid(event.contact_id)):
+            return None  # campaign messages name a contact, and their ids are uuids
+        return MessageMark(
+            envelope.event_id,
+            workspace_id,
+            uuid.UUID(event.contact_id),
+            uuid.UUID(event.message_id),
+            kind,
+            at,
+        )
     if payload != "shop_event":
         return None
     event = envelope.shop_event
@@ -165,10 +174,12 @@ def _order_key(order_id: str, event_id: str) -> str:
 _CLAIM_MARKS = """
 INSERT INTO processed_events (consumer, event_id)
 SELECT $4, e.event_id
-FROM unnest($1::text[], $2::uuid[], $3::uuid[]) AS e(event_id, workspace_id, message_id)
+FROM unnest($1::text[], $2::uuid[], $3::uuid[], $5::uuid[])
+     AS e(event_id, workspace_id, message_id, contact_id)
 WHERE EXISTS (
     SELECT 1 FROM recipients r
-    WHERE r.message_id = e.message_id AND r.workspace_id = e.workspace_id
+    WHERE r.workspace_id = e.workspace_id AND r.contact_id = e.contact_id
+      AND r.message_id = e.message_id AND r.excluded IS NULL
 )
 ON CONFLICT DO NOTHING
 RETURNING event_id
@@ -176,7 +187,7 @@ RETURNING event_id
 
 _APPLY_MARKS = """
 WITH fresh AS (
-    SELECT m.workspace_id, m.message_id,
+    SELECT m.workspace_id, m.contact_id, m.message_id,
         min(m.at) FILTER (WHERE m.kind = 'queued') AS queued_at,
         min(m.at) FILTER (WHERE m.kind = 'delivered') AS delivered_at,
         max(m.at) FILTER (WHERE m.kind = 'deferred') AS deferred_at,
@@ -196,9 +207,9 @@ WITH fresh AS (
         count(*) FILTER (WHERE m.kind = 'click_human') AS human_clicks,
         count(*) FILTER (WHERE m.kind = 'click_machine') AS machine_clicks,
         max(m.at) FILTER (WHERE m.kind IN ('open_human', 'click_human')) AS last_engaged
-    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[])
-         AS m(workspace_id, message_id, kind, at)
-    GROUP BY m.workspace_id, m.message_id
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::uuid[])
+         AS m(workspace_id, message_id, kind, at, contact_id)
+    GROUP BY m.workspace_id, m.contact_id, m.message_id
 )
 UPDATE recipients r SET
     queued_at = LEAST(r.queued_at, f.queued_at),
@@ -221,7 +232,8 @@ UPDATE recipients r SET
     machine_clicks = r.machine_clicks + f.machine_clicks,
     last_human_engaged_at = GREATEST(r.last_human_engaged_at, f.last_engaged)
 FROM fresh f
-WHERE r.message_id = f.message_id AND r.workspace_id = f.workspace_id
+WHERE r.workspace_id = f.workspace_id AND r.contact_id = f.contact_id
+  AND r.message_id = f.message_id AND r.excluded IS NULL
 """
 
 # One statement for a batch of orders: the campaign each is attributed to (a mailed row
@@ -290,6 +302,7 @@ async def apply_observations(conn: asyncpg.Connection, batch: list[Observation])
                     [m.workspace_id for m in marks],
                     [m.message_id for m in marks],
                     CONSUMER,
+                    [m.contact_id for m in marks],
                 )
             }
             # A batch holding one event twice: its claim is new, but it counts once.
@@ -301,6 +314,7 @@ async def apply_observations(conn: asyncpg.Connection, batch: list[Observation])
                     [m.message_id for m in fresh],
                     [m.kind for m in fresh],
                     [m.at for m in fresh],
+                    [m.contact_id for m in fresh],
                 )
         if orders:
             await conn.execute(

@@ -32,7 +32,12 @@ async def pool(infra: dict[str, str]) -> AsyncIterator[asyncpg.Pool]:
 def opens(ws: str, campaign_id: str, rows: list[Row]) -> list[report.Observation]:
     return [
         report.MessageMark(
-            str(uuid.uuid4()), uuid.UUID(ws), uuid.UUID(r.message_id(campaign_id)), "open_human", T
+            str(uuid.uuid4()),
+            uuid.UUID(ws),
+            uuid.UUID(r.contact_id),
+            uuid.UUID(r.message_id(campaign_id)),
+            "open_human",
+            T,
         )
         for r in rows
     ]

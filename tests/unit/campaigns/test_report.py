@@ -31,29 +31,39 @@ def mark(payload: Any, ws: str = WS) -> report.Observation | None:
 @pytest.mark.parametrize(
     ("payload", "kind"),
     [
-        (tracking_events.MessageOpened(message_id=MID), "open_human"),
-        (tracking_events.MessageOpened(message_id=MID, machine_open=True), "open_machine"),
-        (tracking_events.LinkClicked(message_id=MID), "click_human"),
-        (tracking_events.LinkClicked(message_id=MID, machine_click=True), "click_machine"),
-        (tracking_events.UnsubscribeRequested(message_id=MID), "unsubscribed"),
-        (delivery_events.MessageSent(message_id=MID), "delivered"),
-        (delivery_events.MessageDeferred(message_id=MID), "deferred"),
-        (delivery_events.MessageComplained(message_id=MID), "complained"),
-        (delivery_events.MessageUnknown(message_id=MID), "unknown"),
+        (tracking_events.MessageOpened(message_id=MID, contact_id=CONTACT), "open_human"),
+        (
+            tracking_events.MessageOpened(message_id=MID, contact_id=CONTACT, machine_open=True),
+            "open_machine",
+        ),
+        (tracking_events.LinkClicked(message_id=MID, contact_id=CONTACT), "click_human"),
+        (
+            tracking_events.LinkClicked(message_id=MID, contact_id=CONTACT, machine_click=True),
+            "click_machine",
+        ),
+        (tracking_events.UnsubscribeRequested(message_id=MID, contact_id=CONTACT), "unsubscribed"),
+        (delivery_events.MessageSent(message_id=MID, contact_id=CONTACT), "delivered"),
+        (delivery_events.MessageDeferred(message_id=MID, contact_id=CONTACT), "deferred"),
+        (delivery_events.MessageComplained(message_id=MID, contact_id=CONTACT), "complained"),
+        (delivery_events.MessageUnknown(message_id=MID, contact_id=CONTACT), "unknown"),
     ],
 )
 def test_message_events_become_marks_of_their_kind(payload: Any, kind: str) -> None:
     observed = mark(payload)
     assert isinstance(observed, report.MessageMark)
     assert (observed.kind, str(observed.message_id), observed.at) == (kind, MID, AT)
+    assert str(observed.contact_id) == CONTACT
 
 
 @pytest.mark.parametrize(
     "payload",
     [
-        tracking_events.MessageOpened(message_id="welcome-1"),  # not a campaign's id
-        delivery_events.MessageUnknown(message_id=MID, resent=True),  # its outcome follows
-        tracking_events.PreferencesChanged(message_id=MID),
+        tracking_events.MessageOpened(message_id="welcome-1", contact_id=CONTACT),  # not a uuid
+        tracking_events.MessageOpened(message_id=MID),  # no contact: not a campaign's mail
+        delivery_events.MessageUnknown(
+            message_id=MID, contact_id=CONTACT, resent=True
+        ),  # its outcome follows
+        tracking_events.PreferencesChanged(message_id=MID, contact_id=CONTACT),
     ],
 )
 def test_what_the_report_does_not_keep_is_dropped(payload: Any) -> None:
