@@ -290,6 +290,25 @@ def initdb(
     return True
 
 
+def shared_buffers_mb(mem_total_kb: int | None = None) -> int:
+    """The durable server's ``shared_buffers``: an eighth of the machine's memory, at least
+    initdb's 128 MB and at most 1 GiB.
+
+    initdb's 128 MB is sized for a server that must start anywhere. A campaign's fan-out to
+    1,000,000 contacts works on ~1 GB of tables and indexes (contacts, consents, profiles,
+    recipients), and pages evicted to the OS cache come back through a system call each
+    (bench/RESULTS.md, issue 15). The memory is mapped when first used, so a quiet server
+    does not hold it."""
+    if mem_total_kb is None:
+        try:
+            with open("/proc/meminfo") as meminfo:
+                fields = dict(line.split(":", 1) for line in meminfo)
+            mem_total_kb = int(fields["MemTotal"].split()[0])
+        except (OSError, KeyError, ValueError):
+            return 128
+    return max(128, min(1024, mem_total_kb // 1024 // 8))
+
+
 async def _wait_ready(
     port: int, child: Child, timeout: float, stop: threading.Event | None = None
 ) -> None:
@@ -360,6 +379,8 @@ async def start_postgres(
         # Tests throw their data away: durability only costs time there.
         for option in ("fsync=off", "synchronous_commit=off", "full_page_writes=off"):
             argv += ["-c", option]
+    else:
+        argv += ["-c", f"shared_buffers={shared_buffers_mb()}MB"]
     child = registry.spawn(
         "postgres",
         argv,

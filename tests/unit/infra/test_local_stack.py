@@ -447,3 +447,18 @@ def test_run_sync_returns_the_coroutines_result() -> None:
         return 42
 
     assert run_sync(answer()) == 42
+
+
+@pytest.mark.parametrize(
+    ("mem_total_kb", "expected_mb"),
+    [
+        (512 * 1024, 128),  # a small machine keeps initdb's default
+        (4 * 1024 * 1024, 512),  # an eighth of 4 GiB
+        (24 * 1024 * 1024, 1024),  # at most 1 GiB
+    ],
+)
+def test_the_durable_servers_shared_buffers_follow_the_machines_memory(
+    mem_total_kb: int, expected_mb: int
+) -> None:
+    assert postgres.shared_buffers_mb(mem_total_kb) == expected_mb
+    assert 128 <= postgres.shared_buffers_mb() <= 1024  # this machine's /proc/meminfo
