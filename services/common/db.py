@@ -84,16 +84,18 @@ async def migrate(database_url: str, schema: str, service_dir: Path | None) -> l
 
 
 def id_array(values: Iterable[object]) -> str:
-    """Ids or numbers as one text parameter, a PostgreSQL array literal (``{a,b,NULL}``),
-    for a statement that casts it: ``unnest($1::text::uuid[])``.
+    """Ids or numbers as one text parameter, ``a,b,NULL``, for a statement that reads it with
+    the common migrations' ``uuids($1)``, ``ints($1)`` or ``bigints($1)`` (0003_id_lists.sql):
+    ``unnest(uuids($1))``.
 
     asyncpg encodes a list parameter element by element, and checks each element twice
     against ``collections.abc`` classes first (is it an array itself?): for the trigger
     engine's rounds, eighty elements an event, that was a tenth of its CPU (bench/
-    RESULTS.md, issue 16). Only for values whose text needs no quoting (UUIDs, integers):
-    a text with a comma or a brace would split or break the literal."""
+    RESULTS.md, issue 16). PostgreSQL splits this text and casts the pieces in ~0.6 µs a
+    UUID, where an array literal's input took ~1.0 (issue 15). Only for values whose text
+    holds no comma (UUIDs, integers), and never the text ``NULL`` itself."""
     values = list(values)
     try:
-        return "{" + ",".join(values) + "}"  # type: ignore[arg-type]  # str, the usual case
+        return ",".join(values)  # type: ignore[arg-type]  # str, the usual case
     except TypeError:
-        return "{" + ",".join("NULL" if v is None else str(v) for v in values) + "}"
+        return ",".join("NULL" if v is None else str(v) for v in values)

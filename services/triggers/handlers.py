@@ -204,7 +204,7 @@ async def claim_unless_erased_many(
     lock was awaited, and a statement sees what was committed when it began."""
     await lock_against_erasure(conn, [(w, c) for _, w, c in events])
     rows = await conn.fetch(
-        "WITH q AS (SELECT * FROM unnest($2::text[], $3::text::uuid[], $4::text::uuid[])"
+        "WITH q AS (SELECT * FROM unnest($2::text[], uuids($3), uuids($4))"
         "  WITH ORDINALITY AS q(e, w, c, n)),"
         " claim AS (INSERT INTO processed_events (consumer, event_id)"
         "  SELECT DISTINCT $1, e FROM q ON CONFLICT DO NOTHING RETURNING event_id)"
@@ -227,7 +227,7 @@ async def lock_against_erasure(
     the contact is not erased meanwhile, and an erasure under way is waited for."""
     await conn.execute(
         f"SELECT count({ERASURE_LOCK.format('_shared')})"
-        " FROM (SELECT DISTINCT w, c FROM unnest($1::text::uuid[], $2::text::uuid[]) AS q(w, c))"
+        " FROM (SELECT DISTINCT w, c FROM unnest(uuids($1), uuids($2)) AS q(w, c))"
         " AS q",
         id_array(w for w, _ in contacts),
         id_array(c for _, c in contacts),

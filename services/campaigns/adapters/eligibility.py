@@ -150,7 +150,7 @@ async def capped(
     window = timedelta(days=cap.days)
     rows = await conn.fetch(
         "SELECT q.c::text AS contact_id, r.nth"
-        " FROM unnest($2::text::uuid[]) AS q(c)"
+        " FROM unnest(uuids($2)) AS q(c)"
         " CROSS JOIN LATERAL (SELECT min(t.requested_at) AS nth, count(*) AS n FROM"
         "  (SELECT requested_at FROM recipients"
         "   WHERE workspace_id = $1 AND contact_id = q.c"

@@ -162,7 +162,7 @@ async def eligibility_facts_many(
         " (SELECT s.status FROM consents s WHERE s.workspace_id = c.workspace_id"
         "   AND s.contact_id = c.id AND s.purpose = q.purpose) AS consent,"
         f" {suppressed_reason_sql('c', 'w')} AS suppressed_reason"
-        " FROM unnest($2::text::uuid[], $3::text::int[]) WITH ORDINALITY"
+        " FROM unnest(uuids($2), ints($3)) WITH ORDINALITY"
         "  AS q(contact_id, purpose, n)"
         " JOIN contacts c ON c.workspace_id = $1 AND c.id = q.contact_id"
         " JOIN workspaces w ON w.id = c.workspace_id",

@@ -337,8 +337,8 @@ async def apply_observations(conn: asyncpg.Connection, observations: list[Observ
     moved = [o for o in ordered if o.segment_entered or o.segment_exited]
     if plain:
         await conn.execute(
-            "WITH q AS (SELECT * FROM unnest($1::text::uuid[], $2::text::uuid[],"
-            "  $3::text::bigint[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],"
+            "WITH q AS (SELECT * FROM unnest(uuids($1), uuids($2),"
+            "  bigints($3), $4::text[], $5::timestamptz[], $6::text[], $7::text[],"
             "  $8::timestamptz[], $9::text[], $10::text[])"
             "  WITH ORDINALITY AS q(w, c, spent, cur, act, eid, ev, at, k, d, n)),"
             f" {_RECORDED}"
@@ -355,8 +355,8 @@ async def apply_observations(conn: asyncpg.Connection, observations: list[Observ
     if not moved:
         return
     updated = await conn.fetch(
-        "WITH q AS (SELECT * FROM unnest($1::text::uuid[], $2::text::uuid[],"
-        "  $3::text::bigint[], $4::text[], $5::timestamptz[], $6::text[], $7::text[],"
+        "WITH q AS (SELECT * FROM unnest(uuids($1), uuids($2),"
+        "  bigints($3), $4::text[], $5::timestamptz[], $6::text[], $7::text[],"
         "  $8::timestamptz[], $9::text[], $10::text[], $11::text[], $12::text[])"
         "  AS q(w, c, spent, cur, act, eid, ev, at, k, d, ent, ex)),"
         f" {_RECORDED}"
@@ -424,7 +424,7 @@ async def write_through_tags(
         "UPDATE contact_facts f SET tags = ARRAY(SELECT t FROM unnest(f.tags) AS t"
         "  WHERE NOT t = ANY(ARRAY(SELECT jsonb_array_elements_text(q.r)))"
         "  UNION SELECT jsonb_array_elements_text(q.a) ORDER BY 1)"
-        " FROM unnest($1::text::uuid[], $2::text::uuid[], $3::jsonb[], $4::jsonb[])"
+        " FROM unnest(uuids($1), uuids($2), $3::jsonb[], $4::jsonb[])"
         " AS q(w, c, a, r)"
         " WHERE f.workspace_id = q.w AND f.contact_id = q.c"
         " RETURNING f.workspace_id::text, f.contact_id::text",

@@ -286,7 +286,7 @@ async def end_runs(conn: asyncpg.Connection, ending: Sequence[Ending], now: date
     if not ending:
         return
     await conn.execute(
-        "WITH q AS (SELECT * FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text[],"
+        "WITH q AS (SELECT * FROM unnest(uuids($1), uuids($2), $3::text[],"
         "  $4::text[]) AS q(w, r, s, why)),"
         " timer AS (DELETE FROM timers t USING q"
         "  WHERE t.timer_key = 'run/' || q.r::text AND t.workspace_id = q.w)"
@@ -342,7 +342,7 @@ async def lock_live_runs_of(
     runs (skipping those held) and then writes facts (a tag step); an event that wrote
     facts before waiting for a run could deadlock with it."""
     rows = await conn.fetch(
-        "SELECT r.* FROM runs r JOIN unnest($1::text::uuid[], $2::text::uuid[]) AS q(w, c)"
+        "SELECT r.* FROM runs r JOIN unnest(uuids($1), uuids($2)) AS q(w, c)"
         " ON r.workspace_id = q.w AND r.contact_id = q.c WHERE r.ended_at IS NULL"
         " ORDER BY r.id FOR UPDATE OF r",
         id_array(w for w, _ in contacts),
@@ -482,8 +482,8 @@ async def _start_wave(
     found = await conn.fetch(
         "SELECT q.i, EXISTS (SELECT 1 FROM runs r WHERE r.workspace_id = q.w AND r.id = q.r)"
         " AS started, live.id AS live"
-        " FROM unnest($1::text::int[], $2::text::uuid[], $3::text::uuid[], $4::text::uuid[],"
-        "  $5::text::uuid[], $6::text[], $7::bool[]) AS q(i, w, r, f, c, k, slotted)"
+        " FROM unnest(ints($1), uuids($2), uuids($3), uuids($4),"
+        "  uuids($5), $6::text[], $7::bool[]) AS q(i, w, r, f, c, k, slotted)"
         " LEFT JOIN LATERAL (SELECT l.id FROM runs l WHERE q.slotted AND l.workspace_id = q.w"
         "  AND l.workflow_id = q.f AND l.contact_id = q.c AND l.run_key = q.k"
         "  AND l.ended_at IS NULL AND l.test_recipient = '' FOR UPDATE) live ON true"
@@ -519,8 +519,8 @@ async def _start_wave(
         "INSERT INTO runs (workspace_id, id, workflow_id, version, contact_id, run_key,"
         " entry_key, state, vars, trigger_event_id, started_at, updated_at, test_recipient)"
         " SELECT w, r, f, v, c, k, e, 'active', d::jsonb, t, o, $12, x"
-        " FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text::uuid[], $4::text::int[],"
-        "  $5::text::uuid[], $6::text[], $7::text[], $8::text[], $9::text[],"
+        " FROM unnest(uuids($1), uuids($2), uuids($3), ints($4),"
+        "  uuids($5), $6::text[], $7::text[], $8::text[], $9::text[],"
         "  $10::timestamptz[], $11::text[])"
         "  AS q(w, r, f, v, c, k, e, d, t, o, x)"
         " ON CONFLICT DO NOTHING RETURNING *",
@@ -670,8 +670,8 @@ async def _load_inputs(
         " f.time_zone, CASE WHEN q.cap IS NULL THEN false ELSE q.cap <= (SELECT count(*)"
         " FROM contact_sends s WHERE s.workspace_id = q.w AND s.contact_id = q.c"
         " AND s.sent_at > q.since AND s.run_id IS DISTINCT FROM q.r) END AS capped"
-        " FROM unnest($1::text::int[], $2::text::uuid[], $3::text::uuid[], $4::timestamptz[],"
-        "  $5::text::int[], $6::text::uuid[])"
+        " FROM unnest(ints($1), uuids($2), uuids($3), $4::timestamptz[],"
+        "  ints($5), uuids($6))"
         " AS q(i, w, c, since, cap, r)"
         " LEFT JOIN contact_facts f ON f.workspace_id = q.w AND f.contact_id = q.c",
         id_array(map(str, n)),
@@ -688,7 +688,7 @@ async def _load_inputs(
     capped = {r["i"] for r in rows if r["capped"]}
     events = await conn.fetch(
         "SELECT q.i, e.event, e.occurred_at, e.event_key, e.data"
-        " FROM unnest($1::text::int[], $2::text::uuid[], $3::text::uuid[], $4::timestamptz[],"
+        " FROM unnest(ints($1), uuids($2), uuids($3), $4::timestamptz[],"
         "  $5::text[]) AS q(i, w, c, since, trigger)"
         " CROSS JOIN LATERAL (SELECT event, occurred_at, event_key, data, event_id"
         "  FROM contact_events e WHERE e.workspace_id = q.w AND e.contact_id = q.c"
@@ -749,8 +749,8 @@ async def _done_before(
     if not asked:
         return {}
     rows = await conn.fetch(
-        "SELECT q.i, s.step_id FROM unnest($1::text::int[], $2::text::uuid[],"
-        " $3::text::uuid[], $4::text::uuid[], $5::text::uuid[]) AS q(i, w, c, f, r)"
+        "SELECT q.i, s.step_id FROM unnest(ints($1), uuids($2),"
+        " uuids($3), uuids($4), uuids($5)) AS q(i, w, c, f, r)"
         " JOIN run_steps s ON s.workspace_id = q.w"
         " AND s.contact_id = q.c AND s.workflow_id = q.f AND s.run_id <> q.r"
         " AND s.outcome IN ('done', 'yes', 'no')",
@@ -851,9 +851,9 @@ class Writes:
         if self.steps:
             await conn.execute(
                 "INSERT INTO run_steps (workspace_id, run_id, step_id, iteration, workflow_id,"
-                " version, contact_id, outcome, at) SELECT * FROM unnest($1::text::uuid[],"
-                " $2::text::uuid[], $3::text[], $4::text::int[], $5::text::uuid[],"
-                " $6::text::int[], $7::text::uuid[], $8::text[], $9::timestamptz[])"
+                " version, contact_id, outcome, at) SELECT * FROM unnest(uuids($1),"
+                " uuids($2), $3::text[], ints($4), uuids($5),"
+                " ints($6), uuids($7), $8::text[], $9::timestamptz[])"
                 " ON CONFLICT DO NOTHING",
                 id_array(r.workspace_id for r, *_ in self.steps),
                 id_array(r.id for r, *_ in self.steps),
@@ -870,7 +870,7 @@ class Writes:
             await conn.execute(
                 "INSERT INTO contact_sends (workspace_id, contact_id, message_id, sent_at,"
                 " run_id) SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[],"
-                " $4::timestamptz[], $5::text::uuid[]) ON CONFLICT DO NOTHING",
+                " $4::timestamptz[], uuids($5)) ON CONFLICT DO NOTHING",
                 [r.workspace_id for r, _, _ in self.sends],
                 [r.contact_id for r, _, _ in self.sends],
                 [m for _, m, _ in self.sends],
@@ -901,7 +901,7 @@ class Writes:
         await conn.execute(
             "UPDATE runs SET state = q.s, position = q.p, executed = q.x::jsonb,"
             " next_wake_at = q.nw, ended_at = q.e, end_reason = q.why, updated_at = q.u"
-            " FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text[], $4::text[],"
+            " FROM unnest(uuids($1), uuids($2), $3::text[], $4::text[],"
             "  $5::text[], $6::timestamptz[], $7::timestamptz[], $8::text[], $9::timestamptz[])"
             "  AS q(w, r, s, p, x, nw, e, why, u)"
             " WHERE runs.workspace_id = q.w AND runs.id = q.r",
@@ -914,7 +914,7 @@ class Writes:
         ]
         if ended:
             await conn.execute(
-                "DELETE FROM timers t USING unnest($1::text::uuid[], $2::text[]) AS e(w, k)"
+                "DELETE FROM timers t USING unnest(uuids($1), $2::text[]) AS e(w, k)"
                 " WHERE t.timer_key = e.k AND t.workspace_id = e.w",
                 id_array(run.workspace_id for run in ended),
                 [f"run/{run.id}" for run in ended],
@@ -924,8 +924,8 @@ class Writes:
             await conn.execute(
                 "INSERT INTO timers (timer_key, workspace_id, contact_id, workflow_id, run_id,"
                 " kind, due_at) SELECT 'run/' || r::text, w, c, f, r, 'run', d"
-                " FROM unnest($1::text::uuid[], $2::text::uuid[], $3::text::uuid[],"
-                " $4::text::uuid[], $5::timestamptz[]) AS q(w, c, f, r, d)"
+                " FROM unnest(uuids($1), uuids($2), uuids($3),"
+                " uuids($4), $5::timestamptz[]) AS q(w, c, f, r, d)"
                 " ON CONFLICT (timer_key) DO UPDATE SET due_at = EXCLUDED.due_at",
                 id_array(r.workspace_id for r, _ in waking),
                 id_array(r.contact_id for r, _ in waking),
