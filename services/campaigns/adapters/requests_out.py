@@ -51,7 +51,6 @@ _UUID_FIELD_2 = bytes([(2 << 3) | 2, 36])
 # uuid5 is SHA-1 of the namespace and the name: the hash state after the namespace and the
 # name's constant prefix, copied for each id.
 _CAMPAIGN = hashlib.sha1(NAMESPACE.bytes + b"campaign/")
-_REQUEST = hashlib.sha1(NAMESPACE.bytes + b"delivery-request/")
 
 
 def _varint(n: int) -> bytes:
@@ -131,11 +130,6 @@ def campaign_message_id(campaign_id: str, contact_id: str) -> str:
     return _uuid5_text(_CAMPAIGN, f"{campaign_id}/{contact_id}".encode())
 
 
-def request_event_id(message_id: str) -> str:
-    """The envelope's event id: ``deterministic_id("delivery-request", message_id)``."""
-    return _uuid5_text(_REQUEST, message_id.encode())
-
-
 @dataclass(frozen=True)
 class RequestTemplate:
     """The constant bytes of one campaign variant's records."""
@@ -144,14 +138,15 @@ class RequestTemplate:
     payload_rest: bytes  # DeliveryRequested fields 3-11 (kind ... reply_to)
 
     def encode(self, message_id: str, contact_id: str) -> bytes:
-        """The serialised envelope of one recipient's DeliveryRequested."""
-        payload = (
-            _UUID_FIELD_1 + message_id.encode() + _UUID_FIELD_2 + contact_id.encode()
-        ) + self.payload_rest
+        """The serialised envelope of one recipient's DeliveryRequested. Its event id is the
+        message id, as for delivery's own transactional requests and campaigns' test sends:
+        one request per message, and a third SHA-1 per recipient saved."""
+        mid = message_id.encode()
+        payload = (_UUID_FIELD_1 + mid + _UUID_FIELD_2 + contact_id.encode()) + self.payload_rest
         return b"".join(
             (
                 _UUID_FIELD_1,
-                request_event_id(message_id).encode(),
+                mid,
                 self.envelope_rest,
                 _PAYLOAD_TAG,
                 _varint(len(payload)),
@@ -288,6 +283,5 @@ __all__ = [
     "murmur2_many",
     "partitions_of",
     "record_key",
-    "request_event_id",
     "request_template",
 ]
