@@ -38,7 +38,7 @@ import hashlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -47,6 +47,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from nudge.campaigns.v1 import campaigns_pb2
+from nudge.contacts.v1 import contacts_pb2
 
 from services.campaigns.adapters import eligibility as elig
 from services.campaigns.adapters import members as mem
@@ -125,6 +126,9 @@ class Recipient:
     excluded: str | None
     variant: int  # 0..n-1 (0 without an A/B test), -1 in the "rest" phase
     due_at: datetime | None  # not before this (cap deferral, local time); None: now
+    # Contacts' fields (email above too): only a local-time campaign reads one (the zone),
+    # so only its stream asks contacts for every contact's; otherwise contacts answers only
+    # the exceptions (audience._Decider) and a mailed contact's fields are empty.
     first_name: str = ""
     last_name: str = ""
     locale: str = ""
@@ -458,6 +462,11 @@ async def stream_recipients(
         await merged.aclose()
 
 
+# What a contact contacts did not answer about in exceptions mode is: found, eligible,
+# consenting, with an address. Its other fields stay empty (the fan-out reads none of them).
+_MAILABLE = contacts_pb2.CheckEligibilityResponse(eligible=True, consented=True)
+
+
 class _Decider:
     """What happens to each contact of a batch: eligibility, cap, hold-out, variant, due."""
 
@@ -474,15 +483,22 @@ class _Decider:
     async def __call__(self, batch: list[tuple[Merged, int]]) -> list[Recipient]:
         spec, plan = self.spec, self.plan
         to_check = [m[0] for m, _ in batch if not m[3]]
-        answers = iter(await self.eligibility.check(to_check) if to_check else ())
+        # Without local time no contact field is read: contacts answers only the exceptions.
+        lean = not spec.local_time
+        exceptions: dict[str, elig.Answer] = {}
+        answers: Iterator[elig.Answer] = iter(())
+        if to_check and lean:
+            exceptions = await self.eligibility.exceptions(to_check)
+        elif to_check:
+            answers = iter(await self.eligibility.check(to_check))
         decided: list[tuple[Merged, int, elig.Answer, str | None]] = []
         mailable: list[str] = []
         for m, b in batch:
             if m[3]:
                 decided.append((m, b, None, EXCLUDED_SEGMENT))
                 continue
-            answer = next(answers)
-            reason = exclusion_of(answer)
+            answer = exceptions.get(m[0], _MAILABLE) if lean else next(answers)
+            reason = None if answer is _MAILABLE else exclusion_of(answer)
             decided.append((m, b, answer, reason))
             if reason is None:
                 mailable.append(m[0])

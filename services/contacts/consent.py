@@ -427,7 +427,13 @@ async def check_eligibility(
     if facts is None:
         raise NotFound("contact not found")
     answer = contacts_pb2.CheckEligibilityResponse()
-    _fill_answer(answer, purpose, facts)
+    eligible, reason = decide(
+        purpose,
+        facts["consent"],
+        facts["suppressed_reason"],
+        facts["consent_required_for_campaigns"],
+    )
+    _fill_answer(answer, facts, eligible, reason)
     return answer
 
 
@@ -459,11 +465,19 @@ async def check_eligibility_batch(
         facts = await store.eligibility_facts_many(conn, workspace_id, ids, purposes)
     response = contacts_pb2.CheckEligibilityBatchResponse()
     add = response.answers.add  # cheaper than a message object per answer, then a list
+    exceptions_only = request.exceptions_only
     for check, purpose, row in zip(checks, purposes, facts, strict=True):
         if row is None:
             add(contact_id=check.contact_id, found=False)
-        else:
-            _fill_answer(add(contact_id=check.contact_id, found=True).eligibility, purpose, row)
+            continue
+        eligible, reason = decide(
+            purpose, row["consent"], row["suppressed_reason"], row["consent_required_for_campaigns"]
+        )
+        if exceptions_only and eligible and row["consent"] == GRANTED and row["email"]:
+            continue  # plainly mailable: no answer (the request's exceptions_only)
+        _fill_answer(
+            add(contact_id=check.contact_id, found=True).eligibility, row, eligible, reason
+        )
     return response
 
 
@@ -492,17 +506,15 @@ def _batch_keys(
 
 
 def _fill_answer(
-    answer: contacts_pb2.CheckEligibilityResponse, purpose: int, facts: asyncpg.Record
+    answer: contacts_pb2.CheckEligibilityResponse,
+    facts: asyncpg.Record,
+    eligible: bool,
+    reason: str,
 ) -> None:
-    """One answer from :func:`store.eligibility_facts`'s row, for the single and batch RPCs,
-    set in place: the batch fills each answer where it lies in the response, about half the
-    cost of building a message that the response then copies."""
-    eligible, reason = decide(
-        purpose,
-        facts["consent"],
-        facts["suppressed_reason"],
-        facts["consent_required_for_campaigns"],
-    )
+    """One answer from :func:`store.eligibility_facts`'s row and its :func:`decide` verdict,
+    for the single and batch RPCs, set in place: the batch fills each answer where it lies
+    in the response, about half the cost of building a message that the response then
+    copies."""
     answer.eligible = eligible
     answer.reason = reason
     answer.email = facts["email"]

@@ -152,6 +152,40 @@ async def test_batch_agrees_with_one_check_at_a_time(
     assert answer.eligibility.reason == "consent_pending:automations"
 
 
+async def test_exceptions_only_leaves_out_exactly_the_plainly_mailable(
+    channel: grpc.aio.Channel, workspace: Workspace, contacts_service: RunningService
+) -> None:
+    """``exceptions_only`` (campaigns' fan-out): the full batch's answers, less those found,
+    eligible, consenting and with an address, in the same order."""
+    contacts = await varied_contacts(channel, workspace, contacts_service)
+    checks = [(c, p) for p in PURPOSES for c in reversed(list(contacts))]
+    for required in (True, False):
+        await set_workspace(channel, workspace, consent_required_for_campaigns=required)
+        full = await batch(channel, workspace, checks)
+        response = await consents(channel).CheckEligibilityBatch(
+            contacts_pb2.CheckEligibilityBatchRequest(
+                checks=[
+                    contacts_pb2.CheckEligibilityRequest(contact_id=c, purpose=p)  # type: ignore[arg-type]
+                    for c, p in checks
+                ],
+                exceptions_only=True,
+            ),
+            metadata=workspace.metadata,
+        )
+
+        def mailable(a: contacts_pb2.EligibilityAnswer) -> bool:
+            e = a.eligibility
+            return a.found and e.eligible and e.consented and bool(e.email)
+
+        assert list(response.answers) == [a for a in full if not mailable(a)], required
+        # Left out: the consenting contact, and the withdrawn one for the purpose it kept.
+        left_out = {contacts[a.contact_id] for a in full if mailable(a)}
+        assert left_out == {"granted", "withdrawn"}, required
+        # What is answered keeps its reasons: a withdrawal, a suppression, a contact gone.
+        kinds = {contacts[a.contact_id] for a in response.answers}
+        assert {"withdrawn", "suppressed", "erased", "unknown"} <= kinds
+
+
 async def test_delivery_client_asks_in_chunks_and_keeps_the_order(
     channel: grpc.aio.Channel, workspace: Workspace
 ) -> None:

@@ -719,16 +719,25 @@ class CheckEligibilityBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     CHECKS_FIELD_NUMBER: _builtins.int
+    EXCEPTIONS_ONLY_FIELD_NUMBER: _builtins.int
+    exceptions_only: _builtins.bool
+    """Answer only the checks that are not plainly mailable: a contact found, eligible, with
+    consent for the purpose and an address gets no answer at all. The answers keep the
+    checks' order but not their positions: match them by contact_id. For a caller that asks
+    about many contacts who mostly are mailable (a campaign's fan-out) and needs none of
+    their fields.
+    """
     @_builtins.property
     def checks(self) -> _containers.RepeatedCompositeFieldContainer[Global___CheckEligibilityRequest]: ...
     def __init__(
         self,
         *,
         checks: _abc.Iterable[Global___CheckEligibilityRequest] | None = ...,
+        exceptions_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checks", b"checks", "exceptions_only", b"exceptions_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
