@@ -462,22 +462,27 @@ async def check_eligibility_batch(
     if not checks:
         return contacts_pb2.CheckEligibilityBatchResponse()
     async with pool.acquire() as conn:
-        facts = await store.eligibility_facts_many(conn, workspace_id, ids, purposes)
+        if request.exceptions_only:
+            # Only the checks that are not plainly mailable, chosen by the query.
+            facts = await store.eligibility_exceptions(conn, workspace_id, ids, purposes, GRANTED)
+        else:
+            facts = list(
+                enumerate(await store.eligibility_facts_many(conn, workspace_id, ids, purposes))
+            )
     response = contacts_pb2.CheckEligibilityBatchResponse()
     add = response.answers.add  # cheaper than a message object per answer, then a list
-    exceptions_only = request.exceptions_only
-    for check, purpose, row in zip(checks, purposes, facts, strict=True):
+    for index, row in facts:
+        contact_id = checks[index].contact_id
         if row is None:
-            add(contact_id=check.contact_id, found=False)
+            add(contact_id=contact_id, found=False)
             continue
         eligible, reason = decide(
-            purpose, row["consent"], row["suppressed_reason"], row["consent_required_for_campaigns"]
+            purposes[index],
+            row["consent"],
+            row["suppressed_reason"],
+            row["consent_required_for_campaigns"],
         )
-        if exceptions_only and eligible and row["consent"] == GRANTED and row["email"]:
-            continue  # plainly mailable: no answer (the request's exceptions_only)
-        _fill_answer(
-            add(contact_id=check.contact_id, found=True).eligibility, row, eligible, reason
-        )
+        _fill_answer(add(contact_id=contact_id, found=True).eligibility, row, eligible, reason)
     return response
 
 

@@ -146,6 +146,16 @@ async def eligibility_facts(
     )
 
 
+_FACTS_OF_CHECKS = (
+    "SELECT q.n, c.id IS NOT NULL AS found, c.email, c.first_name, c.last_name, c.locale,"
+    " c.time_zone, w.name AS workspace_name, w.consent_required_for_campaigns,"
+    " (SELECT s.status FROM consents s WHERE s.workspace_id = c.workspace_id"
+    "   AND s.contact_id = c.id AND s.purpose = q.purpose) AS consent,"
+    f" {suppressed_reason_sql('c', 'w')} AS suppressed_reason"
+    " FROM unnest(uuids($2), ints($3)) WITH ORDINALITY AS q(contact_id, purpose, n)"
+)
+
+
 async def eligibility_facts_many(
     conn: asyncpg.Connection,
     workspace_id: str,
@@ -156,15 +166,7 @@ async def eligibility_facts_many(
     order given (None where the contact is not in this workspace): the pairs are joined as
     an ``unnest`` with their position, so a batch costs one round trip and one plan."""
     rows = await conn.fetch(
-        "SELECT q.n, c.email, c.first_name, c.last_name, c.locale, c.time_zone,"
-        " w.name AS workspace_name,"
-        " w.consent_required_for_campaigns,"
-        " (SELECT s.status FROM consents s WHERE s.workspace_id = c.workspace_id"
-        "   AND s.contact_id = c.id AND s.purpose = q.purpose) AS consent,"
-        f" {suppressed_reason_sql('c', 'w')} AS suppressed_reason"
-        " FROM unnest(uuids($2), ints($3)) WITH ORDINALITY"
-        "  AS q(contact_id, purpose, n)"
-        " JOIN contacts c ON c.workspace_id = $1 AND c.id = q.contact_id"
+        _FACTS_OF_CHECKS + " JOIN contacts c ON c.workspace_id = $1 AND c.id = q.contact_id"
         " JOIN workspaces w ON w.id = c.workspace_id",
         uuid.UUID(workspace_id),
         # One text parameter each: asyncpg checks every element of a list (id_array).
@@ -175,6 +177,36 @@ async def eligibility_facts_many(
     for row in rows:
         found[row["n"] - 1] = row
     return found
+
+
+async def eligibility_exceptions(
+    conn: asyncpg.Connection,
+    workspace_id: str,
+    contact_ids: Sequence[str],
+    purposes: Sequence[int],
+    granted: int,
+) -> list[tuple[int, asyncpg.Record | None]]:
+    """The checks of :func:`eligibility_facts_many` that are not plainly mailable, as
+    (position from 0, row or None when not found), in order. Plainly mailable is found, not
+    suppressed, consent ``granted`` for the purpose and an address: what
+    ``consent.decide`` answers eligible with consent, said in SQL so that the rows of a
+    mostly mailable audience are neither sent nor read (CheckEligibilityBatch's
+    ``exceptions_only``)."""
+    rows = await conn.fetch(
+        "SELECT * FROM (" + _FACTS_OF_CHECKS + " LEFT JOIN contacts c ON c.workspace_id = $1"
+        "  AND c.id = q.contact_id LEFT JOIN workspaces w ON w.id = c.workspace_id"
+        # A fence: the outer WHERE must not copy the subqueries, each runs once a row.
+        "  OFFSET 0) f"
+        # coalesce: without a consent row the conjunction is NULL, and that is an exception.
+        " WHERE NOT coalesce(f.found AND f.suppressed_reason IS NULL AND f.consent = $4"
+        "  AND f.email <> '', false)"
+        " ORDER BY f.n",
+        uuid.UUID(workspace_id),
+        id_array(contact_ids),
+        id_array(map(str, purposes)),
+        granted,
+    )
+    return [(row["n"] - 1, row if row["found"] else None) for row in rows]
 
 
 # ------------------------------------------------------------------ double opt-in
