@@ -462,8 +462,8 @@ async def stream_recipients(
         await merged.aclose()
 
 
-# What a contact contacts did not answer about in exceptions mode is: found, eligible,
-# consenting, with an address. Its other fields stay empty (the fan-out reads none of them).
+# A contact that contacts leaves out of its answers in exceptions mode is found, eligible,
+# consenting and addressed. Its other fields stay empty (the fan-out reads none of them).
 _MAILABLE = contacts_pb2.CheckEligibilityResponse(eligible=True, consented=True)
 
 

@@ -427,13 +427,7 @@ async def check_eligibility(
     if facts is None:
         raise NotFound("contact not found")
     answer = contacts_pb2.CheckEligibilityResponse()
-    eligible, reason = decide(
-        purpose,
-        facts["consent"],
-        facts["suppressed_reason"],
-        facts["consent_required_for_campaigns"],
-    )
-    _fill_answer(answer, facts, eligible, reason)
+    _fill_answer(answer, purpose, facts)
     return answer
 
 
@@ -475,14 +469,8 @@ async def check_eligibility_batch(
         contact_id = checks[index].contact_id
         if row is None:
             add(contact_id=contact_id, found=False)
-            continue
-        eligible, reason = decide(
-            purposes[index],
-            row["consent"],
-            row["suppressed_reason"],
-            row["consent_required_for_campaigns"],
-        )
-        _fill_answer(add(contact_id=contact_id, found=True).eligibility, row, eligible, reason)
+        else:
+            _fill_answer(add(contact_id=contact_id, found=True).eligibility, purposes[index], row)
     return response
 
 
@@ -511,15 +499,17 @@ def _batch_keys(
 
 
 def _fill_answer(
-    answer: contacts_pb2.CheckEligibilityResponse,
-    facts: asyncpg.Record,
-    eligible: bool,
-    reason: str,
+    answer: contacts_pb2.CheckEligibilityResponse, purpose: int, facts: asyncpg.Record
 ) -> None:
-    """One answer from :func:`store.eligibility_facts`'s row and its :func:`decide` verdict,
-    for the single and batch RPCs, set in place: the batch fills each answer where it lies
-    in the response, about half the cost of building a message that the response then
-    copies."""
+    """One answer from :func:`store.eligibility_facts`'s row, for the single and batch RPCs,
+    set in place: the batch fills each answer where it lies in the response, about half the
+    cost of building a message that the response then copies."""
+    eligible, reason = decide(
+        purpose,
+        facts["consent"],
+        facts["suppressed_reason"],
+        facts["consent_required_for_campaigns"],
+    )
     answer.eligible = eligible
     answer.reason = reason
     answer.email = facts["email"]

@@ -48,9 +48,10 @@ class Eligibility:
     async def check(self, contact_ids: Sequence[str]) -> list[Answer]:
         """The answer of each contact, in order, from ``ceil(n / MAX_CHECKS)`` calls in
         flight together."""
-        responses = await asyncio.gather(*(self._call(c, False) for c in _chunks(contact_ids)))
+        chunks = _chunks(contact_ids)
+        responses = await asyncio.gather(*(self._call(c, False) for c in chunks))
         answers: list[Answer] = []
-        for chunk, response in zip(_chunks(contact_ids), responses, strict=True):
+        for chunk, response in zip(chunks, responses, strict=True):
             if len(response.answers) != len(chunk):
                 raise RuntimeError(f"contacts answered {len(response.answers)} of {len(chunk)}")
             answers.extend(a.eligibility if a.found else None for a in response.answers)
